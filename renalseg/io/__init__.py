@@ -1,0 +1,1 @@
+"""Reading studies and writing outputs (atomic, geometry-exact)."""

@@ -1,0 +1,101 @@
+"""Image files (NIfTI, NRRD, MetaImage) in and out, geometry exact, writes atomic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from renalseg.errors import InputError, OutputExistsError, UsageError
+from renalseg.volume import Volume
+
+__all__ = ["IMAGE_SUFFIXES", "image_format", "read_image", "write_image"]
+
+#: file suffix -> format name
+IMAGE_SUFFIXES: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+}
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def image_format(path: Path) -> str | None:
+    """``"nifti"``, ``"nrrd"``, ``"metaimage"`` or ``None`` from the file name.
+
+    Example:
+        >>> image_format(Path("a/labels.nii.gz")), image_format(Path("x.dcm"))
+        ('nifti', None)
+    """
+    suffix = _suffix(Path(path))
+    return IMAGE_SUFFIXES[suffix] if suffix else None
+
+
+def read_image(path: Path | str) -> sitk.Image:
+    """Read a 3D image file with SimpleITK, geometry exact.
+
+    Raises:
+        UsageError: the path does not exist.
+        InputError: unsupported suffix, unreadable file, or not 3D scalar.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file. Check the path.")
+    if image_format(path) is None:
+        raise InputError(
+            f"{path}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder."
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise InputError(f"{path}: cannot be read as an image ({first}). Is the file complete?") from err
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path}: expected a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel."
+        )
+    return image
+
+
+def write_image(image: sitk.Image | Volume, path: Path | str, *, overwrite: bool = False,
+                compress: bool = True) -> Path:
+    """Write an image atomically: to a temporary name beside ``path``, then rename.
+
+    A crash never leaves a half-written ``path``. Geometry is written exactly as held.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if isinstance(image, Volume):
+        image = image.to_sitk()
+    suffix = _suffix(path)
+    if suffix is None:
+        raise UsageError(f"{path}: cannot write this file type; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a private folder beside the target under the final name (MetaImage
+    # headers record their data file's name), then rename each file into place.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        sitk.WriteImage(image, str(staging / path.name), compress)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

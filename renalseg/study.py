@@ -1,0 +1,80 @@
+"""A CT study as read from disk: the image in HU with its geometry and provenance."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from renalseg.geometry import Geometry
+from renalseg.volume import Volume
+
+__all__ = ["Study", "safe_study_id"]
+
+
+def safe_study_id(path: Path) -> str:
+    """A filesystem-safe study id from a file or folder name (extensions dropped).
+
+    Example:
+        >>> safe_study_id(Path("/data/Patient 01.nii.gz"))
+        'Patient_01'
+        >>> safe_study_id(Path("case-7/"))
+        'case-7'
+    """
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned or "study"
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """One CT volume in Hounsfield units and where it came from.
+
+    Attributes:
+        image: the CT as a ``SimpleITK.Image`` (HU, rescale applied), geometry exact.
+        path: the file or DICOM folder it was read from.
+        format: ``"nifti"``, ``"nrrd"``, ``"metaimage"`` or ``"dicom"``.
+        study_id: filesystem-safe name used for output folders.
+        series_uid: DICOM SeriesInstanceUID (``None`` for files or when empty).
+        series_description: DICOM SeriesDescription when present.
+        slice_count: number of DICOM files / slices read.
+        extra: other header facts worth reporting (modality, patient position, ...).
+    """
+
+    image: sitk.Image
+    path: Path
+    format: str
+    study_id: str
+    series_uid: str | None = None
+    series_description: str | None = None
+    slice_count: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.from_sitk(self.image)
+
+    @property
+    def volume(self) -> Volume:
+        """The pixels as a :class:`Volume` (a copy, numpy ``(z, y, x)``)."""
+        return Volume.from_sitk(self.image)
+
+    def describe(self) -> dict:
+        """JSON-ready description for reports: path, format, size, spacing, UID."""
+        geometry = self.geometry
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "size_xyz": list(geometry.shape_xyz),
+            "spacing_xyz_mm": list(geometry.spacing_xyz_mm),
+            "origin_xyz_mm": list(geometry.origin_xyz_mm),
+            "direction": list(geometry.direction),
+            "orientation": geometry.orientation,
+            "series_uid": self.series_uid,
+        }

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real data in ../shared/data and one synthetic-CT factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from renalseg.geometry import Geometry
+from renalseg.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DICOM_FIXTURE = SHARED_DATA / "real" / "ts_abdomen_ct_dicom"
+DICOM_REFERENCE_LABELS = SHARED_DATA / "real" / "ts_abdomen_ct_dicom_reference_labels.nii.gz"
+UPPER_POLE_CTA = SHARED_DATA / "real" / "ts_cta_kidney_upper_pole_only.nii.gz"
+
+_c, _s = np.cos(np.radians(30)), np.sin(np.radians(30))
+#: rotated 30° about the patient's z axis: axis-order and direction bugs fail loudly
+OBLIQUE_30DEG: tuple[float, ...] = (_c, -_s, 0.0, _s, _c, 0.0, 0.0, 0.0, 1.0)
+LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+LAS = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def make_ct(
+    shape_zyx: tuple[int, int, int] = (24, 32, 40),
+    spacing_xyz_mm: tuple[float, float, float] = (0.8, 0.7, 2.5),
+    origin_xyz_mm: tuple[float, float, float] = (-120.0, 35.5, 900.0),
+    direction: tuple[float, ...] = OBLIQUE_30DEG,
+    kidneys: tuple[tuple[int, int, int, int, int, int], ...] = ((12, 10, 12, 6, 5, 4),),
+    seed: int = 0,
+) -> Volume:
+    """Air background, ellipsoid kidneys at +180 HU, seeded noise.
+
+    ``kidneys`` holds (cz, cy, cx, rz, ry, rx) in voxels. The defaults are
+    anisotropic, oblique and off-origin, so axis-order bugs fail loudly.
+    """
+    rng = np.random.default_rng(seed)
+    array = np.full(shape_zyx, -1000.0, dtype=np.float32)
+    zz, yy, xx = np.indices(shape_zyx)
+    for cz, cy, cx, rz, ry, rx in kidneys:
+        inside = ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        array[inside] = 180.0
+    array += rng.normal(0.0, 5.0, size=shape_zyx).astype(np.float32)
+    return Volume(array.astype(np.int16), Geometry(shape_zyx, spacing_xyz_mm, origin_xyz_mm, direction))
+
+
+@pytest.fixture
+def ct_factory():
+    """The :func:`make_ct` factory, for tests that want their own variants."""
+    return make_ct
+
+
+def require(path: Path) -> Path:
+    """The shared real-data path; fail (not skip) when the checkout lacks it."""
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests need ../shared/data beside the repository.")
+    return path
