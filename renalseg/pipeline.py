@@ -1,0 +1,452 @@
+"""``segment_study``: one CT study in, a label map on its own grid out.
+
+The data flow (SPEC.md): read → locate the kidney ROIs (or take the input as one
+ROI) → resample each ROI onto the model grid (linear, air outside) → normalise →
+sliding windows → probabilities resampled back (linear, on probabilities) onto the
+study's own voxels inside the ROI box → labels → specks removed → pasted into a
+full-size label map with exactly the input's size, spacing, origin and direction.
+This module only orchestrates; each step lives in its own module.
+
+Example (an analytic predictor that calls anything brighter than 300 HU artery):
+    >>> import numpy as np, SimpleITK as sitk
+    >>> from renalseg.segmenter import ModelSpec, Segmenter
+    >>> hu = np.full((20, 24, 24), -100, np.int16); hu[:, 10:13, 10:13] = 500
+    >>> image = sitk.GetImageFromArray(hu); image.SetSpacing((0.7, 0.7, 1.0))
+    >>> spec = ModelSpec(window_zyx=(16, 16, 16))
+    >>> bright = lambda b: np.concatenate([b < 0.65, b >= 0.65], axis=1).astype(np.float32)
+    >>> result = segment_study(image, SegmentConfig(input_is_roi=True, min_component_mm3=0),
+    ...                        segmenter=Segmenter.from_predictor(bright, spec))
+    >>> labels = Volume.from_sitk(result.labels).array
+    >>> bool((labels == (hu > 300)).all()), result.report["status"]
+    (True, 'ok')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from renalseg import __version__
+from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
+from renalseg.geometry import Geometry
+from renalseg.postprocess import (
+    DEFAULT_MIN_COMPONENT_MM3,
+    count_components,
+    probabilities_to_labels,
+    remove_small_components,
+)
+from renalseg.roi import KidneyROI
+from renalseg.segmenter import Segmenter
+from renalseg.study import Study, safe_study_id
+from renalseg.volume import Volume, crop, paste
+
+__all__ = [
+    "SegmentConfig",
+    "Result",
+    "RoiView",
+    "segment_study",
+    "write_outputs",
+    "roi_from_extent",
+    "error_report",
+    "SYNTHETIC_NOTICE",
+    "SIDES",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``--side`` choices
+SIDES: tuple[str, ...] = ("both", "left", "right")
+
+#: said once per run and stored in report.json when the card says so
+SYNTHETIC_NOTICE = (
+    "The weights were trained on synthetic phantoms only and have not been validated on "
+    "patients: research use only, not for clinical decisions."
+)
+
+_AIR_HU = -1024.0
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+#: ``on_progress(stage, done, total)``; stage e.g. ``"read"``, ``"segment left"``
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Inference settings (the CLI's options); override with ``dataclasses.replace``.
+
+    Attributes:
+        weights: weights file or folder; ``None`` = the shipped weights.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        overlap: sliding-window overlap in [0, 1).
+        tta: mirroring test-time augmentation; ``None`` = on for CUDA, off otherwise.
+        side: ``both``, ``left`` or ``right`` (the patient's side).
+        input_is_roi: the input is already one kidney ROI crop: skip localisation.
+        save_probabilities: keep the artery probability map on the study grid.
+        min_component_mm3: disconnected pieces smaller than this are removed.
+        series_uid: which DICOM series to read when a folder holds several.
+        seed: random seed for localisation.
+    """
+
+    weights: Path | None = None
+    device: str = "auto"
+    overlap: float = 0.5
+    tta: bool | None = None
+    side: str = "both"
+    input_is_roi: bool = False
+    save_probabilities: bool = False
+    min_component_mm3: float = DEFAULT_MIN_COMPONENT_MM3
+    series_uid: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise UsageError(f"--side {self.side!r}: choose both, left or right." + suggest(self.side, SIDES))
+        if not 0.0 <= self.overlap < 1.0:
+            raise UsageError(f"--overlap {self.overlap}: must be in [0, 1); the default is 0.5.")
+        if not self.min_component_mm3 >= 0:
+            raise UsageError(f"--min-component-mm3 {self.min_component_mm3}: must be ≥ 0 (0 keeps all).")
+
+
+@dataclass(frozen=True, eq=False)
+class RoiView:
+    """One ROI as the network saw it, for the preview.
+
+    Attributes:
+        side: the patient's side.
+        hu: float32 ``(Z, Y, X)`` CT on the model grid (z → superior, y → posterior, x → left).
+        artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
+        spacing_xyz_mm: the model grid spacing.
+    """
+
+    side: str
+    hu: np.ndarray
+    artery: np.ndarray
+    spacing_xyz_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """What :func:`segment_study` returns.
+
+    Attributes:
+        labels: uint8 ``SimpleITK.Image`` on exactly the study's grid.
+        report: the ``report.json`` content (JSON-ready dict).
+        label_names: ``{"0": "background", "1": "renal_artery", ...}``.
+        probabilities: float32 artery probability on the study's grid, when asked for.
+        rois: the kidney ROIs used.
+        views: per-ROI arrays for :func:`renalseg.preview.render_preview`.
+    """
+
+    labels: sitk.Image
+    report: dict
+    label_names: dict[str, str]
+    probabilities: sitk.Image | None = None
+    rois: tuple[KidneyROI, ...] = ()
+    views: tuple[RoiView, ...] = field(default_factory=tuple)
+
+    @property
+    def study_id(self) -> str:
+        return str(self.report.get("study_id", "study"))
+
+
+# -- geometry helpers ----------------------------------------------------------------------
+
+
+def _resample(image: sitk.Image, grid: Geometry, *, default: float, interpolator: int = sitk.sitkLinear,
+              pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """``image`` resampled onto ``grid`` (physical space, identity transform)."""
+    return sitk.Resample(
+        image, list(grid.shape_xyz), sitk.Transform(), interpolator, list(grid.origin_xyz_mm),
+        list(grid.spacing_xyz_mm), list(grid.direction), float(default), pixel_type,
+    )
+
+
+def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, float]) -> KidneyROI:
+    """An ROI covering a whole image (``--input-is-roi``): LPS-aligned, model spacing.
+
+    The grid covers the image's physical extent (voxel edges included, so an oblique
+    image's bounding box); the study box is the whole image. The side is the
+    patient's side of the image centre (LPS x > 0 is the patient's left).
+
+    Example:
+        >>> g = Geometry((10, 20, 30), (1.4, 1.4, 2.0), (5.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> roi = roi_from_extent(g, (0.7, 0.7, 1.0))
+        >>> roi.grid.shape_zyx, roi.side, roi.start_zyx, roi.shape_zyx
+        ((20, 40, 60), 'left', (0, 0, 0), (10, 20, 30))
+    """
+    size = np.asarray(geometry.shape_xyz, dtype=float)
+    edges = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
+                      for k in (-0.5, size[2] - 0.5)])
+    world = geometry.index_to_world(edges)
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    spacing = np.asarray(spacing_xyz_mm, dtype=float)
+    count = np.maximum(1, np.round((hi - lo) / spacing - 1e-6)).astype(int)
+    centre = (lo + hi) / 2
+    origin = centre - (count - 1) / 2 * spacing
+    grid = Geometry((int(count[2]), int(count[1]), int(count[0])), tuple(spacing.tolist()),
+                    tuple(origin.tolist()), _IDENTITY)
+    side = "left" if centre[0] > 0 else "right"
+    return KidneyROI(
+        side=side, grid=grid, start_zyx=(0, 0, 0), shape_zyx=geometry.shape_zyx, kidney_volume_ml=0.0,
+        notes=("input given as an ROI (--input-is-roi): side from the centre's LPS x; kidney volume "
+               "not estimated",),
+    )
+
+
+def _clipped_box(roi: KidneyROI, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    start = np.asarray(roi.start_zyx, dtype=int)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + np.asarray(roi.shape_zyx, dtype=int), np.asarray(shape_zyx))
+    return lo, hi
+
+
+def _artery_values(label_names: dict[str, str]) -> list[int]:
+    """Label values that are arteries (by name), else every foreground label."""
+    values = [int(k) for k, v in label_names.items() if "arter" in v.lower() and int(k) != 0]
+    return values or [int(k) for k in label_names if int(k) != 0]
+
+
+# -- the pipeline --------------------------------------------------------------------------
+
+
+def segment_study(
+    path_or_study: Study | sitk.Image | Path | str,
+    config: SegmentConfig | None = None,
+    *,
+    segmenter: Segmenter | None = None,
+    rois: list[KidneyROI] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Result:
+    """Segment the renal arteries of one study; the label map is on the study's grid.
+
+    Args:
+        path_or_study: a file, a DICOM series folder, a :class:`Study`, or a
+            ``SimpleITK.Image`` in HU.
+        config: inference settings (default :class:`SegmentConfig`).
+        segmenter: a loaded model (:func:`renalseg.segmenter.load_model`), loaded
+            once for a batch. **Hook:** ``Segmenter.from_predictor(fn, spec)`` runs any
+            callable instead of the network (tests use one that thresholds intensity).
+            ``None`` loads ``config.weights`` on ``config.device``.
+        rois: kidney ROIs to use instead of localisation (e.g. from
+            :func:`renalseg.roi.locate_kidneys` run earlier, or hand-made).
+        on_progress: ``on_progress(stage, done, total)``, e.g. per window.
+
+    Returns:
+        A :class:`Result` (labels, report, optional probabilities, ROI views).
+
+    Raises:
+        InputError: unreadable study.
+        NoKidneyFoundError: no kidney ROI (on the requested side) in the field of view.
+        ModelError: weights/card problems.
+    """
+    config = config or SegmentConfig()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(stage, done, total)
+
+    # read
+    progress("read", 0, 1)
+    study = _as_study(path_or_study, config)
+    image = study.image
+    study_geometry = study.geometry
+    timings["read"] = time.perf_counter() - clock
+    progress("read", 1, 1)
+
+    if segmenter is None:
+        from renalseg.segmenter import load_model
+
+        started = time.perf_counter()
+        segmenter = load_model(config.weights, config.device)
+        timings["load_model"] = time.perf_counter() - started
+    spec = segmenter.spec
+    tta = config.tta if config.tta is not None else segmenter.current_device.startswith("cuda")
+
+    # locate
+    started = time.perf_counter()
+    wanted = ("left", "right") if config.side == "both" else (config.side,)
+    if rois is None:
+        if config.input_is_roi:
+            rois = [roi_from_extent(study_geometry, spec.spacing_xyz_mm)]
+        else:
+            progress("locate", 0, 1)
+            from renalseg.roi import locate_kidneys
+
+            rois = list(locate_kidneys(study, spacing_xyz_mm=spec.spacing_xyz_mm, seed=config.seed,
+                                       sides=wanted))
+            progress("locate", 1, 1)
+    if not config.input_is_roi:
+        rois = [roi for roi in rois if roi.side in wanted]
+    if not rois:
+        raise NoKidneyFoundError(
+            f"{study.path}: no kidney ROI on the requested side ({config.side}) in the field of view. "
+            "Check that the scan covers the kidneys, or pass --input-is-roi for a pre-cropped kidney."
+        )
+    timings["locate"] = time.perf_counter() - started
+
+    label_names = {str(k): str(v) for k, v in spec.classes.items()}
+    artery_values = _artery_values(label_names)
+    labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
+    probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
+                         if config.save_probabilities else None)
+    voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
+    sides: dict[str, dict[str, Any]] = {}
+    views: list[RoiView] = []
+    for key in ("resample", "inference", "resample_back", "postprocess"):
+        timings[key] = 0.0
+
+    for roi in rois:
+        lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
+        if not (hi > lo).all():
+            raise GeometryError(
+                f"{study.path}: the {roi.side} ROI box {roi.start_zyx}+{roi.shape_zyx} lies outside the "
+                f"image {study_geometry.shape_zyx} (z, y, x); the localisation is wrong."
+            )
+        stage = f"segment {roi.side}"
+
+        started = time.perf_counter()
+        roi_hu = Volume.from_sitk(_resample(image, roi.grid, default=_AIR_HU)).array
+        timings["resample"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        probabilities = segmenter.predict(
+            roi_hu, overlap=config.overlap, tta=tta,
+            on_progress=lambda done, total, stage=stage: progress(stage, done, total),
+        )
+        timings["inference"] += time.perf_counter() - started
+
+        # probabilities back onto the study's own voxels inside the (clipped) box
+        started = time.perf_counter()
+        box = study_geometry.crop(tuple(lo.tolist()), tuple((hi - lo).tolist()))
+        box_probabilities = np.empty((probabilities.shape[0], *box.shape_zyx), dtype=np.float32)
+        channels = range(1, 2) if probabilities.shape[0] == 2 else range(probabilities.shape[0])
+        for c in channels:
+            resampled = _resample(Volume(probabilities[c], roi.grid).to_sitk(), box,
+                                  default=1.0 if c == 0 else 0.0)
+            box_probabilities[c] = Volume.from_sitk(resampled).array
+        if probabilities.shape[0] == 2:
+            np.subtract(1.0, box_probabilities[1], out=box_probabilities[0])
+        timings["resample_back"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        box_labels = probabilities_to_labels(box_probabilities)
+        box_labels = remove_small_components(box_labels, min_volume_mm3=config.min_component_mm3,
+                                             voxel_volume_mm3=study_geometry.voxel_volume_mm3)
+        # merge with what another ROI already labelled in an overlapping box
+        current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
+        merged = np.where(box_labels > 0, box_labels, current.array)
+        labels = paste(labels, Volume(merged, box))
+        if probability_array is not None:
+            region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            foreground = 1.0 - box_probabilities[0]
+            np.maximum(probability_array[region], foreground, out=probability_array[region])
+        artery = np.isin(box_labels, artery_values)
+        side_entry = sides.setdefault(roi.side, {"artery_volume_ml": 0.0, "components": 0, "voxels": 0})
+        side_entry["voxels"] += int(artery.sum())
+        side_entry["artery_volume_ml"] = round(side_entry["voxels"] * voxel_ml, 3)
+        side_entry["components"] += count_components(artery)
+        # the final mask back on the model grid, for the preview
+        artery_on_grid = _resample(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid, default=0,
+                                   interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+        views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
+                             tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
+        timings["postprocess"] += time.perf_counter() - started
+
+    label_image = labels.to_sitk()
+    probability_image = (Volume(probability_array, study_geometry).to_sitk()
+                         if probability_array is not None else None)
+    timings["total"] = time.perf_counter() - clock
+    report = {
+        "status": "ok",
+        "study_id": study.study_id,
+        "renalseg_version": __version__,
+        "input": {**study.describe(), "series_description": study.series_description,
+                  "slice_count": study.slice_count},
+        "rois": [roi.to_dict() for roi in rois],
+        "model": {
+            "name": spec.name,
+            "weights": str(segmenter.weights_path) if segmenter.weights_path else None,
+            "sha256": spec.sha256,
+            "classes": label_names,
+            "spacing_xyz_mm": list(spec.spacing_xyz_mm),
+            "window_zyx": list(spec.window_zyx),
+            "synthetic_training_only": spec.synthetic_training_only,
+        },
+        "device": segmenter.current_device,
+        "settings": {"overlap": config.overlap, "tta": tta, "side": config.side,
+                     "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3},
+        "arteries": sides,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if spec.synthetic_training_only:
+        report["notice"] = SYNTHETIC_NOTICE
+    return Result(labels=label_image, report=report, label_names=label_names,
+                  probabilities=probability_image, rois=tuple(rois), views=tuple(views))
+
+
+def _as_study(path_or_study: Study | sitk.Image | Path | str, config: SegmentConfig) -> Study:
+    if isinstance(path_or_study, Study):
+        return path_or_study
+    if isinstance(path_or_study, sitk.Image):
+        if path_or_study.GetDimension() != 3:
+            raise UsageError(f"Expected a 3D image; got {path_or_study.GetDimension()}D.")
+        return Study(image=path_or_study, path=Path("<image>"), format="memory", study_id="image")
+    from renalseg.io.study import read_study
+
+    return read_study(Path(path_or_study), series_uid=config.series_uid)
+
+
+def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
+                  preview: bool = True) -> Path:
+    """Write a study's outputs into ``destination`` (whole, or not at all).
+
+    Files: ``labels.nii.gz`` (uint8, the study's grid exactly), ``labels.json``,
+    ``report.json``, ``preview.png`` and, when the result has them,
+    ``probabilities.nii.gz`` (float32). Built in a staging folder and renamed into
+    place (:class:`renalseg.io.output.StagedDir`).
+
+    Raises:
+        OutputExistsError: ``destination`` exists and ``overwrite`` is false.
+    """
+    from renalseg.io.image import write_image
+    from renalseg.io.output import StagedDir, atomic_write_json
+
+    destination = Path(destination)
+    with StagedDir(destination, overwrite=overwrite) as staging:
+        started = time.perf_counter()
+        write_image(result.labels, staging / "labels.nii.gz")
+        atomic_write_json(staging / "labels.json", result.label_names)
+        if result.probabilities is not None:
+            write_image(result.probabilities, staging / "probabilities.nii.gz")
+        if preview and result.views:
+            from renalseg.preview import render_preview
+
+            render_preview(result.views, title=result.study_id).save(staging / "preview.png")
+        report = json.loads(json.dumps(result.report, default=str))
+        report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
+        report["outputs"] = sorted(p.name for p in staging.iterdir()) + ["report.json"]
+        atomic_write_json(staging / "report.json", report)
+    return destination
+
+
+def error_report(path: Path | str, error: BaseException) -> dict:
+    """The ``error.json`` content for a study that failed."""
+    return {
+        "status": "error",
+        "study_id": safe_study_id(Path(path)),
+        "input": str(path),
+        "error": type(error).__name__,
+        "message": str(error),
+        "renalseg_version": __version__,
+    }
+
