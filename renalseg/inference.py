@@ -43,6 +43,9 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 #: accepted ``--device`` values (``cuda:N`` for any N as well)
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
+#: largest accumulator kept in float64 (beyond it, float32 to bound memory)
+_FLOAT64_ACCUMULATOR_BYTES = 512 * 1024**2
+
 
 def _mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of the spatial axes to flip (the empty one first)."""
@@ -74,7 +77,8 @@ def sliding_window(
     weighted sum is divided by the summed weights, so a predictor that returns its
     input returns the input exactly (to float32 rounding). An array smaller than the
     window on some axis is padded (centred, with ``pad_value``) and cropped back.
-    Accumulation is in place in float32; the weight map is computed once (cached).
+    Accumulation is in place (float64 for ROI-sized arrays); the weight map is computed once
+    (cached).
 
     Args:
         array: float ``(Z, Y, X)`` or ``(C_in, Z, Y, X)``, already normalised the way
@@ -138,9 +142,10 @@ def sliding_window(
     corners = window_grid(padded, window, overlap)
     total = len(corners)
 
-    # Summed weights in float64; each window's contribution is pre-divided by them, so
-    # the float32 accumulator needs no final division and a constant prediction comes
-    # back within a few ulp (a plain float32 sum-then-divide loses ~1e-6 absolute).
+    # Summed weights in float64; each window's contribution is pre-divided by them (no
+    # final division pass). The accumulator is float64 up to 512 MiB (a whole kidney
+    # ROI is ~50 MiB), so a prediction that does not depend on the window comes back
+    # exactly; float32 summation of up to 64 overlapping windows loses ~1.5e-6.
     weight_sum = np.zeros(padded, dtype=np.float64)
     for z, y, x in corners:
         weight_sum[z:z + window[0], y:y + window[1], x:x + window[2]] += weights
@@ -160,11 +165,13 @@ def sliding_window(
                 "(batch, classes, z, y, x). Check the network's output layout."
             )
         if out is None:
-            out = np.zeros((predictions.shape[1], *padded), dtype=np.float32)
+            channels = predictions.shape[1]
+            wide = channels * int(np.prod(padded)) * 8 <= _FLOAT64_ACCUMULATOR_BYTES
+            out = np.zeros((channels, *padded), dtype=np.float64 if wide else np.float32)
         for i, (z, y, x) in enumerate(chunk):
             region = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
-            share = (weights / weight_sum[region]).astype(np.float32)
-            prediction = predictions[i]
+            share = (weights / weight_sum[region]).astype(out.dtype, copy=False)
+            prediction = predictions[i].astype(out.dtype, copy=False)
             np.multiply(prediction, share, out=prediction)
             out[(slice(None), *region)] += prediction
         done += n
@@ -174,7 +181,7 @@ def sliding_window(
     if out is None:  # cannot happen: there is always at least one window
         raise RuntimeError("sliding_window produced no windows")
     crop = tuple(slice(lo, lo + s) for lo, s in zip(pad_lo, spatial))
-    return np.ascontiguousarray(out[(slice(None), *crop)])
+    return np.ascontiguousarray(out[(slice(None), *crop)], dtype=np.float32)
 
 
 def _predict_mirrored(predict: Predictor, batch: np.ndarray, flips: list[tuple[int, ...]]) -> np.ndarray:
