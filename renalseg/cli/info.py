@@ -1,4 +1,4 @@
-"""``renalseg info STUDY...``: what is in a study, without any model."""
+"""``renalseg info STUDY...``: what is in each study, without any model."""
 
 from __future__ import annotations
 
@@ -6,36 +6,88 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
-from renalseg.cli.common import console, handle_errors
+from renalseg.cli.common import STATE, console, handle_errors, print_error
+from renalseg.errors import RenalsegError
 
 __all__ = ["register"]
 
 
-@handle_errors
-def info(
-    studies: Annotated[list[Path], typer.Argument(help="Image files or DICOM folders.", show_default=False)],
-) -> None:
-    """Describe studies: format, size, spacing, orientation, HU range.
-
-    Example: [bold]renalseg info patient/[/]
-    """
-    import numpy as np
+def _row(path: Path, series: str | None) -> list[str]:
+    """The table cells of one study (reads it; raises RenalsegError when it cannot)."""
+    import SimpleITK as sitk
 
     from renalseg.io.study import read_study
 
-    table = Table("study", "format", "size (x × y × z)", "spacing (mm)", "orientation", "HU range")
-    for path in studies:
-        study = read_study(path)
-        g = study.geometry
-        array = study.volume.array
-        table.add_row(
-            study.study_id, study.format, " × ".join(map(str, g.shape_xyz)),
-            " × ".join(f"{s:.4g}" for s in g.spacing_xyz_mm), g.orientation,
-            f"{float(np.min(array)):.0f} … {float(np.max(array)):.0f}",
-        )
-    console.print(table)
+    study = read_study(path, series_uid=series)
+    g = study.geometry
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(study.image)
+    if study.format == "dicom":
+        uid = study.series_uid or "(empty)"
+        slices = str(study.slice_count)
+    else:
+        uid, slices = "–", str(g.shape_zyx[0])
+    return [
+        study.study_id,
+        study.format,
+        "×".join(map(str, g.shape_xyz)),
+        "×".join(f"{s:.3g}" for s in g.spacing_xyz_mm),
+        g.orientation,
+        f"{stats.GetMinimum():.0f}…{stats.GetMaximum():.0f}",
+        uid,
+        slices,
+    ]
+
+
+@handle_errors
+def info(
+    studies: Annotated[list[Path], typer.Argument(
+        help="Image files (NIfTI, NRRD, MHA), DICOM series folders, or folders of studies.",
+        show_default=False)],
+    series: Annotated[str | None, typer.Option(
+        "--series", help="SeriesInstanceUID to read when a DICOM folder holds several "
+        "('(empty)' for a series without UID).", show_default=False)] = None,
+) -> None:
+    """Describe studies: format, size, spacing, orientation, HU range, DICOM series.
+
+    A folder of studies gives one row per study. A study that cannot be read gets
+    one red line and the others are still listed (exit code 1).
+
+    Example: [bold]renalseg info ../shared/data/real/ts_abdomen_ct_dicom[/]
+    """
+    from renalseg.io.discover import discover_studies
+
+    paths = discover_studies(studies)  # UsageError (exit 2) for a missing path
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("study", overflow="fold")
+    table.add_column("format")
+    table.add_column("size x×y×z", no_wrap=True)
+    table.add_column("spacing mm", no_wrap=True)
+    table.add_column("orient.")
+    table.add_column("HU range", no_wrap=True)
+    table.add_column("series UID", overflow="fold")
+    table.add_column("slices", justify="right")
+    failed = 0
+    for path in paths:
+        try:
+            table.add_row(*_row(path, series))
+        except RenalsegError as err:
+            if STATE["debug"]:
+                raise
+            failed += 1
+            print_error(str(err))
+    if table.row_count:
+        # piped or captured output has no width to fit: do not squash the columns
+        out = console if console.is_terminal else Console(width=max(console.width, 240),
+                                                          no_color=console.no_color)
+        out.print(table)
+    if failed:
+        print_error(f"{failed} of {len(paths)} studies could not be read.")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

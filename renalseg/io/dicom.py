@@ -1,0 +1,662 @@
+"""DICOM series folders: list the series, check them, read one as a CT study in HU.
+
+Headers are read with pydicom (``stop_before_pixels``) and checked before any pixel
+is decoded; pixels are decoded by SimpleITK/GDCM (every transfer syntax GDCM knows,
+JPEG 2000 included) from the file list *this module* sorted by position along the
+slice normal, so file names and file order never matter.
+
+What is refused, each with its own :class:`~renalseg.errors.DicomError` subclass and
+a message that names the folder and says what to do: no DICOM images
+(:class:`NoDicomError`), an unreadable file (:class:`CorruptDicomError`), several
+series and none chosen or an unknown one (:class:`~renalseg.errors.SeriesSelectionError`),
+not CT (:class:`NotCTError`), one 2D slice (:class:`SingleSliceError`), and slice
+geometry that does not make one regular 3D grid (:class:`SliceGeometryError`:
+:class:`DuplicateSliceError`, :class:`MissingSliceError`,
+:class:`NonUniformSpacingError`, :class:`GantryTiltError`).
+
+Series with an EMPTY SeriesInstanceUID (anonymised exports, like the real test
+fixture) are grouped by frame of reference, series number, description and image
+size instead, and are shown and selected as ``"(empty)"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from renalseg.errors import DicomError, SeriesSelectionError, UsageError, suggest
+from renalseg.study import Study, safe_study_id
+
+__all__ = [
+    "EMPTY_UID",
+    "SeriesInfo",
+    "list_series",
+    "read_dicom_study",
+    "is_dicom_file",
+    "NoDicomError",
+    "CorruptDicomError",
+    "NotCTError",
+    "SingleSliceError",
+    "SliceGeometryError",
+    "DuplicateSliceError",
+    "MissingSliceError",
+    "NonUniformSpacingError",
+    "GantryTiltError",
+]
+
+logger = logging.getLogger(__name__)
+
+#: how a series with an empty SeriesInstanceUID is shown and selected
+EMPTY_UID = "(empty)"
+
+#: file name suffixes taken as DICOM even without the 128-byte preamble + "DICM"
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+#: two slices closer than this along the normal are at the same position (mm)
+_DUPLICATE_TOL_MM = 0.01
+
+_FIX_EXPORT = "export the series again from the PACS/scanner"
+
+
+# -- errors ----------------------------------------------------------------------------
+class NoDicomError(DicomError):
+    """The folder holds no DICOM image files."""
+
+
+class CorruptDicomError(DicomError):
+    """A DICOM file whose header or pixel data cannot be read."""
+
+
+class NotCTError(DicomError):
+    """The series is not CT (Modality MR, SEG, PT, ...)."""
+
+
+class SingleSliceError(DicomError):
+    """The series is one 2D slice, not a 3D volume."""
+
+
+class SliceGeometryError(DicomError):
+    """The slices do not form one regular 3D grid (base class of the cases below)."""
+
+
+class DuplicateSliceError(SliceGeometryError):
+    """Two or more slices at the same position along the slice normal."""
+
+
+class MissingSliceError(SliceGeometryError):
+    """A gap between neighbouring slices larger than 1.5 × the median spacing."""
+
+
+class NonUniformSpacingError(SliceGeometryError):
+    """Slice spacing that varies along the series."""
+
+
+class GantryTiltError(SliceGeometryError):
+    """Slices stepping at an angle to their normal (gantry tilt): a sheared grid."""
+
+
+# -- headers -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Slice:
+    """What the checks need from one file's header."""
+
+    path: Path
+    uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    instance_number: int | None
+    frame_of_reference: str
+    rows: int | None
+    columns: int | None
+    frames: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slope: float
+    intercept: float
+    bits_stored: int | None
+    signed: bool
+    smallest: float | None
+    largest: float | None
+    gantry_tilt_deg: float
+    encapsulated: bool
+    extra: dict = field(default_factory=dict)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether a file looks like DICOM: the ``DICM`` marker at byte 128, or a DICOM suffix.
+
+    Cheap (reads 132 bytes); used for discovery. ``DICOMDIR`` index files and hidden
+    files are not counted.
+
+    Example:
+        >>> is_dicom_file(Path("no/such/DICOMDIR"))
+        False
+    """
+    path = Path(path)
+    if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+        return False
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return path.is_file()
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _number(value: object, default: float | None = None) -> float | None:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+
+
+def _numbers(value: object, count: int) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count else None
+
+
+def _text(value: object) -> str:
+    """A header value as text; multi-valued elements joined with a backslash, as stored."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _read_header(path: Path) -> _Slice | None:
+    """The header facts of one file; ``None`` for a file that is not DICOM at all.
+
+    Raises:
+        CorruptDicomError: the file claims to be DICOM but cannot be parsed.
+    """
+    if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as err:
+        if path.suffix.lower() in _DICOM_SUFFIXES:
+            raise CorruptDicomError(
+                f"{path}: named like a DICOM file but is not one ({err}). Remove it from the "
+                f"folder or {_FIX_EXPORT}."
+            ) from err
+        return None
+    except Exception as err:  # pydicom raises many types on damaged files
+        raise CorruptDicomError(
+            f"{path}: DICOM header cannot be read ({type(err).__name__}: {err}). The file is "
+            f"damaged or truncated: remove it or {_FIX_EXPORT}."
+        ) from err
+    if "Modality" not in ds and "SOPClassUID" not in ds:
+        # pydicom parses garbage after a valid preamble without complaint
+        raise CorruptDicomError(
+            f"{path}: starts like a DICOM file but holds no DICOM header (no Modality, no SOP "
+            f"Class UID): the file is damaged. Remove it or {_FIX_EXPORT}."
+        )
+    try:
+        rows = ds.get("Rows")
+        position = _numbers(ds.get("ImagePositionPatient"), 3)
+        orientation = _numbers(ds.get("ImageOrientationPatient"), 6)
+        spacing = _numbers(ds.get("PixelSpacing"), 2)
+        return _Slice(
+            path=path,
+            uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
+            modality=str(ds.get("Modality", "") or "").strip().upper(),
+            description=str(ds.get("SeriesDescription", "") or "").strip(),
+            series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+            instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
+            frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or "").strip(),
+            rows=int(rows) if rows is not None else None,
+            columns=int(ds.Columns) if ds.get("Columns") is not None else None,
+            frames=int(_number(ds.get("NumberOfFrames"), 1) or 1),
+            position=position,  # type: ignore[arg-type]
+            orientation=orientation,
+            pixel_spacing=spacing,  # type: ignore[arg-type]
+            slope=float(_number(ds.get("RescaleSlope"), 1.0)),  # type: ignore[arg-type]
+            intercept=float(_number(ds.get("RescaleIntercept"), 0.0)),  # type: ignore[arg-type]
+            bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
+            signed=bool(ds.get("PixelRepresentation", 0)),
+            smallest=_number(ds.get("SmallestImagePixelValue")),
+            largest=_number(ds.get("LargestImagePixelValue")),
+            gantry_tilt_deg=float(_number(ds.get("GantryDetectorTilt"), 0.0)),  # type: ignore[arg-type]
+            encapsulated=bool(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+                              and ds.file_meta.TransferSyntaxUID.is_compressed),
+            extra={
+                "patient_position": str(ds.get("PatientPosition", "") or ""),
+                "manufacturer": str(ds.get("Manufacturer", "") or ""),
+                "convolution_kernel": _text(ds.get("ConvolutionKernel")),
+                "slice_thickness_mm": _number(ds.get("SliceThickness")),
+                "transfer_syntax": str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+                if hasattr(ds, "file_meta") else "",
+            },
+        )
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CorruptDicomError(
+            f"{path}: DICOM header has invalid values ({err}). Remove the file or {_FIX_EXPORT}."
+        ) from err
+
+
+#: (FFFE,E0DD) little endian: ends every encapsulated (compressed) pixel data element
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+
+
+def _check_not_truncated(folder: Path, slices: list[_Slice]) -> None:
+    """Compressed pixel data must end with its delimiter.
+
+    Cheap (the last 64 KiB of each file), and it saves GDCM/OpenJPEG from spending
+    many seconds on a codestream that was cut in the middle before failing.
+    """
+    for s in slices:
+        if not s.encapsulated:
+            continue
+        with s.path.open("rb") as handle:
+            handle.seek(max(0, s.path.stat().st_size - 65536))
+            tail = handle.read()
+        if _SEQUENCE_DELIMITER not in tail:
+            raise CorruptDicomError(
+                f"{folder}: {s.path.name} is truncated: its compressed pixel data has no end "
+                f"(sequence delimiter missing). The copy is incomplete: copy it again or {_FIX_EXPORT}."
+            )
+
+
+def _scan(folder: Path) -> list[_Slice]:
+    """Headers of the DICOM *image* files directly in ``folder`` (sorted by name)."""
+    if not folder.exists():
+        raise UsageError(f"{folder}: no such folder. Check the path.")
+    if not folder.is_dir():
+        raise DicomError(f"{folder}: not a folder. Pass the folder that holds the DICOM series.")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    headers = [h for h in (_read_header(p) for p in files) if h is not None]
+    images = [h for h in headers if h.rows is not None and h.columns is not None]
+    if not images:
+        what = (f"{len(headers)} DICOM file(s) without image data" if headers
+                else f"{len(files)} file(s), none of them DICOM")
+        raise NoDicomError(
+            f"{folder}: no DICOM images found ({what}; sub-folders are not searched). Pass the "
+            "folder that directly holds the series' .dcm files, or an image file (NIfTI, NRRD, MHA)."
+        )
+    if len(images) < len(headers):
+        logger.info("%s: ignored %d DICOM file(s) without image data", folder, len(headers) - len(images))
+    return images
+
+
+# -- series ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in a folder.
+
+    Attributes:
+        key: what to pass as ``series_uid`` / ``--series``: the SeriesInstanceUID, or
+            ``"(empty)"`` (``"(empty)#2"``, ... when several series lack a UID).
+        uid: the SeriesInstanceUID, ``None`` when the header's is empty.
+        description: SeriesDescription (may be ``""``).
+        modality: Modality (``"CT"``, ``"MR"``, ...; ``""`` when missing).
+        slice_count: number of image files in the series.
+        series_number: SeriesNumber when present.
+        files: the series' files, sorted by name (not yet by position).
+    """
+
+    key: str
+    uid: str | None
+    description: str
+    modality: str
+    slice_count: int
+    series_number: int | None
+    files: tuple[Path, ...]
+
+    def describe(self) -> str:
+        """One line: ``key  'description'  N slices  modality``."""
+        description = self.description or "no description"
+        return (f"{self.key}  '{description}'  {self.slice_count} "
+                f"slice{'s' if self.slice_count != 1 else ''}  {self.modality or 'no modality'}")
+
+
+def _group(slices: Sequence[_Slice]) -> list[tuple[SeriesInfo, list[_Slice]]]:
+    groups: dict[tuple, list[_Slice]] = defaultdict(list)
+    for s in slices:
+        if s.uid:
+            key: tuple = ("uid", s.uid)
+        else:  # no UID: keep apart what cannot be one series
+            key = ("empty", s.frame_of_reference, s.series_number or -1, s.description,
+                   s.rows, s.columns)
+        groups[key].append(s)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] == "empty", kv[0][1:].__repr__()))
+    result = []
+    empty_count = sum(1 for k in groups if k[0] == "empty")
+    empty_seen = 0
+    for key, members in ordered:
+        if key[0] == "uid":
+            name, uid = key[1], key[1]
+        else:
+            empty_seen += 1
+            name, uid = (EMPTY_UID if empty_count == 1 or empty_seen == 1 else f"{EMPTY_UID}#{empty_seen}"), None
+        first = members[0]
+        info = SeriesInfo(
+            key=name, uid=uid, description=first.description, modality=first.modality,
+            slice_count=len(members), series_number=first.series_number,
+            files=tuple(m.path for m in members),
+        )
+        result.append((info, members))
+    return result
+
+
+def list_series(folder: Path | str) -> list[SeriesInfo]:
+    """The series in a DICOM folder (files directly inside it), grouped by SeriesInstanceUID.
+
+    Args:
+        folder: a folder of DICOM files (names and order do not matter).
+
+    Returns:
+        One :class:`SeriesInfo` per series, those with a UID first, sorted by UID.
+
+    Raises:
+        UsageError: the folder does not exist.
+        NoDicomError: no DICOM image files in it.
+        CorruptDicomError: a file that claims to be DICOM cannot be parsed.
+    """
+    return [info for info, _ in _group(_scan(Path(folder)))]
+
+
+def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
+            series_uid: str | None) -> tuple[SeriesInfo, list[_Slice]]:
+    listing = "\n".join(f"  {info.describe()}" for info, _ in groups)
+    if series_uid is None:
+        if len(groups) == 1:
+            return groups[0]
+        raise SeriesSelectionError(
+            f"{folder}: {len(groups)} series in one folder; choose one with --series UID "
+            f"(Python: series_uid=...):\n{listing}"
+        )
+    for info, members in groups:
+        if series_uid.strip() in (info.key, info.uid):
+            return info, members
+    keys = [info.key for info, _ in groups]
+    raise SeriesSelectionError(
+        f"{folder}: no series with UID '{series_uid}'.{suggest(series_uid, keys)} "
+        f"The folder holds {len(groups)} series:\n{listing}"
+    )
+
+
+# -- geometry checks -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Grid:
+    files: list[Path]
+    spacing_xyz_mm: tuple[float, float, float]
+    origin_xyz_mm: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+
+def _same(values: list, name: str, folder: Path, key: str, atol: float = 1e-4) -> None:
+    first = values[0]
+    for v in values[1:]:
+        if (first is None) != (v is None) or (
+            first is not None and not np.allclose(np.asarray(first, float), np.asarray(v, float), atol=atol)
+        ):
+            raise SliceGeometryError(
+                f"{folder}: series {key} mixes slices with different {name} ({first} and {v}): "
+                "several acquisitions or reconstructions share one series. Separate them into "
+                f"folders or {_FIX_EXPORT}."
+            )
+
+
+def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
+    """Sort the slices along their normal and check they form one regular grid."""
+    key = info.key
+    multi = [s for s in slices if s.frames > 1]
+    if multi:
+        raise DicomError(
+            f"{folder}: {multi[0].path.name} is a multi-frame (enhanced) DICOM object with "
+            f"{multi[0].frames} frames, which renalseg does not read. Convert the series to NIfTI "
+            "(e.g. dcm2niix) or export it as classic single-frame CT images."
+        )
+    if len(slices) == 1:
+        raise SingleSliceError(
+            f"{folder}: series {key} is a single 2D slice ({slices[0].path.name}); renalseg needs "
+            "the whole 3D CT volume (all slices of the series in one folder)."
+        )
+    lacking = [s for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None]
+    if lacking:
+        raise DicomError(
+            f"{folder}: {lacking[0].path.name} (series {key}) has no ImagePositionPatient, "
+            "ImageOrientationPatient or PixelSpacing, so its place in the patient is unknown "
+            "(a scout or secondary capture?). Pass a cross-sectional CT series."
+        )
+    _same([(s.rows, s.columns) for s in slices], "image sizes (rows, columns)", folder, key)
+    _same([s.pixel_spacing for s in slices], "pixel spacings", folder, key, atol=1e-5)
+    _same([s.orientation for s in slices], "orientations", folder, key)
+
+    orientation = np.asarray(slices[0].orientation, float)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    if (abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3
+            or abs(float(row_dir @ col_dir)) > 1e-3):
+        raise SliceGeometryError(
+            f"{folder}: ImageOrientationPatient {tuple(orientation)} is not two orthogonal unit "
+            f"vectors; the headers are damaged: {_FIX_EXPORT}."
+        )
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+
+    # sort along the normal (ties by instance number, then name: deterministic)
+    positions = np.asarray([s.position for s in slices], float)
+    along = positions @ normal
+    order = sorted(range(len(slices)), key=lambda i: (along[i], slices[i].instance_number or 0,
+                                                       slices[i].path.name))
+    slices = [slices[i] for i in order]
+    positions, along = positions[order], along[order]
+    gaps = np.diff(along)
+
+    duplicates = np.flatnonzero(gaps < _DUPLICATE_TOL_MM)
+    if duplicates.size:
+        i = int(duplicates[0])
+        raise DuplicateSliceError(
+            f"{folder}: series {key} has {duplicates.size} duplicated slice position(s), e.g. {slices[i].path.name} and {slices[i + 1].path.name} "
+            f"both at {along[i]:.3f} mm along the slice normal (duplicate files, or two "
+            f"reconstructions in one series). Remove the duplicates or {_FIX_EXPORT}."
+        )
+    median = float(np.median(gaps))
+    big = np.flatnonzero(gaps > 1.5 * median)
+    if big.size:
+        i = int(big[0])
+        missing = max(1, round(gaps[i] / median) - 1)
+        raise MissingSliceError(
+            f"{folder}: series {key} is missing slices: a gap of {gaps[i]:.3f} mm between "
+            f"{slices[i].path.name} ({along[i]:.3f} mm) and {slices[i + 1].path.name} "
+            f"({along[i + 1]:.3f} mm), expected {median:.3f} mm (about {missing} slice(s) "
+            f"missing; {big.size} gap(s) in all). Copy the complete series or {_FIX_EXPORT}."
+        )
+    tolerance = max(0.01, 0.01 * median)
+    off = np.abs(gaps - median)
+    if float(off.max()) > tolerance:
+        i = int(np.argmax(off))
+        raise NonUniformSpacingError(
+            f"{folder}: series {key} has non-uniform slice spacing: {float(gaps.min()):.3f} to "
+            f"{float(gaps.max()):.3f} mm (median {median:.3f} mm, tolerance {tolerance:.3f} mm; "
+            f"worst between {slices[i].path.name} and {slices[i + 1].path.name}). Resample it to "
+            "uniform spacing (e.g. dcm2niix then a NIfTI) or export a uniformly spaced reconstruction."
+        )
+
+    # every slice must lie on the line through the first one along the normal
+    offsets = positions - positions[0]
+    depth = along - along[0]
+    in_plane = offsets - depth[:, None] * normal[None, :]
+    pixel = min(slices[0].pixel_spacing)  # type: ignore[arg-type]
+    tolerance_mm = 0.1 * pixel
+    worst = float(np.linalg.norm(in_plane, axis=1).max())
+    tag_tilt = max((abs(s.gantry_tilt_deg) for s in slices), default=0.0)
+    if worst > tolerance_mm:
+        slope = (in_plane * depth[:, None]).sum(axis=0) / float((depth**2).sum())
+        residual = float(np.linalg.norm(in_plane - depth[:, None] * slope[None, :], axis=1).max())
+        if residual <= tolerance_mm or tag_tilt > 0:
+            angle = math.degrees(math.atan(float(np.linalg.norm(slope))))
+            raise GantryTiltError(
+                f"{folder}: series {key} was acquired with gantry tilt: the slices step at "
+                f"{angle:.2f}° to their normal (GantryDetectorTilt tag: {tag_tilt:g}°), so they do "
+                "not form a rectangular grid. Reconstruct without tilt, or resample it to an "
+                "untilted grid first (e.g. dcm2niix, which corrects gantry tilt) and pass the NIfTI."
+            )
+        j = int(np.argmax(np.linalg.norm(in_plane, axis=1)))
+        raise SliceGeometryError(
+            f"{folder}: series {key}: slice {slices[j].path.name} is displaced "
+            f"{float(np.linalg.norm(in_plane[j])):.3f} mm in-plane from the others (tolerance "
+            f"{tolerance_mm:.3f} mm), so the slices do not stack into one grid. {_FIX_EXPORT.capitalize()}."
+        )
+    if tag_tilt > 0:
+        logger.warning("%s: GantryDetectorTilt is %g° but the slice positions are consistent with "
+                       "their orientation; reading the series as stored.", folder, tag_tilt)
+
+    direction = np.column_stack([row_dir, col_dir, normal])
+    row_spacing, column_spacing = slices[0].pixel_spacing  # type: ignore[misc]
+    return _Grid(
+        files=[s.path for s in slices],
+        # PixelSpacing is (between rows, between columns) = (y, x)
+        spacing_xyz_mm=(float(column_spacing), float(row_spacing),
+                        float((along[-1] - along[0]) / (len(slices) - 1))),
+        origin_xyz_mm=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
+        direction=tuple(float(v) for v in direction.ravel()),
+    )
+
+
+# -- pixels --------------------------------------------------------------------------------------
+def _read_pixels(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(p) for p in grid.files])
+    slopes = {s.slope for s in slices}
+    intercepts = {s.intercept for s in slices}
+    if len(slopes) > 1 or len(intercepts) > 1 or any(
+            not float(v).is_integer() for v in (*slopes, *intercepts)):
+        # GDCM picks the pixel type from the first file; keep every slice's rescale exact
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        bad = []
+        for path in grid.files:  # find the culprit(s) only on this failure path
+            try:
+                sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+            except RuntimeError:
+                bad.append(path.name)
+        which = f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "one of the files"
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CorruptDicomError(
+            f"{folder}: pixel data cannot be decoded in {which} ({first_line}). The file is "
+            f"damaged/truncated or uses an unsupported compression: {_FIX_EXPORT}."
+        ) from err
+
+
+def _check_pixels(folder: Path, image: sitk.Image, grid: _Grid, slices: list[_Slice]) -> None:
+    """SimpleITK's geometry and HU values must agree with the headers."""
+    size_expected = (slices[0].columns, slices[0].rows, len(slices))
+    problems = []
+    if tuple(image.GetSize()) != size_expected:
+        problems.append(f"size {image.GetSize()} vs {size_expected}")
+    spacing = np.asarray(image.GetSpacing())
+    if not np.allclose(spacing[:2], grid.spacing_xyz_mm[:2], rtol=0, atol=1e-6) or \
+            abs(spacing[2] - grid.spacing_xyz_mm[2]) > 1e-3:
+        problems.append(f"spacing {tuple(spacing)} vs {grid.spacing_xyz_mm} mm")
+    if not np.allclose(image.GetOrigin(), grid.origin_xyz_mm, rtol=0, atol=1e-3):
+        problems.append(f"origin {image.GetOrigin()} vs {grid.origin_xyz_mm} mm")
+    if not np.allclose(image.GetDirection(), grid.direction, rtol=0, atol=1e-5):
+        problems.append(f"direction {image.GetDirection()} vs {grid.direction}")
+
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    lo_hu, hi_hu = stats.GetMinimum(), stats.GetMaximum()
+    bits = slices[0].bits_stored
+    if bits:
+        stored_lo, stored_hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if slices[0].signed
+                                else (0, 2**bits - 1))
+        bounds = [s.slope * v + s.intercept for s in slices for v in (stored_lo, stored_hi)]
+        if lo_hu < min(bounds) - 1e-3 or hi_hu > max(bounds) + 1e-3:
+            problems.append(f"values {lo_hu:g}…{hi_hu:g} outside the range {min(bounds):g}…"
+                            f"{max(bounds):g} that {bits}-bit pixels with the header's rescale allow")
+    if problems:
+        raise DicomError(
+            f"{folder}: SimpleITK/GDCM read the series differently from what its headers say ("
+            + "; ".join(problems) + "). The headers are inconsistent: convert the series with "
+            "dcm2niix and pass the NIfTI, or " + _FIX_EXPORT + "."
+        )
+    if all(s.smallest is not None and s.largest is not None for s in slices):
+        expected_lo = min(s.slope * s.smallest + s.intercept for s in slices)  # type: ignore[operator]
+        expected_hi = max(s.slope * s.largest + s.intercept for s in slices)  # type: ignore[operator]
+        if abs(expected_lo - lo_hu) > 1e-3 or abs(expected_hi - hi_hu) > 1e-3:
+            # optional tags, often stale after recompression: tell, do not refuse
+            logger.warning("%s: decoded HU range %g…%g differs from the headers' Smallest/Largest "
+                           "pixel values (%g…%g after rescale)", folder, lo_hu, hi_hu,
+                           expected_lo, expected_hi)
+
+
+def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> Study:
+    """Read one CT series from a folder into a :class:`~renalseg.study.Study` in HU.
+
+    The files are grouped by SeriesInstanceUID, checked (CT, 3D, one regular grid),
+    sorted by position along the slice normal and decoded by SimpleITK/GDCM; the
+    image's size, spacing, origin and direction are checked against the headers.
+    The folder is only read, never written.
+
+    Args:
+        folder: a folder directly holding the DICOM files (any names, any order).
+        series_uid: the SeriesInstanceUID to read when the folder holds several
+            series (``"(empty)"`` selects a series whose UID is empty).
+
+    Returns:
+        The study: ``image`` in HU (rescale slope/intercept applied; int16 when the
+        rescale is integral, else float32), ``format="dicom"``, ``series_uid``
+        (``None`` when the header's is empty), ``slice_count``, and ``extra`` with
+        modality, patient position, manufacturer, kernel, slice thickness and
+        transfer syntax.
+
+    Raises:
+        UsageError: the folder does not exist.
+        NoDicomError: no DICOM image files in the folder.
+        CorruptDicomError: a file whose header or pixels cannot be read.
+        SeriesSelectionError: several series and no ``series_uid``, or an unknown one.
+        NotCTError: the series' Modality is not CT.
+        SingleSliceError: only one slice.
+        SliceGeometryError: duplicate positions, missing slices, non-uniform spacing,
+            gantry tilt, or mixed sizes/orientations (subclasses name each case).
+        DicomError: SimpleITK's reading disagrees with the headers.
+    """
+    folder = Path(folder)
+    groups = _group(_scan(folder))
+    info, slices = _select(folder, groups, series_uid)
+    if info.modality != "CT":
+        raise NotCTError(
+            f"{folder}: series {info.key} is Modality {info.modality or '(missing)'}, not CT. "
+            "renalseg segments CT angiography only; pass the CT series"
+            + (" with --series UID." if len(groups) > 1 else ".")
+        )
+    grid = _check_grid(folder, info, slices)
+    _check_not_truncated(folder, slices)
+    by_path = {s.path: s for s in slices}
+    ordered = [by_path[p] for p in grid.files]
+    image = _read_pixels(folder, grid, ordered)
+    _check_pixels(folder, image, grid, ordered)
+    logger.debug("%s: read series %s, %d slices", folder, info.key, len(ordered))
+    extra = {"modality": info.modality, "series_number": info.series_number,
+             "gantry_tilt_deg": max(abs(s.gantry_tilt_deg) for s in ordered),
+             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "")}}
+    return Study(
+        image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
+        series_uid=info.uid, series_description=info.description or None,
+        slice_count=len(ordered), extra=extra,
+    )

@@ -1,0 +1,323 @@
+"""DICOM reading on the real fixture, and every bad input built from it in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import DICOM_FIXTURE, DICOM_REFERENCE_LABELS, require
+from pydicom.uid import generate_uid
+
+from renalseg.errors import DicomError, SeriesSelectionError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.dicom import (
+    EMPTY_UID,
+    CorruptDicomError,
+    DuplicateSliceError,
+    GantryTiltError,
+    MissingSliceError,
+    NoDicomError,
+    NonUniformSpacingError,
+    NotCTError,
+    SingleSliceError,
+    SliceGeometryError,
+    list_series,
+    read_dicom_study,
+)
+from renalseg.io.study import read_study
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _fixture_files() -> list[Path]:
+    return sorted(require(DICOM_FIXTURE).iterdir())
+
+
+def _by_z(files: list[Path]) -> list[Path]:
+    """Files sorted by their z position (superior last)."""
+    return sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def copy_series(dest: Path, files: list[Path] | None = None) -> Path:
+    """Writable copies of the fixture's files (copyfile: the originals are read-only)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in files if files is not None else _fixture_files():
+        shutil.copyfile(path, dest / path.name)
+    return dest
+
+
+def edit(path: Path, **changes: object) -> None:
+    """Change header fields in place; the JPEG 2000 pixel data is kept encoded as-is."""
+    ds = pydicom.dcmread(path)
+    for name, value in changes.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def fixture_study():
+    return read_dicom_study(require(DICOM_FIXTURE))
+
+
+# -- the real fixture --------------------------------------------------------------------------
+def test_fixture_geometry_is_exactly_the_headers(fixture_study):
+    files = _fixture_files()
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    lowest = min(headers, key=lambda h: float(h.ImagePositionPatient[2]))
+    g = fixture_study.geometry
+    assert fixture_study.format == "dicom"
+    assert g.shape_xyz == (512, 512, 20)
+    row_mm, col_mm = (float(v) for v in headers[0].PixelSpacing)
+    assert (row_mm, col_mm) == (0.9765625, 0.9765625)
+    assert g.spacing_xyz_mm == (col_mm, row_mm, 2.0)
+    # origin is the most inferior slice's position; z (index) runs superior
+    assert g.origin_xyz_mm == tuple(float(v) for v in lowest.ImagePositionPatient)
+    assert g.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert g.orientation == "LPS"
+    assert fixture_study.series_uid is None  # the header's UID is empty
+    assert fixture_study.slice_count == 20
+    assert fixture_study.series_description == "CT Body 3.0"
+
+
+def test_fixture_is_in_hu_with_the_headers_rescale(fixture_study):
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in _fixture_files()]
+    array = fixture_study.volume.array
+    # stored values 0..Largest with intercept -1024: HU must be exactly that range
+    expected_min = min(float(h.SmallestImagePixelValue) * float(h.RescaleSlope) + float(h.RescaleIntercept)
+                       for h in headers)
+    expected_max = max(float(h.LargestImagePixelValue) * float(h.RescaleSlope) + float(h.RescaleIntercept)
+                       for h in headers)
+    assert (float(array.min()), float(array.max())) == (expected_min, expected_max) == (-1024.0, 1839.0)
+
+
+def test_every_file_lands_on_the_slice_its_position_names(fixture_study):
+    g: Geometry = fixture_study.geometry
+    volume = fixture_study.volume.array
+    for path in _fixture_files():
+        position = [float(v) for v in pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient]
+        index = g.world_to_index(np.asarray([position]))[0]
+        np.testing.assert_allclose(index[:2], 0.0, atol=1e-6)
+        k = int(round(index[2]))
+        single = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
+        np.testing.assert_array_equal(volume[k], single)
+
+
+def test_reference_labels_line_up_only_through_geometry(fixture_study):
+    labels = sitk.ReadImage(str(require(DICOM_REFERENCE_LABELS)))
+    assert Geometry.from_sitk(labels).orientation == "LAS"  # stored with another axis order
+    resampled = sitk.Resample(labels, fixture_study.image, sitk.Transform(), sitk.sitkNearestNeighbor,
+                              0, labels.GetPixelID())
+    hu = fixture_study.volume.array
+    aligned = sitk.GetArrayFromImage(resampled)
+    assert 60 <= np.median(hu[aligned == 5]) <= 120  # liver
+    assert np.median(hu[aligned == 52]) > 120  # aorta, contrast-enhanced
+    # the same arrays voxel by voxel, geometry ignored, put the aorta in the wrong place
+    naive = sitk.GetArrayFromImage(labels)
+    assert naive.shape == hu.shape
+    assert np.median(hu[naive == 52]) < 60
+    overlap = np.logical_and(naive == 52, aligned == 52).sum() / (aligned == 52).sum()
+    assert overlap < 0.1
+
+
+def test_list_series_reports_the_empty_uid():
+    (series,) = list_series(require(DICOM_FIXTURE))
+    assert series.key == EMPTY_UID and series.uid is None
+    assert (series.slice_count, series.modality, series.description) == (20, "CT", "CT Body 3.0")
+
+
+def test_read_study_dispatches_folders_to_dicom(fixture_study):
+    study = read_study(DICOM_FIXTURE)
+    assert study.format == "dicom" and study.geometry == fixture_study.geometry
+
+
+# -- order and names do not matter; inputs are untouched ------------------------------------
+def test_shuffled_renamed_files_read_identically(tmp_path, fixture_study):
+    files = _fixture_files()
+    random.Random(7).shuffle(files)
+    folder = tmp_path / "odd names"
+    folder.mkdir()
+    for i, path in enumerate(files):  # names carry no order, some no extension
+        name = f"{(i * 7919) % 97:02d}-img" + (".dcm" if i % 2 else "")
+        shutil.copyfile(path, folder / name)
+    (folder / "notes.txt").write_text("not DICOM: ignored")
+    before = hashes(folder)
+    study = read_dicom_study(folder)
+    assert hashes(folder) == before  # nothing written, renamed or touched
+    assert study.geometry == fixture_study.geometry
+    np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)
+
+
+def test_reading_the_fixture_leaves_it_unchanged():
+    before = hashes(require(DICOM_FIXTURE))
+    read_dicom_study(DICOM_FIXTURE)
+    assert hashes(DICOM_FIXTURE) == before
+
+
+# -- several series -------------------------------------------------------------------------------
+@pytest.fixture
+def two_series(tmp_path) -> tuple[Path, str]:
+    folder = copy_series(tmp_path / "two")
+    uid = generate_uid()
+    for path in _fixture_files():
+        copy = folder / f"second_{path.name[-5:]}"
+        shutil.copyfile(path, copy)
+        edit(copy, SeriesInstanceUID=uid, SeriesDescription="Arterial 1.0")
+    return folder, uid
+
+
+def test_two_series_without_choice_list_each_one(two_series):
+    folder, uid = two_series
+    with pytest.raises(SeriesSelectionError, match="2 series") as info:
+        read_dicom_study(folder)
+    message = str(info.value)
+    assert str(folder) in message and "--series" in message
+    for expected in (uid, EMPTY_UID, "Arterial 1.0", "CT Body 3.0", "20 slices", "CT"):
+        assert expected in message
+
+
+def test_series_uid_picks_one(two_series, fixture_study):
+    folder, uid = two_series
+    chosen = read_dicom_study(folder, series_uid=uid)
+    assert chosen.series_uid == uid and chosen.slice_count == 20
+    assert chosen.geometry == fixture_study.geometry
+    assert read_dicom_study(folder, series_uid=EMPTY_UID).series_uid is None
+    assert {s.key for s in list_series(folder)} == {uid, EMPTY_UID}
+
+
+def test_unknown_series_uid_suggests_the_closest(two_series):
+    folder, uid = two_series
+    typo = uid[:-1] + ("1" if uid[-1] != "1" else "2")
+    with pytest.raises(SeriesSelectionError, match=f"Did you mean '{uid}'"):
+        read_dicom_study(folder, series_uid=typo)
+
+
+# -- bad inputs, each its own error --------------------------------------------------------------
+def test_missing_slice(tmp_path):
+    files = _by_z(_fixture_files())
+    folder = copy_series(tmp_path / "gap", files[:9] + files[10:])
+    with pytest.raises(MissingSliceError, match=r"missing slices: a gap of 4\.000 mm.*expected 2\.000 mm"):
+        read_dicom_study(folder)
+
+
+def test_non_uniform_spacing(tmp_path):
+    folder = copy_series(tmp_path / "uneven")
+    path = folder / _by_z(_fixture_files())[6].name
+    x, y, z = (float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
+    edit(path, ImagePositionPatient=[x, y, z + 0.7])
+    with pytest.raises(NonUniformSpacingError, match=r"non-uniform slice spacing: 1\.300 to 2\.700 mm"):
+        read_dicom_study(folder)
+
+
+def test_duplicate_position(tmp_path):
+    folder = copy_series(tmp_path / "dup")
+    source = _fixture_files()[3]
+    shutil.copyfile(source, folder / "copy_of_one_slice")
+    with pytest.raises(DuplicateSliceError, match="duplicated slice position"):
+        read_dicom_study(folder)
+
+
+def test_gantry_tilt(tmp_path):
+    folder = copy_series(tmp_path / "tilt")
+    angle = np.radians(12.0)
+    for path in folder.iterdir():  # column direction tilted about x, positions still step along z
+        edit(path, ImageOrientationPatient=[1, 0, 0, 0, float(np.cos(angle)), float(np.sin(angle))],
+             GantryDetectorTilt=12)
+    with pytest.raises(GantryTiltError, match=r"gantry tilt: the slices step at 12\.00°"):
+        read_dicom_study(folder)
+
+
+def test_one_slice_shifted_in_plane(tmp_path):
+    folder = copy_series(tmp_path / "shifted")
+    path = folder / _by_z(_fixture_files())[10].name
+    x, y, z = (float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
+    edit(path, ImagePositionPatient=[x + 5.0, y, z])
+    with pytest.raises(SliceGeometryError, match=r"displaced 5\.000 mm in-plane") as info:
+        read_dicom_study(folder)
+    assert not isinstance(info.value, GantryTiltError)
+
+
+@pytest.mark.parametrize("modality", ["MR", "SEG", "PT"])
+def test_not_ct(tmp_path, modality):
+    folder = copy_series(tmp_path / modality)
+    for path in folder.iterdir():
+        edit(path, Modality=modality)
+    with pytest.raises(NotCTError, match=f"Modality {modality}, not CT"):
+        read_dicom_study(folder)
+
+
+def test_single_slice(tmp_path):
+    folder = copy_series(tmp_path / "one", _fixture_files()[:1])
+    with pytest.raises(SingleSliceError, match="single 2D slice"):
+        read_dicom_study(folder)
+
+
+def test_empty_folder(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    with pytest.raises(NoDicomError, match="no DICOM images found"):
+        read_dicom_study(folder)
+
+
+def test_folder_without_dicom(tmp_path):
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    (folder / "scan.raw").write_bytes(bytes(1000))
+    with pytest.raises(NoDicomError, match="2 file"):
+        read_dicom_study(folder)
+
+
+def test_missing_folder_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no such folder"):
+        read_dicom_study(tmp_path / "nope")
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    folder = copy_series(tmp_path / "trunc")
+    victim = folder / _fixture_files()[4].name
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 60_000])  # cut inside the JPEG 2000 codestream
+    with pytest.raises(CorruptDicomError, match=f"{victim.name} is truncated"):
+        read_dicom_study(folder)
+
+
+def test_undecodable_pixel_data_names_the_file(tmp_path):
+    folder = copy_series(tmp_path / "broken")
+    victim = folder / _fixture_files()[4].name
+    data = bytearray(victim.read_bytes())
+    start = data.find(b"\xff\x4f\xff\x51")  # JPEG 2000 start of codestream
+    assert start > 0
+    data[start:start + 200] = bytes(200)
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CorruptDicomError, match=f"pixel data cannot be decoded in {victim.name}"):
+        read_dicom_study(folder)
+
+
+def test_garbage_after_the_preamble_is_corrupt(tmp_path):
+    folder = copy_series(tmp_path / "garbage")
+    victim = folder / _fixture_files()[5].name
+    victim.write_bytes(victim.read_bytes()[:132] + bytes(range(256)) * 10)
+    with pytest.raises(CorruptDicomError, match=f"{victim.name}: starts like a DICOM file"):
+        read_dicom_study(folder)
+
+
+def test_dcm_named_file_that_is_not_dicom(tmp_path):
+    folder = copy_series(tmp_path / "badname")
+    (folder / "slice.dcm").write_text("this is not DICOM")
+    with pytest.raises(CorruptDicomError, match="slice.dcm: named like a DICOM file"):
+        read_dicom_study(folder)
+
+
+def test_every_error_is_a_dicom_error():
+    for cls in (NoDicomError, CorruptDicomError, NotCTError, SingleSliceError, DuplicateSliceError,
+                MissingSliceError, NonUniformSpacingError, GantryTiltError, SeriesSelectionError):
+        assert issubclass(cls, DicomError) and cls.exit_code == 1
