@@ -1,0 +1,122 @@
+"""``renalseg info`` through typer's CliRunner, and study discovery behind it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import DICOM_FIXTURE, LAS, make_ct, require
+from typer.testing import CliRunner
+
+from renalseg.cli.app import app
+from renalseg.errors import UsageError
+from renalseg.io.discover import discover_studies
+from renalseg.io.image import write_image
+
+runner = CliRunner()
+
+
+def _copy_dicom(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for path in sorted(require(DICOM_FIXTURE).iterdir()):
+        shutil.copyfile(path, dest / path.name)
+    return dest
+
+
+@pytest.fixture
+def batch(tmp_path) -> Path:
+    """A batch: a DICOM series, a NIfTI (LAS) and an MHA, nested one level for the MHA."""
+    root = tmp_path / "batch"
+    _copy_dicom(root / "patient_a")
+    write_image(make_ct(direction=LAS), root / "patient_b.nii.gz")
+    write_image(make_ct(), root / "more" / "patient_c.mha")
+    (root / "notes.txt").write_text("not a study")
+    (root / ".hidden").mkdir()
+    return root
+
+
+# -- discovery ------------------------------------------------------------------------------------
+def test_discover_expands_a_batch_sorted(batch):
+    assert discover_studies([batch]) == [
+        batch / "more" / "patient_c.mha", batch / "patient_a", batch / "patient_b.nii.gz",
+    ]
+
+
+def test_discover_keeps_argument_order_and_drops_repeats(batch):
+    file, series = batch / "patient_b.nii.gz", batch / "patient_a"
+    assert discover_studies([file, series, file]) == [file, series]
+
+
+def test_a_series_folder_is_one_study():
+    assert discover_studies([require(DICOM_FIXTURE)]) == [DICOM_FIXTURE]
+
+
+def test_discover_refuses_empty_folders_and_missing_paths(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(UsageError, match="empty: no study found"):
+        discover_studies([tmp_path / "empty"])
+    with pytest.raises(UsageError, match=r"a\.nii\.gz, .*b: no such file or folder"):
+        discover_studies([tmp_path / "a.nii.gz", tmp_path / "b"])
+    with pytest.raises(UsageError, match="No study given"):
+        discover_studies([])
+
+
+# -- the command ------------------------------------------------------------------------------------
+def test_info_on_the_real_dicom_series():
+    result = runner.invoke(app, ["info", str(require(DICOM_FIXTURE))])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "ts_abdomen_ct_dicom" in line)
+    for expected in ("dicom", "512×512×20", "0.977×0.977×2", "LPS", "-1024…1839", "(empty)", " 20"):
+        assert expected in row
+
+
+def test_info_on_a_batch_prints_one_row_per_study(batch):
+    result = runner.invoke(app, ["info", str(batch)])
+    assert result.exit_code == 0, result.output
+    rows = {name: line for line in result.stdout.splitlines()
+            for name in ("patient_a", "patient_b", "patient_c") if line.lstrip().startswith(name)}
+    assert set(rows) == {"patient_a", "patient_b", "patient_c"}
+    assert "512×512×20" in rows["patient_a"] and "dicom" in rows["patient_a"]
+    assert "40×32×24" in rows["patient_b"] and "LAS" in rows["patient_b"]  # x × y × z
+    assert "0.8×0.7×2.5" in rows["patient_c"] and "metaimage" in rows["patient_c"]
+
+
+def test_a_failing_study_is_reported_and_the_others_still_print(batch):
+    broken = batch / "patient_d"
+    _copy_dicom(broken)
+    for path in sorted(broken.iterdir())[:19]:  # one slice left
+        path.unlink()
+    result = runner.invoke(app, ["info", str(batch)])
+    assert result.exit_code == 1
+    assert "single 2D slice" in result.stderr and "patient_d" in result.stderr
+    assert "1 of 4 studies could not be read" in result.stderr
+    assert "Traceback" not in result.output
+    for name in ("patient_a", "patient_b", "patient_c"):
+        assert name in result.stdout
+
+
+def test_missing_path_exits_2(tmp_path):
+    result = runner.invoke(app, ["info", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "no such file or folder" in result.stderr
+
+
+def test_unknown_series_exits_1_and_lists_the_series():
+    result = runner.invoke(app, ["info", "--series", "1.2.3", str(require(DICOM_FIXTURE))])
+    assert result.exit_code == 1
+    assert "no series with UID '1.2.3'" in result.stderr and "(empty)" in result.stderr
+
+
+def test_series_option_selects_the_empty_uid():
+    result = runner.invoke(app, ["info", "--series", "(empty)", str(require(DICOM_FIXTURE))])
+    assert result.exit_code == 0, result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "x.txt").write_text("not an image")
+    quiet = runner.invoke(app, ["info", str(tmp_path / "x.txt")])
+    assert quiet.exit_code == 1 and "not a supported study file" in quiet.stderr
+    loud = runner.invoke(app, ["--debug", "info", str(tmp_path / "x.txt")])
+    assert loud.exit_code != 0
+    assert loud.exception is not None and type(loud.exception).__name__ == "InputError"
