@@ -1,0 +1,239 @@
+"""segment_study: label maps line up with the input in physical space; reports; outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import LAS, LPS, OBLIQUE_30DEG
+
+from renalseg.errors import GeometryError, NoKidneyFoundError, OutputExistsError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import write_image
+from renalseg.io.study import read_study
+from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, roi_from_extent, segment_study, write_outputs
+from renalseg.roi import KidneyROI
+from renalseg.segmenter import ModelSpec, Segmenter
+from renalseg.volume import Volume
+
+TUBE_HU, TISSUE_HU, THRESHOLD_HU = 500.0, 0.0, 250.0
+SPEC = ModelSpec(window_zyx=(32, 64, 64))
+
+
+def threshold_predictor(batch: np.ndarray) -> np.ndarray:
+    """'Artery' wherever the normalised intensity is above THRESHOLD_HU."""
+    artery = (batch >= SPEC.normalize(np.array([THRESHOLD_HU]))[0]).astype(np.float32)
+    return np.concatenate([1.0 - artery, artery], axis=1)
+
+
+def threshold_segmenter(spec: ModelSpec = SPEC) -> Segmenter:
+    return Segmenter.from_predictor(threshold_predictor, spec)
+
+
+def tube_ct(shape_zyx=(40, 48, 48), spacing_xyz_mm=(0.8, 0.7, 2.5), origin_xyz_mm=(-20.0, 35.5, 900.0),
+            direction=OBLIQUE_30DEG, radius_mm=4.0, offset_mm=(4.0, -3.0, 0.0), seed=0):
+    """Soft tissue with a bright oblique tube, drawn in physical (LPS) space.
+
+    Returns the CT volume and the tube mask on the same grid.
+    """
+    geometry = Geometry(shape_zyx, spacing_xyz_mm, origin_xyz_mm, direction)
+    zz, yy, xx = np.indices(shape_zyx)
+    world = geometry.index_to_world(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    centre = geometry.index_to_world([np.asarray(geometry.shape_xyz) / 2 - 0.5])[0] + np.asarray(offset_mm)
+    axis = np.array([0.15, 0.1, 1.0])
+    axis /= np.linalg.norm(axis)
+    rel = world - centre
+    distance = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1).reshape(shape_zyx)
+    mask = distance <= radius_mm
+    rng = np.random.default_rng(seed)
+    hu = np.where(mask, TUBE_HU, TISSUE_HU) + rng.normal(0, 10, shape_zyx)
+    return Volume(hu.astype(np.int16), geometry), mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def write_dicom_series(volume: Volume, folder: Path) -> Path:
+    """A CT series, one file per slice, written by SimpleITK (as a scanner would)."""
+    folder.mkdir(parents=True)
+    image = volume.to_sitk()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = volume.geometry.direction
+    orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    series_uid = "1.2.826.0.1.3680043.2.1125.1." + str(int(time.time() * 1e3))
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in [
+            ("0008|0060", "CT"), ("0008|0008", "ORIGINAL\\PRIMARY\\AXIAL"),
+            ("0020|000e", series_uid), ("0020|000d", series_uid + ".9"), ("0008|103e", "CTA tube"),
+            ("0020|0037", orientation), ("0020|0032", "\\".join(f"{p:.6f}" for p in position)),
+            ("0020|0013", str(k + 1)), ("0018|0050", str(volume.geometry.spacing_xyz_mm[2])),
+            ("0008|0018", f"{series_uid}.{k + 1}"), ("0028|1052", "0"), ("0028|1053", "1"),
+        ]:
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    return folder
+
+
+def _labels(result) -> np.ndarray:
+    return Volume.from_sitk(result.labels).array
+
+
+# -- geometry: the label map lines up with the input ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["oblique_nifti", "las_nifti", "dicom"])
+def test_bright_tube_is_labelled_where_it_is(tmp_path, kind):
+    direction = {"oblique_nifti": OBLIQUE_30DEG, "las_nifti": LAS, "dicom": OBLIQUE_30DEG}[kind]
+    volume, mask = tube_ct(direction=direction)
+    if kind == "dicom":
+        path = write_dicom_series(volume, tmp_path / "series")
+    else:
+        path = write_image(volume, tmp_path / "tube.nii.gz")
+    study = read_study(path)
+    assert study.geometry.is_same_grid(volume.geometry, atol=1e-3)
+    result = segment_study(study, SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                           segmenter=threshold_segmenter())
+    # exactly the input's grid, voxel for voxel
+    assert result.labels.GetSize() == study.image.GetSize()
+    assert result.labels.GetSpacing() == study.image.GetSpacing()
+    assert result.labels.GetOrigin() == study.image.GetOrigin()
+    assert result.labels.GetDirection() == study.image.GetDirection()
+    assert result.labels.GetPixelID() == sitk.sitkUInt8
+    labels = _labels(result)
+    assert dice(labels, mask) >= 0.9
+    # the control: the same tube mirrored left-right in the array does not line up
+    assert dice(labels, mask[:, :, ::-1]) < 0.5
+    # and its centre is where the tube's centre is, in mm
+    g = study.geometry
+    centre = lambda m: g.index_to_world([np.argwhere(m)[:, ::-1].mean(axis=0)])[0]  # noqa: E731
+    assert np.linalg.norm(centre(labels > 0) - centre(mask)) < 0.5
+
+
+def test_stub_rois_reaching_outside_the_image_are_clipped_and_pasted(tmp_path):
+    volume, mask = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0), shape_zyx=(60, 48, 48))
+    g = volume.geometry
+    # a model-grid ROI that covers the right (low x) half and hangs out of the image
+    start = (-10, -5, -30)
+    grid = g.crop(start, (80, 60, 60))
+    roi = KidneyROI(side="right", grid=grid, start_zyx=start, shape_zyx=(80, 60, 60), kidney_volume_ml=150.0)
+    result = segment_study(volume.to_sitk(), SegmentConfig(min_component_mm3=0),
+                           segmenter=threshold_segmenter(), rois=[roi])
+    labels = _labels(result)
+    inside = np.zeros_like(mask)
+    inside[:50, :55, :30] = True  # the part of the image the ROI covers
+    assert dice(labels, mask & inside) >= 0.95
+    assert not labels[:, :, 30:].any()  # nothing outside the ROI box
+    report = result.report
+    assert report["rois"][0]["box_voxels_zyx"]["start"] == list(start)
+    assert set(report["arteries"]) == {"right"}
+    expected_ml = labels.sum() * g.voxel_volume_mm3 / 1000
+    assert report["arteries"]["right"]["artery_volume_ml"] == pytest.approx(expected_ml, abs=1e-3)
+    assert report["arteries"]["right"]["components"] == 1
+
+
+def test_side_selection_and_rois_outside_the_image(tmp_path):
+    volume, _ = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0))
+    g = volume.geometry
+    right = KidneyROI("right", g.crop((0, 0, 0), (40, 48, 24)), (0, 0, 0), (40, 48, 24), 100.0)
+    left = KidneyROI("left", g.crop((0, 0, 24), (40, 48, 24)), (0, 0, 24), (40, 48, 24), 100.0)
+    result = segment_study(volume.to_sitk(), SegmentConfig(side="left"), segmenter=threshold_segmenter(),
+                           rois=[right, left])
+    assert [r["side"] for r in result.report["rois"]] == ["left"]
+    assert not _labels(result)[:, :, :24].any()
+    with pytest.raises(NoKidneyFoundError, match="requested side"):
+        segment_study(volume.to_sitk(), SegmentConfig(side="left"), segmenter=threshold_segmenter(),
+                      rois=[right])
+    far = KidneyROI("right", g.crop((500, 0, 0), (10, 10, 10)), (500, 0, 0), (10, 10, 10), 1.0)
+    with pytest.raises(GeometryError, match="outside the image"):
+        segment_study(volume.to_sitk(), segmenter=threshold_segmenter(), rois=[far])
+
+
+def test_small_specks_are_removed_by_volume(tmp_path):
+    volume, mask = tube_ct(direction=LPS, spacing_xyz_mm=(1.0, 1.0, 1.0), shape_zyx=(40, 48, 48))
+    array = volume.array.copy()
+    array[5:7, 5:7, 40:42] = 600  # an 8 mm³ speck far from the tube
+    speckled = volume.with_array(array)
+    config = SegmentConfig(input_is_roi=True, min_component_mm3=0)
+    kept = _labels(segment_study(speckled.to_sitk(), config, segmenter=threshold_segmenter()))
+    cleaned_result = segment_study(speckled.to_sitk(), SegmentConfig(input_is_roi=True),
+                                   segmenter=threshold_segmenter())
+    cleaned = _labels(cleaned_result)
+    assert kept[5:7, 5:7, 40:42].any()
+    assert not cleaned[5:7, 5:7, 40:42].any()
+    assert dice(cleaned, mask) >= 0.9  # the tube itself stays
+    side = cleaned_result.report["rois"][0]["side"]
+    assert cleaned_result.report["arteries"][side]["components"] == 1
+
+
+def test_report_and_outputs(tmp_path):
+    volume, _ = tube_ct()
+    spec = ModelSpec(window_zyx=(32, 64, 64), sha256="ab" * 32, synthetic_training_only=True, name="test")
+    result = segment_study(write_image(volume, tmp_path / "case 1.nii.gz"),
+                           SegmentConfig(input_is_roi=True, save_probabilities=True),
+                           segmenter=threshold_segmenter(spec))
+    report = result.report
+    assert report["status"] == "ok" and report["study_id"] == "case_1"
+    assert report["input"]["format"] == "nifti" and report["input"]["size_xyz"] == [48, 48, 40]
+    assert report["model"]["sha256"] == "ab" * 32 and report["model"]["name"] == "test"
+    assert report["notice"] == SYNTHETIC_NOTICE
+    assert {"read", "locate", "resample", "inference", "resample_back", "postprocess", "total"} <= set(
+        report["timings_s"])
+    assert report["device"] == "cpu"
+    destination = write_outputs(result, tmp_path / "out" / "case_1")
+    names = sorted(p.name for p in destination.iterdir())
+    assert names == ["labels.json", "labels.nii.gz", "preview.png", "probabilities.nii.gz", "report.json"]
+    written = sitk.ReadImage(str(destination / "labels.nii.gz"))
+    assert Geometry.from_sitk(written) == Geometry.from_sitk(result.labels)
+    assert np.array_equal(sitk.GetArrayFromImage(written), _labels(result))
+    probabilities = sitk.ReadImage(str(destination / "probabilities.nii.gz"))
+    assert probabilities.GetPixelID() == sitk.sitkFloat32
+    assert Geometry.from_sitk(probabilities) == Geometry.from_sitk(result.labels)
+    p = sitk.GetArrayFromImage(probabilities)
+    assert np.array_equal(p > 0.5, _labels(result) == 1)
+    assert json.loads((destination / "labels.json").read_text()) == {"0": "background", "1": "renal_artery"}
+    on_disk = json.loads((destination / "report.json").read_text())
+    assert on_disk["status"] == "ok" and "write" in on_disk["timings_s"]
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_outputs(result, destination)
+    write_outputs(result, destination, overwrite=True)
+    assert not [p for p in destination.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_preview_shows_the_artery_in_red(tmp_path):
+    volume, _ = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0))
+    result = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True), segmenter=threshold_segmenter())
+    from renalseg.preview import render_preview
+
+    picture = np.asarray(render_preview(result.views, title="t"))
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 120) & (picture[..., 2] < 120)
+    assert red.sum() > 500
+
+
+def test_roi_from_extent_covers_an_oblique_image():
+    g = Geometry((10, 20, 30), (0.8, 0.7, 2.5), (-20.0, 35.5, 900.0), OBLIQUE_30DEG)
+    roi = roi_from_extent(g, (0.7, 0.7, 1.0))
+    assert roi.grid.orientation == "LPS" and roi.grid.spacing_xyz_mm == (0.7, 0.7, 1.0)
+    lo, hi = roi.box_mm_lps
+    corners = g.corners_world()
+    assert (corners.min(axis=0) >= np.asarray(lo) - 0.7).all()
+    assert (corners.max(axis=0) <= np.asarray(hi) + 0.7).all()
+    assert roi.side == "right"  # centre at LPS x < 0
+
+
+def test_config_is_validated():
+    with pytest.raises(UsageError, match="Did you mean 'left'"):
+        SegmentConfig(side="lfet")
+    with pytest.raises(UsageError, match="overlap"):
+        SegmentConfig(overlap=1.0)
+    with pytest.raises(UsageError, match="min-component"):
+        SegmentConfig(min_component_mm3=-1)
