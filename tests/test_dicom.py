@@ -321,3 +321,46 @@ def test_every_error_is_a_dicom_error():
     for cls in (NoDicomError, CorruptDicomError, NotCTError, SingleSliceError, DuplicateSliceError,
                 MissingSliceError, NonUniformSpacingError, GantryTiltError, SeriesSelectionError):
         assert issubclass(cls, DicomError) and cls.exit_code == 1
+
+
+# -- series written by SimpleITK: oblique, anisotropic, off-origin --------------------------------
+def _write_series(volume, folder: Path, uid: str, description: str, names: str) -> None:
+    """One file per slice, written by SimpleITK/GDCM as a scanner would (positions in mm)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = volume.to_sitk()
+    d = volume.geometry.direction
+    orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    order = list(range(image.GetDepth()))
+    random.Random(1).shuffle(order)  # written in shuffled order
+    for k in order:
+        one = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in [("0008|0060", "CT"), ("0020|000e", uid), ("0008|103e", description),
+                           ("0020|0037", orientation),
+                           ("0020|0032", "\\".join(f"{p:.6f}" for p in position)),
+                           ("0008|0018", f"{uid}.{k + 1}"), ("0020|0013", str(k + 1))]:
+            one.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{names}{(k * 37) % 101:03d}.dcm"))
+        writer.Execute(one)
+
+
+def test_two_series_written_by_simpleitk_read_back_exactly(tmp_path):
+    from conftest import make_ct
+
+    first = make_ct()  # oblique 30°, spacing (0.8, 0.7, 2.5), off-origin
+    second = make_ct(shape_zyx=(9, 20, 16), spacing_xyz_mm=(0.6, 0.6, 1.25), seed=3)
+    folder = tmp_path / "exported"
+    _write_series(first, folder, "1.2.826.0.1.3680043.2.1125.7.1", "Arterial", "a")
+    _write_series(second, folder, "1.2.826.0.1.3680043.2.1125.7.2", "Venous", "b")
+    with pytest.raises(SeriesSelectionError, match="2 series"):
+        read_dicom_study(folder)
+    for volume, uid in ((first, "1.2.826.0.1.3680043.2.1125.7.1"),
+                        (second, "1.2.826.0.1.3680043.2.1125.7.2")):
+        study = read_dicom_study(folder, series_uid=uid)
+        assert study.geometry.shape_zyx == volume.geometry.shape_zyx
+        np.testing.assert_allclose(study.geometry.spacing_xyz_mm, volume.geometry.spacing_xyz_mm, atol=1e-5)
+        np.testing.assert_allclose(study.geometry.origin_xyz_mm, volume.geometry.origin_xyz_mm, atol=1e-5)
+        np.testing.assert_allclose(study.geometry.direction, volume.geometry.direction, atol=1e-6)
+        np.testing.assert_array_equal(study.volume.array, volume.array)
