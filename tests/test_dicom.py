@@ -364,3 +364,16 @@ def test_two_series_written_by_simpleitk_read_back_exactly(tmp_path):
         np.testing.assert_allclose(study.geometry.origin_xyz_mm, volume.geometry.origin_xyz_mm, atol=1e-5)
         np.testing.assert_allclose(study.geometry.direction, volume.geometry.direction, atol=1e-6)
         np.testing.assert_array_equal(study.volume.array, volume.array)
+
+
+def test_each_slices_own_rescale_is_applied(tmp_path, fixture_study):
+    folder = copy_series(tmp_path / "rescale")
+    by_z = [folder / p.name for p in _by_z(_fixture_files())]
+    for k, path in enumerate(by_z):  # non-integral slope; slice 3 has its own intercept
+        edit(path, RescaleSlope=0.5, RescaleIntercept=-1000 if k == 3 else -1024)
+    study = read_dicom_study(folder)
+    stored = fixture_study.volume.array.astype(np.float64) + 1024  # fixture: slope 1, intercept -1024
+    expected = stored * 0.5 - 1024
+    expected[3] += 24
+    assert study.image.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(study.volume.array, expected)
