@@ -246,7 +246,7 @@ def segment(
     segmenter = load_model(weights, device)
     say(f"device: {segmenter.device_reason}")
     if segmenter.spec.synthetic_training_only:
-        err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False)
+        err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = run_batch(paths, out, config, segmenter, overwrite=overwrite,
                      show_progress=not quiet and not json_output)
     failed = sum(row["status"] != "ok" for row in rows)

@@ -1,0 +1,155 @@
+"""``renalseg segment`` through typer's CliRunner: batches, failures, shards, options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_pipeline import SPEC, dice, threshold_predictor, tube_ct, write_dicom_series
+from typer.testing import CliRunner
+
+import renalseg.segmenter
+from renalseg.cli.app import app
+from renalseg.io.image import write_image
+from renalseg.pipeline import SYNTHETIC_NOTICE
+from renalseg.segmenter import ModelSpec, Segmenter
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def analytic_model(monkeypatch):
+    """``load_model`` returns the intensity-threshold predictor (synthetic-only card)."""
+    calls = []
+
+    def fake_load_model(weights=None, device="auto", **_):
+        calls.append((weights, device))
+        spec = ModelSpec(window_zyx=SPEC.window_zyx, name="threshold", sha256="cd" * 32,
+                         synthetic_training_only=True)
+        return Segmenter(predictor=threshold_predictor, spec=spec, device="cpu", device_reason="cpu (test)")
+
+    monkeypatch.setattr(renalseg.segmenter, "load_model", fake_load_model)
+    return calls
+
+
+@pytest.fixture
+def batch(tmp_path) -> tuple[Path, np.ndarray]:
+    """a.nii.gz (tube), b.nii.gz (corrupt: damaged header), c/ (DICOM series of the tube)."""
+    root = tmp_path / "batch"
+    volume, mask = tube_ct()
+    write_image(volume, root / "a.nii.gz")
+    (root / "b.nii.gz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+    write_dicom_series(volume, root / "c")
+    return root, mask
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_batch_with_one_corrupt_study(batch, tmp_path, analytic_model):
+    root, mask = batch
+    out = tmp_path / "out"
+    result = _run("segment", root, "--out", out, "--input-is-roi", "--min-component-mm3", "0")
+    assert result.exit_code == 1, result.output
+    assert len(analytic_model) == 1  # the model is loaded once per run
+    for good in ("a", "c"):
+        folder = out / good
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "labels.json", "labels.nii.gz", "preview.png", "report.json"]
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
+        assert dice(labels, mask) >= 0.9
+        assert json.loads((folder / "report.json").read_text())["status"] == "ok"
+    bad = out / "b"
+    assert [p.name for p in bad.iterdir()] == ["error.json"]  # no label map, nothing partial
+    error = json.loads((bad / "error.json").read_text())
+    assert error["status"] == "error" and error["error"] == "InputError" and "b.nii.gz" in error["message"]
+    assert "b:" in result.stderr and "error" in result.stderr
+    assert result.stderr.count("synthetic phantoms only") == 1  # said once per run
+    assert result.stderr.count("device:") == 1
+    assert "a" in result.stdout and "ok" in result.stdout  # the final table
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_json_summary_and_shards(batch, tmp_path, analytic_model):
+    root, _ = batch
+    out = tmp_path / "out"
+    result = _run("segment", root, "--out", out, "--input-is-roi", "--json", "--shard", "1/3")
+    assert result.exit_code == 1  # shard 1 of 3 is b, the corrupt one
+    summary = json.loads(result.stdout)
+    assert [row["study"] for row in summary["studies"]] == ["b"]
+    assert summary["failed"] == 1 and summary["ok"] == 0
+    result = _run("segment", root, "--out", out, "--input-is-roi", "--json", "--shard", "0/3", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 1 and summary["studies"][0]["study"] == "a"
+    assert summary["studies"][0]["artery_ml"]["right"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+
+
+def test_existing_output_needs_overwrite(tmp_path, analytic_model):
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    assert _run("segment", study, "--out", out, "--input-is-roi").exit_code == 0
+    before = (out / "case" / "report.json").read_bytes()
+    result = _run("segment", study, "--out", out, "--input-is-roi")
+    assert result.exit_code == 1
+    assert "--overwrite" in result.stderr
+    assert (out / "case" / "report.json").read_bytes() == before  # never silently replaced
+    assert not (out / "case" / "error.json").exists()
+    result = _run("segment", study, "--out", out, "--input-is-roi", "--overwrite", "--save-probabilities")
+    assert result.exit_code == 0, result.output
+    assert (out / "case" / "probabilities.nii.gz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/2"], "shard"),
+    (["--shard", "x"], "shard"),
+    (["--side", "middle"], "side"),
+    (["--overlap", "1.5"], "overlap"),
+    (["--device", "gpu"], "device"),
+])
+def test_bad_options_are_usage_errors(tmp_path, args, message):
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "case.nii.gz")
+    result = _run("segment", study, "--out", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "out" / "case").exists()
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    result = _run("segment", tmp_path / "nope.nii.gz", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "nope.nii.gz" in result.stderr
+
+
+def test_real_network_weights_through_the_cli(tmp_path):
+    """A tiny randomly initialised DPA-DenseBiasNet saved with save_model: load, run, report."""
+    torch = pytest.importorskip("torch")
+    from renalseg.nets import build_network
+    from renalseg.weights import ModelCard, save_model
+
+    torch.manual_seed(0)
+    network = build_network("dpa_densebiasnet", widths=(4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 4),
+                            encoder_widths=(4, 4, 4, 4), bias_quantity=1)
+    card = ModelCard(name="dpa_densebiasnet", window_zyx=(16, 32, 32), spacing_xyz_mm=(1.4, 1.4, 2.0))
+    weights = save_model(network, card, tmp_path / "tiny.safetensors")
+    volume, _ = tube_ct(shape_zyx=(12, 24, 24), spacing_xyz_mm=(1.4, 1.4, 2.5))
+    study = write_image(volume, tmp_path / "small.nii.gz")
+    out = tmp_path / "out"
+    result = _run("segment", study, "--out", out, "--input-is-roi", "--weights", weights, "--device", "cpu",
+                  "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "small" / "report.json").read_text())
+    saved_card = json.loads(weights.with_suffix(".json").read_text())
+    assert report["model"]["name"] == "dpa_densebiasnet"
+    assert report["model"]["sha256"] == saved_card["sha256"]
+    assert report["device"] == "cpu"
+    assert report["notice"] == SYNTHETIC_NOTICE
+    labels = sitk.ReadImage(str(out / "small" / "labels.nii.gz"))
+    assert labels.GetSize() == (24, 24, 12) and labels.GetPixelID() == sitk.sitkUInt8
