@@ -47,10 +47,10 @@ def _row(path: Path, series: str | None) -> list[str]:
 def info(
     studies: Annotated[list[Path], typer.Argument(
         help="Image files (NIfTI, NRRD, MHA), DICOM series folders, or folders of studies.",
-        show_default=False)],
+        show_default=False, metavar="STUDY")],
     series: Annotated[str | None, typer.Option(
         "--series", help="SeriesInstanceUID to read when a DICOM folder holds several "
-        "('(empty)' for a series without UID).", show_default=False)] = None,
+        "('(empty)' for a series without UID).", show_default=False, metavar="UID")] = None,
 ) -> None:
     """Describe studies: format, size, spacing, orientation, HU range, DICOM series.
 
