@@ -282,8 +282,9 @@ def segment_study(
             progress("locate", 0, 1)
             from renalseg.roi import locate_kidneys
 
-            rois = list(locate_kidneys(study, spacing_xyz_mm=spec.spacing_xyz_mm, seed=config.seed,
-                                       sides=wanted))
+            rois = list(locate_kidneys(
+                study, spacing_xyz_mm=spec.spacing_xyz_mm, seed=config.seed, sides=wanted,
+                on_progress=lambda step, total, _description: progress("locate", step, total)))
             progress("locate", 1, 1)
     if not config.input_is_roi:
         rois = [roi for roi in rois if roi.side in wanted]
