@@ -1,0 +1,249 @@
+"""Online patches with augmentation, and SynthSeg-style domain randomisation.
+
+Every training sample is one patch drawn from a :class:`~renalseg.training.data.TrainingCase`:
+
+1. a centre: with probability ``foreground_share`` a random voxel of the first
+   foreground class (renal artery) jittered by up to a quarter patch, else anywhere;
+2. one affine resampling of the case around that centre, in millimetres so the
+   anisotropic model spacing is respected: random mirroring on x, y and z and a
+   rotation within ±``rotate_deg`` about each axis (the paper's augmentation);
+3. intensities: either the case's own CT, or (domain randomisation, for phantoms
+   with tissue maps) a new rendering of its tissue map with random per-tissue HU,
+   random resolution (blur), random noise and a random smooth bias field (Billot
+   et al., SynthSeg, Medical Image Analysis 2023);
+4. normalisation as in the model card (clip HU, scale to [0, 1]), then intensity
+   jitter: contrast, brightness, gamma, noise, blur.
+
+All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a
+pure function of its seed: that is what makes ``--resume`` exact and the
+distributed run identical to a single process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from renalseg.training.data import TrainingCase
+from renalseg.weights import AUTHORS_NORMALIZATION, normalize_hu
+
+__all__ = [
+    "AugmentConfig",
+    "DEFAULT_NORMALIZATION",
+    "patch_affine",
+    "sample_patch",
+    "randomise_domain",
+]
+
+#: the model card's intensity normalisation (clip HU, then scale linearly to [0, 1])
+DEFAULT_NORMALIZATION: dict[str, list[float]] = dict(AUTHORS_NORMALIZATION)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the online augmentation does (every field is a ``renalseg train`` option).
+
+    Attributes:
+        mirror: random flips on x, y and z (each with probability 0.5).
+        rotate_deg: rotations drawn uniformly within ± this many degrees about each axis.
+        intensity: contrast ×[0.75, 1.25], brightness ±0.05, gamma [0.7, 1.5],
+            Gaussian noise σ ≤ 0.02 and (p = 0.2) blur σ ≤ 1 voxel, on the normalised scale.
+        domain_randomisation: probability that a sample is re-rendered from its tissue
+            map (only cases that have one); 0 turns it off.
+        tissue_ranges_hu: per tissue class value, the (low, high) HU range a
+            randomised tissue mean is drawn from (widened by half its width each side).
+    """
+
+    mirror: bool = True
+    rotate_deg: float = 10.0
+    intensity: bool = True
+    domain_randomisation: float = 0.0
+    tissue_ranges_hu: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready copy (tissue keys as strings)."""
+        data = asdict(self)
+        data["tissue_ranges_hu"] = {str(k): list(v) for k, v in self.tissue_ranges_hu.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> AugmentConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["tissue_ranges_hu"] = {int(k): (float(v[0]), float(v[1]))
+                                    for k, v in data.get("tissue_ranges_hu", {}).items()}
+        return cls(**data)
+
+
+def _rotation(angles_rad: Sequence[float]) -> np.ndarray:
+    """3 × 3 rotation in (z, y, x) coordinates: about z, then y, then x."""
+    cz, sz = np.cos(angles_rad[0]), np.sin(angles_rad[0])
+    cy, sy = np.cos(angles_rad[1]), np.sin(angles_rad[1])
+    cx, sx = np.cos(angles_rad[2]), np.sin(angles_rad[2])
+    about_z = np.array([[1, 0, 0], [0, cz, -sz], [0, sz, cz]])  # turns the (y, x) plane
+    about_y = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]])  # turns the (z, x) plane
+    about_x = np.array([[cx, -sx, 0], [sx, cx, 0], [0, 0, 1]])  # turns the (z, y) plane
+    return about_z @ about_y @ about_x
+
+
+def patch_affine(
+    centre_zyx: Sequence[float],
+    patch_zyx: Sequence[int],
+    spacing_zyx_mm: Sequence[float],
+    *,
+    flips_zyx: Sequence[bool] = (False, False, False),
+    angles_deg_zyx: Sequence[float] = (0.0, 0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(matrix, offset)`` mapping patch voxel indices to case voxel indices.
+
+    ``case_index = matrix @ patch_index + offset`` (``scipy.ndimage.affine_transform``
+    convention); the patch centre lands on ``centre_zyx``. Rotation and mirroring act
+    in millimetres about the centre.
+
+    Example:
+        >>> m, o = patch_affine((10, 20, 30), (4, 4, 4), (1.0, 0.7, 0.7))
+        >>> (m @ np.array([1.5, 1.5, 1.5]) + o).tolist()
+        [10.0, 20.0, 30.0]
+    """
+    spacing = np.asarray(spacing_zyx_mm, dtype=float)
+    flips = np.diag([-1.0 if f else 1.0 for f in flips_zyx])
+    rotation = _rotation(np.radians(np.asarray(angles_deg_zyx, dtype=float)))
+    matrix = np.diag(1.0 / spacing) @ rotation @ flips @ np.diag(spacing)
+    half = (np.asarray(patch_zyx, dtype=float) - 1.0) / 2.0
+    offset = np.asarray(centre_zyx, dtype=float) - matrix @ half
+    return matrix, offset
+
+
+def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.Generator,
+                   foreground_share: float) -> np.ndarray:
+    shape = np.asarray(case.image_hu.shape, dtype=float)
+    patch = np.asarray(patch_zyx, dtype=float)
+    if case.foreground is not None and len(case.foreground) and rng.random() < foreground_share:
+        voxel = case.foreground[rng.integers(len(case.foreground))].astype(float)
+        return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
+    lo = np.minimum((patch - 1) / 2.0, (shape - 1) / 2.0)
+    hi = np.maximum(shape - 1 - (patch - 1) / 2.0, lo)
+    return rng.uniform(lo, hi)
+
+
+def _smooth_field(shape_zyx: Sequence[int], rng: np.random.Generator, *, control_points: int = 4) -> np.ndarray:
+    """A smooth random field in [-1, 1]: a few control points upsampled cubically."""
+    coarse = rng.uniform(-1.0, 1.0, size=(control_points,) * 3)
+    zoom = [s / control_points for s in shape_zyx]
+    field_ = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
+    return np.clip(field_[tuple(slice(0, s) for s in shape_zyx)], -1.0, 1.0).astype(np.float32)
+
+
+def randomise_domain(
+    tissue: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    tissue_ranges_hu: Mapping[int, tuple[float, float]],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Render a tissue map with random contrast, resolution, noise and bias (HU).
+
+    Per tissue class: a mean drawn uniformly from its range widened by half its
+    width on each side, plus within-tissue texture (σ up to 15 HU). Then a Gaussian
+    point-spread function with FWHM drawn in [0.5, 2.5] mm per axis (random
+    resolution), white noise σ in [5, 40] HU and an additive smooth bias field of
+    amplitude up to 40 HU.
+
+    Args:
+        tissue: uint8 ``(Z, Y, X)`` tissue class values.
+        spacing_zyx_mm: voxel spacing (z, y, x) in mm.
+        tissue_ranges_hu: class value → (low, high) HU; classes not listed keep -1000.
+        rng: the sample's random generator.
+
+    Returns:
+        float32 ``(Z, Y, X)`` in HU.
+    """
+    out = np.full(tissue.shape, -1000.0, dtype=np.float32)
+    texture = rng.normal(0.0, 1.0, size=tissue.shape).astype(np.float32)
+    for value in np.unique(tissue):
+        lo, hi = tissue_ranges_hu.get(int(value), (-1000.0, -1000.0))
+        width = hi - lo
+        mean = rng.uniform(lo - width / 2.0, hi + width / 2.0)
+        inside = tissue == value
+        out[inside] = mean + texture[inside] * rng.uniform(0.0, 15.0)
+    fwhm_mm = rng.uniform(0.5, 2.5, size=3)
+    sigma_vox = fwhm_mm / 2.3548 / np.asarray(spacing_zyx_mm, dtype=float)
+    out = ndimage.gaussian_filter(out, sigma_vox, mode="nearest")
+    out += rng.normal(0.0, rng.uniform(5.0, 40.0), size=out.shape).astype(np.float32)
+    out += _smooth_field(out.shape, rng) * rng.uniform(0.0, 40.0)
+    return out.astype(np.float32)
+
+
+def _jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    mean = float(image.mean())
+    image = (image - mean) * rng.uniform(0.75, 1.25) + mean + rng.uniform(-0.05, 0.05)
+    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.7, 1.5)
+    image = image + rng.normal(0.0, rng.uniform(0.0, 0.02), size=image.shape)
+    if rng.random() < 0.2:
+        image = ndimage.gaussian_filter(image, rng.uniform(0.0, 1.0))
+    return image.astype(np.float32)
+
+
+def sample_patch(
+    case: TrainingCase,
+    patch_zyx: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    foreground_share: float = 0.5,
+    augment: AugmentConfig | None = None,
+    normalization: Mapping[str, Sequence[float]] = DEFAULT_NORMALIZATION,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One augmented training patch from a case.
+
+    Args:
+        case: a case on the model grid.
+        patch_zyx: patch size (z, y, x) in voxels; may exceed the case (padded with air).
+        rng: this sample's generator (the only source of randomness).
+        foreground_share: probability that the patch is centred near a foreground voxel.
+        augment: augmentation settings; ``None`` crops without any augmentation.
+        normalization: the model card's normalisation.
+
+    Returns:
+        ``(image, label)``: float32 ``(Z, Y, X)`` normalised image and uint8
+        ``(Z, Y, X)`` class indices (``None`` when the case has no label).
+
+    Example:
+        >>> from renalseg.geometry import Geometry
+        >>> g = Geometry((8, 8, 8), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> case = TrainingCase("c", np.zeros((8, 8, 8), np.float32), g)
+        >>> image, label = sample_patch(case, (4, 6, 6), np.random.default_rng(0))
+        >>> image.shape, float(image.max()), label
+        ((4, 6, 6), 0.5, None)
+    """
+    patch = tuple(int(p) for p in patch_zyx)
+    spacing_zyx = tuple(reversed(case.geometry.spacing_xyz_mm))
+    centre = _choose_centre(case, patch, rng, foreground_share)
+    flips: Sequence[bool] = (False, False, False)
+    angles: Sequence[float] = (0.0, 0.0, 0.0)
+    if augment is not None and augment.mirror:
+        flips = tuple(bool(f) for f in rng.random(3) < 0.5)
+    if augment is not None and augment.rotate_deg > 0:
+        angles = tuple(rng.uniform(-augment.rotate_deg, augment.rotate_deg, size=3).tolist())
+    matrix, offset = patch_affine(centre, patch, spacing_zyx, flips_zyx=flips, angles_deg_zyx=angles)
+    pure_crop = np.allclose(matrix, np.round(matrix)) and np.allclose(offset, np.round(offset))
+
+    def resample(array: np.ndarray, order: int, cval: float) -> np.ndarray:
+        if pure_crop:  # integer shift and flips: exact, no interpolation at all
+            order = 0
+        return ndimage.affine_transform(array, matrix, offset, output_shape=patch, order=order,
+                                        mode="constant", cval=cval, prefilter=False)
+
+    randomised = (augment is not None and augment.domain_randomisation > 0 and case.tissue is not None
+                  and rng.random() < augment.domain_randomisation)
+    if randomised:
+        tissue = resample(case.tissue, 0, 0.0)  # type: ignore[arg-type]
+        hu = randomise_domain(tissue, spacing_zyx, augment.tissue_ranges_hu, rng)  # type: ignore[union-attr]
+    else:
+        hu = resample(case.image_hu, 1, -1024.0)
+    image = normalize_hu(hu, dict(normalization))
+    if augment is not None and augment.intensity:
+        image = _jitter_intensity(image, rng)
+    label = None if case.label is None else resample(case.label, 0, 0.0).astype(np.uint8)
+    return image, label

@@ -1,0 +1,458 @@
+"""Training data: the KiPA22 folder layout, label maps, and cases on the model grid.
+
+A training folder holds ``image/<case>.<ext>`` and, for the segmentation stage,
+``label/<case>.<ext>`` with the same names (KiPA22: label values 1 renal vein,
+2 kidney, 3 renal artery, 4 tumour). Folders written by ``renalseg synth`` also hold
+``tissue/<case>.<ext>`` tissue-class maps, used for domain randomisation.
+
+Every case is brought onto the model grid before training: patient-oriented
+(LPS-aligned identity direction, so array axes are z → superior, y → posterior,
+x → left) at the model spacing. Images stay in Hounsfield units here; normalisation
+happens per patch after intensity augmentation (:mod:`renalseg.training.augment`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from renalseg.errors import DataLayoutError, GeometryError, RenalsegError, UsageError
+from renalseg.geometry import Geometry, assert_same_grid
+from renalseg.io.image import IMAGE_SUFFIXES, read_image
+from renalseg.volume import Volume
+
+__all__ = [
+    "KIPA22_LABELS",
+    "LabelMap",
+    "parse_label_map",
+    "CaseFiles",
+    "find_cases",
+    "TrainingCase",
+    "load_case",
+    "load_cases",
+    "split_cases",
+    "to_model_grid",
+]
+
+logger = logging.getLogger(__name__)
+
+#: KiPA22 label values (Kidney PArsing challenge 2022)
+KIPA22_LABELS: dict[int, str] = {1: "renal_vein", 2: "kidney", 3: "renal_artery", 4: "tumour"}
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+_AIR_HU = -1024.0
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Which source label values become which training classes.
+
+    Attributes:
+        class_names: class names by class index; index 0 is always ``"background"``.
+        source_values: per class index ≥ 1, the source label values mapped to it.
+
+    Example:
+        >>> m = parse_label_map("3:renal_artery")
+        >>> m.class_names, m.apply(np.array([0, 1, 2, 3, 4])).tolist()
+        (('background', 'renal_artery'), [0, 0, 0, 1, 0])
+    """
+
+    class_names: tuple[str, ...]
+    source_values: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included."""
+        return len(self.class_names)
+
+    def apply(self, label: np.ndarray) -> np.ndarray:
+        """Map source label values to class indices (unmapped values → 0).
+
+        Args:
+            label: integer array of any shape, source label values.
+
+        Returns:
+            uint8 array of the same shape, class indices.
+        """
+        label = np.asarray(label)
+        out = np.zeros(label.shape, dtype=np.uint8)
+        for class_index, values in enumerate(self.source_values, start=1):
+            out[np.isin(label, values)] = class_index
+        return out
+
+    def to_text(self) -> str:
+        """The ``--label-map`` text that parses back to this map.
+
+        Example:
+            >>> parse_label_map("3:renal_artery,1:renal_vein").to_text()
+            '3:renal_artery,1:renal_vein'
+        """
+        return ",".join(
+            f"{value}:{name}" for name, values in zip(self.class_names[1:], self.source_values) for value in values
+        )
+
+
+def parse_label_map(text: str) -> LabelMap:
+    """Parse ``--label-map`` text: comma-separated ``VALUE:NAME`` pairs.
+
+    Classes are numbered 1, 2, ... in order of first appearance of each name; several
+    source values may share a name (they merge into one class). KiPA22: ``"3:renal_artery"``
+    (the default model), or ``"3:renal_artery,1:renal_vein,4:tumour"``.
+
+    Raises:
+        UsageError: malformed text, a negative or duplicated value, or value 0.
+
+    Example:
+        >>> m = parse_label_map("3:renal_artery, 5:renal_artery, 1:renal_vein")
+        >>> m.class_names, m.source_values
+        (('background', 'renal_artery', 'renal_vein'), ((3, 5), (1,)))
+    """
+    names: list[str] = []
+    values: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        value_text, sep, name = (s.strip() for s in item.partition(":"))
+        if not sep or not name or not value_text.lstrip("-").isdigit():
+            raise UsageError(
+                f"--label-map item {item!r} is not VALUE:NAME; write e.g. '3:renal_artery' "
+                f"(KiPA22: {', '.join(f'{k}:{v}' for k, v in KIPA22_LABELS.items())})."
+            )
+        value = int(value_text)
+        if value <= 0:
+            raise UsageError(f"--label-map value {value} must be ≥ 1 (0 is always background).")
+        if value in seen:
+            raise UsageError(f"--label-map maps source value {value} twice; give each value once.")
+        if name == "background":
+            raise UsageError("--label-map cannot name a class 'background' (class 0 is background).")
+        seen.add(value)
+        if name not in values:
+            names.append(name)
+            values[name] = []
+        values[name].append(value)
+    if not names:
+        raise UsageError("--label-map is empty; give at least one VALUE:NAME, e.g. '3:renal_artery'.")
+    return LabelMap(("background", *names), tuple(tuple(values[n]) for n in names))
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one training case (paths; nothing read yet)."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+    tissue: Path | None = None
+
+
+def _case_id(path: Path) -> str | None:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _list_folder(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() == ".raw":
+            continue
+        case_id = _case_id(path)
+        if case_id is None:
+            continue
+        if case_id in found:
+            raise DataLayoutError(
+                f"{folder}: case '{case_id}' has two files ({found[case_id].name}, {path.name}); keep one."
+            )
+        found[case_id] = path
+    return found
+
+
+def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles]:
+    """The cases of a KiPA22-layout folder, sorted by case id.
+
+    Args:
+        data_dir: folder with ``image/`` and (when ``labelled``) ``label/``; an
+            optional ``tissue/`` (phantom tissue maps) is picked up when present.
+        labelled: require a label per image (segmentation stage). Unlabelled
+            (DAE stage) ignores ``label/``.
+
+    Raises:
+        UsageError: ``data_dir`` does not exist.
+        DataLayoutError: a missing sub-folder, no images, or names that do not match
+            between ``image/`` and ``label/`` (the unmatched cases are named).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"{data_dir}: no such folder. Pass --data DIR holding image/ and label/.")
+    image_dir = data_dir / "image"
+    if not image_dir.is_dir():
+        raise DataLayoutError(
+            f"{data_dir}: no image/ folder. Expected the KiPA22 layout: {data_dir}/image/<case>.nii.gz"
+            + (f" and {data_dir}/label/<case>.nii.gz." if labelled else ".")
+        )
+    images = _list_folder(image_dir)
+    if not images:
+        raise DataLayoutError(
+            f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})."
+        )
+    labels: dict[str, Path] = {}
+    if labelled:
+        label_dir = data_dir / "label"
+        if not label_dir.is_dir():
+            raise DataLayoutError(
+                f"{data_dir}: no label/ folder; the seg stage needs {data_dir}/label/<case>.nii.gz "
+                "with the same names as image/ (the dae stage needs images only)."
+            )
+        labels = _list_folder(label_dir)
+        no_label = sorted(set(images) - set(labels))
+        no_image = sorted(set(labels) - set(images))
+        if no_label or no_image:
+            parts = []
+            if no_label:
+                parts.append(f"images without a label: {', '.join(no_label[:10])}")
+            if no_image:
+                parts.append(f"labels without an image: {', '.join(no_image[:10])}")
+            raise DataLayoutError(
+                f"{data_dir}: image/ and label/ names do not match ({'; '.join(parts)}). "
+                "Each case needs image/<case> and label/<case> with the same name."
+            )
+    tissues = _list_folder(data_dir / "tissue") if (data_dir / "tissue").is_dir() else {}
+    return [
+        CaseFiles(case_id, path, labels.get(case_id), tissues.get(case_id))
+        for case_id, path in images.items()
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingCase:
+    """One case on the model grid, in memory.
+
+    Attributes:
+        case_id: the file name without its suffix.
+        image_hu: float32 ``(Z, Y, X)`` Hounsfield units, patient-oriented, model spacing.
+        geometry: the model grid of ``image_hu`` (identity direction, model spacing).
+        label: uint8 ``(Z, Y, X)`` class indices (after the label map), or ``None``.
+        tissue: uint8 ``(Z, Y, X)`` phantom tissue classes, or ``None``.
+        foreground: int32 ``(N, 3)`` z, y, x indices of the voxels crops may be
+            centred on (the first foreground class, e.g. renal artery), or empty.
+    """
+
+    case_id: str
+    image_hu: np.ndarray
+    geometry: Geometry
+    label: np.ndarray | None = None
+    tissue: np.ndarray | None = None
+    foreground: np.ndarray | None = None
+
+
+def _target_grid(geometry: Geometry, spacing_xyz_mm: Sequence[float]) -> Geometry:
+    """The identity-direction grid at ``spacing_xyz_mm`` covering ``geometry``'s extent."""
+    corners = geometry.corners_world()
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    spacing = np.asarray(spacing_xyz_mm, dtype=float)
+    size_xyz = np.maximum(np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1, 1)
+    return Geometry(
+        (int(size_xyz[2]), int(size_xyz[1]), int(size_xyz[0])),
+        tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        tuple(float(v) for v in lo),  # type: ignore[arg-type]
+        _IDENTITY,
+    )
+
+
+def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: str) -> Volume:
+    """Resample an image onto the patient-oriented grid at ``spacing_xyz_mm``.
+
+    Nothing is interpolated when the image already is on such a grid (identity
+    direction, same spacing): the array is returned exactly.
+
+    Args:
+        image: a 3D scalar image (any direction and spacing).
+        spacing_xyz_mm: target spacing (x, y, z) in mm.
+        kind: ``"image"`` (linear, outside = -1024 HU), ``"label"`` (per-class
+            linear then arg-max, which keeps thin vessels better than nearest
+            neighbour) or ``"tissue"`` (nearest neighbour).
+
+    Returns:
+        The resampled volume (float32 for images, uint8 otherwise).
+    """
+    source = Geometry.from_sitk(image)
+    target = _target_grid(source, spacing_xyz_mm)
+    if source.is_same_grid(target, atol=1e-4):
+        array = sitk.GetArrayFromImage(image)
+        dtype = np.float32 if kind == "image" else np.uint8
+        return Volume(array.astype(dtype, copy=False), target)
+    reference = target.apply_to(sitk.Image(list(target.shape_xyz), sitk.sitkUInt8))
+    if kind == "image":
+        out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(),
+                            sitk.sitkLinear, _AIR_HU, sitk.sitkFloat32)
+        return Volume(sitk.GetArrayFromImage(out).astype(np.float32, copy=False), target)
+    if kind == "tissue":
+        out = sitk.Resample(sitk.Cast(image, sitk.sitkUInt8), reference, sitk.Transform(),
+                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        return Volume(sitk.GetArrayFromImage(out), target)
+    if kind != "label":
+        raise ValueError(f"kind must be 'image', 'label' or 'tissue'; got {kind!r}")
+    values = np.unique(sitk.GetArrayViewFromImage(image))
+    values = values[values != 0]
+    best = np.full(target.shape_zyx, 0.5, dtype=np.float32)  # background wins below 0.5
+    out_array = np.zeros(target.shape_zyx, dtype=np.uint8)
+    for value in values:
+        mask = sitk.Cast(image == int(value), sitk.sitkFloat32)
+        fraction = sitk.GetArrayFromImage(
+            sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        )
+        wins = fraction > best
+        out_array[wins] = int(value)
+        best = np.maximum(best, fraction)
+    return Volume(out_array, target)
+
+
+def _cache_key(files: CaseFiles, spacing_xyz_mm: Sequence[float], label_map: LabelMap | None) -> str:
+    parts: list[object] = [list(spacing_xyz_mm), label_map.to_text() if label_map else None]
+    for path in (files.image, files.label, files.tissue):
+        if path is not None:
+            stat = path.stat()
+            parts.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def load_case(
+    files: CaseFiles,
+    *,
+    spacing_xyz_mm: Sequence[float],
+    label_map: LabelMap | None = None,
+    cache_dir: Path | None = None,
+) -> TrainingCase:
+    """Read one case and bring it onto the model grid.
+
+    Args:
+        files: the case's files.
+        spacing_xyz_mm: model spacing (x, y, z) in mm.
+        label_map: map source labels to classes; ``None`` ignores the label.
+        cache_dir: when given, the resampled arrays are kept there (``.npz``) and
+            reused while the source files are unchanged.
+
+    Raises:
+        DataLayoutError: the label (or tissue map) is not on the image's grid, or
+            the label has no voxel of any mapped class (the case is named).
+        InputError: a file that cannot be read.
+    """
+    use_label = label_map is not None and files.label is not None
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"{files.case_id}-{_cache_key(files, spacing_xyz_mm, label_map)}.npz"
+        if cache_path.exists():
+            with np.load(cache_path) as stored:
+                geometry = Geometry(**json.loads(str(stored["geometry"])))
+                return _make_case(files.case_id, stored["image"], geometry,
+                                  stored["label"] if "label" in stored else None,
+                                  stored["tissue"] if "tissue" in stored else None, label_map)
+    image = read_image(files.image)
+    reference = Geometry.from_sitk(image)
+    extra: dict[str, sitk.Image] = {}
+    if use_label:
+        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
+    if files.tissue is not None:
+        extra["tissue"] = read_image(files.tissue)
+    for name, other in extra.items():
+        try:
+            assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
+        except GeometryError as err:
+            raise DataLayoutError(
+                f"case '{files.case_id}': the {name} is not on the image's grid; "
+                f"{name} and image must have the same size, spacing, origin and direction.\n{err}"
+            ) from err
+    volume = to_model_grid(image, spacing_xyz_mm, kind="image")
+    label = None
+    if use_label:
+        source = to_model_grid(extra["label"], spacing_xyz_mm, kind="label").array
+        label = label_map.apply(source)  # type: ignore[union-attr]
+    tissue = to_model_grid(extra["tissue"], spacing_xyz_mm, kind="tissue").array if "tissue" in extra else None
+    case = _make_case(files.case_id, volume.array, volume.geometry, label, tissue, label_map)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"image": case.image_hu}
+        if label is not None:
+            arrays["label"] = label
+        if tissue is not None:
+            arrays["tissue"] = tissue
+        g = case.geometry
+        meta = json.dumps({"shape_zyx": list(g.shape_zyx), "spacing_xyz_mm": list(g.spacing_xyz_mm),
+                           "origin_xyz_mm": list(g.origin_xyz_mm), "direction": list(g.direction)})
+        temp = cache_path.with_name(cache_path.name + ".tmp.npz")
+        np.savez(temp, geometry=np.array(meta), **arrays)
+        temp.replace(cache_path)
+    return case
+
+
+def _make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.ndarray | None,
+               tissue: np.ndarray | None, label_map: LabelMap | None) -> TrainingCase:
+    if isinstance(geometry.shape_zyx, list):
+        geometry = Geometry(tuple(geometry.shape_zyx), tuple(geometry.spacing_xyz_mm),  # type: ignore[arg-type]
+                            tuple(geometry.origin_xyz_mm), tuple(geometry.direction))  # type: ignore[arg-type]
+    foreground = None
+    if label is not None:
+        if not (label > 0).any():
+            mapped = label_map.to_text() if label_map else "?"
+            raise DataLayoutError(
+                f"case '{case_id}': the label has no voxel of any mapped class ({mapped}). "
+                "Check --label-map against the label values, or remove the case."
+            )
+        foreground = np.argwhere(label == 1).astype(np.int32)
+        if len(foreground) == 0:
+            foreground = np.argwhere(label > 0).astype(np.int32)
+    return TrainingCase(case_id, np.asarray(image, dtype=np.float32), geometry, label,
+                        None if tissue is None else np.asarray(tissue, dtype=np.uint8), foreground)
+
+
+def load_cases(
+    files: Sequence[CaseFiles],
+    *,
+    spacing_xyz_mm: Sequence[float],
+    label_map: LabelMap | None = None,
+    cache_dir: Path | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> list[TrainingCase]:
+    """:func:`load_case` for each case; ``on_progress(done, total, case_id)`` after each."""
+    cases = []
+    for done, item in enumerate(files, start=1):
+        try:
+            cases.append(load_case(item, spacing_xyz_mm=spacing_xyz_mm, label_map=label_map, cache_dir=cache_dir))
+        except DataLayoutError:
+            raise
+        except RenalsegError as err:
+            raise DataLayoutError(f"case '{item.case_id}': {err}") from err
+        if on_progress is not None:
+            on_progress(done, len(files), item.case_id)
+    return cases
+
+
+def split_cases(case_ids: Sequence[str], *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A reproducible (train, validation) split of case ids.
+
+    At least one case stays in training; with ``val_fraction > 0`` and two or more
+    cases, at least one goes to validation.
+
+    Example:
+        >>> train, val = split_cases(["a", "b", "c", "d", "e"], val_fraction=0.2, seed=0)
+        >>> len(train), len(val), sorted(train + val) == ["a", "b", "c", "d", "e"]
+        (4, 1, True)
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1); got {val_fraction}.")
+    ids = sorted(case_ids)
+    n_val = 0 if val_fraction == 0 or len(ids) < 2 else max(1, round(len(ids) * val_fraction))
+    n_val = min(n_val, len(ids) - 1)
+    order = np.random.default_rng([seed, 7]).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [i for i in ids if i not in val], val

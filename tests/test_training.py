@@ -1,0 +1,314 @@
+"""Training: data layout, label maps, patches, the trainer (loss, resume, frozen encoder), CLI.
+
+Everything runs on tiny volumes and tiny network widths (a few seconds in all).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import LPS, RAS
+from typer.testing import CliRunner
+
+from renalseg.errors import DataLayoutError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import write_image
+from renalseg.training.augment import AugmentConfig, randomise_domain, sample_patch
+from renalseg.training.data import (
+    CaseFiles,
+    find_cases,
+    load_case,
+    load_cases,
+    parse_label_map,
+    split_cases,
+)
+from renalseg.training.loop import TrainConfig, epoch_plan, train
+from renalseg.volume import Volume
+
+SPACING = (0.7, 0.7, 1.0)
+TINY_SEG = {"widths": [4] * 14, "bias_quantity": 1, "encoder_widths": [4, 4, 4, 4]}
+TINY_PLAIN = {"widths": [4] * 14, "bias_quantity": 1}
+TINY_DAE = {"widths": [4, 4, 4, 4]}
+NO_AUGMENT = AugmentConfig(mirror=False, rotate_deg=0.0, intensity=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the tiny networks here run faster without contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _phantom(seed: int, shape_zyx=(16, 24, 24)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft tissue, a kidney blob (KiPA 2) and a bright tube (KiPA 3 artery) along z."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape_zyx)
+    label = np.zeros(shape_zyx, np.uint8)
+    cy, cx = rng.integers(8, shape_zyx[1] - 8), rng.integers(8, shape_zyx[2] - 8)
+    kidney = ((y - cy) / 6.0) ** 2 + ((x - cx) / 5.0) ** 2 + ((z - shape_zyx[0] / 2) / 6.0) ** 2 <= 1
+    label[kidney] = 2
+    artery = (y - cy) ** 2 + (x - cx + 6) ** 2 <= 2
+    label[artery] = 3
+    tissue = np.where(label == 3, 9, np.where(label == 2, 5, 1)).astype(np.uint8)
+    image = np.where(label == 3, 400.0, np.where(label == 2, 180.0, -80.0))
+    image = image + rng.normal(0, 10, shape_zyx)
+    return image.astype(np.int16), label, tissue
+
+
+def _write_dataset(root: Path, seeds, *, direction=LPS, spacing=SPACING, tissue=False) -> Path:
+    for seed in seeds:
+        image, label, tissues = _phantom(seed)
+        g = Geometry(image.shape, spacing, (10.0, -20.0, 30.0), direction)
+        write_image(Volume(image, g), root / "image" / f"case{seed:02d}.nii.gz")
+        write_image(Volume(label, g), root / "label" / f"case{seed:02d}.nii.gz")
+        if tissue:
+            write_image(Volume(tissues, g), root / "tissue" / f"case{seed:02d}.nii.gz")
+    return root
+
+
+def _cases(root: Path, label_map: str = "3:renal_artery"):
+    return load_cases(find_cases(root), spacing_xyz_mm=SPACING, label_map=parse_label_map(label_map))
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(stage="seg", network="densebiasnet", network_options=dict(TINY_PLAIN), patch_zyx=(16, 16, 16),
+                lr=3e-3, epochs=1000, foreground_share=0.7, val_overlap=0.0, loss="hra")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(config, run, cases, **kw) -> list[float]:
+    seen: list[float] = []
+    train(config, run, train_cases=cases, on_progress=lambda e: seen.append(e.loss) if e.kind == "step" else None,
+          **kw)
+    return seen
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_label_map_maps_kipa_values_to_classes():
+    m = parse_label_map("3:renal_artery,1:renal_vein")
+    assert m.class_names == ("background", "renal_artery", "renal_vein")
+    assert m.apply(np.array([0, 1, 2, 3, 4])).tolist() == [0, 2, 0, 1, 0]
+    for bad in ("renal_artery", "0:x", "3:a,3:b", ""):
+        with pytest.raises(UsageError):
+            parse_label_map(bad)
+
+
+def test_label_map_option_changes_the_training_target(tmp_path):
+    root = _write_dataset(tmp_path / "d", [1])
+    artery = _cases(root, "3:renal_artery")[0]
+    kidney = _cases(root, "2:kidney,3:renal_artery")[0]
+    image, label, _ = _phantom(1)
+    assert np.array_equal(artery.label, (label == 3).astype(np.uint8))
+    assert np.array_equal(kidney.label, np.select([label == 2, label == 3], [1, 2], 0))
+
+
+def test_unmatched_names_are_named(tmp_path):
+    root = _write_dataset(tmp_path / "d", [1, 2])
+    (root / "label" / "case02.nii.gz").rename(root / "label" / "case2.nii.gz")
+    with pytest.raises(DataLayoutError, match="case02.*case2|images without a label: case02"):
+        find_cases(root)
+    assert [c.case_id for c in find_cases(root, labelled=False)] == ["case01", "case02"]
+
+
+def test_label_on_another_grid_is_named(tmp_path):
+    root = _write_dataset(tmp_path / "d", [1])
+    image, label, _ = _phantom(1)
+    shifted = Geometry(label.shape, SPACING, (11.0, -20.0, 30.0), LPS)
+    write_image(Volume(label, shifted), root / "label" / "case01.nii.gz", overwrite=True)
+    with pytest.raises(DataLayoutError, match="case 'case01'.*not on the image's grid"):
+        _cases(root)
+
+
+def test_empty_label_is_named(tmp_path):
+    root = _write_dataset(tmp_path / "d", [1, 2])
+    with pytest.raises(DataLayoutError, match="case 'case01'.*no voxel"):
+        _cases(root, "4:tumour")
+
+
+def test_missing_folders_say_what_layout_is_expected(tmp_path):
+    (tmp_path / "d" / "image").mkdir(parents=True)
+    with pytest.raises(DataLayoutError, match="no images"):
+        find_cases(tmp_path / "d")
+    with pytest.raises(DataLayoutError, match="no image/ folder"):
+        find_cases(tmp_path)
+
+
+def test_cases_come_onto_the_patient_oriented_model_grid(tmp_path):
+    """A RAS, 1.4 mm study: resampled to LPS identity at model spacing, anatomy in place."""
+    root = _write_dataset(tmp_path / "d", [3], direction=RAS, spacing=(1.4, 1.4, 2.0))
+    files = find_cases(root)[0]
+    case = load_case(files, spacing_xyz_mm=SPACING, label_map=parse_label_map("3:renal_artery"))
+    assert case.geometry.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert case.geometry.spacing_xyz_mm == SPACING
+    image, label, _ = _phantom(3)
+    source = Geometry(image.shape, (1.4, 1.4, 2.0), (10.0, -20.0, 30.0), RAS)
+    artery_world = source.index_to_world(np.argwhere(label == 3)[:, ::-1]).mean(axis=0)
+    resampled_world = case.geometry.index_to_world(np.argwhere(case.label == 1)[:, ::-1]).mean(axis=0)
+    assert np.allclose(artery_world, resampled_world, atol=0.5)  # mm
+    assert case.label.sum() > 0.5 * (label == 3).sum() * (1.4 * 1.4 * 2.0) / (0.7 * 0.7 * 1.0)
+
+
+def test_cache_returns_the_same_case(tmp_path):
+    root = _write_dataset(tmp_path / "d", [1])
+    files = find_cases(root)[0]
+    kw = dict(spacing_xyz_mm=SPACING, label_map=parse_label_map("3:renal_artery"), cache_dir=tmp_path / "cache")
+    first, second = load_case(files, **kw), load_case(files, **kw)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert np.array_equal(first.image_hu, second.image_hu) and np.array_equal(first.label, second.label)
+    assert first.geometry == second.geometry
+
+
+def test_split_is_seeded_and_disjoint():
+    ids = [f"c{i}" for i in range(10)]
+    train_ids, val_ids = split_cases(ids, val_fraction=0.2, seed=3)
+    assert len(val_ids) == 2 and not set(train_ids) & set(val_ids)
+    assert split_cases(ids, val_fraction=0.2, seed=3) == (train_ids, val_ids)
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def test_patch_without_augmentation_is_an_exact_crop(tmp_path):
+    case = _cases(_write_dataset(tmp_path / "d", [1]))[0]
+    image, label = sample_patch(case, (16, 24, 24), np.random.default_rng(0), foreground_share=0.0)
+    assert np.array_equal(label, case.label)
+    assert np.allclose(image, (np.clip(case.image_hu, -1024, 1024) + 1024) / 2048, atol=1e-6)
+
+
+def test_artery_centred_share_and_determinism(tmp_path):
+    case = _cases(_write_dataset(tmp_path / "d", [1]))[0]
+    aug = AugmentConfig()
+    hits = [sample_patch(case, (8, 8, 8), np.random.default_rng(s), foreground_share=1.0, augment=aug)[1].any()
+            for s in range(20)]
+    assert np.mean(hits) >= 0.9
+    a = sample_patch(case, (8, 8, 8), np.random.default_rng(5), augment=aug)
+    b = sample_patch(case, (8, 8, 8), np.random.default_rng(5), augment=aug)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
+    case = _cases(_write_dataset(tmp_path / "d", [1], tissue=True))[0]
+    ranges = {1: (-120.0, -60.0), 5: (150.0, 250.0), 9: (250.0, 500.0)}
+    aug = AugmentConfig(mirror=False, rotate_deg=0.0, intensity=False, domain_randomisation=1.0,
+                        tissue_ranges_hu=ranges)
+    first = sample_patch(case, (16, 24, 24), np.random.default_rng(1), foreground_share=0.0, augment=aug)
+    second = sample_patch(case, (16, 24, 24), np.random.default_rng(2), foreground_share=0.0, augment=aug)
+    assert np.array_equal(first[1], second[1]) and np.array_equal(first[1], case.label)
+    means = [[float(img[case.tissue == t].mean()) for t in (1, 5, 9)] for img, _ in (first, second)]
+    assert not np.allclose(means[0], means[1], atol=0.01)
+    hu = randomise_domain(case.tissue, (1.0, 0.7, 0.7), ranges, np.random.default_rng(0))
+    assert hu.dtype == np.float32 and hu.shape == case.tissue.shape
+
+
+def test_epoch_plan_visits_every_case_each_pass():
+    plan = epoch_plan(5, 10, seed=1, epoch=2)
+    assert sorted(plan[:5].tolist()) == list(range(5)) and sorted(plan[5:].tolist()) == list(range(5))
+    assert not np.array_equal(plan, epoch_plan(5, 10, seed=1, epoch=3))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(patch_zyx=(16, 24, 24), augment=NO_AUGMENT, max_steps=25, lr=1e-2, loss="ce")
+    losses = _losses(config, tmp_path / "run", cases)
+    assert len(losses) == 25
+    assert np.mean(losses[-3:]) < 0.5 * losses[0]
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
+    config = _config(max_steps=5, checkpoint_every=1)
+    straight = _losses(config, tmp_path / "a", cases)
+    first = _losses(replace(config, max_steps=3), tmp_path / "b", cases)
+    rest = _losses(config, tmp_path / "b", cases, resume=True)
+    assert first == straight[:3]
+    assert rest == straight[3:]  # bit for bit: model, Adam state and every sample restored
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4, 5]
+
+
+def test_resume_refuses_changed_options_and_missing_runs(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(max_steps=1)
+    train(config, tmp_path / "run", train_cases=cases)
+    with pytest.raises(UsageError, match="lr"):
+        train(replace(config, lr=1.0, max_steps=2), tmp_path / "run", train_cases=cases, resume=True)
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(config, tmp_path / "run", train_cases=cases)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        train(config, tmp_path / "other", train_cases=cases, resume=True)
+
+
+def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
+    from renalseg.weights import load_model_files
+
+    root = _write_dataset(tmp_path / "d", [1, 2, 3])
+    images = load_cases(find_cases(root, labelled=False), spacing_xyz_mm=SPACING)
+    dae_config = TrainConfig(stage="dae", network="dae", network_options=TINY_DAE, patch_zyx=(16, 16, 16),
+                             max_steps=2, lr=1e-2)
+    result = train(dae_config, tmp_path / "dae", train_cases=images[:2], val_cases=images[2:])
+    assert result.best_weights.name == "dae.safetensors" and result.score_name == "val_mse"
+    dae, _ = load_model_files(result.best_weights)
+
+    cases = _cases(root)
+    config = _config(network="dpa_densebiasnet", network_options=TINY_SEG, encoder=str(result.best_weights),
+                     max_steps=3)
+    from renalseg.training.loop import build_training_network
+
+    network = build_training_network(config)
+
+    def factory(_config):
+        return network
+
+    assert not any(p.requires_grad for p in network.encoder.parameters())
+    out = train(config, tmp_path / "seg", train_cases=cases[:2], val_cases=cases[2:], network_factory=factory)
+    assert all(p.grad is None and not p.requires_grad for p in network.encoder.parameters())
+    for key, value in dae.encoder.state_dict().items():
+        assert torch.equal(network.encoder.state_dict()[key], value), key
+    trained, card = load_model_files(out.best_weights)
+    assert card.name == "dpa_densebiasnet" and card.classes == {"0": "background", "1": "renal_artery"}
+    assert "val_dice" in card.metrics and card.training["steps"] >= 1
+    assert (tmp_path / "seg" / "metrics.csv").read_text().startswith("epoch,step")
+
+
+def test_dpa_without_encoder_is_a_usage_error(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    with pytest.raises(UsageError, match="--encoder"):
+        train(_config(network="dpa_densebiasnet", network_options=TINY_SEG, max_steps=1), tmp_path / "r",
+              train_cases=cases)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
+    from renalseg.cli.app import app
+    from renalseg.weights import load_model_files
+
+    root = _write_dataset(tmp_path / "d", [1, 2, 3])
+    runner = CliRunner()
+    common = ["--data", str(root), "--patch", "16,16,16", "--max-steps", "2", "--device", "cpu", "--quiet"]
+    result = runner.invoke(app, ["train", "--stage", "dae", "--out", str(tmp_path / "dae"),
+                                 "--network-options", json.dumps(TINY_DAE), *common])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "seg"),
+                                 "--encoder", str(tmp_path / "dae" / "dae.safetensors"),
+                                 "--network-options", json.dumps(TINY_SEG), *common])
+    assert result.exit_code == 0, result.output
+    network, card = load_model_files(tmp_path / "seg" / "best.safetensors")
+    assert card.spacing_xyz_mm == SPACING and card.training["val_cases"]
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "x"), "--data",
+                                 str(tmp_path / "nowhere"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "no such folder" in result.output
