@@ -1,0 +1,1 @@
+"""Training: the DAE stage and the segmentation stage (losses, data, loop)."""

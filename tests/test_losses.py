@@ -1,0 +1,84 @@
+"""HRA cross-entropy (Eq. 2) and the baseline losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from renalseg.errors import UsageError
+from renalseg.training.losses import LOSSES, ce_dice_loss, cross_entropy_loss, get_loss, hra_loss, hra_mask, soft_dice
+
+
+def _case(classes: int = 2, seed: int = 0, scale: float = 4.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(2, classes, 4, 5, 6, generator=g) * scale).requires_grad_()
+    target = torch.randint(0, classes, (2, 4, 5, 6), generator=g)
+    return logits, target
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.1, 0.3])
+def test_mask_is_where_prediction_misses_the_one_hot_label_by_more_than_t(threshold):
+    logits, target = _case()
+    p = torch.softmax(logits.detach(), 1)
+    y = F.one_hot(target, 2).movedim(-1, 1).float()
+    # Eq. 2 for two classes: |y − ŷ| > T (the same for either class)
+    expected = ((y - p).abs() > threshold)[:, 1]
+    mask = hra_mask(logits, target, threshold=threshold)
+    assert torch.equal(mask, expected)
+    assert 0 < int(mask.sum()) < mask.numel()  # the case exercises both kinds of voxel
+
+
+def test_easy_voxels_get_zero_gradient_and_hard_ones_do_not():
+    logits, target = _case()
+    mask = hra_mask(logits, target, threshold=0.1)
+    hra_loss(logits, target, threshold=0.1).backward()
+    per_voxel = logits.grad.abs().sum(1)
+    assert torch.all(per_voxel[~mask] == 0)
+    assert torch.all(per_voxel[mask] > 0)
+
+
+def test_loss_is_the_mean_cross_entropy_over_hard_voxels():
+    logits, target = _case(classes=3, seed=2)
+    mask = hra_mask(logits, target, threshold=0.2)
+    ce = F.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose(hra_loss(logits, target, threshold=0.2), ce[mask].mean())
+
+
+def test_zero_threshold_is_plain_cross_entropy_even_when_saturated():
+    logits, target = _case(scale=60.0)  # softmax rounds to exactly 1 at some voxels
+    assert bool((torch.softmax(logits, 1).gather(1, target[:, None]) == 1).any())
+    assert torch.allclose(hra_loss(logits, target, threshold=0.0), F.cross_entropy(logits, target))
+    assert torch.allclose(cross_entropy_loss(logits, target[:, None]), F.cross_entropy(logits, target))
+
+
+def test_no_hard_voxel_gives_zero_loss_and_zero_gradient():
+    target = torch.randint(0, 2, (1, 3, 3, 3), generator=torch.Generator().manual_seed(0))
+    logits = (F.one_hot(target, 2).movedim(-1, 1).float() * 20).requires_grad_()
+    loss = hra_loss(logits, target)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_ce_dice_adds_one_minus_soft_dice():
+    logits, target = _case(seed=5)
+    p1 = torch.softmax(logits, 1)[:, 1]
+    y1 = (target == 1).float()
+    dice = (2 * (p1 * y1).sum() + 1e-5) / (p1.sum() + y1.sum() + 1e-5)
+    assert torch.allclose(soft_dice(logits, target), dice[None])
+    assert torch.allclose(ce_dice_loss(logits, target), F.cross_entropy(logits, target) + 1 - dice)
+    perfect = F.one_hot(target, 2).movedim(-1, 1).float() * 30
+    assert float(ce_dice_loss(perfect, target)) < 1e-4
+
+
+def test_registry_and_errors():
+    assert LOSSES["hra"] is hra_loss and get_loss("ce_dice") is ce_dice_loss
+    with pytest.raises(UsageError, match="unknown loss 'hra_ce'.*Did you mean 'hra'"):
+        get_loss("hra_ce")
+    logits, target = _case()
+    with pytest.raises(UsageError, match="does not match logits"):
+        hra_loss(logits, target[:, :2])
+    with pytest.raises(UsageError, match="integer class indices"):
+        hra_loss(logits, target.float())
+    with pytest.raises(UsageError, match="threshold"):
+        hra_loss(logits, target, threshold=1.0)
