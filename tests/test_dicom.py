@@ -377,3 +377,30 @@ def test_each_slices_own_rescale_is_applied(tmp_path, fixture_study):
     expected[3] += 24
     assert study.image.GetPixelID() == sitk.sitkFloat32
     np.testing.assert_array_equal(study.volume.array, expected)
+
+
+def test_two_series_without_uid_are_told_apart(tmp_path):
+    folder = copy_series(tmp_path / "no_uids")
+    other_frame = generate_uid()
+    for path in _fixture_files()[:5]:  # a 5-slice series, also without UID, another frame of reference
+        copy = folder / f"other_{path.name[-5:]}"
+        shutil.copyfile(path, copy)
+        edit(copy, FrameOfReferenceUID=other_frame)
+    series = list_series(folder)
+    assert {s.key for s in series} == {EMPTY_UID, f"{EMPTY_UID}#2"}
+    assert sorted(s.slice_count for s in series) == [5, 20] and {s.uid for s in series} == {None}
+    with pytest.raises(SeriesSelectionError, match=r"(?s)2 series.*\(empty\)#2"):
+        read_dicom_study(folder)
+    counts = {s.key: s.slice_count for s in series}
+    for key, count in counts.items():
+        assert read_dicom_study(folder, series_uid=key).slice_count == count
+
+
+def test_tilt_tag_with_consistent_geometry_reads_with_a_warning(tmp_path, caplog, fixture_study):
+    folder = copy_series(tmp_path / "tag_only")
+    for path in folder.iterdir():
+        edit(path, GantryDetectorTilt=7.5)
+    with caplog.at_level("WARNING", logger="renalseg.io.dicom"):
+        study = read_dicom_study(folder)
+    assert "GantryDetectorTilt is 7.5°" in caplog.text
+    assert study.geometry == fixture_study.geometry
