@@ -1,0 +1,99 @@
+"""``renalseg evaluate PRED... --gt GT...``: Dice, MCD, MSD, HD, HD95 per case."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from renalseg.cli.common import configure_logging, console, handle_errors
+
+__all__ = ["register"]
+
+_HEADERS = {"dice": "Dice", "mcd_mm": "MCD (mm)", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)"}
+
+
+def _json_safe(value: object) -> object:
+    """NaN (undefined distance) becomes ``null``: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+@handle_errors
+def evaluate(
+    preds: Annotated[list[Path], typer.Argument(help="Predicted label files or folders (segment outputs).",
+                                                show_default=False)],
+    gt: Annotated[list[Path], typer.Option("--gt", help="Truth label file or folder; repeat for several.",
+                                           show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Write per-case metrics as CSV here (and JSON beside it).")] = None,
+    label: Annotated[int | None, typer.Option("--label", help="Artery value in predictions "
+                                              "(default: the only non-zero value).")] = None,
+    gt_label: Annotated[int | None, typer.Option("--gt-label", help="Artery value in the truth "
+                                                 "(default: the only non-zero value; KiPA22: 3).")] = None,
+    resample: Annotated[bool, typer.Option(help="Resample predictions onto the truth grid (nearest neighbour) "
+                                                "when the grids differ.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print cases and summary as JSON on stdout.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """The paper's metrics per case and mean ± std: Dice, MCD, MSD, HD, HD95 (mm).
+
+    Pairs are matched by case name (file name, or folder name for segment output
+    folders); a single prediction and a single truth are paired as given.
+
+    Example: [bold]renalseg evaluate results/ --gt data/label/ --gt-label 3 --out metrics.csv[/]
+    """
+    from renalseg.errors import OutputExistsError, UsageError
+    from renalseg.io.output import atomic_write_json, atomic_write_text
+    from renalseg.metrics import METRIC_NAMES, evaluate_pairs, summarize
+
+    configure_logging()
+    if not gt:
+        raise UsageError("Give the truth with --gt FILE_OR_FOLDER.")
+    if out is not None and out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label)
+    summary = summarize(rows)
+    columns = ["case", *METRIC_NAMES, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
+    if out is not None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+        atomic_write_text(out, buffer.getvalue())
+        atomic_write_json(out.with_suffix(".json"), _json_safe({"cases": rows, "summary": summary}))
+    if as_json:
+        console.print_json(json.dumps(_json_safe({"cases": rows, "summary": summary})))
+        return
+    table = Table("case", *(_HEADERS[m] for m in METRIC_NAMES))
+    for row in rows:
+        table.add_row(row["case"], *(_fmt(row[m], 4 if m == "dice" else 2) for m in METRIC_NAMES))
+    table.add_section()
+    table.add_row(f"mean ± std (n={len(rows)})", *(
+        f"{_fmt(summary[m]['mean'], 4 if m == 'dice' else 2)} ± {_fmt(summary[m]['std'], 4 if m == 'dice' else 2)}"
+        for m in METRIC_NAMES))
+    console.print(table)
+    if any(summary[m]["n"] < len(rows) for m in METRIC_NAMES):
+        console.print("n/a: distance undefined (one mask empty); left out of the mean.")
+    if out is not None:
+        console.print(f"Wrote {out} and {out.with_suffix('.json')}.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,136 @@
+"""``renalseg export-mesh LABELS... --out DIR``: artery meshes and ``tree.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from renalseg.cli.common import configure_logging, console, err_console, handle_errors, print_error
+
+__all__ = ["register", "resolve_label_input"]
+
+
+def resolve_label_input(path: Path) -> tuple[str, Path, Path | None, Path | None]:
+    """``(study_id, labels file, report.json or None, labels.json or None)`` for one input.
+
+    A folder must hold ``labels.nii.gz`` (a ``renalseg segment`` output folder); a
+    file named ``labels.*`` takes its study id and side files from its folder.
+    """
+    from renalseg.errors import UsageError
+    from renalseg.study import safe_study_id
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder. Check the path.")
+    if path.is_dir():
+        labels = path / "labels.nii.gz"
+        if not labels.is_file():
+            raise UsageError(f"{path}: no labels.nii.gz in this folder; pass a label file or a segment output folder.")
+        folder, study_id = path, safe_study_id(path)
+    else:
+        labels = path
+        if path.name.lower().startswith("labels."):
+            folder, study_id = path.parent, safe_study_id(path.parent.resolve())
+        else:
+            folder, study_id = None, safe_study_id(path)
+    report = folder / "report.json" if folder is not None and (folder / "report.json").is_file() else None
+    names = folder / "labels.json" if folder is not None and (folder / "labels.json").is_file() else None
+    return study_id, labels, report, names
+
+
+def _read_json(path: Path | None) -> dict:
+    from renalseg.errors import InputError
+
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot be read as JSON ({err}).") from err
+
+
+@handle_errors
+def export_mesh(
+    labels: Annotated[list[Path], typer.Argument(help="labels.nii.gz files or `renalseg segment` output folders.",
+                                                 show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.")],
+    space: Annotated[str, typer.Option(help="Mesh coordinates: lps (DICOM/ITK, 3D Slicer) or ras.")] = "lps",
+    smooth: Annotated[int, typer.Option("--smooth", min=0,
+                                        help="Taubin smoothing iterations (volume-preserving; 0 = off).")] = 10,
+    decimate: Annotated[float | None, typer.Option(
+        help="Keep this fraction of faces, 0 < F ≤ 1 (needs the fast-simplification package).")] = None,
+    min_component_mm3: Annotated[float, typer.Option("--min-component-mm3", min=0.0,
+                                                     help="Drop pieces smaller than this (mm³).")] = 5.0,
+    fmt: Annotated[str, typer.Option("--format", help="stl, ply or obj.")] = "stl",
+    split: Annotated[bool, typer.Option("--split/--no-split",
+                                        help="One mesh per kidney side (ROIs from report.json, else the "
+                                             "midline), or one per label (e.g. a single-kidney crop).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """Surface meshes (STL) of each kidney's artery tree, plus tree.json.
+
+    Meshes are in patient LPS millimetres with [bold]SPACE=LPS[/] in the STL header (as
+    3D Slicer reads it); [bold]--space ras[/] writes RAS. Output per study:
+    DIR/<study>/renal_artery_left.stl, renal_artery_right.stl, tree.json.
+
+    Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
+    """
+    from renalseg.errors import RenalsegError, UsageError
+    from renalseg.io.image import read_image
+    from renalseg.io.output import StagedDir
+    from renalseg.mesh import MESH_FORMATS, SPACES, _check_choice, export_meshes
+    from renalseg.volume import Volume
+
+    configure_logging(quiet=quiet)
+    space = _check_choice(space, SPACES, "coordinate space")
+    fmt = _check_choice(fmt, MESH_FORMATS, "mesh format")
+    inputs = [resolve_label_input(path) for path in labels]
+    table = Table("study", "mesh", "faces", "volume (ml)", "centerline (mm)", "branch pts", "end pts")
+    summaries, failed = [], 0
+    for study_id, label_path, report_path, names_path in inputs:
+        start = time.perf_counter()
+        try:
+            volume = Volume.from_sitk(read_image(label_path))
+            report = _read_json(report_path)
+            names = {int(k): v for k, v in _read_json(names_path).items() if str(k).lstrip("-").isdigit()}
+            with StagedDir(out / study_id, overwrite=overwrite) as staging:
+                summary = export_meshes(volume, staging, label_names=names, rois=report.get("rois") or None,
+                                        split=split, space=space, fmt=fmt, smoothing_iterations=smooth,
+                                        decimate=decimate, min_component_mm3=min_component_mm3)
+        except UsageError:
+            raise  # a bad option fails the same way for every study: exit 2 now
+        except RenalsegError as err:
+            failed += 1
+            print_error(f"{study_id}: {err}")
+            summaries.append({"study_id": study_id, "status": "error", "error": str(err)})
+            continue
+        final = out / study_id
+        for mesh in summary["meshes"]:
+            mesh["path"] = str(final / Path(mesh["path"]).name)
+        summary.update({"study_id": study_id, "status": "ok", "out_dir": str(final),
+                        "tree_json": str(final / "tree.json"), "seconds": round(time.perf_counter() - start, 2)})
+        summaries.append(summary)
+        for mesh in summary["meshes"]:
+            tree = summary["trees"][mesh["name"]][mesh["side"]]
+            table.add_row(study_id, Path(mesh["path"]).name, f"{mesh['faces']:,}", f"{mesh['volume_ml']:.2f}",
+                          f"{tree['centerline_length_mm']:.1f}", str(tree["branch_points"]),
+                          str(tree["end_points"]))
+        if not summary["meshes"] and not quiet:
+            err_console.print(f"{study_id}: no labelled voxels left to mesh (tree.json written).")
+    if as_json:
+        console.print_json(json.dumps({"studies": summaries}, default=str))
+    elif not quiet:
+        console.print(table)
+        console.print(f"Meshes in {out} ({space.upper()} mm).")
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-mesh")(export_mesh)

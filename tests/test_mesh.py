@@ -1,0 +1,185 @@
+"""Meshes: analytic volumes and areas, geometry for every orientation, files and CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import trimesh
+from conftest import LAS, LPS, OBLIQUE_30DEG, RAS
+from typer.testing import CliRunner
+
+from renalseg.cli.app import app
+from renalseg.errors import InputError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import read_image, write_image
+from renalseg.mesh import export_meshes, label_to_mesh, mask_to_mesh, mesh_to_bytes, split_sides
+from renalseg.volume import Volume
+
+
+def cylinder(radius_mm=3.0, length_mm=30.0, spacing=0.5, direction=OBLIQUE_30DEG) -> Volume:
+    """A flat-capped cylinder along z, centred between voxels to avoid symmetry luck."""
+    n_in = int(2 * radius_mm / spacing) + 6
+    shape = (int(length_mm / spacing) + 6, n_in, n_in)
+    zz, yy, xx = np.indices(shape) * spacing
+    centre = n_in * spacing / 2 + 0.13
+    inside = ((yy - centre) ** 2 + (xx - centre + 0.07) ** 2 <= radius_mm ** 2)
+    inside &= (zz >= 3 * spacing - spacing / 2) & (zz < 3 * spacing - spacing / 2 + length_mm)
+    return Volume(inside.astype(np.uint8), Geometry(shape, (spacing,) * 3, (-60.0, 20.0, 410.0), direction))
+
+
+def test_cylinder_volume_and_area_within_3_percent():
+    r, length = 3.0, 30.0
+    mesh = label_to_mesh(cylinder(r, length), label=1)
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(np.pi * r * r * length, rel=0.03)
+    assert mesh.area == pytest.approx(2 * np.pi * r * length + 2 * np.pi * r * r, rel=0.03)
+
+
+def test_smoothed_volume_within_5_percent_of_voxels_for_thin_vessels():
+    for radius in (1.0, 1.5):
+        volume = cylinder(radius, 20.0, spacing=0.5)
+        mesh = mask_to_mesh(volume, min_component_mm3=0)
+        voxels = volume.array.sum() * volume.geometry.voxel_volume_mm3
+        assert mesh.volume == pytest.approx(voxels, rel=0.05)
+        assert mesh.is_watertight
+
+
+@pytest.mark.parametrize("direction", [LPS, RAS, LAS, OBLIQUE_30DEG], ids=["LPS", "RAS", "LAS", "oblique"])
+def test_mesh_overlays_the_mask_in_physical_space(tmp_path, direction):
+    # a block of voxels, read back from NIfTI: the raw surface lies half a voxel outside
+    # the outer voxel centres, along each index axis, wherever the axes point
+    shape, spacing = (10, 12, 14), (0.8, 0.7, 2.5)
+    array = np.zeros(shape, np.uint8)
+    array[2:7, 3:9, 4:11] = 1
+    path = write_image(Volume(array, Geometry(shape, spacing, (-120.0, 35.5, 900.0), direction)),
+                       tmp_path / "labels.nii.gz")
+    image = read_image(path)
+    mesh = label_to_mesh(Volume.from_sitk(image), label=1, smoothing_iterations=0, min_component_mm3=0)
+    assert mesh.is_watertight and mesh.volume > 0  # outward normals, also for mirrored LAS
+    lo, hi = np.array([4, 3, 2]) - 0.5, np.array([10, 8, 6]) + 0.5  # x, y, z indices
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint(
+        (float(x), float(y), float(z))) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    axes = np.asarray(image.GetDirection()).reshape(3, 3)
+    # extents along the image axes equal the voxel block's, in mm
+    along = mesh.vertices @ axes
+    expected = corners @ axes
+    np.testing.assert_allclose(along.min(axis=0), expected.min(axis=0), atol=1e-4)
+    np.testing.assert_allclose(along.max(axis=0), expected.max(axis=0), atol=1e-4)
+    if direction != OBLIQUE_30DEG:  # axis-aligned: the world bounding boxes agree too
+        np.testing.assert_allclose(mesh.bounds, [corners.min(axis=0), corners.max(axis=0)], atol=1e-4)
+    np.testing.assert_allclose(mesh.center_mass, corners.mean(axis=0), atol=0.2)
+
+
+def test_stl_header_space_and_ras_conversion():
+    mesh = mask_to_mesh(cylinder(2.0, 10.0), min_component_mm3=0)
+    lps = trimesh.load(io.BytesIO(data := mesh_to_bytes(mesh)), file_type="stl")
+    assert data[:9] == b"SPACE=LPS" and len(data) == 84 + 50 * len(mesh.faces)
+    assert lps.volume > 0
+    ras_data = mesh_to_bytes(mesh, space="ras")
+    assert ras_data[:9] == b"SPACE=RAS"
+    ras = trimesh.load(io.BytesIO(ras_data), file_type="stl")
+    np.testing.assert_allclose(ras.bounds[0], [-lps.bounds[1][0], -lps.bounds[1][1], lps.bounds[0][2]], atol=1e-3)
+    assert ras.volume == pytest.approx(lps.volume, rel=1e-4)
+    assert b"comment SPACE=LPS" in mesh_to_bytes(mesh, fmt="ply")
+    assert mesh_to_bytes(mesh, fmt="obj").startswith(b"# SPACE=LPS")
+    with pytest.raises(UsageError, match="Did you mean 'stl'"):
+        mesh_to_bytes(mesh, fmt="stll")
+
+
+def test_specks_dropped_and_empty_refused():
+    volume = cylinder(2.0, 10.0)
+    array = volume.array.copy()
+    array[0, 0, 0] = 1  # 0.125 mm³ speck
+    mesh = mask_to_mesh(volume.with_array(array), min_component_mm3=1.0)
+    assert mesh.body_count == 1
+    assert mask_to_mesh(volume.with_array(array), min_component_mm3=0).body_count == 2
+    with pytest.raises(InputError, match="Label 2 is not in the label map"):
+        label_to_mesh(volume, label=2)
+
+
+def test_decimation_keeps_requested_fraction_or_says_what_is_missing(monkeypatch):
+    volume = cylinder(2.0, 10.0)
+    full = mask_to_mesh(volume)
+    try:
+        import fast_simplification  # noqa: F401
+    except ImportError:
+        with pytest.raises(UsageError, match="fast-simplification"):
+            mask_to_mesh(volume, decimate=0.5)
+    else:
+        half = mask_to_mesh(volume, decimate=0.5)
+        assert len(half.faces) == pytest.approx(len(full.faces) / 2, rel=0.1)
+        assert half.volume == pytest.approx(full.volume, rel=0.05)
+    monkeypatch.setitem(sys.modules, "fast_simplification", None)  # import fails
+    with pytest.raises(UsageError, match="pip install fast-simplification"):
+        mask_to_mesh(volume, decimate=0.5)
+    with pytest.raises(UsageError, match="0 < F"):
+        mask_to_mesh(volume, decimate=1.5)
+
+
+def two_kidney_labels(direction=LPS) -> Volume:
+    """Two separate tubes at the patient's left (+x LPS) and right."""
+    shape, spacing = (30, 24, 60), (1.0, 1.0, 1.0)
+    array = np.zeros(shape, np.uint8)
+    array[5:25, 10:14, 8:12] = 1   # low index x
+    array[5:25, 10:14, 48:52] = 1  # high index x
+    return Volume(array, Geometry(shape, spacing, (-30.0, 0.0, 0.0), direction))
+
+
+def test_sides_follow_the_patient_not_the_array():
+    # LPS: index x grows towards the patient's left; RAS: towards the right
+    for direction, left_index_x in ((LPS, 48), (RAS, 8)):
+        labels = two_kidney_labels(direction)
+        sides = split_sides(labels.array == 1, labels.geometry)
+        assert sides["left"].sum() == sides["right"].sum() == 320
+        assert sides["left"][10, 11, left_index_x] and not sides["right"][10, 11, left_index_x]
+
+
+def test_sides_from_report_rois():
+    labels = two_kidney_labels()
+    # deliberately put the ROI midline off-centre: ROIs win over the midline
+    rois = [{"side": "right", "box_mm_lps": {"min": [-30.0, 0.0, 0.0], "max": [15.0, 23.0, 29.0]}},
+            {"side": "left", "box_mm_lps": {"min": [16.0, 0.0, 0.0], "max": [29.0, 23.0, 29.0]}}]
+    sides = split_sides(labels.array == 1, labels.geometry, rois)
+    assert sides["left"].sum() == sides["right"].sum() == 320
+
+
+def test_export_meshes_writes_files_and_tree(tmp_path):
+    summary = export_meshes(two_kidney_labels(), tmp_path, label_names={1: "renal_artery"}, fmt="stl")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["renal_artery_left.stl", "renal_artery_right.stl", "tree.json"]
+    tree = json.loads((tmp_path / "tree.json").read_text())
+    assert tree["coordinate_space"] == "LPS" and tree["side_split"] == "midline"
+    for side in ("left", "right"):
+        stats = tree["trees"]["renal_artery"][side]
+        assert stats["components"] == 1 and stats["end_points"] == 2
+        assert stats["centerline_length_mm"] == pytest.approx(20.0, rel=0.05)
+    assert all(m["watertight"] for m in summary["meshes"])
+    assert (tmp_path / "renal_artery_left.stl").read_bytes()[:9] == b"SPACE=LPS"
+
+
+def _segment_folder(root, name="case01"):
+    folder = root / name
+    write_image(two_kidney_labels(OBLIQUE_30DEG), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps({"0": "background", "1": "renal_artery"}))
+    (folder / "report.json").write_text(json.dumps({"status": "ok"}))
+    return folder
+
+
+def test_cli_export_mesh(tmp_path):
+    folder = _segment_folder(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "out"), "--format", "ply"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "out" / "case01").iterdir())
+    assert written == ["renal_artery_left.ply", "renal_artery_right.ply", "tree.json"]
+    again = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "out")])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    bad = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "o2"), "--space", "xyz"])
+    assert bad.exit_code == 2
+    missing = runner.invoke(app, ["export-mesh", str(tmp_path / "nope"), "--out", str(tmp_path / "o3")])
+    assert missing.exit_code == 2

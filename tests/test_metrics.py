@@ -1,0 +1,161 @@
+"""The paper's metrics against analytic values and a brute-force implementation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import LPS, OBLIQUE_30DEG
+from scipy.spatial.distance import cdist
+from typer.testing import CliRunner
+
+from renalseg.cli.app import app
+from renalseg.errors import GeometryError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import write_image
+from renalseg.metrics import evaluate_case, evaluate_masks, evaluate_pairs, summarize
+from renalseg.tree import centerline
+from renalseg.volume import Volume
+
+SPACING = (0.6, 0.5, 0.8)  # x, y, z mm: anisotropic so axis mix-ups show
+
+
+def sphere(shape, centre_zyx_mm, radius_mm, spacing_xyz=SPACING):
+    points = np.indices(shape).reshape(3, -1).T * np.asarray(spacing_xyz)[::-1]
+    return (np.linalg.norm(points - np.asarray(centre_zyx_mm), axis=1) <= radius_mm).reshape(shape)
+
+
+def brute_force(pred, gt, spacing_xyz):
+    """Straightforward version: explicit 6-neighbour surfaces and all-pairs distances."""
+    spacing_zyx = np.asarray(spacing_xyz)[::-1]
+
+    def surface(mask):
+        padded = np.pad(mask, 1)
+        out = np.zeros_like(mask)
+        for z, y, x in np.argwhere(mask):
+            z, y, x = z + 1, y + 1, x + 1
+            ring = [padded[z - 1, y, x], padded[z + 1, y, x], padded[z, y - 1, x],
+                    padded[z, y + 1, x], padded[z, y, x - 1], padded[z, y, x + 1]]
+            out[z - 1, y - 1, x - 1] = not all(ring)
+        return out
+
+    def directed(a, b):
+        return cdist(np.argwhere(a) * spacing_zyx, np.argwhere(b) * spacing_zyx).min(axis=1)
+
+    sp, sg = surface(pred), surface(gt)
+    d_pg, d_gp = directed(sp, sg), directed(sg, sp)
+    cp, cg = centerline(pred, spacing_xyz), centerline(gt, spacing_xyz)
+    return {
+        "dice": 2 * (pred & gt).sum() / (pred.sum() + gt.sum()),
+        "mcd_mm": max(directed(cp, cg).mean(), directed(cg, cp).mean()),
+        "msd_mm": max(d_pg.mean(), d_gp.mean()),
+        "hd_mm": max(d_pg.max(), d_gp.max()),
+        "hd95_mm": max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)),
+    }
+
+
+def test_identical_masks_are_perfect():
+    mask = sphere((20, 24, 22), (8.0, 6.0, 6.5), 3.5)
+    metrics = evaluate_masks(mask, mask, SPACING)
+    assert metrics == {"dice": 1.0, "mcd_mm": 0.0, "msd_mm": 0.0, "hd_mm": 0.0, "hd95_mm": 0.0}
+
+
+def test_sphere_shifted_by_2mm_matches_analytic_dice_and_hd():
+    r, d = 6.0, 2.0
+    shape = (30, 40, 36)
+    a = sphere(shape, (12.0, 10.0, 10.0), r, (0.5, 0.5, 0.5))
+    b = sphere(shape, (12.0, 10.0, 10.0 + d), r, (0.5, 0.5, 0.5))  # +2 mm along x
+    metrics = evaluate_masks(a, b, (0.5, 0.5, 0.5))
+    lens = math.pi * (4 * r + d) * (2 * r - d) ** 2 / 12  # intersection of two balls
+    assert metrics["dice"] == pytest.approx(lens / (4 / 3 * math.pi * r ** 3), abs=0.03)
+    assert metrics["hd_mm"] == pytest.approx(d, abs=0.5)  # within one voxel
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    shape = (14, 16, 15)
+    pred = sphere(shape, rng.uniform(4, 6, 3), rng.uniform(2.0, 3.0))
+    gt = sphere(shape, rng.uniform(4, 6, 3), rng.uniform(2.0, 3.0))
+    gt[rng.integers(0, 14), rng.integers(0, 16), rng.integers(0, 15)] = True  # a stray voxel
+    fast, slow = evaluate_masks(pred, gt, SPACING), brute_force(pred, gt, SPACING)
+    for key, value in slow.items():
+        assert fast[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_empty_masks_have_defined_values():
+    empty = np.zeros((5, 5, 5), bool)
+    full = empty.copy()
+    full[1:4, 1:4, 1:4] = True
+    assert evaluate_masks(empty, empty, SPACING) == {"dice": 1.0, "mcd_mm": 0.0, "msd_mm": 0.0,
+                                                     "hd_mm": 0.0, "hd95_mm": 0.0}
+    one = evaluate_masks(empty, full, SPACING)
+    assert one["dice"] == 0.0 and all(math.isnan(one[k]) for k in ("mcd_mm", "msd_mm", "hd_mm", "hd95_mm"))
+    summary = summarize([one, evaluate_masks(full, full, SPACING)])
+    assert summary["hd_mm"] == {"mean": 0.0, "std": 0.0, "n": 1}
+    assert summary["dice"]["n"] == 2 and summary["dice"]["mean"] == 0.5
+
+
+def _volume(mask, direction=LPS, origin=(10.0, -20.0, 5.0), spacing=SPACING):
+    return Volume(mask.astype(np.uint8), Geometry(mask.shape, spacing, origin, direction))
+
+
+def test_grids_must_match_or_be_resampled():
+    mask = sphere((16, 18, 20), (6.0, 4.5, 6.0), 2.5)
+    gt = _volume(mask)
+    moved = _volume(mask, origin=(10.0, -20.0, 5.0 + 0.8))  # one slice off
+    with pytest.raises(GeometryError, match="different grids"):
+        evaluate_case(moved, gt)
+    resampled = evaluate_case(moved, gt, resample=True)
+    assert resampled["dice"] < 1.0 and resampled["hd_mm"] == pytest.approx(0.8, abs=1e-6)
+
+
+def test_multi_label_truth_needs_gt_label():
+    mask = sphere((16, 18, 20), (6.0, 4.5, 6.0), 2.5)
+    truth = mask.astype(np.uint8) * 3
+    truth[0, 0, :4] = 1  # KiPA-like: another structure labelled 1
+    pred, gt = _volume(mask), Volume(truth, _volume(mask).geometry)
+    with pytest.raises(UsageError, match="--gt-label"):
+        evaluate_case(pred, gt)
+    assert evaluate_case(pred, gt, gt_label=3)["dice"] == 1.0
+
+
+def _write_cases(root, names, shift_mm=0.0, direction=OBLIQUE_30DEG):
+    for i, name in enumerate(names):
+        mask = sphere((16, 18, 20), (6.0, 4.5, 6.0 + shift_mm), 2.5 + 0.2 * i)
+        write_image(_volume(mask, direction), root / f"{name}.nii.gz")
+
+
+def test_evaluate_pairs_and_cli(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    _write_cases(tmp_path / "pred", ["case_b", "case_a"], shift_mm=0.6)
+    _write_cases(tmp_path / "gt", ["case_a", "case_b", "case_c"])
+    rows = evaluate_pairs([tmp_path / "pred"], [tmp_path / "gt"])
+    assert [r["case"] for r in rows] == ["case_a", "case_b"]
+    assert all(0 < r["dice"] < 1 for r in rows)
+    out = tmp_path / "metrics.csv"
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("case,dice,mcd_mm,msd_mm,hd_mm,hd95_mm") and len(lines) == 3
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["summary"]["dice"]["n"] == 2
+    assert doc["cases"][0]["dice"] == pytest.approx(rows[0]["dice"])
+    # a prediction without truth is a usage error naming it
+    _write_cases(tmp_path / "pred", ["case_zz"])
+    bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")])
+    assert bad.exit_code == 2 and "case_zz" in bad.output
+
+
+def test_segment_output_folders_match_by_folder_name(tmp_path):
+    mask = sphere((16, 18, 20), (6.0, 4.5, 6.0), 2.5)
+    write_image(_volume(mask), tmp_path / "results" / "p01" / "labels.nii.gz")
+    write_image(_volume(mask), tmp_path / "results" / "p02" / "labels.nii.gz")
+    write_image(_volume(mask), tmp_path / "truth" / "p01.nii.gz")
+    write_image(_volume(mask), tmp_path / "truth" / "p02.nii.gz")
+    rows = evaluate_pairs([tmp_path / "results"], [tmp_path / "truth"])
+    assert [(r["case"], r["dice"]) for r in rows] == [("p01", 1.0), ("p02", 1.0)]
