@@ -146,7 +146,7 @@ def test_shuffled_renamed_files_read_identically(tmp_path, fixture_study):
     folder = tmp_path / "odd names"
     folder.mkdir()
     for i, path in enumerate(files):  # names carry no order, some no extension
-        name = f"{(i * 7919) % 97:02d}-img" + (".dcm" if i % 2 else "")
+        name = f"Schicht ä {(i * 7919) % 97:02d}" + (".dcm" if i % 2 else "")
         shutil.copyfile(path, folder / name)
     (folder / "notes.txt").write_text("not DICOM: ignored")
     before = hashes(folder)

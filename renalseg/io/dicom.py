@@ -201,6 +201,10 @@ def _read_header(path: Path) -> _Slice | None:
                 f"folder or {_FIX_EXPORT}."
             ) from err
         return None
+    except OSError as err:
+        raise DicomError(
+            f"{path}: cannot be opened ({err.strerror or err}). Check the file's permissions."
+        ) from err
     except Exception as err:  # pydicom raises many types on damaged files
         raise CorruptDicomError(
             f"{path}: DICOM header cannot be read ({type(err).__name__}: {err}). The file is "
