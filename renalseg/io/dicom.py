@@ -243,7 +243,7 @@ def _read_header(path: Path) -> _Slice | None:
             largest=_number(ds.get("LargestImagePixelValue")),
             gantry_tilt_deg=float(_number(ds.get("GantryDetectorTilt"), 0.0)),  # type: ignore[arg-type]
             encapsulated=bool(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                              and ds.file_meta.TransferSyntaxUID.is_compressed),
+                              and ds.file_meta.TransferSyntaxUID.is_encapsulated),
             extra={
                 "patient_position": str(ds.get("PatientPosition", "") or ""),
                 "manufacturer": str(ds.get("Manufacturer", "") or ""),
