@@ -39,13 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from scipy import ndimage
 
 from renalseg.errors import InputError, UsageError, suggest
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
-from renalseg.tree import analyze_tree, drop_small_components
-from renalseg.volume import Volume
+from renalseg.tree import _bbox, analyze_tree, drop_small_components
+from renalseg.volume import Volume, crop
 
 __all__ = [
     "DEFAULT_SMOOTHING_ITERATIONS",
@@ -127,7 +126,7 @@ def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_
         raise InputError(
             f"Nothing to mesh: the mask is empty after dropping components below {min_component_mm3} mm³."
         )
-    box = ndimage.find_objects(array.astype(np.uint8))[0]
+    box = _bbox(array)
     start_zyx = np.array([s.start for s in box]) - 1
     padded = np.pad(array[box], 1).astype(np.float32)
     verts_zyx, faces, _, _ = marching_cubes(padded, level=0.5, allow_degenerate=False)
@@ -211,15 +210,22 @@ def _safe_name(name: str) -> str:
     return cleaned or "label"
 
 
-def split_sides(mask: np.ndarray, geometry: Geometry, rois: list[dict] | None = None) -> dict[str, np.ndarray]:
+def _midline_x(geometry: Geometry) -> float:
+    """LPS x of the centre of the field of view."""
+    return float(geometry.corners_world()[:, 0].mean())
+
+
+def split_sides(mask: np.ndarray, geometry: Geometry, rois: list[dict] | None = None, *,
+                midline_x: float | None = None) -> dict[str, np.ndarray]:
     """Assign each foreground voxel to the patient's left or right.
 
     With ``rois`` (the ``"rois"`` of a ``report.json``: dicts with ``"side"`` and
     ``"box_mm_lps": {"min": [x, y, z], "max": [x, y, z]}``), a voxel goes to the ROI
     whose box it lies in; a voxel inside both boxes or neither goes to the nearest box
     (ties: the nearest box centre). Without ROIs the body midline is taken as the LPS
-    x of the centre of the field of view (CT is acquired with the patient centred):
-    voxels with larger LPS x are on the patient's **left**.
+    x of the centre of the field of view (CT is acquired with the patient centred;
+    pass ``midline_x`` when ``geometry`` is a crop): voxels with larger LPS x are on
+    the patient's **left**.
 
     Returns:
         ``{"left": bool (Z, Y, X), "right": bool (Z, Y, X)}`` (sides with no ROI absent).
@@ -250,7 +256,8 @@ def split_sides(mask: np.ndarray, geometry: Geometry, rois: list[dict] | None = 
             chosen = index[choice == r]
             sides[side][tuple(chosen.T)] = True
         return sides
-    midline_x = float(geometry.corners_world()[:, 0].mean())
+    if midline_x is None:
+        midline_x = _midline_x(geometry)
     is_left = world[:, 0] > midline_x
     for side, pick in (("left", is_left), ("right", ~is_left)):
         sides[side] = np.zeros(mask.shape, bool)
@@ -293,6 +300,14 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    full_geometry = labels.geometry
+    occupied = labels.array != 0
+    if occupied.any():
+        # work on the labelled box only (a CT is ~60 M voxels, the arteries a few
+        # thousand); world coordinates are unchanged by the crop
+        box = _bbox(occupied)
+        start = tuple(s.start for s in box)
+        labels = crop(labels, start, tuple(s.stop - s.start for s in box))
     values = [int(v) for v in np.unique(labels.array) if v != 0]
     meshes: list[dict] = []
     trees: dict[str, dict] = {}
@@ -300,7 +315,8 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     for value in values:
         name = _safe_name(names.get(value, f"label_{value}"))
         mask = labels.array == value
-        parts = split_sides(mask, labels.geometry, rois) if split else {"all": mask}
+        parts = split_sides(mask, labels.geometry, rois, midline_x=_midline_x(full_geometry)) if split \
+            else {"all": mask}
         trees[name] = {}
         for side, part in parts.items():
             if on_progress is not None:
