@@ -343,7 +343,7 @@ def _group(slices: Sequence[_Slice]) -> list[tuple[SeriesInfo, list[_Slice]]]:
             key = ("empty", s.frame_of_reference, s.series_number or -1, s.description,
                    s.rows, s.columns)
         groups[key].append(s)
-    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] == "empty", kv[0][1:].__repr__()))
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] == "empty", repr(kv[0][1:])))
     result = []
     empty_count = sum(1 for k in groups if k[0] == "empty")
     empty_seen = 0
