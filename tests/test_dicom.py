@@ -134,8 +134,10 @@ def test_list_series_reports_the_empty_uid():
     assert (series.slice_count, series.modality, series.description) == (20, "CT", "CT Body 3.0")
 
 
-def test_read_study_dispatches_folders_to_dicom(fixture_study):
+def test_read_study_reads_folders_as_dicom_and_leaves_them_unchanged(fixture_study):
+    before = hashes(require(DICOM_FIXTURE))
     study = read_study(DICOM_FIXTURE)
+    assert hashes(DICOM_FIXTURE) == before
     assert study.format == "dicom" and study.geometry == fixture_study.geometry
 
 
@@ -154,12 +156,6 @@ def test_shuffled_renamed_files_read_identically(tmp_path, fixture_study):
     assert hashes(folder) == before  # nothing written, renamed or touched
     assert study.geometry == fixture_study.geometry
     np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)
-
-
-def test_reading_the_fixture_leaves_it_unchanged():
-    before = hashes(require(DICOM_FIXTURE))
-    read_dicom_study(DICOM_FIXTURE)
-    assert hashes(DICOM_FIXTURE) == before
 
 
 # -- several series -------------------------------------------------------------------------------
