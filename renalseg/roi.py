@@ -10,12 +10,25 @@ box of that grid in the study's own indices, used to paste results back.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+import SimpleITK as sitk
+
+from renalseg.errors import InputError, NoKidneyFoundError, RegistrationError, UsageError, suggest
 from renalseg.geometry import Geometry
 
-__all__ = ["KidneyROI", "MODEL_SPACING_XYZ_MM", "ROI_INPLANE_VOXELS"]
+if TYPE_CHECKING:
+    from renalseg.study import Study
+    from renalseg.volume import Volume
+
+__all__ = ["KidneyROI", "MODEL_SPACING_XYZ_MM", "ROI_INPLANE_VOXELS", "locate_kidneys", "crop_to_roi"]
+
+log = logging.getLogger(__name__)
 
 #: default model grid spacing (x, y, z) in mm; the model card is authoritative
 MODEL_SPACING_XYZ_MM: tuple[float, float, float] = (0.7, 0.7, 1.0)
@@ -69,3 +82,336 @@ class KidneyROI:
             "truncated": self.truncated,
             "notes": list(self.notes),
         }
+
+
+# --------------------------------------------------------------------------------------
+# locate_kidneys
+# --------------------------------------------------------------------------------------
+
+#: a field of view shorter than this (head–foot) cannot hold a kidney with its hilum
+MIN_FOV_Z_MM = 50.0
+#: HU range of kidney-like tissue in any phase (un-enhanced ~30, medulla ~70, cortex ~200)
+KIDNEY_TISSUE_HU: tuple[float, float] = (-30.0, 400.0)
+#: margin added around the kidney head–foot
+Z_MARGIN_MM = 10.0
+#: how far beyond the warped atlas kidney the study's own tissue may extend it
+REFINE_MARGIN_MM = 9.0
+#: plausible kidney volume (ml) after registration
+KIDNEY_VOLUME_RANGE_ML: tuple[float, float] = (40.0, 500.0)
+#: below this fraction in view a kidney is refused even with its hilum in view
+MIN_FRACTION_IN_VIEW = 0.6
+#: below this fraction in view the kidney counts as cut (flagged ``truncated``)
+FULL_FRACTION_IN_VIEW = 0.97
+_SIDES = ("left", "right")
+
+
+def _as_image(study: Study | Volume | sitk.Image) -> tuple[sitk.Image, str]:
+    """The study's SimpleITK image and a name for messages."""
+    from renalseg.study import Study
+    from renalseg.volume import Volume
+
+    if isinstance(study, Study):
+        return study.image, str(study.path)
+    if isinstance(study, Volume):
+        return study.to_sitk(), "the volume"
+    if isinstance(study, sitk.Image):
+        return study, "the image"
+    raise TypeError(f"locate_kidneys expects a Study or a Volume; got {type(study).__name__}.")
+
+
+def _lps_extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) LPS corner (mm) of the voxel centres of ``image``."""
+    geometry = Geometry.from_sitk(image)
+    corners = geometry.corners_world()
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _outside_phrase(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, str]:
+    """How far (mm) and where a point lies outside the LPS box [lo, hi]."""
+    words = (("to the patient's right of", "to the patient's left of"),
+             ("in front of", "behind"),
+             ("below", "above"))
+    best = (0.0, "beyond the (oblique) edge of")
+    for axis in range(3):
+        if point[axis] < lo[axis] and lo[axis] - point[axis] > best[0]:
+            best = (float(lo[axis] - point[axis]), words[axis][0])
+        if point[axis] > hi[axis] and point[axis] - hi[axis] > best[0]:
+            best = (float(point[axis] - hi[axis]), words[axis][1])
+    return best
+
+
+def _grid_like(lo: np.ndarray, hi: np.ndarray, spacing_mm: float) -> sitk.Image:
+    """An empty LPS-aligned image covering [lo, hi] (mm) at ``spacing_mm``."""
+    count = np.maximum(1, np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
+    image = sitk.Image([int(c) for c in count], sitk.sitkUInt8)
+    image.SetSpacing([spacing_mm] * 3)
+    image.SetOrigin([float(v) for v in lo])
+    return image
+
+
+def _place_axis(lo: float, hi: float, span_mm: float, medial_sign: int) -> tuple[float, bool]:
+    """First voxel-centre coordinate of a ``span_mm`` interval covering [lo, hi].
+
+    The spare room goes 65 % to the medial side (``medial_sign`` +1: toward +,
+    −1: toward −, 0: centred), where the renal vessels leave the hilum. Returns
+    ``(start, fits)``.
+    """
+    slack = span_mm - (hi - lo)
+    if slack < 0:
+        return (lo + hi) / 2.0 - span_mm / 2.0, False
+    share_low = {1: 0.35, -1: 0.65, 0: 0.5}[medial_sign]
+    return lo - share_low * slack, True
+
+
+def _study_box(image: sitk.Image, grid: Geometry) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Study-voxel bounding box (start_zyx, shape_zyx) of the grid's corner voxel centres."""
+    study = Geometry.from_sitk(image)
+    index = study.world_to_index(grid.corners_world())
+    lo = np.floor(index.min(axis=0) + 1e-6).astype(int)
+    hi = np.ceil(index.max(axis=0) - 1e-6).astype(int)
+    shape = hi - lo + 1
+    return (int(lo[2]), int(lo[1]), int(lo[0])), (int(shape[2]), int(shape[1]), int(shape[0]))
+
+
+def locate_kidneys(
+    study: Study | Volume,
+    *,
+    spacing_xyz_mm: tuple[float, float, float] = MODEL_SPACING_XYZ_MM,
+    atlases: list[Path] | None = None,
+    seed: int = 0,
+    sides: tuple[str, ...] = ("left", "right"),
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> list[KidneyROI]:
+    """Find each kidney's region of interest by atlas registration.
+
+    The shipped atlas CT (plus any ``atlases``) is registered to the study
+    (:mod:`renalseg.registration`: translation search that trusts no origin, then
+    similarity and affine Mattes-MI registration at 3 mm); the atlas kidney labels
+    are warped onto the study (majority vote over atlases), each kidney's extent is
+    refined from the study's own soft-tissue voxels nearby, and an ROI of
+    152 × 152 voxels in-plane × Z on the model grid is placed around it, with the
+    spare in-plane room on the medial side where the hilum and renal artery are.
+
+    Args:
+        study: a :class:`~renalseg.study.Study` or :class:`~renalseg.volume.Volume` in HU.
+        spacing_xyz_mm: the model grid spacing (x, y, z) in mm.
+        atlases: extra atlas folders (``atlas_ct.nii.gz`` + ``atlas_kidneys.nii.gz``).
+        seed: seed of the registration's random sampling (same seed, same ROIs).
+        sides: which kidneys to look for (``"left"``, ``"right"``).
+        on_progress: called as ``on_progress(step, total, description)``.
+
+    Returns:
+        One :class:`KidneyROI` per usable kidney, right first, then left. One kidney
+        only (the other absent or refused) logs a warning.
+
+    Raises:
+        NoKidneyFoundError: no requested kidney is usable; the message says, for each
+            kidney, why (not in the field of view, cut with its hilum outside, ...).
+        RegistrationError: the atlas registration did not converge.
+        UsageError: an unknown side.
+    """
+    from scipy import ndimage
+
+    from renalseg.registration import (
+        ATLAS_LABEL_VALUES,
+        WORK_SPACING_MM,
+        load_atlas,
+        register_atlas,
+        shipped_atlas,
+        to_lps_grid,
+    )
+
+    for side in sides:
+        if side not in _SIDES:
+            raise UsageError(f"Unknown side {side!r}; choose from {', '.join(_SIDES)}.{suggest(side, _SIDES)}")
+    if len(spacing_xyz_mm) != 3 or min(spacing_xyz_mm) <= 0:
+        raise UsageError(f"spacing_xyz_mm must be 3 positive numbers; got {spacing_xyz_mm}.")
+    image, name = _as_image(study)
+    if image.GetDimension() != 3:
+        raise InputError(f"{name}: expected a 3D CT; got a {image.GetDimension()}D image.")
+    atlas_list = [shipped_atlas()] + [load_atlas(path) for path in (atlases or [])]
+    total = 3 + len(atlas_list)
+    step = 0
+
+    def progress(description: str) -> None:
+        nonlocal step
+        step += 1
+        if on_progress is not None:
+            on_progress(step, total, description)
+
+    fov_lo, fov_hi = _lps_extent(image)
+    extent_z = float(fov_hi[2] - fov_lo[2] + Geometry.from_sitk(image).spacing_xyz_mm[2])
+    if extent_z < MIN_FOV_Z_MM:
+        raise NoKidneyFoundError(
+            f"{name}: no kidney in the field of view: it spans only {extent_z:.0f} mm head to foot, "
+            f"while a kidney with its hilum needs at least {MIN_FOV_Z_MM:.0f} mm (an adult kidney is "
+            "100–130 mm long), so neither the left nor the right kidney can be in view. Use a scan "
+            "that covers the abdomen from above the kidneys to below them."
+        )
+
+    hu, fov = to_lps_grid(sitk.Cast(image, sitk.sitkFloat32), WORK_SPACING_MM)
+    progress("resampled to 3 mm")
+    registrations = []
+    for atlas in atlas_list:
+        registrations.append(register_atlas(hu, fov, atlas, seed=seed))
+        progress(f"registered atlas {atlas.name}")
+
+    # one 3 mm grid around where the atlas kidneys landed (may reach past the study)
+    landed = []
+    for atlas, registration in zip(atlas_list, registrations):
+        lo, hi = atlas.kidney_box_lps(30.0)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        landed.append(registration.atlas_to_study(corners))
+    landed_points = np.concatenate(landed)
+    kidney_grid = _grid_like(landed_points.min(axis=0), landed_points.max(axis=0), WORK_SPACING_MM)
+    warped = [sitk.Resample(atlas.labels, kidney_grid, registration.transform, sitk.sitkNearestNeighbor, 0,
+                            sitk.sitkUInt8) for atlas, registration in zip(atlas_list, registrations)]
+    if len(warped) == 1:
+        votes = warped[0]
+    else:
+        votes = sitk.LabelVoting(warped, 0)  # ties count as background: majority only
+    labels = sitk.GetArrayFromImage(votes)
+    grid_hu = sitk.GetArrayFromImage(sitk.Resample(hu, kidney_grid, sitk.Transform(), sitk.sitkLinear,
+                                                   -1024.0, sitk.sitkFloat32))
+    grid_fov = sitk.GetArrayFromImage(sitk.Resample(fov, kidney_grid, sitk.Transform(),
+                                                    sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+    voxel_ml = WORK_SPACING_MM ** 3 / 1000.0
+    kgrid = Geometry.from_sitk(kidney_grid)
+    progress("warped atlas kidneys")
+
+    centroids = {}
+    for side, value in ATLAS_LABEL_VALUES.items():
+        zz, yy, xx = np.nonzero(labels == value)
+        if zz.size:
+            centroids[side] = kgrid.index_to_world([[xx.mean(), yy.mean(), zz.mean()]])[0]
+    if "left" in centroids and "right" in centroids and centroids["left"][0] <= centroids["right"][0]:
+        raise RegistrationError(
+            f"{name}: atlas registration did not converge: the warped left kidney lies to the patient's "
+            "right of the right kidney. Check the image orientation (direction cosines) of the study.")
+
+    study_geometry = Geometry.from_sitk(image)
+    size_xyz = np.asarray(study_geometry.shape_xyz)
+    rois: list[KidneyROI] = []
+    refusals: list[str] = []
+    tissue = (grid_hu >= KIDNEY_TISSUE_HU[0]) & (grid_hu <= KIDNEY_TISSUE_HU[1]) & grid_fov
+    ball = ndimage.generate_binary_structure(3, 1)
+    for side in ("right", "left"):
+        if side not in sides:
+            continue
+        value = ATLAS_LABEL_VALUES[side]
+        kidney = labels == value
+        expected_ml = float(kidney.sum() * voxel_ml)
+        hilum = np.mean([reg.atlas_to_study(atlas.hilum_lps[side])[0]
+                         for atlas, reg in zip(atlas_list, registrations)], axis=0)
+        if not KIDNEY_VOLUME_RANGE_ML[0] <= expected_ml <= KIDNEY_VOLUME_RANGE_ML[1]:
+            raise RegistrationError(
+                f"{name}: atlas registration did not converge: the warped {side} kidney measures "
+                f"{expected_ml:.0f} ml, outside the plausible {KIDNEY_VOLUME_RANGE_ML[0]:.0f}–"
+                f"{KIDNEY_VOLUME_RANGE_ML[1]:.0f} ml.")
+        in_view = kidney & grid_fov
+        fraction = float(in_view.sum() / kidney.sum())
+        hilum_index = study_geometry.world_to_index([hilum])[0]
+        hilum_in_view = bool(np.all(hilum_index >= -0.5) and np.all(hilum_index <= size_xyz - 0.5))
+        if fraction < 0.02 or in_view.sum() * voxel_ml < 3.0:
+            distance, where = _outside_phrase(hilum, fov_lo, fov_hi)
+            refusals.append(f"the {side} kidney is not in the field of view, at most its tip: its hilum "
+                            f"lies outside it (the atlas places the hilum {distance:.0f} mm {where} the "
+                            "scanned region)")
+            continue
+        if not hilum_in_view:
+            distance, where = _outside_phrase(hilum, fov_lo, fov_hi)
+            refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is "
+                            f"in view and its hilum lies outside it ({distance:.0f} mm {where} the scanned "
+                            "region), so its renal artery cannot be traced")
+            continue
+        if fraction < MIN_FRACTION_IN_VIEW:
+            refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is in "
+                            f"view (at least {MIN_FRACTION_IN_VIEW:.0%} needed)")
+            continue
+        tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
+        if tissue_fraction < 0.5:
+            refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
+                            f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
+                            f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
+            continue
+
+        # refine from the study's own intensities: the soft-tissue component that
+        # overlaps the warped kidney most, within REFINE_MARGIN_MM of it
+        reach = int(round(REFINE_MARGIN_MM / WORK_SPACING_MM))
+        near = ndimage.binary_dilation(kidney, ball, iterations=reach)
+        candidate = ndimage.binary_opening(tissue & near, ball)
+        components, count = ndimage.label(candidate)
+        extent = kidney.copy()
+        volume_ml = float((tissue & in_view).sum() * voxel_ml)
+        if count:
+            overlap = np.bincount(components[kidney], minlength=count + 1)
+            overlap[0] = 0
+            best = components == int(np.argmax(overlap))
+            if overlap.max() > 0:
+                extent |= best
+                shell = ndimage.binary_dilation(kidney, ball)
+                volume_ml = float((best & shell).sum() * voxel_ml)
+        zz, yy, xx = np.nonzero(extent)
+        half = WORK_SPACING_MM / 2.0
+        lo = kgrid.index_to_world([[xx.min(), yy.min(), zz.min()]])[0] - half
+        hi = kgrid.index_to_world([[xx.max(), yy.max(), zz.max()]])[0] + half
+        lo = np.minimum(lo, hilum - 5.0)
+        hi = np.maximum(hi, hilum + 5.0)
+
+        notes: list[str] = []
+        spacing = np.asarray(spacing_xyz_mm, dtype=float)
+        span_xy = (ROI_INPLANE_VOXELS - 1) * spacing[:2]
+        medial = 1 if side == "right" else -1  # LPS: the midline is toward +x from the right kidney
+        start_x, fits_x = _place_axis(lo[0], hi[0], span_xy[0], medial)
+        start_y, fits_y = _place_axis(lo[1], hi[1], span_xy[1], 0)
+        if not (fits_x and fits_y):
+            notes.append(f"kidney region {hi[0] - lo[0]:.0f} × {hi[1] - lo[1]:.0f} mm is wider than the "
+                         f"{span_xy[0]:.0f} mm ROI; centred on it")
+        z_lo, z_hi = lo[2] - Z_MARGIN_MM, hi[2] + Z_MARGIN_MM
+        count_z = int(np.ceil((z_hi - z_lo) / spacing[2])) + 1
+        grid = Geometry((count_z, ROI_INPLANE_VOXELS, ROI_INPLANE_VOXELS), tuple(spacing.tolist()),
+                        (float(start_x), float(start_y), float(z_lo)), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        truncated = fraction < FULL_FRACTION_IN_VIEW
+        if truncated:
+            outside = kidney & ~grid_fov
+            oz, oy, ox = np.nonzero(outside)
+            centre_out = kgrid.index_to_world([[ox.mean(), oy.mean(), oz.mean()]])[0]
+            _, where = _outside_phrase(centre_out, fov_lo, fov_hi)
+            notes.append(f"kidney cut by the field of view: about {1 - fraction:.0%} of it lies {where} the "
+                         "scanned region (hilum in view); the ROI is padded with air there")
+        start_zyx, shape_zyx = _study_box(image, grid)
+        rois.append(KidneyROI(side=side, grid=grid, start_zyx=start_zyx, shape_zyx=shape_zyx,  # type: ignore[arg-type]
+                              kidney_volume_ml=volume_ml, truncated=truncated, notes=tuple(notes)))
+    progress("placed ROIs")
+
+    if not rois:
+        reasons = "; ".join(refusals) if refusals else "no kidney requested"
+        raise NoKidneyFoundError(
+            f"{name}: no usable kidney: {reasons}. Use a scan that covers both kidneys from above "
+            "to below, with the renal hila in view.")
+    for reason in refusals:
+        log.warning("%s: only %s kidney localised: %s.", name,
+                    " and ".join(r.side for r in rois), reason)
+    return rois
+
+
+def crop_to_roi(study: Study | Volume, roi: KidneyROI, *, pad_hu: float = -1024.0) -> Volume:
+    """The study resampled (linear) onto ``roi.grid``, in HU; air outside the study.
+
+    Args:
+        study: the study the ROI was located in.
+        roi: one of :func:`locate_kidneys`'s results.
+        pad_hu: value for voxels outside the study's field of view.
+
+    Returns:
+        float32 :class:`~renalseg.volume.Volume` of shape ``roi.grid.shape_zyx``,
+        patient-oriented (z → superior, y → posterior, x → left).
+    """
+    from renalseg.volume import Volume
+
+    image, _ = _as_image(study)
+    reference = sitk.Image(list(roi.grid.shape_xyz), sitk.sitkFloat32)
+    roi.grid.apply_to(reference)
+    resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(),
+                              sitk.sitkLinear, float(pad_hu), sitk.sitkFloat32)
+    return Volume.from_sitk(resampled)

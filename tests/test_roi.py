@@ -1,0 +1,257 @@
+"""Kidney localisation: real CT (atlas moved and cropped, DICOM fixture, upper-pole CTA),
+edge cases (cut kidney, one kidney, oblique grid, no contrast), ROI semantics and the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import DICOM_FIXTURE, UPPER_POLE_CTA, require
+from typer.testing import CliRunner
+
+from renalseg.errors import NoKidneyFoundError, RegistrationError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.registration import ATLAS_DIR, initial_translation, load_atlas, to_lps_grid
+from renalseg.roi import ROI_INPLANE_VOXELS, KidneyROI, crop_to_roi, locate_kidneys
+from renalseg.study import Study
+from renalseg.volume import Volume
+
+ATLAS_CT = ATLAS_DIR / "atlas_ct.nii.gz"
+ATLAS_LABELS = ATLAS_DIR / "atlas_kidneys.nii.gz"
+SIDE_LABEL = {"right": 1, "left": 2}
+
+
+def _moved_atlas(z_slices: tuple[int, int] = (45, 112), shift_mm: float = 250.0) -> tuple[sitk.Image, sitk.Image]:
+    """The real atlas CT (and its labels, carried along) cropped in z and moved in space."""
+    ct, labels = sitk.ReadImage(str(ATLAS_CT)), sitk.ReadImage(str(ATLAS_LABELS))
+    ct, labels = ct[:, :, z_slices[0]:z_slices[1]], labels[:, :, z_slices[0]:z_slices[1]]
+    origin = tuple(float(o) + shift_mm for o in ct.GetOrigin())
+    ct.SetOrigin(origin)
+    labels.SetOrigin(origin)
+    return ct, labels
+
+
+def _fraction_inside(roi: KidneyROI, labels: sitk.Image) -> float:
+    """Fraction of the true kidney's volume (label of ``roi.side``) inside the ROI grid."""
+    value = SIDE_LABEL[roi.side]
+    reference = sitk.Image(list(roi.grid.shape_xyz), sitk.sitkUInt8)
+    roi.grid.apply_to(reference)
+    on_grid = sitk.GetArrayFromImage(sitk.Resample(labels, reference, sitk.Transform(),
+                                                   sitk.sitkNearestNeighbor, 0))
+    inside_mm3 = float((on_grid == value).sum() * roi.grid.voxel_volume_mm3)
+    total_mm3 = float((sitk.GetArrayFromImage(labels) == value).sum() * np.prod(labels.GetSpacing()))
+    return min(1.0, inside_mm3 / total_mm3)
+
+
+def _study(image: sitk.Image, name: str) -> Study:
+    return Study(image=image, path=Path(f"/data/{name}.nii.gz"), format="nifti", study_id=name)
+
+
+@pytest.fixture(scope="module")
+def moved_atlas() -> tuple[sitk.Image, sitk.Image, list[KidneyROI]]:
+    ct, labels = _moved_atlas()
+    return ct, labels, locate_kidneys(_study(ct, "moved_atlas"))
+
+
+# -- real CT: success ------------------------------------------------------------------
+
+def test_moved_and_cropped_atlas_finds_both_kidneys_in_place(moved_atlas):
+    ct, labels, rois = moved_atlas
+    assert [roi.side for roi in rois] == ["right", "left"]
+    for roi in rois:
+        assert _fraction_inside(roi, labels) >= 0.99, roi.side
+        assert not roi.truncated
+        assert 80.0 <= roi.kidney_volume_ml <= 250.0  # atlas: right ~147 ml, left ~118 ml
+    right, left = rois
+    # sides from patient LPS x: the left kidney lies at larger x
+    assert np.mean(left.box_mm_lps, axis=0)[0] > np.mean(right.box_mm_lps, axis=0)[0]
+
+
+def test_roi_grid_is_the_model_grid_and_the_voxel_box_covers_it(moved_atlas):
+    ct, _, rois = moved_atlas
+    study = Geometry.from_sitk(ct)
+    for roi in rois:
+        grid = roi.grid
+        assert grid.shape_zyx[1:] == (ROI_INPLANE_VOXELS, ROI_INPLANE_VOXELS)
+        assert grid.spacing_xyz_mm == (0.7, 0.7, 1.0)
+        assert grid.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        assert grid.shape_zyx[0] * 1.0 >= 100.0  # whole kidney (~100 mm) plus margins
+        # every corner of the model grid falls inside the study-voxel box
+        index = study.world_to_index(grid.corners_world())
+        start = np.asarray(roi.start_zyx[::-1])
+        stop = start + np.asarray(roi.shape_zyx[::-1]) - 1
+        assert (index >= start - 1e-6).all() and (index <= stop + 1e-6).all()
+        # and the box is tight: no more than one voxel of slack on each side
+        assert (index.min(axis=0) - start < 1.0 + 1e-6).all() and (stop - index.max(axis=0) < 1.0 + 1e-6).all()
+        payload = json.loads(json.dumps(roi.to_dict()))
+        assert payload["side"] == roi.side and payload["box_voxels_zyx"]["shape"] == list(roi.shape_zyx)
+
+
+def test_crop_to_roi_resamples_the_study_onto_the_roi_grid_in_hu(moved_atlas):
+    ct, labels, rois = moved_atlas
+    right = rois[0]
+    crop = crop_to_roi(_study(ct, "moved_atlas"), right)
+    assert crop.geometry == right.grid
+    assert crop.array.dtype == np.float32
+    label_crop = crop_to_roi(Volume.from_sitk(sitk.Cast(labels, sitk.sitkFloat32)), right, pad_hu=0)
+    kidney_hu = crop.array[label_crop.array > 0.5]
+    assert 0.0 < float(np.median(kidney_hu)) < 60.0  # un-enhanced kidney, ~15-40 HU
+    assert crop.array.min() >= -1024.0
+
+
+def test_same_seed_same_rois_and_atlas_origin_is_not_trusted(moved_atlas):
+    ct, _, rois = moved_atlas
+    again = locate_kidneys(Volume.from_sitk(ct), seed=0)
+    assert [(r.side, r.start_zyx, r.shape_zyx, r.grid.shape_zyx) for r in again] == \
+        [(r.side, r.start_zyx, r.shape_zyx, r.grid.shape_zyx) for r in rois]
+    for first, second in zip(rois, again):  # same up to floating-point summation order
+        np.testing.assert_allclose(first.grid.origin_xyz_mm, second.grid.origin_xyz_mm, atol=1e-6)
+        assert first.kidney_volume_ml == pytest.approx(second.kidney_volume_ml, abs=1e-6)
+
+
+def test_initial_translation_recovers_a_250_mm_shift():
+    ct, _ = _moved_atlas()
+    hu, fov = to_lps_grid(ct, 3.0)
+    translation = initial_translation(hu, fov, load_atlas(ATLAS_DIR))
+    np.testing.assert_allclose(translation, [250.0, 250.0, 250.0], atol=6.0)
+
+
+# -- real CT: refusals -----------------------------------------------------------------
+
+def test_real_dicom_upper_abdomen_without_kidneys_is_refused():
+    from renalseg.io.study import read_study
+
+    study = read_study(require(DICOM_FIXTURE))
+    with pytest.raises(NoKidneyFoundError, match=r"(?s)no kidney in the field of view.*40 mm.*left nor the right"):
+        locate_kidneys(study)
+
+
+def test_real_cta_with_only_the_right_upper_pole_is_refused_naming_the_hilum():
+    from renalseg.io.study import read_study
+
+    study = read_study(require(UPPER_POLE_CTA))
+    with pytest.raises(NoKidneyFoundError) as caught:
+        locate_kidneys(study)
+    message = str(caught.value)
+    assert "right kidney" in message and "hilum lies outside" in message
+    assert "below the scanned region" in message
+    assert str(UPPER_POLE_CTA) in message
+
+
+# -- edge cases on real anatomy --------------------------------------------------------
+
+def test_kidney_cut_slightly_with_hilum_in_view_is_kept_and_flagged():
+    ct, labels = _moved_atlas((76, 112), shift_mm=-40.0)  # right kidney loses its lowest ~24 mm
+    rois = locate_kidneys(_study(ct, "cut"))
+    by_side = {roi.side: roi for roi in rois}
+    assert by_side["right"].truncated and "below the scanned region" in by_side["right"].notes[0]
+    assert not by_side["left"].truncated
+    for roi in rois:
+        assert _fraction_inside(roi, labels) >= 0.99
+
+
+def test_one_kidney_absent_gives_one_roi_and_a_warning(caplog):
+    ct, labels = _moved_atlas((40, 112), shift_mm=0.0)
+    array = sitk.GetArrayFromImage(ct)
+    array[sitk.GetArrayFromImage(labels) == SIDE_LABEL["left"]] = -100  # fat where the left kidney was
+    no_left = sitk.GetImageFromArray(array)
+    no_left.CopyInformation(ct)
+    with caplog.at_level(logging.WARNING, logger="renalseg.roi"):
+        rois = locate_kidneys(_study(no_left, "single"))
+    assert [roi.side for roi in rois] == ["right"]
+    assert _fraction_inside(rois[0], labels) >= 0.99
+    assert any("left kidney" in record.getMessage() for record in caplog.records)
+    # asking for the missing side alone is an error that names it
+    with pytest.raises(NoKidneyFoundError, match="left kidney"):
+        locate_kidneys(_study(no_left, "single"), sides=("left",))
+
+
+@pytest.mark.slow
+def test_oblique_study_grid_still_finds_both_kidneys():
+    ct, labels = sitk.ReadImage(str(ATLAS_CT)), sitk.ReadImage(str(ATLAS_LABELS))
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.0, 0.0, np.radians(20))
+    direction = np.asarray(rotation.GetMatrix()).reshape(3, 3) @ np.asarray(ct.GetDirection()).reshape(3, 3)
+    reference = sitk.Image([140, 130, 112], sitk.sitkInt16)
+    reference.SetSpacing((2.5, 2.5, 3.0))
+    reference.SetDirection(tuple(direction.ravel()))
+    reference.SetOrigin((200.0, -10.0, 94.3))
+    oblique = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024)
+    oblique_labels = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    rois = locate_kidneys(Volume.from_sitk(oblique))
+    assert [roi.side for roi in rois] == ["right", "left"]
+    for roi in rois:
+        assert _fraction_inside(roi, oblique_labels) >= 0.99
+
+
+def test_uniform_volume_is_a_registration_error_not_a_box():
+    flat = Volume(np.zeros((40, 100, 100), np.int16),
+                  Geometry((40, 100, 100), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    with pytest.raises(RegistrationError, match="did not converge|cannot start"):
+        locate_kidneys(flat)
+
+
+def test_unknown_side_is_a_usage_error_with_a_suggestion(ct_factory):
+    with pytest.raises(UsageError, match="Did you mean 'left'"):
+        locate_kidneys(ct_factory(), sides=("lefft",))
+
+
+def test_atlas_folder_without_labels_is_named(tmp_path):
+    from renalseg.errors import InputError
+
+    (tmp_path / "atlas_ct.nii.gz").write_bytes(ATLAS_CT.read_bytes())
+    with pytest.raises(InputError, match="atlas_kidneys.nii.gz is missing"):
+        load_atlas(tmp_path)
+
+
+def test_shipped_atlas_hilum_is_medial_to_each_kidney():
+    atlas = load_atlas(ATLAS_DIR)
+    # LPS: +x is the patient's left; the hilum faces the midline
+    assert atlas.hilum_lps["right"][0] > atlas.centre_lps["right"][0]
+    assert atlas.hilum_lps["left"][0] < atlas.centre_lps["left"][0]
+    assert atlas.centre_lps["right"][0] < atlas.centre_lps["left"][0]
+    assert 100 < atlas.volume_ml["right"] < 200 and 80 < atlas.volume_ml["left"] < 160
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+def test_locate_cli_writes_report_preview_crops_and_error_json(tmp_path):
+    from PIL import Image
+
+    from renalseg.cli.app import app
+    from renalseg.io.image import write_image
+
+    ct, _ = _moved_atlas((50, 112), shift_mm=-120.0)
+    good = write_image(ct, tmp_path / "in" / "good case.nii.gz")
+    write_image(sitk.ReadImage(str(require(UPPER_POLE_CTA))), tmp_path / "in" / "upper_pole.nii.gz")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["locate", str(tmp_path / "in"), "--out", str(out), "--crop"])
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "good_case" / "report.json").read_text())
+    assert report["status"] == "ok" and report["input"]["path"] == str(good)
+    assert [roi["side"] for roi in report["rois"]] == ["right", "left"]
+    assert Image.open(out / "good_case" / "preview.png").size[1] == 360
+    for side in ("right", "left"):
+        crop = sitk.ReadImage(str(out / "good_case" / f"roi_{side}.nii.gz"))
+        grid = report["rois"][0 if side == "right" else 1]["model_grid"]
+        assert list(crop.GetSize())[::-1] == grid["shape_zyx"]
+        np.testing.assert_allclose(crop.GetOrigin(), grid["origin_xyz_mm"], atol=1e-3)
+    error = json.loads((out / "upper_pole" / "error.json").read_text())
+    assert error["status"] == "error" and error["error"] == "NoKidneyFoundError"
+    assert "right kidney" in error["message"]
+    assert not (out / "upper_pole" / "report.json").exists()
+    # without --overwrite an existing output is an error for that study, kept as it was
+    again = CliRunner().invoke(app, ["locate", str(good), "--out", str(out), "--quiet"])
+    assert again.exit_code == 1 and "exists" in again.output
+    assert (out / "good_case" / "roi_left.nii.gz").exists()
+
+
+def test_locate_cli_missing_input_is_a_usage_error(tmp_path):
+    from renalseg.cli.app import app
+
+    result = CliRunner().invoke(app, ["locate", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
