@@ -52,6 +52,14 @@ def test_a_series_folder_is_one_study():
     assert discover_studies([require(DICOM_FIXTURE)]) == [DICOM_FIXTURE]
 
 
+def test_discover_finds_series_nested_under_a_dicomdir(tmp_path):
+    """DICOM media layout: DICOMDIR at the root, the series three folders down."""
+    root = tmp_path / "cdrom"
+    series = _copy_dicom(root / "PA000000" / "ST000000" / "SE000000")
+    shutil.copyfile(next(series.iterdir()), root / "DICOMDIR")  # the index file is not a series
+    assert discover_studies([root]) == [series]
+
+
 def test_discover_refuses_empty_folders_and_missing_paths(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UsageError, match="empty: no study found"):
