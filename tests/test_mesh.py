@@ -183,3 +183,27 @@ def test_cli_export_mesh(tmp_path):
     assert bad.exit_code == 2
     missing = runner.invoke(app, ["export-mesh", str(tmp_path / "nope"), "--out", str(tmp_path / "o3")])
     assert missing.exit_code == 2
+
+
+def test_real_aorta_mesh_overlays_the_dicom_ct():
+    """The LAS-stored reference labels, meshed, land on the bright aorta of the DICOM CT."""
+    from conftest import DICOM_FIXTURE, DICOM_REFERENCE_LABELS, require
+
+    from renalseg.io.study import read_study
+
+    ct = read_study(require(DICOM_FIXTURE)).volume
+    labels = Volume.from_sitk(read_image(require(DICOM_REFERENCE_LABELS)))
+    assert labels.geometry.orientation == "LAS" and ct.geometry.orientation == "LPS"
+
+    def median_hu_inside(mesh):
+        inner = mesh.vertices - 1.5 * mesh.vertex_normals  # 1.5 mm inside the wall
+        index = np.rint(ct.geometry.world_to_index(inner)).astype(int)
+        inside = (index >= 0).all(axis=1) & (index < np.array(ct.geometry.shape_xyz)).all(axis=1)
+        return float(np.median(ct.array[index[inside, 2], index[inside, 1], index[inside, 0]]))
+
+    aorta = label_to_mesh(labels, label=52)  # TotalSegmentator: 52 = aorta
+    assert aorta.is_watertight and aorta.volume > 0
+    assert median_hu_inside(aorta) > 120  # contrast-filled aorta (~150 HU)
+    # the same voxels laid voxel for voxel on the CT grid (geometry ignored) miss it
+    wrong = Volume(labels.array, ct.geometry)
+    assert median_hu_inside(label_to_mesh(wrong, label=52)) < 60
