@@ -207,3 +207,30 @@ def test_real_aorta_mesh_overlays_the_dicom_ct():
     # the same voxels laid voxel for voxel on the CT grid (geometry ignored) miss it
     wrong = Volume(labels.array, ct.geometry)
     assert median_hu_inside(label_to_mesh(wrong, label=52)) < 60
+
+
+def test_cli_export_mesh_uses_report_rois_and_ras(tmp_path):
+    folder = _segment_folder(tmp_path, "case02")
+    labels = Volume.from_sitk(read_image(folder / "labels.nii.gz"))
+    index = np.argwhere(labels.array == 1)
+    world = labels.geometry.index_to_world(index[:, ::-1])
+    # one ROI around everything, called "left": the ROI decides, not the midline
+    rois = [{"side": "left", "box_mm_lps": {"min": (world.min(0) - 5).tolist(), "max": (world.max(0) + 5).tolist()}}]
+    (folder / "report.json").write_text(json.dumps({"status": "ok", "rois": rois}))
+    result = CliRunner().invoke(app, ["export-mesh", str(folder / "labels.nii.gz"), "--out", str(tmp_path / "out"),
+                                      "--space", "ras", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["studies"][0]
+    assert summary["study_id"] == "case02" and summary["split"] == "roi" and summary["space"] == "RAS"
+    assert [m["side"] for m in summary["meshes"]] == ["left"]
+    stl = tmp_path / "out" / "case02" / "renal_artery_left.stl"
+    assert stl.read_bytes()[:9] == b"SPACE=RAS"
+    mesh = trimesh.load(stl)
+    assert mesh.volume > 0
+    # RAS: x and y negated relative to LPS world coordinates
+    np.testing.assert_allclose(mesh.bounds[:, 2], [world[:, 2].min() - 0.5 * 1.0, world[:, 2].max() + 0.5], atol=0.6)
+    assert -mesh.bounds[1, 0] == pytest.approx(world[:, 0].min(), abs=1.0)
+    tree = json.loads((tmp_path / "out" / "case02" / "tree.json").read_text())
+    assert tree["coordinate_space"] == "RAS"
+    ends = np.asarray(tree["trees"]["renal_artery"]["left"]["end_points_mm"])
+    assert len(ends) == 4 and (-ends[:, 0]).min() >= world[:, 0].min() - 1.0

@@ -159,3 +159,26 @@ def test_segment_output_folders_match_by_folder_name(tmp_path):
     write_image(_volume(mask), tmp_path / "truth" / "p02.nii.gz")
     rows = evaluate_pairs([tmp_path / "results"], [tmp_path / "truth"])
     assert [(r["case"], r["dice"]) for r in rows] == [("p01", 1.0), ("p02", 1.0)]
+
+
+def test_cli_evaluate_json_with_kipa_truth(tmp_path):
+    mask = sphere((16, 18, 20), (6.0, 4.5, 6.0), 2.5)
+    truth = mask.astype(np.uint8) * 3
+    truth[0, 0, :3] = 2  # kidney label elsewhere
+    write_image(_volume(mask), tmp_path / "pred.nii.gz")
+    write_image(Volume(truth, _volume(mask).geometry), tmp_path / "truth.nii.gz")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["evaluate", str(tmp_path / "pred.nii.gz"), "--gt", str(tmp_path / "truth.nii.gz")])
+    assert refused.exit_code == 2 and "--gt-label" in refused.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pred.nii.gz"), "--gt", str(tmp_path / "truth.nii.gz"),
+                                 "--gt-label", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["cases"][0]["dice"] == 1.0 and doc["summary"]["hd_mm"]["mean"] == 0.0
+    # an empty prediction: NaN distances become null in JSON, never a crash
+    write_image(_volume(np.zeros_like(mask)), tmp_path / "empty.nii.gz")
+    empty = runner.invoke(app, ["evaluate", str(tmp_path / "empty.nii.gz"), "--gt", str(tmp_path / "truth.nii.gz"),
+                                "--gt-label", "3", "--json"])
+    assert empty.exit_code == 0, empty.output
+    case = json.loads(empty.stdout)["cases"][0]
+    assert case["dice"] == 0.0 and case["hd_mm"] is None
