@@ -1,0 +1,504 @@
+"""The whole-abdomen scene, and the two phantom kinds built from it.
+
+One random abdomen (body wall, spine, psoas and back muscles, aorta with its
+branches and calcified plaques, IVC, liver, spleen, stomach, small bowel and colon,
+both kidneys with their trees and veins) is built in patient LPS millimetres, then
+rendered on a grid:
+
+* kind ``abdomen``: the whole scene on a 512 × 512 × (250–500) grid at clinical
+  spacing, the patient shifted and slightly rotated in the field of view;
+* kind ``roi``: only a 152 × 152 × Z box around one kidney, on an LPS-aligned grid
+  at a per-case spacing (in-plane 0.55–0.8 mm, slices 0.5–1.0 mm), so its
+  distractors (aorta or IVC at the medial edge, spine, psoas, bowel, liver or
+  spleen) are anatomically consistent.
+
+Seeds: every random choice comes from ``numpy.random.default_rng(seed)`` in a fixed
+order, so the same seed and options give identical arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from renalseg.errors import UsageError, suggest
+from renalseg.geometry import Geometry
+from renalseg.phantom.anatomy import Kidney, build_kidney, smooth_path
+from renalseg.phantom.render import Canvas, finish_image
+from renalseg.phantom.shapes import CylinderZ, Ellipsoid, Intersection, Shape, Tube, rotation_matrix
+from renalseg.phantom.tissues import (
+    DEFAULT_INTENSITY_RANGES_HU,
+    TISSUE_IDS,
+    TISSUE_TO_KIPA,
+    TISSUES,
+    TUMOUR_HYPER_HU,
+    TUMOUR_HYPO_HU,
+)
+from renalseg.volume import Volume
+
+__all__ = ["PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
+           "sample_intensities", "labels_from_tissues", "DIRECTIONS"]
+
+#: orientation code -> ITK direction (row-major) for the abdomen kind's ``direction`` option
+DIRECTIONS: dict[str, tuple[float, ...]] = {
+    "LPS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    "RAS": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
+    "LAS": (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
+    "RPS": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class PhantomCase:
+    """One synthetic case with its ground truth.
+
+    Attributes:
+        image: int16 HU CT.
+        label: uint8 KiPA22 labels on the same grid (0 background, 1 vein, 2 kidney,
+            3 artery, 4 tumour); a voxel is labelled when at least half covered.
+        tissues: uint8 tissue-class map (ids in :data:`~renalseg.phantom.TISSUES`),
+            each voxel's dominant tissue.
+        params: JSON-ready description (seed, kind, grid, intensities, imaging,
+            kidneys with their trees, variants, tumour, timings).
+    """
+
+    image: Volume
+    label: Volume
+    tissues: Volume
+    params: dict
+
+
+@dataclass
+class Scene:
+    """A random abdomen: tissue layers in painter's order, and its kidneys."""
+
+    layers: list[tuple[str, list[Shape], list[np.ndarray]]]
+    base_layers: list[tuple[str, list[Shape]]]
+    kidneys: dict[str, Kidney]
+    params: dict = field(default_factory=dict)
+
+
+def _r(v: np.ndarray | list) -> list[float]:
+    return [round(float(x), 2) for x in np.asarray(v, float).ravel()]
+
+
+def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "hypo") -> dict[str, float]:
+    """One case's mean HU per tissue, each inside :data:`DEFAULT_INTENSITY_RANGES_HU`."""
+    out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in DEFAULT_INTENSITY_RANGES_HU.items()}
+    lo, hi = DEFAULT_INTENSITY_RANGES_HU["aorta"]
+    out["aorta"] = float(np.clip(out["renal_artery"] * rng.uniform(0.98, 1.08), lo, hi))
+    lo, hi = DEFAULT_INTENSITY_RANGES_HU["sinus_fat"]
+    out["sinus_fat"] = float(np.clip(out["fat"] + rng.uniform(0, 20), lo, hi))
+    band = TUMOUR_HYPER_HU if tumour_enhancement == "hyper" else TUMOUR_HYPO_HU
+    out["tumour"] = float(rng.uniform(*band))
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.ndarray,
+                tumour: bool | None = None, accessory: bool | None = None,
+                early_branching: bool | None = None) -> Scene:
+    """Build a random abdomen placed in the scanner by ``p -> rotation @ p + shift_mm``.
+
+    The patient frame has the L1/L2 disc at z = 0 and the body axis at x = y = 0.
+    """
+    R = np.asarray(rotation, float)
+    T = np.asarray(shift_mm, float)
+    yaw = float(np.arctan2(R[1, 0], R[0, 0]))
+
+    def P(x: float, y: float, z: float) -> np.ndarray:
+        return R @ np.array([x, y, z], float) + T
+
+    def cyl(cx: float, cy: float, semi: tuple[float, float], zr: tuple[float, float], power: float = 2.0,
+            angle: float = 0.0) -> CylinderZ:
+        c = P(cx, cy, 0.0)
+        return CylinderZ((c[0], c[1]), semi, angle + yaw, (zr[0] + T[2], zr[1] + T[2]), power)
+
+    def ell(c: tuple[float, float, float], semi: tuple[float, float, float], axes: np.ndarray | None = None,
+            power: float = 2.0) -> Ellipsoid:
+        return Ellipsoid(tuple(P(*c)), R @ (np.eye(3) if axes is None else axes), semi, power)
+
+    def tube(ctrl: list[tuple[float, float, float]], radii: tuple[float, float], step: float = 3.0) -> Tube:
+        path = smooth_path(np.stack([P(*p) for p in ctrl]), step)
+        return Tube(path, np.linspace(radii[0], radii[1], len(path)))
+
+    p: dict[str, Any] = {}
+    # -- body ---------------------------------------------------------------------
+    a_body, b_body = rng.uniform(150, 180), rng.uniform(105, 130)
+    fat_mm, wall_mm = rng.uniform(8, 30), rng.uniform(8, 12)
+    zr = (-400.0, 400.0)
+    body = cyl(0, 0, (a_body, b_body), zr, 2.6)
+    wall = cyl(0, 0, (a_body - fat_mm, b_body - fat_mm), zr, 2.6)
+    cavity = cyl(0, 0, (a_body - fat_mm - wall_mm, b_body - fat_mm - wall_mm), zr, 2.6)
+    base_layers = [("fat", [body]), ("muscle", [wall]), ("fat", [cavity])]
+    p["body"] = {"semi_axes_mm": _r([a_body, b_body]), "subcutaneous_fat_mm": round(fat_mm, 1)}
+
+    y_vb = b_body - fat_mm - wall_mm - rng.uniform(45, 55)  # vertebral body centre (posterior is +y)
+    layers: list[tuple[str, list[Shape], list[np.ndarray]]] = []
+
+    def inside(shapes: list[Shape]) -> list[Shape]:
+        return [Intersection(s, cavity) for s in shapes]
+
+    # -- vessels' positions (needed by organs and kidneys) ---------------------------
+    r_ao = rng.uniform(9.0, 12.0)
+    x_ao, y_ao = rng.uniform(8, 18), y_vb - 17 - r_ao - 1.5
+    ivc_semi = (rng.uniform(11, 14), rng.uniform(7, 10))
+    x_ivc, y_ivc = -rng.uniform(20, 28), y_vb - 17 - ivc_semi[1] - 3
+    z_ost = {"left": rng.uniform(-5, 15)}
+    z_ost["right"] = z_ost["left"] - rng.uniform(0, 8)
+    z_kid = {"left": z_ost["left"] - rng.uniform(0, 15)}
+    z_kid["right"] = z_kid["left"] - rng.uniform(10, 25)
+    x_kid = {"left": rng.uniform(62, 75), "right": -rng.uniform(62, 75)}
+    y_kid = {s: y_vb + rng.uniform(0, 15) for s in ("left", "right")}
+
+    # -- organs (clipped to the abdominal cavity) --------------------------------------
+    liver = ell((-rng.uniform(70, 85), -rng.uniform(0, 20), z_kid["right"] + rng.uniform(75, 95)),
+                (rng.uniform(65, 80), rng.uniform(70, 85), rng.uniform(70, 85)),
+                rotation_matrix([0, 0, 1], rng.uniform(-0.3, 0.3)))
+    spleen = ell((rng.uniform(70, 85), rng.uniform(15, 35), z_kid["left"] + rng.uniform(55, 75)),
+                 (rng.uniform(18, 26), rng.uniform(40, 55), rng.uniform(45, 60)),
+                 rotation_matrix([0, 0, 1], rng.uniform(-0.9, -0.5)))
+    layers.append(("liver", inside([liver]), []))
+    layers.append(("spleen", inside([spleen]), []))
+    oral_contrast = bool(rng.random() < 0.5)
+    contents = ["bowel_contrast" if oral_contrast and rng.random() < 0.7 else "bowel", "bowel_gas"]
+    stomach_c = (rng.uniform(40, 65), -rng.uniform(40, 60), z_kid["left"] + rng.uniform(70, 95))
+    stomach_semi = (rng.uniform(35, 50), rng.uniform(28, 40), rng.uniform(40, 55))
+    layers.append(("bowel", inside([ell(stomach_c, stomach_semi)]), []))
+    layers.append((contents[0], inside([ell(stomach_c, tuple(s - 4 for s in stomach_semi))]), []))
+    colon_paths = [
+        [(-100, -5, -150), (-105, -10, -60), (-100, -20, 20)],
+        [(-95, -35, 35), (-40, -75, 30), (40, -75, 35), (95, -35, 50)],
+        [(100, -10, 55), (105, 0, -40), (95, -10, -150)],
+    ]
+    n_loops = int(rng.integers(6, 13))
+    loops: list[tuple[list[tuple[float, float, float]], float, str]] = []
+    for ctrl in colon_paths:
+        jit = [(x + rng.normal(0, 5), y + rng.normal(0, 5), z + rng.normal(0, 5)) for x, y, z in ctrl]
+        loops.append((jit, rng.uniform(14, 22), "bowel_gas" if rng.random() < 0.7 else "bowel"))
+    for _ in range(n_loops):
+        start = np.array([rng.uniform(-90, 90), rng.uniform(-95, -30), rng.uniform(-180, 10)])
+        ctrl = [tuple(start)]
+        for _k in range(int(rng.integers(3, 6))):
+            start = start + rng.normal(0, 25, 3)
+            start[1] = np.clip(start[1], -100, -15)
+            ctrl.append(tuple(start))
+        content = ("bowel_contrast" if oral_contrast and rng.random() < 0.6 else
+                   "bowel_gas" if rng.random() < 0.2 else "bowel")
+        loops.append((ctrl, rng.uniform(8, 14), content))
+    for ctrl, radius, content in loops:
+        layers.append(("bowel", inside([tube(ctrl, (radius, radius), 6.0)]), []))
+        layers.append((content, inside([tube(ctrl, (radius - 2.5, radius - 2.5), 6.0)]), []))
+    p["oral_contrast"] = oral_contrast
+    p["bowel_loops"] = len(loops)
+
+    # -- muscles ---------------------------------------------------------------------
+    back = []
+    for s in (-1, 1):
+        back.append(cyl(s * rng.uniform(24, 32), y_vb + rng.uniform(42, 50),
+                        (rng.uniform(20, 26), rng.uniform(16, 22)), zr))
+        back.append(cyl(s * rng.uniform(55, 65), y_vb + rng.uniform(20, 30), (rng.uniform(12, 16), rng.uniform(7, 10)),
+                        (-150.0, 40.0), angle=s * 0.5))
+        back.append(tube([(s * 22, y_vb + 2, 60), (s * 36, y_vb - 6, -40), (s * 52, y_vb - 14, -200)],
+                         (5.0, rng.uniform(18, 24)), 6.0))
+    layers.append(("muscle", inside(back), []))
+
+    # -- spine ---------------------------------------------------------------------
+    pitch = rng.uniform(32, 36)
+    disc_h = rng.uniform(7, 10)
+    vb_semi = (rng.uniform(22, 26), rng.uniform(16, 19))
+    discs, cortical, trabecular, arches = [], [], [], []
+    for k in range(-8, 9):
+        zc = k * pitch + pitch / 2  # vertebral body centres; discs at multiples of pitch
+        discs.append(ell((0, y_vb, k * pitch), (vb_semi[0], vb_semi[1], disc_h / 2 + 1.0), power=3.0))
+        half_h = (pitch - disc_h) / 2
+        cortical.append(ell((0, y_vb, zc), (vb_semi[0], vb_semi[1], half_h), power=3.0))
+        trabecular.append(ell((0, y_vb, zc), (vb_semi[0] - 1.8, vb_semi[1] - 1.8, half_h - 1.2), power=3.0))
+        yc = y_vb + vb_semi[1] + 10
+        arches.append(tube([(-11, y_vb + vb_semi[1] - 2, zc), (-14, yc, zc), (0, yc + 12, zc - 2),
+                            (14, yc, zc), (11, y_vb + vb_semi[1] - 2, zc)], (4.5, 4.5), 2.0))
+        arches.append(tube([(0, yc + 12, zc - 2), (0, yc + 38, zc - 10)], (5.0, 4.0), 2.0))
+        for s in (-1, 1):
+            arches.append(tube([(s * 12, yc - 4, zc + 3), (s * rng.uniform(45, 55), yc - 2, zc + 5)], (4.0, 3.0), 2.0))
+    layers.append(("disc", discs, []))
+    layers.append(("bone_cortical", cortical + arches, []))
+    layers.append(("bone_trabecular", trabecular, []))
+    layers.append(("csf", [cyl(0, y_vb + vb_semi[1] + 10, (10.0, 7.5), zr)], []))
+
+    # -- kidneys: perirenal fat, then the great vessels, then the kidneys ----------------
+    kidneys: dict[str, Kidney] = {}
+    ostia, acc_ostia, via_artery, vein_end, via_vein = {}, {}, {}, {}, {}
+    for side in ("left", "right"):
+        s = 1.0 if side == "left" else -1.0
+        ang = rng.uniform(-0.5, 0.5)
+        z0 = z_ost[side]
+        ostia[side] = P(x_ao + s * r_ao * np.cos(ang), y_ao + r_ao * np.sin(ang) - 1.0, z0)
+        zacc = z0 + rng.choice([-1, 1]) * rng.uniform(15, 40)
+        acc_ostia[side] = P(x_ao + s * r_ao * 0.95, y_ao, zacc)
+    via_artery["left"] = []
+    via_artery["right"] = [P(x_ivc, y_ivc + ivc_semi[1] + 5.0, z_ost["right"] - 4.0)]
+    via_vein["left"] = [P(x_ao, y_ao - r_ao - 6.0, z_kid["left"] + 2.0)]
+    via_vein["right"] = []
+    vein_end["left"] = P(x_ivc + 4.0, y_ivc, z_kid["left"] + 2.0)
+    vein_end["right"] = P(x_ivc - 4.0, y_ivc, z_kid["right"] + 5.0)
+    for side in ("left", "right"):
+        kidneys[side] = build_kidney(
+            rng, side, P(x_kid[side], y_kid[side], z_kid[side]), ostium_mm=ostia[side],
+            artery_via_mm=via_artery[side], accessory_ostium_mm=acc_ostia[side], vein_end_mm=vein_end[side],
+            vein_via_mm=via_vein[side], tumour=tumour, early_branching=early_branching, accessory=accessory,
+            rotation=R,
+        )
+    perirenal = []
+    for side, kid in kidneys.items():
+        margin = rng.uniform(5, 12)
+        perirenal.append(Ellipsoid(tuple(kid.centre_mm), kid.axes, tuple(np.asarray(kid.semi_mm) + margin)))
+    layers.append(("fat", inside(perirenal), []))
+
+    # great vessels: IVC, aorta with celiac trunk, SMA, iliacs, calcified plaques
+    layers.append(("ivc", [cyl(x_ivc, y_ivc, ivc_semi, (-150.0, 400.0))], []))
+    z_top, z_bif = 400.0, rng.uniform(-150, -120)
+    aorta_ctrl = [(x_ao - 3, y_ao - 3, z_top), (x_ao, y_ao, 0.0), (x_ao + 2, y_ao - 4, z_bif)]
+    aorta = tube(aorta_ctrl, (r_ao * 1.05, r_ao * 0.85), 4.0)
+    z_sma = z_ost["left"] + rng.uniform(10, 20)
+    sma = tube([(x_ao - 2, y_ao - r_ao + 2, z_sma), (x_ao - 4, y_ao - r_ao - 14, z_sma - 15),
+                (x_ao - 8, y_ao - r_ao - 25, z_sma - 80), (x_ao - 20, y_ao - r_ao - 35, z_sma - 180)],
+               (rng.uniform(3.0, 4.0), 2.5), 2.0)
+    celiac = tube([(x_ao, y_ao - r_ao + 2, z_sma + 15), (x_ao - 2, y_ao - r_ao - 20, z_sma + 22)],
+                  (rng.uniform(3.0, 4.0), 3.0), 2.0)
+    iliacs = [tube([(x_ao + 2, y_ao - 4, z_bif + 5), (s * 35, y_ao - 10, z_bif - 60), (s * 55, y_ao, z_bif - 130)],
+                   (r_ao * 0.6, r_ao * 0.5), 4.0) for s in (-1, 1)]
+    layers.append(("aorta", [aorta, sma, celiac, *iliacs], []))
+    plaques = []
+    for _ in range(int(rng.integers(0, 8))):
+        zc = rng.uniform(z_bif, 60)
+        ang = rng.uniform(0, 2 * np.pi)
+        rr = rng.uniform(0.8, 2.0)
+        plaques.append(ell((x_ao + r_ao * 0.9 * np.cos(ang), y_ao + r_ao * 0.9 * np.sin(ang), zc), (rr, rr, rr * 2)))
+    layers.append(("calcification", plaques, []))
+    for kid in kidneys.values():
+        layers.extend(kid.layers)
+
+    p["vertebral_body_centre_mm"] = _r(P(0, y_vb, 0))
+    p["aorta"] = {"radius_mm": round(r_ao, 2), "bifurcation_z_mm": round(float(P(0, 0, z_bif)[2]), 1),
+                  "calcified_plaques": len(plaques)}
+    p["patient_yaw_deg"] = round(float(np.degrees(yaw)), 2)
+    return Scene(layers, base_layers, kidneys, p)
+
+
+def _paint(scene: Scene, geometry: Geometry, intensities: dict[str, float]) -> Canvas:
+    """Rasterise the scene on an LPS-aligned grid (the body, z-invariant, once in 2D)."""
+    nz, ny, nx = geometry.shape_zyx
+    slice_geometry = Geometry((1, ny, nx), geometry.spacing_xyz_mm, geometry.origin_xyz_mm, geometry.direction)
+    base = Canvas(slice_geometry, background_tissue=TISSUE_IDS["air"], background_hu=intensities["air"])
+    z_mid = float(geometry.origin_xyz_mm[2] + geometry.spacing_xyz_mm[2] * (nz - 1) / 2)
+    for name, shapes in scene.base_layers:
+        flat = [CylinderZ(s.centre_xy_mm, s.semi_mm, s.angle_rad, (z_mid - 1e4, z_mid + 1e4), s.power)
+                for s in shapes if isinstance(s, CylinderZ)]
+        base.paint(TISSUE_IDS[name], intensities[name], flat)
+    canvas = Canvas(geometry)
+    canvas.hu[...] = base.hu
+    canvas.tissue[...] = base.tissue
+    for name, shapes, lines in scene.layers:
+        canvas.paint(TISSUE_IDS[name], intensities[name], shapes, centrelines=lines)
+    return canvas
+
+
+def labels_from_tissues(tissues: np.ndarray) -> np.ndarray:
+    """KiPA22 labels (uint8) from a tissue map.
+
+    Example:
+        >>> labels_from_tissues(np.array([[[9, 5, 10, 11, 17]]], np.uint8)).tolist()
+        [[[3, 2, 1, 4, 0]]]
+    """
+    lut = np.zeros(256, dtype=np.uint8)
+    for name, value in TISSUE_TO_KIPA.items():
+        lut[TISSUE_IDS[name]] = value
+    return lut[tissues]
+
+
+def _check_options(options: dict, allowed: tuple[str, ...], fn: str) -> None:
+    for key in options:
+        if key not in allowed:
+            raise UsageError(f"{fn}: unknown option {key!r}.{suggest(key, allowed)} Valid: {', '.join(allowed)}.")
+
+
+def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -> tuple[dict, float, float]:
+    intensities = sample_intensities(rng, tumour_enhancement=tumour_enhancement)
+    intensities.update(options.get("intensities_hu") or {})
+    psf = float(options["psf_fwhm_mm"]) if options.get("psf_fwhm_mm") is not None else float(rng.uniform(0.6, 1.0))
+    noise = (float(options["noise_sigma_hu"]) if options.get("noise_sigma_hu") is not None
+             else float(rng.uniform(8.0, 25.0)))
+    return intensities, round(psf, 3), round(noise, 2)
+
+
+_COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "intensities_hu",
+           "spacing_xyz_mm")
+
+
+def _placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    yaw = np.radians(rng.uniform(-4.0, 4.0))
+    shift = np.array([rng.uniform(-60, 60), rng.uniform(-250, 50), rng.uniform(-900, 900)])
+    return rotation_matrix([0, 0, 1], yaw), shift
+
+
+def _tumour_enhancement(scene: Scene) -> str:
+    for kid in scene.kidneys.values():
+        if kid.params["tumour"].get("enhancement") == "hyper":
+            return "hyper"
+    return "hypo"
+
+
+def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
+    """A kidney ROI phantom like the paper's 152 × 152 × Z crops.
+
+    Args:
+        seed: random seed; the same seed and options give identical arrays.
+        **options: ``side`` ("left"/"right", default random), ``spacing_xyz_mm``
+            (default: in-plane 0.55–0.8 mm, at least what fits the kidney; slices
+            0.5–1.0 mm), ``inplane_voxels`` (default 152), ``tumour``,
+            ``accessory``, ``early_branching`` (bool: force the variant on/off),
+            ``psf_fwhm_mm`` (0.6–1.0), ``noise_sigma_hu`` (8–25),
+            ``intensities_hu`` (dict overriding tissue means).
+
+    Returns:
+        A :class:`PhantomCase` on an LPS-aligned grid.
+
+    Example:
+        >>> case = synthesize_roi(3, inplane_voxels=48, spacing_xyz_mm=(2.4, 2.4, 3.0))
+        >>> case.image.array.shape[1:], case.image.array.dtype.name, int(case.label.array.max()) >= 3
+        ((48, 48), 'int16', True)
+    """
+    _check_options(options, (*_COMMON, "side", "inplane_voxels"), "synthesize_roi")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    rotation, shift = _placement(rng)
+    side = options.get("side") or ("left" if rng.random() < 0.5 else "right")
+    if side not in ("left", "right"):
+        raise UsageError(f"side must be 'left' or 'right'; got {side!r}.")
+    scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
+                        accessory=options.get("accessory"), early_branching=options.get("early_branching"))
+    kidney = scene.kidneys[side]
+    n_in = int(options.get("inplane_voxels") or 152)
+    lo, hi = kidney.bbox_mm()
+    extent = float(max(hi[0] - lo[0], hi[1] - lo[1])) + 12.0
+    if options.get("spacing_xyz_mm") is not None:
+        spacing = tuple(float(s) for s in options["spacing_xyz_mm"])
+    else:
+        s_in = float(np.clip(max(rng.uniform(0.55, 0.8), extent / n_in), 0.55, 0.8))
+        spacing = (round(s_in, 4), round(s_in, 4), round(float(rng.uniform(0.5, 1.0)), 4))
+    medial = -1.0 if side == "left" else 1.0
+    centre = (lo + hi) / 2
+    centre[0] += medial * rng.uniform(3, 10)
+    centre[1] += rng.uniform(-4, 4)
+    margin = rng.uniform(5, 12, 2)
+    z_lo, z_hi = lo[2] + 1.0 - margin[0], hi[2] - 1.0 + margin[1]
+    nz = max(int(np.ceil((z_hi - z_lo) / spacing[2])) + 1, 8)
+    origin = (centre[0] - spacing[0] * (n_in - 1) / 2, centre[1] - spacing[1] * (n_in - 1) / 2, z_lo)
+    geometry = Geometry((nz, n_in, n_in), spacing, origin, DIRECTIONS["LPS"])
+    return _render_case(seed, "roi", scene, geometry, rng, options, t0, side=side, reorient="LPS")
+
+
+def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
+    """A whole-abdomen CTA phantom (both kidneys), for localisation and end-to-end tests.
+
+    Args:
+        seed: random seed; the same seed and options give identical arrays.
+        **options: ``direction`` ("LPS" default, "RAS", "LAS", "RPS": the stored
+            axis order; anatomy is the same), ``spacing_xyz_mm`` (default in-plane
+            0.6–0.85 mm, slices 0.5–1.25 mm), ``inplane_voxels`` (default 512),
+            ``slices`` (default: 250–500 covering both kidneys), and the
+            ``tumour``/``accessory``/``early_branching``/``psf_fwhm_mm``/
+            ``noise_sigma_hu``/``intensities_hu`` options of :func:`synthesize_roi`.
+
+    Returns:
+        A :class:`PhantomCase`; ``params["kidneys"][side]`` holds each kidney's
+        centre, hilum and artery ostium in LPS mm.
+    """
+    _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices"), "synthesize_abdomen")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    rotation, shift = _placement(rng)
+    direction = options.get("direction") or "LPS"
+    if direction not in DIRECTIONS:
+        raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
+    scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
+                        accessory=options.get("accessory"), early_branching=options.get("early_branching"))
+    n_in = int(options.get("inplane_voxels") or 512)
+    if options.get("spacing_xyz_mm") is not None:
+        spacing = tuple(float(s) for s in options["spacing_xyz_mm"])
+        clinical = False
+    else:
+        s_in = round(float(rng.uniform(0.6, 0.85)), 4)
+        spacing = (s_in, s_in, float(rng.choice([0.5, 0.625, 0.75, 0.8, 1.0, 1.25])))
+        clinical = True
+    los = np.stack([k.bbox_mm()[0] for k in scene.kidneys.values()]).min(axis=0)
+    his = np.stack([k.bbox_mm()[1] for k in scene.kidneys.values()]).max(axis=0)
+    if options.get("slices") is not None:
+        nz = int(options["slices"])
+    else:
+        nz = int(round(rng.uniform(200, 330) / spacing[2]))
+        nz = int(np.clip(nz, 250, 500)) if clinical else max(nz, 8)
+    extent_z = spacing[2] * (nz - 1)
+    z_mid = (los[2] + his[2]) / 2 + rng.uniform(-1, 1) * max(0.0, (extent_z - (his[2] - los[2]) - 20) / 2)
+    fov_centre = shift[:2] + rng.uniform(-15, 15, 2)
+    origin = (fov_centre[0] - spacing[0] * (n_in - 1) / 2, fov_centre[1] - spacing[1] * (n_in - 1) / 2,
+              z_mid - extent_z / 2)
+    geometry = Geometry((nz, n_in, n_in), spacing, tuple(float(v) for v in origin), DIRECTIONS["LPS"])
+    return _render_case(seed, "abdomen", scene, geometry, rng, options, t0, side=None, reorient=direction)
+
+
+def _reorient(volume: Volume, code: str) -> Volume:
+    """The same voxels stored with another axis-aligned direction (flips of x and/or y)."""
+    if code == "LPS":
+        return volume
+    direction = np.asarray(DIRECTIONS[code]).reshape(3, 3)
+    flip_x, flip_y = direction[0, 0] < 0, direction[1, 1] < 0
+    g = volume.geometry
+    nz, ny, nx = g.shape_zyx
+    corner = g.index_to_world([[nx - 1 if flip_x else 0, ny - 1 if flip_y else 0, 0]])[0]
+    array = volume.array[:, ::-1 if flip_y else 1, ::-1 if flip_x else 1]
+    return Volume(np.ascontiguousarray(array),
+                  Geometry(g.shape_zyx, g.spacing_xyz_mm, tuple(corner.tolist()), DIRECTIONS[code]))
+
+
+def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np.random.Generator,
+                 options: dict, t0: float, *, side: str | None, reorient: str) -> PhantomCase:
+    intensities, psf, noise = _imaging(rng, options, _tumour_enhancement(scene))
+    t_build = time.perf_counter()
+    canvas = _paint(scene, geometry, intensities)
+    t_paint = time.perf_counter()
+    tissue = canvas.tissue
+    image = finish_image(canvas.hu, tissue, geometry, psf_fwhm_mm=psf, noise_sigma_hu=noise, rng=rng)
+    del canvas
+    label = labels_from_tissues(tissue)
+    t_finish = time.perf_counter()
+    image_v = _reorient(Volume(image, geometry), reorient)
+    label_v = _reorient(Volume(label, geometry), reorient)
+    tissue_v = _reorient(Volume(tissue, geometry), reorient)
+    g = image_v.geometry
+    kidneys = {}
+    for s, kid in scene.kidneys.items():
+        if side is not None and s != side:
+            continue
+        kidneys[s] = kid.params
+    params = {
+        "seed": int(seed),
+        "kind": kind,
+        "side": side,
+        "grid": {"shape_zyx": list(g.shape_zyx), "spacing_xyz_mm": list(g.spacing_xyz_mm),
+                 "origin_xyz_mm": _r(g.origin_xyz_mm), "direction": list(g.direction),
+                 "orientation": g.orientation},
+        "imaging": {"psf_fwhm_mm": psf, "noise_sigma_hu": noise,
+                    "noise": "white, shaped by the PSF (sigma given after the blur)"},
+        "intensities_hu": intensities,
+        "tissues": {str(k): v for k, v in TISSUES.items()},
+        "labels": {"0": "background", "1": "vein", "2": "kidney", "3": "artery", "4": "tumour"},
+        "scene": scene.params,
+        "kidneys": kidneys,
+        "options": {k: v for k, v in options.items() if k != "intensities_hu"},
+        "seconds": {"build": round(t_build - t0, 3), "paint": round(t_paint - t_build, 3),
+                    "finish": round(t_finish - t_paint, 3)},
+    }
+    return PhantomCase(image_v, label_v, tissue_v, params)
