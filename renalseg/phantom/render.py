@@ -146,7 +146,10 @@ class Canvas:
         """
         pieces: list[Shape] = []
         for shape in shapes:
-            pieces.extend(shape.pieces() if isinstance(shape, Tube) and shape.thin else [shape])
+            # thin tubes, and tubes too thin for the coarse path, go piece by piece on tight
+            # boxes; thick ones whole (their coarse evaluation is cheap)
+            whole = isinstance(shape, Tube) and not shape.thin and shape.feature_mm() / 3.0 >= 2 * self.spacing.max()
+            pieces.extend(shape.pieces() if isinstance(shape, Tube) and not whole else [shape])
         boxes = []
         for piece in pieces:
             sl = self.box(*piece.bbox_mm())
@@ -274,7 +277,7 @@ def _blur_and_noise(hu: np.ndarray, geometry: Geometry, psf_fwhm_mm: float, nois
         hu += noise
         del noise
     if psf_fwhm_mm > 0:
-        hu = ndi.gaussian_filter(hu, sigmas, truncate=3.0)
+        ndi.gaussian_filter(hu, sigmas, truncate=3.0, output=hu)  # line-buffered: in place is safe
     return hu
 
 
@@ -306,7 +309,9 @@ def finish_image(hu: np.ndarray, tissue: np.ndarray, geometry: Geometry, *, psf_
             plane = coarse[j[k]] + f * (coarse[j[k] + 1] - coarse[j[k]])
         hu[k] += amplitude[tissue[k]] * plane
     hu = _blur_and_noise(hu, geometry, psf_fwhm_mm, noise_sigma_hu, rng)
-    return np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
+    np.rint(hu, out=hu)
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    return hu.astype(np.int16)
 
 
 def render_tissues(tissues: Volume, intensities_hu: Mapping[str, float], *, psf_fwhm_mm: float,
@@ -354,4 +359,6 @@ def render_tissues(tissues: Volume, intensities_hu: Mapping[str, float], *, psf_
         raise UsageError(f"No intensity given for tissue(s) {', '.join(missing)} present in the map.")
     hu = lut[tissues.array]
     hu = _blur_and_noise(hu, tissues.geometry, psf_fwhm_mm, noise_sigma_hu, rng)
-    return tissues.with_array(np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16))
+    np.rint(hu, out=hu)
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    return tissues.with_array(hu.astype(np.int16))
