@@ -27,7 +27,9 @@ How a mesh is made (:func:`mask_to_mesh`):
 7. optional decimation (``decimate`` = fraction of faces kept) by quadric edge
    collapse, ``trimesh``'s ``simplify_quadric_decimation``, which needs the optional
    package ``fast-simplification`` (not a renalseg dependency; without it
-   ``decimate`` raises a :class:`UsageError` saying how to install it).
+   ``decimate`` raises a :class:`UsageError` saying how to install it). It runs in
+   steps of 20 % and stops, with a warning, before a step would leave the surface
+   open (one big collapse pinches thin vessels into non-manifold edges).
 """
 
 from __future__ import annotations
@@ -84,6 +86,30 @@ def _restore_volume(mesh: trimesh.Trimesh, target_mm3: float, max_offset_mm: flo
             return
         offset = float(np.clip((target_mm3 - float(mesh.volume)) / area, -max_offset_mm, max_offset_mm))
         mesh.vertices = mesh.vertices + offset * mesh.vertex_normals
+
+
+def _decimate_watertight(mesh: trimesh.Trimesh, keep_fraction: float) -> trimesh.Trimesh:
+    """Quadric decimation in steps of 20 %, stopping before the surface stops being closed.
+
+    One big collapse pinches thin vessels into non-manifold edges (seen below ~60 %
+    of the faces on artery trees); smaller steps, each checked, get further, and the
+    mesh stays watertight. Where the target cannot be reached a warning says how far
+    it got.
+    """
+    start_faces = len(mesh.faces)
+    target = max(4, int(round(start_faces * keep_fraction)))
+    while len(mesh.faces) > target:
+        step = max(target, int(len(mesh.faces) * 0.8))
+        candidate = mesh.simplify_quadric_decimation(face_count=step)
+        if not candidate.is_watertight or len(candidate.faces) >= len(mesh.faces):
+            break
+        if candidate.volume < 0:
+            candidate.invert()
+        mesh = candidate
+    if len(mesh.faces) > 1.05 * target:
+        logger.warning("Decimation stopped at %.0f %% of the faces (asked %.0f %%) to keep the mesh watertight.",
+                       100 * len(mesh.faces) / start_faces, 100 * keep_fraction)
+    return mesh
 
 
 def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_ITERATIONS,
@@ -147,10 +173,7 @@ def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_
                 "--decimate needs the optional package 'fast-simplification' "
                 "(pip install fast-simplification); run without --decimate otherwise."
             ) from err
-        target = max(4, int(round(len(mesh.faces) * decimate)))
-        mesh = mesh.simplify_quadric_decimation(face_count=target)
-        if mesh.volume < 0:
-            mesh.invert()
+        mesh = _decimate_watertight(mesh, decimate)
     if not mesh.is_watertight:
         logger.warning("The mesh is not watertight (%d faces); check it before 3D printing.", len(mesh.faces))
     return mesh

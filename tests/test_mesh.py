@@ -114,6 +114,7 @@ def test_decimation_keeps_requested_fraction_or_says_what_is_missing(monkeypatch
         half = mask_to_mesh(volume, decimate=0.5)
         assert len(half.faces) == pytest.approx(len(full.faces) / 2, rel=0.1)
         assert half.volume == pytest.approx(full.volume, rel=0.05)
+        assert half.is_watertight and half.volume > 0
     monkeypatch.setitem(sys.modules, "fast_simplification", None)  # import fails
     with pytest.raises(UsageError, match="pip install fast-simplification"):
         mask_to_mesh(volume, decimate=0.5)
