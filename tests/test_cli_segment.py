@@ -153,3 +153,20 @@ def test_real_network_weights_through_the_cli(tmp_path):
     assert report["notice"] == SYNTHETIC_NOTICE
     labels = sitk.ReadImage(str(out / "small" / "labels.nii.gz"))
     assert labels.GetSize() == (24, 24, 12) and labels.GetPixelID() == sitk.sitkUInt8
+
+
+@pytest.mark.slow
+def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
+    """The whole CLI with the shipped weights on a phantom seed not used in training: Dice ≥ 0.85."""
+    from renalseg.cli.demo import DEMO_SEED
+    from renalseg.phantom import synthesize_abdomen
+    from renalseg.weights import DEFAULT_WEIGHTS_PATH
+
+    if not Path(DEFAULT_WEIGHTS_PATH).exists():
+        pytest.skip(f"no shipped weights at {DEFAULT_WEIGHTS_PATH} yet")
+    case = synthesize_abdomen(DEMO_SEED)
+    study = write_image(case.image, tmp_path / "heldout.nii.gz")
+    result = _run("segment", study, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "heldout" / "labels.nii.gz")))
+    assert dice(labels == 1, case.label.array == 3) >= 0.85

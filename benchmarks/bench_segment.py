@@ -1,0 +1,182 @@
+"""Benchmark ``renalseg segment``: end to end, and the stitching against MONAI.
+
+Two measurements (issue 6):
+
+1. **End to end**: ``renalseg segment`` in a child process on the standard abdomen
+   phantom (seed 9001, 512 × 512 × 400 voxels at 0.7 × 0.7 × 0.8 mm, LPS): wall time
+   and peak resident memory of the child (``resource.getrusage(RUSAGE_CHILDREN)``).
+   Targets: ≤ 60 s and ≤ 2.5 GB on 2 CPU cores. The phantom is synthesised once
+   (minutes) and cached in ``--cache``.
+2. **Stitching**: ``Segmenter.predict`` against MONAI's ``sliding_window_inference``
+   with the same network, overlap (0.5), Gaussian blending (σ = 1/8) and batch size
+   (1) on one 152 × 152 × Z ROI, both under ``torch.inference_mode``. Runs alternate
+   (MONAI, renalseg, MONAI, renalseg, …) and the best of each is compared, so that
+   load from other processes hits both alike. Target: time ratio ≤ 1.0.
+
+MONAI is a benchmark-only extra (``pip install monai`` or ``pip install -e '.[bench]'``);
+the package never imports it.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_segment.py --cache /tmp/renalseg-bench [--weights W]
+        [--skip-e2e] [--skip-monai] [--roi-slices 150] [--repeats 2] [--json out.json]
+
+Without ``--weights`` (and before the shipped weights exist) a randomly initialised
+DPA-DenseBiasNet with the authors' widths is used: the same computation, so the same
+time (not the same labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHANTOM_SEED = 9001
+PHANTOM_OPTIONS = {"spacing_xyz_mm": (0.7, 0.7, 0.8), "slices": 400, "inplane_voxels": 512}
+
+
+def _phantom(cache: Path) -> tuple[Path, Path]:
+    """The standard phantom's image and truth, synthesised once into ``cache``."""
+    image, truth = cache / f"abdomen_{PHANTOM_SEED}.nii.gz", cache / f"abdomen_{PHANTOM_SEED}_truth.nii.gz"
+    if not (image.exists() and truth.exists()):
+        from renalseg.io.image import write_image
+        from renalseg.phantom import synthesize_abdomen
+
+        started = time.perf_counter()
+        case = synthesize_abdomen(PHANTOM_SEED, **PHANTOM_OPTIONS)
+        write_image(case.image, image, overwrite=True)
+        write_image(case.label, truth, overwrite=True)
+        print(f"phantom synthesised in {time.perf_counter() - started:.0f} s -> {image}", flush=True)
+    return image, truth
+
+
+def _weights(args: argparse.Namespace, cache: Path) -> Path:
+    if args.weights is not None:
+        return Path(args.weights)
+    from renalseg.weights import DEFAULT_WEIGHTS_PATH
+
+    if Path(DEFAULT_WEIGHTS_PATH).exists():
+        return Path(DEFAULT_WEIGHTS_PATH)
+    import torch
+
+    from renalseg.nets import build_network
+    from renalseg.weights import ModelCard, save_model
+
+    path = cache / "random_dpa_densebiasnet.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_model(build_network("dpa_densebiasnet"), ModelCard(name="dpa_densebiasnet"), path)
+    print(f"(no shipped weights: using randomly initialised weights {path})", flush=True)
+    return path
+
+
+def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
+    """Run ``renalseg segment`` in a child process; wall time and its peak RSS."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image, truth = _phantom(cache)
+    weights = _weights(args, cache)
+    out = Path(tempfile.mkdtemp(prefix="bench-segment-"))
+    command = [sys.executable, "-m", "renalseg", "segment", str(image), "--out", str(out), "--weights",
+               str(weights), "--device", args.device, "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, max over children
+    result = {"command": " ".join(command), "exit_code": completed.returncode, "wall_s": round(wall, 1),
+              "peak_rss_gb": round(peak_kib * 1024 / 1e9, 2), "rss_before_kib": before}
+    if completed.returncode != 0:
+        result["stderr_tail"] = completed.stderr[-2000:]
+        return result
+    report = json.loads((out / image.name.removesuffix(".nii.gz") / "report.json").read_text())
+    result["timings_s"] = report["timings_s"]
+    result["rois"] = [(r["side"], r["model_grid"]["shape_zyx"]) for r in report["rois"]]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / image.name.removesuffix(".nii.gz") / "labels.nii.gz")))
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(truth))) == 3
+    pred = labels == 1
+    result["dice_vs_truth"] = round(2 * float((pred & gt).sum()) / max(1, int(pred.sum() + gt.sum())), 4)
+    return result
+
+
+def stitching_vs_monai(args: argparse.Namespace, cache: Path) -> dict:
+    """Best-of-N times of Segmenter.predict and MONAI on the same ROI and network."""
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from renalseg.segmenter import load_model
+
+    segmenter = load_model(_weights(args, cache), args.device)
+    network, spec = segmenter.network, segmenter.spec
+    device = torch.device(segmenter.device)
+    rng = np.random.default_rng(0)
+    roi_hu = rng.normal(0, 300, (args.roi_slices, 152, 152)).astype(np.float32)
+    normalised = torch.from_numpy(spec.normalize(roi_hu))[None, None].to(device)
+
+    def run_monai() -> np.ndarray:
+        with torch.inference_mode():
+            out = sliding_window_inference(normalised, spec.window_zyx, 1, network, overlap=args.overlap,
+                                           mode="gaussian", sigma_scale=0.125, padding_mode="constant",
+                                           cval=spec.air_value)
+        return out[0].float().cpu().numpy()
+
+    def run_renalseg() -> np.ndarray:
+        return segmenter.predict(roi_hu, overlap=args.overlap)
+
+    times: dict[str, list[float]] = {"monai": [], "renalseg": []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, fn in (("monai", run_monai), ("renalseg", run_renalseg)):
+            started = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - started)
+            print(f"  {name}: {times[name][-1]:.1f} s", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "roi_zyx": [args.roi_slices, 152, 152], "window_zyx": list(spec.window_zyx), "overlap": args.overlap,
+        "times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+        "best_s": {k: round(v, 2) for k, v in best.items()},
+        "ratio_renalseg_over_monai": round(best["renalseg"] / best["monai"], 3),
+        "max_abs_difference": float(np.abs(outputs["monai"] - outputs["renalseg"]).max()),
+        "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "renalseg-bench")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--roi-slices", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-monai", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results: dict = {"cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
+    if not args.skip_monai:
+        print("stitching: Segmenter.predict vs MONAI sliding_window_inference", flush=True)
+        results["stitching"] = stitching_vs_monai(args, args.cache)
+        print(json.dumps(results["stitching"], indent=2), flush=True)
+    if not args.skip_e2e:
+        print("end to end: renalseg segment on the standard phantom", flush=True)
+        results["end_to_end"] = end_to_end(args, args.cache)
+        print(json.dumps(results["end_to_end"], indent=2), flush=True)
+    results["load_average_end"] = os.getloadavg()
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
