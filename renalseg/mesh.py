@@ -45,7 +45,7 @@ import trimesh
 from renalseg.errors import InputError, UsageError, suggest
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
-from renalseg.tree import _bbox, analyze_tree, drop_small_components
+from renalseg.tree import analyze_tree, bounding_box, drop_small_components
 from renalseg.volume import Volume, crop
 
 __all__ = [
@@ -152,7 +152,7 @@ def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_
         raise InputError(
             f"Nothing to mesh: the mask is empty after dropping components below {min_component_mm3} mm³."
         )
-    box = _bbox(array)
+    box = bounding_box(array)
     start_zyx = np.array([s.start for s in box]) - 1
     padded = np.pad(array[box], 1).astype(np.float32)
     verts_zyx, faces, _, _ = marching_cubes(padded, level=0.5, allow_degenerate=False)
@@ -328,7 +328,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     if occupied.any():
         # work on the labelled box only (a CT is ~60 M voxels, the arteries a few
         # thousand); world coordinates are unchanged by the crop
-        box = _bbox(occupied)
+        box = bounding_box(occupied)
         start = tuple(s.start for s in box)
         labels = crop(labels, start, tuple(s.stop - s.start for s in box))
     values = [int(v) for v in np.unique(labels.array) if v != 0]

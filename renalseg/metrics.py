@@ -13,10 +13,11 @@ For a predicted mask P and a truth mask G on the same grid (He et al. 2020, Sec.
   (the MedPy / nnU-Net convention).
 
 Distances are Euclidean between voxel centres in mm, using the spacing (the direction
-matrix is orthonormal and does not change distances). They are computed with
-``scipy.ndimage.distance_transform_edt(..., sampling=spacing)`` on the bounding box of
-both masks (exact: every nearest point lies inside it), which is faster than KD-trees
-for masks this dense.
+matrix is orthonormal and does not change distances). Nearest points are found with a
+KD-tree over the surface (or centerline) voxels: exact, and on vessel trees, whose
+surfaces are a few thousand voxels in a box of millions, about 9× faster than a
+distance transform of the box (0.03 s against 0.30 s CPU for the two directions on
+the benchmark's 152 × 152 × 150 ROI; ``benchmarks/bench_mesh_metrics.py``).
 
 Empty masks, by definition (never an exception):
 
@@ -103,15 +104,16 @@ def directed_distances(source: np.ndarray, target: np.ndarray, spacing_xyz_mm: S
         >>> directed_distances(a, b, (0.5, 1.0, 1.0)).tolist()
         [2.0]
     """
+    from scipy.spatial import cKDTree
+
     source, target = np.asarray(source, bool), np.asarray(target, bool)
     if not target.any():
         raise InputError("directed_distances needs a non-empty target mask.")
     if not source.any():
         return np.zeros(0)
-    box = ndimage.find_objects((source | target).astype(np.uint8))[0]
-    sampling = tuple(float(s) for s in reversed(tuple(spacing_xyz_mm)))
-    distance = ndimage.distance_transform_edt(~target[box], sampling=sampling)
-    return distance[source[box]].astype(np.float64)
+    spacing_zyx = np.asarray(tuple(spacing_xyz_mm), dtype=float)[::-1]
+    distance, _ = cKDTree(np.argwhere(target) * spacing_zyx).query(np.argwhere(source) * spacing_zyx)
+    return np.asarray(distance, dtype=np.float64)
 
 
 def _symmetric(a: np.ndarray, b: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -47,7 +47,7 @@ from renalseg.errors import GeometryError
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-__all__ = ["analyze_tree", "centerline", "drop_small_components", "skeleton_graph", "STRUCTURE_26"]
+__all__ = ["analyze_tree", "bounding_box", "centerline", "drop_small_components", "skeleton_graph", "STRUCTURE_26"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def drop_small_components(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, 
     mask = np.asarray(mask, dtype=bool)
     if min_mm3 <= 0 or not mask.any():
         return mask.copy()
-    box = _bbox(mask)  # label only the occupied box: vessels fill a tiny part of a CT
+    box = bounding_box(mask)  # label only the occupied box: vessels fill a tiny part of a CT
     labelled, count = ndimage.label(mask[box], structure=STRUCTURE_26)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
     keep = sizes * float(np.prod(spacing_xyz_mm)) >= min_mm3
@@ -195,8 +195,14 @@ def _ridge_path(region: np.ndarray, depth: np.ndarray, spacing_zyx: np.ndarray) 
     return coords[path[deep[0]:deep[-1] + 1]]
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Tight bounding box of a non-empty mask (from its projections: fast on big grids)."""
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Tight bounding box (slices, z y x) of a non-empty mask, from its projections.
+
+    Example:
+        >>> m = np.zeros((4, 5, 6), bool); m[1, 2:4, 5] = True
+        >>> bounding_box(m)
+        (slice(1, 2, None), slice(2, 4, None), slice(5, 6, None))
+    """
     slices = []
     for axis in range(3):
         hit = np.nonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))[0]
@@ -494,7 +500,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
     array = drop_small_components(array, geometry.spacing_xyz_mm, min_component_mm3)
     if not array.any():
         return _empty_stats()
-    box = _bbox(array)
+    box = bounding_box(array)
     offset_zyx = np.array([s.start for s in box]) - 1
     sub = np.pad(array[box], 1)
     _, components = ndimage.label(sub, structure=STRUCTURE_26)
