@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import trimesh
 from conftest import LAS, LPS, OBLIQUE_30DEG, RAS
 from typer.testing import CliRunner
