@@ -234,3 +234,15 @@ def test_cli_export_mesh_uses_report_rois_and_ras(tmp_path):
     assert tree["coordinate_space"] == "RAS"
     ends = np.asarray(tree["trees"]["renal_artery"]["left"]["end_points_mm"])
     assert len(ends) == 4 and (-ends[:, 0]).min() >= world[:, 0].min() - 1.0
+
+
+def test_no_split_writes_one_mesh_per_label(tmp_path):
+    labels = two_kidney_labels()
+    array = labels.array.copy()
+    array[5:25, 18:22, 28:32] = 3  # a second label, e.g. a KiPA-style vein
+    summary = export_meshes(labels.with_array(array), tmp_path, label_names={1: "renal_artery"}, split=False,
+                            fmt="obj")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label_3.obj", "renal_artery.obj", "tree.json"]
+    assert summary["split"] == "none"
+    assert summary["trees"]["renal_artery"]["all"]["components"] == 2
+    assert (tmp_path / "renal_artery.obj").read_text().startswith("# SPACE=LPS")
