@@ -1,0 +1,392 @@
+"""Synthetic CTA phantoms: ground truth a trained model and the tests can rely on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from renalseg.errors import OutputExistsError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.phantom import (
+    DEFAULT_INTENSITY_RANGES_HU,
+    TISSUE_IDS,
+    TISSUES,
+    render_tissues,
+    synthesize_abdomen,
+    synthesize_roi,
+    write_cases,
+)
+from renalseg.phantom.anatomy import smooth_path
+from renalseg.phantom.render import Canvas
+from renalseg.phantom.shapes import Tube
+from renalseg.volume import Volume
+
+LPS_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
+#: small grids that keep the default suite fast; anatomy is the same at any grid
+SMALL_ROI = {"inplane_voxels": 64, "spacing_xyz_mm": (1.7, 1.7, 2.0)}
+SMALL_ABDOMEN = {"inplane_voxels": 160, "spacing_xyz_mm": (2.4, 2.4, 3.0)}
+
+
+@pytest.fixture(scope="module")
+def roi_left():
+    """A full-size roi case (left kidney, no accessory artery)."""
+    return synthesize_roi(5, side="left", accessory=False, tumour=False)
+
+
+@pytest.fixture(scope="module")
+def roi_right_tumour():
+    return synthesize_roi(8, side="right", accessory=False, tumour=True)
+
+
+@pytest.fixture(scope="module")
+def abdomen_lps():
+    return synthesize_abdomen(3, **SMALL_ABDOMEN)
+
+
+@pytest.fixture(scope="module")
+def abdomen_ras():
+    return synthesize_abdomen(3, direction="RAS", **SMALL_ABDOMEN)
+
+
+def _world_centroid(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    zyx = np.argwhere(mask).mean(axis=0)
+    return volume.geometry.index_to_world([zyx[::-1]])[0]
+
+
+def _core(tissues: np.ndarray, name: str, spacing_xyz_mm, depth_mm: float) -> np.ndarray:
+    """Voxels of a tissue at least ``depth_mm`` from its boundary (PSF and partial volume free)."""
+    mask = (tissues == TISSUE_IDS[name]).astype(np.uint8)
+    size = tuple(2 * int(np.ceil(depth_mm / s)) + 1 for s in tuple(spacing_xyz_mm)[::-1])
+    return ndi.minimum_filter(mask, size=size).astype(bool)
+
+
+# -- determinism --------------------------------------------------------------------------
+def test_same_seed_and_options_give_identical_arrays():
+    a = synthesize_roi(21, **SMALL_ROI)
+    b = synthesize_roi(21, **SMALL_ROI)
+    c = synthesize_roi(22, **SMALL_ROI)
+    for name in ("image", "label", "tissues"):
+        assert np.array_equal(getattr(a, name).array, getattr(b, name).array), name
+        assert getattr(a, name).geometry == getattr(b, name).geometry
+    assert a.params["intensities_hu"] == b.params["intensities_hu"]
+    assert not np.array_equal(a.image.array, c.image.array) or a.image.array.shape != c.image.array.shape
+
+
+def test_params_are_json_ready(roi_left):
+    text = json.dumps(roi_left.params)
+    assert json.loads(text)["seed"] == 5
+
+
+# -- roi kind: grid ------------------------------------------------------------------------
+def test_roi_grid_is_lps_152_square_at_clinical_spacing(roi_left):
+    g = roi_left.image.geometry
+    assert g.shape_zyx[1:] == (152, 152) and 100 <= g.shape_zyx[0] <= 320
+    assert g.direction == LPS_IDENTITY
+    assert 0.55 <= g.spacing_xyz_mm[0] == g.spacing_xyz_mm[1] <= 0.8
+    assert 0.5 <= g.spacing_xyz_mm[2] <= 1.0
+    assert roi_left.image.array.dtype == np.int16
+    assert roi_left.label.array.dtype == np.uint8 and roi_left.tissues.array.dtype == np.uint8
+    assert roi_left.label.geometry.is_same_grid(g) and roi_left.tissues.geometry.is_same_grid(g)
+    assert set(np.unique(roi_left.label.array)) <= {0, 1, 2, 3, 4}
+
+
+def test_whole_kidney_is_inside_the_roi(roi_left):
+    kidney = roi_left.label.array == 2
+    # no kidney voxel on the x/y faces: the whole kidney cross-section is in view
+    for face in (kidney[:, 0], kidney[:, -1], kidney[:, :, 0], kidney[:, :, -1], kidney[0], kidney[-1]):
+        assert face.sum() < 0.002 * kidney.sum()
+    volume_ml = kidney.sum() * roi_left.image.geometry.voxel_volume_mm3 / 1000
+    assert 60 < volume_ml < 300
+
+
+# -- intensities -----------------------------------------------------------------------------
+def test_case_intensities_are_inside_the_declared_ranges(roi_left, roi_right_tumour):
+    for case in (roi_left, roi_right_tumour):
+        for name, value in case.params["intensities_hu"].items():
+            lo, hi = DEFAULT_INTENSITY_RANGES_HU[name]
+            assert lo <= value <= hi, (name, value)
+
+
+@pytest.mark.parametrize("name", ["kidney_cortex", "kidney_medulla", "fat", "renal_artery", "renal_vein",
+                                  "muscle"])
+def test_measured_hu_of_each_structure_is_in_its_range(roi_left, roi_right_tumour, name):
+    measured = 0
+    for case in (roi_left, roi_right_tumour):
+        depth = 0.8 if name in ("renal_artery", "renal_vein") else 1.5  # box erosion: corners reach deeper
+        core = _core(case.tissues.array, name, case.image.geometry.spacing_xyz_mm, depth)
+        if core.sum() < 30:
+            continue
+        median = float(np.median(case.image.array[core]))
+        lo, hi = DEFAULT_INTENSITY_RANGES_HU[name]
+        assert lo - 8 <= median <= hi + 8, (name, median)
+        assert abs(median - case.params["intensities_hu"][name]) < 8, (name, median)
+        measured += 1
+    assert measured >= 1, f"no core voxels of {name} in either case"
+
+
+def test_noise_level_matches_the_declared_sigma(roi_left):
+    core = _core(roi_left.tissues.array, "fat", roi_left.image.geometry.spacing_xyz_mm, 3.0)
+    sigma = roi_left.params["imaging"]["noise_sigma_hu"]
+    measured = float(np.std(roi_left.image.array[core].astype(float)))
+    expected = np.hypot(sigma, 4.0)  # noise and the fat's smooth 4 HU texture
+    assert 0.8 * expected < measured < 1.25 * expected, (measured, expected)
+    assert 8 <= sigma <= 25 and 0.6 <= roi_left.params["imaging"]["psf_fwhm_mm"] <= 1.0
+
+
+# -- artery tree -----------------------------------------------------------------------------
+def test_artery_fraction_of_the_roi_is_as_in_the_paper(roi_left, roi_right_tumour):
+    for case in (roi_left, roi_right_tumour):
+        fraction = float((case.label.array == 3).mean())
+        assert 0.001 <= fraction <= 0.01, fraction
+
+
+def test_artery_tree_is_one_component_entering_from_the_medial_side(roi_left):
+    artery = roi_left.label.array == 3
+    components, n = ndi.label(artery, structure=FULL)
+    assert n == 1
+    # it enters through the ROI boundary, medially (the aorta's side: -x for a left kidney)
+    border = np.zeros_like(artery)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    entry = artery & border
+    assert entry.sum() > 5
+    kidney_x = _world_centroid(roi_left.label, roi_left.label.array == 2)[0]
+    assert _world_centroid(roi_left.label, entry)[0] < kidney_x - 20
+    # and it reaches the hilum
+    hilum = np.asarray(roi_left.params["kidneys"]["left"]["hilum_artery_mm"])
+    ijk = np.round(roi_left.label.geometry.world_to_index([hilum])[0]).astype(int)
+    z, y, x = ijk[2], ijk[1], ijk[0]
+    assert artery[z - 3:z + 4, y - 3:y + 4, x - 3:x + 4].any()
+
+
+def test_accessory_artery_is_a_second_tree_from_the_aorta():
+    case = synthesize_roi(5, side="left", accessory=True, **SMALL_ROI)
+    kidney = case.params["kidneys"]["left"]
+    assert kidney["variants"]["accessory_artery"]
+    roots = [b for b in kidney["tree"] if b["parent"] is None]
+    assert [b["kind"] for b in roots] == ["main", "accessory"]
+
+
+def test_radius_never_increases_from_root_to_leaves_and_follows_murray(roi_left):
+    tree = roi_left.params["kidneys"]["left"]["tree"]
+    children: dict[int, list[dict]] = {}
+    for b in tree:
+        assert b["radius_end_mm"] <= b["radius_start_mm"]
+        if b["parent"] is not None:
+            children.setdefault(b["parent"], []).append(b)
+    for parent, kids in children.items():
+        r_parent = tree[parent]["radius_end_mm"]
+        assert all(k["radius_start_mm"] <= r_parent + 1e-3 for k in kids)
+        assert sum(k["radius_start_mm"] ** 3 for k in kids) == pytest.approx(r_parent**3, rel=0.01)
+    main = tree[0]
+    assert main["kind"] == "main" and 2.5 <= main["radius_start_mm"] <= 3.5  # 5–7 mm diameter
+    segmental = [b for b in tree if b["kind"] == "segmental"]
+    assert 4 <= len(segmental) <= 6
+    assert all(0.9 <= b["radius_start_mm"] <= 2.1 for b in segmental)  # 2–4 mm (±10%)
+
+
+def test_label_radius_shrinks_from_root_to_leaves(roi_left):
+    """Measured on the label itself: thick near the root, about a voxel at the leaves."""
+    label = roi_left.label
+    artery = label.array == 3
+    spacing = label.geometry.spacing_xyz_mm
+    depth = ndi.distance_transform_edt(artery, sampling=spacing[::-1])
+    tree = roi_left.params["kidneys"]["left"]["tree"]
+
+    def max_depth_near(point_mm) -> float:
+        ijk = np.round(label.geometry.world_to_index([point_mm])[0]).astype(int)
+        x, y, z = ijk
+        if not (0 <= z < artery.shape[0] and 0 <= y < artery.shape[1] and 0 <= x < artery.shape[2]):
+            return float("nan")
+        return float(depth[max(z - 2, 0):z + 3, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].max())
+
+    main = tree[0]
+    assert main["kind"] == "main"
+    assert max_depth_near(main["end_mm"]) >= 1.8
+    leaves = [max_depth_near(b["end_mm"]) for b in tree if b["kind"] == "arcuate"]
+    leaves = [v for v in leaves if np.isfinite(v)]
+    assert len(leaves) > 10 and np.median(leaves) <= 1.2
+
+
+def test_at_least_one_labelled_branch_is_thinner_than_0_75_mm(roi_left):
+    tree = roi_left.params["kidneys"]["left"]["tree"]
+    thin = [b for b in tree if b["radius_start_mm"] <= 0.75]
+    assert thin
+    interlobar = [b for b in tree if b["kind"] == "interlobar"]
+    assert min(2 * b["radius_start_mm"] for b in interlobar) <= 1.5  # paper: thinnest ≤ 1.5 mm
+    # the thin branches are in the label (connected to the tree, not lost to partial volume)
+    artery = roi_left.label.array == 3
+    hits = 0
+    for b in thin:
+        x, y, z = np.round(roi_left.label.geometry.world_to_index([b["end_mm"]])[0]).astype(int)
+        hits += bool(artery[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].any())
+    assert hits >= 0.9 * len(thin)
+
+
+def test_tumour_is_labelled_and_vessels_are_displaced_out_of_it(roi_right_tumour):
+    tumour = roi_right_tumour.params["kidneys"]["right"]["tumour"]
+    assert tumour["present"]
+    mask = roi_right_tumour.label.array == 4
+    assert mask.sum() > 0
+    core = ndi.binary_erosion(mask, iterations=2)
+    assert not (core & (roi_right_tumour.label.array == 3)).any()
+
+
+def test_distractors_are_present_in_the_roi(roi_left, roi_right_tumour):
+    """Bright things that are not renal artery: bone, aorta, contrast bowel or calcification."""
+    for case in (roi_left, roi_right_tumour):
+        tissues = set(np.unique(case.tissues.array).tolist())
+        bright = {TISSUE_IDS[n] for n in ("bone_cortical", "aorta", "bowel_contrast", "calcification")}
+        assert tissues & bright
+        assert TISSUE_IDS["muscle"] in tissues
+
+
+# -- abdomen kind -------------------------------------------------------------------------------
+def test_abdomen_kidneys_lie_on_their_anatomical_sides(abdomen_lps, abdomen_ras):
+    for case in (abdomen_lps, abdomen_ras):
+        kidneys = case.params["kidneys"]
+        left, right = (np.asarray(kidneys[s]["centre_mm"]) for s in ("left", "right"))
+        assert left[0] > right[0] + 80  # patient left is +x in LPS
+        assert right[2] < left[2]  # the right kidney lies lower
+        # the labels agree with the parameters in physical space, whatever the storage order
+        kidney = case.label.array == 2
+        comps, n = ndi.label(kidney, structure=FULL)
+        sizes = ndi.sum(kidney, comps, range(1, n + 1))
+        big = np.argsort(sizes)[::-1][:2] + 1
+        centroids = sorted((_world_centroid(case.label, comps == k) for k in big), key=lambda c: c[0])
+        assert np.linalg.norm(centroids[1] - left) < 12 and np.linalg.norm(centroids[0] - right) < 12
+        assert kidneys["left"]["artery_ostium_mm"][0] < left[0]
+
+
+def test_abdomen_direction_option_stores_the_same_anatomy(abdomen_lps, abdomen_ras):
+    assert abdomen_lps.image.geometry.orientation == "LPS"
+    assert abdomen_ras.image.geometry.orientation == "RAS"
+    assert np.array_equal(abdomen_ras.image.array, abdomen_lps.image.array[:, ::-1, ::-1])
+    corners_lps = abdomen_lps.image.geometry.corners_world()
+    corners_ras = abdomen_ras.image.geometry.corners_world()
+    assert np.allclose(np.sort(corners_lps, axis=0), np.sort(corners_ras, axis=0), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_abdomen_default_grid_is_clinical():
+    case = synthesize_abdomen(0)
+    g = case.image.geometry
+    assert g.shape_zyx[1:] == (512, 512) and 250 <= g.shape_zyx[0] <= 500
+    assert 0.6 <= g.spacing_xyz_mm[0] <= 0.85 and 0.5 <= g.spacing_xyz_mm[2] <= 1.25
+    assert {1, 2, 3} <= set(np.unique(case.label.array).tolist())
+
+
+# -- writing ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("direction", ["LPS", "RAS"])
+def test_dicom_round_trip_keeps_geometry_and_hu(tmp_path, abdomen_lps, abdomen_ras, direction):
+    case = abdomen_lps if direction == "LPS" else abdomen_ras
+    write_cases(tmp_path / "ds", [case], kind="abdomen", fmt="dicom")
+    folder = tmp_path / "ds" / "image" / "case_0000"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    back = Volume.from_sitk(image)
+    assert back.geometry.is_same_grid(case.image.geometry, atol=1e-4), back.geometry.describe()
+    assert np.array_equal(back.array.astype(np.int16), case.image.array)
+    files = sorted(folder.iterdir())
+    ds = pydicom.dcmread(files[0])
+    assert ds.Modality == "CT" and float(ds.RescaleIntercept) == -1024 and float(ds.RescaleSlope) == 1
+    assert float(ds.SliceThickness) == pytest.approx(case.image.geometry.spacing_xyz_mm[2])
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert len(uids) == len(files) == case.image.geometry.shape_zyx[0]
+    # deterministic: the same case written again gets the same UIDs
+    write_cases(tmp_path / "again", [case], kind="abdomen", fmt="dicom")
+    again = pydicom.dcmread(tmp_path / "again" / "image" / "case_0000" / files[0].name, stop_before_pixels=True)
+    assert again.SeriesInstanceUID == ds.SeriesInstanceUID and again.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_dicom_series_reads_through_renalseg_read_study(tmp_path, abdomen_ras):
+    from renalseg.io.study import read_study
+
+    write_cases(tmp_path / "ds", [abdomen_ras], kind="abdomen", fmt="dicom")
+    study = read_study(tmp_path / "ds" / "image" / "case_0000")
+    assert study.geometry.is_same_grid(abdomen_ras.image.geometry, atol=1e-4)
+    assert np.array_equal(study.volume.array.astype(np.int16), abdomen_ras.image.array)
+
+
+def test_cli_writes_the_training_layout_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    import renalseg.phantom
+    from renalseg.cli.app import app
+
+    monkeypatch.setattr(renalseg.phantom, "synthesize_roi", lambda seed: synthesize_roi(seed, **SMALL_ROI))
+    out = tmp_path / "phantoms"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "2", "--seed", "40", "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "cases.json").read_text())
+    assert [c["name"] for c in meta["cases"]] == ["case_0000", "case_0001"]
+    assert [c["params"]["seed"] for c in meta["cases"]] == [40, 41]  # case i uses seed S + i
+    for name in ("case_0000", "case_0001"):
+        image = sitk.ReadImage(str(out / "image" / f"{name}.nii.gz"))
+        label = sitk.ReadImage(str(out / "label" / f"{name}.nii.gz"))
+        tissue = sitk.ReadImage(str(out / "tissue" / f"{name}.nii.gz"))
+        assert Geometry.from_sitk(image) == Geometry.from_sitk(label) == Geometry.from_sitk(tissue)
+        assert image.GetPixelID() == sitk.sitkInt16 and label.GetPixelID() == sitk.sitkUInt8
+    again = synthesize_roi(41, **SMALL_ROI)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "image" / "case_0001.nii.gz"))),
+                          again.image.array)
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "1", "--quiet"])
+    assert result.exit_code == 1 and "overwrite" in result.output
+
+
+def test_write_cases_rejects_unknown_format_and_existing_folder(tmp_path):
+    with pytest.raises(UsageError, match="nifti"):
+        write_cases(tmp_path / "x", [], kind="roi", fmt="png")
+    (tmp_path / "y").mkdir()
+    with pytest.raises(OutputExistsError):
+        write_cases(tmp_path / "y", [], kind="roi")
+
+
+def test_unknown_option_is_a_usage_error_with_a_suggestion():
+    with pytest.raises(UsageError, match="Did you mean 'tumour'"):
+        synthesize_roi(0, tumor=True)
+
+
+# -- rendering --------------------------------------------------------------------------------------
+def test_render_tissues_gives_requested_means_and_noise():
+    g = Geometry((40, 50, 60), (0.7, 0.7, 1.0), (10.0, -20.0, 300.0), LPS_IDENTITY)
+    tissues = np.full(g.shape_zyx, TISSUE_IDS["fat"], np.uint8)
+    tissues[:, :, 30:] = TISSUE_IDS["kidney_cortex"]
+    image = render_tissues(Volume(tissues, g), {"fat": -100.0, "kidney_cortex": 200.0}, psf_fwhm_mm=0.8,
+                           noise_sigma_hu=15.0, rng=np.random.default_rng(1))
+    assert image.geometry == g and image.array.dtype == np.int16
+    assert abs(np.mean(image.array[:, :, :25]) + 100) < 1.0 and abs(np.mean(image.array[:, :, 35:]) - 200) < 1.0
+    assert 13.5 < np.std(image.array[:, :, :25]) < 16.5
+    with pytest.raises(UsageError, match="kidney_cortex"):
+        render_tissues(Volume(tissues, g), {"fat": -100.0}, psf_fwhm_mm=0.8, noise_sigma_hu=0,
+                       rng=np.random.default_rng(1))
+
+
+def test_partial_volume_of_a_thin_tube_matches_its_cross_section():
+    """A 0.5 mm radius vessel on 0.8 mm voxels: intensity integral = π r² L (supersampled)."""
+    g = Geometry((30, 30, 30), (0.8, 0.8, 0.8), (-12.0, -12.0, -12.0), LPS_IDENTITY)
+    canvas = Canvas(g, background_tissue=TISSUE_IDS["fat"], background_hu=0.0)
+    line = smooth_path(np.array([[-20.0, -3.0, 1.0], [20.0, 4.0, -2.0]]), 1.0)
+    canvas.paint(TISSUE_IDS["renal_artery"], 1000.0, [Tube(line, np.full(len(line), 0.5), thin=True)],
+                 centrelines=[line])
+    inner = canvas.hu[5:-5, 5:-5, 5:-5]
+    # length of the tube inside the inner box, measured along x
+    direction = (line[-1] - line[0]) / np.linalg.norm(line[-1] - line[0])
+    length = (20 * 0.8) / abs(direction[0])
+    area = inner.sum() / 1000.0 * 0.8**3 / length
+    assert area == pytest.approx(np.pi * 0.25, rel=0.06)
+    # and the label stays connected although no voxel is half covered by much
+    artery = canvas.tissue == TISSUE_IDS["renal_artery"]
+    assert ndi.label(artery, structure=FULL)[1] == 1
+
+
+def test_tissue_table_is_consistent():
+    assert set(DEFAULT_INTENSITY_RANGES_HU) == set(TISSUES.values())
+    assert all(lo < hi for lo, hi in DEFAULT_INTENSITY_RANGES_HU.values())
+    assert DEFAULT_INTENSITY_RANGES_HU["renal_artery"] == (250.0, 500.0)
