@@ -47,7 +47,8 @@ from renalseg.errors import GeometryError
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-__all__ = ["analyze_tree", "bounding_box", "centerline", "drop_small_components", "skeleton_graph", "STRUCTURE_26"]
+__all__ = ["analyze_tree", "bounding_box", "centerline", "depth_mm", "drop_small_components", "skeleton_graph",
+           "STRUCTURE_26"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,33 @@ def drop_small_components(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, 
     return out
 
 
+def depth_mm(mask: np.ndarray, spacing_zyx_mm: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each mask voxel to the nearest background voxel centre.
+
+    The same values as ``scipy.ndimage.distance_transform_edt(mask, sampling=...)``
+    on mask voxels (0 elsewhere), found with a KD-tree over the background voxels
+    touching the mask: the nearest background voxel always touches the mask (a step
+    from it towards the mask voxel would otherwise be nearer and background), and for
+    sparse vessels this is several times faster than a transform of the whole box.
+    Voxels beyond the array count as background.
+
+    Example:
+        >>> m = np.zeros((3, 3, 7), bool); m[1, 1, 1:6] = True
+        >>> depth_mm(m, np.array([2.0, 2.0, 0.5]))[1, 1].tolist()
+        [0.0, 0.5, 1.0, 1.5, 1.0, 0.5, 0.0]
+    """
+    mask = np.asarray(mask, bool)
+    out = np.zeros(mask.shape, dtype=np.float64)
+    if not mask.any():
+        return out
+    padded = np.pad(mask, 1)
+    shell = ndimage.binary_dilation(padded, structure=STRUCTURE_26) & ~padded
+    inside = np.argwhere(padded)
+    distance, _ = cKDTree(np.argwhere(shell) * spacing_zyx_mm).query(inside * spacing_zyx_mm)
+    out[tuple((inside - 1).T)] = distance
+    return out
+
+
 def centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, float] | None = None) -> np.ndarray:
     """The one-voxel-wide 3D skeleton of a mask (scikit-image, Lee's thinning), repaired.
 
@@ -126,7 +154,7 @@ def centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, float] | No
     spacing_zyx = np.asarray(spacing_xyz_mm if spacing_xyz_mm is not None else (1.0, 1.0, 1.0), float)[::-1]
     padded = np.pad(mask, 1)
     skeleton = skeletonize(padded).astype(bool)
-    depth = ndimage.distance_transform_edt(padded, sampling=spacing_zyx)
+    depth = depth_mm(padded, spacing_zyx)
     diagonal = float(np.linalg.norm(spacing_zyx))
     for _ in range(8):
         uncovered = padded.copy()
@@ -505,7 +533,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
     sub = np.pad(array[box], 1)
     _, components = ndimage.label(sub, structure=STRUCTURE_26)
     half_voxel = 0.5 * float(spacing_xyz.min())
-    edt = ndimage.distance_transform_edt(sub, sampling=spacing_zyx)
+    edt = depth_mm(sub, spacing_zyx)
     skeleton = centerline(sub, geometry.spacing_xyz_mm)
     coords, tree, graph = skeleton_graph(skeleton, spacing_zyx)
     radius = np.maximum(edt[tuple(coords.T)] - half_voxel, half_voxel)
