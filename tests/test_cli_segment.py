@@ -170,3 +170,30 @@ def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
     assert result.exit_code == 0, result.output
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "heldout" / "labels.nii.gz")))
     assert dice(labels == 1, case.label.array == 3) >= 0.85
+
+
+def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypatch):
+    """The demo's plumbing with a small tube 'phantom', stub ROIs and the analytic model."""
+    import types
+
+    import renalseg.phantom
+    import renalseg.roi
+    from renalseg.pipeline import roi_from_extent
+    from renalseg.volume import Volume
+
+    volume, mask = tube_ct(shape_zyx=(20, 30, 30), spacing_xyz_mm=(0.7, 0.7, 1.0), radius_mm=3.0)
+    truth = Volume(np.where(mask, 3, 0).astype(np.uint8), volume.geometry)  # KiPA22: 3 = artery
+    monkeypatch.setattr(renalseg.phantom, "synthesize_abdomen",
+                        lambda seed: types.SimpleNamespace(image=volume, label=truth))
+    roi = roi_from_extent(volume.geometry, SPEC.spacing_xyz_mm)
+    monkeypatch.setattr(renalseg.roi, "locate_kidneys", lambda study, **_: [roi])
+    out = tmp_path / "demo"
+    result = _run("demo", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "input" / "phantom.nii.gz").exists() and (out / "input" / "phantom_truth.nii.gz").exists()
+    assert (out / "phantom" / "labels.nii.gz").exists() and (out / "phantom" / "preview.png").exists()
+    meshes = sorted(p.name for p in (out / "phantom" / "meshes").iterdir())
+    assert "tree.json" in meshes and any(name.endswith(".stl") for name in meshes)
+    score = float(result.stdout.split("artery Dice vs the phantom's truth:")[1].split()[0])
+    assert score >= 0.9
+    assert _run("demo", "--out", out).exit_code == 1  # an earlier demo is not replaced silently
