@@ -23,6 +23,7 @@ Example (an analytic predictor that calls anything brighter than 300 HU artery):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -88,7 +89,8 @@ class SegmentConfig:
         overlap: sliding-window overlap in [0, 1).
         tta: mirroring test-time augmentation; ``None`` = on for CUDA, off otherwise.
         side: ``both``, ``left`` or ``right`` (the patient's side).
-        input_is_roi: the input is already one kidney ROI crop: skip localisation.
+        input_is_roi: the input is already one kidney ROI crop: skip localisation. Its
+            side is ``side`` when that is left/right, else the patient's side of its centre.
         save_probabilities: keep the artery probability map on the study grid.
         min_component_mm3: disconnected pieces smaller than this are removed.
         series_uid: which DICOM series to read when a folder holds several.
@@ -277,7 +279,11 @@ def segment_study(
     wanted = ("left", "right") if config.side == "both" else (config.side,)
     if rois is None:
         if config.input_is_roi:
-            rois = [roi_from_extent(study_geometry, spec.spacing_xyz_mm)]
+            roi = roi_from_extent(study_geometry, spec.spacing_xyz_mm)
+            if config.side != "both":  # the user knows which kidney the crop holds
+                roi = dataclasses.replace(roi, side=config.side, notes=(
+                    "input given as an ROI (--input-is-roi): side from --side; kidney volume not estimated",))
+            rois = [roi]
         else:
             progress("locate", 0, 1)
             from renalseg.roi import locate_kidneys

@@ -230,6 +230,14 @@ def test_roi_from_extent_covers_an_oblique_image():
     assert roi.side == "right"  # centre at LPS x < 0
 
 
+def test_input_is_roi_takes_its_side_from_the_option():
+    volume, _ = tube_ct(direction=LPS)
+    result = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True, side="left"),
+                           segmenter=threshold_segmenter())
+    assert [r["side"] for r in result.report["rois"]] == ["left"]
+    assert set(result.report["arteries"]) == {"left"}
+
+
 def test_config_is_validated():
     with pytest.raises(UsageError, match="Did you mean 'left'"):
         SegmentConfig(side="lfet")
