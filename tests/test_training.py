@@ -79,6 +79,7 @@ def _cases(root: Path, label_map: str = "3:renal_artery"):
 
 def _config(**kw) -> TrainConfig:
     base = dict(stage="seg", network="densebiasnet", network_options=dict(TINY_PLAIN), patch_zyx=(16, 16, 16),
+                window_zyx=(16, 24, 24),
                 lr=3e-3, epochs=1000, foreground_share=0.7, val_overlap=0.0, loss="hra")
     base.update(kw)
     return TrainConfig(**base)
@@ -257,6 +258,7 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
     root = _write_dataset(tmp_path / "d", [1, 2, 3])
     images = load_cases(find_cases(root, labelled=False), spacing_xyz_mm=SPACING)
     dae_config = TrainConfig(stage="dae", network="dae", network_options=TINY_DAE, patch_zyx=(16, 16, 16),
+                             window_zyx=(16, 16, 16),
                              max_steps=2, lr=1e-2)
     result = train(dae_config, tmp_path / "dae", train_cases=images[:2], val_cases=images[2:])
     assert result.best_weights.name == "dae.safetensors" and result.score_name == "val_mse"
@@ -299,7 +301,7 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
 
     root = _write_dataset(tmp_path / "d", [1, 2, 3])
     runner = CliRunner()
-    common = ["--data", str(root), "--patch", "16,16,16", "--max-steps", "2", "--device", "cpu", "--quiet"]
+    common = ["--data", str(root), "--patch", "16,16,16", "--window", "24,24,16", "--max-steps", "2", "--device", "cpu", "--quiet"]
     result = runner.invoke(app, ["train", "--stage", "dae", "--out", str(tmp_path / "dae"),
                                  "--network-options", json.dumps(TINY_DAE), *common])
     assert result.exit_code == 0, result.output

@@ -70,6 +70,8 @@ def train_command(
                                                      "this many minutes; continue with --resume.")] = None,
     patch: Annotated[str, typer.Option("--patch", help="Training patch x,y,z voxels (smaller on a CPU, "
                                        "e.g. 96,96,48).")] = "152,152,64",
+    window: Annotated[str, typer.Option("--window", help="Inference window x,y,z voxels (model card; "
+                                        "validation uses it too).")] = "152,152,64",
     spacing: Annotated[str, typer.Option("--spacing", help="Model grid spacing x,y,z mm.")] = "0.7,0.7,1.0",
     foreground_share: Annotated[float, typer.Option("--foreground-share", help="Share of patches "
                                                     "centred near artery voxels.")] = 0.5,
@@ -127,6 +129,7 @@ def train_command(
     else:
         network = "dae"
     patch_xyz = parse_triple(patch, name="--patch")
+    window_xyz = parse_triple(window, name="--window")
     spacing_xyz = parse_triple(spacing, name="--spacing", kind=float)
     ranges = {TISSUE_IDS[name]: rng for name, rng in DEFAULT_INTENSITY_RANGES_HU.items()}
     labelled = stage == "seg"
@@ -152,6 +155,7 @@ def train_command(
         encoder=str(encoder) if encoder and stage == "seg" else None,
         label_map=mapping.to_text(),
         patch_zyx=(patch_xyz[2], patch_xyz[1], patch_xyz[0]),
+        window_zyx=(window_xyz[2], window_xyz[1], window_xyz[0]),
         spacing_xyz_mm=spacing_xyz,  # type: ignore[arg-type]
         loss=loss, hra_threshold=hra_threshold, lr=lr, weight_decay=weight_decay, batch_size=batch,
         epochs=epochs, samples_per_epoch=samples_per_epoch, max_steps=max_steps, time_limit_min=time_limit,

@@ -86,7 +86,8 @@ class TrainConfig:
             DPA network embeds, frozen; required for ``dpa_densebiasnet``.
         label_map: ``--label-map`` text (source value → class), e.g. ``"3:renal_artery"``.
         patch_zyx: training patch (z, y, x) voxels; the paper: 64 × 152 × 152.
-        window_zyx: inference window written to the model card.
+        window_zyx: inference window, written to the model card and used for validation
+            (the network is fully convolutional: it may exceed the training patch).
         spacing_xyz_mm: model grid spacing (x, y, z) mm, written to the card.
         normalization: the card's intensity normalisation.
         loss: a ``renalseg.training.losses.LOSSES`` name (seg stage).
@@ -101,7 +102,7 @@ class TrainConfig:
         augment: augmentation settings.
         seed: seeds the network's initialisation and every sample.
         val_every: validate every this many epochs (and at the end).
-        val_overlap: sliding-window overlap for validation.
+        val_overlap: sliding-window overlap for validation (whole cases, ``window_zyx``).
         checkpoint_every: write the checkpoint every this many epochs ...
         checkpoint_minutes: ... and at least this often within an epoch.
         synthetic_data: trained on phantoms only (said in the model card).
@@ -492,7 +493,7 @@ def _validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Tra
             per_case = []
             for case in cases:
                 image = normalize_hu(case.image_hu, config.normalization)
-                probabilities = sliding_window(image, predict, window_zyx=tuple(config.patch_zyx),
+                probabilities = sliding_window(image, predict, window_zyx=tuple(config.window_zyx),
                                                overlap=config.val_overlap, pad_value=0.0)
                 per_case.append(dice_per_class(np.argmax(probabilities, axis=0), case.label, num_classes))
     finally:

@@ -1,0 +1,66 @@
+"""Write ROI phantoms in the KiPA22 training layout (the shipped weights' data).
+
+Used by ``benchmarks/train_shipped.sh`` until ``renalseg synth --kind roi`` covers the
+same options; the cases are the phantom engineer's ``synthesize_roi`` at the model
+spacing (0.7 × 0.7 × 1.0 mm), so training needs no resampling.
+
+    python benchmarks/make_training_phantoms.py OUT --seeds 1000-1039
+    python benchmarks/make_training_phantoms.py OUT --seeds 9100-9103 --unseen-intensities
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from renalseg.io.image import write_image
+from renalseg.phantom.abdomen import synthesize_roi
+
+SPACING_XYZ_MM = (0.7, 0.7, 1.0)
+
+#: intensity settings the training phantoms never use (outside DEFAULT_INTENSITY_RANGES_HU):
+#: weaker arterial enhancement, brighter cortex and fat, more noise, blurrier PSF
+UNSEEN = {
+    "intensities_hu": {"renal_artery": 200.0, "aorta": 210.0, "kidney_cortex": 270.0, "kidney_medulla": 130.0,
+                       "fat": -40.0, "sinus_fat": -30.0, "renal_vein": 230.0},
+    "noise_sigma_hu": 32.0,
+    "psf_fwhm_mm": 1.3,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seeds", required=True, help="FIRST-LAST (inclusive)")
+    parser.add_argument("--unseen-intensities", action="store_true")
+    args = parser.parse_args()
+    first, last = (int(v) for v in args.seeds.split("-"))
+    records = []
+    for seed in range(first, last + 1):
+        case_id = f"roi_{seed:05d}"
+        if (args.out / "label" / f"{case_id}.nii.gz").exists():
+            continue
+        t0 = time.perf_counter()
+        options = dict(UNSEEN) if args.unseen_intensities else {}
+        case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
+        write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
+        write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")
+        write_image(case.label, args.out / "label" / f"{case_id}.nii.gz")
+        records.append({"case": case_id, "seed": seed, "shape_zyx": list(case.image.array.shape),
+                        "artery_voxels": int((case.label.array == 3).sum()),
+                        "options": {k: v for k, v in options.items()}, "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(records[-1]), flush=True)
+    index = args.out / "cases.json"
+    old = json.loads(index.read_text()) if index.exists() else {"kind": "roi", "generator": "synthesize_roi", "cases": []}
+    old["cases"] = sorted(old["cases"] + records, key=lambda r: r["seed"])
+    old["spacing_xyz_mm"] = list(SPACING_XYZ_MM)
+    index.write_text(json.dumps(old, indent=1))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
