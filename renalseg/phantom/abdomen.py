@@ -173,21 +173,22 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         [(-95, -35, 35), (-40, -75, 30), (40, -75, 35), (95, -35, 50)],
         [(100, -10, 55), (105, 0, -40), (95, -10, -150)],
     ]
-    n_loops = int(rng.integers(6, 13))
     loops: list[tuple[list[tuple[float, float, float]], float, str]] = []
     for ctrl in colon_paths:
         jit = [(x + rng.normal(0, 5), y + rng.normal(0, 5), z + rng.normal(0, 5)) for x, y, z in ctrl]
         loops.append((jit, rng.uniform(14, 22), "bowel_gas" if rng.random() < 0.7 else "bowel"))
+    n_loops = int(rng.integers(14, 25))
     for _ in range(n_loops):
-        start = np.array([rng.uniform(-90, 90), rng.uniform(-95, -30), rng.uniform(-180, 10)])
+        # small-bowel loops fill the peritoneal cavity in front of the retroperitoneum
+        start = np.array([rng.uniform(-110, 110), rng.uniform(-100, -5), rng.uniform(-190, 30)])
         ctrl = [tuple(start)]
         for _k in range(int(rng.integers(3, 6))):
-            start = start + rng.normal(0, 25, 3)
-            start[1] = np.clip(start[1], -100, -15)
+            start = start + rng.normal(0, 22, 3)
+            start[1] = np.clip(start[1], -105, 5)
             ctrl.append(tuple(start))
         content = ("bowel_contrast" if oral_contrast and rng.random() < 0.6 else
-                   "bowel_gas" if rng.random() < 0.2 else "bowel")
-        loops.append((ctrl, rng.uniform(8, 14), content))
+                   "bowel_gas" if rng.random() < 0.15 else "bowel")
+        loops.append((ctrl, rng.uniform(9, 16), content))
     for ctrl, radius, content in loops:
         layers.append(("bowel", inside([tube(ctrl, (radius, radius), 6.0)]), []))
         layers.append((content, inside([tube(ctrl, (radius - 2.5, radius - 2.5), 6.0)]), []))
@@ -222,9 +223,19 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         arches.append(tube([(0, yc + 12, zc - 2), (0, yc + 38, zc - 10)], (5.0, 4.0), 2.0))
         for s in (-1, 1):
             arches.append(tube([(s * 12, yc - 4, zc + 3), (s * rng.uniform(45, 55), yc - 2, zc + 5)], (4.0, 3.0), 2.0))
+    ribs_outer, ribs_inner = [], []
+    for k in range(1, 5):  # the lowest ribs, behind the upper poles of the kidneys
+        zc = k * pitch + pitch / 2 + rng.uniform(10, 25)
+        for s in (-1, 1):
+            ctrl = [(s * 20, y_vb + 22, zc), (s * 55, y_vb + 32, zc - 8), (s * 95, y_vb + 12, zc - 25),
+                    (s * (a_body - fat_mm - wall_mm + 2), y_vb - 40 - 10 * k, zc - 50)]
+            ribs_outer.append(tube(ctrl, (5.0, 4.0), 3.0))
+            ribs_inner.append(tube(ctrl, (3.2, 2.4), 3.0))
     layers.append(("disc", discs, []))
     layers.append(("bone_cortical", cortical + arches, []))
     layers.append(("bone_trabecular", trabecular, []))
+    layers.append(("bone_cortical", ribs_outer, []))
+    layers.append(("bone_trabecular", ribs_inner, []))
     layers.append(("csf", [cyl(0, y_vb + vb_semi[1] + 10, (10.0, 7.5), zr)], []))
 
     # -- kidneys: perirenal fat, then the great vessels, then the kidneys ----------------
