@@ -38,6 +38,13 @@ __all__ = ["ModelSpec", "Segmenter", "load_model"]
 log = logging.getLogger(__name__)
 
 
+def _floats(values: Any, count: int) -> Any:
+    out = tuple(float(v) for v in values)
+    if len(out) != count:
+        raise ValueError(f"expected {count} numbers, got {list(values)}")
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What inference needs to know about a model (normally read from its card).
@@ -65,18 +72,19 @@ class ModelSpec:
     @classmethod
     def from_card(cls, card: Any) -> ModelSpec:
         """Read the fields from a ``renalseg.weights.ModelCard`` (or a dict with its keys)."""
-        get = card.get if isinstance(card, Mapping) else (lambda key, default=None: getattr(card, key, default))
-        normalization = get("normalization", None) or {}
+        data = dict(card) if isinstance(card, Mapping) else card.to_dict()
+        defaults = cls()
+        normalization = data.get("normalization") or {}
         try:
             return cls(
-                name=str(get("name", "model")),
-                classes={str(k): str(v) for k, v in dict(get("classes", {"0": "background", "1": "renal_artery"})).items()},
-                spacing_xyz_mm=tuple(float(v) for v in get("spacing_xyz_mm", MODEL_SPACING_XYZ_MM)),  # type: ignore[arg-type]
-                window_zyx=tuple(int(v) for v in get("window_zyx", (64, 152, 152))),  # type: ignore[arg-type]
-                clip_hu=tuple(float(v) for v in normalization.get("clip_hu", (-1024.0, 1024.0))),  # type: ignore[arg-type]
-                scale=tuple(float(v) for v in normalization.get("scale", (0.0, 1.0))),  # type: ignore[arg-type]
-                sha256=get("sha256", None),
-                synthetic_training_only=bool(get("synthetic_training_only", False)),
+                name=str(data.get("name", "model")),
+                classes={str(k): str(v) for k, v in dict(data.get("classes", defaults.classes)).items()},
+                spacing_xyz_mm=_floats(data.get("spacing_xyz_mm", defaults.spacing_xyz_mm), 3),
+                window_zyx=tuple(int(v) for v in data.get("window_zyx", defaults.window_zyx)),  # type: ignore[arg-type]
+                clip_hu=_floats(normalization.get("clip_hu", defaults.clip_hu), 2),
+                scale=_floats(normalization.get("scale", defaults.scale), 2),
+                sha256=data.get("sha256") or None,
+                synthetic_training_only=bool(data.get("synthetic_training_only", False)),
             )
         except (TypeError, ValueError) as err:
             raise ModelError(f"The model card is malformed ({err}); re-export the weights with "

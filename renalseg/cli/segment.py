@@ -189,7 +189,7 @@ def _summary_table(rows: list[dict]) -> Any:
 def segment(
     inputs: Annotated[list[Path], typer.Argument(
         help="Image files (.nii.gz, .nrrd, .mha), DICOM series folders, or folders of studies.",
-        show_default=False)],
+        show_default=False, metavar="INPUT")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
                                       show_default=False)],
     weights: Annotated[Optional[Path], typer.Option(help="Weights file/folder (default: the shipped weights).")] = None,
@@ -198,7 +198,8 @@ def segment(
     tta: Annotated[Optional[bool], typer.Option(
         "--tta/--no-tta", help="Mirroring test-time augmentation (8× slower). Default: on for CUDA, off on CPU.",
         show_default=False)] = None,
-    side: Annotated[str, typer.Option(help="Which kidney: both, left or right (the patient's side).")] = "both",
+    side: Annotated[str, typer.Option(help="Which kidney: both, left or right (the patient's side; with "
+                                           "--input-is-roi, the side of the crop).")] = "both",
     input_is_roi: Annotated[bool, typer.Option(
         "--input-is-roi", help="Each input is already one kidney ROI crop (e.g. KiPA22): skip localisation.")] = False,
     save_probabilities: Annotated[bool, typer.Option(
