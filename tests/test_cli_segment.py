@@ -88,6 +88,11 @@ def test_json_summary_and_shards(batch, tmp_path, analytic_model):
     assert summary["ok"] == 1 and summary["studies"][0]["study"] == "a"
     assert summary["studies"][0]["artery_ml"]["right"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    # once b is fixed, a rerun retries it without --overwrite (its folder held only error.json)
+    write_image(tube_ct()[0], root / "b.nii.gz", overwrite=True)
+    result = _run("segment", root / "b.nii.gz", "--out", out, "--input-is-roi", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "b" / "labels.nii.gz").exists() and not (out / "b" / "error.json").exists()
 
 
 def test_existing_output_needs_overwrite(tmp_path, analytic_model):

@@ -98,12 +98,17 @@ def _unique_ids(paths: list[Path]) -> list[str]:
     return ids
 
 
+def _only_error(folder: Path) -> bool:
+    """True for an output folder holding nothing but an earlier run's ``error.json``."""
+    return folder.is_dir() and [p.name for p in folder.iterdir()] == ["error.json"]
+
+
 def _write_error(destination: Path, path: Path, error: BaseException, *, overwrite: bool) -> bool:
     """Publish ``destination`` holding only ``error.json``; False if an old output is kept."""
     from renalseg.io.output import StagedDir, atomic_write_json
     from renalseg.pipeline import error_report
 
-    if destination.exists() and not overwrite:
+    if destination.exists() and not (overwrite or _only_error(destination)):
         return False
     report = error_report(path, error)
     report["study_id"] = destination.name
@@ -140,12 +145,14 @@ def run_batch(paths: list[Path], out: Path, config: Any, segmenter: Any, *, over
                                 total=max(total, 1), visible=True)
 
             try:
-                if destination.exists() and not overwrite:
+                # a folder left by an earlier *failed* run holds no results: retry it freely
+                replace = overwrite or _only_error(destination)
+                if destination.exists() and not replace:
                     raise OutputExistsError(f"{destination} exists; pass --overwrite to replace it, or "
                                             "choose another --out.")
                 result = segment_study(path, config, segmenter=segmenter, on_progress=on_progress)
                 result.report["study_id"] = study_id
-                write_outputs(result, destination, overwrite=overwrite)
+                write_outputs(result, destination, overwrite=replace)
                 arteries = result.report.get("arteries", {})
                 rows.append({
                     "study": study_id, "input": str(path), "status": "ok",
@@ -205,7 +212,8 @@ def segment(
     save_probabilities: Annotated[bool, typer.Option(
         "--save-probabilities", help="Also write probabilities.nii.gz (float32 artery probability).")] = False,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace existing output folders (without it they are an error).")] = False,
+        "--overwrite", help="Replace existing output folders (without it they are an error; a folder "
+        "holding only an earlier error.json is always retried).")] = False,
     shard: Annotated[Optional[str], typer.Option(
         help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
         show_default=False)] = None,
