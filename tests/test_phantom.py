@@ -147,17 +147,26 @@ def test_artery_fraction_of_the_roi_is_as_in_the_paper(roi_left, roi_right_tumou
         assert 0.001 <= fraction <= 0.01, fraction
 
 
-def test_artery_tree_is_one_component_entering_from_the_medial_side(roi_left):
+def test_artery_tree_is_one_component_from_the_ostium_or_medial_edge_to_the_hilum(roi_left):
     artery = roi_left.label.array == 3
     components, n = ndi.label(artery, structure=FULL)
     assert n == 1
-    # it enters through the ROI boundary, medially (the aorta's side: -x for a left kidney)
-    border = np.zeros_like(artery)
-    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
-    entry = artery & border
-    assert entry.sum() > 5
-    kidney_x = _world_centroid(roi_left.label, roi_left.label.array == 2)[0]
-    assert _world_centroid(roi_left.label, entry)[0] < kidney_x - 20
+    # it starts at the aortic ostium when that is in view, else it enters through the
+    # ROI boundary medially (the aorta's side: -x for a left kidney)
+    g = roi_left.label.geometry
+    ostium = np.asarray(roi_left.params["kidneys"]["left"]["artery_ostium_mm"])
+    x, y, z = np.round(g.world_to_index([ostium])[0]).astype(int)
+    if all(2 <= v < n - 2 for v, n in zip((z, y, x), artery.shape)):
+        assert artery[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3].any()
+        aorta = roi_left.tissues.array == TISSUE_IDS["aorta"]
+        assert aorta[z - 3:z + 4, y - 3:y + 4, x - 3:x + 4].any()
+    else:
+        border = np.zeros_like(artery)
+        border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+        entry = artery & border
+        assert entry.sum() > 5
+        kidney_x = _world_centroid(roi_left.label, roi_left.label.array == 2)[0]
+        assert _world_centroid(roi_left.label, entry)[0] < kidney_x - 20
     # and it reaches the hilum
     hilum = np.asarray(roi_left.params["kidneys"]["left"]["hilum_artery_mm"])
     ijk = np.round(roi_left.label.geometry.world_to_index([hilum])[0]).astype(int)
@@ -262,6 +271,22 @@ def test_abdomen_kidneys_lie_on_their_anatomical_sides(abdomen_lps, abdomen_ras)
         centroids = sorted((_world_centroid(case.label, comps == k) for k in big), key=lambda c: c[0])
         assert np.linalg.norm(centroids[1] - left) < 12 and np.linalg.norm(centroids[0] - right) < 12
         assert kidneys["left"]["artery_ostium_mm"][0] < left[0]
+
+
+def test_abdomen_artery_trees_start_at_their_aortic_ostia(abdomen_lps):
+    """Every artery component starts at an aortic ostium: no floating fragments."""
+    artery = abdomen_lps.label.array == 3
+    components, n = ndi.label(artery, structure=FULL)
+    g = abdomen_lps.label.geometry
+    rooted = set()
+    for side, kidney in abdomen_lps.params["kidneys"].items():
+        ostia = [kidney["artery_ostium_mm"]] + ([kidney["accessory_ostium_mm"]] if kidney["accessory_ostium_mm"] else [])
+        for ostium in ostia:
+            x, y, z = np.round(g.world_to_index([ostium])[0]).astype(int)
+            found = np.unique(components[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2])
+            assert len(found[found > 0]) == 1, (side, ostium)
+            rooted.update(found[found > 0].tolist())
+    assert rooted == set(range(1, n + 1))  # (a main and an accessory tree may touch at 2.4 mm)
 
 
 def test_abdomen_direction_option_stores_the_same_anatomy(abdomen_lps, abdomen_ras):

@@ -203,7 +203,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         back.append(cyl(s * rng.uniform(55, 65), y_vb + rng.uniform(20, 30), (rng.uniform(12, 16), rng.uniform(7, 10)),
                         (-150.0, 40.0), angle=s * 0.5))
         back.append(tube([(s * 22, y_vb + 2, 60), (s * 36, y_vb - 6, -40), (s * 52, y_vb - 14, -200)],
-                         (5.0, rng.uniform(18, 24)), 6.0))
+                         (8.0, rng.uniform(18, 24)), 6.0))
     layers.append(("muscle", inside(back), []))
 
     # -- spine ---------------------------------------------------------------------

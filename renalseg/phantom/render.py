@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from renalseg.errors import GeometryError, UsageError, suggest
 from renalseg.geometry import Geometry
-from renalseg.phantom.shapes import Shape, Tube
+from renalseg.phantom.shapes import Intersection, Shape, Tube
 from renalseg.phantom.tissues import TEXTURE_HU, TISSUES
 from renalseg.volume import Volume
 
@@ -146,10 +146,17 @@ class Canvas:
         """
         pieces: list[Shape] = []
         for shape in shapes:
-            # thin tubes, and tubes too thin for the coarse path, go piece by piece on tight
-            # boxes; thick ones whole (their coarse evaluation is cheap)
-            whole = isinstance(shape, Tube) and not shape.thin and shape.feature_mm() / 3.0 >= 2 * self.spacing.max()
-            pieces.extend(shape.pieces() if isinstance(shape, Tube) and not whole else [shape])
+            # tubes go piece by piece on tight boxes: a piece's cost grows with its box
+            # times its segment count; thick ones in longer pieces (coarse evaluation)
+            tube = shape.shape if isinstance(shape, Intersection) else shape
+            if isinstance(tube, Tube):
+                coarse = not tube.thin and tube.feature_mm() / 3.0 >= 2 * self.spacing.max()
+                parts = tube.pieces(12 if coarse else 6)
+                if isinstance(shape, Intersection):
+                    parts = [Intersection(part, shape.within) for part in parts]
+                pieces.extend(parts)
+            else:
+                pieces.append(shape)
         boxes = []
         for piece in pieces:
             sl = self.box(*piece.bbox_mm())
