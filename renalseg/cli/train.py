@@ -86,6 +86,8 @@ def train_command(
                                                  "hyper-parameters, e.g. '{\"bias_quantity\": 2}'.")] = "{}",
     seed: Annotated[int, typer.Option("--seed", help="Seeds initialisation and every sample.")] = 0,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
+    val_overlap: Annotated[float, typer.Option("--val-overlap", help="Sliding-window overlap of the "
+                                               "whole-case validation.")] = 0.25,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint every N epochs.")] = 1,
     checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="... and at least "
                                                       "every this many minutes.")] = 10.0,
@@ -163,7 +165,7 @@ def train_command(
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {}),
-        seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
+        seed=seed, val_every=val_every, val_overlap=val_overlap, checkpoint_every=checkpoint_every,
         checkpoint_minutes=checkpoint_minutes, synthetic_data=synthetic, data_description=description,
     )
     cache = out / "cache"
@@ -193,6 +195,23 @@ def _run(config, out, train_cases, val_cases, *, resume, context, device, show):
     if not show:
         return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
                      context=context, device=device)
+    if not err_console.is_terminal:  # a log file (nohup, a batch job): plain lines, not a live display
+        def log_line(event: TrainProgress) -> None:
+            if event.kind == "step" and event.step % 10 and event.step != event.total_steps:
+                return
+            parts = [f"{config.stage} {event.kind}", f"epoch {event.epoch}/{event.epochs}",
+                     f"step {event.step}/{event.total_steps}"]
+            if event.loss is not None:
+                parts.append(f"loss {event.loss:.4f}")
+            if event.score is not None:
+                parts.append(f"{event.score_name} {event.score:.4f} (best {event.best_score:.4f})")
+            parts.append(f"{event.elapsed_s / 60:.1f} min")
+            if event.eta_s is not None:
+                parts.append(f"ETA {event.eta_s / 60:.0f} min")
+            err_console.print(", ".join(parts), highlight=False, soft_wrap=True)
+
+        return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
+                     context=context, device=device, on_progress=log_line)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[score]}"),
                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))
