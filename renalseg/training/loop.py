@@ -683,9 +683,12 @@ def train(
                 if config.max_steps is not None and global_step >= config.max_steps:
                     stopped = "max steps"
                 break
-            if config.time_limit_min is not None and elapsed() > config.time_limit_min * 60:
-                stopped = "time limit"
-                break
+            if config.time_limit_min is not None:
+                # every process must stop after the same step: agree on the slowest clock
+                late = elapsed() > config.time_limit_min * 60
+                if all_reduce_mean(float(late), context, torch_device) > 0:
+                    stopped = "time limit"
+                    break
             if time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
                 save_checkpoint()
                 last_checkpoint = time.monotonic()
