@@ -241,13 +241,25 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     # -- kidneys: perirenal fat, then the great vessels, then the kidneys ----------------
     kidneys: dict[str, Kidney] = {}
     ostia, acc_ostia, via_artery, vein_end, via_vein = {}, {}, {}, {}, {}
+    # the aorta's centreline and radius (patient frame), so ostia sit on its real wall
+    z_top, z_bif = 400.0, rng.uniform(-150, -120)
+    aorta_path = smooth_path(np.array([(x_ao - 3, y_ao - 3, z_top), (x_ao, y_ao, 0.0), (x_ao + 2, y_ao - 4, z_bif)]), 4.0)
+    aorta_radii = np.linspace(r_ao * 1.05, r_ao * 0.85, len(aorta_path))
+
+    def on_aorta(z: float, lateral: float, angle: float) -> np.ndarray:
+        """A point just inside the aortic wall at height z, towards the patient's side."""
+        order = np.argsort(aorta_path[:, 2])
+        cx = np.interp(z, aorta_path[order, 2], aorta_path[order, 0])
+        cy = np.interp(z, aorta_path[order, 2], aorta_path[order, 1])
+        r = np.interp(z, aorta_path[order, 2], aorta_radii[order]) - 1.0
+        return P(cx + lateral * r * np.cos(angle), cy + r * np.sin(angle), z)
+
     for side in ("left", "right"):
         s = 1.0 if side == "left" else -1.0
-        ang = rng.uniform(-0.5, 0.5)
         z0 = z_ost[side]
-        ostia[side] = P(x_ao + s * r_ao * np.cos(ang), y_ao + r_ao * np.sin(ang) - 1.0, z0)
+        ostia[side] = on_aorta(z0, s, rng.uniform(-0.5, 0.5))
         zacc = z0 + rng.choice([-1, 1]) * rng.uniform(15, 40)
-        acc_ostia[side] = P(x_ao + s * r_ao * 0.95, y_ao, zacc)
+        acc_ostia[side] = on_aorta(zacc, s, 0.0)
     via_artery["left"] = []
     via_artery["right"] = [P(x_ivc, y_ivc + ivc_semi[1] + 5.0, z_ost["right"] - 4.0)]
     via_vein["left"] = [P(x_ao, y_ao - r_ao - 6.0, z_kid["left"] + 2.0)]
@@ -269,9 +281,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
 
     # great vessels: IVC, aorta with celiac trunk, SMA, iliacs, calcified plaques
     layers.append(("ivc", [cyl(x_ivc, y_ivc, ivc_semi, (-150.0, 400.0))], []))
-    z_top, z_bif = 400.0, rng.uniform(-150, -120)
-    aorta_ctrl = [(x_ao - 3, y_ao - 3, z_top), (x_ao, y_ao, 0.0), (x_ao + 2, y_ao - 4, z_bif)]
-    aorta = tube(aorta_ctrl, (r_ao * 1.05, r_ao * 0.85), 4.0)
+    aorta = Tube(np.stack([P(*q) for q in aorta_path]), aorta_radii)
     z_sma = z_ost["left"] + rng.uniform(10, 20)
     sma = tube([(x_ao - 2, y_ao - r_ao + 2, z_sma), (x_ao - 4, y_ao - r_ao - 14, z_sma - 15),
                 (x_ao - 8, y_ao - r_ao - 25, z_sma - 80), (x_ao - 20, y_ao - r_ao - 35, z_sma - 180)],

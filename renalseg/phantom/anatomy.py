@@ -375,10 +375,70 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                     outside, entry]
         acc = add(f"accessory_{accessory_pole}_artery", "accessory", None, acc_ctrl)
 
+    sinus_world = world(sinus_c)
+    vein_targets = [world(t) for t in ([0.45 * a, -0.3 * b, 0.2 * c], [-0.45 * a, -0.3 * b, 0.2 * c],
+                                       [0.0, -0.1 * b, 0.3 * c])]
+    small_veins: list[tuple[np.ndarray, float]] = []
+
+    def lobar_for(parent: int, point: np.ndarray, i: int) -> None:
+        """One pyramid: lobar artery, 2–4 interlobar arteries along it, arcuate arteries
+        over its base, and an interlobar vein between two of the arteries."""
+        apex, base, r_base, _, _ = pyramids[i]
+        axis = _unit(base - apex)
+        p1, p2 = _perpendicular_frame(axis)
+        theta0 = rng.uniform(0, 2 * np.pi)
+        near_apex = apex - axis * 2.0 + (p1 * np.cos(theta0) + p2 * np.sin(theta0)) * 3.0
+        lobar = add(f"lobar_{i}", "lobar", parent, [point, (point + near_apex) / 2 + rng.normal(0, 1, 3), near_apex])
+        n_il = int(rng.integers(2, 5))
+        r_apex = 2.0
+        for k in range(n_il):
+            th = theta0 + 2 * np.pi * k / n_il + rng.uniform(-0.3, 0.3)
+            radial = p1 * np.cos(th) + p2 * np.sin(th)
+            q1 = apex + radial * (r_apex + 1.5)
+            q2 = (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.2)
+            q3 = base + radial * (r_base + 1.0) + axis * 0.5
+            il = add(f"interlobar_{i}_{k}", "interlobar", lobar, [near_apex, q1, q2, q3])
+            for m in range(int(rng.integers(1, 4))):
+                turn = (1 if m % 2 == 0 else -1) * rng.uniform(0.5, 1.0)
+                arc = []
+                for f in np.linspace(0.0, 1.0, 5):
+                    ang = th + turn * f
+                    rad = p1 * np.cos(ang) + p2 * np.sin(ang)
+                    arc.append(base + rad * (r_base + 1.0) + axis * (0.5 + 1.5 * f))
+                add(f"arcuate_{i}_{k}_{m}", "arcuate", il, arc)
+        # the accompanying interlobar vein (enhanced already in the corticomedullary phase)
+        th = theta0 + np.pi / n_il
+        radial = p1 * np.cos(th) + p2 * np.sin(th)
+        target = min(vein_targets, key=lambda t: float(np.linalg.norm(t - apex)))
+        ctrl = np.stack([base + radial * (r_base + 1.2) + axis * 0.3, (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.6),
+                         apex + radial * (r_apex + 2.0) - axis * 2.0, target])
+        small_veins.append((smooth_path(ctrl, 1.2), float(rng.uniform(0.7, 1.1))))
+
+    def grow(parent: int, point: np.ndarray, group: list[int], name: str) -> None:
+        """Bifurcate towards the pyramids in ``group`` (split along their main spread)."""
+        if len(group) == 1:
+            lobar_for(parent, point, group[0])
+            return
+        apices = np.stack([pyramids[i][0] for i in group])
+        centred = apices - apices.mean(axis=0)
+        spread = np.linalg.svd(centred, full_matrices=False)[2][0]
+        ordered = [group[j] for j in np.argsort(centred @ spread, kind="stable")]
+        half = len(ordered) // 2
+        for part, members in enumerate((ordered[:half], ordered[half:])):
+            if len(members) == 1:
+                lobar_for(parent, point, members[0])
+                continue
+            target = np.stack([pyramids[i][0] for i in members]).mean(axis=0)
+            junction = point + 0.5 * (target - point)
+            junction = junction + 0.3 * (sinus_world - junction)
+            child = add(f"{name}{part}", "subsegmental", parent,
+                        [point, (point + junction) / 2 + rng.normal(0, 1.0, 3), junction])
+            grow(child, junction, members, f"{name}{part}")
+
     for seg_name, members in segments.items():
         apexes = np.stack([pyramids[i][0] for i in members])
         hub = centre + (apexes.mean(axis=0) - centre) * 0.55
-        hub = hub + 0.4 * (world(sinus_c) - hub)
+        hub = hub + 0.4 * (sinus_world - hub)
         if seg_name == accessory_pole and acc is not None:
             parent = acc
             start = branches[acc].control_mm[-1]
@@ -388,36 +448,13 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             parent, start = ant, ant_end
         seg = add(f"{seg_name}_segmental", "segmental", parent,
                   [start, (start + hub) / 2 + rng.normal(0, 1.5, 3), hub])
-        for i in members:
-            apex, base, r_base, _, _ = pyramids[i]
-            axis = _unit(base - apex)
-            p1, p2 = _perpendicular_frame(axis)
-            theta0 = rng.uniform(0, 2 * np.pi)
-            near_apex = apex - axis * 2.0 + (p1 * np.cos(theta0) + p2 * np.sin(theta0)) * 3.0
-            lobar = add(f"lobar_{i}", "lobar", seg, [hub, (hub + near_apex) / 2 + rng.normal(0, 1, 3), near_apex])
-            n_il = int(rng.integers(2, 5))
-            for k in range(n_il):
-                th = theta0 + 2 * np.pi * k / n_il + rng.uniform(-0.3, 0.3)
-                radial = p1 * np.cos(th) + p2 * np.sin(th)
-                r_apex = 2.0
-                q1 = apex + radial * (r_apex + 1.5)
-                q2 = (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.2)
-                q3 = base + radial * (r_base + 1.0) + axis * 0.5
-                il = add(f"interlobar_{i}_{k}", "interlobar", lobar, [near_apex, q1, q2, q3])
-                for m in range(int(rng.integers(1, 4))):
-                    turn = (1 if m % 2 == 0 else -1) * rng.uniform(0.5, 1.0)
-                    arc = []
-                    for f in np.linspace(0.0, 1.0, 5):
-                        ang = th + turn * f
-                        rad = p1 * np.cos(ang) + p2 * np.sin(ang)
-                        arc.append(base + rad * (r_base + 1.0) + axis * (0.5 + 1.5 * f))
-                    add(f"arcuate_{i}_{k}_{m}", "arcuate", il, arc)
+        grow(seg, hub, list(members), f"{seg_name}_")
 
     _assign_radii(rng, branches, main, acc)
     for br in branches:
         step = 1.2 if br.r_start_mm < 1.5 else 2.0
         ctrl = br.control_mm.copy()
-        if br.kind in ("segmental", "lobar", "interlobar", "main", "accessory"):
+        if br.kind in ("segmental", "subsegmental", "lobar", "interlobar", "main", "accessory"):
             ctrl[1:-1] += rng.normal(0, 0.8, ctrl[1:-1].shape)
         pts = smooth_path(ctrl, step)
         if br.parent is not None and branches[br.parent].points_mm is not None:
@@ -434,12 +471,16 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     vein_path = smooth_path(vein_ctrl, 2.0)
     veins: list[Shape] = [Tube(vein_path, np.full(len(vein_path), r_vein))]
     vein_lines = []
-    for target in ([0.45 * a, -0.3 * b, 0.2 * c], [-0.45 * a, -0.3 * b, 0.2 * c], [0.0, -0.1 * b, 0.3 * c]):
+    for target in vein_targets:
         r_t = rng.uniform(2.0, 3.0)
-        path = displace(smooth_path(np.stack([hilum_vein, (hilum_vein + world(target)) / 2 + rng.normal(0, 1.5, 3),
-                                              world(target)]), 1.0), r_t)
+        path = displace(smooth_path(np.stack([hilum_vein, (hilum_vein + target) / 2 + rng.normal(0, 1.5, 3),
+                                              target]), 1.0), r_t)
         path[0] = hilum_vein
         veins.append(Tube(path, np.linspace(min(r_t * 1.2, r_vein), r_t * 0.8, len(path))))
+        vein_lines.append(path)
+    for path, r_small in small_veins:
+        path = displace(path, r_small)
+        veins.append(Tube(path, np.full(len(path), r_small), thin=True))
         vein_lines.append(path)
 
     # -- calcified plaques in the main renal artery wall (bright specks, not lumen)
