@@ -97,6 +97,17 @@ def test_roi_grid_is_lps_152_square_at_clinical_spacing(roi_left):
     assert set(np.unique(roi_left.label.array)) <= {0, 1, 2, 3, 4}
 
 
+def test_kidney_anatomy_parameters_are_in_the_issue_ranges(roi_left, roi_right_tumour):
+    for case in (roi_left, roi_right_tumour):
+        kidney = case.params["kidneys"][case.params["side"]]
+        assert 100 <= kidney["length_mm"] <= 130 and 50 <= kidney["width_mm"] <= 70
+        assert 30 <= kidney["thickness_mm"] <= 50 and 5 <= kidney["cortex_mm"] <= 8
+        assert 8 <= kidney["pyramids"] <= 12
+        assert 4.0 <= kidney["renal_vein_radius_mm"] <= 6.0  # 8–12 mm across
+        # at the hilum the vein lies in front of the artery (anterior is -y in LPS)
+        assert kidney["hilum_vein_mm"][1] < kidney["hilum_artery_mm"][1]
+
+
 def test_whole_kidney_is_inside_the_roi(roi_left):
     kidney = roi_left.label.array == 2
     # no kidney voxel on the x/y faces: the whole kidney cross-section is in view
@@ -321,6 +332,17 @@ def test_dicom_round_trip_keeps_geometry_and_hu(tmp_path, abdomen_lps, abdomen_r
     assert np.array_equal(back.array.astype(np.int16), case.image.array)
     files = sorted(folder.iterdir())
     ds = pydicom.dcmread(files[0])
+    # pydicom alone (no ITK): the same grid from the header tags
+    g = case.image.geometry
+    last = pydicom.dcmread(files[-1], stop_before_pixels=True)
+    row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+    assert np.allclose(np.asarray(ds.ImagePositionPatient, float), g.origin_xyz_mm, atol=1e-4)
+    assert np.allclose(np.stack([row, col], axis=1), g.direction_matrix[:, :2], atol=1e-6)
+    assert np.allclose([float(v) for v in ds.PixelSpacing], [g.spacing_xyz_mm[1], g.spacing_xyz_mm[0]])
+    step = (np.asarray(last.ImagePositionPatient, float) - np.asarray(ds.ImagePositionPatient, float)) / (len(files) - 1)
+    assert np.allclose(step, g.direction_matrix[:, 2] * g.spacing_xyz_mm[2], atol=1e-5)
+    hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert np.array_equal(hu, case.image.array[0].astype(float))
     assert ds.Modality == "CT" and float(ds.RescaleIntercept) == -1024 and float(ds.RescaleSlope) == 1
     assert float(ds.SliceThickness) == pytest.approx(case.image.geometry.spacing_xyz_mm[2])
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
