@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,7 +390,7 @@ def load_case(
         g = case.geometry
         meta = json.dumps({"shape_zyx": list(g.shape_zyx), "spacing_xyz_mm": list(g.spacing_xyz_mm),
                            "origin_xyz_mm": list(g.origin_xyz_mm), "direction": list(g.direction)})
-        temp = cache_path.with_name(cache_path.name + ".tmp.npz")
+        temp = cache_path.with_name(f"{cache_path.stem}.{os.getpid()}.tmp.npz")  # processes may race
         np.savez(temp, geometry=np.array(meta), **arrays)
         temp.replace(cache_path)
     return case
