@@ -212,3 +212,26 @@ def test_registry_lookup_and_clear_errors():
         build_network("densebiasnet", widths=[16] * 13)
     with pytest.raises(ModelError, match="sides"):
         build_network("densebiasnet").logits_padded(torch.rand(1, 1, 9, 8, 8))
+
+
+@pytest.mark.parametrize("name,hyper,shape", [
+    ("densebiasnet", {}, (2, 1, 16, 24, 32)),
+    ("densebiasnet", {"bias_quantity": 0.1, "num_classes": 3}, (1, 1, 9, 13, 17)),
+    ("dpa_densebiasnet", {}, (1, 1, 16, 16, 24)),
+    ("dpa_densebiasnet", {"bias_quantity": 1, "encoder_widths": [4, 8, 8, 12]}, (2, 1, 8, 24, 16)),
+])
+def test_fast_inference_path_computes_the_same_function(name, hyper, shape):
+    net = _seeded(name, **hyper)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        net.use_fast_inference(False)
+        reference = net.logits(x)
+        net.use_fast_inference(True)
+        fast = net.logits(x)
+        again = net.logits(x[:1, :, :8, :8, :8])  # reused work buffers, another shape
+        net.use_fast_inference(False)
+        again_reference = net.logits(x[:1, :, :8, :8, :8])
+    assert fast.shape == reference.shape
+    assert torch.allclose(fast, reference, atol=2e-5, rtol=1e-5), float((fast - reference).abs().max())
+    assert torch.allclose(again, again_reference, atol=2e-5, rtol=1e-5)
+    net.release_buffers()

@@ -52,7 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from renalseg.errors import ModelError
-from renalseg.nets.dae import DEFAULT_DAE_WIDTHS, ConvNormReLU, DAEEncoder, DenoisingAutoencoder, pad_to_multiple
+from renalseg.nets.dae import (
+    DEFAULT_DAE_WIDTHS,
+    ConvNormReLU,
+    DAEEncoder,
+    DenoisingAutoencoder,
+    conv3d_fast,
+    pad_to_multiple,
+)
 
 __all__ = ["DenseBiasNet", "DPADenseBiasNet", "DEFAULT_WIDTHS", "LEVELS", "PRIOR_LAYERS"]
 
@@ -81,6 +88,21 @@ def _bias_channels(bias_quantity: int | float, width: int) -> int:
 
 def _upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)
+
+
+def _upsample_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`_upsample` of x (1, C, z, y, x) written into ``out`` (1, C, fz, fy, fx), contiguous."""
+    factor = out.shape[2] // x.shape[2]
+    torch._C._nn.upsample_trilinear3d(x, list(out.shape[2:]), False, float(factor), float(factor), float(factor),
+                                      out=out)
+
+
+def _copy_planar(block: torch.Tensor, x: torch.Tensor) -> None:
+    """Copy x (1, C, Z, Y, X), either memory format, into the planar rows ``block`` (C, voxels)."""
+    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        block.copy_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]).t())  # blocked transpose
+    else:
+        block.copy_(x.reshape(x.shape[1], -1))
 
 
 class DenseBiasNet(nn.Module):
@@ -132,9 +154,22 @@ class DenseBiasNet(nn.Module):
             ConvNormReLU(self.layer_in_channels(l), widths[l], group_size=group_size) for l in range(len(widths)))
         self.compressors = nn.ModuleList(nn.Conv3d(w, m, 1) for w, m in zip(widths, self.bias_channels))
         self.head = nn.Conv3d(widths[-1], num_classes, 1)
+        #: use the fast inference path whenever no gradient is being recorded (same math)
+        self.fast_inference = True
+        self._buffers_cache: dict[str, torch.Tensor] = {}
         #: levels each bias map is needed at: those of layers k+2 … 13
         self._bias_targets = tuple(sorted({LEVELS[j] for j in range(k + 2, len(widths))})
                                    for k in range(len(widths) - 2))
+
+    def use_fast_inference(self, enabled: bool = True) -> None:
+        """Switch the fast inference path (used whenever autograd is off) on or off.
+
+        Both paths compute the same function; off is the plain formulation, kept for
+        checking and benchmarking.
+        """
+        for module in self.modules():
+            if hasattr(module, "fast_inference"):
+                module.fast_inference = enabled
 
     def layer_in_channels(self, l: int) -> int:
         """Input channels of layer ``l``: bias maps of layers 0…l−2, then F_{l−1}, then DPA features."""
@@ -170,6 +205,8 @@ class DenseBiasNet(nn.Module):
         if any(self.prior_channels) and (priors is None or len(priors) != 4):
             raise ModelError("this DenseBiasNet takes DPA features (prior_channels "
                              f"{self.prior_channels}) but none were given; use DPADenseBiasNet.")
+        if self.fast_inference and not torch.is_grad_enabled():
+            return self._logits_fast(x, priors)
         return self._logits_reference(x, priors)
 
     def _resize_bias(self, bias: torch.Tensor, level: int, targets: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -198,10 +235,111 @@ class DenseBiasNet(nn.Module):
             parts = [resized[k][level] for k in range(l - 1)] + [h]
             if l in PRIOR_LAYERS and self.prior_channels[level]:
                 parts.append(priors[level])  # type: ignore[index]
-            h = layer(torch.cat(parts, dim=1) if len(parts) > 1 else h)
+            joined = torch.cat(parts, dim=1) if len(parts) > 1 else h
+            h = F.relu(layer.norm(layer.conv(joined)), inplace=True)
             if l < len(self.compressors):
                 resized.append(self._resize_bias(self.compressors[l](h), level, self._bias_targets[l]))
         return self.head(h)
+
+    def release_buffers(self) -> None:
+        """Free the work buffers the fast inference path keeps between calls (about 1 GB
+        for a 64 × 152 × 152 window); they are re-created on the next call."""
+        self._buffers_cache.clear()
+
+    def _work_buffer(self, key: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """A flat float buffer reused between calls (re-touching fresh memory every
+        window costs page faults); never assumed to hold zeros."""
+        buffer = self._buffers_cache.get(key)
+        if buffer is None or buffer.numel() < numel or buffer.device != like.device or buffer.dtype != like.dtype:
+            buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers_cache[key] = buffer
+        return buffer[:numel]
+
+    def _logits_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """The inference path: the same function as :meth:`_logits_reference`, computed faster.
+
+        Each layer's input is assembled channel-planar, (C, voxels), one buffer per
+        level, in the channel order ``[b_0 … b_{l−2}, F_{l−1}, Ff, zeros]``: every bias
+        map is written once per level straight into its rows (by the compressor's
+        matrix product, the pooling, or the upsampling) and serves both layers there;
+        only the previous layer's output and the DPA features are added behind. One
+        blocked transpose then gives the channels_last (voxels, C) layout on which
+        oneDNN's convolutions run fastest. The channel count is padded with zero rows
+        to a multiple of 8, the weights with zero input channels to match (oneDNN's
+        fast kernels need multiples of 8; the zeros add exactly nothing). Batches run
+        one item at a time.
+        """
+        if x.shape[0] > 1:
+            return torch.cat([self._logits_fast(x[i:i + 1], None if priors is None else [p[i:i + 1] for p in priors])
+                              for i in range(x.shape[0])])
+        shapes = [tuple(s >> r for s in x.shape[2:]) for r in range(4)]
+        voxels = [shape[0] * shape[1] * shape[2] for shape in shapes]
+        offsets = [0]
+        for m in self.bias_channels:
+            offsets.append(offsets[-1] + m)
+        in_padded = [c + (-c) % 8 for c in map(self.layer_in_channels, range(len(self.layers)))]
+        planar = [self._work_buffer(f"planar{r}", voxels[r] * max(c for l, c in enumerate(in_padded)
+                                                                 if LEVELS[l] == r), x).view(-1, voxels[r])
+                  for r in range(4)]
+        rows_buffer = self._work_buffer("rows", max(voxels[LEVELS[l]] * c for l, c in enumerate(in_padded)), x)
+        rows = x  # replaced by F_l as (voxels, C) channels_last rows after each layer
+        for l, layer in enumerate(self.layers):
+            level, shape = LEVELS[l], shapes[LEVELS[l]]
+            if l == 0:
+                inp = x.contiguous(memory_format=torch.channels_last_3d)
+            else:
+                block, start = planar[level], offsets[l - 1]
+                previous = LEVELS[l - 1]
+                width = rows.shape[1]
+                if level > previous:  # pool F_{l-1}, then into the planar rows
+                    cl = rows.view(1, *shapes[previous], width).permute(0, 4, 1, 2, 3)
+                    pooled = F.max_pool3d(cl, 2).permute(0, 2, 3, 4, 1).reshape(voxels[level], width)
+                    block[start:start + width].copy_(pooled.t())
+                elif level < previous:  # upsample F_{l-1} straight into the planar rows
+                    coarse = rows.t().contiguous().view(1, width, *shapes[previous])
+                    _upsample_into(coarse, block[start:start + width].view(1, width, *shape))
+                else:
+                    block[start:start + width].copy_(rows.t())  # blocked transpose
+                start += width
+                if l in PRIOR_LAYERS and self.prior_channels[level]:
+                    prior = priors[level]  # type: ignore[index]
+                    _copy_planar(block[start:start + prior.shape[1]], prior)
+                    start += prior.shape[1]
+                block[start:in_padded[l]].zero_()
+                packed = rows_buffer[:voxels[level] * in_padded[l]].view(voxels[level], in_padded[l])
+                packed.copy_(block[:in_padded[l]].t())  # blocked transpose to channels_last rows
+                inp = packed.view(1, *shape, in_padded[l]).permute(0, 4, 1, 2, 3)
+                if l - 1 < len(self.compressors):  # b_{l-1}'s rows are free now that layer l is packed
+                    self._write_bias_map(l - 1, rows, planar, shapes, offsets)
+            weight = layer.conv.weight
+            if inp.shape[1] > weight.shape[1]:
+                weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, inp.shape[1] - weight.shape[1]))
+            y = conv3d_fast(inp, weight, layer.conv.bias)
+            y = F.group_norm(y, layer.norm.num_groups, layer.norm.weight, layer.norm.bias, layer.norm.eps).relu_()
+            rows = y.permute(0, 2, 3, 4, 1).reshape(voxels[level], -1)
+        head = self.head
+        logits = torch.addmm(head.bias[:, None], head.weight.reshape(head.out_channels, -1), rows.t())
+        return logits.view(1, head.out_channels, *shapes[0])
+
+    def _write_bias_map(self, k: int, rows: torch.Tensor, planar: list[torch.Tensor],
+                        shapes: list[tuple[int, ...]], offsets: list[int]) -> None:
+        """b_k = Conv(F_k; m) into its rows of every level's planar buffer that needs it.
+
+        At F_k's own level by the compressor's matrix product, deeper by repeated
+        2×2×2 max-pooling, shallower by one trilinear upsampling each.
+        """
+        compressor, level = self.compressors[k], LEVELS[k]
+        m, rows_k = compressor.out_channels, slice(offsets[k], offsets[k + 1])
+        own = planar[level][rows_k]
+        torch.addmm(compressor.bias[:, None], compressor.weight.reshape(m, -1), rows.t(), out=own)
+        targets = self._bias_targets[k]
+        source = own
+        for t in range(level + 1, max(targets) + 1):
+            planar[t][rows_k].copy_(F.max_pool3d(source.view(1, m, *shapes[t - 1]), 2).view(m, -1))
+            source = planar[t][rows_k]
+        for t in targets:
+            if t < level:
+                _upsample_into(own.view(1, m, *shapes[level]), planar[t][rows_k].view(1, m, *shapes[t]))
 
 
 class DPADenseBiasNet(nn.Module):
@@ -246,6 +384,16 @@ class DPADenseBiasNet(nn.Module):
         self.encoder.requires_grad_(False)
         self.encoder.eval()
 
+    def use_fast_inference(self, enabled: bool = True) -> None:
+        """Switch the fast inference path on or off (see :meth:`DenseBiasNet.use_fast_inference`)."""
+        for module in self.modules():
+            if hasattr(module, "fast_inference"):
+                module.fast_inference = enabled
+
+    def release_buffers(self) -> None:
+        """Free the fast path's work buffers (see :meth:`DenseBiasNet.release_buffers`)."""
+        self.segmenter.release_buffers()
+
     def train(self, mode: bool = True) -> DPADenseBiasNet:
         """Set train/eval mode; the frozen encoder always stays in eval mode."""
         super().train(mode)
@@ -288,3 +436,4 @@ class DPADenseBiasNet(nn.Module):
         with torch.no_grad():  # frozen, and nothing trainable lies upstream of it
             priors = self.encoder(padded)
         return self.segmenter.logits_padded(padded, priors)[crop]
+
