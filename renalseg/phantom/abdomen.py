@@ -92,6 +92,9 @@ def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "h
     out["aorta"] = float(np.clip(out["renal_artery"] * rng.uniform(0.98, 1.08), lo, hi))
     lo, hi = DEFAULT_INTENSITY_RANGES_HU["sinus_fat"]
     out["sinus_fat"] = float(np.clip(out["fat"] + rng.uniform(0, 20), lo, hi))
+    lo, hi = DEFAULT_INTENSITY_RANGES_HU["other_artery"]
+    out["other_artery"] = float(np.clip(out["aorta"] * rng.uniform(0.95, 1.0), lo, hi))
+    out["ureter"] = out["collecting_system"]
     band = TUMOUR_HYPER_HU if tumour_enhancement == "hyper" else TUMOUR_HYPO_HU
     out["tumour"] = float(rng.uniform(*band))
     return {k: round(v, 1) for k, v in out.items()}
@@ -154,11 +157,11 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     y_kid = {s: y_vb + rng.uniform(0, 15) for s in ("left", "right")}
 
     # -- organs (clipped to the abdominal cavity) --------------------------------------
-    liver = ell((-rng.uniform(70, 85), -rng.uniform(0, 20), z_kid["right"] + rng.uniform(75, 95)),
-                (rng.uniform(65, 80), rng.uniform(70, 85), rng.uniform(70, 85)),
+    liver_c = (-rng.uniform(70, 85), -rng.uniform(0, 20), z_kid["right"] + rng.uniform(75, 95))
+    liver = ell(liver_c, (rng.uniform(65, 80), rng.uniform(70, 85), rng.uniform(70, 85)),
                 rotation_matrix([0, 0, 1], rng.uniform(-0.3, 0.3)))
-    spleen = ell((rng.uniform(70, 85), rng.uniform(15, 35), z_kid["left"] + rng.uniform(55, 75)),
-                 (rng.uniform(18, 26), rng.uniform(40, 55), rng.uniform(45, 60)),
+    spleen_c = (rng.uniform(70, 85), rng.uniform(15, 35), z_kid["left"] + rng.uniform(55, 75))
+    spleen = ell(spleen_c, (rng.uniform(18, 26), rng.uniform(40, 55), rng.uniform(45, 60)),
                  rotation_matrix([0, 0, 1], rng.uniform(-0.9, -0.5)))
     layers.append(("liver", inside([liver]), []))
     layers.append(("spleen", inside([spleen]), []))
@@ -192,8 +195,22 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     for ctrl, radius, content in loops:
         layers.append(("bowel", inside([tube(ctrl, (radius, radius), 6.0)]), []))
         layers.append((content, inside([tube(ctrl, (radius - 2.5, radius - 2.5), 6.0)]), []))
+    # duodenal C-loop around the pancreatic head, in front of the right kidney's hilum
+    z_sma0 = z_ost["left"] + 15.0
+    y_front = y_ao - r_ao  # the aorta's anterior wall
+    duo = [(-20, y_front - 70, z_sma0 + 30), (-55, y_front - 42, z_sma0 + 12), (-62, y_front - 28, z_sma0 - 25),
+           (-35, y_front - 32, z_sma0 - 55), (5, y_front - 40, z_sma0 - 50)]
+    duo = [(x + rng.normal(0, 4), y + rng.normal(0, 4), z + rng.normal(0, 4)) for x, y, z in duo]
+    r_duo = rng.uniform(10, 14)
+    layers.append(("bowel", inside([tube(duo, (r_duo, r_duo), 4.0)]), []))
+    layers.append((contents[0] if rng.random() < 0.6 else "bowel", inside([tube(duo, (r_duo - 2.5, r_duo - 2.5), 4.0)]), []))
+    # pancreas: head in the duodenal loop, body over the aorta, tail to the splenic hilum
+    pancreas = tube([(-38, y_front - 36, z_sma0 - 20), (-10, y_front - 40, z_sma0 + 2), (25, y_front - 32, z_sma0 + 12),
+                     (spleen_c[0] - 25, spleen_c[1] - 15, spleen_c[2] - 10)],
+                    (rng.uniform(13, 17), rng.uniform(7, 10)), 4.0)
+    layers.append(("pancreas", inside([pancreas]), []))
     p["oral_contrast"] = oral_contrast
-    p["bowel_loops"] = len(loops)
+    p["bowel_loops"] = len(loops) + 1
 
     # -- muscles ---------------------------------------------------------------------
     back = []
@@ -216,7 +233,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         discs.append(ell((0, y_vb, k * pitch), (vb_semi[0], vb_semi[1], disc_h / 2 + 1.0), power=3.0))
         half_h = (pitch - disc_h) / 2
         cortical.append(ell((0, y_vb, zc), (vb_semi[0], vb_semi[1], half_h), power=3.0))
-        trabecular.append(ell((0, y_vb, zc), (vb_semi[0] - 1.8, vb_semi[1] - 1.8, half_h - 1.2), power=3.0))
+        trabecular.append(ell((0, y_vb, zc), (vb_semi[0] - 1.2, vb_semi[1] - 1.2, half_h - 1.0), power=3.0))
         yc = y_vb + vb_semi[1] + 10
         arches.append(tube([(-11, y_vb + vb_semi[1] - 2, zc), (-14, yc, zc), (0, yc + 12, zc - 2),
                             (14, yc, zc), (11, y_vb + vb_semi[1] - 2, zc)], (4.5, 4.5), 2.0))
@@ -278,6 +295,14 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         margin = rng.uniform(5, 12)
         perirenal.append(Ellipsoid(tuple(kid.centre_mm), kid.axes, tuple(np.asarray(kid.semi_mm) + margin)))
     layers.append(("fat", inside(perirenal), []))
+    adrenals = []
+    for kid in kidneys.values():
+        u, v, w = kid.axes[:, 0], kid.axes[:, 1], kid.axes[:, 2]
+        top = kid.centre_mm + u * (kid.semi_mm[0] + 4.0) - v * 12.0 + w * 5.0
+        for angle in (-0.45, 0.45):  # the two thin limbs of an inverted Y
+            limb_axes = rotation_matrix(u, angle) @ kid.axes
+            adrenals.append(Ellipsoid(tuple(top), limb_axes, (rng.uniform(10, 16), rng.uniform(2.0, 3.0), rng.uniform(8, 12))))
+    layers.append(("adrenal", adrenals, []))
 
     # great vessels: IVC, aorta with celiac trunk, SMA, iliacs, calcified plaques
     layers.append(("ivc", [cyl(x_ivc, y_ivc, ivc_semi, (-150.0, 400.0))], []))
@@ -290,7 +315,25 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                   (rng.uniform(3.0, 4.0), 3.0), 2.0)
     iliacs = [tube([(x_ao + 2, y_ao - 4, z_bif + 5), (s * 35, y_ao - 10, z_bif - 60), (s * 55, y_ao, z_bif - 130)],
                    (r_ao * 0.6, r_ao * 0.5), 4.0) for s in (-1, 1)]
-    layers.append(("aorta", [aorta, sma, celiac, *iliacs], []))
+    layers.append(("aorta", [aorta], []))
+    # celiac branches: the tortuous splenic artery runs to the spleen above the left
+    # kidney (a bright artery that is not renal), the hepatic artery to the liver
+    celiac_end = (x_ao - 2, y_ao - r_ao - 20, z_sma + 22)
+    sp_hilum = (spleen_c[0] - 18, spleen_c[1] - 8, spleen_c[2] - 5)
+    splenic = tube([celiac_end, (x_ao + 25 + rng.normal(0, 5), y_ao - r_ao - 18 + rng.normal(0, 5), z_sma + 30),
+                    (x_ao + 45 + rng.normal(0, 5), y_ao - 12 + rng.normal(0, 5), z_sma + 22 + rng.normal(0, 5)),
+                    (sp_hilum[0] - 12 + rng.normal(0, 4), sp_hilum[1] - 6, sp_hilum[2] + 6), sp_hilum],
+                   (rng.uniform(2.3, 3.0), 2.0), 1.5)
+    hepatic = tube([celiac_end, (x_ao - 30, y_ao - r_ao - 22, z_sma + 26), (liver_c[0] + 35, liver_c[1] + 5, liver_c[2] - 35)],
+                   (rng.uniform(2.2, 2.8), 2.0), 1.5)
+    layers.append(("other_artery", [sma, celiac, splenic, hepatic, *iliacs], []))
+    confluence = (x_ao - 28, y_ao - r_ao - 26, z_sma - 2)
+    splenic_vein = tube([(sp_hilum[0] + 2, sp_hilum[1] + 4, sp_hilum[2] - 4),
+                         (x_ao + 40, y_ao - r_ao - 8, z_sma + 10), (x_ao + 5, y_ao - r_ao - 20, z_sma + 2), confluence],
+                        (rng.uniform(3.0, 4.0), 4.0), 2.0)
+    portal = tube([confluence, (x_ao - 40, y_ao - r_ao - 30, z_sma + 25), (liver_c[0] + 30, liver_c[1] + 10, liver_c[2] - 30)],
+                  (rng.uniform(5.5, 7.0), 5.0), 2.0)
+    layers.append(("other_vein", [splenic_vein, portal], []))
     plaques = []
     for _ in range(int(rng.integers(0, 8))):
         zc = rng.uniform(z_bif, 60)

@@ -284,17 +284,35 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             "centre_mm": [round(float(v), 2) for v in tumour_centre],
         })
 
+    # simple cortical cysts (water density), common in adults
+    cysts: list[Shape] = []
+    obstacles: list[tuple[np.ndarray, float]] = []
+    if tumour_centre is not None:
+        obstacles.append((tumour_centre, tumour_r))
+    if rng.random() < 0.35:
+        for _ in range(int(rng.integers(1, 4))):
+            direction = _unit(rng.normal(size=3))
+            if direction[1] < -0.3:
+                direction[1] = -direction[1]  # keep away from the hilum
+            surface = _ray_to_ellipsoid(np.zeros(3), direction, semi) * direction
+            r_cyst = float(rng.uniform(3.0, 15.0))
+            centre_c = world(surface * rng.uniform(0.75, 1.0))
+            cysts.append(Ellipsoid(tuple(centre_c), np.eye(3), (r_cyst, r_cyst, r_cyst)))
+            obstacles.append((centre_c, r_cyst))
+
     def displace(points: np.ndarray, radius: float) -> np.ndarray:
-        if tumour_centre is None:
-            return points
-        return push_out_of_sphere(points, tumour_centre, tumour_r + radius + 1.5)
+        for centre_o, r_o in obstacles:
+            points = push_out_of_sphere(points, centre_o, r_o + radius + 1.5)
+        return points
 
     # -- collecting system: pelvis (posterior at the hilum), ureter, calyces
     pelvis_c = world([0.0, -0.8 * b, -0.3 * c])
     pelvis = Ellipsoid(tuple(pelvis_c), axes, (0.16 * a, 0.28 * b, 0.22 * c))
     ureter_ctrl = np.stack([pelvis_c, world([-0.3 * a, -1.25 * b, -0.35 * c]),
                             world([-0.6 * a, -1.35 * b, -0.3 * c]) + np.array([0, 0, -40.0])])
-    collecting: list[Shape] = [pelvis, Tube(smooth_path(ureter_ctrl, 2.0), np.full(len(smooth_path(ureter_ctrl, 2.0)), 2.5))]
+    ureter_path = smooth_path(ureter_ctrl, 2.0)
+    ureter = Tube(ureter_path, np.full(len(ureter_path), 2.5))
+    collecting: list[Shape] = [pelvis]
     majors = {1.0: world([0.42 * a, -0.3 * b, -0.05 * c]), -1.0: world([-0.42 * a, -0.3 * b, -0.05 * c])}
     r_major = rng.uniform(2.5, 3.5)
     for end in majors.values():
@@ -500,8 +518,10 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     layers: list[tuple[str, list[Shape], list[np.ndarray]]] = [
         ("kidney_cortex", [Difference(outer, notch)], []),
         ("sinus_fat", [sinus], []),
+        ("ureter", [ureter], []),
         ("collecting_system", collecting, []),
         ("kidney_medulla", medulla, []),
+        ("cyst", cysts, []),
     ]
     if tumour_shape is not None:
         layers.append(("tumour", [tumour_shape], []))
@@ -530,6 +550,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         "segments": sorted(segments),
         "tumour": tumour_params,
         "calcifications": len(calcifications),
+        "cysts": [{"centre_mm": [round(float(v), 2) for v in sh.centre_mm], "radius_mm": round(float(sh.semi_mm[0]), 1)}
+                  for sh in cysts],
         "tree": [br.to_dict() for br in branches],
     }
     return Kidney(side, centre, axes, (a, b, c), outer, layers, branches, hilum_artery, hilum_vein, params)

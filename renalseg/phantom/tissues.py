@@ -52,6 +52,12 @@ TISSUES: dict[int, str] = {
     19: "bowel_gas",
     20: "disc",
     21: "csf",
+    22: "ureter",
+    23: "other_artery",
+    24: "other_vein",
+    25: "pancreas",
+    26: "adrenal",
+    27: "cyst",
 }
 
 #: name -> id
@@ -85,6 +91,12 @@ DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
     "bowel_gas": (-1000.0, -900.0),
     "disc": (60.0, 110.0),
     "csf": (0.0, 20.0),
+    "ureter": (0.0, 20.0),
+    "other_artery": (250.0, 500.0),
+    "other_vein": (80.0, 160.0),
+    "pancreas": (90.0, 140.0),
+    "adrenal": (30.0, 70.0),
+    "cyst": (0.0, 20.0),
 }
 
 #: standard deviation (HU) of each tissue's smooth internal texture (mottled bowel
@@ -100,12 +112,14 @@ TEXTURE_HU: dict[str, float] = {
     "fat": 4.0,
     "sinus_fat": 6.0,
     "muscle": 4.0,
+    "pancreas": 10.0,
 }
 
 #: KiPA22 label values
 KIPA_LABELS: dict[int, str] = {0: "background", 1: "vein", 2: "kidney", 3: "artery", 4: "tumour"}
 
-#: tissue name -> KiPA22 label (unlisted tissues are background)
+#: tissue name -> KiPA22 label (unlisted tissues are background: the ureter below the
+#: kidney, simple cysts (as KiTS labels them apart from the kidney), other vessels)
 TISSUE_TO_KIPA: dict[str, int] = {
     "renal_vein": 1,
     "kidney_cortex": 2,
