@@ -366,7 +366,8 @@ def test_cli_writes_the_training_layout_and_refuses_to_overwrite(tmp_path, monke
     import renalseg.phantom
     from renalseg.cli.app import app
 
-    monkeypatch.setattr(renalseg.phantom, "synthesize_roi", lambda seed: synthesize_roi(seed, **SMALL_ROI))
+    monkeypatch.setattr(renalseg.phantom, "synthesize_roi",
+                        lambda seed, **options: synthesize_roi(seed, **{**SMALL_ROI, **options}))
     out = tmp_path / "phantoms"
     result = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "2", "--seed", "40", "--quiet"],
                                 catch_exceptions=False)
@@ -385,6 +386,12 @@ def test_cli_writes_the_training_layout_and_refuses_to_overwrite(tmp_path, monke
                           again.image.array)
     result = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "1", "--quiet"])
     assert result.exit_code == 1 and "overwrite" in result.output
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "s"), "--spacing", "0.7,0.7", "--quiet"])
+    assert result.exit_code == 2 and "three positive numbers" in result.output
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "s"), "--cases", "1", "--spacing",
+                                      "2.0,2.0,2.5", "--quiet"])
+    assert result.exit_code == 0
+    assert sitk.ReadImage(str(tmp_path / "s" / "image" / "case_0000.nii.gz")).GetSpacing() == (2.0, 2.0, 2.5)
 
 
 def test_write_cases_rejects_unknown_format_and_existing_folder(tmp_path):

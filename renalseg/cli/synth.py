@@ -31,6 +31,9 @@ def synth(
     kind: Annotated[Kind, typer.Option("--kind", help="roi: 152 × 152 × Z kidney crops; abdomen: whole "
                                        "512 × 512 × Z abdomen with both kidneys.")] = Kind.roi,
     fmt: Annotated[Format, typer.Option("--format", help="Image format (labels are always NIfTI).")] = Format.nifti,
+    spacing: Annotated[str | None, typer.Option("--spacing", metavar="X,Y,Z",
+                                                help="Fixed voxel spacing in mm (e.g. the model's 0.7,0.7,1.0); "
+                                                "default: varied per case as in clinical scans.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
@@ -49,6 +52,17 @@ def synth(
 
     from renalseg.phantom import synthesize_abdomen, synthesize_roi, write_cases
 
+    from renalseg.errors import UsageError
+
+    options = {}
+    if spacing is not None:
+        try:
+            values = tuple(float(v) for v in spacing.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) <= 0:
+            raise UsageError(f"--spacing {spacing!r}: give three positive numbers in mm, e.g. 0.7,0.7,1.0.")
+        options["spacing_xyz_mm"] = values
     make = synthesize_roi if kind is Kind.roi else synthesize_abdomen
     progress = Progress(TextColumn("[bold]synth[/] {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -60,7 +74,7 @@ def synth(
         def generate():
             for i in range(cases):
                 progress.update(task, description=f"{kind.value} case_{i:04d} (seed {seed + i})")
-                yield make(seed + i)
+                yield make(seed + i, **options)
 
         write_cases(out, generate(), kind=kind.value, fmt=fmt.value, overwrite=overwrite,
                     on_progress=lambda i, case: progress.advance(task))
