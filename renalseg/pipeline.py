@@ -303,15 +303,12 @@ def segment_study(
 
     label_names = {str(k): str(v) for k, v in spec.classes.items()}
     artery_values = _artery_values(label_names)
-    labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
-    probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
-                         if config.save_probabilities else None)
-    voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
-    sides: dict[str, dict[str, Any]] = {}
-    views: list[RoiView] = []
     for key in ("resample", "inference", "resample_back", "postprocess"):
         timings[key] = 0.0
 
+    # 1. every ROI through the network first, so the full-size outputs below are not
+    #    held while the network's activations are (peak memory)
+    predicted: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
         if not (hi > lo).all():
@@ -320,18 +317,25 @@ def segment_study(
                 f"image {study_geometry.shape_zyx} (z, y, x); the localisation is wrong."
             )
         stage = f"segment {roi.side}"
-
         started = time.perf_counter()
         roi_hu = Volume.from_sitk(_resample(image, roi.grid, default=_AIR_HU)).array
         timings["resample"] += time.perf_counter() - started
-
         started = time.perf_counter()
         probabilities = segmenter.predict(
             roi_hu, overlap=config.overlap, tta=tta,
             on_progress=lambda done, total, stage=stage: progress(stage, done, total),
         )
         timings["inference"] += time.perf_counter() - started
+        predicted.append((roi, lo, hi, roi_hu, probabilities))
 
+    # 2. back onto the study's grid, label, clean, paste
+    labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
+    probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
+                         if config.save_probabilities else None)
+    voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
+    sides: dict[str, dict[str, Any]] = {}
+    views: list[RoiView] = []
+    for roi, lo, hi, roi_hu, probabilities in predicted:
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
         box = study_geometry.crop(tuple(lo.tolist()), tuple((hi - lo).tolist()))
