@@ -25,6 +25,7 @@ from renalseg.phantom import (
 from renalseg.phantom.anatomy import smooth_path
 from renalseg.phantom.render import Canvas
 from renalseg.phantom.shapes import Tube
+from renalseg.phantom.tissues import TUMOUR_HYPER_HU, TUMOUR_HYPO_HU
 from renalseg.volume import Volume
 
 LPS_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -161,7 +162,15 @@ def test_artery_fraction_of_the_roi_is_as_in_the_paper(roi_left, roi_right_tumou
 def test_artery_tree_is_one_component_from_the_ostium_or_medial_edge_to_the_hilum(roi_left):
     artery = roi_left.label.array == 3
     components, n = ndi.label(artery, structure=FULL)
-    assert n == 1
+    sizes = ndi.sum(artery, components, range(1, n + 1))
+    tree = components == (int(np.argmax(sizes)) + 1)
+    # any other piece is the trunk leaving and re-entering the crop, never a floating fragment
+    border = np.zeros_like(artery)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    for k in range(1, n + 1):
+        assert (components == k)[border].any() or k == int(np.argmax(sizes)) + 1
+    assert sizes.max() > 0.95 * artery.sum()
+    artery = tree
     # it starts at the aortic ostium when that is in view, else it enters through the
     # ROI boundary medially (the aorta's side: -x for a left kidney)
     g = roi_left.label.geometry
@@ -172,8 +181,6 @@ def test_artery_tree_is_one_component_from_the_ostium_or_medial_edge_to_the_hilu
         aorta = roi_left.tissues.array == TISSUE_IDS["aorta"]
         assert aorta[z - 3:z + 4, y - 3:y + 4, x - 3:x + 4].any()
     else:
-        border = np.zeros_like(artery)
-        border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
         entry = artery & border
         assert entry.sum() > 5
         kidney_x = _world_centroid(roi_left.label, roi_left.label.array == 2)[0]
@@ -209,6 +216,49 @@ def test_radius_never_increases_from_root_to_leaves_and_follows_murray(roi_left)
     segmental = [b for b in tree if b["kind"] == "segmental"]
     assert 4 <= len(segmental) <= 6
     assert all(0.9 <= b["radius_start_mm"] <= 2.1 for b in segmental)  # 2–4 mm (±10%)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_tree_calibre_is_anatomical_for_any_seed(seed):
+    """Scene only (no rendering): both kidneys' trees against the issue's calibres."""
+    from renalseg.phantom.abdomen import _placement, build_scene
+
+    rng = np.random.default_rng(seed)
+    rotation, shift = _placement(rng)
+    scene = build_scene(rng, rotation=rotation, shift_mm=shift)
+    for kidney in scene.kidneys.values():
+        tree = kidney.params["tree"]
+        diameters: dict[str, list[float]] = {}
+        for b in tree:
+            diameters.setdefault(b["kind"], []).append(2 * b["radius_start_mm"])
+            if b["parent"] is not None:
+                assert b["radius_start_mm"] <= tree[b["parent"]]["radius_end_mm"] + 1e-3
+        assert 5.0 - 1e-6 <= diameters["main"][0] <= 7.0 + 1e-6
+        assert 4 <= len(diameters["segmental"]) <= 6
+        assert all(1.8 <= d <= 4.2 for d in diameters["segmental"])
+        assert all(0.9 <= d <= 2.3 for d in diameters["interlobar"]) and min(diameters["interlobar"]) <= 1.5
+        assert min(diameters["arcuate"]) <= 1.5  # a branch of radius <= 0.75 mm
+        assert 8 <= kidney.params["pyramids"] <= 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10, 16))
+def test_rendered_roi_properties_for_more_seeds(seed):
+    case = synthesize_roi(seed)
+    artery = case.label.array == 3
+    assert 0.001 <= artery.mean() <= 0.01
+    components, n = ndi.label(artery, structure=FULL)
+    border = np.zeros_like(artery)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    g = case.label.geometry
+    kidney = case.params["kidneys"][case.params["side"]]
+    rooted = set()
+    for ostium in (kidney["artery_ostium_mm"], kidney["accessory_ostium_mm"]):
+        if ostium is not None:
+            x, y, z = np.round(g.world_to_index([ostium])[0]).astype(int)
+            rooted.update(np.unique(components[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]).tolist())
+    for k in range(1, n + 1):  # every piece starts at an ostium in view or enters through the crop's edge
+        assert (components == k)[border].any() or k in rooted
 
 
 def test_label_radius_shrinks_from_root_to_leaves(roi_left):
@@ -251,7 +301,9 @@ def test_at_least_one_labelled_branch_is_thinner_than_0_75_mm(roi_left):
 
 def test_tumour_is_labelled_and_vessels_are_displaced_out_of_it(roi_right_tumour):
     tumour = roi_right_tumour.params["kidneys"]["right"]["tumour"]
-    assert tumour["present"]
+    assert tumour["present"] and 10 <= tumour["diameter_mm"] <= 70
+    lo, hi = TUMOUR_HYPER_HU if tumour["enhancement"] == "hyper" else TUMOUR_HYPO_HU
+    assert lo <= roi_right_tumour.params["intensities_hu"]["tumour"] <= hi
     mask = roi_right_tumour.label.array == 4
     assert mask.sum() > 0
     core = ndi.binary_erosion(mask, iterations=2)

@@ -283,12 +283,13 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     via_vein["right"] = []
     vein_end["left"] = P(x_ivc + 4.0, y_ivc, z_kid["left"] + 2.0)
     vein_end["right"] = P(x_ivc - 4.0, y_ivc, z_kid["right"] + 5.0)
+    enhancement = "hyper" if rng.random() < 0.4 else "hypo"
     for side in ("left", "right"):
         kidneys[side] = build_kidney(
             rng, side, P(x_kid[side], y_kid[side], z_kid[side]), ostium_mm=ostia[side],
             artery_via_mm=via_artery[side], accessory_ostium_mm=acc_ostia[side], vein_end_mm=vein_end[side],
             vein_via_mm=via_vein[side], tumour=tumour, early_branching=early_branching, accessory=accessory,
-            rotation=R,
+            rotation=R, tumour_enhancement=enhancement,
         )
     perirenal = []
     for side, kid in kidneys.items():
@@ -348,6 +349,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     p["aorta"] = {"radius_mm": round(r_ao, 2), "bifurcation_z_mm": round(float(P(0, 0, z_bif)[2]), 1),
                   "calcified_plaques": len(plaques)}
     p["patient_yaw_deg"] = round(float(np.degrees(yaw)), 2)
+    p["tumour_enhancement"] = enhancement
     return Scene(layers, base_layers, kidneys, p)
 
 
@@ -408,10 +410,8 @@ def _placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tumour_enhancement(scene: Scene) -> str:
-    for kid in scene.kidneys.values():
-        if kid.params["tumour"].get("enhancement") == "hyper":
-            return "hyper"
-    return "hypo"
+    """The scene's tumour enhancement (drawn once per scene, shared by both kidneys)."""
+    return str(scene.params["tumour_enhancement"])
 
 
 def synthesize_roi(seed: int, **options: Any) -> PhantomCase:

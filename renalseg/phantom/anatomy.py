@@ -180,7 +180,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                  accessory_ostium_mm: np.ndarray | None = None, vein_end_mm: np.ndarray,
                  vein_via_mm: list[np.ndarray] | None = None, tumour: bool | None = None,
                  early_branching: bool | None = None, accessory: bool | None = None,
-                 rotation: np.ndarray | None = None) -> Kidney:
+                 rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo") -> Kidney:
     """Build one kidney, its artery tree from ``ostium_mm`` and its vein to ``vein_end_mm``.
 
     Args:
@@ -196,6 +196,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             tumour 30%, early branching 20%, accessory 25%).
         rotation: 3 × 3 rotation of the whole patient in the scanner (yaw), applied
             to the kidney's frame.
+        tumour_enhancement: "hypo" or "hyper" (one per scene: one tumour tissue value).
 
     Returns:
         The :class:`Kidney` with its tissue layers in painter's order.
@@ -280,7 +281,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         tumour_params.update({
             "diameter_mm": round(float(diameter), 1),
             "growth": "exophytic" if exophytic else "endophytic",
-            "enhancement": "hyper" if rng.random() < 0.4 else "hypo",
+            "enhancement": tumour_enhancement,
             "centre_mm": [round(float(v), 2) for v in tumour_centre],
         })
 
@@ -382,7 +383,10 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     ant_end = (world([0.15 * a, -0.6 * b, 0.25 * c]) if not early_branching else hilum_artery + axes[:, 2] * 3.0)
     post_end = (world([0.0, -0.55 * b, -0.3 * c]) if not early_branching else hilum_artery - axes[:, 2] * 3.0)
     ant = add("anterior_division", "division", main, [division, (division + ant_end) / 2 + rng.normal(0, 1, 3), ant_end])
-    post = add("posterior_division", "division", main, [division, (division + post_end) / 2 + rng.normal(0, 1, 3), post_end])
+    # with a single posterior segment the posterior division *is* its segmental artery
+    n_posterior = sum(1 for k in segments if k.startswith("posterior"))
+    post = (add("posterior_division", "division", main, [division, (division + post_end) / 2 + rng.normal(0, 1, 3), post_end])
+            if n_posterior > 1 else None)
 
     acc = None
     if accessory and accessory_pole is not None:
@@ -407,7 +411,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         theta0 = rng.uniform(0, 2 * np.pi)
         near_apex = apex - axis * 2.0 + (p1 * np.cos(theta0) + p2 * np.sin(theta0)) * 3.0
         lobar = add(f"lobar_{i}", "lobar", parent, [point, (point + near_apex) / 2 + rng.normal(0, 1, 3), near_apex])
-        n_il = int(rng.integers(2, 5))
+        n_il = int(rng.integers(3, 5))
         r_apex = 2.0
         for k in range(n_il):
             th = theta0 + 2 * np.pi * k / n_il + rng.uniform(-0.3, 0.3)
@@ -416,7 +420,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             q2 = (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.2)
             q3 = base + radial * (r_base + 1.0) + axis * 0.5
             il = add(f"interlobar_{i}_{k}", "interlobar", lobar, [near_apex, q1, q2, q3])
-            for m in range(int(rng.integers(1, 4))):
+            for m in range(int(rng.integers(2, 4))):
                 turn = (1 if m % 2 == 0 else -1) * rng.uniform(0.5, 1.0)
                 arc = []
                 for f in np.linspace(0.0, 1.0, 5):
@@ -460,12 +464,15 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         if seg_name == accessory_pole and acc is not None:
             parent = acc
             start = branches[acc].control_mm[-1]
+        elif seg_name.startswith("posterior") and post is None:
+            parent, start = main, division
         elif seg_name.startswith("posterior"):
             parent, start = post, post_end
         else:
             parent, start = ant, ant_end
+        via_post = [post_end] if parent == main else []
         seg = add(f"{seg_name}_segmental", "segmental", parent,
-                  [start, (start + hub) / 2 + rng.normal(0, 1.5, 3), hub])
+                  [start, *via_post, (start + hub) / 2 + rng.normal(0, 1.5, 3) if not via_post else (post_end + hub) / 2, hub])
         grow(seg, hub, list(members), f"{seg_name}_")
 
     _assign_radii(rng, branches, main, acc)
@@ -571,16 +578,27 @@ def _assign_radii(rng: np.random.Generator, branches: list[Branch], main: int, a
     roots = [main] + ([accessory] if accessory is not None else [])
     for r in roots:
         flow(r)
-    r_main = float(rng.uniform(2.5, 3.5))
+    # taper along a branch: the big trunks lose flow to small side branches that are not
+    # drawn (adrenal, capsular, ureteric, perforating), the terminal ones hardly
+    taper = {"main": (0.88, 0.94), "accessory": (0.9, 0.96), "division": (0.88, 0.94),
+             "segmental": (0.88, 0.94), "subsegmental": (0.9, 0.96)}
 
     def radii(i: int, r_start: float) -> None:
         br = branches[i]
         br.r_start_mm = r_start
-        br.r_end_mm = r_start * float(rng.uniform(0.93, 0.98))
+        br.r_end_mm = r_start * float(rng.uniform(*taper.get(br.kind, (0.93, 0.98))))
         total = sum(branches[c].flow for c in br.children)
         for c in br.children:
             radii(c, br.r_end_mm * (branches[c].flow / total) ** (1.0 / 3.0))
 
-    radii(main, r_main)
+    # radii are linear in the root's: lay the tree out for a unit root, then scale it so
+    # the terminal (arcuate) arteries get a radius drawn from 0.42–0.52 mm, within the
+    # main renal artery's 2.5–3.5 mm (a kidney with more lobes gets a thicker artery)
+    radii(main, 1.0)
     if accessory is not None:
-        radii(accessory, r_main * (branches[accessory].flow / branches[main].flow) ** (1.0 / 3.0))
+        radii(accessory, (branches[accessory].flow / branches[main].flow) ** (1.0 / 3.0))
+    leaves = [br.r_start_mm for br in branches if not br.children]
+    scale = float(np.clip(rng.uniform(0.42, 0.52) / np.median(leaves), 2.5, 3.5))
+    for br in branches:
+        br.r_start_mm *= scale
+        br.r_end_mm *= scale
