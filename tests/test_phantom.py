@@ -126,6 +126,19 @@ def test_case_intensities_are_inside_the_declared_ranges(roi_left, roi_right_tum
             assert lo <= value <= hi, (name, value)
 
 
+def test_sampled_intensities_keep_arterial_phase_order():
+    """Arteries brighter than the cortex (its blood supply), cortex brighter than medulla."""
+    from renalseg.phantom.abdomen import sample_intensities
+
+    for seed in range(200):
+        hu = sample_intensities(np.random.default_rng(seed))
+        assert hu["renal_artery"] - hu["kidney_cortex"] >= 80 - 0.1
+        assert hu["kidney_cortex"] > hu["kidney_medulla"] and hu["renal_artery"] > hu["renal_vein"]
+        for name, value in hu.items():
+            lo, hi = DEFAULT_INTENSITY_RANGES_HU[name]
+            assert lo <= value <= hi, (name, value)
+
+
 @pytest.mark.parametrize("name", ["kidney_cortex", "kidney_medulla", "fat", "renal_artery", "renal_vein",
                                   "muscle"])
 def test_measured_hu_of_each_structure_is_in_its_range(roi_left, roi_right_tumour, name):

@@ -60,7 +60,9 @@ class PhantomCase:
         label: uint8 KiPA22 labels on the same grid (0 background, 1 vein, 2 kidney,
             3 artery, 4 tumour); a voxel is labelled when at least half covered.
         tissues: uint8 tissue-class map (ids in :data:`~renalseg.phantom.TISSUES`),
-            each voxel's dominant tissue.
+            each voxel's dominant tissue: the last-painted (innermost) structure
+            covering at least half of it, else what lies beneath; the labels are this
+            map through :data:`~renalseg.phantom.tissues.TISSUE_TO_KIPA`.
         params: JSON-ready description (seed, kind, grid, intensities, imaging,
             kidneys with their trees, variants, tumour, timings).
     """
@@ -90,6 +92,10 @@ def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "h
     out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in DEFAULT_INTENSITY_RANGES_HU.items()}
     lo, hi = DEFAULT_INTENSITY_RANGES_HU["aorta"]
     out["aorta"] = float(np.clip(out["renal_artery"] * rng.uniform(0.98, 1.08), lo, hi))
+    # the cortex's enhancement comes from its arterial blood: arteries stay clearly brighter
+    lo, hi = DEFAULT_INTENSITY_RANGES_HU["kidney_cortex"]
+    top = max(lo, min(hi, out["renal_artery"] - 80.0))
+    out["kidney_cortex"] = lo + (out["kidney_cortex"] - lo) / (hi - lo) * (top - lo)
     lo, hi = DEFAULT_INTENSITY_RANGES_HU["sinus_fat"]
     out["sinus_fat"] = float(np.clip(out["fat"] + rng.uniform(0, 20), lo, hi))
     lo, hi = DEFAULT_INTENSITY_RANGES_HU["other_artery"]

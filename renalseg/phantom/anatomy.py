@@ -27,7 +27,7 @@ from scipy.interpolate import CubicSpline
 
 from renalseg.phantom.shapes import Difference, Ellipsoid, Intersection, Shape, Tube, rotation_matrix
 
-__all__ = ["Branch", "Kidney", "build_kidney", "smooth_path", "push_out_of_sphere"]
+__all__ = ["Branch", "Kidney", "build_kidney", "kidney_frame", "smooth_path", "push_out_of_sphere"]
 
 
 def smooth_path(control_mm: np.ndarray, step_mm: float = 1.0) -> np.ndarray:
