@@ -314,3 +314,27 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "x"), "--data",
                                  str(tmp_path / "nowhere"), "--device", "cpu", "--quiet"])
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+@pytest.mark.slow
+def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
+    """A whole-abdomen phantom becomes one case per kidney on its ROI grid, cached."""
+    import time
+
+    from renalseg.phantom.abdomen import synthesize_abdomen
+    from renalseg.training.data import load_whole_study
+
+    case = synthesize_abdomen(5, spacing_xyz_mm=(1.2, 1.2, 2.5), inplane_voxels=320)
+    write_image(case.image, tmp_path / "d" / "image" / "abd.nii.gz")
+    write_image(case.label, tmp_path / "d" / "label" / "abd.nii.gz")
+    files = find_cases(tmp_path / "d")[0]
+    kw = dict(spacing_xyz_mm=SPACING, label_map=parse_label_map("3:renal_artery"), cache_dir=tmp_path / "cache")
+    cases = load_whole_study(files, **kw)
+    assert sorted(c.case_id for c in cases) == ["abd_left", "abd_right"]
+    for c in cases:
+        assert c.image_hu.shape[1:] == (152, 152) and c.geometry.spacing_xyz_mm == SPACING
+        assert c.label.sum() > 50  # the artery of that kidney is inside its ROI
+    t0 = time.perf_counter()
+    again = load_whole_study(files, **kw)
+    assert time.perf_counter() - t0 < 5.0
+    assert all(np.array_equal(a.label, b.label) and a.geometry == b.geometry for a, b in zip(cases, again))

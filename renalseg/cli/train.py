@@ -84,6 +84,8 @@ def train_command(
                                                         "(SynthSeg-style); needs DATA/tissue/.")] = 0.0,
     network_options: Annotated[str, typer.Option("--network-options", help="JSON of network "
                                                  "hyper-parameters, e.g. '{\"bias_quantity\": 2}'.")] = "{}",
+    whole_studies: Annotated[bool, typer.Option("--whole-studies", help="Images are whole abdominal CTs: "
+                                                "locate both kidneys and train on their ROIs (cached).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds initialisation and every sample.")] = 0,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
     val_overlap: Annotated[float, typer.Option("--val-overlap", help="Sliding-window overlap of the "
@@ -170,9 +172,9 @@ def train_command(
     )
     cache = out / "cache"
     train_cases = load_cases(train_files, spacing_xyz_mm=spacing_xyz, label_map=mapping if labelled else None,
-                             cache_dir=cache)
+                             cache_dir=cache, whole_studies=whole_studies)
     val_cases = load_cases(val_files, spacing_xyz_mm=spacing_xyz, label_map=mapping if labelled else None,
-                           cache_dir=cache)
+                           cache_dir=cache, whole_studies=whole_studies)
     init_distributed(context, torch_device)
     try:
         result = _run(config, out, train_cases, val_cases, resume=resume, context=context,

@@ -40,6 +40,7 @@ __all__ = [
     "load_cases",
     "split_cases",
     "to_model_grid",
+    "load_whole_study",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,7 +271,8 @@ def _target_grid(geometry: Geometry, spacing_xyz_mm: Sequence[float]) -> Geometr
     )
 
 
-def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: str) -> Volume:
+def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: str,
+                  target: Geometry | None = None) -> Volume:
     """Resample an image onto the patient-oriented grid at ``spacing_xyz_mm``.
 
     Nothing is interpolated when the image already is on such a grid (identity
@@ -282,12 +284,14 @@ def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: s
         kind: ``"image"`` (linear, outside = -1024 HU), ``"label"`` (per-class
             linear then arg-max, which keeps thin vessels better than nearest
             neighbour) or ``"tissue"`` (nearest neighbour).
+        target: the grid to resample onto (e.g. a kidney ROI's model grid); default:
+            the identity-direction grid at ``spacing_xyz_mm`` covering the image.
 
     Returns:
         The resampled volume (float32 for images, uint8 otherwise).
     """
     source = Geometry.from_sitk(image)
-    target = _target_grid(source, spacing_xyz_mm)
+    target = target or _target_grid(source, spacing_xyz_mm)
     if source.is_same_grid(target, atol=1e-4):
         array = sitk.GetArrayFromImage(image)
         dtype = np.float32 if kind == "image" else np.uint8
@@ -422,13 +426,20 @@ def load_cases(
     spacing_xyz_mm: Sequence[float],
     label_map: LabelMap | None = None,
     cache_dir: Path | None = None,
+    whole_studies: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[TrainingCase]:
-    """:func:`load_case` for each case; ``on_progress(done, total, case_id)`` after each."""
-    cases = []
+    """:func:`load_case` for each case (or :func:`load_whole_study` with ``whole_studies``:
+    one case per located kidney); ``on_progress(done, total, case_id)`` after each file."""
+    cases: list[TrainingCase] = []
     for done, item in enumerate(files, start=1):
         try:
-            cases.append(load_case(item, spacing_xyz_mm=spacing_xyz_mm, label_map=label_map, cache_dir=cache_dir))
+            if whole_studies:
+                cases.extend(load_whole_study(item, spacing_xyz_mm=spacing_xyz_mm, label_map=label_map,
+                                              cache_dir=cache_dir))
+            else:
+                cases.append(load_case(item, spacing_xyz_mm=spacing_xyz_mm, label_map=label_map,
+                                       cache_dir=cache_dir))
         except DataLayoutError:
             raise
         except RenalsegError as err:
@@ -457,3 +468,94 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float, seed: int) -> t
     order = np.random.default_rng([seed, 7]).permutation(len(ids))
     val = sorted(ids[i] for i in order[:n_val])
     return [i for i in ids if i not in val], val
+
+
+def load_whole_study(
+    files: CaseFiles,
+    *,
+    spacing_xyz_mm: Sequence[float],
+    label_map: LabelMap | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> list[TrainingCase]:
+    """A whole CT study as one training case per kidney: located, then cropped.
+
+    :func:`renalseg.roi.locate_kidneys` finds each kidney's ROI (152 × 152 × Z on the
+    model grid); image, label and tissue map are resampled onto it (case id
+    ``<case>_left`` / ``<case>_right``). Registration is slow, so with ``cache_dir``
+    the cropped ROIs are kept and reused while the files are unchanged. A side whose
+    ROI holds no labelled voxel (e.g. only the tumour kidney was labelled) is left out
+    with a warning.
+
+    Raises:
+        DataLayoutError: label/tissue not on the image's grid, no kidney found, or no
+            ROI with a labelled voxel (the case is named).
+    """
+    from renalseg.errors import NoKidneyFoundError, RegistrationError
+    from renalseg.io.study import read_study
+    from renalseg.roi import crop_to_roi, locate_kidneys
+
+    use_label = label_map is not None and files.label is not None
+    cache_path = None
+    if cache_dir is not None:
+        key = _cache_key(files, spacing_xyz_mm, label_map)
+        cache_path = Path(cache_dir) / f"{files.case_id}-study-{seed}-{key}.npz"
+        if cache_path.exists():
+            with np.load(cache_path) as stored:
+                sides = json.loads(str(stored["sides"]))
+                return [_make_case(f"{files.case_id}_{side}", stored[f"image_{side}"],
+                                   Geometry(**{k: tuple(v) for k, v in meta.items()}),
+                                   stored[f"label_{side}"] if f"label_{side}" in stored else None,
+                                   stored[f"tissue_{side}"] if f"tissue_{side}" in stored else None, label_map)
+                        for side, meta in sides.items()]
+    study = read_study(files.image)
+    reference = study.geometry
+    extra: dict[str, sitk.Image] = {}
+    if use_label:
+        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
+    if files.tissue is not None:
+        extra["tissue"] = read_image(files.tissue)
+    for name, other in extra.items():
+        try:
+            assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
+        except GeometryError as err:
+            raise DataLayoutError(f"case '{files.case_id}': the {name} is not on the image's grid.\n{err}") from err
+    try:
+        rois = locate_kidneys(study, spacing_xyz_mm=tuple(spacing_xyz_mm), seed=seed)  # type: ignore[arg-type]
+    except (NoKidneyFoundError, RegistrationError) as err:
+        raise DataLayoutError(f"case '{files.case_id}': kidneys could not be located ({err}).") from err
+    cases: list[TrainingCase] = []
+    arrays: dict[str, np.ndarray] = {}
+    sides: dict[str, dict] = {}
+    for roi in rois:
+        image = crop_to_roi(study, roi).array.astype(np.float32)
+        label = tissue = None
+        if use_label:
+            source = to_model_grid(extra["label"], spacing_xyz_mm, kind="label", target=roi.grid).array
+            label = label_map.apply(source)  # type: ignore[union-attr]
+            if not label.any():
+                logger.warning("case '%s': no labelled voxel in the %s kidney's ROI; left out.",
+                               files.case_id, roi.side)
+                continue
+        if "tissue" in extra:
+            tissue = to_model_grid(extra["tissue"], spacing_xyz_mm, kind="tissue", target=roi.grid).array
+        cases.append(_make_case(f"{files.case_id}_{roi.side}", image, roi.grid, label, tissue, label_map))
+        arrays[f"image_{roi.side}"] = image
+        if label is not None:
+            arrays[f"label_{roi.side}"] = label
+        if tissue is not None:
+            arrays[f"tissue_{roi.side}"] = tissue
+        g = roi.grid
+        sides[roi.side] = {"shape_zyx": list(g.shape_zyx), "spacing_xyz_mm": list(g.spacing_xyz_mm),
+                           "origin_xyz_mm": list(g.origin_xyz_mm), "direction": list(g.direction)}
+    if not cases:
+        raise DataLayoutError(
+            f"case '{files.case_id}': neither kidney's ROI holds a voxel of the mapped classes "
+            f"({label_map.to_text() if label_map else '?'}); check the label or remove the case."
+        )
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache_path.with_name(f"{cache_path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(temp, sides=np.array(json.dumps(sides)), **arrays)
+        temp.replace(cache_path)
+    return cases
