@@ -7,9 +7,9 @@ CC BY 4.0). Registration runs in three steps, all at coarse resolution:
 1. **Initial translation that trusts no origin or field of view.** Both images are
    put on LPS-aligned grids (6 mm), HU clamped to ``CLAMP_HU``, and every 3D shift is
    scored at once by masked normalised cross-correlation in the Fourier domain
-   (Padfield 2012, ``skimage.registration.phase_cross_correlation`` with masks). Real
-   files place the same anatomy hundreds of mm apart; this finds it anyway, including
-   a study that overlaps the atlas only partly (head–foot).
+   (Padfield 2012), mildly weighted toward larger overlap. Real files place the same
+   anatomy hundreds of mm apart; this finds it anyway, including a study that
+   overlaps the atlas only partly (head–foot).
 2. **Similarity, then affine** registration with Mattes mutual information
    (contrast-agnostic: the atlas is un-enhanced, studies are often arterial or
    portal-venous), two resolution levels, random sampling with a fixed seed so the
@@ -49,6 +49,10 @@ __all__ = [
     "shipped_atlas",
     "to_lps_grid",
     "initial_translation",
+    "masked_ncc_map",
+    "kidney_likeness_shift",
+    "KIDNEY_TISSUE_HU",
+    "FAT_HU",
     "register_atlas",
 ]
 
@@ -74,6 +78,15 @@ _MAX_ANISOTROPY = 1.6
 #: Mattes MI (negative, lower is better) above this carries no information
 _MAX_METRIC = -0.05
 _AIR_HU = -1024.0
+#: HU range of kidney-like tissue in any phase (un-enhanced ~30, medulla ~70, cortex ~200)
+KIDNEY_TISSUE_HU: tuple[float, float] = (-30.0, 400.0)
+#: HU range of fat (perirenal fat wraps each kidney)
+FAT_HU: tuple[float, float] = (-250.0, -30.0)
+#: after the translation search, both atlas kidneys move together by up to this (mm;
+#: x, y, z) to where the study shows two fat-wrapped soft-tissue organs of their shape:
+#: studies with few landmarks along z (phantoms; no lungs, no pelvis) need it
+INIT_PAIR_SEARCH_MM: tuple[float, float, float] = (30.0, 30.0, 240.0)
+INIT_PAIR_PENALTY_PER_MM = 0.0005
 #: the finest level samples this fraction of `sampling` (it has 8× the voxels)
 _FINE_SAMPLING = 0.25
 
@@ -239,38 +252,157 @@ def _search_arrays(work_hu: sitk.Image, fov: sitk.Image) -> tuple[np.ndarray, np
     return array, mask, shrunk
 
 
+def masked_ncc_map(study: np.ndarray, study_mask: np.ndarray, atlas: np.ndarray,
+                   atlas_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masked normalised cross-correlation for every integer shift (Padfield 2012).
+
+    Shift ``s`` pairs study voxel ``p`` with atlas voxel ``p - s``; only voxels inside
+    both masks count. Computed with FFTs (``scipy.fft``) in one pass for all shifts.
+    Written here rather than using ``skimage.registration.phase_cross_correlation``
+    because localisation needs the whole score map (to weigh overlap), not only its
+    maximum.
+
+    Args:
+        study, study_mask: array ``(Z, Y, X)`` and its boolean validity mask.
+        atlas, atlas_mask: array ``(Z', Y', X')`` and its mask.
+
+    Returns:
+        ``(ncc, overlap)``, each of shape ``(Z + Z' - 1, Y + Y' - 1, X + X' - 1)``:
+        index ``k`` is shift ``s = k - (atlas.shape - 1)``; ``overlap`` counts the
+        voxels in both masks; ``ncc`` is −1 where undefined.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> a = rng.normal(size=(6, 7, 8)); b = a[1:5, 2:6, 3:8]
+        >>> ncc, n = masked_ncc_map(a, np.ones(a.shape, bool), b, np.ones(b.shape, bool))
+        >>> k = np.unravel_index(np.argmax(np.where(n >= 40, ncc, -1)), ncc.shape)
+        >>> (np.asarray(k) - (np.asarray(b.shape) - 1)).tolist()  # a[p] == b[p - s]
+        [1, 2, 3]
+    """
+    from scipy import fft
+
+    out_shape = [a + b - 1 for a, b in zip(study.shape, atlas.shape)]
+    fft_shape = [fft.next_fast_len(n, real=True) for n in out_shape]
+    crop = tuple(slice(0, n) for n in out_shape)
+    m1, m2 = study_mask.astype(np.float64), atlas_mask.astype(np.float64)
+    f, g = study.astype(np.float64) * m1, atlas.astype(np.float64) * m2
+    flip = (slice(None, None, -1),) * 3
+
+    def spectrum(array: np.ndarray) -> np.ndarray:
+        return fft.rfftn(array, fft_shape, workers=-1)
+
+    def correlate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return fft.irfftn(a * b, fft_shape, workers=-1)[crop]
+
+    s_m1, s_f, s_ff = spectrum(m1), spectrum(f), spectrum(f * f)
+    s_m2, s_g, s_gg = spectrum(m2[flip]), spectrum(g[flip]), spectrum((g * g)[flip])
+    overlap = np.round(correlate(s_m1, s_m2))
+    count = np.maximum(overlap, 1.0)
+    sum_f, sum_g = correlate(s_f, s_m2), correlate(s_m1, s_g)
+    var_f = np.maximum(correlate(s_ff, s_m2) - sum_f ** 2 / count, 0.0)
+    var_g = np.maximum(correlate(s_m1, s_gg) - sum_g ** 2 / count, 0.0)
+    covariance = correlate(s_f, s_g) - sum_f * sum_g / count
+    denominator = np.sqrt(var_f * var_g)
+    valid = (overlap >= 2) & (denominator > 1e-9 * count)
+    ncc = np.full(overlap.shape, -1.0)
+    ncc[valid] = covariance[valid] / denominator[valid]
+    return ncc, overlap
+
+
 def initial_translation(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atlas, *,
-                        min_overlap: float = 0.1) -> np.ndarray:
+                        min_overlap: float = 0.05, overlap_weight: float = 0.25) -> np.ndarray:
     """The translation (mm, LPS x y z) that best lays the atlas onto the study.
 
-    Scores every shift at once by masked normalised cross-correlation (Padfield's
-    Fourier method) at :data:`SEARCH_SPACING_MM`, so neither the origins nor the
-    fields of view need agree.
+    Scores every shift at once by masked normalised cross-correlation at
+    :data:`SEARCH_SPACING_MM` (:func:`masked_ncc_map`), so neither the origins nor the
+    fields of view need agree. The score is ``ncc × overlap_fraction ** overlap_weight``:
+    a mild preference for shifts that overlay more of the two images, so a study with
+    few landmarks along z (no lungs, no pelvis) is not matched by a sliver at its edge,
+    while a study that truly overlaps the atlas only partly (e.g. a chest CTA ending at
+    the kidneys' upper poles) still is.
 
     Args:
         study_hu: the study on an LPS-aligned grid (see :func:`to_lps_grid`).
         study_fov: its field-of-view mask.
         atlas: the atlas.
-        min_overlap: shifts whose overlap is below this fraction of the largest
+        min_overlap: shifts overlapping less than this fraction of the largest
             possible overlap are not considered.
+        overlap_weight: exponent of the overlap fraction in the score.
 
     Returns:
         ``d`` such that atlas point ``p`` corresponds to study point ``p + d``.
     """
-    from skimage.registration import phase_cross_correlation
-
     study_array, study_mask, study_ref = _search_arrays(study_hu, study_fov)
     atlas_array, atlas_mask, atlas_ref = atlas.search
     if study_mask.sum() < 8:
         raise InputError("The study's field of view is too small to localise anything (< 8 voxels at 6 mm).")
-    shift = np.asarray(phase_cross_correlation(
-        study_array, atlas_array, reference_mask=study_mask, moving_mask=atlas_mask,
-        overlap_ratio=min_overlap)[0], dtype=float)
-    # skimage adds half the size mismatch; undo it so that study[p] ~ atlas[p - raw]
-    raw_zyx = shift - (np.asarray(atlas_array.shape) - np.asarray(study_array.shape)) / 2.0
+    ncc, overlap = masked_ncc_map(study_array, study_mask, atlas_array, atlas_mask)
+    fraction = overlap / max(float(overlap.max()), 1.0)
+    score = np.where(fraction >= min_overlap, ncc * fraction ** overlap_weight, -np.inf)
+    best = np.unravel_index(int(np.argmax(score)), score.shape)
+    shift_zyx = np.asarray(best) - (np.asarray(atlas_array.shape) - 1)
     spacing = np.asarray(study_ref.GetSpacing())
     return (np.asarray(study_ref.GetOrigin()) - np.asarray(atlas_ref.GetOrigin())
-            + raw_zyx[::-1] * spacing)
+            + shift_zyx[::-1] * spacing)
+
+
+def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
+                  radius_mm: tuple[float, float, float], penalty_per_mm: float,
+                  min_in_view: float = 0.5) -> tuple[tuple[int, int, int], float]:
+    """Voxel shift (z, y, x) that makes ``kidney`` look most like kidneys in ``hu``.
+
+    A kidney is soft tissue wrapped in perirenal fat in every contrast phase. The
+    score of a shift is the fraction of the shifted mask in the soft-tissue range
+    :data:`KIDNEY_TISSUE_HU` plus the fraction of a 6 mm shell around it in the fat
+    range :data:`FAT_HU`, minus one, less ``penalty_per_mm`` per mm of shift (the
+    registration is roughly right). Lung or bowel gas is not fat, so organs in air
+    do not score. Only voxels in the field of view count. All shifts within
+    ``radius_mm`` (x, y, z) are scored at once by FFT correlation
+    (``scipy.signal.fftconvolve``).
+
+    Args:
+        kidney: boolean mask ``(Z, Y, X)`` on the 3 mm kidney grid (one or both kidneys).
+        hu: study HU on that grid; fov: boolean field-of-view mask.
+        radius_mm: search radius along x, y, z.
+        penalty_per_mm: score lost per mm of shift.
+        min_in_view: shifts leaving less of the mask than this in view are not scored.
+
+    Returns:
+        ``(shift, score)``: the best shift in voxels (``(0, 0, 0)`` when nothing can be
+        scored) and its score.
+    """
+    from scipy import ndimage, signal
+
+    radius = np.round(np.asarray(radius_mm[::-1]) / WORK_SPACING_MM).astype(int)  # (z, y, x)
+    ring = 2
+    zz, yy, xx = np.nonzero(kidney)
+    lo = np.array([zz.min(), yy.min(), xx.min()]) - ring
+    hi = np.array([zz.max(), yy.max(), xx.max()]) + ring + 1
+    pad = int(radius.max()) + ring + 1
+    kidney_p = np.pad(kidney, pad)
+    inside = kidney_p[lo[0] + pad:hi[0] + pad, lo[1] + pad:hi[1] + pad, lo[2] + pad:hi[2] + pad]
+    shell = ndimage.binary_dilation(inside, ndimage.generate_binary_structure(3, 1), iterations=ring) & ~inside
+    window = tuple(slice(a + pad - r, b + pad + r) for a, b, r in zip(lo, hi, radius))
+    view = np.pad(fov, pad)[window].astype(np.float64)
+    hu_w = np.pad(hu, pad, constant_values=-1024.0)[window]
+    tissue = ((hu_w >= KIDNEY_TISSUE_HU[0]) & (hu_w <= KIDNEY_TISSUE_HU[1])) * view
+    fat = ((hu_w >= FAT_HU[0]) & (hu_w < FAT_HU[1])) * view
+    flip = (slice(None, None, -1),) * 3
+
+    def local_fraction(indicator: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        kernel = mask[flip].astype(np.float64)
+        hits = signal.fftconvolve(indicator, kernel, mode="valid")
+        count = signal.fftconvolve(view, kernel, mode="valid")
+        return np.where(count > min_in_view * mask.sum(), hits / np.maximum(count, 1e-6), np.nan)
+
+    score = local_fraction(tissue, inside) + local_fraction(fat, shell) - 1.0
+    offsets = np.indices(score.shape) - radius[:, None, None, None]
+    distance_mm = np.sqrt((offsets ** 2).sum(axis=0)) * WORK_SPACING_MM
+    score = score - penalty_per_mm * distance_mm
+    if not np.isfinite(score).any():
+        return (0, 0, 0), float("nan")
+    best = np.unravel_index(int(np.nanargmax(score)), score.shape)
+    return tuple(int(b - r) for b, r in zip(best, radius)), float(score[best])  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,6 +463,28 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transfor
     return float(method.GetMetricValue())
 
 
+def _pair_correction(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atlas,
+                     translation: np.ndarray) -> np.ndarray:
+    """Extra translation (mm) moving both translated atlas kidneys onto kidney-like tissue.
+
+    Skipped (zero) when the translated kidneys are mostly outside the study: a study
+    that shows no kidneys must not have them pulled into view.
+    """
+    labels = sitk.Resample(atlas.labels, study_hu, sitk.TranslationTransform(3, tuple(float(v) for v in -translation)),
+                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    kidneys = sitk.GetArrayFromImage(labels) > 0
+    expected_voxels = sum(atlas.volume_ml.values()) * 1000.0 / np.prod(study_hu.GetSpacing())
+    fov = sitk.GetArrayViewFromImage(study_fov) > 0
+    if (kidneys & fov).sum() < 0.5 * expected_voxels:
+        return np.zeros(3)
+    shift, _ = kidney_likeness_shift(kidneys, sitk.GetArrayFromImage(study_hu), fov,
+                                     radius_mm=INIT_PAIR_SEARCH_MM, penalty_per_mm=INIT_PAIR_PENALTY_PER_MM)
+    correction = np.asarray(shift[::-1], dtype=float) * np.asarray(study_hu.GetSpacing())
+    log.debug("translation search corrected by %s mm to put both kidneys on kidney-like tissue",
+              correction.tolist())
+    return correction
+
+
 def register_atlas(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atlas, *, seed: int = 0,
                    iterations: int = 100, sampling: float = 0.1) -> Registration:
     """Register ``atlas`` to a study already on an LPS-aligned working grid.
@@ -358,6 +512,7 @@ def register_atlas(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atlas, *,
             "HU, expected > 20 for a CT with air, fat, soft tissue and bone). Check that the file is a CT "
             "in Hounsfield units.")
     translation = initial_translation(study_hu, study_fov, atlas)
+    translation = translation + _pair_correction(study_hu, study_fov, atlas, translation)
     # sample only the study's field of view near where the atlas kidneys landed
     lo, hi = atlas.kidney_box_lps(_FOCUS_MARGIN_MM)
     focus = sitk.Image(study_fov.GetSize(), sitk.sitkUInt8)

@@ -90,12 +90,21 @@ class KidneyROI:
 
 #: a field of view shorter than this (head–foot) cannot hold a kidney with its hilum
 MIN_FOV_Z_MM = 50.0
-#: HU range of kidney-like tissue in any phase (un-enhanced ~30, medulla ~70, cortex ~200)
-KIDNEY_TISSUE_HU: tuple[float, float] = (-30.0, 400.0)
 #: margin added around the kidney head–foot
 Z_MARGIN_MM = 10.0
 #: how far beyond the warped atlas kidney the study's own tissue may extend it
 REFINE_MARGIN_MM = 9.0
+#: ... and head–foot, where kidney lengths vary most (100–130 mm) and leaking into a
+#: neighbouring organ only lengthens the ROI
+REFINE_MARGIN_Z_MM = 24.0
+#: how far (mm; x, y, z) the study's own intensities may move the warped atlas kidneys
+#: together; the head–foot position is the least certain after registration (it rests
+#: on a few organs' outlines: the spine looks much the same at every level)
+PAIR_SEARCH_MM: tuple[float, float, float] = (30.0, 30.0, 45.0)
+PAIR_PENALTY_PER_MM = 0.0015
+#: then each kidney alone
+SHIFT_SEARCH_MM: tuple[float, float, float] = (18.0, 18.0, 24.0)
+SHIFT_PENALTY_PER_MM = 0.004
 #: plausible kidney volume (ml) after registration
 KIDNEY_VOLUME_RANGE_ML: tuple[float, float] = (40.0, 500.0)
 #: below this fraction in view a kidney is refused even with its hilum in view
@@ -214,7 +223,9 @@ def locate_kidneys(
 
     from renalseg.registration import (
         ATLAS_LABEL_VALUES,
+        KIDNEY_TISSUE_HU,
         WORK_SPACING_MM,
+        kidney_likeness_shift,
         load_atlas,
         register_atlas,
         shipped_atlas,
@@ -259,7 +270,7 @@ def locate_kidneys(
     # one 3 mm grid around where the atlas kidneys landed (may reach past the study)
     landed = []
     for atlas, registration in zip(atlas_list, registrations):
-        lo, hi = atlas.kidney_box_lps(30.0)
+        lo, hi = atlas.kidney_box_lps(30.0 + max(PAIR_SEARCH_MM) + max(SHIFT_SEARCH_MM))
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         landed.append(registration.atlas_to_study(corners))
     landed_points = np.concatenate(landed)
@@ -277,6 +288,17 @@ def locate_kidneys(
                                                     sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
     voxel_ml = WORK_SPACING_MM ** 3 / 1000.0
     kgrid = Geometry.from_sitk(kidney_grid)
+    # move both warped kidneys together to where the study shows two fat-wrapped
+    # soft-tissue organs of their shape (only when registration put them in view)
+    pair_shift_mm = np.zeros(3)
+    both = labels > 0
+    if both.any() and (both & grid_fov).sum() >= 0.5 * both.sum():
+        pair_shift, _ = kidney_likeness_shift(both, grid_hu, grid_fov, radius_mm=PAIR_SEARCH_MM,
+                                      penalty_per_mm=PAIR_PENALTY_PER_MM)
+        if any(pair_shift):
+            labels = np.roll(labels, pair_shift, axis=(0, 1, 2))
+            pair_shift_mm = np.asarray(pair_shift[::-1], dtype=float) * WORK_SPACING_MM
+            log.debug("both kidneys moved by %s mm to match the study's own tissue", pair_shift_mm.tolist())
     progress("warped atlas kidneys")
 
     centroids = {}
@@ -302,7 +324,7 @@ def locate_kidneys(
         kidney = labels == value
         expected_ml = float(kidney.sum() * voxel_ml)
         hilum = np.mean([reg.atlas_to_study(atlas.hilum_lps[side])[0]
-                         for atlas, reg in zip(atlas_list, registrations)], axis=0)
+                         for atlas, reg in zip(atlas_list, registrations)], axis=0) + pair_shift_mm
         if not KIDNEY_VOLUME_RANGE_ML[0] <= expected_ml <= KIDNEY_VOLUME_RANGE_ML[1]:
             raise RegistrationError(
                 f"{name}: atlas registration did not converge: the warped {side} kidney measures "
@@ -328,17 +350,37 @@ def locate_kidneys(
             refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is in "
                             f"view (at least {MIN_FRACTION_IN_VIEW:.0%} needed)")
             continue
+
+        # refine from the study's own intensities: (1) move the warped kidney to the
+        # nearby spot where it best looks like a kidney (tissue inside, fat around:
+        # true in every contrast phase); (2) add the soft-tissue component that
+        # overlaps it most, within REFINE_MARGIN_MM (in-plane) / REFINE_MARGIN_Z_MM of it
         tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
         if tissue_fraction < 0.5:
             refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
                             f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
                             f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
             continue
-
-        # refine from the study's own intensities: the soft-tissue component that
-        # overlaps the warped kidney most, within REFINE_MARGIN_MM of it
+        shift_zyx, _ = kidney_likeness_shift(kidney, grid_hu, grid_fov, radius_mm=SHIFT_SEARCH_MM,
+                                     penalty_per_mm=SHIFT_PENALTY_PER_MM)
+        if any(shift_zyx):
+            kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
+            hilum = hilum + np.asarray(shift_zyx[::-1], dtype=float) * WORK_SPACING_MM
+            in_view = kidney & grid_fov
+            fraction = float(in_view.sum() / kidney.sum())
+            log.debug("%s kidney moved by %s mm to match the study's own tissue", side,
+                      (np.asarray(shift_zyx[::-1]) * WORK_SPACING_MM).tolist())
+        tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
+        if tissue_fraction < 0.5:
+            refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
+                            f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
+                            f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
+            continue
         reach = int(round(REFINE_MARGIN_MM / WORK_SPACING_MM))
         near = ndimage.binary_dilation(kidney, ball, iterations=reach)
+        reach_z = int(round((REFINE_MARGIN_Z_MM - REFINE_MARGIN_MM) / WORK_SPACING_MM))
+        if reach_z > 0:
+            near = ndimage.binary_dilation(near, np.ones((3, 1, 1), bool), iterations=reach_z)
         candidate = ndimage.binary_opening(tissue & near, ball)
         components, count = ndimage.label(candidate)
         extent = kidney.copy()
