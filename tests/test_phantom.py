@@ -356,7 +356,7 @@ def test_abdomen_artery_trees_start_at_their_aortic_ostia(abdomen_lps):
     g = abdomen_lps.label.geometry
     rooted = set()
     for side, kidney in abdomen_lps.params["kidneys"].items():
-        ostia = [kidney["artery_ostium_mm"]] + ([kidney["accessory_ostium_mm"]] if kidney["accessory_ostium_mm"] else [])
+        ostia = [o for o in (kidney["artery_ostium_mm"], kidney["accessory_ostium_mm"]) if o is not None]
         for ostium in ostia:
             x, y, z = np.round(g.world_to_index([ostium])[0]).astype(int)
             found = np.unique(components[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2])
@@ -404,7 +404,8 @@ def test_dicom_round_trip_keeps_geometry_and_hu(tmp_path, abdomen_lps, abdomen_r
     assert np.allclose(np.asarray(ds.ImagePositionPatient, float), g.origin_xyz_mm, atol=1e-4)
     assert np.allclose(np.stack([row, col], axis=1), g.direction_matrix[:, :2], atol=1e-6)
     assert np.allclose([float(v) for v in ds.PixelSpacing], [g.spacing_xyz_mm[1], g.spacing_xyz_mm[0]])
-    step = (np.asarray(last.ImagePositionPatient, float) - np.asarray(ds.ImagePositionPatient, float)) / (len(files) - 1)
+    first_ipp = np.asarray(ds.ImagePositionPatient, float)
+    step = (np.asarray(last.ImagePositionPatient, float) - first_ipp) / (len(files) - 1)
     assert np.allclose(step, g.direction_matrix[:, 2] * g.spacing_xyz_mm[2], atol=1e-5)
     hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     assert np.array_equal(hu, case.image.array[0].astype(float))

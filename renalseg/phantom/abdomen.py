@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -209,7 +209,8 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     duo = [(x + rng.normal(0, 4), y + rng.normal(0, 4), z + rng.normal(0, 4)) for x, y, z in duo]
     r_duo = rng.uniform(10, 14)
     layers.append(("bowel", inside([tube(duo, (r_duo, r_duo), 4.0)]), []))
-    layers.append((contents[0] if rng.random() < 0.6 else "bowel", inside([tube(duo, (r_duo - 2.5, r_duo - 2.5), 4.0)]), []))
+    duo_content = contents[0] if rng.random() < 0.6 else "bowel"
+    layers.append((duo_content, inside([tube(duo, (r_duo - 2.5, r_duo - 2.5), 4.0)]), []))
     # pancreas: head in the duodenal loop, body over the aorta, tail to the splenic hilum
     pancreas = tube([(-38, y_front - 36, z_sma0 - 20), (-10, y_front - 40, z_sma0 + 2), (25, y_front - 32, z_sma0 + 12),
                      (spleen_c[0] - 25, spleen_c[1] - 15, spleen_c[2] - 10)],
@@ -266,7 +267,8 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     ostia, acc_ostia, via_artery, vein_end, via_vein = {}, {}, {}, {}, {}
     # the aorta's centreline and radius (patient frame), so ostia sit on its real wall
     z_top, z_bif = 400.0, rng.uniform(-150, -120)
-    aorta_path = smooth_path(np.array([(x_ao - 3, y_ao - 3, z_top), (x_ao, y_ao, 0.0), (x_ao + 2, y_ao - 4, z_bif)]), 4.0)
+    aorta_path = smooth_path(np.array([(x_ao - 3, y_ao - 3, z_top), (x_ao, y_ao, 0.0), (x_ao + 2, y_ao - 4, z_bif)]),
+                             4.0)
     aorta_radii = np.linspace(r_ao * 1.05, r_ao * 0.85, len(aorta_path))
 
     def on_aorta(z: float, lateral: float, angle: float) -> np.ndarray:
@@ -308,7 +310,8 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         top = kid.centre_mm + u * (kid.semi_mm[0] + 4.0) - v * 12.0 + w * 5.0
         for angle in (-0.45, 0.45):  # the two thin limbs of an inverted Y
             limb_axes = rotation_matrix(u, angle) @ kid.axes
-            adrenals.append(Ellipsoid(tuple(top), limb_axes, (rng.uniform(10, 16), rng.uniform(2.0, 3.0), rng.uniform(8, 12))))
+            limb = (rng.uniform(10, 16), rng.uniform(2.0, 3.0), rng.uniform(8, 12))
+            adrenals.append(Ellipsoid(tuple(top), limb_axes, limb))
     layers.append(("adrenal", adrenals, []))
 
     # great vessels: IVC, aorta with celiac trunk, SMA, iliacs, calcified plaques
@@ -331,14 +334,16 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                     (x_ao + 45 + rng.normal(0, 5), y_ao - 12 + rng.normal(0, 5), z_sma + 22 + rng.normal(0, 5)),
                     (sp_hilum[0] - 12 + rng.normal(0, 4), sp_hilum[1] - 6, sp_hilum[2] + 6), sp_hilum],
                    (rng.uniform(2.3, 3.0), 2.0), 1.5)
-    hepatic = tube([celiac_end, (x_ao - 30, y_ao - r_ao - 22, z_sma + 26), (liver_c[0] + 35, liver_c[1] + 5, liver_c[2] - 35)],
+    hepatic = tube([celiac_end, (x_ao - 30, y_ao - r_ao - 22, z_sma + 26),
+                    (liver_c[0] + 35, liver_c[1] + 5, liver_c[2] - 35)],
                    (rng.uniform(2.2, 2.8), 2.0), 1.5)
     layers.append(("other_artery", [sma, celiac, splenic, hepatic, *iliacs], []))
     confluence = (x_ao - 28, y_ao - r_ao - 26, z_sma - 2)
     splenic_vein = tube([(sp_hilum[0] + 2, sp_hilum[1] + 4, sp_hilum[2] - 4),
                          (x_ao + 40, y_ao - r_ao - 8, z_sma + 10), (x_ao + 5, y_ao - r_ao - 20, z_sma + 2), confluence],
                         (rng.uniform(3.0, 4.0), 4.0), 2.0)
-    portal = tube([confluence, (x_ao - 40, y_ao - r_ao - 30, z_sma + 25), (liver_c[0] + 30, liver_c[1] + 10, liver_c[2] - 30)],
+    portal = tube([confluence, (x_ao - 40, y_ao - r_ao - 30, z_sma + 25),
+                   (liver_c[0] + 30, liver_c[1] + 10, liver_c[2] - 30)],
                   (rng.uniform(5.5, 7.0), 5.0), 2.0)
     layers.append(("other_vein", [splenic_vein, portal], []))
     plaques = []

@@ -317,7 +317,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     majors = {1.0: world([0.42 * a, -0.3 * b, -0.05 * c]), -1.0: world([-0.42 * a, -0.3 * b, -0.05 * c])}
     r_major = rng.uniform(2.5, 3.5)
     for end in majors.values():
-        path = displace(smooth_path(np.stack([pelvis_c, (pelvis_c + end) / 2 + rng.normal(0, 1.5, 3), end]), 1.5), r_major)
+        path = smooth_path(np.stack([pelvis_c, (pelvis_c + end) / 2 + rng.normal(0, 1.5, 3), end]), 1.5)
+        path = displace(path, r_major)
         collecting.append(Tube(path, np.full(len(path), r_major)))
     for apex, base, r_base, uf, _ in pyramids:
         axis = _unit(base - apex)
@@ -382,10 +383,12 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     main = add("main_renal_artery", "main", None, [*main_ctrl, division])
     ant_end = (world([0.15 * a, -0.6 * b, 0.25 * c]) if not early_branching else hilum_artery + axes[:, 2] * 3.0)
     post_end = (world([0.0, -0.55 * b, -0.3 * c]) if not early_branching else hilum_artery - axes[:, 2] * 3.0)
-    ant = add("anterior_division", "division", main, [division, (division + ant_end) / 2 + rng.normal(0, 1, 3), ant_end])
+    ant = add("anterior_division", "division", main,
+              [division, (division + ant_end) / 2 + rng.normal(0, 1, 3), ant_end])
     # with a single posterior segment the posterior division *is* its segmental artery
     n_posterior = sum(1 for k in segments if k.startswith("posterior"))
-    post = (add("posterior_division", "division", main, [division, (division + post_end) / 2 + rng.normal(0, 1, 3), post_end])
+    post = (add("posterior_division", "division", main,
+                [division, (division + post_end) / 2 + rng.normal(0, 1, 3), post_end])
             if n_posterior > 1 else None)
 
     acc = None
@@ -393,7 +396,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         pole_sign = 1.0 if accessory_pole == "apical" else -1.0
         entry = world([pole_sign * 0.72 * a, -0.55 * b, 0.0])
         outside = world([pole_sign * 0.75 * a, -1.3 * b, 0.1 * c])
-        acc_ctrl = [np.asarray(accessory_ostium_mm, float), (np.asarray(accessory_ostium_mm) + outside) / 2 + rng.normal(0, 2, 3),
+        acc_root = np.asarray(accessory_ostium_mm, float)
+        acc_ctrl = [acc_root, (acc_root + outside) / 2 + rng.normal(0, 2, 3),
                     outside, entry]
         acc = add(f"accessory_{accessory_pole}_artery", "accessory", None, acc_ctrl)
 
@@ -432,7 +436,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         th = theta0 + np.pi / n_il
         radial = p1 * np.cos(th) + p2 * np.sin(th)
         target = min(vein_targets, key=lambda t: float(np.linalg.norm(t - apex)))
-        ctrl = np.stack([base + radial * (r_base + 1.2) + axis * 0.3, (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.6),
+        ctrl = np.stack([base + radial * (r_base + 1.2) + axis * 0.3,
+                         (apex + base) / 2 + radial * ((r_apex + r_base) / 2 + 1.6),
                          apex + radial * (r_apex + 2.0) - axis * 2.0, target])
         small_veins.append((smooth_path(ctrl, 1.2), float(rng.uniform(0.7, 1.1))))
 
@@ -472,7 +477,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             parent, start = ant, ant_end
         via_post = [post_end] if parent == main else []
         seg = add(f"{seg_name}_segmental", "segmental", parent,
-                  [start, *via_post, (start + hub) / 2 + rng.normal(0, 1.5, 3) if not via_post else (post_end + hub) / 2, hub])
+                  [start, *via_post,
+                   (start + hub) / 2 + rng.normal(0, 1.5, 3) if not via_post else (post_end + hub) / 2, hub])
         grow(seg, hub, list(members), f"{seg_name}_")
 
     _assign_radii(rng, branches, main, acc)
@@ -492,7 +498,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
 
     # -- vein: main trunk to the IVC, three tributaries in the sinus ------------------
     r_vein = rng.uniform(4.0, 6.0)
-    vein_ctrl = np.stack([hilum_vein, *(np.asarray(p, float) for p in (vein_via_mm or [])), np.asarray(vein_end_mm, float)])
+    vein_ctrl = np.stack([hilum_vein, *(np.asarray(p, float) for p in (vein_via_mm or [])),
+                          np.asarray(vein_end_mm, float)])
     vein_path = smooth_path(vein_ctrl, 2.0)
     veins: list[Shape] = [Tube(vein_path, np.full(len(vein_path), r_vein))]
     vein_lines = []
