@@ -78,7 +78,7 @@ class ConvNormReLU(nn.Module):
         self.fast_inference = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or not self.fast_inference:
+        if torch.is_grad_enabled() or not self.fast_inference or x.device.type != "cpu":
             return F.relu(self.norm(self.conv(x)), inplace=True)
         # inference: channels_last through oneDNN (same math, faster on the CPU)
         y = conv3d_fast(x.contiguous(memory_format=torch.channels_last_3d), self.conv.weight, self.conv.bias)

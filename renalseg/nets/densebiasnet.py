@@ -92,9 +92,8 @@ def _upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def _upsample_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """:func:`_upsample` of x (1, C, z, y, x) written into ``out`` (1, C, fz, fy, fx), contiguous."""
-    factor = out.shape[2] // x.shape[2]
-    torch._C._nn.upsample_trilinear3d(x, list(out.shape[2:]), False, float(factor), float(factor), float(factor),
-                                      out=out)
+    factor = float(out.shape[2] // x.shape[2])
+    torch._C._nn.upsample_trilinear3d(x, list(out.shape[2:]), False, factor, factor, factor, out=out)
 
 
 def _copy_planar(block: torch.Tensor, x: torch.Tensor) -> None:
@@ -205,7 +204,8 @@ class DenseBiasNet(nn.Module):
         if any(self.prior_channels) and (priors is None or len(priors) != 4):
             raise ModelError("this DenseBiasNet takes DPA features (prior_channels "
                              f"{self.prior_channels}) but none were given; use DPADenseBiasNet.")
-        if self.fast_inference and not torch.is_grad_enabled():
+        if self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu" \
+                and x.dtype == torch.float32:
             return self._logits_fast(x, priors)
         return self._logits_reference(x, priors)
 
