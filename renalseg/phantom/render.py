@@ -8,9 +8,13 @@ voxel takes the tissue id when it is at least half covered.
 
 Coverage is computed analytically from the signed distance ``d`` (mm) at the voxel
 centre: ``clip(1/2 - d / h, 0, 1)`` with ``h`` the mean voxel size, which is what
-box-filter supersampling converges to for a locally flat boundary. Thin shapes
-(vessels about a voxel across, where a flat boundary is a poor model) are really
-supersampled: the same rule at 2 × 2 × 2 sub-voxels, averaged down. Along such thin
+box-filter supersampling converges to for a locally flat boundary; tubes and
+ellipsoids are shrunk by the ramp's known curvature excess (``Shape.ramp_corrected``)
+so the painted intensity integrates to the true volume. Thin shapes (vessels about a
+voxel across) are really supersampled: the same rule at 2 × 2 × 2 sub-voxels,
+averaged down. Against exact 3–4× supersampling the total painted intensity agrees
+within 0.5% and the boundary voxels within ~2.5% of the contrast on average
+(tests/test_phantom.py). Along such thin
 vessels the voxel holding the centreline is also given the tissue, so a one-voxel
 vessel stays connected in the tissue map as an annotator would draw it.
 
@@ -35,6 +39,8 @@ from renalseg.volume import Volume
 __all__ = ["Canvas", "render_tissues", "finish_image", "smooth_field", "HU_MIN", "HU_MAX"]
 
 HU_MIN, HU_MAX = -1024, 3071
+#: the coarse signed-distance grid: at most this spacing, and this many samples per feature
+COARSE_MAX_MM, COARSE_PER_FEATURE = 2.0, 5.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
@@ -53,8 +59,8 @@ class Canvas:
         >>> canvas.paint(5, 200.0, [Ellipsoid((0, 0, 0), np.eye(3), (5, 5, 5))])
         >>> int(canvas.tissue[10, 10, 10]), float(canvas.hu[10, 10, 10])
         (5, 200.0)
-        >>> bool(abs((canvas.tissue == 5).sum() - 4 / 3 * np.pi * 125) < 30)
-        True
+        >>> round(float((canvas.hu + 100).sum() / 300), 1), round(4 / 3 * np.pi * 125, 1)  # partial volume
+        (524.0, 523.6)
     """
 
     def __init__(self, geometry: Geometry, *, background_tissue: int = 0, background_hu: float = -1000.0) -> None:
@@ -90,11 +96,13 @@ class Canvas:
         y = self.y[sl[1]][None, :, None]
         x = self.x[sl[2]][None, None, :]
         if not shape.thin:
+            shape = shape.ramp_corrected(self.h_mm)
             d = self._coarse_sdf(shape, sl)
             if d is None:
                 d = shape.sdf(x, y, z)
             return np.clip(0.5 - d * (1.0 / self.h_mm), 0.0, 1.0).astype(np.float32)
         quarter = self.spacing / 4.0
+        shape = shape.ramp_corrected(self.h_mm / 2.0)
         total = None
         for ox in (-quarter[0], quarter[0]):
             for oy in (-quarter[1], quarter[1]):
@@ -108,12 +116,14 @@ class Canvas:
         """The signed distance of a smooth shape on a coarser grid, interpolated (or None).
 
         A signed distance is 1-Lipschitz and smooth away from the medial axis, so for
-        shapes several mm across, sampling it every ``feature / 3`` mm (at most 3 mm)
-        and interpolating trilinearly costs 10–60 times less than evaluating every
-        voxel, with sub-0.1 mm error near the boundary where coverage is decided.
+        shapes several mm across, sampling it every ``feature / 5`` mm (at most 2 mm)
+        and interpolating trilinearly costs up to 20 times less than evaluating every
+        voxel; against exact 3 × 3 × 3 supersampling the painted intensity stays
+        within 0.3% in total and 2.5% of the contrast on average along the boundary
+        (tests/test_phantom.py).
         """
         n = [s.stop - s.start for s in sl]
-        target = min(3.0, shape.feature_mm() / 3.0)
+        target = min(COARSE_MAX_MM, shape.feature_mm() / COARSE_PER_FEATURE)
         spacing_zyx = self.spacing[::-1]
         steps = [max(1, int(target // sp)) for sp in spacing_zyx]
         if max(steps) == 1 or int(np.prod(n)) < 8000:
@@ -150,7 +160,8 @@ class Canvas:
             # times its segment count; thick ones in longer pieces (coarse evaluation)
             tube = shape.shape if isinstance(shape, Intersection) else shape
             if isinstance(tube, Tube):
-                coarse = not tube.thin and tube.feature_mm() / 3.0 >= 2 * self.spacing.max()
+                coarse_mm = min(COARSE_MAX_MM, tube.feature_mm() / COARSE_PER_FEATURE)
+                coarse = not tube.thin and coarse_mm >= 2 * self.spacing.max()
                 parts = tube.pieces(12 if coarse else 6)
                 if isinstance(shape, Intersection):
                     parts = [Intersection(part, shape.within) for part in parts]

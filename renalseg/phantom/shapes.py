@@ -57,6 +57,15 @@ class Shape:
         """The shape moved rigidly: ``p -> rotation @ p + shift_mm``."""
         raise NotImplementedError
 
+    def ramp_corrected(self, width_mm: float) -> Shape:
+        """The shape to evaluate when coverage is a linear ramp ``width_mm`` wide.
+
+        A ramp across a curved boundary adds volume (it treats the boundary as flat):
+        for a tube of radius r the cross-section grows by π w²/12, for a sphere the
+        volume by π r w²/3. Shapes that know their curvature shrink to cancel it.
+        """
+        return self
+
 
 @dataclass(frozen=True)
 class Ellipsoid(Shape):
@@ -119,6 +128,12 @@ class Ellipsoid(Shape):
     def feature_mm(self) -> float:
         return float(min(self.semi_mm))
 
+    def ramp_corrected(self, width_mm: float) -> Ellipsoid:
+        if self.power != 2.0:
+            return self
+        semi = tuple(max(s - width_mm**2 / (12.0 * s), 0.5 * s) for s in self.semi_mm)
+        return Ellipsoid(self.centre_mm, self.axes, semi, self.power)
+
     def transformed(self, rotation: np.ndarray, shift_mm: np.ndarray) -> Ellipsoid:
         centre = np.asarray(rotation) @ np.asarray(self.centre_mm, float) + np.asarray(shift_mm)
         return Ellipsoid(tuple(centre.tolist()), np.asarray(rotation) @ np.asarray(self.axes, float),
@@ -180,6 +195,10 @@ class Tube(Shape):
 
     def feature_mm(self) -> float:
         return float(np.min(self.radii_mm))
+
+    def ramp_corrected(self, width_mm: float) -> Tube:
+        r = np.asarray(self.radii_mm, float)
+        return Tube(self.points_mm, np.sqrt(np.maximum(r**2 - width_mm**2 / 12.0, (0.5 * r) ** 2)), self.thin)
 
     def transformed(self, rotation: np.ndarray, shift_mm: np.ndarray) -> Tube:
         p = np.asarray(self.points_mm, float) @ np.asarray(rotation).T + np.asarray(shift_mm)
@@ -283,6 +302,9 @@ class Intersection(Shape):
 
     def feature_mm(self) -> float:
         return min(self.shape.feature_mm(), self.within.feature_mm())
+
+    def ramp_corrected(self, width_mm: float) -> Intersection:
+        return Intersection(self.shape.ramp_corrected(width_mm), self.within)
 
     def transformed(self, rotation: np.ndarray, shift_mm: np.ndarray) -> Intersection:
         return Intersection(self.shape.transformed(rotation, shift_mm), self.within.transformed(rotation, shift_mm))
