@@ -1,9 +1,11 @@
 """The whole-abdomen scene, and the two phantom kinds built from it.
 
-One random abdomen (body wall, spine, psoas and back muscles, aorta with its
-branches and calcified plaques, IVC, liver, spleen, stomach, small bowel and colon,
-both kidneys with their trees and veins) is built in patient LPS millimetres, then
-rendered on a grid:
+One random abdomen (body wall, spine and lower ribs, psoas and back muscles, aorta
+with calcified plaques, its celiac (splenic, hepatic), mesenteric and iliac branches,
+IVC, splenic and portal veins, liver, spleen, pancreas, stomach, duodenum, small bowel
+and colon with or without oral contrast, adrenals, both kidneys with their trees,
+veins, cysts and tumours) is built in patient LPS millimetres, then rendered on a
+grid:
 
 * kind ``abdomen``: the whole scene on a 512 × 512 × (250–500) grid at clinical
   spacing, the patient shifted and slightly rotated in the field of view;
