@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from renalseg.cli.common import configure_logging, console, err_console, handle_errors
 from renalseg.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from renalseg.training.distributed import DistributedContext
+    from renalseg.training.loop import TrainConfig, TrainResult
 
 __all__ = ["register", "parse_triple"]
 
@@ -189,7 +193,9 @@ def train_command(
         console.print(f"weights: {result.best_weights}")
 
 
-def _run(config, out, train_cases, val_cases, *, resume, context, device, show):  # noqa: ANN001, ANN202
+def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, resume: bool,
+         context: DistributedContext, device: str, show: bool) -> TrainResult:
+    """Train with a live rich display (terminal), plain log lines (file), or nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from renalseg.training.loop import TrainProgress, train
