@@ -30,7 +30,7 @@ from renalseg.errors import UsageError, suggest
 from renalseg.geometry import Geometry
 from renalseg.phantom.anatomy import Kidney, build_kidney, smooth_path
 from renalseg.phantom.render import Canvas, finish_image
-from renalseg.phantom.shapes import CylinderZ, Ellipsoid, Intersection, Shape, Tube, rotation_matrix
+from renalseg.phantom.shapes import CylinderZ, Ellipsoid, Intersection, Perturbed, Shape, Tube, rotation_matrix
 from renalseg.phantom.tissues import (
     DEFAULT_INTENSITY_RANGES_HU,
     TISSUE_IDS,
@@ -363,6 +363,14 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                   "calcified_plaques": len(plaques)}
     p["patient_yaw_deg"] = round(float(np.degrees(yaw)), 2)
     p["tumour_enhancement"] = enhancement
+    # organ outlines are not ellipsoids: perturb liver and spleen surfaces (drawn last
+    # so everything above is the same with or without this step)
+    amplitude = {"liver": (2.0, 5.0), "spleen": (1.5, 3.5)}
+    for index, (name, shapes, lines) in enumerate(layers):
+        if name in amplitude:
+            shapes = [Intersection(Perturbed.random(sh.shape, rng.uniform(*amplitude[name]), (35.0, 80.0), rng),
+                                   sh.within) if isinstance(sh, Intersection) else sh for sh in shapes]
+            layers[index] = (name, shapes, lines)
     return Scene(layers, base_layers, kidneys, p)
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from renalseg.phantom.shapes import Difference, Ellipsoid, Intersection, Shape, Tube, rotation_matrix
+from renalseg.phantom.shapes import Difference, Ellipsoid, Intersection, Perturbed, Shape, Tube, rotation_matrix
 
 __all__ = ["Branch", "Kidney", "build_kidney", "kidney_frame", "smooth_path", "push_out_of_sphere"]
 
@@ -529,8 +529,13 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
 
     artery_tubes = [br.tube() for br in branches]
     artery_lines = [br.points_mm for br in branches]
+    # drawn last so the rest of the kidney does not depend on them: a gently lobulated
+    # capsule (fetal lobulation, ~1 mm) and a lobulated tumour outline
+    surface = Perturbed.random(outer, rng.uniform(0.4, 1.0), (25.0, 45.0), rng)
+    if tumour_shape is not None:
+        tumour_shape = Perturbed.random(tumour_shape, rng.uniform(0.5, 0.04 * tumour_r + 0.6), (12.0, 30.0), rng)
     layers: list[tuple[str, list[Shape], list[np.ndarray]]] = [
-        ("kidney_cortex", [Difference(outer, notch)], []),
+        ("kidney_cortex", [Difference(surface, notch)], []),
         ("sinus_fat", [sinus], []),
         ("ureter", [ureter], []),
         ("collecting_system", collecting, []),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Shape", "Ellipsoid", "Tube", "CylinderZ", "Difference", "Intersection", "rotation_matrix"]
+__all__ = ["Shape", "Ellipsoid", "Tube", "CylinderZ", "Difference", "Intersection", "Perturbed", "rotation_matrix"]
 
 
 def rotation_matrix(axis: np.ndarray | list, angle_rad: float) -> np.ndarray:
@@ -308,3 +308,69 @@ class Intersection(Shape):
 
     def transformed(self, rotation: np.ndarray, shift_mm: np.ndarray) -> Intersection:
         return Intersection(self.shape.transformed(rotation, shift_mm), self.within.transformed(rotation, shift_mm))
+
+
+@dataclass(frozen=True)
+class Perturbed(Shape):
+    """A shape whose surface is moved in and out by a smooth random field (lobulation).
+
+    The signed distance gets ``amplitude_mm`` × a sum of plane waves (unit standard
+    deviation), so organs lose their perfect ellipsoid outline.
+
+    Args:
+        shape: the shape to perturb.
+        amplitude_mm: standard deviation of the surface displacement.
+        waves: (K, 4) rows ``(kx, ky, kz, phase)``: wave vectors in rad/mm (LPS) and phases.
+
+    Example:
+        >>> s = Perturbed.random(Ellipsoid((0, 0, 0), np.eye(3), (20, 20, 20)), 1.0, (20.0, 40.0),
+        ...                      np.random.default_rng(0))
+        >>> v = s.sdf(np.linspace(-30, 30, 61)[:, None, None], np.zeros((1, 61, 1)), np.zeros((1, 1, 61)))
+        >>> bool(np.abs(v - s.shape.sdf(np.linspace(-30, 30, 61)[:, None, None], np.zeros((1, 61, 1)),
+        ...                                np.zeros((1, 1, 61)))).max() < 4.0)
+        True
+    """
+
+    shape: Shape
+    amplitude_mm: float
+    waves: np.ndarray
+
+    @classmethod
+    def random(cls, shape: Shape, amplitude_mm: float, wavelength_mm: tuple[float, float],
+               rng: np.random.Generator, n_waves: int = 4) -> Perturbed:
+        directions = rng.normal(size=(n_waves, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        k = 2 * np.pi / rng.uniform(*wavelength_mm, size=n_waves)
+        waves = np.concatenate([directions * k[:, None], rng.uniform(0, 2 * np.pi, (n_waves, 1))], axis=1)
+        return cls(shape, float(amplitude_mm), waves)
+
+    @property
+    def thin(self) -> bool:  # type: ignore[override]
+        return self.shape.thin
+
+    def bbox_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.shape.bbox_mm()
+        margin = 3.0 * self.amplitude_mm
+        return lo - margin, hi + margin
+
+    def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        d = self.shape.sdf(x, y, z)
+        scale = self.amplitude_mm / np.sqrt(len(self.waves) / 2.0)
+        for kx, ky, kz, phase in np.asarray(self.waves, float):
+            d = d + np.float32(scale) * np.sin(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz) * z
+                                               + np.float32(phase))
+        return d
+
+    def feature_mm(self) -> float:
+        shortest = 2 * np.pi / float(np.linalg.norm(np.asarray(self.waves)[:, :3], axis=1).max())
+        return min(self.shape.feature_mm(), shortest)
+
+    def ramp_corrected(self, width_mm: float) -> Perturbed:
+        return Perturbed(self.shape.ramp_corrected(width_mm), self.amplitude_mm, self.waves)
+
+    def transformed(self, rotation: np.ndarray, shift_mm: np.ndarray) -> Perturbed:
+        waves = np.asarray(self.waves, float).copy()
+        k = waves[:, :3] @ np.asarray(rotation, float).T
+        waves[:, 3] -= k @ np.asarray(shift_mm, float)
+        waves[:, :3] = k
+        return Perturbed(self.shape.transformed(rotation, shift_mm), self.amplitude_mm, waves)
