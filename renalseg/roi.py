@@ -109,6 +109,9 @@ SHIFT_PENALTY_PER_MM = 0.004
 KIDNEY_VOLUME_RANGE_ML: tuple[float, float] = (40.0, 500.0)
 #: below this fraction in view a kidney is refused even with its hilum in view
 MIN_FRACTION_IN_VIEW = 0.6
+#: below this fraction of soft tissue where the kidney should be, it counts as absent
+#: (fat filling an empty renal fossa: ~0.03; a kidney a few mm off: > 0.4)
+MIN_TISSUE_FRACTION = 0.3
 #: below this fraction in view the kidney counts as cut (flagged ``truncated``)
 FULL_FRACTION_IN_VIEW = 0.97
 _SIDES = ("left", "right")
@@ -356,7 +359,7 @@ def locate_kidneys(
         # true in every contrast phase); (2) add the soft-tissue component that
         # overlaps it most, within REFINE_MARGIN_MM (in-plane) / REFINE_MARGIN_Z_MM of it
         tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
-        if tissue_fraction < 0.5:
+        if tissue_fraction < MIN_TISSUE_FRACTION:
             refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
                             f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
                             f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
@@ -371,7 +374,7 @@ def locate_kidneys(
             log.debug("%s kidney moved by %s mm to match the study's own tissue", side,
                       (np.asarray(shift_zyx[::-1]) * WORK_SPACING_MM).tolist())
         tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
-        if tissue_fraction < 0.5:
+        if tissue_fraction < MIN_TISSUE_FRACTION:
             refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
                             f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
                             f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")

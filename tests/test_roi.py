@@ -120,6 +120,55 @@ def test_initial_translation_recovers_a_250_mm_shift():
     np.testing.assert_allclose(translation, [250.0, 250.0, 250.0], atol=6.0)
 
 
+# -- abdomen phantoms ------------------------------------------------------------------
+
+#: varied spacing, field of view and stored orientation (seeds vary the patient's position)
+PHANTOM_OPTIONS = [
+    {"spacing_xyz_mm": (1.5, 1.5, 2.0), "inplane_voxels": 256},
+    {"spacing_xyz_mm": (1.2, 1.2, 1.5), "inplane_voxels": 320, "direction": "RAS"},
+    {"spacing_xyz_mm": (1.6, 1.6, 2.5), "inplane_voxels": 240, "direction": "LAS"},
+    {"spacing_xyz_mm": (1.4, 1.4, 3.0), "inplane_voxels": 280, "direction": "RPS"},
+    {"spacing_xyz_mm": (1.5, 1.5, 1.25), "inplane_voxels": 256},
+]
+
+
+def _check_phantom(seed: int) -> None:
+    from renalseg.phantom.abdomen import synthesize_abdomen
+
+    case = synthesize_abdomen(seed, **PHANTOM_OPTIONS[seed % len(PHANTOM_OPTIONS)])
+    rois = locate_kidneys(case.image)
+    assert sorted(roi.side for roi in rois) == ["left", "right"]
+    geometry = case.image.geometry
+    zz, yy, xx = np.nonzero(case.label.array == 2)  # KiPA22: 2 = kidney
+    points = geometry.index_to_world(np.stack([xx, yy, zz], axis=1))
+    kidneys = case.params["kidneys"]
+    centres = {side: np.asarray(kidneys[side]["centre_mm"]) for side in ("left", "right")}
+    for roi in rois:
+        other = "left" if roi.side == "right" else "right"
+        mine = (np.linalg.norm(points - centres[roi.side], axis=1)
+                < np.linalg.norm(points - centres[other], axis=1))
+        index = roi.grid.world_to_index(points[mine])
+        last = np.asarray(roi.grid.shape_xyz) - 0.5
+        inside = np.all((index >= -0.5) & (index <= last), axis=1)
+        assert inside.mean() >= 0.99, (seed, roi.side, inside.mean())
+        hilum = roi.grid.world_to_index([kidneys[roi.side]["hilum_artery_mm"]])[0]
+        assert np.all((hilum >= 0) & (hilum <= last - 0.5)), (seed, roi.side, "artery root at the hilum")
+        # the side is the patient's: the ROI holds that kidney's centre, not the other's
+        own = roi.grid.world_to_index([centres[roi.side]])[0]
+        assert np.all((own >= 0) & (own <= last - 0.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_abdomen_phantom_kidneys_and_hila_inside_their_rois(seed):
+    _check_phantom(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3, 4, 5, 6, 7, 8, 9])
+def test_abdomen_phantom_kidneys_and_hila_inside_their_rois_more_seeds(seed):
+    _check_phantom(seed)
+
+
 # -- real CT: refusals -----------------------------------------------------------------
 
 def test_real_dicom_upper_abdomen_without_kidneys_is_refused():
