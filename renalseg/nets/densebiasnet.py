@@ -96,6 +96,11 @@ def _upsample_into(x: torch.Tensor, out: torch.Tensor) -> None:
     torch._C._nn.upsample_trilinear3d(x, list(out.shape[2:]), False, factor, factor, factor, out=out)
 
 
+def _rows(y: torch.Tensor) -> torch.Tensor:
+    """(voxels, C) rows of a channels_last (1, C, Z, Y, X) tensor (a view)."""
+    return y.permute(0, 2, 3, 4, 1).reshape(-1, y.shape[1])
+
+
 def _copy_planar(block: torch.Tensor, x: torch.Tensor) -> None:
     """Copy x (1, C, Z, Y, X), either memory format, into the planar rows ``block`` (C, voxels)."""
     if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
@@ -198,16 +203,24 @@ class DenseBiasNet(nn.Module):
 
     def logits_padded(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """:meth:`logits` for an input whose sides already divide by 8."""
+        self._check_input(x, priors)
+        if self._fast_path_applies(x):
+            return self._logits_fast(x, priors)
+        return self._logits_reference(x, priors)
+
+    def _check_input(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None = None,
+                     *, with_encoder: bool = False) -> None:
         if x.ndim != 5 or x.shape[1] != self.hyperparameters["in_channels"] or any(s % 8 for s in x.shape[2:]):
             raise ModelError(f"expected input (B, {self.hyperparameters['in_channels']}, Z, Y, X) with sides "
                              f"divisible by 8, got {tuple(x.shape)}.")
-        if any(self.prior_channels) and (priors is None or len(priors) != 4):
+        if any(self.prior_channels) and not with_encoder and (priors is None or len(priors) != 4):
             raise ModelError("this DenseBiasNet takes DPA features (prior_channels "
                              f"{self.prior_channels}) but none were given; use DPADenseBiasNet.")
-        if self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu" \
-                and x.dtype == torch.float32:
-            return self._logits_fast(x, priors)
-        return self._logits_reference(x, priors)
+
+    def _fast_path_applies(self, x: torch.Tensor) -> bool:
+        """The fast path serves CPU float32 inference (no autograd); GPUs use the plain one."""
+        return self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu" \
+            and x.dtype == torch.float32
 
     def _resize_bias(self, bias: torch.Tensor, level: int, targets: Sequence[int]) -> dict[int, torch.Tensor]:
         """One bias map at every level in ``targets`` (computed once, reused by every layer there)."""
@@ -255,23 +268,30 @@ class DenseBiasNet(nn.Module):
             self._buffers_cache[key] = buffer
         return buffer[:numel]
 
-    def _logits_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    def _logits_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None,
+                     encoder: DAEEncoder | None = None) -> torch.Tensor:
         """The inference path: the same function as :meth:`_logits_reference`, computed faster.
 
-        Each layer's input is assembled channel-planar, (C, voxels), one buffer per
-        level, in the channel order ``[b_0 … b_{l−2}, F_{l−1}, Ff, zeros]``: every bias
-        map is written once per level straight into its rows (by the compressor's
-        matrix product, the pooling, or the upsampling) and serves both layers there;
-        only the previous layer's output and the DPA features are added behind. One
-        blocked transpose then gives the channels_last (voxels, C) layout on which
-        oneDNN's convolutions run fastest. The channel count is padded with zero rows
-        to a multiple of 8, the weights with zero input channels to match (oneDNN's
-        fast kernels need multiples of 8; the zeros add exactly nothing). Batches run
-        one item at a time.
+        * Layer inputs are assembled channel-planar, (C, voxels), one buffer per level,
+          in the channel order ``[b_0 … b_{l−2}, F_{l−1}, Ff, zeros]``: every bias map
+          is written once per level straight into its rows (by the compressor's matrix
+          product, the pooling, or the upsampling) and serves every layer there. One
+          blocked transpose gives the channels_last (voxels, C) layout on which
+          oneDNN's convolutions run fastest. Channel counts are padded with zero rows
+          to multiples of 8 and the weights with zero input channels to match
+          (oneDNN's fast kernels need multiples of 8; the zeros add exactly nothing).
+        * With the DPA encoder, layer 0 and the encoder's first convolution read the
+          same input and are computed as one 24-channel convolution and one
+          GroupNorm, whose output is exactly layer 1's input ``[F_0, Ff1]``.
+        * The last two layers (full resolution) use linearity,
+          ``conv([B, F]) = conv(B) + conv(F)``: their bias maps ``B`` are packed once
+          and convolved once for both layers together; their main inputs are
+          convolved where they lie, without packing.
+        * Batches run one item at a time.
         """
         if x.shape[0] > 1:
-            return torch.cat([self._logits_fast(x[i:i + 1], None if priors is None else [p[i:i + 1] for p in priors])
-                              for i in range(x.shape[0])])
+            return torch.cat([self._logits_fast(x[i:i + 1], None if priors is None else [p[i:i + 1] for p in priors],
+                                                encoder) for i in range(x.shape[0])])
         shapes = [tuple(s >> r for s in x.shape[2:]) for r in range(4)]
         voxels = [shape[0] * shape[1] * shape[2] for shape in shapes]
         offsets = [0]
@@ -282,17 +302,22 @@ class DenseBiasNet(nn.Module):
                                                                  if LEVELS[l] == r), x).view(-1, voxels[r])
                   for r in range(4)]
         rows_buffer = self._work_buffer("rows", max(voxels[LEVELS[l]] * c for l, c in enumerate(in_padded)), x)
-        rows = x  # replaced by F_l as (voxels, C) channels_last rows after each layer
-        for l, layer in enumerate(self.layers):
-            level, shape = LEVELS[l], shapes[LEVELS[l]]
-            if l == 0:
-                inp = x.contiguous(memory_format=torch.channels_last_3d)
+        last_pair = len(self.layers) - 2
+        y, priors = self._first_layer_fast(x, priors, encoder)
+        rows = _rows(y)[:, :self.widths[0]]  # F_l as (voxels, C) channels_last rows
+        for l in range(1, len(self.layers)):
+            layer, level, shape = self.layers[l], LEVELS[l], shapes[LEVELS[l]]
+            if l == last_pair and level == 0 and LEVELS[l - 1] == 1:
+                rows = self._last_pair_fast(rows, planar, rows_buffer, shapes, offsets)
+                break
+            if l == 1 and y.shape[1] == self.layer_in_channels(1):
+                inp = y  # [F_0, Ff1] as computed together, or F_0 alone
             else:
                 block, start = planar[level], offsets[l - 1]
                 previous = LEVELS[l - 1]
                 width = rows.shape[1]
                 if level > previous:  # pool F_{l-1}, then into the planar rows
-                    cl = rows.view(1, *shapes[previous], width).permute(0, 4, 1, 2, 3)
+                    cl = rows.reshape(1, *shapes[previous], width).permute(0, 4, 1, 2, 3)
                     pooled = F.max_pool3d(cl, 2).permute(0, 2, 3, 4, 1).reshape(voxels[level], width)
                     block[start:start + width].copy_(pooled.t())
                 elif level < previous:  # upsample F_{l-1} straight into the planar rows
@@ -309,17 +334,83 @@ class DenseBiasNet(nn.Module):
                 packed = rows_buffer[:voxels[level] * in_padded[l]].view(voxels[level], in_padded[l])
                 packed.copy_(block[:in_padded[l]].t())  # blocked transpose to channels_last rows
                 inp = packed.view(1, *shape, in_padded[l]).permute(0, 4, 1, 2, 3)
-                if l - 1 < len(self.compressors):  # b_{l-1}'s rows are free now that layer l is packed
-                    self._write_bias_map(l - 1, rows, planar, shapes, offsets)
+            if l - 1 < len(self.compressors):  # b_{l-1}'s rows are free now that layer l has its input
+                self._write_bias_map(l - 1, rows, planar, shapes, offsets)
             weight = layer.conv.weight
             if inp.shape[1] > weight.shape[1]:
                 weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, inp.shape[1] - weight.shape[1]))
             y = conv3d_fast(inp, weight, layer.conv.bias)
             y = F.group_norm(y, layer.norm.num_groups, layer.norm.weight, layer.norm.bias, layer.norm.eps).relu_()
-            rows = y.permute(0, 2, 3, 4, 1).reshape(voxels[level], -1)
+            rows = _rows(y)
         head = self.head
         logits = torch.addmm(head.bias[:, None], head.weight.reshape(head.out_channels, -1), rows.t())
         return logits.view(1, head.out_channels, *shapes[0])
+
+    def _first_layer_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None,
+                          encoder: DAEEncoder | None) -> tuple[torch.Tensor, Sequence[torch.Tensor] | None]:
+        """Layer 0's output (channels_last), with the DPA features when ``encoder`` is given.
+
+        Returns ``(y, priors)``: ``y`` is ``[F_0, Ff1]`` when the encoder's first stage
+        could be computed together with layer 0 (same input, same GroupNorm group size),
+        else ``F_0``.
+        """
+        layer = self.layers[0]
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        stage = encoder.stages[0] if encoder is not None else None
+        if stage is None or layer.conv.in_channels != stage.conv.in_channels or layer.norm.eps != stage.norm.eps \
+                or layer.norm.num_channels // layer.norm.num_groups != stage.norm.num_channels // stage.norm.num_groups:
+            if encoder is not None:
+                priors = encoder(x)
+            y = conv3d_fast(x, layer.conv.weight, layer.conv.bias)
+            return F.group_norm(y, layer.norm.num_groups, layer.norm.weight, layer.norm.bias,
+                                layer.norm.eps).relu_(), priors
+        y = conv3d_fast(x, torch.cat([layer.conv.weight, stage.conv.weight]),
+                        torch.cat([layer.conv.bias, stage.conv.bias]))
+        # one GroupNorm: the groups of both lie side by side and never straddle the two
+        y = F.group_norm(y, layer.norm.num_groups + stage.norm.num_groups,
+                         torch.cat([layer.norm.weight, stage.norm.weight]),
+                         torch.cat([layer.norm.bias, stage.norm.bias]), layer.norm.eps).relu_()
+        h = y[:, layer.conv.out_channels:]
+        features = [h]
+        for later in encoder.stages[1:]:  # type: ignore[union-attr]
+            h = later(F.max_pool3d(h, 2))
+            features.append(h)
+        return y, features
+
+    def _last_pair_fast(self, rows: torch.Tensor, planar: list[torch.Tensor], rows_buffer: torch.Tensor,
+                        shapes: list[tuple[int, ...]], offsets: list[int]) -> torch.Tensor:
+        """The last two layers (full resolution), given F_{l−1} rows at half resolution.
+
+        ``F_l = H_l([B_l, up(F_{l−1})])`` and ``F_{l+1} = H_{l+1}([B_{l+1}, F_l])``
+        where ``B_{l+1}`` (the bias maps b_0 … b_{l−1}) extends ``B_l`` by one map.
+        The bias parts of both convolutions are one convolution of ``B_{l+1}`` (the
+        weights of layer l zero for b_{l−1}) with both layers' output channels.
+
+        Returns:
+            F_{l+1} as (voxels, C) rows.
+        """
+        l = len(self.layers) - 2
+        first, second = self.layers[l], self.layers[l + 1]
+        self._write_bias_map(l - 1, rows, planar, shapes, offsets)
+        n_bias = offsets[l]
+        padded = n_bias + (-n_bias) % 8
+        block = planar[0]
+        block[n_bias:padded].zero_()
+        packed = rows_buffer[:padded * block.shape[1]].view(block.shape[1], padded)
+        packed.copy_(block[:padded].t())  # blocked transpose to channels_last rows
+        bias_maps = packed.view(1, *shapes[0], padded).permute(0, 4, 1, 2, 3)
+        w_first, w_second = first.conv.weight, second.conv.weight
+        bias_weight = torch.cat([F.pad(w_first[:, :offsets[l - 1]], (0, 0, 0, 0, 0, 0, 0, padded - offsets[l - 1])),
+                                 F.pad(w_second[:, :n_bias], (0, 0, 0, 0, 0, 0, 0, padded - n_bias))])
+        from_bias = conv3d_fast(bias_maps, bias_weight, None)
+        width = rows.shape[1]
+        main = F.interpolate(rows.reshape(1, *shapes[1], width).permute(0, 4, 1, 2, 3), scale_factor=2,
+                             mode="trilinear", align_corners=False)
+        y = conv3d_fast(main, w_first[:, offsets[l - 1]:], first.conv.bias).add_(from_bias[:, :first.conv.out_channels])
+        h = F.group_norm(y, first.norm.num_groups, first.norm.weight, first.norm.bias, first.norm.eps).relu_()
+        y = conv3d_fast(h, w_second[:, n_bias:], second.conv.bias).add_(from_bias[:, first.conv.out_channels:])
+        h = F.group_norm(y, second.norm.num_groups, second.norm.weight, second.norm.bias, second.norm.eps).relu_()
+        return _rows(h)
 
     def _write_bias_map(self, k: int, rows: torch.Tensor, planar: list[torch.Tensor],
                         shapes: list[tuple[int, ...]], offsets: list[int]) -> None:
@@ -433,6 +524,9 @@ class DPADenseBiasNet(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-softmax scores (B, num_classes, Z, Y, X); what the training losses take."""
         padded, crop = pad_to_multiple(x, 8)
+        if self.segmenter._fast_path_applies(padded):
+            self.segmenter._check_input(padded, with_encoder=True)
+            return self.segmenter._logits_fast(padded, None, encoder=self.encoder)[crop]
         with torch.no_grad():  # frozen, and nothing trainable lies upstream of it
             priors = self.encoder(padded)
         return self.segmenter.logits_padded(padded, priors)[crop]
