@@ -268,7 +268,7 @@ def locate_kidneys(
     registrations = []
     for atlas in atlas_list:
         registrations.append(register_atlas(hu, fov, atlas, seed=seed))
-        progress(f"registered atlas {atlas.name}")
+        progress(f"registered atlas {len(registrations)} of {len(atlas_list)}")
 
     # one 3 mm grid around where the atlas kidneys landed (may reach past the study)
     landed = []
