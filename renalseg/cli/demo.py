@@ -113,7 +113,8 @@ def demo(
             console.print(f"{side} artery tree: {arteries[side]['artery_volume_ml']:.2f} ml, "
                           f"{arteries[side]['components']} component(s)", highlight=False)
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
-                  f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})")
+                  f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
