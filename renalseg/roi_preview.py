@@ -59,7 +59,8 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
         height_px: height of the output picture.
 
     Returns:
-        RGB image: coronal view (left) and axial view (right), boxes labelled R/L.
+        RGB image: coronal view (left) and axial view (right), boxes labelled R/L;
+        ``info["panels"]`` holds each view's column range.
 
     Example:
         >>> from renalseg.geometry import Geometry
@@ -99,7 +100,11 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
             draw.rectangle(box, outline=colour, width=2)
             draw.text((box[0] + 3, box[1] + 2), label, fill=colour)
     for view, text in ((coronal, "coronal"), (axial, "axial")):
-        ImageDraw.Draw(view).text((3, 2), f"{text}  patient R <-> L", fill=(255, 255, 0))
+        draw = ImageDraw.Draw(view)
+        draw.text((3, 2), text, fill=(255, 255, 0))
+        # the patient's right is on the viewer's left (radiological convention)
+        draw.text((3, view.height // 2), "R", fill=(255, 255, 0))
+        draw.text((view.width - 10, view.height // 2), "L", fill=(255, 255, 0))
 
     def scaled(view: Image.Image) -> Image.Image:
         width = max(1, round(view.width * height_px / max(1, view.height)))
@@ -109,4 +114,5 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
     out = Image.new("RGB", (left.width + right.width + 4, height_px), (0, 0, 0))
     out.paste(left, (0, 0))
     out.paste(right, (left.width + 4, 0))
+    out.info["panels"] = {"coronal": (0, left.width), "axial": (left.width + 4, out.width)}
     return out

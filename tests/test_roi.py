@@ -103,6 +103,21 @@ def test_crop_to_roi_resamples_the_study_onto_the_roi_grid_in_hu(moved_atlas):
     assert crop.array.min() >= -1024.0
 
 
+def test_preview_draws_the_right_kidney_box_on_the_viewers_left(moved_atlas):
+    from renalseg.roi_preview import render_locate_preview
+
+    ct, _, rois = moved_atlas
+    rendered = render_locate_preview(_study(ct, "moved_atlas"), rois)
+    picture = np.asarray(rendered)
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 120) & (picture[..., 2] < 120)
+    blue = (picture[..., 2] > 200) & (picture[..., 0] < 120)
+    assert red.sum() > 100 and blue.sum() > 100  # both boxes drawn
+    # radiological convention: the patient's right kidney on the viewer's left, in both views
+    for start, stop in rendered.info["panels"].values():
+        view = slice(start, stop)
+        assert np.nonzero(red[:, view])[1].mean() < np.nonzero(blue[:, view])[1].mean()
+
+
 def test_same_seed_same_rois_and_atlas_origin_is_not_trusted(moved_atlas):
     ct, _, rois = moved_atlas
     again = locate_kidneys(Volume.from_sitk(ct), seed=0)
@@ -235,6 +250,24 @@ def test_oblique_study_grid_still_finds_both_kidneys():
     assert [roi.side for roi in rois] == ["right", "left"]
     for roi in rois:
         assert _fraction_inside(roi, oblique_labels) >= 0.99
+
+
+@pytest.mark.slow
+def test_extra_atlas_is_fused_by_majority_vote(tmp_path):
+    from renalseg.io.image import write_image
+
+    # a second atlas: the same CT with each kidney label eroded by one voxel
+    labels = sitk.ReadImage(str(ATLAS_LABELS))
+    eroded = sitk.Cast(sitk.BinaryErode(labels == 1, [1, 1, 1]), sitk.sitkUInt8) + \
+        sitk.Cast(sitk.BinaryErode(labels == 2, [1, 1, 1]), sitk.sitkUInt8) * 2
+    eroded.CopyInformation(labels)
+    write_image(sitk.ReadImage(str(ATLAS_CT)), tmp_path / "atlas_ct.nii.gz")
+    write_image(eroded, tmp_path / "atlas_kidneys.nii.gz")
+    ct, true_labels = _moved_atlas()
+    rois = locate_kidneys(_study(ct, "two_atlases"), atlases=[tmp_path])
+    assert [roi.side for roi in rois] == ["right", "left"]
+    for roi in rois:
+        assert _fraction_inside(roi, true_labels) >= 0.99
 
 
 def test_uniform_volume_is_a_registration_error_not_a_box():
