@@ -263,7 +263,7 @@ def locate_kidneys(
             "that covers the abdomen from above the kidneys to below them."
         )
 
-    hu, fov = to_lps_grid(sitk.Cast(image, sitk.sitkFloat32), WORK_SPACING_MM)
+    hu, fov = to_lps_grid(image, WORK_SPACING_MM)  # block-averages before any float copy
     progress("resampled to 3 mm")
     registrations = []
     for atlas in atlas_list:
