@@ -270,6 +270,29 @@ def test_extra_atlas_is_fused_by_majority_vote(tmp_path):
         assert _fraction_inside(roi, true_labels) >= 0.99
 
 
+@pytest.mark.parametrize("phase", ["arterial", pytest.param("portal", marks=pytest.mark.slow)])
+def test_contrast_enhanced_kidneys_are_found_like_unenhanced_ones(phase):
+    """The atlas is un-enhanced (~15 HU); the same anatomy with enhancing kidneys."""
+    from scipy import ndimage
+
+    ct, labels = _moved_atlas((30, 112), shift_mm=-77.0)
+    array = sitk.GetArrayFromImage(ct).astype(np.int16)
+    kidney = sitk.GetArrayFromImage(labels) > 0
+    rng = np.random.default_rng(0)
+    if phase == "portal":  # homogeneous nephrographic enhancement
+        array[kidney] = 170 + rng.normal(0, 15, kidney.sum())
+    else:  # bright cortex rim around darker medulla
+        medulla = ndimage.binary_erosion(kidney, iterations=2)
+        array[kidney] = 210 + rng.normal(0, 15, kidney.sum())
+        array[medulla] = 70 + rng.normal(0, 15, medulla.sum())
+    enhanced = sitk.GetImageFromArray(array)
+    enhanced.CopyInformation(ct)
+    rois = locate_kidneys(_study(enhanced, phase))
+    assert [roi.side for roi in rois] == ["right", "left"]
+    for roi in rois:
+        assert _fraction_inside(roi, labels) >= 0.99
+
+
 def test_uniform_volume_is_a_registration_error_not_a_box():
     flat = Volume(np.zeros((40, 100, 100), np.int16),
                   Geometry((40, 100, 100), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
