@@ -20,6 +20,7 @@ order, so the same seed and options give identical arrays.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from renalseg.phantom.tissues import (
     TUMOUR_HYPO_HU,
 )
 from renalseg.volume import Volume
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
            "sample_intensities", "labels_from_tissues", "DIRECTIONS"]
@@ -586,4 +589,5 @@ def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np
         "seconds": {"build": round(t_build - t0, 3), "paint": round(t_paint - t_build, 3),
                     "finish": round(t_finish - t_paint, 3)},
     }
+    logger.debug("phantom %s seed %d: %s in %.2f s", kind, seed, g.describe(), t_finish - t0)
     return PhantomCase(image_v, label_v, tissue_v, params)
