@@ -152,6 +152,18 @@ def _outside_phrase(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[
     return best
 
 
+def _absent_reason(side: str, tissue: np.ndarray, in_view: np.ndarray) -> str | None:
+    """Why the kidney counts as absent (too little soft tissue where it should be), or None."""
+    from renalseg.registration import KIDNEY_TISSUE_HU
+
+    fraction = float((tissue & in_view).sum() / max(int(in_view.sum()), 1))
+    if fraction >= MIN_TISSUE_FRACTION:
+        return None
+    return (f"no kidney tissue where the {side} kidney should be: only {fraction:.0%} of that region is in "
+            f"the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, "
+            "e.g. after nephrectomy?)")
+
+
 def _grid_like(lo: np.ndarray, hi: np.ndarray, spacing_mm: float) -> sitk.Image:
     """An empty LPS-aligned image covering [lo, hi] (mm) at ``spacing_mm``."""
     count = np.maximum(1, np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
@@ -354,16 +366,14 @@ def locate_kidneys(
                             f"view (at least {MIN_FRACTION_IN_VIEW:.0%} needed)")
             continue
 
+        absent = _absent_reason(side, tissue, in_view)
+        if absent:
+            refusals.append(absent)
+            continue
         # refine from the study's own intensities: (1) move the warped kidney to the
         # nearby spot where it best looks like a kidney (tissue inside, fat around:
         # true in every contrast phase); (2) add the soft-tissue component that
         # overlaps it most, within REFINE_MARGIN_MM (in-plane) / REFINE_MARGIN_Z_MM of it
-        tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
-        if tissue_fraction < MIN_TISSUE_FRACTION:
-            refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
-                            f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
-                            f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
-            continue
         shift_zyx, _ = kidney_likeness_shift(kidney, grid_hu, grid_fov, radius_mm=SHIFT_SEARCH_MM,
                                      penalty_per_mm=SHIFT_PENALTY_PER_MM)
         if any(shift_zyx):
@@ -373,11 +383,9 @@ def locate_kidneys(
             fraction = float(in_view.sum() / kidney.sum())
             log.debug("%s kidney moved by %s mm to match the study's own tissue", side,
                       (np.asarray(shift_zyx[::-1]) * WORK_SPACING_MM).tolist())
-        tissue_fraction = float((tissue & in_view).sum() / in_view.sum())
-        if tissue_fraction < MIN_TISSUE_FRACTION:
-            refusals.append(f"no kidney tissue where the {side} kidney should be: only {tissue_fraction:.0%} "
-                            f"of that region is in the soft-tissue range {KIDNEY_TISSUE_HU[0]:.0f}…"
-                            f"{KIDNEY_TISSUE_HU[1]:.0f} HU (absent kidney, e.g. after nephrectomy?)")
+        absent = _absent_reason(side, tissue, in_view)
+        if absent:
+            refusals.append(absent)
             continue
         reach = int(round(REFINE_MARGIN_MM / WORK_SPACING_MM))
         near = ndimage.binary_dilation(kidney, ball, iterations=reach)
