@@ -2,14 +2,17 @@
 
 The shipped atlas is a real abdomen–pelvis CT (3 mm, un-enhanced) with both kidneys
 labelled (1 = right, 2 = left), from TotalSegmentator (Wasserthal et al. 2023,
-CC BY 4.0). Registration runs in three steps, all at coarse resolution:
+CC BY 4.0). Registration runs in three steps, at 6 and 3 mm:
 
 1. **Initial translation that trusts no origin or field of view.** Both images are
    put on LPS-aligned grids (6 mm), HU clamped to ``CLAMP_HU``, and every 3D shift is
    scored at once by masked normalised cross-correlation in the Fourier domain
    (Padfield 2012), mildly weighted toward larger overlap. Real files place the same
    anatomy hundreds of mm apart; this finds it anyway, including a study that
-   overlaps the atlas only partly (head–foot).
+   overlaps the atlas only partly (head–foot). Then both atlas kidneys are slid
+   along the study's whole head–foot extent to where it shows two fat-wrapped
+   soft-tissue organs of their shape (:func:`kidney_likeness_shift`), which rescues
+   studies with few landmarks along z; used only when that place looks like kidneys.
 2. **Similarity, then affine** registration with Mattes mutual information
    (contrast-agnostic: the atlas is un-enhanced, studies are often arterial or
    portal-venous), two resolution levels, random sampling with a fixed seed so the
