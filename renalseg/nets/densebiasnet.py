@@ -361,6 +361,8 @@ class DenseBiasNet(nn.Module):
         """
         layer = self.layers[0]
         x = x.contiguous(memory_format=torch.channels_last_3d)
+        if x.shape[1] == 1:  # give one channel explicit channels_last strides, or oneDNN answers in NCDHW
+            x = x.as_strided(x.shape, (x.numel(), 1, *x.stride()[2:]))
         stage = encoder.stages[0] if encoder is not None else None
         if stage is None or layer.conv.in_channels != stage.conv.in_channels or layer.norm.eps != stage.norm.eps \
                 or layer.norm.num_channels // layer.norm.num_groups != stage.norm.num_channels // stage.norm.num_groups:
