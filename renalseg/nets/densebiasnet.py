@@ -36,6 +36,12 @@ Choices the paper leaves open, made here:
   (the geometrically consistent inverse of the pooling).
 * Sides not divisible by 8 are zero-padded (centred) and the output cropped back.
 
+Speed: with autograd off on the CPU (``torch.inference_mode()``/``no_grad``), a fast
+path computes the same function to float rounding (see
+``DenseBiasNet._logits_fast``); ``use_fast_inference(False)`` selects the plain
+formulation, which training (autograd on) and GPUs always use.
+``benchmarks/bench_model.py`` measures both.
+
 Parameter counts (2 classes, 1 input channel): DenseBiasNet with m = 4 has
 1,738,498 parameters; DPA-DenseBiasNet with m = 4 and the default DAE encoder has
 1,875,394 (136,896 more: 15,936 frozen encoder parameters plus the wider second
