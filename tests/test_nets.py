@@ -241,3 +241,18 @@ def test_fast_inference_path_computes_the_same_function(name, hyper, shape):
     assert torch.allclose(fast, reference, atol=2e-5, rtol=1e-5), float((fast - reference).abs().max())
     assert torch.allclose(again, again_reference, atol=2e-5, rtol=1e-5)
     net.release_buffers()
+
+
+@pytest.mark.slow
+def test_fast_path_equals_the_plain_formulation_on_a_full_window():
+    net = _seeded("dpa_densebiasnet")
+    x = torch.rand(1, 1, 64, 152, 152, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        net.use_fast_inference(False)
+        reference = net(x)
+        net.use_fast_inference(True)
+        fast = net(x)
+    assert float((fast - reference).abs().max()) < 1e-3
+    # labels differ only where the (random-weight) network is undecided, p ≈ 0.5
+    differ = fast.argmax(1) != reference.argmax(1)
+    assert bool(((reference[:, 1][differ] - 0.5).abs() < 1e-3).all())
