@@ -147,10 +147,11 @@ PHANTOM_OPTIONS = [
 ]
 
 
-def _check_phantom(seed: int) -> None:
+def _check_phantom(seed: int, *, clinical: bool = False) -> None:
     from renalseg.phantom.abdomen import synthesize_abdomen
 
-    case = synthesize_abdomen(seed, **PHANTOM_OPTIONS[seed % len(PHANTOM_OPTIONS)])
+    options = {} if clinical else PHANTOM_OPTIONS[seed % len(PHANTOM_OPTIONS)]
+    case = synthesize_abdomen(seed, **options)
     rois = locate_kidneys(case.image)
     assert sorted(roi.side for roi in rois) == ["left", "right"]
     geometry = case.image.geometry
@@ -182,6 +183,13 @@ def test_abdomen_phantom_kidneys_and_hila_inside_their_rois(seed):
 @pytest.mark.parametrize("seed", [2, 3, 4, 5, 6, 7, 8, 9])
 def test_abdomen_phantom_kidneys_and_hila_inside_their_rois_more_seeds(seed):
     _check_phantom(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [10, 11])
+def test_clinical_size_abdomen_phantoms(seed):
+    """512 × 512 × 250–500 voxels at 0.6–0.85 mm, as a scanner writes them."""
+    _check_phantom(seed, clinical=True)
 
 
 # -- real CT: refusals -----------------------------------------------------------------
