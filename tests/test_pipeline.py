@@ -245,3 +245,49 @@ def test_config_is_validated():
         SegmentConfig(overlap=1.0)
     with pytest.raises(UsageError, match="min-component"):
         SegmentConfig(min_component_mm3=-1)
+
+
+def test_segmenter_predict_checks_spacing_and_channels(tmp_path):
+    segmenter = threshold_segmenter()
+    hu = np.zeros((20, 30, 30), np.float32)
+    wrong = Volume(hu, Geometry((20, 30, 30), (1.0, 1.0, 1.0), (0, 0, 0), LPS))
+    with pytest.raises(GeometryError, match="differs from the model's"):
+        segmenter.predict(wrong)
+    right = Volume(hu, Geometry((20, 30, 30), SPEC.spacing_xyz_mm, (0, 0, 0), LPS))
+    assert segmenter.predict(right).shape == (2, 20, 30, 30)
+    three_classes = Segmenter.from_predictor(threshold_predictor, ModelSpec(
+        window_zyx=SPEC.window_zyx, classes={"0": "background", "1": "artery", "2": "vein"}))
+    from renalseg.errors import ModelError
+
+    with pytest.raises(ModelError, match="3 classes"):
+        three_classes.predict(hu)
+
+
+def test_load_model_errors(tmp_path):
+    from renalseg.errors import ModelError
+    from renalseg.segmenter import load_model
+
+    with pytest.raises(ModelError, match="Weights not found"):
+        load_model(tmp_path / "none.safetensors", "cpu")
+    with pytest.raises(UsageError, match="device"):
+        load_model(tmp_path / "none.safetensors", "tpu")
+
+
+def test_tta_is_off_by_default_on_the_cpu_and_can_be_forced():
+    volume, _ = tube_ct(direction=LPS)
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return threshold_predictor(batch)
+
+    segmenter = Segmenter.from_predictor(counting, SPEC)
+    default = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True), segmenter=segmenter)
+    plain_calls = len(calls)
+    assert default.report["settings"]["tta"] is False
+    calls.clear()
+    forced = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True, tta=True), segmenter=segmenter)
+    assert forced.report["settings"]["tta"] is True
+    assert len(calls) == 8 * plain_calls
+    # the threshold predictor is mirror-symmetric: the labels do not change
+    assert np.array_equal(_labels(default), _labels(forced))
