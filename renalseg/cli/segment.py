@@ -221,7 +221,8 @@ def segment(
         "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 20.0,
     series: Annotated[Optional[str], typer.Option(
         "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; errors only.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")] = False,
 ) -> None:
     """Segment the renal artery tree of each study.
