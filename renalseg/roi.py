@@ -357,9 +357,9 @@ def locate_kidneys(
             continue
         if not hilum_in_view:
             distance, where = _outside_phrase(hilum, fov_lo, fov_hi)
-            refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is "
-                            f"in view and its hilum lies outside it ({distance:.0f} mm {where} the scanned "
-                            "region), so its renal artery cannot be traced")
+            refusals.append(f"the {side} kidney is cut by the field of view: by the registered atlas at most "
+                            f"{fraction:.0%} of it is in view and its hilum lies outside it ({distance:.0f} mm "
+                            f"{where} the scanned region), so its renal artery cannot be traced")
             continue
         if fraction < MIN_FRACTION_IN_VIEW:
             refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is in "
