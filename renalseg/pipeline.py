@@ -306,20 +306,30 @@ def segment_study(
     for key in ("resample", "inference", "resample_back", "postprocess"):
         timings[key] = 0.0
 
-    # 1. every ROI through the network first, so the full-size outputs below are not
-    #    held while the network's activations are (peak memory)
-    predicted: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    # 1. each ROI onto the model grid; then only these small arrays are needed, so the
+    #    study's pixels are released (when this function read them) before the network
+    #    runs, and the full-size outputs are allocated only after it: lower peak memory
+    study_id, study_path = study.study_id, study.path
+    input_description = {**study.describe(), "series_description": study.series_description,
+                         "slice_count": study.slice_count}
+    resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
         if not (hi > lo).all():
             raise GeometryError(
-                f"{study.path}: the {roi.side} ROI box {roi.start_zyx}+{roi.shape_zyx} lies outside the "
+                f"{study_path}: the {roi.side} ROI box {roi.start_zyx}+{roi.shape_zyx} lies outside the "
                 f"image {study_geometry.shape_zyx} (z, y, x); the localisation is wrong."
             )
-        stage = f"segment {roi.side}"
         started = time.perf_counter()
         roi_hu = Volume.from_sitk(_resample(image, roi.grid, default=_AIR_HU)).array
         timings["resample"] += time.perf_counter() - started
+        resampled_rois.append((roi, lo, hi, roi_hu))
+    del study, image, path_or_study
+
+    # 2. every ROI through the network
+    predicted: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for roi, lo, hi, roi_hu in resampled_rois:
+        stage = f"segment {roi.side}"
         started = time.perf_counter()
         probabilities = segmenter.predict(
             roi_hu, overlap=config.overlap, tta=tta,
@@ -328,7 +338,7 @@ def segment_study(
         timings["inference"] += time.perf_counter() - started
         predicted.append((roi, lo, hi, roi_hu, probabilities))
 
-    # 2. back onto the study's grid, label, clean, paste
+    # 3. back onto the study's grid, label, clean, paste
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
     probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
                          if config.save_probabilities else None)
@@ -379,10 +389,9 @@ def segment_study(
     timings["total"] = time.perf_counter() - clock
     report = {
         "status": "ok",
-        "study_id": study.study_id,
+        "study_id": study_id,
         "renalseg_version": __version__,
-        "input": {**study.describe(), "series_description": study.series_description,
-                  "slice_count": study.slice_count},
+        "input": input_description,
         "rois": [roi.to_dict() for roi in rois],
         "model": {
             "name": spec.name,
