@@ -47,15 +47,21 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("weights", type=Path)
-    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("folders", type=Path, nargs="*")
+    parser.add_argument("--results", type=Path, nargs="*", default=[],
+                        help="--json files of earlier runs (e.g. folders evaluated in parallel) to publish")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--publish", type=Path, help="write the weights + card with these metrics here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    segmenter = load_model(args.weights, device="cpu")
-    results = {folder.name: evaluate_folder(segmenter, folder, args.overlap) for folder in args.folders}
+    results = {}
+    for stored in args.results:
+        results.update(json.loads(stored.read_text()))
+    if args.folders:
+        segmenter = load_model(args.weights, device="cpu")
+        results.update({folder.name: evaluate_folder(segmenter, folder, args.overlap) for folder in args.folders})
     print(json.dumps({k: v["summary"] for k, v in results.items()}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -63,6 +69,7 @@ def main() -> None:
         network, card = load_model_files(args.weights)
         metrics = {"held_out": {name: {"cases": [r["case"] for r in r_["cases"]], **r_["summary"]}
                                 for name, r_ in results.items()},
+                   "held_out_overlap": args.overlap,
                    "selection": card.metrics}
         card = dataclasses.replace(card, metrics=metrics, synthetic_training_only=True)
         save_model(network, card, args.publish)

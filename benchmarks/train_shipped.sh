@@ -52,4 +52,4 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
 
 # 3. Held-out evaluation, then copy the best weights to weights/
 $PY benchmarks/evaluate_shipped.py "$RUNS/seg_cedice/best.safetensors" "$DATA/val" "$DATA/unseen" \
-    --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
+    --overlap 0.5 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
