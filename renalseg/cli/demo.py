@@ -12,9 +12,10 @@ from renalseg.cli.common import configure_logging, console, err_console, handle_
 
 __all__ = ["register", "DEMO_SEED"]
 
-#: a phantom seed far from the ones training uses (0 … a few hundred), so the demo's
+#: a phantom seed used neither for training nor for validation (the shipped card lists
+#: validation seeds 9000–9001 and unseen 9100–9103), so the demo's
 #: Dice is a held-out figure
-DEMO_SEED = 9001
+DEMO_SEED = 9201
 
 
 @handle_errors
