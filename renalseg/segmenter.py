@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -193,14 +191,6 @@ class Segmenter:
         return probabilities
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _batch_size_for(device: Any) -> int:
     """Windows per forward pass: 1 on the CPU (no gain, more memory), more on big GPUs."""
     if getattr(device, "type", "cpu") != "cuda":
@@ -237,14 +227,9 @@ def load_model(weights: Path | str | None = None, device: str = "auto", *, autoc
 
     torch_device, reason = select_device(device)
     path = Path(weights) if weights is not None else Path(weights_module.DEFAULT_WEIGHTS_PATH)
-    if not path.exists():
-        hint = ("The shipped weights are missing from this installation; reinstall renalseg or pass "
-                "--weights PATH." if weights is None else "Check the path given to --weights.")
-        raise ModelError(f"Weights not found: {path}. {hint}")
+    # load_model_files says what is missing and verifies the card's sha256 of the file
     network, card = weights_module.load_model_files(path, device="cpu")
     spec = ModelSpec.from_card(card)
-    if spec.sha256 is None and path.is_file():
-        spec = dataclasses.replace(spec, sha256=_sha256(path))
     predictor = NetworkPredictor(network, torch_device, autocast=autocast, on_fallback=on_fallback)
     log.info("model %s on %s", spec.name, reason)
     return Segmenter(

@@ -267,7 +267,7 @@ def test_load_model_errors(tmp_path):
     from renalseg.errors import ModelError
     from renalseg.segmenter import load_model
 
-    with pytest.raises(ModelError, match="Weights not found"):
+    with pytest.raises(ModelError, match="none.safetensors not found"):
         load_model(tmp_path / "none.safetensors", "cpu")
     with pytest.raises(UsageError, match="device"):
         load_model(tmp_path / "none.safetensors", "tpu")
