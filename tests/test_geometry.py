@@ -77,3 +77,16 @@ def test_write_refuses_existing_without_overwrite(tmp_path):
         write_image(volume, path)
     write_image(volume.with_array(volume.array + 1), path, overwrite=True)
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0, 0, 0] == volume.array[0, 0, 0] + 1
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_nifti_is_refused_not_read_as_zeros(tmp_path, suffix):
+    from renalseg.errors import InputError
+
+    path = write_image(make_ct(), tmp_path / f"ct{suffix}")
+    assert Volume.from_sitk(read_image(path)).array.shape == (24, 32, 40)  # complete file reads
+    data = path.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=r"cut\.nii.*truncated"):
+        read_image(cut)

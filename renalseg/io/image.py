@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -63,12 +66,73 @@ def read_image(path: Path | str) -> sitk.Image:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
         raise InputError(f"{path}: cannot be read as an image ({first}). Is the file complete?") from err
+    if image_format(path) == "nifti":
+        _check_nifti_complete(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path}: expected a 3D scalar image, got {image.GetDimension()}D with "
             f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel."
         )
     return image
+
+
+def _nifti_payload_bytes(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (``vox_offset`` + voxel data), from its header."""
+    for endian in ("<", ">"):
+        size = struct.unpack(endian + "i", header[:4])[0]
+        if size == 348 and len(header) >= 348:  # NIfTI-1
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if size == 540 and len(header) >= 540:  # NIfTI-2
+            dims = struct.unpack(endian + "8q", header[16:80])
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    count = 1
+    for extent in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        count *= max(int(extent), 1)
+    return max(offset, size) + count * max(int(bitpix), 8) // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file.
+
+    SimpleITK (ITK's NIfTI reader) fills the missing part of a truncated file with
+    zeros without any error, so a cut-off download would be segmented as if complete.
+    The gzip trailer stores the uncompressed size (mod 2³²), which makes the check
+    cheap for the usual single-member ``.nii.gz``; only on a mismatch is the stream
+    decompressed to be sure (multi-member gzip files are legal).
+    """
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as handle:
+            expected = _nifti_payload_bytes(handle.read(540))
+        if expected is None:
+            return
+        if not compressed:
+            actual = path.stat().st_size
+        else:
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                trailer = struct.unpack("<I", raw.read(4))[0]
+            if trailer == expected % 2**32:
+                return
+            actual = 0
+            with gzip.open(path, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    actual += len(block)
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: the file is truncated or damaged ({err}). Copy it again from its source.") from err
+    if actual < expected:
+        raise InputError(
+            f"{path}: the file is truncated: it holds {actual} of the {expected} bytes its header announces. "
+            "Copy it again from its source."
+        )
 
 
 def write_image(image: sitk.Image | Volume, path: Path | str, *, overwrite: bool = False,
