@@ -112,6 +112,38 @@ def _decimate_watertight(mesh: trimesh.Trimesh, keep_fraction: float) -> trimesh
     return mesh
 
 
+def _fill_edge_contacts(mask: np.ndarray, *, max_passes: int = 10) -> np.ndarray:
+    """Fill the voxels that make two voxels touch only along an edge.
+
+    Marching cubes joins two voxels that share only an edge (a 2 × 2 block holding
+    one diagonal) through that edge, which four faces then share: a non-manifold,
+    not watertight surface. Thin, noisy vessel masks have such contacts often (24
+    edges on a typical network output). Adding one voxel per contact makes the mask
+    face-connected there; the volume changes by a few voxels.
+
+    Example:
+        >>> m = np.zeros((1, 2, 2), bool); m[0, 0, 0] = m[0, 1, 1] = True
+        >>> int(_fill_edge_contacts(m).sum())
+        3
+    """
+    mask = np.array(mask, dtype=bool, copy=True)
+    for _ in range(max_passes):
+        changed = False
+        for axes in ((1, 2), (0, 2), (0, 1)):
+            moved = np.moveaxis(mask, axes, (-2, -1))  # a view: writes reach ``mask``
+            a, b = moved[..., :-1, :-1], moved[..., 1:, 1:]
+            c, d = moved[..., :-1, 1:], moved[..., 1:, :-1]
+            main = a & b & ~c & ~d
+            anti = c & d & ~a & ~b
+            if main.any() or anti.any():
+                c |= main
+                a |= anti
+                changed = True
+        if not changed:
+            break
+    return mask
+
+
 def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_ITERATIONS,
                  decimate: float | None = None,
                  min_component_mm3: float = DEFAULT_MIN_COMPONENT_MM3) -> trimesh.Trimesh:
@@ -154,7 +186,7 @@ def mask_to_mesh(mask: Volume, *, smoothing_iterations: int = DEFAULT_SMOOTHING_
         )
     box = bounding_box(array)
     start_zyx = np.array([s.start for s in box]) - 1
-    padded = np.pad(array[box], 1).astype(np.float32)
+    padded = np.pad(_fill_edge_contacts(array[box]), 1).astype(np.float32)
     verts_zyx, faces, _, _ = marching_cubes(padded, level=0.5, allow_degenerate=False)
     world = geometry.index_to_world((verts_zyx + start_zyx)[:, ::-1])
     mesh = trimesh.Trimesh(vertices=world, faces=faces, process=True)

@@ -246,3 +246,15 @@ def test_no_split_writes_one_mesh_per_label(tmp_path):
     assert summary["split"] == "none"
     assert summary["trees"]["renal_artery"]["all"]["components"] == 2
     assert (tmp_path / "renal_artery.obj").read_text().startswith("# SPACE=LPS")
+
+
+def test_voxels_touching_only_along_an_edge_still_give_a_watertight_mesh():
+    # a noisy network output often holds voxels that share only an edge; marching cubes
+    # would make that edge shared by four faces (non-manifold, not printable)
+    rng = np.random.default_rng(3)
+    array = rng.random((14, 16, 18)) > 0.8
+    array[7, 4:12, 4:14] = True  # one large component joins most specks
+    geometry = Geometry(array.shape, (0.7, 0.7, 1.0), (5.0, -3.0, 2.0), OBLIQUE_30DEG)
+    mesh = mask_to_mesh(Volume(array.astype(np.uint8), geometry), smoothing_iterations=0, min_component_mm3=0.0)
+    assert mesh.is_watertight
+    assert mesh.volume > 0
