@@ -331,6 +331,29 @@ def _cache_key(files: CaseFiles, spacing_xyz_mm: Sequence[float], label_map: Lab
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+
+def _read_companions(files: CaseFiles, reference: Geometry, *, use_label: bool) -> dict[str, sitk.Image]:
+    """The case's label (when used) and tissue map, each checked to be on the image's grid.
+
+    Raises:
+        DataLayoutError: a companion file is on another grid (names the case).
+    """
+    extra: dict[str, sitk.Image] = {}
+    if use_label:
+        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
+    if files.tissue is not None:
+        extra["tissue"] = read_image(files.tissue)
+    for name, other in extra.items():
+        try:
+            assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
+        except GeometryError as err:
+            raise DataLayoutError(
+                f"case '{files.case_id}': the {name} is not on the image's grid; "
+                f"{name} and image must have the same size, spacing, origin and direction.\n{err}"
+            ) from err
+    return extra
+
+
 def load_case(
     files: CaseFiles,
     *,
@@ -363,20 +386,7 @@ def load_case(
                                   stored["label"] if "label" in stored else None,
                                   stored["tissue"] if "tissue" in stored else None, label_map)
     image = read_image(files.image)
-    reference = Geometry.from_sitk(image)
-    extra: dict[str, sitk.Image] = {}
-    if use_label:
-        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
-    if files.tissue is not None:
-        extra["tissue"] = read_image(files.tissue)
-    for name, other in extra.items():
-        try:
-            assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
-        except GeometryError as err:
-            raise DataLayoutError(
-                f"case '{files.case_id}': the {name} is not on the image's grid; "
-                f"{name} and image must have the same size, spacing, origin and direction.\n{err}"
-            ) from err
+    extra = _read_companions(files, Geometry.from_sitk(image), use_label=use_label)
     volume = to_model_grid(image, spacing_xyz_mm, kind="image")
     label = None
     if use_label:
@@ -509,17 +519,7 @@ def load_whole_study(
                                    stored[f"tissue_{side}"] if f"tissue_{side}" in stored else None, label_map)
                         for side, meta in sides.items()]
     study = read_study(files.image)
-    reference = study.geometry
-    extra: dict[str, sitk.Image] = {}
-    if use_label:
-        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
-    if files.tissue is not None:
-        extra["tissue"] = read_image(files.tissue)
-    for name, other in extra.items():
-        try:
-            assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
-        except GeometryError as err:
-            raise DataLayoutError(f"case '{files.case_id}': the {name} is not on the image's grid.\n{err}") from err
+    extra = _read_companions(files, study.geometry, use_label=use_label)
     try:
         rois = locate_kidneys(study, spacing_xyz_mm=tuple(spacing_xyz_mm), seed=seed)  # type: ignore[arg-type]
     except (NoKidneyFoundError, RegistrationError) as err:
