@@ -16,8 +16,8 @@
 # first 160 steps at lr 1e-3 and at lr 3e-4, while CE + Dice separated the artery
 # within 160 steps; with a few hundred steps, not 200 epochs, that decided it).
 # The shipped run: SEG_MIN=62 on one loaded core (1359 steps), then the same step-2
-# command with RESUME=--resume, --time-limit-min 15 and --threads 2 (to step 2078;
-# best checkpoint 1920).
+# command with RESUME=--resume, --time-limit-min 15 and --threads 2 (to step 2078), and
+# once more with --time-limit-min 13 (stopped at step 2680; best checkpoint 2640).
 # To continue the shipped run in a later session: regenerate the phantoms (same seeds,
 # same files), `cp weights/dae.safetensors weights/dae.json runs/shipped/dae/`,
 # `cp -r weights/training runs/shipped/seg_cedice`, then run step 2 with RESUME=--resume.
