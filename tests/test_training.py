@@ -159,6 +159,16 @@ def test_cases_come_onto_the_patient_oriented_model_grid(tmp_path):
     assert case.label.sum() > 0.5 * (label == 3).sum() * (1.4 * 1.4 * 2.0) / (0.7 * 0.7 * 1.0)
 
 
+def test_float32_spacing_does_not_cost_a_voxel_or_a_resampling(tmp_path):
+    """NIfTI keeps 0.7 mm as 0.69999999 mm: a 160-voxel ROI stays 160 voxels, exactly."""
+    image = np.random.default_rng(0).integers(-200, 600, (4, 160, 160)).astype(np.int16)
+    write_image(Volume(image, Geometry(image.shape, SPACING, (1.0, 2.0, 3.0), LPS)),
+                tmp_path / "d" / "image" / "c.nii.gz")
+    case = load_case(find_cases(tmp_path / "d", labelled=False)[0], spacing_xyz_mm=SPACING)
+    assert case.image_hu.shape == image.shape
+    assert np.array_equal(case.image_hu, image)
+
+
 def test_cache_returns_the_same_case(tmp_path):
     root = _write_dataset(tmp_path / "d", [1])
     files = find_cases(root)[0]
@@ -244,12 +254,40 @@ def test_resume_refuses_changed_options_and_missing_runs(tmp_path):
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
     config = _config(max_steps=1)
     train(config, tmp_path / "run", train_cases=cases)
-    with pytest.raises(UsageError, match="lr"):
-        train(replace(config, lr=1.0, max_steps=2), tmp_path / "run", train_cases=cases, resume=True)
+    with pytest.raises(UsageError, match="loss"):
+        train(replace(config, loss="ce", max_steps=2), tmp_path / "run", train_cases=cases, resume=True)
     with pytest.raises(UsageError, match="already holds a run"):
         train(config, tmp_path / "run", train_cases=cases)
     with pytest.raises(UsageError, match="no checkpoint"):
         train(config, tmp_path / "other", train_cases=cases, resume=True)
+
+
+def test_resume_may_continue_at_a_lower_learning_rate(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(max_steps=2)
+    train(config, tmp_path / "run", train_cases=cases)
+    train(replace(config, lr=3e-4, max_steps=4), tmp_path / "run", train_cases=cases, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in rows] == [(1, 3e-3), (2, 3e-3), (3, 3e-4), (4, 3e-4)]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [3e-4]
+
+
+def test_best_score_restarts_when_the_validation_cases_change(tmp_path, caplog):
+    """A best Dice measured on other validation cases is no yardstick for the new ones."""
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2, 3]))
+    config = _config(max_steps=1, samples_per_epoch=1)
+    first = train(config, tmp_path / "run", train_cases=cases[:1], val_cases=cases[1:2])
+    same = train(replace(config, max_steps=2), tmp_path / "run", train_cases=cases[:1], val_cases=cases[1:2],
+                 resume=True)
+    assert "validation cases changed" not in caplog.text
+    assert same.best_score == max(first.best_score, same.best_score)
+    with caplog.at_level("WARNING"):
+        other = train(replace(config, max_steps=3), tmp_path / "run", train_cases=cases[:1],
+                      val_cases=cases[2:3], resume=True)
+    assert "validation cases changed" in caplog.text
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert other.best_score == last["val_dice"]  # the only score on the new cases so far
 
 
 def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):

@@ -262,7 +262,9 @@ def _target_grid(geometry: Geometry, spacing_xyz_mm: Sequence[float]) -> Geometr
     corners = geometry.corners_world()
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     spacing = np.asarray(spacing_xyz_mm, dtype=float)
-    size_xyz = np.maximum(np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1, 1)
+    # 1e-3 voxel of slack: NIfTI stores spacing as float32 (0.7 -> 0.69999999), and a
+    # 152-voxel extent must not lose its last voxel (and force a resampling) to that
+    size_xyz = np.maximum(np.floor((hi - lo) / spacing + 1e-3).astype(int) + 1, 1)
     return Geometry(
         (int(size_xyz[2]), int(size_xyz[1]), int(size_xyz[0])),
         tuple(float(s) for s in spacing),  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ A run folder holds:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -67,8 +68,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 _CHECKPOINT_FORMAT = "renalseg-train-checkpoint/1"
 #: options that may change when a run is resumed (extend it, validate more often, ...)
+#: ``lr`` too: a resumed run may continue at a lower learning rate (a manual step decay);
+#: the metrics log records the rate of every epoch
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {"epochs", "max_steps", "time_limit_min", "val_every", "checkpoint_every", "checkpoint_minutes"}
+    {"epochs", "max_steps", "time_limit_min", "val_every", "checkpoint_every", "checkpoint_minutes", "lr"}
 )
 STAGES = ("dae", "seg")
 
@@ -416,6 +419,22 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
+def validation_fingerprint(cases: Sequence[TrainingCase]) -> str:
+    """A digest of the validation cases (ids, grids, voxels), kept in each checkpoint.
+
+    The best score is only comparable on the same cases: a resumed run whose
+    validation cases differ (e.g. regenerated phantoms) restarts its best score.
+    """
+    digest = hashlib.sha256()
+    for case in cases:
+        digest.update(case.case_id.encode())
+        digest.update(repr(case.geometry).encode())
+        digest.update(np.ascontiguousarray(case.image_hu).tobytes())
+        if case.label is not None:
+            digest.update(np.ascontiguousarray(case.label).tobytes())
+    return digest.hexdigest()
+
+
 def _check_resume_config(stored: TrainConfig, requested: TrainConfig, run: Path) -> TrainConfig:
     """The stored config with the resumable fields taken from the request."""
     differences = [
@@ -554,6 +573,7 @@ def train(
         unlabelled = [c.case_id for c in (*train_cases, *val_cases) if c.label is None]
         if unlabelled:
             raise DataLayoutError(f"--stage seg needs labels; no label for case(s) {', '.join(unlabelled[:5])}.")
+    val_fingerprint = validation_fingerprint(val_cases)
     state: dict | None = None
     if resume:
         if not checkpoint_path.exists():
@@ -584,6 +604,15 @@ def train(
         epoch, step_in_epoch, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
         best_score = state.get("best_score")
         wall_before = float(state.get("wall_s", 0.0))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
+        stored_fingerprint = state.get("val_fingerprint")
+        if best_score is not None and stored_fingerprint != val_fingerprint:
+            # a score on other validation cases (or on unknown ones: a checkpoint older than
+            # the fingerprint) is no yardstick: the best weights restart
+            logger.warning("--resume %s: the validation cases changed since the checkpoint; the best score "
+                           "(%.4f) restarts with the next validation.", run, best_score)
+            best_score = None
         if context.is_main:
             _truncate_metrics(run, global_step)
     if context.is_main:
@@ -631,6 +660,7 @@ def train(
                 "step_in_epoch": step_in_epoch,
                 "global_step": global_step,
                 "best_score": best_score,
+                "val_fingerprint": val_fingerprint,
                 "wall_s": wall_before + elapsed(),
             })
 
