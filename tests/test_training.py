@@ -321,6 +321,34 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
     assert card.name == "dpa_densebiasnet" and card.classes == {"0": "background", "1": "renal_artery"}
     assert "val_dice" in card.metrics and card.training["steps"] >= 1
     assert (tmp_path / "seg" / "metrics.csv").read_text().startswith("epoch,step")
+    # fine-tuning from those weights needs no --encoder: it comes with them, still frozen
+    tuned = build_training_network(replace(config, encoder=None, init_weights=str(out.best_weights)))
+    assert not any(p.requires_grad for p in tuned.encoder.parameters())
+    for key, value in trained.state_dict().items():
+        assert torch.equal(tuned.state_dict()[key], value), key
+
+
+def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
+    from renalseg.errors import ModelError
+    from renalseg.training.loop import build_training_network
+    from renalseg.weights import load_model_files
+
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(max_steps=2)
+    first = train(config, tmp_path / "a", train_cases=cases)
+    saved, _ = load_model_files(first.last_weights)
+    tuned = build_training_network(replace(config, init_weights=str(first.last_weights), seed=7))
+    assert all(torch.equal(tuned.state_dict()[k], v) for k, v in saved.state_dict().items())
+    losses = _losses(replace(config, init_weights=str(first.last_weights)), tmp_path / "b", cases)
+    assert len(losses) == 2
+    with pytest.raises(ModelError, match="a.last.safetensors.*'densebiasnet' weights.*'dpa_densebiasnet'"):
+        build_training_network(replace(config, network="dpa_densebiasnet", network_options=TINY_SEG,
+                                       init_weights=str(first.last_weights)))
+    with pytest.raises(ModelError, match="other hyper-parameters"):
+        build_training_network(replace(config, network_options={**TINY_PLAIN, "num_classes": 3},
+                                       init_weights=str(first.last_weights)))
+    with pytest.raises(UsageError, match="no such file"):
+        build_training_network(replace(config, init_weights=str(tmp_path / "none.safetensors")))
 
 
 def test_dpa_without_encoder_is_a_usage_error(tmp_path):
@@ -349,6 +377,15 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
     assert result.exit_code == 0, result.output
     network, card = load_model_files(tmp_path / "seg" / "best.safetensors")
     assert card.spacing_xyz_mm == SPACING and card.training["val_cases"]
+    # fine-tuning: network and hyper-parameters come from the weights' card, no --encoder
+    best = str(tmp_path / "seg" / "best.safetensors")
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "tuned"), "--init", best,
+                                 "--loss", "ce", *common])
+    assert result.exit_code == 0, result.output
+    assert load_model_files(tmp_path / "tuned" / "best.safetensors")[1].training["recipe"]["init_weights"] == best
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "y"), "--init", best,
+                                 "--label-map", "3:renal_artery,1:renal_vein", *common])
+    assert result.exit_code == 2 and "2 classes" in result.output and "best.safetensors" in result.output
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "x"), "--data",
                                  str(tmp_path / "nowhere"), "--device", "cpu", "--quiet"])
     assert result.exit_code == 2 and "no such folder" in result.output

@@ -55,6 +55,10 @@ def train_command(
     encoder: Annotated[Path | None, typer.Option("--encoder", help="dae.safetensors from a --stage dae run "
                                                  "(required for DPA).")] = None,
     no_dpa: Annotated[bool, typer.Option("--no-dpa", help="Plain DenseBiasNet (the ablation).")] = False,
+    init: Annotated[Path | None, typer.Option("--init", help="Seg stage: start from these weights (e.g. the "
+                                              "shipped ones, to fine-tune on your labelled CTA) instead of "
+                                              "a random initialisation; network and hyper-parameters come "
+                                              "from their card.")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="Source value → class, e.g. "
                                            "'3:renal_artery' or '3:renal_artery,1:renal_vein'.")] = "3:renal_artery",
     val_data: Annotated[Path | None, typer.Option("--val-data", help="Separate validation folder "
@@ -131,7 +135,20 @@ def train_command(
         raise UsageError("--network-options must be a JSON object, e.g. '{\"bias_quantity\": 2}'.")
     mapping = parse_label_map(label_map)
     stage = stage.strip().lower()
-    if stage == "seg":
+    if stage == "seg" and init is not None:
+        from renalseg.weights import read_card
+
+        if not init.exists():
+            raise UsageError(f"--init {init}: no such file; pass a .safetensors saved by renalseg.")
+        card = read_card(init)
+        if card.num_classes != mapping.num_classes:
+            raise UsageError(f"--init {init}: {card.num_classes} classes ({', '.join(card.classes.values())}), "
+                             f"but --label-map {label_map!r} gives {mapping.num_classes}; use the same classes.")
+        if no_dpa and card.name != "densebiasnet":
+            raise UsageError(f"--init {init} holds {card.name!r} weights; drop --no-dpa.")
+        network = card.name
+        options = {**card.hyperparameters, **options}
+    elif stage == "seg":
         network = "densebiasnet" if no_dpa else "dpa_densebiasnet"
         options.setdefault("num_classes", mapping.num_classes)
     else:
@@ -161,6 +178,7 @@ def train_command(
     config = TrainConfig(
         stage=stage, network=network, network_options=options,
         encoder=str(encoder) if encoder and stage == "seg" else None,
+        init_weights=str(init) if init is not None and stage == "seg" else None,
         label_map=mapping.to_text(),
         patch_zyx=(patch_xyz[2], patch_xyz[1], patch_xyz[0]),
         window_zyx=(window_xyz[2], window_xyz[1], window_xyz[0]),

@@ -86,7 +86,13 @@ class TrainConfig:
             ``"densebiasnet"``).
         network_options: hyper-parameters passed to ``build_network``.
         encoder: DAE weights (``dae.safetensors`` from stage dae) whose encoder the
-            DPA network embeds, frozen; required for ``dpa_densebiasnet``.
+            DPA network embeds, frozen; required for ``dpa_densebiasnet`` unless
+            ``init_weights`` brings one.
+        init_weights: seg stage: start from these weights (a ``.safetensors`` of the
+            same network, e.g. the shipped ones, or a run's ``best.safetensors``)
+            instead of a random initialisation: fine-tuning on your own labelled CTA, or
+            a second phase with another loss or patch size. The DAE encoder inside them
+            stays frozen.
         label_map: ``--label-map`` text (source value → class), e.g. ``"3:renal_artery"``.
         patch_zyx: training patch (z, y, x) voxels; the paper: 64 × 152 × 152.
         window_zyx: inference window, written to the model card and used for validation
@@ -116,6 +122,7 @@ class TrainConfig:
     network: str = "dpa_densebiasnet"
     network_options: dict[str, Any] = field(default_factory=dict)
     encoder: str | None = None
+    init_weights: str | None = None
     label_map: str = "3:renal_artery"
     patch_zyx: tuple[int, int, int] = (64, 152, 152)
     window_zyx: tuple[int, int, int] = (64, 152, 152)
@@ -299,7 +306,9 @@ def build_training_network(config: TrainConfig) -> torch.nn.Module:
         raise UsageError("--stage seg trains 'dpa_densebiasnet' or 'densebiasnet', not 'dae'.")
     torch.manual_seed(config.seed)
     network = build_network(config.network, **config.network_options)
-    if config.stage == "seg" and hasattr(network, "encoder"):
+    if config.stage == "seg" and config.init_weights:
+        load_initial_weights(network, config)
+    elif config.stage == "seg" and hasattr(network, "encoder"):
         if not config.encoder:
             raise UsageError(
                 f"{config.network} embeds a trained DAE encoder: pass --encoder RUN_DAE/dae.safetensors "
@@ -307,6 +316,33 @@ def build_training_network(config: TrainConfig) -> torch.nn.Module:
             )
         load_encoder(network, Path(config.encoder))
     return network
+
+
+def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> None:
+    """Copy ``config.init_weights`` into ``network`` (all of it; a DAE encoder stays frozen).
+
+    Raises:
+        UsageError: the file does not exist.
+        ModelError: unreadable weights, another network, or other hyper-parameters.
+    """
+    from renalseg.weights import load_model_files
+
+    path = Path(config.init_weights)  # type: ignore[arg-type]
+    if not path.exists():
+        raise UsageError(f"--init {path}: no such file; pass a .safetensors saved by renalseg "
+                         "(the shipped weights or a run's best.safetensors).")
+    source, card = load_model_files(path)
+    if card.name != config.network:
+        raise ModelError(f"--init {path}: holds {card.name!r} weights, but this run trains {config.network!r}"
+                         + (" (drop --no-dpa)" if card.name == "dpa_densebiasnet" else "") + ".")
+    try:
+        network.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ModelError(f"--init {path}: its network has other hyper-parameters than this run's "
+                         f"({first}); e.g. {card.num_classes} classes vs the --label-map's.") from err
+    if hasattr(network, "encoder"):
+        freeze_encoder(network)
 
 
 def load_encoder(network: torch.nn.Module, path: Path) -> None:
