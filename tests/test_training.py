@@ -207,6 +207,32 @@ def test_artery_centred_share_and_determinism(tmp_path):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+def test_hard_negative_patches_centre_on_bright_unlabelled_voxels(tmp_path):
+    """A rib-like bright block far from the artery: --hard-negative-share finds it."""
+    from renalseg.training.data import HARD_NEGATIVE_HU
+
+    image, label, _ = _phantom(1, shape_zyx=(16, 48, 48))
+    image[:, 40:, 40:] = 700  # bone, unlabelled
+    g = Geometry(image.shape, SPACING, (0.0, 0.0, 0.0), LPS)
+    write_image(Volume(image, g), tmp_path / "d" / "image" / "c.nii.gz")
+    write_image(Volume(label, g), tmp_path / "d" / "label" / "c.nii.gz")
+    case = _cases(tmp_path / "d")[0]
+    marked = np.zeros(case.image_hu.shape, bool)
+    marked[tuple(case.hard_negatives.T)] = True
+    assert marked[:, 40:, 40:].all()  # every bone voxel
+    assert (case.image_hu[tuple(case.hard_negatives.T)] >= HARD_NEGATIVE_HU).all()
+    assert not case.label[tuple(case.hard_negatives.T)].any()
+
+    def bone_share(**kw):
+        patches = [sample_patch(case, (8, 8, 8), np.random.default_rng(s), augment=None, **kw)[0] for s in range(40)]
+        return np.mean([(p >= (700 + 1024) / 2048 - 1e-6).any() for p in patches])
+
+    assert bone_share(foreground_share=0.0, hard_negative_share=1.0) >= 0.9
+    assert bone_share(foreground_share=0.0) < 0.5
+    with pytest.raises(UsageError, match="hard-negative-share"):
+        _config(foreground_share=0.7, hard_negative_share=0.5)
+
+
 def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
     case = _cases(_write_dataset(tmp_path / "d", [1], tissue=True))[0]
     ranges = {1: (-120.0, -60.0), 5: (150.0, 250.0), 9: (250.0, 500.0)}

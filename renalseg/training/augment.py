@@ -118,11 +118,20 @@ def patch_affine(
 
 
 def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.Generator,
-                   foreground_share: float) -> np.ndarray:
+                   foreground_share: float, hard_negative_share: float = 0.0) -> np.ndarray:
     shape = np.asarray(case.image_hu.shape, dtype=float)
     patch = np.asarray(patch_zyx, dtype=float)
-    if case.foreground is not None and len(case.foreground) and rng.random() < foreground_share:
-        voxel = case.foreground[rng.integers(len(case.foreground))].astype(float)
+    has_foreground = case.foreground is not None and len(case.foreground) > 0
+    has_negatives = hard_negative_share > 0 and case.hard_negatives is not None and len(case.hard_negatives) > 0
+    # one uniform draw picks the kind (and none when there is no choice: without hard
+    # negatives the random stream is the same as before they existed, so runs resume)
+    u = rng.random() if has_foreground or has_negatives else 1.0
+    share = foreground_share if has_foreground else 0.0
+    if u < share:
+        voxel = case.foreground[rng.integers(len(case.foreground))].astype(float)  # type: ignore[index]
+        return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
+    if has_negatives and u < share + hard_negative_share:
+        voxel = case.hard_negatives[rng.integers(len(case.hard_negatives))].astype(float)  # type: ignore[index]
         return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
     lo = np.minimum((patch - 1) / 2.0, (shape - 1) / 2.0)
     hi = np.maximum(shape - 1 - (patch - 1) / 2.0, lo)
@@ -192,6 +201,7 @@ def sample_patch(
     rng: np.random.Generator,
     *,
     foreground_share: float = 0.5,
+    hard_negative_share: float = 0.0,
     augment: AugmentConfig | None = None,
     normalization: Mapping[str, Sequence[float]] = DEFAULT_NORMALIZATION,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -202,6 +212,8 @@ def sample_patch(
         patch_zyx: patch size (z, y, x) in voxels; may exceed the case (padded with air).
         rng: this sample's generator (the only source of randomness).
         foreground_share: probability that the patch is centred near a foreground voxel.
+        hard_negative_share: probability that it is centred near a hard negative
+            (``case.hard_negatives``: bright unlabelled voxels); the rest are uniform.
         augment: augmentation settings; ``None`` crops without any augmentation.
         normalization: the model card's normalisation.
 
@@ -219,7 +231,7 @@ def sample_patch(
     """
     patch = tuple(int(p) for p in patch_zyx)
     spacing_zyx = tuple(reversed(case.geometry.spacing_xyz_mm))
-    centre = _choose_centre(case, patch, rng, foreground_share)
+    centre = _choose_centre(case, patch, rng, foreground_share, hard_negative_share)
     flips: Sequence[bool] = (False, False, False)
     angles: Sequence[float] = (0.0, 0.0, 0.0)
     if augment is not None and augment.mirror:

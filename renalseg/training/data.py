@@ -247,6 +247,10 @@ class TrainingCase:
         tissue: uint8 ``(Z, Y, X)`` phantom tissue classes, or ``None``.
         foreground: int32 ``(N, 3)`` z, y, x indices of the voxels crops may be
             centred on (the first foreground class, e.g. renal artery), or empty.
+        hard_negatives: int32 ``(M, 3)`` indices of unlabelled voxels at least
+            :data:`HARD_NEGATIVE_HU` bright — bone, contrast-filled bowel, the other
+            arteries: what a network mistakes for renal artery; ``--hard-negative-share``
+            centres patches on them.
     """
 
     case_id: str
@@ -255,6 +259,13 @@ class TrainingCase:
     label: np.ndarray | None = None
     tissue: np.ndarray | None = None
     foreground: np.ndarray | None = None
+    hard_negatives: np.ndarray | None = None
+
+
+#: unlabelled voxels at least this bright are hard negatives: arterial-phase renal
+#: arteries are ≥ 250 HU, so this catches everything that looks like them (and the
+#: brightest cortex) while leaving soft tissue and fat out
+HARD_NEGATIVE_HU: float = 200.0
 
 
 def _target_grid(geometry: Geometry, spacing_xyz_mm: Sequence[float]) -> Geometry:
@@ -417,7 +428,7 @@ def _make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nd
     if isinstance(geometry.shape_zyx, list):
         geometry = Geometry(tuple(geometry.shape_zyx), tuple(geometry.spacing_xyz_mm),  # type: ignore[arg-type]
                             tuple(geometry.origin_xyz_mm), tuple(geometry.direction))  # type: ignore[arg-type]
-    foreground = None
+    foreground = hard_negatives = None
     if label is not None:
         if not (label > 0).any():
             mapped = label_map.to_text() if label_map else "?"
@@ -428,8 +439,9 @@ def _make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nd
         foreground = np.argwhere(label == 1).astype(np.int32)
         if len(foreground) == 0:
             foreground = np.argwhere(label > 0).astype(np.int32)
+        hard_negatives = np.argwhere((label == 0) & (np.asarray(image) >= HARD_NEGATIVE_HU)).astype(np.int32)
     return TrainingCase(case_id, np.asarray(image, dtype=np.float32), geometry, label,
-                        None if tissue is None else np.asarray(tissue, dtype=np.uint8), foreground)
+                        None if tissue is None else np.asarray(tissue, dtype=np.uint8), foreground, hard_negatives)
 
 
 def load_cases(

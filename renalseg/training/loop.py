@@ -108,6 +108,9 @@ class TrainConfig:
         max_steps: stop after this many optimiser steps in total (``None``: no limit).
         time_limit_min: stop (checkpointed) after this many minutes of this session.
         foreground_share: share of patches centred near the first class (artery).
+        hard_negative_share: share centred near bright unlabelled voxels (bone, bowel
+            contrast, other arteries: ``TrainingCase.hard_negatives``); the rest of the
+            patches are placed uniformly.
         augment: augmentation settings.
         seed: seeds the network's initialisation and every sample.
         val_every: validate every this many epochs (and at the end).
@@ -139,6 +142,7 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit_min: float | None = None
     foreground_share: float = 0.5
+    hard_negative_share: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     val_every: int = 1
@@ -161,6 +165,9 @@ class TrainConfig:
             raise UsageError(f"--lr must be positive; got {self.lr}.")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise UsageError(f"--foreground-share must be in [0, 1]; got {self.foreground_share}.")
+        if not 0.0 <= self.hard_negative_share <= 1.0 - self.foreground_share:
+            raise UsageError(f"--hard-negative-share must be in [0, 1 − foreground share]; got "
+                             f"{self.hard_negative_share} with --foreground-share {self.foreground_share}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map
@@ -254,7 +261,7 @@ def make_batch(
         rng = np.random.default_rng([config.seed, epoch, int(position)])
         case = cases[int(plan[int(position) % len(plan)])]
         image, label = sample_patch(case, config.patch_zyx, rng, foreground_share=config.foreground_share,
-                                    augment=config.augment, normalization=config.normalization)
+                                    hard_negative_share=config.hard_negative_share, augment=config.augment, normalization=config.normalization)
         images.append(image)
         labels.append(label)
     image_batch = np.stack(images)[:, None]
