@@ -53,6 +53,29 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
 # 2b. Ablation (same settings, started 20 min later this session): plain DenseBiasNet
 #   $PY -m renalseg train --stage seg --no-dpa ... --out "$RUNS/seg_plain_cedice"  (no --encoder)
 
+# Session 2 (regenerated phantoms: same seeds, current phantom code, so the step-2 run's
+# best score restarted). 2b: the step-2 run resumed on them (steps 2680-2920). Then two
+# phases started from weights (--init), each a new run folder:
+# 2c. 80 x 80 x 40 patches with hard negatives (A/B, one thread each, 50 min planned,
+#     stopped at step 480: CE + Dice reached val Dice 0.638, HRA 0.557 -> CE + Dice kept)
+if [ -n "${PHASES:-}" ]; then
+for L in ce_dice hra; do
+$PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/p2_$L" \
+    --init "$RUNS/seg_cedice/best.safetensors" --label-map 3:renal_artery \
+    --patch 80,80,40 --window 152,152,64 --val-overlap 0 --loss $L --lr 2e-4 \
+    --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40 \
+    --epochs 200 --val-every 2 --time-limit-min 50 --checkpoint-minutes 5 --threads 1 --device cpu --seed 1 $RESUME &
+done; wait
+# 2d. 96 x 96 x 48 patches (more context against the other abdominal arteries), two threads,
+#     then the same run resumed at a lower learning rate (P3_LR=5e-5 RESUME=--resume)
+$PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/p3" \
+    --init "$RUNS/p2_ce_dice/best.safetensors" --label-map 3:renal_artery \
+    --patch 96,96,48 --window 152,152,64 --val-overlap 0 --loss ce_dice --lr "${P3_LR:-2e-4}" \
+    --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40 \
+    --epochs 200 --val-every 2 --time-limit-min "${P3_MIN:-60}" --checkpoint-minutes 5 --threads 2 --device cpu \
+    --seed 2 $RESUME
+fi
+
 # 3. Held-out evaluation, then copy the best weights to weights/
 $PY benchmarks/evaluate_shipped.py "$RUNS/seg_cedice/best.safetensors" "$DATA/val" "$DATA/unseen" \
     --overlap 0.5 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from renalseg.errors import UsageError
-from renalseg.training.losses import LOSSES, ce_dice_loss, cross_entropy_loss, get_loss, hra_loss, hra_mask, soft_dice
+from renalseg.training.losses import (
+    LOSSES,
+    ce_dice_loss,
+    cross_entropy_loss,
+    get_loss,
+    hra_dice_loss,
+    hra_loss,
+    hra_mask,
+    soft_dice,
+)
 
 
 def _case(classes: int = 2, seed: int = 0, scale: float = 4.0):
@@ -71,9 +80,23 @@ def test_ce_dice_adds_one_minus_soft_dice():
     assert float(ce_dice_loss(perfect, target)) < 1e-4
 
 
+def test_hra_dice_adds_dice_only_for_classes_in_the_patch():
+    logits, target = _case(seed=6)
+    dice = soft_dice(logits, target)
+    assert torch.allclose(hra_dice_loss(logits, target, threshold=0.1),
+                          hra_loss(logits, target, threshold=0.1) + 1 - dice.mean())
+    # an artery-free patch: only HRA, so its false positives get the whole gradient
+    empty = torch.zeros_like(target)
+    logits = logits.detach().clone().requires_grad_(True)
+    hra_dice_loss(logits, empty).backward()
+    fp = torch.softmax(logits, 1)[:, 1] > 0.5
+    assert torch.allclose(hra_dice_loss(logits, empty), hra_loss(logits, empty))
+    assert (logits.grad[:, 1][fp] > 0).all()  # gradient descent lowers every false positive's artery logit
+
+
 def test_registry_and_errors():
     assert LOSSES["hra"] is hra_loss and get_loss("ce_dice") is ce_dice_loss
-    with pytest.raises(UsageError, match="unknown loss 'hra_ce'.*Did you mean 'hra'"):
+    with pytest.raises(UsageError, match="unknown loss 'hra_ce'.*Did you mean 'hra"):
         get_loss("hra_ce")
     logits, target = _case()
     with pytest.raises(UsageError, match="does not match logits"):

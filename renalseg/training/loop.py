@@ -405,7 +405,7 @@ def _segmentation_loss(config: TrainConfig) -> Callable[[Any, Any], Any]:
         raise UsageError(f"Unknown --loss {config.loss!r}; choose one of {', '.join(LOSSES)}."
                          + suggest(config.loss, LOSSES))
     function = LOSSES[config.loss]
-    if config.loss == "hra":
+    if config.loss in ("hra", "hra_dice"):
         return lambda logits, target: function(logits, target, threshold=config.hra_threshold)
     return lambda logits, target: function(logits, target)
 
