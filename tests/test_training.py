@@ -6,6 +6,7 @@ Everything runs on tiny volumes and tiny network widths (a few seconds in all).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -367,6 +368,12 @@ def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
     assert all(torch.equal(tuned.state_dict()[k], v) for k, v in saved.state_dict().items())
     losses = _losses(replace(config, init_weights=str(first.last_weights)), tmp_path / "b", cases)
     assert len(losses) == 2
+    # the checkpoint holds every parameter: the run resumes after the init file is gone
+    shutil.move(first.last_weights, tmp_path / "elsewhere.safetensors")
+    more = _losses(replace(config, init_weights=str(first.last_weights), max_steps=3), tmp_path / "b", cases,
+                   resume=True)
+    assert len(more) == 1
+    shutil.move(tmp_path / "elsewhere.safetensors", first.last_weights)
     with pytest.raises(ModelError, match="a.last.safetensors.*'densebiasnet' weights.*'dpa_densebiasnet'"):
         build_training_network(replace(config, network="dpa_densebiasnet", network_options=TINY_SEG,
                                        init_weights=str(first.last_weights)))

@@ -294,8 +294,13 @@ def _torch():
     return torch
 
 
-def build_training_network(config: TrainConfig) -> torch.nn.Module:
+def build_training_network(config: TrainConfig, *, load_weights: bool = True) -> torch.nn.Module:
     """The network of ``config`` (seeded), with the frozen DAE encoder loaded for DPA.
+
+    ``load_weights=False`` (a resumed run: its checkpoint restores every parameter)
+    reads neither ``encoder`` nor ``init_weights``, so a run folder resumes even where
+    those files are gone (e.g. ``weights/training`` copied to another machine); the
+    DAE encoder is still frozen, as the checkpoint's optimiser expects.
 
     Raises:
         UsageError: an unknown network, or DPA without ``--encoder``.
@@ -313,6 +318,10 @@ def build_training_network(config: TrainConfig) -> torch.nn.Module:
         raise UsageError("--stage seg trains 'dpa_densebiasnet' or 'densebiasnet', not 'dae'.")
     torch.manual_seed(config.seed)
     network = build_network(config.network, **config.network_options)
+    if not load_weights:
+        if config.stage == "seg" and hasattr(network, "encoder"):
+            freeze_encoder(network)
+        return network
     if config.stage == "seg" and config.init_weights:
         load_initial_weights(network, config)
     elif config.stage == "seg" and hasattr(network, "encoder"):
@@ -629,7 +638,8 @@ def train(
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and context.distributed:
         torch_device = torch.device("cuda", context.local_rank)
-    network = (network_factory or build_training_network)(config)
+    network = (network_factory(config) if network_factory is not None
+               else build_training_network(config, load_weights=state is None))
     network.to(torch_device)
     _train_mode(network)
     trainable = [p for p in network.parameters() if p.requires_grad]
