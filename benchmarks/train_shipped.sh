@@ -7,20 +7,22 @@
 #   held-out        9000–9005 (6 cases, never trained on, also not seen by the DAE)
 #   unseen contrast 9100–9103 (4 cases rendered with intensities/noise/blur outside the
 #                   training ranges: benchmarks/make_training_phantoms.py UNSEEN)
-# Stage dae, then stage seg (DPA-DenseBiasNet, frozen DAE encoder), on this machine's CPU
-# (2 cores shared with six other jobs), one process with one thread per run.
+# Stage dae, then stage seg (DPA-DenseBiasNet, frozen DAE encoder), on this machine's CPU.
 # Everything is checkpointed in runs/shipped/*: re-running a stage with RESUME=--resume
-# continues it exactly (raise DAE_MIN/SEG_MIN). CPU-budget deviations from the paper:
-# patch 64 × 64 × 32 instead of 152 × 152 × 64; CE + Dice loss at lr 5e-4 instead of HRA
-# at lr 1e-4 (HRA from scratch stayed at a uniform artery probability of ~0.1 for the
-# first 160 steps at lr 1e-3 and at lr 3e-4, while CE + Dice separated the artery
-# within 160 steps; with a few hundred steps, not 200 epochs, that decided it).
-# The shipped run: SEG_MIN=62 on one loaded core (1359 steps), then the same step-2
-# command with RESUME=--resume, --time-limit-min 15 and --threads 2 (to step 2078), and
-# once more with --time-limit-min 13 (stopped at step 2680; best checkpoint 2640).
-# To continue the shipped run in a later session: regenerate the phantoms (same seeds,
-# same files), `cp weights/dae.safetensors weights/dae.json runs/shipped/dae/`,
-# `cp -r weights/training runs/shipped/seg_cedice`, then run step 2 with RESUME=--resume.
+# continues it exactly. CPU-budget deviations from the paper: patches of 64 × 64 × 32,
+# then 80 × 80 × 40, then 96 × 96 × 48 instead of 152 × 152 × 64; CE + Dice at lr 5e-4
+# then 2e-4 then 5e-5 instead of HRA at lr 1e-4 (HRA from scratch stayed at a uniform
+# artery probability of ~0.1 for its first 160 steps; HRA and HRA + Dice from trained
+# weights lost to CE + Dice in same-budget A/B runs: see phases 2c and 2d).
+#
+# Session 1: step 1 (DAE), step 2 to step 2680 (62 min on one loaded core, resumed
+# with --threads 2 for 15 + 13 min).
+# Session 2: the phantoms regenerated with the current phantom code (same seeds), so the
+# step-2 run's best score restarted; step 2 resumed to step 2920, then phases 2c and 2d.
+# The shipped weights: phase 2d's best checkpoint. weights/training/ holds phase 2d's
+# checkpoint. To continue in a later session: regenerate the phantoms (steps above),
+# `cp -r weights/training runs/shipped/p3`, then run phase 2d with PHASES=1,
+# RESUME=--resume and P3_LR/P3_MIN as wanted (the --init file need not exist on resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -66,8 +68,11 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
     --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40 \
     --epochs 200 --val-every 2 --time-limit-min 50 --checkpoint-minutes 5 --threads 1 --device cpu --seed 1 $RESUME &
 done; wait
-# 2d. 96 x 96 x 48 patches (more context against the other abdominal arteries), two threads,
-#     then the same run resumed at a lower learning rate (P3_LR=5e-5 RESUME=--resume)
+# 2d. 96 x 96 x 48 patches (more context against the other abdominal arteries): 400 steps
+#     with two threads, then an A/B with one thread each for 35 min (this run resumed vs
+#     a new run `--loss hra_dice --seed 3 --init` this run's best at step 240: val Dice
+#     0.68 at step 720 vs 0.62-0.65 over 320 steps -> CE + Dice kept), then this run
+#     resumed with two threads for 21 min (to step 1439) and at P3_LR=5e-5 for 22 min.
 $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/p3" \
     --init "$RUNS/p2_ce_dice/best.safetensors" --label-map 3:renal_artery \
     --patch 96,96,48 --window 152,152,64 --val-overlap 0 --loss ce_dice --lr "${P3_LR:-2e-4}" \

@@ -370,8 +370,8 @@ def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
     assert len(losses) == 2
     # the checkpoint holds every parameter: the run resumes after the init file is gone
     shutil.move(first.last_weights, tmp_path / "elsewhere.safetensors")
-    more = _losses(replace(config, init_weights=str(first.last_weights), max_steps=3), tmp_path / "b", cases,
-                   resume=True)
+    more = _losses(replace(config, init_weights=str(tmp_path / "elsewhere.safetensors"), max_steps=3),
+                   tmp_path / "b", cases, resume=True)
     assert len(more) == 1
     shutil.move(tmp_path / "elsewhere.safetensors", first.last_weights)
     with pytest.raises(ModelError, match="a.last.safetensors.*'densebiasnet' weights.*'dpa_densebiasnet'"):

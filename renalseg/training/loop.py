@@ -73,6 +73,9 @@ _CHECKPOINT_FORMAT = "renalseg-train-checkpoint/1"
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"epochs", "max_steps", "time_limit_min", "val_every", "checkpoint_every", "checkpoint_minutes", "lr"}
 )
+#: where the starting weights came from: not read on resume (the checkpoint holds every
+#: parameter), so another path (the run copied elsewhere) is accepted and the stored one kept
+_PROVENANCE_FIELDS: frozenset[str] = frozenset({"encoder", "init_weights"})
 STAGES = ("dae", "seg")
 
 
@@ -492,7 +495,7 @@ def _check_resume_config(stored: TrainConfig, requested: TrainConfig, run: Path)
     differences = [
         f"{f.name}: run has {getattr(stored, f.name)!r}, you passed {getattr(requested, f.name)!r}"
         for f in fields(TrainConfig)
-        if f.name not in RESUMABLE_FIELDS and getattr(stored, f.name) != getattr(requested, f.name)
+        if f.name not in RESUMABLE_FIELDS | _PROVENANCE_FIELDS and getattr(stored, f.name) != getattr(requested, f.name)
     ]
     if differences:
         raise UsageError(
