@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--publish", type=Path, help="write the weights + card with these metrics here")
+    parser.add_argument("--history", help="with --publish: how the weights came to be (runs before the last "
+                                          "one, e.g. the phases a --init chain went through); card training.history")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
@@ -79,7 +81,8 @@ def main() -> None:
                                 for name, r_ in results.items()},
                    "held_out_overlap": args.overlap,
                    "selection": card.metrics}
-        card = dataclasses.replace(card, metrics=metrics, synthetic_training_only=True)
+        training = dict(card.training, **({"history": args.history} if args.history else {}))
+        card = dataclasses.replace(card, metrics=metrics, training=training, synthetic_training_only=True)
         save_model(network, card, args.publish)
         print(f"published {args.publish}")
 
