@@ -416,6 +416,13 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
                                  "--loss", "ce", *common])
     assert result.exit_code == 0, result.output
     assert load_model_files(tmp_path / "tuned" / "best.safetensors")[1].training["recipe"]["init_weights"] == best
+    # resuming (e.g. weights/training copied to a fresh clone) needs no --init file
+    shutil.move(best, tmp_path / "moved.safetensors")
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "tuned"), "--init", best,
+                                 "--loss", "ce", "--resume", *common[:6], "--max-steps", "3", "--device", "cpu",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    shutil.move(tmp_path / "moved.safetensors", best)
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "y"), "--init", best,
                                  "--label-map", "3:renal_artery,1:renal_vein", *common])
     assert result.exit_code == 2 and "2 classes" in result.output and "best.safetensors" in result.output

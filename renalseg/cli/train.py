@@ -138,7 +138,12 @@ def train_command(
         raise UsageError("--network-options must be a JSON object, e.g. '{\"bias_quantity\": 2}'.")
     mapping = parse_label_map(label_map)
     stage = stage.strip().lower()
-    if stage == "seg" and init is not None:
+    stored_run = out / "config.json"
+    if stage == "seg" and init is not None and not init.exists() and resume and stored_run.exists():
+        # resuming: the checkpoint holds every parameter and the run its network
+        stored = json.loads(stored_run.read_text(encoding="utf-8"))
+        network, options = stored["network"], {**stored["network_options"], **options}
+    elif stage == "seg" and init is not None:
         from renalseg.weights import read_card
 
         if not init.exists():
