@@ -81,6 +81,7 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
     --seed 2 $RESUME
 fi
 
-# 3. Held-out evaluation, then copy the best weights to weights/
-$PY benchmarks/evaluate_shipped.py "$RUNS/seg_cedice/best.safetensors" "$DATA/val" "$DATA/unseen" \
-    --overlap 0.5 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
+# 3. Held-out evaluation of the last phase's best weights, then publish them to weights/
+#    (session 2 also passed --history with the phases above: the card's training.history)
+$PY benchmarks/evaluate_shipped.py "$RUNS/p3/best.safetensors" "$DATA/val" "$DATA/unseen" \
+    --overlap 0.5 --threads 2 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
