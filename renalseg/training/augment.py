@@ -127,11 +127,10 @@ def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.
     # negatives the random stream is the same as before they existed, so runs resume)
     u = rng.random() if has_foreground or has_negatives else 1.0
     share = foreground_share if has_foreground else 0.0
-    if u < share:
-        voxel = case.foreground[rng.integers(len(case.foreground))].astype(float)  # type: ignore[index]
-        return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
-    if has_negatives and u < share + hard_negative_share:
-        voxel = case.hard_negatives[rng.integers(len(case.hard_negatives))].astype(float)  # type: ignore[index]
+    pool = (case.foreground if u < share
+            else case.hard_negatives if has_negatives and u < share + hard_negative_share else None)
+    if pool is not None:
+        voxel = pool[rng.integers(len(pool))].astype(float)
         return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
     lo = np.minimum((patch - 1) / 2.0, (shape - 1) / 2.0)
     hi = np.maximum(shape - 1 - (patch - 1) / 2.0, lo)
