@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from renalseg.metrics import evaluate_masks
+from renalseg.metrics import dice, evaluate_masks
 from renalseg.postprocess import DEFAULT_MIN_COMPONENT_MM3, remove_small_components
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
@@ -42,7 +42,7 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
         cleaned = remove_small_components(prediction.astype(np.uint8), min_volume_mm3=DEFAULT_MIN_COMPONENT_MM3,
                                           voxel_volume_mm3=float(np.prod(case.geometry.spacing_xyz_mm))) > 0
         row = {"case": case.case_id, **evaluate_masks(prediction, truth, case.geometry.spacing_xyz_mm),
-               "dice_segment": float(2 * (cleaned & truth).sum() / max(cleaned.sum() + truth.sum(), 1)),
+               "dice_segment": dice(cleaned, truth),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -344,7 +344,6 @@ def _cache_key(files: CaseFiles, spacing_xyz_mm: Sequence[float], label_map: Lab
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-
 def _read_companions(files: CaseFiles, reference: Geometry, *, use_label: bool) -> dict[str, sitk.Image]:
     """The case's label (when used) and tissue map, each checked to be on the image's grid.
 

@@ -144,7 +144,7 @@ def hra_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: floa
     """
     target = _target_indices(logits, target)
     loss = hra_loss(logits, target, threshold=threshold)
-    present = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].sum((0, *range(2, logits.ndim))) > 0
+    present = torch.bincount(target.flatten(), minlength=logits.shape[1])[1:] > 0
     if bool(present.any()):
         loss = loss + (1 - soft_dice(logits, target, smooth=smooth)[present]).mean()
     return loss
