@@ -182,3 +182,48 @@ def test_cli_evaluate_json_with_kipa_truth(tmp_path):
     assert empty.exit_code == 0, empty.output
     case = json.loads(empty.stdout)["cases"][0]
     assert case["dice"] == 0.0 and case["hd_mm"] is None
+
+
+def _two_vessels(spacing_xyz=SPACING):
+    """A thick (radius 2.5 mm) and a thin (radius 0.6 mm) rod along z, apart in x."""
+    shape = (40, 30, 50)
+    zyx = np.indices(shape) * np.asarray(spacing_xyz)[::-1].reshape(3, 1, 1, 1)
+    thick = ((zyx[1] - 7.5) ** 2 + (zyx[2] - 8.0) ** 2 <= 2.5 ** 2) & (zyx[0] > 3) & (zyx[0] < 28)
+    thin = ((zyx[1] - 7.5) ** 2 + (zyx[2] - 22.0) ** 2 <= 0.6 ** 2) & (zyx[0] > 3) & (zyx[0] < 28)
+    return thick, thin
+
+
+def test_centerline_recall_by_diameter_separates_thick_and_thin_vessels():
+    from renalseg.metrics import centerline_recall_by_diameter
+
+    thick, thin = _two_vessels()
+    gt = thick | thin
+    bands = ((0.0, 2.0), (2.0, math.inf))
+    only_thick = centerline_recall_by_diameter(thick, gt, SPACING, bands_mm=bands)
+    assert only_thick["0-2mm"]["recall"] == 0.0
+    assert only_thick["2mm+"]["recall"] == 1.0
+    # both bands hold about the rods' 24 mm of length
+    assert 15 < only_thick["0-2mm"]["length_mm"] < 35 and 15 < only_thick["2mm+"]["length_mm"] < 35
+    assert centerline_recall_by_diameter(gt, gt, SPACING, bands_mm=bands)["0-2mm"]["recall"] == 1.0
+    assert centerline_recall_by_diameter(np.zeros_like(gt), gt, SPACING, bands_mm=bands)["2mm+"]["recall"] == 0.0
+
+
+def test_centerline_recall_counts_a_branch_found_one_voxel_off_but_not_two():
+    from renalseg.metrics import centerline_recall_by_diameter
+
+    _, thin = _two_vessels()
+    one_off = np.roll(thin, 2, axis=2)   # moved 1.2 mm: its edge 0.6 mm from the true centerline (< 0.8 mm voxel)
+    far_off = np.roll(thin, 6, axis=2)   # moved 3.6 mm: its edge 3 mm away, a different vessel
+    assert centerline_recall_by_diameter(one_off, thin, SPACING)["0-2mm"]["recall"] == 1.0
+    assert centerline_recall_by_diameter(far_off, thin, SPACING)["0-2mm"]["recall"] == 0.0
+
+
+def test_centerline_recall_without_truth_is_nan_and_shapes_must_match():
+    from renalseg.errors import InputError
+    from renalseg.metrics import centerline_recall_by_diameter
+
+    empty = np.zeros((10, 10, 10), bool)
+    result = centerline_recall_by_diameter(empty, empty, SPACING)
+    assert all(math.isnan(r["recall"]) and r["length_mm"] == 0.0 for r in result.values())
+    with pytest.raises(InputError, match="different shapes"):
+        centerline_recall_by_diameter(empty, np.zeros((10, 10, 11), bool), SPACING)
