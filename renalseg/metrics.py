@@ -54,6 +54,7 @@ __all__ = [
     "evaluate_masks",
     "DIAMETER_BANDS_MM",
     "centerline_recall_by_diameter",
+    "FOUND_NAMES",
     "evaluate_case",
     "collect_label_files",
     "match_pairs",
@@ -196,7 +197,8 @@ def evaluate_case(pred: Volume, gt: Volume, *, pred_label: int | None = None, gt
         names: how to call the two images in error messages.
 
     Returns:
-        The metrics plus ``pred_volume_ml`` and ``gt_volume_ml``.
+        The metrics plus ``pred_volume_ml``, ``gt_volume_ml`` and :data:`FOUND_NAMES`
+        (:func:`centerline_recall_by_diameter`; NaN for a band the truth has no vessel in).
     """
     if resample and not pred.geometry.is_same_grid(gt.geometry):
         pred = _resample_nearest(pred, gt)
@@ -207,6 +209,8 @@ def evaluate_case(pred: Volume, gt: Volume, *, pred_label: int | None = None, gt
     voxel_ml = gt.geometry.voxel_volume_mm3 / 1000.0
     result["pred_volume_ml"] = round(float(pred_mask.sum()) * voxel_ml, 4)
     result["gt_volume_ml"] = round(float(gt_mask.sum()) * voxel_ml, 4)
+    found = centerline_recall_by_diameter(pred_mask, gt_mask, gt.geometry.spacing_xyz_mm)
+    result.update({f"found_{band}": r["recall"] for band, r in found.items()})
     return result
 
 
@@ -340,6 +344,14 @@ def summarize(rows: Sequence[dict], keys: Sequence[str] = METRIC_NAMES) -> dict[
 DIAMETER_BANDS_MM: tuple[tuple[float, float], ...] = ((0.0, 2.0), (2.0, 4.0), (4.0, math.inf))
 
 
+def _band_name(low: float, high: float) -> str:
+    return f"{low:g}-{high:g}mm" if math.isfinite(high) else f"{low:g}mm+"
+
+
+#: per-case columns of :func:`evaluate_case`: the centerline share found per diameter band
+FOUND_NAMES: tuple[str, ...] = tuple(f"found_{_band_name(lo, hi)}" for lo, hi in DIAMETER_BANDS_MM)
+
+
 def centerline_recall_by_diameter(
     pred: np.ndarray, gt: np.ndarray, spacing_xyz_mm: Sequence[float], *,
     bands_mm: Sequence[tuple[float, float]] = DIAMETER_BANDS_MM, tolerance_mm: float | None = None,
@@ -378,7 +390,7 @@ def centerline_recall_by_diameter(
     spacing_zyx = tuple(float(s) for s in spacing_xyz_mm)[::-1]
     tolerance = max(spacing_zyx) if tolerance_mm is None else float(tolerance_mm)
     result: dict[str, dict[str, float | int]] = {}
-    names = [f"{lo:g}-{hi:g}mm" if math.isfinite(hi) else f"{lo:g}mm+" for lo, hi in bands_mm]
+    names = [_band_name(lo, hi) for lo, hi in bands_mm]
     if not gt.any():
         return {name: {"recall": math.nan, "length_mm": 0.0} for name in names}
     box = ndimage.find_objects(gt.astype(np.uint8))[0]

@@ -227,3 +227,18 @@ def test_centerline_recall_without_truth_is_nan_and_shapes_must_match():
     assert all(math.isnan(r["recall"]) and r["length_mm"] == 0.0 for r in result.values())
     with pytest.raises(InputError, match="different shapes"):
         centerline_recall_by_diameter(empty, np.zeros((10, 10, 11), bool), SPACING)
+
+
+def test_cli_evaluate_reports_which_vessel_calibres_were_found(tmp_path):
+    thick, thin = _two_vessels()
+    write_image(_volume(thick), tmp_path / "pred.nii.gz")            # the thin vessel missed
+    write_image(_volume(thick | thin), tmp_path / "truth.nii.gz")
+    out = tmp_path / "metrics.csv"
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "pred.nii.gz"), "--gt", str(tmp_path / "truth.nii.gz"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "share of the true centerline found" in " ".join(result.output.split())
+    case = json.loads(out.with_suffix(".json").read_text())["cases"][0]
+    assert case["found_0-2mm"] == 0.0 and case["found_4mm+"] == 1.0
+    assert case["found_2-4mm"] is None          # no vessel of 2-4 mm in the truth: undefined, not 0
+    assert "found_0-2mm" in out.read_text().splitlines()[0]

@@ -16,7 +16,8 @@ from renalseg.cli.common import configure_logging, console, handle_errors
 
 __all__ = ["register"]
 
-_HEADERS = {"dice": "Dice", "mcd_mm": "MCD (mm)", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)"}
+_HEADERS = {"dice": "Dice", "mcd_mm": "MCD (mm)", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)",
+            "found_0-2mm": "< 2 mm", "found_2-4mm": "2-4 mm", "found_4mm+": ">= 4 mm"}
 
 
 def _json_safe(value: object) -> object:
@@ -60,7 +61,7 @@ def evaluate(
     """
     from renalseg.errors import OutputExistsError, UsageError
     from renalseg.io.output import atomic_write_json, atomic_write_text
-    from renalseg.metrics import METRIC_NAMES, evaluate_pairs, summarize
+    from renalseg.metrics import FOUND_NAMES, METRIC_NAMES, evaluate_pairs, summarize
 
     configure_logging()
     if not gt:
@@ -68,8 +69,9 @@ def evaluate(
     if out is not None and out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
     rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label)
-    summary = summarize(rows)
-    columns = ["case", *METRIC_NAMES, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
+    names = (*METRIC_NAMES, *FOUND_NAMES)
+    summary = summarize(rows, keys=names)
+    columns = ["case", *names, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
     if out is not None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -81,16 +83,18 @@ def evaluate(
     if as_json:
         console.print_json(json.dumps(_json_safe({"cases": rows, "summary": summary})))
         return
-    table = Table("case", *(_HEADERS[m] for m in METRIC_NAMES))
+    table = Table("case", *(_HEADERS[m] for m in names))
     for row in rows:
-        table.add_row(row["case"], *(_fmt(row[m], 4 if m == "dice" else 2) for m in METRIC_NAMES))
+        table.add_row(row["case"], *(_fmt(row[m], 4 if m == "dice" else 2) for m in names))
     table.add_section()
     table.add_row(f"mean ± std (n={len(rows)})", *(
         f"{_fmt(summary[m]['mean'], 4 if m == 'dice' else 2)} ± {_fmt(summary[m]['std'], 4 if m == 'dice' else 2)}"
-        for m in METRIC_NAMES))
+        for m in names))
     console.print(table)
-    if any(summary[m]["n"] < len(rows) for m in METRIC_NAMES):
-        console.print("n/a: distance undefined (one mask empty); left out of the mean.")
+    console.print("< 2 mm, 2-4 mm, >= 4 mm: the share of the true centerline found (a predicted voxel within "
+                  "one voxel), by vessel diameter.")
+    if any(summary[m]["n"] < len(rows) for m in names):
+        console.print("n/a: undefined (a mask empty, or no true vessel of that diameter); left out of the mean.")
     if out is not None:
         console.print(f"Wrote {out} and {out.with_suffix('.json')}.")
 
