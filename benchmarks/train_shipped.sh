@@ -36,6 +36,9 @@ $PY benchmarks/make_training_phantoms.py "$DATA/train" --seeds 1000-1039
 $PY benchmarks/make_training_phantoms.py "$DATA/val" --seeds 9000-9005
 $PY benchmarks/make_training_phantoms.py "$DATA/unseen" --seeds 9100-9103 --unseen-intensities
 
+# Steps 1 and 2 run unless a later phase or study is asked for (PHASES, DR_STUDY, ABLATION);
+# step 3 runs after steps 1-2 or PHASES.
+if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}" ]; then
 # 1. DAE: unlabelled training images (the 4 of them the seeded split holds out give the val MSE)
 $PY -m renalseg train --stage dae --data "$DATA/train" --out "$RUNS/dae" \
     --patch 96,96,48 --window 96,96,48 --lr 1e-3 --val-fraction 0.1 --epochs 100 \
@@ -51,6 +54,7 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
     --patch 64,64,32 --window 152,152,64 --val-overlap 0 --loss ce_dice --lr 5e-4 \
     --foreground-share 0.7 --domain-randomisation 0.5 --samples-per-epoch 40 --epochs 200 \
     --val-every 3 --time-limit-min "$SEG_MIN" --checkpoint-minutes 5 --threads 1 --device cpu --seed 0 $RESUME
+fi
 
 # 2b. Ablation (same settings, started 20 min later this session): plain DenseBiasNet
 #   $PY -m renalseg train --stage seg --no-dpa ... --out "$RUNS/seg_plain_cedice"  (no --encoder)
@@ -94,7 +98,34 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
 done; wait
 fi
 
+# 2f. Equal-budget studies from scratch (session 3), three runs at once, one thread each,
+#     step 2's recipe, the same seed and the same number of steps (2400):
+#       dpa       DPA-DenseBiasNet (step 1's DAE encoder), domain randomisation p = 0.5
+#       plain     plain DenseBiasNet (--no-dpa), p = 0.5         -> the DPA ablation
+#       dpa_dr0   DPA-DenseBiasNet without domain randomisation -> the DR study
+#     then each run's best weights evaluated as in 3.
+if [ -n "${ABLATION:-}" ]; then
+for ARM in dpa plain dpa_dr0; do
+  case $ARM in
+    dpa) ARGS="--encoder $RUNS/dae/dae.safetensors --domain-randomisation 0.5" ;;
+    plain) ARGS="--no-dpa --domain-randomisation 0.5" ;;
+    dpa_dr0) ARGS="--encoder $RUNS/dae/dae.safetensors --domain-randomisation 0" ;;
+  esac
+  $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/ablation_$ARM" \
+      $ARGS --label-map 3:renal_artery \
+      --patch 64,64,32 --window 152,152,64 --val-overlap 0 --loss ce_dice --lr 5e-4 \
+      --foreground-share 0.7 --samples-per-epoch 40 --epochs 200 \
+      --max-steps "${ABLATION_STEPS:-2400}" --val-every 3 --time-limit-min "${ABLATION_MIN:-120}" \
+      --checkpoint-minutes 5 --threads 1 --device cpu --seed 0 $RESUME > "$RUNS/ablation_$ARM.log" 2>&1 &
+done; wait
+for ARM in dpa plain dpa_dr0; do
+  $PY benchmarks/evaluate_shipped.py "$RUNS/ablation_$ARM/best.safetensors" "$DATA/val" "$DATA/unseen" \
+      --overlap 0.5 --threads 2 --json "$RUNS/ablation_$ARM.json"
+done
+fi
+
 # 3. Held-out evaluation of the last phase's best weights, then publish them to weights/
 #    (session 2 also passed --history with the phases above: the card's training.history)
+[ -n "${DR_STUDY:-}${ABLATION:-}" ] && exit 0
 $PY benchmarks/evaluate_shipped.py "$RUNS/p3/best.safetensors" "$DATA/val" "$DATA/unseen" \
     --overlap 0.5 --threads 2 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
