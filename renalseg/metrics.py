@@ -361,9 +361,10 @@ def centerline_recall_by_diameter(
     Dice is dominated by the boundary voxels of thin vessels; a surgeon asks instead
     whether each branch is there. The truth is thinned to its centerline
     (:func:`renalseg.tree.centerline`); each centerline voxel's vessel diameter is
-    twice the truth's Euclidean distance transform there (mm, distance from the voxel
-    centre to the nearest voxel outside the vessel, so a one-voxel vessel reads about
-    one voxel across); it counts as found when a predicted voxel lies within
+    2 d − s, with d the truth's Euclidean distance transform there (mm, from the voxel
+    centre to the nearest voxel centre outside the vessel, half a voxel beyond the
+    wall) and s the smallest voxel side: a one-voxel vessel reads one voxel across, a
+    tube of radius r about 2 r. It counts as found when a predicted voxel lies within
     ``tolerance_mm`` of it (default: the largest voxel side, one voxel of slack for
     a branch found slightly off-centre).
 
@@ -399,7 +400,7 @@ def centerline_recall_by_diameter(
     box = tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, gt.shape))
     gt_box, pred_box = np.pad(gt[box], 1), np.pad(pred[box], 1)
     line = centerline(gt_box, tuple(spacing_xyz_mm))
-    diameter = 2.0 * ndimage.distance_transform_edt(gt_box, sampling=spacing_zyx)[line]
+    diameter = 2.0 * ndimage.distance_transform_edt(gt_box, sampling=spacing_zyx)[line] - min(spacing_zyx)
     if pred_box.any():
         found = ndimage.distance_transform_edt(~pred_box, sampling=spacing_zyx)[line] <= tolerance + 1e-6
     else:

@@ -242,3 +242,17 @@ def test_cli_evaluate_reports_which_vessel_calibres_were_found(tmp_path):
     assert case["found_0-2mm"] == 0.0 and case["found_4mm+"] == 1.0
     assert case["found_2-4mm"] is None          # no vessel of 2-4 mm in the truth: undefined, not 0
     assert "found_0-2mm" in out.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("radius_mm", [1.0, 1.6, 2.5])
+def test_centerline_diameter_estimate_is_within_a_voxel(radius_mm):
+    from renalseg.metrics import centerline_recall_by_diameter
+
+    spacing = (0.5, 0.5, 0.8)
+    shape = (30, 40, 40)
+    zyx = np.indices(shape) * np.asarray(spacing)[::-1].reshape(3, 1, 1, 1)
+    rod = ((zyx[1] - 10.0) ** 2 + (zyx[2] - 10.0) ** 2 <= radius_mm ** 2) & (zyx[0] > 3) & (zyx[0] < 20)
+    d = 2 * radius_mm  # the estimate is quantised to the grid: within one voxel side of 2 r
+    near = centerline_recall_by_diameter(rod, rod, spacing, bands_mm=((d - 0.5, d + 0.5),))
+    everything = centerline_recall_by_diameter(rod, rod, spacing, bands_mm=((0, math.inf),))
+    assert list(near.values())[0]["length_mm"] >= 0.9 * list(everything.values())[0]["length_mm"] > 5
