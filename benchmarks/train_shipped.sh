@@ -103,7 +103,10 @@ fi
 #       dpa       DPA-DenseBiasNet (step 1's DAE encoder), domain randomisation p = 0.5
 #       plain     plain DenseBiasNet (--no-dpa), p = 0.5         -> the DPA ablation
 #       dpa_dr0   DPA-DenseBiasNet without domain randomisation -> the DR study
-#     then each run's best weights evaluated as in 3.
+#     then each run's best weights evaluated as in 3. Session 3 ran ABLATION_STEPS=2000
+#     (~58 min): held-out Dice dpa 0.490, plain 0.498, dpa_dr0 0.512; unseen-contrast
+#     0.295, 0.343, 0.101. The plain run's best is weights/densebiasnet (published with
+#     evaluate_shipped.py --results runs/shipped/ablation_plain.json --publish ...).
 if [ -n "${ABLATION:-}" ]; then
 for ARM in dpa plain dpa_dr0; do
   case $ARM in
