@@ -117,7 +117,8 @@ def demo(
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
                   f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
                   soft_wrap=True)
-    bands = ", ".join(f"{band.replace('-', '–').replace('mm+', ' mm and wider').replace('mm', ' mm')} "
+    bands = ", ".join(f"{band.replace('-', '–').removesuffix('mm+').removesuffix('mm')}"
+                      f"{' mm and wider' if band.endswith('+') else ' mm'} "
                       f"{'n/a' if not np.isfinite(r['recall']) else format(r['recall'], '.0%')}"
                       for band, r in found.items())
     console.print(f"true centerline found, by vessel diameter: {bands}", soft_wrap=True, highlight=False)
