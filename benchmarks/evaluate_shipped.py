@@ -8,7 +8,7 @@ the card's window, Gaussian blending) and ``renalseg.metrics.evaluate_masks`` (D
 MCD, MSD, HD, HD95 in mm) of the arg-max map, plus ``dice_segment``: the Dice after
 the speck removal ``renalseg segment`` applies by default (``--min-component-mm3``),
 and ``found_<band>``: the share of the true centerline found, by vessel diameter
-(``renalseg.metrics.centerline_recall_by_diameter``: < 2 mm interlobar/arcuate, 2–4 mm,
+(``renalseg.metrics.found_by_diameter``: < 2 mm interlobar/arcuate, 2–4 mm,
 >= 4 mm main artery and divisions).
 With ``--publish`` the weights are re-saved with a card whose ``metrics`` hold these
 held-out figures (``save_model`` recomputes the sha256).
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from renalseg.metrics import centerline_recall_by_diameter, dice, evaluate_masks
+from renalseg.metrics import dice, evaluate_masks, found_by_diameter
 from renalseg.postprocess import DEFAULT_MIN_COMPONENT_MM3, remove_small_components
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
@@ -46,8 +46,7 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
                                           voxel_volume_mm3=float(np.prod(case.geometry.spacing_xyz_mm))) > 0
         row = {"case": case.case_id, **evaluate_masks(prediction, truth, case.geometry.spacing_xyz_mm),
                "dice_segment": dice(cleaned, truth),
-               **{f"found_{band}": r["recall"] for band, r in
-                  centerline_recall_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm).items()},
+               **found_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)

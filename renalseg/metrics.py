@@ -55,6 +55,7 @@ __all__ = [
     "DIAMETER_BANDS_MM",
     "centerline_recall_by_diameter",
     "FOUND_NAMES",
+    "found_by_diameter",
     "evaluate_case",
     "collect_label_files",
     "match_pairs",
@@ -209,8 +210,7 @@ def evaluate_case(pred: Volume, gt: Volume, *, pred_label: int | None = None, gt
     voxel_ml = gt.geometry.voxel_volume_mm3 / 1000.0
     result["pred_volume_ml"] = round(float(pred_mask.sum()) * voxel_ml, 4)
     result["gt_volume_ml"] = round(float(gt_mask.sum()) * voxel_ml, 4)
-    found = centerline_recall_by_diameter(pred_mask, gt_mask, gt.geometry.spacing_xyz_mm)
-    result.update({f"found_{band}": r["recall"] for band, r in found.items()})
+    result.update(found_by_diameter(pred_mask, gt_mask, gt.geometry.spacing_xyz_mm))
     return result
 
 
@@ -411,3 +411,10 @@ def centerline_recall_by_diameter(
         result[name] = {"recall": float(found[band].mean()) if band.any() else math.nan,
                         "length_mm": round(float(band.sum()) * step_mm, 1)}
     return result
+
+
+def found_by_diameter(pred: np.ndarray, gt: np.ndarray, spacing_xyz_mm: Sequence[float]) -> dict[str, float]:
+    """:func:`centerline_recall_by_diameter` in the default bands as flat per-case
+    columns, ``{name: share found}`` for each name in :data:`FOUND_NAMES`."""
+    found = centerline_recall_by_diameter(pred, gt, spacing_xyz_mm)
+    return {name: r["recall"] for name, r in zip(FOUND_NAMES, found.values())}

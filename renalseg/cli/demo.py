@@ -42,7 +42,7 @@ def demo(
     from renalseg.io.image import write_image
     from renalseg.io.output import StagedDir
     from renalseg.mesh import export_meshes
-    from renalseg.metrics import centerline_recall_by_diameter, dice
+    from renalseg.metrics import DIAMETER_BANDS_MM, dice, found_by_diameter
     from renalseg.phantom import synthesize_abdomen
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, segment_study, write_outputs
     from renalseg.segmenter import load_model
@@ -94,7 +94,7 @@ def demo(
 
     truth = case.label.array == 3  # KiPA22: 3 = artery
     score = dice(labels.array == 1, truth)
-    found = centerline_recall_by_diameter(labels.array == 1, truth, labels.geometry.spacing_xyz_mm)
+    found = found_by_diameter(labels.array == 1, truth, labels.geometry.spacing_xyz_mm)
     table = Table("step", "seconds", title=f"renalseg demo (phantom seed {seed})")
     for step, seconds in times.items():
         table.add_row(step, f"{seconds:.1f}")
@@ -117,10 +117,10 @@ def demo(
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
                   f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
                   soft_wrap=True)
-    bands = ", ".join(f"{band.replace('-', '–').removesuffix('mm+').removesuffix('mm')}"
-                      f"{' mm and wider' if band.endswith('+') else ' mm'} "
-                      f"{'n/a' if not np.isfinite(r['recall']) else format(r['recall'], '.0%')}"
-                      for band, r in found.items())
+    bands = ", ".join(
+        f"{f'{lo:g}–{hi:g} mm' if np.isfinite(hi) else f'{lo:g} mm and wider'} "
+        f"{format(share, '.0%') if np.isfinite(share) else 'n/a'}"
+        for (lo, hi), share in zip(DIAMETER_BANDS_MM, found.values()))
     console.print(f"true centerline found, by vessel diameter: {bands}", soft_wrap=True, highlight=False)
 
 
