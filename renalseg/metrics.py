@@ -55,6 +55,7 @@ __all__ = [
     "DIAMETER_BANDS_MM",
     "centerline_recall_by_diameter",
     "FOUND_NAMES",
+    "FOUND_LABELS",
     "found_by_diameter",
     "evaluate_case",
     "collect_label_files",
@@ -350,6 +351,9 @@ def _band_name(low: float, high: float) -> str:
 
 #: per-case columns of :func:`evaluate_case`: the centerline share found per diameter band
 FOUND_NAMES: tuple[str, ...] = tuple(f"found_{_band_name(lo, hi)}" for lo, hi in DIAMETER_BANDS_MM)
+#: how reports name those bands, in the same order ("0–2 mm", ..., "4 mm and wider")
+FOUND_LABELS: tuple[str, ...] = tuple(f"{lo:g}–{hi:g} mm" if math.isfinite(hi) else f"{lo:g} mm and wider"
+                                      for lo, hi in DIAMETER_BANDS_MM)
 
 
 def centerline_recall_by_diameter(
@@ -390,7 +394,6 @@ def centerline_recall_by_diameter(
         raise InputError(f"Prediction {pred.shape} and truth {gt.shape} have different shapes (z, y, x).")
     spacing_zyx = tuple(float(s) for s in spacing_xyz_mm)[::-1]
     tolerance = max(spacing_zyx) if tolerance_mm is None else float(tolerance_mm)
-    result: dict[str, dict[str, float | int]] = {}
     names = [_band_name(lo, hi) for lo, hi in bands_mm]
     if not gt.any():
         return {name: {"recall": math.nan, "length_mm": 0.0} for name in names}
@@ -406,6 +409,7 @@ def centerline_recall_by_diameter(
     else:
         found = np.zeros(diameter.shape, bool)
     step_mm = float(np.mean(spacing_zyx))
+    result: dict[str, dict[str, float | int]] = {}
     for name, (lo, hi) in zip(names, bands_mm):
         band = (diameter >= lo) & (diameter < hi)
         result[name] = {"recall": float(found[band].mean()) if band.any() else math.nan,

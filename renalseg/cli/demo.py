@@ -42,7 +42,7 @@ def demo(
     from renalseg.io.image import write_image
     from renalseg.io.output import StagedDir
     from renalseg.mesh import export_meshes
-    from renalseg.metrics import DIAMETER_BANDS_MM, dice, found_by_diameter
+    from renalseg.metrics import FOUND_LABELS, dice, found_by_diameter
     from renalseg.phantom import synthesize_abdomen
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, segment_study, write_outputs
     from renalseg.segmenter import load_model
@@ -117,10 +117,8 @@ def demo(
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
                   f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
                   soft_wrap=True)
-    bands = ", ".join(
-        f"{f'{lo:g}–{hi:g} mm' if np.isfinite(hi) else f'{lo:g} mm and wider'} "
-        f"{format(share, '.0%') if np.isfinite(share) else 'n/a'}"
-        for (lo, hi), share in zip(DIAMETER_BANDS_MM, found.values()))
+    bands = ", ".join(f"{label} {format(share, '.0%') if np.isfinite(share) else 'n/a'}"
+                      for label, share in zip(FOUND_LABELS, found.values()))
     console.print(f"true centerline found, by vessel diameter: {bands}", soft_wrap=True, highlight=False)
 
 

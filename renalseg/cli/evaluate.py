@@ -16,8 +16,7 @@ from renalseg.cli.common import configure_logging, console, handle_errors
 
 __all__ = ["register"]
 
-_HEADERS = {"dice": "Dice", "mcd_mm": "MCD (mm)", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)",
-            "found_0-2mm": "< 2 mm", "found_2-4mm": "2-4 mm", "found_4mm+": ">= 4 mm"}
+_HEADERS = {"dice": "Dice", "mcd_mm": "MCD (mm)", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)"}
 
 
 def _json_safe(value: object) -> object:
@@ -61,7 +60,7 @@ def evaluate(
     """
     from renalseg.errors import OutputExistsError, UsageError
     from renalseg.io.output import atomic_write_json, atomic_write_text
-    from renalseg.metrics import FOUND_NAMES, METRIC_NAMES, evaluate_pairs, summarize
+    from renalseg.metrics import FOUND_LABELS, FOUND_NAMES, METRIC_NAMES, evaluate_pairs, summarize
 
     configure_logging()
     if not gt:
@@ -83,7 +82,8 @@ def evaluate(
     if as_json:
         console.print_json(json.dumps(_json_safe({"cases": rows, "summary": summary})))
         return
-    table = Table("case", *(_HEADERS[m] for m in names))
+    headers = {**_HEADERS, **dict(zip(FOUND_NAMES, FOUND_LABELS))}
+    table = Table("case", *(headers[m] for m in names))
     for row in rows:
         table.add_row(row["case"], *(_fmt(row[m], 4 if m == "dice" else 2) for m in names))
     table.add_section()
@@ -91,7 +91,7 @@ def evaluate(
         f"{_fmt(summary[m]['mean'], 4 if m == 'dice' else 2)} ± {_fmt(summary[m]['std'], 4 if m == 'dice' else 2)}"
         for m in names))
     console.print(table)
-    console.print("< 2 mm, 2-4 mm, >= 4 mm: the share of the true centerline found (a predicted voxel within "
+    console.print(f"{', '.join(FOUND_LABELS)}: the share of the true centerline found (a predicted voxel within "
                   "one voxel), by vessel diameter.")
     if any(summary[m]["n"] < len(rows) for m in names):
         console.print("n/a: undefined (a mask empty, or no true vessel of that diameter); left out of the mean.")
