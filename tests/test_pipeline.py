@@ -291,3 +291,61 @@ def test_tta_is_off_by_default_on_the_cpu_and_can_be_forced():
     assert len(calls) == 8 * plain_calls
     # the threshold predictor is mirror-symmetric: the labels do not change
     assert np.array_equal(_labels(default), _labels(forced))
+
+
+# -- context classes: only artery pieces that reach the kidney are written -------------------
+
+KIDNEY_HU = 180.0
+CONTEXT_SPEC = ModelSpec(window_zyx=(32, 64, 64), classes={"0": "background", "1": "renal_artery", "2": "kidney"},
+                         context_classes=("kidney",))
+
+
+def artery_and_kidney_predictor(batch: np.ndarray) -> np.ndarray:
+    """'Kidney' at 100–350 HU, 'artery' above: a stand-in for a network trained with the kidney."""
+    kidney_lo, artery_lo = CONTEXT_SPEC.normalize(np.array([100.0, 350.0]))
+    artery = (batch >= artery_lo).astype(np.float32)
+    kidney = ((batch >= kidney_lo) & (batch < artery_lo)).astype(np.float32)
+    return np.concatenate([1.0 - artery - kidney, artery, kidney], axis=1)
+
+
+def kidney_with_two_arteries(geometry: Geometry) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A kidney ball, an artery running into it, and an artery 15 mm away from it (an 'SMA')."""
+    zz, yy, xx = np.indices(geometry.shape_zyx)
+    world = geometry.index_to_world(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    x, y, z = (world[:, i].reshape(geometry.shape_zyx) for i in range(3))
+    centre = geometry.index_to_world([np.asarray(geometry.shape_xyz) / 2 - 0.5])[0]
+    x, y, z = x - centre[0], y - centre[1], z - centre[2]
+    kidney = (x - 8) ** 2 + y ** 2 + z ** 2 <= 10.0 ** 2
+    renal = ((y ** 2 + z ** 2) <= 2.0 ** 2) & (x <= 0) & (x >= -20)  # ends inside the kidney
+    sma = ((x + 4) ** 2 + (y - 15) ** 2 <= 2.5 ** 2) & ~kidney  # runs along z, 15 mm from it
+    hu = np.full(geometry.shape_zyx, TISSUE_HU)
+    hu[kidney] = KIDNEY_HU
+    hu[renal | sma] = TUBE_HU
+    return Volume(hu.astype(np.int16), geometry), renal, sma
+
+
+def test_context_classes_keep_the_artery_that_reaches_the_kidney_and_are_not_written(tmp_path):
+    geometry = Geometry((40, 64, 64), CONTEXT_SPEC.spacing_xyz_mm, (-10.0, 20.0, 300.0), LAS)
+    volume, renal, sma = kidney_with_two_arteries(geometry)
+    segmenter = Segmenter.from_predictor(artery_and_kidney_predictor, CONTEXT_SPEC)
+    raw = segmenter.predict(volume, raw=True)
+    assert raw.shape == (3, *geometry.shape_zyx)
+    assert (np.argmax(raw, axis=0) == 1)[sma].mean() > 0.99  # the network saw both arteries
+    filtered = segmenter.predict(volume)
+    assert filtered.shape == (2, *geometry.shape_zyx)
+    np.testing.assert_allclose(filtered.sum(axis=0), 1.0, atol=1e-5)
+    result = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                           segmenter=segmenter)
+    labels = _labels(result)
+    assert set(np.unique(labels)) == {0, 1}  # the kidney is context: never written
+    assert result.report["model"]["classes"] == {"0": "background", "1": "renal_artery"}
+    assert dice(labels == 1, renal) > 0.95
+    assert not (labels == 1)[sma].any()
+
+
+def test_context_keeps_everything_when_no_kidney_is_found():
+    geometry = Geometry((40, 64, 64), CONTEXT_SPEC.spacing_xyz_mm, (0.0, 0.0, 0.0), LPS)
+    volume, renal, sma = kidney_with_two_arteries(geometry)
+    volume.array[volume.array == KIDNEY_HU] = TISSUE_HU  # a crop that missed the kidney
+    labels = np.argmax(Segmenter.from_predictor(artery_and_kidney_predictor, CONTEXT_SPEC).predict(volume), axis=0)
+    assert (labels == 1)[sma].all() and (labels == 1)[renal].all()

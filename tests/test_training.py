@@ -378,7 +378,7 @@ def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
         build_training_network(replace(config, network="dpa_densebiasnet", network_options=TINY_SEG,
                                        init_weights=str(first.last_weights)))
     with pytest.raises(ModelError, match="other hyper-parameters"):
-        build_training_network(replace(config, network_options={**TINY_PLAIN, "num_classes": 3},
+        build_training_network(replace(config, network_options={**TINY_PLAIN, "widths": [8] * 14},
                                        init_weights=str(first.last_weights)))
     with pytest.raises(UsageError, match="no such file"):
         build_training_network(replace(config, init_weights=str(tmp_path / "none.safetensors")))
@@ -423,9 +423,15 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
                                  "--quiet"])
     assert result.exit_code == 0, result.output
     shutil.move(tmp_path / "moved.safetensors", best)
+    # adding the kidney as context to trained artery weights
+    result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "k"), "--init", best,
+                                 "--label-map", "3:renal_artery,2:kidney", "--context-class", "kidney", *common])
+    assert result.exit_code == 0, result.output
+    card = load_model_files(tmp_path / "k" / "best.safetensors")[1]
+    assert card.num_classes == 3 and card.context_classes == ["kidney"]
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "y"), "--init", best,
-                                 "--label-map", "3:renal_artery,1:renal_vein", *common])
-    assert result.exit_code == 2 and "2 classes" in result.output and "best.safetensors" in result.output
+                                 "--label-map", "1:renal_vein", *common])
+    assert result.exit_code == 2 and "share none" in result.output and "best.safetensors" in result.output
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "x"), "--data",
                                  str(tmp_path / "nowhere"), "--device", "cpu", "--quiet"])
     assert result.exit_code == 2 and "no such folder" in result.output
@@ -453,3 +459,46 @@ def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
     again = load_whole_study(files, **kw)
     assert time.perf_counter() - t0 < 5.0
     assert all(np.array_equal(a.label, b.label) and a.geometry == b.geometry for a, b in zip(cases, again))
+
+
+def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
+    """--init 2-class artery weights into an artery + kidney run: shared classes keep their rows."""
+    from renalseg.training.loop import build_training_network
+    from renalseg.weights import load_model_files
+
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    first = train(_config(max_steps=2), tmp_path / "a", train_cases=cases)
+    saved, _ = load_model_files(first.last_weights)
+    config = _config(label_map="2:kidney,3:renal_artery", network_options={**TINY_PLAIN, "num_classes": 3},
+                     init_weights=str(first.last_weights))
+    grown = build_training_network(config).state_dict()
+    fresh = build_training_network(replace(config, init_weights=None)).state_dict()
+    # kidney (new, class 1) keeps the seeded initialisation; background and artery (now class 2) are copied
+    assert torch.equal(grown["head.weight"][0], saved.state_dict()["head.weight"][0])
+    assert torch.equal(grown["head.weight"][2], saved.state_dict()["head.weight"][1])
+    assert torch.equal(grown["head.bias"][2], saved.state_dict()["head.bias"][1])
+    assert torch.equal(grown["head.weight"][1], fresh["head.weight"][1])
+    assert all(torch.equal(grown[k], v) for k, v in saved.state_dict().items() if not k.startswith("head."))
+
+
+def test_context_class_goes_in_the_card_and_not_in_the_score(tmp_path):
+    from renalseg.segmenter import load_model
+    from renalseg.weights import load_model_files
+
+    data = _write_dataset(tmp_path / "d", [1, 2])
+    label_map = "3:renal_artery,2:kidney"
+    cases = _cases(data, label_map)
+    config = _config(label_map=label_map, context_classes=("kidney",), max_steps=2,
+                     network_options={**TINY_PLAIN, "num_classes": 3})
+    out = train(config, tmp_path / "r", train_cases=cases[:1], val_cases=cases[1:])
+    _, card = load_model_files(out.best_weights)
+    assert card.classes == {"0": "background", "1": "renal_artery", "2": "kidney"}
+    assert card.context_classes == ["kidney"]
+    assert card.metrics["val_dice"] == pytest.approx(card.metrics["val_dice_renal_artery"])
+    segmenter = load_model(out.best_weights, device="cpu")
+    assert segmenter.spec.written_classes == {"0": "background", "1": "renal_artery"}
+    assert segmenter.predict(cases[1].image_hu).shape[0] == 2
+    with pytest.raises(UsageError, match="context classes must be the last classes"):
+        _config(label_map="2:kidney,3:renal_artery", context_classes=("kidney",))
+    with pytest.raises(UsageError, match="at least one class"):
+        _config(label_map="2:kidney", context_classes=("kidney",))

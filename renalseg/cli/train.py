@@ -61,6 +61,10 @@ def train_command(
                                               "from their card.")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="Source value → class, e.g. "
                                            "'3:renal_artery' or '3:renal_artery,1:renal_vein'.")] = "3:renal_artery",
+    context_class: Annotated[list[str] | None, typer.Option(
+        "--context-class", help="A class of --label-map (the last ones) learnt only as anatomical context, "
+                                "e.g. kidney: never written; inference keeps the artery pieces that reach "
+                                "it. Repeatable.")] = None,
     val_data: Annotated[Path | None, typer.Option("--val-data", help="Separate validation folder "
                                                   "(same layout); else --val-fraction of --data.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of --data held out "
@@ -149,13 +153,13 @@ def train_command(
         if not init.exists():
             raise UsageError(f"--init {init}: no such file; pass a .safetensors saved by renalseg.")
         card = read_card(init)
-        if card.num_classes != mapping.num_classes:
-            raise UsageError(f"--init {init}: {card.num_classes} classes ({', '.join(card.classes.values())}), "
-                             f"but --label-map {label_map!r} gives {mapping.num_classes}; use the same classes.")
+        if card.classes.get("1") and not set(card.classes.values()) & set(mapping.class_names[1:]):
+            raise UsageError(f"--init {init}: its classes ({', '.join(card.classes.values())}) share none with "
+                             f"--label-map {label_map!r}; name the classes it was trained on (extra ones may be added).")
         if no_dpa and card.name != "densebiasnet":
             raise UsageError(f"--init {init} holds {card.name!r} weights; drop --no-dpa.")
         network = card.name
-        options = {**card.hyperparameters, **options}
+        options = {**card.hyperparameters, "num_classes": mapping.num_classes, **options}
     elif stage == "seg":
         network = "densebiasnet" if no_dpa else "dpa_densebiasnet"
         options.setdefault("num_classes", mapping.num_classes)
@@ -187,7 +191,7 @@ def train_command(
         stage=stage, network=network, network_options=options,
         encoder=str(encoder) if encoder and stage == "seg" else None,
         init_weights=str(init) if init is not None and stage == "seg" else None,
-        label_map=mapping.to_text(),
+        label_map=mapping.to_text(), context_classes=tuple(context_class or ()),
         patch_zyx=(patch_xyz[2], patch_xyz[1], patch_xyz[0]),
         window_zyx=(window_xyz[2], window_xyz[1], window_xyz[0]),
         spacing_xyz_mm=spacing_xyz,  # type: ignore[arg-type]

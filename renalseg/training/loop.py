@@ -97,6 +97,11 @@ class TrainConfig:
             a second phase with another loss or patch size. The DAE encoder inside them
             stays frozen.
         label_map: ``--label-map`` text (source value → class), e.g. ``"3:renal_artery"``.
+        context_classes: ``--context-class`` names: classes of the label map (the last
+            ones) trained as anatomical context only, e.g. ``("kidney",)`` with
+            ``"3:renal_artery,2:kidney,4:kidney"``: the card says so, inference keeps
+            the artery pieces that reach them and never writes them, and the
+            best-by-validation score is the Dice of the other classes.
         patch_zyx: training patch (z, y, x) voxels; the paper: 64 × 152 × 152.
         window_zyx: inference window, written to the model card and used for validation
             (the network is fully convolutional: it may exceed the training patch).
@@ -130,6 +135,7 @@ class TrainConfig:
     encoder: str | None = None
     init_weights: str | None = None
     label_map: str = "3:renal_artery"
+    context_classes: tuple[str, ...] = ()
     patch_zyx: tuple[int, int, int] = (64, 152, 152)
     window_zyx: tuple[int, int, int] = (64, 152, 152)
     spacing_xyz_mm: tuple[float, float, float] = MODEL_SPACING_XYZ_MM
@@ -173,13 +179,20 @@ class TrainConfig:
                              f"{self.hard_negative_share} with --foreground-share {self.foreground_share}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
-        parse_label_map(self.label_map)  # fails early on a bad map
+        names = parse_label_map(self.label_map).class_names  # fails early on a bad map
+        context = tuple(str(name) for name in self.context_classes)
+        object.__setattr__(self, "context_classes", context)
+        if context and (self.stage != "seg" or sorted(context) != sorted(names[len(names) - len(context):])
+                        or len(names) - len(context) < 2):
+            raise UsageError(f"--context-class {', '.join(context)}: context classes must be the last classes of "
+                             f"--label-map (its classes: {', '.join(names[1:])}), with at least one class "
+                             "before them; e.g. --label-map 3:renal_artery,2:kidney --context-class kidney.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["augment"] = self.augment.to_dict()
-        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas"):
+        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas", "context_classes"):
             data[key] = list(data[key])
         return json.loads(json.dumps(data))
 
@@ -188,7 +201,7 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["augment"] = AugmentConfig.from_dict(data.get("augment", {}))
-        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas"):
+        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas", "context_classes"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -355,14 +368,45 @@ def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> None:
     if card.name != config.network:
         raise ModelError(f"--init {path}: holds {card.name!r} weights, but this run trains {config.network!r}"
                          + (" (drop --no-dpa)" if card.name == "dpa_densebiasnet" else "") + ".")
+    state = source.state_dict()
+    head = _head_rows_by_class(network, state, card, config)
     try:
-        network.load_state_dict(source.state_dict())
+        network.load_state_dict({**state, **head})
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
         raise ModelError(f"--init {path}: its network has other hyper-parameters than this run's "
-                         f"({first}); e.g. {card.num_classes} classes vs the --label-map's.") from err
+                         f"({first}).") from err
     if hasattr(network, "encoder"):
         freeze_encoder(network)
+
+
+def _head_rows_by_class(network: torch.nn.Module, state: Mapping[str, Any], card: Any,
+                        config: TrainConfig) -> dict[str, Any]:
+    """The output layer for ``--init`` weights with other classes than the ``--label-map``.
+
+    Adding a class to trained weights (e.g. the kidney beside the artery) keeps what
+    they learned: each class the two share by name (background included) takes its
+    row of the 1 × 1 × 1 output convolution from the weights; a new class keeps this
+    run's seeded initialisation. Nothing to do (``{}``) when the classes are the same
+    or the network has no ``head``.
+    """
+    own = dict(network.state_dict())
+    heads = [key[: -len("weight")] for key in own if key == "head.weight" or key.endswith(".head.weight")]
+    if len(heads) != 1:
+        return {}
+    w_key, b_key = heads[0] + "weight", heads[0] + "bias"
+    if w_key not in state or own[w_key].shape == state[w_key].shape or own[w_key].shape[1:] != state[w_key].shape[1:]:
+        return {}  # the same classes, or another network (load_state_dict names the mismatch)
+    names = parse_label_map(config.label_map).class_names
+    source_names = [str(card.classes.get(str(i), "")) for i in range(state[w_key].shape[0])]
+    weight, bias = own[w_key].clone(), own[b_key].clone()
+    shared = [name for name in names if name in source_names]
+    for name in shared:
+        weight[names.index(name)] = state[w_key][source_names.index(name)]
+        bias[names.index(name)] = state[b_key][source_names.index(name)]
+    logger.info("--init: output classes %s taken from the weights; %s start from scratch", shared,
+                [name for name in names if name not in shared])
+    return {w_key: weight, b_key: bias}
 
 
 def load_encoder(network: torch.nn.Module, path: Path) -> None:
@@ -443,6 +487,7 @@ def _card_for(network: torch.nn.Module, config: TrainConfig, *, metrics: dict, t
         training=training,
         metrics=metrics,
         synthetic_training_only=bool(config.synthetic_data),
+        context_classes=list(config.context_classes) if config.stage == "seg" else [],
     )
 
 
@@ -576,8 +621,9 @@ def _validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Tra
     scores = np.asarray(per_case, dtype=float)
     names = parse_label_map(config.label_map).class_names[1:]
     result = {f"val_dice_{name}": float(scores[:, i].mean()) for i, name in enumerate(names)}
-    result["val_dice"] = float(scores.mean())
-    result["val_dice_std"] = float(scores.mean(axis=1).std())
+    scored = scores[:, : len(names) - len(config.context_classes)]  # context classes are not the goal
+    result["val_dice"] = float(scored.mean())
+    result["val_dice_std"] = float(scored.mean(axis=1).std())
     return result
 
 
