@@ -32,11 +32,17 @@ __all__ = [
     "keep_components_near",
     "apply_context",
     "DEFAULT_CONTEXT_DISTANCE_MM",
+    "DEFAULT_MIN_CONTEXT_ML",
 ]
 
 #: a written-class piece is kept when it comes this close to the context (the kidney):
 #: a few voxels of slack for a kidney boundary the network draws a little short
 DEFAULT_CONTEXT_DISTANCE_MM: float = 3.0
+
+#: less predicted context than this (ml) is not trusted as the kidney and filters
+#: nothing: an adult kidney is 100–200 ml, and an ROI cut through it still holds tens of
+#: ml, while a few stray context voxels must not decide which arteries are kept
+DEFAULT_MIN_CONTEXT_ML: float = 10.0
 
 #: default speck size: islands under 20 mm³ (about a 3.4 mm ball, or 5 mm of a 2 mm
 #: vessel) are removed; a disconnected interlobar branch is usually longer than that.
@@ -152,7 +158,8 @@ def keep_components_near(mask: np.ndarray, reference: np.ndarray, *, max_distanc
 
 
 def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_xyz_mm: tuple[float, float, float],
-                  max_distance_mm: float = DEFAULT_CONTEXT_DISTANCE_MM) -> np.ndarray:
+                  max_distance_mm: float = DEFAULT_CONTEXT_DISTANCE_MM,
+                  min_context_ml: float = DEFAULT_MIN_CONTEXT_ML) -> np.ndarray:
     """Class probabilities without the context classes, whose pieces do not reach the context.
 
     The context classes (the last ``context_channels`` channels, e.g. the kidney) are
@@ -160,8 +167,9 @@ def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_x
     the arg-max map that come no closer than ``max_distance_mm`` to the context
     (all context classes together) lose their probability to the background; then
     the context channels are added to the background and dropped. Where the network
-    finds no context at all (e.g. a crop that misses the kidney) nothing is removed:
-    dropping every artery would hide a failure a clinician has to see.
+    finds less than ``min_context_ml`` of context (e.g. a crop that misses the
+    kidney, or a scan unlike its training data) nothing is removed: dropping every
+    artery would hide a failure a clinician has to see.
 
     Args:
         probabilities: float ``(C, Z, Y, X)``, channel 0 = background, the last
@@ -169,6 +177,7 @@ def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_x
         context_channels: how many trailing channels are context (0: returned as is).
         spacing_xyz_mm: voxel spacing (x, y, z) mm of the grid.
         max_distance_mm: how close a piece must come to the context.
+        min_context_ml: the least context volume that is trusted (0: any).
 
     Returns:
         float32 ``(C − context_channels, Z, Y, X)``, still summing to 1 per voxel.
@@ -177,7 +186,7 @@ def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_x
         >>> p = np.zeros((3, 1, 1, 6), np.float32); p[0] = 1
         >>> p[:, 0, 0, 0] = [0.1, 0.2, 0.7]             # kidney
         >>> p[:, 0, 0, 1] = p[:, 0, 0, 5] = [0.1, 0.8, 0.1]  # artery beside it, and far away
-        >>> q = apply_context(p, 1, spacing_xyz_mm=(1, 1, 1), max_distance_mm=1.0)
+        >>> q = apply_context(p, 1, spacing_xyz_mm=(1, 1, 1), max_distance_mm=1.0, min_context_ml=0)
         >>> q.shape[0], (q[1, 0, 0] > 0.5).nonzero()[0].tolist()
         (2, [1])
     """
@@ -192,7 +201,7 @@ def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_x
     context = labels >= written
     out = np.array(probabilities[:written], copy=True)
     out[0] += probabilities[written:].sum(axis=0)
-    if not context.any():
+    if context.sum() * float(np.prod(spacing_xyz_mm)) / 1000.0 < max(min_context_ml, 1e-9):
         return out
     for c in range(1, written):
         piece = labels == c

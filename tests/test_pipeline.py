@@ -308,16 +308,17 @@ def artery_and_kidney_predictor(batch: np.ndarray) -> np.ndarray:
     return np.concatenate([1.0 - artery - kidney, artery, kidney], axis=1)
 
 
-def kidney_with_two_arteries(geometry: Geometry) -> tuple[Volume, np.ndarray, np.ndarray]:
-    """A kidney ball, an artery running into it, and an artery 15 mm away from it (an 'SMA')."""
+def kidney_with_two_arteries(geometry: Geometry, kidney_semi_mm=(18.0, 13.0, 13.0)):
+    """A kidney (12.7 ml), an artery running into it, and an artery 9 mm from it (an 'SMA')."""
     zz, yy, xx = np.indices(geometry.shape_zyx)
     world = geometry.index_to_world(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
     x, y, z = (world[:, i].reshape(geometry.shape_zyx) for i in range(3))
     centre = geometry.index_to_world([np.asarray(geometry.shape_xyz) / 2 - 0.5])[0]
     x, y, z = x - centre[0], y - centre[1], z - centre[2]
-    kidney = (x - 8) ** 2 + y ** 2 + z ** 2 <= 10.0 ** 2
-    renal = ((y ** 2 + z ** 2) <= 2.0 ** 2) & (x <= 0) & (x >= -20)  # ends inside the kidney
-    sma = ((x + 4) ** 2 + (y - 15) ** 2 <= 2.5 ** 2) & ~kidney  # runs along z, 15 mm from it
+    a, b, c = kidney_semi_mm
+    kidney = ((x - 10) / a) ** 2 + (y / b) ** 2 + (z / c) ** 2 <= 1
+    renal = ((y ** 2 + z ** 2) <= 2.0 ** 2) & (x <= 0) & (x >= -25)  # ends inside the kidney
+    sma = ((x + 4) ** 2 + (y - 20) ** 2 <= 2.5 ** 2)  # runs along z
     hu = np.full(geometry.shape_zyx, TISSUE_HU)
     hu[kidney] = KIDNEY_HU
     hu[renal | sma] = TUBE_HU
@@ -325,7 +326,7 @@ def kidney_with_two_arteries(geometry: Geometry) -> tuple[Volume, np.ndarray, np
 
 
 def test_context_classes_keep_the_artery_that_reaches_the_kidney_and_are_not_written(tmp_path):
-    geometry = Geometry((40, 64, 64), CONTEXT_SPEC.spacing_xyz_mm, (-10.0, 20.0, 300.0), LAS)
+    geometry = Geometry((48, 80, 80), CONTEXT_SPEC.spacing_xyz_mm, (-10.0, 20.0, 300.0), LAS)
     volume, renal, sma = kidney_with_two_arteries(geometry)
     segmenter = Segmenter.from_predictor(artery_and_kidney_predictor, CONTEXT_SPEC)
     raw = segmenter.predict(volume, raw=True)
@@ -343,9 +344,11 @@ def test_context_classes_keep_the_artery_that_reaches_the_kidney_and_are_not_wri
     assert not (labels == 1)[sma].any()
 
 
-def test_context_keeps_everything_when_no_kidney_is_found():
-    geometry = Geometry((40, 64, 64), CONTEXT_SPEC.spacing_xyz_mm, (0.0, 0.0, 0.0), LPS)
-    volume, renal, sma = kidney_with_two_arteries(geometry)
-    volume.array[volume.array == KIDNEY_HU] = TISSUE_HU  # a crop that missed the kidney
+@pytest.mark.parametrize("kidney", ["none", "a 4 ml speck"])
+def test_context_keeps_everything_when_no_kidney_is_found(kidney):
+    geometry = Geometry((48, 80, 80), CONTEXT_SPEC.spacing_xyz_mm, (0.0, 0.0, 0.0), LPS)
+    volume, renal, sma = kidney_with_two_arteries(geometry, kidney_semi_mm=(10.0, 10.0, 10.0))
+    if kidney == "none":  # a crop that missed the kidney
+        volume.array[volume.array == KIDNEY_HU] = TISSUE_HU
     labels = np.argmax(Segmenter.from_predictor(artery_and_kidney_predictor, CONTEXT_SPEC).predict(volume), axis=0)
     assert (labels == 1)[sma].all() and (labels == 1)[renal].all()
