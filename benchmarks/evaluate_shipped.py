@@ -6,8 +6,9 @@
 Each case goes through ``Segmenter.predict`` (the shipped inference: sliding windows on
 the card's window, Gaussian blending) and ``renalseg.metrics.evaluate_masks`` (Dice,
 MCD, MSD, HD, HD95 in mm) of the arg-max map, plus ``dice_segment``: the Dice after
-the speck removal ``renalseg segment`` applies by default (``--min-component-mm3``),
-and ``found_<band>``: the share of the true centerline found, by vessel diameter
+the clean-up ``renalseg segment`` applies by default (``renalseg.postprocess.clean_labels``:
+the main tree, ``--max-gap-mm``, then the speck removal, ``--min-component-mm3``),
+the ``segment_*`` metrics of that map, and ``found_<band>``: the share of the true centerline found, by vessel diameter
 (``renalseg.metrics.found_by_diameter``: < 2 mm interlobar/arcuate, 2–4 mm,
 >= 4 mm main artery and divisions).
 For a model with context classes (the kidney: the card's ``context_classes``, or
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from renalseg.metrics import dice, evaluate_masks, found_by_diameter
-from renalseg.postprocess import DEFAULT_MIN_COMPONENT_MM3, apply_context, remove_small_components
+from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, apply_context, clean_labels
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
 from renalseg.weights import load_model_files, save_model
@@ -48,11 +49,14 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
         prediction = np.argmax(probabilities, axis=0) == 1
         truth = case.label == 1
         extra = {"dice_without_context": dice(np.argmax(raw, axis=0) == 1, truth)} if context else {}
-        # what `renalseg segment` writes: the same map after its default speck removal
-        cleaned = remove_small_components(prediction.astype(np.uint8), min_volume_mm3=DEFAULT_MIN_COMPONENT_MM3,
-                                          voxel_volume_mm3=float(np.prod(case.geometry.spacing_xyz_mm))) > 0
+        # what `renalseg segment` writes: the same map after its default clean-up
+        cleaned = clean_labels(prediction.astype(np.uint8), spacing_xyz_mm=case.geometry.spacing_xyz_mm,
+                               min_component_mm3=DEFAULT_MIN_COMPONENT_MM3, max_gap_mm=DEFAULT_MAX_GAP_MM) > 0
         row = {"case": case.case_id, **evaluate_masks(prediction, truth, case.geometry.spacing_xyz_mm),
                "dice_segment": dice(cleaned, truth),
+               **{f"segment_{k}": v for k, v in evaluate_masks(cleaned, truth, case.geometry.spacing_xyz_mm).items()
+                  if k != "dice"},
+               **{f"segment_{k}": v for k, v in found_by_diameter(cleaned, truth, case.geometry.spacing_xyz_mm).items()},
                **found_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm), **extra,
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)

@@ -39,10 +39,11 @@ from renalseg import __version__
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import Geometry
 from renalseg.postprocess import (
+    DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
+    clean_labels,
     count_components,
     probabilities_to_labels,
-    remove_small_components,
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
@@ -93,6 +94,8 @@ class SegmentConfig:
             side is ``side`` when that is left/right, else the patient's side of its centre.
         save_probabilities: keep the artery probability map on the study grid.
         min_component_mm3: disconnected pieces smaller than this are removed.
+        max_gap_mm: per ROI, pieces farther than this from the largest artery piece are
+            removed (other abdominal arteries; ``inf`` keeps every piece).
         series_uid: which DICOM series to read when a folder holds several.
         seed: random seed for localisation.
     """
@@ -105,6 +108,7 @@ class SegmentConfig:
     input_is_roi: bool = False
     save_probabilities: bool = False
     min_component_mm3: float = DEFAULT_MIN_COMPONENT_MM3
+    max_gap_mm: float = DEFAULT_MAX_GAP_MM
     series_uid: str | None = None
     seed: int = 0
 
@@ -115,6 +119,8 @@ class SegmentConfig:
             raise UsageError(f"--overlap {self.overlap}: must be in [0, 1); the default is 0.5.")
         if not self.min_component_mm3 >= 0:
             raise UsageError(f"--min-component-mm3 {self.min_component_mm3}: must be ≥ 0 (0 keeps all).")
+        if not self.max_gap_mm >= 0:
+            raise UsageError(f"--max-gap-mm {self.max_gap_mm}: must be ≥ 0 (inf keeps every piece).")
 
 
 @dataclass(frozen=True, eq=False)
@@ -361,8 +367,8 @@ def segment_study(
 
         started = time.perf_counter()
         box_labels = probabilities_to_labels(box_probabilities)
-        box_labels = remove_small_components(box_labels, min_volume_mm3=config.min_component_mm3,
-                                             voxel_volume_mm3=study_geometry.voxel_volume_mm3)
+        box_labels = clean_labels(box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm,
+                                  min_component_mm3=config.min_component_mm3, max_gap_mm=config.max_gap_mm)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)
@@ -405,7 +411,8 @@ def segment_study(
         },
         "device": segmenter.current_device,
         "settings": {"overlap": config.overlap, "tta": tta, "side": config.side,
-                     "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3},
+                     "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
+                     "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None},
         "arteries": sides,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }

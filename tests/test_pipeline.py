@@ -163,9 +163,9 @@ def test_small_specks_are_removed_by_volume(tmp_path):
     array = volume.array.copy()
     array[5:7, 5:7, 40:42] = 600  # an 8 mm³ speck far from the tube
     speckled = volume.with_array(array)
-    config = SegmentConfig(input_is_roi=True, min_component_mm3=0)
+    config = SegmentConfig(input_is_roi=True, min_component_mm3=0, max_gap_mm=float("inf"))
     kept = _labels(segment_study(speckled.to_sitk(), config, segmenter=threshold_segmenter()))
-    cleaned_result = segment_study(speckled.to_sitk(), SegmentConfig(input_is_roi=True),
+    cleaned_result = segment_study(speckled.to_sitk(), SegmentConfig(input_is_roi=True, max_gap_mm=float("inf")),
                                    segmenter=threshold_segmenter())
     cleaned = _labels(cleaned_result)
     assert kept[5:7, 5:7, 40:42].any()
@@ -173,6 +173,29 @@ def test_small_specks_are_removed_by_volume(tmp_path):
     assert dice(cleaned, mask) >= 0.9  # the tube itself stays
     side = cleaned_result.report["rois"][0]["side"]
     assert cleaned_result.report["arteries"][side]["components"] == 1
+
+
+def test_pieces_far_from_the_main_tree_are_removed(tmp_path):
+    """A second artery 12 mm from the tree (an 'SMA') goes by default; a fragment 5 mm off stays."""
+    from scipy import ndimage
+
+    volume, mask = tube_ct(direction=LAS, spacing_xyz_mm=(0.8, 0.8, 1.0), shape_zyx=(40, 56, 56), radius_mm=3.0)
+    distance = ndimage.distance_transform_edt(~mask, sampling=volume.geometry.spacing_xyz_mm[::-1])
+    _, yy, xx = np.indices(mask.shape)
+    other = (distance >= 11.5) & (distance <= 13.0) & (xx > 28) & (abs(yy - 28) < 5)  # beyond the tube
+    fragment = (distance >= 4.5) & (distance <= 6.0) & (xx < 28)
+    fragment[:15] = fragment[25:] = False
+    array = volume.array.copy()
+    array[other | fragment] = TUBE_HU
+    image = volume.with_array(array).to_sitk()
+    labels = _labels(segment_study(image, SegmentConfig(input_is_roi=True), segmenter=threshold_segmenter()))
+    assert 200 < other.sum() < mask.sum() / 2 and fragment.sum() > 100
+    assert not labels[other].any() and labels[fragment].mean() > 0.95 and dice(labels & mask, mask) >= 0.9
+    result = segment_study(image, SegmentConfig(input_is_roi=True, max_gap_mm=float("inf")),
+                           segmenter=threshold_segmenter())
+    assert _labels(result)[other].mean() > 0.95 and result.report["settings"]["max_gap_mm"] is None
+    with pytest.raises(UsageError, match="max-gap-mm"):
+        SegmentConfig(max_gap_mm=-1.0)
 
 
 def test_report_and_outputs(tmp_path):

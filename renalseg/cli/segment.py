@@ -219,6 +219,9 @@ def segment(
         show_default=False)] = None,
     min_component_mm3: Annotated[float, typer.Option(
         "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 20.0,
+    max_gap_mm: Annotated[float, typer.Option(
+        "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
+        "(the other abdominal arteries); inf keeps every piece.")] = 10.0,
     series: Annotated[Optional[str], typer.Option(
         "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
@@ -244,7 +247,7 @@ def segment(
         raise UsageError(f"--weights {weights}: no such file or folder.")
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=side.lower(), input_is_roi=input_is_roi,
-        save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, series_uid=series,
+        save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm, series_uid=series,
     )
     paths = expand_inputs(inputs)[k::n]
     say = (lambda message: err_console.print(message, highlight=False)) if not quiet else (lambda message: None)
