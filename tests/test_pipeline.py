@@ -165,7 +165,8 @@ def test_small_specks_are_removed_by_volume(tmp_path):
     speckled = volume.with_array(array)
     config = SegmentConfig(input_is_roi=True, min_component_mm3=0, max_gap_mm=float("inf"))
     kept = _labels(segment_study(speckled.to_sitk(), config, segmenter=threshold_segmenter()))
-    cleaned_result = segment_study(speckled.to_sitk(), SegmentConfig(input_is_roi=True, max_gap_mm=float("inf")),
+    cleaned_result = segment_study(speckled.to_sitk(), SegmentConfig(input_is_roi=True, max_gap_mm=float("inf"),
+                                                                     min_component_mm3=20.0),
                                    segmenter=threshold_segmenter())
     cleaned = _labels(cleaned_result)
     assert kept[5:7, 5:7, 40:42].any()

@@ -218,7 +218,7 @@ def segment(
         help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
         show_default=False)] = None,
     min_component_mm3: Annotated[float, typer.Option(
-        "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 20.0,
+        "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 0.0,
     max_gap_mm: Annotated[float, typer.Option(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
         "(the other abdominal arteries); inf keeps every piece.")] = 10.0,
