@@ -5,16 +5,13 @@
 
 Each case goes through ``Segmenter.predict`` (the shipped inference: sliding windows on
 the card's window, Gaussian blending) and ``renalseg.metrics.evaluate_masks`` (Dice,
-MCD, MSD, HD, HD95 in mm) of the arg-max map, plus ``dice_segment``: the Dice after
-the clean-up ``renalseg segment`` applies by default (``renalseg.postprocess.clean_labels``:
-the main tree, ``--max-gap-mm``, then the speck removal, ``--min-component-mm3``),
-the ``segment_*`` metrics of that map, and ``found_<band>``: the share of the true centerline found, by vessel diameter
+MCD, MSD, HD, HD95 in mm) of the arg-max map; ``dice_segment`` and ``segment_*``: the
+same metrics after the clean-up ``renalseg segment`` applies by default
+(``renalseg.postprocess.clean_labels``: the main tree, ``--max-gap-mm``, then the speck
+removal, ``--min-component-mm3``); and ``found_<band>``: the share of the true
+centerline found, by vessel diameter
 (``renalseg.metrics.found_by_diameter``: < 2 mm interlobar/arcuate, 2–4 mm,
 >= 4 mm main artery and divisions).
-For a model with context classes (the kidney: the card's ``context_classes``, or
-``--context-class`` for weights saved without them) the figures are those of
-``Segmenter.predict``, which keeps only the artery pieces that reach the kidney;
-``dice_without_context`` is the Dice of the raw arg-max, before that filter.
 With ``--publish`` the weights are re-saved with a card whose ``metrics`` hold these
 held-out figures (``save_model`` recomputes the sha256).
 """
@@ -31,7 +28,7 @@ import numpy as np
 import torch
 
 from renalseg.metrics import dice, evaluate_masks, found_by_diameter
-from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, apply_context, clean_labels
+from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
 from renalseg.weights import load_model_files, save_model
@@ -43,12 +40,9 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
     rows = []
     for case in cases:
         t0 = time.perf_counter()
-        raw = segmenter.predict(case.image_hu, overlap=overlap, raw=True)
-        context = len(segmenter.spec.context_classes)
-        probabilities = apply_context(raw, context, spacing_xyz_mm=segmenter.spec.spacing_xyz_mm)
+        probabilities = segmenter.predict(case.image_hu, overlap=overlap)
         prediction = np.argmax(probabilities, axis=0) == 1
         truth = case.label == 1
-        extra = {"dice_without_context": dice(np.argmax(raw, axis=0) == 1, truth)} if context else {}
         # what `renalseg segment` writes: the same map after its default clean-up
         cleaned = clean_labels(prediction.astype(np.uint8), spacing_xyz_mm=case.geometry.spacing_xyz_mm,
                                min_component_mm3=DEFAULT_MIN_COMPONENT_MM3, max_gap_mm=DEFAULT_MAX_GAP_MM) > 0
@@ -57,7 +51,7 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
                **{f"segment_{k}": v for k, v in evaluate_masks(cleaned, truth, case.geometry.spacing_xyz_mm).items()
                   if k != "dice"},
                **{f"segment_{k}": v for k, v in found_by_diameter(cleaned, truth, case.geometry.spacing_xyz_mm).items()},
-               **found_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm), **extra,
+               **found_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -77,8 +71,6 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--context-class", action="append", default=[],
-                        help="treat this class of the weights as context (see above); written to a published card")
     parser.add_argument("--publish", type=Path, help="write the weights + card with these metrics here")
     parser.add_argument("--history", help="with --publish: how the weights came to be (runs before the last "
                                           "one, e.g. the phases a --init chain went through); card training.history")
@@ -89,8 +81,6 @@ def main() -> None:
         results.update(json.loads(stored.read_text()))
     if args.folders:
         segmenter = load_model(args.weights, device="cpu")
-        if args.context_class:
-            segmenter.spec = dataclasses.replace(segmenter.spec, context_classes=tuple(args.context_class))
         results.update({folder.name: evaluate_folder(segmenter, folder, args.overlap) for folder in args.folders})
     print(json.dumps({k: v["summary"] for k, v in results.items()}, indent=1))
     if args.json:
@@ -102,8 +92,7 @@ def main() -> None:
                    "held_out_overlap": args.overlap,
                    "selection": card.metrics}
         training = dict(card.training, **({"history": args.history} if args.history else {}))
-        card = dataclasses.replace(card, metrics=metrics, training=training, synthetic_training_only=True,
-                                   context_classes=args.context_class or card.context_classes)
+        card = dataclasses.replace(card, metrics=metrics, training=training, synthetic_training_only=True)
         save_model(network, card, args.publish)
         print(f"published {args.publish}")
 

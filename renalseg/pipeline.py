@@ -307,7 +307,7 @@ def segment_study(
         )
     timings["locate"] = time.perf_counter() - started
 
-    label_names = {str(k): str(v) for k, v in spec.written_classes.items()}
+    label_names = {str(k): str(v) for k, v in spec.classes.items()}
     artery_values = _artery_values(label_names)
     for key in ("resample", "inference", "resample_back", "postprocess"):
         timings[key] = 0.0
@@ -404,7 +404,6 @@ def segment_study(
             "weights": str(segmenter.weights_path) if segmenter.weights_path else None,
             "sha256": spec.sha256,
             "classes": label_names,
-            "context_classes": list(spec.context_classes),
             "spacing_xyz_mm": list(spec.spacing_xyz_mm),
             "window_zyx": list(spec.window_zyx),
             "synthetic_training_only": spec.synthetic_training_only,

@@ -14,15 +14,8 @@
   fragments of the tree (a thin branch the network interrupted) stay.
 * :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree,
   then the speck removal.
-* :func:`keep_components_near` / :func:`apply_context`: for models that also predict
-  the kidney as context (the card's ``context_classes``), keep only the artery pieces
-  that reach it. The renal artery tree ends in the kidney; the other bright arteries
-  of a kidney ROI (superior mesenteric, splenic, hepatic, iliac) do not, and they were
-  the largest source of false artery voxels (about half of them on held-out phantoms).
-
-scipy's ``ndimage.label`` is used rather than ``skimage.morphology.remove_small_objects``
-because the latter thresholds in voxels and its keyword changed across releases; here
-the threshold is in mm³ and the labelling is shared with the component count.
+* :func:`keep_components_near`: the pieces of a mask that come within a distance of
+  a reference mask.
 """
 
 from __future__ import annotations
@@ -41,29 +34,17 @@ __all__ = [
     "keep_main_tree",
     "clean_labels",
     "DEFAULT_MAX_GAP_MM",
-    "apply_context",
-    "DEFAULT_CONTEXT_DISTANCE_MM",
-    "DEFAULT_MIN_CONTEXT_ML",
 ]
 
 #: pieces farther than this from the largest piece of their label are dropped (chosen on
 #: validation phantoms 9000-9001 among 5, 10, 15, 20, 30 mm: 10 mm; see the README)
 DEFAULT_MAX_GAP_MM: float = 10.0
 
-#: a written-class piece is kept when it comes this close to the context (the kidney):
-#: a few voxels of slack for a kidney boundary the network draws a little short
-DEFAULT_CONTEXT_DISTANCE_MM: float = 3.0
-
-#: less predicted context than this (ml) is not trusted as the kidney and filters
-#: nothing: an adult kidney is 100–200 ml, and an ROI cut through it still holds tens of
-#: ml, while a few stray context voxels must not decide which arteries are kept
-DEFAULT_MIN_CONTEXT_ML: float = 10.0
-
 #: default speck size for ``renalseg segment``: 0, keep every piece. Far specks (ribs,
 #: bowel contrast) go with :func:`keep_main_tree`; the pieces near the tree are mostly
 #: fragments of thin branches: with the shipped weights on the held-out phantoms,
 #: removing pieces under 20 mm³ after the main-tree filter lost a third of the sub-2 mm
-#: centerline found (0.76 -> 0.54) and 0.026 Dice (until session 4 the default was 20).
+#: centerline found (0.76 -> 0.54) and 0.026 Dice (20 was the default before that filter).
 DEFAULT_MIN_COMPONENT_MM3: float = 0.0
 
 _FULL_3D = np.ones((3, 3, 3), dtype=bool)
@@ -145,7 +126,7 @@ def keep_components_near(mask: np.ndarray, reference: np.ndarray, *, max_distanc
 
     Args:
         mask: boolean ``(Z, Y, X)``.
-        reference: boolean ``(Z, Y, X)``, e.g. the predicted kidney.
+        reference: boolean ``(Z, Y, X)``, e.g. the largest piece.
         max_distance_mm: physical distance (voxel centres; 0: the piece must overlap).
         spacing_xyz_mm: voxel spacing (x, y, z) mm.
 
@@ -176,61 +157,6 @@ def keep_components_near(mask: np.ndarray, reference: np.ndarray, *, max_distanc
     keep[np.unique(pieces[box][near & mask[box]])] = True
     keep[0] = False
     return keep[pieces]
-
-
-def apply_context(probabilities: np.ndarray, context_channels: int, *, spacing_xyz_mm: tuple[float, float, float],
-                  max_distance_mm: float = DEFAULT_CONTEXT_DISTANCE_MM,
-                  min_context_ml: float = DEFAULT_MIN_CONTEXT_ML) -> np.ndarray:
-    """Class probabilities without the context classes, whose pieces do not reach the context.
-
-    The context classes (the last ``context_channels`` channels, e.g. the kidney) are
-    what the written classes must reach: each written foreground class's pieces of
-    the arg-max map that come no closer than ``max_distance_mm`` to the context
-    (all context classes together) lose their probability to the background; then
-    the context channels are added to the background and dropped. Where the network
-    finds less than ``min_context_ml`` of context (e.g. a crop that misses the
-    kidney, or a scan unlike its training data) nothing is removed: dropping every
-    artery would hide a failure a clinician has to see.
-
-    Args:
-        probabilities: float ``(C, Z, Y, X)``, channel 0 = background, the last
-            ``context_channels`` channels the context.
-        context_channels: how many trailing channels are context (0: returned as is).
-        spacing_xyz_mm: voxel spacing (x, y, z) mm of the grid.
-        max_distance_mm: how close a piece must come to the context.
-        min_context_ml: the least context volume that is trusted (0: any).
-
-    Returns:
-        float32 ``(C − context_channels, Z, Y, X)``, still summing to 1 per voxel.
-
-    Example:
-        >>> p = np.zeros((3, 1, 1, 6), np.float32); p[0] = 1
-        >>> p[:, 0, 0, 0] = [0.1, 0.2, 0.7]             # kidney
-        >>> p[:, 0, 0, 1] = p[:, 0, 0, 5] = [0.1, 0.8, 0.1]  # artery beside it, and far away
-        >>> q = apply_context(p, 1, spacing_xyz_mm=(1, 1, 1), max_distance_mm=1.0, min_context_ml=0)
-        >>> q.shape[0], (q[1, 0, 0] > 0.5).nonzero()[0].tolist()
-        (2, [1])
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    if context_channels == 0:
-        return probabilities
-    written = probabilities.shape[0] - context_channels
-    if probabilities.ndim != 4 or written < 2:
-        raise UsageError(f"Expected probabilities (C, Z, Y, X) with background, a written class and "
-                         f"{context_channels} context classes; got shape {probabilities.shape}.")
-    labels = probabilities_to_labels(probabilities)
-    context = labels >= written
-    out = np.array(probabilities[:written], copy=True)
-    out[0] += probabilities[written:].sum(axis=0)
-    if context.sum() * float(np.prod(spacing_xyz_mm)) / 1000.0 < max(min_context_ml, 1e-9):
-        return out
-    for c in range(1, written):
-        piece = labels == c
-        far = piece & ~keep_components_near(piece, context, max_distance_mm=max_distance_mm,
-                                            spacing_xyz_mm=spacing_xyz_mm)
-        out[0][far] += out[c][far]
-        out[c][far] = 0.0
-    return out
 
 
 def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:

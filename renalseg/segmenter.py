@@ -28,7 +28,6 @@ import numpy as np
 
 from renalseg.errors import GeometryError, ModelError, UsageError
 from renalseg.inference import Predictor, sliding_window
-from renalseg.postprocess import apply_context
 from renalseg.roi import MODEL_SPACING_XYZ_MM
 from renalseg.volume import Volume
 
@@ -57,9 +56,6 @@ class ModelSpec:
         scale: the range ``clip_hu`` maps to (linearly).
         sha256: sha256 of the weights file (``None`` for analytic predictors).
         synthetic_training_only: the weights never saw patient data.
-        context_classes: names of the classes predicted only as anatomical context
-            (the highest label values; never written): see
-            :func:`renalseg.postprocess.apply_context`.
     """
 
     name: str = "analytic"
@@ -70,7 +66,6 @@ class ModelSpec:
     scale: tuple[float, float] = (0.0, 1.0)
     sha256: str | None = None
     synthetic_training_only: bool = False
-    context_classes: tuple[str, ...] = ()
 
     @classmethod
     def from_card(cls, card: Any) -> ModelSpec:
@@ -88,7 +83,6 @@ class ModelSpec:
                 scale=_floats(normalization.get("scale", defaults.scale), 2),
                 sha256=data.get("sha256") or None,
                 synthetic_training_only=bool(data.get("synthetic_training_only", False)),
-                context_classes=tuple(str(name) for name in data.get("context_classes") or ()),
             )
         except (TypeError, ValueError) as err:
             raise ModelError(f"The model card is malformed ({err}); re-export the weights with "
@@ -96,19 +90,7 @@ class ModelSpec:
 
     @property
     def num_classes(self) -> int:
-        """Classes the network outputs (context classes included)."""
         return len(self.classes)
-
-    @property
-    def written_classes(self) -> dict[str, str]:
-        """Label value (as text) -> name of the classes written to label maps.
-
-        Example:
-            >>> ModelSpec(classes={"0": "background", "1": "renal_artery", "2": "kidney"},
-            ...           context_classes=("kidney",)).written_classes
-            {'0': 'background', '1': 'renal_artery'}
-        """
-        return {k: v for k, v in self.classes.items() if int(k) < self.num_classes - len(self.context_classes)}
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """Clip HU to ``clip_hu`` and map it linearly onto ``scale``; float32 copy.
@@ -167,12 +149,8 @@ class Segmenter:
         return str(device) if device is not None else self.device
 
     def predict(self, roi: Volume | np.ndarray, *, overlap: float = 0.5, tta: bool = False,
-                on_progress: Callable[[int, int], None] | None = None, raw: bool = False) -> np.ndarray:
+                on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Class probabilities over a whole ROI by sliding windows.
-
-        A model with context classes (``spec.context_classes``, e.g. the kidney) has
-        them applied (:func:`renalseg.postprocess.apply_context`: artery pieces that
-        do not reach the kidney go to the background) and dropped, unless ``raw``.
 
         Args:
             roi: the ROI in HU, ``(Z, Y, X)`` on the model grid (patient-oriented:
@@ -181,11 +159,9 @@ class Segmenter:
             overlap: window overlap fraction in [0, 1).
             tta: mirroring test-time augmentation on all three axes (8× the work).
             on_progress: ``on_progress(windows_done, windows_total)``.
-            raw: every class the network outputs, context included, unfiltered.
 
         Returns:
-            float32 ``(C, Z, Y, X)`` probabilities, C = number of written classes
-            (``spec.written_classes``), or of all classes when ``raw``.
+            float32 ``(C, Z, Y, X)`` probabilities, C = number of classes.
 
         Raises:
             GeometryError: a Volume at another spacing than the model's.
@@ -212,9 +188,7 @@ class Segmenter:
                 f"The model returned {probabilities.shape[0]} channels but its card lists "
                 f"{self.spec.num_classes} classes ({dict(self.spec.classes)}); the weights and card disagree."
             )
-        if raw or not self.spec.context_classes:
-            return probabilities
-        return apply_context(probabilities, len(self.spec.context_classes), spacing_xyz_mm=self.spec.spacing_xyz_mm)
+        return probabilities
 
 
 def _batch_size_for(device: Any) -> int:

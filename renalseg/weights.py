@@ -84,10 +84,6 @@ class ModelCard:
         training: free description of the training data and settings.
         metrics: validation metrics, e.g. ``{"dice": 0.83}``.
         synthetic_training_only: True when no real patient data was used.
-        context_classes: names of classes the network predicts only as anatomical
-            context (e.g. ``["kidney"]``): never written to label maps, they hold the
-            highest label values, and inference keeps only the components of the
-            written classes that reach them (``renalseg.postprocess.apply_context``).
         sha256: hex digest of the ``.safetensors`` file (filled in by :func:`save_model`).
         format_version: :data:`FORMAT_VERSION` when written.
         renalseg_version: the version that wrote the files.
@@ -110,7 +106,6 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     synthetic_training_only: bool = True
-    context_classes: list[str] = field(default_factory=list)
     sha256: str = ""
     format_version: int = FORMAT_VERSION
     renalseg_version: str = __version__
@@ -124,7 +119,6 @@ class ModelCard:
         object.__setattr__(self, "normalization", {k: [float(x) for x in v] for k, v in self.normalization.items()})
         object.__setattr__(self, "training", _json_clean(dict(self.training)))
         object.__setattr__(self, "metrics", _json_clean(dict(self.metrics)))
-        object.__setattr__(self, "context_classes", [str(name) for name in self.context_classes])
         self._validate()
 
     def _validate(self) -> None:
@@ -137,12 +131,6 @@ class ModelCard:
             problems.append(f"window_zyx {self.window_zyx} is not 3 positive sizes")
         if "0" not in self.classes or not all(k.isdigit() for k in self.classes):
             problems.append(f"classes {self.classes} must map label values '0', '1', ... to names")
-        names = [self.classes[k] for k in sorted(self.classes, key=int)] if not problems else []
-        context = self.context_classes
-        if names and context and (sorted(context) != sorted(names[len(names) - len(context):])
-                                  or len(names) - len(context) < 2):
-            problems.append(f"context_classes {context} must be the classes with the highest label values "
-                            f"(of {names}), leaving background and at least one class to write")
         clip, scale = self.normalization.get("clip_hu"), self.normalization.get("scale")
         if set(self.normalization) != {"clip_hu", "scale"} or len(clip or ()) != 2 or len(scale or ()) != 2 \
                 or not clip[0] < clip[1] or not scale[0] < scale[1]:  # type: ignore[index]

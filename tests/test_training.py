@@ -423,12 +423,12 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
                                  "--quiet"])
     assert result.exit_code == 0, result.output
     shutil.move(tmp_path / "moved.safetensors", best)
-    # adding the kidney as context to trained artery weights
+    # adding a class (the kidney) to trained artery weights
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "k"), "--init", best,
-                                 "--label-map", "3:renal_artery,2:kidney", "--context-class", "kidney", *common])
+                                 "--label-map", "3:renal_artery,2:kidney", *common])
     assert result.exit_code == 0, result.output
     card = load_model_files(tmp_path / "k" / "best.safetensors")[1]
-    assert card.num_classes == 3 and card.context_classes == ["kidney"]
+    assert card.classes == {"0": "background", "1": "renal_artery", "2": "kidney"}
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "y"), "--init", best,
                                  "--label-map", "1:renal_vein", *common])
     assert result.exit_code == 2 and "share none" in result.output and "best.safetensors" in result.output
@@ -480,25 +480,3 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
     assert torch.equal(grown["head.weight"][1], fresh["head.weight"][1])
     assert all(torch.equal(grown[k], v) for k, v in saved.state_dict().items() if not k.startswith("head."))
 
-
-def test_context_class_goes_in_the_card_and_not_in_the_score(tmp_path):
-    from renalseg.segmenter import load_model
-    from renalseg.weights import load_model_files
-
-    data = _write_dataset(tmp_path / "d", [1, 2])
-    label_map = "3:renal_artery,2:kidney"
-    cases = _cases(data, label_map)
-    config = _config(label_map=label_map, context_classes=("kidney",), max_steps=2,
-                     network_options={**TINY_PLAIN, "num_classes": 3})
-    out = train(config, tmp_path / "r", train_cases=cases[:1], val_cases=cases[1:])
-    _, card = load_model_files(out.best_weights)
-    assert card.classes == {"0": "background", "1": "renal_artery", "2": "kidney"}
-    assert card.context_classes == ["kidney"]
-    assert card.metrics["val_dice"] == pytest.approx(card.metrics["val_dice_renal_artery"])
-    segmenter = load_model(out.best_weights, device="cpu")
-    assert segmenter.spec.written_classes == {"0": "background", "1": "renal_artery"}
-    assert segmenter.predict(cases[1].image_hu).shape[0] == 2
-    with pytest.raises(UsageError, match="context classes must be the last classes"):
-        _config(label_map="2:kidney,3:renal_artery", context_classes=("kidney",))
-    with pytest.raises(UsageError, match="at least one class"):
-        _config(label_map="2:kidney", context_classes=("kidney",))

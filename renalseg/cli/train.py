@@ -61,10 +61,6 @@ def train_command(
                                               "from their card.")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="Source value → class, e.g. "
                                            "'3:renal_artery' or '3:renal_artery,1:renal_vein'.")] = "3:renal_artery",
-    context_class: Annotated[list[str] | None, typer.Option(
-        "--context-class", help="A class of --label-map (the last ones) learnt only as anatomical context, "
-                                "e.g. kidney: never written; inference keeps the artery pieces that reach "
-                                "it. Repeatable.")] = None,
     val_data: Annotated[Path | None, typer.Option("--val-data", help="Separate validation folder "
                                                   "(same layout); else --val-fraction of --data.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of --data held out "
@@ -191,7 +187,7 @@ def train_command(
         stage=stage, network=network, network_options=options,
         encoder=str(encoder) if encoder and stage == "seg" else None,
         init_weights=str(init) if init is not None and stage == "seg" else None,
-        label_map=mapping.to_text(), context_classes=tuple(context_class or ()),
+        label_map=mapping.to_text(),
         patch_zyx=(patch_xyz[2], patch_xyz[1], patch_xyz[0]),
         window_zyx=(window_xyz[2], window_xyz[1], window_xyz[0]),
         spacing_xyz_mm=spacing_xyz,  # type: ignore[arg-type]

@@ -50,8 +50,6 @@ def info(
         "hyperparameters": json.dumps(card.hyperparameters),
         "parameters": f"{card.parameter_count:,}",
         "classes": ", ".join(f"{k}: {v}" for k, v in card.classes.items()),
-        "context classes": (", ".join(card.context_classes) + " (not written; artery pieces must reach them)"
-                            if card.context_classes else "(none)"),
         "spacing (x, y, z mm)": " × ".join(f"{s:g}" for s in card.spacing_xyz_mm),
         "window (z, y, x voxels)": " × ".join(map(str, card.window_zyx)),
         "normalisation": f"clip HU to {card.normalization['clip_hu']}, scale to {card.normalization['scale']}",

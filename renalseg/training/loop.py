@@ -97,11 +97,6 @@ class TrainConfig:
             a second phase with another loss or patch size. The DAE encoder inside them
             stays frozen.
         label_map: ``--label-map`` text (source value → class), e.g. ``"3:renal_artery"``.
-        context_classes: ``--context-class`` names: classes of the label map (the last
-            ones) trained as anatomical context only, e.g. ``("kidney",)`` with
-            ``"3:renal_artery,2:kidney,4:kidney"``: the card says so, inference keeps
-            the artery pieces that reach them and never writes them, and the
-            best-by-validation score is the Dice of the other classes.
         patch_zyx: training patch (z, y, x) voxels; the paper: 64 × 152 × 152.
         window_zyx: inference window, written to the model card and used for validation
             (the network is fully convolutional: it may exceed the training patch).
@@ -135,7 +130,6 @@ class TrainConfig:
     encoder: str | None = None
     init_weights: str | None = None
     label_map: str = "3:renal_artery"
-    context_classes: tuple[str, ...] = ()
     patch_zyx: tuple[int, int, int] = (64, 152, 152)
     window_zyx: tuple[int, int, int] = (64, 152, 152)
     spacing_xyz_mm: tuple[float, float, float] = MODEL_SPACING_XYZ_MM
@@ -179,20 +173,13 @@ class TrainConfig:
                              f"{self.hard_negative_share} with --foreground-share {self.foreground_share}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
-        names = parse_label_map(self.label_map).class_names  # fails early on a bad map
-        context = tuple(str(name) for name in self.context_classes)
-        object.__setattr__(self, "context_classes", context)
-        if context and (self.stage != "seg" or sorted(context) != sorted(names[len(names) - len(context):])
-                        or len(names) - len(context) < 2):
-            raise UsageError(f"--context-class {', '.join(context)}: context classes must be the last classes of "
-                             f"--label-map (its classes: {', '.join(names[1:])}), with at least one class "
-                             "before them; e.g. --label-map 3:renal_artery,2:kidney --context-class kidney.")
+        parse_label_map(self.label_map)  # fails early on a bad map
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["augment"] = self.augment.to_dict()
-        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas", "context_classes"):
+        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas"):
             data[key] = list(data[key])
         return json.loads(json.dumps(data))
 
@@ -201,7 +188,7 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["augment"] = AugmentConfig.from_dict(data.get("augment", {}))
-        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas", "context_classes"):
+        for key in ("patch_zyx", "window_zyx", "spacing_xyz_mm", "betas"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -487,7 +474,6 @@ def _card_for(network: torch.nn.Module, config: TrainConfig, *, metrics: dict, t
         training=training,
         metrics=metrics,
         synthetic_training_only=bool(config.synthetic_data),
-        context_classes=list(config.context_classes) if config.stage == "seg" else [],
     )
 
 
@@ -621,9 +607,8 @@ def _validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Tra
     scores = np.asarray(per_case, dtype=float)
     names = parse_label_map(config.label_map).class_names[1:]
     result = {f"val_dice_{name}": float(scores[:, i].mean()) for i, name in enumerate(names)}
-    scored = scores[:, : len(names) - len(config.context_classes)]  # context classes are not the goal
-    result["val_dice"] = float(scored.mean())
-    result["val_dice_std"] = float(scored.mean(axis=1).std())
+    result["val_dice"] = float(scores.mean())
+    result["val_dice_std"] = float(scores.mean(axis=1).std())
     return result
 
 
