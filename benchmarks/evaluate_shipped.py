@@ -31,7 +31,7 @@ from renalseg.metrics import dice, evaluate_masks, found_by_diameter
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
-from renalseg.weights import load_model_files, save_model
+from renalseg.weights import load_model_files, model_paths, save_model
 
 
 def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
@@ -90,10 +90,19 @@ def main() -> None:
         metrics = {"held_out": {name: {"cases": [r["case"] for r in r_["cases"]], **r_["summary"]}
                                 for name, r_ in results.items()},
                    "held_out_overlap": args.overlap,
-                   "selection": card.metrics}
+                   # what dice_segment / segment_* measured: `renalseg segment`'s clean-up
+                   "segment_clean_up": {"max_gap_mm": DEFAULT_MAX_GAP_MM,
+                                        "min_component_mm3": DEFAULT_MIN_COMPONENT_MM3},
+                   # re-publishing published weights (new figures) keeps their selection record
+                   "selection": card.metrics.get("selection", card.metrics) if "held_out" in card.metrics
+                   else card.metrics}
         training = dict(card.training, **({"history": args.history} if args.history else {}))
         card = dataclasses.replace(card, metrics=metrics, training=training, synthetic_training_only=True)
-        save_model(network, card, args.publish)
+        if model_paths(args.publish)[0].resolve() == model_paths(args.weights)[0].resolve():
+            # new figures for the same tensors: only the card changes (the file and its sha256 stay)
+            model_paths(args.publish)[1].write_text(card.to_json(), encoding="utf-8")
+        else:
+            save_model(network, card, args.publish)
         print(f"published {args.publish}")
 
 

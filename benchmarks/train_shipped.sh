@@ -154,6 +154,12 @@ $PY benchmarks/evaluate_shipped.py "$RUNS/soup6.safetensors" "$DATA/val" "$DATA/
     --overlap 0.5 --threads 2 --json "$RUNS/held_out.json" --publish weights/dpa_densebiasnet.safetensors
 fi
 
+# 3b. Session 4: both shipped cards re-evaluated with segment's new clean-up (main-tree
+#     filter, --max-gap-mm 10; no speck removal): evaluate_shipped.py WEIGHTS "$DATA/val"
+#     "$DATA/unseen" --overlap 0.5 --threads 2 --json J, then --results J --overlap 0.5
+#     --publish WEIGHTS (same path: only the card is rewritten). dice_segment: 0.726 for
+#     dpa_densebiasnet, 0.622 for densebiasnet (raw arg-max unchanged: 0.644, 0.498).
+
 # 4. Session 4: the kidney learnt beside the artery (not shipped). About half the false
 #    artery voxels were other abdominal arteries (SMA, splenic, hepatic, iliac); with the
 #    TRUE kidney, keeping only artery pieces within 3 mm of it lifted the shipped
