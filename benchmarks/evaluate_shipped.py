@@ -50,7 +50,8 @@ def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
                "dice_segment": dice(cleaned, truth),
                **{f"segment_{k}": v for k, v in evaluate_masks(cleaned, truth, case.geometry.spacing_xyz_mm).items()
                   if k != "dice"},
-               **{f"segment_{k}": v for k, v in found_by_diameter(cleaned, truth, case.geometry.spacing_xyz_mm).items()},
+               **{f"segment_{k}": v
+                  for k, v in found_by_diameter(cleaned, truth, case.geometry.spacing_xyz_mm).items()},
                **found_by_diameter(prediction, truth, case.geometry.spacing_xyz_mm),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)

@@ -3,8 +3,8 @@
 * :func:`probabilities_to_labels`: the most probable class per voxel.
 * :func:`remove_small_components`: drop disconnected specks smaller than a physical
   volume (26-connectivity, so a thin vessel running diagonally through voxels stays
-  one piece). Real arteries are one tree per kidney; small islands away from it are
-  almost always false positives (calcifications, bright bowel, noise).
+  one piece). Off by default in ``renalseg segment``: near the tree, small pieces are
+  mostly fragments of thin branches, and far ones go with :func:`keep_main_tree`.
 * :func:`count_components`: connected pieces per label (reported per side).
 * :func:`keep_main_tree`: per label, the largest piece and the pieces within a gap
   of it (default 10 mm). One kidney ROI holds one renal artery tree; the other bright
@@ -16,6 +16,11 @@
   then the speck removal.
 * :func:`keep_components_near`: the pieces of a mask that come within a distance of
   a reference mask.
+
+scipy's ``ndimage.label`` is used rather than ``skimage.morphology.remove_small_objects``
+because the latter thresholds in voxels and its keyword changed across releases; here
+the threshold is in mm³ and the labelling is shared with the component count and the
+main-tree filter.
 """
 
 from __future__ import annotations
@@ -147,14 +152,20 @@ def keep_components_near(mask: np.ndarray, reference: np.ndarray, *, max_distanc
         raise UsageError(f"max_distance_mm must be ≥ 0; got {max_distance_mm}.")
     if not reference.any():
         return np.zeros_like(mask)
+    pieces, count = ndimage.label(mask, structure=_FULL_3D)
+    return _pieces_near(pieces, count, reference, max_distance_mm, spacing_xyz_mm)
+
+
+def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_distance_mm: float,
+                 spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+    """The labelled ``pieces`` (1 … count) with a voxel within ``max_distance_mm`` of a non-empty ``reference``."""
     # the distance transform only over the box holding both (exact: every reference
     # voxel is inside it), often a small part of the ROI
-    box = ndimage.find_objects((mask | reference).astype(np.uint8))[0]
+    box = ndimage.find_objects(((pieces > 0) | reference).astype(np.uint8))[0]
     sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
     near = ndimage.distance_transform_edt(~reference[box], sampling=sampling) <= max_distance_mm
-    pieces, count = ndimage.label(mask, structure=_FULL_3D)
     keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(pieces[box][near & mask[box]])] = True
+    keep[np.unique(pieces[box][near])] = True
     keep[0] = False
     return keep[pieces]
 
@@ -191,8 +202,7 @@ def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tup
             continue
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
-        keep = keep_components_near(mask, pieces == int(sizes.argmax()), max_distance_mm=max_gap_mm,
-                                    spacing_xyz_mm=spacing_xyz_mm)
+        keep = _pieces_near(pieces, count, pieces == int(sizes.argmax()), max_gap_mm, spacing_xyz_mm)
         out[mask & ~keep] = 0
     return out
 

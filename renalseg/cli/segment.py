@@ -247,7 +247,8 @@ def segment(
         raise UsageError(f"--weights {weights}: no such file or folder.")
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=side.lower(), input_is_roi=input_is_roi,
-        save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm, series_uid=series,
+        save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
+        series_uid=series,
     )
     paths = expand_inputs(inputs)[k::n]
     say = (lambda message: err_console.print(message, highlight=False)) if not quiet else (lambda message: None)
