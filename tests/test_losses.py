@@ -9,13 +9,16 @@ import torch.nn.functional as F
 from renalseg.errors import UsageError
 from renalseg.training.losses import (
     LOSSES,
+    ce_dice_cldice_loss,
     ce_dice_loss,
     cross_entropy_loss,
     get_loss,
     hra_dice_loss,
     hra_loss,
     hra_mask,
+    soft_cldice,
     soft_dice,
+    soft_skeleton,
 )
 
 
@@ -105,3 +108,38 @@ def test_registry_and_errors():
         hra_loss(logits, target.float())
     with pytest.raises(UsageError, match="threshold"):
         hra_loss(logits, target, threshold=1.0)
+
+
+def _logits_of(mask: torch.Tensor) -> torch.Tensor:
+    """Confident two-class logits (B, 2, ...) for a boolean mask (B, ...)."""
+    return (torch.stack([~mask, mask], dim=1).float() * 2 - 1) * 12
+
+
+def test_soft_skeleton_of_a_rod_is_its_axis():
+    rod = torch.zeros(1, 1, 15, 15, 20)
+    rod[..., 4:11, 4:11, :] = 1  # a 7 x 7 voxel rod along x
+    skeleton = soft_skeleton(rod)
+    assert skeleton.max() <= 1.0 + 1e-6 and skeleton.min() >= 0.0
+    axis = skeleton[0, 0, 7, 7, 2:-2]
+    assert torch.all(axis > 0.99)  # the centre line, away from the rod's flat ends
+    assert float(skeleton[0, 0][rod[0, 0] == 0].sum()) == 0.0  # nothing outside the rod
+    assert float(skeleton.sum()) < 0.2 * float(rod.sum())
+
+
+def test_cldice_rewards_a_vessel_found_end_to_end_over_one_found_half_way():
+    truth = torch.zeros(1, 12, 12, 40, dtype=torch.bool)
+    truth[:, 4:8, 4:8, 2:38] = True  # a 4-voxel-wide vessel, 36 voxels long
+    thin_whole = torch.zeros_like(truth)
+    thin_whole[:, 5:7, 5:7, 2:38] = True  # too thin, but all of it
+    thick_half = torch.zeros_like(truth)
+    thick_half[:, 4:8, 4:8, 2:20] = True  # the right width, half of it
+    target = truth.long()
+    # plain soft Dice prefers the half (more voxels right); clDice the whole vessel
+    assert float(soft_dice(_logits_of(thick_half), target)) > float(soft_dice(_logits_of(thin_whole), target))
+    assert float(soft_cldice(_logits_of(thin_whole), target)) > float(soft_cldice(_logits_of(thick_half), target))
+    assert float(soft_cldice(_logits_of(truth), target)) > 0.99
+    logits = _logits_of(thick_half).requires_grad_()
+    ce_dice_cldice_loss(logits, target).backward()
+    # the missing half of the vessel is pushed towards artery
+    assert (logits.grad[:, 1][truth & ~thick_half] < 0).all()
+    assert LOSSES["ce_dice_cldice"] is ce_dice_cldice_loss

@@ -21,6 +21,12 @@ voxels and the many background voxels that HRA removes — and would tie the
 effective learning rate to the crop size. With ``T = 0`` every voxel is selected
 and the loss is exactly the mean cross-entropy.
 
+``ce_dice_cldice`` adds the centerline Dice of Shit et al. (clDice, CVPR 2021): the
+share of the predicted soft skeleton inside the label and of the label's skeleton
+inside the prediction, whose harmonic mean rewards thin vessels found end to end
+rather than their volume; the soft skeleton is iterated 3-D min/max pooling
+(morphological opening), differentiable.
+
 All losses take ``logits`` float (B, C, Z, Y, X) and ``target`` integer class
 indices (B, Z, Y, X) (or (B, 1, Z, Y, X)), and return a scalar tensor.
 """
@@ -35,7 +41,7 @@ import torch.nn.functional as F
 from renalseg.errors import UsageError, suggest
 
 __all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "hra_dice_loss", "soft_dice", "LOSSES",
-           "get_loss"]
+           "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
 
 
 def _target_indices(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -151,11 +157,66 @@ def hra_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: floa
 
 
 #: loss name (as in ``renalseg train --loss``) → loss function ``(logits, target, **options)``
+def _soft_erode(x: torch.Tensor) -> torch.Tensor:
+    # the minimum over a 3-D cross (each axis apart), as a max-pool of the negation
+    return -torch.amax(torch.stack([F.max_pool3d(-x, (3, 1, 1), 1, (1, 0, 0)),
+                                    F.max_pool3d(-x, (1, 3, 1), 1, (0, 1, 0)),
+                                    F.max_pool3d(-x, (1, 1, 3), 1, (0, 0, 1))]), dim=0)
+
+
+def _soft_open(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool3d(_soft_erode(x), 3, 1, 1)
+
+
+def soft_skeleton(x: torch.Tensor, iterations: int = 8) -> torch.Tensor:
+    """A differentiable skeleton of soft masks ``x`` (B, C, Z, Y, X) in [0, 1].
+
+    What each erosion step removes that an opening cannot restore is kept; enough
+    ``iterations`` for the thickest structure's radius in voxels (8: a 16-voxel vessel).
+
+    Example:
+        >>> rod = torch.zeros(1, 1, 9, 9, 9); rod[..., 2:7, 2:7, :] = 1
+        >>> skeleton = soft_skeleton(rod)
+        >>> bool(skeleton[0, 0, 4, 4, 4] == 1), bool(skeleton[0, 0, 2, 2, 4] == 0)
+        (True, True)
+    """
+    skeleton = F.relu(x - _soft_open(x))
+    for _ in range(iterations):
+        x = _soft_erode(x)
+        delta = F.relu(x - _soft_open(x))
+        skeleton = skeleton + F.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def soft_cldice(logits: torch.Tensor, target: torch.Tensor, *, iterations: int = 8,
+                smooth: float = 1.0) -> torch.Tensor:
+    """Soft centerline Dice of each foreground class over the batch (float (C − 1,)).
+
+    ``2 · Tprec · Tsens / (Tprec + Tsens)`` with ``Tprec`` the share of the predicted
+    skeleton inside the label and ``Tsens`` the share of the label's skeleton inside
+    the prediction (Shit et al. 2021).
+    """
+    target = _target_indices(logits, target)
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    dims = (0, *range(2, logits.ndim))
+    skel_pred, skel_true = soft_skeleton(probs, iterations), soft_skeleton(onehot, iterations)
+    precision = ((skel_pred * onehot).sum(dims) + smooth) / (skel_pred.sum(dims) + smooth)
+    sensitivity = ((skel_true * probs).sum(dims) + smooth) / (skel_true.sum(dims) + smooth)
+    return 2 * precision * sensitivity / (precision + sensitivity)
+
+
+def ce_dice_cldice_loss(logits: torch.Tensor, target: torch.Tensor, *, cldice_weight: float = 0.5) -> torch.Tensor:
+    """CE + (1 − soft Dice) + ``cldice_weight`` × (1 − soft clDice), foreground classes averaged."""
+    return ce_dice_loss(logits, target) + cldice_weight * (1 - soft_cldice(logits, target).mean())
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "hra": hra_loss,
     "ce": cross_entropy_loss,
     "ce_dice": ce_dice_loss,
     "hra_dice": hra_dice_loss,
+    "ce_dice_cldice": ce_dice_cldice_loss,
 }
 
 
