@@ -190,6 +190,7 @@ fi
 #    weights evaluated as in 3 (dice_segment: what `renalseg segment` writes).
 #    Held-out 0.702 (clDice) vs 0.708 (CE + Dice) vs 0.726 unchanged; sub-2 mm centerline
 #    found 0.75 vs 0.74 vs 0.76; unseen contrast 0.384 vs 0.414 vs 0.390. Not shipped.
+#    Session 4 passed --init weights/dpa_densebiasnet.safetensors (= step 3's soup).
 if [ -n "${CLDICE:-}" ]; then
 for ARM in cl1:ce_dice_cldice ce1:ce_dice; do
   $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/${ARM%%:*}" \
