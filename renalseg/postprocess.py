@@ -14,8 +14,6 @@
   fragments of the tree (a thin branch the network interrupted) stay.
 * :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree,
   then the speck removal.
-* :func:`keep_components_near`: the pieces of a mask that come within a distance of
-  a reference mask.
 
 scipy's ``ndimage.label`` is used rather than ``skimage.morphology.remove_small_objects``
 because the latter thresholds in voxels and its keyword changed across releases; here
@@ -35,7 +33,6 @@ __all__ = [
     "probabilities_to_labels",
     "remove_small_components",
     "count_components",
-    "keep_components_near",
     "keep_main_tree",
     "clean_labels",
     "DEFAULT_MAX_GAP_MM",
@@ -123,37 +120,6 @@ def count_components(mask: np.ndarray) -> int:
         2
     """
     return int(ndimage.label(np.asarray(mask, dtype=bool), structure=_FULL_3D)[1])
-
-
-def keep_components_near(mask: np.ndarray, reference: np.ndarray, *, max_distance_mm: float,
-                         spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
-    """The 26-connected pieces of ``mask`` with a voxel within ``max_distance_mm`` of ``reference``.
-
-    Args:
-        mask: boolean ``(Z, Y, X)``.
-        reference: boolean ``(Z, Y, X)``, e.g. the largest piece.
-        max_distance_mm: physical distance (voxel centres; 0: the piece must overlap).
-        spacing_xyz_mm: voxel spacing (x, y, z) mm.
-
-    Returns:
-        A boolean copy of ``mask`` with the far pieces removed (all of it removed when
-        ``reference`` is empty).
-
-    Example:
-        >>> m = np.zeros((1, 1, 9), bool); m[0, 0, [0, 1, 7, 8]] = True
-        >>> ref = np.zeros_like(m); ref[0, 0, 3] = True
-        >>> keep_components_near(m, ref, max_distance_mm=2.0, spacing_xyz_mm=(1, 1, 1)).nonzero()[2].tolist()
-        [0, 1]
-    """
-    mask, reference = np.asarray(mask, dtype=bool), np.asarray(reference, dtype=bool)
-    if mask.shape != reference.shape:
-        raise UsageError(f"mask {mask.shape} and reference {reference.shape} must have the same shape.")
-    if max_distance_mm < 0:
-        raise UsageError(f"max_distance_mm must be ≥ 0; got {max_distance_mm}.")
-    if not reference.any():
-        return np.zeros_like(mask)
-    pieces, count = ndimage.label(mask, structure=_FULL_3D)
-    return _pieces_near(pieces, count, reference, max_distance_mm, spacing_xyz_mm)
 
 
 def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_distance_mm: float,

@@ -199,6 +199,20 @@ def test_pieces_far_from_the_main_tree_are_removed(tmp_path):
         SegmentConfig(max_gap_mm=-1.0)
 
 
+def test_main_tree_gap_is_measured_in_mm_on_anisotropic_voxels():
+    from renalseg.postprocess import keep_main_tree
+
+    labels = np.zeros((12, 12, 40), np.uint8)
+    labels[0, 5, 0:30] = 1  # the tree: 30 voxels along x
+    labels[3, 5, 10] = 1  # 3 slices up: 12 mm at 4 mm slices
+    labels[0, 5, 36] = 1  # 6 voxels along x: 6 mm at 1 mm
+    kept = keep_main_tree(labels, max_gap_mm=10.0, spacing_xyz_mm=(1.0, 1.0, 4.0))
+    assert kept[0, 5, 36] == 1 and kept[3, 5, 10] == 0 and kept[0, 5, 0:30].all()
+    swapped = keep_main_tree(labels, max_gap_mm=10.0, spacing_xyz_mm=(2.0, 1.0, 1.0))  # x: 12 mm, z: 3 mm
+    assert swapped[0, 5, 36] == 0 and swapped[3, 5, 10] == 1
+    assert keep_main_tree(labels, max_gap_mm=float("inf"), spacing_xyz_mm=(1.0, 1.0, 4.0)).sum() == labels.sum()
+
+
 def test_report_and_outputs(tmp_path):
     volume, _ = tube_ct()
     spec = ModelSpec(window_zyx=(32, 64, 64), sha256="ab" * 32, synthetic_training_only=True, name="test")
