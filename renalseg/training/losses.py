@@ -111,15 +111,20 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, _target_indices(logits, target))
 
 
+def _foreground(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground class probabilities and one-hot labels, both (B, C − 1, Z, Y, X)."""
+    target = _target_indices(logits, target)
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    return probs, F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+
+
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5) -> torch.Tensor:
     """Soft Dice of each foreground class over the whole batch.
 
     Returns:
         float (C − 1,): ``(2 Σ p·y + s) / (Σ p + Σ y + s)`` per foreground class.
     """
-    target = _target_indices(logits, target)
-    probs = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    probs, onehot = _foreground(logits, target)
     dims = (0, *range(2, logits.ndim))
     intersection = (probs * onehot).sum(dims)
     return (2 * intersection + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
@@ -156,7 +161,6 @@ def hra_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: floa
     return loss
 
 
-#: loss name (as in ``renalseg train --loss``) → loss function ``(logits, target, **options)``
 def _soft_erode(x: torch.Tensor) -> torch.Tensor:
     # the minimum over a 3-D cross (each axis apart), as a max-pool of the negation
     return -torch.amax(torch.stack([F.max_pool3d(-x, (3, 1, 1), 1, (1, 0, 0)),
@@ -196,9 +200,7 @@ def soft_cldice(logits: torch.Tensor, target: torch.Tensor, *, iterations: int =
     skeleton inside the label and ``Tsens`` the share of the label's skeleton inside
     the prediction (Shit et al. 2021).
     """
-    target = _target_indices(logits, target)
-    probs = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    probs, onehot = _foreground(logits, target)
     dims = (0, *range(2, logits.ndim))
     skel_pred, skel_true = soft_skeleton(probs, iterations), soft_skeleton(onehot, iterations)
     precision = ((skel_pred * onehot).sum(dims) + smooth) / (skel_pred.sum(dims) + smooth)
@@ -211,6 +213,7 @@ def ce_dice_cldice_loss(logits: torch.Tensor, target: torch.Tensor, *, cldice_we
     return ce_dice_loss(logits, target) + cldice_weight * (1 - soft_cldice(logits, target).mean())
 
 
+#: loss name (as in ``renalseg train --loss``) → loss function ``(logits, target, **options)``
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "hra": hra_loss,
     "ce": cross_entropy_loss,
