@@ -219,6 +219,13 @@ fi
 #       steps 40-280 (step 5's arm: 0.40-0.46), validation Dice 0.52 and 0.45 at steps
 #       120 and 240 (0.68 and 0.67); stopped at step 280.
 #    Session 5 used weights/dpa_densebiasnet.safetensors (= step 3's soup) for soup6.
+#    d. Seed noise and GroupNorm group size, from scratch: step 2f's plain arm (2000 steps,
+#       64 x 64 x 32, one thread each, three at once) with group_size 1 (seeds 0 and 1) and
+#       4 (seed 1; seed 0 is 2f's plain run). Best-by-validation weights on the 6 held-out
+#       cases (evaluate_shipped.py, val only): raw Dice 0.588 / 0.526 (group 1) and 0.556
+#       (group 4; 2f: 0.498); as segment writes 0.675 / 0.687 and 0.661 (2f: 0.622).
+#    e. The better group-1 run (seed 1) continued on 96 x 96 x 48 patches as phase 2d
+#       (lr 2e-4, 50% artery-centred, 30% hard negatives), 27 min: see README.md.
 if [ -n "${PLATEAU:-}" ]; then
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/val" --json "$RUNS/decoding_val.json"
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/train" --cases 4 --no-tta \
@@ -243,4 +250,24 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
     --patch 96,96,48 --window 152,152,64 --val-overlap 0 --lr 1e-4 \
     --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40 \
     --epochs 200 --val-every 3 --max-steps 280 --checkpoint-minutes 5 --threads 2 --device cpu --seed 8 $RESUME
+for ARM in gs1_s0:1:0 gs1_s1:1:1 gs4_s1:4:1; do
+  IFS=: read -r NAME GS SEED <<< "$ARM"
+  $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/norm_$NAME" \
+      --no-dpa --network-options "{\"group_size\": $GS}" --domain-randomisation 0.5 --label-map 3:renal_artery \
+      --patch 64,64,32 --window 152,152,64 --val-overlap 0 --loss ce_dice --lr 5e-4 \
+      --foreground-share 0.7 --samples-per-epoch 40 --epochs 200 --max-steps 2000 --val-every 3 \
+      --time-limit-min 120 --checkpoint-minutes 5 --threads 1 --device cpu --seed "$SEED" $RESUME \
+      > "$RUNS/norm_$NAME.log" 2>&1 &
+done; wait
+for NAME in gs1_s0 gs1_s1 gs4_s1; do
+  $PY benchmarks/evaluate_shipped.py "$RUNS/norm_$NAME/best.safetensors" "$DATA/val" --overlap 0.5 --threads 2 \
+      --json "$RUNS/norm_$NAME.json"
+done
+$PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_select" --out "$RUNS/norm_gs1_p96" \
+    --init "$RUNS/norm_gs1_s1/best.safetensors" --label-map 3:renal_artery --loss ce_dice \
+    --patch 96,96,48 --window 152,152,64 --val-overlap 0 --lr 2e-4 \
+    --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40 \
+    --epochs 200 --val-every 3 --time-limit-min 27 --checkpoint-minutes 5 --threads 2 --device cpu --seed 2 $RESUME
+$PY benchmarks/evaluate_shipped.py "$RUNS/norm_gs1_p96/best.safetensors" "$DATA/val" "$DATA/unseen" \
+    --overlap 0.5 --threads 2 --json "$RUNS/norm_gs1_p96.json"
 fi
