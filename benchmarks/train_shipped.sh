@@ -21,10 +21,11 @@
 # step-2 run's best score restarted; step 2 resumed to step 2920, then phases 2c and 2d.
 # Session 3: from 2d's best, the DR study (2e) and 128 x 128 x 64 patches (2g); the
 # equal-budget studies from scratch (2f). The shipped weights: the mean of six weights of
-# the lineage (step 3). weights/training/ holds phase 2g's checkpoint. To continue in a
-# later session: regenerate the phantoms (steps above), `cp -r weights/training
-# runs/shipped/p5`, then run phase 2g's command with --resume and --time-limit-min as
-# wanted (the --init file need not exist on resume).
+# the lineage (step 3). Session 5: weights/training/ holds step 6e's checkpoint (plain
+# network, one channel per GroupNorm group; phase 2g's checkpoint before it is in git
+# history). To continue in a later session: regenerate the phantoms (steps above),
+# `cp -r weights/training runs/shipped/norm_gs1_p96`, then run step 6e's train command
+# with --resume and --time-limit-min as wanted (the --init file need not exist on resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -225,7 +226,8 @@ fi
 #       cases (evaluate_shipped.py, val only): raw Dice 0.588 / 0.526 (group 1) and 0.556
 #       (group 4; 2f: 0.498); as segment writes 0.675 / 0.687 and 0.661 (2f: 0.622).
 #    e. The better group-1 run (seed 1) continued on 96 x 96 x 48 patches as phase 2d
-#       (lr 2e-4, 50% artery-centred, 30% hard negatives), 27 min: see README.md.
+#       (lr 2e-4, 50% artery-centred, 30% hard negatives), 27 min, 944 steps: held-out
+#       Dice as segment writes 0.725 (raw 0.638), unseen contrast 0.467 (README.md).
 if [ -n "${PLATEAU:-}" ]; then
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/val" --json "$RUNS/decoding_val.json"
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/train" --cases 4 --no-tta \
