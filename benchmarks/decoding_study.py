@@ -72,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter = load_model(args.weights, device="cpu")
-    print(json.dumps({"head": head_summary(segmenter.network)}), flush=True)
+    head = head_summary(segmenter.network)
+    print(json.dumps({"head": head}), flush=True)
     found = find_cases(args.folder)
     cases = load_cases(found[:args.cases] if args.cases else found, spacing_xyz_mm=segmenter.spec.spacing_xyz_mm,
                        label_map=parse_label_map("3:renal_artery"))
@@ -109,7 +110,7 @@ def main() -> None:
                      "better_than_baseline": sum(r[arm] > r["baseline"] for r in rows)} for arm in arms}
     print(json.dumps({"cases": len(rows), "summary": summary}, indent=1))
     if args.json:
-        args.json.write_text(json.dumps({"head": head_summary(segmenter.network), "rows": rows,
+        args.json.write_text(json.dumps({"head": head, "rows": rows,
                                          "summary": summary}, indent=1) + "\n")
 
 
