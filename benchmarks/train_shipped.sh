@@ -226,8 +226,9 @@ fi
 #       cases (evaluate_shipped.py, val only): raw Dice 0.588 / 0.526 (group 1) and 0.556
 #       (group 4; 2f: 0.498); as segment writes 0.675 / 0.687 and 0.661 (2f: 0.622).
 #    e. The better group-1 run (seed 1) continued on 96 x 96 x 48 patches as phase 2d
-#       (lr 2e-4, 50% artery-centred, 30% hard negatives), 27 min, 944 steps: held-out
-#       Dice as segment writes 0.725 (raw 0.638), unseen contrast 0.467 (README.md).
+#       (lr 2e-4, 50% artery-centred, 30% hard negatives): 27 min (944 steps), then
+#       resumed for 17 min to step 1520 (stopped by hand). Best validation at step 1320:
+#       held-out Dice as segment writes 0.729 (raw 0.631), unseen contrast 0.487 (README.md).
 if [ -n "${PLATEAU:-}" ]; then
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/val" --json "$RUNS/decoding_val.json"
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/train" --cases 4 --no-tta \
