@@ -102,7 +102,6 @@ def main() -> None:
         row["window_whole_roi"] = score(predict(whole) > 0.5)  # type: ignore[arg-type]
         if not args.no_tta:
             row["tta"] = score(predict(card_window, tta=True) > 0.5)
-        segmenter.spec = dataclasses.replace(segmenter.spec, window_zyx=card_window)
         rows.append(row)
         print(json.dumps(row), flush=True)
     arms = [k for k in rows[0] if k != "case"]
