@@ -374,8 +374,11 @@ def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
                    tmp_path / "b", cases, resume=True)
     assert len(more) == 1
     shutil.move(tmp_path / "elsewhere.safetensors", first.last_weights)
-    with pytest.raises(ModelError, match="a.last.safetensors.*'densebiasnet' weights.*'dpa_densebiasnet'"):
+    with pytest.raises(UsageError, match="a.last.safetensors.*plain DenseBiasNet.*--encoder"):
         build_training_network(replace(config, network="dpa_densebiasnet", network_options=TINY_SEG,
+                                       init_weights=str(first.last_weights)))
+    with pytest.raises(ModelError, match="4 channels per group, this run's 1.*group_size"):
+        build_training_network(replace(config, network_options={**TINY_PLAIN, "group_size": 1},
                                        init_weights=str(first.last_weights)))
     with pytest.raises(ModelError, match="other hyper-parameters"):
         build_training_network(replace(config, network_options={**TINY_PLAIN, "widths": [8] * 14},
@@ -480,3 +483,57 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
     assert torch.equal(grown["head.weight"][1], fresh["head.weight"][1])
     assert all(torch.equal(grown[k], v) for k, v in saved.state_dict().items() if not k.startswith("head."))
 
+
+
+def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
+    """--init plain weights + --encoder: DPA-DenseBiasNet whose output equals the plain net's, then learns."""
+    from renalseg.training.loop import build_training_network
+    from renalseg.weights import load_model_files
+
+    root = _write_dataset(tmp_path / "d", [1, 2])
+    images = load_cases(find_cases(root, labelled=False), spacing_xyz_mm=SPACING)
+    dae = train(TrainConfig(stage="dae", network="dae", network_options=TINY_DAE, patch_zyx=(16, 16, 16),
+                            window_zyx=(16, 16, 16), max_steps=2, lr=1e-2), tmp_path / "dae",
+                train_cases=images[:1], val_cases=images[1:])
+    cases = _cases(root)
+    plain_run = train(_config(max_steps=2), tmp_path / "plain", train_cases=cases[:1])
+    plain, _ = load_model_files(plain_run.last_weights)
+    config = _config(network="dpa_densebiasnet", network_options=TINY_SEG, encoder=str(dae.best_weights),
+                     init_weights=str(plain_run.last_weights), max_steps=2, loss="ce_dice")
+    dpa = build_training_network(config).eval()
+    x = torch.rand(1, 1, 16, 24, 16)
+    with torch.no_grad():
+        priors = dpa.encoder(x)
+        assert max(float(p.abs().max()) for p in priors) > 0  # the DAE features are there, weighted zero
+        for fast in (True, False):
+            dpa.use_fast_inference(fast)
+            assert torch.allclose(dpa(x), plain.eval()(x), atol=1e-6)
+    trained_dae, _ = load_model_files(dae.best_weights)
+    for key, value in trained_dae.encoder.state_dict().items():
+        assert torch.equal(dpa.encoder.state_dict()[key], value), key
+    # the zero-weighted DAE inputs get a gradient, so training can start using them
+    dpa.train()
+    loss = dpa.logits(x)[:, 1].mean()
+    loss.backward()
+    prior_in = dpa.segmenter.layer_in_channels(1) - dpa.segmenter.prior_channels[0]
+    grad = dpa.segmenter.layers[1].conv.weight.grad[:, prior_in:]
+    assert float(grad.abs().max()) > 0
+    out = train(config, tmp_path / "dpa", train_cases=cases[:1], val_cases=cases[1:])
+    card = load_model_files(out.best_weights)[1]
+    assert card.name == "dpa_densebiasnet"
+    # the DAE must normalise as the plain network does
+    dae_gs1 = train(TrainConfig(stage="dae", network="dae", network_options={**TINY_DAE, "group_size": 1},
+                                patch_zyx=(16, 16, 16), window_zyx=(16, 16, 16), max_steps=1),
+                    tmp_path / "dae1", train_cases=images[:1], val_cases=images[1:])
+    from renalseg.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", "--stage", "seg", "--data", str(root), "--out", str(tmp_path / "c"),
+                                      "--init", str(plain_run.last_weights), "--encoder",
+                                      str(dae_gs1.best_weights), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "1 channels per group" in result.output and "dae1" in result.output
+    result = CliRunner().invoke(app, ["train", "--stage", "seg", "--data", str(root), "--out", str(tmp_path / "c"),
+                                      "--init", str(plain_run.last_weights), "--encoder", str(dae.best_weights),
+                                      "--patch", "16,16,16", "--window", "16,24,24", "--max-steps", "1",
+                                      "--loss", "ce", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_model_files(tmp_path / "c" / "best.safetensors")[1].name == "dpa_densebiasnet"

@@ -44,6 +44,27 @@ def parse_triple(text: str, *, name: str, kind: type = int) -> tuple:
     return values
 
 
+def _dpa_options_from_plain(init: Path, plain: dict, encoder: Path) -> dict:
+    """DPA-DenseBiasNet hyper-parameters for plain weights ``init`` and the DAE ``encoder``.
+
+    Raises:
+        UsageError: the DAE file is missing or normalises otherwise than the plain network.
+    """
+    from renalseg.weights import read_card
+
+    if not encoder.exists():
+        raise UsageError(f"--encoder {encoder}: no such file; train one with `renalseg train --stage dae`.")
+    dae = read_card(encoder).hyperparameters
+    if dae.get("group_size", 4) != plain.get("group_size", 4):
+        raise UsageError(f"--encoder {encoder} normalises {dae.get('group_size', 4)} channels per group, "
+                         f"--init {init} {plain.get('group_size', 4)}; DPA-DenseBiasNet uses one group size: "
+                         "train the DAE with the plain network's --network-options.")
+    options = {k: v for k, v in plain.items() if k != "prior_channels"}
+    if "widths" in dae:
+        options["encoder_widths"] = list(dae["widths"])
+    return options
+
+
 @handle_errors
 def train_command(
     stage: Annotated[str, typer.Option("--stage", help="dae: denoising autoencoder on images; "
@@ -58,7 +79,8 @@ def train_command(
     init: Annotated[Path | None, typer.Option("--init", help="Seg stage: start from these weights (e.g. the "
                                               "shipped ones, to fine-tune on your labelled CTA) instead of "
                                               "a random initialisation; network and hyper-parameters come "
-                                              "from their card.")] = None,
+                                              "from their card. Plain DenseBiasNet weights with --encoder start DPA-DenseBiasNet "
+                                              "(DAE inputs at zero weight).")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="Source value → class, e.g. "
                                            "'3:renal_artery' or '3:renal_artery,1:renal_vein'.")] = "3:renal_artery",
     val_data: Annotated[Path | None, typer.Option("--val-data", help="Separate validation folder "
@@ -155,8 +177,11 @@ def train_command(
                              f"--label-map {label_map!r}; name the classes it was trained on (extra ones may be added).")
         if no_dpa and card.name != "densebiasnet":
             raise UsageError(f"--init {init} holds {card.name!r} weights; drop --no-dpa.")
-        network = card.name
-        options = {**card.hyperparameters, "num_classes": mapping.num_classes, **options}
+        network, stored = card.name, card.hyperparameters
+        if card.name == "densebiasnet" and encoder is not None and not no_dpa:
+            # plain weights + a DAE: DPA-DenseBiasNet that starts out as the plain network
+            network, stored = "dpa_densebiasnet", _dpa_options_from_plain(init, card.hyperparameters, encoder)
+        options = {**stored, "num_classes": mapping.num_classes, **options}
     elif stage == "seg":
         network = "densebiasnet" if no_dpa else "dpa_densebiasnet"
         options.setdefault("num_classes", mapping.num_classes)

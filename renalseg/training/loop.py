@@ -327,7 +327,13 @@ def build_training_network(config: TrainConfig, *, load_weights: bool = True) ->
             freeze_encoder(network)
         return network
     if config.stage == "seg" and config.init_weights:
-        load_initial_weights(network, config)
+        from_plain = load_initial_weights(network, config)
+        if from_plain:  # the plain weights bring no encoder: --encoder does
+            if not config.encoder:
+                raise UsageError(f"--init {config.init_weights} holds plain DenseBiasNet weights; to start "
+                                 "DPA-DenseBiasNet from them pass --encoder RUN_DAE/dae.safetensors "
+                                 "(or --no-dpa to go on training the plain network).")
+            load_encoder(network, Path(config.encoder))
     elif config.stage == "seg" and hasattr(network, "encoder"):
         if not config.encoder:
             raise UsageError(
@@ -338,8 +344,18 @@ def build_training_network(config: TrainConfig, *, load_weights: bool = True) ->
     return network
 
 
-def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> None:
+def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> bool:
     """Copy ``config.init_weights`` into ``network`` (all of it; a DAE encoder stays frozen).
+
+    Plain DenseBiasNet weights also start a DPA-DenseBiasNet (:func:`plain_to_dpa_state`):
+    every weight is copied into the segmenter and the DPA feature inputs start at zero
+    weight, so the network starts out computing exactly what the plain one did and
+    learns from there how much of the DAE's features to use. The encoder is then
+    loaded from ``config.encoder`` by the caller.
+
+    Returns:
+        True when plain weights were expanded into a DPA network (its encoder still
+        to load), False for weights of the network itself.
 
     Raises:
         UsageError: the file does not exist.
@@ -352,19 +368,63 @@ def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> None:
         raise UsageError(f"--init {path}: no such file; pass a .safetensors saved by renalseg "
                          "(the shipped weights or a run's best.safetensors).")
     source, card = load_model_files(path)
-    if card.name != config.network:
+    from_plain = card.name == "densebiasnet" and config.network == "dpa_densebiasnet"
+    if card.name != config.network and not from_plain:
         raise ModelError(f"--init {path}: holds {card.name!r} weights, but this run trains {config.network!r}"
                          + (" (drop --no-dpa)" if card.name == "dpa_densebiasnet" else "") + ".")
+    ours = getattr(network, "hyperparameters", {})
+    if card.hyperparameters.get("group_size", 4) != ours.get("group_size", 4):
+        # GroupNorm's parameters have the same shapes whatever the grouping: check it by name
+        raise ModelError(f"--init {path}: its network normalises {card.hyperparameters.get('group_size', 4)} "
+                         f"channels per group, this run's {ours.get('group_size', 4)}; pass "
+                         f"--network-options '{{\"group_size\": {card.hyperparameters.get('group_size', 4)}}}'.")
     state = source.state_dict()
+    if from_plain:
+        state = plain_to_dpa_state(state, network.state_dict())
     head = _head_rows_by_class(network, state, card, config)
     try:
-        network.load_state_dict({**state, **head})
+        network.load_state_dict({**state, **head}, strict=not from_plain)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
         raise ModelError(f"--init {path}: its network has other hyper-parameters than this run's "
                          f"({first}).") from err
     if hasattr(network, "encoder"):
         freeze_encoder(network)
+    return from_plain
+
+
+def plain_to_dpa_state(plain: Mapping[str, Any], dpa: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain DenseBiasNet's state dict laid out for a DPA-DenseBiasNet's segmenter.
+
+    DPA's analysis layers (1, 3, 5, 7) take the DAE features as extra input channels
+    after the plain layer's own (see ``DenseBiasNet.layer_in_channels``); their weights
+    start at zero, so the DPA network's output equals the plain network's whatever the
+    encoder computes. The encoder's entries are left out (the caller loads a DAE).
+
+    Raises:
+        ModelError: the two networks differ in anything but those extra channels.
+    """
+    out: dict[str, Any] = {}
+    for key, value in plain.items():
+        target = f"segmenter.{key}"
+        if target not in dpa:
+            raise ModelError(f"plain weight {key!r} has no place in DPA-DenseBiasNet; the networks differ.")
+        want = dpa[target]
+        if want.shape == value.shape:
+            out[target] = value
+        elif want.ndim == value.ndim == 5 and want.shape[0] == value.shape[0] and want.shape[2:] == value.shape[2:] \
+                and want.shape[1] > value.shape[1]:
+            grown = want.new_zeros(want.shape)
+            grown[:, : value.shape[1]] = value
+            out[target] = grown
+        else:
+            raise ModelError(f"plain weight {key!r} {tuple(value.shape)} does not fit DPA-DenseBiasNet's "
+                             f"{tuple(want.shape)}; the networks differ in widths or bias maps.")
+    missing = [k for k in dpa if k not in out and not k.startswith("encoder.")]
+    if missing:
+        raise ModelError(f"the plain weights lack {len(missing)} of DPA-DenseBiasNet's segmenter weights "
+                         f"(first: {missing[0]}).")
+    return out
 
 
 def _head_rows_by_class(network: torch.nn.Module, state: Mapping[str, Any], card: Any,
