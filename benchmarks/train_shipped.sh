@@ -21,11 +21,12 @@
 # step-2 run's best score restarted; step 2 resumed to step 2920, then phases 2c and 2d.
 # Session 3: from 2d's best, the DR study (2e) and 128 x 128 x 64 patches (2g); the
 # equal-budget studies from scratch (2f). The shipped weights: the mean of six weights of
-# the lineage (step 3). Session 5: weights/training/ holds step 6e's checkpoint (plain
-# network, one channel per GroupNorm group; phase 2g's checkpoint before it is in git
-# history). To continue in a later session: regenerate the phantoms (steps above),
-# `cp -r weights/training runs/shipped/norm_gs1_p96`, then run step 6e's train command
-# with --resume and --time-limit-min as wanted (the --init file need not exist on resume).
+# the lineage (step 3). Session 6: new shipped weights, one channel per GroupNorm group,
+# DPA-DenseBiasNet started from the plain network (step 7). weights/training/ holds the
+# shipped DPA run's checkpoint (step 960; earlier checkpoints are in git history). To
+# continue in a later session: regenerate the phantoms (steps above),
+# `cp -r weights/training runs/gs1/dpa_ft`, then run step 7's dpa_ft command with --resume
+# and a larger --max-steps (the --init and --encoder files need not exist on resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -42,8 +43,9 @@ $PY benchmarks/make_training_phantoms.py "$DATA/unseen" --seeds 9100-9103 --unse
 # What runs: with no flag, steps 1-2; PHASES=1 the later phases 2c, 2d, 2g; DR_STUDY=1
 # step 2e; ABLATION=1 step 2f; FINAL=1 step 3 (averaging, evaluation, publishing);
 # KIDNEY=1 step 4 (session 4's kidney experiment, not shipped); CLDICE=1 step 5 (session
-# 4's loss A/B, not shipped); PLATEAU=1 step 6 (session 5's checks, not shipped).
-if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}${FINAL:-}${KIDNEY:-}${CLDICE:-}${PLATEAU:-}" ]; then
+# 4's loss A/B, not shipped); PLATEAU=1 step 6 (session 5's checks, not shipped); SHIP6=1 step 7 (session 6: the shipped
+# weights, from step 6d-e's runs).
+if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}${FINAL:-}${KIDNEY:-}${CLDICE:-}${PLATEAU:-}${SHIP6:-}" ]; then
 # 1. DAE: unlabelled training images (the 4 of them the seeded split holds out give the val MSE)
 $PY -m renalseg train --stage dae --data "$DATA/train" --out "$RUNS/dae" \
     --patch 96,96,48 --window 96,96,48 --lr 1e-3 --val-fraction 0.1 --epochs 100 \
@@ -273,4 +275,53 @@ $PY -m renalseg train --stage seg --data "$DATA/train" --val-data "$DATA/val_sel
     --epochs 200 --val-every 3 --time-limit-min 27 --checkpoint-minutes 5 --threads 2 --device cpu --seed 2 $RESUME
 $PY benchmarks/evaluate_shipped.py "$RUNS/norm_gs1_p96/best.safetensors" "$DATA/val" "$DATA/unseen" \
     --overlap 0.5 --threads 2 --json "$RUNS/norm_gs1_p96.json"
+fi
+
+# 7. Session 6: the shipped weights. Instance normalisation (group_size 1) for the DAE and
+#    DPA-DenseBiasNet, which starts from step 6e's plain weights (best, step 1320): `--init
+#    PLAIN --encoder DAE` copies them and gives the DAE feature inputs zero weight, so it
+#    starts out as the plain network (no dead start). A paired A/B: plain and DPA from the
+#    same weights with the same seed (same crops), one thread each, 960 steps (~49 min);
+#    then DPA with seed 4 (720 steps) and, paired with it, the paper's HRA loss (600
+#    steps). Held-out (evaluate_shipped.py WEIGHTS val unseen --overlap 0.5), as segment
+#    writes: DPA seed 3 last 0.746 (4 never used for selection 0.717; unseen 0.505),
+#    plain seed 3 last 0.745 (0.718; 0.506), DPA seed 4 last 0.738 (0.715; 0.472).
+#    Shipped: DPA seed 3's last weights (chosen on val_select at overlap 0.5, raw Dice
+#    0.714, over its best 0.702, seed 4's best/last 0.706/0.702 and soups 0.703/0.706),
+#    the plain twin as weights/densebiasnet, the group-1 DAE as weights/dae.
+if [ -n "${SHIP6:-}" ]; then
+G=${G:-runs/gs1}
+$PY -m renalseg train --stage dae --data "$DATA/train" --out "$G/dae" \
+    --patch 96,96,48 --window 96,96,48 --lr 1e-3 --val-fraction 0.1 --epochs 100 --network-options '{"group_size": 1}' \
+    --time-limit-min 10 --domain-randomisation 0.5 --threads 1 --device cpu --seed 0 $RESUME
+COMMON=(--data "$DATA/train" --val-data "$DATA/val_select" --init "$RUNS/norm_gs1_p96/best.safetensors"
+        --label-map 3:renal_artery --patch 96,96,48 --window 152,152,64 --val-overlap 0 --lr 1e-4
+        --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 40
+        --epochs 200 --val-every 3 --checkpoint-minutes 5 --threads 1 --device cpu)
+$PY -m renalseg train --stage seg "${COMMON[@]}" --out "$G/plain_ft" --no-dpa --network-options '{"group_size": 1}' \
+    --loss ce_dice --max-steps 960 --seed 3 $RESUME &
+$PY -m renalseg train --stage seg "${COMMON[@]}" --out "$G/dpa_ft" --encoder "$G/dae/dae.safetensors" \
+    --loss ce_dice --max-steps 960 --seed 3 $RESUME &
+wait
+$PY -m renalseg train --stage seg "${COMMON[@]}" --out "$G/dpa_ft_s4" --encoder "$G/dae/dae.safetensors" \
+    --loss ce_dice --max-steps 720 --seed 4 $RESUME &
+$PY -m renalseg train --stage seg "${COMMON[@]}" --out "$G/dpa_hra_s4" --encoder "$G/dae/dae.safetensors" \
+    --loss hra --max-steps 600 --seed 4 $RESUME &
+wait
+$PY benchmarks/average_weights.py "$G/soupA.safetensors" "$G/dpa_ft/last.safetensors" "$G/dpa_ft_s4/last.safetensors"
+$PY benchmarks/average_weights.py "$G/soupB.safetensors" "$G/dpa_ft/best.safetensors" "$G/dpa_ft/last.safetensors" \
+    "$G/dpa_ft_s4/best.safetensors" "$G/dpa_ft_s4/last.safetensors"
+for R in soupA soupB dpa_ft/last dpa_ft/best dpa_ft_s4/last dpa_ft_s4/best; do
+  $PY benchmarks/evaluate_shipped.py "$G/$R.safetensors" "$DATA/val_select" --overlap 0.5 --threads 1 \
+      --json "$G/sel_${R//\//_}.json"
+done
+for R in plain_ft/best dpa_ft/last dpa_ft_s4/last dpa_hra_s4/last; do
+  $PY benchmarks/evaluate_shipped.py "$G/$R.safetensors" "$DATA/val" "$DATA/unseen" --overlap 0.5 --threads 1 \
+      --json "$G/${R//\//_}.json"
+done
+$PY benchmarks/evaluate_shipped.py "$G/dpa_ft/last.safetensors" --results "$G/dpa_ft_last.json" --overlap 0.5 \
+    --publish weights/dpa_densebiasnet.safetensors --history "(see weights/dpa_densebiasnet.json)"
+$PY benchmarks/evaluate_shipped.py "$G/plain_ft/best.safetensors" --results "$G/plain_ft_best.json" --overlap 0.5 \
+    --publish weights/densebiasnet.safetensors --history "(see weights/densebiasnet.json)"
+cp "$G/dae/dae.safetensors" "$G/dae/dae.json" weights/
 fi
