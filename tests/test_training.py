@@ -487,6 +487,7 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
 
 def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
     """--init plain weights + --encoder: DPA-DenseBiasNet whose output equals the plain net's, then learns."""
+    from renalseg.errors import ModelError
     from renalseg.training.loop import build_training_network
     from renalseg.weights import load_model_files
 
@@ -500,6 +501,8 @@ def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
     plain, _ = load_model_files(plain_run.last_weights)
     config = _config(network="dpa_densebiasnet", network_options=TINY_SEG, encoder=str(dae.best_weights),
                      init_weights=str(plain_run.last_weights), max_steps=2, loss="ce_dice")
+    with pytest.raises(ModelError, match="plain.last.safetensors.*does not fit"):
+        build_training_network(replace(config, network_options={**TINY_SEG, "widths": [8] * 14}))
     dpa = build_training_network(config).eval()
     x = torch.rand(1, 1, 16, 24, 16)
     with torch.no_grad():

@@ -79,8 +79,8 @@ def train_command(
     init: Annotated[Path | None, typer.Option("--init", help="Seg stage: start from these weights (e.g. the "
                                               "shipped ones, to fine-tune on your labelled CTA) instead of "
                                               "a random initialisation; network and hyper-parameters come "
-                                              "from their card. Plain DenseBiasNet weights with --encoder start DPA-DenseBiasNet "
-                                              "(DAE inputs at zero weight).")] = None,
+                                              "from their card. Plain DenseBiasNet weights with --encoder "
+                                              "start DPA-DenseBiasNet (DAE inputs at zero weight).")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="Source value → class, e.g. "
                                            "'3:renal_artery' or '3:renal_artery,1:renal_vein'.")] = "3:renal_artery",
     val_data: Annotated[Path | None, typer.Option("--val-data", help="Separate validation folder "

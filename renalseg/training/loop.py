@@ -380,7 +380,10 @@ def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> bool:
                          f"--network-options '{{\"group_size\": {card.hyperparameters.get('group_size', 4)}}}'.")
     state = source.state_dict()
     if from_plain:
-        state = plain_to_dpa_state(state, network.state_dict())
+        try:
+            state = plain_to_dpa_state(state, network.state_dict())
+        except ModelError as err:
+            raise ModelError(f"--init {path}: {err}") from err
     head = _head_rows_by_class(network, state, card, config)
     try:
         network.load_state_dict({**state, **head}, strict=not from_plain)
@@ -404,6 +407,9 @@ def plain_to_dpa_state(plain: Mapping[str, Any], dpa: Mapping[str, Any]) -> dict
     Raises:
         ModelError: the two networks differ in anything but those extra channels.
     """
+    from renalseg.nets.densebiasnet import PRIOR_LAYERS
+
+    takes_priors = {f"layers.{layer}.conv.weight" for layer in PRIOR_LAYERS}
     out: dict[str, Any] = {}
     for key, value in plain.items():
         target = f"segmenter.{key}"
@@ -412,7 +418,7 @@ def plain_to_dpa_state(plain: Mapping[str, Any], dpa: Mapping[str, Any]) -> dict
         want = dpa[target]
         if want.shape == value.shape:
             out[target] = value
-        elif want.ndim == value.ndim == 5 and want.shape[0] == value.shape[0] and want.shape[2:] == value.shape[2:] \
+        elif key in takes_priors and want.shape[0] == value.shape[0] and want.shape[2:] == value.shape[2:] \
                 and want.shape[1] > value.shape[1]:
             grown = want.new_zeros(want.shape)
             grown[:, : value.shape[1]] = value
