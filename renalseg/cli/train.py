@@ -44,21 +44,19 @@ def parse_triple(text: str, *, name: str, kind: type = int) -> tuple:
     return values
 
 
-def _dpa_options_from_plain(init: Path, plain: dict, encoder: Path) -> dict:
-    """DPA-DenseBiasNet hyper-parameters for plain weights ``init`` and the DAE ``encoder``.
+def _dpa_options_from_plain(plain: dict, encoder: Path) -> dict:
+    """DPA-DenseBiasNet hyper-parameters for plain weights' ``plain`` ones and the DAE ``encoder``.
+
+    (Whether the DAE fits, its group size included, is checked where it is loaded.)
 
     Raises:
-        UsageError: the DAE file is missing or normalises otherwise than the plain network.
+        UsageError: the DAE file is missing.
     """
     from renalseg.weights import read_card
 
     if not encoder.exists():
         raise UsageError(f"--encoder {encoder}: no such file; train one with `renalseg train --stage dae`.")
     dae = read_card(encoder).hyperparameters
-    if dae.get("group_size", 4) != plain.get("group_size", 4):
-        raise UsageError(f"--encoder {encoder} normalises {dae.get('group_size', 4)} channels per group, "
-                         f"--init {init} {plain.get('group_size', 4)}; DPA-DenseBiasNet uses one group size: "
-                         "train the DAE with the plain network's --network-options.")
     options = {k: v for k, v in plain.items() if k != "prior_channels"}
     if "widths" in dae:
         options["encoder_widths"] = list(dae["widths"])
@@ -180,7 +178,7 @@ def train_command(
         network, stored = card.name, card.hyperparameters
         if card.name == "densebiasnet" and encoder is not None and not no_dpa:
             # plain weights + a DAE: DPA-DenseBiasNet that starts out as the plain network
-            network, stored = "dpa_densebiasnet", _dpa_options_from_plain(init, card.hyperparameters, encoder)
+            network, stored = "dpa_densebiasnet", _dpa_options_from_plain(card.hyperparameters, encoder)
         options = {**stored, "num_classes": mapping.num_classes, **options}
     elif stage == "seg":
         network = "densebiasnet" if no_dpa else "dpa_densebiasnet"

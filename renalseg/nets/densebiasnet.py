@@ -508,7 +508,9 @@ class DPADenseBiasNet(nn.Module):
         """Copy a trained DAE's encoder weights into ``self.encoder`` (and keep it frozen).
 
         Raises:
-            ModelError: the DAE's encoder widths differ from ``encoder_widths``.
+            ModelError: the DAE's encoder widths differ from ``encoder_widths``, or it
+                normalises another number of channels per GroupNorm group (the
+                parameters have the same shapes for any grouping, so only this catches it).
         """
         source = dae.encoder if isinstance(dae, DenoisingAutoencoder) else dae
         if not isinstance(source, DAEEncoder):
@@ -517,6 +519,11 @@ class DPADenseBiasNet(nn.Module):
             raise ModelError(f"the DAE's encoder widths {source.widths} differ from this network's "
                              f"encoder_widths {self.encoder.widths}; build the network with "
                              f"encoder_widths={list(source.widths)}.")
+        theirs = [s.norm.num_channels // s.norm.num_groups for s in source.stages]
+        ours = [s.norm.num_channels // s.norm.num_groups for s in self.encoder.stages]
+        if theirs != ours:
+            raise ModelError(f"the DAE normalises {theirs[0]} channels per GroupNorm group, this network "
+                             f"{ours[0]}; train the DAE with the same group_size (--network-options).")
         with torch.no_grad():
             self.encoder.load_state_dict(source.state_dict(), strict=True)
         self.encoder.requires_grad_(False)

@@ -477,7 +477,10 @@ def load_encoder(network: torch.nn.Module, path: Path) -> None:
     if getattr(card, "name", None) != "dae":
         raise ModelError(f"--encoder {path}: expected DAE weights (card name 'dae'); "
                          f"got {getattr(card, 'name', '?')!r}. Pass the dae.safetensors of a --stage dae run.")
-    network.load_encoder_from(dae)  # type: ignore[operator]
+    try:
+        network.load_encoder_from(dae)  # type: ignore[operator]
+    except ModelError as err:
+        raise ModelError(f"--encoder {path}: {err}") from err
     freeze_encoder(network)
 
 
