@@ -484,7 +484,6 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
     assert all(torch.equal(grown[k], v) for k, v in saved.state_dict().items() if not k.startswith("head."))
 
 
-
 def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
     """--init plain weights + --encoder: DPA-DenseBiasNet whose output equals the plain net's, then learns."""
     from renalseg.errors import ModelError

@@ -372,12 +372,12 @@ def load_initial_weights(network: torch.nn.Module, config: TrainConfig) -> bool:
     if card.name != config.network and not from_plain:
         raise ModelError(f"--init {path}: holds {card.name!r} weights, but this run trains {config.network!r}"
                          + (" (drop --no-dpa)" if card.name == "dpa_densebiasnet" else "") + ".")
-    ours = getattr(network, "hyperparameters", {})
-    if card.hyperparameters.get("group_size", 4) != ours.get("group_size", 4):
-        # GroupNorm's parameters have the same shapes whatever the grouping: check it by name
-        raise ModelError(f"--init {path}: its network normalises {card.hyperparameters.get('group_size', 4)} "
-                         f"channels per group, this run's {ours.get('group_size', 4)}; pass "
-                         f"--network-options '{{\"group_size\": {card.hyperparameters.get('group_size', 4)}}}'.")
+    # GroupNorm's parameters have the same shapes whatever the grouping: compare it by name
+    theirs = card.hyperparameters.get("group_size", 4)
+    ours = getattr(network, "hyperparameters", {}).get("group_size", 4)
+    if theirs != ours:
+        raise ModelError(f"--init {path}: its network normalises {theirs} channels per group, this run's "
+                         f"{ours}; pass --network-options '{{\"group_size\": {theirs}}}'.")
     state = source.state_dict()
     if from_plain:
         try:
