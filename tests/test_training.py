@@ -277,6 +277,23 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert [r["step"] for r in rows] == [2, 3, 4, 5]
 
 
+def test_loader_workers_train_the_same_run(tmp_path):
+    """Batches built ahead in worker processes are the batches built in place (any count)."""
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2, 3]))
+    config = _config(max_steps=6, batch_size=2, samples_per_epoch=6)
+    in_place = _losses(config, tmp_path / "a", cases)
+    ahead = _losses(config, tmp_path / "b", cases, loader_workers=2)
+    assert len(in_place) == 6
+    assert ahead == in_place
+
+
+def test_negative_loader_workers_is_a_usage_error(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    with pytest.raises(UsageError, match="--loader-workers -1"):
+        train(_config(max_steps=1), tmp_path / "run", train_cases=cases, loader_workers=-1)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_changed_options_and_missing_runs(tmp_path):
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
     config = _config(max_steps=1)

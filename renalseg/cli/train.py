@@ -128,6 +128,9 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    loader_workers: Annotated[int, typer.Option("--loader-workers", help="Processes building the next "
+                                                "batches while the network trains (for a GPU: about "
+                                                "the CPU cores; the run is the same with any number).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Train the denoising autoencoder (stage dae) or DPA-DenseBiasNet (stage seg).
@@ -232,7 +235,8 @@ def train_command(
     init_distributed(context, torch_device)
     try:
         result = _run(config, out, train_cases, val_cases, resume=resume, context=context,
-                      device=str(torch_device), show=context.is_main and not quiet)
+                      device=str(torch_device), show=context.is_main and not quiet,
+                      loader_workers=loader_workers)
     finally:
         shutdown_distributed(context)
     if context.is_main:
@@ -244,7 +248,7 @@ def train_command(
 
 
 def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, resume: bool,
-         context: DistributedContext, device: str, show: bool) -> TrainResult:
+         context: DistributedContext, device: str, show: bool, loader_workers: int = 0) -> TrainResult:
     """Train with a live rich display (terminal), plain log lines (file), or nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -252,7 +256,7 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
 
     if not show:
         return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device)
+                     context=context, device=device, loader_workers=loader_workers)
     if not err_console.is_terminal:  # a log file (nohup, a batch job): plain lines, not a live display
         def log_line(event: TrainProgress) -> None:
             if event.kind == "step" and event.step % 10 and event.step != event.total_steps:
@@ -269,7 +273,7 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
             err_console.print(", ".join(parts), highlight=False, soft_wrap=True)
 
         return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device, on_progress=log_line)
+                     context=context, device=device, on_progress=log_line, loader_workers=loader_workers)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[score]}"),
                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))
@@ -290,7 +294,7 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
             progress.update(task, **fields)
 
         return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device, on_progress=on_progress)
+                     context=context, device=device, on_progress=on_progress, loader_workers=loader_workers)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "TrainingCase",
     "load_case",
     "load_cases",
+    "make_case",
     "split_cases",
     "to_model_grid",
     "load_whole_study",
@@ -394,7 +395,7 @@ def load_case(
         if cache_path.exists():
             with np.load(cache_path) as stored:
                 geometry = Geometry(**json.loads(str(stored["geometry"])))
-                return _make_case(files.case_id, stored["image"], geometry,
+                return make_case(files.case_id, stored["image"], geometry,
                                   stored["label"] if "label" in stored else None,
                                   stored["tissue"] if "tissue" in stored else None, label_map)
     image = read_image(files.image)
@@ -405,7 +406,7 @@ def load_case(
         source = to_model_grid(extra["label"], spacing_xyz_mm, kind="label").array
         label = label_map.apply(source)  # type: ignore[union-attr]
     tissue = to_model_grid(extra["tissue"], spacing_xyz_mm, kind="tissue").array if "tissue" in extra else None
-    case = _make_case(files.case_id, volume.array, volume.geometry, label, tissue, label_map)
+    case = make_case(files.case_id, volume.array, volume.geometry, label, tissue, label_map)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {"image": case.image_hu}
@@ -422,8 +423,17 @@ def load_case(
     return case
 
 
-def _make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.ndarray | None,
-               tissue: np.ndarray | None, label_map: LabelMap | None) -> TrainingCase:
+def make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.ndarray | None,
+              tissue: np.ndarray | None, label_map: LabelMap | None) -> TrainingCase:
+    """A :class:`TrainingCase` from arrays already on the model grid (``label`` already mapped).
+
+    What :func:`load_case` builds from files; also for cases made in memory (phantoms
+    for a GPU run, ``benchmarks/train_gpu.py``). Finds the crop centres (first class,
+    hard negatives).
+
+    Raises:
+        DataLayoutError: a label with no voxel of any mapped class.
+    """
     if isinstance(geometry.shape_zyx, list):
         geometry = Geometry(tuple(geometry.shape_zyx), tuple(geometry.spacing_xyz_mm),  # type: ignore[arg-type]
                             tuple(geometry.origin_xyz_mm), tuple(geometry.direction))  # type: ignore[arg-type]
@@ -526,7 +536,7 @@ def load_whole_study(
         if cache_path.exists():
             with np.load(cache_path) as stored:
                 sides = json.loads(str(stored["sides"]))
-                return [_make_case(f"{files.case_id}_{side}", stored[f"image_{side}"],
+                return [make_case(f"{files.case_id}_{side}", stored[f"image_{side}"],
                                    Geometry(**{k: tuple(v) for k, v in meta.items()}),
                                    stored[f"label_{side}"] if f"label_{side}" in stored else None,
                                    stored[f"tissue_{side}"] if f"tissue_{side}" in stored else None, label_map)
@@ -552,7 +562,7 @@ def load_whole_study(
                 continue
         if "tissue" in extra:
             tissue = to_model_grid(extra["tissue"], spacing_xyz_mm, kind="tissue", target=roi.grid).array
-        cases.append(_make_case(f"{files.case_id}_{roi.side}", image, roi.grid, label, tissue, label_map))
+        cases.append(make_case(f"{files.case_id}_{roi.side}", image, roi.grid, label, tissue, label_map))
         arrays[f"image_{roi.side}"] = image
         if label is not None:
             arrays[f"label_{roi.side}"] = label

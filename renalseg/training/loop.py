@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,6 +273,69 @@ def make_batch(
     if config.stage == "dae" or any(label is None for label in labels):
         return image_batch, None
     return image_batch, np.stack(labels).astype(np.int64)
+
+
+#: the training cases of the run whose loader workers are being forked: the workers
+#: inherit them (copy-on-write, nothing pickled), so a worker's batch is built from the
+#: very arrays the main process holds
+_LOADER_CASES: Sequence[TrainingCase] = ()
+
+
+def _loader_batch(plan: np.ndarray, positions: Sequence[int], config: TrainConfig,
+                  epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    return make_batch(_LOADER_CASES, plan, positions, config, epoch=epoch)
+
+
+class BatchLoader:
+    """The batches of the coming steps, built ahead in worker processes (``--loader-workers``).
+
+    On a GPU the patch sampling and augmentation (0.06 s per 96 × 96 × 48 patch,
+    0.19 s per 152 × 152 × 64 on one core of the development machine) would leave the
+    device idle between steps; ``workers`` forked processes build the next
+    ``2 × workers`` steps' batches while the device trains. Every sample is seeded by
+    (seed, epoch, position) alone, so the batches — and the run, resume included — are
+    the same with any number of workers (tested). With ``workers == 0`` each batch is
+    built in this process when it is needed.
+
+    Workers are forked (they inherit the cases without copying them); where ``fork``
+    does not exist (Windows) ask for 0 workers.
+    """
+
+    def __init__(self, cases: Sequence[TrainingCase], config: TrainConfig, workers: int = 0) -> None:
+        import multiprocessing
+
+        self.cases, self.config, self.workers = cases, config, workers
+        self.pending: dict[tuple[int, int], Future] = {}
+        self.pool: ProcessPoolExecutor | None = None
+        if workers < 0:
+            raise UsageError(f"--loader-workers {workers}: pass 0 (build batches in this process) or more.")
+        if workers:
+            if "fork" not in multiprocessing.get_all_start_methods():
+                raise UsageError("--loader-workers needs the 'fork' start method, which this platform lacks; "
+                                 "pass --loader-workers 0.")
+            global _LOADER_CASES
+            _LOADER_CASES = cases
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+    def batch(self, plan: np.ndarray, epoch: int, step: int,
+              positions_of: Callable[[int], list[int]], steps_in_epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The batch of ``step`` of ``epoch``; asks the workers for the steps after it."""
+        if self.pool is None:
+            return make_batch(self.cases, plan, positions_of(step), self.config, epoch=epoch)
+        for ahead in range(step, min(step + 2 * self.workers, steps_in_epoch)):
+            if (epoch, ahead) not in self.pending:
+                self.pending[(epoch, ahead)] = self.pool.submit(_loader_batch, plan, positions_of(ahead),
+                                                                self.config, epoch)
+        future = self.pending.pop((epoch, step), None)
+        if future is None:  # pragma: no cover - every step is submitted above
+            return make_batch(self.cases, plan, positions_of(step), self.config, epoch=epoch)
+        return future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending.clear()
 
 
 def dice_per_class(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> list[float]:
@@ -695,6 +759,7 @@ def train(
     device: str = "cpu",
     on_progress: Callable[[TrainProgress], None] | None = None,
     network_factory: Callable[[TrainConfig], torch.nn.Module] | None = None,
+    loader_workers: int = 0,
 ) -> TrainResult:
     """Train one stage; returns where the run ended.
 
@@ -711,6 +776,8 @@ def train(
         on_progress: called with :class:`TrainProgress` events (rank 0 only).
         network_factory: builds the network from the config (default:
             :func:`build_training_network`); tests pass tiny stand-ins.
+        loader_workers: processes building the coming batches ahead (:class:`BatchLoader`);
+            the run is the same with any number; 0 builds each batch when it is needed.
 
     Raises:
         UsageError: an existing run without ``resume``, no run to resume, changed options.
@@ -729,6 +796,9 @@ def train(
         unlabelled = [c.case_id for c in (*train_cases, *val_cases) if c.label is None]
         if unlabelled:
             raise DataLayoutError(f"--stage seg needs labels; no label for case(s) {', '.join(unlabelled[:5])}.")
+    # before anything is written: a bad worker count leaves no run folder behind (the
+    # worker processes themselves start with the first batch asked for)
+    loader = BatchLoader(train_cases, config, loader_workers)
     val_fingerprint = validation_fingerprint(val_cases)
     state: dict | None = None
     if resume:
@@ -836,90 +906,97 @@ def train(
 
     epoch_losses: list[float] = []
     row: dict[str, Any] = {}
-    while epoch < config.epochs and global_step < total_steps and stopped is None:
-        plan = epoch_plan(len(train_cases), steps_per_epoch * global_batch, seed=config.seed, epoch=epoch)
-        epoch_started = time.monotonic()
-        while step_in_epoch < steps_per_epoch:
-            step_positions = [step_in_epoch * global_batch + p for p in positions]
-            images, labels = make_batch(train_cases, plan, step_positions, config, epoch=epoch)
-            x = torch.from_numpy(images).to(torch_device)
-            if config.stage == "dae":
-                # dropout corruption seeded per sample like the augmentation (any process split)
-                corrupted = torch.cat([
-                    network.corrupt(x[i:i + 1], generator=torch.Generator().manual_seed(  # type: ignore[operator]
-                        int(np.random.default_rng([config.seed, epoch, int(pos), 2]).integers(2**62))))
-                    for i, pos in enumerate(step_positions)])
-                loss = torch.mean((model(corrupted) - x) ** 2)
-            else:
-                y = torch.from_numpy(labels).to(torch_device)  # type: ignore[arg-type]
-                logits = model(x)
-                # mean of per-sample losses: the same for any split of the batch over processes
-                loss = torch.stack([loss_fn(logits[i:i + 1], y[i:i + 1]) for i in range(len(y))]).mean()  # type: ignore[misc]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if not torch.isfinite(loss):
-                raise ModelError(f"The loss became {float(loss)} at step {global_step + 1}; lower --lr.")
-            step_loss = all_reduce_mean(float(loss.detach()), context, torch_device)
-            epoch_losses.append(step_loss)
-            step_in_epoch += 1
-            global_step += 1
-            emit(TrainProgress("step", epoch, config.epochs, global_step, total_steps, loss=step_loss,
-                               best_score=best_score, elapsed_s=elapsed(), eta_s=eta()))
-            if global_step >= total_steps:
-                if config.max_steps is not None and global_step >= config.max_steps:
-                    stopped = "max steps"
-                break
-            if config.time_limit_min is not None:
-                # every process must stop after the same step: agree on the slowest clock
-                late = elapsed() > config.time_limit_min * 60
-                if all_reduce_mean(float(late), context, torch_device) > 0:
-                    stopped = "time limit"
+
+    def positions_of(step: int) -> list[int]:
+        return [step * global_batch + p for p in positions]
+
+    try:
+        while epoch < config.epochs and global_step < total_steps and stopped is None:
+            plan = epoch_plan(len(train_cases), steps_per_epoch * global_batch, seed=config.seed, epoch=epoch)
+            epoch_started = time.monotonic()
+            while step_in_epoch < steps_per_epoch:
+                step_positions = positions_of(step_in_epoch)
+                images, labels = loader.batch(plan, epoch, step_in_epoch, positions_of, steps_per_epoch)
+                x = torch.from_numpy(images).to(torch_device)
+                if config.stage == "dae":
+                    # dropout corruption seeded per sample like the augmentation (any process split)
+                    corrupted = torch.cat([
+                        network.corrupt(x[i:i + 1], generator=torch.Generator().manual_seed(  # type: ignore[operator]
+                            int(np.random.default_rng([config.seed, epoch, int(pos), 2]).integers(2**62))))
+                        for i, pos in enumerate(step_positions)])
+                    loss = torch.mean((model(corrupted) - x) ** 2)
+                else:
+                    y = torch.from_numpy(labels).to(torch_device)  # type: ignore[arg-type]
+                    logits = model(x)
+                    # mean of per-sample losses: the same for any split of the batch over processes
+                    loss = torch.stack([loss_fn(logits[i:i + 1], y[i:i + 1]) for i in range(len(y))]).mean()  # type: ignore[misc]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if not torch.isfinite(loss):
+                    raise ModelError(f"The loss became {float(loss)} at step {global_step + 1}; lower --lr.")
+                step_loss = all_reduce_mean(float(loss.detach()), context, torch_device)
+                epoch_losses.append(step_loss)
+                step_in_epoch += 1
+                global_step += 1
+                emit(TrainProgress("step", epoch, config.epochs, global_step, total_steps, loss=step_loss,
+                                   best_score=best_score, elapsed_s=elapsed(), eta_s=eta()))
+                if global_step >= total_steps:
+                    if config.max_steps is not None and global_step >= config.max_steps:
+                        stopped = "max steps"
                     break
-            if time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
+                if config.time_limit_min is not None:
+                    # every process must stop after the same step: agree on the slowest clock
+                    late = elapsed() > config.time_limit_min * 60
+                    if all_reduce_mean(float(late), context, torch_device) > 0:
+                        stopped = "time limit"
+                        break
+                if time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
+                    save_checkpoint()
+                    last_checkpoint = time.monotonic()
+            epoch_done = step_in_epoch >= steps_per_epoch
+            if epoch_done:
+                epoch += 1
+                step_in_epoch = 0
+            finished = epoch >= config.epochs or global_step >= total_steps or stopped is not None
+            row = {
+                "epoch": epoch, "step": global_step,
+                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+                "lr": config.lr, "epoch_s": round(time.monotonic() - epoch_started, 2),
+                "wall_s": round(wall_before + elapsed(), 1),
+            }
+            epoch_losses = []
+            validate = val_cases and (finished or (epoch_done and epoch % config.val_every == 0))
+            if validate:
+                if context.is_main:
+                    metrics = _validate(network, config, val_cases, torch_device, label_map.num_classes)
+                    row.update(metrics)
+                    score = metrics[score_name]
+                    improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
+                    if improved:
+                        best_score = score
+                        if config.stage == "seg":
+                            training_info = describe_training()
+                            _save_weights(network, config, run / "best.safetensors", metrics=metrics,
+                                          training=training_info)
+                        else:
+                            _save_weights(network, config, run / "dae.safetensors", metrics=metrics,
+                                          training=describe_training())
+                    emit(TrainProgress("validation", epoch, config.epochs, global_step, total_steps,
+                                       score=score, score_name=score_name, best_score=best_score,
+                                       elapsed_s=elapsed(), eta_s=eta()))
+                barrier(context)
+            row["best_score"] = best_score
+            if finished or (epoch_done and epoch % config.checkpoint_every == 0):
                 save_checkpoint()
                 last_checkpoint = time.monotonic()
-        epoch_done = step_in_epoch >= steps_per_epoch
-        if epoch_done:
-            epoch += 1
-            step_in_epoch = 0
-        finished = epoch >= config.epochs or global_step >= total_steps or stopped is not None
-        row = {
-            "epoch": epoch, "step": global_step,
-            "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-            "lr": config.lr, "epoch_s": round(time.monotonic() - epoch_started, 2),
-            "wall_s": round(wall_before + elapsed(), 1),
-        }
-        epoch_losses = []
-        validate = val_cases and (finished or (epoch_done and epoch % config.val_every == 0))
-        if validate:
             if context.is_main:
-                metrics = _validate(network, config, val_cases, torch_device, label_map.num_classes)
-                row.update(metrics)
-                score = metrics[score_name]
-                improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
-                if improved:
-                    best_score = score
-                    if config.stage == "seg":
-                        training_info = describe_training()
-                        _save_weights(network, config, run / "best.safetensors", metrics=metrics,
-                                      training=training_info)
-                    else:
-                        _save_weights(network, config, run / "dae.safetensors", metrics=metrics,
-                                      training=describe_training())
-                emit(TrainProgress("validation", epoch, config.epochs, global_step, total_steps,
-                                   score=score, score_name=score_name, best_score=best_score,
-                                   elapsed_s=elapsed(), eta_s=eta()))
-            barrier(context)
-        row["best_score"] = best_score
-        if finished or (epoch_done and epoch % config.checkpoint_every == 0):
-            save_checkpoint()
-            last_checkpoint = time.monotonic()
-        if context.is_main:
-            _append_metrics(run, row)
-        emit(TrainProgress("epoch", epoch, config.epochs, global_step, total_steps, loss=row["train_loss"],
-                           score=row.get(score_name), score_name=score_name, best_score=best_score,
-                           elapsed_s=elapsed(), eta_s=eta()))
+                _append_metrics(run, row)
+            emit(TrainProgress("epoch", epoch, config.epochs, global_step, total_steps, loss=row["train_loss"],
+                               score=row.get(score_name), score_name=score_name, best_score=best_score,
+                               elapsed_s=elapsed(), eta_s=eta()))
+    finally:
+        loader.close()
 
     last = None
     best = None
