@@ -15,9 +15,12 @@ what the device tool carries): where SimpleITK is missing a placeholder module i
 installed, because nothing on this path reads or writes an image. The cases stay in
 memory: 500 phantoms take about 18 GB (60 s to make with 15 processes, 190 s with 2).
 
-    python benchmarks/train_gpu.py runs/gpu --seeds 1000-1599 --val-seeds 9000-9001 \\
+    python benchmarks/train_gpu.py runs/gpu --seeds 1000-1499 --val-seeds 9000-9001 \\
         --init weights/dpa_densebiasnet.safetensors --encoder weights/dae.safetensors \\
-        --patch 152,152,64 --batch 4 --lr 5e-5 --time-limit-min 6.5 --loader-workers 14 --device cuda
+        --patch 152,152,64 --batch 4 --lr 5e-5 --time-limit-min 7 --loader-workers 14 --device cuda
+
+Step 8 of ``benchmarks/train_shipped.sh`` is the command session 7 ran (the shipped
+weights); ``benchmarks/gpu_lease.sh`` continues it in one call of a lent GPU machine.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def phantom_case(seed: int, label_map_text: str = "3:renal_artery") -> TrainingC
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--seeds", default="1000-1599", help="training phantoms FIRST-LAST")
+    parser.add_argument("--seeds", default="1000-1499", help="training phantoms FIRST-LAST")
     parser.add_argument("--val-seeds", default="9000-9001", help="validation phantoms (best-by-Dice)")
     parser.add_argument("--init", type=Path, required=True)
     parser.add_argument("--encoder", type=Path)

@@ -334,6 +334,29 @@ def test_best_score_restarts_when_the_validation_cases_change(tmp_path, caplog):
     assert other.best_score == last["val_dice"]  # the only score on the new cases so far
 
 
+def test_a_copied_checkpoint_never_passes_its_last_weights_off_as_the_best(tmp_path, caplog):
+    """weights/training holds a checkpoint without the run's best weights: resumed, best.safetensors
+    appears only once validation beats the stored best score."""
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
+    config = _config(max_steps=1, samples_per_epoch=1)
+    train(config, tmp_path / "run", train_cases=cases[:1], val_cases=cases[1:])
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    state["best_score"] = 1.01  # a best no Dice can beat
+    torch.save(state, copied / "checkpoint.pt")
+    with caplog.at_level("WARNING"):
+        result = train(replace(config, max_steps=2), copied, train_cases=cases[:1], val_cases=cases[1:],
+                       resume=True)
+    assert result.best_weights is None and not (copied / "best.safetensors").exists()
+    assert result.last_weights == copied / "last.safetensors" and result.last_weights.exists()
+    assert "no best.safetensors" in caplog.text
+    state["best_score"] = 0.0  # beaten by the next validation: the best weights are written
+    torch.save(state, copied / "checkpoint.pt")
+    result = train(replace(config, max_steps=2), copied, train_cases=cases[:1], val_cases=cases[1:], resume=True)
+    assert result.best_weights == copied / "best.safetensors" and result.best_weights.exists()
+
+
 def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
     from renalseg.weights import load_model_files
 
@@ -433,7 +456,7 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
     # fine-tuning: network and hyper-parameters come from the weights' card, no --encoder
     best = str(tmp_path / "seg" / "best.safetensors")
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "tuned"), "--init", best,
-                                 "--loss", "ce", *common])
+                                 "--loss", "ce", "--loader-workers", "1", *common])
     assert result.exit_code == 0, result.output
     assert load_model_files(tmp_path / "tuned" / "best.safetensors")[1].training["recipe"]["init_weights"] == best
     # resuming (e.g. weights/training copied to a fresh clone) needs no --init file

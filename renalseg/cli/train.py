@@ -244,7 +244,9 @@ def train_command(
         console.print(f"{result.steps} steps, {result.epochs_done} epochs, {result.wall_s / 60:.1f} min; "
                       f"best {result.score_name} {score}"
                       + (f"; stopped: {result.stopped_early} (continue with --resume)" if result.stopped_early else ""))
-        console.print(f"weights: {result.best_weights}")
+        console.print(f"weights: {result.best_weights}" if result.best_weights is not None
+                      else f"weights: no best weights in {out} (validation did not beat the checkpoint's best "
+                           f"score since the run was copied); last weights: {result.last_weights}")
 
 
 def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, resume: bool,

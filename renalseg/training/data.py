@@ -396,8 +396,8 @@ def load_case(
             with np.load(cache_path) as stored:
                 geometry = Geometry(**json.loads(str(stored["geometry"])))
                 return make_case(files.case_id, stored["image"], geometry,
-                                  stored["label"] if "label" in stored else None,
-                                  stored["tissue"] if "tissue" in stored else None, label_map)
+                                 stored["label"] if "label" in stored else None,
+                                 stored["tissue"] if "tissue" in stored else None, label_map)
     image = read_image(files.image)
     extra = _read_companions(files, Geometry.from_sitk(image), use_label=use_label)
     volume = to_model_grid(image, spacing_xyz_mm, kind="image")
@@ -537,9 +537,9 @@ def load_whole_study(
             with np.load(cache_path) as stored:
                 sides = json.loads(str(stored["sides"]))
                 return [make_case(f"{files.case_id}_{side}", stored[f"image_{side}"],
-                                   Geometry(**{k: tuple(v) for k, v in meta.items()}),
-                                   stored[f"label_{side}"] if f"label_{side}" in stored else None,
-                                   stored[f"tissue_{side}"] if f"tissue_{side}" in stored else None, label_map)
+                                  Geometry(**{k: tuple(v) for k, v in meta.items()}),
+                                  stored[f"label_{side}"] if f"label_{side}" in stored else None,
+                                  stored[f"tissue_{side}"] if f"tissue_{side}" in stored else None, label_map)
                         for side, meta in sides.items()]
     study = read_study(files.image)
     extra = _read_companions(files, study.geometry, use_label=use_label)

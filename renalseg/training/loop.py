@@ -1005,9 +1005,16 @@ def train(
         last = _save_weights(network, config, run / ("dae_last.safetensors" if config.stage == "dae" else "last.safetensors"),
                              metrics=summary, training=describe_training())
         best_name = "dae.safetensors" if config.stage == "dae" else "best.safetensors"
-        if not (run / best_name).exists():  # no validation: the last weights are the best we know
+        if not val_cases and not (run / best_name).exists():  # no validation: the last weights are the best we know
             _save_weights(network, config, run / best_name, metrics=summary, training=describe_training())
-        best = run / best_name
+        if (run / best_name).exists():
+            best = run / best_name
+        else:
+            # validated, but the best weights are not in this folder (a checkpoint copied
+            # without them, e.g. weights/training, that has not beaten its best score since):
+            # never pass the last weights off as the best
+            logger.warning("%s: no %s (validation has not beaten the checkpoint's best score %s since it was "
+                           "copied here); the last weights are %s.", run, best_name, best_score, last)
     barrier(context)
     return TrainResult(run, global_step, epoch, best_score, score_name, best, last,
                        wall_before + elapsed(), stopped)

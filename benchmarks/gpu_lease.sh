@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One call of a lent GPU machine (the device tool): continue the shipped weights' run,
+# weights/training/ (step 8 of benchmarks/train_shipped.sh), for MINUTES minutes of
+# training, and leave in $OUT what a later session needs:
+#   log.txt, best.safetensors (only if validation improved), last.safetensors,
+#   ckpt.aa + ckpt.ab (checkpoint.pt split under the tool's 16 MB per file:
+#   `cat ckpt.aa ckpt.ab > checkpoint.pt`), small.tgz (cards, config, metrics).
+#
+# That machine's Python has PyTorch but neither SimpleITK nor pydicom; pydicom travels
+# as a wheel (`renalseg.phantom` imports it), SimpleITK is not needed (train_gpu.py).
+# Here, once: `echo /.whl/ >> .git/info/exclude && mkdir -p .whl && pip download
+# --no-deps --only-binary=:all: --python-version 3.12 -d .whl pydicom==3.0.2`; then the
+# device tool's run with carry [".whl"] and the command
+#   bash benchmarks/gpu_lease.sh 7
+# Session 7's lease: 7 + 2.6 minutes of training fitted in 15 minutes of device time
+# (start-up ~1.5 min, making the 500 phantoms 1 min). Run again on a still-warm machine
+# and it continues from /tmp/run (what the last call left there).
+#
+# Environment: DEVICE (default cuda), LR (default the run's 5e-5), PY (default python3),
+# WORKERS (loader processes, default 14) and MAKERS (phantom-making processes, default 15)
+# for a machine with other than 16 cores.
+set -euo pipefail
+MINUTES=${1:?usage: gpu_lease.sh MINUTES}
+OUT=${OUT:?the device tool sets OUT}
+RUN=${RUN:-/tmp/run}
+PY=${PY:-python3}
+if ls .whl/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+[ -f "$RUN/checkpoint.pt" ] || { mkdir -p "$(dirname "$RUN")" && cp -r weights/training "$RUN"; }
+status=0
+$PY benchmarks/train_gpu.py "$RUN" --resume --seeds 1000-1499 --val-seeds 9000-9001 \
+    --init weights/dpa_densebiasnet.safetensors --encoder weights/dae.safetensors --patch 152,152,64 --batch 4 \
+    --lr "${LR:-5e-5}" --seed 7 --samples-per-epoch 400 --time-limit-min "$MINUTES" --loader-workers "${WORKERS:-14}" \
+    --make-workers "${MAKERS:-15}" --device "${DEVICE:-cuda}" 2>&1 | tee "$OUT/log.txt" || status=$?
+for f in best.safetensors last.safetensors; do
+  if [ -f "$RUN/$f" ]; then cp "$RUN/$f" "$OUT/"; fi
+done
+split -b 15M "$RUN/checkpoint.pt" "$OUT/ckpt."
+tar czf "$OUT/small.tgz" -C "$RUN" $(cd "$RUN" && ls ./*.json metrics.* 2>/dev/null)
+exit $status
