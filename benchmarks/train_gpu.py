@@ -31,6 +31,7 @@ import multiprocessing
 import sys
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,10 +69,40 @@ def phantom_case(seed: int, label_map_text: str = "3:renal_artery") -> TrainingC
                      label_map.apply(case.label.array), case.tissues.array, label_map)
 
 
+class FreshPhantoms(Sequence):
+    """A virtual training set: case ``i`` is phantom ``first_seed + i``, made when a batch asks for it.
+
+    With a count far above the samples a run draws, every patch comes from a phantom
+    never seen before (the epoch plan draws ``--samples-per-epoch`` of the ``count``
+    cases at random, seeded): no fixed training set to overfit, nothing held in memory,
+    and still exactly resumable (a sample's phantom depends on its seed and position
+    only). A phantom costs about 0.8 s to make on one core, so each loader worker
+    yields about one 152 × 152 × 64 patch a second.
+    """
+
+    made_on_demand = True  # renalseg.training.loop.train: do not walk the cases up front
+
+    def __init__(self, first_seed: int, count: int) -> None:
+        self.first_seed, self.count = first_seed, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            raise TypeError("FreshPhantoms: one case at a time")
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return phantom_case(self.first_seed + index)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", default="1000-1499", help="training phantoms FIRST-LAST")
+    parser.add_argument("--fresh", action="store_true",
+                        help="a new phantom for every patch, made by the loader workers (FreshPhantoms; "
+                             "seeds from 100000 on); --seeds is then ignored")
     parser.add_argument("--val-seeds", default="9000-9001", help="validation phantoms (best-by-Dice)")
     parser.add_argument("--init", type=Path, required=True)
     parser.add_argument("--encoder", type=Path)
@@ -99,10 +130,13 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds, val_seeds = _seeds(args.seeds), _seeds(args.val_seeds)
     with multiprocessing.get_context("fork").Pool(args.make_workers) as pool:
-        train_cases = pool.map(phantom_case, seeds, chunksize=4)
+        train_cases = FreshPhantoms(100_000, 1_000_000) if args.fresh else pool.map(phantom_case, seeds, chunksize=4)
         val_cases = pool.map(phantom_case, val_seeds)
-    print(f"{len(train_cases)} training and {len(val_cases)} validation phantoms in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{'a fresh phantom per patch' if args.fresh else f'{len(train_cases)} training phantoms'} and "
+          f"{len(val_cases)} validation phantoms in {time.perf_counter() - t0:.0f} s", flush=True)
+    training_data = ("a new phantom for every patch (synthesize_roi seeds 100000-1099999, made while training)"
+                     if args.fresh else f"{len(seeds)} training phantoms made in memory (synthesize_roi seeds "
+                                        f"{args.seeds})")
 
     base = TrainConfig.from_dict(json.loads(RECIPE.read_text()))
     x, y, z = (int(v) for v in args.patch.split(","))
@@ -112,8 +146,7 @@ def main() -> None:
         time_limit_min=args.time_limit_min, val_every=1, checkpoint_minutes=60.0,
         init_weights=None if args.resume else str(args.init),
         encoder=None if args.encoder is None else str(args.encoder),
-        data_description=(f"{len(seeds)} training phantoms made in memory (synthesize_roi seeds {args.seeds}), "
-                          f"validation seeds {args.val_seeds}; benchmarks/train_gpu.py"),
+        data_description=f"{training_data}, validation seeds {args.val_seeds}; benchmarks/train_gpu.py",
     )
     started = time.perf_counter()
     first_step: list[int] = []  # the step this session started from (resume: not 0)

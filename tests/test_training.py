@@ -294,6 +294,32 @@ def test_negative_loader_workers_is_a_usage_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cases_made_on_demand_are_made_only_when_sampled(tmp_path):
+    """A training set that makes each case when a batch asks for it (phantoms made afresh,
+    benchmarks/train_gpu.py --fresh) is not walked up front: only the sampled cases are made."""
+    from collections.abc import Sequence
+
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
+
+    class OnDemand(Sequence):
+        made_on_demand = True
+
+        def __init__(self) -> None:
+            self.made: list[int] = []
+
+        def __len__(self) -> int:
+            return 100_000
+
+        def __getitem__(self, index):
+            self.made.append(index)
+            return cases[index % 2]
+
+    virtual = OnDemand()
+    losses = _losses(_config(max_steps=3, samples_per_epoch=2), tmp_path / "run", virtual)
+    assert len(losses) == 3 and len(virtual.made) == 3
+    assert len(set(virtual.made)) == 3  # three draws from 100,000: three different cases
+
+
 def test_resume_refuses_changed_options_and_missing_runs(tmp_path):
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
     config = _config(max_steps=1)

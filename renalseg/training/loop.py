@@ -767,7 +767,10 @@ def train(
         config: the run's settings (on ``resume`` only :data:`RESUMABLE_FIELDS` may differ
             from the stored ones).
         out_dir: the run folder (created; must not hold a run unless ``resume``).
-        train_cases: training cases on the model grid (labelled for ``seg``).
+        train_cases: training cases on the model grid (labelled for ``seg``): any sequence;
+            one with a true ``made_on_demand`` attribute builds each case when a batch asks
+            for it (e.g. a phantom per sample, ``benchmarks/train_gpu.py --fresh``) and is
+            not walked up front.
         val_cases: validation cases (never trained on); none disables best-by-validation
             (the last weights are then also the best).
         resume: continue the run in ``out_dir`` from its checkpoint, exactly.
@@ -793,7 +796,9 @@ def train(
     if not train_cases:
         raise DataLayoutError("No training cases (all went to validation?). Add cases or lower --val-fraction.")
     if config.stage == "seg":
-        unlabelled = [c.case_id for c in (*train_cases, *val_cases) if c.label is None]
+        # cases made when a batch asks for them (phantoms made afresh) are not made here
+        walked = val_cases if getattr(train_cases, "made_on_demand", False) else (*train_cases, *val_cases)
+        unlabelled = [c.case_id for c in walked if c.label is None]
         if unlabelled:
             raise DataLayoutError(f"--stage seg needs labels; no label for case(s) {', '.join(unlabelled[:5])}.")
     # before anything is written: a bad worker count leaves no run folder behind (the
