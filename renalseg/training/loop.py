@@ -326,10 +326,7 @@ class BatchLoader:
             if (epoch, ahead) not in self.pending:
                 self.pending[(epoch, ahead)] = self.pool.submit(_loader_batch, plan, positions_of(ahead),
                                                                 self.config, epoch)
-        future = self.pending.pop((epoch, step), None)
-        if future is None:  # pragma: no cover - every step is submitted above
-            return make_batch(self.cases, plan, positions_of(step), self.config, epoch=epoch)
-        return future.result()
+        return self.pending.pop((epoch, step)).result()  # submitted above, if not before
 
     def close(self) -> None:
         if self.pool is not None:
