@@ -22,6 +22,9 @@
 # worker about 1 s (making the phantom 0.7 s, cropping and augmenting 0.19 s, on this
 # project's CPU), so 14 workers should come near the 16 patches/s the H200 trained at.
 #
+# AMP=1 adds --amp (bfloat16 forward pass, not yet timed on a GPU) to a new run; the
+# shipped run was float32 and cannot be resumed with it.
+#
 # Environment: DEVICE (default cuda), LR (default the run's 5e-5), PY (default python3),
 # WORKERS (loader processes, default 14) and MAKERS (phantom-making processes, default 15)
 # for a machine with other than 16 cores.
@@ -47,8 +50,10 @@ else
   RESUME=(--resume)
   [ -f "$RUN/checkpoint.pt" ] || { mkdir -p "$(dirname "$RUN")" && cp -r weights/training "$RUN"; }
 fi
+AMPFLAG=()
+if [ -n "${AMP:-}" ]; then AMPFLAG=(--amp); fi
 status=0
-$PY benchmarks/train_gpu.py "$RUN" "${RESUME[@]}" "${DATA[@]}" --val-seeds 9000-9001 \
+$PY benchmarks/train_gpu.py "$RUN" "${RESUME[@]}" "${DATA[@]}" "${AMPFLAG[@]}" --val-seeds 9000-9001 \
     --init weights/dpa_densebiasnet.safetensors --encoder weights/dae.safetensors --patch 152,152,64 --batch 4 \
     --lr "${LR:-5e-5}" --seed 7 --samples-per-epoch 400 --time-limit-min "$MINUTES" --loader-workers "${WORKERS:-14}" \
     --make-workers "${MAKERS:-15}" --device "${DEVICE:-cuda}" 2>&1 | tee "$OUT/log.txt" || status=$?

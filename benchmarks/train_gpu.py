@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path)
     parser.add_argument("--patch", default="152,152,64", help="x,y,z voxels")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--amp", action="store_true", help="bfloat16 forward pass (TrainConfig.amp)")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--samples-per-epoch", type=int, default=400)
@@ -141,7 +142,7 @@ def main() -> None:
     base = TrainConfig.from_dict(json.loads(RECIPE.read_text()))
     x, y, z = (int(v) for v in args.patch.split(","))
     config = replace(
-        base, patch_zyx=(z, y, x), batch_size=args.batch, lr=args.lr, seed=args.seed,
+        base, patch_zyx=(z, y, x), batch_size=args.batch, amp=args.amp, lr=args.lr, seed=args.seed,
         samples_per_epoch=args.samples_per_epoch, epochs=100_000, max_steps=args.max_steps,
         time_limit_min=args.time_limit_min, val_every=1, checkpoint_minutes=60.0,
         init_weights=None if args.resume else str(args.init),

@@ -265,6 +265,20 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     assert np.mean(losses[-3:]) < 0.5 * losses[0]
 
 
+def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path):
+    """--amp: the forward pass in bfloat16 (autocast), yet the loss falls as in float32
+    and the saved weights and optimiser stay float32."""
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(patch_zyx=(16, 24, 24), augment=NO_AUGMENT, max_steps=25, lr=1e-2, loss="ce", amp=True)
+    losses = _losses(config, tmp_path / "amp", cases)
+    full = _losses(replace(config, amp=False), tmp_path / "fp32", cases)
+    assert np.mean(losses[-3:]) < 0.5 * losses[0]
+    assert losses[0] == pytest.approx(full[0], rel=0.02)  # same start, bfloat16 rounding only
+    assert losses != full  # the forward pass did run in bfloat16
+    state = torch.load(tmp_path / "amp" / "checkpoint.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
     config = _config(max_steps=5, checkpoint_every=1)

@@ -91,6 +91,8 @@ def train_command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Adam weight decay.")] = 1e-5,
     batch: Annotated[int, typer.Option("--batch", help="Samples per process per step.")] = 1,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: the forward pass in bfloat16 "
+                                      "(GPU tensor cores); weights and loss stay float32.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs (paper: 200).")] = 200,
     samples_per_epoch: Annotated[int | None, typer.Option("--samples-per-epoch", help="Patches per "
                                                           "epoch (default: one per training case).")] = None,
@@ -218,7 +220,7 @@ def train_command(
         patch_zyx=(patch_xyz[2], patch_xyz[1], patch_xyz[0]),
         window_zyx=(window_xyz[2], window_xyz[1], window_xyz[0]),
         spacing_xyz_mm=spacing_xyz,  # type: ignore[arg-type]
-        loss=loss, hra_threshold=hra_threshold, lr=lr, weight_decay=weight_decay, batch_size=batch,
+        loss=loss, hra_threshold=hra_threshold, lr=lr, weight_decay=weight_decay, batch_size=batch, amp=amp,
         epochs=epochs, samples_per_epoch=samples_per_epoch, max_steps=max_steps, time_limit_min=time_limit,
         foreground_share=foreground_share, hard_negative_share=hard_negative_share,
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,

@@ -107,6 +107,9 @@ class TrainConfig:
         hra_threshold: HRA loss threshold T (paper: 0.1).
         lr, betas, weight_decay: Adam (paper: 1e-4, (0.9, 0.999), 1e-5).
         batch_size: samples per process per step (paper: 1).
+        amp: mixed precision: each training step's forward pass under ``torch.autocast``
+            in bfloat16 (tensor cores on a GPU); weights, optimiser, loss and validation
+            stay float32 (``--amp``).
         epochs: passes of ``samples_per_epoch`` samples (paper: 200).
         samples_per_epoch: samples per epoch; ``None`` = the number of training cases.
         max_steps: stop after this many optimiser steps in total (``None``: no limit).
@@ -141,6 +144,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-5
     batch_size: int = 1
+    amp: bool = False
     epochs: int = 200
     samples_per_epoch: int | None = None
     max_steps: int | None = None
@@ -926,10 +930,14 @@ def train(
                         network.corrupt(x[i:i + 1], generator=torch.Generator().manual_seed(  # type: ignore[operator]
                             int(np.random.default_rng([config.seed, epoch, int(pos), 2]).integers(2**62))))
                         for i, pos in enumerate(step_positions)])
-                    loss = torch.mean((model(corrupted) - x) ** 2)
+                    with torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.amp):
+                        reconstruction = model(corrupted)
+                    loss = torch.mean((reconstruction.float() - x) ** 2)
                 else:
                     y = torch.from_numpy(labels).to(torch_device)  # type: ignore[arg-type]
-                    logits = model(x)
+                    with torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.amp):
+                        logits = model(x)
+                    logits = logits.float()
                     # mean of per-sample losses: the same for any split of the batch over processes
                     loss = torch.stack([loss_fn(logits[i:i + 1], y[i:i + 1]) for i in range(len(y))]).mean()  # type: ignore[misc]
                 optimizer.zero_grad(set_to_none=True)
