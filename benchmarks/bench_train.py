@@ -1,10 +1,14 @@
 """Training speed: seconds per step, and samples per second with 1 and 2 processes.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 3] [--patches 152,152,64 64,64,32] [--json out.json]
+    python benchmarks/bench_train.py --device cuda --batch 4 --amp --patches 152,152,64 --steps 20 --skip-ddp
 
 1. Seconds per optimiser step (forward, HRA loss, backward, Adam) of DPA-DenseBiasNet
-   (the authors' widths, m = 4, 2 classes) for each patch (x,y,z), batch 1, one
-   process with ``--threads`` threads. The first step is a warm-up and not counted.
+   (the authors' widths, m = 4, 2 classes) for each patch (x,y,z), ``--batch`` patches
+   (default 1), one process with ``--threads`` threads, on ``--device``; with ``--amp``
+   each patch is timed twice, float32 and the bfloat16 forward pass of ``renalseg train
+   --amp``. The first step is a warm-up and not counted (on CUDA the first three, and
+   the device is synchronised around each step).
 2. Samples per second of the real trainer (``renalseg.training.loop.train``: patch
    sampling, augmentation, step) on synthetic cases with the CPU patch, with one process
    and with two processes (DistributedDataParallel, gloo, one thread each, spawned
@@ -36,26 +40,35 @@ from renalseg.training.loop import TrainConfig, train
 PLAIN = {"num_classes": 2}
 
 
-def _step_seconds(patch_xyz: tuple[int, int, int], steps: int) -> list[float]:
+def _step_seconds(patch_xyz: tuple[int, int, int], steps: int, *, device: str = "cpu", batch: int = 1,
+                  amp: bool = False) -> list[float]:
     from renalseg.nets import build_network
     from renalseg.training.losses import hra_loss
 
     torch.manual_seed(0)
-    network = build_network("dpa_densebiasnet").train()
+    where = torch.device(device)
+    network = build_network("dpa_densebiasnet").train().to(where)
     optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=1e-4,
                                  weight_decay=1e-5)
-    shape = (1, 1, patch_xyz[2], patch_xyz[1], patch_xyz[0])
-    x = torch.rand(shape)
-    y = (torch.rand(shape[:1] + shape[2:]) > 0.99).long()
+    shape = (batch, 1, patch_xyz[2], patch_xyz[1], patch_xyz[0])
+    x = torch.rand(shape, device=where)
+    y = (torch.rand(shape[:1] + shape[2:], device=where) > 0.99).long()
+    warm_up = 3 if where.type == "cuda" else 1
     times = []
-    for _ in range(steps + 1):
+    for _ in range(steps + warm_up):
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
         t0 = time.perf_counter()
-        loss = hra_loss(network.logits(x), y, threshold=0.1)
+        with torch.autocast(where.type, dtype=torch.bfloat16, enabled=amp):
+            logits = network.logits(x)
+        loss = hra_loss(logits.float(), y, threshold=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
         times.append(time.perf_counter() - t0)
-    return times[1:]
+    return times[warm_up:]
 
 
 def _cases(patch_zyx: tuple[int, int, int], n: int = 4) -> list[TrainingCase]:
@@ -115,19 +128,30 @@ def main() -> None:
     parser.add_argument("--patches", nargs="+", default=["152,152,64", "64,64,32"])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (the step timings only)")
+    parser.add_argument("--batch", type=int, default=1, help="patches per step (the step timings only)")
+    parser.add_argument("--amp", action="store_true", help="also time the bfloat16 forward pass")
     parser.add_argument("--ddp-patch", default="64,64,32")
     parser.add_argument("--ddp-steps", type=int, default=6)
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict = {"load_average_start": os.getloadavg(), "threads": args.threads, "step_seconds": {}}
+    report: dict = {"load_average_start": os.getloadavg(), "threads": args.threads, "device": args.device,
+                    "batch": args.batch, "step_seconds": {}}
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # one shape per timing, as in training
+        report["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     for text in args.patches:
         patch = tuple(int(v) for v in text.split(","))
         torch.set_num_threads(args.threads)
-        times = _step_seconds(patch, args.steps)  # type: ignore[arg-type]
-        report["step_seconds"][text] = {"median": float(np.median(times)), "all": times}
-        print(f"DPA-DenseBiasNet step, patch {text} (x,y,z): {np.median(times):.2f} s "
-              f"({args.threads} threads)", flush=True)
+        for amp in (False, True) if args.amp else (False,):
+            times = _step_seconds(patch, args.steps, device=args.device, batch=args.batch,  # type: ignore[arg-type]
+                                  amp=amp)
+            key = text + (" bf16" if amp else "")
+            report["step_seconds"][key] = {"median": float(np.median(times)), "all": times}
+            print(f"DPA-DenseBiasNet step, patch {text} (x,y,z) × {args.batch}, "
+                  f"{'bfloat16 forward' if amp else 'float32'}: {np.median(times):.3f} s "
+                  f"({args.device}, {args.threads} threads)", flush=True)
     if not args.skip_ddp:
         x, y, z = (int(v) for v in args.ddp_patch.split(","))
         for world in (1, 2):
