@@ -18,8 +18,10 @@ from renalseg.cli.common import configure_logging, console, err_console, handle_
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from renalseg.training.distributed import DistributedContext
-    from renalseg.training.loop import TrainConfig, TrainResult
+    from renalseg.training.loop import TrainConfig, TrainProgress, TrainResult
 
 __all__ = ["register", "parse_triple"]
 
@@ -258,9 +260,12 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
 
     from renalseg.training.loop import TrainProgress, train
 
+    def run(on_progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+        return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume, context=context,
+                     device=device, on_progress=on_progress, loader_workers=loader_workers)
+
     if not show:
-        return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device, loader_workers=loader_workers)
+        return run()
     if not err_console.is_terminal:  # a log file (nohup, a batch job): plain lines, not a live display
         def log_line(event: TrainProgress) -> None:
             if event.kind == "step" and event.step % 10 and event.step != event.total_steps:
@@ -276,8 +281,7 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
                 parts.append(f"ETA {event.eta_s / 60:.0f} min")
             err_console.print(", ".join(parts), highlight=False, soft_wrap=True)
 
-        return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device, on_progress=log_line, loader_workers=loader_workers)
+        return run(log_line)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[score]}"),
                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))
@@ -297,8 +301,7 @@ def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, 
                 fields["score"] = f"val {name} {last}(best {event.best_score:.4f})"
             progress.update(task, **fields)
 
-        return train(config, out, train_cases=train_cases, val_cases=val_cases, resume=resume,
-                     context=context, device=device, on_progress=on_progress, loader_workers=loader_workers)
+        return run(on_progress)
 
 
 def register(app: typer.Typer) -> None:

@@ -924,22 +924,22 @@ def train(
                 step_positions = positions_of(step_in_epoch)
                 images, labels = loader.batch(plan, epoch, step_in_epoch, positions_of, steps_per_epoch)
                 x = torch.from_numpy(images).to(torch_device)
+                inputs = x
                 if config.stage == "dae":
                     # dropout corruption seeded per sample like the augmentation (any process split)
-                    corrupted = torch.cat([
+                    inputs = torch.cat([
                         network.corrupt(x[i:i + 1], generator=torch.Generator().manual_seed(  # type: ignore[operator]
                             int(np.random.default_rng([config.seed, epoch, int(pos), 2]).integers(2**62))))
                         for i, pos in enumerate(step_positions)])
-                    with torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.amp):
-                        reconstruction = model(corrupted)
-                    loss = torch.mean((reconstruction.float() - x) ** 2)
+                with torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.amp):
+                    output = model(inputs)
+                output = output.float()  # the loss in float32 (a no-op without --amp)
+                if config.stage == "dae":
+                    loss = torch.mean((output - x) ** 2)
                 else:
                     y = torch.from_numpy(labels).to(torch_device)  # type: ignore[arg-type]
-                    with torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.amp):
-                        logits = model(x)
-                    logits = logits.float()
                     # mean of per-sample losses: the same for any split of the batch over processes
-                    loss = torch.stack([loss_fn(logits[i:i + 1], y[i:i + 1]) for i in range(len(y))]).mean()  # type: ignore[misc]
+                    loss = torch.stack([loss_fn(output[i:i + 1], y[i:i + 1]) for i in range(len(y))]).mean()  # type: ignore[misc]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
