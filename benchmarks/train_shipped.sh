@@ -401,6 +401,11 @@ fi
 #     (0.814). Held out as segment writes 0.794 +- 0.068 (4 never used for selection
 #     0.759; unseen contrast 0.561); raw 0.774 (step 2200: 0.743). Step 4101 would have
 #     given 0.805 / 0.773 / 0.557 as segment writes, raw 0.753.
+#     Then two sets of phantoms for one job each: gap_select (seeds 9200-9223) for the
+#     main-tree gap (gap_study.py: 20 mm 0.853 vs 10 mm 0.850, but 0.526 vs 0.561 on
+#     the unseen-contrast set; the default stays 10 mm), val40 (seeds 9300-9339) to
+#     measure the shipped weights on more cases (README, "The shipped weights"); the
+#     card is published with val, unseen and val40.
 if [ -n "${LEASE8:-}" ]; then
 L=${L:-runs/gpu8}
 for C in c1 c2; do tar xzf "$L/$C/small.tgz" -C "$L/$C" ./best.json ./last.json; done
@@ -417,7 +422,13 @@ for S in soup3 soup2; do
   $PY benchmarks/evaluate_shipped.py "$L/soup/$S.safetensors" "$DATA/val_select" --overlap 0.5 --threads 1 \
       --json "$L/${S}_sel.json"
 done
-$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" --results "$L/c2_best.json" --overlap 0.5 \
-    --publish weights/dpa_densebiasnet.safetensors --history "(see weights/dpa_densebiasnet.json)"
+$PY benchmarks/make_training_phantoms.py "$DATA/gap_select" --seeds 9200-9223
+$PY benchmarks/make_training_phantoms.py "$DATA/val40" --seeds 9300-9339
+$PY benchmarks/gap_study.py "$L/c2/best.safetensors" "$DATA/gap_select" --json "$L/gap_select.json"
+$PY benchmarks/gap_study.py "$L/c2/best.safetensors" "$DATA/unseen" --gaps 5 10 15 20 30 40 60 inf
+$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" "$DATA/val40" --overlap 0.5 --threads 2 \
+    --json "$L/ship_val40.json"
+$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" --results "$L/c2_best.json" "$L/ship_val40.json" \
+    --overlap 0.5 --publish weights/dpa_densebiasnet.safetensors --history "(see weights/dpa_densebiasnet.json)"
 cp "$L/ckpt/checkpoint.pt" "$L/ckpt/config.json" "$L/ckpt/metrics.csv" "$L/ckpt/metrics.jsonl" weights/training/
 fi

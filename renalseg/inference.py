@@ -277,7 +277,9 @@ class NetworkPredictor:
     """A network as a :data:`Predictor`: numpy batch in, numpy probabilities out.
 
     Runs under ``torch.inference_mode``; on CUDA with ``autocast`` it runs in
-    float16 autocast (never on the CPU: bf16 is far slower there, NOTES.md). On an
+    float16 autocast (never on the CPU: bf16 is far slower there without bfloat16
+    instructions, NOTES.md, and no faster with them: 1.5 s per 152 × 152 × 64 window
+    either way, 2 threads of an AMD EPYC with AVX-512 BF16, shipped weights). On an
     out-of-memory error the batch is split in halves and retried, and the largest
     batch that worked is remembered; when a single window does not fit, the network
     moves to the CPU for the rest of the run, with a warning.

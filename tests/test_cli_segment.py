@@ -111,6 +111,19 @@ def test_existing_output_needs_overwrite(tmp_path, analytic_model):
     assert (out / "case" / "probabilities.nii.gz").exists()
 
 
+def test_cli_cleans_up_with_the_documented_defaults(tmp_path, analytic_model):
+    """`renalseg segment` without options uses the library's clean-up defaults (report settings)."""
+    from renalseg.pipeline import SegmentConfig
+
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "case.nii.gz")
+    assert _run("segment", study, "--out", tmp_path / "out", "--input-is-roi").exit_code == 0
+    settings = json.loads((tmp_path / "out" / "case" / "report.json").read_text())["settings"]
+    library = SegmentConfig()
+    assert settings["max_gap_mm"] == library.max_gap_mm == 10.0
+    assert settings["min_component_mm3"] == library.min_component_mm3
+
+
 @pytest.mark.parametrize("args, message", [
     (["--shard", "3/2"], "shard"),
     (["--shard", "x"], "shard"),

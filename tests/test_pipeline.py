@@ -177,14 +177,17 @@ def test_small_specks_are_removed_by_volume(tmp_path):
 
 
 def test_pieces_far_from_the_main_tree_are_removed(tmp_path):
-    """A second artery 12 mm from the tree (an 'SMA') goes by default; a fragment 5 mm off stays."""
+    """A second artery just beyond the default gap (an 'SMA') goes by default; a fragment 5 mm off stays."""
     from scipy import ndimage
 
-    volume, mask = tube_ct(direction=LAS, spacing_xyz_mm=(0.8, 0.8, 1.0), shape_zyx=(40, 56, 56), radius_mm=3.0)
+    from renalseg.postprocess import DEFAULT_MAX_GAP_MM
+
+    volume, mask = tube_ct(direction=LAS, spacing_xyz_mm=(0.8, 0.8, 1.0), shape_zyx=(40, 56, 96), radius_mm=3.0)
     distance = ndimage.distance_transform_edt(~mask, sampling=volume.geometry.spacing_xyz_mm[::-1])
     _, yy, xx = np.indices(mask.shape)
-    other = (distance >= 11.5) & (distance <= 13.0) & (xx > 28) & (abs(yy - 28) < 5)  # beyond the tube
-    fragment = (distance >= 4.5) & (distance <= 6.0) & (xx < 28)
+    far = (distance >= DEFAULT_MAX_GAP_MM + 1.5) & (distance <= DEFAULT_MAX_GAP_MM + 3.0)
+    other = far & (xx > 48) & (abs(yy - 28) < 5)  # beyond the tube, on one side
+    fragment = (distance >= 4.5) & (distance <= 6.0) & (xx < 48)
     fragment[:15] = fragment[25:] = False
     array = volume.array.copy()
     array[other | fragment] = TUBE_HU

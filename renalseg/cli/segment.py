@@ -221,7 +221,7 @@ def segment(
         "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 0.0,
     max_gap_mm: Annotated[float, typer.Option(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
-        "(the other abdominal arteries); inf keeps every piece.")] = 10.0,
+        "(the other abdominal arteries); inf keeps every piece.")] = 10.0,  # = postprocess.DEFAULT_MAX_GAP_MM (tested)
     series: Annotated[Optional[str], typer.Option(
         "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
