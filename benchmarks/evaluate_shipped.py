@@ -12,6 +12,8 @@ removal, ``--min-component-mm3``); and ``found_<band>``: the share of the true
 centerline found, by vessel diameter
 (``renalseg.metrics.found_by_diameter``: < 2 mm interlobar/arcuate, 2–4 mm,
 >= 4 mm main artery and divisions).
+``--tta`` runs each case with mirroring test-time augmentation, as ``renalseg segment
+--tta`` (on by default on CUDA); its figures are stored as ``FOLDER_tta``.
 With ``--publish`` the weights are re-saved with a card whose ``metrics`` hold these
 held-out figures (``save_model`` recomputes the sha256).
 """
@@ -34,13 +36,13 @@ from renalseg.training.data import find_cases, load_cases, parse_label_map
 from renalseg.weights import load_model_files, model_paths, save_model
 
 
-def evaluate_folder(segmenter, folder: Path, overlap: float) -> dict:
+def evaluate_folder(segmenter, folder: Path, overlap: float, tta: bool = False) -> dict:
     cases = load_cases(find_cases(folder), spacing_xyz_mm=segmenter.spec.spacing_xyz_mm,
                        label_map=parse_label_map("3:renal_artery"))
     rows = []
     for case in cases:
         t0 = time.perf_counter()
-        probabilities = segmenter.predict(case.image_hu, overlap=overlap)
+        probabilities = segmenter.predict(case.image_hu, overlap=overlap, tta=tta)
         prediction = np.argmax(probabilities, axis=0) == 1
         truth = case.label == 1
         # what `renalseg segment` writes: the same map after its default clean-up
@@ -71,6 +73,8 @@ def main() -> None:
                         help="--json files of earlier runs (e.g. folders evaluated in parallel) to publish")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tta", action="store_true",
+                        help="mirroring test-time augmentation, as `renalseg segment --tta` (8x the work)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--publish", type=Path, help="write the weights + card with these metrics here")
     parser.add_argument("--history", help="with --publish: how the weights came to be (runs before the last "
@@ -82,7 +86,9 @@ def main() -> None:
         results.update(json.loads(stored.read_text()))
     if args.folders:
         segmenter = load_model(args.weights, device="cpu")
-        results.update({folder.name: evaluate_folder(segmenter, folder, args.overlap) for folder in args.folders})
+        suffix = "_tta" if args.tta else ""  # a TTA run's figures under their own name, e.g. val40_tta
+        results.update({folder.name + suffix: evaluate_folder(segmenter, folder, args.overlap, args.tta)
+                        for folder in args.folders})
     print(json.dumps({k: v["summary"] for k, v in results.items()}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

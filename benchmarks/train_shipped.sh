@@ -404,8 +404,9 @@ fi
 #     Then two sets of phantoms for one job each: gap_select (seeds 9200-9223) for the
 #     main-tree gap (gap_study.py: 20 mm 0.853 vs 10 mm 0.850, but 0.526 vs 0.561 on
 #     the unseen-contrast set; the default stays 10 mm), val40 (seeds 9300-9339) to
-#     measure the shipped weights on more cases (README, "The shipped weights"); the
-#     card is published with val, unseen and val40.
+#     measure the shipped weights on more cases (README, "The shipped weights"), also
+#     with --tta (on by default on CUDA); the card is published with val, unseen, val40
+#     and val40_tta.
 if [ -n "${LEASE8:-}" ]; then
 L=${L:-runs/gpu8}
 for C in c1 c2; do tar xzf "$L/$C/small.tgz" -C "$L/$C" ./best.json ./last.json; done
@@ -428,7 +429,11 @@ $PY benchmarks/gap_study.py "$L/c2/best.safetensors" "$DATA/gap_select" --json "
 $PY benchmarks/gap_study.py "$L/c2/best.safetensors" "$DATA/unseen" --gaps 5 10 15 20 30 40 60 inf
 $PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" "$DATA/val40" --overlap 0.5 --threads 2 \
     --json "$L/ship_val40.json"
-$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" --results "$L/c2_best.json" "$L/ship_val40.json" \
-    --overlap 0.5 --publish weights/dpa_densebiasnet.safetensors --history "(see weights/dpa_densebiasnet.json)"
+$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" "$DATA/val40" --overlap 0.5 --threads 2 --tta \
+    --json "$L/ship_val40_tta.json"
+$PY benchmarks/decoding_study.py "$L/c2/best.safetensors" "$DATA/val40" --cases 12 --json "$L/decoding12.json"
+$PY benchmarks/evaluate_shipped.py "$L/c2/best.safetensors" --overlap 0.5 \
+    --results "$L/c2_best.json" "$L/ship_val40.json" "$L/ship_val40_tta.json" \
+    --publish weights/dpa_densebiasnet.safetensors --history "(see weights/dpa_densebiasnet.json)"
 cp "$L/ckpt/checkpoint.pt" "$L/ckpt/config.json" "$L/ckpt/metrics.csv" "$L/ckpt/metrics.jsonl" weights/training/
 fi
