@@ -54,10 +54,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     default = f"{DEFAULT_MAX_GAP_MM:g}"
+    base = np.array([r[default] for r in rows])
     summary = {}
     for key in ["raw", *(f"{g:g}" for g in gaps)]:
         values = np.array([r[key] for r in rows])
-        base = np.array([r[default] for r in rows])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std()),
                         "vs_default": {"better": int((values > base + 1e-4).sum()),
                                        "same": int((np.abs(values - base) <= 1e-4).sum()),

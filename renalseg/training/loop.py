@@ -869,7 +869,7 @@ def train(
     session_start_step = global_step
     last_checkpoint = time.monotonic()
     stopped: str | None = None
-    training_info: dict[str, Any] = {}
+    best_name = "dae.safetensors" if config.stage == "dae" else "best.safetensors"
 
     def emit(event: TrainProgress) -> None:
         if on_progress is not None and context.is_main:
@@ -985,13 +985,8 @@ def train(
                     improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
                     if improved:
                         best_score = score
-                        if config.stage == "seg":
-                            training_info = describe_training()
-                            _save_weights(network, config, run / "best.safetensors", metrics=metrics,
-                                          training=training_info)
-                        else:
-                            _save_weights(network, config, run / "dae.safetensors", metrics=metrics,
-                                          training=describe_training())
+                        _save_weights(network, config, run / best_name, metrics=metrics,
+                                      training=describe_training())
                     emit(TrainProgress("validation", epoch, config.epochs, global_step, total_steps,
                                        score=score, score_name=score_name, best_score=best_score,
                                        elapsed_s=elapsed(), eta_s=eta()))
@@ -1014,7 +1009,6 @@ def train(
         summary = {score_name: row.get(score_name)} if val_cases else {}
         last = _save_weights(network, config, run / ("dae_last.safetensors" if config.stage == "dae" else "last.safetensors"),
                              metrics=summary, training=describe_training())
-        best_name = "dae.safetensors" if config.stage == "dae" else "best.safetensors"
         if not val_cases and not (run / best_name).exists():  # no validation: the last weights are the best we know
             _save_weights(network, config, run / best_name, metrics=summary, training=describe_training())
         if (run / best_name).exists():
