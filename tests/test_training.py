@@ -374,6 +374,24 @@ def test_best_score_restarts_when_the_validation_cases_change(tmp_path, caplog):
     assert other.best_score == last["val_dice"]  # the only score on the new cases so far
 
 
+def test_resume_may_validate_on_other_cases_but_not_train_on_other_data(tmp_path, caplog):
+    """`renalseg train --resume --val-data OTHER` (and train_gpu.py's --val-seeds) continue the run:
+    the data description differs only in its validation clause; other training data is refused."""
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2, 3]))
+    config = _config(max_steps=1, samples_per_epoch=1,
+                     data_description="1 training cases from d, 1 validation cases from v1")
+    train(config, tmp_path / "run", train_cases=cases[:1], val_cases=cases[1:2])
+    moved = replace(config, max_steps=2, data_description="1 training cases from d, 1 validation cases from v2")
+    with caplog.at_level("WARNING"):
+        train(moved, tmp_path / "run", train_cases=cases[:1], val_cases=cases[2:3], resume=True)
+    assert "validation cases changed" in caplog.text
+    stored = json.loads((tmp_path / "run" / "last.json").read_text())
+    assert stored["training"]["data"].endswith("from v2")  # the card names the cases that chose
+    other_data = replace(config, max_steps=3, data_description="1 training cases from e, 1 validation cases from v2")
+    with pytest.raises(UsageError, match="training data: run has '1 training cases from d'"):
+        train(other_data, tmp_path / "run", train_cases=cases[:1], val_cases=cases[2:3], resume=True)
+
+
 def test_a_copied_checkpoint_never_passes_its_last_weights_off_as_the_best(tmp_path, caplog):
     """weights/training holds a checkpoint without the run's best weights: resumed, best.safetensors
     appears only once validation beats the stored best score."""

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -78,6 +79,11 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
 #: parameter), so another path (the run copied elsewhere) is accepted and the stored one kept
 _PROVENANCE_FIELDS: frozenset[str] = frozenset({"encoder", "init_weights"})
 STAGES = ("dae", "seg")
+#: where a data description (``TrainConfig.data_description``) turns to the validation
+#: cases: ", 2 validation cases from DIR" (``renalseg train``), ", validation seeds A-B; ..."
+#: (``benchmarks/train_gpu.py``). A resumed run may validate on other cases (its best score
+#: restarts), so only the part before this must match.
+_VALIDATION_CLAUSE = re.compile(r",\s*(?:\d+\s+)?validation\b.*\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -656,20 +662,41 @@ def validation_fingerprint(cases: Sequence[TrainingCase]) -> str:
     return digest.hexdigest()
 
 
+def _training_data_part(description: str) -> str:
+    """A data description without its validation clause (see ``_VALIDATION_CLAUSE``).
+
+    Example:
+        >>> _training_data_part("40 training cases from data/, 2 validation cases from val/")
+        '40 training cases from data/'
+    """
+    return _VALIDATION_CLAUSE.sub("", description)
+
+
 def _check_resume_config(stored: TrainConfig, requested: TrainConfig, run: Path) -> TrainConfig:
-    """The stored config with the resumable fields taken from the request."""
+    """The stored config with the resumable fields taken from the request.
+
+    The data description must match up to its validation clause: other validation
+    cases are allowed (``train`` restarts the best score), other training data is not.
+    The request's description is kept, so the card names the cases that chose the best
+    weights.
+    """
     differences = [
         f"{f.name}: run has {getattr(stored, f.name)!r}, you passed {getattr(requested, f.name)!r}"
         for f in fields(TrainConfig)
-        if f.name not in RESUMABLE_FIELDS | _PROVENANCE_FIELDS and getattr(stored, f.name) != getattr(requested, f.name)
+        if f.name not in RESUMABLE_FIELDS | _PROVENANCE_FIELDS | {"data_description"}
+        and getattr(stored, f.name) != getattr(requested, f.name)
     ]
+    if _training_data_part(stored.data_description) != _training_data_part(requested.data_description):
+        differences.append(f"training data: run has {_training_data_part(stored.data_description)!r}, "
+                           f"you passed {_training_data_part(requested.data_description)!r}")
     if differences:
         raise UsageError(
             f"--resume {run}: the options differ from the run's ({'; '.join(differences[:4])}). "
             f"Resume with the same options (only {', '.join(sorted(RESUMABLE_FIELDS))} may change), "
             "or start a new --out folder."
         )
-    return replace(stored, **{name: getattr(requested, name) for name in RESUMABLE_FIELDS})
+    return replace(stored, data_description=requested.data_description,
+                   **{name: getattr(requested, name) for name in RESUMABLE_FIELDS})
 
 
 def _append_metrics(run: Path, row: dict) -> None:
