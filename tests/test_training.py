@@ -538,6 +538,26 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
     assert result.exit_code == 2 and "no such folder" in result.output
 
 
+def test_cli_resume_may_move_to_other_validation_cases(tmp_path):
+    """README: a resumed run may validate on other cases (its best score restarts)."""
+    from renalseg.cli.app import app
+
+    data, first, second = (_write_dataset(tmp_path / name, seeds) for name, seeds in
+                           (("d", [1, 2]), ("v1", [3]), ("v2", [4])))
+    common = ["train", "--stage", "seg", "--out", str(tmp_path / "run"), "--data", str(data), "--patch", "16,16,16",
+              "--window", "24,24,16", "--no-dpa", "--network-options", json.dumps(TINY_PLAIN), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(app, [*common, "--val-data", str(first), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*common, "--val-data", str(second), "--max-steps", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "run" / "last.json").read_text())
+    assert card["training"]["val_cases"] == ["case04"] and card["training"]["steps"] == 2
+    # other training data is still refused
+    result = CliRunner().invoke(app, [*common[:6], str(second), *common[7:], "--val-data", str(first),
+                                      "--max-steps", "3", "--resume"])
+    assert result.exit_code == 2 and "training data" in " ".join(result.output.split())
+
+
 @pytest.mark.slow
 def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
     """A whole-abdomen phantom becomes one case per kidney on its ROI grid, cached."""

@@ -668,6 +668,9 @@ def _training_data_part(description: str) -> str:
     Example:
         >>> _training_data_part("40 training cases from data/, 2 validation cases from val/")
         '40 training cases from data/'
+        >>> _training_data_part("500 training phantoms made in memory (synthesize_roi seeds 1000-1499), "
+        ...                     "validation seeds 9400-9407; benchmarks/train_gpu.py")
+        '500 training phantoms made in memory (synthesize_roi seeds 1000-1499)'
     """
     return _VALIDATION_CLAUSE.sub("", description)
 
