@@ -12,7 +12,7 @@ network (card window, overlap 0.5) and ``clean_labels`` with the defaults, as
 * far: the rest — branches missed or invented.
 
 and each error voxel gets the diameter of the true vessel it belongs to (that of the
-nearest voxel of the truth's centerline, 2 d − s as ``renalseg.metrics`` measures it),
+nearest voxel of the truth's centerline, ``renalseg.metrics.vessel_diameter_mm``),
 in the bands of ``renalseg.metrics.DIAMETER_BANDS_MM``. Printed per case and summed
 over all cases: Dice, the Dice if every boundary (or every far) error were mended,
 the share of the errors in each band, and whether the walls come out too thick or
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from renalseg.metrics import DIAMETER_BANDS_MM, FOUND_NAMES
+from renalseg.metrics import DIAMETER_BANDS_MM, FOUND_NAMES, vessel_diameter_mm
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
@@ -48,8 +48,7 @@ def split_errors(pred: np.ndarray, truth: np.ndarray, spacing_xyz_mm) -> dict:
     fp_boundary = fp & ndimage.binary_dilation(truth, near)
     # each voxel's band: the diameter at the nearest truth-centerline voxel
     line = centerline(truth, tuple(spacing_xyz_mm))
-    diameter = 2.0 * ndimage.distance_transform_edt(np.pad(truth, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1] \
-        - spacing_zyx.min()
+    diameter = vessel_diameter_mm(truth, spacing_xyz_mm)
     _, nearest = ndimage.distance_transform_edt(~line, sampling=spacing_zyx, return_indices=True)
     calibre = diameter[tuple(nearest)]
     band = np.digitize(calibre, [hi for _, hi in DIAMETER_BANDS_MM[:-1]])

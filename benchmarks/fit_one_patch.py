@@ -26,7 +26,7 @@ from error_study import figures, split_errors
 
 from renalseg.segmenter import ModelSpec
 from renalseg.training.data import find_cases, load_cases, parse_label_map
-from renalseg.training.loop import _train_mode, freeze_encoder
+from renalseg.training.loop import freeze_encoder
 from renalseg.training.losses import ce_dice_loss
 from renalseg.weights import load_model_files
 
@@ -57,9 +57,9 @@ def main() -> None:
     y = torch.from_numpy(truth[box].astype(np.int64))[None]
     print(f"{case.case_id}: patch z,y,x {tuple(x.shape[2:])}, {int(y.sum())} artery voxels", flush=True)
 
+    network.train()
     if hasattr(network, "encoder"):
-        freeze_encoder(network)
-    _train_mode(network)
+        freeze_encoder(network)  # no gradient, eval-mode normalisation, as in training
     optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=args.lr)
 
     def report(step: int, extra: dict) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "directed_distances",
     "evaluate_masks",
     "DIAMETER_BANDS_MM",
+    "vessel_diameter_mm",
     "centerline_recall_by_diameter",
     "FOUND_NAMES",
     "FOUND_LABELS",
@@ -356,6 +357,24 @@ FOUND_LABELS: tuple[str, ...] = tuple(f"{lo:g}–{hi:g} mm" if math.isfinite(hi)
                                       for lo, hi in DIAMETER_BANDS_MM)
 
 
+def vessel_diameter_mm(mask: np.ndarray, spacing_xyz_mm: Sequence[float]) -> np.ndarray:
+    """The vessel diameter (mm) each voxel of a mask reads, 2 d − s (0 outside the mask).
+
+    d is the Euclidean distance transform (mm, from the voxel centre to the nearest voxel
+    centre outside the mask, half a voxel beyond the wall; voxels beyond the array count
+    as outside) and s the smallest voxel side: a one-voxel vessel reads one voxel across,
+    a tube of radius r about 2 r on its centerline.
+
+    Example:
+        >>> m = np.zeros((7, 5, 5), bool); m[:, 1:4, 1:4] = True   # a 3 × 3-voxel rod
+        >>> vessel_diameter_mm(m, (1.0, 1.0, 1.0))[3, 2].tolist()
+        [0.0, 1.0, 3.0, 1.0, 0.0]
+    """
+    spacing_zyx = tuple(float(s) for s in spacing_xyz_mm)[::-1]
+    depth = ndimage.distance_transform_edt(np.pad(np.asarray(mask, bool), 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return np.where(depth > 0, 2.0 * depth - min(spacing_zyx), 0.0)
+
+
 def centerline_recall_by_diameter(
     pred: np.ndarray, gt: np.ndarray, spacing_xyz_mm: Sequence[float], *,
     bands_mm: Sequence[tuple[float, float]] = DIAMETER_BANDS_MM, tolerance_mm: float | None = None,
@@ -403,7 +422,7 @@ def centerline_recall_by_diameter(
     box = tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, gt.shape))
     gt_box, pred_box = np.pad(gt[box], 1), np.pad(pred[box], 1)
     line = centerline(gt_box, tuple(spacing_xyz_mm))
-    diameter = 2.0 * ndimage.distance_transform_edt(gt_box, sampling=spacing_zyx)[line] - min(spacing_zyx)
+    diameter = vessel_diameter_mm(gt_box, spacing_xyz_mm)[line]
     if pred_box.any():
         found = ndimage.distance_transform_edt(~pred_box, sampling=spacing_zyx)[line] <= tolerance + 1e-6
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 error_study = pytest.importorskip("error_study")
@@ -25,8 +26,6 @@ SPACING = (0.7, 0.7, 0.7)
 
 def test_a_wall_one_voxel_too_thick_is_all_boundary_error():
     truth = _two_rods()
-    from scipy import ndimage
-
     thick = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool))  # walls one voxel out, in-plane
     counts = error_study.split_errors(thick, truth, SPACING)
     figures = error_study.figures(counts)

@@ -689,9 +689,9 @@ def _check_resume_config(stored: TrainConfig, requested: TrainConfig, run: Path)
         if f.name not in RESUMABLE_FIELDS | _PROVENANCE_FIELDS | {"data_description"}
         and getattr(stored, f.name) != getattr(requested, f.name)
     ]
-    if _training_data_part(stored.data_description) != _training_data_part(requested.data_description):
-        differences.append(f"training data: run has {_training_data_part(stored.data_description)!r}, "
-                           f"you passed {_training_data_part(requested.data_description)!r}")
+    stored_data, requested_data = (_training_data_part(c.data_description) for c in (stored, requested))
+    if stored_data != requested_data:
+        differences.append(f"training data: run has {stored_data!r}, you passed {requested_data!r}")
     if differences:
         raise UsageError(
             f"--resume {run}: the options differ from the run's ({'; '.join(differences[:4])}). "
