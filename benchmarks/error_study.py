@@ -16,13 +16,15 @@ nearest voxel of the truth's centerline, ``renalseg.metrics.vessel_diameter_mm``
 in the bands of ``renalseg.metrics.DIAMETER_BANDS_MM``. Printed per case and summed
 over all cases: Dice, the Dice if every boundary (or every far) error were mended,
 the share of the errors in each band, and whether the walls come out too thick or
-too thin (boundary FP minus FN). ``--cache`` keeps each case's arg-max map (npz) so
-the split can be re-run without the network.
+too thin (boundary FP minus FN). ``--cache`` keeps each case's arg-max map (npz, named
+by case and by the weights file's content) so the split can be re-run without the
+network.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, 
 from renalseg.segmenter import load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
 from renalseg.tree import centerline
+from renalseg.weights import model_paths
 
 BANDS = [name.removeprefix("found_") for name in FOUND_NAMES]  # "0-2mm", "2-4mm", "4mm+"
 
@@ -98,10 +101,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     found = find_cases(args.folder)[: args.cases]
     segmenter = load_model(args.weights, device="cpu")
+    # cached maps belong to these weights: other weights never read them
+    weights_key = hashlib.sha256(model_paths(args.weights)[0].read_bytes()).hexdigest()[:12]
     totals: dict[str, int] = {}
     rows = []
     for case in load_cases(found, spacing_xyz_mm=segmenter.spec.spacing_xyz_mm, label_map=parse_label_map("3:renal_artery")):
-        cached = args.cache / f"{case.case_id}.npz" if args.cache else None
+        cached = args.cache / f"{case.case_id}-{weights_key}.npz" if args.cache else None
         if cached is not None and cached.exists():
             artery = np.load(cached)["artery"]
         else:

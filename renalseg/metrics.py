@@ -384,10 +384,8 @@ def centerline_recall_by_diameter(
     Dice is dominated by the boundary voxels of thin vessels; a surgeon asks instead
     whether each branch is there. The truth is thinned to its centerline
     (:func:`renalseg.tree.centerline`); each centerline voxel's vessel diameter is
-    2 d − s, with d the truth's Euclidean distance transform there (mm, from the voxel
-    centre to the nearest voxel centre outside the vessel, half a voxel beyond the
-    wall) and s the smallest voxel side: a one-voxel vessel reads one voxel across, a
-    tube of radius r about 2 r. It counts as found when a predicted voxel lies within
+    :func:`vessel_diameter_mm` there (2 d − s: a one-voxel vessel reads one voxel
+    across, a tube of radius r about 2 r). It counts as found when a predicted voxel lies within
     ``tolerance_mm`` of it (default: the largest voxel side, one voxel of slack for
     a branch found slightly off-centre).
 
