@@ -139,6 +139,37 @@ def test_sampled_intensities_keep_arterial_phase_order():
             assert lo <= value <= hi, (name, value)
 
 
+def test_intensity_ranges_narrow_the_artery_and_keep_everything_else():
+    """A narrower artery band (weakly enhanced arteries) keeps the couplings and, seed for
+    seed, every other tissue's value: the same draws, only the artery's band changes."""
+    from renalseg.phantom.abdomen import sample_intensities
+
+    for seed in range(100):
+        default = sample_intensities(np.random.default_rng(seed))
+        weak = sample_intensities(np.random.default_rng(seed), ranges={"renal_artery": (250, 300)})
+        assert 250 <= weak["renal_artery"] <= 300
+        assert weak["renal_artery"] - weak["kidney_cortex"] >= 80 - 0.1
+        assert 0.98 * weak["renal_artery"] - 0.1 <= weak["aorta"] <= 1.08 * weak["renal_artery"] + 0.1
+        for name in ("liver", "fat", "kidney_medulla", "renal_vein", "spleen"):
+            assert weak[name] == default[name], name
+
+
+def test_intensity_ranges_name_the_bad_tissue():
+    from renalseg.phantom.abdomen import intensity_ranges
+
+    with pytest.raises(UsageError, match="renal_arterie.*Did you mean 'renal_artery'"):
+        intensity_ranges({"renal_arterie": (250, 300)})
+    with pytest.raises(UsageError, match="lo ≤ hi"):
+        intensity_ranges({"renal_artery": (300, 250)})
+
+
+def test_roi_phantom_takes_intensity_ranges():
+    case = synthesize_roi(11, inplane_voxels=40, spacing_xyz_mm=(2.8, 2.8, 3.5),
+                          intensity_ranges_hu={"renal_artery": (250, 270)})
+    assert 250 <= case.params["intensities_hu"]["renal_artery"] <= 270
+    assert case.params["options"]["intensity_ranges_hu"] == {"renal_artery": (250, 270)}
+
+
 @pytest.mark.parametrize("name", ["kidney_cortex", "kidney_medulla", "fat", "renal_artery", "renal_vein",
                                   "muscle"])
 def test_measured_hu_of_each_structure_is_in_its_range(roi_left, roi_right_tumour, name):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,18 +93,53 @@ def _r(v: np.ndarray | list) -> list[float]:
     return [round(float(x), 2) for x in np.asarray(v, float).ravel()]
 
 
-def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "hypo") -> dict[str, float]:
-    """One case's mean HU per tissue, each inside :data:`DEFAULT_INTENSITY_RANGES_HU`."""
-    out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in DEFAULT_INTENSITY_RANGES_HU.items()}
-    lo, hi = DEFAULT_INTENSITY_RANGES_HU["aorta"]
+def intensity_ranges(overrides: Mapping[str, Sequence[float]] | None = None) -> dict[str, tuple[float, float]]:
+    """:data:`DEFAULT_INTENSITY_RANGES_HU` with some tissues' ranges replaced.
+
+    Raises:
+        UsageError: an unknown tissue name (with a suggestion), or a range that is not
+            two numbers ``lo ≤ hi``.
+
+    Example:
+        >>> intensity_ranges({"renal_artery": (250, 340)})["renal_artery"]
+        (250.0, 340.0)
+    """
+    ranges = dict(DEFAULT_INTENSITY_RANGES_HU)
+    for name, bounds in (overrides or {}).items():
+        if name not in ranges:
+            raise UsageError(f"intensity_ranges_hu: unknown tissue {name!r}.{suggest(name, ranges)} "
+                             f"Valid names: {', '.join(sorted(ranges))}.")
+        values = [float(v) for v in bounds]
+        if len(values) != 2 or not values[0] <= values[1]:
+            raise UsageError(f"intensity_ranges_hu[{name!r}] must be (lo, hi) with lo ≤ hi; got {bounds!r}.")
+        ranges[name] = (values[0], values[1])
+    return ranges
+
+
+def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "hypo",
+                       ranges: Mapping[str, Sequence[float]] | None = None) -> dict[str, float]:
+    """One case's mean HU per tissue, each inside its range.
+
+    Args:
+        rng: the case's generator (the same number of draws whatever the ranges, so
+            a seed keeps its anatomy and imaging when only ranges change).
+        tumour_enhancement: "hypo" or "hyper".
+        ranges: tissues whose range replaces :data:`DEFAULT_INTENSITY_RANGES_HU`'s, see
+            :func:`intensity_ranges`. The couplings stay: aorta and the other arteries
+            follow the renal artery, the cortex stays 80 HU below it, sinus fat
+            follows fat.
+    """
+    ranges = intensity_ranges(ranges)
+    out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()}
+    lo, hi = ranges["aorta"]
     out["aorta"] = float(np.clip(out["renal_artery"] * rng.uniform(0.98, 1.08), lo, hi))
     # the cortex's enhancement comes from its arterial blood: arteries stay clearly brighter
-    lo, hi = DEFAULT_INTENSITY_RANGES_HU["kidney_cortex"]
+    lo, hi = ranges["kidney_cortex"]
     top = max(lo, min(hi, out["renal_artery"] - 80.0))
     out["kidney_cortex"] = lo + (out["kidney_cortex"] - lo) / (hi - lo) * (top - lo)
-    lo, hi = DEFAULT_INTENSITY_RANGES_HU["sinus_fat"]
+    lo, hi = ranges["sinus_fat"]
     out["sinus_fat"] = float(np.clip(out["fat"] + rng.uniform(0, 20), lo, hi))
-    lo, hi = DEFAULT_INTENSITY_RANGES_HU["other_artery"]
+    lo, hi = ranges["other_artery"]
     out["other_artery"] = float(np.clip(out["aorta"] * rng.uniform(0.95, 1.0), lo, hi))
     out["ureter"] = out["collecting_system"]
     band = TUMOUR_HYPER_HU if tumour_enhancement == "hyper" else TUMOUR_HYPO_HU
@@ -415,7 +451,8 @@ def _check_options(options: dict, allowed: tuple[str, ...], fn: str) -> None:
 
 
 def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -> tuple[dict, float, float]:
-    intensities = sample_intensities(rng, tumour_enhancement=tumour_enhancement)
+    intensities = sample_intensities(rng, tumour_enhancement=tumour_enhancement,
+                                     ranges=options.get("intensity_ranges_hu"))
     intensities.update(options.get("intensities_hu") or {})
     psf = float(options["psf_fwhm_mm"]) if options.get("psf_fwhm_mm") is not None else float(rng.uniform(0.6, 1.0))
     noise = (float(options["noise_sigma_hu"]) if options.get("noise_sigma_hu") is not None
@@ -424,7 +461,7 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -
 
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "intensities_hu",
-           "spacing_xyz_mm")
+           "intensity_ranges_hu", "spacing_xyz_mm")
 
 
 def _placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -448,7 +485,10 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             0.5–1.0 mm), ``inplane_voxels`` (default 152), ``tumour``,
             ``accessory``, ``early_branching`` (bool: force the variant on/off),
             ``psf_fwhm_mm`` (0.6–1.0), ``noise_sigma_hu`` (8–25),
-            ``intensities_hu`` (dict overriding tissue means).
+            ``intensities_hu`` (dict overriding tissue means),
+            ``intensity_ranges_hu`` (dict of tissue → (lo, hi) replacing the ranges the
+            means are drawn from, e.g. ``{"renal_artery": (250, 340)}`` for weakly
+            enhanced arteries; see :func:`sample_intensities`).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
