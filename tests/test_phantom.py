@@ -159,8 +159,9 @@ def test_intensity_ranges_name_the_bad_tissue():
 
     with pytest.raises(UsageError, match="renal_arterie.*Did you mean 'renal_artery'"):
         intensity_ranges({"renal_arterie": (250, 300)})
-    with pytest.raises(UsageError, match="lo ≤ hi"):
-        intensity_ranges({"renal_artery": (300, 250)})
+    for bad in ((300, 250), 300, ("a", "b"), (250, 300, 350)):
+        with pytest.raises(UsageError, match="renal_artery.*lo ≤ hi"):
+            intensity_ranges({"renal_artery": bad})
 
 
 def test_roi_phantom_takes_intensity_ranges():

@@ -109,7 +109,10 @@ def intensity_ranges(overrides: Mapping[str, Sequence[float]] | None = None) -> 
         if name not in ranges:
             raise UsageError(f"intensity_ranges_hu: unknown tissue {name!r}.{suggest(name, ranges)} "
                              f"Valid names: {', '.join(sorted(ranges))}.")
-        values = [float(v) for v in bounds]
+        try:
+            values = [float(v) for v in bounds]
+        except (TypeError, ValueError):
+            values = []
         if len(values) != 2 or not values[0] <= values[1]:
             raise UsageError(f"intensity_ranges_hu[{name!r}] must be (lo, hi) with lo ≤ hi; got {bounds!r}.")
         ranges[name] = (values[0], values[1])
