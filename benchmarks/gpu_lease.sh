@@ -25,6 +25,12 @@
 # worker about 1 s (making the phantom 0.7 s, cropping and augmenting 0.19 s, on this
 # project's CPU), so 14 workers should come near the 16 patches/s the H200 trained at.
 #
+# FAINT=FIRST-LAST instead starts a new run from the shipped weights on the 500 phantoms
+# plus these seeds made with faint renal arteries (250-340 HU; train_gpu.py --faint-seeds):
+# session 10's CPU runs found that half faint phantoms beat the same budget on the usual
+# ones (README). A resumed run cannot take other training data, hence a new run; a second
+# call on the still-warm machine continues it from /tmp/run.
+#
 # AMP=1 adds --amp (bfloat16 forward pass: on the H200 0.134 s instead of 0.172 s for the
 # network's step of four 152 x 152 x 64 patches, while the trainer ran at ~0.25 s per
 # step in float32) to a new run; the shipped run was float32 and cannot be resumed with it.
@@ -33,7 +39,8 @@
 # change) since session 9; sessions 7 and 8 used 2 (9000-9001), whose score ordered
 # checkpoints noisily (session 8's 40 held-out phantoms, README). Resuming a run that
 # validated on other seeds restarts its best score (the trainer warns).
-# Suggested next (session 9's error study, README): `LR=2e-5 bash benchmarks/gpu_lease.sh 7.7`.
+# Suggested next (session 10, README): `FAINT=1500-1999 bash benchmarks/gpu_lease.sh 7`; or
+# session 9's `LR=2e-5 bash benchmarks/gpu_lease.sh 7.7`.
 #
 # Environment: DEVICE (default cuda), LR (default the run's 5e-5), VAL (validation seeds,
 # default 9400-9407), PY (default python3),
@@ -54,6 +61,11 @@ export PYTHONUNBUFFERED=1
 if [ -n "${FRESH:-}" ]; then
   # a new run from the shipped weights, a fresh phantom for every patch (train_gpu.py --fresh)
   DATA=(--fresh)
+  RESUME=()
+  if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
+elif [ -n "${FAINT:-}" ]; then
+  # a new run from the shipped weights, half of its phantoms with faint arteries
+  DATA=(--seeds 1000-1499 --faint-seeds "$FAINT")
   RESUME=()
   if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
 else

@@ -33,6 +33,7 @@ import time
 import types
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 try:
@@ -61,10 +62,12 @@ def _seeds(text: str) -> list[int]:
     return list(range(first, last + 1))
 
 
-def phantom_case(seed: int, label_map_text: str = "3:renal_artery") -> TrainingCase:
-    """Phantom ``seed`` as ``renalseg train`` would load it from make_training_phantoms.py's files."""
+def phantom_case(seed: int, label_map_text: str = "3:renal_artery", artery_hu: str | None = None) -> TrainingCase:
+    """Phantom ``seed`` as ``renalseg train`` would load it from make_training_phantoms.py's
+    files (``artery_hu`` "LO-HI": as its ``--artery-hu``)."""
     label_map = parse_label_map(label_map_text)
-    case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM)
+    options = {"intensity_ranges_hu": {"renal_artery": [float(v) for v in artery_hu.split("-")]}} if artery_hu else {}
+    case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
     return make_case(f"roi_{seed:05d}", case.image.array, case.image.geometry,
                      label_map.apply(case.label.array), case.tissues.array, label_map)
 
@@ -103,6 +106,9 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="a new phantom for every patch, made by the loader workers (FreshPhantoms; "
                              "seeds from 100000 on); --seeds is then ignored")
+    parser.add_argument("--faint-seeds", help="more training phantoms FIRST-LAST whose renal artery is drawn "
+                                              "from --artery-hu (session 10: faint arteries lose the most Dice)")
+    parser.add_argument("--artery-hu", default="250-340", help="with --faint-seeds: the artery's HU band")
     parser.add_argument("--val-seeds", default="9000-9001", help="validation phantoms (best-by-Dice)")
     parser.add_argument("--init", type=Path, required=True)
     parser.add_argument("--encoder", type=Path)
@@ -132,12 +138,17 @@ def main() -> None:
     seeds, val_seeds = _seeds(args.seeds), _seeds(args.val_seeds)
     with multiprocessing.get_context("fork").Pool(args.make_workers) as pool:
         train_cases = FreshPhantoms(100_000, 1_000_000) if args.fresh else pool.map(phantom_case, seeds, chunksize=4)
+        if args.faint_seeds and not args.fresh:
+            faint = partial(phantom_case, artery_hu=args.artery_hu)
+            train_cases += pool.map(faint, _seeds(args.faint_seeds), chunksize=4)
         val_cases = pool.map(phantom_case, val_seeds)
     print(f"{'a fresh phantom per patch' if args.fresh else f'{len(train_cases)} training phantoms'} and "
           f"{len(val_cases)} validation phantoms in {time.perf_counter() - t0:.0f} s", flush=True)
     training_data = ("a new phantom for every patch (synthesize_roi seeds 100000-1099999, made while training)"
-                     if args.fresh else f"{len(seeds)} training phantoms made in memory (synthesize_roi seeds "
-                                        f"{args.seeds})")
+                     if args.fresh else f"{len(train_cases)} training phantoms made in memory (synthesize_roi seeds "
+                                        f"{args.seeds}"
+                                        + (f", seeds {args.faint_seeds} with the renal artery at {args.artery_hu} HU"
+                                           if args.faint_seeds else "") + ")")
 
     base = TrainConfig.from_dict(json.loads(RECIPE.read_text()))
     x, y, z = (int(v) for v in args.patch.split(","))
