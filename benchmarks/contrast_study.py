@@ -19,10 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from make_training_phantoms import SPACING_XYZ_MM
 
 from renalseg.phantom.abdomen import synthesize_roi
-
-SPACING_XYZ_MM = (0.7, 0.7, 1.0)
 
 
 def settings(seed: int, options: dict) -> dict[str, float]:

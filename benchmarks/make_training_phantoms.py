@@ -37,6 +37,11 @@ UNSEEN = {
 }
 
 
+def artery_options(band: str | None) -> dict:
+    """``synthesize_roi`` options for ``--artery-hu LO-HI`` (none without a band)."""
+    return {"intensity_ranges_hu": {"renal_artery": [float(v) for v in band.split("-")]}} if band else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
@@ -51,9 +56,7 @@ def main() -> None:
         if (args.out / "label" / f"{case_id}.nii.gz").exists():
             continue
         t0 = time.perf_counter()
-        options = dict(UNSEEN) if args.unseen_intensities else {}
-        if args.artery_hu:
-            options["intensity_ranges_hu"] = {"renal_artery": [float(v) for v in args.artery_hu.split("-")]}
+        options = {**(UNSEEN if args.unseen_intensities else {}), **artery_options(args.artery_hu)}
         case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")

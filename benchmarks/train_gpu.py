@@ -49,11 +49,12 @@ except ImportError:  # the GPU machine: see the module docstring
 
 import numpy as np  # noqa: E402
 
+from make_training_phantoms import SPACING_XYZ_MM, artery_options  # noqa: E402
+
 from renalseg.phantom.abdomen import synthesize_roi  # noqa: E402
 from renalseg.training.data import TrainingCase, make_case, parse_label_map  # noqa: E402
 from renalseg.training.loop import TrainConfig, TrainProgress, train  # noqa: E402
 
-SPACING_XYZ_MM = (0.7, 0.7, 1.0)
 RECIPE = Path(__file__).resolve().parents[1] / "weights" / "training" / "config.json"
 
 
@@ -66,8 +67,7 @@ def phantom_case(seed: int, label_map_text: str = "3:renal_artery", artery_hu: s
     """Phantom ``seed`` as ``renalseg train`` would load it from make_training_phantoms.py's
     files (``artery_hu`` "LO-HI": as its ``--artery-hu``)."""
     label_map = parse_label_map(label_map_text)
-    options = {"intensity_ranges_hu": {"renal_artery": [float(v) for v in artery_hu.split("-")]}} if artery_hu else {}
-    case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
+    case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **artery_options(artery_hu))
     return make_case(f"roi_{seed:05d}", case.image.array, case.image.geometry,
                      label_map.apply(case.label.array), case.tissues.array, label_map)
 
