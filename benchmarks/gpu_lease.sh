@@ -29,7 +29,9 @@
 # plus these seeds made with faint renal arteries (250-340 HU; train_gpu.py --faint-seeds):
 # session 10's CPU runs found that half faint phantoms beat the same budget on the usual
 # ones (README). A resumed run cannot take other training data, hence a new run; a second
-# call on the still-warm machine continues it from /tmp/run.
+# call on the still-warm machine continues it from /tmp/run. Twice the phantoms take
+# about 70 s more to make (and ~36 GB): session 8's 7.7 minutes ran 549 s, so with 1000
+# phantoms 6.5 minutes of training keeps the call under the tool's 600 s.
 #
 # AMP=1 adds --amp (bfloat16 forward pass: on the H200 0.134 s instead of 0.172 s for the
 # network's step of four 152 x 152 x 64 patches, while the trainer ran at ~0.25 s per
@@ -39,7 +41,7 @@
 # change) since session 9; sessions 7 and 8 used 2 (9000-9001), whose score ordered
 # checkpoints noisily (session 8's 40 held-out phantoms, README). Resuming a run that
 # validated on other seeds restarts its best score (the trainer warns).
-# Suggested next (session 10, README): `FAINT=1500-1999 bash benchmarks/gpu_lease.sh 7`; or
+# Suggested next (session 10, README): `FAINT=1500-1999 bash benchmarks/gpu_lease.sh 6.5`; or
 # session 9's `LR=2e-5 bash benchmarks/gpu_lease.sh 7.7`.
 #
 # Environment: DEVICE (default cuda), LR (default the run's 5e-5), VAL (validation seeds,
