@@ -24,6 +24,7 @@ import numpy as np
 
 from renalseg.io.image import write_image
 from renalseg.phantom.abdomen import synthesize_roi
+from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU
 
 SPACING_XYZ_MM = (0.7, 0.7, 1.0)
 
@@ -47,7 +48,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", required=True, help="FIRST-LAST (inclusive)")
     parser.add_argument("--unseen-intensities", action="store_true")
-    parser.add_argument("--artery-hu", help="LO-HI: the renal artery's mean HU band (default 250-500)")
+    lo, hi = DEFAULT_INTENSITY_RANGES_HU["renal_artery"]
+    parser.add_argument("--artery-hu", help=f"LO-HI: the renal artery's mean HU band (default {lo:g}-{hi:g})")
     args = parser.parse_args()
     first, last = (int(v) for v in args.seeds.split("-"))
     records = []

@@ -107,7 +107,8 @@ def main() -> None:
                         help="a new phantom for every patch, made by the loader workers (FreshPhantoms; "
                              "seeds from 100000 on); --seeds is then ignored")
     parser.add_argument("--faint-seeds", help="more training phantoms FIRST-LAST whose renal artery is drawn "
-                                              "from --artery-hu (session 10: faint arteries lose the most Dice)")
+                                              "from --artery-hu (session 10: faint arteries lose the most Dice); "
+                                              "not with --fresh")
     parser.add_argument("--artery-hu", default="250-340", help="with --faint-seeds: the artery's HU band")
     parser.add_argument("--val-seeds", default="9000-9001", help="validation phantoms (best-by-Dice)")
     parser.add_argument("--init", type=Path, required=True)
