@@ -28,7 +28,8 @@ def exists(path: str) -> bool:
 
 
 def test_repository_paths_finds_the_paths_a_reader_would_follow() -> None:
-    text = "run `python benchmarks/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)), not runs/x or my/benchmarks/y"
+    text = ("run `python benchmarks/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)),"
+            " not runs/x or my/benchmarks/y")
     assert repository_paths(text) == {"benchmarks/evaluate_shipped.py", "weights/x.safetensors", "docs/a.md"}
 
 
