@@ -9,7 +9,7 @@ artery's contrast against the cortex.
     python benchmarks/contrast_study.py runs/eval/val40.json runs/phantoms/val40 [--key dice_segment]
 
 Session 10 found the shipped weights' Dice follows the artery's enhancement, not the
-noise or the blur (README, "Where the missing Dice is").
+noise or the blur (docs/training-history.md, "Which phantoms lose it").
 """
 
 from __future__ import annotations

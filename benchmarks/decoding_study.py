@@ -21,8 +21,8 @@ It also prints what the output layer can express: ``p_max``, the artery probabil
 when every feature of the last layer is zero (softmax of the head's bias), and how many
 of those features vote for the artery (positive weight difference artery − background).
 
-Session 5's figures (shipped weights, 6 held-out phantoms) are in README.md, in the
-paragraph "The target (Dice ≥ 0.90 on held-out phantoms) is not reached"; they are
+Session 5's figures (shipped weights, 6 held-out phantoms) are in docs/training-history.md,
+in the paragraph "The target (Dice ≥ 0.90 on held-out phantoms) is not reached"; they are
 measurements of these phantoms, not of patients.
 """
 

@@ -10,7 +10,7 @@ filter, small pieces still removed). Prints one JSON row per case and, at the en
 gap the mean Dice and in how many cases it beats, ties or loses to the current default
 (``DEFAULT_MAX_GAP_MM``). Session 8 ran it on 24 phantoms made for this choice only
 (seeds 9200-9223: neither trained on, nor used to choose checkpoints, nor reported as
-held out); README's *What renalseg segment writes* has the figures.
+held out); docs/training-history.md, *What ``renalseg segment`` writes*, has the figures.
 """
 
 from __future__ import annotations

@@ -20,15 +20,15 @@
 # again, 65-70 s).
 #
 # FRESH=1 instead starts a new run from the shipped weights in which every patch comes
-# from a phantom made for it (benchmarks/train_gpu.py --fresh): what README's "The target
-# ... is not reached" suggests next. Nothing is held in memory; each patch costs its
+# from a phantom made for it (benchmarks/train_gpu.py --fresh): what docs/training-history.md's "The
+# target ... is not reached" suggests next. Nothing is held in memory; each patch costs its
 # worker about 1 s (making the phantom 0.7 s, cropping and augmenting 0.19 s, on this
 # project's CPU), so 14 workers should come near the 16 patches/s the H200 trained at.
 #
 # FAINT=FIRST-LAST instead starts a new run from the shipped weights on the 500 phantoms
 # plus these seeds made with faint renal arteries (250-340 HU; train_gpu.py --faint-seeds):
 # session 10's CPU runs found that half faint phantoms beat the same budget on the usual
-# ones (README). A resumed run cannot take other training data, hence a new run; a second
+# ones (docs/training-history.md). A resumed run cannot take other training data, hence a new run; a second
 # call on the still-warm machine continues it from /tmp/run. Twice the phantoms take
 # about 70 s more to make (and ~36 GB): session 8's 7.7 minutes ran 549 s, so with 1000
 # phantoms 6.5 minutes of training keeps the call under the tool's 600 s.
@@ -39,9 +39,9 @@
 #
 # Checkpoints are chosen on 8 phantoms made for that alone (seeds 9400-9407, VAL to
 # change) since session 9; sessions 7 and 8 used 2 (9000-9001), whose score ordered
-# checkpoints noisily (session 8's 40 held-out phantoms, README). Resuming a run that
+# checkpoints noisily (session 8's 40 held-out phantoms, docs/training-history.md). Resuming a run that
 # validated on other seeds restarts its best score (the trainer warns).
-# Suggested next (session 10, README): `FAINT=1500-1999 bash benchmarks/gpu_lease.sh 6.5`; or
+# Suggested next (session 10, docs/training-history.md): `FAINT=1500-1999 bash benchmarks/gpu_lease.sh 6.5`; or
 # session 9's `LR=2e-5 bash benchmarks/gpu_lease.sh 7.7`.
 #
 # Environment: DEVICE (default cuda), LR (default the run's 5e-5), VAL (validation seeds,

@@ -218,7 +218,7 @@ fi
 
 # 6. Session 5: is the plateau in the decoding or in the network? (nothing shipped)
 #    a. Decoding: benchmarks/decoding_study.py (thresholds, a per-calibre threshold, TTA,
-#       other windows; figures in README.md, where it says why the target is not reached).
+#       other windows; figures in docs/training-history.md, where it says why the target is not reached).
 #    b. Soups of step 5's fine-tunes, chosen on val_select as in step 3: step 3's soup
 #       with both last weights 0.768, with both best and last 0.768, the two last alone
 #       0.757; step 3's soup itself 0.784. Not shipped.
@@ -237,7 +237,7 @@ fi
 #    e. The better group-1 run (seed 1) continued on 96 x 96 x 48 patches as phase 2d
 #       (lr 2e-4, 50% artery-centred, 30% hard negatives): 27 min (944 steps), then
 #       resumed for 17 min to step 1520 (stopped by hand). Best validation at step 1320:
-#       held-out Dice as segment writes 0.729 (raw 0.631), unseen contrast 0.487 (README.md).
+#       held-out Dice as segment writes 0.729 (raw 0.631), unseen contrast 0.487 (docs/training-history.md).
 if [ -n "${PLATEAU:-}" ]; then
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/val" --json "$RUNS/decoding_val.json"
 $PY benchmarks/decoding_study.py weights/dpa_densebiasnet.safetensors "$DATA/train" --cases 4 --no-tta \
@@ -404,7 +404,7 @@ fi
 #     Then two sets of phantoms for one job each: gap_select (seeds 9200-9223) for the
 #     main-tree gap (gap_study.py: 20 mm 0.853 vs 10 mm 0.850, but 0.526 vs 0.561 on
 #     the unseen-contrast set; the default stays 10 mm), val40 (seeds 9300-9339) to
-#     measure the shipped weights on more cases (README, "The shipped weights"), also
+#     measure the shipped weights on more cases (README, "The shipped weights"; docs/training-history.md), also
 #     with --tta (on by default on CUDA); the card is published with val, unseen, val40
 #     and val40_tta.
 if [ -n "${LEASE8:-}" ]; then
