@@ -453,8 +453,13 @@ fi
 #    val40 and val40_tta. Every run folder here is runs/s12.
 if [ -n "${CPU12:-}" ]; then
 S=${S:-runs/s12}
+# the start: session 8's weights, from git history now that weights/ holds this step's
+# (session 12 passed --init weights/dpa_densebiasnet.safetensors, then those weights;
+# the card records that path)
+mkdir -p "$S"
+for X in safetensors json; do git show "c9babf4:weights/dpa_densebiasnet.$X" > "$S/session8.$X"; done
 # the card's history: the session-8 card's, and that those weights were this run's --init
-HISTORY12="$(git show c9babf4:weights/dpa_densebiasnet.json | $PY -c 'import json, sys; print(json.load(sys.stdin)["training"]["history"])') Session 12 (benchmarks/train_shipped.sh step 9, this card's training fields): --init those session-8 weights (step 4429; 0.853 as segment writes on val40), fine-tuned on this project's CPU."
+HISTORY12="$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["training"]["history"])' "$S/session8.json") Session 12 (benchmarks/train_shipped.sh step 9, this card's training fields): --init those session-8 weights (step 4429; 0.853 as segment writes on val40), fine-tuned on this project's CPU."
 $PY benchmarks/make_training_phantoms.py "$DATA/mix300" --seeds 1000-1149
 $PY benchmarks/make_training_phantoms.py "$DATA/mix300" --seeds 1500-1649 --artery-hu 250-340
 $PY benchmarks/make_training_phantoms.py "$DATA/sel8" --seeds 9400-9407
@@ -463,7 +468,7 @@ $PY benchmarks/make_training_phantoms.py "$DATA/val40" --seeds 9300-9339
 R=()
 for N in 400 800 1200; do
   $PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$S/lr2" \
-      --init weights/dpa_densebiasnet.safetensors --loss ce_dice --lr 2e-5 --batch 1 --amp --patch 152,152,64 \
+      --init "$S/session8.safetensors" --loss ce_dice --lr 2e-5 --batch 1 --amp --patch 152,152,64 \
       --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
       --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N "${R[@]}"
   R=(--resume)
