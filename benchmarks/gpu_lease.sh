@@ -66,22 +66,17 @@ else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
+# every mode starts a new run from the shipped weights; what an earlier call on this
+# machine left in $RUN is continued
 if [ -n "${FRESH:-}" ]; then
-  # a new run from the shipped weights, a fresh phantom for every patch (train_gpu.py --fresh)
-  DATA=(--fresh)
-  RESUME=()
-  if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
+  DATA=(--fresh)  # a fresh phantom for every patch
 elif [ -n "${FAINT:-}" ]; then
-  # a new run from the shipped weights, half of its phantoms with faint arteries
-  DATA=(--seeds 1000-1499 --faint-seeds "$FAINT")
-  RESUME=()
-  if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
+  DATA=(--seeds 1000-1499 --faint-seeds "$FAINT")  # half of the phantoms with faint arteries
 else
-  # a new run from the shipped weights on the GPU run's 500 phantoms
-  DATA=(--seeds 1000-1499)
-  RESUME=()
-  if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
+  DATA=(--seeds 1000-1499)  # the GPU run's 500 phantoms
 fi
+RESUME=()
+if [ -f "$RUN/checkpoint.pt" ]; then RESUME=(--resume); fi
 AMPFLAG=()
 if [ -n "${AMP:-}" ]; then AMPFLAG=(--amp); fi
 status=0

@@ -439,8 +439,8 @@ class Registration:
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transform: sitk.Transform,
                *, seed: int, iterations: int, sampling: float) -> float:
     method = sitk.ImageRegistrationMethod()
-    # one thread: multi-threaded metric sums differ in the last bits from run to run, and the
-    # optimiser can amplify that; one thread makes the same seed give the same result
+    # one thread (here and, below, for all Execute runs): multi-threaded metric sums differ in
+    # the last bits from run to run and the optimiser amplifies that
     method.SetNumberOfThreads(1)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -459,7 +459,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transfor
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     method.SetInitialTransform(transform, inPlace=True)
     # the method's own thread count does not reach everything Execute runs: with the global
-    # default above one, the same seed gave ROIs up to 5 mm apart from call to call
+    # default above one, the same seed gave ROIs up to 6 mm apart from call to call
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
