@@ -54,8 +54,9 @@ $PY benchmarks/make_training_phantoms.py "$DATA/unseen" --seeds 9100-9103 --unse
 # weights shipped in session 7, on a CUDA GPU); CPU_FRESH=1 step 8b (session 7, not
 # shipped); LEASE8=1 step 8c (session 8: choosing and publishing the weights shipped until
 # session 12 from what two gpu_lease.sh calls returned); CPU12=1 step 9 (session 12: the
-# shipped weights, a CPU phase on top of step 8c's).
-if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}${FINAL:-}${KIDNEY:-}${CLDICE:-}${PLATEAU:-}${SHIP6:-}${GPU:-}${CPU_FRESH:-}${LEASE8:-}${CPU12:-}" ]; then
+# shipped weights, a CPU phase on top of step 8c's); DECAY13=1 step 10 (session 13: step
+# 9's run continued at a lower learning rate, not shipped; needs step 9's run folder).
+if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}${FINAL:-}${KIDNEY:-}${CLDICE:-}${PLATEAU:-}${SHIP6:-}${GPU:-}${CPU_FRESH:-}${LEASE8:-}${CPU12:-}${DECAY13:-}" ]; then
 # 1. DAE: unlabelled training images (the 4 of them the seeded split holds out give the val MSE)
 $PY -m renalseg train --stage dae --data "$DATA/train" --out "$RUNS/dae" \
     --patch 96,96,48 --window 96,96,48 --lr 1e-3 --val-fraction 0.1 --epochs 100 \
@@ -486,4 +487,34 @@ $PY benchmarks/evaluate_shipped.py "$S/lr2_s1200.safetensors" --overlap 0.5 \
     --results "$S/lr2_s1200_val40.json" "$S/lr2_s1200_tta.json" \
     --publish weights/dpa_densebiasnet.safetensors --history "$HISTORY12"
 cp "$S/lr2/checkpoint.pt" "$S/lr2/config.json" "$S/lr2/metrics.csv" "$S/lr2/metrics.jsonl" weights/training/
+fi
+
+# 10. Session 13 (not shipped; no GPU lent): step 9's run continued with a step decay,
+#     lr 2e-5 -> 1e-5, from step 1200 (its checkpoint, = weights/training/) to step 2000
+#     (63.5 min, 4.8 s a step with one evaluation beside it; stopped there, 2400 planned),
+#     each 400th step scored on sel8 and unsel8 as step 9 did, plus the parameter mean of
+#     steps 800, 1200 and 1600 (trajectory averaging; GroupNorm only, so no statistics to
+#     recompute). None beat step 9's step 1200 on sel8 (Dice 0.851 / 0.852 / 0.853
+#     against 0.854) and each lost thin branches (sub-2 mm found 0.800 / 0.799 / 0.815
+#     against 0.824; the two decayed steps in 0 of 8 cases); docs/training-history.md,
+#     "Session 13".
+if [ -n "${DECAY13:-}" ]; then
+S=${S:-runs/s12}
+T=${T:-runs/s13}
+mkdir -p "$T"
+cp -r "$S/lr2" "$T/lr1"
+for N in 1600 2000; do
+  $PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$T/lr1" \
+      --init "$S/session8.safetensors" --loss ce_dice --lr 1e-5 --batch 1 --amp --patch 152,152,64 \
+      --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
+      --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N --resume
+  $PY -c "import sys; from renalseg.weights import load_model_files, save_model; n, c = load_model_files(sys.argv[1]); save_model(n, c, sys.argv[2])" \
+      "$T/lr1/last.safetensors" "$T/lr1_s$N.safetensors"
+  $PY benchmarks/evaluate_shipped.py "$T/lr1_s$N.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 \
+      --threads 2 --json "$T/lr1_s${N}_sel.json"
+done
+$PY benchmarks/average_weights.py "$T/swa3.safetensors" "$S/lr2_s800.safetensors" "$S/lr2_s1200.safetensors" \
+    "$T/lr1_s1600.safetensors"
+$PY benchmarks/evaluate_shipped.py "$T/swa3.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
+    --json "$T/swa3_sel.json"
 fi
