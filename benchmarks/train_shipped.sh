@@ -41,6 +41,11 @@ DATA=${DATA:-runs/phantoms}
 DAE_MIN=${DAE_MIN:-10}
 SEG_MIN=${SEG_MIN:-62}
 RESUME=${RESUME:-}
+# snapshot RUN/last.safetensors OUT.safetensors: a run's latest weights kept under another
+# name, written again with their card (which carries the weights' checksum)
+snapshot() {
+  $PY -c "import sys; from renalseg.weights import load_model_files, save_model; n, c = load_model_files(sys.argv[1]); save_model(n, c, sys.argv[2])" "$1" "$2"
+}
 
 $PY benchmarks/make_training_phantoms.py "$DATA/train" --seeds 1000-1039
 $PY benchmarks/make_training_phantoms.py "$DATA/val" --seeds 9000-9005
@@ -55,7 +60,7 @@ $PY benchmarks/make_training_phantoms.py "$DATA/unseen" --seeds 9100-9103 --unse
 # shipped); LEASE8=1 step 8c (session 8: choosing and publishing the weights shipped until
 # session 12 from what two gpu_lease.sh calls returned); CPU12=1 step 9 (session 12: the
 # shipped weights, a CPU phase on top of step 8c's); DECAY13=1 step 10 (session 13: step
-# 9's run continued at a lower learning rate, not shipped; needs step 9's run folder).
+# 9's run continued at a lower learning rate, not shipped; needs step 9's snapshots).
 if [ -z "${PHASES:-}${DR_STUDY:-}${ABLATION:-}${FINAL:-}${KIDNEY:-}${CLDICE:-}${PLATEAU:-}${SHIP6:-}${GPU:-}${CPU_FRESH:-}${LEASE8:-}${CPU12:-}${DECAY13:-}" ]; then
 # 1. DAE: unlabelled training images (the 4 of them the seeded split holds out give the val MSE)
 $PY -m renalseg train --stage dae --data "$DATA/train" --out "$RUNS/dae" \
@@ -473,9 +478,7 @@ for N in 400 800 1200; do
       --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
       --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N "${R[@]}"
   R=(--resume)
-  # a snapshot of this step: weights, and the card with their checksum
-  $PY -c "import sys; from renalseg.weights import load_model_files, save_model; n, c = load_model_files(sys.argv[1]); save_model(n, c, sys.argv[2])" \
-      "$S/lr2/last.safetensors" "$S/lr2_s$N.safetensors"
+  snapshot "$S/lr2/last.safetensors" "$S/lr2_s$N.safetensors"
   $PY benchmarks/evaluate_shipped.py "$S/lr2_s$N.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 \
       --threads 2 --json "$S/lr2_s${N}_sel.json"
 done
@@ -502,14 +505,14 @@ if [ -n "${DECAY13:-}" ]; then
 S=${S:-runs/s12}
 T=${T:-runs/s13}
 mkdir -p "$T"
-cp -r "$S/lr2" "$T/lr1"
+rm -rf "$T/lr1"
+cp -r weights/training "$T/lr1"   # step 9's checkpoint at step 1200
 for N in 1600 2000; do
   $PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$T/lr1" \
       --init "$S/session8.safetensors" --loss ce_dice --lr 1e-5 --batch 1 --amp --patch 152,152,64 \
       --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
       --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N --resume
-  $PY -c "import sys; from renalseg.weights import load_model_files, save_model; n, c = load_model_files(sys.argv[1]); save_model(n, c, sys.argv[2])" \
-      "$T/lr1/last.safetensors" "$T/lr1_s$N.safetensors"
+  snapshot "$T/lr1/last.safetensors" "$T/lr1_s$N.safetensors"
   $PY benchmarks/evaluate_shipped.py "$T/lr1_s$N.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 \
       --threads 2 --json "$T/lr1_s${N}_sel.json"
 done
