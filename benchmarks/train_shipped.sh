@@ -500,8 +500,10 @@ fi
 #     steps 800, 1200 and 1600 (trajectory averaging; GroupNorm only, so no statistics to
 #     recompute). None beat step 9's step 1200 on sel8 (Dice 0.851 / 0.852 / 0.853
 #     against 0.854) and each lost thin branches (sub-2 mm found 0.800 / 0.799 / 0.815
-#     against 0.824; the two decayed steps in 0 of 8 cases); docs/training-history.md,
-#     "Session 13".
+#     against 0.824; the two decayed steps in 0 of 8 cases). Last, does domain
+#     randomisation cost the in-distribution walls? The shipped weights trained on for
+#     400 steps at lr 2e-5 without it (a new run, 30 min): sel8 0.850, found 0.813, so no
+#     (docs/training-history.md, "Session 13").
 if [ -n "${DECAY13:-}" ]; then
 S=${S:-runs/s12}
 T=${T:-runs/s13}
@@ -521,4 +523,12 @@ $PY benchmarks/average_weights.py "$T/swa3.safetensors" "$S/lr2_s800.safetensors
     "$T/lr1_s1600.safetensors"
 $PY benchmarks/evaluate_shipped.py "$T/swa3.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
     --json "$T/swa3_sel.json"
+rm -rf "$T/dr0"
+$PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$T/dr0" \
+    --init weights/dpa_densebiasnet.safetensors --loss ce_dice --lr 2e-5 --batch 1 --amp --patch 152,152,64 \
+    --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0 \
+    --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps 400
+snapshot "$T/dr0/last.safetensors" "$T/dr0_s400.safetensors"
+$PY benchmarks/evaluate_shipped.py "$T/dr0_s400.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
+    --json "$T/dr0_s400_sel.json"
 fi
