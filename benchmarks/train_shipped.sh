@@ -27,7 +27,8 @@
 # (step 8). Session 8: that run resumed on a second lease, to step 4429 (step 8c; the
 # shipped weights until session 12). Session 12: step 8c's weights fine-tuned on this
 # CPU at lr 2e-5 on 300 phantoms, half with faint arteries (step 9; the shipped weights).
-# Session 13: step 9's run continued at lr 1e-5 (step 10; not shipped).
+# Session 13: step 9's run continued at lr 1e-5, and a run without domain randomisation
+# (step 10; not shipped).
 # weights/training/ holds step 9's checkpoint (step 1200; the GPU run's step 4429,
 # session 7's step 2278, session 6's CPU run and earlier checkpoints are in git
 # history). To continue it: `cp -r weights/training runs/s12/lr2`, make the phantoms as
