@@ -48,6 +48,17 @@ RESUME=${RESUME:-}
 snapshot() {
   $PY -c "import sys; from renalseg.weights import load_model_files, save_model; n, c = load_model_files(sys.argv[1]); save_model(n, c, sys.argv[2])" "$1" "$2"
 }
+# the 300-phantom CPU recipe of steps 9 and 10; each run adds --out, --init, --lr,
+# --domain-randomisation and --max-steps
+CPU_RECIPE=(--stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --loss ce_dice --batch 1 --amp
+            --patch 152,152,64 --seed 7 --foreground-share 0.5 --hard-negative-share 0.3
+            --samples-per-epoch 200 --val-overlap 0.25 --threads 2)
+# score_sel W.safetensors: as segment writes, on the 8 selection and the 8 unseen-contrast
+# phantoms, into W_sel.json
+score_sel() {
+  $PY benchmarks/evaluate_shipped.py "$1" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
+      --json "${1%.safetensors}_sel.json"
+}
 
 $PY benchmarks/make_training_phantoms.py "$DATA/train" --seeds 1000-1039
 $PY benchmarks/make_training_phantoms.py "$DATA/val" --seeds 9000-9005
@@ -475,14 +486,11 @@ $PY benchmarks/make_training_phantoms.py "$DATA/unsel8" --seeds 9500-9507 --unse
 $PY benchmarks/make_training_phantoms.py "$DATA/val40" --seeds 9300-9339
 R=()
 for N in 400 800 1200; do
-  $PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$S/lr2" \
-      --init "$S/session8.safetensors" --loss ce_dice --lr 2e-5 --batch 1 --amp --patch 152,152,64 \
-      --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
-      --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N "${R[@]}"
+  $PY -m renalseg train "${CPU_RECIPE[@]}" --out "$S/lr2" --init "$S/session8.safetensors" --lr 2e-5 \
+      --domain-randomisation 0.5 --max-steps $N "${R[@]}"
   R=(--resume)
   snapshot "$S/lr2/last.safetensors" "$S/lr2_s$N.safetensors"
-  $PY benchmarks/evaluate_shipped.py "$S/lr2_s$N.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 \
-      --threads 2 --json "$S/lr2_s${N}_sel.json"
+  score_sel "$S/lr2_s$N.safetensors"
 done
 $PY benchmarks/evaluate_shipped.py "$S/lr2_s1200.safetensors" "$DATA/val40" "$DATA/unseen" "$DATA/val" \
     --overlap 0.5 --threads 2 --json "$S/lr2_s1200_val40.json"
@@ -512,24 +520,17 @@ mkdir -p "$T"
 rm -rf "$T/lr1"
 cp -r weights/training "$T/lr1"   # step 9's checkpoint at step 1200
 for N in 1600 2000; do
-  $PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$T/lr1" \
-      --init "$S/session8.safetensors" --loss ce_dice --lr 1e-5 --batch 1 --amp --patch 152,152,64 \
-      --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0.5 \
-      --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps $N --resume
+  $PY -m renalseg train "${CPU_RECIPE[@]}" --out "$T/lr1" --init "$S/session8.safetensors" --lr 1e-5 \
+      --domain-randomisation 0.5 --max-steps $N --resume
   snapshot "$T/lr1/last.safetensors" "$T/lr1_s$N.safetensors"
-  $PY benchmarks/evaluate_shipped.py "$T/lr1_s$N.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 \
-      --threads 2 --json "$T/lr1_s${N}_sel.json"
+  score_sel "$T/lr1_s$N.safetensors"
 done
 $PY benchmarks/average_weights.py "$T/swa3.safetensors" "$S/lr2_s800.safetensors" "$S/lr2_s1200.safetensors" \
     "$T/lr1_s1600.safetensors"
-$PY benchmarks/evaluate_shipped.py "$T/swa3.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
-    --json "$T/swa3_sel.json"
+score_sel "$T/swa3.safetensors"
 rm -rf "$T/dr0"
-$PY -m renalseg train --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" --out "$T/dr0" \
-    --init weights/dpa_densebiasnet.safetensors --loss ce_dice --lr 2e-5 --batch 1 --amp --patch 152,152,64 \
-    --seed 7 --foreground-share 0.5 --hard-negative-share 0.3 --domain-randomisation 0 \
-    --samples-per-epoch 200 --val-overlap 0.25 --threads 2 --max-steps 400
+$PY -m renalseg train "${CPU_RECIPE[@]}" --out "$T/dr0" --init weights/dpa_densebiasnet.safetensors --lr 2e-5 \
+    --domain-randomisation 0 --max-steps 400
 snapshot "$T/dr0/last.safetensors" "$T/dr0_s400.safetensors"
-$PY benchmarks/evaluate_shipped.py "$T/dr0_s400.safetensors" "$DATA/sel8" "$DATA/unsel8" --overlap 0.5 --threads 2 \
-    --json "$T/dr0_s400_sel.json"
+score_sel "$T/dr0_s400.safetensors"
 fi
