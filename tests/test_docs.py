@@ -1,7 +1,7 @@
 """The README and docs/ point only at files that exist in the repository.
 
-A reader follows `benchmarks/...`, `weights/...` and `docs/...` paths to reproduce a
-figure; a renamed script or a moved page must not leave them pointing nowhere.
+A reader follows `benchmarks/...`, `recipes/...`, `weights/...` and `docs/...` paths to
+reproduce a figure; a renamed script or a moved page must not leave them pointing nowhere.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-REPO_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|docs|weights|renalseg|tests|\.ci)/[\w./-]*[\w/])")
+REPO_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|recipes|docs|weights|renalseg|tests|\.ci)/[\w./-]*[\w/])")
 
 
 def repository_paths(text: str) -> set[str]:
