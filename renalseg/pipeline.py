@@ -37,7 +37,7 @@ import SimpleITK as sitk
 
 from renalseg import __version__
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
-from renalseg.geometry import Geometry
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
@@ -74,7 +74,6 @@ SYNTHETIC_NOTICE = (
 )
 
 _AIR_HU = -1024.0
-_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: ``on_progress(stage, done, total)``; stage e.g. ``"read"``, ``"segment left"``
 ProgressCallback = Callable[[str, int, int], None]
@@ -168,15 +167,6 @@ class Result:
 # -- geometry helpers ----------------------------------------------------------------------
 
 
-def _resample(image: sitk.Image, grid: Geometry, *, default: float, interpolator: int = sitk.sitkLinear,
-              pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """``image`` resampled onto ``grid`` (physical space, identity transform)."""
-    return sitk.Resample(
-        image, list(grid.shape_xyz), sitk.Transform(), interpolator, list(grid.origin_xyz_mm),
-        list(grid.spacing_xyz_mm), list(grid.direction), float(default), pixel_type,
-    )
-
-
 def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, float]) -> KidneyROI:
     """An ROI covering a whole image (``--input-is-roi``): LPS-aligned, model spacing.
 
@@ -200,7 +190,7 @@ def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, floa
     centre = (lo + hi) / 2
     origin = centre - (count - 1) / 2 * spacing
     grid = Geometry((int(count[2]), int(count[1]), int(count[0])), tuple(spacing.tolist()),
-                    tuple(origin.tolist()), _IDENTITY)
+                    tuple(origin.tolist()), IDENTITY_DIRECTION)
     side = "left" if centre[0] > 0 else "right"
     return KidneyROI(
         side=side, grid=grid, start_zyx=(0, 0, 0), shape_zyx=geometry.shape_zyx, kidney_volume_ml=0.0,
@@ -327,7 +317,8 @@ def segment_study(
                 f"image {study_geometry.shape_zyx} (z, y, x); the localisation is wrong."
             )
         started = time.perf_counter()
-        roi_hu = Volume.from_sitk(_resample(image, roi.grid, default=_AIR_HU)).array
+        roi_hu = Volume.from_sitk(resample_to_grid(image, roi.grid, interpolator=sitk.sitkLinear,
+                                                   default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)).array
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
     del study, image, path_or_study
@@ -358,8 +349,9 @@ def segment_study(
         box_probabilities = np.empty((probabilities.shape[0], *box.shape_zyx), dtype=np.float32)
         channels = range(1, 2) if probabilities.shape[0] == 2 else range(probabilities.shape[0])
         for c in channels:
-            resampled = _resample(Volume(probabilities[c], roi.grid).to_sitk(), box,
-                                  default=1.0 if c == 0 else 0.0)
+            resampled = resample_to_grid(Volume(probabilities[c], roi.grid).to_sitk(), box,
+                                         interpolator=sitk.sitkLinear, default_value=1.0 if c == 0 else 0.0,
+                                         pixel_type=sitk.sitkFloat32)
             box_probabilities[c] = Volume.from_sitk(resampled).array
         if probabilities.shape[0] == 2:
             np.subtract(1.0, box_probabilities[1], out=box_probabilities[0])
@@ -383,8 +375,9 @@ def segment_study(
         side_entry["artery_volume_ml"] = round(side_entry["voxels"] * voxel_ml, 3)
         side_entry["components"] += count_components(artery)
         # the final mask back on the model grid, for the preview
-        artery_on_grid = _resample(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid, default=0,
-                                   interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+        artery_on_grid = resample_to_grid(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid,
+                                          interpolator=sitk.sitkNearestNeighbor, default_value=0,
+                                          pixel_type=sitk.sitkUInt8)
         views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
                              tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
         timings["postprocess"] += time.perf_counter() - started

@@ -31,7 +31,7 @@ def locate_one(path: Path, destination: Path, *, crop: bool, atlases: list[Path]
     from renalseg.io.output import StagedDir, atomic_write_bytes, atomic_write_json
     from renalseg.io.study import read_study
     from renalseg.roi import crop_to_roi, locate_kidneys
-    from renalseg.roi_preview import render_locate_preview
+    from renalseg.preview import render_locate_preview
 
     if destination.exists() and not overwrite:
         raise OutputExistsError(f"{destination} exists; pass --overwrite to replace it, or choose another --out.")
