@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from renalseg.geometry import Geometry
@@ -88,6 +87,7 @@ def unpack_study(source: Study | Volume | sitk.Image) -> tuple[sitk.Image, str]:
         TypeError: ``source`` is none of the three.
 
     Example:
+        >>> import numpy as np
         >>> g = Geometry((1, 2, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
         >>> image, name = unpack_study(Volume(np.zeros((1, 2, 3), np.int16), g))
         >>> image.GetSize(), name
