@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from renalseg.postprocess import (
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
-from renalseg.study import Study, safe_study_id
+from renalseg.study import Study
 from renalseg.volume import Volume, crop, paste
 
 __all__ = [
@@ -56,8 +56,10 @@ __all__ = [
     "RoiView",
     "segment_study",
     "write_outputs",
+    "Localisation",
+    "locate_study",
+    "write_locate_outputs",
     "roi_from_extent",
-    "error_report",
     "SYNTHETIC_NOTICE",
     "SIDES",
 ]
@@ -255,7 +257,7 @@ def segment_study(
 
     # read
     progress("read", 0, 1)
-    study = _as_study(path_or_study, config)
+    study = _as_study(path_or_study, config.series_uid)
     image = study.image
     study_geometry = study.geometry
     timings["read"] = time.perf_counter() - clock
@@ -414,7 +416,7 @@ def segment_study(
                   probabilities=probability_image, rois=tuple(rois), views=tuple(views))
 
 
-def _as_study(path_or_study: Study | sitk.Image | Path | str, config: SegmentConfig) -> Study:
+def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | None) -> Study:
     if isinstance(path_or_study, Study):
         return path_or_study
     if isinstance(path_or_study, sitk.Image):
@@ -423,7 +425,7 @@ def _as_study(path_or_study: Study | sitk.Image | Path | str, config: SegmentCon
         return Study(image=path_or_study, path=Path("<image>"), format="memory", study_id="image")
     from renalseg.io.study import read_study
 
-    return read_study(Path(path_or_study), series_uid=config.series_uid)
+    return read_study(Path(path_or_study), series_uid=series_uid)
 
 
 def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
@@ -459,14 +461,91 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
     return destination
 
 
-def error_report(path: Path | str, error: BaseException) -> dict:
-    """The ``error.json`` content for a study that failed."""
-    return {
-        "status": "error",
-        "study_id": safe_study_id(Path(path)),
-        "input": str(path),
-        "error": type(error).__name__,
-        "message": str(error),
+# -- localisation only (``renalseg locate``) -------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Localisation:
+    """What :func:`locate_study` returns.
+
+    Attributes:
+        study: the study as read.
+        rois: the kidney ROIs found (right first), one per usable kidney.
+        report: the ``report.json`` content (JSON-ready dict).
+    """
+
+    study: Study
+    rois: tuple[KidneyROI, ...]
+    report: dict
+
+
+def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Sequence[Path] = (), seed: int = 0,
+                 series_uid: str | None = None) -> Localisation:
+    """Read one study and locate its kidneys: step 2 of :func:`segment_study` alone.
+
+    Args:
+        path_or_study: a file, a DICOM series folder, a :class:`Study`, or a
+            ``SimpleITK.Image`` in HU.
+        atlases: extra atlas folders, fused with the shipped atlas by majority vote.
+        seed: seed of the registration's random sampling.
+        series_uid: which DICOM series to read when a folder holds several.
+
+    Returns:
+        A :class:`Localisation`; its report holds the input, each ROI (side, box in
+        study voxels and LPS mm, model grid, kidney volume), the missing sides and
+        the time of each step.
+
+    Raises:
+        InputError: unreadable study.
+        NoKidneyFoundError: no kidney is usable (the message says which and why).
+    """
+    from renalseg.roi import locate_kidneys
+
+    started = time.perf_counter()
+    study = _as_study(path_or_study, series_uid)
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rois = tuple(locate_kidneys(study, atlases=list(atlases) or None, seed=seed))
+    locate_s = time.perf_counter() - started
+    report = {
+        "status": "ok",
+        "study_id": study.study_id,
+        "input": study.describe(),
+        "rois": [roi.to_dict() for roi in rois],
+        "missing_sides": sorted({"left", "right"} - {roi.side for roi in rois}),
+        "atlases": ["shipped"] + [str(p) for p in atlases],
+        "seed": seed,
+        "seconds": {"read": round(read_s, 2), "locate": round(locate_s, 2)},
         "renalseg_version": __version__,
     }
+    return Localisation(study=study, rois=rois, report=report)
 
+
+def write_locate_outputs(localisation: Localisation, destination: Path | str, *, crop: bool = False,
+                         overwrite: bool = False) -> Path:
+    """Write a localisation's outputs into ``destination`` (whole, or not at all).
+
+    Files: ``preview.png`` (:func:`renalseg.preview.render_locate_preview`),
+    ``report.json`` and, with ``crop``, ``roi_<side>.nii.gz``: the study resampled
+    onto each ROI's model grid (:func:`renalseg.roi.crop_to_roi`).
+
+    Raises:
+        OutputExistsError: ``destination`` exists and ``overwrite`` is false.
+    """
+    import io
+
+    from renalseg.io.image import write_image
+    from renalseg.io.output import StagedDir, atomic_write_bytes, atomic_write_json
+    from renalseg.preview import render_locate_preview
+    from renalseg.roi import crop_to_roi
+
+    destination = Path(destination)
+    with StagedDir(destination, overwrite=overwrite) as staging:
+        buffer = io.BytesIO()
+        render_locate_preview(localisation.study, localisation.rois).save(buffer, format="PNG")
+        atomic_write_bytes(staging / "preview.png", buffer.getvalue())
+        if crop:
+            for roi in localisation.rois:
+                write_image(crop_to_roi(localisation.study, roi), staging / f"roi_{roi.side}.nii.gz")
+        atomic_write_json(staging / "report.json", localisation.report)
+    return destination

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from rich.logging import RichHandler
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging"]
+__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()
@@ -57,3 +58,13 @@ def configure_logging(*, quiet: bool = False, verbose: bool = False) -> None:
     root.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
     root.setLevel(level)
     root.propagate = False
+
+
+def say_empty_shard(shard: tuple[int, int], out: Any, *, quiet: bool, json_output: bool) -> None:
+    """What a batch command says when its shard holds no study (then it exits 0)."""
+    from renalseg.batch import summarize
+
+    if not quiet:
+        err_console.print(f"shard {shard[0]}/{shard[1]}: no studies to process.", highlight=False)
+    if json_output:
+        typer.echo(json.dumps(summarize([], out), indent=2))
