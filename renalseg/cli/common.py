@@ -6,7 +6,8 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,7 +15,8 @@ from rich.logging import RichHandler
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard"]
+__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
+           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()
@@ -24,6 +26,23 @@ err_console = Console(stderr=True)
 STATE: dict[str, Any] = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# -- the options of the batch commands (segment, locate), worded once -----------------------
+
+StudiesArgument = Annotated[list[Path], typer.Argument(
+    help="Image files (.nii.gz, .nrrd, .mha), DICOM series folders, or folders of studies.",
+    show_default=False, metavar="INPUT")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
+                                         show_default=False)]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing output folders (without it they are an error; a folder "
+    "holding only an earlier error.json is always retried).")]
+ShardOption = Annotated[Optional[str], typer.Option(
+    "--shard", help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
+    show_default=False)]
+SeriesOption = Annotated[Optional[str], typer.Option(
+    "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")]
 
 
 def print_error(message: str, *, prefix: str = "error") -> None:

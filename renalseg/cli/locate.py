@@ -9,15 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (
-    STATE,
-    configure_logging,
-    console,
-    err_console,
-    handle_errors,
-    print_error,
-    say_empty_shard,
-)
+from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
+                                 StudiesArgument, configure_logging, console, err_console, handle_errors,
+                                 print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:
@@ -64,27 +58,19 @@ def _summary_table(rows: list[dict]) -> Any:
 
 @handle_errors
 def locate(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files (.nii.gz, .nrrd, .mha), DICOM series folders, or folders of studies.",
-        show_default=False, metavar="INPUT")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
-                                      show_default=False)],
+    inputs: StudiesArgument,
+    out: OutOption,
     crop: Annotated[bool, typer.Option(
         "--crop", help="Also write each ROI resampled on the model grid: roi_left.nii.gz, roi_right.nii.gz.")] = False,
     atlas: Annotated[Optional[list[Path]], typer.Option(
         "--atlas", help="Extra atlas folder (atlas_ct.nii.gz + atlas_kidneys.nii.gz); repeat for more. "
         "Atlases are fused by majority vote.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace existing output folders (without it they are an error; a folder "
-        "holding only an earlier error.json is always retried).")] = False,
-    shard: Annotated[Optional[str], typer.Option(
-        help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
-        show_default=False)] = None,
-    series: Annotated[Optional[str], typer.Option(
-        "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)] = None,
+    overwrite: OverwriteOption = False,
+    shard: ShardOption = None,
+    series: SeriesOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the registration's random sampling.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; errors only.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Find the left and right kidney ROIs by atlas registration.
 

@@ -8,15 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (
-    STATE,
-    configure_logging,
-    console,
-    err_console,
-    handle_errors,
-    print_error,
-    say_empty_shard,
-)
+from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
+                                 StudiesArgument, configure_logging, console, err_console, handle_errors,
+                                 print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:
@@ -81,11 +75,8 @@ def _summary_table(rows: list[dict]) -> Any:
 
 @handle_errors
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files (.nii.gz, .nrrd, .mha), DICOM series folders, or folders of studies.",
-        show_default=False, metavar="INPUT")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
-                                      show_default=False)],
+    inputs: StudiesArgument,
+    out: OutOption,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file/folder (default: the shipped weights).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: CUDA if usable).")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap fraction in [0, 1).")] = 0.5,
@@ -98,22 +89,17 @@ def segment(
         "--input-is-roi", help="Each input is already one kidney ROI crop (e.g. KiPA22): skip localisation.")] = False,
     save_probabilities: Annotated[bool, typer.Option(
         "--save-probabilities", help="Also write probabilities.nii.gz (float32 artery probability).")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace existing output folders (without it they are an error; a folder "
-        "holding only an earlier error.json is always retried).")] = False,
-    shard: Annotated[Optional[str], typer.Option(
-        help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
-        show_default=False)] = None,
+    overwrite: OverwriteOption = False,
+    shard: ShardOption = None,
     min_component_mm3: Annotated[float, typer.Option(
         "--min-component-mm3", help="Remove disconnected pieces smaller than this (mm³); 0 keeps all.")] = 0.0,
     max_gap_mm: Annotated[float, typer.Option(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
         "(the other abdominal arteries); inf keeps every piece.")] = 10.0,  # = postprocess.DEFAULT_MAX_GAP_MM (tested)
-    series: Annotated[Optional[str], typer.Option(
-        "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)] = None,
+    series: SeriesOption = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Segment the renal artery tree of each study.
 
