@@ -2,7 +2,7 @@
 run that a failing study does not stop.
 
 ``renalseg segment`` and ``renalseg locate`` share this runner; each gives it the
-work for one study. The rules (SPEC.md):
+work for one study. The rules:
 
 - :func:`plan_batch` expands the INPUT paths into studies
   (:func:`renalseg.io.discover.discover_studies`), names each one's output folder

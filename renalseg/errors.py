@@ -31,7 +31,7 @@ class RenalsegError(Exception):
     """Base class of every error a user can cause (bad input, bad option, bad file).
 
     ``exit_code`` is what the CLI exits with when this error ends a command:
-    1 for a failed study, 2 for a usage error (SPEC.md).
+    1 for a failed study, 2 for a usage error.
     """
 
     exit_code: int = 1

@@ -1,6 +1,6 @@
 """``segment_study``: one CT study in, a label map on its own grid out.
 
-The data flow (SPEC.md): read → locate the kidney ROIs (or take the input as one
+The data flow: read → locate the kidney ROIs (or take the input as one
 ROI) → resample each ROI onto the model grid (linear, air outside) → normalise →
 sliding windows → probabilities resampled back (linear, on probabilities) onto the
 study's own voxels inside the ROI box → labels → specks removed → pasted into a

@@ -5,9 +5,10 @@ convolve) is what training differentiates and what GPUs run. Without autograd on
 the CPU, :func:`densebiasnet_logits` computes the same function to float rounding
 with less memory traffic (see its docstring), and :func:`conv_norm_relu` runs the
 networks' 3×3×3 convolution → GroupNorm → ReLU unit channels_last through oneDNN.
-Networks call in here when :func:`applies`; ``use_fast_inference(False)`` on a
-network (:func:`set_fast_inference`) selects the plain formulation, kept for
-checking and benchmarking. ``benchmarks/bench_model.py`` measures both.
+DenseBiasNet takes the fast path when :func:`applies`, a ``ConvNormReLU`` whenever
+autograd is off on the CPU; ``use_fast_inference(False)`` on a network
+(:func:`set_fast_inference`) selects the plain formulation, kept for checking and
+benchmarking. ``benchmarks/bench_model.py`` measures both.
 
 This module depends on torch alone; the networks import it, never the reverse.
 """
