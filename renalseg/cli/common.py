@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from renalseg.errors import RenalsegError
 
 __all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
+           "finish_batch",
            "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
@@ -87,3 +88,17 @@ def say_empty_shard(shard: tuple[int, int], out: Any, *, quiet: bool, json_outpu
         err_console.print(f"shard {shard[0]}/{shard[1]}: no studies to process.", highlight=False)
     if json_output:
         typer.echo(json.dumps(summarize([], out), indent=2))
+
+
+def finish_batch(rows: list[dict], out: Any, table: Callable[[list[dict]], Any], *, quiet: bool, json_output: bool,
+                 extra: dict | None = None) -> None:
+    """Print a batch's summary (JSON with ``extra``, or the rich ``table(rows)``); exit 1 if a study failed."""
+    from renalseg.batch import summarize
+
+    summary = summarize(rows, out)
+    if json_output:
+        typer.echo(json.dumps({**summary, **(extra or {})}, indent=2))
+    elif not quiet:
+        console.print(table(rows))
+    if summary["failed"]:
+        raise typer.Exit(1)

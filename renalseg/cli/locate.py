@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
-                                 StudiesArgument, configure_logging, console, err_console, handle_errors,
+                                 StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
                                  print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
@@ -80,7 +79,7 @@ def locate(
 
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]
     """
-    from renalseg.batch import parse_shard, plan_batch, summarize
+    from renalseg.batch import parse_shard, plan_batch
 
     configure_logging(quiet=quiet)
     k, n = parse_shard(shard)
@@ -97,13 +96,7 @@ def locate(
         return
     rows = _run(studies, out, crop=crop, atlases=atlases, series_uid=series, seed=seed, overwrite=overwrite,
                 show_progress=not quiet and not json_output)
-    summary = summarize(rows, out)
-    if json_output:
-        typer.echo(json.dumps(summary, indent=2))
-    elif not quiet:
-        console.print(_summary_table(rows))
-    if summary["failed"]:
-        raise typer.Exit(1)
+    finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
-                                 StudiesArgument, configure_logging, console, err_console, handle_errors,
+                                 StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
                                  print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
@@ -109,7 +108,7 @@ def segment(
 
     Example: [bold]renalseg segment patient_dicom/ scans/*.nii.gz --out results/[/]
     """
-    from renalseg.batch import parse_shard, plan_batch, summarize
+    from renalseg.batch import parse_shard, plan_batch
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig
     from renalseg.segmenter import load_model
 
@@ -134,13 +133,8 @@ def segment(
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output)
-    summary = summarize(rows, out)
-    if json_output:
-        typer.echo(json.dumps({**summary, "device": segmenter.current_device}, indent=2))
-    elif not quiet:
-        console.print(_summary_table(rows))
-    if summary["failed"]:
-        raise typer.Exit(1)
+    finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
+                 extra={"device": segmenter.current_device})
 
 
 def register(app: typer.Typer) -> None:
