@@ -1,6 +1,6 @@
 """renalseg: the renal artery tree from abdominal CT angiography (DPA-DenseBiasNet).
 
-The public API (SPEC.md) is imported lazily so that ``import renalseg`` and
+The public API is imported lazily so that ``import renalseg`` and
 ``renalseg --help`` stay fast (torch loads only when a model is needed)::
 
     import renalseg

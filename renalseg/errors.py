@@ -23,6 +23,7 @@ __all__ = [
     "OutputExistsError",
     "DataLayoutError",
     "suggest",
+    "check_choice",
 ]
 
 
@@ -30,7 +31,7 @@ class RenalsegError(Exception):
     """Base class of every error a user can cause (bad input, bad option, bad file).
 
     ``exit_code`` is what the CLI exits with when this error ends a command:
-    1 for a failed study, 2 for a usage error (SPEC.md).
+    1 for a failed study, 2 for a usage error.
     """
 
     exit_code: int = 1
@@ -93,3 +94,24 @@ def suggest(value: str, choices: Iterable[str]) -> str:
         if value.lower() in lowered:
             close = [lowered[value.lower()]]
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_choice(value: str, choices: Iterable[str], what: str) -> str:
+    """``value`` lower-cased when it is one of ``choices``, else a :class:`UsageError`.
+
+    Raises:
+        UsageError: naming ``what``, the valid choices and the closest one.
+
+    Example:
+        >>> check_choice("STL", ("stl", "ply"), "mesh format")
+        'stl'
+        >>> check_choice("stk", ("stl", "ply"), "mesh format")
+        Traceback (most recent call last):
+        ...
+        renalseg.errors.UsageError: Unknown mesh format 'stk'; choose one of stl, ply. Did you mean 'stl'?
+    """
+    choices = tuple(choices)
+    lowered = str(value).lower()
+    if lowered not in choices:
+        raise UsageError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.{suggest(value, choices)}")
+    return lowered

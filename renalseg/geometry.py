@@ -7,7 +7,8 @@ x, y and z index axes in LPS. A voxel index ``(i, j, k)`` (x, y, z order) maps t
     point_lps = origin + D @ (spacing * (i, j, k))
 
 This module is the single place that knows the mapping; everything else (crops,
-ROIs, meshes, resampling) goes through it.
+ROIs, meshes) goes through it, and every resampling of an image onto another grid
+goes through :func:`resample_to_grid`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import SimpleITK as sitk
 
 from renalseg.errors import GeometryError
 
-__all__ = ["Geometry", "assert_same_grid", "orientation_code"]
+__all__ = ["Geometry", "IDENTITY_DIRECTION", "assert_same_grid", "orientation_code", "resample_to_grid"]
+
+#: the direction of a patient-aligned grid: index x, y, z along LPS x, y, z
+IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # (towards -, towards +) in LPS
 
@@ -222,4 +226,37 @@ def assert_same_grid(
         f"  {names[0]}: {a.describe()}\n  {names[1]}: {b.describe()}\n"
         "Resample one onto the other (e.g. `renalseg evaluate --resample`) or check that the "
         "files belong together."
+    )
+
+
+def resample_to_grid(image: sitk.Image, grid: Geometry | sitk.Image, *, interpolator: int,
+                     default_value: float, pixel_type: int = sitk.sitkUnknown,
+                     transform: sitk.Transform | None = None) -> sitk.Image:
+    """``image`` resampled onto ``grid`` in physical (LPS mm) space.
+
+    Args:
+        image: a 3D SimpleITK image, any grid.
+        grid: the output grid, or an image whose grid it is (its pixels are not read).
+        interpolator: a SimpleITK interpolator, e.g. ``sitk.sitkLinear`` for HU and
+            probabilities, ``sitk.sitkNearestNeighbor`` for labels and masks.
+        default_value: the value of output voxels that fall outside ``image``.
+        pixel_type: the output pixel type; ``sitk.sitkUnknown`` keeps ``image``'s.
+        transform: maps output points to ``image`` points (default: the identity).
+
+    Returns:
+        A SimpleITK image on ``grid``.
+
+    Example:
+        >>> g = Geometry((1, 1, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> ramp = g.apply_to(sitk.GetImageFromArray(np.arange(4, dtype=np.float32).reshape(1, 1, 4)))
+        >>> half = Geometry((1, 1, 3), (1.0, 1.0, 1.0), (1.5, 0.0, 0.0), g.direction)
+        >>> out = resample_to_grid(ramp, half, interpolator=sitk.sitkLinear, default_value=-1.0)
+        >>> sitk.GetArrayFromImage(out).ravel().tolist()
+        [1.5, 2.5, -1.0]
+    """
+    if isinstance(grid, sitk.Image):
+        grid = Geometry.from_sitk(grid)
+    return sitk.Resample(
+        image, list(grid.shape_xyz), transform if transform is not None else sitk.Transform(), interpolator,
+        list(grid.origin_xyz_mm), list(grid.spacing_xyz_mm), list(grid.direction), float(default_value), pixel_type,
     )

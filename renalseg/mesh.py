@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from renalseg.errors import InputError, UsageError, suggest
+from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components
@@ -69,13 +69,6 @@ DEFAULT_MIN_COMPONENT_MM3 = 5.0
 MESH_FORMATS = ("stl", "ply", "obj")
 SPACES = ("lps", "ras")
 _TAUBIN_LAMBDA, _TAUBIN_NU = 0.5, 0.53
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    lowered = str(value).lower()
-    if lowered not in choices:
-        raise UsageError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.{suggest(value, choices)}")
-    return lowered
 
 
 def _restore_volume(mesh: trimesh.Trimesh, target_mm3: float, max_offset_mm: float) -> None:
@@ -240,8 +233,8 @@ def mesh_to_bytes(mesh: trimesh.Trimesh, *, fmt: str = "stl", space: str = "lps"
         >>> b"comment SPACE=RAS" in mesh_to_bytes(box, fmt="ply", space="ras")
         True
     """
-    fmt = _check_choice(fmt, MESH_FORMATS, "mesh format")
-    space = _check_choice(space, SPACES, "coordinate space")
+    fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
+    space = check_choice(space, SPACES, "coordinate space")
     if space == "ras":
         # negating x and y is a rotation (determinant +1): winding stays outward
         mesh = trimesh.Trimesh(vertices=mesh.vertices * np.array([-1.0, -1.0, 1.0]), faces=mesh.faces,
@@ -350,8 +343,8 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
         "path", "faces", "vertices", "volume_ml", "voxel_volume_ml", "watertight"}],
         "tree_json", "trees": {name: {side: analyze_tree dict}}}``.
     """
-    fmt = _check_choice(fmt, MESH_FORMATS, "mesh format")
-    space = _check_choice(space, SPACES, "coordinate space")
+    fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
+    space = check_choice(space, SPACES, "coordinate space")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = {int(k): str(v) for k, v in (label_names or {}).items()}

@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from renalseg.errors import InputError, UsageError, suggest
-from renalseg.geometry import assert_same_grid
+from renalseg.geometry import assert_same_grid, resample_to_grid
 from renalseg.tree import centerline
 from renalseg.volume import Volume
 
@@ -183,7 +183,8 @@ def _select(volume: Volume, label: int | None, what: str) -> np.ndarray:
 def _resample_nearest(moving: Volume, reference: Volume) -> Volume:
     import SimpleITK as sitk
 
-    image = sitk.Resample(moving.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    image = resample_to_grid(moving.to_sitk(), reference.geometry, interpolator=sitk.sitkNearestNeighbor,
+                             default_value=0)
     return Volume.from_sitk(image)
 
 

@@ -1,6 +1,6 @@
 """``segment_study``: one CT study in, a label map on its own grid out.
 
-The data flow (SPEC.md): read → locate the kidney ROIs (or take the input as one
+The data flow: read → locate the kidney ROIs (or take the input as one
 ROI) → resample each ROI onto the model grid (linear, air outside) → normalise →
 sliding windows → probabilities resampled back (linear, on probabilities) onto the
 study's own voxels inside the ROI box → labels → specks removed → pasted into a
@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import SimpleITK as sitk
 
 from renalseg import __version__
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
-from renalseg.geometry import Geometry
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
@@ -47,7 +47,7 @@ from renalseg.postprocess import (
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
-from renalseg.study import Study, safe_study_id
+from renalseg.study import Study
 from renalseg.volume import Volume, crop, paste
 
 __all__ = [
@@ -56,8 +56,10 @@ __all__ = [
     "RoiView",
     "segment_study",
     "write_outputs",
+    "Localisation",
+    "locate_study",
+    "write_locate_outputs",
     "roi_from_extent",
-    "error_report",
     "SYNTHETIC_NOTICE",
     "SIDES",
 ]
@@ -74,7 +76,6 @@ SYNTHETIC_NOTICE = (
 )
 
 _AIR_HU = -1024.0
-_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: ``on_progress(stage, done, total)``; stage e.g. ``"read"``, ``"segment left"``
 ProgressCallback = Callable[[str, int, int], None]
@@ -168,15 +169,6 @@ class Result:
 # -- geometry helpers ----------------------------------------------------------------------
 
 
-def _resample(image: sitk.Image, grid: Geometry, *, default: float, interpolator: int = sitk.sitkLinear,
-              pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """``image`` resampled onto ``grid`` (physical space, identity transform)."""
-    return sitk.Resample(
-        image, list(grid.shape_xyz), sitk.Transform(), interpolator, list(grid.origin_xyz_mm),
-        list(grid.spacing_xyz_mm), list(grid.direction), float(default), pixel_type,
-    )
-
-
 def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, float]) -> KidneyROI:
     """An ROI covering a whole image (``--input-is-roi``): LPS-aligned, model spacing.
 
@@ -200,7 +192,7 @@ def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, floa
     centre = (lo + hi) / 2
     origin = centre - (count - 1) / 2 * spacing
     grid = Geometry((int(count[2]), int(count[1]), int(count[0])), tuple(spacing.tolist()),
-                    tuple(origin.tolist()), _IDENTITY)
+                    tuple(origin.tolist()), IDENTITY_DIRECTION)
     side = "left" if centre[0] > 0 else "right"
     return KidneyROI(
         side=side, grid=grid, start_zyx=(0, 0, 0), shape_zyx=geometry.shape_zyx, kidney_volume_ml=0.0,
@@ -265,7 +257,7 @@ def segment_study(
 
     # read
     progress("read", 0, 1)
-    study = _as_study(path_or_study, config)
+    study = _as_study(path_or_study, config.series_uid)
     image = study.image
     study_geometry = study.geometry
     timings["read"] = time.perf_counter() - clock
@@ -327,7 +319,8 @@ def segment_study(
                 f"image {study_geometry.shape_zyx} (z, y, x); the localisation is wrong."
             )
         started = time.perf_counter()
-        roi_hu = Volume.from_sitk(_resample(image, roi.grid, default=_AIR_HU)).array
+        roi_hu = Volume.from_sitk(resample_to_grid(image, roi.grid, interpolator=sitk.sitkLinear,
+                                                   default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)).array
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
     del study, image, path_or_study
@@ -358,8 +351,9 @@ def segment_study(
         box_probabilities = np.empty((probabilities.shape[0], *box.shape_zyx), dtype=np.float32)
         channels = range(1, 2) if probabilities.shape[0] == 2 else range(probabilities.shape[0])
         for c in channels:
-            resampled = _resample(Volume(probabilities[c], roi.grid).to_sitk(), box,
-                                  default=1.0 if c == 0 else 0.0)
+            resampled = resample_to_grid(Volume(probabilities[c], roi.grid).to_sitk(), box,
+                                         interpolator=sitk.sitkLinear, default_value=1.0 if c == 0 else 0.0,
+                                         pixel_type=sitk.sitkFloat32)
             box_probabilities[c] = Volume.from_sitk(resampled).array
         if probabilities.shape[0] == 2:
             np.subtract(1.0, box_probabilities[1], out=box_probabilities[0])
@@ -383,8 +377,9 @@ def segment_study(
         side_entry["artery_volume_ml"] = round(side_entry["voxels"] * voxel_ml, 3)
         side_entry["components"] += count_components(artery)
         # the final mask back on the model grid, for the preview
-        artery_on_grid = _resample(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid, default=0,
-                                   interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+        artery_on_grid = resample_to_grid(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid,
+                                          interpolator=sitk.sitkNearestNeighbor, default_value=0,
+                                          pixel_type=sitk.sitkUInt8)
         views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
                              tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
         timings["postprocess"] += time.perf_counter() - started
@@ -421,7 +416,7 @@ def segment_study(
                   probabilities=probability_image, rois=tuple(rois), views=tuple(views))
 
 
-def _as_study(path_or_study: Study | sitk.Image | Path | str, config: SegmentConfig) -> Study:
+def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | None) -> Study:
     if isinstance(path_or_study, Study):
         return path_or_study
     if isinstance(path_or_study, sitk.Image):
@@ -430,7 +425,7 @@ def _as_study(path_or_study: Study | sitk.Image | Path | str, config: SegmentCon
         return Study(image=path_or_study, path=Path("<image>"), format="memory", study_id="image")
     from renalseg.io.study import read_study
 
-    return read_study(Path(path_or_study), series_uid=config.series_uid)
+    return read_study(Path(path_or_study), series_uid=series_uid)
 
 
 def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
@@ -466,14 +461,91 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
     return destination
 
 
-def error_report(path: Path | str, error: BaseException) -> dict:
-    """The ``error.json`` content for a study that failed."""
-    return {
-        "status": "error",
-        "study_id": safe_study_id(Path(path)),
-        "input": str(path),
-        "error": type(error).__name__,
-        "message": str(error),
+# -- localisation only (``renalseg locate``) -------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Localisation:
+    """What :func:`locate_study` returns.
+
+    Attributes:
+        study: the study as read.
+        rois: the kidney ROIs found (right first), one per usable kidney.
+        report: the ``report.json`` content (JSON-ready dict).
+    """
+
+    study: Study
+    rois: tuple[KidneyROI, ...]
+    report: dict
+
+
+def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Sequence[Path] = (), seed: int = 0,
+                 series_uid: str | None = None) -> Localisation:
+    """Read one study and locate its kidneys: step 2 of :func:`segment_study` alone.
+
+    Args:
+        path_or_study: a file, a DICOM series folder, a :class:`Study`, or a
+            ``SimpleITK.Image`` in HU.
+        atlases: extra atlas folders, fused with the shipped atlas by majority vote.
+        seed: seed of the registration's random sampling.
+        series_uid: which DICOM series to read when a folder holds several.
+
+    Returns:
+        A :class:`Localisation`; its report holds the input, each ROI (side, box in
+        study voxels and LPS mm, model grid, kidney volume), the missing sides and
+        the time of each step.
+
+    Raises:
+        InputError: unreadable study.
+        NoKidneyFoundError: no kidney is usable (the message says which and why).
+    """
+    from renalseg.roi import locate_kidneys
+
+    started = time.perf_counter()
+    study = _as_study(path_or_study, series_uid)
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rois = tuple(locate_kidneys(study, atlases=list(atlases) or None, seed=seed))
+    locate_s = time.perf_counter() - started
+    report = {
+        "status": "ok",
+        "study_id": study.study_id,
+        "input": study.describe(),
+        "rois": [roi.to_dict() for roi in rois],
+        "missing_sides": sorted({"left", "right"} - {roi.side for roi in rois}),
+        "atlases": ["shipped"] + [str(p) for p in atlases],
+        "seed": seed,
+        "seconds": {"read": round(read_s, 2), "locate": round(locate_s, 2)},
         "renalseg_version": __version__,
     }
+    return Localisation(study=study, rois=rois, report=report)
 
+
+def write_locate_outputs(localisation: Localisation, destination: Path | str, *, crop: bool = False,
+                         overwrite: bool = False) -> Path:
+    """Write a localisation's outputs into ``destination`` (whole, or not at all).
+
+    Files: ``preview.png`` (:func:`renalseg.preview.render_locate_preview`),
+    ``report.json`` and, with ``crop``, ``roi_<side>.nii.gz``: the study resampled
+    onto each ROI's model grid (:func:`renalseg.roi.crop_to_roi`).
+
+    Raises:
+        OutputExistsError: ``destination`` exists and ``overwrite`` is false.
+    """
+    import io
+
+    from renalseg.io.image import write_image
+    from renalseg.io.output import StagedDir, atomic_write_bytes, atomic_write_json
+    from renalseg.preview import render_locate_preview
+    from renalseg.roi import crop_to_roi
+
+    destination = Path(destination)
+    with StagedDir(destination, overwrite=overwrite) as staging:
+        buffer = io.BytesIO()
+        render_locate_preview(localisation.study, localisation.rois).save(buffer, format="PNG")
+        atomic_write_bytes(staging / "preview.png", buffer.getvalue())
+        if crop:
+            for roi in localisation.rois:
+                write_image(crop_to_roi(localisation.study, roi), staging / f"roi_{roi.side}.nii.gz")
+        atomic_write_json(staging / "report.json", localisation.report)
+    return destination

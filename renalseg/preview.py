@@ -1,26 +1,58 @@
-"""``preview.png``: what a clinician glances at to check a segmentation.
+"""``preview.png``: the pictures a clinician glances at to check a result.
 
-For each kidney ROI, a coronal and an axial maximum intensity projection (MIP) of
-the CT (window −100 … 700 HU, so contrast-filled arteries and cortex stand out) with
-the segmented artery overlaid in red. Images follow the radiological convention:
-the patient's right on the viewer's left, superior at the top (coronal), anterior
-at the top (axial); pixels are drawn with their physical aspect ratio. The right
-kidney's column comes first, and every panel says which side it shows.
+Both follow the radiological convention: the patient's right on the viewer's left,
+superior at the top (coronal), anterior at the top (axial), and say which side is
+which.
+
+- :func:`render_preview` (``renalseg segment``): for each kidney ROI, a coronal and
+  an axial maximum intensity projection (MIP) of the CT (window −100 … 700 HU, so
+  contrast-filled arteries and cortex stand out) with the segmented artery overlaid
+  in red; pixels are drawn with their physical aspect ratio. The right kidney's
+  column comes first, and every panel says which side it shows.
+- :func:`render_locate_preview` (``renalseg locate``): the kidney ROIs' boxes on a
+  coronal and an axial slice (window −160 … 340 HU), each in its colour and
+  labelled with its side. Both views are resampled onto an LPS-aligned grid, so the
+  picture looks the same whatever the study's own orientation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_preview", "mip_panels"]
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+from renalseg.study import unpack_study
+
+if TYPE_CHECKING:
+    from renalseg.roi import KidneyROI
+    from renalseg.study import Study
+    from renalseg.volume import Volume
+
+__all__ = ["render_preview", "mip_panels", "render_locate_preview"]
 
 _WINDOW_HU = (-100.0, 700.0)
 _PANEL_PX = 300  # width of one panel in pixels
 _ARTERY_RGB = np.array([255, 40, 40], dtype=np.float32)
 _ALPHA = 0.65
+_LOCATE_COLOURS = {"right": (255, 80, 80), "left": (80, 200, 255)}
+_LOCATE_WINDOW_HU = (-160.0, 340.0)  # soft-tissue window that still shows enhancing kidneys
+
+
+def _grey(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
+    """float32 grey levels in [0, 255] of ``hu`` under the window (lo, hi) HU."""
+    lo, hi = window_hu
+    return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0) * 255.0
+
+
+def _mark_sides(draw: ImageDraw.ImageDraw, right_xy: tuple[int, int], left_xy: tuple[int, int],
+                colour: tuple[int, int, int], font: ImageFont.ImageFont | None = None) -> None:
+    """"R" and "L" at the patient's right (the viewer's left) and left."""
+    draw.text(right_xy, "R", fill=colour, font=font)
+    draw.text(left_xy, "L", fill=colour, font=font)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -31,9 +63,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _to_rgb(mip_hu: np.ndarray, artery: np.ndarray) -> np.ndarray:
-    lo, hi = _WINDOW_HU
-    gray = np.clip((mip_hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb = np.repeat(_grey(mip_hu, _WINDOW_HU)[..., None], 3, axis=2)
     rgb[artery] = (1 - _ALPHA) * rgb[artery] + _ALPHA * _ARTERY_RGB
     return rgb.astype(np.uint8)
 
@@ -95,8 +125,88 @@ def render_preview(views: Sequence, *, title: str | None = None) -> Image.Image:
             draw.text((x0, y + 3), f"{side.upper()} kidney, {view_name}", fill=(255, 220, 120), font=small)
             y += caption
             canvas.paste(panel, (x0, y))
-            # orientation markers: patient's right on the viewer's left
-            draw.text((x0 + 4, y + 4), "R", fill=(120, 200, 255), font=small)
-            draw.text((x0 + _PANEL_PX - 14, y + 4), "L", fill=(120, 200, 255), font=small)
+            _mark_sides(draw, (x0 + 4, y + 4), (x0 + _PANEL_PX - 14, y + 4), (120, 200, 255), small)
             y += panel.size[1]
     return canvas
+
+
+def _lps_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` resampled onto an LPS-aligned isotropic grid covering its extent."""
+    size = np.asarray(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint(
+        (float(i * (size[0] - 1)), float(j * (size[1] - 1)), float(k * (size[2] - 1))))
+        for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    count = np.maximum(1, np.floor((hi - lo) / spacing_mm).astype(int) + 1)
+    grid = Geometry((int(count[2]), int(count[1]), int(count[0])), (spacing_mm,) * 3, tuple(lo.tolist()),
+                    IDENTITY_DIRECTION)
+    return resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), grid, interpolator=sitk.sitkLinear,
+                            default_value=-1024.0, pixel_type=sitk.sitkFloat32)
+
+
+def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[KidneyROI], *,
+                          spacing_mm: float = 1.5, height_px: int = 360) -> Image.Image:
+    """A picture of the ROIs on a coronal and an axial slice through the kidneys.
+
+    Args:
+        study: the study the ROIs were located in.
+        rois: :func:`~renalseg.roi.locate_kidneys`'s result (may be empty).
+        spacing_mm: resolution of the views.
+        height_px: height of the output picture.
+
+    Returns:
+        RGB image: coronal view (left) and axial view (right), boxes labelled R/L;
+        ``info["panels"]`` holds each view's column range.
+
+    Example:
+        >>> from renalseg.volume import Volume
+        >>> g = Geometry((20, 30, 40), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> render_locate_preview(Volume(np.zeros((20, 30, 40), np.int16), g), []).size[1]
+        360
+    """
+    image, _ = unpack_study(study)
+    lps = _lps_image(image, spacing_mm)
+    array = sitk.GetArrayViewFromImage(lps)  # (z, y, x), LPS-aligned
+    origin = np.asarray(lps.GetOrigin())
+
+    def to_index(point_lps: np.ndarray) -> np.ndarray:
+        return (np.asarray(point_lps) - origin) / spacing_mm  # (x, y, z) continuous
+
+    if rois:
+        centres = np.array([np.mean(roi.box_mm_lps, axis=0) for roi in rois])
+        centre = to_index(centres.mean(axis=0))
+    else:
+        centre = (np.asarray(lps.GetSize()) - 1) / 2.0
+    cx, cy, cz = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, lps.GetSize()))
+
+    def to_rgb(plane: np.ndarray) -> Image.Image:
+        return Image.fromarray(_grey(plane, _LOCATE_WINDOW_HU).astype(np.uint8)).convert("RGB")
+
+    coronal = to_rgb(array[::-1, cy, :])   # rows: superior first
+    axial = to_rgb(array[cz, :, :])         # rows: anterior first
+    n_z = array.shape[0]
+    draw_c, draw_a = ImageDraw.Draw(coronal), ImageDraw.Draw(axial)
+    for roi in rois:
+        lo, hi = (to_index(p) for p in roi.box_mm_lps)
+        colour = _LOCATE_COLOURS.get(roi.side, (255, 255, 0))
+        label = ("R" if roi.side == "right" else "L") + (" (cut)" if roi.truncated else "")
+        box_c = (lo[0], n_z - 1 - hi[2], hi[0], n_z - 1 - lo[2])
+        box_a = (lo[0], lo[1], hi[0], hi[1])
+        for draw, box in ((draw_c, box_c), (draw_a, box_a)):
+            draw.rectangle(box, outline=colour, width=2)
+            draw.text((box[0] + 3, box[1] + 2), label, fill=colour)
+    for view, text in ((coronal, "coronal"), (axial, "axial")):
+        draw = ImageDraw.Draw(view)
+        draw.text((3, 2), text, fill=(255, 255, 0))
+        _mark_sides(draw, (3, view.height // 2), (view.width - 10, view.height // 2), (255, 255, 0))
+
+    def scaled(view: Image.Image) -> Image.Image:
+        width = max(1, round(view.width * height_px / max(1, view.height)))
+        return view.resize((width, height_px), Image.BILINEAR)
+
+    left, right = scaled(coronal), scaled(axial)
+    out = Image.new("RGB", (left.width + right.width + 4, height_px), (0, 0, 0))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + 4, 0))
+    out.info["panels"] = {"coronal": (0, left.width), "axial": (left.width + 4, out.width)}
+    return out

@@ -23,8 +23,8 @@ CC BY 4.0). Registration runs in three steps, at 6 and 3 mm:
    returning a box in the wrong place.
 
 Transforms follow ITK's convention: they map *study* (fixed) points to *atlas*
-(moving) points, so ``sitk.Resample(atlas_labels, study_grid, transform)`` warps the
-labels onto the study.
+(moving) points, so ``resample_to_grid(atlas_labels, study_grid, transform=transform, ...)``
+warps the labels onto the study.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from renalseg.errors import InputError, RegistrationError
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 
 __all__ = [
     "ATLAS_DIR",
@@ -240,14 +241,14 @@ def to_lps_grid(image: sitk.Image, spacing_mm: float) -> tuple[sitk.Image, sitk.
         for i in (0, 1) for j in (0, 1) for k in (0, 1)])
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     count = np.maximum(1, np.floor((hi - lo) / spacing_mm + 1e-6).astype(int) + 1)
-    reference = sitk.Image([int(c) for c in count], sitk.sitkFloat32)
-    reference.SetSpacing([spacing_mm] * 3)
-    reference.SetOrigin(lo.tolist())
-    hu = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(),
-                       sitk.sitkLinear, _AIR_HU, sitk.sitkFloat32)
+    grid = Geometry((int(count[2]), int(count[1]), int(count[0])), (spacing_mm,) * 3, tuple(lo.tolist()),
+                    IDENTITY_DIRECTION)
+    hu = resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), grid, interpolator=sitk.sitkLinear,
+                          default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)
     ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(image)
-    fov = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    fov = resample_to_grid(ones, grid, interpolator=sitk.sitkNearestNeighbor, default_value=0,
+                           pixel_type=sitk.sitkUInt8)
     return hu, fov
 
 
@@ -492,8 +493,9 @@ def _pair_correction(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atlas,
     z_centre = study_hu.GetOrigin()[2] + spacing[2] * (size[2] - 1) / 2.0
     kidney_z = (atlas.centre_lps["right"][2] + atlas.centre_lps["left"][2]) / 2.0
     start = np.array([translation[0], translation[1], z_centre - kidney_z])  # kidneys mid-study
-    labels = sitk.Resample(atlas.labels, study_hu, sitk.TranslationTransform(3, tuple(float(v) for v in -start)),
-                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    shift = sitk.TranslationTransform(3, tuple(float(v) for v in -start))
+    labels = resample_to_grid(atlas.labels, study_hu, transform=shift, interpolator=sitk.sitkNearestNeighbor,
+                              default_value=0, pixel_type=sitk.sitkUInt8)
     kidneys = sitk.GetArrayFromImage(labels) > 0
     if not kidneys.any():
         return np.zeros(3)

@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from renalseg.errors import InputError, NoKidneyFoundError, RegistrationError, UsageError, suggest
-from renalseg.geometry import Geometry
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+from renalseg.study import unpack_study
 
 if TYPE_CHECKING:
     from renalseg.study import Study
@@ -117,20 +118,6 @@ FULL_FRACTION_IN_VIEW = 0.97
 _SIDES = ("left", "right")
 
 
-def _as_image(study: Study | Volume | sitk.Image) -> tuple[sitk.Image, str]:
-    """The study's SimpleITK image and a name for messages."""
-    from renalseg.study import Study
-    from renalseg.volume import Volume
-
-    if isinstance(study, Study):
-        return study.image, str(study.path)
-    if isinstance(study, Volume):
-        return study.to_sitk(), "the volume"
-    if isinstance(study, sitk.Image):
-        return study, "the image"
-    raise TypeError(f"locate_kidneys expects a Study or a Volume; got {type(study).__name__}.")
-
-
 def _lps_extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """(min, max) LPS corner (mm) of the voxel centres of ``image``."""
     geometry = Geometry.from_sitk(image)
@@ -164,13 +151,11 @@ def _absent_reason(side: str, tissue: np.ndarray, in_view: np.ndarray) -> str | 
             "e.g. after nephrectomy?)")
 
 
-def _grid_like(lo: np.ndarray, hi: np.ndarray, spacing_mm: float) -> sitk.Image:
-    """An empty LPS-aligned image covering [lo, hi] (mm) at ``spacing_mm``."""
+def _grid_like(lo: np.ndarray, hi: np.ndarray, spacing_mm: float) -> Geometry:
+    """The LPS-aligned grid covering [lo, hi] (mm) at ``spacing_mm``."""
     count = np.maximum(1, np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
-    image = sitk.Image([int(c) for c in count], sitk.sitkUInt8)
-    image.SetSpacing([spacing_mm] * 3)
-    image.SetOrigin([float(v) for v in lo])
-    return image
+    return Geometry((int(count[2]), int(count[1]), int(count[0])), (spacing_mm,) * 3, tuple(float(v) for v in lo),
+                    IDENTITY_DIRECTION)
 
 
 def _place_axis(lo: float, hi: float, span_mm: float, medial_sign: int) -> tuple[float, bool]:
@@ -252,7 +237,7 @@ def locate_kidneys(
             raise UsageError(f"Unknown side {side!r}; choose from {', '.join(_SIDES)}.{suggest(side, _SIDES)}")
     if len(spacing_xyz_mm) != 3 or min(spacing_xyz_mm) <= 0:
         raise UsageError(f"spacing_xyz_mm must be 3 positive numbers; got {spacing_xyz_mm}.")
-    image, name = _as_image(study)
+    image, name = unpack_study(study)
     if image.GetDimension() != 3:
         raise InputError(f"{name}: expected a 3D CT; got a {image.GetDimension()}D image.")
     atlas_list = [shipped_atlas()] + [load_atlas(path) for path in (atlases or [])]
@@ -290,19 +275,19 @@ def locate_kidneys(
         landed.append(registration.atlas_to_study(corners))
     landed_points = np.concatenate(landed)
     kidney_grid = _grid_like(landed_points.min(axis=0), landed_points.max(axis=0), WORK_SPACING_MM)
-    warped = [sitk.Resample(atlas.labels, kidney_grid, registration.transform, sitk.sitkNearestNeighbor, 0,
-                            sitk.sitkUInt8) for atlas, registration in zip(atlas_list, registrations)]
+    warped = [resample_to_grid(atlas.labels, kidney_grid, transform=registration.transform,
+                               interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
+              for atlas, registration in zip(atlas_list, registrations)]
     if len(warped) == 1:
         votes = warped[0]
     else:
         votes = sitk.LabelVoting(warped, 0)  # ties count as background: majority only
     labels = sitk.GetArrayFromImage(votes)
-    grid_hu = sitk.GetArrayFromImage(sitk.Resample(hu, kidney_grid, sitk.Transform(), sitk.sitkLinear,
-                                                   -1024.0, sitk.sitkFloat32))
-    grid_fov = sitk.GetArrayFromImage(sitk.Resample(fov, kidney_grid, sitk.Transform(),
-                                                    sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+    grid_hu = sitk.GetArrayFromImage(resample_to_grid(hu, kidney_grid, interpolator=sitk.sitkLinear,
+                                                      default_value=-1024.0, pixel_type=sitk.sitkFloat32))
+    grid_fov = sitk.GetArrayFromImage(resample_to_grid(fov, kidney_grid, interpolator=sitk.sitkNearestNeighbor,
+                                                       default_value=0, pixel_type=sitk.sitkUInt8)) > 0
     voxel_ml = WORK_SPACING_MM ** 3 / 1000.0
-    kgrid = Geometry.from_sitk(kidney_grid)
     # move both warped kidneys together to where the study shows two fat-wrapped
     # soft-tissue organs of their shape (only when registration put them in view)
     pair_shift_mm = np.zeros(3)
@@ -320,7 +305,7 @@ def locate_kidneys(
     for side, value in ATLAS_LABEL_VALUES.items():
         zz, yy, xx = np.nonzero(labels == value)
         if zz.size:
-            centroids[side] = kgrid.index_to_world([[xx.mean(), yy.mean(), zz.mean()]])[0]
+            centroids[side] = kidney_grid.index_to_world([[xx.mean(), yy.mean(), zz.mean()]])[0]
     if "left" in centroids and "right" in centroids and centroids["left"][0] <= centroids["right"][0]:
         raise RegistrationError(
             f"{name}: atlas registration did not converge: the warped left kidney lies to the patient's "
@@ -406,8 +391,8 @@ def locate_kidneys(
                 volume_ml = float((best & shell).sum() * voxel_ml)
         zz, yy, xx = np.nonzero(extent)
         half = WORK_SPACING_MM / 2.0
-        lo = kgrid.index_to_world([[xx.min(), yy.min(), zz.min()]])[0] - half
-        hi = kgrid.index_to_world([[xx.max(), yy.max(), zz.max()]])[0] + half
+        lo = kidney_grid.index_to_world([[xx.min(), yy.min(), zz.min()]])[0] - half
+        hi = kidney_grid.index_to_world([[xx.max(), yy.max(), zz.max()]])[0] + half
         lo = np.minimum(lo, hilum - 5.0)
         hi = np.maximum(hi, hilum + 5.0)
 
@@ -428,7 +413,7 @@ def locate_kidneys(
         if truncated:
             outside = kidney & ~grid_fov
             oz, oy, ox = np.nonzero(outside)
-            centre_out = kgrid.index_to_world([[ox.mean(), oy.mean(), oz.mean()]])[0]
+            centre_out = kidney_grid.index_to_world([[ox.mean(), oy.mean(), oz.mean()]])[0]
             _, where = _outside_phrase(centre_out, fov_lo, fov_hi)
             notes.append(f"kidney cut by the field of view: about {1 - fraction:.0%} of it lies {where} the "
                          "scanned region (hilum in view); the ROI is padded with air there")
@@ -462,9 +447,7 @@ def crop_to_roi(study: Study | Volume, roi: KidneyROI, *, pad_hu: float = -1024.
     """
     from renalseg.volume import Volume
 
-    image, _ = _as_image(study)
-    reference = sitk.Image(list(roi.grid.shape_xyz), sitk.sitkFloat32)
-    roi.grid.apply_to(reference)
-    resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(),
-                              sitk.sitkLinear, float(pad_hu), sitk.sitkFloat32)
+    image, _ = unpack_study(study)
+    resampled = resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), roi.grid, interpolator=sitk.sitkLinear,
+                                 default_value=pad_hu, pixel_type=sitk.sitkFloat32)
     return Volume.from_sitk(resampled)

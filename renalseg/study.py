@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-__all__ = ["Study", "safe_study_id"]
+__all__ = ["Study", "safe_study_id", "unpack_study"]
 
 
 def safe_study_id(path: Path) -> str:
@@ -78,3 +78,25 @@ class Study:
             "orientation": geometry.orientation,
             "series_uid": self.series_uid,
         }
+
+
+def unpack_study(source: Study | Volume | sitk.Image) -> tuple[sitk.Image, str]:
+    """The SimpleITK image of a study, volume or image, and a name for messages.
+
+    Raises:
+        TypeError: ``source`` is none of the three.
+
+    Example:
+        >>> import numpy as np
+        >>> g = Geometry((1, 2, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> image, name = unpack_study(Volume(np.zeros((1, 2, 3), np.int16), g))
+        >>> image.GetSize(), name
+        ((3, 2, 1), 'the volume')
+    """
+    if isinstance(source, Study):
+        return source.image, str(source.path)
+    if isinstance(source, Volume):
+        return source.to_sitk(), "the volume"
+    if isinstance(source, sitk.Image):
+        return source, "the image"
+    raise TypeError(f"expected a Study, a Volume or a SimpleITK image; got {type(source).__name__}.")

@@ -266,10 +266,10 @@ def test_radius_never_increases_from_root_to_leaves_and_follows_murray(roi_left)
 @pytest.mark.parametrize("seed", range(8))
 def test_tree_calibre_is_anatomical_for_any_seed(seed):
     """Scene only (no rendering): both kidneys' trees against the issue's calibres."""
-    from renalseg.phantom.abdomen import _placement, build_scene
+    from renalseg.phantom.abdomen import build_scene, random_placement
 
     rng = np.random.default_rng(seed)
-    rotation, shift = _placement(rng)
+    rotation, shift = random_placement(rng)
     scene = build_scene(rng, rotation=rotation, shift_mm=shift)
     for kidney in scene.kidneys.values():
         tree = kidney.params["tree"]

@@ -104,7 +104,7 @@ def test_crop_to_roi_resamples_the_study_onto_the_roi_grid_in_hu(moved_atlas):
 
 
 def test_preview_draws_the_right_kidney_box_on_the_viewers_left(moved_atlas):
-    from renalseg.roi_preview import render_locate_preview
+    from renalseg.preview import render_locate_preview
 
     ct, _, rois = moved_atlas
     rendered = render_locate_preview(_study(ct, "moved_atlas"), rois)

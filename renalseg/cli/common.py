@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,7 +15,9 @@ from rich.logging import RichHandler
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging"]
+__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
+           "finish_batch",
+           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()
@@ -23,6 +27,23 @@ err_console = Console(stderr=True)
 STATE: dict[str, Any] = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# -- the options of the batch commands (segment, locate), worded once -----------------------
+
+StudiesArgument = Annotated[list[Path], typer.Argument(
+    help="Image files (.nii.gz, .nrrd, .mha), DICOM series folders, or folders of studies.",
+    show_default=False, metavar="INPUT")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
+                                         show_default=False)]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing output folders (without it they are an error; a folder "
+    "holding only an earlier error.json is always retried).")]
+ShardOption = Annotated[Optional[str], typer.Option(
+    "--shard", help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
+    show_default=False)]
+SeriesOption = Annotated[Optional[str], typer.Option(
+    "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")]
 
 
 def print_error(message: str, *, prefix: str = "error") -> None:
@@ -57,3 +78,27 @@ def configure_logging(*, quiet: bool = False, verbose: bool = False) -> None:
     root.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
     root.setLevel(level)
     root.propagate = False
+
+
+def say_empty_shard(shard: tuple[int, int], out: Any, *, quiet: bool, json_output: bool) -> None:
+    """What a batch command says when its shard holds no study (then it exits 0)."""
+    from renalseg.batch import summarize
+
+    if not quiet:
+        err_console.print(f"shard {shard[0]}/{shard[1]}: no studies to process.", highlight=False)
+    if json_output:
+        typer.echo(json.dumps(summarize([], out), indent=2))
+
+
+def finish_batch(rows: list[dict], out: Any, table: Callable[[list[dict]], Any], *, quiet: bool, json_output: bool,
+                 extra: dict | None = None) -> None:
+    """Print a batch's summary (JSON with ``extra``, or the rich ``table(rows)``); exit 1 if a study failed."""
+    from renalseg.batch import summarize
+
+    summary = summarize(rows, out)
+    if json_output:
+        typer.echo(json.dumps({**summary, **(extra or {})}, indent=2))
+    elif not quiet:
+        console.print(table(rows))
+    if summary["failed"]:
+        raise typer.Exit(1)

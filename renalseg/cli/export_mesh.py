@@ -81,15 +81,15 @@ def export_mesh(
 
     Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
     """
-    from renalseg.errors import RenalsegError, UsageError
+    from renalseg.errors import RenalsegError, UsageError, check_choice
     from renalseg.io.image import read_image
     from renalseg.io.output import StagedDir
-    from renalseg.mesh import MESH_FORMATS, SPACES, _check_choice, export_meshes
+    from renalseg.mesh import MESH_FORMATS, SPACES, export_meshes
     from renalseg.volume import Volume
 
     configure_logging(quiet=quiet)
-    space = _check_choice(space, SPACES, "coordinate space")
-    fmt = _check_choice(fmt, MESH_FORMATS, "mesh format")
+    space = check_choice(space, SPACES, "coordinate space")
+    fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
     inputs = [resolve_label_input(path) for path in labels]
     table = Table("study", "mesh", "faces", "volume (ml)", "centerline (mm)", "branch pts", "end pts")
     summaries, failed = [], 0

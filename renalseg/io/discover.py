@@ -1,6 +1,6 @@
 """Which studies the paths on a command line mean: files, DICOM folders, batches.
 
-Rules (SPEC.md):
+Rules:
 
 - an image file (NIfTI, NRRD, MetaImage) is one study; any other file named
   explicitly is kept too, so that reading it gives a clear per-study error;

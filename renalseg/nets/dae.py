@@ -26,63 +26,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from renalseg.errors import ModelError
+from renalseg.nets.blocks import ConvNormReLU, down_path, pad_to_multiple, upsample
 
-__all__ = [
-    "DAEEncoder",
-    "DenoisingAutoencoder",
-    "corrupt",
-    "pad_to_multiple",
-    "conv3d_fast",
-    "DEFAULT_DAE_WIDTHS",
-    "ConvNormReLU",
-]
+__all__ = ["DAEEncoder", "DenoisingAutoencoder", "corrupt", "DEFAULT_DAE_WIDTHS"]
 
 #: encoder widths per resolution stage (full, 1/2, 1/4, 1/8)
 DEFAULT_DAE_WIDTHS: tuple[int, int, int, int] = (8, 8, 16, 24)
-
-
-def conv3d_fast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """3×3×3 convolution, padding 1, channels_last, always through oneDNN when present.
-
-    PyTorch sends small inputs (and every 1-channel input) to a slow im2col path by a
-    size heuristic; oneDNN is faster for all the shapes of these networks.
-    """
-    weight = weight.contiguous(memory_format=torch.channels_last_3d)
-    if x.device.type == "cpu" and torch.backends.mkldnn.is_available() and x.dtype == torch.float32:
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
-    return F.conv3d(x, weight, bias, padding=1)
-
-
-class ConvNormReLU(nn.Module):
-    """3×3×3 convolution (padding 1) → GroupNorm → ReLU, the unit of every network here.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels; must divide by ``group_size``.
-        group_size: channels per GroupNorm group (the authors' code: 4, i.e.
-            ``out_channels // 4`` groups).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, group_size: int = 4) -> None:
-        super().__init__()
-        if out_channels % group_size:
-            raise ModelError(f"width {out_channels} does not divide into GroupNorm groups of "
-                             f"{group_size} channels; choose widths that are multiples of {group_size}.")
-        self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.norm = nn.GroupNorm(out_channels // group_size, out_channels)
-        #: without autograd, run channels_last through oneDNN (same math, faster on CPUs)
-        self.fast_inference = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or not self.fast_inference or x.device.type != "cpu":
-            return F.relu(self.norm(self.conv(x)), inplace=True)
-        # inference: channels_last through oneDNN (same math, faster on the CPU)
-        y = conv3d_fast(x.contiguous(memory_format=torch.channels_last_3d), self.conv.weight, self.conv.bias)
-        return F.group_norm(y, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps).relu_()
 
 
 def corrupt(x: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -147,14 +99,7 @@ class DAEEncoder(nn.Module):
         Returns:
             ``[Ff1, Ff2, Ff3, Ff4]``: float (B, widths[k], Z/2^k, Y/2^k, X/2^k).
         """
-        features = []
-        h = x
-        for k, stage in enumerate(self.stages):
-            if k:
-                h = F.max_pool3d(h, 2)
-            h = stage(h)
-            features.append(h)
-        return features
+        return down_path(self.stages, x)
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -215,33 +160,5 @@ class DenoisingAutoencoder(nn.Module):
         padded, crop = pad_to_multiple(x, 8)
         h = self.encoder(padded)[-1]
         for stage in self.decoder:
-            h = stage(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))
+            h = stage(upsample(h))
         return torch.sigmoid(self.head(h))[crop]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Zero-pad the three spatial sides of ``x`` (B, C, Z, Y, X) to multiples of ``multiple``.
-
-    The padding is split evenly before and after (the extra voxel after), so the
-    image stays centred in the padded field of view.
-
-    Returns:
-        The padded tensor and the index that crops a result of the padded size back
-        to ``x``'s spatial size.
-
-    Example:
-        >>> y, crop = pad_to_multiple(torch.ones(1, 1, 5, 8, 9), 8)
-        >>> tuple(y.shape), tuple(y[crop].shape)
-        ((1, 1, 8, 8, 16), (1, 1, 5, 8, 9))
-    """
-    if x.ndim != 5:
-        raise ModelError(f"expected a 5-D tensor (B, C, Z, Y, X), got shape {tuple(x.shape)}.")
-    extra = [(-s) % multiple for s in x.shape[2:]]
-    if not any(extra):
-        return x, (slice(None),) * 5
-    before = [e // 2 for e in extra]
-    pad: list[int] = []
-    for e, b in zip(reversed(extra), reversed(before)):  # F.pad wants the last axis first
-        pad += [b, e - b]
-    crop = (slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, x.shape[2:])))
-    return F.pad(x, pad), crop

@@ -37,9 +37,9 @@ Choices the paper leaves open, made here:
 * Sides not divisible by 8 are zero-padded (centred) and the output cropped back.
 
 Speed: with autograd off on the CPU (``torch.inference_mode()``/``no_grad``), a fast
-path computes the same function to float rounding (see
-``DenseBiasNet._logits_fast``); ``use_fast_inference(False)`` selects the plain
-formulation, which training (autograd on) and GPUs always use.
+path computes the same function to float rounding
+(:func:`renalseg.nets.cpu_fast.densebiasnet_logits`); ``use_fast_inference(False)``
+selects the plain formulation, which training (autograd on) and GPUs always use.
 ``benchmarks/bench_model.py`` measures both.
 
 Parameter counts (2 classes, 1 input channel): DenseBiasNet with m = 4 has
@@ -58,14 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from renalseg.errors import ModelError
-from renalseg.nets.dae import (
-    DEFAULT_DAE_WIDTHS,
-    ConvNormReLU,
-    DAEEncoder,
-    DenoisingAutoencoder,
-    conv3d_fast,
-    pad_to_multiple,
-)
+from renalseg.nets import cpu_fast
+from renalseg.nets.blocks import ConvNormReLU, pad_to_multiple, upsample
+from renalseg.nets.dae import DEFAULT_DAE_WIDTHS, DAEEncoder, DenoisingAutoencoder
 
 __all__ = ["DenseBiasNet", "DPADenseBiasNet", "DEFAULT_WIDTHS", "LEVELS", "PRIOR_LAYERS"]
 
@@ -90,29 +85,6 @@ def _bias_channels(bias_quantity: int | float, width: int) -> int:
         raise ModelError(f"bias_quantity {bias_quantity} must be an integer ≥ 1 or a ratio in (0, 1) "
                          "such as 0.1 (paper Table 3: 1, 2, 4, 0.1r, 0.2r).")
     return max(1, round(float(bias_quantity) * width))
-
-
-def _upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)
-
-
-def _upsample_into(x: torch.Tensor, out: torch.Tensor) -> None:
-    """:func:`_upsample` of x (1, C, z, y, x) written into ``out`` (1, C, fz, fy, fx), contiguous."""
-    factor = float(out.shape[2] // x.shape[2])
-    torch._C._nn.upsample_trilinear3d(x, list(out.shape[2:]), False, factor, factor, factor, out=out)
-
-
-def _rows(y: torch.Tensor) -> torch.Tensor:
-    """(voxels, C) rows of a channels_last (1, C, Z, Y, X) tensor (a view)."""
-    return y.permute(0, 2, 3, 4, 1).reshape(-1, y.shape[1])
-
-
-def _copy_planar(block: torch.Tensor, x: torch.Tensor) -> None:
-    """Copy x (1, C, Z, Y, X), either memory format, into the planar rows ``block`` (C, voxels)."""
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        block.copy_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]).t())  # blocked transpose
-    else:
-        block.copy_(x.reshape(x.shape[1], -1))
 
 
 class DenseBiasNet(nn.Module):
@@ -166,10 +138,13 @@ class DenseBiasNet(nn.Module):
         self.head = nn.Conv3d(widths[-1], num_classes, 1)
         #: use the fast inference path whenever no gradient is being recorded (same math)
         self.fast_inference = True
-        self._buffers_cache: dict[str, torch.Tensor] = {}
+        #: the fast path's work buffers, kept between calls (see :meth:`release_buffers`)
+        self.work_buffers = cpu_fast.WorkBuffers()
+        #: the layout the fast path follows: each layer's level and the DPA layers
+        self.levels, self.prior_layers = LEVELS, PRIOR_LAYERS
         #: levels each bias map is needed at: those of layers k+2 … 13
-        self._bias_targets = tuple(sorted({LEVELS[j] for j in range(k + 2, len(widths))})
-                                   for k in range(len(widths) - 2))
+        self.bias_targets = tuple(tuple(sorted({LEVELS[j] for j in range(k + 2, len(widths))}))
+                                  for k in range(len(widths) - 2))
 
     def use_fast_inference(self, enabled: bool = True) -> None:
         """Switch the fast inference path (used whenever autograd is off) on or off.
@@ -177,9 +152,7 @@ class DenseBiasNet(nn.Module):
         Both paths compute the same function; off is the plain formulation, kept for
         checking and benchmarking.
         """
-        for module in self.modules():
-            if hasattr(module, "fast_inference"):
-                module.fast_inference = enabled
+        cpu_fast.set_fast_inference(self, enabled)
 
     def layer_in_channels(self, l: int) -> int:
         """Input channels of layer ``l``: bias maps of layers 0…l−2, then F_{l−1}, then DPA features."""
@@ -210,8 +183,8 @@ class DenseBiasNet(nn.Module):
     def logits_padded(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """:meth:`logits` for an input whose sides already divide by 8."""
         self._check_input(x, priors)
-        if self._fast_path_applies(x):
-            return self._logits_fast(x, priors)
+        if cpu_fast.applies(self, x):
+            return cpu_fast.densebiasnet_logits(self, x, priors)
         return self._logits_reference(x, priors)
 
     def _check_input(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None = None,
@@ -222,11 +195,6 @@ class DenseBiasNet(nn.Module):
         if any(self.prior_channels) and not with_encoder and (priors is None or len(priors) != 4):
             raise ModelError("this DenseBiasNet takes DPA features (prior_channels "
                              f"{self.prior_channels}) but none were given; use DPADenseBiasNet.")
-
-    def _fast_path_applies(self, x: torch.Tensor) -> bool:
-        """The fast path serves CPU float32 inference (no autograd); GPUs use the plain one."""
-        return self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu" \
-            and x.dtype == torch.float32
 
     def _resize_bias(self, bias: torch.Tensor, level: int, targets: Sequence[int]) -> dict[int, torch.Tensor]:
         """One bias map at every level in ``targets`` (computed once, reused by every layer there)."""
@@ -240,7 +208,7 @@ class DenseBiasNet(nn.Module):
                     pooled, pooled_level = F.max_pool3d(pooled, 2), pooled_level + 1
                 resized[t] = pooled
             else:
-                resized[t] = _upsample(bias, 2 ** (level - t))
+                resized[t] = upsample(bias, 2 ** (level - t))
         return resized
 
     def _logits_reference(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None) -> torch.Tensor:
@@ -250,200 +218,20 @@ class DenseBiasNet(nn.Module):
         for l, layer in enumerate(self.layers):
             level = LEVELS[l]
             if l and level != LEVELS[l - 1]:
-                h = F.max_pool3d(h, 2) if level > LEVELS[l - 1] else _upsample(h, 2)
+                h = F.max_pool3d(h, 2) if level > LEVELS[l - 1] else upsample(h, 2)
             parts = [resized[k][level] for k in range(l - 1)] + [h]
             if l in PRIOR_LAYERS and self.prior_channels[level]:
                 parts.append(priors[level])  # type: ignore[index]
             joined = torch.cat(parts, dim=1) if len(parts) > 1 else h
             h = F.relu(layer.norm(layer.conv(joined)), inplace=True)
             if l < len(self.compressors):
-                resized.append(self._resize_bias(self.compressors[l](h), level, self._bias_targets[l]))
+                resized.append(self._resize_bias(self.compressors[l](h), level, self.bias_targets[l]))
         return self.head(h)
 
     def release_buffers(self) -> None:
         """Free the work buffers the fast inference path keeps between calls (about
         0.6 GB for a 64 × 152 × 152 window); they are re-created on the next call."""
-        self._buffers_cache.clear()
-
-    def _work_buffer(self, key: str, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A flat float buffer reused between calls (re-touching fresh memory every
-        window costs page faults); never assumed to hold zeros."""
-        buffer = self._buffers_cache.get(key)
-        if buffer is None or buffer.numel() < numel or buffer.device != like.device or buffer.dtype != like.dtype:
-            buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
-            self._buffers_cache[key] = buffer
-        return buffer[:numel]
-
-    def _logits_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None,
-                     encoder: DAEEncoder | None = None) -> torch.Tensor:
-        """The inference path: the same function as :meth:`_logits_reference`, computed faster.
-
-        * Layer inputs are assembled channel-planar, (C, voxels), one buffer per level,
-          in the channel order ``[b_0 … b_{l−2}, F_{l−1}, Ff, zeros]``: every bias map
-          is written once per level straight into its rows (by the compressor's matrix
-          product, the pooling, or the upsampling) and serves every layer there. One
-          blocked transpose gives the channels_last (voxels, C) layout on which
-          oneDNN's convolutions run fastest. Channel counts are padded with zero rows
-          to multiples of 8 and the weights with zero input channels to match
-          (oneDNN's fast kernels need multiples of 8; the zeros add exactly nothing).
-        * With the DPA encoder, layer 0 and the encoder's first convolution read the
-          same input and are computed as one 24-channel convolution and one
-          GroupNorm, whose output is exactly layer 1's input ``[F_0, Ff1]``.
-        * The last two layers (full resolution) use linearity,
-          ``conv([B, F]) = conv(B) + conv(F)``: their bias maps ``B`` are packed once
-          and convolved once for both layers together; their main inputs are
-          convolved where they lie, without packing.
-        * Batches run one item at a time. Work buffers are kept between calls (see
-          :meth:`release_buffers`), so one network must not run two calls at once
-          from different threads.
-        """
-        if x.shape[0] > 1:
-            return torch.cat([self._logits_fast(x[i:i + 1], None if priors is None else [p[i:i + 1] for p in priors],
-                                                encoder) for i in range(x.shape[0])])
-        shapes = [tuple(s >> r for s in x.shape[2:]) for r in range(4)]
-        voxels = [shape[0] * shape[1] * shape[2] for shape in shapes]
-        offsets = [0]
-        for m in self.bias_channels:
-            offsets.append(offsets[-1] + m)
-        in_padded = [c + (-c) % 8 for c in map(self.layer_in_channels, range(len(self.layers)))]
-        last_pair = len(self.layers) - 2
-        # rows each level's planar buffer needs: the packed inputs of its layers (at full
-        # resolution only layer 1's and the last pair's bias maps) and every bias slot
-        packed_rows = [max([c for l, c in enumerate(in_padded) if LEVELS[l] == r and 0 < l < last_pair]
-                           + [offsets[last_pair] + (-offsets[last_pair]) % 8 if r == 0 else 0]) for r in range(4)]
-        planar = [self._work_buffer(f"planar{r}", voxels[r] * max(packed_rows[r], offsets[-1]), x).view(-1, voxels[r])
-                  for r in range(4)]
-        rows_buffer = self._work_buffer("rows", max(v * c for v, c in zip(voxels, packed_rows)), x)
-        y, priors = self._first_layer_fast(x, priors, encoder)
-        rows = _rows(y)[:, :self.widths[0]]  # F_l as (voxels, C) channels_last rows
-        for l in range(1, len(self.layers)):
-            layer, level, shape = self.layers[l], LEVELS[l], shapes[LEVELS[l]]
-            if l == last_pair and level == 0 and LEVELS[l - 1] == 1:
-                rows = self._last_pair_fast(rows, planar, rows_buffer, shapes, offsets)
-                break
-            if l == 1 and y.shape[1] == self.layer_in_channels(1):
-                inp = y  # [F_0, Ff1] as computed together, or F_0 alone
-            else:
-                block, start = planar[level], offsets[l - 1]
-                previous = LEVELS[l - 1]
-                width = rows.shape[1]
-                if level > previous:  # pool F_{l-1}, then into the planar rows
-                    cl = rows.reshape(1, *shapes[previous], width).permute(0, 4, 1, 2, 3)
-                    pooled = F.max_pool3d(cl, 2).permute(0, 2, 3, 4, 1).reshape(voxels[level], width)
-                    block[start:start + width].copy_(pooled.t())
-                elif level < previous:  # upsample F_{l-1} straight into the planar rows
-                    coarse = rows.t().contiguous().view(1, width, *shapes[previous])
-                    _upsample_into(coarse, block[start:start + width].view(1, width, *shape))
-                else:
-                    block[start:start + width].copy_(rows.t())  # blocked transpose
-                start += width
-                if l in PRIOR_LAYERS and self.prior_channels[level]:
-                    prior = priors[level]  # type: ignore[index]
-                    _copy_planar(block[start:start + prior.shape[1]], prior)
-                    start += prior.shape[1]
-                block[start:in_padded[l]].zero_()
-                packed = rows_buffer[:voxels[level] * in_padded[l]].view(voxels[level], in_padded[l])
-                packed.copy_(block[:in_padded[l]].t())  # blocked transpose to channels_last rows
-                inp = packed.view(1, *shape, in_padded[l]).permute(0, 4, 1, 2, 3)
-            if l - 1 < len(self.compressors):  # b_{l-1}'s rows are free now that layer l has its input
-                self._write_bias_map(l - 1, rows, planar, shapes, offsets)
-            weight = layer.conv.weight
-            if inp.shape[1] > weight.shape[1]:
-                weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, inp.shape[1] - weight.shape[1]))
-            y = conv3d_fast(inp, weight, layer.conv.bias)
-            y = F.group_norm(y, layer.norm.num_groups, layer.norm.weight, layer.norm.bias, layer.norm.eps).relu_()
-            rows = _rows(y)
-        head = self.head
-        logits = torch.addmm(head.bias[:, None], head.weight.reshape(head.out_channels, -1), rows.t())
-        return logits.view(1, head.out_channels, *shapes[0])
-
-    def _first_layer_fast(self, x: torch.Tensor, priors: Sequence[torch.Tensor] | None,
-                          encoder: DAEEncoder | None) -> tuple[torch.Tensor, Sequence[torch.Tensor] | None]:
-        """Layer 0's output (channels_last), with the DPA features when ``encoder`` is given.
-
-        Returns ``(y, priors)``: ``y`` is ``[F_0, Ff1]`` when the encoder's first stage
-        could be computed together with layer 0 (same input, same GroupNorm group size),
-        else ``F_0``.
-        """
-        layer = self.layers[0]
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        if x.shape[1] == 1:  # give one channel explicit channels_last strides, or oneDNN answers in NCDHW
-            x = x.as_strided(x.shape, (x.numel(), 1, *x.stride()[2:]))
-        stage = encoder.stages[0] if encoder is not None else None
-        if stage is None or layer.conv.in_channels != stage.conv.in_channels or layer.norm.eps != stage.norm.eps \
-                or layer.norm.num_channels // layer.norm.num_groups != stage.norm.num_channels // stage.norm.num_groups:
-            if encoder is not None:
-                priors = encoder(x)
-            y = conv3d_fast(x, layer.conv.weight, layer.conv.bias)
-            return F.group_norm(y, layer.norm.num_groups, layer.norm.weight, layer.norm.bias,
-                                layer.norm.eps).relu_(), priors
-        y = conv3d_fast(x, torch.cat([layer.conv.weight, stage.conv.weight]),
-                        torch.cat([layer.conv.bias, stage.conv.bias]))
-        # one GroupNorm: the groups of both lie side by side and never straddle the two
-        y = F.group_norm(y, layer.norm.num_groups + stage.norm.num_groups,
-                         torch.cat([layer.norm.weight, stage.norm.weight]),
-                         torch.cat([layer.norm.bias, stage.norm.bias]), layer.norm.eps).relu_()
-        h = y[:, layer.conv.out_channels:]
-        features = [h]
-        for later in encoder.stages[1:]:  # type: ignore[union-attr]
-            h = later(F.max_pool3d(h, 2))
-            features.append(h)
-        return y, features
-
-    def _last_pair_fast(self, rows: torch.Tensor, planar: list[torch.Tensor], rows_buffer: torch.Tensor,
-                        shapes: list[tuple[int, ...]], offsets: list[int]) -> torch.Tensor:
-        """The last two layers (full resolution), given F_{l−1} rows at half resolution.
-
-        ``F_l = H_l([B_l, up(F_{l−1})])`` and ``F_{l+1} = H_{l+1}([B_{l+1}, F_l])``
-        where ``B_{l+1}`` (the bias maps b_0 … b_{l−1}) extends ``B_l`` by one map.
-        The bias parts of both convolutions are one convolution of ``B_{l+1}`` (the
-        weights of layer l zero for b_{l−1}) with both layers' output channels.
-
-        Returns:
-            F_{l+1} as (voxels, C) rows.
-        """
-        l = len(self.layers) - 2
-        first, second = self.layers[l], self.layers[l + 1]
-        self._write_bias_map(l - 1, rows, planar, shapes, offsets)
-        n_bias = offsets[l]
-        padded = n_bias + (-n_bias) % 8
-        block = planar[0]
-        block[n_bias:padded].zero_()
-        packed = rows_buffer[:padded * block.shape[1]].view(block.shape[1], padded)
-        packed.copy_(block[:padded].t())  # blocked transpose to channels_last rows
-        bias_maps = packed.view(1, *shapes[0], padded).permute(0, 4, 1, 2, 3)
-        w_first, w_second = first.conv.weight, second.conv.weight
-        bias_weight = torch.cat([F.pad(w_first[:, :offsets[l - 1]], (0, 0, 0, 0, 0, 0, 0, padded - offsets[l - 1])),
-                                 F.pad(w_second[:, :n_bias], (0, 0, 0, 0, 0, 0, 0, padded - n_bias))])
-        from_bias = conv3d_fast(bias_maps, bias_weight, None)
-        width = rows.shape[1]
-        main = F.interpolate(rows.reshape(1, *shapes[1], width).permute(0, 4, 1, 2, 3), scale_factor=2,
-                             mode="trilinear", align_corners=False)
-        y = conv3d_fast(main, w_first[:, offsets[l - 1]:], first.conv.bias).add_(from_bias[:, :first.conv.out_channels])
-        h = F.group_norm(y, first.norm.num_groups, first.norm.weight, first.norm.bias, first.norm.eps).relu_()
-        y = conv3d_fast(h, w_second[:, n_bias:], second.conv.bias).add_(from_bias[:, first.conv.out_channels:])
-        h = F.group_norm(y, second.norm.num_groups, second.norm.weight, second.norm.bias, second.norm.eps).relu_()
-        return _rows(h)
-
-    def _write_bias_map(self, k: int, rows: torch.Tensor, planar: list[torch.Tensor],
-                        shapes: list[tuple[int, ...]], offsets: list[int]) -> None:
-        """b_k = Conv(F_k; m) into its rows of every level's planar buffer that needs it.
-
-        At F_k's own level by the compressor's matrix product, deeper by repeated
-        2×2×2 max-pooling, shallower by one trilinear upsampling each.
-        """
-        compressor, level = self.compressors[k], LEVELS[k]
-        m, rows_k = compressor.out_channels, slice(offsets[k], offsets[k + 1])
-        own = planar[level][rows_k]
-        torch.addmm(compressor.bias[:, None], compressor.weight.reshape(m, -1), rows.t(), out=own)
-        targets = self._bias_targets[k]
-        source = own
-        for t in range(level + 1, max(targets) + 1):
-            planar[t][rows_k].copy_(F.max_pool3d(source.view(1, m, *shapes[t - 1]), 2).view(m, -1))
-            source = planar[t][rows_k]
-        for t in targets:
-            if t < level:
-                _upsample_into(own.view(1, m, *shapes[level]), planar[t][rows_k].view(1, m, *shapes[t]))
+        self.work_buffers.clear()
 
 
 class DPADenseBiasNet(nn.Module):
@@ -490,9 +278,7 @@ class DPADenseBiasNet(nn.Module):
 
     def use_fast_inference(self, enabled: bool = True) -> None:
         """Switch the fast inference path on or off (see :meth:`DenseBiasNet.use_fast_inference`)."""
-        for module in self.modules():
-            if hasattr(module, "fast_inference"):
-                module.fast_inference = enabled
+        cpu_fast.set_fast_inference(self, enabled)
 
     def release_buffers(self) -> None:
         """Free the fast path's work buffers (see :meth:`DenseBiasNet.release_buffers`)."""
@@ -544,9 +330,9 @@ class DPADenseBiasNet(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-softmax scores (B, num_classes, Z, Y, X); what the training losses take."""
         padded, crop = pad_to_multiple(x, 8)
-        if self.segmenter._fast_path_applies(padded):
+        if cpu_fast.applies(self.segmenter, padded):
             self.segmenter._check_input(padded, with_encoder=True)
-            return self.segmenter._logits_fast(padded, None, encoder=self.encoder)[crop]
+            return cpu_fast.densebiasnet_logits(self.segmenter, padded, encoder=self.encoder)[crop]
         with torch.no_grad():  # frozen, and nothing trainable lies upstream of it
             priors = self.encoder(padded)
         return self.segmenter.logits_padded(padded, priors)[crop]

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from renalseg.errors import ModelError
-from renalseg.nets.dae import ConvNormReLU, pad_to_multiple
+from renalseg.nets.blocks import ConvNormReLU, down_path, pad_to_multiple, upsample
 
 __all__ = ["UNet3D"]
 
@@ -60,11 +59,9 @@ class UNet3D(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-softmax scores (B, num_classes, Z, Y, X)."""
-        h, crop = pad_to_multiple(x, 8)
-        skips = []
-        for k, block in enumerate(self.down):
-            h = block(F.max_pool3d(h, 2) if k else h)
-            skips.append(h)
+        padded, crop = pad_to_multiple(x, 8)
+        skips = down_path(self.down, padded)
+        h = skips[-1]
         for block, skip in zip(self.up, reversed(skips[:-1])):
-            h = block(torch.cat([F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False), skip], 1))
+            h = block(torch.cat([upsample(h), skip], 1))
         return self.head(h)[crop]

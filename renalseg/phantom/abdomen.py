@@ -46,7 +46,7 @@ from renalseg.volume import Volume
 logger = logging.getLogger(__name__)
 
 __all__ = ["PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
-           "sample_intensities", "labels_from_tissues", "DIRECTIONS"]
+           "sample_intensities", "labels_from_tissues", "random_placement", "DIRECTIONS"]
 
 #: orientation code -> ITK direction (row-major) for the abdomen kind's ``direction`` option
 DIRECTIONS: dict[str, tuple[float, ...]] = {
@@ -467,7 +467,17 @@ _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma
            "intensity_ranges_hu", "spacing_xyz_mm")
 
 
-def _placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's pose in the scanner: ``(rotation 3 × 3, shift_mm (x, y, z))`` for :func:`build_scene`.
+
+    A yaw of at most ±4° about the patient's z axis and a shift of the whole body
+    (x ±60 mm, y −250 … 50 mm, z ±900 mm), drawn from ``rng`` in that order.
+
+    Example:
+        >>> rotation, shift = random_placement(np.random.default_rng(0))
+        >>> rotation.shape, bool(abs(shift[0]) <= 60)
+        ((3, 3), True)
+    """
     yaw = np.radians(rng.uniform(-4.0, 4.0))
     shift = np.array([rng.uniform(-60, 60), rng.uniform(-250, 50), rng.uniform(-900, 900)])
     return rotation_matrix([0, 0, 1], yaw), shift
@@ -504,7 +514,7 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
     _check_options(options, (*_COMMON, "side", "inplane_voxels"), "synthesize_roi")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    rotation, shift = _placement(rng)
+    rotation, shift = random_placement(rng)
     side = options.get("side") or ("left" if rng.random() < 0.5 else "right")
     if side not in ("left", "right"):
         raise UsageError(f"side must be 'left' or 'right'; got {side!r}.")
@@ -550,7 +560,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
     _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices"), "synthesize_abdomen")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    rotation, shift = _placement(rng)
+    rotation, shift = random_placement(rng)
     direction = options.get("direction") or "LPS"
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from renalseg.errors import DataLayoutError, GeometryError, RenalsegError, UsageError
-from renalseg.geometry import Geometry, assert_same_grid
+from renalseg.geometry import Geometry, assert_same_grid, resample_to_grid
 from renalseg.io.image import IMAGE_SUFFIXES, read_image
 from renalseg.volume import Volume
 
@@ -310,14 +310,13 @@ def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: s
         array = sitk.GetArrayFromImage(image)
         dtype = np.float32 if kind == "image" else np.uint8
         return Volume(array.astype(dtype, copy=False), target)
-    reference = target.apply_to(sitk.Image(list(target.shape_xyz), sitk.sitkUInt8))
     if kind == "image":
-        out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(),
-                            sitk.sitkLinear, _AIR_HU, sitk.sitkFloat32)
+        out = resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), target, interpolator=sitk.sitkLinear,
+                               default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)
         return Volume(sitk.GetArrayFromImage(out).astype(np.float32, copy=False), target)
     if kind == "tissue":
-        out = sitk.Resample(sitk.Cast(image, sitk.sitkUInt8), reference, sitk.Transform(),
-                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        out = resample_to_grid(sitk.Cast(image, sitk.sitkUInt8), target, interpolator=sitk.sitkNearestNeighbor,
+                               default_value=0, pixel_type=sitk.sitkUInt8)
         return Volume(sitk.GetArrayFromImage(out), target)
     if kind != "label":
         raise ValueError(f"kind must be 'image', 'label' or 'tissue'; got {kind!r}")
@@ -328,7 +327,7 @@ def to_model_grid(image: sitk.Image, spacing_xyz_mm: Sequence[float], *, kind: s
     for value in values:
         mask = sitk.Cast(image == int(value), sitk.sitkFloat32)
         fraction = sitk.GetArrayFromImage(
-            sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            resample_to_grid(mask, target, interpolator=sitk.sitkLinear, default_value=0.0, pixel_type=sitk.sitkFloat32)
         )
         wins = fraction > best
         out_array[wins] = int(value)
