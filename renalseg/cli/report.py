@@ -27,7 +27,9 @@ def report(
 ) -> None:
     """One self-contained page per study: interactive 3D view, facts, volumes, plan, previews.
 
-    The page opens offline in any current browser (plotly.js is inlined). Needs the optional package plotly: [bold]pip install 'renalseg\\[report]'[/].
+    The page opens offline in any current browser (plotly.js is inlined).
+
+    Needs the optional package plotly: [bold]pip install 'renalseg\\[report]'[/].
 
     Example: [bold]renalseg report results/patient01[/]
     """

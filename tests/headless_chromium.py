@@ -42,12 +42,15 @@ class PageLoad:
         requests: URLs of every request the page started (the page itself included).
         drawn_ms: the page's ``data-drawn-ms`` (ms from navigation to drawn), or None.
         seconds: wall time from navigation to the screenshot.
+        rects: ``{selector: {"x", "y", "width", "height"}}`` in CSS pixels of the viewport
+            for each selector asked for (None where nothing matched).
     """
 
     png: bytes
     requests: list[str] = field(default_factory=list)
     drawn_ms: float | None = None
     seconds: float = 0.0
+    rects: dict[str, dict | None] = field(default_factory=dict)
 
 
 class _Pipe:
@@ -85,9 +88,12 @@ class _Pipe:
             self.events.append(reply)
 
 
-def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800,
-              timeout_s: float = 60.0) -> PageLoad:
-    """Open ``path`` (a file) offline, wait until it says it drew (or ``timeout_s``), screenshot it."""
+def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800, timeout_s: float = 60.0,
+              selectors: tuple[str, ...] = ()) -> PageLoad:
+    """Open ``path`` (a file) offline, wait until it says it drew (or ``timeout_s``), screenshot it.
+
+    ``selectors``: CSS selectors whose bounding boxes to return in :attr:`PageLoad.rects`.
+    """
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
 
@@ -131,6 +137,13 @@ def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800
                     drawn = float(value)
                     break
                 time.sleep(0.2)
+            rects = {}
+            for selector in selectors:
+                rects[selector] = pipe.call("Runtime.evaluate", {
+                    "expression": f"(function () {{ const e = document.querySelector({json.dumps(selector)}); "
+                                  "if (!e) return null; const r = e.getBoundingClientRect(); "
+                                  "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()",
+                    "returnByValue": True}, session=session)["result"].get("value")
             shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)
             seconds = time.monotonic() - started
             requests = [e["params"]["request"]["url"] for e in pipe.events
@@ -147,4 +160,5 @@ def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-    return PageLoad(png=base64.b64decode(shot["data"]), requests=requests, drawn_ms=drawn, seconds=seconds)
+    return PageLoad(png=base64.b64decode(shot["data"]), requests=requests, drawn_ms=drawn, seconds=seconds,
+                    rects=rects)
