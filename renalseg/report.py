@@ -343,7 +343,7 @@ def build_figure(meshes: list[PageMesh]) -> Any:
             "aspectmode": "data",
             "annotations": annotations,
             # from the front, superior up: the patient's right on the viewer's left
-            "camera": {"eye": {"x": 0.0, "y": -1.9, "z": 0.15}, "up": {"x": 0, "y": 0, "z": 1},
+            "camera": {"eye": {"x": 0.0, "y": -2.3, "z": 0.2}, "up": {"x": 0, "y": 0, "z": 1},
                        "center": {"x": 0, "y": 0, "z": 0}},
         },
         margin={"l": 0, "r": 0, "t": 0, "b": 0},
