@@ -306,12 +306,15 @@ def build_figure(meshes: list[PageMesh]) -> Any:
     """
     go = _import_plotly()
     fig = go.Figure()
+    has_territories = any(m.kind == "territory" for m in meshes)
     for m in meshes:
         v = np.round(m.vertices_mm, 2).astype(np.float32)
         f = m.faces.astype(np.int32)
         fig.add_trace(go.Mesh3d(
             x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2],
             name=m.name, color=m.color, opacity=m.opacity, showlegend=True, flatshading=False,
+            # the territories tile the kidney: its surface starts hidden (one click shows it)
+            visible="legendonly" if has_territories and m.kind == "kidney" else True,
             hovertemplate=(f"<b>{html.escape(m.name)}</b><br>{m.volume_ml:.2f} ml<br>"
                            "LPS %{x:.0f}, %{y:.0f}, %{z:.0f} mm<extra></extra>"),
             lighting={"ambient": 0.55, "diffuse": 0.7, "specular": 0.15, "roughness": 0.6},

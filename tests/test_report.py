@@ -151,6 +151,21 @@ def test_folder_without_labels_is_a_usage_error(tmp_path):
         write_report(tmp_path)
 
 
+def test_territories_are_drawn_with_their_names(artery_study, tmp_path):
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for name in ("labels.nii.gz", "labels.json"):
+        (folder / name).write_bytes((artery_study / name).read_bytes())
+    labels = Volume.from_sitk(sitk.ReadImage(str(folder / "labels.nii.gz")))
+    territories = np.zeros(labels.array.shape, np.uint8)
+    territories[:, :, :30], territories[:, :, 30:] = 5, 6
+    sitk.WriteImage(labels.with_array(territories).to_sitk(), str(folder / "territories.nii.gz"))
+    (folder / "territories.json").write_text(json.dumps({"5": {"name": "segmental 1"}, "6": "segmental 2"}))
+    page = write_report(folder).read_text(encoding="utf-8")
+    assert "territory segmental 1" in page and "territory segmental 2" in page
+    assert page.count('"flatshading":false') == 4
+
+
 def test_territories_on_another_grid_are_an_error(artery_study, tmp_path):
     folder = tmp_path / "case"
     folder.mkdir()
