@@ -101,7 +101,7 @@ def structure_kind(name: str) -> str:
     """The kind of structure a label name means: artery, vein, kidney, tumour or other.
 
     Example:
-        >>> [structure_kind(n) for n in ("renal_artery", "artery", "vein", "kidney", "tumor", "cyst")]
+        >>> [structure_kind(n) for n in ("renal_artery", "renal_vein", "kidney", "tumor", "cyst")]
         ['artery', 'vein', 'kidney', 'tumour', 'other']
     """
     lowered = name.lower()
@@ -283,11 +283,11 @@ def _fit_face_budget(meshes: list[PageMesh], max_faces: int) -> list[PageMesh]:
 
 
 def _nice_length_mm(extent_mm: float) -> float:
-    """A round scale-bar length, about a fifth of the extent.
+    """A round scale-bar length (1, 2 or 5 × 10ⁿ mm), the first of at least 15 % of the extent.
 
     Example:
         >>> _nice_length_mm(180.0), _nice_length_mm(40.0), _nice_length_mm(3.0)
-        (20.0, 5.0, 1.0)
+        (50.0, 10.0, 1.0)
     """
     target = max(extent_mm / 5.0, 1.0)
     exponent = 10.0 ** math.floor(math.log10(target))
