@@ -5,7 +5,7 @@ loaded from disk in headless Chromium with the network off (``tests/headless_chr
 the time from navigation to the page's ``data-drawn-ms`` mark (plotly drew the figure,
 two animation frames later) and to the screenshot, median of ``--repeat`` loads. A
 plotly page holding one small sphere is measured the same way: the floor that plotly.js
-and the browser set on this hardware.
+and the browser set on the hardware it runs on.
 
 ``--four-structures DEMO_OUT`` also measures a page with all four KiPA22 structures: the
 folder ``renalseg demo --out DEMO_OUT`` wrote, with the phantom's true labels (vein,

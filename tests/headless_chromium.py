@@ -71,12 +71,12 @@ class _Pipe:
         message, self.buffer = self.buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
+    def call(self, method: str, params: dict | None = None, tab: str | None = None,
              timeout_s: float = 60.0) -> dict:
         self.next_id += 1
         message = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
+        if tab:
+            message["sessionId"] = tab
         os.write(self.to_browser, json.dumps(message).encode() + b"\0")
         deadline = time.monotonic() + timeout_s
         while True:
@@ -121,18 +121,18 @@ def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800
         pipe = _Pipe(process, to_browser_w, from_browser_r)
         try:
             target = pipe.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            pipe.call("Network.enable", session=session)
-            pipe.call("Page.enable", session=session)
+            tab = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            pipe.call("Network.enable", tab=tab)
+            pipe.call("Page.enable", tab=tab)
             pipe.call("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, tab=tab)
             started = time.monotonic()
-            pipe.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, session=session)
+            pipe.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, tab=tab)
             drawn = None
             while time.monotonic() - started < timeout_s:
                 value = pipe.call("Runtime.evaluate", {
                     "expression": "document.documentElement.getAttribute('data-drawn-ms')",
-                    "returnByValue": True}, session=session)["result"].get("value")
+                    "returnByValue": True}, tab=tab)["result"].get("value")
                 if value:
                     drawn = float(value)
                     break
@@ -143,8 +143,8 @@ def load_page(path: Path, *, chromium: str, width: int = 1280, height: int = 800
                     "expression": f"(function () {{ const e = document.querySelector({json.dumps(selector)}); "
                                   "if (!e) return null; const r = e.getBoundingClientRect(); "
                                   "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()",
-                    "returnByValue": True}, session=session)["result"].get("value")
-            shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)
+                    "returnByValue": True}, tab=tab)["result"].get("value")
+            shot = pipe.call("Page.captureScreenshot", {"format": "png"}, tab=tab)
             seconds = time.monotonic() - started
             requests = [e["params"]["request"]["url"] for e in pipe.events
                         if e.get("method") == "Network.requestWillBeSent"]
