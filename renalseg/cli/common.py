@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from renalseg.errors import RenalsegError
 
@@ -48,7 +49,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summar
 
 def print_error(message: str, *, prefix: str = "error") -> None:
     """One red line (or a short block) on stderr, no traceback."""
-    err_console.print(f"[bold red]{prefix}:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # escaped: a message's own brackets (``renalseg[report]``, a path) are text, not markup
+    err_console.print(f"[bold red]{prefix}:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def handle_errors(fn: F) -> F:
