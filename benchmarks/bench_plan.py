@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20000)
     parser.add_argument("--kind", choices=("roi", "abdomen"), default="roi")
     parser.add_argument("--json", default=None, help="write per-case rows and the summary here")
+    parser.add_argument("--segmental-max-share", type=float, default=PlanConfig.segmental_max_share)
+    parser.add_argument("--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args()
     if args.seed < 20000:
         parser.error("held-out phantoms use seeds ≥ 20000 (lower seeds may have been used for training)")
@@ -79,18 +81,19 @@ def main() -> None:
     for seed in range(args.seed, args.seed + args.cases):
         case = make(seed, tumour=True, territories=True)
         started = time.perf_counter()
-        result = plan_labels(case.label, KIPA, config=PlanConfig())
+        result = plan_labels(case.label, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
         seconds.append(time.perf_counter() - started)
         for row in evaluate_case(case, result):
             row["seconds"] = round(seconds[-1], 2)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            if not args.quiet:
+                print(json.dumps(row), flush=True)
     valid = [r for r in rows if "tp" in r]
     tp, fp, fn = (sum(r[k] for r in valid) for k in ("tp", "fp", "fn"))
     precision_case = [r["tp"] / (r["tp"] + r["fp"]) for r in valid if r["tp"] + r["fp"]]
     recall_case = [r["tp"] / (r["tp"] + r["fn"]) for r in valid if r["tp"] + r["fn"]]
     summary = {
-        "kind": args.kind, "cases": args.cases, "seeds": [args.seed, args.seed + args.cases - 1],
+        "kind": args.kind, "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),
         "feeding_recall_micro": round(tp / max(tp + fn, 1), 3),

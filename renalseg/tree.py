@@ -489,7 +489,8 @@ def _area_radius(sub: np.ndarray, skeleton_coords: np.ndarray, tree: sparse.csr_
 
 
 def pruned_centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, float], *,
-                      prune_factor: float = 1.5) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray, np.ndarray]:
+                      prune_factor: float = 1.5
+                      ) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray, np.ndarray, sparse.csr_matrix]:
     """The centerline spanning tree of a vessel mask with thinning spurs removed.
 
     Args:
@@ -499,10 +500,11 @@ def pruned_centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, floa
             are removed (see :func:`analyze_tree`).
 
     Returns:
-        ``(coords, tree, radius_mm, loop_end)``: centerline voxel indices ``(N, 3)``
-        (z, y, x) in ``mask``, the spanning tree (symmetric sparse ``(N, N)``, edge
-        lengths in mm), the inscribed radius per node (mm) and per node whether it is
-        an end made by the spanning tree cutting a loop.
+        ``(coords, tree, radius_mm, loop_end, graph)``: centerline voxel indices
+        ``(N, 3)`` (z, y, x) in ``mask``, the spanning tree (symmetric sparse
+        ``(N, N)``, edge lengths in mm), the inscribed radius per node (mm), per node
+        whether it is an end made by the spanning tree cutting a loop, and the full
+        26-neighbour graph of the kept nodes (loops included).
     """
     spacing_zyx = np.asarray(spacing_xyz_mm, float)[::-1].copy()
     half_voxel = 0.5 * float(spacing_zyx.min())
@@ -512,7 +514,8 @@ def pruned_centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, floa
     radius = np.maximum(edt[tuple(coords.T)] - half_voxel, half_voxel)
     loop_end = _loop_ends(tree, graph) if len(coords) else np.zeros(0, bool)
     alive = _prune_spurs(tree, radius, prune_factor, loop_end) if len(coords) else np.zeros(0, bool)
-    return coords[alive], tree[alive][:, alive].tocsr(), radius[alive], loop_end[alive]
+    return (coords[alive], tree[alive][:, alive].tocsr(), radius[alive], loop_end[alive],
+            graph[alive][:, alive].tocsr())
 
 
 def _empty_stats() -> dict:
@@ -584,7 +587,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
     offset_zyx = np.array([s.start for s in box]) - 1
     sub = np.pad(array[box], 1)
     _, components = ndimage.label(sub, structure=STRUCTURE_26)
-    coords, tree, radius, loop_end = pruned_centerline(sub, geometry.spacing_xyz_mm, prune_factor=prune_factor)
+    coords, tree, radius, loop_end, _ = pruned_centerline(sub, geometry.spacing_xyz_mm, prune_factor=prune_factor)
     degree = _degrees(tree)
     junction = degree >= 3
     ends = degree == 1
