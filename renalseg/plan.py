@@ -857,6 +857,8 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         view[labelled > 0] = labelled[labelled > 0]
         for unit in sorted(units, key=lambda u: ids[u]):
             volume = int((labelled[kidney] == ids[unit]).sum())
+            if volume == 0:
+                continue  # a side branch whose terminals lie outside the parenchyma
             entry["territories"].append({"value": ids[unit], "branch": ids[unit], "name": branches[unit].name,
                                          "volume_ml": round(volume * voxel_ml, 2),
                                          "percent": round(100 * volume / kidney_total, 2)})
