@@ -47,7 +47,8 @@ from renalseg.errors import GeometryError
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-__all__ = ["analyze_tree", "bounding_box", "centerline", "depth_mm", "drop_small_components", "skeleton_graph",
+__all__ = ["analyze_tree", "bounding_box", "centerline", "depth_mm", "drop_small_components", "pruned_centerline",
+           "skeleton_graph", "voxel_graph",
            "STRUCTURE_26"]
 
 logger = logging.getLogger(__name__)
@@ -238,24 +239,29 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slices)  # type: ignore[return-value]
 
 
-def skeleton_graph(skeleton: np.ndarray, spacing_zyx_mm: np.ndarray
-                   ) -> tuple[np.ndarray, sparse.csr_matrix, sparse.csr_matrix]:
-    """The 26-neighbour graph of skeleton voxels, reduced to its minimum spanning tree.
+def voxel_graph(mask: np.ndarray, spacing_zyx_mm: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """The 26-neighbour graph of the voxels of a mask, each edge once.
 
     Args:
-        skeleton: bool ``(Z, Y, X)``.
+        mask: bool ``(Z, Y, X)``.
         spacing_zyx_mm: voxel size in numpy order (z, y, x), mm.
 
     Returns:
-        ``(coords, tree, graph)``: voxel indices ``(N, 3)`` (z, y, x), the spanning
-        forest and the full neighbour graph, symmetric sparse ``(N, N)`` matrices of
-        edge lengths in mm.
+        ``(coords, graph)``: voxel indices ``(N, 3)`` (z, y, x) in ``np.argwhere``
+        order and a sparse ``(N, N)`` matrix holding each neighbour pair once, weighted
+        by its distance in mm (add its transpose for the symmetric graph).
+
+    Example:
+        >>> m = np.zeros((1, 2, 2), bool); m[0] = True
+        >>> coords, graph = voxel_graph(m, np.array([1.0, 1.0, 1.0]))
+        >>> len(coords), graph.nnz, round(float(graph.sum()), 3)
+        (4, 6, 6.828)
     """
-    coords = np.argwhere(skeleton)
+    coords = np.argwhere(mask)
     count = len(coords)
     if count == 0:
-        return coords, sparse.csr_matrix((0, 0)), sparse.csr_matrix((0, 0))
-    index = np.full(skeleton.shape, -1, dtype=np.int64)
+        return coords, sparse.csr_matrix((0, 0))
+    index = np.full(mask.shape, -1, dtype=np.int64)
     index[tuple(coords.T)] = np.arange(count)
     padded = np.pad(index, 1, constant_values=-1)
     rows, cols, weights = [], [], []
@@ -269,6 +275,25 @@ def skeleton_graph(skeleton: np.ndarray, spacing_zyx_mm: np.ndarray
     graph = sparse.coo_matrix(
         (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(count, count)
     ).tocsr()
+    return coords, graph
+
+
+def skeleton_graph(skeleton: np.ndarray, spacing_zyx_mm: np.ndarray
+                   ) -> tuple[np.ndarray, sparse.csr_matrix, sparse.csr_matrix]:
+    """The 26-neighbour graph of skeleton voxels, reduced to its minimum spanning tree.
+
+    Args:
+        skeleton: bool ``(Z, Y, X)``.
+        spacing_zyx_mm: voxel size in numpy order (z, y, x), mm.
+
+    Returns:
+        ``(coords, tree, graph)``: voxel indices ``(N, 3)`` (z, y, x), the spanning
+        forest and the full neighbour graph, symmetric sparse ``(N, N)`` matrices of
+        edge lengths in mm.
+    """
+    coords, graph = voxel_graph(skeleton, spacing_zyx_mm)
+    if len(coords) == 0:
+        return coords, sparse.csr_matrix((0, 0)), sparse.csr_matrix((0, 0))
     tree = csgraph.minimum_spanning_tree(graph)
     tree = (tree + tree.T).tocsr()
     return coords, tree, (graph + graph.T).tocsr()
@@ -463,6 +488,36 @@ def _area_radius(sub: np.ndarray, skeleton_coords: np.ndarray, tree: sparse.csr_
     return np.where(np.isfinite(radius) & (length_near > 0), radius, fallback_mm)
 
 
+def pruned_centerline(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, float], *,
+                      prune_factor: float = 1.5
+                      ) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray, np.ndarray, sparse.csr_matrix]:
+    """The centerline spanning tree of a vessel mask with thinning spurs removed.
+
+    Args:
+        mask: bool ``(Z, Y, X)``, padded by one background voxel on every side.
+        spacing_xyz_mm: voxel size (x, y, z) in mm.
+        prune_factor: terminal chains shorter than this × the radius at their junction
+            are removed (see :func:`analyze_tree`).
+
+    Returns:
+        ``(coords, tree, radius_mm, loop_end, graph)``: centerline voxel indices
+        ``(N, 3)`` (z, y, x) in ``mask``, the spanning tree (symmetric sparse
+        ``(N, N)``, edge lengths in mm), the inscribed radius per node (mm), per node
+        whether it is an end made by the spanning tree cutting a loop, and the full
+        26-neighbour graph of the kept nodes (loops included).
+    """
+    spacing_zyx = np.asarray(spacing_xyz_mm, float)[::-1].copy()
+    half_voxel = 0.5 * float(spacing_zyx.min())
+    edt = depth_mm(mask, spacing_zyx)
+    skeleton = centerline(mask, spacing_xyz_mm)
+    coords, tree, graph = skeleton_graph(skeleton, spacing_zyx)
+    radius = np.maximum(edt[tuple(coords.T)] - half_voxel, half_voxel)
+    loop_end = _loop_ends(tree, graph) if len(coords) else np.zeros(0, bool)
+    alive = _prune_spurs(tree, radius, prune_factor, loop_end) if len(coords) else np.zeros(0, bool)
+    return (coords[alive], tree[alive][:, alive].tocsr(), radius[alive], loop_end[alive],
+            graph[alive][:, alive].tocsr())
+
+
 def _empty_stats() -> dict:
     return {
         "components": 0,
@@ -532,16 +587,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
     offset_zyx = np.array([s.start for s in box]) - 1
     sub = np.pad(array[box], 1)
     _, components = ndimage.label(sub, structure=STRUCTURE_26)
-    half_voxel = 0.5 * float(spacing_xyz.min())
-    edt = depth_mm(sub, spacing_zyx)
-    skeleton = centerline(sub, geometry.spacing_xyz_mm)
-    coords, tree, graph = skeleton_graph(skeleton, spacing_zyx)
-    radius = np.maximum(edt[tuple(coords.T)] - half_voxel, half_voxel)
-    loop_end = _loop_ends(tree, graph) if len(coords) else np.zeros(0, bool)
-
-    alive = _prune_spurs(tree, radius, prune_factor, loop_end) if len(coords) else np.zeros(0, bool)
-    coords, radius, loop_end = coords[alive], radius[alive], loop_end[alive]
-    tree = tree[alive][:, alive].tocsr()
+    coords, tree, radius, loop_end, _ = pruned_centerline(sub, geometry.spacing_xyz_mm, prune_factor=prune_factor)
     degree = _degrees(tree)
     junction = degree >= 3
     ends = degree == 1

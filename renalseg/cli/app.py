@@ -22,7 +22,8 @@ app = typer.Typer(
 )
 
 #: one module per command in renalseg/cli/, each with ``register(app)``
-COMMAND_MODULES: tuple[str, ...] = ("info", "weights", "segment", "train", "export_mesh", "evaluate", "locate", "demo", "synth", "report")
+COMMAND_MODULES: tuple[str, ...] = ("info", "weights", "segment", "train", "export_mesh", "evaluate", "locate", "demo", "synth",
+                                     "plan", "report")
 
 
 def _version_callback(value: bool) -> None:

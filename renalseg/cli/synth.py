@@ -41,8 +41,9 @@ def synth(
 
     Layout: [bold]DIR/image/case_0000.nii.gz[/] (or a DICOM series folder with
     --format dicom), [bold]DIR/label/[/] (KiPA22: 1 vein, 2 kidney, 3 artery, 4 tumour),
-    [bold]DIR/tissue/[/] (tissue classes, for domain randomisation) and
-    [bold]DIR/cases.json[/]. Case i uses seed S + i, so any case can be regenerated alone.
+    [bold]DIR/tissue/[/] (tissue classes, for domain randomisation), [bold]DIR/territory/[/]
+    (the true perfusion territories of the segmental arteries) and [bold]DIR/cases.json[/]
+    (with each case's true feeding segmental arteries). Case i uses seed S + i, so any case can be regenerated alone.
 
     Example: [bold]renalseg synth --out phantoms --cases 20 --seed 0 --kind roi[/]
     """
@@ -54,7 +55,7 @@ def synth(
 
     from renalseg.errors import UsageError
 
-    options = {}
+    options: dict = {"territories": True}
     if spacing is not None:
         try:
             values = tuple(float(v) for v in spacing.split(","))

@@ -71,12 +71,18 @@ class PhantomCase:
             map through :data:`~renalseg.phantom.tissues.TISSUE_TO_KIPA`.
         params: JSON-ready description (seed, kind, grid, intensities, imaging,
             kidneys with their trees, variants, tumour, timings).
+        territory: with the ``territories`` option, the true perfusion territories
+            (uint8, see :mod:`renalseg.phantom.territory`), else None.
+        truth: with the ``territories`` option, their description and the feeding
+            segmental arteries, else None.
     """
 
     image: Volume
     label: Volume
     tissues: Volume
     params: dict
+    territory: Volume | None = None
+    truth: dict | None = None
 
 
 @dataclass
@@ -464,7 +470,7 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -
 
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "intensities_hu",
-           "intensity_ranges_hu", "spacing_xyz_mm")
+           "intensity_ranges_hu", "spacing_xyz_mm", "territories")
 
 
 def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -501,7 +507,8 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             ``intensities_hu`` (dict overriding tissue means),
             ``intensity_ranges_hu`` (dict of tissue → (lo, hi) replacing the ranges the
             means are drawn from, e.g. ``{"renal_artery": (250, 340)}`` for weakly
-            enhanced arteries; see :func:`sample_intensities`).
+            enhanced arteries; see :func:`sample_intensities`), ``territories`` (bool:
+            also draw the true perfusion territories, :attr:`PhantomCase.territory`).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
@@ -638,9 +645,17 @@ def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np
         "labels": {"0": "background", "1": "vein", "2": "kidney", "3": "artery", "4": "tumour"},
         "scene": scene.params,
         "kidneys": kidneys,
-        "options": {k: v for k, v in options.items() if k != "intensities_hu"},
+        "options": {k: v for k, v in options.items() if k not in ("intensities_hu", "territories")},
         "seconds": {"build": round(t_build - t0, 3), "paint": round(t_paint - t_build, 3),
                     "finish": round(t_finish - t_paint, 3)},
     }
     logger.debug("phantom %s seed %d: %s in %.2f s", kind, seed, g.describe(), t_finish - t0)
-    return PhantomCase(image_v, label_v, tissue_v, params)
+    territory_v, truth = None, None
+    if options.get("territories"):
+        # drawn from the finished labels with no random draws: the case is the same with or without
+        from renalseg.phantom.territory import true_territories
+
+        in_scope = {s: kid for s, kid in scene.kidneys.items() if side is None or s == side}
+        territory, truth = true_territories(in_scope, label, geometry)
+        territory_v = _reorient(Volume(territory, geometry), reorient)
+    return PhantomCase(image_v, label_v, tissue_v, params, territory_v, truth)

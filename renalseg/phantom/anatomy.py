@@ -128,6 +128,9 @@ class Kidney:
     hilum_artery_mm: np.ndarray
     hilum_vein_mm: np.ndarray
     params: dict
+    #: the renal lobes: per pyramid its apex and base (LPS mm), base radius (mm) and the
+    #: segmental artery that supplies it (the truth of ``renalseg synth`` territories)
+    lobes: list[dict] = field(default_factory=list)
 
     def local_to_world(self, uvw: np.ndarray) -> np.ndarray:
         return self.centre_mm + np.asarray(uvw, float) @ self.axes.T
@@ -573,7 +576,11 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                   for sh in cysts],
         "tree": [br.to_dict() for br in branches],
     }
-    return Kidney(side, centre, axes, (a, b, c), outer, layers, branches, hilum_artery, hilum_vein, params)
+    segment_of = {i: name for name, members in segments.items() for i in members}
+    lobes = [{"apex_mm": apex, "base_mm": base, "radius_mm": r_base, "segmental": f"{segment_of[i]}_segmental",
+              "root": branches[acc].name if segment_of[i] == accessory_pole and acc is not None else branches[main].name}
+             for i, (apex, base, r_base, _, _) in enumerate(pyramids)]
+    return Kidney(side, centre, axes, (a, b, c), outer, layers, branches, hilum_artery, hilum_vein, params, lobes)
 
 
 def _assign_radii(rng: np.random.Generator, branches: list[Branch], main: int, accessory: int | None) -> None:

@@ -6,6 +6,9 @@ reads)::
     DIR/image/case_0000.nii.gz     int16 HU   (or DIR/image/case_0000/ a DICOM series)
     DIR/label/case_0000.nii.gz     uint8 KiPA22 labels: 1 vein, 2 kidney, 3 artery, 4 tumour
     DIR/tissue/case_0000.nii.gz    uint8 tissue classes (TISSUES), for domain randomisation
+    DIR/territory/case_0000.nii.gz uint8 true perfusion territories (cases drawn with the
+                                   ``territories`` option; values and feeding arteries in
+                                   the case's ``truth`` in cases.json)
     DIR/cases.json                 every case's parameters
 
 DICOM series are written with pydicom, one uncompressed CT Image Storage file per
@@ -172,6 +175,9 @@ def write_cases(out_dir: Path | str, cases: Iterable[PhantomCase], *, kind: str,
             write_image(case.tissues, staging / "tissue" / f"{name}.nii.gz")
             entries.append({"name": name, "image": image_rel, "label": f"label/{name}.nii.gz",
                             "tissue": f"tissue/{name}.nii.gz", "params": case.params})
+            if case.territory is not None:
+                write_image(case.territory, staging / "territory" / f"{name}.nii.gz")
+                entries[-1].update({"territory": f"territory/{name}.nii.gz", "truth": case.truth})
             if on_progress is not None:
                 on_progress(index, case)
         atomic_write_json(staging / "cases.json", {

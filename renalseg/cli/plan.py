@@ -1,0 +1,102 @@
+"""``renalseg plan STUDY_DIR...``: feeding branches, territories and clamping candidates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from renalseg.cli.common import configure_logging, console, handle_errors, print_error
+
+__all__ = ["register"]
+
+
+@handle_errors
+def plan(
+    studies: Annotated[list[Path] | None, typer.Argument(help="`renalseg segment` output folders.",
+                                                         show_default=False)] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="A label map from any tool (one study); with a "
+                                                "STUDY_DIR it must lie on that study's grid.")] = None,
+    label_map: Annotated[str | None, typer.Option("--label-map", metavar="V:NAME,...",
+                                                  help="Which label value is which structure, e.g. "
+                                                  "\"3:artery,2:kidney,4:tumour\" (default: labels.json).")] = None,
+    margin_mm: Annotated[float, typer.Option("--margin-mm", min=0.0, help="Resection margin around the tumour (mm).")] = 5.0,
+    coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=1.0,
+                                            help="Share of tumour + margin the clamped territories must hold.")] = 0.95,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder, one sub-folder per study "
+                                             "(default: into each study folder).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing plan.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plans' summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """The surgical plan: which artery branches feed the tumour, and what clamping them costs.
+
+    Per kidney: the artery tree as a rooted, named branch graph, the perfusion territory
+    of each segmental branch, the branches feeding the tumour (+ margin) and the
+    clamping candidates with the healthy kidney each leaves without blood. Writes
+    [bold]plan.json[/], [bold]territories.nii.gz[/] (on the study's grid),
+    [bold]territories.json[/] and [bold]plan.png[/].
+
+    Example: [bold]renalseg plan out/case1[/], or
+    [bold]renalseg plan --labels seg.nii.gz --label-map "3:artery,2:kidney,4:tumour" --out plans[/]
+    """
+    from renalseg.errors import RenalsegError, UsageError
+    from renalseg.plan import PlanConfig, parse_label_map, plan_study
+
+    configure_logging(quiet=quiet)
+    studies = list(studies or [])
+    if labels is not None and len(studies) > 1:
+        raise UsageError("--labels goes with one study folder at most.")
+    if not studies and labels is None:
+        raise UsageError("Give a STUDY_DIR (renalseg segment output) or --labels FILE.")
+    if not studies and out is None:
+        raise UsageError("With --labels alone, say where the plan goes with --out DIR.")
+    config = PlanConfig(margin_mm=margin_mm, coverage=coverage)
+    mapping = parse_label_map(label_map) if label_map is not None else None
+    jobs = [(s, s.name) for s in studies] or [(None, labels.name.split(".")[0])]
+    summary, failed = [], 0
+    for study, study_id in jobs:
+        target = (out / study_id) if out is not None else None
+        try:
+            result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
+                                overwrite=overwrite)
+        except RenalsegError as err:
+            if len(jobs) == 1:
+                raise
+            failed += 1
+            print_error(f"{study_id}: {err}")
+            summary.append({"study": study_id, "status": "error", "error": str(err)})
+            continue
+        where = str(target or study)
+        for kidney in result.plan["kidneys"]:
+            clamping = kidney["clamping"] or {}
+            summary.append({"study": study_id, "side": kidney["side"], "status": kidney["status"],
+                            "feeding": [b["name"] for b in kidney["branches"]
+                                        if b["id"] in ((kidney["tumour"] or {}).get("feeding") or [])],
+                            "strategy": clamping.get("strategy"),
+                            "clamp": [c["name"] for c in clamping.get("candidates", [])],
+                            "ischaemic_percent": clamping.get("ischaemic_percent"),
+                            "notes": kidney["notes"], "out": where})
+    if as_json:
+        console.print_json(json.dumps(summary))
+    elif not quiet:
+        table = Table(title="renalseg plan")
+        for column in ("study", "side", "status", "feeding", "clamp", "ischaemic"):
+            table.add_column(column)
+        for row in summary:
+            table.add_row(row["study"], row.get("side", ""), row["status"], ", ".join(row.get("feeding") or []),
+                          ", ".join(row.get("clamp") or []) if row.get("strategy") != "main" else "main artery",
+                          f"{row['ischaemic_percent']:.0f}%" if row.get("ischaemic_percent") is not None else "")
+        console.print(table)
+        for row in summary:
+            for note in row.get("notes") or []:
+                console.print(f"[yellow]{row['study']} {row.get('side', '')}:[/] {note}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)

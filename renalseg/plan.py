@@ -1,0 +1,1056 @@
+"""The surgical plan: which artery branches feed the tumour, and what clamping them costs.
+
+For each kidney, from a label map with artery, kidney and (optionally) tumour labels:
+
+1. **Branch graph.** The artery mask is thinned and pruned exactly as for
+   ``tree.json`` (:func:`renalseg.tree.pruned_centerline`). Each connected piece of
+   the tree is rooted at its most medial end outside the kidney (towards the aorta).
+   The largest rooted piece is the main renal artery; another piece that reaches
+   ``accessory_min_mm`` or more out of the kidney is an accessory artery (its own
+   root); smaller pieces (gaps in a segmentation) hang from the nearest branch.
+   Branches run between branch points; a branch point closer than one vessel
+   diameter to the previous one is merged with it (a trifurcation drawn as two
+   close bifurcations), and a branch whose only substantial child (territory of
+   ``minor_share`` or more of the kidney) continues it is one branch with side
+   branches.
+2. **Levels.** The root is the ``main`` renal artery; its children are
+   ``division`` s, whose children are ``segmental`` arteries; deeper branches are
+   ``further``. A root or a child of the main artery whose territory holds at most
+   ``segmental_max_share`` of the kidney supplies one segment and is ``segmental``
+   itself (a posterior segmental artery straight from the main artery; a polar
+   accessory artery). Names: "main renal artery", "anterior/posterior division",
+   "segmental 1…n" (superior to inferior, by territory centroid), "accessory renal
+   artery", and "segmental 2.1", "segmental 2.1.3" ... for deeper branches.
+3. **Perfusion territories.** Every voxel of the kidney (and of the tumour touching
+   it) is given to the terminal branch nearest along the parenchyma: a multi-source
+   Dijkstra on the 26-neighbour voxel graph of kidney ∪ tumour ∪ the arteries
+   inside them, edges weighted by their length in mm, sources the centerline voxels
+   of every terminal branch inside that domain (the geodesic Voronoi partition used
+   for vascular territories in liver and kidney surgery planning). A branch's
+   territory is the union of its terminal branches'; ``territories.nii.gz`` holds,
+   per voxel, the id of the segmental-level branch that supplies it.
+4. **Tumour relation.** Tumour + margin is the tumour and the kidney within
+   ``margin_mm`` of it. Per branch: its share of tumour + margin and its shortest
+   distance to the tumour. *Feeding* branches: segmental-level territories holding
+   at least ``feeding_min_share`` of tumour + margin. *Clamping candidates*: the
+   smallest set of segmental-level branches whose territories hold at least
+   ``coverage`` of tumour + margin (territories are disjoint, so the largest shares
+   first is the smallest set), each with the healthy parenchyma it leaves without
+   blood; clamping the main artery (and any accessory artery feeding the tumour) is
+   the fallback, and the strategy when the selective candidates would take nearly
+   as much kidney.
+
+``plan.json`` (schema ``renalseg.plan/1``)::
+
+    {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map"},
+     "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
+                  "minor_share", "accessory_min_mm", "min_component_mm3"},
+     "kidneys": [{                                   # one per side found
+        "side": "left" | "right",
+        "status": "planned" | "no_tumour" | "tumour_outside_kidney" | "no_kidney" | "no_artery",
+        "notes": [str, ...],                         # what was missing or unusual, in words
+        "kidney_volume_ml": float | null,
+        "roots": [branch id, ...],                   # main renal artery first, then accessory arteries
+        "branches": [{"id", "name", "level": "main" | "division" | "segmental" | "further",
+                      "parent": id | null, "children": [id, ...], "root": id,
+                      "length_mm", "diameter_mean_mm", "diameter_min_mm",
+                      "start_mm": [x, y, z], "end_mm": [x, y, z],   # LPS mm, start towards the root
+                      "territory_ml", "territory_percent",           # of the kidney's volume
+                      "tumour_percent": float | null,                # share of tumour + margin
+                      "tumour_distance_mm": float | null,            # branch centerline to tumour surface
+                      "region": "upper pole, anterior" | ...}],
+        "territories": [{"value", "branch", "name", "volume_ml", "percent"}],   # values in territories.nii.gz
+        "tumour": null | {"volume_ml", "margin_mm", "with_margin_ml", "outside_kidney_ml",
+                          "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}]},
+        "clamping": null | {"strategy": "selective" | "main", "coverage_percent",
+                            "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
+                            "ischaemic_ml", "ischaemic_percent",
+                            "fallback": {"branches": [id, ...], "names": [...], "tumour_percent",
+                                         "ischaemic_ml", "ischaemic_percent"}}}],
+     "seconds": float}
+
+Ischaemic volumes count the kidney-labelled voxels (healthy parenchyma; tumour
+excluded) of the clamped territories; percentages are of the kidney's volume. All
+positions are LPS mm through :meth:`Geometry.index_to_world`; distances do not
+depend on the direction matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
+
+from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError, suggest
+from renalseg.geometry import Geometry, assert_same_grid
+from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
+from renalseg.volume import Volume
+
+__all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
+           "read_plan_input", "plan_labels", "plan_study", "write_plan", "tumour_region", "region_shares"]
+
+logger = logging.getLogger(__name__)
+
+#: the structures a plan reads from a label map
+STRUCTURES = ("artery", "kidney", "tumour")
+#: branch levels, root to leaves
+LEVELS = ("main", "division", "segmental", "further")
+#: names in a ``labels.json`` that mean each structure
+_NAME_TO_STRUCTURE = {"artery": "artery", "renal_artery": "artery", "kidney": "kidney", "tumour": "tumour",
+                      "tumor": "tumour", "renal_tumour": "tumour", "renal_tumor": "tumour", "kidney_tumour": "tumour"}
+_KIDNEY_MIN_ML = 5.0  # smaller kidney-label pieces are specks, not a kidney
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Settings of a plan (all recorded in ``plan.json``).
+
+    Args:
+        margin_mm: resection margin around the tumour, mm.
+        coverage: share of tumour + margin the clamping candidates must hold.
+        feeding_min_share: a segmental territory holding at least this share of tumour +
+            margin feeds the tumour.
+        segmental_max_share: a root or a child of the main artery whose territory is at
+            most this share of the kidney supplies one segment (is ``segmental``).
+        minor_share: a child branch supplying less than this share of the kidney is a
+            side branch; it does not end its parent.
+        accessory_min_mm: a separate artery piece whose far end lies at least this far
+            outside the kidney is an accessory artery (else a gap in the segmentation).
+        min_component_mm3: artery pieces smaller than this are dropped first.
+        prune_factor: thinning spurs, as in :func:`renalseg.tree.analyze_tree`.
+    """
+
+    margin_mm: float = 5.0
+    coverage: float = 0.95
+    feeding_min_share: float = 0.05
+    segmental_max_share: float = 0.2
+    minor_share: float = 0.05
+    accessory_min_mm: float = 10.0
+    min_component_mm3: float = 5.0
+    prune_factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.margin_mm < 0:
+            raise UsageError(f"margin_mm must be ≥ 0; got {self.margin_mm}.")
+        for name in ("coverage", "feeding_min_share", "segmental_max_share", "minor_share"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise UsageError(f"{name} must be in (0, 1]; got {value}.")
+
+
+@dataclass(frozen=True, eq=False)
+class PlanResult:
+    """A plan: ``plan`` (the ``plan.json`` dict), ``territories`` (uint16 branch ids on
+    the study grid), ``territory_names`` (the ``territories.json`` dict) and the masks
+    the picture is drawn from (``labels``: 0 background, 1 kidney, 2 artery, 3 tumour)."""
+
+    plan: dict
+    territories: Volume
+    territory_names: dict
+    labels: Volume
+    candidates: tuple[int, ...] = ()
+
+
+# -- label maps --------------------------------------------------------------------------------
+
+def parse_label_map(text: str) -> dict[int, str]:
+    """Parse ``"3:artery,2:kidney,4:tumour"`` into ``{3: "artery", 2: "kidney", 4: "tumour"}``.
+
+    Raises:
+        UsageError: a malformed pair, a value outside 1–255 or an unknown structure.
+
+    Example:
+        >>> parse_label_map("3:artery, 2:kidney,4:tumor")
+        {3: 'artery', 2: 'kidney', 4: 'tumour'}
+    """
+    out: dict[int, str] = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        value, _, name = pair.partition(":")
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if not 1 <= number <= 255 or not name.strip():
+            raise UsageError(f"--label-map {text!r}: {pair!r} is not VALUE:NAME with VALUE in 1–255, "
+                             "e.g. \"3:artery,2:kidney,4:tumour\".")
+        key = name.strip().lower()
+        if key not in _NAME_TO_STRUCTURE:
+            raise UsageError(f"--label-map {text!r}: unknown structure {name.strip()!r}."
+                             f"{suggest(key, STRUCTURES)} Valid: {', '.join(STRUCTURES)}.")
+        out[number] = _NAME_TO_STRUCTURE[key]
+    if "artery" not in out.values():
+        raise UsageError(f"--label-map {text!r} names no artery label; e.g. \"3:artery,2:kidney,4:tumour\".")
+    return out
+
+
+def label_map_from_names(names: Mapping[str, str]) -> dict[int, str]:
+    """The structures in a ``labels.json`` dict (value → name); other names are ignored.
+
+    Example:
+        >>> label_map_from_names({"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery"})
+        {2: 'kidney', 3: 'artery'}
+    """
+    return {int(k): _NAME_TO_STRUCTURE[v.lower()] for k, v in names.items()
+            if str(v).lower() in _NAME_TO_STRUCTURE and int(k) > 0}
+
+
+def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
+                    label_map: Mapping[int, str] | None = None) -> tuple[Volume, dict[int, str], list[dict], dict]:
+    """Read a plan's label map, its structures and the ROIs of ``report.json``.
+
+    Args:
+        study_dir: a ``renalseg segment`` output folder (``labels.nii.gz``,
+            ``labels.json``, ``report.json``).
+        labels: a label map from any tool; with ``study_dir`` it must lie on the grid
+            of the study's ``labels.nii.gz``.
+        label_map: value → structure (:func:`parse_label_map`); default from
+            ``labels.json`` beside the label map.
+
+    Returns:
+        ``(labels, label_map, rois, sources)``; ``rois`` from ``report.json`` (may be
+        empty), ``sources`` the paths read.
+
+    Raises:
+        UsageError: nothing to read, or no way to tell which label is which.
+        InputError: a missing or unreadable file.
+        GeometryError: ``labels`` on another grid than the study (names both files).
+    """
+    from renalseg.io.image import read_image
+
+    if study_dir is None and labels is None:
+        raise UsageError("Give a study folder (renalseg segment output) or --labels FILE.")
+    folder = Path(study_dir) if study_dir is not None else None
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder; give a `renalseg segment` output folder.")
+    study_labels = folder / "labels.nii.gz" if folder is not None else None
+    path = Path(labels) if labels is not None else study_labels
+    if not path.is_file():
+        raise InputError(f"{path}: no such label map; run `renalseg segment` first or pass --labels FILE.")
+    volume = Volume.from_sitk(read_image(path))
+    sources: dict = {"labels": str(path), "report": None}
+    if labels is not None and study_labels is not None and study_labels.is_file():
+        study_geometry = Geometry.from_sitk(read_image(study_labels))
+        assert_same_grid(volume.geometry, study_geometry, names=(str(path), str(study_labels)))
+    rois: list[dict] = []
+    report = folder / "report.json" if folder is not None else None
+    if report is not None and report.is_file():
+        data = json.loads(report.read_text())
+        rois = list(data.get("rois") or [])
+        sources["report"] = str(report)
+        size = (data.get("input") or {}).get("size_xyz")
+        if labels is not None and size is not None and tuple(size) != volume.geometry.shape_xyz:
+            raise GeometryError(f"{path} ({volume.geometry.describe()}) is not on the grid of the study in "
+                                f"{report} (size {tuple(size)}); give the label map of this study.")
+    if label_map is None:
+        names_path = path.parent / "labels.json"
+        if not names_path.is_file():
+            raise UsageError(f"{path}: no labels.json beside it to tell artery, kidney and tumour apart; "
+                             "pass --label-map \"3:artery,2:kidney,4:tumour\".")
+        label_map = label_map_from_names(json.loads(names_path.read_text()))
+        if "artery" not in label_map.values():
+            raise UsageError(f"{names_path} names no artery label; pass --label-map \"3:artery,2:kidney,4:tumour\".")
+    sources["label_map"] = {str(k): v for k, v in sorted(label_map.items())}
+    return volume, dict(label_map), rois, sources
+
+
+# -- tumour + margin ---------------------------------------------------------------------------
+
+def tumour_region(tumour: np.ndarray, kidney: np.ndarray, spacing_xyz_mm: tuple[float, float, float],
+                  margin_mm: float) -> np.ndarray:
+    """Tumour + margin: the tumour and the kidney within ``margin_mm`` of it.
+
+    Example:
+        >>> k = np.ones((1, 1, 9), bool); t = np.zeros_like(k); t[0, 0, 4] = True; k[t] = False
+        >>> tumour_region(t, k, (1.0, 1.0, 1.0), 2.0).astype(int).tolist()
+        [[[0, 0, 1, 1, 1, 1, 1, 0, 0]]]
+    """
+    tumour = np.asarray(tumour, bool)
+    out = tumour.copy()
+    if not tumour.any() or margin_mm <= 0:
+        return out
+    spacing_zyx = np.asarray(spacing_xyz_mm, float)[::-1]
+    reach = np.ceil(margin_mm / spacing_zyx).astype(int) + 1
+    box = bounding_box(tumour)
+    grown = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, tumour.shape))
+    distance = ndimage.distance_transform_edt(~tumour[grown], sampling=spacing_zyx)
+    out[grown] |= (distance <= margin_mm) & np.asarray(kidney, bool)[grown]
+    return out
+
+
+def region_shares(territories: np.ndarray, region: np.ndarray) -> dict[int, float]:
+    """Share of ``region``'s voxels in each territory value (0 excluded), largest first.
+
+    Example:
+        >>> region_shares(np.array([1, 1, 2, 2, 0]), np.array([True, True, True, False, False]))
+        {1: 0.6667, 2: 0.3333}
+    """
+    values = np.asarray(territories)[np.asarray(region, bool)]
+    values = values[values > 0]
+    if values.size == 0:
+        return {}
+    ids, counts = np.unique(values, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {int(ids[i]): round(float(counts[i]) / values.size, 4) for i in order}
+
+
+# -- sides --------------------------------------------------------------------------------------
+
+@dataclass
+class _Side:
+    side: str
+    kidney: np.ndarray  # bool, whole grid
+    artery: np.ndarray
+    tumour: np.ndarray  # tumour touching this kidney
+    tumour_outside: np.ndarray  # tumour pieces not touching it
+    notes: list[str] = field(default_factory=list)
+
+
+def _world(geometry: Geometry, index_zyx: np.ndarray) -> np.ndarray:
+    return geometry.index_to_world(np.asarray(index_zyx, float)[:, ::-1])
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    labelled, count = ndimage.label(mask, structure=STRUCTURE_26)
+    return labelled, count
+
+
+def _nearest_owner(pieces: np.ndarray, count: int, owners: list[np.ndarray], spacing_zyx: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For each labelled piece, the nearest owner mask (index) and its distance in mm."""
+    owner_of = np.full(count + 1, -1)
+    distance = np.full(count + 1, np.inf)
+    if not owners:
+        return owner_of, distance
+    trees = []
+    for owner in owners:
+        shell = owner & ~ndimage.binary_erosion(owner)
+        trees.append(cKDTree(np.argwhere(shell) * spacing_zyx))
+    for number, box in enumerate(ndimage.find_objects(pieces), start=1):
+        if box is None:
+            continue
+        points = (np.argwhere(pieces[box] == number) + [b.start for b in box]) * spacing_zyx
+        points = points[:: max(1, len(points) // 2000)]
+        near = [float(t.query(points)[0].min()) for t in trees]
+        owner_of[number] = int(np.argmin(near))
+        distance[number] = min(near)
+    return owner_of, distance
+
+
+def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict], name: str) -> list[_Side]:
+    """Kidneys, each with its arteries and tumours; sides from ROIs or anatomy."""
+    g = volume.geometry
+    spacing_zyx = np.asarray(g.spacing_xyz_mm, float)[::-1]
+    masks = {s: np.isin(volume.array, [k for k, v in label_map.items() if v == s]) for s in STRUCTURES}
+    if not masks["artery"].any() and not masks["kidney"].any():
+        raise InputError(f"{name}: no artery and no kidney label (values "
+                         f"{', '.join(f'{k}={v}' for k, v in sorted(label_map.items()))}); check --label-map.")
+    masks["artery"] = drop_small_components(masks["artery"], g.spacing_xyz_mm, 0.0)
+    # kidneys: pieces of kidney ∪ tumour holding enough kidney
+    organ, count = _components(masks["kidney"] | masks["tumour"])
+    kidney_ml = np.bincount(organ[masks["kidney"]], minlength=count + 1) * g.voxel_volume_mm3 / 1000
+    keep = [i for i in np.argsort(-kidney_ml) if i > 0 and kidney_ml[i] >= _KIDNEY_MIN_ML][:2]
+    kidneys = [(organ == i) & masks["kidney"] for i in keep]
+    centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
+    roi_sides = [str(r.get("side")) for r in rois if r.get("side") in ("left", "right")]
+
+    def roi_side(point_zyx: np.ndarray) -> str | None:
+        for roi in rois:
+            box = roi.get("box_voxels_zyx") or {}
+            start, shape = np.asarray(box.get("start", [0] * 3)), np.asarray(box.get("shape", [0] * 3))
+            if np.all(point_zyx >= start) and np.all(point_zyx < start + shape):
+                return str(roi.get("side"))
+        return None
+
+    artery_pieces, artery_count = _components(masks["artery"])
+    owner, _ = _nearest_owner(artery_pieces, artery_count, kidneys, spacing_zyx)
+    tumour_pieces, tumour_count = _components(masks["tumour"])
+    tumour_owner, tumour_distance = _nearest_owner(tumour_pieces, tumour_count, kidneys, spacing_zyx)
+    sides: list[_Side] = []
+    for index, kidney in enumerate(kidneys):
+        artery = np.isin(artery_pieces, np.nonzero(owner == index)[0]) & masks["artery"]
+        touching = np.nonzero((tumour_owner == index) & (tumour_distance <= 1.01 * float(np.linalg.norm(spacing_zyx))))[0]
+        outside = np.nonzero((tumour_owner == index) & ~np.isin(np.arange(tumour_count + 1), touching))[0]
+        outside = outside[outside > 0]
+        sides.append(_Side("", kidney, artery, np.isin(tumour_pieces, touching) & masks["tumour"],
+                           np.isin(tumour_pieces, outside) & masks["tumour"]))
+    if len(kidneys) == 2:
+        left = int(np.argmax([c[0] for c in centres]))  # patient left is +x in LPS
+        sides[left].side, sides[1 - left].side = "left", "right"
+    elif len(kidneys) == 1:
+        from_roi = roi_side(np.argwhere(kidneys[0]).mean(axis=0))
+        sides[0].side = from_roi or _side_from_artery(g, kidneys[0], sides[0].artery, centres[0])
+    elif masks["artery"].any():
+        # no kidney label: arteries by ROI, else one tree
+        by_side: dict[str, np.ndarray] = {}
+        for number, box in enumerate(ndimage.find_objects(artery_pieces), start=1):
+            if box is None:
+                continue
+            centre = np.argwhere(artery_pieces[box] == number).mean(axis=0) + [b.start for b in box]
+            side = roi_side(centre) or "unknown"
+            by_side.setdefault(side, np.zeros(g.shape_zyx, bool))[artery_pieces == number] = True
+        for side, artery in by_side.items():
+            empty = np.zeros(g.shape_zyx, bool)
+            sides.append(_Side(side, empty, artery, empty, empty))
+    for expected in roi_sides:
+        if expected not in {s.side for s in sides}:
+            empty = np.zeros(g.shape_zyx, bool)
+            sides.append(_Side(expected, empty, empty, empty, empty))
+    if len({s.side for s in sides}) < len(sides):  # two kidneys in one ROI: keep them apart
+        for number, s in enumerate(sides, start=1):
+            s.side = f"{s.side}_{number}"
+    return sides
+
+
+def _side_from_artery(g: Geometry, kidney: np.ndarray, artery: np.ndarray, centre: np.ndarray) -> str:
+    """A lone kidney's side: its artery comes from the aorta, medially."""
+    if artery.any():
+        points = _world(g, np.argwhere(artery)[:: max(1, int(artery.sum()) // 5000)])
+        far = points[np.argmax(np.linalg.norm(points - centre, axis=1))]
+        return "left" if far[0] < centre[0] else "right"
+    return "left" if centre[0] > 0 else "right"
+
+
+# -- the branch graph ---------------------------------------------------------------------------
+
+@dataclass
+class _Branch:
+    nodes: list[int]  # centerline nodes from the parent's branch point to the end
+    parent: int | None
+    children: list[int] = field(default_factory=list)
+    root: int = 0
+    level: str = "further"
+    name: str = ""
+    kidney_voxels: int = 0
+    region_voxels: int = 0
+    centroid_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def _rooted_branches(tree: sparse.csr_matrix, root: int, branches: list[_Branch]) -> None:
+    """Split one rooted tree component into branches between branch points."""
+    order, previous = csgraph.breadth_first_order(tree, root, directed=False, return_predecessors=True)
+    children = np.zeros(tree.shape[0], int)
+    np.add.at(children, previous[order[1:]], 1)
+    start = len(branches)
+    branches.append(_Branch([int(root)], None, root=start))
+    owner = {int(root): start}
+    for node in order[1:]:
+        node, parent = int(node), int(previous[node])
+        if children[parent] >= 2:
+            branches.append(_Branch([parent, node], owner[parent], root=start))
+            branches[owner[parent]].children.append(len(branches) - 1)
+            owner[node] = len(branches) - 1
+        else:
+            owner[node] = owner[parent]
+            branches[owner[parent]].nodes.append(node)
+
+
+def _length_mm(points_mm: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(points_mm, axis=0), axis=1).sum()) if len(points_mm) > 1 else 0.0
+
+
+def _merge_into_parent(branches: list[_Branch], index: int) -> None:
+    """Remove a short branch between two branch points: its children go to its parent."""
+    branch = branches[index]
+    parent = branches[branch.parent]
+    parent.children = [c for c in parent.children if c != index] + branch.children
+    for child in branch.children:
+        branches[child].parent = branch.parent
+    branch.children, branch.nodes = [], []
+    branch.parent = -1  # removed
+
+
+def _continue_with(branches: list[_Branch], index: int, child: int, alias: dict[int, int]) -> None:
+    """Make ``child`` the continuation of ``index`` (one branch with side branches)."""
+    branch, successor = branches[index], branches[child]
+    alias[child] = index
+    branch.nodes = branch.nodes + successor.nodes[1:]
+    branch.children = [c for c in branch.children if c != child] + successor.children
+    for grandchild in successor.children:
+        branches[grandchild].parent = index
+    successor.children, successor.nodes, successor.parent = [], [], -1
+
+
+def _alive(branches: list[_Branch]) -> list[int]:
+    return [i for i, b in enumerate(branches) if b.parent != -1]
+
+
+def _descendants_first(branches: list[_Branch], roots: list[int]) -> list[int]:
+    order, stack = [], list(roots)
+    while stack:
+        i = stack.pop()
+        order.append(i)
+        stack.extend(branches[i].children)
+    return order[::-1]
+
+
+#: the parenchyma graph is built on a grid of about this spacing (territories are
+#: smooth at this scale; a 0.6 mm grid would cost 4-8 times more)
+_GEODESIC_SPACING_MM = 1.25
+
+
+def _geodesic_voronoi(domain: np.ndarray, seeds_zyx: np.ndarray, seed_labels: np.ndarray,
+                      spacing_zyx: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each domain voxel's label: that of the seed nearest along the domain.
+
+    A multi-source Dijkstra on the 26-neighbour graph of the domain (edge = length in
+    mm), on a grid coarsened by whole factors to about :data:`_GEODESIC_SPACING_MM`;
+    every fine voxel takes its coarse cell's label. Cells no seed reaches take the
+    nearest seed's label in a straight line.
+
+    Returns:
+        ``(labels, unreached_ml)``: int64 ``(Z, Y, X)`` (-1 outside the domain) and
+        the volume given by the straight-line rule.
+
+    Example:
+        >>> d = np.ones((1, 1, 9), bool); d[0, 0, 4] = False  # a wall in the middle
+        >>> labels, _ = _geodesic_voronoi(d, np.array([[0, 0, 0], [0, 0, 8]]), np.array([1, 2]),
+        ...                               np.array([1.0, 1.0, 1.0]))
+        >>> labels.tolist()
+        [[[1, 1, 1, 1, -1, 2, 2, 2, 2]]]
+    """
+    factor = np.maximum(np.floor(_GEODESIC_SPACING_MM / spacing_zyx + 1e-6), 1).astype(int)
+    padded_shape = -(-np.asarray(domain.shape) // factor) * factor
+    fine = np.zeros(padded_shape, bool)
+    fine[tuple(slice(0, n) for n in domain.shape)] = domain
+    shape = padded_shape // factor
+    coarse = fine.reshape(shape[0], factor[0], shape[1], factor[1], shape[2], factor[2]).any(axis=(1, 3, 5))
+    coarse_spacing = spacing_zyx * factor
+    cells, graph = voxel_graph(coarse, coarse_spacing)
+    graph = (graph + graph.T).tocsr()
+    index = np.full(coarse.shape, -1, dtype=np.int64)
+    index[tuple(cells.T)] = np.arange(len(cells))
+    at = index[tuple((np.asarray(seeds_zyx) // factor).T)]
+    keep = at >= 0
+    nodes, first = np.unique(at[keep], return_index=True)
+    labels_of_nodes = np.asarray(seed_labels)[keep][first]
+    _, _, source = csgraph.dijkstra(graph, directed=True, indices=nodes, min_only=True, return_predecessors=True)
+    lookup = np.full(len(cells), -1, dtype=np.int64)
+    lookup[nodes] = labels_of_nodes
+    cell_label = np.where(source >= 0, lookup[np.maximum(source, 0)], -1)
+    unreached = cell_label < 0
+    if unreached.any():
+        _, nearest = cKDTree(cells[nodes] * coarse_spacing).query(cells[unreached] * coarse_spacing)
+        cell_label[unreached] = labels_of_nodes[nearest]
+    grid = np.full(coarse.shape, -1, dtype=np.int64)
+    grid[tuple(cells.T)] = cell_label
+    fine_labels = grid.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)
+    fine_labels = fine_labels[tuple(slice(0, n) for n in domain.shape)]
+    fine_labels[~domain] = -1
+    unreached_fine = np.zeros(coarse.shape, bool)
+    unreached_fine[tuple(cells[unreached].T)] = True
+    moved = unreached_fine.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)[
+        tuple(slice(0, n) for n in domain.shape)] & domain
+    return fine_labels, float(moved.sum() * np.prod(spacing_zyx) / 1000.0)
+
+
+# -- the plan of one kidney ---------------------------------------------------------------------
+
+def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, territories: np.ndarray,
+               name: str) -> tuple[dict, int, list[int]]:
+    """Plan one kidney; writes its territory ids into ``territories`` (whole grid)."""
+    spacing_xyz = tuple(float(s) for s in g.spacing_xyz_mm)
+    spacing_zyx = np.asarray(spacing_xyz)[::-1].copy()
+    voxel_ml = g.voxel_volume_mm3 / 1000.0
+    entry: dict = {"side": part.side, "status": "planned", "notes": list(part.notes), "kidney_volume_ml": None,
+                   "roots": [], "branches": [], "territories": [], "tumour": None, "clamping": None}
+    has_kidney, has_artery = bool(part.kidney.any()), bool(part.artery.any())
+    if has_kidney:
+        entry["kidney_volume_ml"] = round(float(part.kidney.sum()) * voxel_ml, 2)
+    if not has_artery:
+        entry["status"] = "no_artery"
+        entry["notes"].append(f"no artery label on the {part.side} side in {name}: no tree and no territories "
+                              "for this kidney.")
+        return entry, next_id, []
+    if not has_kidney:
+        entry["status"] = "no_kidney"
+        entry["notes"].append(f"no kidney label on the {part.side} side in {name}: the tree only, without "
+                              "territories (a label map with kidney labels gives them).")
+
+    everything = part.kidney | part.artery | part.tumour | part.tumour_outside
+    box = bounding_box(everything)
+    box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(box, g.shape_zyx))
+    offset = np.array([b.start for b in box])
+    kidney, tumour = part.kidney[box], part.tumour[box]
+    artery = drop_small_components(part.artery[box], spacing_xyz, config.min_component_mm3)
+    if not artery.any():
+        artery = part.artery[box]
+
+    coords, tree, radius, _, graph = pruned_centerline(np.pad(artery, 1), spacing_xyz,
+                                                       prune_factor=config.prune_factor)
+    coords = coords - 1
+    if len(coords) == 0:
+        entry["status"] = "no_artery"
+        entry["notes"].append(f"the {part.side} artery label in {name} is too small for a centerline.")
+        return entry, next_id, []
+    points_mm = _world(g, coords + offset)
+    physical = coords * spacing_zyx
+
+    # -- roots: each tree piece from its most medial end outside the kidney
+    organ = kidney | tumour
+    near_organ = ndimage.binary_dilation(organ, structure=STRUCTURE_26, iterations=2) if has_kidney else organ
+    outside_depth = (ndimage.distance_transform_edt(~organ, sampling=spacing_zyx) if has_kidney
+                     else np.full(kidney.shape, np.inf))
+    kidney_centre = (_world(g, np.argwhere(kidney).mean(axis=0, keepdims=True) + offset)[0] if has_kidney
+                     else points_mm.mean(axis=0))
+    medial = np.array([-1.0, 0.0, 0.0]) if part.side.startswith("left") else np.array([1.0, 0.0, 0.0])
+    count, piece = csgraph.connected_components(tree, directed=False)
+    degree = np.diff(tree.indptr)
+    pieces = []
+    for p in range(count):
+        nodes = np.nonzero(piece == p)[0]
+        ends = nodes[degree[nodes] <= 1]
+        reach = outside_depth[tuple(coords[ends].T)]
+        outside_ends = ends[reach > 0] if has_kidney else ends
+        candidates = outside_ends if len(outside_ends) else ends
+        root = int(candidates[np.argmax((points_mm[candidates] - kidney_centre) @ medial)])
+        pieces.append({"nodes": nodes, "root": root, "reach_mm": float(reach.max()) if len(reach) else 0.0,
+                       "size": len(nodes)})
+    pieces.sort(key=lambda q: -q["size"])
+    rooted = [pieces[0]] + [q for q in pieces[1:] if q["reach_mm"] >= config.accessory_min_mm]
+    loose = [q for q in pieces[1:] if q["reach_mm"] < config.accessory_min_mm]
+
+    # blood reaches each centerline voxel from the root along the thickest path: where
+    # vessels touch (a loop in the centerline), the spanning tree may cut the wrong side
+    cost = graph.tocoo()
+    mean_radius = (radius[cost.row] + radius[cost.col]) / 2
+    flow_graph = sparse.csr_matrix((cost.data / np.maximum(mean_radius, 1e-3) ** 2, (cost.row, cost.col)),
+                                   shape=graph.shape)
+    starts = [q["root"] for q in rooted] + [int(q["nodes"][0]) for q in loose]
+    _, previous = csgraph.dijkstra(flow_graph, directed=False, indices=starts, return_predecessors=True,
+                                   min_only=True)[:2]
+    reached = previous >= 0
+    child_nodes = np.nonzero(reached)[0]
+    lengths = np.asarray(graph[child_nodes, previous[child_nodes]]).ravel()
+    tree = sparse.coo_matrix((lengths, (child_nodes, previous[child_nodes])), shape=graph.shape)
+    tree = (tree + tree.T).tocsr()
+
+    branches: list[_Branch] = []
+    roots: list[int] = []
+    for q in rooted:
+        roots.append(len(branches))
+        _rooted_branches(tree, q["root"], branches)
+    # a loose piece (a gap in the segmentation) hangs from the branch nearest to it
+    rooted_nodes = np.concatenate([q["nodes"] for q in rooted])
+    node_tree = cKDTree(physical[rooted_nodes])
+    for q in loose:
+        distance, nearest = node_tree.query(physical[q["nodes"]])
+        anchor = int(rooted_nodes[nearest[np.argmin(distance)]])
+        start = len(branches)
+        _rooted_branches(tree, int(q["nodes"][np.argmin(distance)]), branches)
+        host = next(i for i, b in enumerate(branches[:start]) if anchor in b.nodes)
+        branches[start].parent = host
+        branches[start].nodes = [anchor] + branches[start].nodes
+        branches[host].children.append(start)
+        for i in range(start, len(branches)):
+            branches[i].root = branches[host].root
+
+    # merge branch points closer than a vessel diameter (one split drawn as several)
+    changed = True
+    while changed:
+        changed = False
+        for i in _alive(branches):
+            b = branches[i]
+            if b.parent is None or not b.children:
+                continue
+            if _length_mm(physical[b.nodes]) < max(2.0 * float(radius[b.nodes[0]]), 2.0 * float(spacing_zyx.max())):
+                _merge_into_parent(branches, i)
+                changed = True
+
+    # -- territories: geodesic Voronoi of the terminal branches inside the parenchyma
+    alive = _alive(branches)
+    leaves = [i for i in alive if not branches[i].children]
+    leaf_of_voxel = None
+    region = np.zeros(kidney.shape, bool)
+    if has_kidney:
+        domain = organ | (artery & near_organ)
+        seeds, seed_leaf = [], []
+        for leaf in leaves:
+            nodes = branches[leaf].nodes[1:] if branches[leaf].parent is not None else branches[leaf].nodes
+            inside_nodes = [n for n in nodes if domain[tuple(coords[n])]]
+            seeds.extend(inside_nodes)
+            seed_leaf.extend([leaf] * len(inside_nodes))
+        if seeds:
+            voxel_leaf, unreached_ml = _geodesic_voronoi(domain, coords[seeds], np.asarray(seed_leaf), spacing_zyx)
+            if unreached_ml >= 0.1:
+                entry["notes"].append(f"{unreached_ml:.1f} ml of parenchyma is cut off from every artery branch; "
+                                      "given to the nearest branch in a straight line.")
+            leaf_of_voxel = np.where(domain, voxel_leaf, -1)
+        else:
+            entry["notes"].append(f"no artery branch reaches the {part.side} kidney in {name}: no territories.")
+        if tumour.any():
+            region = tumour_region(tumour, kidney, spacing_xyz, config.margin_mm)
+
+    # per-leaf volumes, then per branch (sums over its terminal branches)
+    kidney_total = max(int(kidney.sum()), 1)
+    region_total = max(int(region.sum()), 1)
+    if leaf_of_voxel is not None:
+        inside = leaf_of_voxel >= 0
+        k_counts = np.bincount(leaf_of_voxel[inside & kidney], minlength=len(branches))
+        r_counts = np.bincount(leaf_of_voxel[inside & region], minlength=len(branches))
+        where = np.argwhere(inside & kidney)
+        world_k = _world(g, where + offset)
+        c_sums = np.zeros((len(branches), 3))
+        np.add.at(c_sums, leaf_of_voxel[tuple(where.T)], world_k)
+        for leaf in leaves:
+            branches[leaf].kidney_voxels = int(k_counts[leaf])
+            branches[leaf].region_voxels = int(r_counts[leaf])
+            branches[leaf].centroid_sum = c_sums[leaf]
+
+    def accumulate() -> None:
+        for i in _descendants_first(branches, roots):
+            b = branches[i]
+            if b.children:
+                b.kidney_voxels = sum(branches[c].kidney_voxels for c in b.children)
+                b.region_voxels = sum(branches[c].region_voxels for c in b.children)
+                b.centroid_sum = sum((branches[c].centroid_sum for c in b.children), np.zeros(3))
+
+    accumulate()
+    # side branches do not end their parent: a sole substantial child continues it
+    alias: dict[int, int] = {}  # merged branch -> the branch it continues
+
+    def resolve(i: int) -> int:
+        while i in alias:
+            i = alias[i]
+        return i
+
+    if leaf_of_voxel is not None:
+        for i in roots + [i for i in _alive(branches) if i not in roots]:
+            while branches[i].parent != -1 and branches[i].children:
+                major = [c for c in branches[i].children
+                         if branches[c].kidney_voxels >= config.minor_share * kidney_total]
+                if len(major) != 1 or len(branches[i].children) == 1:
+                    break
+                _continue_with(branches, i, major[0], alias)
+
+    # -- levels and names
+    share = {i: branches[i].kidney_voxels / kidney_total for i in _alive(branches)}
+    territory_known = leaf_of_voxel is not None
+
+    def set_levels(i: int, level: str) -> None:
+        b = branches[i]
+        b.level = level
+        for c in b.children:
+            minor = territory_known and share[c] < config.minor_share
+            if level in ("main", "division"):
+                # without territories the anatomy's usual pattern: main, divisions, segmentals
+                large = share[c] > config.segmental_max_share if territory_known else level == "main"
+                child = "further" if minor else "division" if large and branches[c].children else "segmental"
+            else:
+                child = "further"
+            set_levels(c, child)
+
+    for k, r in enumerate(roots):
+        # an accessory artery supplying one segment is a segmental artery; a larger one
+        # (a duplicated renal artery) is a main artery of its own
+        large = not territory_known or share[r] > config.segmental_max_share
+        set_levels(r, "main" if k == 0 or (large and branches[r].children) else "segmental")
+
+    def unit_of(leaf: int) -> int:
+        path, i = [], leaf
+        while i is not None:
+            path.append(i)
+            i = branches[i].parent
+        for i in path:
+            if branches[i].level == "segmental":
+                return i
+        side_branch = [i for i in path if branches[i].level == "further"]
+        return side_branch[-1] if side_branch else path[-1]
+
+    # global ids, names
+    alive = _alive(branches)
+    ids: dict[int, int] = {}
+    for i in _descendants_first(branches, roots)[::-1]:
+        ids[i] = next_id
+        next_id += 1
+    kidney_points = _world(g, np.argwhere(kidney)[:: max(1, kidney_total // 20000)] + offset) if has_kidney else None
+    frame = _kidney_frame(kidney_points) if kidney_points is not None else None
+
+    def centroid(i: int) -> np.ndarray | None:
+        b = branches[i]
+        if b.kidney_voxels > 0:
+            return b.centroid_sum / b.kidney_voxels
+        return points_mm[b.nodes[-1]] if b.nodes else None
+
+    segmentals = [i for i in alive if branches[i].level == "segmental" and branches[i].parent is not None]
+    segmentals.sort(key=lambda i: -float(centroid(i)[2]))  # superior (+z) first
+    for n, i in enumerate(segmentals, start=1):
+        branches[i].name = f"segmental {n}"
+    divisions = [i for i in alive if branches[i].level == "division"]
+    if len(divisions) == 2:
+        posterior = int(np.argmax([centroid(i)[1] for i in divisions]))  # posterior is +y in LPS
+        branches[divisions[posterior]].name = "posterior division"
+        branches[divisions[1 - posterior]].name = "anterior division"
+    else:
+        divisions.sort(key=lambda i: -float(centroid(i)[2]))
+        for n, i in enumerate(divisions, start=1):
+            branches[i].name = "division" if len(divisions) == 1 else f"division {n}"
+    for k, r in enumerate(roots):
+        if k == 0:
+            branches[r].name = "main renal artery"
+        else:
+            branches[r].name = "accessory renal artery" + (f" {k}" if len(roots) > 2 else "")
+    for i in _descendants_first(branches, roots)[::-1]:
+        b = branches[i]
+        if not b.name:
+            parent = branches[b.parent]
+            b.name = f"{parent.name}.{parent.children.index(i) + 1}" if parent.level in ("segmental", "further") \
+                else f"{parent.name} side branch {parent.children.index(i) + 1}"
+
+    # -- per branch facts
+    region_points = np.argwhere(tumour)
+    tumour_tree = cKDTree(region_points * spacing_zyx) if len(region_points) else None
+    outside_points = np.argwhere(part.tumour_outside[box])
+    outside_tree = cKDTree(outside_points * spacing_zyx) if len(outside_points) else None
+    vessel_owner = cKDTree(physical).query(np.argwhere(artery) * spacing_zyx)[1]
+    vessel_volume = np.bincount(vessel_owner, minlength=len(coords)) * float(np.prod(spacing_zyx))
+    edge_length = np.asarray(tree.sum(axis=1)).ravel() / 2
+    for i in _descendants_first(branches, roots)[::-1]:
+        b = branches[i]
+        nodes = b.nodes
+        own = nodes[1:] if b.parent is not None and len(nodes) > 1 else nodes
+        length = _length_mm(physical[nodes])
+        local = np.sqrt(vessel_volume[own] / (np.pi * np.maximum(edge_length[own], 1e-6)))
+        mean_d = 2 * np.sqrt(vessel_volume[own].sum() / (np.pi * max(edge_length[own].sum(), 1e-6)))
+        distance = None
+        if tumour_tree is not None or outside_tree is not None:
+            d = [t.query(physical[nodes])[0].min() for t in (tumour_tree, outside_tree) if t is not None]
+            distance = round(max(float(min(d)) - 0.5 * float(spacing_zyx.min()), 0.0), 2)
+        c = centroid(i)
+        entry["branches"].append({
+            "id": ids[i], "name": b.name, "level": b.level,
+            "parent": ids[b.parent] if b.parent is not None else None,
+            "children": [ids[c_] for c_ in b.children], "root": ids[b.root],
+            "length_mm": round(length, 2),
+            "diameter_mean_mm": round(float(mean_d), 2),
+            "diameter_min_mm": round(float(2 * np.min(local)) if len(local) else 0.0, 2),
+            "start_mm": [round(float(v), 2) for v in points_mm[nodes[0]]],
+            "end_mm": [round(float(v), 2) for v in points_mm[nodes[-1]]],
+            "territory_ml": round(b.kidney_voxels * voxel_ml, 2) if territory_known else None,
+            "territory_percent": round(100 * b.kidney_voxels / kidney_total, 2) if territory_known else None,
+            "tumour_percent": round(100 * b.region_voxels / region_total, 2) if region.any() else None,
+            "tumour_distance_mm": distance,
+            "region": _region_name(frame, c) if frame is not None and c is not None else None,
+        })
+    entry["roots"] = [ids[r] for r in roots]
+    by_id = {e["id"]: e for e in entry["branches"]}
+
+    # -- territory map (segmental-level units)
+    units: list[int] = []
+    if leaf_of_voxel is not None:
+        lut = np.zeros(len(branches) + 1, dtype=np.uint16)
+        for leaf in leaves:
+            unit = unit_of(resolve(leaf))
+            lut[leaf + 1] = ids[unit]
+            if unit not in units:
+                units.append(unit)
+        labelled = lut[leaf_of_voxel + 1]
+        labelled[~(kidney | tumour)] = 0
+        view = territories[box]
+        view[labelled > 0] = labelled[labelled > 0]
+        for unit in sorted(units, key=lambda u: ids[u]):
+            volume = int((labelled[kidney] == ids[unit]).sum())
+            if volume == 0:
+                continue  # a side branch whose terminals lie outside the parenchyma
+            entry["territories"].append({"value": ids[unit], "branch": ids[unit], "name": branches[unit].name,
+                                         "volume_ml": round(volume * voxel_ml, 2),
+                                         "percent": round(100 * volume / kidney_total, 2)})
+
+    # -- tumour relation and clamping
+    tumour_ml = float(tumour.sum() + outside_points.shape[0]) * voxel_ml
+    if tumour_ml == 0:
+        if entry["status"] == "planned":
+            entry["status"] = "no_tumour"
+        entry["notes"].append(f"no tumour label on the {part.side} side: the tree and territories only.")
+        return entry, next_id, []
+    nearest = sorted((e for e in entry["branches"] if e["tumour_distance_mm"] is not None),
+                     key=lambda e: e["tumour_distance_mm"])[:3]
+    facts = {"volume_ml": round(tumour_ml, 2), "margin_mm": config.margin_mm,
+             "with_margin_ml": round(float(region.sum()) * voxel_ml, 2),
+             "outside_kidney_ml": round(float(len(outside_points)) * voxel_ml, 2), "feeding": [],
+             "nearest_branches": [{"branch": e["id"], "name": e["name"], "distance_mm": e["tumour_distance_mm"]}
+                                  for e in nearest]}
+    entry["tumour"] = facts
+    if len(outside_points):
+        entry["notes"].append(f"{facts['outside_kidney_ml']} ml of tumour label on the {part.side} side does not "
+                              "touch the kidney; its nearest branches are listed.")
+    if not region.any() or leaf_of_voxel is None:
+        if not region.any() and entry["status"] == "planned":
+            entry["status"] = "tumour_outside_kidney"
+        return entry, next_id, []
+    unit_share = sorted(((by_id[ids[u]]["tumour_percent"] / 100, u) for u in units), key=lambda t: -t[0])
+    facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
+    chosen, covered = [], 0.0
+    for s, u in unit_share:
+        if covered >= config.coverage or s <= 0:
+            break
+        chosen.append(u)
+        covered += s
+    healthy = lambda u: branches[u].kidney_voxels  # noqa: E731 - kidney-labelled voxels (tumour excluded)
+    candidates = [{"branch": ids[u], "name": branches[u].name, "tumour_percent": by_id[ids[u]]["tumour_percent"],
+                   "ischaemic_ml": round(healthy(u) * voxel_ml, 2),
+                   "ischaemic_percent": round(100 * healthy(u) / kidney_total, 2)} for u in chosen]
+    feeding_roots = [r for r in roots if branches[r].region_voxels > 0]
+    fallback_voxels = sum(branches[r].kidney_voxels for r in feeding_roots)
+    chosen_voxels = sum(healthy(u) for u in chosen)
+    selective = covered >= config.coverage - 1e-9 and chosen_voxels < 0.9 * fallback_voxels
+    entry["clamping"] = {
+        "strategy": "selective" if selective else "main",
+        "coverage_percent": round(100 * covered, 2),
+        "candidates": candidates,
+        "ischaemic_ml": round(chosen_voxels * voxel_ml, 2),
+        "ischaemic_percent": round(100 * chosen_voxels / kidney_total, 2),
+        "fallback": {"branches": [ids[r] for r in feeding_roots], "names": [branches[r].name for r in feeding_roots],
+                     "tumour_percent": round(100 * sum(branches[r].region_voxels for r in feeding_roots) / region_total, 2),
+                     "ischaemic_ml": round(fallback_voxels * voxel_ml, 2),
+                     "ischaemic_percent": round(100 * fallback_voxels / kidney_total, 2)},
+    }
+    if not selective:
+        entry["notes"].append("selective clamping would leave nearly as much kidney without blood as clamping "
+                              "the main artery: main-artery clamping is proposed.")
+    return entry, next_id, [ids[u] for u in chosen]
+
+
+def _kidney_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre, long axis (pointing superior) and half-length of a kidney."""
+    centre = points_mm.mean(axis=0)
+    axis = np.linalg.svd(points_mm - centre, full_matrices=False)[2][0]
+    if axis[2] < 0:
+        axis = -axis
+    half = float(np.percentile(np.abs((points_mm - centre) @ axis), 99)) or 1.0
+    return centre, axis, half
+
+
+def _region_name(frame: tuple[np.ndarray, np.ndarray, float], point: np.ndarray) -> str:
+    centre, axis, half = frame
+    t = float((point - centre) @ axis) / half
+    height = ("upper pole" if t > 0.5 else "upper" if t > 0.15 else "middle" if t > -0.15 else "lower"
+              if t > -0.5 else "lower pole")
+    return f"{height}, {'anterior' if point[1] < centre[1] else 'posterior'}"  # anterior is -y in LPS
+
+
+# -- the study ----------------------------------------------------------------------------------
+
+def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict] | None = None,
+                config: PlanConfig | None = None, name: str = "the label map",
+                on_progress: Callable[[str], None] | None = None) -> PlanResult:
+    """The plan of a label map (the library core of :func:`plan_study`).
+
+    Args:
+        labels: integer label map (any grid).
+        label_map: label value → structure (``artery``, ``kidney``, ``tumour``).
+        rois: ROIs of a ``report.json`` (sides of artery-only label maps).
+        config: plan settings.
+        name: the label map's file name, for messages.
+        on_progress: called with a short description as each kidney is planned.
+
+    Returns:
+        A :class:`PlanResult`; ``plan["kidneys"]`` has one entry per side found.
+
+    Raises:
+        InputError: no artery and no kidney label at all.
+    """
+    config = config or PlanConfig()
+    started = time.perf_counter()
+    unknown = sorted(set(label_map.values()) - set(STRUCTURES))
+    if unknown:
+        raise UsageError(f"Unknown structure(s) {', '.join(unknown)} in the label map; valid: {', '.join(STRUCTURES)}.")
+    g = labels.geometry
+    sides = _split_sides(labels, label_map, rois or [], name)
+    territories = np.zeros(g.shape_zyx, dtype=np.uint16)
+    kidneys, next_id, candidates = [], 1, []
+    for part in sorted(sides, key=lambda s: s.side):
+        if on_progress is not None:
+            on_progress(f"{part.side} kidney")
+        entry, next_id, chosen = _plan_side(part, g, config, next_id, territories, name)
+        kidneys.append(entry)
+        candidates.extend(chosen)
+    picture = np.zeros(g.shape_zyx, dtype=np.uint8)
+    masks = {s: np.isin(labels.array, [k for k, v in label_map.items() if v == s]) for s in STRUCTURES}
+    picture[masks["kidney"]] = 1
+    picture[masks["artery"]] = 2
+    picture[masks["tumour"]] = 3
+    names = {"0": {"name": "outside the kidneys"}}
+    for entry in kidneys:
+        for t in entry["territories"]:
+            names[str(t["value"])] = {"name": t["name"], "side": entry["side"], "branch": t["branch"],
+                                      "volume_ml": t["volume_ml"], "percent": t["percent"]}
+    plan = {"schema": "renalseg.plan/1", "settings": asdict(config), "kidneys": kidneys,
+            "seconds": round(time.perf_counter() - started, 2)}
+    return PlanResult(plan, labels.with_array(territories), names, labels.with_array(picture), tuple(candidates))
+
+
+def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
+               label_map: Mapping[int, str] | None = None, config: PlanConfig | None = None,
+               out_dir: Path | str | None = None, overwrite: bool = False,
+               on_progress: Callable[[str], None] | None = None) -> PlanResult:
+    """Plan one study: read its labels, plan each kidney, and write the outputs.
+
+    Args:
+        study_dir: a ``renalseg segment`` output folder.
+        labels: a label map from another tool (``label_map`` says which value is which).
+        label_map: value → structure; default from ``labels.json``.
+        config: plan settings.
+        out_dir: where ``plan.json``, ``territories.nii.gz``, ``territories.json`` and
+            ``plan.png`` go (default ``study_dir``; nothing is written when both are None).
+        overwrite: replace an existing ``plan.json`` there.
+        on_progress: progress callback (see :func:`plan_labels`).
+
+    Returns:
+        The :class:`PlanResult`.
+
+    Raises:
+        UsageError, InputError, GeometryError: see :func:`read_plan_input`.
+        OutputExistsError: a plan is already there and ``overwrite`` is false.
+
+    Example:
+        >>> from renalseg.geometry import Geometry
+        >>> g = Geometry((30, 30, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> a = np.zeros(g.shape_zyx, np.uint8); a[5:25, 5:25, 20:35] = 2; a[14:16, 14:16, 2:30] = 3
+        >>> result = plan_labels(Volume(a, g), {3: "artery", 2: "kidney"})
+        >>> [k["status"] for k in result.plan["kidneys"]]
+        ['no_tumour']
+    """
+    volume, mapping, rois, sources = read_plan_input(study_dir, labels=labels, label_map=label_map)
+    target = Path(out_dir) if out_dir is not None else (Path(study_dir) if study_dir is not None else None)
+    if target is not None and (target / "plan.json").exists() and not overwrite:
+        raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
+    result = plan_labels(volume, mapping, rois=rois, config=config, name=sources["labels"], on_progress=on_progress)
+    study_id = Path(study_dir).name if study_dir is not None else Path(sources["labels"]).name.split(".")[0]
+    rest = dict(result.plan)
+    result.plan.clear()
+    result.plan.update({"schema": rest.pop("schema"), "study": {"id": study_id, **sources}, **rest})
+    if target is not None:
+        write_plan(result, target, overwrite=overwrite)
+    return result
+
+
+def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False) -> list[Path]:
+    """Write ``territories.nii.gz``, ``territories.json``, ``plan.png`` and ``plan.json``.
+
+    Each file goes to a temporary name and is renamed into place, ``plan.json``
+    last, so a folder with a ``plan.json`` holds a whole plan.
+    """
+    from renalseg.io.image import write_image
+    from renalseg.io.output import atomic_write_bytes, atomic_write_json
+    from renalseg.plan_picture import render_plan
+
+    out = Path(out_dir)
+    if (out / "plan.json").exists() and not overwrite:
+        raise OutputExistsError(f"{out / 'plan.json'} exists; pass --overwrite to replace it.")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_image(result.territories, out / "territories.nii.gz", overwrite=True),
+             atomic_write_json(out / "territories.json", result.territory_names)]
+    import io
+    buffer = io.BytesIO()
+    render_plan(result).save(buffer, format="PNG")
+    paths.append(atomic_write_bytes(out / "plan.png", buffer.getvalue()))
+    paths.append(atomic_write_json(out / "plan.json", result.plan))
+    return paths

@@ -1,0 +1,118 @@
+"""``plan.png``: the surgical plan at a glance.
+
+Per kidney, a coronal and an axial slice through the tumour (through the kidney's
+centre when there is none), in the radiological convention of ``preview.png`` (the
+patient's right on the viewer's left, superior and anterior at the top, physical
+aspect ratio): territories coloured (the clamping candidates bright, the others
+faded), the tumour outlined in white, the arteries within 5 mm of the slice in dark
+red; below, a legend with each territory's name, its share of tumour + margin and
+its share of the kidney.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from renalseg.preview import _font
+from renalseg.volume import Volume
+
+__all__ = ["render_plan"]
+
+_PANEL_PX = 300
+_PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                     [140, 86, 75], [227, 119, 194], [188, 189, 34], [23, 190, 207], [255, 187, 120],
+                     [152, 223, 138], [174, 199, 232]], dtype=np.float32)
+_KIDNEY_RGB = np.array([90, 90, 90], np.float32)
+_ARTERY_RGB = np.array([150, 0, 0], np.float32)
+
+
+def _lps(volume: Volume) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
+    """The array reoriented to LPS (an exact axis permutation/flip), its spacing (z, y, x)."""
+    image = sitk.DICOMOrient(volume.to_sitk(), "LPS")
+    return sitk.GetArrayFromImage(image), np.asarray(image.GetSpacing(), float)[::-1], image
+
+
+def _colour(value: int, order: dict[int, int]) -> np.ndarray:
+    return _PALETTE[order.get(value, 0) % len(_PALETTE)]
+
+
+def _panel(territory: np.ndarray, picture: np.ndarray, artery_slab: np.ndarray, order: dict[int, int],
+           highlighted: set[int], aspect: float) -> Image.Image:
+    rgb = np.zeros(territory.shape + (3,), np.float32)
+    rgb[picture == 1] = _KIDNEY_RGB
+    for value in np.unique(territory[territory > 0]):
+        alpha = 1.0 if value in highlighted or not highlighted else 0.35
+        rgb[territory == value] = alpha * _colour(int(value), order) + (1 - alpha) * _KIDNEY_RGB * 0.5
+    rgb[artery_slab] = _ARTERY_RGB
+    tumour = picture == 3
+    rim = tumour & ~ndimage.binary_erosion(tumour)
+    rgb[rim] = 255
+    image = Image.fromarray(rgb.astype(np.uint8))
+    height = max(1, int(round(_PANEL_PX * aspect)))
+    return image.resize((_PANEL_PX, height), Image.NEAREST)
+
+
+def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanResult
+    """Draw ``plan.png`` for a :class:`~renalseg.plan.PlanResult`."""
+    territory, spacing, _ = _lps(result.territories)
+    picture, _, _ = _lps(result.labels)
+    highlighted = set(result.candidates)
+    font, small = _font(15), _font(12)
+    columns = []
+    for entry in sorted(result.plan["kidneys"], key=lambda e: e["side"] != "right"):
+        values = [t["value"] for t in entry["territories"]]
+        order = {v: k for k, v in enumerate(values)}
+        mask = np.isin(territory, values) if values else np.zeros(territory.shape, bool)
+        if not mask.any():
+            continue
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        box = tuple(slice(max(b.start - 4, 0), min(b.stop + 4, n)) for b, n in zip(box, territory.shape))
+        sub_t, sub_p = territory[box], picture[box]
+        tumour = (sub_p == 3) & ndimage.binary_dilation(np.isin(sub_t, values), iterations=3)
+        centre = np.argwhere(tumour).mean(axis=0) if tumour.any() else np.argwhere(np.isin(sub_t, values)).mean(axis=0)
+        cz, cy, _ = (int(round(c)) for c in centre)
+        slab = [max(1, int(round(5.0 / s))) for s in spacing]
+        artery = sub_p == 2
+        coronal_artery = artery[:, max(cy - slab[1], 0):cy + slab[1] + 1].any(axis=1)[::-1]
+        axial_artery = artery[max(cz - slab[0], 0):cz + slab[0] + 1].any(axis=0)
+        coronal = _panel(sub_t[::-1, cy], sub_p[::-1, cy], coronal_artery, order, highlighted,
+                         sub_t.shape[0] * spacing[0] / (sub_t.shape[2] * spacing[2]))
+        axial = _panel(sub_t[cz], sub_p[cz], axial_artery, order, highlighted,
+                       sub_t.shape[1] * spacing[1] / (sub_t.shape[2] * spacing[2]))
+        legend = []
+        for t in entry["territories"]:
+            branch = next(b for b in entry["branches"] if b["id"] == t["branch"])
+            tumour_text = f", tumour {branch['tumour_percent']:.0f}%" if branch["tumour_percent"] is not None else ""
+            mark = "  << clamp" if t["value"] in highlighted else ""
+            legend.append((_colour(t["value"], order), f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))
+        clamping = entry.get("clamping")
+        summary = (f"clamp {', '.join(c['name'] for c in clamping['candidates'])}: "
+                   f"{clamping['ischaemic_ml']:.0f} ml ({clamping['ischaemic_percent']:.0f}%) ischaemic"
+                   if clamping and clamping["strategy"] == "selective" else
+                   "main-artery clamping" if clamping else entry["status"].replace("_", " "))
+        columns.append((entry["side"], coronal, axial, legend, summary))
+    if not columns:
+        image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")
+        ImageDraw.Draw(image).text((8, 20), "no territories to show (no kidney label)", fill="white", font=font)
+        return image
+    legend_h = 22 + 16 * max(len(c[3]) for c in columns) + 22
+    height = 24 + max(c[1].height + c[2].height for c in columns) + 8 + legend_h
+    width = (_PANEL_PX + 180) * len(columns)
+    canvas = Image.new("RGB", (width, height), "black")
+    draw = ImageDraw.Draw(canvas)
+    for k, (side, coronal, axial, legend, summary) in enumerate(columns):
+        x0 = k * (_PANEL_PX + 180)
+        draw.text((x0 + 6, 4), f"{side} kidney: coronal (top), axial (below); R on the left", fill="white", font=font)
+        canvas.paste(coronal, (x0, 24))
+        canvas.paste(axial, (x0, 24 + coronal.height + 4))
+        y = 24 + coronal.height + axial.height + 12
+        draw.text((x0 + 6, y), summary, fill=(255, 255, 120), font=small)
+        y += 20
+        for colour, text in legend:
+            draw.rectangle([x0 + 6, y + 2, x0 + 18, y + 12], fill=tuple(int(c) for c in colour))
+            draw.text((x0 + 24, y), text, fill="white", font=small)
+            y += 16
+    return canvas

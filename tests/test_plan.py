@@ -1,0 +1,214 @@
+"""renalseg.plan on hand-built label maps and one small phantom."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from renalseg.cli.app import app
+from renalseg.errors import GeometryError, InputError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import write_image
+from renalseg.plan import PlanConfig, parse_label_map, plan_labels, plan_study, region_shares, tumour_region
+from renalseg.volume import Volume
+
+KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _t_tree(shape=(44, 30, 64), *, tumour=False, x0=0, kidney=True) -> np.ndarray:
+    """A kidney slab (x 30-58) with a T-shaped artery: a trunk from the medial side (x = 2)
+    that splits at x = 40 into a superior and an inferior branch (z is superior)."""
+    labels = np.zeros(shape, np.uint8)
+    if kidney:
+        labels[4:40, 6:24, x0 + 30:x0 + 58] = 2
+    labels[21:24, 14:17, x0 + 2:x0 + 42] = 3          # trunk along x
+    labels[8:37, 14:17, x0 + 39:x0 + 42] = 3          # the two branches along z
+    if tumour:
+        z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+        ball = (z - 34) ** 2 + (y - 15) ** 2 + (x - x0 - 50) ** 2 <= 16
+        labels[ball] = 4
+    return labels
+
+
+def _volume(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=IDENTITY) -> Volume:
+    return Volume(labels, Geometry(labels.shape, spacing, (10.0, -20.0, 300.0), direction))
+
+
+def test_levels_roots_and_names_on_a_hand_built_tree() -> None:
+    result = plan_labels(_volume(_t_tree()), KIPA)
+    (kidney,) = result.plan["kidneys"]
+    assert kidney["side"] == "left"  # the artery comes from -x (medial for a left kidney)
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    (root,) = kidney["roots"]
+    main = by_id[root]
+    assert (main["level"], main["name"], main["parent"]) == ("main", "main renal artery", None)
+    assert main["start_mm"][0] < 10.0 + 6  # starts at the medial end (x ≈ 2 voxels from the origin)
+    children = [by_id[c] for c in main["children"]]
+    assert sorted(c["level"] for c in children) == ["segmental", "segmental"]
+    upper = max(children, key=lambda c: c["end_mm"][2])
+    assert upper["name"] == "segmental 1" and upper["region"].startswith("upper")
+    assert 40 < upper["territory_percent"] < 60
+    assert all(c["diameter_mean_mm"] > 1.5 for c in children)
+
+
+def test_territories_partition_the_kidney() -> None:
+    labels = _t_tree()
+    result = plan_labels(_volume(labels), KIPA)
+    territory = result.territories.array
+    kidney = labels == 2
+    values = {t["value"] for t in result.plan["kidneys"][0]["territories"]}
+    assert len(values) == 2
+    assert np.all(np.isin(territory[kidney], list(values)))  # every kidney voxel, one territory
+    assert not territory[~(kidney | (labels == 4))].any()
+    total = sum(t["volume_ml"] for t in result.plan["kidneys"][0]["territories"])
+    assert total == pytest.approx(kidney.sum() / 1000, abs=0.02)
+    upper = next(t["value"] for t in result.plan["kidneys"][0]["territories"] if t["name"] == "segmental 1")
+    assert (territory[30:40][kidney[30:40]] == upper).all()  # the superior end (high z) belongs to the superior branch
+
+
+def test_feeding_branch_and_clamping_candidate() -> None:
+    result = plan_labels(_volume(_t_tree(tumour=True)), KIPA, config=PlanConfig(margin_mm=2.0))
+    (kidney,) = result.plan["kidneys"]
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    assert kidney["status"] == "planned"
+    assert [by_id[b]["name"] for b in kidney["tumour"]["feeding"]] == ["segmental 1"]
+    clamping = kidney["clamping"]
+    assert clamping["strategy"] == "selective"
+    assert [c["name"] for c in clamping["candidates"]] == ["segmental 1"]
+    assert clamping["coverage_percent"] >= 95
+    assert 35 < clamping["ischaemic_percent"] < 65
+    assert clamping["fallback"]["names"] == ["main renal artery"] and clamping["fallback"]["ischaemic_percent"] == 100
+    assert result.candidates == (clamping["candidates"][0]["branch"],)
+
+
+def test_tumour_region_and_shares() -> None:
+    kidney = np.ones((1, 1, 11), bool)
+    tumour = np.zeros_like(kidney)
+    tumour[0, 0, 5] = True
+    kidney[tumour] = False
+    region = tumour_region(tumour, kidney, (1.0, 1.0, 1.0), 3.0)
+    assert region.sum() == 7
+    assert region_shares(np.array([[[1] * 6 + [2] * 5]]), region) == {1: round(4 / 7, 4), 2: round(3 / 7, 4)}
+
+
+def test_territories_file_is_on_the_study_grid(tmp_path) -> None:
+    # anisotropic, off-origin and flipped (RAS storage): geometry must come back to 1e-4 mm
+    direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    labels = _volume(_t_tree(tumour=True), spacing=(0.8, 0.9, 1.2), direction=direction)
+    path = write_image(labels, tmp_path / "seg.nii.gz")
+    result = plan_study(labels=path, label_map=KIPA, out_dir=tmp_path / "plan")
+    written = sitk.ReadImage(str(tmp_path / "plan" / "territories.nii.gz"))
+    source = sitk.ReadImage(str(path))
+    assert written.GetSize() == source.GetSize()
+    for a, b in ((written.GetSpacing(), source.GetSpacing()), (written.GetOrigin(), source.GetOrigin()),
+                 (written.GetDirection(), source.GetDirection())):
+        assert np.allclose(a, b, atol=1e-4)
+    assert np.array_equal(sitk.GetArrayFromImage(written), result.territories.array)
+    names = json.loads((tmp_path / "plan" / "territories.json").read_text())
+    assert {int(k) for k in names} >= set(np.unique(result.territories.array).tolist())
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert plan["schema"] == "renalseg.plan/1" and plan["study"]["labels"] == str(path)
+    assert (tmp_path / "plan" / "plan.png").stat().st_size > 1000
+    assert not list((tmp_path / "plan").glob(".*"))  # no temporary files left
+
+
+def test_no_tumour_gives_tree_and_territories() -> None:
+    (kidney,) = plan_labels(_volume(_t_tree()), KIPA).plan["kidneys"]
+    assert kidney["status"] == "no_tumour" and kidney["tumour"] is None and kidney["clamping"] is None
+    assert kidney["territories"] and any("no tumour" in n for n in kidney["notes"])
+
+
+def test_no_kidney_label_gives_the_tree_only() -> None:
+    (kidney,) = plan_labels(_volume(_t_tree(kidney=False)), KIPA).plan["kidneys"]
+    assert kidney["status"] == "no_kidney" and kidney["branches"] and not kidney["territories"]
+    assert any("no kidney label" in n for n in kidney["notes"])
+
+
+def test_a_side_without_artery_is_named_and_the_other_side_planned() -> None:
+    labels = np.zeros((44, 30, 140), np.uint8)
+    labels[:, :, 70:] = _t_tree(shape=(44, 30, 70))      # patient left (+x): kidney with artery
+    right = _t_tree(shape=(44, 30, 70))[:, :, ::-1].copy()
+    right[right == 3] = 0                                # patient right: kidney, no artery
+    labels[:, :, :70] = right
+    result = plan_labels(_volume(labels), KIPA, name="seg.nii.gz")
+    by_side = {k["side"]: k for k in result.plan["kidneys"]}
+    assert by_side["left"]["status"] == "no_tumour" and by_side["left"]["territories"]
+    assert by_side["right"]["status"] == "no_artery"
+    assert any("no artery label on the right side in seg.nii.gz" in n for n in by_side["right"]["notes"])
+
+
+def test_tumour_outside_the_kidney_is_stated_with_its_nearest_branches() -> None:
+    labels = _t_tree()
+    labels[30:34, 24:28, 10:14] = 4  # beside the trunk, not touching the kidney
+    (kidney,) = plan_labels(_volume(labels), KIPA).plan["kidneys"]
+    assert kidney["status"] == "tumour_outside_kidney" and kidney["clamping"] is None
+    assert kidney["tumour"]["outside_kidney_ml"] > 0
+    assert kidney["tumour"]["nearest_branches"][0]["name"] == "main renal artery"
+    assert any("does not touch the kidney" in n for n in kidney["notes"])
+
+
+def test_labels_on_another_grid_name_both_files(tmp_path) -> None:
+    study = tmp_path / "study"
+    write_image(_volume(_t_tree()), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "3": "renal_artery", "2": "kidney"}))
+    other = write_image(_volume(_t_tree(), spacing=(1.0, 1.0, 2.0)), tmp_path / "other.nii.gz")
+    with pytest.raises(GeometryError, match="other.nii.gz") as err:
+        plan_study(study, labels=other, label_map=KIPA)
+    assert "labels.nii.gz" in str(err.value)
+
+
+def test_empty_label_map_names_the_file(tmp_path) -> None:
+    path = write_image(_volume(np.zeros((8, 8, 8), np.uint8)), tmp_path / "empty.nii.gz")
+    with pytest.raises(InputError, match="empty.nii.gz"):
+        plan_study(labels=path, label_map=KIPA, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_map_parsing() -> None:
+    assert parse_label_map("3:artery,2:kidney,4:tumour") == KIPA
+    with pytest.raises(UsageError, match="Did you mean 'artery'"):
+        parse_label_map("3:arteri")
+    with pytest.raises(UsageError, match="VALUE:NAME"):
+        parse_label_map("three:artery")
+
+
+def test_cli_plan_with_labels_and_label_map(tmp_path) -> None:
+    path = write_image(_volume(_t_tree(tumour=True)), tmp_path / "seg.nii.gz")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:artery,2:kidney,4:tumour",
+                             "--out", str(tmp_path / "plans"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)[0]["clamp"] == ["segmental 1"]
+    assert (tmp_path / "plans" / "seg" / "plan.json").is_file()
+    again = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:artery,2:kidney,4:tumour",
+                                "--out", str(tmp_path / "plans")])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    bad = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:arteri", "--out", str(tmp_path)])
+    assert bad.exit_code == 2
+
+
+def test_small_phantom_truth_and_plan() -> None:
+    from renalseg.phantom import synthesize_roi
+
+    case = synthesize_roi(20999, inplane_voxels=96, spacing_xyz_mm=(1.2, 1.2, 1.5), tumour=True, territories=True)
+    kidney = case.label.array == 2
+    truth = case.territory.array
+    assert truth[kidney].min() > 0 and not truth[case.label.array == 0].any()
+    assert case.territory.geometry.is_same_grid(case.label.geometry)
+    side = case.params["side"]
+    assert case.truth["kidneys"][side]["feeding"]
+    assert set(case.truth["kidneys"][side]["tumour_percent"]) >= set(case.truth["kidneys"][side]["feeding"])
+    result = plan_labels(case.label, KIPA)
+    (entry,) = result.plan["kidneys"]
+    assert entry["side"] == side and entry["status"] == "planned"
+    plan_map = result.territories.array
+    assert plan_map[kidney].min() > 0
+    # each plan territory mostly lies in one true territory
+    agree = sum(np.bincount(truth[kidney & (plan_map == t["value"])]).max()
+                for t in entry["territories"] if (kidney & (plan_map == t["value"])).any())
+    assert agree / kidney.sum() > 0.6
