@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from test_training import TINY_PLAIN, _cases, _write_dataset
 
 from renalseg.training.distributed import DistributedContext
-from renalseg.training.loop import TrainConfig, train
+from renalseg.training.config import TrainConfig
+from renalseg.training.loop import train
 
 
 def _free_port() -> int:

@@ -28,7 +28,9 @@ from renalseg.training.data import (
     parse_label_map,
     split_cases,
 )
-from renalseg.training.loop import TrainConfig, epoch_plan, train
+from renalseg.training.batches import epoch_plan
+from renalseg.training.config import TrainConfig
+from renalseg.training.loop import train
 from renalseg.volume import Volume
 
 SPACING = (0.7, 0.7, 1.0)
@@ -430,7 +432,7 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
     cases = _cases(root)
     config = _config(network="dpa_densebiasnet", network_options=TINY_SEG, encoder=str(result.best_weights),
                      max_steps=3)
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
 
     network = build_training_network(config)
 
@@ -455,7 +457,7 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
 
 def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
     from renalseg.errors import ModelError
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
@@ -584,7 +586,7 @@ def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
 
 def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
     """--init 2-class artery weights into an artery + kidney run: shared classes keep their rows."""
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
@@ -605,7 +607,7 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
 def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
     """--init plain weights + --encoder: DPA-DenseBiasNet whose output equals the plain net's, then learns."""
     from renalseg.errors import ModelError
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     root = _write_dataset(tmp_path / "d", [1, 2])
