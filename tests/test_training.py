@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from conftest import LPS, RAS
 from typer.testing import CliRunner
 
-from renalseg.errors import DataLayoutError, UsageError
+from renalseg.errors import DataLayoutError, NonFiniteLossError, UsageError
 from renalseg.geometry import Geometry
 from renalseg.io.image import write_image
 from renalseg.training.augment import AugmentConfig, randomise_domain, sample_patch
@@ -86,6 +87,29 @@ def _config(**kw) -> TrainConfig:
                 lr=3e-3, epochs=1000, foreground_share=0.7, val_overlap=0.0, loss="hra")
     base.update(kw)
     return TrainConfig(**base)
+
+
+class NanAtCall(torch.nn.Module):
+    """A network whose logits turn NaN at its ``nan_call``-th call (0: never): a diverging run."""
+
+    def __init__(self, inner: torch.nn.Module, nan_call: int) -> None:
+        super().__init__()
+        self.inner, self.nan_call, self.calls = inner, nan_call, 0
+        self.hyperparameters = inner.hyperparameters
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.inner.logits(x)
+        return out * float("nan") if self.calls == self.nan_call else out
+
+    forward = logits
+
+
+def nan_at_call(config: TrainConfig, *, nan_call: int) -> NanAtCall:
+    """``train``'s ``network_factory``: the config's network, diverging at ``nan_call``."""
+    from renalseg.training.network import build_training_network
+
+    return NanAtCall(build_training_network(config), nan_call)
 
 
 def _losses(config, run, cases, **kw) -> list[float]:
@@ -265,6 +289,15 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     losses = _losses(config, tmp_path / "run", cases)
     assert len(losses) == 25
     assert np.mean(losses[-3:]) < 0.5 * losses[0]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    seen: list[float] = []
+    with pytest.raises(NonFiniteLossError, match=r"The loss became nan at step 2; training stopped\. Lower --lr"):
+        train(_config(max_steps=4), tmp_path / "run", train_cases=cases,
+              network_factory=partial(nan_at_call, nan_call=2), on_progress=lambda e: seen.append(e.step) if e.kind == "step" else None)
+    assert seen == [1]  # step 1 was reported, step 2 stopped the run
 
 
 def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path):
