@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from test_training import TINY_PLAIN, _cases, _write_dataset, nan_at_call
 
 from renalseg.errors import NonFiniteLossError
-from renalseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from renalseg.training.config import TrainConfig
+from renalseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from renalseg.training.loop import train
 
 
