@@ -18,6 +18,7 @@ __all__ = [
     "SeriesSelectionError",
     "GeometryError",
     "ModelError",
+    "NonFiniteLossError",
     "NoKidneyFoundError",
     "RegistrationError",
     "OutputExistsError",
@@ -61,6 +62,15 @@ class GeometryError(RenalsegError, ValueError):
 
 class ModelError(RenalsegError):
     """Weights or a model card that cannot be loaded or do not match."""
+
+
+class NonFiniteLossError(ModelError):
+    """Training diverged: the loss became NaN or infinite (on any process of a torchrun job).
+
+    Every process raises it at the same step with the same message, which names the
+    step and the rank(s) whose loss it was, so no process is left waiting in a
+    collective operation for one that stopped.
+    """
 
 
 class NoKidneyFoundError(RenalsegError):

@@ -27,12 +27,10 @@ if TYPE_CHECKING:
     from renalseg.study import Study
     from renalseg.volume import Volume
 
-__all__ = ["KidneyROI", "MODEL_SPACING_XYZ_MM", "ROI_INPLANE_VOXELS", "locate_kidneys", "crop_to_roi"]
+__all__ = ["KidneyROI", "ROI_INPLANE_VOXELS", "locate_kidneys", "crop_to_roi"]
 
 log = logging.getLogger(__name__)
 
-#: default model grid spacing (x, y, z) in mm; the model card is authoritative
-MODEL_SPACING_XYZ_MM: tuple[float, float, float] = (0.7, 0.7, 1.0)
 #: ROI size in-plane on the model grid (paper: 152 × 152 × Z)
 ROI_INPLANE_VOXELS: int = 152
 
@@ -185,7 +183,7 @@ def _study_box(image: sitk.Image, grid: Geometry) -> tuple[tuple[int, int, int],
 def locate_kidneys(
     study: Study | Volume,
     *,
-    spacing_xyz_mm: tuple[float, float, float] = MODEL_SPACING_XYZ_MM,
+    spacing_xyz_mm: tuple[float, float, float] | None = None,
     atlases: list[Path] | None = None,
     seed: int = 0,
     sides: tuple[str, ...] = ("left", "right"),
@@ -203,7 +201,13 @@ def locate_kidneys(
 
     Args:
         study: a :class:`~renalseg.study.Study` or :class:`~renalseg.volume.Volume` in HU.
-        spacing_xyz_mm: the model grid spacing (x, y, z) in mm.
+        spacing_xyz_mm: the model grid spacing (x, y, z) in mm, from the card of the
+            weights that will segment the ROIs (:func:`renalseg.segment_study` passes its
+            model's). ``None`` reads the shipped weights' card
+            (:func:`renalseg.weights.read_card`: a small JSON file, no torch), because
+            ``locate_kidneys(study)`` and ``renalseg locate`` load no model, yet their ROIs
+            must lie on the grid the shipped model segments. The card, not this module,
+            owns the grid.
         atlases: extra atlas folders (``atlas_ct.nii.gz`` + ``atlas_kidneys.nii.gz``).
         seed: seed of the registration's random sampling (same seed, same ROIs).
         sides: which kidneys to look for (``"left"``, ``"right"``).
@@ -218,6 +222,7 @@ def locate_kidneys(
             kidney, why (not in the field of view, cut with its hilum outside, ...).
         RegistrationError: the atlas registration did not converge.
         UsageError: an unknown side.
+        ModelError: ``spacing_xyz_mm`` is ``None`` and the shipped weights' card is missing.
     """
     from scipy import ndimage
 
@@ -235,6 +240,10 @@ def locate_kidneys(
     for side in sides:
         if side not in _SIDES:
             raise UsageError(f"Unknown side {side!r}; choose from {', '.join(_SIDES)}.{suggest(side, _SIDES)}")
+    if spacing_xyz_mm is None:
+        from renalseg.weights import DEFAULT_WEIGHTS_PATH, read_card
+
+        spacing_xyz_mm = read_card(DEFAULT_WEIGHTS_PATH).spacing_xyz_mm
     if len(spacing_xyz_mm) != 3 or min(spacing_xyz_mm) <= 0:
         raise UsageError(f"spacing_xyz_mm must be 3 positive numbers; got {spacing_xyz_mm}.")
     image, name = unpack_study(study)

@@ -28,8 +28,8 @@ import numpy as np
 
 from renalseg.errors import GeometryError, ModelError, UsageError
 from renalseg.inference import Predictor, sliding_window
-from renalseg.roi import MODEL_SPACING_XYZ_MM
 from renalseg.volume import Volume
+from renalseg.weights import ModelCard
 
 __all__ = ["ModelSpec", "Segmenter", "load_model"]
 
@@ -47,6 +47,9 @@ def _floats(values: Any, count: int) -> Any:
 class ModelSpec:
     """What inference needs to know about a model (normally read from its card).
 
+    The model grid's defaults (spacing, window) are a card's
+    (:class:`~renalseg.weights.ModelCard`): the card owns the grid.
+
     Attributes:
         name: architecture / model name for reports.
         classes: label value (as text) -> class name; "0" is background.
@@ -60,8 +63,8 @@ class ModelSpec:
 
     name: str = "analytic"
     classes: Mapping[str, str] = field(default_factory=lambda: {"0": "background", "1": "renal_artery"})
-    spacing_xyz_mm: tuple[float, float, float] = MODEL_SPACING_XYZ_MM
-    window_zyx: tuple[int, int, int] = (64, 152, 152)
+    spacing_xyz_mm: tuple[float, float, float] = ModelCard.spacing_xyz_mm
+    window_zyx: tuple[int, int, int] = ModelCard.window_zyx
     clip_hu: tuple[float, float] = (-1024.0, 1024.0)
     scale: tuple[float, float] = (0.0, 1.0)
     sha256: str | None = None

@@ -118,6 +118,15 @@ def test_preview_draws_the_right_kidney_box_on_the_viewers_left(moved_atlas):
         assert np.nonzero(red[:, view])[1].mean() < np.nonzero(blue[:, view])[1].mean()
 
 
+def test_without_a_spacing_the_rois_lie_on_the_shipped_cards_grid(moved_atlas):
+    """The grid belongs to the weights' card: ``locate_kidneys(study)`` reads the shipped one's."""
+    from renalseg.weights import DEFAULT_WEIGHTS_PATH, read_card
+
+    spacing = read_card(DEFAULT_WEIGHTS_PATH).spacing_xyz_mm
+    for roi in moved_atlas[2]:
+        assert roi.grid.spacing_xyz_mm == pytest.approx(spacing, abs=1e-9)
+
+
 def test_same_seed_same_rois_and_atlas_origin_is_not_trusted(moved_atlas):
     ct, _, rois = moved_atlas
     again = locate_kidneys(Volume.from_sitk(ct), seed=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from conftest import LPS, RAS
 from typer.testing import CliRunner
 
-from renalseg.errors import DataLayoutError, UsageError
+from renalseg.errors import DataLayoutError, NonFiniteLossError, UsageError
 from renalseg.geometry import Geometry
 from renalseg.io.image import write_image
 from renalseg.training.augment import AugmentConfig, randomise_domain, sample_patch
@@ -28,7 +29,9 @@ from renalseg.training.data import (
     parse_label_map,
     split_cases,
 )
-from renalseg.training.loop import TrainConfig, epoch_plan, train
+from renalseg.training.batches import epoch_plan
+from renalseg.training.config import TrainConfig
+from renalseg.training.loop import train
 from renalseg.volume import Volume
 
 SPACING = (0.7, 0.7, 1.0)
@@ -84,6 +87,29 @@ def _config(**kw) -> TrainConfig:
                 lr=3e-3, epochs=1000, foreground_share=0.7, val_overlap=0.0, loss="hra")
     base.update(kw)
     return TrainConfig(**base)
+
+
+class NanAtCall(torch.nn.Module):
+    """A network whose logits turn NaN at its ``nan_call``-th call (0: never): a diverging run."""
+
+    def __init__(self, inner: torch.nn.Module, nan_call: int) -> None:
+        super().__init__()
+        self.inner, self.nan_call, self.calls = inner, nan_call, 0
+        self.hyperparameters = inner.hyperparameters
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.inner.logits(x)
+        return out * float("nan") if self.calls == self.nan_call else out
+
+    forward = logits
+
+
+def nan_at_call(config: TrainConfig, *, nan_call: int) -> NanAtCall:
+    """``train``'s ``network_factory``: the config's network, diverging at ``nan_call``."""
+    from renalseg.training.network import build_training_network
+
+    return NanAtCall(build_training_network(config), nan_call)
 
 
 def _losses(config, run, cases, **kw) -> list[float]:
@@ -265,6 +291,15 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     assert np.mean(losses[-3:]) < 0.5 * losses[0]
 
 
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    seen: list[float] = []
+    with pytest.raises(NonFiniteLossError, match=r"The loss became nan at step 2; training stopped\. Lower --lr"):
+        train(_config(max_steps=4), tmp_path / "run", train_cases=cases,
+              network_factory=partial(nan_at_call, nan_call=2), on_progress=lambda e: seen.append(e.step) if e.kind == "step" else None)
+    assert seen == [1]  # step 1 was reported, step 2 stopped the run
+
+
 def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path):
     """--amp: the forward pass in bfloat16 (autocast), yet the loss falls as in float32
     and the saved weights and optimiser stay float32."""
@@ -430,7 +465,7 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
     cases = _cases(root)
     config = _config(network="dpa_densebiasnet", network_options=TINY_SEG, encoder=str(result.best_weights),
                      max_steps=3)
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
 
     network = build_training_network(config)
 
@@ -455,7 +490,7 @@ def test_dae_then_dpa_keeps_the_encoder_frozen(tmp_path):
 
 def test_init_starts_from_saved_weights_and_refuses_another_network(tmp_path):
     from renalseg.errors import ModelError
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
@@ -584,7 +619,7 @@ def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
 
 def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
     """--init 2-class artery weights into an artery + kidney run: shared classes keep their rows."""
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
@@ -605,7 +640,7 @@ def test_init_adds_a_class_and_keeps_what_the_weights_learnt(tmp_path):
 def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
     """--init plain weights + --encoder: DPA-DenseBiasNet whose output equals the plain net's, then learns."""
     from renalseg.errors import ModelError
-    from renalseg.training.loop import build_training_network
+    from renalseg.training.network import build_training_network
     from renalseg.weights import load_model_files
 
     root = _write_dataset(tmp_path / "d", [1, 2])

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
     from renalseg.training.distributed import DistributedContext
-    from renalseg.training.loop import TrainConfig, TrainProgress, TrainResult
+    from renalseg.training.config import TrainConfig
+    from renalseg.training.loop import TrainProgress, TrainResult
 
 __all__ = ["register", "parse_triple"]
 
@@ -148,8 +149,8 @@ def train_command(
     from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, TISSUE_IDS
     from renalseg.training.augment import AugmentConfig
     from renalseg.training.data import find_cases, load_cases, parse_label_map, split_cases
+    from renalseg.training.config import TrainConfig
     from renalseg.training.distributed import context_from_env, init_distributed, shutdown_distributed
-    from renalseg.training.loop import TrainConfig
 
     configure_logging(quiet=quiet)
     context = context_from_env(os.environ)

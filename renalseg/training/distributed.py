@@ -31,6 +31,7 @@ __all__ = [
     "shutdown_distributed",
     "rank_positions",
     "all_reduce_mean",
+    "gather_floats",
     "barrier",
 ]
 
@@ -149,6 +150,29 @@ def all_reduce_mean(value: float, context: DistributedContext, device: torch.dev
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / context.world_size
+
+
+def gather_floats(value: float, context: DistributedContext, device: torch.device | str = "cpu") -> list[float]:
+    """Every process's ``value``, in rank order (``[value]`` for one process).
+
+    One all-reduce: each rank writes its value into its own slot of a zero vector and
+    the vectors are summed, so a NaN or an infinity stays in the slot of the rank that
+    had it (the mean of :func:`all_reduce_mean` would not say whose it was). ``device``
+    must be the training device (nccl reduces CUDA tensors only).
+
+    Example:
+        >>> gather_floats(0.25, DistributedContext())
+        [0.25]
+    """
+    if not context.distributed:
+        return [float(value)]
+    import torch
+    import torch.distributed as dist
+
+    slots = torch.zeros(context.world_size, dtype=torch.float64, device=device)
+    slots[context.rank] = float(value)
+    dist.all_reduce(slots)
+    return [float(v) for v in slots.cpu().tolist()]
 
 
 def barrier(context: DistributedContext) -> None:
