@@ -278,7 +278,7 @@ class NetworkPredictor:
 
     Runs under ``torch.inference_mode``; on CUDA with ``autocast`` it runs in
     float16 autocast (never on the CPU: bf16 is far slower there without bfloat16
-    instructions, NOTES.md, and no faster with them: 1.5 s per 152 × 152 × 64 window
+    instructions, and no faster with them: 1.5 s per 152 × 152 × 64 window
     either way, 2 threads of an AMD EPYC with AVX-512 BF16, shipped weights). On an
     out-of-memory error the batch is split in halves and retried, and the largest
     batch that worked is remembered; when a single window does not fit, the network

@@ -57,7 +57,7 @@ def info(
     A folder of studies gives one row per study. A study that cannot be read gets
     one red line and the others are still listed (exit code 1).
 
-    Example: [bold]renalseg info ../shared/data/real/ts_abdomen_ct_dicom[/]
+    Example: [bold]renalseg info patient_dicom/[/]
     """
     from renalseg.io.discover import discover_studies
 
