@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +47,6 @@ __all__ = [
     "sha256_file",
     "save_model",
     "load_model_files",
-    "average_models",
     "normalize_hu",
 ]
 
@@ -346,47 +344,6 @@ def load_model_files(path: Path | str, *, device: Any = "cpu") -> tuple[nn.Modul
     network.to(device)
     network.eval()
     return network, card
-
-
-def average_models(paths: Sequence[Path | str]) -> tuple[nn.Module, ModelCard]:
-    """The parameter-wise mean of several copies of one model (a "model soup").
-
-    Weights fine-tuned from the same starting point can be averaged, and the mean
-    often generalises better than each of them (Wortsman et al., ICML 2022). Every
-    file must hold the same network, hyper-parameters and classes; frozen parts that
-    all copies share (the DAE encoder of DPA-DenseBiasNet) stay as they are.
-
-    Args:
-        paths: two or more saved models (see :func:`load_model_files`).
-
-    Returns:
-        ``(network, card)``: the averaged network (eval mode, CPU) and the first
-        input's card with ``training["averaged_from"]`` listing each input and its
-        sha256, and no ``metrics`` (they described another model).
-
-    Raises:
-        ModelError: fewer than two paths, or a file that is not the same model.
-    """
-    import torch
-
-    if len(paths) < 2:
-        raise ModelError(f"Averaging needs at least two models; got {len(paths)}.")
-    network, card = load_model_files(paths[0])
-    total = {k: v.detach().double().clone() for k, v in network.state_dict().items()}
-    sources = [{"weights": str(paths[0]), "sha256": card.sha256}]
-    for path in paths[1:]:
-        other, other_card = load_model_files(path)
-        if (other_card.name, other_card.hyperparameters, other_card.classes) != (
-                card.name, card.hyperparameters, card.classes):
-            raise ModelError(f"{path} is not the same model as {paths[0]} (network, hyper-parameters or classes "
-                             "differ); only copies of one model can be averaged.")
-        for k, v in other.state_dict().items():
-            total[k] += v.detach().double()
-        sources.append({"weights": str(path), "sha256": other_card.sha256})
-    state = network.state_dict()
-    with torch.no_grad():
-        network.load_state_dict({k: (total[k] / len(paths)).to(state[k].dtype) for k in state})
-    return network, dataclasses.replace(card, training=dict(card.training, averaged_from=sources), metrics={})
 
 
 def normalize_hu(array_hu: Any, card: ModelCard | dict[str, list[float]]) -> np.ndarray:

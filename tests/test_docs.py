@@ -1,6 +1,6 @@
 """The README and docs/ point only at files that exist in the repository.
 
-A reader follows `benchmarks/...`, `weights/...` and `docs/...` paths to reproduce a
+A reader follows `benchmarks/...`, `recipes/...`, `weights/...` and `docs/...` paths to reproduce a
 figure; a renamed script or a moved page must not leave them pointing nowhere.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-REPO_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|docs|weights|renalseg|tests|\.ci)/[\w./-]*[\w/])")
+REPO_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|recipes|docs|weights|renalseg|tests|\.ci)/[\w./-]*[\w/])")
 
 
 def repository_paths(text: str) -> set[str]:
@@ -28,9 +28,9 @@ def exists(path: str) -> bool:
 
 
 def test_repository_paths_finds_the_paths_a_reader_would_follow() -> None:
-    text = ("run `python benchmarks/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)),"
+    text = ("run `python recipes/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)),"
             " not runs/x or my/benchmarks/y")
-    assert repository_paths(text) == {"benchmarks/evaluate_shipped.py", "weights/x.safetensors", "docs/a.md"}
+    assert repository_paths(text) == {"recipes/evaluate_shipped.py", "weights/x.safetensors", "docs/a.md"}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
