@@ -54,8 +54,24 @@ log = logging.getLogger(__name__)
 
 #: version of this file format; a card with a newer one is refused
 FORMAT_VERSION: int = 1
-#: the shipped model, inside the package (``renalseg/data/weights`` links to ``weights/``)
-DEFAULT_WEIGHTS_PATH: Path = Path(__file__).parent / "data" / "weights" / "dpa_densebiasnet.safetensors"
+
+
+def _shipped_weights_dir() -> Path:
+    """The folder of the shipped weights: ``weights/`` at the top of the repository.
+
+    An installed wheel holds that folder's models in ``renalseg/shipped_weights/``
+    (pyproject.toml maps the folder onto that package); a source checkout and an
+    editable install (``pip install -e .``) read ``weights/`` itself, beside the
+    package. Plain paths from this file, so no symlink (Windows checkouts do not make
+    them) and the checkout's own weights, never those of another installed copy.
+    """
+    package = Path(__file__).parent
+    installed = package / "shipped_weights"
+    return installed if installed.is_dir() else package.parent / "weights"
+
+
+#: the shipped model (``weights/dpa_densebiasnet.safetensors``; see :func:`_shipped_weights_dir`)
+DEFAULT_WEIGHTS_PATH: Path = _shipped_weights_dir() / "dpa_densebiasnet.safetensors"
 #: the authors' intensity normalisation: clip HU to [-1024, 1024], scale to [0, 1]
 AUTHORS_NORMALIZATION: dict[str, list[float]] = {"clip_hu": [-1024.0, 1024.0], "scale": [0.0, 1.0]}
 
