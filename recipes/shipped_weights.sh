@@ -29,8 +29,9 @@
 #   mix300      1000-1149, and 1500-1649 with the renal artery at 250-340 HU     cpu
 #   val_select  9000-9001                     validation of plain ... gpu
 #   sel8        9400-9407                     validation of cpu
-#   val 9000-9005, unseen 9100-9103 (intensities, noise and blur outside the training ranges),
-#   val40 9300-9339: held out, never trained on; the published cards' figures.
+#   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
+#   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
+#   ranges), val40 9300-9339
 #
 # Hardware: the CPU phases ran on a 2-core AMD EPYC with AVX-512 BF16 (cpu: 4.4 s a step,
 # 89 min), the gpu phase on one NVIDIA H200 with 16 CPU cores (about 4 steps/s, 19 min). Any
