@@ -33,7 +33,8 @@ from renalseg.registration import ATLAS_DIR
 from renalseg.roi import KidneyROI, locate_kidneys
 from renalseg.volume import Volume
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: real CTA, TotalSegmentator (Wasserthal et al. 2023), CC BY 4.0: tests/data/README.md
+UPPER_POLE_CTA = Path(__file__).resolve().parents[1] / "tests" / "data" / "ts_cta_kidney_upper_pole_only.nii.gz"
 
 
 def _timed(volume: Volume) -> dict:
@@ -82,7 +83,7 @@ def bench_moved_atlas() -> dict:
 
 
 def bench_upper_pole_cta() -> dict:
-    result = _timed(Volume.from_sitk(sitk.ReadImage(str(SHARED / "real" / "ts_cta_kidney_upper_pole_only.nii.gz"))))
+    result = _timed(Volume.from_sitk(sitk.ReadImage(str(UPPER_POLE_CTA))))
     result["refused"] = isinstance(result["rois"], str)
     return result
 

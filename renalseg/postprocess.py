@@ -40,8 +40,8 @@ __all__ = [
 
 #: pieces farther than this from the largest piece of their label are dropped (chosen on
 #: validation phantoms 9000-9001 among 5, 10, 15, 20, 30 mm: 10 mm; re-checked on 24 more
-#: with benchmarks/gap_study.py, where 20 mm gained 0.003 but cost 0.035 on phantoms of
-#: unseen contrast; see docs/training-history.md)
+#: (seeds 9200-9223), where 20 mm gained 0.003 but cost 0.035 on phantoms of unseen
+#: contrast; see docs/training.md)
 DEFAULT_MAX_GAP_MM: float = 10.0
 
 #: default speck size for ``renalseg segment``: 0, keep every piece. Far specks (ribs,

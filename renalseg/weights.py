@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +47,6 @@ __all__ = [
     "sha256_file",
     "save_model",
     "load_model_files",
-    "average_models",
     "normalize_hu",
 ]
 
@@ -56,8 +54,24 @@ log = logging.getLogger(__name__)
 
 #: version of this file format; a card with a newer one is refused
 FORMAT_VERSION: int = 1
-#: the shipped model, inside the package (``renalseg/data/weights`` links to ``weights/``)
-DEFAULT_WEIGHTS_PATH: Path = Path(__file__).parent / "data" / "weights" / "dpa_densebiasnet.safetensors"
+
+
+def _shipped_weights_dir() -> Path:
+    """The folder of the shipped weights: ``weights/`` at the top of the repository.
+
+    An installed wheel holds that folder's models in ``renalseg/shipped_weights/``
+    (pyproject.toml maps the folder onto that package); a source checkout and an
+    editable install (``pip install -e .``) read ``weights/`` itself, beside the
+    package. Plain paths from this file, so no symlink (Windows checkouts do not make
+    them) and the checkout's own weights, never those of another installed copy.
+    """
+    package = Path(__file__).parent
+    installed = package / "shipped_weights"
+    return installed if installed.is_dir() else package.parent / "weights"
+
+
+#: the shipped model (``weights/dpa_densebiasnet.safetensors``; see :func:`_shipped_weights_dir`)
+DEFAULT_WEIGHTS_PATH: Path = _shipped_weights_dir() / "dpa_densebiasnet.safetensors"
 #: the authors' intensity normalisation: clip HU to [-1024, 1024], scale to [0, 1]
 AUTHORS_NORMALIZATION: dict[str, list[float]] = {"clip_hu": [-1024.0, 1024.0], "scale": [0.0, 1.0]}
 
@@ -346,47 +360,6 @@ def load_model_files(path: Path | str, *, device: Any = "cpu") -> tuple[nn.Modul
     network.to(device)
     network.eval()
     return network, card
-
-
-def average_models(paths: Sequence[Path | str]) -> tuple[nn.Module, ModelCard]:
-    """The parameter-wise mean of several copies of one model (a "model soup").
-
-    Weights fine-tuned from the same starting point can be averaged, and the mean
-    often generalises better than each of them (Wortsman et al., ICML 2022). Every
-    file must hold the same network, hyper-parameters and classes; frozen parts that
-    all copies share (the DAE encoder of DPA-DenseBiasNet) stay as they are.
-
-    Args:
-        paths: two or more saved models (see :func:`load_model_files`).
-
-    Returns:
-        ``(network, card)``: the averaged network (eval mode, CPU) and the first
-        input's card with ``training["averaged_from"]`` listing each input and its
-        sha256, and no ``metrics`` (they described another model).
-
-    Raises:
-        ModelError: fewer than two paths, or a file that is not the same model.
-    """
-    import torch
-
-    if len(paths) < 2:
-        raise ModelError(f"Averaging needs at least two models; got {len(paths)}.")
-    network, card = load_model_files(paths[0])
-    total = {k: v.detach().double().clone() for k, v in network.state_dict().items()}
-    sources = [{"weights": str(paths[0]), "sha256": card.sha256}]
-    for path in paths[1:]:
-        other, other_card = load_model_files(path)
-        if (other_card.name, other_card.hyperparameters, other_card.classes) != (
-                card.name, card.hyperparameters, card.classes):
-            raise ModelError(f"{path} is not the same model as {paths[0]} (network, hyper-parameters or classes "
-                             "differ); only copies of one model can be averaged.")
-        for k, v in other.state_dict().items():
-            total[k] += v.detach().double()
-        sources.append({"weights": str(path), "sha256": other_card.sha256})
-    state = network.state_dict()
-    with torch.no_grad():
-        network.load_state_dict({k: (total[k] / len(paths)).to(state[k].dtype) for k in state})
-    return network, dataclasses.replace(card, training=dict(card.training, averaged_from=sources), metrics={})
 
 
 def normalize_hu(array_hu: Any, card: ModelCard | dict[str, list[float]]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data and one synthetic-CT factory."""
+"""Shared fixtures: the real CT in tests/data (see its README.md) and one synthetic-CT factory."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DICOM_FIXTURE = SHARED_DATA / "real" / "ts_abdomen_ct_dicom"
-DICOM_REFERENCE_LABELS = SHARED_DATA / "real" / "ts_abdomen_ct_dicom_reference_labels.nii.gz"
-UPPER_POLE_CTA = SHARED_DATA / "real" / "ts_cta_kidney_upper_pole_only.nii.gz"
+#: real CT, TotalSegmentator (Wasserthal et al. 2023), CC BY 4.0: tests/data/README.md
+TEST_DATA = Path(__file__).resolve().parent / "data"
+DICOM_FIXTURE = TEST_DATA / "ts_abdomen_ct_dicom"
+DICOM_REFERENCE_LABELS = TEST_DATA / "ts_abdomen_ct_dicom_reference_labels.nii.gz"
+UPPER_POLE_CTA = TEST_DATA / "ts_cta_kidney_upper_pole_only.nii.gz"
 
 _c, _s = np.cos(np.radians(30)), np.sin(np.radians(30))
 #: rotated 30° about the patient's z axis: axis-order and direction bugs fail loudly
@@ -54,7 +54,7 @@ def ct_factory():
 
 
 def require(path: Path) -> Path:
-    """The shared real-data path; fail (not skip) when the checkout lacks it."""
+    """A real-data fixture; fail (not skip) when the checkout lacks it."""
     if not path.exists():
-        pytest.fail(f"{path} is missing: the tests need ../shared/data beside the repository.")
+        pytest.fail(f"{path} is missing: the real CT fixtures ship in tests/data (see its README.md).")
     return path

@@ -28,9 +28,9 @@ def exists(path: str) -> bool:
 
 
 def test_repository_paths_finds_the_paths_a_reader_would_follow() -> None:
-    text = ("run `python benchmarks/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)),"
+    text = ("run `python recipes/evaluate_shipped.py weights/x.safetensors` (see [here](docs/a.md)),"
             " not runs/x or my/benchmarks/y")
-    assert repository_paths(text) == {"benchmarks/evaluate_shipped.py", "weights/x.safetensors", "docs/a.md"}
+    assert repository_paths(text) == {"recipes/evaluate_shipped.py", "weights/x.safetensors", "docs/a.md"}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)

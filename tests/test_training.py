@@ -344,8 +344,8 @@ def test_negative_loader_workers_is_a_usage_error(tmp_path):
 
 
 def test_cases_made_on_demand_are_made_only_when_sampled(tmp_path):
-    """A training set that makes each case when a batch asks for it (phantoms made afresh,
-    benchmarks/train_gpu.py --fresh) is not walked up front: only the sampled cases are made."""
+    """A training set that makes each case when a batch asks for it (e.g. phantoms made
+    afresh) is not walked up front: only the sampled cases are made."""
     from collections.abc import Sequence
 
     cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
@@ -410,7 +410,7 @@ def test_best_score_restarts_when_the_validation_cases_change(tmp_path, caplog):
 
 
 def test_resume_may_validate_on_other_cases_but_not_train_on_other_data(tmp_path, caplog):
-    """`renalseg train --resume --val-data OTHER` (and train_gpu.py's --val-seeds) continue the run:
+    """`renalseg train --resume --val-data OTHER` continues the run:
     the data description differs only in its validation clause; other training data is refused."""
     cases = _cases(_write_dataset(tmp_path / "d", [1, 2, 3]))
     config = _config(max_steps=1, samples_per_epoch=1,
@@ -428,7 +428,7 @@ def test_resume_may_validate_on_other_cases_but_not_train_on_other_data(tmp_path
 
 
 def test_a_copied_checkpoint_never_passes_its_last_weights_off_as_the_best(tmp_path, caplog):
-    """weights/training holds a checkpoint without the run's best weights: resumed, best.safetensors
+    """recipes/state holds a checkpoint without the run's best weights: resumed, best.safetensors
     appears only once validation beats the stored best score."""
     cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
     config = _config(max_steps=1, samples_per_epoch=1)
@@ -552,7 +552,7 @@ def test_cli_trains_both_stages_and_writes_shipped_format(tmp_path):
                                  "--loss", "ce", "--loader-workers", "1", *common])
     assert result.exit_code == 0, result.output
     assert load_model_files(tmp_path / "tuned" / "best.safetensors")[1].training["recipe"]["init_weights"] == best
-    # resuming (e.g. weights/training copied to a fresh clone) needs no --init file
+    # resuming (e.g. recipes/state copied into a run folder) needs no --init file
     shutil.move(best, tmp_path / "moved.safetensors")
     result = runner.invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "tuned"), "--init", best,
                                  "--loss", "ce", "--resume", *common[:6], "--max-steps", "3", "--device", "cpu",

@@ -185,31 +185,3 @@ def test_cli_weights_info_and_list(tmp_path):
     assert "MISMATCH" in runner.invoke(app, ["weights", "info", str(path)]).output
     missing = runner.invoke(app, ["weights", "info", str(tmp_path / "none.safetensors")])
     assert missing.exit_code == 1 and "not found" in missing.output
-
-
-def test_average_models_is_the_parameter_mean_and_refuses_another_network(tmp_path):
-    from renalseg.weights import average_models
-
-    paths, states = [], []
-    for seed in (0, 1, 2):
-        torch.manual_seed(seed)
-        net = build_network("densebiasnet", **SMALL_DBN)
-        paths.append(save_model(net, ModelCard(name="densebiasnet", metrics={"dice": 0.5}),
-                                tmp_path / f"m{seed}.safetensors"))
-        states.append(net.state_dict())
-    averaged, card = average_models(paths)
-    for key, value in averaged.state_dict().items():
-        expected = sum(s[key].double() for s in states) / 3
-        assert torch.allclose(value.double(), expected, atol=1e-6), key
-    assert [s["sha256"] for s in card.training["averaged_from"]] == [sha256_file(p) for p in paths]
-    assert card.metrics == {}  # the inputs' figures do not describe the mean
-    # the result saves and loads like any model
-    loaded, _ = load_model_files(save_model(averaged, card, tmp_path / "soup.safetensors"))
-    assert torch.equal(loaded.state_dict()["head.weight"], averaged.state_dict()["head.weight"])
-    torch.manual_seed(3)
-    wider = build_network("densebiasnet", **{**SMALL_DBN, "bias_quantity": 4})
-    other = save_model(wider, ModelCard(name="densebiasnet"), tmp_path / "other.safetensors")
-    with pytest.raises(ModelError, match="other.safetensors is not the same model"):
-        average_models([paths[0], other])
-    with pytest.raises(ModelError, match="at least two"):
-        average_models(paths[:1])

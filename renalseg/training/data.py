@@ -426,9 +426,8 @@ def make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nda
               tissue: np.ndarray | None, label_map: LabelMap | None) -> TrainingCase:
     """A :class:`TrainingCase` from arrays already on the model grid (``label`` already mapped).
 
-    What :func:`load_case` builds from files; also for cases made in memory (phantoms
-    for a GPU run, ``benchmarks/train_gpu.py``). Finds the crop centres (first class,
-    hard negatives).
+    What :func:`load_case` builds from files; also for cases made in memory (e.g.
+    phantoms). Finds the crop centres (first class, hard negatives).
 
     Raises:
         DataLayoutError: a label with no voxel of any mapped class.

@@ -1,16 +1,18 @@
 """Write ROI phantoms in the KiPA22 training layout (the shipped weights' data).
 
-Used by ``benchmarks/train_shipped.sh`` until ``renalseg synth --kind roi`` covers the
-same options; the cases are the phantom engineer's ``synthesize_roi`` at the model
-spacing (0.7 × 0.7 × 1.0 mm), so training needs no resampling.
+The cases of ``recipes/shipped_weights.sh``: ``synthesize_roi`` kidney ROIs at the
+model spacing (0.7 × 0.7 × 1.0 mm), so training needs no resampling, written as
+``OUT/{image,label,tissue}/roi_SEED.nii.gz`` plus ``OUT/cases.json``. A case already
+in OUT is not made again, so a folder can grow by seed ranges.
 
-    python benchmarks/make_training_phantoms.py OUT --seeds 1000-1039
-    python benchmarks/make_training_phantoms.py OUT --seeds 9100-9103 --unseen-intensities
-    python benchmarks/make_training_phantoms.py OUT --seeds 1100-1159 --artery-hu 250-340
+    python recipes/make_training_phantoms.py OUT --seeds 1000-1039
+    python recipes/make_training_phantoms.py OUT --seeds 9100-9103 --unseen-intensities
+    python recipes/make_training_phantoms.py OUT --seeds 1500-1649 --artery-hu 250-340
 
-``--artery-hu LO-HI`` draws the renal artery's mean HU from that band instead of
-250–500 (the aorta, other arteries and cortex follow it as always): weakly enhanced
-arteries, where the shipped weights lose most (session 10).
+``--unseen-intensities`` renders the cases with intensities, noise and blur outside
+the training ranges (``UNSEEN``). ``--artery-hu LO-HI`` draws the renal artery's mean HU
+from that band instead of 250–500 (the aorta, other arteries and cortex follow it as
+always): weakly enhanced arteries, where the network loses the most Dice.
 """
 
 from __future__ import annotations

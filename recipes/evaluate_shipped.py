@@ -1,7 +1,10 @@
-"""Held-out evaluation of trained weights on phantom folders, and publishing to weights/.
+"""Held-out evaluation of trained weights on phantom folders, and publishing them with their card.
 
-    python benchmarks/evaluate_shipped.py runs/shipped/seg/best.safetensors \
-        runs/phantoms/val runs/phantoms/unseen [--publish weights/dpa_densebiasnet.safetensors]
+    python recipes/evaluate_shipped.py runs/shipped/twin/best.safetensors \
+        runs/phantoms/val runs/phantoms/unseen [--publish weights/densebiasnet.safetensors]
+
+The phantom folders are those ``recipes/make_training_phantoms.py`` writes;
+``recipes/shipped_weights.sh`` runs this on each model it finishes.
 
 Each case goes through ``Segmenter.predict`` (the shipped inference: sliding windows on
 the card's window, Gaussian blending) and ``renalseg.metrics.evaluate_masks`` (Dice,

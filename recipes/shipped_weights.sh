@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The recipe of the shipped weights: weights/dae, weights/densebiasnet and
+# weights/dpa_densebiasnet (.safetensors + .json card).
+#
+#   recipes/shipped_weights.sh all                 every phase, in order
+#   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
+#   CPU_STEPS=1600 recipes/shipped_weights.sh resume
+#       continue the shipped dpa_densebiasnet run from recipes/state (its step 1200)
+#
+# phase    network, start                           patch (x,y,z)  lr          steps   kept
+# dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
+# plain    DenseBiasNet, from scratch               64,64,32       5e-4        2000    best (1680)
+# plain96  DenseBiasNet, plain's                    96,96,48       2e-4        1520    best (1320)
+# twin     DenseBiasNet, plain96's                  96,96,48       1e-4        960     best (960)    -> weights/densebiasnet
+# dpa      DPA-DenseBiasNet, plain96's + dae's      96,96,48       1e-4, 5e-5  960, 1901  best (1320)
+#          encoder (the DAE inputs start at zero weight, so it starts as the plain network)
+# gpu      DPA-DenseBiasNet, dpa's; batch 4         152,152,64     5e-5        4429    last
+# cpu      DPA-DenseBiasNet, gpu's; bfloat16        152,152,64     2e-5        1200    last          -> weights/dpa_densebiasnet
+#
+# All phases: one channel per GroupNorm group ({"group_size": 1}), CE + Dice, random flips,
+# rotation and intensity jitter, domain randomisation p = 0.5 (a phantom patch re-rendered
+# from its tissue map), patches centred on the artery 50% of the time (plain: 70%) and on
+# bright unlabelled voxels 30% (not plain, not dae), best weights chosen by validation Dice.
+#
+# Data: synthetic phantoms only (recipes/make_training_phantoms.py: `synthesize_roi` kidney
+# ROIs at the model spacing, 0.7 x 0.7 x 1.0 mm), one folder per seed range under $DATA:
+#   train       1000-1039                     dae, plain, plain96, twin, dpa (the DAE holds 4 out)
+#   gpu500      1000-1499                     gpu
+#   mix300      1000-1149, and 1500-1649 with the renal artery at 250-340 HU     cpu
+#   val_select  9000-9001                     validation of plain ... gpu
+#   sel8        9400-9407                     validation of cpu
+#   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
+#   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
+#   ranges), val40 9300-9339
+#
+# Hardware: the CPU phases ran on a 2-core AMD EPYC with AVX-512 BF16 (cpu: 4.4 s a step,
+# 89 min), the gpu phase on one NVIDIA H200 with 16 CPU cores (about 4 steps/s, 19 min). Any
+# phase runs on a CUDA GPU with DEVICE=cuda (the same recipe; not bit-identical); gpu runs on
+# one by default: on a CPU its batches of four 152 x 152 x 64 patches take days.
+#
+# Resumable: a phase whose run folder holds a checkpoint continues it exactly (--resume),
+# so an interrupted phase is run again with the same command; a finished phase is skipped.
+# Each finished model is scored on the held-out phantoms as `renalseg segment` writes it
+# (recipes/evaluate_shipped.py, overlap 0.5) and written with those figures in its card to
+# $PUBLISH; copy it to weights/ to ship it.
+#
+# Environment: PY (python), RUNS (runs/shipped), DATA (runs/phantoms; `resume` needs this
+# default: the run's data path is part of its checkpoint), PUBLISH ($RUNS/weights),
+# DEVICE (cpu; the gpu phase: cuda), THREADS (2, torch's CPU threads), WORKERS (14, the gpu
+# phase's batch-building processes: about the CPU cores), CPU_STEPS (1200).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's renalseg, for the tools too
+PY=${PY:-python}
+RUNS=${RUNS:-runs/shipped}
+DATA=${DATA:-runs/phantoms}
+PUBLISH=${PUBLISH:-$RUNS/weights}
+THREADS=${THREADS:-2}
+CPU_STEPS=${CPU_STEPS:-1200}
+
+# phantoms FOLDER FIRST-LAST [OPTION ...]: the phantoms of those seeds in $DATA/FOLDER (made once)
+phantoms() {
+  $PY recipes/make_training_phantoms.py "$DATA/$1" --seeds "$2" "${@:3}"
+}
+
+# steps_done RUN: the last step RUN's metrics record (0 for a new run)
+steps_done() {
+  if [ -f "$1/metrics.csv" ]; then awk -F, 'NR > 1 { step = $2 } END { print step + 0 }' "$1/metrics.csv"; else echo 0; fi
+}
+
+# train RUN STEPS OPTION ...: `renalseg train` into RUN up to step STEPS; resumes RUN's
+# checkpoint, skips a run already there
+train() {
+  local run=$1 steps=$2 resume=()
+  shift 2
+  if [ "$(steps_done "$run")" -ge "$steps" ]; then return; fi
+  if [ -f "$run/checkpoint.pt" ]; then resume=(--resume); fi
+  $PY -m renalseg train --out "$run" --max-steps "$steps" --threads "$THREADS" --device "${DEVICE:-cpu}" \
+      "$@" "${resume[@]}"
+}
+
+# evaluate WEIGHTS FOLDER ... [OPTION ...]: held-out figures as `renalseg segment` writes them
+evaluate() {
+  $PY recipes/evaluate_shipped.py "$@" --overlap 0.5 --threads "$THREADS"
+}
+
+# the seg phases' common options (plain overrides the patch shares; later options win)
+SEG=(--stage seg --data "$DATA/train" --val-data "$DATA/val_select" --label-map 3:renal_artery
+     --window 152,152,64 --val-overlap 0 --loss ce_dice --foreground-share 0.5 --hard-negative-share 0.3
+     --domain-randomisation 0.5 --samples-per-epoch 40 --val-every 3 --checkpoint-minutes 5)
+GROUP1=(--network-options '{"group_size": 1}')
+
+phase_dae() {
+  phantoms train 1000-1039
+  train "$RUNS/dae" 834 --stage dae --data "$DATA/train" --val-fraction 0.1 --patch 96,96,48 --window 96,96,48 \
+      --lr 1e-3 --epochs 100 --domain-randomisation 0.5 --seed 0 "${GROUP1[@]}"
+  mkdir -p "$PUBLISH"
+  cp "$RUNS/dae/dae.safetensors" "$RUNS/dae/dae.json" "$PUBLISH/"
+}
+
+phase_plain() {
+  phantoms train 1000-1039
+  phantoms val_select 9000-9001
+  train "$RUNS/plain" 2000 "${SEG[@]}" --no-dpa "${GROUP1[@]}" --patch 64,64,32 --lr 5e-4 \
+      --foreground-share 0.7 --hard-negative-share 0 --seed 1
+}
+
+phase_plain96() {
+  train "$RUNS/plain96" 1520 "${SEG[@]}" --init "$RUNS/plain/best.safetensors" --patch 96,96,48 --lr 2e-4 --seed 2
+}
+
+phase_twin() {
+  train "$RUNS/twin" 960 "${SEG[@]}" --init "$RUNS/plain96/best.safetensors" --no-dpa "${GROUP1[@]}" \
+      --patch 96,96,48 --lr 1e-4 --seed 3
+  if [ "$RUNS/twin/best.safetensors" -nt "$PUBLISH/densebiasnet.safetensors" ]; then
+    phantoms val 9000-9005
+    phantoms unseen 9100-9103 --unseen-intensities
+    mkdir -p "$PUBLISH"
+    evaluate "$RUNS/twin/best.safetensors" "$DATA/val" "$DATA/unseen" --publish "$PUBLISH/densebiasnet.safetensors" \
+        --history "recipes/shipped_weights.sh: phases plain, plain96 and twin"
+  fi
+}
+
+phase_dpa() {
+  local options=("${SEG[@]}" --init "$RUNS/plain96/best.safetensors" --encoder "$RUNS/dae/dae.safetensors"
+                 --patch 96,96,48 --seed 3)
+  train "$RUNS/dpa" 960 "${options[@]}" --lr 1e-4
+  train "$RUNS/dpa" 1901 "${options[@]}" --lr 5e-5
+}
+
+phase_gpu() {
+  phantoms gpu500 1000-1499
+  phantoms val_select 9000-9001
+  DEVICE=${DEVICE:-cuda} train "$RUNS/gpu" 4429 "${SEG[@]}" --data "$DATA/gpu500" \
+      --init "$RUNS/dpa/best.safetensors" --encoder "$RUNS/dae/dae.safetensors" --patch 152,152,64 --batch 4 \
+      --lr 5e-5 --samples-per-epoch 400 --val-every 1 --checkpoint-minutes 60 --seed 7 \
+      --loader-workers "${WORKERS:-14}"
+}
+
+phase_cpu() {
+  phantoms mix300 1000-1149
+  phantoms mix300 1500-1649 --artery-hu 250-340
+  phantoms sel8 9400-9407
+  train "$RUNS/cpu" "$CPU_STEPS" --stage seg --data "$DATA/mix300" --val-data "$DATA/sel8" \
+      --init "$RUNS/gpu/last.safetensors" --label-map 3:renal_artery --patch 152,152,64 --window 152,152,64 \
+      --loss ce_dice --lr 2e-5 --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3 \
+      --domain-randomisation 0.5 --samples-per-epoch 200 --val-overlap 0.25 --seed 7
+  local weights=$RUNS/cpu/last.safetensors
+  if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet.safetensors" ]; then
+    phantoms val 9000-9005
+    phantoms unseen 9100-9103 --unseen-intensities
+    phantoms val40 9300-9339
+    mkdir -p "$PUBLISH"
+    evaluate "$weights" "$DATA/val40" --tta --json "$RUNS/cpu/val40_tta.json"
+    evaluate "$weights" "$DATA/val40" "$DATA/unseen" "$DATA/val" --results "$RUNS/cpu/val40_tta.json" \
+        --publish "$PUBLISH/dpa_densebiasnet.safetensors" \
+        --history "recipes/shipped_weights.sh: phases plain, plain96, dpa (with dae), gpu and cpu"
+  fi
+}
+
+phase_resume() {
+  if [ ! -f "$RUNS/cpu/checkpoint.pt" ]; then
+    mkdir -p "$RUNS/cpu"
+    cp recipes/state/checkpoint.pt recipes/state/config.json recipes/state/metrics.* "$RUNS/cpu/"
+  fi
+  if [ "$CPU_STEPS" -le "$(steps_done "$RUNS/cpu")" ]; then
+    echo "$RUNS/cpu is at step $(steps_done "$RUNS/cpu"): set CPU_STEPS above it to continue" >&2
+    exit 2
+  fi
+  phase_cpu
+}
+
+PHASES=(dae plain plain96 twin dpa gpu cpu)
+if [ $# -eq 0 ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+fi
+if [ "$1" = all ]; then set -- "${PHASES[@]}"; fi
+for phase in "$@"; do
+  case " ${PHASES[*]} resume " in
+    *" $phase "*) "phase_$phase" ;;
+    *) echo "unknown phase '$phase'; choose all, resume or one of: ${PHASES[*]}" >&2; exit 2 ;;
+  esac
+done
