@@ -265,7 +265,7 @@ def test_radius_never_increases_from_root_to_leaves_and_follows_murray(roi_left)
 
 @pytest.mark.parametrize("seed", range(8))
 def test_tree_calibre_is_anatomical_for_any_seed(seed):
-    """Scene only (no rendering): both kidneys' trees against the issue's calibres."""
+    """Scene only (no rendering): both kidneys' trees against the calibres the phantom specifies."""
     from renalseg.phantom.abdomen import build_scene, random_placement
 
     rng = np.random.default_rng(seed)
