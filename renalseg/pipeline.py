@@ -152,6 +152,8 @@ class Result:
         probabilities: float32 artery probability on the study's grid, when asked for.
         rois: the kidney ROIs used.
         views: per-ROI arrays for :func:`renalseg.preview.render_preview`.
+        source_files: the DICOM series' files in slice order (for ``labels.seg.dcm``);
+            empty when the study was not DICOM.
     """
 
     labels: sitk.Image
@@ -160,6 +162,7 @@ class Result:
     probabilities: sitk.Image | None = None
     rois: tuple[KidneyROI, ...] = ()
     views: tuple[RoiView, ...] = field(default_factory=tuple)
+    source_files: tuple[Path, ...] = ()
 
     @property
     def study_id(self) -> str:
@@ -307,7 +310,7 @@ def segment_study(
     # 1. each ROI onto the model grid; then only these small arrays are needed, so the
     #    study's pixels are released (when this function read them) before the network
     #    runs, and the full-size outputs are allocated only after it: lower peak memory
-    study_id, study_path = study.study_id, study.path
+    study_id, study_path, source_files = study.study_id, study.path, study.dicom_files
     input_description = {**study.describe(), "series_description": study.series_description,
                          "slice_count": study.slice_count}
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -413,7 +416,8 @@ def segment_study(
     if spec.synthetic_training_only:
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,
-                  probabilities=probability_image, rois=tuple(rois), views=tuple(views))
+                  probabilities=probability_image, rois=tuple(rois), views=tuple(views),
+                  source_files=source_files)
 
 
 def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | None) -> Study:
@@ -429,13 +433,16 @@ def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | 
 
 
 def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
-                  preview: bool = True) -> Path:
+                  preview: bool = True, dicom_seg: bool = True) -> Path:
     """Write a study's outputs into ``destination`` (whole, or not at all).
 
     Files: ``labels.nii.gz`` (uint8, the study's grid exactly), ``labels.json``,
+    ``labels.seg.nrrd`` (the same voxels as a named 3D Slicer segmentation),
     ``report.json``, ``preview.png`` and, when the result has them,
-    ``probabilities.nii.gz`` (float32). Built in a staging folder and renamed into
-    place (:class:`renalseg.io.output.StagedDir`).
+    ``probabilities.nii.gz`` (float32) and, for a DICOM study with ``dicom_seg``,
+    ``labels.seg.dcm`` (a DICOM SEG referencing the source series;
+    :func:`renalseg.io.dicom_seg.write_dicom_seg`). Built in a staging folder and
+    renamed into place (:class:`renalseg.io.output.StagedDir`).
 
     Raises:
         OutputExistsError: ``destination`` exists and ``overwrite`` is false.
@@ -448,6 +455,7 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
         started = time.perf_counter()
         write_image(result.labels, staging / "labels.nii.gz")
         atomic_write_json(staging / "labels.json", result.label_names)
+        interchange = _write_interchange(result, staging, dicom_seg=dicom_seg)
         if result.probabilities is not None:
             write_image(result.probabilities, staging / "probabilities.nii.gz")
         if preview and result.views:
@@ -455,10 +463,32 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
 
             render_preview(result.views, title=result.study_id).save(staging / "preview.png")
         report = json.loads(json.dumps(result.report, default=str))
+        report.update(interchange)
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
         report["outputs"] = sorted(p.name for p in staging.iterdir()) + ["report.json"]
         atomic_write_json(staging / "report.json", report)
     return destination
+
+
+def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dict:
+    """``labels.seg.nrrd`` and, for DICOM input, ``labels.seg.dcm``; their report entries."""
+    from renalseg.io.slicer import write_seg_nrrd
+
+    labels = Volume.from_sitk(result.labels)
+    write_seg_nrrd(labels.array, labels.geometry, result.label_names, staging / "labels.seg.nrrd")
+    if not (dicom_seg and result.source_files):
+        return {}
+    if not labels.array.any():
+        return {"dicom_seg": {"path": None, "reason": "nothing labelled: a DICOM SEG needs a segment"}}
+    from renalseg.io.dicom_seg import write_dicom_seg
+
+    model = result.report.get("model", {})
+    written = write_dicom_seg(labels.array, labels.geometry, result.label_names, result.source_files,
+                              staging / "labels.seg.dcm", model_name=str(model.get("name") or "renalseg"),
+                              weights_sha256=model.get("sha256"),
+                              synthetic_training_only=bool(model.get("synthetic_training_only")))
+    written["path"] = "labels.seg.dcm"
+    return {"dicom_seg": written}
 
 
 # -- localisation only (``renalseg locate``) -------------------------------------------------

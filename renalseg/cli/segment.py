@@ -19,7 +19,7 @@ __all__ = ["register"]
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
-         show_progress: bool) -> list[dict]:
+         show_progress: bool, dicom_seg: bool = True) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``segment_study``, under a progress display."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,7 +38,7 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
 
         result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress)
         result.report["study_id"] = study.study_id
-        write_outputs(result, destination, overwrite=replace)
+        write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
         arteries = result.report.get("arteries", {})
         return {"artery_ml": {side: arteries[side]["artery_volume_ml"] for side in arteries},
                 "components": {side: arteries[side]["components"] for side in arteries}}
@@ -96,6 +96,9 @@ def segment(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
         "(the other abdominal arteries); inf keeps every piece.")] = 10.0,  # = postprocess.DEFAULT_MAX_GAP_MM (tested)
     series: SeriesOption = None,
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
+        "referencing the source series, for PACS viewers.")] = True,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -103,7 +106,8 @@ def segment(
     """Segment the renal artery tree of each study.
 
     Writes [bold]DIR/<study>/[/]: labels.nii.gz (on the input's grid exactly), labels.json,
-    report.json, preview.png (and probabilities.nii.gz). A study that fails gets
+    labels.seg.nrrd (3D Slicer), report.json, preview.png (and probabilities.nii.gz; for
+    DICOM input labels.seg.dcm, a DICOM SEG). A study that fails gets
     error.json and no labels; the others go on (exit code 1).
 
     Example: [bold]renalseg segment patient_dicom/ scans/*.nii.gz --out results/[/]
@@ -132,7 +136,8 @@ def segment(
         err_console.print(f"device: {segmenter.device_reason}", highlight=False)
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
-    rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output)
+    rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
+                dicom_seg=dicom_seg)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
 
