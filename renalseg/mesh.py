@@ -45,6 +45,7 @@ import trimesh
 from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
+from renalseg.report import structure_kind
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components
 from renalseg.volume import Volume, crop
 
@@ -313,6 +314,18 @@ def split_sides(mask: np.ndarray, geometry: Geometry, rois: list[dict] | None = 
     return sides
 
 
+def _write_centerlines(out_dir: Path, stem: str, polylines: list[dict], *, space: str) -> list[str]:
+    """``<stem>_centerline.vtp`` and ``<stem>_centerline.mrk.json``; their paths."""
+    from renalseg.io.centerline import centerline_markups, centerline_vtp
+    from renalseg.io.terminology import structure_for
+
+    vtp = atomic_write_bytes(out_dir / f"{stem}_centerline.vtp",
+                             centerline_vtp(polylines, space=space, name=f"{stem} centerline"))
+    markups = atomic_write_bytes(out_dir / f"{stem}_centerline.mrk.json", centerline_markups(
+        polylines, color_rgb=structure_for(stem).rgb, space=space, name=f"{stem} branch").encode("utf-8"))
+    return [str(vtp), str(markups)]
+
+
 def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int, str] | None = None,
                   rois: list[dict] | None = None, split: bool = True, space: str = "lps", fmt: str = "stl",
                   smoothing_iterations: int = DEFAULT_SMOOTHING_ITERATIONS, decimate: float | None = None,
@@ -321,7 +334,11 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     """Write one mesh per label and side plus ``tree.json`` into ``out_dir``.
 
     Files are ``<label name>_<side>.<fmt>`` (e.g. ``renal_artery_left.stl``), or
-    ``<label name>.<fmt>`` with ``split=False``; every write is atomic. A side with
+    ``<label name>.<fmt>`` with ``split=False``; every write is atomic. Each artery
+    tree's centerline goes beside it as ``<label name>_<side>_centerline.vtp`` (VTK
+    PolyData: radius per point, ``BranchId`` per cell) and ``..._centerline.mrk.json``
+    (3D Slicer curves), in ``space`` (:mod:`renalseg.io.centerline`); the branch ids
+    are the ``id`` of ``tree.json``'s ``segment_list``. A side with
     nothing left after dropping specks gets no file (its ``tree.json`` entry says 0
     components).
 
@@ -341,7 +358,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     Returns:
         ``{"out_dir", "space", "format", "split", "meshes": [{"label", "name", "side",
         "path", "faces", "vertices", "volume_ml", "voxel_volume_ml", "watertight"}],
-        "tree_json", "trees": {name: {side: analyze_tree dict}}}``.
+        "tree_json", "centerlines": [paths], "trees": {name: {side: analyze_tree dict}}}``.
     """
     fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
     space = check_choice(space, SPACES, "coordinate space")
@@ -358,6 +375,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
         labels = crop(labels, start, tuple(s.stop - s.start for s in box))
     values = [int(v) for v in np.unique(labels.array) if v != 0]
     meshes: list[dict] = []
+    centerlines: list[str] = []
     trees: dict[str, dict] = {}
     method = "none" if not split else ("roi" if rois else "midline")
     for value in values:
@@ -371,7 +389,12 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
                 on_progress(f"{name} {side}")
             kept = drop_small_components(part, labels.geometry.spacing_xyz_mm, min_component_mm3)
             part_volume = labels.with_array(kept)
-            trees[name][side] = analyze_tree(part_volume, min_component_mm3=0.0)
+            is_artery = structure_kind(name) == "artery"
+            trees[name][side] = analyze_tree(part_volume, min_component_mm3=0.0, polylines=is_artery)
+            polylines = trees[name][side].pop("polylines", [])
+            if polylines:
+                stem = name if side == "all" else f"{name}_{side}"
+                centerlines.extend(_write_centerlines(out_dir, stem, polylines, space=space))
             if space == "ras":
                 for key in ("branch_points_mm", "end_points_mm"):
                     trees[name][side][key] = [[-x, -y, z] for x, y, z in trees[name][side][key]]
@@ -407,5 +430,6 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
         "split": method,
         "meshes": meshes,
         "tree_json": str(tree_path),
+        "centerlines": centerlines,
         "trees": trees,
     }

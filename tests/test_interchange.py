@@ -206,3 +206,69 @@ def test_seg_nrrd_header_names_each_structure():
     assert [h[f"Segment{i}_Name"] for i in range(4)] == ["Renal vein", "Kidney", "Renal artery", "Kidney tumour"]
     assert [h[f"Segment{i}_LabelValue"] for i in range(4)] == ["1", "2", "3", "4"]
     assert "SCT^108369006^Neoplasm" in h["Segment3_Tags"] and "SCT^64033007^Kidney~" in h["Segment3_Tags"]
+
+
+# -- centerlines -------------------------------------------------------------------------------
+
+
+def _y_tree(direction) -> "Volume":
+    """A trunk that forks in two, 3 voxels thick, on an oblique anisotropic grid."""
+    from renalseg.volume import Volume
+
+    g = Geometry((60, 40, 40), (0.7, 0.8, 0.9), (-30.0, 12.0, 400.0), direction)
+    mask = np.zeros(g.shape_zyx, bool)
+    mask[5:30, 19:22, 19:22] = True
+    for k in range(0, 25):
+        mask[30 + k, 19:22, 19 + k // 2:22 + k // 2] = True
+        mask[30 + k, 19:22, 19 - k // 2:22 - k // 2] = True
+    return Volume(mask.astype(np.uint8), g)
+
+
+def _read_vtp(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    piece = ET.parse(path).getroot().find("PolyData/Piece")
+    arrays = {a.get("Name"): np.array(a.text.split(), float) for a in piece.iter("DataArray")}
+    return {"points": arrays["Points"].reshape(-1, 3), "radius": arrays["MaximumInscribedSphereRadius"],
+            "branch": arrays["BranchId"].astype(int), "offsets": arrays["offsets"].astype(int),
+            "connectivity": arrays["connectivity"].astype(int),
+            "lines": int(piece.get("NumberOfLines")), "points_count": int(piece.get("NumberOfPoints"))}
+
+
+def test_centerline_files_lie_on_the_label_and_share_tree_json_ids(tmp_path):
+    from conftest import OBLIQUE_30DEG
+
+    from renalseg.mesh import export_meshes
+
+    labels = _y_tree(OBLIQUE_30DEG)
+    summary = export_meshes(labels, tmp_path, label_names={1: "renal_artery"}, split=False)
+    vtp = _read_vtp(tmp_path / "renal_artery_centerline.vtp")
+    tree = json.loads((tmp_path / "tree.json").read_text())["trees"]["renal_artery"]["all"]
+    assert tree["branch_points"] == 1 and tree["segments"] == 3
+    assert sorted(vtp["branch"].tolist()) == sorted(s["id"] for s in tree["segment_list"]) == [1, 2, 3]
+    assert vtp["lines"] == 3 and vtp["offsets"][-1] == vtp["points_count"] == len(vtp["radius"])
+    assert (vtp["radius"] > 0).all()
+    index = np.rint(labels.geometry.world_to_index(vtp["points"])).astype(int)  # LPS mm -> (x, y, z)
+    assert labels.array[index[:, 2], index[:, 1], index[:, 0]].all()  # every point on the label
+    markups = json.loads((tmp_path / "renal_artery_centerline.mrk.json").read_text())
+    assert markups["@schema"].endswith("markups-schema-v1.0.3.json#")
+    curves = markups["markups"]
+    assert [c["type"] for c in curves] == ["Curve"] * 3 and {c["coordinateSystem"] for c in curves} == {"LPS"}
+    assert [c["name"] for c in curves] == [f"renal_artery branch {i}" for i in vtp["branch"]]
+    first = np.array([p["position"] for p in curves[0]["controlPoints"]])
+    assert np.allclose(first, vtp["points"][:vtp["offsets"][0]], atol=1e-3)
+    assert len(summary["centerlines"]) == 2
+
+
+def test_centerlines_in_ras(tmp_path):
+    from conftest import LPS
+
+    from renalseg.mesh import export_meshes
+
+    labels = _y_tree(LPS)
+    export_meshes(labels, tmp_path / "lps", label_names={1: "renal_artery"}, split=False)
+    export_meshes(labels, tmp_path / "ras", label_names={1: "renal_artery"}, split=False, space="ras")
+    lps = _read_vtp(tmp_path / "lps" / "renal_artery_centerline.vtp")["points"]
+    ras = _read_vtp(tmp_path / "ras" / "renal_artery_centerline.vtp")["points"]
+    assert np.allclose(ras, lps * [-1, -1, 1])
+    assert "SPACE=RAS" in (tmp_path / "ras" / "renal_artery_centerline.vtp").read_text()

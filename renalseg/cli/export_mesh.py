@@ -77,7 +77,9 @@ def export_mesh(
 
     Meshes are in patient LPS millimetres with [bold]SPACE=LPS[/] in the STL header (as
     3D Slicer reads it); [bold]--space ras[/] writes RAS. Output per study:
-    DIR/<study>/renal_artery_left.stl, renal_artery_right.stl, tree.json.
+    DIR/<study>/renal_artery_left.stl, renal_artery_right.stl, tree.json, and each artery
+    tree's centerline as renal_artery_<side>_centerline.vtp (VTK, radius per point, BranchId
+    per cell as in tree.json) and .mrk.json (3D Slicer curves).
 
     Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
     """
