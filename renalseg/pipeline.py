@@ -36,13 +36,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from renalseg import __version__
+from renalseg.components import SPECK_MM3, count_pieces
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
-    clean_labels,
-    count_components,
+    clean_labels_logged,
     probabilities_to_labels,
 )
 from renalseg.roi import KidneyROI
@@ -211,6 +211,42 @@ def _clipped_box(roi: KidneyROI, shape_zyx: tuple[int, int, int]) -> tuple[np.nd
     return lo, hi
 
 
+#: said in report.json beside the figures (renalseg.components)
+COMPONENT_DEFINITION = (
+    f"components: 26-connected pieces of at least {SPECK_MM3:g} mm³ (faces, edges and corners touch); smaller "
+    "pieces are counted as specks. export-mesh's tree.json and mesh bodies count the same way at its default "
+    "--min-component-mm3. cleanup: what the segment clean-up removed per side (pieces farther than --max-gap-mm "
+    "from the largest piece; pieces under --min-component-mm3)."
+)
+
+
+def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[KidneyROI],
+                    cleanups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per side: artery volume, components and specks (:func:`renalseg.components.count_pieces`)
+    of the final label map, split into sides as ``export-mesh`` splits it, and the clean-up log."""
+    from renalseg.mesh import split_sides
+    from renalseg.tree import bounding_box
+
+    geometry = labels.geometry
+    artery = np.isin(labels.array, artery_values)
+    sides: dict[str, dict[str, Any]] = {}
+    if artery.any():
+        box = bounding_box(artery)
+        sub_geometry = geometry.crop(tuple(s.start for s in box), tuple(s.stop - s.start for s in box))
+        parts = split_sides(artery[box], sub_geometry, [roi.to_dict() for roi in rois],
+                            midline_x=float(geometry.corners_world()[:, 0].mean()))
+    else:
+        parts = {}
+    for side in sorted({roi.side for roi in rois}, key=lambda s: (s != "right", s)):
+        part = parts.get(side)
+        voxels = int(part.sum()) if part is not None else 0
+        pieces = count_pieces(part, geometry.spacing_xyz_mm) if part is not None else count_pieces(
+            np.zeros((1, 1, 1), bool), geometry.spacing_xyz_mm)
+        sides[side] = {"artery_volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 3), **pieces,
+                       "voxels": voxels, "cleanup": cleanups.get(side, {})}
+    return sides
+
+
 def _artery_values(label_names: dict[str, str]) -> list[int]:
     """Label values that are arteries (by name), else every foreground label."""
     values = [int(k) for k, v in label_names.items() if "arter" in v.lower() and int(k) != 0]
@@ -344,8 +380,7 @@ def segment_study(
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
     probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
                          if config.save_probabilities else None)
-    voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
-    sides: dict[str, dict[str, Any]] = {}
+    cleanups: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
     for roi, lo, hi, roi_hu, probabilities in predicted:
         # probabilities back onto the study's own voxels inside the (clipped) box
@@ -364,8 +399,9 @@ def segment_study(
 
         started = time.perf_counter()
         box_labels = probabilities_to_labels(box_probabilities)
-        box_labels = clean_labels(box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm,
-                                  min_component_mm3=config.min_component_mm3, max_gap_mm=config.max_gap_mm)
+        box_labels, removed = clean_labels_logged(
+            box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
+            max_gap_mm=config.max_gap_mm)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)
@@ -375,10 +411,9 @@ def segment_study(
             foreground = 1.0 - box_probabilities[0]
             np.maximum(probability_array[region], foreground, out=probability_array[region])
         artery = np.isin(box_labels, artery_values)
-        side_entry = sides.setdefault(roi.side, {"artery_volume_ml": 0.0, "components": 0, "voxels": 0})
-        side_entry["voxels"] += int(artery.sum())
-        side_entry["artery_volume_ml"] = round(side_entry["voxels"] * voxel_ml, 3)
-        side_entry["components"] += count_components(artery)
+        cleanup = cleanups.setdefault(roi.side, dict.fromkeys(removed, 0))
+        for key, value in removed.items():
+            cleanup[key] = round(cleanup[key] + value, 4)
         # the final mask back on the model grid, for the preview
         artery_on_grid = resample_to_grid(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid,
                                           interpolator=sitk.sitkNearestNeighbor, default_value=0,
@@ -387,6 +422,7 @@ def segment_study(
                              tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
         timings["postprocess"] += time.perf_counter() - started
 
+    sides = _artery_figures(labels, artery_values, rois, cleanups)
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
                          if probability_array is not None else None)
@@ -411,6 +447,7 @@ def segment_study(
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None},
         "arteries": sides,
+        "component_definition": COMPONENT_DEFINITION,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if spec.synthetic_training_only:

@@ -43,6 +43,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
+from renalseg.components import STRUCTURE_26  # 26-connectivity: vessels one voxel thick touch diagonally
 from renalseg.errors import GeometryError
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
@@ -53,8 +54,6 @@ __all__ = ["analyze_tree", "bounding_box", "centerline", "depth_mm", "drop_small
 
 logger = logging.getLogger(__name__)
 
-#: 26-connectivity: vessels one voxel thick touch diagonally
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 # a loop cut by the spanning tree is "small" when each cut arm is shorter than this × radius
 _LOOP_ARM_FACTOR = 4.0

@@ -112,8 +112,14 @@ def demo(
     arteries = result.report.get("arteries", {})
     for side in ("right", "left"):
         if side in arteries:
-            console.print(f"{side} artery tree: {arteries[side]['artery_volume_ml']:.2f} ml, "
-                          f"{arteries[side]['components']} component(s)", highlight=False)
+            # one definition of a component (renalseg.components): the three figures agree
+            entry = arteries[side]
+            trees = [t[side]["components"] for t in meshes["trees"].values() if side in t]
+            bodies = sum(m["bodies"] for m in meshes["meshes"] if m["side"] == side)
+            console.print(f"{side} artery tree: {entry['artery_volume_ml']:.2f} ml, {entry['components']} "
+                          f"component(s) in report.json, {sum(trees)} in tree.json, {bodies} mesh bod"
+                          f"{'y' if bodies == 1 else 'ies'}; {entry['specks']} speck(s) under 5 mm³ not counted",
+                          highlight=False)
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
                   f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
                   soft_wrap=True)
