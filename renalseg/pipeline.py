@@ -133,12 +133,15 @@ class RoiView:
         hu: float32 ``(Z, Y, X)`` CT on the model grid (z → superior, y → posterior, x → left).
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the model grid spacing.
+        outlines: ``{"kidney": mask, "tumour": mask}`` (bool, same grid) when the
+            model labels them, drawn as outlines.
     """
 
     side: str
     hu: np.ndarray
     artery: np.ndarray
     spacing_xyz_mm: tuple[float, float, float]
+    outlines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -245,6 +248,23 @@ def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[Kid
         sides[side] = {"artery_volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 3), **pieces,
                        "voxels": voxels, "cleanup": cleanups.get(side, {})}
     return sides
+
+
+def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
+                      label_names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Kidney and tumour masks (when the model labels them) on the ROI's model grid, for the preview."""
+    from renalseg.report import structure_kind
+
+    outlines = {}
+    for kind in ("kidney", "tumour"):
+        values = [int(k) for k, v in label_names.items() if int(k) != 0 and structure_kind(v) == kind]
+        mask = np.isin(box_labels, values)
+        if values and mask.any():
+            on_grid = resample_to_grid(Volume(mask.astype(np.uint8), box).to_sitk(), grid,
+                                       interpolator=sitk.sitkNearestNeighbor, default_value=0,
+                                       pixel_type=sitk.sitkUInt8)
+            outlines[kind] = Volume.from_sitk(on_grid).array.astype(bool)
+    return outlines
 
 
 def _artery_values(label_names: dict[str, str]) -> list[int]:
@@ -419,7 +439,8 @@ def segment_study(
                                           interpolator=sitk.sitkNearestNeighbor, default_value=0,
                                           pixel_type=sitk.sitkUInt8)
         views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
-                             tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
+                             tuple(roi.grid.spacing_xyz_mm),  # type: ignore[arg-type]
+                             _outlines_on_grid(box_labels, box, roi.grid, label_names)))
         timings["postprocess"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)
@@ -498,7 +519,11 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
         if preview and result.views:
             from renalseg.preview import render_preview
 
-            render_preview(result.views, title=result.study_id).save(staging / "preview.png")
+            from renalseg.preview import RESEARCH_NOTICE
+
+            synthetic = bool(result.report.get("model", {}).get("synthetic_training_only"))
+            notice = RESEARCH_NOTICE + (" Trained on synthetic phantoms." if synthetic else "")
+            render_preview(result.views, title=result.study_id, notice=notice).save(staging / "preview.png")
         report = json.loads(json.dumps(result.report, default=str))
         report.update(interchange)
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
