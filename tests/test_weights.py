@@ -213,3 +213,25 @@ def test_average_models_is_the_parameter_mean_and_refuses_another_network(tmp_pa
         average_models([paths[0], other])
     with pytest.raises(ModelError, match="at least two"):
         average_models(paths[:1])
+
+
+def test_weights_info_takes_a_shipped_models_name_and_list_needs_no_torch():
+    import subprocess
+    import sys
+
+    from renalseg.nets import NETWORKS
+    from renalseg.weights import NETWORK_NAMES
+
+    assert sorted(NETWORKS) == sorted(NETWORK_NAMES)
+    runner = CliRunner()
+    result = runner.invoke(app, ["weights", "info", "dpa_densebiasnet"])
+    assert result.exit_code == 0, result.output
+    assert "dpa_densebiasnet" in result.output and "--weights" not in result.output
+    wrong = runner.invoke(app, ["weights", "info", "dpa_densebiasnt"])
+    assert wrong.exit_code == 2 and "dpa_densebiasnet" in wrong.output
+    code = ("import sys; from typer.testing import CliRunner; from renalseg.cli.app import app; "
+            "r = CliRunner().invoke(app, ['weights', 'list']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["0", "False"]

@@ -24,7 +24,8 @@ def demo(
                                       show_default=False)],
     seed: Annotated[int, typer.Option(help="Phantom seed (the default is not used in training).")] = DEMO_SEED,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (default: the shipped weights).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
+                                                metavar="<auto|cpu|cuda|cuda:N|mps>")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo in --out.")] = False,
 ) -> None:
     """Synthesise one abdomen CTA phantom, segment it, export meshes, compare with the truth.

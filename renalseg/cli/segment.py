@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
     from renalseg.batch import BatchStudy
 
 __all__ = ["register"]
+
+
+class Side(str, Enum):
+    """``--side`` (the values of :data:`renalseg.pipeline.SIDES`)."""
+
+    both = "both"
+    left = "left"
+    right = "right"
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
@@ -77,13 +86,14 @@ def segment(
     inputs: StudiesArgument,
     out: OutOption,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file/folder (default: the shipped weights).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: CUDA if usable).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: CUDA if usable).",
+                                        metavar="<auto|cpu|cuda|cuda:N|mps>")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap fraction in [0, 1).")] = 0.5,
     tta: Annotated[Optional[bool], typer.Option(
         "--tta/--no-tta", help="Mirroring test-time augmentation (8× slower). Default: on for CUDA, off on CPU.",
         show_default=False)] = None,
-    side: Annotated[str, typer.Option(help="Which kidney: both, left or right (the patient's side; with "
-                                           "--input-is-roi, the side of the crop).")] = "both",
+    side: Annotated[Side, typer.Option(help="Which kidney (the patient's side; with --input-is-roi, the side of "
+                                            "the crop).", case_sensitive=False)] = Side.both,
     input_is_roi: Annotated[bool, typer.Option(
         "--input-is-roi", help="Each input is already one kidney ROI crop (e.g. KiPA22): skip localisation.")] = False,
     save_probabilities: Annotated[bool, typer.Option(
@@ -123,7 +133,7 @@ def segment(
     if weights is not None and not weights.exists():
         raise UsageError(f"--weights {weights}: no such file or folder.")
     config = SegmentConfig(
-        weights=weights, device=device, overlap=overlap, tta=tta, side=side.lower(), input_is_roi=input_is_roi,
+        weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
         series_uid=series,
     )
