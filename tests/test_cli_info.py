@@ -154,3 +154,13 @@ def test_help_shows_the_choices(command, option, shown):
     lines = [line for line in result.output.splitlines() if line.startswith("│") and
              line.lstrip("│ ").startswith(option + " ")]
     assert len(lines) == 1 and shown in lines[0] and "<str>" not in lines[0]
+
+
+def test_cli_choices_are_the_librarys():
+    from renalseg.cli.export_mesh import MeshFormat, Space
+    from renalseg.cli.segment import Side
+    from renalseg.mesh import MESH_FORMATS, SPACES
+    from renalseg.pipeline import SIDES
+
+    assert [m.value for m in Space] == list(SPACES) and [m.value for m in MeshFormat] == list(MESH_FORMATS)
+    assert [m.value for m in Side] == list(SIDES)

@@ -16,19 +16,9 @@ from renalseg.cli.common import configure_logging, console, err_console, handle_
 __all__ = ["register", "resolve_label_input"]
 
 
-class Space(str, Enum):
-    """``--space`` (the values of :data:`renalseg.mesh.SPACES`)."""
-
-    lps = "lps"
-    ras = "ras"
-
-
-class MeshFormat(str, Enum):
-    """``--format`` (the values of :data:`renalseg.mesh.MESH_FORMATS`)."""
-
-    stl = "stl"
-    ply = "ply"
-    obj = "obj"
+#: ``--space`` and ``--format`` choices, from the library's lists (so --help shows them)
+Space = Enum("Space", {name: name for name in ("lps", "ras")}, type=str)  # = renalseg.mesh.SPACES
+MeshFormat = Enum("MeshFormat", {name: name for name in ("stl", "ply", "obj")}, type=str)  # = MESH_FORMATS
 
 
 def resolve_label_input(path: Path) -> tuple[str, Path, Path | None, Path | None]:

@@ -19,12 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-class Side(str, Enum):
-    """``--side`` (the values of :data:`renalseg.pipeline.SIDES`)."""
-
-    both = "both"
-    left = "left"
-    right = "right"
+#: ``--side`` choices (= renalseg.pipeline.SIDES), an Enum so --help shows them
+Side = Enum("Side", {name: name for name in ("both", "left", "right")}, type=str)
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
