@@ -10,7 +10,9 @@ such as older Slicer models or nibabel-based pipelines).
 
 How a mesh is made (:func:`mask_to_mesh`):
 
-1. components smaller than ``min_component_mm3`` are dropped (26-connectivity);
+1. components smaller than ``min_component_mm3`` are dropped (26-connectivity, as
+   :mod:`renalseg.components` defines them; voxels touching at an edge or a corner
+   are joined first so each component is one body);
 2. the mask's bounding box is padded by one voxel so marching cubes (scikit-image,
    level 0.5) closes every surface, also where the vessel leaves the image;
 3. vertices are mapped from voxel indices through :meth:`Geometry.index_to_world`
@@ -42,9 +44,11 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from renalseg.components import SPECK_MM3
 from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
+from renalseg.report import structure_kind
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components
 from renalseg.volume import Volume, crop
 
@@ -64,8 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: Taubin iterations when the caller does not say (``--smooth``)
 DEFAULT_SMOOTHING_ITERATIONS = 10
-#: specks smaller than this are dropped (about 10 voxels at 0.7 × 0.7 × 1 mm)
-DEFAULT_MIN_COMPONENT_MM3 = 5.0
+#: specks smaller than this are dropped (:data:`renalseg.components.SPECK_MM3`)
+DEFAULT_MIN_COMPONENT_MM3 = SPECK_MM3
 MESH_FORMATS = ("stl", "ply", "obj")
 SPACES = ("lps", "ras")
 _TAUBIN_LAMBDA, _TAUBIN_NU = 0.5, 0.53
@@ -106,18 +110,23 @@ def _decimate_watertight(mesh: trimesh.Trimesh, keep_fraction: float) -> trimesh
 
 
 def _fill_edge_contacts(mask: np.ndarray, *, max_passes: int = 10) -> np.ndarray:
-    """Fill the voxels that make two voxels touch only along an edge.
+    """Fill the voxels that make two voxels touch only along an edge or at a corner.
 
     Marching cubes joins two voxels that share only an edge (a 2 × 2 block holding
     one diagonal) through that edge, which four faces then share: a non-manifold,
     not watertight surface. Thin, noisy vessel masks have such contacts often (24
     edges on a typical network output). Adding one voxel per contact makes the mask
-    face-connected there; the volume changes by a few voxels.
+    face-connected there; the volume changes by a few voxels. Two voxels touching only
+    at a corner would give two separate surfaces of one 26-connected component (see
+    :mod:`renalseg.components`); two voxels join them.
 
     Example:
         >>> m = np.zeros((1, 2, 2), bool); m[0, 0, 0] = m[0, 1, 1] = True
         >>> int(_fill_edge_contacts(m).sum())
         3
+        >>> m = np.zeros((2, 2, 2), bool); m[0, 0, 0] = m[1, 1, 1] = True
+        >>> int(_fill_edge_contacts(m).sum())
+        4
     """
     mask = np.array(mask, dtype=bool, copy=True)
     for _ in range(max_passes):
@@ -132,6 +141,20 @@ def _fill_edge_contacts(mask: np.ndarray, *, max_passes: int = 10) -> np.ndarray
                 c |= main
                 a |= anti
                 changed = True
+        # two voxels touching only at a corner: marching cubes makes two bodies of what
+        # is one 26-connected component; a voxel beside one of them makes the contact an
+        # edge, which the next pass fills
+        nz, ny, nx = mask.shape
+        corner = {(dz, dy, dx): mask[dz:nz - 1 + dz, dy:ny - 1 + dy, dx:nx - 1 + dx]
+                  for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)}
+        if min(mask.shape) > 1:
+            occupied = sum(c.astype(np.uint8) for c in corner.values())
+            for p in ((0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)):
+                q = (1 - p[0], 1 - p[1], 1 - p[2])
+                lone = corner[p] & corner[q] & (occupied == 2)
+                if lone.any():
+                    corner[(p[0], p[1], 1 - p[2])] |= lone
+                    changed = True
         if not changed:
             break
     return mask
@@ -313,6 +336,18 @@ def split_sides(mask: np.ndarray, geometry: Geometry, rois: list[dict] | None = 
     return sides
 
 
+def _write_centerlines(out_dir: Path, stem: str, polylines: list[dict], *, space: str) -> list[str]:
+    """``<stem>_centerline.vtp`` and ``<stem>_centerline.mrk.json``; their paths."""
+    from renalseg.io.centerline import centerline_markups, centerline_vtp
+    from renalseg.io.terminology import structure_for
+
+    vtp = atomic_write_bytes(out_dir / f"{stem}_centerline.vtp",
+                             centerline_vtp(polylines, space=space, name=f"{stem} centerline"))
+    markups = atomic_write_bytes(out_dir / f"{stem}_centerline.mrk.json", centerline_markups(
+        polylines, color_rgb=structure_for(stem).rgb, space=space, name=f"{stem} branch").encode("utf-8"))
+    return [str(vtp), str(markups)]
+
+
 def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int, str] | None = None,
                   rois: list[dict] | None = None, split: bool = True, space: str = "lps", fmt: str = "stl",
                   smoothing_iterations: int = DEFAULT_SMOOTHING_ITERATIONS, decimate: float | None = None,
@@ -321,7 +356,11 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     """Write one mesh per label and side plus ``tree.json`` into ``out_dir``.
 
     Files are ``<label name>_<side>.<fmt>`` (e.g. ``renal_artery_left.stl``), or
-    ``<label name>.<fmt>`` with ``split=False``; every write is atomic. A side with
+    ``<label name>.<fmt>`` with ``split=False``; every write is atomic. Each artery
+    tree's centerline goes beside it as ``<label name>_<side>_centerline.vtp`` (VTK
+    PolyData: radius per point, ``BranchId`` per cell) and ``..._centerline.mrk.json``
+    (3D Slicer curves), in ``space`` (:mod:`renalseg.io.centerline`); the branch ids
+    are the ``id`` of ``tree.json``'s ``segment_list``. A side with
     nothing left after dropping specks gets no file (its ``tree.json`` entry says 0
     components).
 
@@ -340,8 +379,8 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
 
     Returns:
         ``{"out_dir", "space", "format", "split", "meshes": [{"label", "name", "side",
-        "path", "faces", "vertices", "volume_ml", "voxel_volume_ml", "watertight"}],
-        "tree_json", "trees": {name: {side: analyze_tree dict}}}``.
+        "path", "faces", "vertices", "volume_ml", "voxel_volume_ml", "watertight", "bodies"}],
+        "tree_json", "centerlines": [paths], "trees": {name: {side: analyze_tree dict}}}``.
     """
     fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
     space = check_choice(space, SPACES, "coordinate space")
@@ -358,6 +397,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
         labels = crop(labels, start, tuple(s.stop - s.start for s in box))
     values = [int(v) for v in np.unique(labels.array) if v != 0]
     meshes: list[dict] = []
+    centerlines: list[str] = []
     trees: dict[str, dict] = {}
     method = "none" if not split else ("roi" if rois else "midline")
     for value in values:
@@ -371,7 +411,12 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
                 on_progress(f"{name} {side}")
             kept = drop_small_components(part, labels.geometry.spacing_xyz_mm, min_component_mm3)
             part_volume = labels.with_array(kept)
-            trees[name][side] = analyze_tree(part_volume, min_component_mm3=0.0)
+            is_artery = structure_kind(name) == "artery"
+            trees[name][side] = analyze_tree(part_volume, min_component_mm3=0.0, polylines=is_artery)
+            polylines = trees[name][side].pop("polylines", [])
+            if polylines:
+                stem = name if side == "all" else f"{name}_{side}"
+                centerlines.extend(_write_centerlines(out_dir, stem, polylines, space=space))
             if space == "ras":
                 for key in ("branch_points_mm", "end_points_mm"):
                     trees[name][side][key] = [[-x, -y, z] for x, y, z in trees[name][side][key]]
@@ -391,6 +436,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
                 "volume_ml": round(float(mesh.volume) / 1000.0, 4),
                 "voxel_volume_ml": round(float(kept.sum()) * labels.geometry.voxel_volume_mm3 / 1000.0, 4),
                 "watertight": bool(mesh.is_watertight),
+                "bodies": int(mesh.body_count),
             })
     tree_doc = {
         "coordinate_space": space.upper(),
@@ -407,5 +453,6 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
         "split": method,
         "meshes": meshes,
         "tree_json": str(tree_path),
+        "centerlines": centerlines,
         "trees": trees,
     }

@@ -8,9 +8,13 @@ For a predicted mask P and a truth mask G on the same grid (He et al. 2020, Sec.
   HDmean(G, P) = max(mean_g min_p ‖g − p‖, mean_p min_g ‖p − g‖);
 * **MSD** (mean surface distance): Eq. 4 on the surface voxels (mask voxels with a
   6-neighbour outside the mask, the image border counting as outside);
-* **HD**: the largest surface-to-surface distance, max of both directions;
-* **HD95**: the larger of the two directed 95th percentiles of surface distances
-  (the MedPy / nnU-Net convention).
+* **HD**: the largest surface-to-surface distance, max of both directions, on the
+  KiPA22 evaluator's surface: mask voxels with a background voxel anywhere in their
+  3 × 3 × 3 neighbourhood (what ITK's ``SimpleContourExtractorImageFilter`` gives,
+  which the challenge's ``evaluation.py`` uses), so figures compare with the
+  challenge's;
+* **HD95**: the larger of the two directed 95th percentiles of the same surface
+  distances (the MedPy / nnU-Net convention, on the KiPA22 surface).
 
 Distances are Euclidean between voxel centres in mm, using the spacing (the direction
 matrix is orthonormal and does not change distances). Nearest points are found with a
@@ -70,6 +74,7 @@ logger = logging.getLogger(__name__)
 #: per-case metrics, in table order
 METRIC_NAMES: tuple[str, ...] = ("dice", "mcd_mm", "msd_mm", "hd_mm", "hd95_mm")
 _FACE = ndimage.generate_binary_structure(3, 1)
+_CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -88,10 +93,24 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
-def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels with at least one face neighbour outside (image border = outside)."""
+def surface_voxels(mask: np.ndarray, *, connectivity: int = 6) -> np.ndarray:
+    """Mask voxels with a background neighbour (image border = outside).
+
+    Args:
+        mask: bool ``(Z, Y, X)``.
+        connectivity: 6 (a face neighbour outside: MSD's surface) or 26 (any voxel of
+            the 3 × 3 × 3 neighbourhood outside: the KiPA22 evaluator's, for HD and HD95).
+
+    Example:
+        >>> m = np.zeros((5, 5, 5), bool); m[1:4, 1:4, 1:4] = True; m[1, 1, 1] = False
+        >>> int(surface_voxels(m).sum()), int(surface_voxels(m, connectivity=26).sum())
+        (25, 26)
+    """
+    if connectivity not in (6, 26):
+        raise UsageError(f"surface connectivity must be 6 or 26; got {connectivity}.")
     mask = np.asarray(mask, bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=_FACE, border_value=0)
+    structure = _FACE if connectivity == 6 else _CUBE
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
 def directed_distances(source: np.ndarray, target: np.ndarray, spacing_xyz_mm: Sequence[float]) -> np.ndarray:
@@ -156,13 +175,15 @@ def evaluate_masks(pred: np.ndarray, gt: np.ndarray, spacing_xyz_mm: Sequence[fl
     # pad by one so thinning and surfaces see the background around the masks
     pred_box, gt_box = np.pad(pred[box], 1), np.pad(gt[box], 1)
     p_to_g, g_to_p = _symmetric(surface_voxels(pred_box), surface_voxels(gt_box), spacing_xyz_mm)
+    kipa_p_to_g, kipa_g_to_p = _symmetric(surface_voxels(pred_box, connectivity=26),
+                                          surface_voxels(gt_box, connectivity=26), spacing_xyz_mm)
     c_to_c = _symmetric(centerline(pred_box, tuple(spacing_xyz_mm)), centerline(gt_box, tuple(spacing_xyz_mm)),
                         spacing_xyz_mm)
     result.update({
         "mcd_mm": float(max(c_to_c[0].mean(), c_to_c[1].mean())),
         "msd_mm": float(max(p_to_g.mean(), g_to_p.mean())),
-        "hd_mm": float(max(p_to_g.max(), g_to_p.max())),
-        "hd95_mm": float(max(np.percentile(p_to_g, 95), np.percentile(g_to_p, 95))),
+        "hd_mm": float(max(kipa_p_to_g.max(), kipa_g_to_p.max())),
+        "hd95_mm": float(max(np.percentile(kipa_p_to_g, 95), np.percentile(kipa_g_to_p, 95))),
     })
     return result
 

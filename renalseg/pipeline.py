@@ -36,13 +36,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from renalseg import __version__
+from renalseg.components import SPECK_MM3, count_pieces
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
-    clean_labels,
-    count_components,
+    clean_labels_logged,
     probabilities_to_labels,
 )
 from renalseg.roi import KidneyROI
@@ -133,12 +133,15 @@ class RoiView:
         hu: float32 ``(Z, Y, X)`` CT on the model grid (z → superior, y → posterior, x → left).
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the model grid spacing.
+        outlines: ``{"kidney": mask, "tumour": mask}`` (bool, same grid) when the
+            model labels them, drawn as outlines.
     """
 
     side: str
     hu: np.ndarray
     artery: np.ndarray
     spacing_xyz_mm: tuple[float, float, float]
+    outlines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +155,8 @@ class Result:
         probabilities: float32 artery probability on the study's grid, when asked for.
         rois: the kidney ROIs used.
         views: per-ROI arrays for :func:`renalseg.preview.render_preview`.
+        source_files: the DICOM series' files in slice order (for ``labels.seg.dcm``);
+            empty when the study was not DICOM.
     """
 
     labels: sitk.Image
@@ -160,6 +165,7 @@ class Result:
     probabilities: sitk.Image | None = None
     rois: tuple[KidneyROI, ...] = ()
     views: tuple[RoiView, ...] = field(default_factory=tuple)
+    source_files: tuple[Path, ...] = ()
 
     @property
     def study_id(self) -> str:
@@ -206,6 +212,59 @@ def _clipped_box(roi: KidneyROI, shape_zyx: tuple[int, int, int]) -> tuple[np.nd
     lo = np.maximum(start, 0)
     hi = np.minimum(start + np.asarray(roi.shape_zyx, dtype=int), np.asarray(shape_zyx))
     return lo, hi
+
+
+#: said in report.json beside the figures (renalseg.components)
+COMPONENT_DEFINITION = (
+    f"components: 26-connected pieces of at least {SPECK_MM3:g} mm³ (faces, edges and corners touch); smaller "
+    "pieces are counted as specks. export-mesh's tree.json and mesh bodies count the same way at its default "
+    "--min-component-mm3. cleanup: what the segment clean-up removed per side (pieces farther than --max-gap-mm "
+    "from the largest piece; pieces under --min-component-mm3)."
+)
+
+
+def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[KidneyROI],
+                    cleanups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per side: artery volume, components and specks (:func:`renalseg.components.count_pieces`)
+    of the final label map, split into sides as ``export-mesh`` splits it, and the clean-up log."""
+    from renalseg.mesh import split_sides
+    from renalseg.tree import bounding_box
+
+    geometry = labels.geometry
+    artery = np.isin(labels.array, artery_values)
+    sides: dict[str, dict[str, Any]] = {}
+    if artery.any():
+        box = bounding_box(artery)
+        sub_geometry = geometry.crop(tuple(s.start for s in box), tuple(s.stop - s.start for s in box))
+        parts = split_sides(artery[box], sub_geometry, [roi.to_dict() for roi in rois],
+                            midline_x=float(geometry.corners_world()[:, 0].mean()))
+    else:
+        parts = {}
+    for side in sorted({roi.side for roi in rois}, key=lambda s: (s != "right", s)):
+        part = parts.get(side)
+        voxels = int(part.sum()) if part is not None else 0
+        pieces = count_pieces(part, geometry.spacing_xyz_mm) if part is not None else count_pieces(
+            np.zeros((1, 1, 1), bool), geometry.spacing_xyz_mm)
+        sides[side] = {"artery_volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 3), **pieces,
+                       "voxels": voxels, "cleanup": cleanups.get(side, {})}
+    return sides
+
+
+def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
+                      label_names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Kidney and tumour masks (when the model labels them) on the ROI's model grid, for the preview."""
+    from renalseg.report import structure_kind
+
+    outlines = {}
+    for kind in ("kidney", "tumour"):
+        values = [int(k) for k, v in label_names.items() if int(k) != 0 and structure_kind(v) == kind]
+        mask = np.isin(box_labels, values)
+        if values and mask.any():
+            on_grid = resample_to_grid(Volume(mask.astype(np.uint8), box).to_sitk(), grid,
+                                       interpolator=sitk.sitkNearestNeighbor, default_value=0,
+                                       pixel_type=sitk.sitkUInt8)
+            outlines[kind] = Volume.from_sitk(on_grid).array.astype(bool)
+    return outlines
 
 
 def _artery_values(label_names: dict[str, str]) -> list[int]:
@@ -307,7 +366,7 @@ def segment_study(
     # 1. each ROI onto the model grid; then only these small arrays are needed, so the
     #    study's pixels are released (when this function read them) before the network
     #    runs, and the full-size outputs are allocated only after it: lower peak memory
-    study_id, study_path = study.study_id, study.path
+    study_id, study_path, source_files = study.study_id, study.path, study.dicom_files
     input_description = {**study.describe(), "series_description": study.series_description,
                          "slice_count": study.slice_count}
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -341,8 +400,7 @@ def segment_study(
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
     probability_array = (np.zeros(study_geometry.shape_zyx, dtype=np.float32)
                          if config.save_probabilities else None)
-    voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
-    sides: dict[str, dict[str, Any]] = {}
+    cleanups: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
     for roi, lo, hi, roi_hu, probabilities in predicted:
         # probabilities back onto the study's own voxels inside the (clipped) box
@@ -361,8 +419,9 @@ def segment_study(
 
         started = time.perf_counter()
         box_labels = probabilities_to_labels(box_probabilities)
-        box_labels = clean_labels(box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm,
-                                  min_component_mm3=config.min_component_mm3, max_gap_mm=config.max_gap_mm)
+        box_labels, removed = clean_labels_logged(
+            box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
+            max_gap_mm=config.max_gap_mm)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)
@@ -372,18 +431,19 @@ def segment_study(
             foreground = 1.0 - box_probabilities[0]
             np.maximum(probability_array[region], foreground, out=probability_array[region])
         artery = np.isin(box_labels, artery_values)
-        side_entry = sides.setdefault(roi.side, {"artery_volume_ml": 0.0, "components": 0, "voxels": 0})
-        side_entry["voxels"] += int(artery.sum())
-        side_entry["artery_volume_ml"] = round(side_entry["voxels"] * voxel_ml, 3)
-        side_entry["components"] += count_components(artery)
+        cleanup = cleanups.setdefault(roi.side, dict.fromkeys(removed, 0))
+        for key, value in removed.items():
+            cleanup[key] = round(cleanup[key] + value, 4)
         # the final mask back on the model grid, for the preview
         artery_on_grid = resample_to_grid(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid,
                                           interpolator=sitk.sitkNearestNeighbor, default_value=0,
                                           pixel_type=sitk.sitkUInt8)
         views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
-                             tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
+                             tuple(roi.grid.spacing_xyz_mm),  # type: ignore[arg-type]
+                             _outlines_on_grid(box_labels, box, roi.grid, label_names)))
         timings["postprocess"] += time.perf_counter() - started
 
+    sides = _artery_figures(labels, artery_values, rois, cleanups)
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
                          if probability_array is not None else None)
@@ -408,12 +468,14 @@ def segment_study(
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None},
         "arteries": sides,
+        "component_definition": COMPONENT_DEFINITION,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if spec.synthetic_training_only:
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,
-                  probabilities=probability_image, rois=tuple(rois), views=tuple(views))
+                  probabilities=probability_image, rois=tuple(rois), views=tuple(views),
+                  source_files=source_files)
 
 
 def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | None) -> Study:
@@ -429,13 +491,16 @@ def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | 
 
 
 def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
-                  preview: bool = True) -> Path:
+                  preview: bool = True, dicom_seg: bool = True) -> Path:
     """Write a study's outputs into ``destination`` (whole, or not at all).
 
     Files: ``labels.nii.gz`` (uint8, the study's grid exactly), ``labels.json``,
+    ``labels.seg.nrrd`` (the same voxels as a named 3D Slicer segmentation),
     ``report.json``, ``preview.png`` and, when the result has them,
-    ``probabilities.nii.gz`` (float32). Built in a staging folder and renamed into
-    place (:class:`renalseg.io.output.StagedDir`).
+    ``probabilities.nii.gz`` (float32) and, for a DICOM study with ``dicom_seg``,
+    ``labels.seg.dcm`` (a DICOM SEG referencing the source series;
+    :func:`renalseg.io.dicom_seg.write_dicom_seg`). Built in a staging folder and
+    renamed into place (:class:`renalseg.io.output.StagedDir`).
 
     Raises:
         OutputExistsError: ``destination`` exists and ``overwrite`` is false.
@@ -448,17 +513,44 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
         started = time.perf_counter()
         write_image(result.labels, staging / "labels.nii.gz")
         atomic_write_json(staging / "labels.json", result.label_names)
+        interchange = _write_interchange(result, staging, dicom_seg=dicom_seg)
         if result.probabilities is not None:
             write_image(result.probabilities, staging / "probabilities.nii.gz")
         if preview and result.views:
             from renalseg.preview import render_preview
 
-            render_preview(result.views, title=result.study_id).save(staging / "preview.png")
+            from renalseg.preview import RESEARCH_NOTICE
+
+            synthetic = bool(result.report.get("model", {}).get("synthetic_training_only"))
+            notice = RESEARCH_NOTICE + (" Trained on synthetic phantoms." if synthetic else "")
+            render_preview(result.views, title=result.study_id, notice=notice).save(staging / "preview.png")
         report = json.loads(json.dumps(result.report, default=str))
+        report.update(interchange)
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
         report["outputs"] = sorted(p.name for p in staging.iterdir()) + ["report.json"]
         atomic_write_json(staging / "report.json", report)
     return destination
+
+
+def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dict:
+    """``labels.seg.nrrd`` and, for DICOM input, ``labels.seg.dcm``; their report entries."""
+    from renalseg.io.slicer import write_seg_nrrd
+
+    labels = Volume.from_sitk(result.labels)
+    write_seg_nrrd(labels.array, labels.geometry, result.label_names, staging / "labels.seg.nrrd")
+    if not (dicom_seg and result.source_files):
+        return {}
+    if not labels.array.any():
+        return {"dicom_seg": {"path": None, "reason": "nothing labelled: a DICOM SEG needs a segment"}}
+    from renalseg.io.dicom_seg import write_dicom_seg
+
+    model = result.report.get("model", {})
+    written = write_dicom_seg(labels.array, labels.geometry, result.label_names, result.source_files,
+                              staging / "labels.seg.dcm", model_name=str(model.get("name") or "renalseg"),
+                              weights_sha256=model.get("sha256"),
+                              synthetic_training_only=bool(model.get("synthetic_training_only")))
+    written["path"] = "labels.seg.dcm"
+    return {"dicom_seg": written}
 
 
 # -- localisation only (``renalseg locate``) -------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from renalseg.components import STRUCTURE_26
 from renalseg.errors import UsageError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "count_components",
     "keep_main_tree",
     "clean_labels",
+    "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
 ]
 
@@ -51,7 +53,7 @@ DEFAULT_MAX_GAP_MM: float = 10.0
 #: centerline found (0.76 -> 0.54) and 0.026 Dice (20 was the default before that filter).
 DEFAULT_MIN_COMPONENT_MM3: float = 0.0
 
-_FULL_3D = np.ones((3, 3, 3), dtype=bool)
+_FULL_3D = STRUCTURE_26
 
 
 def probabilities_to_labels(probabilities: np.ndarray) -> np.ndarray:
@@ -182,3 +184,37 @@ def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, floa
     out = keep_main_tree(labels, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm)
     return remove_small_components(out, min_volume_mm3=min_component_mm3,
                                    voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
+
+
+def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float],
+                        min_component_mm3: float, max_gap_mm: float) -> tuple[np.ndarray, dict]:
+    """:func:`clean_labels` (the same result) and what each step removed.
+
+    Returns:
+        ``(cleaned, removed)``: ``removed`` holds ``far_pieces``/``far_ml`` (pieces
+        farther than ``max_gap_mm`` from their label's largest piece) and
+        ``small_pieces``/``small_ml`` (pieces under ``min_component_mm3``), over all
+        foreground labels, 26-connected pieces.
+
+    Example:
+        >>> labels = np.zeros((1, 1, 30), np.uint8)
+        >>> labels[0, 0, 0:10] = 1; labels[0, 0, 13] = 1; labels[0, 0, 25:28] = 1
+        >>> cleaned, removed = clean_labels_logged(labels, spacing_xyz_mm=(1, 1, 1), min_component_mm3=2,
+        ...                                        max_gap_mm=5)
+        >>> int(cleaned.sum()), removed
+        (10, {'far_pieces': 1, 'far_ml': 0.003, 'small_pieces': 1, 'small_ml': 0.001})
+    """
+    near = keep_main_tree(labels, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm)
+    out = remove_small_components(near, min_volume_mm3=min_component_mm3,
+                                  voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
+    voxel_ml = float(np.prod(spacing_xyz_mm)) / 1000.0
+    far = small = 0
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        before, middle, after = (count_components(a == value) for a in (labels, near, out))
+        far += before - middle
+        small += middle - after
+    removed = {"far_pieces": far, "far_ml": round(float(np.sum((labels > 0) & (near == 0))) * voxel_ml, 4),
+               "small_pieces": small, "small_ml": round(float(np.sum((near > 0) & (out == 0))) * voxel_ml, 4)}
+    return out, removed

@@ -5,10 +5,15 @@ superior at the top (coronal), anterior at the top (axial), and say which side i
 which.
 
 - :func:`render_preview` (``renalseg segment``): for each kidney ROI, a coronal and
-  an axial maximum intensity projection (MIP) of the CT (window −100 … 700 HU, so
-  contrast-filled arteries and cortex stand out) with the segmented artery overlaid
-  in red; pixels are drawn with their physical aspect ratio. The right kidney's
-  column comes first, and every panel says which side it shows.
+  an axial **thin-slab** maximum intensity projection (MIP) of the CT (window
+  −100 … 700 HU, so contrast-filled arteries and cortex stand out) with the segmented
+  artery overlaid in red and, when the label map has them, the kidney (tan) and
+  tumour (purple) outlined. The slab is only as thick as the artery tree (and the
+  kidney) along the projection, plus 5 mm, at most 40 mm: ribs, spine and
+  contrast-filled bowel in front of or behind the kidney no longer saturate the view.
+  Pixels are drawn with their physical aspect ratio; every panel has a scale bar and
+  orientation letters (R/L and S/I or A/P) and says which side and slab it shows;
+  the picture is marked for research use. The right kidney's column comes first.
 - :func:`render_locate_preview` (``renalseg locate``): the kidney ROIs' boxes on a
   coronal and an axial slice (window −160 … 340 HU), each in its colour and
   labelled with its side. Both views are resampled onto an LPS-aligned grid, so the
@@ -32,7 +37,7 @@ if TYPE_CHECKING:
     from renalseg.study import Study
     from renalseg.volume import Volume
 
-__all__ = ["render_preview", "mip_panels", "render_locate_preview"]
+__all__ = ["render_preview", "mip_panels", "render_locate_preview", "slab_range", "RESEARCH_NOTICE"]
 
 _WINDOW_HU = (-100.0, 700.0)
 _PANEL_PX = 300  # width of one panel in pixels
@@ -62,23 +67,111 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _to_rgb(mip_hu: np.ndarray, artery: np.ndarray) -> np.ndarray:
+_OUTLINE_RGB = {"kidney": (200, 135, 90), "tumour": (190, 90, 230)}
+_SLAB_MARGIN_MM = 5.0
+_SLAB_MAX_MM = 40.0
+_TEXT = (240, 240, 240)
+_LETTERS = (120, 200, 255)
+#: the default mark on every preview
+RESEARCH_NOTICE = "Research use only: not for clinical decisions."
+
+
+def _to_rgb(mip_hu: np.ndarray, artery: np.ndarray, outlines: dict[str, np.ndarray] | None = None) -> np.ndarray:
     rgb = np.repeat(_grey(mip_hu, _WINDOW_HU)[..., None], 3, axis=2)
     rgb[artery] = (1 - _ALPHA) * rgb[artery] + _ALPHA * _ARTERY_RGB
+    for kind, mask in (outlines or {}).items():
+        edge = mask & ~_erode(mask)
+        rgb[edge] = np.asarray(_OUTLINE_RGB.get(kind, (255, 255, 0)), np.float32)
     return rgb.astype(np.uint8)
 
 
-def mip_panels(hu: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[float]) -> list[Image.Image]:
-    """Coronal and axial MIPs of one ROI with the artery overlaid.
+def _erode(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, border_value=0)
+
+
+def slab_range(masks: Sequence[np.ndarray], axis: int, spacing_mm: float, *, margin_mm: float = _SLAB_MARGIN_MM,
+               max_mm: float = _SLAB_MAX_MM) -> tuple[int, int]:
+    """The index range ``[lo, hi)`` along ``axis`` that a thin-slab MIP projects.
+
+    The extent of the masks along the axis plus ``margin_mm`` each side, at most
+    ``max_mm`` thick (then centred on the first mask's mean position); the whole axis
+    when the masks are empty.
+
+    Example:
+        >>> m = np.zeros((10, 100, 10), bool); m[:, 40:50, :] = True
+        >>> slab_range([m], 1, 1.0)
+        (35, 55)
+        >>> m[:, 0:100, :] = True
+        >>> slab_range([m], 1, 1.0)
+        (30, 70)
+    """
+    size = masks[0].shape[axis] if masks else 0
+    occupied = np.zeros(size, bool)
+    for mask in masks:
+        occupied |= mask.any(axis=tuple(a for a in range(3) if a != axis))
+    hit = np.nonzero(occupied)[0]
+    if not len(hit):
+        return 0, size
+    margin = int(round(margin_mm / spacing_mm))
+    lo, hi = int(hit[0]) - margin, int(hit[-1]) + 1 + margin
+    limit = max(1, int(round(max_mm / spacing_mm)))
+    if hi - lo > limit:
+        # centred on the artery (the first mask), or on everything when it is empty
+        first = masks[0] if masks[0].any() else np.logical_or.reduce(masks)
+        weights = first.sum(axis=tuple(a for a in range(3) if a != axis)).astype(float)
+        centre = int(round(float(np.average(np.arange(size), weights=weights))))
+        lo, hi = centre - limit // 2, centre - limit // 2 + limit
+    return max(0, lo), min(size, hi)
+
+
+def _round_length_mm(extent_mm: float) -> float:
+    """The first round length (1, 2, 5 × 10^k mm) of at least 15 % of ``extent_mm``.
+
+    Example:
+        >>> _round_length_mm(100.0), _round_length_mm(30.0)
+        (20.0, 5.0)
+    """
+    target = 0.15 * extent_mm
+    for exponent in range(-1, 4):
+        for step in (1.0, 2.0, 5.0):
+            if step * 10.0 ** exponent >= target:
+                return step * 10.0 ** exponent
+    return 1000.0
+
+
+def _decorate(panel: Image.Image, *, mm_per_px: float, letters: tuple[str, str, str, str],
+              font: ImageFont.ImageFont) -> None:
+    """Scale bar (bottom left) and orientation letters (left, right, top, bottom edges)."""
+    draw = ImageDraw.Draw(panel)
+    w, h = panel.size
+    left, right, top, bottom = letters
+    draw.text((3, h // 2 - 7), left, fill=_LETTERS, font=font)
+    draw.text((w - 12, h // 2 - 7), right, fill=_LETTERS, font=font)
+    draw.text((w // 2 - 4, 2), top, fill=_LETTERS, font=font)
+    draw.text((w // 2 - 4, h - 16), bottom, fill=_LETTERS, font=font)
+    length_mm = _round_length_mm(w * mm_per_px)
+    bar_px = max(1, int(round(length_mm / mm_per_px)))
+    y = h - 8
+    draw.rectangle((6, y, 6 + bar_px, y + 2), fill=_TEXT)
+    draw.text((6, y - 15), f"{length_mm:g} mm", fill=_TEXT, font=font)
+
+
+def mip_panels(hu: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[float], *,
+               outlines: dict[str, np.ndarray] | None = None) -> list[Image.Image]:
+    """Coronal and axial thin-slab MIPs of one ROI with the artery overlaid.
 
     Args:
         hu: ``(Z, Y, X)`` CT in HU on a patient-oriented grid (z → superior,
             y → posterior, x → the patient's left).
         artery: bool ``(Z, Y, X)`` artery mask on the same grid.
-        spacing_xyz_mm: grid spacing (x, y, z), for the aspect ratio.
+        spacing_xyz_mm: grid spacing (x, y, z), for the aspect ratio and the slab.
+        outlines: ``{"kidney": mask, "tumour": mask}`` to outline (optional).
 
     Returns:
-        [coronal, axial] RGB images, each ``_PANEL_PX`` wide.
+        [coronal, axial] RGB images, each ``_PANEL_PX`` wide, with a scale bar and
+        orientation letters; ``info["slab_mm"]`` holds the slab thickness.
 
     Example:
         >>> hu = np.zeros((20, 30, 40)); artery = np.zeros_like(hu, bool); artery[5:15, 10, 20] = True
@@ -86,47 +179,72 @@ def mip_panels(hu: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[floa
         [300, 300]
     """
     sx, sy, sz = (float(s) for s in spacing_xyz_mm)
-    coronal = _to_rgb(hu.max(axis=1)[::-1], artery.any(axis=1)[::-1])  # rows: superior first
-    axial = _to_rgb(hu.max(axis=0), artery.any(axis=0))  # rows: anterior first
+    outlines = {k: np.asarray(v, bool) for k, v in (outlines or {}).items() if np.asarray(v).any()}
+    masks = [artery, *outlines.values()]
+    font = _font(13)
     panels = []
-    for rgb, row_mm in ((coronal, sz), (axial, sy)):
+    # coronal: project along y (posterior) inside the slab; rows superior first
+    # axial: project along z (superior) inside the slab; rows anterior first
+    for axis, row_mm, slab_mm, letters in ((1, sz, sy, ("R", "L", "S", "I")), (0, sy, sz, ("R", "L", "A", "P"))):
+        lo, hi = slab_range(masks, axis, slab_mm)
+        window = [slice(None)] * 3
+        window[axis] = slice(lo, hi)
+        region = tuple(window)
+        flip = (slice(None, None, -1),) if axis == 1 else (slice(None),)
+        rgb = _to_rgb(hu[region].max(axis=axis)[flip], artery[region].any(axis=axis)[flip],
+                      {k: m[region].any(axis=axis)[flip] for k, m in outlines.items()})
         width_mm = rgb.shape[1] * sx
         height_px = max(1, int(round(_PANEL_PX * rgb.shape[0] * row_mm / width_mm)))
-        panels.append(Image.fromarray(rgb, "RGB").resize((_PANEL_PX, height_px), Image.Resampling.BILINEAR))
+        panel = Image.fromarray(rgb, "RGB").resize((_PANEL_PX, height_px), Image.Resampling.BILINEAR)
+        _decorate(panel, mm_per_px=width_mm / _PANEL_PX, letters=letters, font=font)
+        panel.info["slab_mm"] = round((hi - lo) * slab_mm, 1)
+        panels.append(panel)
     return panels
 
 
-def render_preview(views: Sequence, *, title: str | None = None) -> Image.Image:
-    """One picture with a column per ROI (right kidney first), coronal over axial MIP.
+def render_preview(views: Sequence, *, title: str | None = None, notice: str | None = RESEARCH_NOTICE,
+                   subtitle: str | None = None) -> Image.Image:
+    """One picture with a column per ROI (right kidney first), coronal over axial thin-slab MIP.
 
     Args:
         views: :class:`renalseg.pipeline.RoiView` objects (``side``, ``hu``,
-            ``artery``, ``spacing_xyz_mm``).
+            ``artery``, ``spacing_xyz_mm`` and optional ``outlines``).
         title: a heading, e.g. the study id.
+        notice: the research-use mark, drawn at the foot of the picture (``None``: none).
+        subtitle: an extra line under the title (e.g. a quality verdict).
 
     Returns:
         An RGB ``PIL.Image`` (save it with ``.save("preview.png")``).
     """
     ordered = sorted(views, key=lambda v: 0 if v.side == "right" else 1)
-    columns = [(v.side, mip_panels(v.hu, v.artery, v.spacing_xyz_mm)) for v in ordered]
-    margin, header, caption = 12, 34 if title else 8, 22
+    columns = [(v.side, mip_panels(v.hu, v.artery, v.spacing_xyz_mm, outlines=getattr(v, "outlines", None)))
+               for v in ordered]
+    margin, caption = 12, 22
+    header = (34 if title else 8) + (22 if subtitle else 0)
+    footer = 24 if notice else 0
     col_height = max(sum(p.size[1] + caption for p in panels) for _, panels in columns) if columns else 0
     width = margin + len(columns) * (_PANEL_PX + margin)
-    height = header + col_height + margin
+    height = header + col_height + margin + footer
     canvas = Image.new("RGB", (max(width, _PANEL_PX + 2 * margin), height), (16, 16, 16))
     draw = ImageDraw.Draw(canvas)
     big, small = _font(18), _font(14)
+    outlined = sorted({k for v in ordered for k, m in (getattr(v, "outlines", None) or {}).items() if m.any()})
     if title:
-        draw.text((margin, 8), f"{title}: renal arteries (red)", fill=(240, 240, 240), font=big)
+        legend = "".join(f", {kind} (outline)" for kind in outlined)
+        draw.text((margin, 8), f"{title}: renal arteries (red){legend}", fill=_TEXT, font=big)
+    if subtitle:
+        draw.text((margin, header - 22), subtitle, fill=_TEXT, font=small)
     for index, (side, panels) in enumerate(columns):
         x0 = margin + index * (_PANEL_PX + margin)
         y = header
-        for panel, view_name in zip(panels, ("coronal MIP", "axial MIP")):
-            draw.text((x0, y + 3), f"{side.upper()} kidney, {view_name}", fill=(255, 220, 120), font=small)
+        for panel, view_name in zip(panels, ("coronal", "axial")):
+            draw.text((x0, y + 3), f"{side.upper()} kidney, {view_name} MIP, {panel.info['slab_mm']:g} mm slab",
+                      fill=(255, 220, 120), font=small)
             y += caption
             canvas.paste(panel, (x0, y))
-            _mark_sides(draw, (x0 + 4, y + 4), (x0 + _PANEL_PX - 14, y + 4), (120, 200, 255), small)
             y += panel.size[1]
+    if notice:
+        draw.text((margin, height - footer + 2), notice, fill=(255, 200, 60), font=small)
     return canvas
 
 

@@ -45,6 +45,8 @@ class Study:
         series_description: DICOM SeriesDescription when present.
         slice_count: number of DICOM files / slices read.
         extra: other header facts worth reporting (modality, patient position, ...).
+        dicom_files: a DICOM series' files in slice order (slice k of ``image`` is file
+            k), for outputs that reference them (DICOM SEG); empty for other formats.
     """
 
     image: sitk.Image
@@ -55,6 +57,7 @@ class Study:
     series_description: str | None = None
     slice_count: int | None = None
     extra: dict = field(default_factory=dict)
+    dicom_files: tuple[Path, ...] = ()
 
     @property
     def geometry(self) -> Geometry:

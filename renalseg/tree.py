@@ -43,6 +43,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
+from renalseg.components import STRUCTURE_26  # 26-connectivity: vessels one voxel thick touch diagonally
 from renalseg.errors import GeometryError
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
@@ -53,8 +54,6 @@ __all__ = ["analyze_tree", "bounding_box", "centerline", "depth_mm", "drop_small
 
 logger = logging.getLogger(__name__)
 
-#: 26-connectivity: vessels one voxel thick touch diagonally
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 # a loop cut by the spanning tree is "small" when each cut arm is shorter than this × radius
 _LOOP_ARM_FACTOR = 4.0
@@ -535,7 +534,7 @@ def _empty_stats() -> dict:
 
 
 def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
-                 min_component_mm3: float = 0.0, prune_factor: float = 1.5) -> dict:
+                 min_component_mm3: float = 0.0, prune_factor: float = 1.5, polylines: bool = False) -> dict:
     """Skeleton, branch graph, centerline length and radii of a vessel tree.
 
     Args:
@@ -545,6 +544,9 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
         min_component_mm3: components smaller than this are dropped first (specks).
         prune_factor: terminal branches shorter than this × the vessel radius at their
             junction are thinning artefacts and are removed.
+        polylines: also return each chain's voxel path (``"polylines"``: ``[{"id",
+            "points_mm": (K, 3) LPS mm, "radius_mm": (K,) inscribed radius}]``, junction
+            voxels at the ends), for centerline files; not JSON-rounded.
 
     Returns:
         A JSON-ready dict: ``components``, ``volume_ml``, ``centerline_length_mm``,
@@ -552,7 +554,8 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
         ``radius_mm`` and ``inscribed_radius_mm`` ``{"min", "median", "max"}`` over
         the centerline (junction voxels excluded; ``None`` when empty),
         ``branch_points_mm`` and ``end_points_mm`` (LPS mm, lists of [x, y, z]),
-        ``segment_list`` (per chain between branch/end points: ``length_mm``,
+        ``segment_list`` (per chain between branch/end points: ``id`` (1, 2, ...: the
+        branch id of the centerline files), ``length_mm``,
         ``radius_median_mm``, ``kind``: "terminal" (ends in a tip), "internal"
         (between two branch points), "loop" (both ends on one branch point) or
         "isolated" (a vessel piece without branches)).
@@ -638,11 +641,13 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
         coo = sparse.triu(tree).tocoo()
         total_length = float(coo.data[junction[coo.row] & junction[coo.col]].sum())
         chain_lengths = []
+        chain_paths = []
         straightening = np.ones(len(coords))  # smoothed / voxel-path length per chain
         for s in range(count):
             members = np.nonzero(labels == s)[0]
             links = chains["link_junction"][chains["link_chain"] == s]
             path = _ordered_path(members, links, tree)
+            chain_paths.append(path)
             chain_lengths.append(_smoothed_length(physical_all[path]))
             raw = float(np.linalg.norm(np.diff(physical_all[path], axis=0), axis=1).sum())
             if raw > 0:
@@ -668,6 +673,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
             else:
                 kind = "isolated"
             segment_list.append({
+                "id": s + 1,
                 "kind": kind,
                 "length_mm": round(chain_length + float(end_extension[members].sum()), 3),
                 "radius_median_mm": round(float(np.median(area_radius[members])), 3),
@@ -675,7 +681,7 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
         # junction voxels collect the volume of every branch meeting there
         along = area_radius[~junction] if (~junction).any() else area_radius
         inscribed = radius[~junction] if (~junction).any() else radius
-    return {
+    stats = {
         "components": int(components),
         "volume_ml": round(float(sub.sum()) * geometry.voxel_volume_mm3 / 1000.0, 4),
         "centerline_length_mm": round(total_length, 3),
@@ -696,3 +702,10 @@ def analyze_tree(mask: Volume | np.ndarray, geometry: Geometry | None = None, *,
         "end_points_mm": to_lps(coords[ends]),
         "segment_list": segment_list,
     }
+    if polylines:
+        stats["polylines"] = [
+            {"id": s + 1,
+             "points_mm": geometry.index_to_world((coords[path] + offset_zyx).astype(float)[:, ::-1]),
+             "radius_mm": radius[path]}
+            for s, path in enumerate(chain_paths)]
+    return stats

@@ -43,6 +43,8 @@ __all__ = [
     "DEFAULT_WEIGHTS_PATH",
     "AUTHORS_NORMALIZATION",
     "model_paths",
+    "NETWORK_NAMES",
+    "shipped_model",
     "read_card",
     "sha256_file",
     "save_model",
@@ -191,6 +193,27 @@ class ModelCard:
             return cls(**data)
         except (TypeError, ValueError, AttributeError) as err:
             raise ModelError(f"{source}: invalid model card ({err}).") from err
+
+
+#: the registered network names (renalseg.nets.NETWORKS's keys, tested equal), known without importing torch
+NETWORK_NAMES: tuple[str, ...] = ("dae", "densebiasnet", "dpa_densebiasnet", "unet3d")
+
+
+def shipped_model(name: str) -> Path | None:
+    """The shipped model called ``name`` (a stem like ``dpa_densebiasnet``), or ``None``.
+
+    Example:
+        >>> shipped_model("no_such_model") is None
+        True
+    """
+    stem = Path(name).name.removesuffix(".safetensors").removesuffix(".json")
+    if not stem or Path(name).name != str(name):
+        return None
+    folder = DEFAULT_WEIGHTS_PATH.parent
+    for candidate in (folder / f"{stem}.safetensors", folder / f"{stem}.json"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def model_paths(path: Path | str) -> tuple[Path, Path]:

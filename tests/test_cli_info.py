@@ -128,3 +128,39 @@ def test_debug_shows_the_traceback(tmp_path):
     loud = runner.invoke(app, ["--debug", "info", str(tmp_path / "x.txt")])
     assert loud.exit_code != 0
     assert loud.exception is not None and type(loud.exception).__name__ == "InputError"
+
+
+def test_info_on_a_label_map_lists_its_labels_not_an_hu_range(tmp_path):
+    import numpy as np
+
+    ct = make_ct()
+    labels = ct.with_array((ct.array > 100).astype(np.uint8) * 3)
+    write_image(ct, tmp_path / "ct.nii.gz")
+    write_image(labels, tmp_path / "labels.nii.gz")
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz")])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.strip().startswith(("ct", "labels"))}
+    assert "labels 0, 3" in rows["labels"] and "HU" not in rows["labels"]
+    assert "HU" in rows["ct"] and "HU range" not in result.output
+
+
+@pytest.mark.parametrize(("command", "option", "shown"), [
+    ("segment", "--side", "<both|left|right>"), ("segment", "--device", "<auto|cpu|cuda|cuda:N|mps>"),
+    ("export-mesh", "--space", "<lps|ras>"), ("export-mesh", "--format", "<stl|ply|obj>"),
+    ("synth", "--format", "<nifti|dicom>"), ("demo", "--device", "<auto|cpu|cuda|cuda:N|mps>"),
+])
+def test_help_shows_the_choices(command, option, shown):
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    lines = [line for line in result.output.splitlines() if line.startswith("│") and
+             line.lstrip("│ ").startswith(option + " ")]
+    assert len(lines) == 1 and shown in lines[0] and "<str>" not in lines[0]
+
+
+def test_cli_choices_are_the_librarys():
+    from renalseg.cli.export_mesh import MeshFormat, Space
+    from renalseg.cli.segment import Side
+    from renalseg.mesh import MESH_FORMATS, SPACES
+    from renalseg.pipeline import SIDES
+
+    assert [m.value for m in Space] == list(SPACES) and [m.value for m in MeshFormat] == list(MESH_FORMATS)
+    assert [m.value for m in Side] == list(SIDES)

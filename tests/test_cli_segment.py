@@ -58,8 +58,9 @@ def test_batch_with_one_corrupt_study(batch, tmp_path, analytic_model):
     assert len(analytic_model) == 1  # the model is loaded once per run
     for good in ("a", "c"):
         folder = out / good
-        assert sorted(p.name for p in folder.iterdir()) == [
-            "labels.json", "labels.nii.gz", "preview.png", "report.json"]
+        dicom = ["labels.seg.dcm"] if good == "c" else []  # a DICOM SEG for the DICOM study only
+        assert sorted(p.name for p in folder.iterdir()) == sorted([
+            "labels.json", "labels.nii.gz", "labels.seg.nrrd", "preview.png", "report.json", *dicom])
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         assert dice(labels, mask) >= 0.9
         assert json.loads((folder / "report.json").read_text())["status"] == "ok"

@@ -151,7 +151,9 @@ def test_sides_from_report_rois():
 def test_export_meshes_writes_files_and_tree(tmp_path):
     summary = export_meshes(two_kidney_labels(), tmp_path, label_names={1: "renal_artery"}, fmt="stl")
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["renal_artery_left.stl", "renal_artery_right.stl", "tree.json"]
+    assert names == ["renal_artery_left.stl", "renal_artery_left_centerline.mrk.json",
+                     "renal_artery_left_centerline.vtp", "renal_artery_right.stl",
+                     "renal_artery_right_centerline.mrk.json", "renal_artery_right_centerline.vtp", "tree.json"]
     tree = json.loads((tmp_path / "tree.json").read_text())
     assert tree["coordinate_space"] == "LPS" and tree["side_split"] == "midline"
     for side in ("left", "right"):
@@ -176,7 +178,8 @@ def test_cli_export_mesh(tmp_path):
     result = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "out"), "--format", "ply"])
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "out" / "case01").iterdir())
-    assert written == ["renal_artery_left.ply", "renal_artery_right.ply", "tree.json"]
+    assert [n for n in written if "centerline" not in n] == [
+        "renal_artery_left.ply", "renal_artery_right.ply", "tree.json"]
     again = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "out")])
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = runner.invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "o2"), "--space", "xyz"])
@@ -242,7 +245,9 @@ def test_no_split_writes_one_mesh_per_label(tmp_path):
     array[5:25, 18:22, 28:32] = 3  # a second label, e.g. a KiPA-style vein
     summary = export_meshes(labels.with_array(array), tmp_path, label_names={1: "renal_artery"}, split=False,
                             fmt="obj")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["label_3.obj", "renal_artery.obj", "tree.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "label_3.obj", "renal_artery.obj", "renal_artery_centerline.mrk.json", "renal_artery_centerline.vtp",
+        "tree.json"]  # a centerline for the artery only
     assert summary["split"] == "none"
     assert summary["trees"]["renal_artery"]["all"]["components"] == 2
     assert (tmp_path / "renal_artery.obj").read_text().startswith("# SPACE=LPS")

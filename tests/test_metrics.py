@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+from scipy import ndimage
 import pytest
 from conftest import LPS, OBLIQUE_30DEG
 from scipy.spatial.distance import cdist
@@ -28,7 +29,8 @@ def sphere(shape, centre_zyx_mm, radius_mm, spacing_xyz=SPACING):
 
 
 def brute_force(pred, gt, spacing_xyz):
-    """Straightforward version: explicit 6-neighbour surfaces and all-pairs distances."""
+    """Straightforward version: explicit 6-neighbour (MSD) and 3 × 3 × 3 (KiPA22: HD, HD95) surfaces and
+    all-pairs distances."""
     spacing_zyx = np.asarray(spacing_xyz)[::-1]
 
     def surface(mask):
@@ -41,18 +43,27 @@ def brute_force(pred, gt, spacing_xyz):
             out[z - 1, y - 1, x - 1] = not all(ring)
         return out
 
+    def kipa_surface(mask):
+        padded = np.pad(mask, 1)
+        out = np.zeros_like(mask)
+        for z, y, x in np.argwhere(mask):
+            out[z, y, x] = not padded[z:z + 3, y:y + 3, x:x + 3].all()
+        return out
+
     def directed(a, b):
         return cdist(np.argwhere(a) * spacing_zyx, np.argwhere(b) * spacing_zyx).min(axis=1)
 
     sp, sg = surface(pred), surface(gt)
     d_pg, d_gp = directed(sp, sg), directed(sg, sp)
+    kp, kg = kipa_surface(pred), kipa_surface(gt)
+    k_pg, k_gp = directed(kp, kg), directed(kg, kp)
     cp, cg = centerline(pred, spacing_xyz), centerline(gt, spacing_xyz)
     return {
         "dice": 2 * (pred & gt).sum() / (pred.sum() + gt.sum()),
         "mcd_mm": max(directed(cp, cg).mean(), directed(cg, cp).mean()),
         "msd_mm": max(d_pg.mean(), d_gp.mean()),
-        "hd_mm": max(d_pg.max(), d_gp.max()),
-        "hd95_mm": max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)),
+        "hd_mm": max(k_pg.max(), k_gp.max()),
+        "hd95_mm": max(np.percentile(k_pg, 95), np.percentile(k_gp, 95)),
     }
 
 
@@ -256,3 +267,29 @@ def test_centerline_diameter_estimate_is_within_a_voxel(radius_mm):
     near = centerline_recall_by_diameter(rod, rod, spacing, bands_mm=((d - 0.5, d + 0.5),))
     everything = centerline_recall_by_diameter(rod, rod, spacing, bands_mm=((0, math.inf),))
     assert list(near.values())[0]["length_mm"] >= 0.9 * list(everything.values())[0]["length_mm"] > 5
+
+
+def test_hd_uses_the_kipa22_evaluator_surface():
+    """The surface is ITK's SimpleContourExtractor's (what KiPA22's evaluation.py measures HD on)."""
+    import SimpleITK as sitk
+
+    from renalseg.metrics import surface_voxels
+
+    rng = np.random.default_rng(3)
+    mask = np.pad(ndimage.gaussian_filter(rng.random((12, 14, 13)), 1.5) > 0.5, 1)
+    contour = sitk.GetArrayFromImage(sitk.SimpleContourExtractor(sitk.GetImageFromArray(mask.astype(np.uint8))))
+    assert np.array_equal(contour > 0, surface_voxels(mask, connectivity=26))
+    # where the two surfaces part: the first brute-force case (two spheres and a stray voxel)
+    rng = np.random.default_rng(0)
+    shape = (14, 16, 15)
+    pred = sphere(shape, rng.uniform(4, 6, 3), rng.uniform(2.0, 3.0))
+    gt = sphere(shape, rng.uniform(4, 6, 3), rng.uniform(2.0, 3.0))
+    gt[rng.integers(0, 14), rng.integers(0, 16), rng.integers(0, 15)] = True
+    box = ndimage.find_objects((pred | gt).astype(np.uint8))[0]  # as evaluate_masks crops and pads
+    six = [surface_voxels(np.pad(m[box], 1)) for m in (pred, gt)]
+    from renalseg.metrics import directed_distances
+
+    old_hd95 = max(np.percentile(directed_distances(six[0], six[1], SPACING), 95),
+                   np.percentile(directed_distances(six[1], six[0], SPACING), 95))
+    assert round(float(old_hd95), 3) == 2.209  # the 6-neighbour surface's HD95 (before)
+    assert round(evaluate_masks(pred, gt, SPACING)["hd95_mm"], 3) == 2.081  # the KiPA22 surface's

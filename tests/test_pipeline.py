@@ -232,7 +232,8 @@ def test_report_and_outputs(tmp_path):
     assert report["device"] == "cpu"
     destination = write_outputs(result, tmp_path / "out" / "case_1")
     names = sorted(p.name for p in destination.iterdir())
-    assert names == ["labels.json", "labels.nii.gz", "preview.png", "probabilities.nii.gz", "report.json"]
+    assert names == ["labels.json", "labels.nii.gz", "labels.seg.nrrd", "preview.png", "probabilities.nii.gz",
+                     "report.json"]
     written = sitk.ReadImage(str(destination / "labels.nii.gz"))
     assert Geometry.from_sitk(written) == Geometry.from_sitk(result.labels)
     assert np.array_equal(sitk.GetArrayFromImage(written), _labels(result))

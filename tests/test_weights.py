@@ -185,3 +185,25 @@ def test_cli_weights_info_and_list(tmp_path):
     assert "MISMATCH" in runner.invoke(app, ["weights", "info", str(path)]).output
     missing = runner.invoke(app, ["weights", "info", str(tmp_path / "none.safetensors")])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+def test_weights_info_takes_a_shipped_models_name_and_list_needs_no_torch():
+    import subprocess
+    import sys
+
+    from renalseg.nets import NETWORKS
+    from renalseg.weights import NETWORK_NAMES
+
+    assert sorted(NETWORKS) == sorted(NETWORK_NAMES)
+    runner = CliRunner()
+    result = runner.invoke(app, ["weights", "info", "dpa_densebiasnet"])
+    assert result.exit_code == 0, result.output
+    assert "dpa_densebiasnet" in result.output and "--weights" not in result.output
+    wrong = runner.invoke(app, ["weights", "info", "dpa_densebiasnt"])
+    assert wrong.exit_code == 2 and "dpa_densebiasnet" in wrong.output
+    code = ("import sys; from typer.testing import CliRunner; from renalseg.cli.app import app; "
+            "r = CliRunner().invoke(app, ['weights', 'list']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["0", "False"]

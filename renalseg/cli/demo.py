@@ -24,7 +24,8 @@ def demo(
                                       show_default=False)],
     seed: Annotated[int, typer.Option(help="Phantom seed (the default is not used in training).")] = DEMO_SEED,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (default: the shipped weights).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
+                                                metavar="<auto|cpu|cuda|cuda:N|mps>")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo in --out.")] = False,
 ) -> None:
     """Synthesise one abdomen CTA phantom, segment it, export meshes, compare with the truth.
@@ -112,8 +113,14 @@ def demo(
     arteries = result.report.get("arteries", {})
     for side in ("right", "left"):
         if side in arteries:
-            console.print(f"{side} artery tree: {arteries[side]['artery_volume_ml']:.2f} ml, "
-                          f"{arteries[side]['components']} component(s)", highlight=False)
+            # one definition of a component (renalseg.components): the three figures agree
+            entry = arteries[side]
+            trees = [t[side]["components"] for t in meshes["trees"].values() if side in t]
+            bodies = sum(m["bodies"] for m in meshes["meshes"] if m["side"] == side)
+            console.print(f"{side} artery tree: {entry['artery_volume_ml']:.2f} ml, {entry['components']} "
+                          f"component(s) in report.json, {sum(trees)} in tree.json, {bodies} mesh bod"
+                          f"{'y' if bodies == 1 else 'ies'}; {entry['specks']} speck(s) under 5 mm³ not counted",
+                          highlight=False)
     console.print(f"[bold]artery Dice vs the phantom's truth: {score:.3f}[/] "
                   f"(truth {int(truth.sum())} voxels, predicted {int(np.sum(labels.array == 1))})",
                   soft_wrap=True)

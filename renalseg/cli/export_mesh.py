@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,11 @@ from rich.table import Table
 from renalseg.cli.common import configure_logging, console, err_console, handle_errors, print_error
 
 __all__ = ["register", "resolve_label_input"]
+
+
+#: ``--space`` and ``--format`` choices, from the library's lists (so --help shows them)
+Space = Enum("Space", {name: name for name in ("lps", "ras")}, type=str)  # = renalseg.mesh.SPACES
+MeshFormat = Enum("MeshFormat", {name: name for name in ("stl", "ply", "obj")}, type=str)  # = MESH_FORMATS
 
 
 def resolve_label_input(path: Path) -> tuple[str, Path, Path | None, Path | None]:
@@ -58,14 +64,16 @@ def export_mesh(
     labels: Annotated[list[Path], typer.Argument(help="labels.nii.gz files or `renalseg segment` output folders.",
                                                  show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.")],
-    space: Annotated[str, typer.Option(help="Mesh coordinates: lps (DICOM/ITK, 3D Slicer) or ras.")] = "lps",
+    space: Annotated[Space, typer.Option(help="Mesh coordinates: lps (DICOM/ITK, 3D Slicer) or ras.",
+                                         case_sensitive=False)] = Space.lps,
     smooth: Annotated[int, typer.Option("--smooth", min=0,
                                         help="Taubin smoothing iterations (volume-preserving; 0 = off).")] = 10,
     decimate: Annotated[float | None, typer.Option(
         help="Keep this fraction of faces, 0 < F ≤ 1 (needs the fast-simplification package).")] = None,
     min_component_mm3: Annotated[float, typer.Option("--min-component-mm3", min=0.0,
                                                      help="Drop pieces smaller than this (mm³).")] = 5.0,
-    fmt: Annotated[str, typer.Option("--format", help="stl, ply or obj.")] = "stl",
+    fmt: Annotated[MeshFormat, typer.Option("--format", help="Mesh file format.",
+                                            case_sensitive=False)] = MeshFormat.stl,
     split: Annotated[bool, typer.Option("--split/--no-split",
                                         help="One mesh per kidney side (ROIs from report.json, else the "
                                              "midline), or one per label (e.g. a single-kidney crop).")] = True,
@@ -77,7 +85,9 @@ def export_mesh(
 
     Meshes are in patient LPS millimetres with [bold]SPACE=LPS[/] in the STL header (as
     3D Slicer reads it); [bold]--space ras[/] writes RAS. Output per study:
-    DIR/<study>/renal_artery_left.stl, renal_artery_right.stl, tree.json.
+    DIR/<study>/renal_artery_left.stl, renal_artery_right.stl, tree.json, and each artery
+    tree's centerline as renal_artery_<side>_centerline.vtp (VTK, radius per point, BranchId
+    per cell as in tree.json) and .mrk.json (3D Slicer curves).
 
     Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
     """
@@ -88,8 +98,8 @@ def export_mesh(
     from renalseg.volume import Volume
 
     configure_logging(quiet=quiet)
-    space = check_choice(space, SPACES, "coordinate space")
-    fmt = check_choice(fmt, MESH_FORMATS, "mesh format")
+    space = check_choice(Space(space).value, SPACES, "coordinate space")
+    fmt = check_choice(MeshFormat(fmt).value, MESH_FORMATS, "mesh format")
     inputs = [resolve_label_input(path) for path in labels]
     table = Table("study", "mesh", "faces", "volume (ml)", "centerline (mm)", "branch pts", "end pts")
     summaries, failed = [], 0

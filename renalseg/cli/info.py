@@ -26,6 +26,9 @@ def _row(path: Path, series: str | None) -> list[str]:
     g = study.geometry
     stats = sitk.MinimumMaximumImageFilter()
     stats.Execute(study.image)
+    values = _label_values(study.image, stats.GetMinimum(), stats.GetMaximum())
+    shown = (f"labels {', '.join(map(str, values))}" if values is not None
+             else f"{stats.GetMinimum():.0f}…{stats.GetMaximum():.0f} HU")
     if study.format == "dicom":
         uid = study.series_uid or "(empty)"
         slices = str(study.slice_count)
@@ -37,10 +40,23 @@ def _row(path: Path, series: str | None) -> list[str]:
         "×".join(map(str, g.shape_xyz)),
         "×".join(f"{s:.3g}" for s in g.spacing_xyz_mm),
         g.orientation,
-        f"{stats.GetMinimum():.0f}…{stats.GetMaximum():.0f}",
+        shown,
         uid,
         slices,
     ]
+
+
+def _label_values(image, lowest: float, highest: float) -> list[int] | None:
+    """The values of a label map (integer pixels, 0 … 255, at most 32 values); ``None`` for a CT."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    integer = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+                                     sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
+    if not integer or lowest < 0 or highest > 255:
+        return None
+    values = np.unique(sitk.GetArrayViewFromImage(image))
+    return [int(v) for v in values] if len(values) <= 32 else None
 
 
 @handle_errors
@@ -52,7 +68,7 @@ def info(
         "--series", help="SeriesInstanceUID to read when a DICOM folder holds several "
         "('(empty)' for a series without UID).", show_default=False, metavar="UID")] = None,
 ) -> None:
-    """Describe studies: format, size, spacing, orientation, HU range, DICOM series.
+    """Describe studies: format, size, spacing, orientation, HU range (label values for a label map), DICOM series.
 
     A folder of studies gives one row per study. A study that cannot be read gets
     one red line and the others are still listed (exit code 1).
@@ -68,7 +84,7 @@ def info(
     table.add_column("size x×y×z", no_wrap=True)
     table.add_column("spacing mm", no_wrap=True)
     table.add_column("orient.")
-    table.add_column("HU range", no_wrap=True)
+    table.add_column("values", no_wrap=True)
     table.add_column("series UID", overflow="fold")
     table.add_column("slices", justify="right")
     failed = 0

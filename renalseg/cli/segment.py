@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -18,8 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
+#: ``--side`` choices (= renalseg.pipeline.SIDES), an Enum so --help shows them
+Side = Enum("Side", {name: name for name in ("both", "left", "right")}, type=str)
+
+
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
-         show_progress: bool) -> list[dict]:
+         show_progress: bool, dicom_seg: bool = True) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``segment_study``, under a progress display."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,7 +43,7 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
 
         result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress)
         result.report["study_id"] = study.study_id
-        write_outputs(result, destination, overwrite=replace)
+        write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
         arteries = result.report.get("arteries", {})
         return {"artery_ml": {side: arteries[side]["artery_volume_ml"] for side in arteries},
                 "components": {side: arteries[side]["components"] for side in arteries}}
@@ -77,13 +82,14 @@ def segment(
     inputs: StudiesArgument,
     out: OutOption,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file/folder (default: the shipped weights).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: CUDA if usable).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: CUDA if usable).",
+                                        metavar="<auto|cpu|cuda|cuda:N|mps>")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap fraction in [0, 1).")] = 0.5,
     tta: Annotated[Optional[bool], typer.Option(
         "--tta/--no-tta", help="Mirroring test-time augmentation (8× slower). Default: on for CUDA, off on CPU.",
         show_default=False)] = None,
-    side: Annotated[str, typer.Option(help="Which kidney: both, left or right (the patient's side; with "
-                                           "--input-is-roi, the side of the crop).")] = "both",
+    side: Annotated[Side, typer.Option(help="Which kidney (the patient's side; with --input-is-roi, the side of "
+                                            "the crop).", case_sensitive=False)] = Side.both,
     input_is_roi: Annotated[bool, typer.Option(
         "--input-is-roi", help="Each input is already one kidney ROI crop (e.g. KiPA22): skip localisation.")] = False,
     save_probabilities: Annotated[bool, typer.Option(
@@ -96,6 +102,9 @@ def segment(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
         "(the other abdominal arteries); inf keeps every piece.")] = 10.0,  # = postprocess.DEFAULT_MAX_GAP_MM (tested)
     series: SeriesOption = None,
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
+        "referencing the source series, for PACS viewers.")] = True,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -103,7 +112,8 @@ def segment(
     """Segment the renal artery tree of each study.
 
     Writes [bold]DIR/<study>/[/]: labels.nii.gz (on the input's grid exactly), labels.json,
-    report.json, preview.png (and probabilities.nii.gz). A study that fails gets
+    labels.seg.nrrd (3D Slicer), report.json, preview.png (and probabilities.nii.gz; for
+    DICOM input labels.seg.dcm, a DICOM SEG). A study that fails gets
     error.json and no labels; the others go on (exit code 1).
 
     Example: [bold]renalseg segment patient_dicom/ scans/*.nii.gz --out results/[/]
@@ -119,7 +129,7 @@ def segment(
     if weights is not None and not weights.exists():
         raise UsageError(f"--weights {weights}: no such file or folder.")
     config = SegmentConfig(
-        weights=weights, device=device, overlap=overlap, tta=tta, side=side.lower(), input_is_roi=input_is_roi,
+        weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
         series_uid=series,
     )
@@ -132,7 +142,8 @@ def segment(
         err_console.print(f"device: {segmenter.device_reason}", highlight=False)
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
-    rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output)
+    rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
+                dicom_seg=dicom_seg)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
 

@@ -131,7 +131,8 @@ def train_command(
     checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="... and at least "
                                                       "every this many minutes.")] = 10.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.",
+                                                             metavar="<auto|cpu|cuda|cuda:N>")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
     loader_workers: Annotated[int, typer.Option("--loader-workers", help="Processes building the next "
                                                 "batches while the network trains (for a GPU: about "

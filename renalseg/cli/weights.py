@@ -28,15 +28,25 @@ def _checksum_status(weights: Path, expected: str) -> str:
 @weights_app.command("info")
 @handle_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="A .safetensors file or its .json model card.", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A shipped model's name (see `renalseg weights list`), a .safetensors "
+                                               "file or its .json model card.", show_default=False,
+                                         metavar="NAME|PATH")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
 ) -> None:
     """Print a model's card: network, hyper-parameters, classes, spacing, normalisation, checksum.
 
-    Example: [bold]renalseg weights info weights/dpa_densebiasnet.safetensors[/]
+    Example: [bold]renalseg weights info dpa_densebiasnet[/]
     """
-    from renalseg.weights import model_paths, read_card
+    from renalseg.errors import UsageError, suggest
+    from renalseg.weights import DEFAULT_WEIGHTS_PATH, model_paths, read_card, shipped_model
 
+    if str(path) == path.name and not any(p.is_file() for p in model_paths(path)):  # a bare name
+        shipped = shipped_model(str(path))
+        if shipped is None:
+            names = sorted(p.stem for p in DEFAULT_WEIGHTS_PATH.parent.glob("*.safetensors"))
+            raise UsageError(f"{path}: neither a file nor a shipped model; shipped models: "
+                             f"{', '.join(names) or 'none'}.{suggest(str(path), names)}")
+        path = shipped
     card = read_card(path)
     weights, card_path = model_paths(path)
     if as_json:
@@ -114,9 +124,9 @@ def list_models(
 
 
 def _registered_networks() -> list[str]:
-    from renalseg.nets import NETWORKS  # imports torch: only when listing
+    from renalseg.weights import NETWORK_NAMES  # the registry's names, without importing torch
 
-    return sorted(NETWORKS)
+    return sorted(NETWORK_NAMES)
 
 
 def register(app: typer.Typer) -> None:

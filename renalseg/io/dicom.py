@@ -662,5 +662,5 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     return Study(
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
         series_uid=info.uid, series_description=info.description or None,
-        slice_count=len(ordered), extra=extra,
+        slice_count=len(ordered), extra=extra, dicom_files=tuple(grid.files),
     )

@@ -1,0 +1,274 @@
+"""Results other software opens: DICOM SEG (highdicom, pydicom) and Slicer's labels.seg.nrrd (pynrrd)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import highdicom as hd
+import nrrd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import DICOM_FIXTURE, require
+from test_cli_segment import analytic_model  # noqa: F401  (fixture)
+from test_pipeline import tube_ct, write_dicom_series
+from typer.testing import CliRunner
+
+from renalseg.cli.app import app
+from renalseg.geometry import Geometry
+from renalseg.io.dicom import read_dicom_study
+from renalseg.io.dicom_seg import series_description, write_dicom_seg
+from renalseg.io.slicer import seg_nrrd_header
+
+runner = CliRunner()
+
+#: Type 1 attributes of the Segmentation IOD checked in every SEG, by module (PS3.3 A.51):
+#: what dciodvfy would refuse when missing or empty
+SEG_TYPE1 = {
+    "SOP Common": ("SOPClassUID", "SOPInstanceUID"),
+    "General Study": ("StudyInstanceUID",),
+    "General Series / Segmentation Series": ("Modality", "SeriesInstanceUID", "SeriesNumber"),
+    "Frame of Reference": ("FrameOfReferenceUID",),
+    "Enhanced General Equipment": ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber",
+                                   "SoftwareVersions"),
+    "Image Pixel": ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation", "PixelData"),
+    "Segmentation Image": ("ImageType", "ContentLabel", "SegmentationType", "SegmentSequence"),
+    "Multi-frame Functional Groups": ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+                                      "NumberOfFrames", "InstanceNumber", "ContentDate", "ContentTime"),
+    "Multi-frame Dimension": ("DimensionIndexSequence", "DimensionOrganizationSequence"),
+    "Common Instance Reference": ("ReferencedSeriesSequence",),
+}
+#: Type 1 attributes of each Segment Sequence item (SegmentAlgorithmName is 1C: required when automatic)
+SEGMENT_TYPE1 = ("SegmentNumber", "SegmentLabel", "SegmentedPropertyCategoryCodeSequence",
+                 "SegmentedPropertyTypeCodeSequence", "SegmentAlgorithmType", "SegmentAlgorithmName")
+#: Type 2 attributes: present, may be empty
+SEG_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+             "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator")
+
+
+def check_seg_iod(ds: pydicom.Dataset) -> None:
+    """Required attributes of the Segmentation IOD present (Type 1 non-empty), as dciodvfy checks them."""
+    missing = [f"{module}: {k}" for module, keywords in SEG_TYPE1.items() for k in keywords
+               if k not in ds or ds[k].value in (None, "", [])]
+    missing += [k for k in SEG_TYPE2 if k not in ds]
+    for item in ds.SegmentSequence:
+        missing += [f"segment {item.get('SegmentNumber')}: {k}" for k in SEGMENT_TYPE1
+                    if k not in item or item[k].value in (None, "", [])]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for k in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if k not in shared:
+            missing.append(f"shared {k}")
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        for k in ("FrameContentSequence", "PlanePositionSequence", "SegmentIdentificationSequence",
+                  "DerivationImageSequence"):
+            if k not in frame and k not in shared:  # one segment: identified once, in the shared groups
+                missing.append(f"per-frame {k}")
+                break
+    assert not missing, missing
+    assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    referenced = ds.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID and len(referenced.ReferencedInstanceSequence) > 0
+
+
+def seg_to_labels(path: Path, source_files: list[Path]) -> tuple[np.ndarray, hd.seg.Segmentation]:
+    """The SEG read back with highdicom onto the source slices (label values from the tracking ids)."""
+    seg = hd.seg.segread(str(path))
+    uids = []
+    for p in source_files:
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        uids.append(str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID))
+    present = {u[2] for u in seg.get_source_image_uids()}
+    stacked = seg.get_pixels_by_source_instance(
+        [u for u in uids if u in present], segment_numbers=None, combine_segments=True, relabel=False)
+    number_to_value = {int(item.SegmentNumber): int(item.TrackingID.split("label ")[1].rstrip(")"))
+                       for item in seg.SegmentSequence}
+    out = np.zeros((len(uids), int(seg.Rows), int(seg.Columns)), np.uint8)
+    lookup = np.zeros(max(number_to_value) + 1, np.uint8)
+    for number, value in number_to_value.items():
+        lookup[number] = value
+    rows = [i for i, u in enumerate(uids) if u in present]
+    out[rows] = lookup[stacked]
+    return out, seg
+
+
+def _segment(folder: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["segment", str(folder), "--out", str(out), "--input-is-roi", *extra])
+
+
+def test_dicom_seg_of_a_segmented_series_matches_the_label_map(tmp_path, analytic_model):
+    volume, _ = tube_ct()
+    series = write_dicom_series(volume, tmp_path / "tube")
+    result = _segment(series, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "tube"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
+    assert labels.any()
+    files = list(read_dicom_study(series).dicom_files)
+    back, seg = seg_to_labels(folder / "labels.seg.dcm", files)
+    assert np.array_equal(back, labels)  # voxel for voxel on the source slices
+    check_seg_iod(pydicom.dcmread(str(folder / "labels.seg.dcm")))
+    source = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert "FrameOfReferenceUID" not in source  # SimpleITK's writer leaves it out: made up, and said so
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
+        pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID for p in files}
+    assert seg.SeriesDescription == "renalseg: research use; trained on synthetic phantoms"
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "Renal artery"
+    assert (segment.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("2841007", "SCT")
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "threshold" and "cd" * 32 in algorithm.AlgorithmParameters
+    assert len(segment.RecommendedDisplayCIELabValue) == 3
+    report = json.loads((folder / "report.json").read_text())
+    assert report["dicom_seg"]["filled_in"] == ["FrameOfReferenceUID"] and "labels.seg.dcm" in report["outputs"]
+    # and --no-dicom-seg leaves it out
+    assert _segment(series, tmp_path / "out2", "--no-dicom-seg").exit_code == 0
+    assert not (tmp_path / "out2" / "tube" / "labels.seg.dcm").exists()
+
+
+def test_dicom_seg_of_the_real_fixture_with_empty_uids(tmp_path):
+    """The real series (JPEG 2000, empty Study/Series/SOP UIDs): UIDs are made up and said so."""
+    study = read_dicom_study(require(DICOM_FIXTURE))
+    hu = sitk.GetArrayFromImage(study.image)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(hu > 200) & (np.indices(hu.shape)[2] < 256)] = 1  # bone and contrast, right half: "artery"
+    labels[(hu > 200) & (np.indices(hu.shape)[2] >= 256)] = 2  # left half: "kidney"
+    info = write_dicom_seg(labels, study.geometry, {"0": "background", "1": "renal_artery", "2": "kidney"},
+                           study.dicom_files, tmp_path / "x.seg.dcm", model_name="m", weights_sha256=None,
+                           synthetic_training_only=False)
+    assert "StudyInstanceUID" in info["filled_in"] and "SeriesInstanceUID" in info["filled_in"]
+    assert any(g.startswith("SOPInstanceUID (from the file meta header") for g in info["filled_in"])
+    back, seg = seg_to_labels(tmp_path / "x.seg.dcm", list(study.dicom_files))
+    assert np.array_equal(back, labels)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Renal artery", "Kidney"]
+    assert seg.SeriesDescription == series_description(False) == "renalseg: research use"
+    check_seg_iod(pydicom.dcmread(str(tmp_path / "x.seg.dcm")))
+    again = write_dicom_seg(labels, study.geometry, {"1": "renal_artery", "2": "kidney"}, study.dicom_files,
+                            tmp_path / "y.seg.dcm", model_name="m", weights_sha256=None,
+                            synthetic_training_only=False)
+    # generated UIDs are derived from the series: the same series, the same study
+    assert pydicom.dcmread(str(tmp_path / "y.seg.dcm")).StudyInstanceUID == seg.StudyInstanceUID
+    assert again["filled_in"] == info["filled_in"]
+
+
+def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):
+    from renalseg.errors import GeometryError
+
+    study = read_dicom_study(require(DICOM_FIXTURE))
+    g = study.geometry
+    with pytest.raises(GeometryError, match="not on the DICOM series' grid"):
+        write_dicom_seg(np.ones((g.shape_zyx[0] - 1, *g.shape_zyx[1:]), np.uint8), g.crop((0, 0, 0), (
+            g.shape_zyx[0] - 1, *g.shape_zyx[1:])), {"1": "renal_artery"}, study.dicom_files,
+            tmp_path / "x.dcm", model_name="m", weights_sha256=None, synthetic_training_only=True)
+
+
+def test_seg_nrrd_equals_the_label_map_on_its_grid(tmp_path, analytic_model):
+    volume, _ = tube_ct()  # oblique, anisotropic, off-origin
+    from renalseg.io.image import write_image
+
+    write_image(volume, tmp_path / "in" / "tube.nii.gz")
+    assert _segment(tmp_path / "in" / "tube.nii.gz", tmp_path / "out").exit_code == 0
+    folder = tmp_path / "out" / "tube"
+    image = sitk.ReadImage(str(folder / "labels.nii.gz"))
+    labels = sitk.GetArrayFromImage(image)
+    data, header = nrrd.read(str(folder / "labels.seg.nrrd"), index_order="C")
+    assert data.dtype == np.uint8 and np.array_equal(data, labels)
+    assert header["space"] == "left-posterior-superior"
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    assert np.allclose(header["space origin"], image.GetOrigin(), atol=1e-4)
+    assert np.allclose(header["space directions"], (direction * np.asarray(image.GetSpacing())).T, atol=1e-4)
+    assert header["Segment0_Name"] == "Renal artery" and header["Segment0_LabelValue"] == "1"
+    assert header["Segment0_Layer"] == "0" and header["Segment0_Color"] == "0.839216 0.152941 0.156863"
+    assert "TerminologyEntry:Segmentation category and type - DICOM master list~SCT^91723000^" \
+           "Anatomical Structure~SCT^2841007^Renal artery~" in header["Segment0_Tags"]
+    nz = np.argwhere(labels == 1)
+    lo, hi = nz.min(axis=0)[::-1], nz.max(axis=0)[::-1]  # x, y, z
+    assert header["Segment0_Extent"] == " ".join(str(int(v)) for pair in zip(lo, hi) for v in pair)
+    # ITK reads the same grid back (what Slicer's reader does)
+    again = sitk.ReadImage(str(folder / "labels.seg.nrrd"))
+    assert np.allclose(again.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert np.allclose(again.GetSpacing(), image.GetSpacing(), atol=1e-4)
+    assert np.allclose(again.GetDirection(), image.GetDirection(), atol=1e-4)
+
+
+def test_seg_nrrd_header_names_each_structure():
+    g = Geometry((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = np.zeros((2, 3, 4), np.uint8)
+    labels[0, 0, 0], labels[0, 0, 1], labels[1, 2, 3], labels[1, 1, 1] = 1, 2, 3, 4
+    h = seg_nrrd_header(labels, g, {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery",
+                                    "4": "tumour"})
+    assert [h[f"Segment{i}_Name"] for i in range(4)] == ["Renal vein", "Kidney", "Renal artery", "Kidney tumour"]
+    assert [h[f"Segment{i}_LabelValue"] for i in range(4)] == ["1", "2", "3", "4"]
+    assert "SCT^108369006^Neoplasm" in h["Segment3_Tags"] and "SCT^64033007^Kidney~" in h["Segment3_Tags"]
+
+
+# -- centerlines -------------------------------------------------------------------------------
+
+
+def _y_tree(direction) -> "Volume":
+    """A trunk that forks in two, 3 voxels thick, on an oblique anisotropic grid."""
+    from renalseg.volume import Volume
+
+    g = Geometry((60, 40, 40), (0.7, 0.8, 0.9), (-30.0, 12.0, 400.0), direction)
+    mask = np.zeros(g.shape_zyx, bool)
+    mask[5:30, 19:22, 19:22] = True
+    for k in range(0, 25):
+        mask[30 + k, 19:22, 19 + k // 2:22 + k // 2] = True
+        mask[30 + k, 19:22, 19 - k // 2:22 - k // 2] = True
+    return Volume(mask.astype(np.uint8), g)
+
+
+def _read_vtp(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    piece = ET.parse(path).getroot().find("PolyData/Piece")
+    arrays = {a.get("Name"): np.array(a.text.split(), float) for a in piece.iter("DataArray")}
+    return {"points": arrays["Points"].reshape(-1, 3), "radius": arrays["MaximumInscribedSphereRadius"],
+            "branch": arrays["BranchId"].astype(int), "offsets": arrays["offsets"].astype(int),
+            "connectivity": arrays["connectivity"].astype(int),
+            "lines": int(piece.get("NumberOfLines")), "points_count": int(piece.get("NumberOfPoints"))}
+
+
+def test_centerline_files_lie_on_the_label_and_share_tree_json_ids(tmp_path):
+    from conftest import OBLIQUE_30DEG
+
+    from renalseg.mesh import export_meshes
+
+    labels = _y_tree(OBLIQUE_30DEG)
+    summary = export_meshes(labels, tmp_path, label_names={1: "renal_artery"}, split=False)
+    vtp = _read_vtp(tmp_path / "renal_artery_centerline.vtp")
+    tree = json.loads((tmp_path / "tree.json").read_text())["trees"]["renal_artery"]["all"]
+    assert tree["branch_points"] == 1 and tree["segments"] == 3
+    assert sorted(vtp["branch"].tolist()) == sorted(s["id"] for s in tree["segment_list"]) == [1, 2, 3]
+    assert vtp["lines"] == 3 and vtp["offsets"][-1] == vtp["points_count"] == len(vtp["radius"])
+    assert (vtp["radius"] > 0).all()
+    index = np.rint(labels.geometry.world_to_index(vtp["points"])).astype(int)  # LPS mm -> (x, y, z)
+    assert labels.array[index[:, 2], index[:, 1], index[:, 0]].all()  # every point on the label
+    markups = json.loads((tmp_path / "renal_artery_centerline.mrk.json").read_text())
+    assert markups["@schema"].endswith("markups-schema-v1.0.3.json#")
+    curves = markups["markups"]
+    assert [c["type"] for c in curves] == ["Curve"] * 3 and {c["coordinateSystem"] for c in curves} == {"LPS"}
+    assert [c["name"] for c in curves] == [f"renal_artery branch {i}" for i in vtp["branch"]]
+    first = np.array([p["position"] for p in curves[0]["controlPoints"]])
+    assert np.allclose(first, vtp["points"][:vtp["offsets"][0]], atol=1e-3)
+    assert len(summary["centerlines"]) == 2
+
+
+def test_centerlines_in_ras(tmp_path):
+    from conftest import LPS
+
+    from renalseg.mesh import export_meshes
+
+    labels = _y_tree(LPS)
+    export_meshes(labels, tmp_path / "lps", label_names={1: "renal_artery"}, split=False)
+    export_meshes(labels, tmp_path / "ras", label_names={1: "renal_artery"}, split=False, space="ras")
+    lps = _read_vtp(tmp_path / "lps" / "renal_artery_centerline.vtp")["points"]
+    ras = _read_vtp(tmp_path / "ras" / "renal_artery_centerline.vtp")["points"]
+    assert np.allclose(ras, lps * [-1, -1, 1])
+    assert "SPACE=RAS" in (tmp_path / "ras" / "renal_artery_centerline.vtp").read_text()
