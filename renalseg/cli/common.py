@@ -18,7 +18,7 @@ from renalseg.errors import RenalsegError
 
 __all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
            "finish_batch",
-           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption"]
+           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption", "ForceOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()
@@ -45,6 +45,9 @@ ShardOption = Annotated[Optional[str], typer.Option(
 SeriesOption = Annotated[Optional[str], typer.Option(
     "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")]
+ForceOption = Annotated[bool, typer.Option(
+    "--force", help="Process a study whose values do not look like CT Hounsfield units (8-bit, nothing below "
+    "0, no air below -500 HU); NaN/Inf voxels are refused regardless.")]
 
 
 def print_error(message: str, *, prefix: str = "error") -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
+from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
                                  StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
                                  print_error, say_empty_shard)
 from renalseg.errors import UsageError
@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 
 def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path], series_uid: str | None,
-         seed: int, overwrite: bool, show_progress: bool) -> list[dict]:
+         seed: int, overwrite: bool, show_progress: bool, force: bool = False) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``locate_study``, a spinner per study."""
     from renalseg.batch import run_batch
     from renalseg.pipeline import locate_study, write_locate_outputs
@@ -29,7 +29,8 @@ def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path
         status = (err_console.status(f"locating kidneys in {study.study_id}", spinner="dots")
                   if show_progress else contextlib.nullcontext())
         with status:
-            localisation = locate_study(study.path, atlases=atlases, seed=seed, series_uid=series_uid)
+            localisation = locate_study(study.path, atlases=atlases, seed=seed, series_uid=series_uid,
+                                        force=force)
             localisation.report["study_id"] = study.study_id
             write_locate_outputs(localisation, destination, crop=crop, overwrite=replace)
         return {"sides": [roi.side for roi in localisation.rois],
@@ -68,6 +69,7 @@ def locate(
     shard: ShardOption = None,
     series: SeriesOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the registration's random sampling.")] = 0,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; errors only.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -95,7 +97,7 @@ def locate(
         say_empty_shard((k, n), out, quiet=quiet, json_output=json_output)
         return
     rows = _run(studies, out, crop=crop, atlases=atlases, series_uid=series, seed=seed, overwrite=overwrite,
-                show_progress=not quiet and not json_output)
+                show_progress=not quiet and not json_output, force=force)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
+from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
                                  StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
                                  print_error, say_empty_shard)
 from renalseg.errors import UsageError
@@ -96,6 +96,7 @@ def segment(
         "--max-gap-mm", help="Per kidney, remove artery pieces farther than this (mm) from its largest piece "
         "(the other abdominal arteries); inf keeps every piece.")] = 10.0,  # = postprocess.DEFAULT_MAX_GAP_MM (tested)
     series: SeriesOption = None,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -121,7 +122,7 @@ def segment(
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=side.lower(), input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
-        series_uid=series,
+        series_uid=series, force=force,
     )
     studies = plan_batch(inputs, shard=(k, n))
     if not studies:
