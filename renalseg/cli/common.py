@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
+__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "describe_error", "configure_logging", "say_empty_shard",
            "finish_batch",
            "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption", "ForceOption"]
 
@@ -54,6 +54,14 @@ def print_error(message: str, *, prefix: str = "error") -> None:
     """One red line (or a short block) on stderr, no traceback."""
     # escaped: a message's own brackets (``renalseg[report]``, a path) are text, not markup
     err_console.print(f"[bold red]{prefix}:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+
+
+def describe_error(error: BaseException) -> str:
+    """A study's error for its red line: the message, with the type when it is not one of ours (a bug)."""
+    if isinstance(error, RenalsegError):
+        return str(error)
+    return (f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; error.json "
+            "holds the traceback with --debug)")
 
 
 def handle_errors(fn: F) -> F:

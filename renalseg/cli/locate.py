@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
-                                 StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
-                                 print_error, say_empty_shard)
+from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption,
+                                 ShardOption, StudiesArgument, configure_logging, describe_error, err_console,
+                                 finish_batch, handle_errors, print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,9 +38,9 @@ def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path
 
     def on_finish(study: BatchStudy, row: dict, error: Exception | None) -> None:
         if error is not None:
-            print_error(f"{study.study_id}: {error}")
+            print_error(f"{study.study_id}: {describe_error(error)}")
 
-    return run_batch(studies, out, process, overwrite=overwrite, raise_errors=STATE["debug"], on_finish=on_finish)
+    return run_batch(studies, out, process, overwrite=overwrite, debug=STATE["debug"], on_finish=on_finish)
 
 
 def _summary_table(rows: list[dict]) -> Any:
@@ -82,17 +82,23 @@ def locate(
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]
     """
     from renalseg.batch import parse_shard, plan_batch
+    from renalseg.errors import RenalsegError
+    from renalseg.io.output import check_writable_folder
+    from renalseg.registration import load_atlas
 
     configure_logging(quiet=quiet)
     k, n = parse_shard(shard)
     atlases = list(atlas or [])
+    check_writable_folder(out)  # now, not after the computing
     for folder in atlases:
         if not folder.is_dir():
             raise UsageError(f"--atlas {folder}: no such folder. An atlas folder holds atlas_ct.nii.gz "
                              "and atlas_kidneys.nii.gz.")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder.")
-    studies = plan_batch(inputs, shard=(k, n))
+        try:  # a bad atlas would fail every study: say so before the first
+            load_atlas(folder)
+        except RenalsegError as err:
+            raise UsageError(f"--atlas {folder}: {err}") from err
+    studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
         say_empty_shard((k, n), out, quiet=quiet, json_output=json_output)
         return
