@@ -30,8 +30,8 @@ import SimpleITK as sitk
 
 from renalseg.errors import GeometryError, InputError
 
-__all__ = ["NotHounsfieldError", "NonFiniteError", "check_spacing", "check_image_information", "check_ct_values",
-           "AIR_BELOW_HU"]
+__all__ = ["NotHounsfieldError", "NonFiniteError", "NotALabelMapError", "check_spacing", "check_image_information",
+           "check_ct_values", "integer_labels", "AIR_BELOW_HU"]
 
 #: a whole-abdomen CT holds voxels darker than this (air outside the body, bowel gas)
 AIR_BELOW_HU = -500.0
@@ -143,3 +143,36 @@ def check_ct_values(image: sitk.Image, name: Path | str, *, whole_scan: bool = T
             f"{name}: values {lo:g}…{hi:g} ({pixel}) cannot be Hounsfield units: {reason}. Not a CT in Hounsfield "
             "units? (an MR, a CT stored without its rescale intercept, a mask or a probability map). If it is a "
             "CT, pass --force to process it anyway.")
+
+
+class NotALabelMapError(InputError):
+    """A label map whose values are not whole numbers (a probability map?)."""
+
+
+def integer_labels(image: sitk.Image, name: Path | str) -> sitk.Image:
+    """A label map as integers: exact for whole-valued floats, refused otherwise.
+
+    A float label map with 0.5 where the artery is would otherwise be truncated to
+    0 (the background) by an integer cast, and the background meshed.
+
+    Raises:
+        NotALabelMapError: a value that is not a whole number (NaN included).
+
+    Example:
+        >>> import numpy as np
+        >>> integer_labels(sitk.GetImageFromArray(np.array([[[0.0, 2.0]]])), "l.nii.gz").GetPixelIDTypeAsString()
+        '32-bit signed integer'
+    """
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return image
+    array = sitk.GetArrayViewFromImage(image)
+    whole = np.isfinite(array) & (array == np.round(array))
+    if not whole.all():
+        examples = np.unique(array[~whole])[:3]
+        raise NotALabelMapError(
+            f"{name}: {int((~whole).sum()):,} voxels hold values that are not whole numbers (e.g. "
+            f"{', '.join(f'{v:g}' for v in examples)}): a label map holds integer labels (0 background). A "
+            "probability map? Threshold it first (e.g. labels = probabilities >= 0.5).")
+    if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+        raise NotALabelMapError(f"{name}: label values {array.min():g}…{array.max():g} do not fit 32-bit integers.")
+    return sitk.Cast(image, sitk.sitkInt32)
