@@ -18,9 +18,10 @@ from rich.markup import escape
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "Terminated", "EXIT_SIGINT", "EXIT_SIGTERM", "handle_errors", "print_error", "describe_error", "configure_logging", "say_empty_shard",
-           "finish_batch",
-           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption", "ForceOption"]
+__all__ = ["console", "err_console", "STATE", "Terminated", "EXIT_SIGINT", "EXIT_SIGTERM", "handle_errors",
+           "print_error", "describe_error", "configure_logging", "say_empty_shard", "finish_batch",
+           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption",
+           "ForceOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()

@@ -282,9 +282,12 @@ def _read_header(path: Path) -> _Slice | None:
             pixel_data=(0xFFFFFFFF, -1) if cut_in_pixels else _pixel_data_place(ds),
             file_bytes=path.stat().st_size,
         )
-    except (TypeError, ValueError, AttributeError) as err:
+    except CorruptDicomError:
+        raise
+    except Exception as err:  # values are parsed on access: pydicom raises many types on damaged ones
         raise CorruptDicomError(
-            f"{path}: DICOM header has invalid values ({err}). Remove the file or {_FIX_EXPORT}."
+            f"{path}: DICOM header has invalid values ({type(err).__name__}: {str(err)[:200]}). Remove the "
+            f"file or {_FIX_EXPORT}."
         ) from err
 
 

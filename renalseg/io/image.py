@@ -108,7 +108,7 @@ def write_image(image: sitk.Image | Volume, path: Path | str, *, overwrite: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write into a private folder beside the target under the final name (MetaImage
     # headers record their data file's name), then rename each file into place.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:120]}.", suffix=".tmp", dir=path.parent))
     try:
         sitk.WriteImage(image, str(staging / path.name), compress)
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):

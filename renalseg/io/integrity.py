@@ -10,7 +10,9 @@ image) to compare the bytes present with the bytes declared:
 - NIfTI-1/2 (``.nii``, ``.nii.gz``): dimensions, datatype against bitpix, spacing
   (``pixdim``), ``vox_offset``; the payload must hold exactly ``vox_offset`` +
   voxels × bytes per voxel. A ``.nii.gz`` is decompressed end to end so its gzip
-  CRC-32 and length are verified (every member of a multi-member file).
+  CRC-32 and length are verified (every member of a multi-member file). Float
+  voxels are counted for NaN/Inf on the way, because ITK's NIfTI reader reads NaN
+  as 0 without a word.
 - MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``, ``.nhdr``): the text header's
   sizes and element type against the data present, raw or compressed (zlib with
   its Adler-32, gzip with its CRC-32), in the same file or a detached one.
@@ -31,8 +33,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from renalseg.errors import InputError
-from renalseg.io.plausibility import check_spacing
+from renalseg.io.plausibility import NonFiniteError, check_spacing
 
 __all__ = ["verify_image_file", "sniff_format", "BLOCK_BYTES"]
 
@@ -144,8 +148,8 @@ def _check_count(path: Path, present: int, expected: int, what: str) -> None:
 
 
 # -- NIfTI -------------------------------------------------------------------------------------------
-def _parse_nifti(path: Path, header: bytes, *, compressed: bool) -> tuple[int, int]:
-    """``(header bytes, payload bytes expected)``, after checking the header's fields."""
+def _parse_nifti(path: Path, header: bytes, *, compressed: bool) -> tuple[int, int, int, np.dtype | None]:
+    """``(voxel data offset, file bytes expected, voxel count, float dtype or None)``, the header checked."""
     for endian in ("<", ">"):
         if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in (348, 540):
             break
@@ -192,33 +196,86 @@ def _parse_nifti(path: Path, header: bytes, *, compressed: bool) -> tuple[int, i
                              f"{_COPY_AGAIN}")
     check_spacing(path, [float(p) for p in pixdim[1:1 + min(rank, 3)]], "NIfTI pixdim")
     count = math.prod(extents)
-    return size, int(offset) + count * int(bitpix) // 8
+    floats = {16: "f4", 64: "f8"}.get(int(datatype))
+    dtype = np.dtype(("<" if endian == "<" else ">") + floats) if floats else None
+    return int(offset), int(offset) + count * int(bitpix) // 8, count, dtype
+
+
+class _NonFiniteCount:
+    """Counts NaN/Inf among float voxels fed in blocks of any length, from byte ``start`` on.
+
+    ITK's NIfTI reader turns NaN into 0 without a word, so an all-NaN volume would be
+    read as an all-zero one: the count must come from the file's bytes.
+    """
+
+    def __init__(self, dtype: np.dtype, start: int) -> None:
+        self.dtype, self.start, self.position, self.carry, self.bad = dtype, start, 0, b"", 0
+
+    def feed(self, block: bytes) -> None:
+        skip = max(0, self.start - self.position)
+        self.position += len(block)
+        if skip >= len(block):
+            return
+        data = self.carry + block[skip:]
+        usable = len(data) - len(data) % self.dtype.itemsize
+        values = np.frombuffer(data, self.dtype, usable // self.dtype.itemsize)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self.carry = data[usable:]
+
+    def check(self, path: Path, count: int) -> None:
+        if self.bad:
+            raise NonFiniteError(f"{path}: {self.bad:,} of {count:,} voxels are NaN or infinite "
+                                 f"({100 * self.bad / max(count, 1):.2g}%); a CT holds finite Hounsfield units "
+                                 "everywhere. Fix the conversion that produced this file.")
+
+
+def _file_blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK_BYTES):
+            yield block
 
 
 def _verify_nifti(path: Path) -> None:
     compressed = path.name.lower().endswith(".gz")
-    if not compressed:
-        with path.open("rb") as handle:
-            header = handle.read(540)
-        if sniff_format(header) == "gzip":
-            raise InputError(f"{path}: gzip-compressed data in a file named .nii: rename it to {path.name}.gz.")
-        _, expected = _parse_nifti(path, header, compressed=False)
-        _check_count(path, path.stat().st_size, expected, "its NIfTI header announces")
-        return
-    with path.open("rb") as raw:
-        head = raw.read(4)
-    if not head.startswith(b"\x1f\x8b"):
-        found = sniff_format(head + path.open("rb").read(540)[4:])
+    with path.open("rb") as handle:
+        head = handle.read(540)
+    if not compressed and sniff_format(head) == "gzip":
+        raise InputError(f"{path}: gzip-compressed data in a file named .nii: rename it to {path.name}.gz.")
+    if compressed and not head.startswith(b"\x1f\x8b"):
+        found = sniff_format(head)
         what = f"its content is {found}" if found else "its content is not gzip-compressed"
         raise InputError(f"{path}: not a gzip-compressed NIfTI file ({what}); give it the right extension.")
-    header = bytearray()
+    if not compressed:
+        offset, expected, count, dtype = _parse_nifti(path, head, compressed=False)
+        _check_count(path, path.stat().st_size, expected, "its NIfTI header announces")
+        if dtype is not None:
+            counter = _NonFiniteCount(dtype, offset)
+            for block in _file_blocks(path):
+                counter.feed(block)
+            counter.check(path, count)
+        return
+    # one pass over all of it: zlib checks each member's CRC-32 and length at its end
+    pending: list[bytes] = []
+    counter: _NonFiniteCount | None = None
     total = 0
-    for block in _gzip_blocks(path):  # all of it: the CRC-32 is checked at the end of each member
-        if len(header) < 540:
-            header += block[: 540 - len(header)]
+    parsed: tuple[int, int, int, np.dtype | None] | None = None
+    for block in _gzip_blocks(path):
         total += len(block)
-    expected = _parse_nifti(path, bytes(header), compressed=True)[1]
-    _check_count(path, total, expected, "its NIfTI header announces")
+        if parsed is None:
+            pending.append(block)
+            if total < 540:
+                continue
+            parsed = _parse_nifti(path, b"".join(pending)[:540], compressed=True)
+            counter = _NonFiniteCount(parsed[3], parsed[0]) if parsed[3] is not None else None
+            block = b"".join(pending)
+            pending = []
+        if counter is not None:
+            counter.feed(block)
+    if parsed is None:
+        parsed = _parse_nifti(path, b"".join(pending), compressed=True)
+    _check_count(path, total, parsed[1], "its NIfTI header announces")
+    if counter is not None:
+        counter.check(path, parsed[2])
 
 
 # -- MetaImage and NRRD ----------------------------------------------------------------------------

@@ -26,6 +26,11 @@ __all__ = ["StagedDir", "atomic_write_bytes", "atomic_write_text", "atomic_write
            "check_writable_folder"]
 
 
+#: characters of a target's name kept in its temporary name: any legal name stays legal
+#: with the random part and suffix added (255-byte limit)
+_PREFIX_CHARS = 120
+
+
 def user_umask() -> int:
     """The process umask, read without changing it where the system allows (Linux ``/proc``).
 
@@ -77,7 +82,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_PREFIX_CHARS]}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~user_umask())  # mkstemp's 0600 is for the temporary name only
         with os.fdopen(fd, "wb") as handle:
@@ -125,7 +130,7 @@ class StagedDir:
                 f"{self.destination} exists; pass --overwrite to replace it, or choose another --out."
             )
         self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", suffix=".partial",
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.destination.name[:_PREFIX_CHARS]}.", suffix=".partial",
                                           dir=self.destination.parent))
         os.chmod(self.path, 0o777 & ~user_umask())  # mkdtemp's 0700 is for staging only
         return self.path
@@ -139,7 +144,7 @@ class StagedDir:
             return
         old = None
         if self.destination.exists():
-            old = self.destination.with_name(f".{self.destination.name}.old-{os.getpid()}")
+            old = self.destination.with_name(f".{self.destination.name[:_PREFIX_CHARS]}.old-{os.getpid()}")
             os.replace(self.destination, old)
         os.replace(self.path, self.destination)
         if old is not None:
