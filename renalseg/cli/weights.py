@@ -35,8 +35,11 @@ def info(
 
     Example: [bold]renalseg weights info weights/dpa_densebiasnet.safetensors[/]
     """
-    from renalseg.weights import model_paths, read_card
+    from renalseg.errors import UsageError
+    from renalseg.weights import model_paths, read_card, sha256_file
 
+    if not path.exists():  # read_card's message would point at segment's --weights option
+        raise UsageError(f"{path}: no such file. Give a .safetensors file or its .json model card.")
     card = read_card(path)
     weights, card_path = model_paths(path)
     if as_json:
@@ -63,6 +66,9 @@ def info(
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+    if not weights.is_file() or sha256_file(weights) != card.sha256:
+        # a damaged or swapped model must not look fine to a script checking the exit code
+        raise typer.Exit(1)
 
 
 @weights_app.command("list")
