@@ -33,7 +33,6 @@ import renalseg.roi
 from renalseg.batch import BatchStudy, plan_batch, run_batch
 from renalseg.cli.app import app
 from renalseg.errors import RenalsegError
-from renalseg.geometry import Geometry
 from renalseg.io.image import read_image, write_image
 from renalseg.io.output import StagedDir
 from renalseg.io.study import read_study

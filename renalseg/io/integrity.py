@@ -25,7 +25,6 @@ value; bzip2/ASCII NRRD encodings and file lists are left to SimpleITK.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 import struct
