@@ -12,8 +12,11 @@ work for one study. The rules:
 - :func:`run_batch` publishes each study's folder ``OUT/<study_id>/`` whole or not
   at all. An existing folder is an error for that study unless ``overwrite``, or
   unless it holds nothing but an earlier run's ``error.json``: a failed study is
-  retried by running the batch again. A study that fails gets a folder holding only
-  ``error.json`` (never over an earlier result) and the batch goes on.
+  retried by running the batch again. A study that fails, for any reason (a
+  :class:`~renalseg.errors.RenalsegError`, or any other exception: a bug, a
+  ``MemoryError``, a library's ``RuntimeError``), gets a folder holding only
+  ``error.json`` (never over an earlier result) and the batch goes on; only an
+  interruption (Ctrl-C, SIGTERM) stops it.
 - Every study gives one summary row (:func:`summarize` counts them).
 
 Example (a "study" whose work writes one file):
@@ -38,13 +41,16 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from renalseg import __version__
-from renalseg.errors import OutputExistsError, RenalsegError, UsageError
+from renalseg.errors import OutputExistsError, UsageError
+from renalseg.io.dicom import is_dicom_file
 from renalseg.io.discover import discover_studies
+from renalseg.io.image import image_format
 from renalseg.io.output import StagedDir, atomic_write_json
 from renalseg.study import safe_study_id
 
@@ -123,19 +129,30 @@ def unique_study_ids(paths: Sequence[Path]) -> list[str]:
     return ids
 
 
-def plan_batch(inputs: Sequence[Path | str], *, shard: tuple[int, int] = (0, 1)) -> list[BatchStudy]:
+def plan_batch(inputs: Sequence[Path | str], *, shard: tuple[int, int] = (0, 1),
+               out: Path | str | None = None) -> list[BatchStudy]:
     """The studies under ``inputs`` that shard ``(K, N)`` processes, with their output ids.
 
     Ids are given over the whole batch before sharding, so every shard names a
-    study the same way and no two shards write the same folder.
+    study the same way and no two shards write the same folder. ``out`` (the
+    batch's output folder) is never searched for studies.
 
     Raises:
-        UsageError: a path does not exist, a folder holds no study, or a bad shard.
+        UsageError: a path does not exist, a folder holds no study, a file named on
+            the command line is no image file (before any work, so no output folder
+            is made for it), or a bad shard.
     """
     k, n = shard
     if n < 1 or not 0 <= k < n:
         raise UsageError(f"shard {k}/{n}: need 0 ≤ K < N (K counts from 0).")
-    paths = discover_studies(inputs)
+    paths = discover_studies(inputs, exclude=[out] if out is not None else [])
+    not_images = [p for p in paths if p.is_file() and image_format(p) is None]
+    if not_images:
+        dicom = [p for p in not_images if is_dicom_file(p)]
+        hint = (f" {dicom[0]} is a single DICOM file: pass the folder that holds its whole series." if dicom
+                else "")
+        raise UsageError(f"{', '.join(map(str, not_images))}: not an image file (NIfTI .nii/.nii.gz, NRRD "
+                         f".nrrd/.nhdr, MetaImage .mha/.mhd) nor a DICOM series folder.{hint}")
     studies = [BatchStudy(path, study_id) for path, study_id in zip(paths, unique_study_ids(paths))]
     return studies[k::n]
 
@@ -145,8 +162,9 @@ def _holds_only_error(folder: Path) -> bool:
     return folder.is_dir() and [p.name for p in folder.iterdir()] == [ERROR_FILE]
 
 
-def error_report(path: Path | str, error: BaseException, *, study_id: str | None = None) -> dict:
-    """The ``error.json`` content for a study that failed.
+def error_report(path: Path | str, error: BaseException, *, study_id: str | None = None,
+                 debug: bool = False) -> dict:
+    """The ``error.json`` content for a study that failed (``debug``: with the traceback).
 
     Example:
         >>> report = error_report("scans/Case 1.nii.gz", ValueError("unreadable"))
@@ -158,12 +176,14 @@ def error_report(path: Path | str, error: BaseException, *, study_id: str | None
         "study_id": study_id if study_id is not None else safe_study_id(Path(path)),
         "input": str(path),
         "error": type(error).__name__,
-        "message": str(error),
+        "message": str(error) or type(error).__name__,
         "renalseg_version": __version__,
+        **({"traceback": "".join(traceback.format_exception(error))} if debug else {}),
     }
 
 
-def write_error_report(destination: Path, path: Path, error: BaseException, *, overwrite: bool = False) -> bool:
+def write_error_report(destination: Path, path: Path, error: BaseException, *, overwrite: bool = False,
+                       debug: bool = False) -> bool:
     """Publish ``destination`` holding only ``error.json``.
 
     An existing folder is replaced only with ``overwrite`` or when it holds nothing
@@ -176,23 +196,25 @@ def write_error_report(destination: Path, path: Path, error: BaseException, *, o
     if destination.exists() and not (overwrite or _holds_only_error(destination)):
         return False
     with StagedDir(destination, overwrite=True) as staging:
-        atomic_write_json(staging / ERROR_FILE, error_report(path, error, study_id=destination.name))
+        atomic_write_json(staging / ERROR_FILE, error_report(path, error, study_id=destination.name, debug=debug))
     return True
 
 
 def run_batch(studies: Sequence[BatchStudy], out: Path | str, process: ProcessStudy, *, overwrite: bool = False,
-              raise_errors: bool = False, on_start: Callable[[BatchStudy], None] | None = None,
-              on_finish: Callable[[BatchStudy, dict, RenalsegError | None], None] | None = None) -> list[dict]:
+              raise_errors: bool = False, debug: bool = False, on_start: Callable[[BatchStudy], None] | None = None,
+              on_finish: Callable[[BatchStudy, dict, Exception | None], None] | None = None) -> list[dict]:
     """Run ``process`` for each study into ``out/<study_id>/``; a failing study never stops the batch.
 
     Args:
         studies: from :func:`plan_batch`.
         out: the batch's output folder.
-        process: the work for one study (see :data:`ProcessStudy`); a
-            :class:`~renalseg.errors.RenalsegError` it raises fails that study only.
+        process: the work for one study (see :data:`ProcessStudy`); any exception
+            it raises fails that study only (``KeyboardInterrupt`` and other
+            ``BaseException`` stop the batch).
         overwrite: replace existing output folders (without it they fail the study,
             except a folder holding only an earlier ``error.json``, which is retried).
         raise_errors: re-raise a study's error instead of going on (for debugging).
+        debug: keep each failure's traceback in its ``error.json``.
         on_start: called with each study before its work starts.
         on_finish: called with each study, its summary row and its error (``None``
             when it succeeded).
@@ -210,7 +232,7 @@ def run_batch(studies: Sequence[BatchStudy], out: Path | str, process: ProcessSt
         if on_start is not None:
             on_start(study)
         started = time.perf_counter()
-        error: RenalsegError | None = None
+        error: Exception | None = None
         try:
             replace = overwrite or _holds_only_error(destination)
             if destination.exists() and not replace:
@@ -219,15 +241,21 @@ def run_batch(studies: Sequence[BatchStudy], out: Path | str, process: ProcessSt
             extra = process(study, destination, replace)
             row = {"study": study.study_id, "input": str(study.path), "status": "ok",
                    "seconds": round(time.perf_counter() - started, 2), **extra, "output": str(destination)}
-        except RenalsegError as err:
+        except Exception as err:  # noqa: BLE001 - one study's failure, whatever it is, must not end the batch
             if raise_errors:
                 raise
             error = err
-            log.debug("%s failed: %s", study.study_id, err)
-            written = write_error_report(destination, study.path, err, overwrite=overwrite)
+            if debug:
+                log.error("%s failed", study.study_id, exc_info=err)
+            try:
+                written = write_error_report(destination, study.path, err, overwrite=overwrite, debug=debug)
+            except OSError as write_err:
+                log.error("%s: error.json could not be written (%s)", study.study_id, write_err)
+                written = False
             row = {"study": study.study_id, "input": str(study.path), "status": "error",
                    "seconds": round(time.perf_counter() - started, 2), "error": type(err).__name__,
-                   "message": str(err), "output": str(destination / ERROR_FILE) if written else None}
+                   "message": str(err) or type(err).__name__,
+                   "output": str(destination / ERROR_FILE) if written else None}
         rows.append(row)
         if on_finish is not None:
             on_finish(study, row, error)

@@ -39,6 +39,7 @@ from renalseg import __version__
 from renalseg.components import SPECK_MM3, count_pieces
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+from renalseg.io.plausibility import check_ct_values
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
@@ -99,6 +100,8 @@ class SegmentConfig:
             removed (other abdominal arteries; ``inf`` keeps every piece).
         series_uid: which DICOM series to read when a folder holds several.
         seed: random seed for localisation.
+        force: use a study whose values do not look like HU
+            (:func:`renalseg.io.plausibility.check_ct_values`; NaN/Inf are always refused).
     """
 
     weights: Path | None = None
@@ -112,6 +115,7 @@ class SegmentConfig:
     max_gap_mm: float = DEFAULT_MAX_GAP_MM
     series_uid: str | None = None
     seed: int = 0
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -317,6 +321,8 @@ def segment_study(
     # read
     progress("read", 0, 1)
     study = _as_study(path_or_study, config.series_uid)
+    # a scan to localise in must show air; a crop or a scan with given ROIs need not
+    check_ct_values(study.image, study.path, whole_scan=rois is None and not config.input_is_roi, force=config.force)
     image = study.image
     study_geometry = study.geometry
     timings["read"] = time.perf_counter() - clock
@@ -572,7 +578,7 @@ class Localisation:
 
 
 def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Sequence[Path] = (), seed: int = 0,
-                 series_uid: str | None = None) -> Localisation:
+                 series_uid: str | None = None, force: bool = False) -> Localisation:
     """Read one study and locate its kidneys: step 2 of :func:`segment_study` alone.
 
     Args:
@@ -581,6 +587,7 @@ def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Seq
         atlases: extra atlas folders, fused with the shipped atlas by majority vote.
         seed: seed of the registration's random sampling.
         series_uid: which DICOM series to read when a folder holds several.
+        force: use a study whose values do not look like HU (NaN/Inf are always refused).
 
     Returns:
         A :class:`Localisation`; its report holds the input, each ROI (side, box in
@@ -595,6 +602,7 @@ def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Seq
 
     started = time.perf_counter()
     study = _as_study(path_or_study, series_uid)
+    check_ct_values(study.image, study.path, whole_scan=True, force=force)
     read_s = time.perf_counter() - started
     started = time.perf_counter()
     rois = tuple(locate_kidneys(study, atlases=list(atlases) or None, seed=seed))

@@ -1043,8 +1043,10 @@ def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = Fal
     from renalseg.plan_picture import render_plan
 
     out = Path(out_dir)
-    if (out / "plan.json").exists() and not overwrite:
-        raise OutputExistsError(f"{out / 'plan.json'} exists; pass --overwrite to replace it.")
+    taken = [name for name in ("territories.nii.gz", "territories.json", "plan.png", "plan.json")
+             if (out / name).exists()]
+    if taken and not overwrite:
+        raise OutputExistsError(f"{out}: {', '.join(taken)} exist(s); pass --overwrite to replace them.")
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_image(result.territories, out / "territories.nii.gz", overwrite=True),
              atomic_write_json(out / "territories.json", result.territory_names)]

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from renalseg import __version__
-from renalseg.errors import GeometryError, InputError, UsageError
+from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError
 
 __all__ = [
     "INSTALL_HINT",
@@ -547,7 +547,7 @@ def render_page(fig: Any, *, title: str, notice: str, side_html: str) -> str:
 
 
 def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
-                 max_faces: int = DEFAULT_MAX_FACES,
+                 max_faces: int = DEFAULT_MAX_FACES, overwrite: bool = False,
                  on_progress: Callable[[str], None] | None = None) -> Path:
     """Write one self-contained ``report.html`` for a ``renalseg segment`` output folder.
 
@@ -558,6 +558,7 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
         out_file: where to write (default ``study_dir/report.html``); written atomically.
         max_faces: triangles of all surfaces together (halved while the page is over
             :data:`MAX_PAGE_BYTES`).
+        overwrite: replace an existing page (without it an existing one is an error).
         on_progress: called with a short text before each step.
 
     Returns:
@@ -565,6 +566,7 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
 
     Raises:
         UsageError: ``study_dir`` is not a segment output folder, or plotly is missing.
+        OutputExistsError: the page exists and ``overwrite`` is false.
         InputError: a file in it cannot be read.
         GeometryError: ``territories.nii.gz`` is on another grid than ``labels.nii.gz``.
     """
@@ -578,6 +580,8 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
     if not labels_path.is_file():
         raise UsageError(f"{study_dir}: no labels.nii.gz; pass a renalseg segment output folder.")
     out_path = Path(out_file) if out_file is not None else study_dir / "report.html"
+    if out_path.exists() and not overwrite:
+        raise OutputExistsError(f"{out_path} exists; pass --overwrite to replace it.")
     say = on_progress or (lambda text: None)
     say("read")
     labels = Volume.from_sitk(read_image(labels_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,17 +12,28 @@ import SimpleITK as sitk
 from renalseg.geometry import Geometry
 from renalseg.volume import Volume
 
-__all__ = ["Study", "safe_study_id", "unpack_study"]
+__all__ = ["Study", "safe_study_id", "unpack_study", "MAX_STUDY_ID_BYTES"]
+
+
+#: longest study id (ASCII, so bytes): leaves room under the 255-byte name limit for the
+#: staging names built from it (``.<id>.<random>.partial``, ``.<id>.old-<pid>``) and ``_N``
+MAX_STUDY_ID_BYTES = 200
 
 
 def safe_study_id(path: Path) -> str:
     """A filesystem-safe study id from a file or folder name (extensions dropped).
+
+    A name longer than :data:`MAX_STUDY_ID_BYTES` is cut and ends with a hash of the
+    whole name, so two long names that differ only at the end stay apart.
 
     Example:
         >>> safe_study_id(Path("/data/Patient 01.nii.gz"))
         'Patient_01'
         >>> safe_study_id(Path("case-7/"))
         'case-7'
+        >>> long_id = safe_study_id(Path("x" * 300 + ".nii.gz"))
+        >>> len(long_id), long_id[-17:]
+        (200, '_0d4e2ca9e9cbced7')
     """
     name = path.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -29,6 +41,9 @@ def safe_study_id(path: Path) -> str:
             name = name[: -len(suffix)]
             break
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    if len(cleaned) > MAX_STUDY_ID_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        cleaned = f"{cleaned[: MAX_STUDY_ID_BYTES - 17]}_{digest}"
     return cleaned or "study"
 
 

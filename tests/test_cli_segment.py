@@ -201,6 +201,7 @@ def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypa
     from renalseg.volume import Volume
 
     volume, mask = tube_ct(shape_zyx=(20, 30, 30), spacing_xyz_mm=(0.7, 0.7, 1.0), radius_mm=3.0)
+    volume.array[:, :2, :] = -1000  # air beside the body: a whole scan passes the HU plausibility check
     truth = Volume(np.where(mask, 3, 0).astype(np.uint8), volume.geometry)  # KiPA22: 3 = artery
     monkeypatch.setattr(renalseg.phantom, "synthesize_abdomen",
                         lambda seed: types.SimpleNamespace(image=volume, label=truth))

@@ -182,9 +182,10 @@ def test_cli_weights_info_and_list(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert "MISMATCH" in runner.invoke(app, ["weights", "info", str(path)]).output
+    tampered = runner.invoke(app, ["weights", "info", str(path)])
+    assert "MISMATCH" in tampered.output and tampered.exit_code == 1  # a script checking $? sees it
     missing = runner.invoke(app, ["weights", "info", str(tmp_path / "none.safetensors")])
-    assert missing.exit_code == 1 and "not found" in missing.output
+    assert missing.exit_code == 2 and "no such file" in missing.output and "--weights" not in missing.output
 
 
 def test_weights_info_takes_a_shipped_models_name_and_list_needs_no_torch():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -16,9 +18,10 @@ from rich.markup import escape
 
 from renalseg.errors import RenalsegError
 
-__all__ = ["console", "err_console", "STATE", "handle_errors", "print_error", "configure_logging", "say_empty_shard",
-           "finish_batch",
-           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption"]
+__all__ = ["console", "err_console", "STATE", "Terminated", "EXIT_SIGINT", "EXIT_SIGTERM", "handle_errors",
+           "print_error", "describe_error", "configure_logging", "say_empty_shard", "finish_batch",
+           "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption",
+           "ForceOption"]
 
 #: results go to stdout; progress, warnings and errors to stderr
 console = Console()
@@ -45,6 +48,9 @@ ShardOption = Annotated[Optional[str], typer.Option(
 SeriesOption = Annotated[Optional[str], typer.Option(
     "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")]
+ForceOption = Annotated[bool, typer.Option(
+    "--force", help="Process a study whose values do not look like CT Hounsfield units (8-bit, nothing below "
+    "0, no air below -500 HU); NaN/Inf voxels are refused regardless.")]
 
 
 def print_error(message: str, *, prefix: str = "error") -> None:
@@ -53,15 +59,45 @@ def print_error(message: str, *, prefix: str = "error") -> None:
     err_console.print(f"[bold red]{prefix}:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
+def describe_error(error: BaseException) -> str:
+    """A study's error for its red line: the message, with the type when it is not one of ours (a bug)."""
+    if isinstance(error, RenalsegError):
+        return str(error)
+    return (f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; error.json "
+            "holds the traceback with --debug)")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as Ctrl-C raises ``KeyboardInterrupt``.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: a batch does not take it for a
+    study's failure, and every staging folder and temporary file is removed on the
+    way out (``StagedDir``, ``atomic_write_*``), so a killed job (a scheduler's time
+    limit, ``docker stop``) leaves no hidden ``.partial`` folder behind.
+    """
+
+
+#: exit codes of an interrupted command, as a shell reports them (128 + signal number)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def handle_errors(fn: F) -> F:
     """Turn a :class:`RenalsegError` into one red line and its exit code.
 
     With ``--debug`` the error is re-raised so its full traceback shows. Any other
-    exception is a bug and always shows its traceback.
+    exception is a bug and always shows its traceback. Ctrl-C and SIGTERM stop the
+    command cleanly: outputs being written are removed, finished ones kept, one line
+    says so, and the exit code is 130 or 143.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             return fn(*args, **kwargs)
         except RenalsegError as err:
@@ -69,6 +105,14 @@ def handle_errors(fn: F) -> F:
                 raise
             print_error(str(err))
             raise typer.Exit(err.exit_code) from None
+        except (KeyboardInterrupt, Terminated) as err:
+            name, code = ("SIGTERM", EXIT_SIGTERM) if isinstance(err, Terminated) else ("Ctrl-C", EXIT_SIGINT)
+            print_error(f"interrupted ({name}): the output being written was removed; finished outputs are kept.",
+                        prefix="stopped")
+            raise typer.Exit(code) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     return wrapper  # type: ignore[return-value]
 

@@ -49,7 +49,7 @@ def evaluate(
     resample: Annotated[bool, typer.Option(help="Resample predictions onto the truth grid (nearest neighbour) "
                                                 "when the grids differ.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print cases and summary as JSON on stdout.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file (and its JSON).")] = False,
 ) -> None:
     """The paper's metrics per case and mean ± std: Dice, MCD, MSD, HD, HD95 (mm).
 
@@ -59,14 +59,20 @@ def evaluate(
     Example: [bold]renalseg evaluate results/ --gt data/label/ --gt-label 3 --out metrics.csv[/]
     """
     from renalseg.errors import OutputExistsError, UsageError
-    from renalseg.io.output import atomic_write_json, atomic_write_text
+    from renalseg.io.output import atomic_write_json, atomic_write_text, check_writable_folder
     from renalseg.metrics import FOUND_LABELS, FOUND_NAMES, METRIC_NAMES, evaluate_pairs, summarize
 
     configure_logging()
     if not gt:
         raise UsageError("Give the truth with --gt FILE_OR_FOLDER.")
-    if out is not None and out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    if out is not None:
+        if out.suffix.lower() == ".json":
+            raise UsageError(f"--out {out}: name the CSV file (e.g. metrics.csv); the JSON is written beside it.")
+        check_writable_folder(out.parent)  # now, not after the computing
+        taken = [str(p) for p in (out, out.with_suffix(".json")) if p.exists()]
+        if taken and not overwrite:
+            raise OutputExistsError(f"{' and '.join(taken)} exist(s); pass --overwrite to replace, or choose "
+                                    "another --out.")
     rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label)
     names = (*METRIC_NAMES, *FOUND_NAMES)
     summary = summarize(rows, keys=names)

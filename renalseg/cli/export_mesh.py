@@ -93,7 +93,8 @@ def export_mesh(
     """
     from renalseg.errors import RenalsegError, UsageError, check_choice
     from renalseg.io.image import read_image
-    from renalseg.io.output import StagedDir
+    from renalseg.io.plausibility import integer_labels
+    from renalseg.io.output import StagedDir, check_writable_folder
     from renalseg.mesh import MESH_FORMATS, SPACES, export_meshes
     from renalseg.volume import Volume
 
@@ -101,12 +102,13 @@ def export_mesh(
     space = check_choice(Space(space).value, SPACES, "coordinate space")
     fmt = check_choice(MeshFormat(fmt).value, MESH_FORMATS, "mesh format")
     inputs = [resolve_label_input(path) for path in labels]
+    check_writable_folder(out)  # now, not after the meshing
     table = Table("study", "mesh", "faces", "volume (ml)", "centerline (mm)", "branch pts", "end pts")
     summaries, failed = [], 0
     for study_id, label_path, report_path, names_path in inputs:
         start = time.perf_counter()
         try:
-            volume = Volume.from_sitk(read_image(label_path))
+            volume = Volume.from_sitk(integer_labels(read_image(label_path), label_path))
             report = _read_json(report_path)
             names = {int(k): v for k, v in _read_json(names_path).items() if str(k).lstrip("-").isdigit()}
             with StagedDir(out / study_id, overwrite=overwrite) as staging:

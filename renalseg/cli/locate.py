@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
-                                 StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
-                                 print_error, say_empty_shard)
+from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption,
+                                 ShardOption, StudiesArgument, configure_logging, describe_error, err_console,
+                                 finish_batch, handle_errors, print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 
 def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path], series_uid: str | None,
-         seed: int, overwrite: bool, show_progress: bool) -> list[dict]:
+         seed: int, overwrite: bool, show_progress: bool, force: bool = False) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``locate_study``, a spinner per study."""
     from renalseg.batch import run_batch
     from renalseg.pipeline import locate_study, write_locate_outputs
@@ -29,7 +29,8 @@ def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path
         status = (err_console.status(f"locating kidneys in {study.study_id}", spinner="dots")
                   if show_progress else contextlib.nullcontext())
         with status:
-            localisation = locate_study(study.path, atlases=atlases, seed=seed, series_uid=series_uid)
+            localisation = locate_study(study.path, atlases=atlases, seed=seed, series_uid=series_uid,
+                                        force=force)
             localisation.report["study_id"] = study.study_id
             write_locate_outputs(localisation, destination, crop=crop, overwrite=replace)
         return {"sides": [roi.side for roi in localisation.rois],
@@ -37,9 +38,9 @@ def _run(studies: list[BatchStudy], out: Path, *, crop: bool, atlases: list[Path
 
     def on_finish(study: BatchStudy, row: dict, error: Exception | None) -> None:
         if error is not None:
-            print_error(f"{study.study_id}: {error}")
+            print_error(f"{study.study_id}: {describe_error(error)}")
 
-    return run_batch(studies, out, process, overwrite=overwrite, raise_errors=STATE["debug"], on_finish=on_finish)
+    return run_batch(studies, out, process, overwrite=overwrite, debug=STATE["debug"], on_finish=on_finish)
 
 
 def _summary_table(rows: list[dict]) -> Any:
@@ -68,6 +69,7 @@ def locate(
     shard: ShardOption = None,
     series: SeriesOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the registration's random sampling.")] = 0,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; errors only.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -80,22 +82,28 @@ def locate(
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]
     """
     from renalseg.batch import parse_shard, plan_batch
+    from renalseg.errors import RenalsegError
+    from renalseg.io.output import check_writable_folder
+    from renalseg.registration import load_atlas
 
     configure_logging(quiet=quiet)
     k, n = parse_shard(shard)
     atlases = list(atlas or [])
+    check_writable_folder(out)  # now, not after the computing
     for folder in atlases:
         if not folder.is_dir():
             raise UsageError(f"--atlas {folder}: no such folder. An atlas folder holds atlas_ct.nii.gz "
                              "and atlas_kidneys.nii.gz.")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder.")
-    studies = plan_batch(inputs, shard=(k, n))
+        try:  # a bad atlas would fail every study: say so before the first
+            load_atlas(folder)
+        except RenalsegError as err:
+            raise UsageError(f"--atlas {folder}: {err}") from err
+    studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
         say_empty_shard((k, n), out, quiet=quiet, json_output=json_output)
         return
     rows = _run(studies, out, crop=crop, atlases=atlases, series_uid=series, seed=seed, overwrite=overwrite,
-                show_progress=not quiet and not json_output)
+                show_progress=not quiet and not json_output, force=force)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output)
 
 

@@ -22,6 +22,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="The page to write (one STUDY_DIR only); default STUDY_DIR/report.html.",
         show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing page.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
@@ -48,7 +49,7 @@ def report(
     for study_dir in study_dirs:
         started = time.perf_counter()
         try:
-            page = write_report(study_dir, out)
+            page = write_report(study_dir, out, overwrite=overwrite)
         except UsageError:
             raise
         except RenalsegError as err:

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from renalseg.cli.common import (STATE, JsonOption, OutOption, OverwriteOption, SeriesOption, ShardOption,
-                                 StudiesArgument, configure_logging, err_console, finish_batch, handle_errors,
-                                 print_error, say_empty_shard)
+from renalseg.cli.common import (STATE, ForceOption, JsonOption, OutOption, OverwriteOption, SeriesOption,
+                                 ShardOption, StudiesArgument, configure_logging, describe_error, err_console,
+                                 finish_batch, handle_errors, print_error, say_empty_shard)
 from renalseg.errors import UsageError
 
 if TYPE_CHECKING:
@@ -53,12 +53,12 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
 
     def on_finish(study: BatchStudy, row: dict, error: Exception | None) -> None:
         if error is not None:
-            print_error(f"{study.study_id}: {error}")
+            print_error(f"{study.study_id}: {describe_error(error)}")
         progress.advance(studies_task)
         progress.update(windows_task, visible=False)
 
     with progress:
-        return run_batch(studies, out, process, overwrite=overwrite, raise_errors=STATE["debug"],
+        return run_batch(studies, out, process, overwrite=overwrite, debug=STATE["debug"],
                          on_start=on_start, on_finish=on_finish)
 
 
@@ -105,6 +105,7 @@ def segment(
     dicom_seg: Annotated[bool, typer.Option(
         "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
         "referencing the source series, for PACS viewers.")] = True,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -119,25 +120,29 @@ def segment(
     Example: [bold]renalseg segment patient_dicom/ scans/*.nii.gz --out results/[/]
     """
     from renalseg.batch import parse_shard, plan_batch
+    from renalseg.errors import ModelError
+    from renalseg.io.output import check_writable_folder
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig
     from renalseg.segmenter import load_model
 
     configure_logging(quiet=quiet)
     k, n = parse_shard(shard)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder.")
+    check_writable_folder(out)  # now, not after the computing
     if weights is not None and not weights.exists():
         raise UsageError(f"--weights {weights}: no such file or folder.")
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
-        series_uid=series,
+        series_uid=series, force=force,
     )
-    studies = plan_batch(inputs, shard=(k, n))
+    studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
         say_empty_shard((k, n), out, quiet=quiet, json_output=json_output)
         return
-    segmenter = load_model(weights, device)
+    try:
+        segmenter = load_model(weights, device)
+    except ModelError as err:  # no study could run: a usage error, found before the first one
+        raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:
         err_console.print(f"device: {segmenter.device_reason}", highlight=False)
     if segmenter.spec.synthetic_training_only:

@@ -38,7 +38,7 @@ def info(
     Example: [bold]renalseg weights info dpa_densebiasnet[/]
     """
     from renalseg.errors import UsageError, suggest
-    from renalseg.weights import DEFAULT_WEIGHTS_PATH, model_paths, read_card, shipped_model
+    from renalseg.weights import DEFAULT_WEIGHTS_PATH, model_paths, read_card, sha256_file, shipped_model
 
     if str(path) == path.name and not any(p.is_file() for p in model_paths(path)):  # a bare name
         shipped = shipped_model(str(path))
@@ -47,6 +47,9 @@ def info(
             raise UsageError(f"{path}: neither a file nor a shipped model; shipped models: "
                              f"{', '.join(names) or 'none'}.{suggest(str(path), names)}")
         path = shipped
+    if not path.exists():  # read_card's message would point at segment's --weights option
+        raise UsageError(f"{path}: no such file. Give a .safetensors file, its .json model card "
+                         "or a shipped model's name.")
     card = read_card(path)
     weights, card_path = model_paths(path)
     if as_json:
@@ -73,6 +76,9 @@ def info(
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+    if not weights.is_file() or sha256_file(weights) != card.sha256:
+        # a damaged or swapped model must not look fine to a script checking the exit code
+        raise typer.Exit(1)
 
 
 @weights_app.command("list")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,12 @@ class _Slice:
     gantry_tilt_deg: float
     encapsulated: bool
     extra: dict = field(default_factory=dict)
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+    bits_allocated: int | None = None
+    #: (value length, byte offset of the value) of Pixel Data; None when absent
+    pixel_data: tuple[int, int] | None = None
+    file_bytes: int = 0
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -165,6 +172,15 @@ def _number(value: object, default: float | None = None) -> float | None:
         return default
 
 
+def _strict_number(value: object, default: float, name: str, path: Path) -> float:
+    """A number that must parse when present: a damaged rescale would change every HU."""
+    number = _number(value, None)
+    if number is None and value not in (None, ""):
+        raise CorruptDicomError(f"{path}: {name} {value!r} is not a number: the header is damaged. Remove the "
+                                f"file or {_FIX_EXPORT}.")
+    return default if number is None else number
+
+
 def _numbers(value: object, count: int) -> tuple[float, ...] | None:
     if value is None or value == "":
         return None
@@ -193,7 +209,13 @@ def _read_header(path: Path) -> _Slice | None:
     if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():  # a cut file warns, and is refused below with its name
+            warnings.simplefilter("ignore")
+            # large values deferred: the Pixel Data's length and offset are known unread
+            ds = pydicom.dcmread(path, defer_size=1024)
+            cut_in_pixels = len(ds) == 0  # pydicom drops everything when compressed pixel data are cut
+            if cut_in_pixels:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as err:
         if path.suffix.lower() in _DICOM_SUFFIXES:
             raise CorruptDicomError(
@@ -235,8 +257,8 @@ def _read_header(path: Path) -> _Slice | None:
             position=position,  # type: ignore[arg-type]
             orientation=orientation,
             pixel_spacing=spacing,  # type: ignore[arg-type]
-            slope=float(_number(ds.get("RescaleSlope"), 1.0)),  # type: ignore[arg-type]
-            intercept=float(_number(ds.get("RescaleIntercept"), 0.0)),  # type: ignore[arg-type]
+            slope=_strict_number(ds.get("RescaleSlope"), 1.0, "RescaleSlope", path),
+            intercept=_strict_number(ds.get("RescaleIntercept"), 0.0, "RescaleIntercept", path),
             bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
             signed=bool(ds.get("PixelRepresentation", 0)),
             smallest=_number(ds.get("SmallestImagePixelValue")),
@@ -246,17 +268,74 @@ def _read_header(path: Path) -> _Slice | None:
                               and ds.file_meta.TransferSyntaxUID.is_encapsulated),
             extra={
                 "patient_position": str(ds.get("PatientPosition", "") or ""),
+                "sop_class": str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None),
+                                                                       "MediaStorageSOPClassUID", "") or ""),
                 "manufacturer": str(ds.get("Manufacturer", "") or ""),
                 "convolution_kernel": _text(ds.get("ConvolutionKernel")),
                 "slice_thickness_mm": _number(ds.get("SliceThickness")),
                 "transfer_syntax": str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
                 if hasattr(ds, "file_meta") else "",
             },
+            samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+            photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
+            bits_allocated=int(ds.BitsAllocated) if ds.get("BitsAllocated") not in (None, "") else None,
+            pixel_data=(0xFFFFFFFF, -1) if cut_in_pixels else _pixel_data_place(ds),
+            file_bytes=path.stat().st_size,
         )
-    except (TypeError, ValueError, AttributeError) as err:
+    except CorruptDicomError:
+        raise
+    except Exception as err:  # values are parsed on access: pydicom raises many types on damaged ones
         raise CorruptDicomError(
-            f"{path}: DICOM header has invalid values ({err}). Remove the file or {_FIX_EXPORT}."
+            f"{path}: DICOM header has invalid values ({type(err).__name__}: {str(err)[:200]}). Remove the "
+            f"file or {_FIX_EXPORT}."
         ) from err
+
+
+def _pixel_data_place(ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """(declared length, file offset) of the Pixel Data value, read without loading it."""
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    if element is None:
+        return None
+    length = getattr(element, "length", None)
+    offset = getattr(element, "value_tell", None)
+    if length is None or offset is None:  # a value small enough to be read already
+        value = ds.get_item(0x7FE00010).value
+        return (len(value) if value is not None else 0), -1
+    return int(length), int(offset)
+
+
+#: an SOP Class whose name says it holds an image (a file of it without pixels is damaged)
+_IMAGE_SOP = "Image Storage"
+
+
+def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
+    """Each slice's Pixel Data must be present, whole, and as long as its header says.
+
+    Rows × Columns × frames × samples × BitsAllocated / 8 bytes (uncompressed
+    transfer syntaxes; an odd length is padded by one byte). This runs before any
+    pixel is decoded, so a header declaring 20000 × 20000 over a 47 KB file is
+    refused instead of allocated.
+    """
+    for s in slices:
+        name = s.path.name
+        if s.pixel_data is None:
+            raise CorruptDicomError(
+                f"{folder}: {name} has no pixel data (the file is truncated after its header, {s.file_bytes:,} "
+                f"bytes). Copy it again or {_FIX_EXPORT}.")
+        length, offset = s.pixel_data
+        if s.encapsulated or length == 0xFFFFFFFF:
+            continue
+        if offset >= 0 and offset + length > s.file_bytes:
+            raise CorruptDicomError(
+                f"{folder}: {name} is truncated: its pixel data should hold {length:,} bytes but the file ends "
+                f"after {max(0, s.file_bytes - offset):,}. Copy it again or {_FIX_EXPORT}.")
+        bits = s.bits_allocated or 16
+        expected = (s.rows or 0) * (s.columns or 0) * s.frames * s.samples_per_pixel * bits // 8
+        if length not in (expected, expected + 1):
+            raise CorruptDicomError(
+                f"{folder}: {name}: its pixel data hold {length:,} bytes but its header declares {s.rows} rows × "
+                f"{s.columns} columns × {s.frames} frame(s) × {s.samples_per_pixel} sample(s) × {bits} bits = "
+                f"{expected:,} bytes: the header is damaged. Remove the file or {_FIX_EXPORT}.")
 
 
 #: (FFFE,E0DD) little endian: ends every encapsulated (compressed) pixel data element
@@ -282,6 +361,14 @@ def _check_not_truncated(folder: Path, slices: list[_Slice]) -> None:
             )
 
 
+def _sop_name(header: _Slice) -> str:
+    uid = header.extra.get("sop_class", "")
+    try:
+        return pydicom.uid.UID(uid).name if uid else ""
+    except (ValueError, TypeError):
+        return ""
+
+
 def _scan(folder: Path) -> list[_Slice]:
     """Headers of the DICOM *image* files directly in ``folder`` (sorted by name)."""
     if not folder.exists():
@@ -291,6 +378,14 @@ def _scan(folder: Path) -> list[_Slice]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     headers = [h for h in (_read_header(p) for p in files) if h is not None]
     images = [h for h in headers if h.rows is not None and h.columns is not None]
+    cut = [h for h in headers if (h.rows is None or h.columns is None)
+           and (_IMAGE_SOP in _sop_name(h) or h.modality == "CT")]
+    if cut:
+        names = ", ".join(h.path.name for h in cut[:3]) + (" ..." if len(cut) > 3 else "")
+        raise CorruptDicomError(
+            f"{folder}: {len(cut)} file(s) hold a DICOM header without the image it should describe ({names}; "
+            f"{cut[0].file_bytes:,} bytes): truncated copies. No slice is left out silently: copy the series "
+            f"again or {_FIX_EXPORT}.")
     if not images:
         what = (f"{len(headers)} DICOM file(s) without image data" if headers
                 else f"{len(files)} file(s), none of them DICOM")
@@ -425,6 +520,15 @@ def _same(values: list, name: str, folder: Path, key: str, atol: float = 1e-4) -
 def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
     """Sort the slices along their normal and check they form one regular grid."""
     key = info.key
+    colour = [s for s in slices if s.samples_per_pixel != 1
+              or s.photometric not in ("MONOCHROME1", "MONOCHROME2", "")]
+    if colour:
+        raise DicomError(
+            f"{folder}: {colour[0].path.name} (series {key}, Modality {colour[0].modality or '(missing)'}) is a "
+            f"colour image ({colour[0].photometric or 'no PhotometricInterpretation'}, "
+            f"{colour[0].samples_per_pixel} samples per pixel), not a CT in Hounsfield units (one grey value per "
+            "pixel): a screenshot, rendering or secondary capture. Pass the original CT series."
+        )
     multi = [s for s in slices if s.frames > 1]
     if multi:
         raise DicomError(
@@ -651,6 +755,7 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
         )
     grid = _check_grid(folder, info, slices)
     _check_not_truncated(folder, slices)
+    _check_slices_whole(folder, slices)
     by_path = {s.path: s for s in slices}
     ordered = [by_path[p] for p in grid.files]
     image = _read_pixels(folder, grid, ordered)
@@ -658,7 +763,7 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     logger.debug("%s: read series %s, %d slices", folder, info.key, len(ordered))
     extra = {"modality": info.modality, "series_number": info.series_number,
              "gantry_tilt_deg": max(abs(s.gantry_tilt_deg) for s in ordered),
-             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "")}}
+             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "") and k != "sop_class"}}
     return Study(
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
         series_uid=info.uid, series_description=info.description or None,

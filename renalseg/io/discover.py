@@ -10,7 +10,10 @@ Rules:
   work); hidden files and folders are skipped.
 
 The order is deterministic: the paths in the order given, and inside each folder
-sorted by name. A path given twice (or reached twice) is kept once.
+sorted by name. A path given twice (or reached twice) is kept once. Each real
+folder is searched once, so a symbolic link to a parent (a loop) ends there; the
+folders in ``exclude`` (the command's own ``--out``, when it lies inside an input
+folder) are not searched, so a rerun never reads its own outputs as studies.
 """
 
 from __future__ import annotations
@@ -45,27 +48,38 @@ def holds_dicom_series(folder: Path) -> bool:
     return any(p.is_file() and is_dicom_file(p) for p in sorted(folder.iterdir()))
 
 
-def _expand(folder: Path) -> list[Path]:
-    """The studies in a batch folder (recursively), sorted by name."""
+def _expand(folder: Path, seen: set[Path], exclude: set[Path]) -> list[Path]:
+    """The studies in a batch folder (recursively), sorted by name; each real folder once."""
     studies: list[Path] = []
-    for child in sorted(folder.iterdir()):
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as err:
+        logger.warning("%s: cannot be listed (%s); skipped.", folder, err.strerror or err)
+        return studies
+    for child in children:
         if not _visible(child):
             continue
         if child.is_dir():
+            real = child.resolve()
+            if real in seen or real in exclude:
+                logger.debug("%s: already searched (a link) or an output folder; skipped", child)
+                continue
+            seen.add(real)
             if holds_dicom_series(child):
                 studies.append(child)
             else:
-                studies.extend(_expand(child))
+                studies.extend(_expand(child, seen, exclude))
         elif child.is_file() and image_format(child) is not None:
             studies.append(child)
     return studies
 
 
-def discover_studies(paths: Iterable[Path | str]) -> list[Path]:
+def discover_studies(paths: Iterable[Path | str], *, exclude: Iterable[Path | str] = ()) -> list[Path]:
     """Expand command-line paths into one path per study.
 
     Args:
         paths: image files, DICOM series folders, and/or folders of studies.
+        exclude: folders not to search inside a batch folder (e.g. ``--out``).
 
     Returns:
         One path per study: image files and DICOM series folders, in the order of
@@ -88,6 +102,8 @@ def discover_studies(paths: Iterable[Path | str]) -> list[Path]:
     if missing:
         names = ", ".join(str(p) for p in missing)
         raise UsageError(f"{names}: no such file or folder. Check the path.")
+    excluded = {Path(p).resolve() for p in exclude}
+    seen: set[Path] = set()
     studies: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -98,7 +114,8 @@ def discover_studies(paths: Iterable[Path | str]) -> list[Path]:
                     logger.warning("%s holds DICOM files, so it is read as one series; its %d "
                                    "sub-folder(s) are not searched.", path, len(subfolders))
             else:
-                found = _expand(path)
+                seen.add(path.resolve())
+                found = _expand(path, seen, excluded)
                 if not found:
                     raise UsageError(
                         f"{path}: no study found in this folder (no DICOM files, no NIfTI/NRRD/"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from renalseg.errors import InputError, OutputExistsError, UsageError
+from renalseg.io.integrity import verify_image_file
+from renalseg.io.plausibility import check_image_information
 from renalseg.volume import Volume
 
 __all__ = ["IMAGE_SUFFIXES", "image_format", "read_image", "write_image"]
@@ -50,89 +49,43 @@ def image_format(path: Path) -> str | None:
 def read_image(path: Path | str) -> sitk.Image:
     """Read a 3D image file with SimpleITK, geometry exact.
 
+    The file is checked first (:func:`renalseg.io.integrity.verify_image_file`:
+    header against data, gzip CRC), then its header is read alone, so a colour,
+    2D/4D or zero-spacing image is refused before its pixels are allocated.
+
     Raises:
         UsageError: the path does not exist.
-        InputError: unsupported suffix, unreadable file, or not 3D scalar.
+        InputError: unsupported suffix, damaged or truncated file, or not 3D scalar.
+        GeometryError: zero, negative or non-finite voxel spacing.
     """
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file. Check the path.")
-    if image_format(path) is None:
+    fmt = image_format(path)
+    if fmt is None:
         raise InputError(
             f"{path}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder."
         )
+    verify_image_file(path, fmt)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
-        raise InputError(f"{path}: cannot be read as an image ({first}). Is the file complete?") from err
-    if image_format(path) == "nifti":
-        _check_nifti_complete(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path}: expected a 3D scalar image, got {image.GetDimension()}D with "
-            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel."
-        )
-    return image
-
-
-def _nifti_payload_bytes(header: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file must hold (``vox_offset`` + voxel data), from its header."""
-    for endian in ("<", ">"):
-        size = struct.unpack(endian + "i", header[:4])[0]
-        if size == 348 and len(header) >= 348:  # NIfTI-1
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if size == 540 and len(header) >= 540:  # NIfTI-2
-            dims = struct.unpack(endian + "8q", header[16:80])
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    count = 1
-    for extent in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
-        count *= max(int(extent), 1)
-    return max(offset, size) + count * max(int(bitpix), 8) // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a truncated NIfTI file.
-
-    SimpleITK (ITK's NIfTI reader) fills the missing part of a truncated file with
-    zeros without any error, so a cut-off download would be segmented as if complete.
-    The gzip trailer stores the uncompressed size (mod 2³²), which makes the check
-    cheap for the usual single-member ``.nii.gz``; only on a mismatch is the stream
-    decompressed to be sure (multi-member gzip files are legal).
-    """
-    compressed = path.name.lower().endswith(".gz")
+        raise InputError(f"{path}: cannot be read as {fmt} ({_last_line(err)}).") from err
+    check_image_information(path, dimension=reader.GetDimension(), size=reader.GetSize(),
+                            components=reader.GetNumberOfComponents(), spacing=reader.GetSpacing())
     try:
-        opener = gzip.open if compressed else open
-        with opener(path, "rb") as handle:
-            expected = _nifti_payload_bytes(handle.read(540))
-        if expected is None:
-            return
-        if not compressed:
-            actual = path.stat().st_size
-        else:
-            with open(path, "rb") as raw:
-                raw.seek(-4, os.SEEK_END)
-                trailer = struct.unpack("<I", raw.read(4))[0]
-            if trailer == expected % 2**32:
-                return
-            actual = 0
-            with gzip.open(path, "rb") as handle:
-                while block := handle.read(1 << 24):
-                    actual += len(block)
-    except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"{path}: the file is truncated or damaged ({err}). Copy it again from its source.") from err
-    if actual < expected:
-        raise InputError(
-            f"{path}: the file is truncated: it holds {actual} of the {expected} bytes its header announces. "
-            "Copy it again from its source."
-        )
+        return reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"{path}: cannot be read as {fmt} ({_last_line(err)}). Is the file complete?") from err
+    except MemoryError as err:
+        raise InputError(f"{path}: its {'×'.join(map(str, reader.GetSize()))} voxels do not fit in memory.") from err
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else "unknown reason"
 
 
 def write_image(image: sitk.Image | Volume, path: Path | str, *, overwrite: bool = False,
@@ -155,7 +108,7 @@ def write_image(image: sitk.Image | Volume, path: Path | str, *, overwrite: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write into a private folder beside the target under the final name (MetaImage
     # headers record their data file's name), then rename each file into place.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:120]}.", suffix=".tmp", dir=path.parent))
     try:
         sitk.WriteImage(image, str(staging / path.name), compress)
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
