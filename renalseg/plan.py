@@ -95,7 +95,8 @@ from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pru
 from renalseg.volume import Volume
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
-           "read_plan_input", "plan_labels", "plan_study", "write_plan", "tumour_region", "region_shares"]
+           "read_plan_input", "plan_labels", "plan_study", "write_plan", "write_territory_meshes", "tumour_region",
+           "region_shares"]
 
 logger = logging.getLogger(__name__)
 
@@ -989,7 +990,7 @@ def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict
 
 def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
                label_map: Mapping[int, str] | None = None, config: PlanConfig | None = None,
-               out_dir: Path | str | None = None, overwrite: bool = False,
+               out_dir: Path | str | None = None, overwrite: bool = False, meshes: bool = False,
                on_progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plan one study: read its labels, plan each kidney, and write the outputs.
 
@@ -1001,6 +1002,7 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
         out_dir: where ``plan.json``, ``territories.nii.gz``, ``territories.json`` and
             ``plan.png`` go (default ``study_dir``; nothing is written when both are None).
         overwrite: replace an existing ``plan.json`` there.
+        meshes: also write one surface per territory (:func:`write_territory_meshes`).
         on_progress: progress callback (see :func:`plan_labels`).
 
     Returns:
@@ -1028,12 +1030,38 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     result.plan.clear()
     result.plan.update({"schema": rest.pop("schema"), "study": {"id": study_id, **sources}, **rest})
     if target is not None:
-        write_plan(result, target, overwrite=overwrite)
+        write_plan(result, target, overwrite=overwrite, meshes=meshes)
     return result
 
 
-def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False) -> list[Path]:
-    """Write ``territories.nii.gz``, ``territories.json``, ``plan.png`` and ``plan.json``.
+def write_territory_meshes(result: PlanResult, out_dir: Path | str) -> list[Path]:
+    """One surface per perfusion territory: ``territories/territory_<value>.stl`` (LPS mm).
+
+    Each file is binary STL in LPS mm (see :func:`renalseg.mesh.mesh_to_bytes`), named
+    by its value in ``territories.nii.gz``; ``territories.json`` gives the branch name.
+    A territory too small to mesh is skipped.
+    """
+    from renalseg.errors import InputError as _InputError
+    from renalseg.io.output import atomic_write_bytes
+    from renalseg.mesh import label_to_mesh, mesh_to_bytes
+
+    folder = Path(out_dir) / "territories"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for value in sorted(int(v) for v in result.territory_names if int(v) > 0):
+        try:
+            mesh = label_to_mesh(result.territories, label=value)
+        except _InputError:
+            logger.warning("territory %d is too small for a surface; no mesh written", value)
+            continue
+        paths.append(atomic_write_bytes(folder / f"territory_{value:03d}.stl", mesh_to_bytes(mesh)))
+    return paths
+
+
+def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False,
+               meshes: bool = False) -> list[Path]:
+    """Write ``territories.nii.gz``, ``territories.json``, ``plan.png`` and ``plan.json``
+    (and, with ``meshes``, one surface per territory: :func:`write_territory_meshes`).
 
     Each file goes to a temporary name and is renamed into place, ``plan.json``
     last, so a folder with a ``plan.json`` holds a whole plan.
@@ -1054,5 +1082,7 @@ def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = Fal
     buffer = io.BytesIO()
     render_plan(result).save(buffer, format="PNG")
     paths.append(atomic_write_bytes(out / "plan.png", buffer.getvalue()))
+    if meshes:
+        paths.extend(write_territory_meshes(result, out))
     paths.append(atomic_write_json(out / "plan.json", result.plan))
     return paths

@@ -212,3 +212,22 @@ def test_small_phantom_truth_and_plan() -> None:
     agree = sum(np.bincount(truth[kidney & (plan_map == t["value"])]).max()
                 for t in entry["territories"] if (kidney & (plan_map == t["value"])).any())
     assert agree / kidney.sum() > 0.6
+
+
+def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
+    pytest.importorskip("plotly")
+    study = tmp_path / "study"
+    write_image(_volume(_t_tree(tumour=True)), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                   "4": "kidney_tumour"}))
+    runner = CliRunner()
+    done = runner.invoke(app, ["plan", str(study), "--meshes", "--report", "--quiet"])
+    assert done.exit_code == 0, done.output
+    names = json.loads((study / "territories.json").read_text())
+    values = sorted(int(v) for v in names if int(v) > 0)
+    stls = sorted(p.name for p in (study / "territories").glob("*.stl"))
+    assert stls == [f"territory_{v:03d}.stl" for v in values] and len(stls) == 2
+    assert (study / "territories" / stls[0]).read_bytes()[:9] == b"SPACE=LPS"
+    assert (study / "report.html").stat().st_size > 1000
+    refused = runner.invoke(app, ["plan", str(study), "--report", "--out", str(tmp_path / "elsewhere")])
+    assert refused.exit_code == 2 and "--report" in refused.output

@@ -29,6 +29,10 @@ def plan(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder, one sub-folder per study "
                                              "(default: into each study folder).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plan.")] = False,
+    meshes: Annotated[bool, typer.Option("--meshes", help="Also write one STL surface per territory "
+                                         "(territories/territory_<value>.stl, LPS mm).")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write the study's report.html with the plan "
+                                         "(renalseg report; the plan must go into the study folder).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plans' summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
@@ -38,7 +42,8 @@ def plan(
     of each segmental branch, the branches feeding the tumour (+ margin) and the
     clamping candidates with the healthy kidney each leaves without blood. Writes
     [bold]plan.json[/], [bold]territories.nii.gz[/] (on the study's grid),
-    [bold]territories.json[/] and [bold]plan.png[/].
+    [bold]territories.json[/] and [bold]plan.png[/]; with [bold]--meshes[/] one surface per territory,
+    with [bold]--report[/] the study's [bold]report.html[/].
 
     Example: [bold]renalseg plan out/case1[/], or
     [bold]renalseg plan --labels seg.nii.gz --label-map "3:artery,2:kidney,4:tumour" --out plans[/]
@@ -54,6 +59,9 @@ def plan(
         raise UsageError("Give a STUDY_DIR (renalseg segment output) or --labels FILE.")
     if not studies and out is None:
         raise UsageError("With --labels alone, say where the plan goes with --out DIR.")
+    if report and (out is not None or not studies):
+        raise UsageError("--report writes the study folder's report.html with its plan: give STUDY_DIR and "
+                         "no --out.")
     config = PlanConfig(margin_mm=margin_mm, coverage=coverage)
     mapping = parse_label_map(label_map) if label_map is not None else None
     jobs = [(s, s.name) for s in studies] or [(None, labels.name.split(".")[0])]
@@ -62,7 +70,11 @@ def plan(
         target = (out / study_id) if out is not None else None
         try:
             result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
-                                overwrite=overwrite)
+                                overwrite=overwrite, meshes=meshes)
+            if report:
+                from renalseg.report import write_report
+
+                write_report(study)
         except RenalsegError as err:
             if len(jobs) == 1:
                 raise
