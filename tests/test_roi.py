@@ -76,7 +76,7 @@ def test_roi_grid_is_the_model_grid_and_the_voxel_box_covers_it(moved_atlas):
     study = Geometry.from_sitk(ct)
     for roi in rois:
         grid = roi.grid
-        assert grid.shape_zyx[1:] == (ROI_INPLANE_VOXELS, ROI_INPLANE_VOXELS)
+        assert min(grid.shape_zyx[1:]) >= ROI_INPLANE_VOXELS  # wider where the renal vessels need it
         assert grid.spacing_xyz_mm == (0.7, 0.7, 1.0)
         assert grid.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         assert grid.shape_zyx[0] * 1.0 >= 100.0  # whole kidney (~100 mm) plus margins

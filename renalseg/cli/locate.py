@@ -20,8 +20,8 @@ def locate_one(path: Path, destination: Path, *, crop: bool, atlases: list[Path]
                series_uid: str | None, seed: int = 0) -> dict:
     """Locate the kidneys of one study and publish ``destination`` whole.
 
-    Writes ``report.json`` and ``preview.png`` (and ``roi_<side>.nii.gz`` with
-    ``crop``). Returns the report.
+    Writes ``report.json`` and ``preview.png`` (and, with ``crop``, ``roi_<side>.nii.gz``
+    and the kidney's mask ``kidney_<side>.nii.gz`` on the 3 mm localisation grid). Returns the report.
 
     Raises:
         RenalsegError: the study cannot be read or no kidney is usable.
@@ -39,7 +39,8 @@ def locate_one(path: Path, destination: Path, *, crop: bool, atlases: list[Path]
     study = read_study(path, series_uid=series_uid)
     read_s = time.perf_counter() - started
     started = time.perf_counter()
-    rois = locate_kidneys(study, atlases=atlases or None, seed=seed)
+    refused: dict[str, str] = {}
+    rois = locate_kidneys(study, atlases=atlases or None, seed=seed, refused=refused)
     locate_s = time.perf_counter() - started
     report = {
         "status": "ok",
@@ -47,6 +48,7 @@ def locate_one(path: Path, destination: Path, *, crop: bool, atlases: list[Path]
         "input": study.describe(),
         "rois": [roi.to_dict() for roi in rois],
         "missing_sides": sorted({"left", "right"} - {roi.side for roi in rois}),
+        "missing_reasons": refused,
         "atlases": ["shipped"] + [str(p) for p in atlases],
         "seed": seed,
         "seconds": {"read": round(read_s, 2), "locate": round(locate_s, 2)},
@@ -61,6 +63,8 @@ def locate_one(path: Path, destination: Path, *, crop: bool, atlases: list[Path]
         if crop:
             for roi in rois:
                 write_image(crop_to_roi(study, roi), staging / f"roi_{roi.side}.nii.gz")
+                if roi.mask is not None:
+                    write_image(roi.mask.to_sitk(), staging / f"kidney_{roi.side}.nii.gz")
         atomic_write_json(staging / "report.json", report)
     return report
 
@@ -99,7 +103,8 @@ def locate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; one sub-folder per study.",
                                       show_default=False)],
     crop: Annotated[bool, typer.Option(
-        "--crop", help="Also write each ROI resampled on the model grid: roi_left.nii.gz, roi_right.nii.gz.")] = False,
+        "--crop", help="Also write each ROI resampled on the model grid (roi_left.nii.gz, roi_right.nii.gz) "
+        "and each kidney's mask (kidney_left.nii.gz, kidney_right.nii.gz; 3 mm grid).")] = False,
     atlas: Annotated[Optional[list[Path]], typer.Option(
         "--atlas", help="Extra atlas folder (atlas_ct.nii.gz + atlas_kidneys.nii.gz); repeat for more. "
         "Atlases are fused by majority vote.", show_default=False)] = None,
@@ -111,10 +116,11 @@ def locate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table; errors only.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")] = False,
 ) -> None:
-    """Find the left and right kidney ROIs by atlas registration.
+    """Find the left and right kidney ROIs: atlas registration, then each kidney on its own.
 
     Writes [bold]DIR/<study>/[/]report.json (ROIs: side, box in voxels and mm,
-    kidney volume) and preview.png (boxes on a coronal and an axial view). A study
+    kidney volume, method, confidence, truncated pole; absent kidneys with the
+    reason) and preview.png (boxes on a coronal and an axial view). A study
     whose kidneys are not usable gets error.json saying why; the others go on (exit 1).
 
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]
