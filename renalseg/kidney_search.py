@@ -35,10 +35,10 @@ __all__ = ["WIDE_SEARCH_Z_MM", "SHIFT_SEARCH_XY_MM", "MIN_CONFIDENCE", "PLAUSIBL
 #: place is still found, starting from the pair's placement
 WIDE_SEARCH_Z_MM = 150.0
 #: in-plane reach (mm) of the same search
-SHIFT_SEARCH_XY_MM = 18.0
+SHIFT_SEARCH_XY_MM = 45.0
 #: score lost per mm of shift: in-plane (the registration is right there), head–foot
 #: (kidneys do sit far from where the pair puts them)
-WIDE_PENALTY_PER_MM: tuple[float, float, float] = (0.004, 0.004, 0.0006)
+WIDE_PENALTY_PER_MM: tuple[float, float, float] = (0.002, 0.002, 0.0006)
 #: score lost per unit fraction out of view in the wide search: an organ cut by the
 #: edge of the scan (the spleen's tip) otherwise scores on its visible part alone
 OUT_OF_VIEW_PENALTY = 0.5
