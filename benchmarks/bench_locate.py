@@ -212,7 +212,7 @@ def bench_variants(count: int, size: str) -> dict:
         cells = []
         for side in ("right", "left"):
             v = row["sides"][side]
-            cells.append(f"{side[0]}:" + ("absent" if not v["present"] else v["reported"] if "reported" in v
+            cells.append(f"{side[0]}:" + (v["reported"] if "reported" in v
                                            else f"{v['inside']:.3f}{'' if v['origins_inside'] else '(o)'}"))
         print(f"{seed} {kind:12s} {str(options.get('phase')):14s} {' '.join(cells):32s} "
               f"{'ok' if row['ok'] else 'FAIL'} {result['wall_s']:.1f}s {row.get('error', '')[:120]}",
@@ -236,8 +236,9 @@ def bench_timing() -> dict:
         code = ("import resource, time, json, sys\n"
                 "from renalseg.io.study import read_study\nfrom renalseg.roi import locate_kidneys\n"
                 "t0 = time.perf_counter(); study = read_study(sys.argv[1]); t1 = time.perf_counter()\n"
-                "rois = locate_kidneys(study); t2 = time.perf_counter()\n"
+                "c1 = time.process_time(); rois = locate_kidneys(study); t2 = time.perf_counter()\n"
                 "print(json.dumps({'read_s': round(t1 - t0, 2), 'locate_s': round(t2 - t1, 2), "
+                "'locate_cpu_s': round(time.process_time() - c1, 2), "
                 "'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "
                 "'sides': [r.side for r in rois]}))")
         done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)

@@ -279,7 +279,7 @@ def locate_kidneys(
         PLAUSIBLE_VOLUME_ML,
         WIDE_SEARCH_Z_MM,
         confidence_from_score,
-        search_one_kidney,
+        place_kidneys,
         vessel_reach,
     )
     from renalseg.registration import (
@@ -383,6 +383,10 @@ def locate_kidneys(
     refusals: dict[str, str] = {}
     tissue = (grid_hu >= KIDNEY_TISSUE_HU[0]) & (grid_hu <= KIDNEY_TISSUE_HU[1]) & grid_fov
     ball = ndimage.generate_binary_structure(3, 1)
+    placements = place_kidneys({side: labels == ATLAS_LABEL_VALUES[side] for side in _SIDES
+                                if side in sides and (labels == ATLAS_LABEL_VALUES[side]).any()},
+                               grid_hu, grid_fov, spacing_mm=WORK_SPACING_MM, narrow_radius_mm=SHIFT_SEARCH_MM,
+                               narrow_penalty_per_mm=SHIFT_PENALTY_PER_MM, min_in_view=MIN_FRACTION_IN_VIEW)
     for side in ("right", "left"):
         if side not in sides:
             continue
@@ -397,9 +401,7 @@ def locate_kidneys(
                 f"{KIDNEY_VOLUME_RANGE_ML[1]:.0f} ml.")
         # each kidney on its own: far along z where the pair could not reach (ptosis,
         # a large liver), near the pair's placement otherwise
-        shift_zyx, score, how = search_one_kidney(
-            kidney, grid_hu, grid_fov, spacing_mm=WORK_SPACING_MM, narrow_radius_mm=SHIFT_SEARCH_MM,
-            narrow_penalty_per_mm=SHIFT_PENALTY_PER_MM, min_in_view=MIN_FRACTION_IN_VIEW)
+        shift_zyx, score, how = placements[side]
         wide = how == "alone"
         if wide:
             kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
