@@ -365,6 +365,8 @@ def test_locate_cli_writes_report_preview_crops_and_error_json(tmp_path):
         grid = report["rois"][0 if side == "right" else 1]["model_grid"]
         assert list(crop.GetSize())[::-1] == grid["shape_zyx"]
         np.testing.assert_allclose(crop.GetOrigin(), grid["origin_xyz_mm"], atol=1e-3)
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(out / "good_case" / f"kidney_{side}.nii.gz"))).any()
+    assert report["missing_reasons"] == {} and all(0 < roi["confidence"] <= 1 for roi in report["rois"])
     error = json.loads((out / "upper_pole" / "error.json").read_text())
     assert error["status"] == "error" and error["error"] == "NoKidneyFoundError"
     assert "right kidney" in error["message"]
