@@ -157,8 +157,8 @@ def vessel_reach(side: str, hilum: np.ndarray, hila: dict[str, np.ndarray], pair
     Example:
         >>> right, left = np.array([-40.0, 0, 0]), np.array([40.0, 0, 30])
         >>> lo, hi = vessel_reach("right", right, {"right": right, "left": left}, {"right": right, "left": left}, 0.0)
-        >>> hi[0], lo[1], lo[2], hi[2]
-        (30.0, -60.0, -28.0, 88.0)
+        >>> [float(v) for v in (hi[0], lo[1], lo[2], hi[2])]
+        [30.0, -60.0, -28.0, 88.0]
     """
     found = max(float(point[2]) for point in hila.values())
     usual = max([found] + [float(point[2]) for point in pair_hila.values()])
