@@ -591,8 +591,8 @@ def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Seq
 
     Returns:
         A :class:`Localisation`; its report holds the input, each ROI (side, box in
-        study voxels and LPS mm, model grid, kidney volume), the missing sides and
-        the time of each step.
+        study voxels and LPS mm, model grid, kidney volume), the missing sides with
+        the reason each was refused (``missing_reasons``) and the time of each step.
 
     Raises:
         InputError: unreadable study.
@@ -605,7 +605,8 @@ def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Seq
     check_ct_values(study.image, study.path, whole_scan=True, force=force)
     read_s = time.perf_counter() - started
     started = time.perf_counter()
-    rois = tuple(locate_kidneys(study, atlases=list(atlases) or None, seed=seed))
+    refused: dict[str, str] = {}
+    rois = tuple(locate_kidneys(study, atlases=list(atlases) or None, seed=seed, refused=refused))
     locate_s = time.perf_counter() - started
     report = {
         "status": "ok",
@@ -613,6 +614,7 @@ def locate_study(path_or_study: Study | sitk.Image | Path | str, *, atlases: Seq
         "input": study.describe(),
         "rois": [roi.to_dict() for roi in rois],
         "missing_sides": sorted({"left", "right"} - {roi.side for roi in rois}),
+        "missing_reasons": refused,
         "atlases": ["shipped"] + [str(p) for p in atlases],
         "seed": seed,
         "seconds": {"read": round(read_s, 2), "locate": round(locate_s, 2)},
@@ -627,7 +629,8 @@ def write_locate_outputs(localisation: Localisation, destination: Path | str, *,
 
     Files: ``preview.png`` (:func:`renalseg.preview.render_locate_preview`),
     ``report.json`` and, with ``crop``, ``roi_<side>.nii.gz``: the study resampled
-    onto each ROI's model grid (:func:`renalseg.roi.crop_to_roi`).
+    onto each ROI's model grid (:func:`renalseg.roi.crop_to_roi`), and ``kidney_<side>.nii.gz``:
+    the kidney's mask on the 3 mm localisation grid.
 
     Raises:
         OutputExistsError: ``destination`` exists and ``overwrite`` is false.
@@ -647,5 +650,7 @@ def write_locate_outputs(localisation: Localisation, destination: Path | str, *,
         if crop:
             for roi in localisation.rois:
                 write_image(crop_to_roi(localisation.study, roi), staging / f"roi_{roi.side}.nii.gz")
+                if roi.mask is not None:
+                    write_image(roi.mask.to_sitk(), staging / f"kidney_{roi.side}.nii.gz")
         atomic_write_json(staging / "report.json", localisation.report)
     return destination

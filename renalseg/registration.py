@@ -357,7 +357,7 @@ def initial_translation(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atla
 
 def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
                   radius_mm: tuple[float, float, float], penalty_per_mm: float | tuple[float, float, float],
-                  min_in_view: float = 0.5) -> tuple[tuple[int, int, int], float]:
+                  min_in_view: float = 0.5, out_of_view_penalty: float = 0.0) -> tuple[tuple[int, int, int], float]:
     """Voxel shift (z, y, x) that makes ``kidney`` look most like kidneys in ``hu``.
 
     A kidney is soft tissue wrapped in perirenal fat in every contrast phase. The
@@ -375,6 +375,8 @@ def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *
         radius_mm: search radius along x, y, z.
         penalty_per_mm: score lost per mm of shift (one value, or one per axis x, y, z).
         min_in_view: shifts leaving less of the mask than this in view are not scored.
+        out_of_view_penalty: score lost per unit fraction of the mask out of view (a
+            place half out of view otherwise scores on its visible half alone).
 
     Returns:
         ``(shift, score)``: the best shift in voxels (``(0, 0, 0)`` when nothing can be
@@ -405,6 +407,9 @@ def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *
         return np.where(count > min_in_view * mask.sum(), hits / np.maximum(count, 1e-6), np.nan)
 
     score = local_fraction(tissue, inside) + local_fraction(fat, shell) - 1.0
+    if out_of_view_penalty:
+        in_view = signal.fftconvolve(view, inside[flip].astype(np.float64), mode="valid") / inside.sum()
+        score = score - out_of_view_penalty * np.clip(1.0 - in_view, 0.0, 1.0)
     offsets = (np.indices(score.shape) - radius[:, None, None, None]) * WORK_SPACING_MM
     weights_zyx = np.broadcast_to(np.asarray(penalty_per_mm, dtype=float), (3,))[::-1]
     score = score - np.sqrt(((offsets * weights_zyx[:, None, None, None]) ** 2).sum(axis=0))

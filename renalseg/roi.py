@@ -31,8 +31,11 @@ __all__ = ["KidneyROI", "ROI_INPLANE_VOXELS", "locate_kidneys", "crop_to_roi"]
 
 log = logging.getLogger(__name__)
 
-#: ROI size in-plane on the model grid (paper: 152 × 152 × Z)
+#: smallest ROI size in-plane on the model grid (paper: 152 × 152 × Z); wider where
+#: the renal vessels need it
 ROI_INPLANE_VOXELS: int = 152
+#: in-plane margin (mm) around the kidney and its vessels when the ROI must grow
+ROI_MARGIN_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class KidneyROI:
         kidney_volume_ml: estimated kidney volume.
         truncated: the kidney touches the edge of the field of view (hilum still in view).
         notes: human-readable remarks (e.g. why it was flagged).
+        method: how it was found (``"atlas pair"``: near where the registered atlas
+            pair puts it; ``"atlas pair + single-kidney search"``: found on its own
+            far from there; ``"given"``: made by hand).
+        confidence: 0–1, how kidney-like the place is (soft tissue wrapped in fat).
+        truncated_pole: ``"lower"``/``"upper"`` (``"side"``) when ``truncated``.
+        mask: the kidney's mask (uint8, 3 mm LPS grid), or None.
     """
 
     side: Literal["left", "right"]
@@ -57,6 +66,10 @@ class KidneyROI:
     kidney_volume_ml: float
     truncated: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    method: str = "given"
+    confidence: float = 1.0
+    truncated_pole: str | None = None
+    mask: Volume | None = field(default=None, repr=False, compare=False)
 
     @property
     def box_mm_lps(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -79,6 +92,9 @@ class KidneyROI:
             },
             "kidney_volume_ml": round(float(self.kidney_volume_ml), 1),
             "truncated": self.truncated,
+            "truncated_pole": self.truncated_pole,
+            "method": self.method,
+            "confidence": self.confidence,
             "notes": list(self.notes),
         }
 
@@ -170,6 +186,19 @@ def _place_axis(lo: float, hi: float, span_mm: float, medial_sign: int) -> tuple
     return lo - share_low * slack, True
 
 
+def _inplane_count(extent_mm: float, spacing_mm: float) -> int:
+    """ROI voxels along one in-plane axis: :data:`ROI_INPLANE_VOXELS` when the extent
+    fits, else the extent plus :data:`ROI_MARGIN_MM` on each side.
+
+    Example:
+        >>> _inplane_count(100.0, 0.7), _inplane_count(150.0, 0.7)
+        (152, 224)
+    """
+    if extent_mm <= (ROI_INPLANE_VOXELS - 1) * spacing_mm:
+        return ROI_INPLANE_VOXELS
+    return int(np.ceil((extent_mm + 2 * ROI_MARGIN_MM) / spacing_mm)) + 1
+
+
 def _study_box(image: sitk.Image, grid: Geometry) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Study-voxel bounding box (start_zyx, shape_zyx) of the grid's corner voxel centres."""
     study = Geometry.from_sitk(image)
@@ -188,16 +217,22 @@ def locate_kidneys(
     seed: int = 0,
     sides: tuple[str, ...] = ("left", "right"),
     on_progress: Callable[[int, int, str], None] | None = None,
+    refused: dict[str, str] | None = None,
 ) -> list[KidneyROI]:
-    """Find each kidney's region of interest by atlas registration.
+    """Find each kidney's region of interest: atlas registration, then each kidney alone.
 
     The shipped atlas CT (plus any ``atlases``) is registered to the study
     (:mod:`renalseg.registration`: translation search that trusts no origin, then
     similarity and affine Mattes-MI registration at 3 mm); the atlas kidney labels
-    are warped onto the study (majority vote over atlases), each kidney's extent is
-    refined from the study's own soft-tissue voxels nearby, and an ROI of
-    152 × 152 voxels in-plane × Z on the model grid is placed around it, with the
-    spare in-plane room on the medial side where the hilum and renal artery are.
+    are warped onto the study (majority vote over atlases) and moved together to
+    where the study shows two kidneys. Then each kidney is looked for on its own
+    (:mod:`renalseg.kidney_search`: ±150 mm head–foot, so a kidney far below the
+    other is found), gets a confidence from how kidney-like the place is (soft
+    tissue wrapped in fat, in any contrast phase), is refused when implausible, and
+    its extent is refined from the study's own soft-tissue voxels nearby. Its ROI
+    on the model grid covers the kidney and, medially, the renal artery from its
+    aortic origin and the renal vein to the IVC (at least 152 × 152 voxels in-plane;
+    wider where the vessels need it; sliding windows tile it).
 
     Args:
         study: a :class:`~renalseg.study.Study` or :class:`~renalseg.volume.Volume` in HU.
@@ -212,6 +247,8 @@ def locate_kidneys(
         seed: seed of the registration's random sampling (same seed, same ROIs).
         sides: which kidneys to look for (``"left"``, ``"right"``).
         on_progress: called as ``on_progress(step, total, description)``.
+        refused: if given, filled with ``side -> reason`` for each requested kidney
+            not returned (absent, out of view, implausible).
 
     Returns:
         One :class:`KidneyROI` per usable kidney, right first, then left. One kidney
@@ -226,6 +263,15 @@ def locate_kidneys(
     """
     from scipy import ndimage
 
+    from renalseg.volume import Volume
+    from renalseg.kidney_search import (
+        MIN_CONFIDENCE,
+        PLAUSIBLE_VOLUME_ML,
+        WIDE_SEARCH_Z_MM,
+        confidence_from_score,
+        place_kidneys,
+        vessel_reach,
+    )
     from renalseg.registration import (
         ATLAS_LABEL_VALUES,
         KIDNEY_TISSUE_HU,
@@ -276,14 +322,16 @@ def locate_kidneys(
         registrations.append(register_atlas(hu, fov, atlas, seed=seed))
         progress(f"registered atlas {len(registrations)} of {len(atlas_list)}")
 
-    # one 3 mm grid around where the atlas kidneys landed (may reach past the study)
+    # one 3 mm grid around where the atlas kidneys landed (may reach past the study),
+    # tall enough for each kidney's own head–foot search
     landed = []
     for atlas, registration in zip(atlas_list, registrations):
         lo, hi = atlas.kidney_box_lps(30.0 + max(PAIR_SEARCH_MM) + max(SHIFT_SEARCH_MM))
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         landed.append(registration.atlas_to_study(corners))
     landed_points = np.concatenate(landed)
-    kidney_grid = _grid_like(landed_points.min(axis=0), landed_points.max(axis=0), WORK_SPACING_MM)
+    reach = np.array([0.0, 0.0, WIDE_SEARCH_Z_MM])
+    kidney_grid = _grid_like(landed_points.min(axis=0) - reach, landed_points.max(axis=0) + reach, WORK_SPACING_MM)
     warped = [resample_to_grid(atlas.labels, kidney_grid, transform=registration.transform,
                                interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
               for atlas, registration in zip(atlas_list, registrations)]
@@ -303,7 +351,7 @@ def locate_kidneys(
     both = labels > 0
     if both.any() and (both & grid_fov).sum() >= 0.5 * both.sum():
         pair_shift, _ = kidney_likeness_shift(both, grid_hu, grid_fov, radius_mm=PAIR_SEARCH_MM,
-                                      penalty_per_mm=PAIR_PENALTY_PER_MM)
+                                              penalty_per_mm=PAIR_PENALTY_PER_MM)
         if any(pair_shift):
             labels = np.roll(labels, pair_shift, axis=(0, 1, 2))
             pair_shift_mm = np.asarray(pair_shift[::-1], dtype=float) * WORK_SPACING_MM
@@ -319,76 +367,96 @@ def locate_kidneys(
         raise RegistrationError(
             f"{name}: atlas registration did not converge: the warped left kidney lies to the patient's "
             "right of the right kidney. Check the image orientation (direction cosines) of the study.")
+    pair_hila = {side: np.mean([reg.atlas_to_study(atlas.hilum_lps[side])[0]
+                                for atlas, reg in zip(atlas_list, registrations)], axis=0) + pair_shift_mm
+                 for side in _SIDES}
 
     study_geometry = Geometry.from_sitk(image)
     size_xyz = np.asarray(study_geometry.shape_xyz)
-    rois: list[KidneyROI] = []
-    refusals: list[str] = []
+    found: dict[str, dict] = {}
+    refusals: dict[str, str] = {}
     tissue = (grid_hu >= KIDNEY_TISSUE_HU[0]) & (grid_hu <= KIDNEY_TISSUE_HU[1]) & grid_fov
     ball = ndimage.generate_binary_structure(3, 1)
+    placements = place_kidneys({side: labels == ATLAS_LABEL_VALUES[side] for side in _SIDES
+                                if side in sides and (labels == ATLAS_LABEL_VALUES[side]).any()},
+                               grid_hu, grid_fov, spacing_mm=WORK_SPACING_MM, narrow_radius_mm=SHIFT_SEARCH_MM,
+                               narrow_penalty_per_mm=SHIFT_PENALTY_PER_MM, min_in_view=MIN_FRACTION_IN_VIEW)
     for side in ("right", "left"):
         if side not in sides:
             continue
         value = ATLAS_LABEL_VALUES[side]
         kidney = labels == value
         expected_ml = float(kidney.sum() * voxel_ml)
-        hilum = np.mean([reg.atlas_to_study(atlas.hilum_lps[side])[0]
-                         for atlas, reg in zip(atlas_list, registrations)], axis=0) + pair_shift_mm
+        hilum = pair_hilum = pair_hila[side]
         if not KIDNEY_VOLUME_RANGE_ML[0] <= expected_ml <= KIDNEY_VOLUME_RANGE_ML[1]:
             raise RegistrationError(
                 f"{name}: atlas registration did not converge: the warped {side} kidney measures "
                 f"{expected_ml:.0f} ml, outside the plausible {KIDNEY_VOLUME_RANGE_ML[0]:.0f}–"
                 f"{KIDNEY_VOLUME_RANGE_ML[1]:.0f} ml.")
+        # each kidney on its own: far along z where the pair could not reach (ptosis,
+        # a large liver), near the pair's placement otherwise
+        shift_zyx, score, how = placements[side]
+        wide = how == "alone"
+        if wide:
+            kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
+            hilum = hilum + np.asarray(shift_zyx[::-1], dtype=float) * WORK_SPACING_MM
+            log.debug("%s kidney found alone %s mm from the pair's placement", side,
+                      (np.asarray(shift_zyx[::-1]) * WORK_SPACING_MM).tolist())
         in_view = kidney & grid_fov
         fraction = float(in_view.sum() / kidney.sum())
         hilum_index = study_geometry.world_to_index([hilum])[0]
         hilum_in_view = bool(np.all(hilum_index >= -0.5) and np.all(hilum_index <= size_xyz - 0.5))
         if fraction < 0.02 or in_view.sum() * voxel_ml < 3.0:
             distance, where = _outside_phrase(hilum, fov_lo, fov_hi)
-            refusals.append(f"the {side} kidney is not in the field of view, at most its tip: its hilum "
-                            f"lies outside it (the atlas places the hilum {distance:.0f} mm {where} the "
-                            "scanned region)")
+            refusals[side] = (f"the {side} kidney is not in the field of view, at most its tip: its hilum "
+                              f"lies outside it (the atlas places the hilum {distance:.0f} mm {where} the "
+                              "scanned region)")
             continue
         if not hilum_in_view:
             distance, where = _outside_phrase(hilum, fov_lo, fov_hi)
-            refusals.append(f"the {side} kidney is cut by the field of view: by the registered atlas at most "
-                            f"{fraction:.0%} of it is in view and its hilum lies outside it ({distance:.0f} mm "
-                            f"{where} the scanned region), so its renal artery cannot be traced")
+            refusals[side] = (f"the {side} kidney is cut by the field of view: by the registered atlas at most "
+                              f"{fraction:.0%} of it is in view and its hilum lies outside it ({distance:.0f} mm "
+                              f"{where} the scanned region), so its renal artery cannot be traced")
             continue
         if fraction < MIN_FRACTION_IN_VIEW:
-            refusals.append(f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is in "
-                            f"view (at least {MIN_FRACTION_IN_VIEW:.0%} needed)")
+            refusals[side] = (f"the {side} kidney is cut by the field of view: only {fraction:.0%} of it is in "
+                              f"view (at least {MIN_FRACTION_IN_VIEW:.0%} needed)")
             continue
 
-        absent = _absent_reason(side, tissue, in_view)
-        if absent:
-            refusals.append(absent)
+        why_absent = _absent_reason(side, tissue, in_view)
+        if why_absent:
+            refusals[side] = why_absent
             continue
         # refine from the study's own intensities: (1) move the warped kidney to the
         # nearby spot where it best looks like a kidney (tissue inside, fat around:
         # true in every contrast phase); (2) add the soft-tissue component that
         # overlaps it most, within REFINE_MARGIN_MM (in-plane) / REFINE_MARGIN_Z_MM of it
-        shift_zyx, _ = kidney_likeness_shift(kidney, grid_hu, grid_fov, radius_mm=SHIFT_SEARCH_MM,
-                                     penalty_per_mm=SHIFT_PENALTY_PER_MM)
-        if any(shift_zyx):
+        if not wide and any(shift_zyx) and np.isfinite(score):
             kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
             hilum = hilum + np.asarray(shift_zyx[::-1], dtype=float) * WORK_SPACING_MM
             in_view = kidney & grid_fov
             fraction = float(in_view.sum() / kidney.sum())
             log.debug("%s kidney moved by %s mm to match the study's own tissue", side,
                       (np.asarray(shift_zyx[::-1]) * WORK_SPACING_MM).tolist())
-        absent = _absent_reason(side, tissue, in_view)
-        if absent:
-            refusals.append(absent)
+        why_absent = _absent_reason(side, tissue, in_view)
+        if why_absent:
+            refusals[side] = why_absent
             continue
-        reach = int(round(REFINE_MARGIN_MM / WORK_SPACING_MM))
-        near = ndimage.binary_dilation(kidney, ball, iterations=reach)
+        confidence = confidence_from_score(score)
+        if confidence < MIN_CONFIDENCE:
+            refusals[side] = (f"nothing kidney-like where the {side} kidney should be: soft tissue wrapped in fat "
+                              f"scores {score:.2f} there (confidence {confidence:.2f}, at least "
+                              f"{MIN_CONFIDENCE:.2f} needed; is this a CT in HU?)")
+            continue
+        reach_mm = int(round(REFINE_MARGIN_MM / WORK_SPACING_MM))
+        near = ndimage.binary_dilation(kidney, ball, iterations=reach_mm)
         reach_z = int(round((REFINE_MARGIN_Z_MM - REFINE_MARGIN_MM) / WORK_SPACING_MM))
         if reach_z > 0:
             near = ndimage.binary_dilation(near, np.ones((3, 1, 1), bool), iterations=reach_z)
         candidate = ndimage.binary_opening(tissue & near, ball)
         components, count = ndimage.label(candidate)
         extent = kidney.copy()
+        mask = kidney & tissue
         volume_ml = float((tissue & in_view).sum() * voxel_ml)
         if count:
             overlap = np.bincount(components[kidney], minlength=count + 1)
@@ -396,47 +464,78 @@ def locate_kidneys(
             best = components == int(np.argmax(overlap))
             if overlap.max() > 0:
                 extent |= best
+                mask = best
                 shell = ndimage.binary_dilation(kidney, ball)
                 volume_ml = float((best & shell).sum() * voxel_ml)
+        mask_ml = float(mask.sum() * voxel_ml)
+        if not PLAUSIBLE_VOLUME_ML[0] <= mask_ml <= PLAUSIBLE_VOLUME_ML[1]:
+            refusals[side] = (f"the {side} kidney found measures {mask_ml:.0f} ml, far outside a kidney's "
+                              f"50–400 ml (accepted {PLAUSIBLE_VOLUME_ML[0]:.0f}–{PLAUSIBLE_VOLUME_ML[1]:.0f} ml "
+                              "with a tumour); not used")
+            continue
+        found[side] = {"kidney": kidney, "extent": extent, "mask": mask, "hilum": hilum, "fraction": fraction,
+                       "volume_ml": volume_ml, "confidence": confidence,
+                       "method": "atlas pair + single-kidney search" if wide else "atlas pair"}
+
+    rois: list[KidneyROI] = []
+    hila = {side: entry["hilum"] for side, entry in found.items()}
+    midline_x = float(np.mean([point[0] for point in (hila if len(hila) == 2 else pair_hila).values()]))
+    for side, entry in found.items():
+        kidney, extent, hilum, fraction = entry["kidney"], entry["extent"], entry["hilum"], entry["fraction"]
         zz, yy, xx = np.nonzero(extent)
         half = WORK_SPACING_MM / 2.0
         lo = kidney_grid.index_to_world([[xx.min(), yy.min(), zz.min()]])[0] - half
         hi = kidney_grid.index_to_world([[xx.max(), yy.max(), zz.max()]])[0] + half
         lo = np.minimum(lo, hilum - 5.0)
         hi = np.maximum(hi, hilum + 5.0)
+        # the renal artery from its aortic origin, the renal vein to the IVC
+        vessel_lo, vessel_hi = vessel_reach(side, hilum, hila, pair_hila, midline_x)
+        lo, hi = np.minimum(lo, vessel_lo), np.maximum(hi, vessel_hi)
 
         notes: list[str] = []
         spacing = np.asarray(spacing_xyz_mm, dtype=float)
-        span_xy = (ROI_INPLANE_VOXELS - 1) * spacing[:2]
         medial = 1 if side == "right" else -1  # LPS: the midline is toward +x from the right kidney
-        start_x, fits_x = _place_axis(lo[0], hi[0], span_xy[0], medial)
-        start_y, fits_y = _place_axis(lo[1], hi[1], span_xy[1], 0)
-        if not (fits_x and fits_y):
-            notes.append(f"kidney region {hi[0] - lo[0]:.0f} × {hi[1] - lo[1]:.0f} mm is wider than the "
-                         f"{span_xy[0]:.0f} mm ROI; centred on it")
+        count_xy = [_inplane_count(hi[a] - lo[a], spacing[a]) for a in (0, 1)]
+        start_x, _ = _place_axis(lo[0], hi[0], (count_xy[0] - 1) * spacing[0], medial)
+        start_y, _ = _place_axis(lo[1], hi[1], (count_xy[1] - 1) * spacing[1], 0)
         z_lo, z_hi = lo[2] - Z_MARGIN_MM, hi[2] + Z_MARGIN_MM
         count_z = int(np.ceil((z_hi - z_lo) / spacing[2])) + 1
-        grid = Geometry((count_z, ROI_INPLANE_VOXELS, ROI_INPLANE_VOXELS), tuple(spacing.tolist()),
+        grid = Geometry((count_z, count_xy[1], count_xy[0]), tuple(spacing.tolist()),
                         (float(start_x), float(start_y), float(z_lo)), (1, 0, 0, 0, 1, 0, 0, 0, 1))
         truncated = fraction < FULL_FRACTION_IN_VIEW
+        pole = None
         if truncated:
             outside = kidney & ~grid_fov
             oz, oy, ox = np.nonzero(outside)
             centre_out = kidney_grid.index_to_world([[ox.mean(), oy.mean(), oz.mean()]])[0]
             _, where = _outside_phrase(centre_out, fov_lo, fov_hi)
+            pole = {"below": "lower", "above": "upper"}.get(where, "side")
             notes.append(f"kidney cut by the field of view: about {1 - fraction:.0%} of it lies {where} the "
                          "scanned region (hilum in view); the ROI is padded with air there")
+        if entry["method"] != "atlas pair":
+            offset = hilum - pair_hila[side]
+            notes.append(f"found on its own {abs(offset[2]):.0f} mm {'below' if offset[2] < 0 else 'above'} "
+                         "where the atlas pair puts it")
+        mz, my, mx = np.nonzero(entry["mask"])
+        mask_start = np.array([mz.min(), my.min(), mx.min()])
+        mask_array = entry["mask"][mz.min():mz.max() + 1, my.min():my.max() + 1, mx.min():mx.max() + 1]
+        mask_volume = Volume(mask_array.astype(np.uint8), kidney_grid.crop(tuple(int(v) for v in mask_start),
+                                                                     mask_array.shape))
         start_zyx, shape_zyx = _study_box(image, grid)
         rois.append(KidneyROI(side=side, grid=grid, start_zyx=start_zyx, shape_zyx=shape_zyx,  # type: ignore[arg-type]
-                              kidney_volume_ml=volume_ml, truncated=truncated, notes=tuple(notes)))
+                              kidney_volume_ml=entry["volume_ml"], truncated=truncated, notes=tuple(notes),
+                              method=entry["method"], confidence=entry["confidence"], truncated_pole=pole,
+                              mask=mask_volume))
     progress("placed ROIs")
 
+    if refused is not None:
+        refused.update(refusals)
     if not rois:
-        reasons = "; ".join(refusals) if refusals else "no kidney requested"
+        reasons = "; ".join(refusals.values()) if refusals else "no kidney requested"
         raise NoKidneyFoundError(
             f"{name}: no usable kidney: {reasons}. Use a scan that covers both kidneys from above "
             "to below, with the renal hila in view.")
-    for reason in refusals:
+    for reason in refusals.values():
         log.warning("%s: only %s kidney localised: %s.", name,
                     " and ".join(r.side for r in rois), reason)
     return rois

@@ -609,7 +609,7 @@ def test_whole_studies_are_located_and_cropped_per_kidney(tmp_path):
     cases = load_whole_study(files, **kw)
     assert sorted(c.case_id for c in cases) == ["abd_left", "abd_right"]
     for c in cases:
-        assert c.image_hu.shape[1:] == (152, 152) and c.geometry.spacing_xyz_mm == SPACING
+        assert min(c.image_hu.shape[1:]) >= 152 and c.geometry.spacing_xyz_mm == SPACING  # wider: aorta in view
         assert c.label.sum() > 50  # the artery of that kidney is inside its ROI
     t0 = time.perf_counter()
     again = load_whole_study(files, **kw)

@@ -61,7 +61,8 @@ def locate(
     inputs: StudiesArgument,
     out: OutOption,
     crop: Annotated[bool, typer.Option(
-        "--crop", help="Also write each ROI resampled on the model grid: roi_left.nii.gz, roi_right.nii.gz.")] = False,
+        "--crop", help="Also write each ROI resampled on the model grid (roi_left.nii.gz, roi_right.nii.gz) "
+        "and each kidney's mask (kidney_left.nii.gz, kidney_right.nii.gz; 3 mm grid).")] = False,
     atlas: Annotated[Optional[list[Path]], typer.Option(
         "--atlas", help="Extra atlas folder (atlas_ct.nii.gz + atlas_kidneys.nii.gz); repeat for more. "
         "Atlases are fused by majority vote.", show_default=False)] = None,
@@ -73,10 +74,11 @@ def locate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; errors only.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Find the left and right kidney ROIs by atlas registration.
+    """Find the left and right kidney ROIs: atlas registration, then each kidney on its own.
 
     Writes [bold]DIR/<study>/[/]report.json (ROIs: side, box in voxels and mm,
-    kidney volume) and preview.png (boxes on a coronal and an axial view). A study
+    kidney volume, method, confidence, truncated pole; absent kidneys with the
+    reason) and preview.png (boxes on a coronal and an axial view). A study
     whose kidneys are not usable gets error.json saying why; the others go on (exit 1).
 
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]

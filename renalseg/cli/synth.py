@@ -35,6 +35,32 @@ def synth(
                                                 help="Fixed voxel spacing in mm (e.g. the model's 0.7,0.7,1.0); "
                                                 "default: varied per case as in clinical scans.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+    phase: Annotated[str | None, typer.Option(
+        "--phase", help="abdomen: contrast phase (arterial, non_contrast, portal_venous, nephrographic).",
+        show_default=False)] = None,
+    drop: Annotated[str | None, typer.Option(
+        "--drop", metavar="SIDE:MM", help="abdomen: that kidney sits MM lower (e.g. right:90; up to 150).",
+        show_default=False)] = None,
+    absent: Annotated[str | None, typer.Option("--absent", metavar="SIDE", help="abdomen: single kidney, "
+                                               "this side absent.", show_default=False)] = None,
+    malrotated: Annotated[str | None, typer.Option("--malrotated", metavar="SIDE", help="abdomen: that "
+                                                   "kidney's hilum faces forward.", show_default=False)] = None,
+    large_tumour: Annotated[str | None, typer.Option("--large-tumour", metavar="SIDE", help="abdomen: a 70–100 mm "
+                                                     "exophytic tumour on that kidney.", show_default=False)] = None,
+    fov_cut: Annotated[str | None, typer.Option(
+        "--fov-cut", metavar="SIDE_POLE", help="abdomen: the scan stops inside that kidney's pole "
+        "(right_lower, right_upper, left_lower, left_upper), hilum in view.", show_default=False)] = None,
+    off_centre: Annotated[str | None, typer.Option("--off-centre", metavar="DX,DY", help="abdomen: the body "
+                                                   "axis this far (mm) from the image centre.",
+                                                   show_default=False)] = None,
+    fov_mm: Annotated[float | None, typer.Option("--fov", help="abdomen: in-plane field of view, mm (300–500).",
+                                                 show_default=False)] = None,
+    slice_mm: Annotated[float | None, typer.Option("--slice", help="abdomen: slice spacing, mm (0.5–3).",
+                                                   show_default=False)] = None,
+    variant: Annotated[str | None, typer.Option(
+        "--variant", help="abdomen: one hard case per seed: 'random' or one of drop, absent, malrotated, "
+        "large_tumour, fov_cut, phase, off_centre, fov_slices (overrides the options above).",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Write deterministic synthetic CTA phantoms with known ground truth.
@@ -64,7 +90,22 @@ def synth(
         if len(values) != 3 or min(values) <= 0:
             raise UsageError(f"--spacing {spacing!r}: give three positive numbers in mm, e.g. 0.7,0.7,1.0.")
         options["spacing_xyz_mm"] = values
+    variants = _variant_options(phase=phase, drop=drop, absent=absent, malrotated=malrotated,
+                                large_tumour=large_tumour, fov_cut=fov_cut, off_centre=off_centre, fov_mm=fov_mm,
+                                slice_mm=slice_mm)
+    if (variants or variant) and kind is not Kind.abdomen:
+        raise UsageError("--phase, --drop, --absent, --malrotated, --large-tumour, --fov-cut, --off-centre, "
+                         "--fov, --slice and --variant apply to --kind abdomen.")
+    options.update(variants)
     make = synthesize_roi if kind is Kind.roi else synthesize_abdomen
+    if variant is not None:
+        from renalseg.phantom.variants import random_variant
+
+        random_variant(0, None if variant == "random" else variant)  # validates the kind
+
+        def make(case_seed: int, **fixed):  # type: ignore[no-redef]
+            return synthesize_abdomen(case_seed, **{**fixed, **random_variant(
+                case_seed, None if variant == "random" else variant)})
     progress = Progress(TextColumn("[bold]synth[/] {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=err_console, disable=quiet, transient=False)
@@ -83,6 +124,26 @@ def synth(
         console.print(f"Wrote {cases} {kind.value} case(s) to [bold]{out}[/] "
                       f"({fmt.value}) in {time.perf_counter() - started:.1f} s; parameters in "
                       f"{out / 'cases.json'}.")
+
+
+def _variant_options(*, phase, drop, absent, malrotated, large_tumour, fov_cut, off_centre, fov_mm,
+                     slice_mm) -> dict:
+    """``synthesize_abdomen`` options from the variant flags (validated there)."""
+    from renalseg.errors import UsageError
+
+    options: dict = {"phase": phase, "absent_kidney": absent, "malrotated": malrotated,
+                     "large_tumour": large_tumour, "fov_cut": fov_cut, "fov_mm": fov_mm, "slice_mm": slice_mm}
+    try:
+        if drop is not None:
+            side, mm = drop.split(":")
+            options["kidney_drop_mm"] = {side.strip(): float(mm)}
+        if off_centre is not None:
+            dx, dy = (float(v) for v in off_centre.split(","))
+            options["off_centre_mm"] = (dx, dy)
+    except ValueError as err:
+        raise UsageError(f"--drop SIDE:MM (e.g. right:90) and --off-centre DX,DY (e.g. 40,-20); got "
+                         f"{drop or off_centre!r}.") from err
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def register(app: typer.Typer) -> None:

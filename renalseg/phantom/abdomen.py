@@ -158,10 +158,15 @@ def sample_intensities(rng: np.random.Generator, *, tumour_enhancement: str = "h
 
 def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.ndarray,
                 tumour: bool | None = None, accessory: bool | None = None,
-                early_branching: bool | None = None) -> Scene:
+                early_branching: bool | None = None, kidney_drop_mm: Mapping[str, float] | None = None,
+                absent_kidney: str | None = None, malrotated: Sequence[str] = (),
+                large_tumour: str | None = None) -> Scene:
     """Build a random abdomen placed in the scanner by ``p -> rotation @ p + shift_mm``.
 
     The patient frame has the L1/L2 disc at z = 0 and the body axis at x = y = 0.
+    ``kidney_drop_mm``, ``absent_kidney``, ``malrotated`` and ``large_tumour`` are the
+    anatomical variants of :mod:`renalseg.phantom.variants`; left at their defaults
+    they change nothing, and set they draw nothing more from ``rng``.
     """
     R = np.asarray(rotation, float)
     T = np.asarray(shift_mm, float)
@@ -343,11 +348,13 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     vein_end["right"] = P(x_ivc - 4.0, y_ivc, z_kid["right"] + 5.0)
     enhancement = "hyper" if rng.random() < 0.4 else "hypo"
     for side in ("left", "right"):
+        drop = float((kidney_drop_mm or {}).get(side, 0.0))
         kidneys[side] = build_kidney(
-            rng, side, P(x_kid[side], y_kid[side], z_kid[side]), ostium_mm=ostia[side],
+            rng, side, P(x_kid[side], y_kid[side], z_kid[side] - drop), ostium_mm=ostia[side],
             artery_via_mm=via_artery[side], accessory_ostium_mm=acc_ostia[side], vein_end_mm=vein_end[side],
             vein_via_mm=via_vein[side], tumour=tumour, early_branching=early_branching, accessory=accessory,
-            rotation=R, tumour_enhancement=enhancement,
+            rotation=R, tumour_enhancement=enhancement, malrotated=side in malrotated,
+            tumour_diameter_mm=(70.0, 100.0) if side == large_tumour else None,
         )
     perirenal = []
     for side, kid in kidneys.items():
@@ -403,6 +410,8 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
         rr = rng.uniform(0.8, 2.0)
         plaques.append(ell((x_ao + r_ao * 0.9 * np.cos(ang), y_ao + r_ao * 0.9 * np.sin(ang), zc), (rr, rr, rr * 2)))
     layers.append(("calcification", plaques, []))
+    if absent_kidney is not None:  # its fossa keeps the perirenal fat and the adrenal
+        kidneys.pop(absent_kidney)
     for kid in kidneys.values():
         layers.extend(kid.layers)
 
@@ -558,21 +567,36 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
             0.6–0.85 mm, slices 0.5–1.25 mm), ``inplane_voxels`` (default 512),
             ``slices`` (default: 250–500 covering both kidneys), and the
             ``tumour``/``accessory``/``early_branching``/``psf_fwhm_mm``/
-            ``noise_sigma_hu``/``intensities_hu`` options of :func:`synthesize_roi`.
+            ``noise_sigma_hu``/``intensities_hu`` options of :func:`synthesize_roi`,
+            and the hard-patient variants of :mod:`renalseg.phantom.variants`
+            (``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour``,
+            ``fov_cut``, ``fov_cut_fraction``, ``phase``, ``off_centre_mm``,
+            ``fov_mm``, ``slice_mm``); without them a seed gives the same arrays as
+            before they existed.
 
     Returns:
         A :class:`PhantomCase`; ``params["kidneys"][side]`` holds each kidney's
-        centre, hilum and artery ostium in LPS mm.
+        centre, hilum and artery ostium in LPS mm (an absent kidney is not listed;
+        ``params["scene"]["variants"]`` records the variants drawn).
     """
-    _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices"), "synthesize_abdomen")
+    from renalseg.phantom.variants import VARIANT_OPTIONS, VARIANT_STREAM, check_variant_options, phase_intensities
+
+    _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices", *VARIANT_OPTIONS),
+                   "synthesize_abdomen")
+    check_variant_options(options)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
+    variant_rng = np.random.default_rng([seed, VARIANT_STREAM])
     rotation, shift = random_placement(rng)
     direction = options.get("direction") or "LPS"
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
+    malrotated = options.get("malrotated") or ()
     scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
-                        accessory=options.get("accessory"), early_branching=options.get("early_branching"))
+                        accessory=options.get("accessory"), early_branching=options.get("early_branching"),
+                        kidney_drop_mm=options.get("kidney_drop_mm"), absent_kidney=options.get("absent_kidney"),
+                        malrotated=(malrotated,) if isinstance(malrotated, str) else tuple(malrotated),
+                        large_tumour=options.get("large_tumour"))
     n_in = int(options.get("inplane_voxels") or 512)
     if options.get("spacing_xyz_mm") is not None:
         spacing = tuple(float(s) for s in options["spacing_xyz_mm"])
@@ -581,16 +605,49 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
         s_in = round(float(rng.uniform(0.6, 0.85)), 4)
         spacing = (s_in, s_in, float(rng.choice([0.5, 0.625, 0.75, 0.8, 1.0, 1.25])))
         clinical = True
+    if options.get("fov_mm") is not None:
+        s_in = float(options["fov_mm"]) / n_in
+        spacing = (s_in, s_in, spacing[2])
+    if options.get("slice_mm") is not None:
+        spacing = (spacing[0], spacing[1], float(options["slice_mm"]))
     los = np.stack([k.bbox_mm()[0] for k in scene.kidneys.values()]).min(axis=0)
     his = np.stack([k.bbox_mm()[1] for k in scene.kidneys.values()]).max(axis=0)
     if options.get("slices") is not None:
         nz = int(options["slices"])
     else:
         nz = int(round(rng.uniform(200, 330) / spacing[2]))
-        nz = int(np.clip(nz, 250, 500)) if clinical else max(nz, 8)
+        if options.get("slice_mm") is not None:
+            nz = int(np.clip(nz, 8, 500))
+        else:
+            nz = int(np.clip(nz, 250, 500)) if clinical else max(nz, 8)
+        if options.get("kidney_drop_mm"):  # both kidneys and 20 mm above and below them
+            nz = min(max(nz, int(np.ceil((his[2] - los[2] + 40.0) / spacing[2])) + 1), 600)
     extent_z = spacing[2] * (nz - 1)
     z_mid = (los[2] + his[2]) / 2 + rng.uniform(-1, 1) * max(0.0, (extent_z - (his[2] - los[2]) - 20) / 2)
     fov_centre = shift[:2] + rng.uniform(-15, 15, 2)
+    variants: dict[str, Any] = {}
+    if options.get("fov_cut") is not None:
+        side, pole = str(options["fov_cut"]).split("_")
+        if side not in scene.kidneys:
+            raise UsageError(f"fov_cut {options['fov_cut']!r}: the {side} kidney is absent.")
+        lo_k, hi_k = scene.kidneys[side].bbox_mm()
+        fraction = (float(options["fov_cut_fraction"]) if options.get("fov_cut_fraction") is not None
+                    else float(variant_rng.uniform(0.15, 0.4)))
+        cut = (lo_k[2] + fraction * (hi_k[2] - lo_k[2]) if pole == "lower"
+               else hi_k[2] - fraction * (hi_k[2] - lo_k[2]))
+        z_mid = cut + extent_z / 2 if pole == "lower" else cut - extent_z / 2
+        variants["fov_cut"] = {"side": side, "pole": pole, "fraction": round(fraction, 3), "plane_z_mm": round(float(cut), 2)}
+    if options.get("off_centre_mm") is not None:
+        fov_centre = shift[:2] - np.asarray(options["off_centre_mm"], dtype=float)
+    phase = options.get("phase")
+    if phase not in (None, "arterial"):
+        options = {**options, "intensities_hu": {**phase_intensities(variant_rng, phase),
+                                                  **(options.get("intensities_hu") or {})}}
+    if any(options.get(name) is not None for name in VARIANT_OPTIONS):
+        variants.update({name: options[name] for name in VARIANT_OPTIONS
+                         if options.get(name) is not None and name != "fov_cut"})
+        variants["absent_sides"] = sorted({"left", "right"} - set(scene.kidneys))
+        scene.params["variants"] = variants
     origin = (fov_centre[0] - spacing[0] * (n_in - 1) / 2, fov_centre[1] - spacing[1] * (n_in - 1) / 2,
               z_mid - extent_z / 2)
     geometry = Geometry((nz, n_in, n_in), spacing, tuple(float(v) for v in origin), DIRECTIONS["LPS"])

@@ -183,7 +183,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                  accessory_ostium_mm: np.ndarray | None = None, vein_end_mm: np.ndarray,
                  vein_via_mm: list[np.ndarray] | None = None, tumour: bool | None = None,
                  early_branching: bool | None = None, accessory: bool | None = None,
-                 rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo") -> Kidney:
+                 rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo",
+                 malrotated: bool = False, tumour_diameter_mm: tuple[float, float] | None = None) -> Kidney:
     """Build one kidney, its artery tree from ``ostium_mm`` and its vein to ``vein_end_mm``.
 
     Args:
@@ -200,6 +201,10 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         rotation: 3 × 3 rotation of the whole patient in the scanner (yaw), applied
             to the kidney's frame.
         tumour_enhancement: "hypo" or "hyper" (one per scene: one tumour tissue value).
+        malrotated: the hilum faces forward (axial rotation 75–100° instead of 20–45°).
+        tumour_diameter_mm: the tumour's diameter range (default 10–70 mm); with it a
+            tumour is drawn whatever ``tumour`` says. Both options map the values drawn
+            for the default onto their own ranges, so the random stream is the same.
 
     Returns:
         The :class:`Kidney` with its tissue layers in painter's order.
@@ -211,6 +216,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     a, b, c = length / 2, width / 2, thickness / 2
     semi = np.array([a, b, c])
     angles = (rng.uniform(5, 20), rng.uniform(5, 20), rng.uniform(20, 45))
+    if malrotated:  # incomplete rotation: the hilum faces anteriorly
+        angles = (angles[0], angles[1], 75.0 + (angles[2] - 20.0))
     axes = kidney_frame(side, *angles)
     if rotation is not None:
         axes = np.asarray(rotation, float) @ axes
@@ -218,6 +225,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     n_pyramids = int(rng.integers(8, 13))
     if tumour is None:
         tumour = bool(rng.random() < 0.3)
+    if tumour_diameter_mm is not None:
+        tumour = True
     if early_branching is None:
         early_branching = bool(rng.random() < 0.2)
     if accessory is None:
@@ -264,6 +273,9 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     tumour_r = 0.0
     if tumour:
         diameter = rng.uniform(10.0, 70.0)
+        if tumour_diameter_mm is not None:
+            low, high = tumour_diameter_mm
+            diameter = low + (diameter - 10.0) / 60.0 * (high - low)
         tumour_r = diameter / 2
         exophytic = bool(rng.random() < 0.6 or diameter > 45)
         while True:

@@ -1,0 +1,171 @@
+"""Whole-abdomen phantoms that look like the hard patients (options of ``synthesize_abdomen``).
+
+The default phantom of a seed is a textbook abdomen in the arterial phase. These
+options change only what they name, so a seed keeps its anatomy, imaging and noise
+everywhere else (every draw they need comes from a second generator,
+``numpy.random.default_rng([seed, VARIANT_STREAM])``, or maps a value the default
+draws anyway):
+
+* ``kidney_drop_mm`` ``{"right": 90}``: that kidney sits this much lower (ptosis,
+  hepatomegaly), its artery still from its usual aortic level;
+* ``absent_kidney`` ``"left"``: a single kidney (agenesis, nephrectomy): the other
+  side's kidney, artery and vein are not drawn, fat fills its fossa;
+* ``malrotated`` ``"right"`` (or both): the hilum faces forward (75–100°);
+* ``large_tumour`` ``"left"``: an exophytic tumour of 70–100 mm on that kidney;
+* ``fov_cut`` ``"right_lower"`` (``<side>_lower``/``<side>_upper``): the field of view
+  stops (starts) inside that kidney, ``fov_cut_fraction`` (default 15–40 %) of its
+  length outside, the hilum inside (liver-centred scans);
+* ``phase``: ``"arterial"`` (default), ``"non_contrast"``, ``"portal_venous"``,
+  ``"nephrographic"`` (:data:`PHASE_RANGES_HU`);
+* ``off_centre_mm`` ``(dx, dy)``: the body axis this far from the field of view's
+  centre; ``fov_mm``: the in-plane field of view (300–500 mm; sets the in-plane
+  spacing); ``slice_mm``: the slice spacing (0.5–3 mm).
+
+:func:`random_variant` draws one hard case's options (for benchmarks and training
+mixes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from renalseg.errors import UsageError, suggest
+
+__all__ = ["PHASES", "PHASE_RANGES_HU", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS",
+           "check_variant_options", "phase_intensities", "random_variant"]
+
+#: second random stream of a seed (the variants' draws)
+VARIANT_STREAM = 23
+PHASES = ("arterial", "non_contrast", "portal_venous", "nephrographic")
+#: options of :func:`renalseg.phantom.abdomen.synthesize_abdomen` this module adds
+VARIANT_OPTIONS = ("kidney_drop_mm", "absent_kidney", "malrotated", "large_tumour", "fov_cut",
+                   "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm")
+_SIDES = ("left", "right")
+_CUTS = tuple(f"{side}_{pole}" for side in _SIDES for pole in ("lower", "upper"))
+
+#: per phase, the tissues whose mean HU differs from the arterial defaults
+#: (../shared/NOTES.md: real portal-venous CT has aorta ~150–210 HU, renal veins and
+#: IVC as bright or brighter, cortex and medulla close at 150–250; un-enhanced blood
+#: and kidney 30–50 HU). ``aorta``/``other_artery`` follow ``renal_artery``;
+#: ``kidney_medulla`` is given as its drop below the cortex.
+PHASE_RANGES_HU: dict[str, dict[str, tuple[float, float]]] = {
+    "arterial": {},
+    "non_contrast": {
+        "renal_artery": (30.0, 50.0), "renal_vein": (30.0, 50.0), "ivc": (30.0, 50.0),
+        "other_vein": (30.0, 50.0), "kidney_cortex": (25.0, 40.0), "kidney_medulla": (0.0, 10.0),
+        "liver": (50.0, 65.0), "spleen": (40.0, 55.0), "pancreas": (35.0, 50.0), "tumour": (20.0, 45.0),
+        "adrenal": (10.0, 40.0),
+    },
+    "portal_venous": {
+        "renal_artery": (150.0, 210.0), "renal_vein": (160.0, 240.0), "ivc": (150.0, 230.0),
+        "other_vein": (160.0, 240.0), "kidney_cortex": (150.0, 250.0), "kidney_medulla": (0.0, 40.0),
+        "liver": (100.0, 130.0), "spleen": (110.0, 140.0), "pancreas": (90.0, 120.0), "tumour": (60.0, 130.0),
+        "adrenal": (50.0, 80.0),
+    },
+    "nephrographic": {
+        "renal_artery": (140.0, 190.0), "renal_vein": (140.0, 200.0), "ivc": (130.0, 190.0),
+        "other_vein": (130.0, 180.0), "kidney_cortex": (160.0, 240.0), "kidney_medulla": (0.0, 20.0),
+        "liver": (90.0, 120.0), "spleen": (100.0, 130.0), "pancreas": (80.0, 110.0), "tumour": (50.0, 110.0),
+        "adrenal": (40.0, 70.0),
+    },
+}
+
+#: the hard cases :func:`random_variant` draws from
+VARIANT_KINDS = ("drop", "absent", "malrotated", "large_tumour", "fov_cut", "phase", "off_centre", "fov_slices")
+
+
+def _sides(value: Any, name: str) -> tuple[str, ...]:
+    sides = (value,) if isinstance(value, str) else tuple(value)
+    for side in sides:
+        if side not in _SIDES:
+            raise UsageError(f"{name}: {side!r} is not a side; choose left or right.{suggest(str(side), _SIDES)}")
+    return sides
+
+
+def check_variant_options(options: dict) -> None:
+    """Validate the variant options (:data:`VARIANT_OPTIONS`); raise UsageError naming the bad one."""
+    drop = options.get("kidney_drop_mm") or {}
+    if not isinstance(drop, dict):
+        raise UsageError(f"kidney_drop_mm must map a side to mm, e.g. {{'right': 90}}; got {drop!r}.")
+    _sides(tuple(drop), "kidney_drop_mm")
+    for side, mm in drop.items():
+        if not 0.0 <= float(mm) <= 150.0:
+            raise UsageError(f"kidney_drop_mm[{side!r}] must be 0–150 mm; got {mm}.")
+    for name in ("absent_kidney", "large_tumour"):
+        if options.get(name) is not None:
+            _sides(options[name], name)
+    if options.get("absent_kidney") is not None and len(_sides(options["absent_kidney"], "absent_kidney")) > 1:
+        raise UsageError("absent_kidney: name one side; a phantom keeps at least one kidney.")
+    if options.get("malrotated") is not None:
+        _sides(options["malrotated"], "malrotated")
+    cut = options.get("fov_cut")
+    if cut is not None and cut not in _CUTS:
+        raise UsageError(f"fov_cut must be one of {', '.join(_CUTS)}; got {cut!r}.{suggest(str(cut), _CUTS)}")
+    fraction = options.get("fov_cut_fraction")
+    if fraction is not None and not 0.0 < float(fraction) < 0.5:
+        raise UsageError(f"fov_cut_fraction must be in (0, 0.5) (the hilum stays in view); got {fraction}.")
+    phase = options.get("phase")
+    if phase is not None and phase not in PHASES:
+        raise UsageError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}.{suggest(str(phase), PHASES)}")
+    if options.get("off_centre_mm") is not None and len(tuple(options["off_centre_mm"])) != 2:
+        raise UsageError(f"off_centre_mm must be (dx, dy) in mm; got {options['off_centre_mm']!r}.")
+    for name, (lo, hi) in (("fov_mm", (100.0, 700.0)), ("slice_mm", (0.3, 6.0))):
+        if options.get(name) is not None and not lo <= float(options[name]) <= hi:
+            raise UsageError(f"{name} must be {lo:g}–{hi:g} mm; got {options[name]}.")
+
+
+def phase_intensities(rng: np.random.Generator, phase: str | None) -> dict[str, float]:
+    """Mean HU of the tissues ``phase`` changes (empty for the arterial phase).
+
+    Example:
+        >>> hu = phase_intensities(np.random.default_rng(0), "portal_venous")
+        >>> 150 <= hu["aorta"] <= 230 and hu["kidney_medulla"] <= hu["kidney_cortex"]
+        True
+    """
+    ranges = PHASE_RANGES_HU[phase or "arterial"]
+    out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()}
+    if "renal_artery" in out:
+        out["aorta"] = out["renal_artery"] * float(rng.uniform(0.98, 1.06))
+        out["other_artery"] = out["aorta"] * float(rng.uniform(0.95, 1.0))
+    if "kidney_medulla" in out:
+        out["kidney_medulla"] = out["kidney_cortex"] - out["kidney_medulla"]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def random_variant(seed: int, kind: str | None = None) -> dict[str, Any]:
+    """Options of one hard case for ``synthesize_abdomen(seed, **options)``.
+
+    ``kind`` is one of :data:`VARIANT_KINDS` (default: drawn from the seed); the
+    phase is drawn for every kind, so contrast varies across all of them.
+
+    Example:
+        >>> random_variant(3, "absent")["absent_kidney"] in ("left", "right")
+        True
+    """
+    rng = np.random.default_rng([seed, VARIANT_STREAM, 7])
+    kind = kind or VARIANT_KINDS[int(rng.integers(len(VARIANT_KINDS)))]
+    if kind not in VARIANT_KINDS:
+        raise UsageError(f"variant kind must be one of {', '.join(VARIANT_KINDS)}; got {kind!r}.")
+    side = _SIDES[int(rng.integers(2))]
+    options: dict[str, Any] = {"phase": PHASES[int(rng.integers(len(PHASES)))]}
+    if kind == "drop":
+        options["kidney_drop_mm"] = {side: round(float(rng.uniform(40, 120)), 1)}
+    elif kind == "absent":
+        options["absent_kidney"] = side
+    elif kind == "malrotated":
+        options["malrotated"] = side if rng.random() < 0.7 else ["left", "right"]
+    elif kind == "large_tumour":
+        options["large_tumour"] = side
+    elif kind == "fov_cut":
+        options["fov_cut"] = f"{side}_{'lower' if rng.random() < 0.6 else 'upper'}"
+    elif kind == "off_centre":
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = rng.uniform(30, 70)
+        options["off_centre_mm"] = (round(float(distance * np.cos(angle)), 1),
+                                    round(float(distance * np.sin(angle)), 1))
+    elif kind == "fov_slices":
+        options["fov_mm"] = round(float(rng.uniform(300, 500)), 0)
+        options["slice_mm"] = float(rng.choice([0.5, 1.0, 1.5, 2.0, 2.5, 3.0]))
+    return options

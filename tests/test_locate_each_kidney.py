@@ -1,0 +1,143 @@
+"""Each kidney located on its own (renalseg.kidney_search via locate_kidneys): hard-patient
+phantoms, a kidney moved far down in the real atlas CT, refusals, orientations, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import OBLIQUE_30DEG
+
+from renalseg.errors import NoKidneyFoundError, RegistrationError, RenalsegError
+from renalseg.phantom import synthesize_abdomen
+from renalseg.phantom.variants import random_variant
+from renalseg.registration import ATLAS_DIR
+from renalseg.roi import KidneyROI, locate_kidneys
+from renalseg.volume import Volume
+
+#: 3.1 mm in-plane, 3 mm slices: the 3 mm localisation grid sees the same anatomy
+FAST = {"inplane_voxels": 128, "fov_mm": 400.0, "slice_mm": 3.0}
+
+
+def _check(case, rois: list[KidneyROI]) -> None:
+    """Every present kidney ≥ 99 % inside the ROI of its own side; absent ones not reported."""
+    kidneys = case.params["kidneys"]
+    assert sorted(roi.side for roi in rois) == sorted(kidneys)
+    geometry = case.image.geometry
+    zz, yy, xx = np.nonzero(case.label.array == 2)
+    points = geometry.index_to_world(np.stack([xx, yy, zz], axis=1))
+    centres = {side: np.asarray(k["centre_mm"]) for side, k in kidneys.items()}
+    for roi in rois:
+        others = [c for side, c in centres.items() if side != roi.side]
+        mine = np.ones(len(points), bool)
+        for other in others:
+            mine &= np.linalg.norm(points - centres[roi.side], axis=1) < np.linalg.norm(points - other, axis=1)
+        index = roi.grid.world_to_index(points[mine])
+        last = np.asarray(roi.grid.shape_xyz) - 0.5
+        inside = np.all((index >= -0.5) & (index <= last), axis=1).mean()
+        assert inside >= 0.99, (roi.side, inside)
+        assert 0.0 < roi.confidence <= 1.0 and roi.mask is not None and roi.mask.array.any()
+
+
+@pytest.mark.parametrize(("seed", "kind"), [
+    (40001, "drop"), (40002, "absent"), (40005, "fov_cut"),
+    pytest.param(40003, "malrotated", marks=pytest.mark.slow),
+    pytest.param(40004, "large_tumour", marks=pytest.mark.slow),
+    pytest.param(40006, "phase", marks=pytest.mark.slow),
+    pytest.param(40007, "off_centre", marks=pytest.mark.slow),
+    pytest.param(40008, "fov_slices", marks=pytest.mark.slow),
+])
+def test_each_hard_patient_variant_is_located(seed, kind):
+    options = {**FAST, **random_variant(seed, kind)}
+    case = synthesize_abdomen(seed, **options)
+    refused: dict[str, str] = {}
+    rois = locate_kidneys(case.image, refused=refused)
+    _check(case, rois)
+    for side in {"left", "right"} - set(case.params["kidneys"]):
+        assert side in refused and f"{side} kidney" in refused[side]
+
+
+def _atlas_with_right_kidney_moved(down_mm: float) -> tuple[sitk.Image, np.ndarray]:
+    """The real atlas CT with the right kidney (and 6 mm of what wraps it) moved caudally."""
+    from scipy import ndimage
+
+    ct = sitk.ReadImage(str(ATLAS_DIR / "atlas_ct.nii.gz"))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ATLAS_DIR / "atlas_kidneys.nii.gz")))
+    array = sitk.GetArrayFromImage(ct)
+    kidney = labels == 1
+    block = ndimage.binary_dilation(kidney, iterations=2)
+    steps = int(round(down_mm / ct.GetSpacing()[2]))
+    moved = array.copy()
+    moved[block] = -100.0  # fat fills the empty fossa
+    target = np.roll(block, -steps, axis=0)
+    moved[target] = array[block]
+    image = sitk.GetImageFromArray(moved)
+    image.CopyInformation(ct)
+    return image, np.roll(kidney, -steps, axis=0)
+
+
+def test_real_atlas_kidney_moved_10_cm_caudally_is_still_found():
+    image, kidney = _atlas_with_right_kidney_moved(100.0)
+    rois = {roi.side: roi for roi in locate_kidneys(Volume.from_sitk(image))}
+    assert set(rois) == {"left", "right"}
+    geometry = Volume.from_sitk(image).geometry
+    zz, yy, xx = np.nonzero(kidney)
+    index = rois["right"].grid.world_to_index(geometry.index_to_world(np.stack([xx, yy, zz], axis=1)))
+    last = np.asarray(rois["right"].grid.shape_xyz) - 0.5
+    assert np.all((index >= -0.5) & (index <= last), axis=1).mean() >= 0.99
+
+
+def test_all_air_and_mr_like_images_are_refused():
+    air = Volume(np.full((60, 80, 80), -1000, np.int16), Volume.from_sitk(
+        sitk.ReadImage(str(ATLAS_DIR / "atlas_ct.nii.gz"))[:80, :80, :60]).geometry)
+    with pytest.raises(RegistrationError, match="hardly vary"):
+        locate_kidneys(air)
+    # a T1-like picture of the atlas: fat bright, water and soft tissue mid-grey, air and bone dark
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ATLAS_DIR / "atlas_ct.nii.gz")))
+    mr = np.interp(ct, [-1000, -150, -50, 0, 60, 300, 1500], [0, 900, 800, 250, 450, 120, 20]).astype(np.int16)
+    image = sitk.GetImageFromArray(mr)
+    image.CopyInformation(sitk.ReadImage(str(ATLAS_DIR / "atlas_ct.nii.gz")))
+    with pytest.raises(RenalsegError) as caught:
+        locate_kidneys(Volume.from_sitk(image))
+    if isinstance(caught.value, NoKidneyFoundError):
+        assert "right kidney" in str(caught.value) and "left kidney" in str(caught.value)
+
+
+@pytest.mark.parametrize("direction", ["RAS", "LAS", "oblique"])
+def test_sides_are_the_patients_in_any_orientation(direction):
+    case = synthesize_abdomen(40010, **FAST, direction="LPS" if direction == "oblique" else direction)
+    image = case.image
+    if direction == "oblique":  # the same patient on a grid rotated 30° about z
+        reference = sitk.Image(list(image.geometry.shape_xyz), sitk.sitkInt16)
+        reference.SetSpacing(image.geometry.spacing_xyz_mm)
+        reference.SetDirection(OBLIQUE_30DEG)
+        centre = image.geometry.index_to_world([np.asarray(image.geometry.shape_xyz) / 2.0])[0]
+        rotation = np.asarray(OBLIQUE_30DEG).reshape(3, 3)
+        half = rotation @ (np.asarray(image.geometry.shape_xyz) / 2.0 * np.asarray(image.geometry.spacing_xyz_mm))
+        reference.SetOrigin(tuple((centre - half).tolist()))
+        image = Volume.from_sitk(sitk.Resample(image.to_sitk(), reference, sitk.Transform(), sitk.sitkLinear, -1024))
+    rois = locate_kidneys(image)
+    assert [roi.side for roi in rois] == ["right", "left"]
+    for roi in rois:
+        own = roi.grid.world_to_index([case.params["kidneys"][roi.side]["centre_mm"]])[0]
+        assert np.all((own >= 0) & (own <= np.asarray(roi.grid.shape_xyz) - 1)), (direction, roi.side)
+
+
+def test_same_input_and_seed_give_the_same_boxes_and_masks():
+    case = synthesize_abdomen(40001, **FAST, **random_variant(40001, "drop"))
+    first, second = locate_kidneys(case.image, seed=3), locate_kidneys(case.image, seed=3)
+    for a, b in zip(first, second):
+        assert (a.side, a.start_zyx, a.shape_zyx, a.grid, a.method) == (b.side, b.start_zyx, b.shape_zyx, b.grid,
+                                                                       b.method)
+        assert np.array_equal(a.mask.array, b.mask.array) and a.confidence == b.confidence
+
+
+def test_roi_reaches_the_aortic_origins():
+    case = synthesize_abdomen(40006, **FAST, accessory=True)
+    for roi in locate_kidneys(case.image):
+        kidney = case.params["kidneys"][roi.side]
+        for origin in (kidney["artery_ostium_mm"], kidney["accessory_ostium_mm"]):
+            index = roi.grid.world_to_index([origin])[0]
+            assert np.all((index >= 0) & (index <= np.asarray(roi.grid.shape_xyz) - 1)), (roi.side, origin)
+        assert roi.grid.shape_zyx[2] > 152  # wider than the kidney alone: it reaches past the midline
+        assert roi.to_dict()["method"] and 0 < roi.to_dict()["confidence"] <= 1

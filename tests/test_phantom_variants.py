@@ -1,0 +1,116 @@
+"""Hard-patient phantom variants (renalseg.phantom.variants): each option changes only what it names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from renalseg.errors import UsageError
+from renalseg.phantom import synthesize_abdomen
+from renalseg.phantom.variants import PHASE_RANGES_HU, VARIANT_KINDS, random_variant
+
+SMALL = {"inplane_voxels": 128, "spacing_xyz_mm": (3.0, 3.0, 3.0)}
+SEED = 4
+
+
+@pytest.fixture(scope="module")
+def default():
+    return synthesize_abdomen(SEED, **SMALL)
+
+
+def _kidney_z(case, side: str) -> float:
+    return float(case.params["kidneys"][side]["centre_mm"][2])
+
+
+def test_arterial_phase_named_explicitly_gives_the_default_arrays(default):
+    case = synthesize_abdomen(SEED, phase="arterial", **SMALL)
+    for a, b in ((case.image, default.image), (case.label, default.label), (case.tissues, default.tissues)):
+        assert np.array_equal(a.array, b.array) and a.geometry == b.geometry
+    assert "variants" not in default.params["scene"]
+
+
+def test_dropped_kidney_sits_lower_and_the_rest_stays(default):
+    case = synthesize_abdomen(SEED, kidney_drop_mm={"right": 120}, **SMALL)
+    assert _kidney_z(default, "right") - _kidney_z(case, "right") == pytest.approx(120.0, abs=0.01)
+    assert _kidney_z(case, "left") == _kidney_z(default, "left")
+    # the artery still leaves the aorta where it did
+    assert case.params["kidneys"]["right"]["artery_ostium_mm"] == default.params["kidneys"]["right"]["artery_ostium_mm"]
+    # both kidneys whole in view: the scan grew to hold them
+    kidney = case.label.array == 2
+    assert not kidney[0].any() and not kidney[-1].any()
+
+
+def test_absent_kidney_is_not_drawn(default):
+    case = synthesize_abdomen(SEED, absent_kidney="left", **SMALL)
+    assert list(case.params["kidneys"]) == ["right"]
+    assert case.params["scene"]["variants"]["absent_sides"] == ["left"]
+    geometry = case.image.geometry
+    zz, yy, xx = np.nonzero(case.label.array > 0)
+    x_lps = geometry.index_to_world(np.stack([xx, yy, zz], axis=1))[:, 0]
+    spine_x = case.params["scene"]["vertebral_body_centre_mm"][0]
+    assert (x_lps < spine_x + 15).all()  # nothing of the left kidney, its artery or vein
+
+
+def test_malrotated_hilum_faces_forward_and_large_tumour_is_large():
+    case = synthesize_abdomen(SEED, malrotated="right", large_tumour="left", **SMALL)
+    kidneys = case.params["kidneys"]
+    assert 75.0 <= kidneys["right"]["tilt_deg"]["axial"] <= 100.0
+    assert kidneys["left"]["tilt_deg"]["axial"] <= 45.0
+    assert 70.0 <= kidneys["left"]["tumour"]["diameter_mm"] <= 100.0
+    assert kidneys["left"]["tumour"]["growth"] == "exophytic"
+
+
+def test_fov_cut_stops_inside_the_kidney_with_its_hilum_in_view():
+    case = synthesize_abdomen(SEED, fov_cut="right_lower", fov_cut_fraction=0.3, slices=80, **SMALL)
+    geometry = case.image.geometry
+    hilum = geometry.world_to_index([case.params["kidneys"]["right"]["hilum_artery_mm"]])[0]
+    assert 0 <= hilum[2] <= geometry.shape_zyx[0] - 1
+    assert (case.label.array[0] == 2).any()  # the first (lowest) slice cuts through the kidney
+
+
+@pytest.mark.parametrize("phase", ["non_contrast", "portal_venous", "nephrographic"])
+def test_contrast_phase_sets_blood_and_kidney_hu(default, phase):
+    case = synthesize_abdomen(SEED, phase=phase, **SMALL)
+    hu = case.params["intensities_hu"]
+    lo, hi = PHASE_RANGES_HU[phase]["renal_vein"]
+    assert lo <= hu["renal_vein"] <= hi
+    assert hu["kidney_medulla"] <= hu["kidney_cortex"]
+    assert np.array_equal(case.label.array, default.label.array)  # same anatomy
+
+
+def test_field_of_view_slices_and_off_centre(default):
+    case = synthesize_abdomen(SEED, fov_mm=300.0, slice_mm=2.5, off_centre_mm=(60.0, -30.0), inplane_voxels=100)
+    assert case.image.geometry.spacing_xyz_mm == pytest.approx((3.0, 3.0, 2.5))
+    g = case.image.geometry
+    centre = g.index_to_world([[49.5, 49.5, 0]])[0][:2]
+    body = np.asarray(case.params["scene"]["vertebral_body_centre_mm"][:2])
+    assert body[0] - centre[0] == pytest.approx(60.0, abs=20.0)
+
+
+def test_variants_are_deterministic_and_validated():
+    options = random_variant(31, "drop")
+    a, b = synthesize_abdomen(31, **options, **SMALL), synthesize_abdomen(31, **options, **SMALL)
+    assert np.array_equal(a.image.array, b.image.array)
+    assert {random_variant(s)["phase"] for s in range(40)} >= {"non_contrast", "portal_venous"}
+    assert len({tuple(sorted(random_variant(s, k))) for s in range(3) for k in VARIANT_KINDS}) > 5
+    with pytest.raises(UsageError, match="Did you mean 'portal_venous'"):
+        synthesize_abdomen(0, phase="portal_venus", **SMALL)
+    with pytest.raises(UsageError, match="kidney_drop_mm"):
+        synthesize_abdomen(0, kidney_drop_mm={"right": 400}, **SMALL)
+
+
+def test_synth_cli_variant_flags(tmp_path):
+    import json
+
+    from renalseg.cli.app import app
+
+    out = tmp_path / "abd"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--kind", "abdomen", "--cases", "1",
+                                      "--spacing", "4,4,4", "--absent", "right", "--phase", "non_contrast",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    params = json.loads((out / "cases.json").read_text())
+    assert "absent" in json.dumps(params) and "non_contrast" in json.dumps(params)
+    refused = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "r"), "--kind", "roi", "--drop", "right:50"])
+    assert refused.exit_code == 2 and "--kind abdomen" in refused.output
