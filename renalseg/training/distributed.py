@@ -118,12 +118,19 @@ def init_distributed(context: DistributedContext, device: torch.device) -> None:
 
 
 def shutdown_distributed(context: DistributedContext) -> None:
-    """Leave the process group (no-op for a single process)."""
+    """Leave the process group (no-op for a single process).
+
+    Every process waits at a barrier first, so none tears the group down while another
+    is still inside a collective: after a stop that every rank agreed on (a non-finite
+    loss), one rank leaving early aborted the other's gloo threads (``terminate called
+    without an active exception``).
+    """
     if not context.distributed:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
