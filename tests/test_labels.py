@@ -132,3 +132,15 @@ def test_bad_structures_is_a_usage_error_listing_the_choices(tmp_path, analytic_
     result = _run("segment", tmp_path / "a.nii.gz", "--out", tmp_path / "out", "--structures", "kidney")
     assert result.exit_code == 2 and "labels only artery" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_reads_the_artery_value_from_labels_json(tmp_path):
+    from renalseg.metrics import evaluate_pairs
+
+    volume, truth = _four_class_ct()
+    folder = tmp_path / "case"
+    write_image(Volume(truth, volume.geometry), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps(FOUR))
+    write_image(Volume(truth, volume.geometry), tmp_path / "truth.nii.gz")
+    (row,) = evaluate_pairs([folder], [tmp_path / "truth.nii.gz"], gt_label=3)
+    assert row["dice"] == 1.0
