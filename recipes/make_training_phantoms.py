@@ -8,11 +8,14 @@ in OUT is not made again, so a folder can grow by seed ranges.
     python recipes/make_training_phantoms.py OUT --seeds 1000-1039
     python recipes/make_training_phantoms.py OUT --seeds 9100-9103 --unseen-intensities
     python recipes/make_training_phantoms.py OUT --seeds 1500-1649 --artery-hu 250-340
+    python recipes/make_training_phantoms.py OUT --seeds 2000-2399 --phase-mix arterial:0.4,portal-venous:0.6
 
 ``--unseen-intensities`` renders the cases with intensities, noise and blur outside
 the training ranges (``UNSEEN``). ``--artery-hu LO-HI`` draws the renal artery's mean HU
 from that band instead of 250–500 (the aorta, other arteries and cortex follow it as
 always): weakly enhanced arteries, where the network loses the most Dice.
+``--phase-mix PHASE:SHARE,...`` draws each case's contrast phase
+(:mod:`renalseg.phantom.phases`); ``--phase PHASE`` gives every case one phase (held-out sets).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from renalseg.io.image import write_image
 from renalseg.phantom.abdomen import synthesize_roi
+from renalseg.phantom.phases import draw_phase, parse_phase_mix
 from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU
 
 SPACING_XYZ_MM = (0.7, 0.7, 1.0)
@@ -52,7 +56,10 @@ def main() -> None:
     parser.add_argument("--unseen-intensities", action="store_true")
     lo, hi = DEFAULT_INTENSITY_RANGES_HU["renal_artery"]
     parser.add_argument("--artery-hu", help=f"LO-HI: the renal artery's mean HU band (default {lo:g}-{hi:g})")
+    parser.add_argument("--phase-mix", help="PHASE:SHARE,...: each case's contrast phase drawn with these shares")
+    parser.add_argument("--phase", help="every case in this contrast phase")
     args = parser.parse_args()
+    mix = parse_phase_mix(args.phase_mix) if args.phase_mix else {args.phase: 1.0} if args.phase else None
     first, last = (int(v) for v in args.seeds.split("-"))
     records = []
     for seed in range(first, last + 1):
@@ -61,6 +68,8 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         options = {**(UNSEEN if args.unseen_intensities else {}), **artery_options(args.artery_hu)}
+        if mix is not None:
+            options["phase"] = draw_phase(seed, mix)
         case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")

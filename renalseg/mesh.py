@@ -48,7 +48,7 @@ from renalseg.components import SPECK_MM3
 from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
-from renalseg.report import structure_kind
+from renalseg.labels import structure_kind
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components
 from renalseg.volume import Volume, crop
 

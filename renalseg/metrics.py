@@ -315,6 +315,22 @@ def match_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str]) -> list[
     return [(name, pred_files[name], gt_files[name]) for name in sorted(pred_files)]
 
 
+def _artery_value_beside(path: Path) -> int | None:
+    """The artery's value from the ``labels.json`` beside a ``renalseg segment`` label map, if there is one."""
+    import json
+
+    from renalseg.labels import values_of_kind
+
+    names = path.parent / "labels.json"
+    if not path.name.startswith("labels.") or not names.is_file():
+        return None
+    try:
+        values = values_of_kind(json.loads(names.read_text(encoding="utf-8")), "artery")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{names}: cannot be read as a labels.json ({err}); pass --label N.") from err
+    return values[0] if len(values) == 1 else None
+
+
 def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, resample: bool = False,
                    pred_label: int | None = None, gt_label: int | None = None,
                    on_progress: Callable[[str], None] | None = None) -> list[dict]:
@@ -323,7 +339,8 @@ def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, re
     Args:
         preds, gts: files or folders (see :func:`collect_label_files`).
         resample: nearest-neighbour resampling of predictions onto the truth grid.
-        pred_label, gt_label: see :func:`evaluate_case`.
+        pred_label, gt_label: see :func:`evaluate_case`; without ``pred_label`` a ``renalseg segment``
+            folder's ``labels.json`` says which value is the artery.
         on_progress: called with each case name before it is evaluated.
 
     Returns:
@@ -337,7 +354,8 @@ def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, re
             on_progress(name)
         pred = Volume.from_sitk(read_image(pred_path))
         gt = Volume.from_sitk(read_image(gt_path))
-        metrics = evaluate_case(pred, gt, pred_label=pred_label, gt_label=gt_label, resample=resample,
+        label = pred_label if pred_label is not None else _artery_value_beside(Path(pred_path))
+        metrics = evaluate_case(pred, gt, pred_label=label, gt_label=gt_label, resample=resample,
                                 names=(str(pred_path), str(gt_path)))
         rows.append({"case": name, "pred": str(pred_path), "gt": str(gt_path), **metrics})
     return rows

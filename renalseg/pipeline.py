@@ -16,9 +16,9 @@ Example (an analytic predictor that calls anything brighter than 300 HU artery):
     >>> bright = lambda b: np.concatenate([b < 0.65, b >= 0.65], axis=1).astype(np.float32)
     >>> result = segment_study(image, SegmentConfig(input_is_roi=True, min_component_mm3=0),
     ...                        segmenter=Segmenter.from_predictor(bright, spec))
-    >>> labels = Volume.from_sitk(result.labels).array
-    >>> bool((labels == (hu > 300)).all()), result.report["status"]
-    (True, 'ok')
+    >>> labels = Volume.from_sitk(result.labels).array  # the artery is KiPA22's 3 (renalseg.labels)
+    >>> bool(((labels == 3) == (hu > 300)).all()), result.label_names, result.report["status"]
+    (True, {'0': 'background', '3': 'renal_artery'}, 'ok')
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ import SimpleITK as sitk
 
 from renalseg import __version__
 from renalseg.components import SPECK_MM3, count_pieces
+from renalseg.figures import structure_figures
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.io.plausibility import check_ct_values
+from renalseg.labels import BY_KEY, label_names as names_of_values, output_values, parse_structures, values_of_kind
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
     clean_labels_logged,
     probabilities_to_labels,
+    reassign_by_topology,
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
@@ -102,6 +105,8 @@ class SegmentConfig:
         seed: random seed for localisation.
         force: use a study whose values do not look like HU
             (:func:`renalseg.io.plausibility.check_ct_values`; NaN/Inf are always refused).
+        structures: which structures to write (``renalseg.labels.STRUCTURE_KEYS``:
+            artery, vein, kidney, tumour); ``None`` = every one the model labels.
     """
 
     weights: Path | None = None
@@ -116,6 +121,7 @@ class SegmentConfig:
     series_uid: str | None = None
     seed: int = 0
     force: bool = False
+    structures: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -155,7 +161,8 @@ class Result:
     Attributes:
         labels: uint8 ``SimpleITK.Image`` on exactly the study's grid.
         report: the ``report.json`` content (JSON-ready dict).
-        label_names: ``{"0": "background", "1": "renal_artery", ...}``.
+        label_names: ``labels.json``: the KiPA22 values written, e.g.
+            ``{"0": "background", "3": "renal_artery"}`` (:mod:`renalseg.labels`).
         probabilities: float32 artery probability on the study's grid, when asked for.
         rois: the kidney ROIs used.
         views: per-ROI arrays for :func:`renalseg.preview.render_preview`.
@@ -257,11 +264,9 @@ def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[Kid
 def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
                       label_names: dict[str, str]) -> dict[str, np.ndarray]:
     """Kidney and tumour masks (when the model labels them) on the ROI's model grid, for the preview."""
-    from renalseg.report import structure_kind
-
     outlines = {}
     for kind in ("kidney", "tumour"):
-        values = [int(k) for k, v in label_names.items() if int(k) != 0 and structure_kind(v) == kind]
+        values = values_of_kind(label_names, kind)
         mask = np.isin(box_labels, values)
         if values and mask.any():
             on_grid = resample_to_grid(Volume(mask.astype(np.uint8), box).to_sitk(), grid,
@@ -271,10 +276,26 @@ def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
     return outlines
 
 
-def _artery_values(label_names: dict[str, str]) -> list[int]:
-    """Label values that are arteries (by name), else every foreground label."""
-    values = [int(k) for k, v in label_names.items() if "arter" in v.lower() and int(k) != 0]
-    return values or [int(k) for k in label_names if int(k) != 0]
+#: said in report.json when the model labels both vessels
+TOPOLOGY_DEFINITION = (
+    "topology: per ROI, artery pieces must belong to a tree reaching the aorta and vein pieces one reaching the "
+    "IVC (gaps up to --max-gap-mm); a piece on the other vessel's tree is reassigned by the network's "
+    "probabilities, a piece on neither is dropped (counted per side under cleanup.topology). The aorta and IVC "
+    "are found in the CT (renalseg.great_vessels); where not both are in view the check is off."
+)
+
+
+def _vessel_roots(roi_hu: np.ndarray, roi: KidneyROI, box: Geometry) -> dict[str, np.ndarray]:
+    """The aorta and IVC (:func:`renalseg.great_vessels.find_great_vessels`) on the study's box grid."""
+    from renalseg.great_vessels import find_great_vessels
+
+    found = find_great_vessels(roi_hu, roi.grid.spacing_xyz_mm, side=roi.side)
+    out = {}
+    for name, mask in found.items():
+        on_box = resample_to_grid(Volume(mask.astype(np.uint8), roi.grid).to_sitk(), box,
+                                  interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
+        out[name] = Volume.from_sitk(on_box).array.astype(bool)
+    return out if all(m.any() for m in out.values()) else {}
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -364,8 +385,22 @@ def segment_study(
         )
     timings["locate"] = time.perf_counter() - started
 
-    label_names = {str(k): str(v) for k, v in spec.classes.items()}
-    artery_values = _artery_values(label_names)
+    # output channel -> KiPA22 value; the structures not asked for are written as background
+    channel_values = output_values(spec.classes)
+    kinds = {key for key in BY_KEY if BY_KEY[key].value in channel_values.values()}
+    picked = parse_structures(",".join(config.structures) if config.structures is not None else None, kinds)
+    written = {c: v for c, v in channel_values.items() if any(BY_KEY[k].value == v for k in picked)}
+    label_names = names_of_values(written)
+    artery_values = values_of_kind(label_names, "artery")
+    channel_to_value = np.zeros(spec.num_classes, dtype=np.uint8)
+    for channel, value in channel_values.items():
+        channel_to_value[channel] = value
+    keep_value = np.zeros(256, dtype=bool)
+    keep_value[list(written.values())] = True
+    # the topology clean-up needs both vessels' classes (reassign_by_topology)
+    vessels = (BY_KEY["artery"].value, BY_KEY["vein"].value)
+    topology = all(v in channel_values.values() for v in vessels)
+    topology_roots: list[str] = []
     for key in ("resample", "inference", "resample_back", "postprocess"):
         timings[key] = 0.0
 
@@ -424,7 +459,19 @@ def segment_study(
         timings["resample_back"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        box_labels = probabilities_to_labels(box_probabilities)
+        box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
+        changes: dict[int, dict] = {}
+        if topology:
+            roots = _vessel_roots(roi_hu, roi, box)
+            topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
+            if roots:
+                by_value = {0: box_probabilities[0], **{channel_values[c]: box_probabilities[c]
+                                                        for c in channel_values}}
+                box_labels, changes = reassign_by_topology(
+                    box_labels, roots={vessels[0]: roots["aorta"], vessels[1]: roots["ivc"]},
+                    probabilities=by_value, max_gap_mm=config.max_gap_mm,
+                    spacing_xyz_mm=study_geometry.spacing_xyz_mm)
+        box_labels = np.where(keep_value[box_labels], box_labels, 0).astype(np.uint8)
         box_labels, removed = clean_labels_logged(
             box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
             max_gap_mm=config.max_gap_mm)
@@ -440,6 +487,11 @@ def segment_study(
         cleanup = cleanups.setdefault(roi.side, dict.fromkeys(removed, 0))
         for key, value in removed.items():
             cleanup[key] = round(cleanup[key] + value, 4)
+        for value, counts in changes.items():
+            kind = "artery" if value == vessels[0] else "vein"
+            moved = cleanup.setdefault("topology", {}).setdefault(kind, dict.fromkeys(counts, 0))
+            for key, number in counts.items():
+                moved[key] = round(moved[key] + number, 4)
         # the final mask back on the model grid, for the preview
         artery_on_grid = resample_to_grid(Volume(artery.astype(np.uint8), box).to_sitk(), roi.grid,
                                           interpolator=sitk.sitkNearestNeighbor, default_value=0,
@@ -450,6 +502,9 @@ def segment_study(
         timings["postprocess"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)
+    side_order = list(sides)
+    structures = structure_figures(labels.array, study_geometry, label_names, [roi.to_dict() for roi in rois],
+                                   side_order)
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
                          if probability_array is not None else None)
@@ -464,7 +519,7 @@ def segment_study(
             "name": spec.name,
             "weights": str(segmenter.weights_path) if segmenter.weights_path else None,
             "sha256": spec.sha256,
-            "classes": label_names,
+            "classes": {str(k): str(v) for k, v in spec.classes.items()},
             "spacing_xyz_mm": list(spec.spacing_xyz_mm),
             "window_zyx": list(spec.window_zyx),
             "synthetic_training_only": spec.synthetic_training_only,
@@ -472,11 +527,15 @@ def segment_study(
         "device": segmenter.current_device,
         "settings": {"overlap": config.overlap, "tta": tta, "side": config.side,
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
-                     "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None},
+                     "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None,
+                     "structures": list(picked)},
         "arteries": sides,
+        "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    if topology:
+        report["topology"] = {"roots": topology_roots, "definition": TOPOLOGY_DEFINITION}
     if spec.synthetic_training_only:
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,

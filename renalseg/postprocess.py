@@ -14,6 +14,10 @@
   fragments of the tree (a thin branch the network interrupted) stay.
 * :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree,
   then the speck removal.
+* :func:`reassign_by_topology`: for a model that labels both vessels, artery pieces
+  must belong to a tree reaching the aorta and vein pieces one reaching the IVC
+  (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
+  reassigned by the network's probabilities, a piece on neither is dropped.
 
 scipy's ``ndimage.label`` is used rather than ``skimage.morphology.remove_small_objects``
 because the latter thresholds in voxels and its keyword changed across releases; here
@@ -22,6 +26,8 @@ main-tree filter.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +44,7 @@ __all__ = [
     "clean_labels",
     "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
+    "reassign_by_topology",
 ]
 
 #: pieces farther than this from the largest piece of their label are dropped (chosen on
@@ -218,3 +225,102 @@ def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, floa
     removed = {"far_pieces": far, "far_ml": round(float(np.sum((labels > 0) & (near == 0))) * voxel_ml, 4),
                "small_pieces": small, "small_ml": round(float(np.sum((near > 0) & (out == 0))) * voxel_ml, 4)}
     return out, removed
+
+
+def _tree_reaching(pieces: np.ndarray, count: int, root: np.ndarray, max_gap_mm: float,
+                   spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+    """Bool per piece number (0 … count): the piece belongs to a chain of pieces, each within
+    ``max_gap_mm`` of the last, that starts within ``max_gap_mm`` of ``root``."""
+    reached = np.zeros(count + 1, dtype=bool)
+    reference = np.asarray(root, dtype=bool).copy()
+    while count and reference.any():
+        near = np.zeros(count + 1, dtype=bool)
+        near[np.unique(pieces[_pieces_near(pieces, count, reference, max_gap_mm, spacing_xyz_mm)])] = True
+        near[0] = False
+        new = near & ~reached
+        if not new.any():
+            break
+        reached |= new
+        reference |= new[pieces]
+    return reached
+
+
+def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
+                         probabilities: Mapping[int, np.ndarray] | None, max_gap_mm: float,
+                         spacing_xyz_mm: tuple[float, float, float]) -> tuple[np.ndarray, dict[int, dict]]:
+    """Vessel pieces must belong to the tree of their own root: the artery the aorta's, the vein the IVC's.
+
+    For each vessel label value with a non-empty root mask, every 26-connected piece of
+    that value is checked: a piece in a chain of pieces (gaps at most ``max_gap_mm``)
+    reaching its own root is kept; a piece that reaches another vessel's tree instead
+    (that vessel's root or its own rooted pieces) contradicts its class and is
+    reassigned voxel by voxel to the most probable other value (background included,
+    so voxels the network gave no other class are dropped); a piece reaching no root
+    is dropped. Values without a root (not in ``roots`` or an empty mask: the root is
+    not in view) are left alone.
+
+    Args:
+        labels: integer ``(Z, Y, X)`` label values.
+        roots: vessel label value → bool ``(Z, Y, X)`` mask of its root (e.g.
+            ``{3: aorta, 1: ivc}``), on the grid of ``labels``.
+        probabilities: label value (0 = background) → float ``(Z, Y, X)`` probability,
+            the network's; ``None`` moves a contradicting piece whole to the vessel whose
+            tree it reaches.
+        max_gap_mm: largest gap in a tree (mm).
+        spacing_xyz_mm: voxel spacing (x, y, z) mm.
+
+    Returns:
+        ``(labels, changes)``: a cleaned copy and, per checked value, ``{"reassigned_pieces",
+        "reassigned_ml", "dropped_pieces", "dropped_ml"}``.
+
+    Example (an artery piece, value 3, touching the IVC goes to the vein, value 1):
+        >>> labels = np.zeros((1, 1, 12), np.uint8); labels[0, 0, 1:3] = 3; labels[0, 0, 8:10] = 3
+        >>> aorta = np.zeros_like(labels, bool); aorta[0, 0, 0] = True
+        >>> ivc = np.zeros_like(labels, bool); ivc[0, 0, 11] = True
+        >>> out, changes = reassign_by_topology(labels, roots={3: aorta, 1: ivc}, probabilities=None,
+        ...                                     max_gap_mm=2, spacing_xyz_mm=(1, 1, 1))
+        >>> out[0, 0].tolist(), changes[3]["reassigned_pieces"]
+        ([0, 3, 3, 0, 0, 0, 0, 0, 1, 1, 0, 0], 1)
+    """
+    if not max_gap_mm >= 0:
+        raise UsageError(f"--max-gap-mm must be ≥ 0 (inf keeps every piece); got {max_gap_mm}.")
+    labels = np.asarray(labels)
+    out = labels.copy()
+    voxel_ml = float(np.prod(spacing_xyz_mm)) / 1000.0
+    checked = [v for v, root in roots.items() if root is not None and np.asarray(root).any()]
+    trees: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
+    for value in checked:
+        pieces, count = ndimage.label(labels == value, structure=_FULL_3D)
+        trees[value] = (pieces, count, _tree_reaching(pieces, count, roots[value], max_gap_mm, spacing_xyz_mm))
+    changes: dict[int, dict] = {}
+    for value in checked:
+        pieces, count, rooted = trees[value]
+        stats = {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0}
+        for number in np.nonzero(~rooted)[0]:
+            if number == 0:
+                continue
+            piece = pieces == number
+            other = None
+            for candidate in checked:
+                if candidate == value:
+                    continue
+                c_pieces, _, c_rooted = trees[candidate]
+                tree = np.asarray(roots[candidate], dtype=bool) | c_rooted[c_pieces]
+                if _tree_reaching(piece.astype(np.int32), 1, tree, max_gap_mm, spacing_xyz_mm)[1]:
+                    other = candidate
+                    break
+            if other is None:
+                out[piece] = 0
+                stats["dropped_pieces"] += 1
+                stats["dropped_ml"] += float(piece.sum()) * voxel_ml
+                continue
+            if probabilities is None:
+                out[piece] = other
+            else:
+                choices = [v for v in probabilities if v != value]
+                stacked = np.stack([np.asarray(probabilities[v])[piece] for v in choices])
+                out[piece] = np.asarray(choices, dtype=out.dtype)[np.argmax(stacked, axis=0)]
+            stats["reassigned_pieces"] += 1
+            stats["reassigned_ml"] += float(piece.sum()) * voxel_ml
+        changes[value] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
+    return out, changes

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+from renalseg.labels import BY_KEY
 from renalseg.study import unpack_study
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-_OUTLINE_RGB = {"kidney": (200, 135, 90), "tumour": (190, 90, 230)}
+# the kidney in its registry colour; the tumour lighter than its registry purple, to show on dark CT
+_OUTLINE_RGB = {"kidney": BY_KEY["kidney"].rgb, "tumour": (190, 90, 230)}
 _SLAB_MARGIN_MM = 5.0
 _SLAB_MAX_MM = 40.0
 _TEXT = (240, 240, 240)

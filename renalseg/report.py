@@ -49,6 +49,7 @@ import numpy as np
 
 from renalseg import __version__
 from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError
+from renalseg.labels import BY_KEY, structure_kind
 
 __all__ = [
     "INSTALL_HINT",
@@ -56,7 +57,6 @@ __all__ = [
     "DEFAULT_MAX_FACES",
     "STRUCTURE_STYLES",
     "PageMesh",
-    "structure_kind",
     "read_label_names",
     "build_meshes",
     "build_figure",
@@ -82,12 +82,12 @@ _SMOOTHING_ITERATIONS = 10
 
 #: colour (CSS hex) and opacity per kind of structure; arteries by the patient's side
 STRUCTURE_STYLES: dict[str, dict[str, Any]] = {
-    "artery_right": {"color": "#d62728", "opacity": 1.0},
+    "artery_right": {"color": BY_KEY["artery"].color, "opacity": 1.0},
     "artery_left": {"color": "#ff7f0e", "opacity": 1.0},
-    "artery": {"color": "#d62728", "opacity": 1.0},
-    "vein": {"color": "#1f5fbf", "opacity": 1.0},
-    "kidney": {"color": "#c8875a", "opacity": 0.22},
-    "tumour": {"color": "#8e44ad", "opacity": 1.0},
+    "artery": {"color": BY_KEY["artery"].color, "opacity": 1.0},
+    "vein": {"color": BY_KEY["vein"].color, "opacity": 1.0},
+    "kidney": {"color": BY_KEY["kidney"].color, "opacity": 0.22},
+    "tumour": {"color": BY_KEY["tumour"].color, "opacity": 1.0},
     "territory": {"color": "#888888", "opacity": 0.30},
     "other": {"color": "#7f7f7f", "opacity": 0.5},
 }
@@ -95,20 +95,6 @@ STRUCTURE_STYLES: dict[str, dict[str, Any]] = {
 _KIND_ORDER = ("artery", "vein", "tumour", "other", "kidney", "territory")
 _TERRITORY_PALETTE = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf", "#bcbd22")
 _SIDE_ORDER = {"right": 0, "left": 1, "all": 2}
-
-
-def structure_kind(name: str) -> str:
-    """The kind of structure a label name means: artery, vein, kidney, tumour or other.
-
-    Example:
-        >>> [structure_kind(n) for n in ("renal_artery", "renal_vein", "kidney", "tumor", "cyst")]
-        ['artery', 'vein', 'kidney', 'tumour', 'other']
-    """
-    lowered = name.lower()
-    for key, kind in (("arter", "artery"), ("vein", "vein"), ("tumo", "tumour"), ("kidney", "kidney")):
-        if key in lowered:
-            return kind
-    return "other"
 
 
 @dataclass(frozen=True)

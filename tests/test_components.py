@@ -33,14 +33,13 @@ def test_corner_and_edge_contacts_are_one_component_everywhere(tmp_path):
     ct, mask = _pieces_ct()
     assert count_pieces(mask, ct.geometry.spacing_xyz_mm) == {"components": 2, "specks": 2,
                                                               "speck_volume_ml": 0.0013}
-    # rods in a zero background hold no air or fat: force past the HU plausibility check
-    result = segment_study(ct.to_sitk(), SegmentConfig(input_is_roi=True, side="left", force=True, min_component_mm3=0,
-                                                        max_gap_mm=float("inf")),
+    result = segment_study(ct.to_sitk(), SegmentConfig(input_is_roi=True, side="left", min_component_mm3=0,
+                                                        max_gap_mm=float("inf"), force=True),  # no value below 0 HU
                            segmenter=threshold_segmenter())
     labels = Volume.from_sitk(result.labels)
     assert np.array_equal(labels.array.astype(bool), mask)
     report = result.report["arteries"]["left"]
-    summary = export_meshes(labels, tmp_path, label_names={1: "renal_artery"}, rois=result.report["rois"])
+    summary = export_meshes(labels, tmp_path, label_names={3: "renal_artery"}, rois=result.report["rois"])
     tree = summary["trees"]["renal_artery"]["left"]
     (mesh,) = summary["meshes"]
     assert report["components"] == tree["components"] == mesh["bodies"] == 2
@@ -51,10 +50,10 @@ def test_corner_and_edge_contacts_are_one_component_everywhere(tmp_path):
 
 def test_report_says_what_cleanup_removed():
     ct, mask = _pieces_ct()
-    result = segment_study(ct.to_sitk(), SegmentConfig(input_is_roi=True, side="left", force=True, min_component_mm3=1.0,
-                                                        max_gap_mm=float("inf")),
+    result = segment_study(ct.to_sitk(), SegmentConfig(input_is_roi=True, side="left", min_component_mm3=1.0,
+                                                        max_gap_mm=float("inf"), force=True),  # no value below 0 HU
                            segmenter=threshold_segmenter())
     cleanup = result.report["arteries"]["left"]["cleanup"]
     assert cleanup["small_pieces"] == 2 and cleanup["small_ml"] == 0.0013 and cleanup["far_pieces"] == 0
     assert result.report["arteries"]["left"]["specks"] == 0
-    assert int(sitk.GetArrayFromImage(result.labels).sum()) == int(mask.sum()) - 2
+    assert int((sitk.GetArrayFromImage(result.labels) == 3).sum()) == int(mask.sum()) - 2

@@ -183,11 +183,11 @@ def test_seg_nrrd_equals_the_label_map_on_its_grid(tmp_path, analytic_model):
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     assert np.allclose(header["space origin"], image.GetOrigin(), atol=1e-4)
     assert np.allclose(header["space directions"], (direction * np.asarray(image.GetSpacing())).T, atol=1e-4)
-    assert header["Segment0_Name"] == "Renal artery" and header["Segment0_LabelValue"] == "1"
+    assert header["Segment0_Name"] == "Renal artery" and header["Segment0_LabelValue"] == "3"
     assert header["Segment0_Layer"] == "0" and header["Segment0_Color"] == "0.839216 0.152941 0.156863"
     assert "TerminologyEntry:Segmentation category and type - DICOM master list~SCT^91723000^" \
            "Anatomical Structure~SCT^2841007^Renal artery~" in header["Segment0_Tags"]
-    nz = np.argwhere(labels == 1)
+    nz = np.argwhere(labels == 3)
     lo, hi = nz.min(axis=0)[::-1], nz.max(axis=0)[::-1]  # x, y, z
     assert header["Segment0_Extent"] == " ".join(str(int(v)) for pair in zip(lo, hi) for v in pair)
     # ITK reads the same grid back (what Slicer's reader does)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from renalseg.errors import UsageError
 from renalseg.phantom import synthesize_abdomen
-from renalseg.phantom.variants import PHASE_RANGES_HU, VARIANT_KINDS, random_variant
+from renalseg.phantom.variants import VARIANT_KINDS, random_variant
 
 SMALL = {"inplane_voxels": 128, "spacing_xyz_mm": (3.0, 3.0, 3.0)}
 SEED = 4
@@ -69,12 +69,14 @@ def test_fov_cut_stops_inside_the_kidney_with_its_hilum_in_view():
     assert (case.label.array[0] == 2).any()  # the first (lowest) slice cuts through the kidney
 
 
-@pytest.mark.parametrize("phase", ["non_contrast", "portal_venous", "nephrographic"])
+@pytest.mark.parametrize("phase", ["non-contrast", "portal-venous", "nephrographic"])
 def test_contrast_phase_sets_blood_and_kidney_hu(default, phase):
     case = synthesize_abdomen(SEED, phase=phase, **SMALL)
     hu = case.params["intensities_hu"]
-    lo, hi = PHASE_RANGES_HU[phase]["renal_vein"]
-    assert lo <= hu["renal_vein"] <= hi
+    if phase == "non-contrast":
+        assert 30.0 <= hu["renal_vein"] <= 50.0 and 30.0 <= hu["renal_artery"] <= 50.0
+    else:  # the veins as bright as the arteries: only anatomy tells them apart
+        assert hu["renal_vein"] >= hu["renal_artery"] and hu["renal_artery"] <= 250.0
     assert hu["kidney_medulla"] <= hu["kidney_cortex"]
     assert np.array_equal(case.label.array, default.label.array)  # same anatomy
 
@@ -92,9 +94,9 @@ def test_variants_are_deterministic_and_validated():
     options = random_variant(31, "drop")
     a, b = synthesize_abdomen(31, **options, **SMALL), synthesize_abdomen(31, **options, **SMALL)
     assert np.array_equal(a.image.array, b.image.array)
-    assert {random_variant(s)["phase"] for s in range(40)} >= {"non_contrast", "portal_venous"}
+    assert {random_variant(s)["phase"] for s in range(40)} >= {"non-contrast", "portal-venous"}
     assert len({tuple(sorted(random_variant(s, k))) for s in range(3) for k in VARIANT_KINDS}) > 5
-    with pytest.raises(UsageError, match="Did you mean 'portal_venous'"):
+    with pytest.raises(UsageError, match="Did you mean 'portal-venous'"):
         synthesize_abdomen(0, phase="portal_venus", **SMALL)
     with pytest.raises(UsageError, match="kidney_drop_mm"):
         synthesize_abdomen(0, kidney_drop_mm={"right": 400}, **SMALL)
@@ -107,10 +109,10 @@ def test_synth_cli_variant_flags(tmp_path):
 
     out = tmp_path / "abd"
     result = CliRunner().invoke(app, ["synth", "--out", str(out), "--kind", "abdomen", "--cases", "1",
-                                      "--spacing", "4,4,4", "--absent", "right", "--phase", "non_contrast",
+                                      "--spacing", "4,4,4", "--absent", "right", "--phase", "non-contrast",
                                       "--quiet"])
     assert result.exit_code == 0, result.output
     params = json.loads((out / "cases.json").read_text())
-    assert "absent" in json.dumps(params) and "non_contrast" in json.dumps(params)
+    assert "absent" in json.dumps(params) and "non-contrast" in json.dumps(params)
     refused = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "r"), "--kind", "roi", "--drop", "right:50"])
     assert refused.exit_code == 2 and "--kind abdomen" in refused.output

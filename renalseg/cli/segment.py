@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -77,6 +78,14 @@ def _summary_table(rows: list[dict]) -> Any:
     return table
 
 
+def _structures(text: str | None, classes: Any) -> tuple[str, ...]:
+    """``--structures`` checked against the model's classes (a usage error before any study)."""
+    from renalseg.labels import STRUCTURES, output_values, parse_structures
+
+    values = set(output_values(classes).values())
+    return parse_structures(text, [s.key for s in STRUCTURES if s.value in values])
+
+
 @handle_errors
 def segment(
     inputs: StudiesArgument,
@@ -106,11 +115,15 @@ def segment(
         "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
         "referencing the source series, for PACS viewers.")] = True,
     force: ForceOption = False,
+    structures: Annotated[Optional[str], typer.Option(
+        "--structures", metavar="artery,vein,kidney,tumour",
+        help="Which structures to write (KiPA22 values: 1 vein, 2 kidney, 3 artery, 4 tumour; labels.json names "
+             "them). Default: every structure the model labels.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Segment the renal artery tree of each study.
+    """Segment the renal artery tree (and the vein, kidney and tumour, when the model labels them) of each study.
 
     Writes [bold]DIR/<study>/[/]: labels.nii.gz (on the input's grid exactly), labels.json,
     labels.seg.nrrd (3D Slicer), report.json, preview.png (and probabilities.nii.gz; for
@@ -141,6 +154,7 @@ def segment(
         return
     try:
         segmenter = load_model(weights, device)
+        config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
     except ModelError as err:  # no study could run: a usage error, found before the first one
         raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:

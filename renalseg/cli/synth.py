@@ -34,9 +34,15 @@ def synth(
     spacing: Annotated[str | None, typer.Option("--spacing", metavar="X,Y,Z",
                                                 help="Fixed voxel spacing in mm (e.g. the model's 0.7,0.7,1.0); "
                                                 "default: varied per case as in clinical scans.")] = None,
+    phase_mix: Annotated[str | None, typer.Option(
+        "--phase-mix", metavar="PHASE:SHARE,...",
+        help="Draw each case's contrast phase (arterial, late-arterial, portal-venous, nephrographic) with these "
+             "shares, e.g. arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1; cases.json records "
+             "it. Default: arterial-phase intensities as before.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     phase: Annotated[str | None, typer.Option(
-        "--phase", help="abdomen: contrast phase (arterial, non_contrast, portal_venous, nephrographic).",
+        "--phase", help="Contrast phase of every case: non-contrast, arterial, late-arterial, portal-venous, "
+        "nephrographic (renalseg.phantom.phases).",
         show_default=False)] = None,
     drop: Annotated[str | None, typer.Option(
         "--drop", metavar="SIDE:MM", help="abdomen: that kidney sits MM lower (e.g. right:90; up to 150).",
@@ -106,6 +112,11 @@ def synth(
         def make(case_seed: int, **fixed):  # type: ignore[no-redef]
             return synthesize_abdomen(case_seed, **{**fixed, **random_variant(
                 case_seed, None if variant == "random" else variant)})
+    mix = None
+    if phase_mix is not None:
+        from renalseg.phantom.phases import parse_phase_mix
+
+        mix = parse_phase_mix(phase_mix)
     progress = Progress(TextColumn("[bold]synth[/] {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=err_console, disable=quiet, transient=False)
@@ -116,7 +127,12 @@ def synth(
         def generate():
             for i in range(cases):
                 progress.update(task, description=f"{kind.value} case_{i:04d} (seed {seed + i})")
-                yield make(seed + i, **options)
+                if mix is None:
+                    yield make(seed + i, **options)
+                else:
+                    from renalseg.phantom.phases import draw_phase
+
+                    yield make(seed + i, **options, phase=draw_phase(seed + i, mix))
 
         write_cases(out, generate(), kind=kind.value, fmt=fmt.value, overwrite=overwrite,
                     on_progress=lambda i, case: progress.advance(task))

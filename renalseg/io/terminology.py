@@ -1,7 +1,7 @@
 """What each labelled structure is called in DICOM and in 3D Slicer: one registry, pure data.
 
 A label name from ``labels.json`` (``renal_artery``, ``renal_vein``, ``kidney``,
-``tumour``, ...) maps to a kind (:func:`renalseg.report.structure_kind`) and the kind
+``tumour``, ...) maps to a kind (:func:`renalseg.labels.structure_kind`) and the kind
 to a :class:`Structure`: a display name, a colour (the report page's colours) and
 SNOMED CT codes from DICOM's segmentation context groups: the category from CID 7150
 (Segmentation Property Categories), the type from CID 7151 (Segmentation Property
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from renalseg.report import STRUCTURE_STYLES, structure_kind
+from renalseg.labels import structure_kind
+from renalseg.report import STRUCTURE_STYLES
 
 __all__ = ["Structure", "structure_for", "slicer_terminology_entry"]
 

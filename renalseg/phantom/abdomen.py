@@ -468,9 +468,14 @@ def _check_options(options: dict, allowed: tuple[str, ...], fn: str) -> None:
             raise UsageError(f"{fn}: unknown option {key!r}.{suggest(key, allowed)} Valid: {', '.join(allowed)}.")
 
 
-def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -> tuple[dict, float, float]:
+def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str,
+             seed: int) -> tuple[dict, float, float]:
     intensities = sample_intensities(rng, tumour_enhancement=tumour_enhancement,
                                      ranges=options.get("intensity_ranges_hu"))
+    if options.get("phase"):  # its own generator: the case's other draws stay those of its seed
+        from renalseg.phantom.phases import apply_phase
+
+        intensities = apply_phase(intensities, options["phase"], seed=seed)
     intensities.update(options.get("intensities_hu") or {})
     psf = float(options["psf_fwhm_mm"]) if options.get("psf_fwhm_mm") is not None else float(rng.uniform(0.6, 1.0))
     noise = (float(options["noise_sigma_hu"]) if options.get("noise_sigma_hu") is not None
@@ -479,7 +484,7 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str) -
 
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "intensities_hu",
-           "intensity_ranges_hu", "spacing_xyz_mm", "territories")
+           "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase")
 
 
 def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -517,7 +522,9 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             ``intensity_ranges_hu`` (dict of tissue → (lo, hi) replacing the ranges the
             means are drawn from, e.g. ``{"renal_artery": (250, 340)}`` for weakly
             enhanced arteries; see :func:`sample_intensities`), ``territories`` (bool:
-            also draw the true perfusion territories, :attr:`PhantomCase.territory`).
+            also draw the true perfusion territories, :attr:`PhantomCase.territory`),
+            ``phase`` (a contrast phase of :mod:`renalseg.phantom.phases`; default:
+            the arterial-phase intensities as drawn).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
@@ -579,7 +586,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
         centre, hilum and artery ostium in LPS mm (an absent kidney is not listed;
         ``params["scene"]["variants"]`` records the variants drawn).
     """
-    from renalseg.phantom.variants import VARIANT_OPTIONS, VARIANT_STREAM, check_variant_options, phase_intensities
+    from renalseg.phantom.variants import VARIANT_OPTIONS, VARIANT_STREAM, check_variant_options
 
     _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices", *VARIANT_OPTIONS),
                    "synthesize_abdomen")
@@ -639,10 +646,6 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
         variants["fov_cut"] = {"side": side, "pole": pole, "fraction": round(fraction, 3), "plane_z_mm": round(float(cut), 2)}
     if options.get("off_centre_mm") is not None:
         fov_centre = shift[:2] - np.asarray(options["off_centre_mm"], dtype=float)
-    phase = options.get("phase")
-    if phase not in (None, "arterial"):
-        options = {**options, "intensities_hu": {**phase_intensities(variant_rng, phase),
-                                                  **(options.get("intensities_hu") or {})}}
     if any(options.get(name) is not None for name in VARIANT_OPTIONS):
         variants.update({name: options[name] for name in VARIANT_OPTIONS
                          if options.get(name) is not None and name != "fov_cut"})
@@ -670,7 +673,7 @@ def _reorient(volume: Volume, code: str) -> Volume:
 
 def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np.random.Generator,
                  options: dict, t0: float, *, side: str | None, reorient: str) -> PhantomCase:
-    intensities, psf, noise = _imaging(rng, options, _tumour_enhancement(scene))
+    intensities, psf, noise = _imaging(rng, options, _tumour_enhancement(scene), seed)
     t_build = time.perf_counter()
     canvas = _paint(scene, geometry, intensities)
     t_paint = time.perf_counter()

@@ -15,8 +15,8 @@ draws anyway):
 * ``fov_cut`` ``"right_lower"`` (``<side>_lower``/``<side>_upper``): the field of view
   stops (starts) inside that kidney, ``fov_cut_fraction`` (default 15–40 %) of its
   length outside, the hilum inside (liver-centred scans);
-* ``phase``: ``"arterial"`` (default), ``"non_contrast"``, ``"portal_venous"``,
-  ``"nephrographic"`` (:data:`PHASE_RANGES_HU`);
+* ``phase``: one of :data:`renalseg.phantom.phases.PHASES` (default arterial), rendered by
+  :func:`renalseg.phantom.phases.apply_phase`;
 * ``off_centre_mm`` ``(dx, dy)``: the body axis this far from the field of view's
   centre; ``fov_mm``: the in-plane field of view (300–500 mm; sets the in-plane
   spacing); ``slice_mm``: the slice spacing (0.5–3 mm).
@@ -32,45 +32,20 @@ from typing import Any
 import numpy as np
 
 from renalseg.errors import UsageError, suggest
+from renalseg.phantom.phases import PHASES
 
-__all__ = ["PHASES", "PHASE_RANGES_HU", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS",
-           "check_variant_options", "phase_intensities", "random_variant"]
+__all__ = ["VARIANT_PHASES", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS", "check_variant_options",
+           "random_variant"]
 
 #: second random stream of a seed (the variants' draws)
 VARIANT_STREAM = 23
-PHASES = ("arterial", "non_contrast", "portal_venous", "nephrographic")
+#: the contrast phases :func:`random_variant` draws (:mod:`renalseg.phantom.phases` renders them)
+VARIANT_PHASES = ("arterial", "non-contrast", "portal-venous", "nephrographic")
 #: options of :func:`renalseg.phantom.abdomen.synthesize_abdomen` this module adds
 VARIANT_OPTIONS = ("kidney_drop_mm", "absent_kidney", "malrotated", "large_tumour", "fov_cut",
                    "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm")
 _SIDES = ("left", "right")
 _CUTS = tuple(f"{side}_{pole}" for side in _SIDES for pole in ("lower", "upper"))
-
-#: per phase, the tissues whose mean HU differs from the arterial defaults
-#: (../shared/NOTES.md: real portal-venous CT has aorta ~150–210 HU, renal veins and
-#: IVC as bright or brighter, cortex and medulla close at 150–250; un-enhanced blood
-#: and kidney 30–50 HU). ``aorta``/``other_artery`` follow ``renal_artery``;
-#: ``kidney_medulla`` is given as its drop below the cortex.
-PHASE_RANGES_HU: dict[str, dict[str, tuple[float, float]]] = {
-    "arterial": {},
-    "non_contrast": {
-        "renal_artery": (30.0, 50.0), "renal_vein": (30.0, 50.0), "ivc": (30.0, 50.0),
-        "other_vein": (30.0, 50.0), "kidney_cortex": (25.0, 40.0), "kidney_medulla": (0.0, 10.0),
-        "liver": (50.0, 65.0), "spleen": (40.0, 55.0), "pancreas": (35.0, 50.0), "tumour": (20.0, 45.0),
-        "adrenal": (10.0, 40.0),
-    },
-    "portal_venous": {
-        "renal_artery": (150.0, 210.0), "renal_vein": (160.0, 240.0), "ivc": (150.0, 230.0),
-        "other_vein": (160.0, 240.0), "kidney_cortex": (150.0, 250.0), "kidney_medulla": (0.0, 40.0),
-        "liver": (100.0, 130.0), "spleen": (110.0, 140.0), "pancreas": (90.0, 120.0), "tumour": (60.0, 130.0),
-        "adrenal": (50.0, 80.0),
-    },
-    "nephrographic": {
-        "renal_artery": (140.0, 190.0), "renal_vein": (140.0, 200.0), "ivc": (130.0, 190.0),
-        "other_vein": (130.0, 180.0), "kidney_cortex": (160.0, 240.0), "kidney_medulla": (0.0, 20.0),
-        "liver": (90.0, 120.0), "spleen": (100.0, 130.0), "pancreas": (80.0, 110.0), "tumour": (50.0, 110.0),
-        "adrenal": (40.0, 70.0),
-    },
-}
 
 #: the hard cases :func:`random_variant` draws from
 VARIANT_KINDS = ("drop", "absent", "malrotated", "large_tumour", "fov_cut", "phase", "off_centre", "fov_slices")
@@ -116,24 +91,6 @@ def check_variant_options(options: dict) -> None:
             raise UsageError(f"{name} must be {lo:g}–{hi:g} mm; got {options[name]}.")
 
 
-def phase_intensities(rng: np.random.Generator, phase: str | None) -> dict[str, float]:
-    """Mean HU of the tissues ``phase`` changes (empty for the arterial phase).
-
-    Example:
-        >>> hu = phase_intensities(np.random.default_rng(0), "portal_venous")
-        >>> 150 <= hu["aorta"] <= 230 and hu["kidney_medulla"] <= hu["kidney_cortex"]
-        True
-    """
-    ranges = PHASE_RANGES_HU[phase or "arterial"]
-    out = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()}
-    if "renal_artery" in out:
-        out["aorta"] = out["renal_artery"] * float(rng.uniform(0.98, 1.06))
-        out["other_artery"] = out["aorta"] * float(rng.uniform(0.95, 1.0))
-    if "kidney_medulla" in out:
-        out["kidney_medulla"] = out["kidney_cortex"] - out["kidney_medulla"]
-    return {k: round(v, 1) for k, v in out.items()}
-
-
 def random_variant(seed: int, kind: str | None = None) -> dict[str, Any]:
     """Options of one hard case for ``synthesize_abdomen(seed, **options)``.
 
@@ -149,7 +106,7 @@ def random_variant(seed: int, kind: str | None = None) -> dict[str, Any]:
     if kind not in VARIANT_KINDS:
         raise UsageError(f"variant kind must be one of {', '.join(VARIANT_KINDS)}; got {kind!r}.")
     side = _SIDES[int(rng.integers(2))]
-    options: dict[str, Any] = {"phase": PHASES[int(rng.integers(len(PHASES)))]}
+    options: dict[str, Any] = {"phase": VARIANT_PHASES[int(rng.integers(len(VARIANT_PHASES)))]}
     if kind == "drop":
         options["kidney_drop_mm"] = {side: round(float(rng.uniform(40, 120)), 1)}
     elif kind == "absent":

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from renalseg.errors import DataLayoutError, GeometryError, RenalsegError, UsageError
 from renalseg.geometry import Geometry, assert_same_grid, resample_to_grid
 from renalseg.io.image import IMAGE_SUFFIXES, read_image
+from renalseg.labels import STRUCTURES
 from renalseg.volume import Volume
 
 __all__ = [
@@ -46,8 +47,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: KiPA22 label values (Kidney PArsing challenge 2022)
-KIPA22_LABELS: dict[int, str] = {1: "renal_vein", 2: "kidney", 3: "renal_artery", 4: "tumour"}
+#: KiPA22 label values (Kidney PArsing challenge 2022), from the registry (renalseg.labels)
+KIPA22_LABELS: dict[int, str] = {s.value: s.name for s in STRUCTURES}
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _AIR_HU = -1024.0

@@ -1,0 +1,146 @@
+"""The structure registry (renalseg.labels), the KiPA22 values in labels.nii.gz, ``--structures``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_cli_segment import _run, analytic_model  # noqa: F401  (the fixture)
+from test_pipeline import tube_ct
+
+from renalseg.errors import ModelError, UsageError
+from renalseg.geometry import Geometry
+from renalseg.io.image import write_image
+from renalseg.labels import BY_KEY, STRUCTURES, label_names, output_values, parse_structures, structure_kind
+from renalseg.pipeline import SegmentConfig, segment_study
+from renalseg.report import STRUCTURE_STYLES
+from renalseg.segmenter import ModelSpec, Segmenter
+from renalseg.volume import Volume
+
+FOUR = {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery", "4": "tumour"}
+#: HU bands of the analytic four-class model: vein, kidney, artery, tumour
+BANDS_HU = {1: (250.0, 350.0), 2: (150.0, 250.0), 3: (400.0, 600.0), 4: (50.0, 150.0)}
+
+
+def test_registry_is_kipa22_and_feeds_the_other_modules():
+    assert {s.value: s.name for s in STRUCTURES} == {1: "renal_vein", 2: "kidney", 3: "renal_artery", 4: "tumour"}
+    for s in STRUCTURES:
+        assert structure_kind(s.name) == s.key
+        assert STRUCTURE_STYLES[s.key]["color"] == s.color  # the report page's colours are the registry's
+    from renalseg.io.terminology import structure_for
+
+    assert structure_for("renal_vein").rgb == BY_KEY["vein"].rgb
+
+
+def test_model_classes_map_to_kipa_values_by_name_not_channel():
+    assert output_values({"0": "background", "1": "renal_artery"}) == {1: 3}
+    assert output_values({"0": "background", "1": "renal_artery", "2": "kidney"}) == {1: 3, 2: 2}
+    assert label_names(output_values(FOUR)) == FOUR
+    with pytest.raises(ModelError, match="none of the structures"):
+        output_values({"0": "background", "1": "spleen"})
+    with pytest.raises(ModelError, match="both the artery"):
+        output_values({"0": "background", "1": "renal_artery", "2": "artery"})
+
+
+def test_structures_choices():
+    assert parse_structures(None, ["tumour", "artery"]) == ("artery", "tumour")
+    assert parse_structures("Tumour, artery", BY_KEY) == ("artery", "tumour")
+    with pytest.raises(UsageError, match="choose from artery, vein, kidney, tumour. Did you mean 'artery'"):
+        parse_structures("arteri", BY_KEY)
+    with pytest.raises(UsageError, match="the model labels only artery"):
+        parse_structures("vein", ["artery"])
+    with pytest.raises(UsageError, match="at least one"):
+        parse_structures(" , ", BY_KEY)
+
+
+def _banded(batch: np.ndarray) -> np.ndarray:
+    """Five channels: each class where the HU falls in its band, background elsewhere."""
+    hu = batch * 2048.0 - 1024.0
+    out = np.zeros((batch.shape[0], 5, *batch.shape[2:]), np.float32)
+    for c, (lo, hi) in BANDS_HU.items():
+        out[:, c] = ((hu >= lo) & (hu < hi))[:, 0]
+    out[:, 0] = 1.0 - out[:, 1:].sum(axis=1)
+    return out
+
+
+def _four_class_ct() -> tuple[Volume, np.ndarray]:
+    """Fat with a kidney block, a tumour inside it, an artery and a vein rod (20 mm tall: no great vessels)."""
+    geometry = Geometry((20, 40, 48), (0.7, 0.7, 1.0), (-20.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    truth = np.zeros(geometry.shape_zyx, np.uint8)
+    truth[2:18, 5:35, 4:22] = 2
+    truth[6:12, 12:20, 8:14] = 4
+    truth[:, 10:14, 30:34] = 3
+    truth[:, 24:30, 30:36] = 1
+    hu = np.full(geometry.shape_zyx, -100.0, np.float32)
+    for value, (lo, hi) in BANDS_HU.items():
+        hu[truth == value] = (lo + hi) / 2
+    return Volume(hu.astype(np.int16), geometry), truth
+
+
+def _segment(**config):
+    volume, truth = _four_class_ct()
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    result = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True, side="right", **config),
+                           segmenter=Segmenter.from_predictor(_banded, spec))
+    return Volume.from_sitk(result.labels).array, truth, result
+
+
+def test_four_structures_written_with_kipa_values_and_reported():
+    labels, truth, result = _segment()
+    assert np.array_equal(labels, truth)
+    assert result.label_names == FOUR
+    assert result.report["settings"]["structures"] == ["artery", "vein", "kidney", "tumour"]
+    figures = result.report["structures"]
+    assert set(figures) == {"artery", "vein", "kidney", "tumour"}
+    voxel_ml = 0.7 * 0.7 * 1.0 / 1000
+    assert figures["vein"]["right"]["volume_ml"] == pytest.approx((truth == 1).sum() * voxel_ml, abs=1e-3)
+    assert figures["kidney"]["right"]["components"] == 1
+    # the tumour block: 6 × 4.2 × 5.6 mm (whole voxels)
+    assert figures["tumour"]["right"]["largest_diameter_mm"] == pytest.approx(np.sqrt(6**2 + 5.6**2 + 4.2**2), abs=0.06)
+    assert "topology" in result.report  # both vessels labelled: the check ran (no great vessels in view)
+
+
+def test_structures_subset_leaves_the_others_background():
+    labels, truth, result = _segment(structures=("vein", "tumour"))
+    assert np.array_equal(labels, np.where(np.isin(truth, (1, 4)), truth, 0))
+    assert result.label_names == {"0": "background", "1": "renal_vein", "4": "tumour"}
+    assert set(result.report["structures"]) == {"vein", "tumour"}
+    with pytest.raises(UsageError, match="unknown structure"):
+        _segment(structures=("cortex",))
+
+
+def test_artery_only_model_writes_the_artery_as_3(tmp_path, analytic_model):  # noqa: F811
+    volume, mask = tube_ct()
+    write_image(volume, tmp_path / "a.nii.gz")
+    result = _run("segment", tmp_path / "a.nii.gz", "--out", tmp_path / "out", "--input-is-roi")
+    assert result.exit_code == 0, result.output
+    from renalseg.io.image import read_image
+
+    labels = Volume.from_sitk(read_image(tmp_path / "out" / "a" / "labels.nii.gz")).array
+    assert set(np.unique(labels)) == {0, 3}
+    assert json.loads((tmp_path / "out" / "a" / "labels.json").read_text()) == {"0": "background",
+                                                                                "3": "renal_artery"}
+
+
+def test_bad_structures_is_a_usage_error_listing_the_choices(tmp_path, analytic_model):  # noqa: F811
+    volume, _ = tube_ct()
+    write_image(volume, tmp_path / "a.nii.gz")
+    result = _run("segment", tmp_path / "a.nii.gz", "--out", tmp_path / "out", "--structures", "artery,vien")
+    assert result.exit_code == 2
+    assert "artery, vein, kidney, tumour" in result.stderr and "Did you mean 'vein'" in result.stderr
+    result = _run("segment", tmp_path / "a.nii.gz", "--out", tmp_path / "out", "--structures", "kidney")
+    assert result.exit_code == 2 and "labels only artery" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_reads_the_artery_value_from_labels_json(tmp_path):
+    from renalseg.metrics import evaluate_pairs
+
+    volume, truth = _four_class_ct()
+    folder = tmp_path / "case"
+    write_image(Volume(truth, volume.geometry), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps(FOUR))
+    write_image(Volume(truth, volume.geometry), tmp_path / "truth.nii.gz")
+    (row,) = evaluate_pairs([folder], [tmp_path / "truth.nii.gz"], gt_label=3)
+    assert row["dice"] == 1.0

@@ -1,0 +1,81 @@
+"""Topology clean-up on hand-built trees: artery pieces belong to the aorta's tree, vein pieces to the IVC's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from renalseg.great_vessels import find_great_vessels
+from renalseg.postprocess import reassign_by_topology
+
+ARTERY, VEIN = 3, 1
+SPACING = (1.0, 1.0, 1.0)
+
+
+def _scene():
+    """Aorta (x 50-57) and IVC (x 30-37) along z; an artery branch from the aorta, an 'artery' piece on the IVC."""
+    shape = (40, 30, 64)
+    aorta = np.zeros(shape, bool); aorta[:, 10:18, 50:58] = True
+    ivc = np.zeros(shape, bool); ivc[:, 10:18, 30:38] = True
+    labels = np.zeros(shape, np.uint8)
+    labels[20:23, 12:15, 40:49] = ARTERY      # branch 1 mm from the aorta's wall: stays
+    labels[5:8, 12:15, 20:29] = ARTERY        # 1 mm from the IVC's wall: contradicts its class
+    labels[30:33, 12:15, 2:8] = ARTERY        # 22 mm from both: on no tree
+    labels[10:13, 20:23, 38:41] = VEIN        # touches the IVC: stays
+    return labels, aorta, ivc
+
+
+def _probabilities(labels):
+    """The network: 0.6 artery / 0.3 vein on artery voxels, 0.8 vein on vein voxels, background elsewhere."""
+    p = {v: np.zeros(labels.shape, np.float32) for v in (0, 1, 2, 3, 4)}
+    p[ARTERY][labels == ARTERY] = 0.6; p[VEIN][labels == ARTERY] = 0.3; p[0][labels == ARTERY] = 0.1
+    p[VEIN][labels == VEIN] = 0.8; p[0][labels == VEIN] = 0.2
+    p[0][labels == 0] = 1.0
+    return p
+
+
+def test_artery_piece_on_the_ivc_moves_to_vein_and_one_on_the_aorta_stays():
+    labels, aorta, ivc = _scene()
+    out, changes = reassign_by_topology(labels, roots={ARTERY: aorta, VEIN: ivc}, probabilities=_probabilities(labels),
+                                        max_gap_mm=5.0, spacing_xyz_mm=SPACING)
+    assert (out[20:23, 12:15, 40:49] == ARTERY).all()            # attached to the aorta: stays
+    assert (out[5:8, 12:15, 20:29] == VEIN).all()                # attached to the IVC: the vein, its next class
+    assert not out[30:33, 12:15, 2:8].any()                      # on neither tree: dropped
+    assert (out[10:13, 20:23, 38:41] == VEIN).all()
+    assert changes[ARTERY] == {"reassigned_pieces": 1, "reassigned_ml": 0.081, "dropped_pieces": 1,
+                               "dropped_ml": 0.054}
+    assert changes[VEIN] == {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0}
+
+
+def test_a_chain_of_pieces_reaches_the_root_and_no_vein_probability_drops():
+    labels, aorta, ivc = _scene()
+    labels[20:23, 12:15, 30:38] = ARTERY  # a piece 2 mm beyond the branch: on the aorta's tree through it
+    labels[20:23, 12:15, 30:38][:, :, 0] = 0
+    p = _probabilities(labels)
+    p[VEIN][labels == ARTERY] = 0.0  # the network gave the vein nothing there
+    out, changes = reassign_by_topology(labels, roots={ARTERY: aorta, VEIN: ivc}, probabilities=p,
+                                        max_gap_mm=5.0, spacing_xyz_mm=SPACING)
+    assert (out[20:23, 12:15, 31:38] == ARTERY).all()
+    assert not out[5:8, 12:15, 20:29].any()  # its next class is background: dropped
+    assert changes[ARTERY]["reassigned_pieces"] == 1
+
+
+def test_without_probabilities_the_piece_moves_whole_and_without_a_root_nothing_changes():
+    labels, aorta, ivc = _scene()
+    out, _ = reassign_by_topology(labels, roots={ARTERY: aorta, VEIN: ivc}, probabilities=None, max_gap_mm=5.0,
+                                  spacing_xyz_mm=SPACING)
+    assert (out[5:8, 12:15, 20:29] == VEIN).all()
+    same, changes = reassign_by_topology(labels, roots={ARTERY: np.zeros_like(aorta), VEIN: ivc},
+                                         probabilities=None, max_gap_mm=5.0, spacing_xyz_mm=SPACING)
+    assert np.array_equal(same[labels == ARTERY], labels[labels == ARTERY]) and ARTERY not in changes
+
+
+def test_great_vessels_found_by_position_not_brightness():
+    hu = np.full((40, 30, 64), -100.0, np.float32)
+    _, aorta, ivc = _scene()
+    hu[aorta] = 160.0; hu[ivc] = 190.0  # portal-venous: the IVC brighter than the aorta
+    spacing = (1.5, 1.5, 1.5)  # 12 mm wide tubes, 60 mm tall
+    found = find_great_vessels(hu, spacing, side="right")
+    assert np.array_equal(found["aorta"], aorta) and np.array_equal(found["ivc"], ivc)
+    assert find_great_vessels(hu, spacing, side="left") == {}  # the medial half of a left ROI holds neither
+    hu[ivc] = -100.0
+    assert find_great_vessels(hu, spacing, side="right") == {}  # one tube: which is it? not guessed
