@@ -323,19 +323,28 @@ def segment_study(
                                                    default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)).array
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
+    from renalseg import quality
+
+    started = time.perf_counter()
+    limits = quality.limits_from_card(spec.limits)
+    scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi)
+    timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
 
     # 2. every ROI through the network
+    tta_dice: dict[str, float | None] = {}
     predicted: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for roi, lo, hi, roi_hu in resampled_rois:
         stage = f"segment {roi.side}"
         started = time.perf_counter()
-        probabilities = segmenter.predict(
+        mirrored = quality.MirrorAgreement(segmenter.predictor, quality.mirror_sets((0, 1, 2))) if tta else None
+        probabilities = (segmenter if mirrored is None else dataclasses.replace(segmenter, predictor=mirrored)).predict(
             roi_hu, overlap=config.overlap, tta=tta,
             on_progress=lambda done, total, stage=stage: progress(stage, done, total),
         )
         timings["inference"] += time.perf_counter() - started
         predicted.append((roi, lo, hi, roi_hu, probabilities))
+        tta_dice[roi.side] = mirrored.dice() if mirrored is not None else None
 
     # 3. back onto the study's grid, label, clean, paste
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
@@ -344,6 +353,7 @@ def segment_study(
     voxel_ml = study_geometry.voxel_volume_mm3 / 1000.0
     sides: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
+    uncertainty: dict[str, dict[str, Any]] = {}
     for roi, lo, hi, roi_hu, probabilities in predicted:
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
@@ -383,6 +393,12 @@ def segment_study(
         views.append(RoiView(roi.side, roi_hu, Volume.from_sitk(artery_on_grid).array.astype(bool),
                              tuple(roi.grid.spacing_xyz_mm)))  # type: ignore[arg-type]
         timings["postprocess"] += time.perf_counter() - started
+        started = time.perf_counter()
+        artery_probability = probabilities[1] if probabilities.shape[0] == 2 else 1.0 - probabilities[0]
+        uncertainty[roi.side] = quality.artery_uncertainty(
+            artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, pieces=count_components(artery),
+            tta_dice=tta_dice.get(roi.side))
+        timings["quality"] += time.perf_counter() - started
 
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
@@ -408,6 +424,7 @@ def segment_study(
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None},
         "arteries": sides,
+        "quality": quality.judge(scan_quality, uncertainty, limits),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if spec.synthetic_training_only:
@@ -453,7 +470,14 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
         if preview and result.views:
             from renalseg.preview import render_preview
 
-            render_preview(result.views, title=result.study_id).save(staging / "preview.png")
+            picture = render_preview(result.views, title=result.study_id)
+            if "quality" in result.report:
+                from renalseg.preview import add_banner
+                from renalseg.quality import verdict_line
+
+                picture = add_banner(picture, verdict_line(result.report["quality"]),
+                                     result.report["quality"]["verdict"])
+            picture.save(staging / "preview.png")
         report = json.loads(json.dumps(result.report, default=str))
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
         report["outputs"] = sorted(p.name for p in staging.iterdir()) + ["report.json"]

@@ -77,6 +77,8 @@ __all__ = [
     "DEFAULT_LIMITS",
     "QualityLimits",
     "limits_from_card",
+    "ScanQuality",
+    "assess_scan",
     "measure_phase_hu",
     "classify_phase",
     "measure_scan",
@@ -84,6 +86,7 @@ __all__ = [
     "MirrorAgreement",
     "mirror_sets",
     "judge",
+    "verdict_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -628,12 +631,39 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     }
 
 
+# -- one study ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanQuality:
+    """What a study's own pixels say, before the network runs (see :func:`assess_scan`).
+
+    Attributes:
+        phase: one of :data:`PHASES`, or ``"unknown"``.
+        evidence: the phase call in words, with the HU behind it.
+        phase_hu: :func:`measure_phase_hu`'s result.
+        scan: :func:`measure_scan`'s result.
+    """
+
+    phase: str
+    evidence: str
+    phase_hu: dict[str, Any]
+    scan: dict[str, Any]
+
+
+def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS, *,
+                input_is_roi: bool = False) -> ScanQuality:
+    """Contrast phase and scan quality of one study around its kidney ROIs."""
+    phase_hu = measure_phase_hu(image, rois, input_is_roi=input_is_roi)
+    phase, evidence = classify_phase(phase_hu)
+    return ScanQuality(phase, evidence, phase_hu, measure_scan(image, rois, limits))
+
+
 # -- the verdict -------------------------------------------------------------------------------
 
 
-def judge(phase: str, phase_hu: Mapping[str, Any], scan: Mapping[str, Any],
-          uncertainty: Mapping[str, Mapping[str, Any]], limits: QualityLimits = DEFAULT_LIMITS,
-          *, evidence: str = "") -> dict[str, Any]:
+def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]],
+          limits: QualityLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -643,11 +673,15 @@ def judge(phase: str, phase_hu: Mapping[str, Any], scan: Mapping[str, Any],
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
         ...         "truncated": [], "metal_ml": 0}
-        >>> judge("portal_venous", {"aorta": 180, "renal_cortex": 185}, scan, {})["verdict"]
-        'unreliable'
-        >>> judge("late_arterial", {"aorta": 380, "renal_cortex": 200}, scan, {})["verdict"]
+        >>> venous = ScanQuality("portal_venous", "", {"aorta": 180, "renal_cortex": 185}, scan)
+        >>> result = judge(venous, {})
+        >>> result["verdict"], result["warnings"][0][:58]
+        ('unreliable', 'portal-venous phase: the arteries are no brighter than the')
+        >>> judge(ScanQuality("late_arterial", "", {"aorta": 380, "renal_cortex": 200}, scan), {})["verdict"]
         'ok'
     """
+    phase, phase_hu, scan, evidence = (scan_quality.phase, scan_quality.phase_hu, scan_quality.scan,
+                                       scan_quality.evidence)
     findings: list[tuple[str, str]] = []
     words = PHASE_WORDS.get(phase, phase)
     validated = ", ".join(PHASE_WORDS[p] for p in limits.phases)
@@ -728,3 +762,16 @@ def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     from renalseg.inference import _mirror_sets
 
     return _mirror_sets(mirror_axes)
+
+
+def verdict_line(quality: Mapping[str, Any]) -> str:
+    """One line for a reader: the verdict, the phase and the first reason.
+
+    Example:
+        >>> verdict_line({"verdict": "ok", "phase": "late_arterial", "warnings": []})
+        'quality: ok (late arterial phase)'
+    """
+    phase = PHASE_WORDS.get(str(quality.get("phase")), str(quality.get("phase")))
+    line = f"quality: {quality.get('verdict')} ({phase} phase)"
+    warnings = quality.get("warnings") or []
+    return line + (f": {warnings[0]}" if warnings else "")
