@@ -308,16 +308,23 @@ def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bo
     centres = np.array([(b[0] + b[1]) / 2 for b in boxes])
     column_tube = tube.max(axis=0)            # (y, x): each column's best tube value
     column_z = tube.argmax(axis=0)
-    # bone: what dense cortex (smoothed HU > 350) encloses in each slice: the marrow of the
-    # vertebral bodies and ribs, which is as bright as contrast-filled blood (a contrast-
-    # filled vessel above 350 HU is solid, encloses nothing, and stays); a column that is
-    # marrow in a quarter of its slices is no vessel
+    # bone: marrow (smoothed > 80 HU) enclosed, in a slice, by dense cortex (> 250 HU): the
+    # vertebral bodies and ribs, whose marrow is as bright as contrast-filled blood (a vessel
+    # above 250 HU is solid and encloses nothing; a calyx ring encloses sinus fat or urine);
+    # a column that is marrow or cortex in a quarter of its slices is no vessel
     slab = np.ones((1, 3, 3), bool)
-    dense = ndimage.binary_closing(smooth > 350.0, slab)
-    bone = ndimage.binary_dilation(ndimage.binary_fill_holes(dense, slab) & ~dense, slab, iterations=2)
-    # and a vessel is as bright all along as its tube value says, while a vertebral column's
-    # tube value is its discs' and its median the marrow's
-    steady = np.median(smooth, axis=0) - column_tube < 50.0
+    dense = ndimage.binary_closing(hu > 250.0, slab)
+    marrow = ndimage.binary_fill_holes(dense, slab) & ~dense & (smooth > 80.0)
+    bone = ndimage.binary_dilation(marrow, slab, iterations=2)
+    bone |= dense & ndimage.binary_dilation(bone, slab)
+    # and a vessel is about as bright all along as its tube value says (within −15 HU … +40 HU or 20 %
+    # of it in 70 % of the slices ±40 mm around its best one), while a vertebral column's
+    # tube value is its discs', and bowel, stomach and organs change from slice to slice
+    reach = int(round(40.0 / spacing))
+    window = np.clip(column_z[None] + np.arange(-reach, reach + 1)[:, None, None], 0, hu.shape[0] - 1)
+    along = np.take_along_axis(smooth, window, axis=0)
+    steady = ((along >= column_tube - 15.0) & (along <= column_tube + np.maximum(40.0, 0.2 * column_tube))
+              ).mean(axis=0) >= 0.7
     plausible = (column_tube < 1500.0) & (bone.mean(axis=0) < 0.25) & steady
     out: dict[str, Any] = {"aorta": None, "ivc": None, "portal_vein": None}
     x_grid, y_grid = np.meshgrid(xs, ys)
