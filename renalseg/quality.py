@@ -23,10 +23,11 @@ the IVC and the portal vein run), smoothed, and
   brightest such tube on the patient's left of the midline between the kidneys, the
   IVC the brightest on the right, the portal vein the brightest in front of them
   (one ROI, or an input that is an ROI: the brightest tube, and the next one);
-* the **kidney** is the non-fat tissue in the core of each ROI; the renal cortex and
-  medulla are its 90th and 30th percentiles (robust: no kidney mask is needed,
-  whatever the phase), and excreted contrast is the volume brighter than 300 HU
-  there that is no vertical tube.
+* the **kidney**: in the core of each ROI the renal cortex is the 95th percentile of
+  the soft tissue (in every contrast phase the cortex is the brightest parenchyma
+  there); the kidney is the largest blob within 45 HU of it, its holes in each slice
+  filled; the medulla is that region's 15th percentile, and excreted contrast the
+  volume above 300 HU in it that is neither a vertical tube nor bone.
 
 The phases and what tells them apart (HU of the aorta A, the brightest vein V, the
 cortex C and the medulla M):
@@ -146,11 +147,11 @@ class QualityLimits:
     spacing_unreliable_factor: float = 2.0
     noise_unreliable_factor: float = 2.0
     min_artery_contrast_hu: float = 60.0
+    tree_length_mm: tuple[float, float] = (150.0, 2500.0)
     uncertain_share_check: float = 0.35
     uncertain_share_unreliable: float = 0.6
-    tta_dice_check: float = 0.8
     max_pieces: int = 12
-    tree_length_mm: tuple[float, float] = (150.0, 2500.0)
+    tta_dice_check: float = 0.8
     branch_points: tuple[int, int] = (4, 200)
     validated_on: str = "defaults (the model card has no limits block)"
 
@@ -281,8 +282,10 @@ def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bo
     Returns:
         ``aorta``, ``ivc``, ``portal_vein`` (median HU of each vessel's brightest
         1.5 ml of vertical tube; ``None`` where none was found), ``renal_cortex``,
-        ``renal_medulla`` (90th and 30th percentiles of the non-fat tissue in the ROIs'
-        cores), ``excreted_ml`` (volume above 300 HU in those cores that is no vertical
+        ``renal_medulla`` (95th percentile of the soft tissue in the ROIs' cores, and
+        15th percentile of the kidney found there), ``corticomedullary_hu`` (cortex minus
+        the 15th percentile of the kidney within 90 HU of the cortex: lesions left out),
+        ``excreted_ml`` (volume above 300 HU in those cores that is no vertical
         tube: contrast in the collecting system), ``survey_spacing_mm``.
     """
     from scipy import ndimage
@@ -403,10 +406,15 @@ def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bo
         disk = np.zeros((1, 7, 7), bool)
         disk[0] = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
         region = ndimage.binary_fill_holes(ndimage.binary_closing(kidney, disk), slab)
-        inner = ndimage.binary_erosion(region & (smooth > -30.0), slab) & (smooth < 300.0)
+        inner = ndimage.binary_erosion(region & (smooth > -30.0), slab, iterations=2) & (smooth < 300.0)
         inside = smooth[inner]
         out["renal_cortex"] = cortex
         out["renal_medulla"] = float(np.percentile(inside, 15)) if inside.size >= 50 else cortex
+        # the corticomedullary difference without lesions (cysts, hypodense tumours, far darker than
+        # any enhancing medulla that could be mistaken for an even nephrogram)
+        parenchyma = inside[inside >= cortex - 90.0]
+        out["corticomedullary_hu"] = round(cortex - float(np.percentile(parenchyma, 15)), 1) \
+            if parenchyma.size >= 50 else None
         # excreted contrast: above 300 HU inside that region, no vertical tube, no bone
         out["excreted_ml"] = round(float((region & (hu > 300.0) & ~vertical & ~bone).sum() * voxel_ml), 2)
     out["survey_spacing_mm"] = round(spacing, 2)
@@ -440,12 +448,13 @@ def classify_phase(hu: Mapping[str, Any]) -> tuple[str, str]:
     veins = [float(v) for v in (hu.get("ivc"), hu.get("portal_vein")) if v is not None]
     vein = max(veins) if veins else None
     excreted = float(hu.get("excreted_ml") or 0.0)
-    difference = cortex_v - medulla_v
+    difference = float(hu["corticomedullary_hu"]) if hu.get("corticomedullary_hu") is not None \
+        else cortex_v - medulla_v
     facts = f"aorta {aorta_v:.0f} HU, renal cortex {cortex_v:.0f}, medulla {medulla_v:.0f}" + (
         f", brightest vein {vein:.0f}" if vein is not None else "")
     if max(aorta_v, cortex_v) < 95.0:
         return "non_contrast", f"nothing enhances ({facts})"
-    if excreted >= 0.5 and aorta_v < 220.0:
+    if excreted >= 0.5 and aorta_v < 220.0 and difference < 30.0:
         return "delayed", f"contrast in the collecting system ({excreted:.1f} ml above 300 HU; {facts})"
     if aorta_v >= cortex_v + 50.0 and aorta_v >= 220.0:
         if vein is None or vein < 105.0:
@@ -491,7 +500,10 @@ def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits =
     for roi in rois:
         start = np.asarray(roi.start_zyx, int)
         stop = start + np.asarray(roi.shape_zyx, int)
-        if getattr(roi, "truncated", False) or (start < 0).any() or (stop > np.asarray(array.shape)).any():
+        # past the scan by more than the ROI's own margins (10 mm head to foot, 15 mm in-plane)
+        overshoot_mm = np.maximum(np.maximum(-start, 0), np.maximum(stop - np.asarray(array.shape), 0)) * \
+            np.asarray(geometry.spacing_xyz_mm)[::-1]
+        if getattr(roi, "truncated", False) or (overshoot_mm > np.array([10.0, 15.0, 15.0])).any():
             truncated.append(roi.side)
         lo, hi = np.maximum(start, 0), np.minimum(stop, array.shape)
         if not (hi > lo).all():
@@ -607,7 +619,7 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
         probability: float ``(Z, Y, X)`` artery probability on the model grid.
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the grid's spacing.
-        pieces: disconnected artery pieces (counted when ``None``).
+        pieces: disconnected artery pieces (``None``: those of at least 5 mm³ are counted).
         tta_dice: :meth:`MirrorAgreement.dice`, when TTA ran.
 
     Returns:
@@ -625,8 +637,10 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     candidate = probability >= 0.25
     count = int(candidate.sum())
     unsure = int((candidate & (probability <= 0.75)).sum())
-    if pieces is None:
-        pieces = int(ndimage.label(artery, structure=np.ones((3, 3, 3)))[1])
+    if pieces is None:  # pieces of at least 5 mm³ (specks say little about the tree)
+        labelled, count = ndimage.label(artery, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:] * float(np.prod(spacing_xyz_mm))
+        pieces = int((sizes >= 5.0).sum())
     length, branches = _skeleton_stats(artery, spacing_xyz_mm)
     return {
         "uncertain_share": round(unsure / count, 4) if count else 1.0,
