@@ -638,8 +638,8 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     count = int(candidate.sum())
     unsure = int((candidate & (probability <= 0.75)).sum())
     if pieces is None:  # pieces of at least 5 mm³ (specks say little about the tree)
-        labelled, count = ndimage.label(artery, structure=np.ones((3, 3, 3)))
-        sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:] * float(np.prod(spacing_xyz_mm))
+        labelled, found = ndimage.label(artery, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(labelled.ravel(), minlength=found + 1)[1:] * float(np.prod(spacing_xyz_mm))
         pieces = int((sizes >= 5.0).sum())
     length, branches = _skeleton_stats(artery, spacing_xyz_mm)
     return {

@@ -194,9 +194,10 @@ def test_artery_uncertainty_counts_doubtful_voxels_pieces_and_tree():
     p[5:25, 15, 15] = 0.95
     p[5:25, 16, 15] = 0.6
     p[10, 15, 5:15] = 0.95  # a side branch
-    p[2, 2, 2] = 0.9        # a speck
+    p[2, 2:4, 2:5] = 0.9    # a piece of 6 mm³: counted
+    p[27, 27, 27] = 0.9     # a speck of 1 mm³: not counted
     result = artery_uncertainty(p, p >= 0.5, (1.0, 1.0, 1.0))
-    assert result["uncertain_share"] == pytest.approx(20 / 51, abs=1e-3)
+    assert result["uncertain_share"] == pytest.approx(20 / 57, abs=1e-3)
     assert result["pieces"] == 2
     assert result["tree_length_mm"] > 20 and result["branch_points"] >= 1
 
