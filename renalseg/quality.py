@@ -108,7 +108,7 @@ _SURVEY_VOXELS = 700_000        # the survey grid's size target (its spacing fol
 _SURVEY_MIN_SPACING_MM = 1.2
 _TUBE_HALF_INPLANE_MM = 4.0     # vertical tubes: minimum over ±4 mm in-plane ...
 _TUBE_HALF_Z_MM = 20.0          # ... and ±20 mm head to foot (a vertebra and its disc)
-_TOP_ML = 1.5                   # a vessel's HU: median over its brightest 1.5 ml of tube
+_TOP_ML = 1.5                   # a vessel's HU: median over (at most) its brightest 1.5 ml of lumen
 _MEDIAL_REACH_MM = 110.0        # one kidney: the great vessels lie up to this far medial of its centre
 _METAL_HU = 2500.0
 
@@ -362,7 +362,11 @@ def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bo
         z_lo, z_hi = max(0, z0 - int(40 / spacing)), z0 + int(40 / spacing) + 1
         sub_tube = tube[z_lo:z_hi][:, column_mask]
         sub_hu = smooth[z_lo:z_hi][:, column_mask]
-        return _top_median(sub_hu.ravel(), sub_tube.ravel(), top), near
+        # its lumen: the voxels whose tube value is close to the best one (not a fixed volume:
+        # a thin or partly hidden vessel would take fat into the median)
+        best_tube = float(values[best])
+        lumen = sub_tube >= best_tube - max(40.0, 0.2 * abs(best_tube))
+        return _top_median(sub_hu[lumen], sub_tube[lumen], top), near
 
     out["aorta"], aorta_near = vessel(aorta_region)
     if input_is_roi or len(sides) == 1:
