@@ -790,13 +790,17 @@ def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def verdict_line(quality: Mapping[str, Any]) -> str:
-    """One line for a reader: the verdict, the phase and the first reason.
+    """One line for a reader: the verdict and its first reason (or the phase when all is well).
 
     Example:
         >>> verdict_line({"verdict": "ok", "phase": "late_arterial", "warnings": []})
         'quality: ok (late arterial phase)'
+        >>> verdict_line({"verdict": "check", "phase": "late_arterial", "warnings": ["noisy image", "cut"]})
+        'quality: check: noisy image (+1 more in report.json)'
     """
-    phase = PHASE_WORDS.get(str(quality.get("phase")), str(quality.get("phase")))
-    line = f"quality: {quality.get('verdict')} ({phase} phase)"
     warnings = quality.get("warnings") or []
-    return line + (f": {warnings[0]}" if warnings else "")
+    if not warnings:
+        phase = PHASE_WORDS.get(str(quality.get("phase")), str(quality.get("phase")))
+        return f"quality: {quality.get('verdict')} ({phase} phase)"
+    more = f" (+{len(warnings) - 1} more in report.json)" if len(warnings) > 1 else ""
+    return f"quality: {quality.get('verdict')}: {warnings[0]}{more}"
