@@ -504,10 +504,11 @@ def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits =
     for roi in rois:
         start = np.asarray(roi.start_zyx, int)
         stop = start + np.asarray(roi.shape_zyx, int)
-        # past the scan by more than the ROI's own margins (10 mm head to foot, 15 mm in-plane)
+        # the kidney cut (localisation says so), or its ROI past the scan by more than twice its
+        # own margins (10 mm head to foot, 15 mm in-plane): the hilum or a pole may be cut
         overshoot_mm = np.maximum(np.maximum(-start, 0), np.maximum(stop - np.asarray(array.shape), 0)) * \
             np.asarray(geometry.spacing_xyz_mm)[::-1]
-        if getattr(roi, "truncated", False) or (overshoot_mm > np.array([10.0, 15.0, 15.0])).any():
+        if getattr(roi, "truncated", False) or (overshoot_mm > np.array([20.0, 30.0, 30.0])).any():
             truncated.append(roi.side)
         lo, hi = np.maximum(start, 0), np.minimum(stop, array.shape)
         if not (hi > lo).all():
