@@ -159,7 +159,7 @@ def test_measure_scan_spacing_noise_and_truncation():
     assert scan["slice_thickness_mm"] == 3.0 and not scan["spacing_ok"]
     assert 7.0 <= scan["noise_sd_hu"]["fat"] <= 13.0  # the added noise: SD 10 HU
     assert scan["truncated"] == []
-    cut = KidneyROI(side="left", grid=rois[1].grid, start_zyx=(-5, 0, 0), shape_zyx=rois[1].shape_zyx,
+    cut = KidneyROI(side="left", grid=rois[1].grid, start_zyx=(-15, 0, 0), shape_zyx=rois[1].shape_zyx,
                     kidney_volume_ml=1.0)
     assert measure_scan(volume.to_sitk(), [cut])["truncated"] == ["left"]
 
