@@ -244,6 +244,11 @@ def test_segment_report_has_the_quality_block_and_tta_agreement(tmp_path):
     picture = np.asarray(Image.open(folder / "preview.png"))
     banner = {"ok": (30, 110, 50), "check": (150, 110, 0), "unreliable": (160, 30, 30)}[q["verdict"]]
     assert tuple(picture[2, -2]) == banner
+    pytest.importorskip("plotly")
+    from renalseg.report import write_report
+
+    page = write_report(folder).read_text()
+    assert f"quality: {q['verdict']}" in page.split("</header>")[0]
 
 
 @pytest.mark.parametrize("strict", [False, True])
