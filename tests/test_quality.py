@@ -247,7 +247,7 @@ def test_segment_report_has_the_quality_block_and_tta_agreement(tmp_path):
     pytest.importorskip("plotly")
     from renalseg.report import write_report
 
-    page = write_report(folder).read_text()
+    page = write_report(folder).read_text(encoding="utf-8")
     assert f"quality: {q['verdict']}" in page.split("</header>")[0]
 
 
