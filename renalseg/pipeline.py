@@ -396,7 +396,8 @@ def segment_study(
         started = time.perf_counter()
         artery_probability = probabilities[1] if probabilities.shape[0] == 2 else 1.0 - probabilities[0]
         uncertainty[roi.side] = quality.artery_uncertainty(
-            artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, tta_dice=tta_dice.get(roi.side))
+            artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
+            tta_dice=tta_dice.get(roi.side))
         timings["quality"] += time.perf_counter() - started
 
     label_image = labels.to_sitk()

@@ -147,10 +147,10 @@ class QualityLimits:
     spacing_unreliable_factor: float = 2.0
     noise_unreliable_factor: float = 2.0
     min_artery_contrast_hu: float = 60.0
-    tree_length_mm: tuple[float, float] = (150.0, 2500.0)
+    tree_length_mm: tuple[float, float] = (150.0, 2000.0)
     uncertain_share_check: float = 0.35
     uncertain_share_unreliable: float = 0.6
-    max_pieces: int = 12
+    max_pieces: int = 60
     tta_dice_check: float = 0.8
     branch_points: tuple[int, int] = (4, 200)
     validated_on: str = "defaults (the model card has no limits block)"
@@ -617,20 +617,23 @@ def _skeleton_stats(mask: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[
 
 
 def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[float], *,
-                       pieces: int | None = None, tta_dice: float | None = None) -> dict[str, Any]:
+                       hu: np.ndarray | None = None, pieces: int | None = None,
+                       tta_dice: float | None = None) -> dict[str, Any]:
     """The network's own doubt about one kidney's arteries.
 
     Args:
         probability: float ``(Z, Y, X)`` artery probability on the model grid.
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the grid's spacing.
+        hu: float ``(Z, Y, X)`` CT on the same grid: gives ``artery_hu``, the median HU
+            of the segmented arteries.
         pieces: disconnected artery pieces (``None``: those of at least 5 mm³ are counted).
         tta_dice: :meth:`MirrorAgreement.dice`, when TTA ran.
 
     Returns:
         ``uncertain_share`` (of the voxels with probability ≥ 0.25, the share below
         0.75), ``mean_probability`` (over the artery), ``tta_dice``, ``pieces``,
-        ``tree_length_mm`` and ``branch_points``.
+        ``tree_length_mm``, ``branch_points`` and ``artery_hu``.
 
     Example:
         >>> p = np.zeros((10, 10, 10), np.float32); p[2:8, 5, 5] = 0.9; p[2:8, 6, 5] = 0.5
@@ -654,6 +657,7 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
         "pieces": int(pieces),
         "tree_length_mm": length,
         "branch_points": branches,
+        "artery_hu": round(float(np.median(hu[artery])), 1) if hu is not None and artery.any() else None,
     }
 
 
@@ -669,12 +673,15 @@ class ScanQuality:
         evidence: the phase call in words, with the HU behind it.
         phase_hu: :func:`measure_phase_hu`'s result.
         scan: :func:`measure_scan`'s result.
+        roi_only: the study is one kidney ROI crop (``--input-is-roi``): the aorta may
+            be out of view, so the phase rests on the kidney and the segmented arteries.
     """
 
     phase: str
     evidence: str
     phase_hu: dict[str, Any]
     scan: dict[str, Any]
+    roi_only: bool = False
 
 
 def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS, *,
@@ -682,7 +689,7 @@ def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = 
     """Contrast phase and scan quality of one study around its kidney ROIs."""
     phase_hu = measure_phase_hu(image, rois, input_is_roi=input_is_roi)
     phase, evidence = classify_phase(phase_hu)
-    return ScanQuality(phase, evidence, phase_hu, measure_scan(image, rois, limits))
+    return ScanQuality(phase, evidence, phase_hu, measure_scan(image, rois, limits), roi_only=input_is_roi)
 
 
 # -- the verdict -------------------------------------------------------------------------------
@@ -712,9 +719,15 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     words = PHASE_WORDS.get(phase, phase)
     validated = ", ".join(PHASE_WORDS[p] for p in limits.phases)
     aorta, cortex = phase_hu.get("aorta"), phase_hu.get("renal_cortex")
+    arteries_hu = [float(u["artery_hu"]) for u in uncertainty.values() if u.get("artery_hu") is not None]
     if phase == "unknown":
         findings.append(("check", f"contrast phase unknown ({evidence}); check that the arteries are the "
                                   "brightest structures near the kidneys"))
+    elif phase not in limits.phases and scan_quality.roi_only and cortex is not None and arteries_hu \
+            and min(arteries_hu) - cortex >= 2 * limits.min_artery_contrast_hu:
+        findings.append(("check", f"contrast phase unclear in a kidney crop without the aorta (the kidney alone "
+                                  f"looks {words}), but the segmented arteries ({min(arteries_hu):.0f} HU) are "
+                                  f"clearly brighter than the renal cortex ({cortex:.0f} HU)"))
     elif phase not in limits.phases:
         if phase == "non_contrast":
             detail = "the arteries are not enhanced and cannot be told from the tissue around them"
@@ -727,6 +740,9 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     elif aorta is not None and cortex is not None and aorta - cortex < limits.min_artery_contrast_hu:
         findings.append(("unreliable", f"the aorta ({aorta:.0f} HU) is barely brighter than the renal cortex "
                                        f"({cortex:.0f} HU): the arteries cannot be told from the kidney"))
+    elif cortex is not None and arteries_hu and min(arteries_hu) - cortex < limits.min_artery_contrast_hu:
+        findings.append(("unreliable", f"the segmented arteries ({min(arteries_hu):.0f} HU) are barely brighter "
+                                       f"than the renal cortex ({cortex:.0f} HU): they may be kidney or veins"))
     inplane, thickness = scan.get("inplane_spacing_mm"), scan.get("slice_thickness_mm")
     for value, (_, top), what in ((thickness, limits.slice_thickness_mm, "slice spacing"),
                                   (inplane, limits.inplane_spacing_mm, "in-plane spacing")):

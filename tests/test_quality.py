@@ -139,7 +139,8 @@ ARTERIAL_HU = {"aorta": 380.0, "renal_cortex": 200.0}
     ("late_arterial", ARTERIAL_HU, _scan(), {"left": {"uncertain_share": 0.5}}, "check", "unsure of 50%"),
     ("late_arterial", ARTERIAL_HU, _scan(), {"left": {"uncertain_share": 0.7}}, "unreliable", "unsure of 70%"),
     ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"tta_dice": 0.6}}, "check", "mirrored passes"),
-    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"pieces": 40}}, "check", "40 pieces"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"pieces": 80}}, "check", "80 pieces"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"artery_hu": 230.0}}, "unreliable", "segmented arteries"),
     ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"tree_length_mm": 20.0}}, "check", "20 mm long"),
 ])
 def test_verdict_rules(phase, hu, scan, uncertainty, verdict, words):
@@ -300,3 +301,12 @@ def test_survey_grid_stays_small():
     volume, rois = _abdomen("late_arterial")
     grid = quality.survey_grid(volume.to_sitk(), rois)
     assert np.prod(grid.shape_zyx) <= 800_000
+
+
+def test_a_kidney_crop_without_aorta_leans_on_the_segmented_arteries():
+    venous_looking = ScanQuality("portal_venous", "", {"aorta": None, "renal_cortex": 190.0}, _scan(), roi_only=True)
+    bright = judge(venous_looking, {"right": {"artery_hu": 420.0}})
+    assert bright["verdict"] == "check" and "crop without the aorta" in bright["warnings"][0]
+    assert judge(venous_looking, {"right": {"artery_hu": 230.0}})["verdict"] == "unreliable"
+    whole = ScanQuality("portal_venous", "", {"aorta": 190.0, "renal_cortex": 190.0}, _scan())
+    assert judge(whole, {"right": {"artery_hu": 420.0}})["verdict"] == "unreliable"
