@@ -258,7 +258,8 @@ def test_unreliable_study_keeps_its_outputs_and_exits_1_only_with_strict(tmp_pat
     from renalseg.cli.app import app
     from renalseg.io.image import write_image
 
-    monkeypatch.setattr(quality, "classify_phase", lambda hu: ("portal_venous", "test"))
+    venous = ScanQuality("portal_venous", "test", {"aorta": 180.0, "renal_cortex": 185.0}, _scan())
+    monkeypatch.setattr(quality, "assess_scan", lambda *args, **kwargs: venous)
     volume, _ = tube_ct()
     write_image(volume, tmp_path / "in" / "a.nii.gz")
     args = ["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--input-is-roi"]
