@@ -423,19 +423,28 @@ def segment_study(
                                                    default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)).array
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
+    from renalseg import quality
+
+    started = time.perf_counter()
+    limits = quality.limits_from_card(spec.limits)
+    scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi)
+    timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
 
     # 2. every ROI through the network
+    tta_dice: dict[str, float | None] = {}
     predicted: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for roi, lo, hi, roi_hu in resampled_rois:
         stage = f"segment {roi.side}"
         started = time.perf_counter()
-        probabilities = segmenter.predict(
+        mirrored = quality.MirrorAgreement(segmenter.predictor, quality.mirror_sets((0, 1, 2))) if tta else None
+        probabilities = (segmenter if mirrored is None else dataclasses.replace(segmenter, predictor=mirrored)).predict(
             roi_hu, overlap=config.overlap, tta=tta,
             on_progress=lambda done, total, stage=stage: progress(stage, done, total),
         )
         timings["inference"] += time.perf_counter() - started
         predicted.append((roi, lo, hi, roi_hu, probabilities))
+        tta_dice[roi.side] = mirrored.dice() if mirrored is not None else None
 
     # 3. back onto the study's grid, label, clean, paste
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
@@ -443,6 +452,7 @@ def segment_study(
                          if config.save_probabilities else None)
     cleanups: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
+    uncertainty: dict[str, dict[str, Any]] = {}
     for roi, lo, hi, roi_hu, probabilities in predicted:
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
@@ -500,6 +510,12 @@ def segment_study(
                              tuple(roi.grid.spacing_xyz_mm),  # type: ignore[arg-type]
                              _outlines_on_grid(box_labels, box, roi.grid, label_names)))
         timings["postprocess"] += time.perf_counter() - started
+        started = time.perf_counter()
+        artery_probability = probabilities[1] if probabilities.shape[0] == 2 else 1.0 - probabilities[0]
+        uncertainty[roi.side] = quality.artery_uncertainty(
+            artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
+            tta_dice=tta_dice.get(roi.side))
+        timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)
     side_order = list(sides)
@@ -532,6 +548,7 @@ def segment_study(
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
+        "quality": quality.judge(scan_quality, uncertainty, limits),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:
@@ -588,7 +605,14 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
 
             synthetic = bool(result.report.get("model", {}).get("synthetic_training_only"))
             notice = RESEARCH_NOTICE + (" Trained on synthetic phantoms." if synthetic else "")
-            render_preview(result.views, title=result.study_id, notice=notice).save(staging / "preview.png")
+            picture = render_preview(result.views, title=result.study_id, notice=notice)
+            if "quality" in result.report:
+                from renalseg.preview import add_banner
+                from renalseg.quality import verdict_line
+
+                picture = add_banner(picture, verdict_line(result.report["quality"]),
+                                     result.report["quality"]["verdict"])
+            picture.save(staging / "preview.png")
         report = json.loads(json.dumps(result.report, default=str))
         report.update(interchange)
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from renalseg.study import Study
     from renalseg.volume import Volume
 
-__all__ = ["render_preview", "mip_panels", "render_locate_preview", "slab_range", "RESEARCH_NOTICE"]
+__all__ = ["render_preview", "mip_panels", "render_locate_preview", "slab_range", "RESEARCH_NOTICE", "add_banner"]
 
 _WINDOW_HU = (-100.0, 700.0)
 _PANEL_PX = 300  # width of one panel in pixels
@@ -329,4 +329,34 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
     out.paste(left, (0, 0))
     out.paste(right, (left.width + 4, 0))
     out.info["panels"] = {"coronal": (0, left.width), "axial": (left.width + 4, out.width)}
+    return out
+
+
+#: banner colours per quality verdict (renalseg.quality.VERDICTS)
+_BANNER_RGB = {"ok": (30, 110, 50), "check": (150, 110, 0), "unreliable": (160, 30, 30)}
+
+
+def add_banner(picture: Image.Image, text: str, verdict: str, *, width_chars: int = 0) -> Image.Image:
+    """``picture`` with a coloured strip on top that says ``text`` (the quality verdict).
+
+    Args:
+        picture: e.g. :func:`render_preview`'s result.
+        text: one line, wrapped to the picture's width.
+        verdict: ``ok`` (green), ``check`` (amber) or ``unreliable`` (red).
+        width_chars: wrap width in characters (0: from the picture's width).
+
+    Example:
+        >>> add_banner(Image.new("RGB", (300, 100)), "quality: ok (late arterial phase)", "ok").size
+        (300, 124)
+    """
+    import textwrap
+
+    font = _font(14)
+    lines = textwrap.wrap(text, width=width_chars or max(20, picture.width // 8)) or [""]
+    height = 8 + 16 * len(lines)
+    out = Image.new("RGB", (picture.width, picture.height + height), _BANNER_RGB.get(verdict, (90, 90, 90)))
+    draw = ImageDraw.Draw(out)
+    for index, line in enumerate(lines):
+        draw.text((8, 4 + 16 * index), line, fill=(255, 255, 255), font=font)
+    out.paste(picture, (0, height))
     return out

@@ -588,6 +588,10 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
                         territory_names=territory_names, on_progress=lambda text: say(f"mesh {text}"))
     title = f"renalseg report: {report.get('study_id') or study_dir.name}"
     notice = _notice(report)
+    if isinstance(report.get("quality"), dict):  # the quality verdict first, where a reader looks
+        from renalseg.quality import verdict_line
+
+        notice = f"{verdict_line(report['quality'])}. {notice}"
     say("page")
     side_html = (_facts_section(report, study_dir, labels) + _volumes_section(full, labels, label_names)
                  + _plan_section(study_dir) + _images_section(study_dir)

@@ -59,6 +59,8 @@ class ModelSpec:
         scale: the range ``clip_hu`` maps to (linearly).
         sha256: sha256 of the weights file (``None`` for analytic predictors).
         synthetic_training_only: the weights never saw patient data.
+        limits: the card's ``limits`` block (empty: the defaults of
+            :data:`renalseg.quality.DEFAULT_LIMITS`).
     """
 
     name: str = "analytic"
@@ -69,6 +71,7 @@ class ModelSpec:
     scale: tuple[float, float] = (0.0, 1.0)
     sha256: str | None = None
     synthetic_training_only: bool = False
+    limits: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_card(cls, card: Any) -> ModelSpec:
@@ -86,6 +89,7 @@ class ModelSpec:
                 scale=_floats(normalization.get("scale", defaults.scale), 2),
                 sha256=data.get("sha256") or None,
                 synthetic_training_only=bool(data.get("synthetic_training_only", False)),
+                limits=dict(data.get("limits") or {}),
             )
         except (TypeError, ValueError) as err:
             raise ModelError(f"The model card is malformed ({err}); re-export the weights with "

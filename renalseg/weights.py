@@ -100,6 +100,10 @@ class ModelCard:
         training: free description of the training data and settings.
         metrics: validation metrics, e.g. ``{"dice": 0.83}``.
         synthetic_training_only: True when no real patient data was used.
+        limits: what the weights were validated on and the quality verdict's
+            thresholds (``{"validated_on": {...}, "thresholds": {...}}``, see
+            :func:`renalseg.quality.limits_from_card`); empty: the documented defaults
+            (:data:`renalseg.quality.DEFAULT_LIMITS`).
         sha256: hex digest of the ``.safetensors`` file (filled in by :func:`save_model`).
         format_version: :data:`FORMAT_VERSION` when written.
         renalseg_version: the version that wrote the files.
@@ -122,6 +126,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     synthetic_training_only: bool = True
+    limits: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     format_version: int = FORMAT_VERSION
     renalseg_version: str = __version__
@@ -135,6 +140,7 @@ class ModelCard:
         object.__setattr__(self, "normalization", {k: [float(x) for x in v] for k, v in self.normalization.items()})
         object.__setattr__(self, "training", _json_clean(dict(self.training)))
         object.__setattr__(self, "metrics", _json_clean(dict(self.metrics)))
+        object.__setattr__(self, "limits", _json_clean(dict(self.limits)))
         self._validate()
 
     def _validate(self) -> None:
@@ -154,6 +160,10 @@ class ModelCard:
                             "{'clip_hu': [lo, hi], 'scale': [a, b]} with lo < hi and a < b")
         if problems:
             raise ModelError("invalid model card: " + "; ".join(problems) + ".")
+        if self.limits:
+            from renalseg.quality import limits_from_card
+
+            limits_from_card(self.limits)  # raises ModelError naming what is wrong
 
     @property
     def num_classes(self) -> int:

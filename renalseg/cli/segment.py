@@ -46,8 +46,11 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
         result.report["study_id"] = study.study_id
         write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
         arteries = result.report.get("arteries", {})
+        quality = result.report.get("quality", {})
         return {"artery_ml": {side: arteries[side]["artery_volume_ml"] for side in arteries},
-                "components": {side: arteries[side]["components"] for side in arteries}}
+                "components": {side: arteries[side]["components"] for side in arteries},
+                "verdict": quality.get("verdict"), "phase": quality.get("phase"),
+                "warnings": quality.get("warnings", [])}
 
     def on_start(study: BatchStudy) -> None:
         progress.update(studies_task, description=f"studies ({study.study_id})")
@@ -66,14 +69,23 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
 def _summary_table(rows: list[dict]) -> Any:
     from rich.table import Table
 
-    table = Table("study", "status", "time (s)", "right artery (ml)", "left artery (ml)", "output / reason")
+    from rich.markup import escape
+
+    colours = {"ok": "green", "check": "yellow", "unreliable": "red"}
+    table = Table("study", "status", "verdict", "time (s)", "right artery (ml)", "left artery (ml)",
+                  "output / reason")
     for row in rows:
         ok = row["status"] == "ok"
         ml = row.get("artery_ml", {})
+        verdict = row.get("verdict")
+        reason = row["output"] if ok else f"{row['error']}: {row['message'].splitlines()[0][:80]}"
+        if ok and row.get("warnings"):
+            reason += "\n" + row["warnings"][0][:100]
         table.add_row(
-            row["study"], "[green]ok[/]" if ok else "[red]error[/]", f"{row['seconds']:.1f}",
+            row["study"], "[green]ok[/]" if ok else "[red]error[/]",
+            f"[{colours.get(verdict, 'white')}]{verdict}[/]" if verdict else "—", f"{row['seconds']:.1f}",
             f"{ml['right']:.2f}" if "right" in ml else "—", f"{ml['left']:.2f}" if "left" in ml else "—",
-            row["output"] if ok else f"{row['error']}: {row['message'].splitlines()[0][:80]}",
+            escape(reason),
         )
     return table
 
@@ -122,6 +134,9 @@ def segment(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 when a study's quality verdict is 'unreliable' (its outputs are still "
+        "written).")] = False,
 ) -> None:
     """Segment the renal artery tree (and the vein, kidney and tumour, when the model labels them) of each study.
 
@@ -165,6 +180,11 @@ def segment(
                 dicom_seg=dicom_seg)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
+    unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]
+    if strict and unreliable:
+        print_error(f"{len(unreliable)} study(ies) judged unreliable (--strict): {', '.join(unreliable)}; "
+                    "see quality.warnings in their report.json.")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

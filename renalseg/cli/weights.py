@@ -69,6 +69,7 @@ def info(
         "training": json.dumps(card.training) if card.training else "(not described)",
         "metrics": json.dumps(card.metrics) if card.metrics else "(none)",
         "synthetic training only": "yes — not validated on patients" if card.synthetic_training_only else "no",
+        "quality limits": _limits_text(card.limits),
         "sha256": card.sha256,
         "checksum": _checksum_status(weights, card.sha256),
         "format / renalseg": f"{card.format_version} / {card.renalseg_version}",
@@ -79,6 +80,18 @@ def info(
     if not weights.is_file() or sha256_file(weights) != card.sha256:
         # a damaged or swapped model must not look fine to a script checking the exit code
         raise typer.Exit(1)
+
+
+def _limits_text(limits: dict) -> str:
+    """What the card says the weights were validated on (the quality verdict's limits)."""
+    from renalseg.quality import PHASE_WORDS, limits_from_card
+
+    parsed = limits_from_card(limits)
+    return (("" if limits else "(no limits block: defaults) ")
+            + f"phases {', '.join(PHASE_WORDS[p] for p in parsed.phases)}; in-plane "
+            f"{parsed.inplane_spacing_mm[0]:g}–{parsed.inplane_spacing_mm[1]:g} mm; slices "
+            f"{parsed.slice_thickness_mm[0]:g}–{parsed.slice_thickness_mm[1]:g} mm; noise SD "
+            f"{parsed.noise_sd_hu[0]:g}–{parsed.noise_sd_hu[1]:g} HU")
 
 
 @weights_app.command("list")

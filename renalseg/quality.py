@@ -1,0 +1,823 @@
+"""When not to trust a result: contrast phase, scan quality and the network's uncertainty.
+
+Every ``report.json`` of ``renalseg segment`` gets a ``quality`` block::
+
+    {"phase": "portal_venous", "phase_hu": {...}, "spacing_ok": true, "noise_hu": 14.2,
+     "uncertainty": {"right": {...}, "left": {...}}, "warnings": ["portal-venous phase: ..."],
+     "verdict": "unreliable"}
+
+The verdict is ``ok``, ``check`` (look at the preview before using the tree) or
+``unreliable`` (the study is outside what the weights were validated on, or the
+network is unsure); each warning says why in plain words. Nothing here changes the
+label map.
+
+**Contrast phase** (:func:`measure_phase_hu`, :func:`classify_phase`) is read from the
+study's own intensities where localisation found the kidneys: the study is resampled
+at about 2 mm over the kidney ROIs and the region medial to them (where the aorta,
+the IVC and the portal vein run), smoothed, and
+
+* the **great vessels** are the vertical tubes that survive a minimum filter over a
+  square of ±4 mm in-plane and ±12 mm head to foot: the aorta and the IVC run the
+  whole height, while the vertebral bodies (discs every few cm), the renal arteries
+  (horizontal, 5–7 mm), ribs and bowel loops do not survive. The aorta is the
+  brightest such tube on the patient's left of the midline between the kidneys, the
+  IVC the brightest on the right, the portal vein the brightest in front of them
+  (one ROI, or an input that is an ROI: the brightest tube, and the next one);
+* the **kidney**: in the core of each ROI the renal cortex is the 95th percentile of
+  the soft tissue (in every contrast phase the cortex is the brightest parenchyma
+  there); the kidney is the largest blob within 45 HU of it, its holes in each slice
+  filled; the medulla is that region's 15th percentile, and excreted contrast the
+  volume above 300 HU in it that is neither a vertical tube nor bone.
+
+The phases and what tells them apart (HU of the aorta A, the brightest vein V, the
+cortex C and the medulla M):
+
+====================  =============================================================
+non-contrast          nothing enhances: A and C below ~90 HU
+early arterial        A ≫ kidney, strong corticomedullary difference, veins unenhanced (V < ~105)
+late arterial         A ≫ kidney, corticomedullary difference, veins enhancing (V ≥ ~105)
+portal-venous         A no brighter than the kidney and veins; cortex still above medulla
+nephrographic         A ≈ veins ≈ kidney, kidney homogeneous (C ≈ M)
+delayed (excretory)   contrast in the collecting systems (≥ 1 ml above 300 HU)
+====================  =============================================================
+
+**Scan quality** (:func:`measure_scan`): in-plane spacing and slice thickness against
+the limits of the model card, image noise (local HU standard deviation in fat and
+muscle, on the study's own voxels), truncation (the kidney ROI at the edge of the field
+of view) and metal (voxels above 2500 HU near the kidneys, which streak).
+
+**Uncertainty** (:func:`artery_uncertainty`) per kidney: the share of the candidate
+artery voxels (probability ≥ 0.25) whose probability lies in [0.25, 0.75], the
+agreement of the mirrored passes when TTA runs (:class:`MirrorAgreement`), the number
+of disconnected pieces, and the centerline length and branch count of the tree against
+the range the validation phantoms give.
+
+The thresholds and what the weights were validated on come from the model card's
+``limits`` block (:func:`limits_from_card`); a card without it gets
+:data:`DEFAULT_LIMITS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from renalseg.errors import ModelError, suggest
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+
+__all__ = [
+    "PHASES",
+    "PHASE_WORDS",
+    "VERDICTS",
+    "DEFAULT_LIMITS",
+    "QualityLimits",
+    "limits_from_card",
+    "ScanQuality",
+    "assess_scan",
+    "measure_phase_hu",
+    "classify_phase",
+    "measure_scan",
+    "artery_uncertainty",
+    "MirrorAgreement",
+    "mirror_sets",
+    "judge",
+    "verdict_line",
+]
+
+log = logging.getLogger(__name__)
+
+#: the contrast phases, in the order contrast reaches them
+PHASES: tuple[str, ...] = ("non_contrast", "early_arterial", "late_arterial", "portal_venous", "nephrographic",
+                           "delayed")
+#: how each phase is written for a reader
+PHASE_WORDS: dict[str, str] = {
+    "non_contrast": "non-contrast", "early_arterial": "early arterial", "late_arterial": "late arterial",
+    "portal_venous": "portal-venous", "nephrographic": "nephrographic", "delayed": "delayed (excretory)",
+    "unknown": "unknown",
+}
+#: the verdicts, from best to worst
+VERDICTS: tuple[str, ...] = ("ok", "check", "unreliable")
+
+_SURVEY_VOXELS = 700_000        # the survey grid's size target (its spacing follows)
+_SURVEY_MIN_SPACING_MM = 1.2
+_TUBE_HALF_INPLANE_MM = 4.0     # vertical tubes: minimum over ±4 mm in-plane ...
+_TUBE_HALF_Z_MM = 20.0          # ... and ±20 mm head to foot (a vertebra and its disc)
+_TOP_ML = 1.5                   # a vessel's HU: median over (at most) its brightest 1.5 ml of lumen
+_MEDIAL_REACH_MM = 110.0        # one kidney: the great vessels lie up to this far medial of its centre
+_METAL_HU = 2500.0
+
+
+# -- limits (from the model card) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """What the weights were validated on and the verdict's thresholds (the card's ``limits``).
+
+    Attributes:
+        phases: contrast phases the weights were validated on (others: ``unreliable``).
+        inplane_spacing_mm: validated in-plane spacing range (min, max).
+        slice_thickness_mm: validated slice spacing range (min, max).
+        noise_sd_hu: validated noise range (HU standard deviation in fat).
+        spacing_unreliable_factor: beyond ``factor`` × the validated maximum spacing
+            the verdict is ``unreliable`` (between: ``check``).
+        noise_unreliable_factor: the same for noise.
+        min_artery_contrast_hu: the aorta must be this much brighter than the renal
+            cortex, else the arteries cannot be told from the kidney (``unreliable``).
+        uncertain_share_check: the share of candidate artery voxels with probability
+            in [0.25, 0.75] above which a kidney gets ``check``...
+        uncertain_share_unreliable: ... and above which ``unreliable``.
+        tta_dice_check: below this Dice between the plain and the mirrored passes, ``check``.
+        max_pieces: more disconnected artery pieces than this per kidney: ``check``.
+        tree_length_mm: centerline length range (per kidney) on the validation phantoms.
+        branch_points: branch point count range (per kidney) on the validation phantoms.
+        validated_on: free description of the validation data.
+    """
+
+    phases: tuple[str, ...] = ("early_arterial", "late_arterial")
+    inplane_spacing_mm: tuple[float, float] = (0.5, 1.0)
+    slice_thickness_mm: tuple[float, float] = (0.5, 1.25)
+    noise_sd_hu: tuple[float, float] = (5.0, 30.0)
+    spacing_unreliable_factor: float = 2.0
+    noise_unreliable_factor: float = 2.0
+    min_artery_contrast_hu: float = 60.0
+    tree_length_mm: tuple[float, float] = (150.0, 2000.0)
+    uncertain_share_check: float = 0.35
+    uncertain_share_unreliable: float = 0.6
+    max_pieces: int = 60
+    tta_dice_check: float = 0.8
+    branch_points: tuple[int, int] = (4, 200)
+    validated_on: str = "defaults (the model card has no limits block)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(dataclasses.asdict(self))
+
+
+#: the limits of a card without a ``limits`` block
+DEFAULT_LIMITS = QualityLimits()
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists, numpy scalars to Python numbers (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def limits_from_card(limits: Mapping[str, Any] | None) -> QualityLimits:
+    """The card's ``limits`` block as :class:`QualityLimits`; missing keys keep the defaults.
+
+    The block holds ``validated_on`` (phases, spacing and noise ranges, a description)
+    and ``thresholds`` (the other fields); see ``weights/dpa_densebiasnet.json``.
+
+    Raises:
+        ModelError: an unknown key or phase (with the valid ones), or a malformed value.
+
+    Example:
+        >>> limits_from_card(None) == DEFAULT_LIMITS
+        True
+        >>> limits_from_card({"validated_on": {"phases": ["late_arterial"]}}).phases
+        ('late_arterial',)
+    """
+    if not limits:
+        return DEFAULT_LIMITS
+    fields = {f.name for f in dataclasses.fields(QualityLimits)}
+    values: dict[str, Any] = {}
+    for block in ("validated_on", "thresholds"):
+        part = dict(limits.get(block) or {})
+        if block == "validated_on" and "description" in part:
+            values["validated_on"] = str(part.pop("description"))
+        for key, value in part.items():
+            if key not in fields:
+                raise ModelError(f"model card limits.{block}: unknown key {key!r}." + suggest(key, sorted(fields))
+                                 + f" Valid: {', '.join(sorted(fields))}.")
+            values[key] = value
+    unknown = sorted(set(limits) - {"validated_on", "thresholds"})
+    if unknown:
+        raise ModelError(f"model card limits: unknown block(s) {', '.join(unknown)}; expected validated_on "
+                         "and thresholds.")
+    try:
+        for key, value in list(values.items()):
+            default = getattr(DEFAULT_LIMITS, key)
+            if isinstance(default, tuple):
+                values[key] = tuple(type(default[0])(v) if key != "phases" else str(v) for v in value)
+            elif not isinstance(default, str):
+                values[key] = type(default)(value)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"model card limits: malformed value ({err}).") from err
+    bad = [p for p in values.get("phases", ()) if p not in PHASES]
+    if bad:
+        raise ModelError(f"model card limits.validated_on.phases: unknown phase {bad[0]!r}; valid: "
+                         f"{', '.join(PHASES)}." + suggest(bad[0], PHASES))
+    return dataclasses.replace(DEFAULT_LIMITS, **values)
+
+
+# -- contrast phase ----------------------------------------------------------------------------
+
+
+def _roi_box(roi: Any) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = roi.box_mm_lps
+    return np.asarray(lo, float), np.asarray(hi, float)
+
+
+def _image_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    corners = Geometry.from_sitk(image).corners_world()
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _survey_grid(lo: np.ndarray, hi: np.ndarray) -> Geometry:
+    """An LPS-aligned grid over [lo, hi] (mm) with about ``_SURVEY_VOXELS`` voxels."""
+    extent = np.maximum(hi - lo, 1.0)
+    spacing = max(_SURVEY_MIN_SPACING_MM, float(np.cbrt(np.prod(extent) / _SURVEY_VOXELS)))
+    count = np.maximum(1, np.floor(extent / spacing).astype(int) + 1)
+    return Geometry((int(count[2]), int(count[1]), int(count[0])), (spacing,) * 3, tuple(lo.tolist()),
+                    IDENTITY_DIRECTION)
+
+
+def _top_median(values: np.ndarray, ranking: np.ndarray, count: int) -> float | None:
+    """Median of ``values`` at the ``count`` highest ``ranking`` entries (None when empty)."""
+    if values.size == 0:
+        return None
+    count = int(min(max(count, 1), values.size))
+    top = np.argpartition(ranking, values.size - count)[values.size - count:]
+    return float(np.median(values[top]))
+
+
+def survey_grid(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bool = False) -> Geometry:
+    """The LPS grid (about 2 mm) over the kidney ROIs and the region medial to them, inside the image."""
+    if not rois:
+        raise ValueError("the quality survey needs at least one kidney ROI")
+    boxes = [_roi_box(roi) for roi in rois]
+    lo = np.min([b[0] for b in boxes], axis=0)
+    hi = np.max([b[1] for b in boxes], axis=0)
+    sides = {roi.side for roi in rois}
+    if not input_is_roi and len(sides) == 1:  # reach medially to the great vessels
+        centre_x = float(np.mean([(b[0][0] + b[1][0]) / 2 for b in boxes]))
+        if "right" in sides:
+            hi[0] = max(hi[0], centre_x + _MEDIAL_REACH_MM)
+        else:
+            lo[0] = min(lo[0], centre_x - _MEDIAL_REACH_MM)
+    image_lo, image_hi = _image_box(image)
+    return _survey_grid(np.maximum(lo, image_lo), np.minimum(hi, image_hi))
+
+
+def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bool = False) -> dict[str, Any]:
+    """The HU behind the phase call, measured where localisation found the kidneys.
+
+    Args:
+        image: the study in HU (any grid and orientation).
+        rois: the kidney ROIs (:class:`renalseg.roi.KidneyROI`: ``side`` and ``box_mm_lps``).
+        input_is_roi: the image is itself one kidney ROI crop: search all of it.
+
+    Returns:
+        ``aorta``, ``ivc``, ``portal_vein`` (median HU of each vessel's brightest
+        1.5 ml of vertical tube; ``None`` where none was found), ``renal_cortex``,
+        ``renal_medulla`` (95th percentile of the soft tissue in the ROIs' cores, and
+        15th percentile of the kidney found there), ``corticomedullary_hu`` (cortex minus
+        the 15th percentile of the kidney within 90 HU of the cortex: lesions left out),
+        ``excreted_ml`` (volume above 300 HU in those cores that is no vertical
+        tube: contrast in the collecting system), ``survey_spacing_mm``.
+    """
+    from scipy import ndimage
+
+    grid = survey_grid(image, rois, input_is_roi=input_is_roi)
+    boxes = [_roi_box(roi) for roi in rois]
+    sides = {roi.side for roi in rois}
+    hu = sitk.GetArrayFromImage(resample_to_grid(image, grid, interpolator=sitk.sitkLinear, default_value=-1024.0,
+                                                 pixel_type=sitk.sitkFloat32))
+    spacing = grid.spacing_xyz_mm[0]
+    smooth = ndimage.gaussian_filter(hu, 1.0)
+    half_xy = max(1, int(round(_TUBE_HALF_INPLANE_MM / spacing)))
+    half_z = max(1, int(round(_TUBE_HALF_Z_MM / spacing)))
+    # (past the survey's ends a tube is not known to go on: air there, not a reflection)
+    tube = ndimage.minimum_filter(smooth, size=(2 * half_z + 1, 1, 1), mode="constant", cval=-1024.0)
+    tube = ndimage.minimum_filter(tube, size=(1, 2 * half_xy + 1, 2 * half_xy + 1))
+    voxel_ml = spacing ** 3 / 1000.0
+    top = int(round(_TOP_ML / voxel_ml))
+
+    # voxel-centre coordinates (LPS mm) along each axis of the survey
+    xs = grid.origin_xyz_mm[0] + spacing * np.arange(grid.shape_zyx[2])
+    ys = grid.origin_xyz_mm[1] + spacing * np.arange(grid.shape_zyx[1])
+    centres = np.array([(b[0] + b[1]) / 2 for b in boxes])
+    column_tube = tube.max(axis=0)            # (y, x): each column's best tube value
+    column_z = tube.argmax(axis=0)
+    # bone: marrow (smoothed > 80 HU) enclosed, in a slice, by dense cortex (> 250 HU): the
+    # vertebral bodies and ribs, whose marrow is as bright as contrast-filled blood (a vessel
+    # above 250 HU is solid and encloses nothing; a calyx ring encloses sinus fat or urine);
+    # a column that is marrow or cortex in a quarter of its slices is no vessel
+    slab = np.ones((1, 3, 3), bool)
+    dense = ndimage.binary_closing(hu > 250.0, slab)
+    marrow = ndimage.binary_fill_holes(dense, slab) & ~dense & (smooth > 80.0)
+    bone = ndimage.binary_dilation(marrow, slab, iterations=2)
+    bone |= dense & ndimage.binary_dilation(bone, slab)
+    # and a vessel is about as bright all along as its tube value says (within −15 HU … +40 HU or 20 %
+    # of it in 70 % of the slices ±40 mm around its best one), while a vertebral column's
+    # tube value is its discs', and bowel, stomach and organs change from slice to slice
+    reach = int(round(40.0 / spacing))
+    window = np.clip(column_z[None] + np.arange(-reach, reach + 1)[:, None, None], 0, hu.shape[0] - 1)
+    along = np.take_along_axis(smooth, window, axis=0)
+    steady = ((along >= column_tube - 15.0) & (along <= column_tube + np.maximum(40.0, 0.2 * column_tube))
+              ).mean(axis=0) >= 0.7
+    plausible = (column_tube < 1500.0) & (bone.mean(axis=0) < 0.25) & steady
+    out: dict[str, Any] = {"aorta": None, "ivc": None, "portal_vein": None}
+    x_grid, y_grid = np.meshgrid(xs, ys)
+    if input_is_roi or len(sides) == 1:
+        region = plausible.copy()
+        if not input_is_roi:
+            centre = centres.mean(axis=0)
+            medial = 1.0 if "right" in sides else -1.0
+            region &= medial * (x_grid - centre[0]) >= 35.0
+        aorta_region, ivc_region, portal_region = region, region, region
+    else:
+        x_mid, y_c = float(centres[:, 0].mean()), float(centres[:, 1].mean())
+        # in front of the vertebral bodies (which lie about level with the kidneys' centres)
+        band = (y_grid >= y_c - 70.0) & (y_grid <= y_c - 15.0) & plausible
+        aorta_region = band & (x_grid >= x_mid - 5.0) & (x_grid <= x_mid + 40.0)
+        ivc_region = band & (x_grid >= x_mid - 50.0) & (x_grid <= x_mid - 5.0)
+        portal_region = ivc_region
+
+    def vessel(region: np.ndarray, exclude: np.ndarray | None = None) -> tuple[float | None, np.ndarray | None]:
+        mask = region if exclude is None else region & ~exclude
+        if not mask.any():
+            return None, None
+        values = column_tube[mask]
+        ys_idx, xs_idx = np.nonzero(mask)
+        best = int(np.argmax(values))
+        yx = np.array([ys_idx[best], xs_idx[best]])
+        # the vessel's brightest voxels: the tube voxels within 12 mm in-plane of its best column
+        near = ((np.arange(tube.shape[1])[:, None] - yx[0]) ** 2
+                + (np.arange(tube.shape[2])[None, :] - yx[1]) ** 2) <= (12.0 / spacing) ** 2
+        column_mask = near & mask
+        z0 = int(column_z[yx[0], yx[1]])
+        z_lo, z_hi = max(0, z0 - int(40 / spacing)), z0 + int(40 / spacing) + 1
+        sub_tube = tube[z_lo:z_hi][:, column_mask]
+        sub_hu = smooth[z_lo:z_hi][:, column_mask]
+        # its lumen: the voxels whose tube value is close to the best one (not a fixed volume:
+        # a thin or partly hidden vessel would take fat into the median)
+        best_tube = float(values[best])
+        lumen = sub_tube >= best_tube - max(40.0, 0.2 * abs(best_tube))
+        return _top_median(sub_hu[lumen], sub_tube[lumen], top), near
+
+    out["aorta"], aorta_near = vessel(aorta_region)
+    if input_is_roi or len(sides) == 1:
+        out["ivc"], _ = vessel(ivc_region, aorta_near)
+    else:
+        out["ivc"], ivc_near = vessel(ivc_region, aorta_near)
+        if out["ivc"] is not None and ivc_near is not None:
+            # the portal vein lies in front of the IVC (anterior: lower LPS y)
+            y_ivc = float(y_grid[ivc_near].mean())
+            out["portal_vein"], _ = vessel(portal_region & (y_grid < y_ivc - 15.0), aorta_near | ivc_near)
+
+    # the kidneys: in each ROI's core (central 70 % head to foot, 60 % front to back and,
+    # medial-lateral, the lateral 60 %: the ROI's spare room is medial), the cortex is the
+    # 95th percentile of the soft tissue; the kidney is the largest blob within 45 HU of it
+    # (every contrast phase makes the cortex the brightest parenchyma there), its holes in
+    # each slice filled (medulla, sinus); the medulla is the 15th percentile of that region
+    zs = grid.origin_xyz_mm[2] + spacing * np.arange(grid.shape_zyx[0])
+    vertical = tube > 250.0
+    core = np.zeros(hu.shape, bool)
+    for roi, (b_lo, b_hi) in zip(rois, boxes):
+        span = b_hi - b_lo
+        c_lo, c_hi = b_lo + span * np.array([0.0, 0.2, 0.15]), b_hi - span * np.array([0.0, 0.2, 0.15])
+        if not input_is_roi:
+            if roi.side == "right":
+                c_hi[0] = b_lo[0] + 0.6 * span[0]
+            else:
+                c_lo[0] = b_hi[0] - 0.6 * span[0]
+        core |= (((zs >= c_lo[2]) & (zs <= c_hi[2]))[:, None, None]
+                 & ((ys >= c_lo[1]) & (ys <= c_hi[1]))[None, :, None]
+                 & ((xs >= c_lo[0]) & (xs <= c_hi[0]))[None, None, :])
+    soft = core & (smooth > -30.0) & (smooth < 300.0) & ~vertical & ~bone
+    values = smooth[soft]
+    out["renal_cortex"] = out["renal_medulla"] = None
+    out["excreted_ml"] = 0.0
+    if values.size >= 50:
+        cortex = float(np.percentile(values, 95))
+        blobs, count = ndimage.label(soft & (smooth >= cortex - 45.0))
+        sizes = np.bincount(blobs.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        kidney = blobs == int(np.argmax(sizes))
+        disk = np.zeros((1, 7, 7), bool)
+        disk[0] = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+        region = ndimage.binary_fill_holes(ndimage.binary_closing(kidney, disk), slab)
+        inner = ndimage.binary_erosion(region & (smooth > -30.0), slab, iterations=2) & (smooth < 300.0)
+        inside = smooth[inner]
+        out["renal_cortex"] = cortex
+        out["renal_medulla"] = float(np.percentile(inside, 15)) if inside.size >= 50 else cortex
+        # the corticomedullary difference without lesions (cysts, hypodense tumours, far darker than
+        # any enhancing medulla that could be mistaken for an even nephrogram)
+        parenchyma = inside[inside >= cortex - 90.0]
+        out["corticomedullary_hu"] = round(cortex - float(np.percentile(parenchyma, 15)), 1) \
+            if parenchyma.size >= 50 else None
+        # excreted contrast: above 300 HU inside that region, no vertical tube, no bone
+        out["excreted_ml"] = round(float((region & (hu > 300.0) & ~vertical & ~bone).sum() * voxel_ml), 2)
+    out["survey_spacing_mm"] = round(spacing, 2)
+    for key in ("aorta", "ivc", "portal_vein", "renal_cortex", "renal_medulla"):
+        if out[key] is not None:
+            out[key] = round(float(out[key]), 1)
+    return out
+
+
+def classify_phase(hu: Mapping[str, Any]) -> tuple[str, str]:
+    """The contrast phase from :func:`measure_phase_hu`'s HU, and the evidence in words.
+
+    Example:
+        >>> classify_phase({"aorta": 420, "ivc": 70, "portal_vein": 80, "renal_cortex": 190,
+        ...                 "renal_medulla": 60, "excreted_ml": 0})[0]
+        'early_arterial'
+        >>> classify_phase({"aorta": 180, "ivc": 175, "portal_vein": 200, "renal_cortex": 190,
+        ...                 "renal_medulla": 150, "excreted_ml": 0})[0]
+        'portal_venous'
+        >>> classify_phase({"aorta": 40, "ivc": 38, "renal_cortex": 42, "renal_medulla": 30, "excreted_ml": 0})[0]
+        'non_contrast'
+    """
+    cortex = hu.get("renal_cortex")
+    medulla = hu.get("renal_medulla")
+    aorta = hu.get("aorta")
+    if cortex is None and aorta is None:
+        return "unknown", "neither the aorta nor a kidney could be measured"
+    aorta_v = float(aorta) if aorta is not None else float(cortex)  # type: ignore[arg-type]
+    cortex_v = float(cortex) if cortex is not None else aorta_v
+    medulla_v = float(medulla) if medulla is not None else cortex_v
+    veins = [float(v) for v in (hu.get("ivc"), hu.get("portal_vein")) if v is not None]
+    vein = max(veins) if veins else None
+    excreted = float(hu.get("excreted_ml") or 0.0)
+    difference = float(hu["corticomedullary_hu"]) if hu.get("corticomedullary_hu") is not None \
+        else cortex_v - medulla_v
+    facts = f"aorta {aorta_v:.0f} HU, renal cortex {cortex_v:.0f}, medulla {medulla_v:.0f}" + (
+        f", brightest vein {vein:.0f}" if vein is not None else "")
+    if max(aorta_v, cortex_v) < 95.0:
+        return "non_contrast", f"nothing enhances ({facts})"
+    if excreted >= 0.5 and aorta_v < 220.0 and difference < 30.0:
+        return "delayed", f"contrast in the collecting system ({excreted:.1f} ml above 300 HU; {facts})"
+    if aorta_v >= cortex_v + 50.0 and aorta_v >= 220.0:
+        if vein is None or vein < 105.0:
+            return "early_arterial", f"arteries bright, veins not yet enhanced ({facts})"
+        return "late_arterial", f"arteries bright, veins enhancing ({facts})"
+    if difference >= 12.5:
+        return "portal_venous", f"arteries no brighter than kidney and veins; cortex still above medulla ({facts})"
+    return "nephrographic", f"kidney evenly enhanced, arteries no brighter than it ({facts})"
+
+
+# -- scan quality ------------------------------------------------------------------------------
+
+
+def _local_sd(plane_stack: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+
+    mean = ndimage.uniform_filter(plane_stack, size=(1, size, size))
+    mean_sq = ndimage.uniform_filter(plane_stack * plane_stack, size=(1, size, size))
+    return mean, np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+
+
+def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Spacing, noise, truncation and metal, on the study's own voxels around the kidneys.
+
+    Noise is the median local standard deviation (7 × 7 in-plane voxels) where the
+    whole window is fat (−200 … −40 HU) or muscle (20 … 80 HU), on every 4th slice of
+    each ROI's box.
+
+    Returns:
+        ``inplane_spacing_mm``, ``slice_thickness_mm``, ``spacing_ok`` (within the
+        validated ranges), ``noise_hu`` (fat, else muscle), ``noise_sd_hu`` (``fat``,
+        ``muscle``), ``truncated`` (sides whose ROI or kidney reaches past the field of
+        view), ``metal_ml``.
+    """
+    geometry = Geometry.from_sitk(image)
+    sx, sy, sz = geometry.spacing_xyz_mm
+    inplane, thickness = max(sx, sy), sz
+    array = sitk.GetArrayViewFromImage(image)
+    fat_sd: list[np.ndarray] = []
+    muscle_sd: list[np.ndarray] = []
+    truncated: list[str] = []
+    metal_voxels = 0
+    for roi in rois:
+        start = np.asarray(roi.start_zyx, int)
+        stop = start + np.asarray(roi.shape_zyx, int)
+        # the kidney cut (localisation says so), or its ROI past the scan by more than twice its
+        # own margins (10 mm head to foot, 15 mm in-plane): the hilum or a pole may be cut
+        overshoot_mm = np.maximum(np.maximum(-start, 0), np.maximum(stop - np.asarray(array.shape), 0)) * \
+            np.asarray(geometry.spacing_xyz_mm)[::-1]
+        if getattr(roi, "truncated", False) or (overshoot_mm > np.array([20.0, 30.0, 30.0])).any():
+            truncated.append(roi.side)
+        lo, hi = np.maximum(start, 0), np.minimum(stop, array.shape)
+        if not (hi > lo).all():
+            continue
+        step = max(1, (hi[0] - lo[0]) // 24)  # ~24 slices per ROI are plenty for a median
+        block = np.asarray(array[lo[0]:hi[0]:step, lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        metal_voxels += int((block > _METAL_HU).sum()) * step
+        mean, sd = _local_sd(block, 7)
+        # a window entirely in one tissue: its mean inside the range and its spread small
+        fat = (mean > -200.0) & (mean < -40.0) & (sd < 60.0)
+        muscle = (mean > 20.0) & (mean < 80.0) & (sd < 60.0)
+        fat_sd.append(sd[fat])
+        muscle_sd.append(sd[muscle])
+
+    def median(parts: list[np.ndarray]) -> float | None:
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        return round(float(np.median(values)), 1) if values.size >= 200 else None
+
+    fat_noise, muscle_noise = median(fat_sd), median(muscle_sd)
+    noise = fat_noise if fat_noise is not None else muscle_noise
+    spacing_ok = (inplane <= limits.inplane_spacing_mm[1] + 1e-6
+                  and thickness <= limits.slice_thickness_mm[1] + 1e-6)
+    return {
+        "inplane_spacing_mm": round(float(inplane), 3),
+        "slice_thickness_mm": round(float(thickness), 3),
+        "spacing_ok": bool(spacing_ok),
+        "noise_hu": noise,
+        "noise_sd_hu": {"fat": fat_noise, "muscle": muscle_noise},
+        "truncated": truncated,
+        "metal_ml": round(metal_voxels * geometry.voxel_volume_mm3 / 1000.0, 2),
+    }
+
+
+# -- the network's uncertainty -----------------------------------------------------------------
+
+
+class MirrorAgreement:
+    """A predictor wrapper that measures how well the mirrored TTA passes agree.
+
+    :func:`renalseg.inference.sliding_window` calls the predictor once per mirroring
+    of each batch, the plain pass first, in the order of
+    :func:`mirror_sets`; this wrapper flips each mirrored output
+    back and accumulates its artery overlap with the plain pass.
+
+    Args:
+        predict: the predictor to wrap.
+        flips: the mirrorings, plain first (``mirror_sets((0, 1, 2))``).
+        channel: the artery channel.
+
+    Example:
+        >>> from renalseg.inference import sliding_window
+        >>> x = np.zeros((8, 8, 8), np.float32); x[2:5, 3, 3] = 1
+        >>> wrapper = MirrorAgreement(lambda b: np.concatenate([1 - b, b], 1), mirror_sets((0, 1, 2)))
+        >>> _ = sliding_window(x, wrapper, window_zyx=(8, 8, 8), mirror_axes=(0, 1, 2))
+        >>> wrapper.dice()
+        1.0
+    """
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], flips: Sequence[tuple[int, ...]], *,
+                 channel: int = 1) -> None:
+        self.predict = predict
+        self.flips = list(flips)
+        self.channel = channel
+        self._calls = 0
+        self._plain: np.ndarray | None = None
+        self._overlap = 0
+        self._total = 0
+
+    def __getattr__(self, name: str) -> Any:  # device, max_batch, ... of the wrapped predictor
+        return getattr(self.__dict__["predict"], name)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        output = np.asarray(self.predict(batch))
+        axes = self.flips[self._calls % len(self.flips)]
+        self._calls += 1
+        mask = np.flip(output[:, self.channel], tuple(a + 1 for a in axes)) >= 0.5 if axes else \
+            output[:, self.channel] >= 0.5
+        if not axes:
+            self._plain = mask
+        elif self._plain is not None and self._plain.shape == mask.shape:
+            self._overlap += 2 * int((mask & self._plain).sum())
+            self._total += int(mask.sum()) + int(self._plain.sum())
+        return output
+
+    def dice(self) -> float | None:
+        """Mean Dice of the mirrored passes' artery masks against the plain pass (None: no TTA)."""
+        if self._calls <= 1 or len(self.flips) <= 1:
+            return None
+        return round(self._overlap / self._total, 4) if self._total else 1.0
+
+
+def _skeleton_stats(mask: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[float, int]:
+    """(centerline length mm, branch points) of a mask, roughly: a 3D thinning, counted."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    if not mask.any():
+        return 0.0, 0
+    region = ndimage.find_objects(mask.astype(np.uint8))[0]
+    skeleton = skeletonize(mask[region]).astype(bool)
+    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
+    neighbours = np.where(skeleton, neighbours - 1, 0)
+    _, branch_points = ndimage.label(neighbours >= 3, structure=np.ones((3, 3, 3)))
+    step_mm = float(np.mean(spacing_xyz_mm))
+    return round(float(skeleton.sum() * step_mm), 1), int(branch_points)
+
+
+def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[float], *,
+                       hu: np.ndarray | None = None, pieces: int | None = None,
+                       tta_dice: float | None = None) -> dict[str, Any]:
+    """The network's own doubt about one kidney's arteries.
+
+    Args:
+        probability: float ``(Z, Y, X)`` artery probability on the model grid.
+        artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
+        spacing_xyz_mm: the grid's spacing.
+        hu: float ``(Z, Y, X)`` CT on the same grid: gives ``artery_hu``, the median HU
+            of the segmented arteries.
+        pieces: disconnected artery pieces (``None``: those of at least 5 mm³ are counted).
+        tta_dice: :meth:`MirrorAgreement.dice`, when TTA ran.
+
+    Returns:
+        ``uncertain_share`` (of the voxels with probability ≥ 0.25, the share below
+        0.75), ``mean_probability`` (over the artery), ``tta_dice``, ``pieces``,
+        ``tree_length_mm``, ``branch_points`` and ``artery_hu``.
+
+    Example:
+        >>> p = np.zeros((10, 10, 10), np.float32); p[2:8, 5, 5] = 0.9; p[2:8, 6, 5] = 0.5
+        >>> artery_uncertainty(p, p >= 0.5, (1.0, 1.0, 1.0))["uncertain_share"]
+        0.5
+    """
+    from scipy import ndimage
+
+    candidate = probability >= 0.25
+    count = int(candidate.sum())
+    unsure = int((candidate & (probability <= 0.75)).sum())
+    if pieces is None:  # pieces of at least 5 mm³ (specks say little about the tree)
+        labelled, found = ndimage.label(artery, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(labelled.ravel(), minlength=found + 1)[1:] * float(np.prod(spacing_xyz_mm))
+        pieces = int((sizes >= 5.0).sum())
+    length, branches = _skeleton_stats(artery, spacing_xyz_mm)
+    return {
+        "uncertain_share": round(unsure / count, 4) if count else 1.0,
+        "mean_probability": round(float(probability[artery].mean()), 4) if artery.any() else 0.0,
+        "tta_dice": tta_dice,
+        "pieces": int(pieces),
+        "tree_length_mm": length,
+        "branch_points": branches,
+        "artery_hu": round(float(np.median(hu[artery])), 1) if hu is not None and artery.any() else None,
+    }
+
+
+# -- one study ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanQuality:
+    """What a study's own pixels say, before the network runs (see :func:`assess_scan`).
+
+    Attributes:
+        phase: one of :data:`PHASES`, or ``"unknown"``.
+        evidence: the phase call in words, with the HU behind it.
+        phase_hu: :func:`measure_phase_hu`'s result.
+        scan: :func:`measure_scan`'s result.
+        roi_only: the study is one kidney ROI crop (``--input-is-roi``): the aorta may
+            be out of view, so the phase rests on the kidney and the segmented arteries.
+    """
+
+    phase: str
+    evidence: str
+    phase_hu: dict[str, Any]
+    scan: dict[str, Any]
+    roi_only: bool = False
+
+
+def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS, *,
+                input_is_roi: bool = False) -> ScanQuality:
+    """Contrast phase and scan quality of one study around its kidney ROIs."""
+    phase_hu = measure_phase_hu(image, rois, input_is_roi=input_is_roi)
+    phase, evidence = classify_phase(phase_hu)
+    return ScanQuality(phase, evidence, phase_hu, measure_scan(image, rois, limits), roi_only=input_is_roi)
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+
+def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]],
+          limits: QualityLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
+
+    Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
+    what the weights were validated on, or the network unsure); the verdict is the
+    worst finding, ``ok`` when there is none.
+
+    Example:
+        >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
+        ...         "truncated": [], "metal_ml": 0}
+        >>> venous = ScanQuality("portal_venous", "", {"aorta": 180, "renal_cortex": 185}, scan)
+        >>> result = judge(venous, {})
+        >>> result["verdict"], result["warnings"][0][:58]
+        ('unreliable', 'portal-venous phase: the arteries are no brighter than the')
+        >>> judge(ScanQuality("late_arterial", "", {"aorta": 380, "renal_cortex": 200}, scan), {})["verdict"]
+        'ok'
+    """
+    phase, phase_hu, scan, evidence = (scan_quality.phase, scan_quality.phase_hu, scan_quality.scan,
+                                       scan_quality.evidence)
+    findings: list[tuple[str, str]] = []
+    words = PHASE_WORDS.get(phase, phase)
+    validated = ", ".join(PHASE_WORDS[p] for p in limits.phases)
+    aorta, cortex = phase_hu.get("aorta"), phase_hu.get("renal_cortex")
+    arteries_hu = [float(u["artery_hu"]) for u in uncertainty.values() if u.get("artery_hu") is not None]
+    if phase == "unknown":
+        findings.append(("check", f"contrast phase unknown ({evidence}); check that the arteries are the "
+                                  "brightest structures near the kidneys"))
+    elif phase not in limits.phases and scan_quality.roi_only and cortex is not None and arteries_hu \
+            and min(arteries_hu) - cortex >= 2 * limits.min_artery_contrast_hu:
+        findings.append(("check", f"contrast phase unclear in a kidney crop without the aorta (the kidney alone "
+                                  f"looks {words}), but the segmented arteries ({min(arteries_hu):.0f} HU) are "
+                                  f"clearly brighter than the renal cortex ({cortex:.0f} HU)"))
+    elif phase not in limits.phases:
+        if phase == "non_contrast":
+            detail = "the arteries are not enhanced and cannot be told from the tissue around them"
+        elif phase == "delayed":
+            detail = "contrast in the collecting system is as bright as arteries, and the arteries are faint"
+        else:
+            detail = "the arteries are no brighter than the kidney and the veins"
+        findings.append(("unreliable", f"{words} phase: {detail}; artery labels are unreliable (the weights "
+                                       f"were validated on {validated} phase only)"))
+    elif aorta is not None and cortex is not None and aorta - cortex < limits.min_artery_contrast_hu:
+        findings.append(("unreliable", f"the aorta ({aorta:.0f} HU) is barely brighter than the renal cortex "
+                                       f"({cortex:.0f} HU): the arteries cannot be told from the kidney"))
+    elif cortex is not None and arteries_hu and min(arteries_hu) - cortex < limits.min_artery_contrast_hu:
+        findings.append(("unreliable", f"the segmented arteries ({min(arteries_hu):.0f} HU) are barely brighter "
+                                       f"than the renal cortex ({cortex:.0f} HU): they may be kidney or veins"))
+    inplane, thickness = scan.get("inplane_spacing_mm"), scan.get("slice_thickness_mm")
+    for value, (_, top), what in ((thickness, limits.slice_thickness_mm, "slice spacing"),
+                                  (inplane, limits.inplane_spacing_mm, "in-plane spacing")):
+        if value is None or value <= top + 1e-6:
+            continue
+        level = "unreliable" if value > limits.spacing_unreliable_factor * top else "check"
+        findings.append((level, f"{what} {value:.2g} mm is coarser than the {top:g} mm the weights were validated "
+                                f"on: segmental and interlobar arteries (1–3 mm) are blurred or missed"))
+    noise = scan.get("noise_hu")
+    if noise is not None and noise > limits.noise_sd_hu[1]:
+        level = "unreliable" if noise > limits.noise_unreliable_factor * limits.noise_sd_hu[1] else "check"
+        findings.append((level, f"noisy image (SD {noise:.0f} HU in fat; validated up to "
+                                f"{limits.noise_sd_hu[1]:g} HU): thin branches may be missed or invented"))
+    for side in scan.get("truncated") or ():
+        findings.append(("check", f"the {side} kidney reaches the edge of the scan: arteries there may be cut"))
+    if (scan.get("metal_ml") or 0) >= 0.05:
+        findings.append(("check", f"metal near the kidneys ({scan['metal_ml']:.2f} ml above {_METAL_HU:.0f} HU): "
+                                  "streak artefacts may break or add branches"))
+    for side, u in uncertainty.items():
+        share = u.get("uncertain_share")
+        if share is not None and share > limits.uncertain_share_check:
+            level = "unreliable" if share > limits.uncertain_share_unreliable else "check"
+            findings.append((level, f"{side} kidney: the network is unsure of {share:.0%} of its artery voxels "
+                                    "(probability 0.25–0.75)"))
+        if u.get("tta_dice") is not None and u["tta_dice"] < limits.tta_dice_check:
+            findings.append(("check", f"{side} kidney: mirrored passes agree only to Dice {u['tta_dice']:.2f}"))
+        if u.get("pieces", 0) > limits.max_pieces:
+            findings.append(("check", f"{side} kidney: the tree falls apart into {u['pieces']} pieces"))
+        length, branches = u.get("tree_length_mm"), u.get("branch_points")
+        if length is not None and not limits.tree_length_mm[0] <= length <= limits.tree_length_mm[1]:
+            findings.append(("check", f"{side} kidney: artery tree {length:.0f} mm long, outside the "
+                                      f"{limits.tree_length_mm[0]:.0f}–{limits.tree_length_mm[1]:.0f} mm of the "
+                                      "validation phantoms"))
+        elif branches is not None and not limits.branch_points[0] <= branches <= limits.branch_points[1]:
+            findings.append(("check", f"{side} kidney: {branches} branch points, outside the "
+                                      f"{limits.branch_points[0]}–{limits.branch_points[1]} of the validation "
+                                      "phantoms"))
+    verdict = "ok"
+    for level, _ in findings:
+        if VERDICTS.index(level) > VERDICTS.index(verdict):
+            verdict = level
+    findings.sort(key=lambda f: -VERDICTS.index(f[0]))
+    return json_ready({
+        "verdict": verdict,
+        "phase": phase,
+        "phase_evidence": evidence,
+        "phase_hu": dict(phase_hu),
+        "spacing_ok": scan.get("spacing_ok"),
+        "noise_hu": noise,
+        "scan": dict(scan),
+        "uncertainty": {side: dict(u) for side, u in uncertainty.items()},
+        "warnings": [text for _, text in findings],
+        "limits": limits.to_dict(),
+    })
+
+
+def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the axes, the empty one first: the order sliding_window predicts them in."""
+    from renalseg.inference import _mirror_sets
+
+    return _mirror_sets(mirror_axes)
+
+
+def verdict_line(quality: Mapping[str, Any]) -> str:
+    """One line for a reader: the verdict and its first reason (or the phase when all is well).
+
+    Example:
+        >>> verdict_line({"verdict": "ok", "phase": "late_arterial", "warnings": []})
+        'quality: ok (late arterial phase)'
+        >>> verdict_line({"verdict": "check", "phase": "late_arterial", "warnings": ["noisy image", "cut"]})
+        'quality: check: noisy image (+1 more in report.json)'
+    """
+    warnings = quality.get("warnings") or []
+    if not warnings:
+        phase = PHASE_WORDS.get(str(quality.get("phase")), str(quality.get("phase")))
+        return f"quality: {quality.get('verdict')} ({phase} phase)"
+    more = f" (+{len(warnings) - 1} more in report.json)" if len(warnings) > 1 else ""
+    return f"quality: {quality.get('verdict')}: {warnings[0]}{more}"

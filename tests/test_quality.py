@@ -1,0 +1,313 @@
+"""Quality control: contrast phase, scan quality, uncertainty, verdict, report and --strict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import UPPER_POLE_CTA, require
+from test_cli_segment import analytic_model  # noqa: F401  (fixture)
+from test_pipeline import tube_ct
+from typer.testing import CliRunner
+
+import renalseg
+from renalseg import quality
+from renalseg.errors import ModelError
+from renalseg.geometry import IDENTITY_DIRECTION, Geometry
+from renalseg.quality import (
+    DEFAULT_LIMITS,
+    MirrorAgreement,
+    ScanQuality,
+    artery_uncertainty,
+    classify_phase,
+    judge,
+    limits_from_card,
+    measure_phase_hu,
+    measure_scan,
+    mirror_sets,
+)
+from renalseg.roi import KidneyROI
+from renalseg.volume import Volume
+
+ATLAS_CT = Path(renalseg.__file__).parent / "data" / "atlas" / "atlas_ct.nii.gz"
+
+# -- a small synthetic abdomen (2 mm voxels) in each phase ---------------------------------------
+
+#: aorta, IVC, portal vein, renal cortex, medulla, collecting system (HU) per phase
+PHASE_HU = {
+    "non_contrast": (40, 40, 40, 32, 30, 10),
+    "early_arterial": (420, 70, 75, 170, 50, 10),
+    "late_arterial": (330, 130, 160, 210, 80, 10),
+    "portal_venous": (180, 170, 200, 190, 140, 10),
+    "nephrographic": (150, 150, 155, 165, 163, 20),
+    "delayed": (110, 110, 110, 115, 118, 800),
+}
+SPACING = 2.0
+SHAPE_ZYX = (70, 90, 140)
+ORIGIN = (-139.0, -89.0, -69.0)  # x, y, z of voxel (0, 0, 0): the midline at x = 0
+
+
+def _abdomen(phase: str, *, slice_mm: float = SPACING, seed: int = 0) -> tuple[Volume, list[KidneyROI]]:
+    """Fat body, spine (marrow 200 HU, cortex 600, discs), psoas, aorta, IVC, portal vein, kidneys."""
+    aorta, ivc, portal, cortex, medulla, urine = PHASE_HU[phase]
+    z, y, x = np.meshgrid(*(ORIGIN[2 - a] + SPACING * np.arange(SHAPE_ZYX[a]) for a in range(3)), indexing="ij")
+    hu = np.where((x / 135) ** 2 + (y / 85) ** 2 <= 1, -100.0, -1000.0)
+    spine = np.hypot(x, y - 20) <= 18
+    hu[spine] = 600.0
+    hu[np.hypot(x, y - 20) <= 15] = 200.0
+    hu[spine & ((z + 200) % 36 < 8)] = 70.0  # discs
+    for side in (-1, 1):
+        hu[np.hypot(x - side * 32, y - 25) <= 12] = 50.0  # psoas
+    hu[np.hypot(x - 14, y + 12) <= 11] = aorta
+    hu[np.hypot(x + 24, y + 10) <= 10] = ivc
+    hu[np.hypot(x + 30, y + 45) <= 7] = portal
+    rois = []
+    for side, sign in (("right", -1), ("left", 1)):
+        cx = sign * 75.0
+        outer = ((x - cx) / 28) ** 2 + ((y - 25) / 24) ** 2 + (z / 55) ** 2 <= 1
+        inner = ((x - cx) / 20) ** 2 + ((y - 25) / 16) ** 2 + (z / 45) ** 2 <= 1
+        hu[outer] = cortex
+        hu[inner] = medulla
+        hu[np.hypot(x - (cx - sign * 8), y - 25) <= 5 & (np.abs(z) < 25)] = urine
+        lo = np.array([cx - 40 if side == "right" else cx - 65, -30.0, -65.0])
+        hi = np.array([cx + 65 if side == "right" else cx + 40, 80.0, 65.0])
+        count = np.round((hi - lo) / SPACING).astype(int) + 1
+        grid = Geometry((int(count[2]), int(count[1]), int(count[0])), (SPACING,) * 3, tuple(lo.tolist()),
+                        IDENTITY_DIRECTION)
+        start = np.round((lo - np.asarray(ORIGIN)) / SPACING).astype(int)[::-1]
+        rois.append(KidneyROI(side=side, grid=grid, start_zyx=tuple(int(v) for v in start),  # type: ignore[arg-type]
+                              shape_zyx=grid.shape_zyx, kidney_volume_ml=150.0))
+    hu += np.random.default_rng(seed).normal(0.0, 10.0, hu.shape)
+    geometry = Geometry(SHAPE_ZYX, (SPACING, SPACING, SPACING), ORIGIN, IDENTITY_DIRECTION)
+    volume = Volume(hu.astype(np.int16), geometry)
+    if slice_mm != SPACING:
+        image = volume.to_sitk()
+        image.SetSpacing((SPACING, SPACING, slice_mm))
+        volume = Volume.from_sitk(image)
+    return volume, rois
+
+
+@pytest.mark.parametrize("phase", list(PHASE_HU))
+def test_phase_called_on_a_small_synthetic_abdomen(phase):
+    volume, rois = _abdomen(phase)
+    hu = measure_phase_hu(volume.to_sitk(), rois)
+    called, evidence = classify_phase(hu)
+    assert called == phase, (hu, evidence)
+    if phase != "non_contrast":
+        assert abs(hu["aorta"] - PHASE_HU[phase][0]) < 40, hu
+    assert "aorta" in evidence and "HU" in evidence
+
+
+@pytest.mark.parametrize(("hu", "phase"), [
+    ({"aorta": 45, "ivc": 40, "renal_cortex": 40, "renal_medulla": 35}, "non_contrast"),
+    ({"aorta": 420, "ivc": 70, "portal_vein": 80, "renal_cortex": 180, "renal_medulla": 60}, "early_arterial"),
+    ({"aorta": 320, "ivc": 140, "portal_vein": 160, "renal_cortex": 200, "renal_medulla": 90}, "late_arterial"),
+    ({"aorta": 180, "ivc": 170, "renal_cortex": 190, "renal_medulla": 150}, "portal_venous"),
+    ({"aorta": 150, "ivc": 150, "renal_cortex": 160, "renal_medulla": 158}, "nephrographic"),
+    ({"aorta": 110, "ivc": 110, "renal_cortex": 120, "renal_medulla": 118, "excreted_ml": 4.0}, "delayed"),
+    ({"aorta": None, "renal_cortex": None}, "unknown"),
+])
+def test_classify_phase_rules(hu, phase):
+    assert classify_phase(hu)[0] == phase
+
+
+# -- scan quality and the verdict ----------------------------------------------------------------
+
+def _scan(**changes):
+    scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15.0,
+            "truncated": [], "metal_ml": 0.0}
+    return {**scan, **changes}
+
+
+ARTERIAL_HU = {"aorta": 380.0, "renal_cortex": 200.0}
+
+
+@pytest.mark.parametrize(("phase", "hu", "scan", "uncertainty", "verdict", "words"), [
+    ("late_arterial", ARTERIAL_HU, _scan(), {}, "ok", None),
+    ("portal_venous", {"aorta": 180, "renal_cortex": 185}, _scan(), {}, "unreliable", "no brighter than the kidney"),
+    ("non_contrast", {"aorta": 40, "renal_cortex": 35}, _scan(), {}, "unreliable", "not enhanced"),
+    ("delayed", {"aorta": 110, "renal_cortex": 120}, _scan(), {}, "unreliable", "collecting system"),
+    ("early_arterial", {"aorta": 230, "renal_cortex": 200}, _scan(), {}, "unreliable", "barely brighter"),
+    ("late_arterial", ARTERIAL_HU, _scan(slice_thickness_mm=3.0), {}, "unreliable", "slice spacing 3 mm"),
+    ("late_arterial", ARTERIAL_HU, _scan(slice_thickness_mm=2.0), {}, "check", "slice spacing 2 mm"),
+    ("late_arterial", ARTERIAL_HU, _scan(noise_hu=45.0), {}, "check", "noisy"),
+    ("late_arterial", ARTERIAL_HU, _scan(noise_hu=70.0), {}, "unreliable", "noisy"),
+    ("late_arterial", ARTERIAL_HU, _scan(truncated=["left"]), {}, "check", "left kidney reaches the edge"),
+    ("late_arterial", ARTERIAL_HU, _scan(metal_ml=1.0), {}, "check", "streak"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"left": {"uncertain_share": 0.5}}, "check", "unsure of 50%"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"left": {"uncertain_share": 0.7}}, "unreliable", "unsure of 70%"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"tta_dice": 0.6}}, "check", "mirrored passes"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"pieces": 80}}, "check", "80 pieces"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"artery_hu": 230.0}}, "unreliable", "segmented arteries"),
+    ("late_arterial", ARTERIAL_HU, _scan(), {"right": {"tree_length_mm": 20.0}}, "check", "20 mm long"),
+])
+def test_verdict_rules(phase, hu, scan, uncertainty, verdict, words):
+    result = judge(ScanQuality(phase, "", hu, scan), uncertainty)
+    assert result["verdict"] == verdict, result["warnings"]
+    if words is None:
+        assert result["warnings"] == []
+    else:
+        assert any(words in w for w in result["warnings"]), result["warnings"]
+    assert {"phase", "phase_hu", "spacing_ok", "noise_hu", "uncertainty", "warnings", "verdict"} <= set(result)
+    json.dumps(result)
+
+
+def test_measure_scan_spacing_noise_and_truncation():
+    volume, rois = _abdomen("late_arterial", slice_mm=3.0)
+    scan = measure_scan(volume.to_sitk(), rois)
+    assert scan["slice_thickness_mm"] == 3.0 and not scan["spacing_ok"]
+    assert 7.0 <= scan["noise_sd_hu"]["fat"] <= 13.0  # the added noise: SD 10 HU
+    assert scan["truncated"] == []
+    cut = KidneyROI(side="left", grid=rois[1].grid, start_zyx=(-15, 0, 0), shape_zyx=rois[1].shape_zyx,
+                    kidney_volume_ml=1.0)
+    assert measure_scan(volume.to_sitk(), [cut])["truncated"] == ["left"]
+
+
+# -- the model card's limits ---------------------------------------------------------------------
+
+def test_limits_from_card_defaults_overrides_and_errors():
+    assert limits_from_card({}) == DEFAULT_LIMITS
+    limits = limits_from_card({"validated_on": {"phases": ["late_arterial"], "slice_thickness_mm": [0.5, 2.0]},
+                               "thresholds": {"max_pieces": 3}})
+    assert limits.phases == ("late_arterial",) and limits.slice_thickness_mm == (0.5, 2.0) and limits.max_pieces == 3
+    with pytest.raises(ModelError, match="unknown key 'max_piece'.*max_pieces"):
+        limits_from_card({"thresholds": {"max_piece": 3}})
+    with pytest.raises(ModelError, match="unknown phase 'arterial'"):
+        limits_from_card({"validated_on": {"phases": ["arterial"]}})
+
+
+def test_cards_with_and_without_limits_load():
+    from renalseg.weights import ModelCard, read_card
+
+    shipped = read_card("weights/dpa_densebiasnet.json")
+    assert limits_from_card(shipped.limits).phases == ("early_arterial", "late_arterial")
+    assert read_card("weights/densebiasnet.json").limits == {}  # older cards: the defaults
+    with pytest.raises(ModelError, match="limits"):
+        ModelCard(name="dae", limits={"thresholds": {"nonsense": 1}})
+
+
+# -- uncertainty ---------------------------------------------------------------------------------
+
+def test_artery_uncertainty_counts_doubtful_voxels_pieces_and_tree():
+    p = np.zeros((30, 30, 30), np.float32)
+    p[5:25, 15, 15] = 0.95
+    p[5:25, 16, 15] = 0.6
+    p[10, 15, 5:15] = 0.95  # a side branch
+    p[2, 2:4, 2:5] = 0.9    # a piece of 6 mm³: counted
+    p[27, 27, 27] = 0.9     # a speck of 1 mm³: not counted
+    result = artery_uncertainty(p, p >= 0.5, (1.0, 1.0, 1.0))
+    assert result["uncertain_share"] == pytest.approx(20 / 57, abs=1e-3)
+    assert result["pieces"] == 2
+    assert result["tree_length_mm"] > 20 and result["branch_points"] >= 1
+
+
+def test_mirror_agreement_sees_a_predictor_that_is_not_mirror_symmetric():
+    from renalseg.inference import sliding_window
+
+    x = np.zeros((16, 16, 16), np.float32)
+
+    def lopsided(batch):  # "artery" in the first half along z, whatever the input
+        artery = np.zeros_like(batch)
+        artery[:, :, :8] = 1.0
+        return np.concatenate([1 - artery, artery], axis=1)
+
+    wrapper = MirrorAgreement(lopsided, mirror_sets((0, 1, 2)))
+    sliding_window(x, wrapper, window_zyx=(16, 16, 16), mirror_axes=(0, 1, 2))
+    assert wrapper.dice() == pytest.approx(3 / 7, abs=1e-3)  # 3 of 7 mirrorings keep z, and agree fully
+    plain = MirrorAgreement(lopsided, mirror_sets(()))
+    sliding_window(x, plain, window_zyx=(16, 16, 16))
+    assert plain.dice() is None
+
+
+# -- the pipeline, report.json, preview and --strict ---------------------------------------------
+
+def test_segment_report_has_the_quality_block_and_tta_agreement(tmp_path):
+    from PIL import Image
+    from test_pipeline import threshold_segmenter
+
+    from renalseg.pipeline import SegmentConfig, segment_study, write_outputs
+
+    volume, _ = tube_ct()
+    result = segment_study(volume.to_sitk(), SegmentConfig(input_is_roi=True, tta=True, min_component_mm3=0),
+                           segmenter=threshold_segmenter())
+    q = result.report["quality"]
+    assert {"phase", "phase_hu", "spacing_ok", "noise_hu", "uncertainty", "warnings", "verdict"} <= set(q)
+    assert q["verdict"] in quality.VERDICTS and q["phase"] in (*quality.PHASES, "unknown")
+    (side,) = q["uncertainty"]
+    assert q["uncertainty"][side]["tta_dice"] == 1.0  # a threshold is mirror-symmetric
+    assert q["limits"]["phases"] == list(DEFAULT_LIMITS.phases)
+    assert result.report["timings_s"]["quality"] < 5.0
+    folder = write_outputs(result, tmp_path / "study")
+    report = json.loads((folder / "report.json").read_text())
+    assert report["quality"]["verdict"] == q["verdict"]
+    picture = np.asarray(Image.open(folder / "preview.png"))
+    banner = {"ok": (30, 110, 50), "check": (150, 110, 0), "unreliable": (160, 30, 30)}[q["verdict"]]
+    assert tuple(picture[2, -2]) == banner
+    pytest.importorskip("plotly")
+    from renalseg.report import write_report
+
+    page = write_report(folder).read_text(encoding="utf-8")
+    assert f"quality: {q['verdict']}" in page.split("</header>")[0]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_unreliable_study_keeps_its_outputs_and_exits_1_only_with_strict(tmp_path, analytic_model, monkeypatch,
+                                                                         strict):
+    from renalseg.cli.app import app
+    from renalseg.io.image import write_image
+
+    venous = ScanQuality("portal_venous", "test", {"aorta": 180.0, "renal_cortex": 185.0}, _scan())
+    monkeypatch.setattr(quality, "assess_scan", lambda *args, **kwargs: venous)
+    volume, _ = tube_ct()
+    write_image(volume, tmp_path / "in" / "a.nii.gz")
+    args = ["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--input-is-roi"]
+    result = CliRunner().invoke(app, args + (["--strict"] if strict else []))
+    assert result.exit_code == (1 if strict else 0), result.output
+    assert "unreliable" in result.output
+    report = json.loads((tmp_path / "out" / "a" / "report.json").read_text())
+    assert report["status"] == "ok" and report["quality"]["verdict"] == "unreliable"
+    assert report["quality"]["warnings"][0].startswith("portal-venous phase: the arteries are no brighter")
+    assert (tmp_path / "out" / "a" / "labels.nii.gz").exists()
+
+
+# -- real CT -------------------------------------------------------------------------------------
+
+def test_real_arterial_cta_crop_is_called_arterial():
+    from renalseg.io.study import read_study
+    from renalseg.pipeline import roi_from_extent
+
+    study = read_study(require(UPPER_POLE_CTA))
+    roi = roi_from_extent(study.geometry, (0.7, 0.7, 1.0))
+    hu = measure_phase_hu(study.image, [roi], input_is_roi=True)
+    assert classify_phase(hu)[0] in ("early_arterial", "late_arterial"), hu
+    assert 400 <= hu["aorta"] <= 600  # measured on the scan by hand: ~485 HU
+
+
+def test_real_atlas_ct_is_called_non_contrast():
+    from renalseg.io.study import read_study
+    from renalseg.roi import locate_kidneys
+
+    study = read_study(ATLAS_CT)
+    scan_quality = quality.assess_scan(study.image, locate_kidneys(study))
+    assert scan_quality.phase == "non_contrast", scan_quality
+    assert scan_quality.scan["slice_thickness_mm"] == 3.0 and not scan_quality.scan["spacing_ok"]
+    verdict = judge(scan_quality, {})
+    assert verdict["verdict"] == "unreliable"
+    assert verdict["warnings"][0].startswith("non-contrast phase")
+
+
+def test_survey_grid_stays_small():
+    volume, rois = _abdomen("late_arterial")
+    grid = quality.survey_grid(volume.to_sitk(), rois)
+    assert np.prod(grid.shape_zyx) <= 800_000
+
+
+def test_a_kidney_crop_without_aorta_leans_on_the_segmented_arteries():
+    venous_looking = ScanQuality("portal_venous", "", {"aorta": None, "renal_cortex": 190.0}, _scan(), roi_only=True)
+    bright = judge(venous_looking, {"right": {"artery_hu": 420.0}})
+    assert bright["verdict"] == "check" and "crop without the aorta" in bright["warnings"][0]
+    assert judge(venous_looking, {"right": {"artery_hu": 230.0}})["verdict"] == "unreliable"
+    whole = ScanQuality("portal_venous", "", {"aorta": 190.0, "renal_cortex": 190.0}, _scan())
+    assert judge(whole, {"right": {"artery_hu": 420.0}})["verdict"] == "unreliable"
