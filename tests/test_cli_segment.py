@@ -125,6 +125,16 @@ def test_cli_cleans_up_with_the_documented_defaults(tmp_path, analytic_model):
     assert settings["min_component_mm3"] == library.min_component_mm3
 
 
+def test_segment_report_writes_the_page_beside_the_outputs(tmp_path, analytic_model):
+    pytest.importorskip("plotly")
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "case.nii.gz")
+    result = _run("segment", study, "--out", tmp_path / "out", "--input-is-roi", "--report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "case" / "report.html").read_text(encoding="utf-8")
+    assert "renal" in page.lower() and "<script src=" not in page  # plotly.js inlined, nothing fetched
+
+
 @pytest.mark.parametrize("args, message", [
     (["--shard", "3/2"], "shard"),
     (["--shard", "x"], "shard"),

@@ -25,7 +25,7 @@ Side = Enum("Side", {name: name for name in ("both", "left", "right")}, type=str
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
-         show_progress: bool, dicom_seg: bool = True) -> list[dict]:
+         show_progress: bool, dicom_seg: bool = True, report_page: bool = False) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``segment_study``, under a progress display."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -45,6 +45,10 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
         result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress)
         result.report["study_id"] = study.study_id
         write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
+        if report_page:
+            from renalseg.report import write_report
+
+            write_report(destination, overwrite=True)  # the folder was just written whole
         arteries = result.report.get("arteries", {})
         quality = result.report.get("quality", {})
         return {"artery_ml": {side: arteries[side]["artery_volume_ml"] for side in arteries},
@@ -127,6 +131,9 @@ def segment(
         "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
         "referencing the source series, for PACS viewers.")] = True,
     force: ForceOption = False,
+    report_page: Annotated[bool, typer.Option(
+        "--report", help="Also write report.html in each study folder (as `renalseg report`; needs "
+        "pip install 'renalseg[report]').")] = False,
     structures: Annotated[Optional[str], typer.Option(
         "--structures", metavar="artery,vein,kidney,tumour",
         help="Which structures to write (KiPA22 values: 1 vein, 2 kidney, 3 artery, 4 tumour; labels.json names "
@@ -167,6 +174,11 @@ def segment(
     if not studies:
         say_empty_shard((k, n), out, quiet=quiet, json_output=json_output)
         return
+    if report_page:
+        import importlib.util
+
+        if importlib.util.find_spec("plotly") is None:
+            raise UsageError("--report needs plotly: pip install 'renalseg[report]'.")
     try:
         segmenter = load_model(weights, device)
         config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
@@ -177,7 +189,7 @@ def segment(
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
-                dicom_seg=dicom_seg)
+                dicom_seg=dicom_seg, report_page=report_page)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
     unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]
