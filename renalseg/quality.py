@@ -647,11 +647,11 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     """
     from scipy import ndimage
 
-    candidate = probability >= 0.25
-    count = int(candidate.sum())
-    unsure = int((candidate & (probability <= 0.75)).sum())
+    count = int(np.count_nonzero(probability >= 0.25))
+    unsure = count - int(np.count_nonzero(probability > 0.75))
     if pieces is None:  # pieces of at least 5 mm³ (specks say little about the tree)
-        labelled, found = ndimage.label(artery, structure=np.ones((3, 3, 3)))
+        box = ndimage.find_objects(artery.astype(np.uint8))
+        labelled, found = ndimage.label(artery[box[0]] if box else artery, structure=np.ones((3, 3, 3)))
         sizes = np.bincount(labelled.ravel(), minlength=found + 1)[1:] * float(np.prod(spacing_xyz_mm))
         pieces = int((sizes >= 5.0).sum())
     length, branches = _skeleton_stats(artery, spacing_xyz_mm)
