@@ -18,8 +18,8 @@ intensities; 2 mm slices), segmented as ``renalseg segment --input-is-roi`` does
 uncertainty (share of candidate voxels with probability 0.25–0.75), the verdict,
 Spearman ρ between uncertainty and Dice, and the time the quality step adds.
 
-Run: ``.venv/bin/python benchmarks/bench_quality.py --seeds 10 --network-cases 12 --threads 2``
-(prints a table, writes ``--out`` JSON).
+Run: ``.venv/bin/python benchmarks/bench_quality.py --seeds 6 --network-cases 12 --threads 2``
+(prints the summary, writes ``--out`` JSON; ``--network-cases 0`` or ``--seeds 0`` runs one part).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10, help="anatomies for part A (each: 6 phases + 3 mm)")
+    parser.add_argument("--seeds", type=int, default=6, help="anatomies for part A (each: 6 phases + 3 mm)")
     parser.add_argument("--seed0", type=int, default=40000)
     parser.add_argument("--network-cases", type=int, default=12, help="ROI phantoms through the network (0: skip)")
     parser.add_argument("--threads", type=int, default=2)

@@ -601,18 +601,23 @@ class MirrorAgreement:
 
 
 def _skeleton_stats(mask: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[float, int]:
-    """(centerline length mm, branch points) of a mask, roughly: a 3D thinning, counted."""
+    """(centerline length mm, branch points) of a mask, roughly: a 3D thinning at half
+    resolution (2 × 2 × 2 maximum: thin branches survive, 8 × less work), counted."""
     from scipy import ndimage
     from skimage.morphology import skeletonize
 
     if not mask.any():
         return 0.0, 0
     region = ndimage.find_objects(mask.astype(np.uint8))[0]
-    skeleton = skeletonize(mask[region]).astype(bool)
+    sub = mask[region]
+    pad = [(0, (-n) % 2) for n in sub.shape]
+    sub = np.pad(sub, pad)
+    coarse = sub.reshape(sub.shape[0] // 2, 2, sub.shape[1] // 2, 2, sub.shape[2] // 2, 2).any(axis=(1, 3, 5))
+    skeleton = skeletonize(coarse).astype(bool)
     neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
     neighbours = np.where(skeleton, neighbours - 1, 0)
     _, branch_points = ndimage.label(neighbours >= 3, structure=np.ones((3, 3, 3)))
-    step_mm = float(np.mean(spacing_xyz_mm))
+    step_mm = 2.0 * float(np.mean(spacing_xyz_mm))
     return round(float(skeleton.sum() * step_mm), 1), int(branch_points)
 
 
@@ -625,8 +630,8 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
         probability: float ``(Z, Y, X)`` artery probability on the model grid.
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the grid's spacing.
-        hu: float ``(Z, Y, X)`` CT on the same grid: gives ``artery_hu``, the median HU
-            of the segmented arteries.
+        hu: float ``(Z, Y, X)`` CT on the same grid: gives ``artery_hu``, the 90th
+            percentile HU of the segmented arteries (their lumen; edge voxels blur lower).
         pieces: disconnected artery pieces (``None``: those of at least 5 mm³ are counted).
         tta_dice: :meth:`MirrorAgreement.dice`, when TTA ran.
 
@@ -642,11 +647,11 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     """
     from scipy import ndimage
 
-    candidate = probability >= 0.25
-    count = int(candidate.sum())
-    unsure = int((candidate & (probability <= 0.75)).sum())
+    count = int(np.count_nonzero(probability >= 0.25))
+    unsure = count - int(np.count_nonzero(probability > 0.75))
     if pieces is None:  # pieces of at least 5 mm³ (specks say little about the tree)
-        labelled, found = ndimage.label(artery, structure=np.ones((3, 3, 3)))
+        box = ndimage.find_objects(artery.astype(np.uint8))
+        labelled, found = ndimage.label(artery[box[0]] if box else artery, structure=np.ones((3, 3, 3)))
         sizes = np.bincount(labelled.ravel(), minlength=found + 1)[1:] * float(np.prod(spacing_xyz_mm))
         pieces = int((sizes >= 5.0).sum())
     length, branches = _skeleton_stats(artery, spacing_xyz_mm)
@@ -657,7 +662,7 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
         "pieces": int(pieces),
         "tree_length_mm": length,
         "branch_points": branches,
-        "artery_hu": round(float(np.median(hu[artery])), 1) if hu is not None and artery.any() else None,
+        "artery_hu": round(float(np.percentile(hu[artery], 90)), 1) if hu is not None and artery.any() else None,
     }
 
 
