@@ -392,6 +392,8 @@ def segment_study(
     written = {c: v for c, v in channel_values.items() if any(BY_KEY[k].value == v for k in picked)}
     label_names = names_of_values(written)
     artery_values = values_of_kind(label_names, "artery")
+    # the artery's own output channel (1 in the artery-only model, 3 in a KiPA22 five-class one)
+    artery_channel = next((c for c, v in channel_values.items() if v == BY_KEY["artery"].value), None)
     channel_to_value = np.zeros(spec.num_classes, dtype=np.uint8)
     for channel, value in channel_values.items():
         channel_to_value[channel] = value
@@ -511,7 +513,8 @@ def segment_study(
                              _outlines_on_grid(box_labels, box, roi.grid, label_names)))
         timings["postprocess"] += time.perf_counter() - started
         started = time.perf_counter()
-        artery_probability = probabilities[1] if probabilities.shape[0] == 2 else 1.0 - probabilities[0]
+        artery_probability = (probabilities[artery_channel] if artery_channel is not None
+                              else 1.0 - probabilities[0])  # no artery class: any foreground
         uncertainty[roi.side] = quality.artery_uncertainty(
             artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
             tta_dice=tta_dice.get(roi.side))
