@@ -8,7 +8,8 @@ in OUT is not made again, so a folder can grow by seed ranges.
     python recipes/make_training_phantoms.py OUT --seeds 1000-1039
     python recipes/make_training_phantoms.py OUT --seeds 9100-9103 --unseen-intensities
     python recipes/make_training_phantoms.py OUT --seeds 1500-1649 --artery-hu 250-340
-    python recipes/make_training_phantoms.py OUT --seeds 2000-2399 --phase-mix arterial:0.4,portal-venous:0.6
+    python recipes/make_training_phantoms.py OUT --seeds 2000-2399 --phase-mix arterial:0.4,portal-venous:0.6 \
+        --great-vessels --tumour-share 0.5
 
 ``--unseen-intensities`` renders the cases with intensities, noise and blur outside
 the training ranges (``UNSEEN``). ``--artery-hu LO-HI`` draws the renal artery's mean HU
@@ -16,6 +17,10 @@ from that band instead of 250–500 (the aorta, other arteries and cortex follow
 always): weakly enhanced arteries, where the network loses the most Dice.
 ``--phase-mix PHASE:SHARE,...`` draws each case's contrast phase
 (:mod:`renalseg.phantom.phases`); ``--phase PHASE`` gives every case one phase (held-out sets).
+``--great-vessels`` crops the box ``renalseg segment`` places (the kidney plus the renal
+vessels' reach to the aorta and the IVC) instead of 152 × 152 around the kidney.
+``--tumour-share S`` gives a share S of the cases a tumour (drawn per seed; default: the
+generator's own 30 %).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ def main() -> None:
     parser.add_argument("--artery-hu", help=f"LO-HI: the renal artery's mean HU band (default {lo:g}-{hi:g})")
     parser.add_argument("--phase-mix", help="PHASE:SHARE,...: each case's contrast phase drawn with these shares")
     parser.add_argument("--phase", help="every case in this contrast phase")
+    parser.add_argument("--great-vessels", action="store_true", help="the segment ROI: aorta and IVC in view")
+    parser.add_argument("--tumour-share", type=float, help="share of cases with a tumour (default: 30%% at random)")
     args = parser.parse_args()
     mix = parse_phase_mix(args.phase_mix) if args.phase_mix else {args.phase: 1.0} if args.phase else None
     first, last = (int(v) for v in args.seeds.split("-"))
@@ -70,6 +77,10 @@ def main() -> None:
         options = {**(UNSEEN if args.unseen_intensities else {}), **artery_options(args.artery_hu)}
         if mix is not None:
             options["phase"] = draw_phase(seed, mix)
+        if args.great_vessels:
+            options["great_vessels"] = True
+        if args.tumour_share is not None:  # its own generator: the case's other draws are unchanged
+            options["tumour"] = bool(np.random.default_rng([seed, 4242]).random() < args.tumour_share)
         case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")

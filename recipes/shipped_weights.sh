@@ -16,16 +16,16 @@
 #          encoder (the DAE inputs start at zero weight, so it starts as the plain network)
 # gpu      DPA-DenseBiasNet, dpa's; batch 4         152,152,64     5e-5        4429    last
 # cpu      DPA-DenseBiasNet, gpu's; bfloat16        152,152,64     2e-5        1200    last          -> weights/dpa_densebiasnet
-# four     DPA-DenseBiasNet, the shipped artery     152,152,64     5e-5        3000    best          (NOT RUN YET)
-#          weights grown to KiPA22's five outputs (renal vein, kidney, renal artery, tumour;
+# four     DPA-DenseBiasNet, the shipped artery     152,152,64     1e-4, 5e-5  2000, 3000  best
+#          weights grown to KiPA22's five outputs (renal artery, renal vein, kidney, tumour;
 #          the artery and background rows copied, so it starts labelling the artery as they did)
 #
-# The four phase is written down but has not been run: no four-structure weights ship yet.
-# It trains on phantoms in four contrast phases (arterial 0.4, late arterial 0.2,
-# portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries) and is scored
-# on 20 arterial and 20 portal-venous held-out phantoms. Its phantoms are today's kidney ROI
-# crops; once the localisation's wider ROI (aorta and IVC in view) lands, make them with it
-# (the topology clean-up needs both great vessels in view).
+# The four phase has not finished: no four-structure weights ship yet (recipes/state holds
+# its resume state). It trains on phantoms in four contrast phases (arterial 0.4, late
+# arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
+# half of them with a tumour, cropped as `renalseg segment` crops a study (the kidney plus
+# the renal vessels' reach to the aorta and the IVC: make_training_phantoms.py
+# --great-vessels), and is scored on 20 arterial and 20 portal-venous held-out phantoms.
 #
 # All phases: one channel per GroupNorm group ({"group_size": 1}), CE + Dice, random flips,
 # rotation and intensity jitter, domain randomisation p = 0.5 (a phantom patch re-rendered
@@ -39,7 +39,7 @@
 #   mix300      1000-1149, and 1500-1649 with the renal artery at 250-340 HU     cpu
 #   val_select  9000-9001                     validation of plain ... gpu
 #   sel8        9400-9407                     validation of cpu
-#   four        2000-2399, contrast phase drawn per case (--phase-mix)    four
+#   four        2000-2299, contrast phase drawn per case (--phase-mix)    four
 #   four_sel    9500-9503 arterial, 9504-9507 portal-venous                validation of four
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
@@ -172,18 +172,22 @@ phase_cpu() {
 }
 
 phase_four() {
-  phantoms four 2000-2399 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1
-  phantoms four_sel 9500-9503 --phase arterial
-  phantoms four_sel 9504-9507 --phase portal-venous
-  train "$RUNS/four" 3000 --stage seg --data "$DATA/four" --val-data "$DATA/four_sel" \
-      --init weights/dpa_densebiasnet.safetensors --label-map 1:renal_vein,2:kidney,3:renal_artery,4:tumour \
-      --patch 152,152,64 --window 152,152,64 --loss ce_dice --lr 5e-5 --batch 1 --amp --foreground-share 0.5 \
-      --hard-negative-share 0.3 --domain-randomisation 0.5 --samples-per-epoch 200 --val-every 2 \
-      --val-overlap 0.25 --checkpoint-minutes 10 --seed 24
+  local wide=(--great-vessels --tumour-share 0.5)
+  phantoms four 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 "${wide[@]}"
+  phantoms four_sel 9500-9503 --phase arterial "${wide[@]}"
+  phantoms four_sel 9504-9507 --phase portal-venous "${wide[@]}"
+  local options=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
+                 --init weights/dpa_densebiasnet.safetensors
+                 --label-map 3:renal_artery,1:renal_vein,2:kidney,4:tumour --patch 152,152,64 --window 152,152,64
+                 --loss ce_dice --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3
+                 --domain-randomisation 0.5 --samples-per-epoch 200 --val-every 2 --val-overlap 0.25
+                 --checkpoint-minutes 10 --seed 24)
+  train "$RUNS/four" 2000 "${options[@]}" --lr 1e-4
+  train "$RUNS/four" 3000 "${options[@]}" --lr 5e-5
   local weights=$RUNS/four/best.safetensors
   if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet_four.safetensors" ]; then
-    phantoms four_art 9600-9619 --phase arterial
-    phantoms four_pv 9620-9639 --phase portal-venous
+    phantoms four_art 9600-9619 --phase arterial "${wide[@]}"
+    phantoms four_pv 9620-9639 --phase portal-venous "${wide[@]}"
     mkdir -p "$PUBLISH"
     evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --publish "$PUBLISH/dpa_densebiasnet_four.safetensors" \
         --history "recipes/shipped_weights.sh: phase four (from the shipped artery weights)"

@@ -570,3 +570,21 @@ def test_tissue_table_is_consistent():
     assert set(DEFAULT_INTENSITY_RANGES_HU) == set(TISSUES.values())
     assert all(lo < hi for lo, hi in DEFAULT_INTENSITY_RANGES_HU.values())
     assert DEFAULT_INTENSITY_RANGES_HU["renal_artery"] == (250.0, 500.0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_great_vessel_roi_holds_the_ostia_the_great_vessels_and_the_kidney(side):
+    """The training crop of the four-structure model is the box `renalseg segment` places:
+    every renal artery's aortic origin, the aorta and the IVC in view, the kidney whole."""
+    case = synthesize_roi(11, side=side, accessory=True, great_vessels=True, spacing_xyz_mm=(1.4, 1.4, 2.0),
+                          inplane_voxels=76)
+    g, tissues = case.image.geometry, case.tissues.array
+    kidney = case.params["kidneys"][side]
+    for ostium in (kidney["artery_ostium_mm"], kidney["accessory_ostium_mm"]):
+        index = g.world_to_index([ostium])[0]
+        assert np.all(index >= 0) and np.all(index <= np.array(g.shape_zyx[::-1]) - 1), ostium
+    assert (tissues == TISSUE_IDS["aorta"]).sum() > 1000 and (tissues == TISSUE_IDS["ivc"]).sum() > 1000
+    edges = np.zeros(tissues.shape, bool)
+    edges[[0, -1]], edges[:, [0, -1]], edges[:, :, [0, -1]] = True, True, True
+    assert not (case.label.array[edges] == 2).any()  # no kidney voxel on the box's faces
+    assert min(g.shape_zyx[1:]) >= 76 and g.orientation == "LPS"

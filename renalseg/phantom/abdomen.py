@@ -524,7 +524,11 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             enhanced arteries; see :func:`sample_intensities`), ``territories`` (bool:
             also draw the true perfusion territories, :attr:`PhantomCase.territory`),
             ``phase`` (a contrast phase of :mod:`renalseg.phantom.phases`; default:
-            the arterial-phase intensities as drawn).
+            the arterial-phase intensities as drawn), ``great_vessels`` (bool: the box
+            ``renalseg segment`` places, the kidney plus the renal vessels' reach to the
+            aorta and the IVC (:func:`renalseg.kidney_search.vessel_reach` from the true
+            hila), its edges jittered by a few mm as a located box would be; in-plane at
+            least ``inplane_voxels``; default False: a 152 × 152 box around the kidney).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
@@ -534,7 +538,7 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
         >>> case.image.array.shape[1:], case.image.array.dtype.name, int(case.label.array.max()) >= 3
         ((48, 48), 'int16', True)
     """
-    _check_options(options, (*_COMMON, "side", "inplane_voxels"), "synthesize_roi")
+    _check_options(options, (*_COMMON, "side", "inplane_voxels", "great_vessels"), "synthesize_roi")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     rotation, shift = random_placement(rng)
@@ -552,6 +556,9 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
     else:
         s_in = float(np.clip(max(rng.uniform(0.55, 0.8), extent / n_in), 0.55, 0.8))
         spacing = (round(s_in, 4), round(s_in, 4), round(float(rng.uniform(0.5, 1.0)), 4))
+    if options.get("great_vessels"):
+        return _render_case(seed, "roi", scene, _great_vessel_box(scene, side, spacing, n_in, rng), rng, options,
+                            t0, side=side, reorient="LPS")
     medial = -1.0 if side == "left" else 1.0
     centre = (lo + hi) / 2
     centre[0] += medial * rng.uniform(3, 10)
@@ -562,6 +569,27 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
     origin = (centre[0] - spacing[0] * (n_in - 1) / 2, centre[1] - spacing[1] * (n_in - 1) / 2, z_lo)
     geometry = Geometry((nz, n_in, n_in), spacing, origin, DIRECTIONS["LPS"])
     return _render_case(seed, "roi", scene, geometry, rng, options, t0, side=side, reorient="LPS")
+
+
+def _great_vessel_box(scene: Scene, side: str, spacing: tuple[float, ...], n_in: int,
+                      rng: np.random.Generator) -> Geometry:
+    """The LPS grid ``renalseg segment`` would crop for ``side``: the kidney, its hilum and
+    the renal vessels' reach to the aorta and the IVC, each edge moved out by 3 mm plus
+    |N(0, 3 mm)| (a located box is never exact; the kidney stays inside)."""
+    from renalseg.kidney_search import vessel_reach  # the pipeline's own rule (imports no phantom code)
+    from renalseg.roi import ROI_MARGIN_MM, Z_MARGIN_MM
+
+    hila = {s: np.asarray(k.hilum_artery_mm, float) for s, k in scene.kidneys.items()}
+    midline_x = float(np.mean([h[0] for h in hila.values()]))
+    lo, hi = scene.kidneys[side].bbox_mm()
+    lo, hi = np.minimum(lo, hila[side] - 5.0), np.maximum(hi, hila[side] + 5.0)
+    reach_lo, reach_hi = vessel_reach(side, hila[side], hila, hila, midline_x)
+    widen = ROI_MARGIN_MM + np.abs(rng.normal(0.0, 3.0, (2, 3)))
+    lo, hi = np.minimum(lo, reach_lo) - widen[0], np.maximum(hi, reach_hi) + widen[1]
+    lo[2], hi[2] = lo[2] - Z_MARGIN_MM, hi[2] + Z_MARGIN_MM
+    count = [max(n_in, int(np.ceil((hi[a] - lo[a]) / spacing[a])) + 1) for a in range(3)]
+    start = [(lo[a] + hi[a]) / 2 - spacing[a] * (count[a] - 1) / 2 for a in range(3)]
+    return Geometry((count[2], count[1], count[0]), tuple(spacing), tuple(start), DIRECTIONS["LPS"])
 
 
 def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
