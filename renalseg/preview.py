@@ -264,6 +264,18 @@ def _lps_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
                             default_value=-1024.0, pixel_type=sitk.sitkFloat32)
 
 
+def _draw_outline(view: Image.Image, silhouette: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Paint the boundary pixels of ``silhouette`` (rows × columns of ``view``) in ``colour``."""
+    if not silhouette.any():
+        return
+    inner = np.zeros_like(silhouette)
+    inner[1:-1, 1:-1] = (silhouette[1:-1, 1:-1] & silhouette[:-2, 1:-1] & silhouette[2:, 1:-1]
+                         & silhouette[1:-1, :-2] & silhouette[1:-1, 2:])
+    pixels = np.asarray(view).copy()
+    pixels[silhouette & ~inner] = colour
+    view.paste(Image.fromarray(pixels))
+
+
 def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[KidneyROI], *,
                           spacing_mm: float = 1.5, height_px: int = 360) -> Image.Image:
     """A picture of the ROIs on a coronal and an axial slice through the kidneys.
@@ -275,8 +287,10 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
         height_px: height of the output picture.
 
     Returns:
-        RGB image: coronal view (left) and axial view (right), boxes labelled R/L;
-        ``info["panels"]`` holds each view's column range.
+        RGB image: coronal view (left) and axial view (right), boxes labelled R/L and,
+        inside each box, the outline of the kidney found (its mask projected along the
+        view, so a kidney off the slice shown is outlined too); ``info["panels"]``
+        holds each view's column range.
 
     Example:
         >>> from renalseg.volume import Volume
@@ -305,6 +319,13 @@ def render_locate_preview(study: Study | Volume | sitk.Image, rois: Sequence[Kid
     coronal = to_rgb(array[::-1, cy, :])   # rows: superior first
     axial = to_rgb(array[cz, :, :])         # rows: anterior first
     n_z = array.shape[0]
+    for roi in rois:
+        if roi.mask is not None:
+            colour = _LOCATE_COLOURS.get(roi.side, (255, 255, 0))
+            on_view = sitk.GetArrayFromImage(sitk.Resample(roi.mask.to_sitk(), lps, sitk.Transform(),
+                                                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+            _draw_outline(coronal, on_view.any(axis=1)[::-1], colour)
+            _draw_outline(axial, on_view.any(axis=0), colour)
     draw_c, draw_a = ImageDraw.Draw(coronal), ImageDraw.Draw(axial)
     for roi in rois:
         lo, hi = (to_index(p) for p in roi.box_mm_lps)

@@ -391,3 +391,26 @@ def test_locate_cli_missing_input_is_a_usage_error(tmp_path):
 
     result = CliRunner().invoke(app, ["locate", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
+
+
+def test_preview_outlines_each_kidney_found_inside_its_box(moved_atlas):
+    """The located kidneys' outlines are drawn, each inside its own box."""
+    import dataclasses
+
+    from renalseg.preview import _LOCATE_COLOURS, render_locate_preview
+
+    ct, _, rois = moved_atlas
+    study = _study(ct, "moved_atlas")
+    with_masks = np.asarray(render_locate_preview(study, rois)).astype(int)
+    boxes_only = np.asarray(render_locate_preview(study, [dataclasses.replace(r, mask=None) for r in rois])).astype(int)
+    for roi in rois:
+        colour = np.array(_LOCATE_COLOURS[roi.side])
+        outline = (np.abs(with_masks - colour).sum(axis=-1) < 60) & (np.abs(boxes_only - colour).sum(axis=-1) >= 60)
+        assert outline.sum() > 150, roi.side  # a kidney's outline in both views, not a few pixels
+        box = np.abs(boxes_only - colour).sum(axis=-1) < 60
+        for start, stop in render_locate_preview(study, rois).info["panels"].values():
+            rows, cols = np.nonzero(outline[:, start:stop])
+            box_rows, box_cols = np.nonzero(box[:, start:stop])
+            assert len(rows) > 50
+            assert box_cols.min() - 3 <= cols.min() and cols.max() <= box_cols.max() + 3
+            assert box_rows.min() - 3 <= rows.min() and rows.max() <= box_rows.max() + 3

@@ -78,7 +78,7 @@ def locate(
 
     Writes [bold]DIR/<study>/[/]report.json (ROIs: side, box in voxels and mm,
     kidney volume, method, confidence, truncated pole; absent kidneys with the
-    reason) and preview.png (boxes on a coronal and an axial view). A study
+    reason) and preview.png (boxes and kidney outlines on a coronal and an axial view). A study
     whose kidneys are not usable gets error.json saying why; the others go on (exit 1).
 
     Example: [bold]renalseg locate scans/*.nii.gz --out rois/ --crop[/]
