@@ -25,7 +25,9 @@
 # arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
 # half of them with a tumour, cropped as `renalseg segment` crops a study (the kidney plus
 # the renal vessels' reach to the aorta and the IVC: make_training_phantoms.py
-# --great-vessels), and is scored on 20 arterial and 20 portal-venous held-out phantoms.
+# --great-vessels), and is scored on 20 arterial and 20 portal-venous held-out phantoms,
+# each structure as `renalseg segment --input-is-roi` writes it (topology clean-up
+# included), beside the shipped artery weights on the same cases (--compare).
 #
 # All phases: one channel per GroupNorm group ({"group_size": 1}), CE + Dice, random flips,
 # rotation and intensity jitter, domain randomisation p = 0.5 (a phantom patch re-rendered
@@ -189,7 +191,8 @@ phase_four() {
     phantoms four_art 9600-9619 --phase arterial "${wide[@]}"
     phantoms four_pv 9620-9639 --phase portal-venous "${wide[@]}"
     mkdir -p "$PUBLISH"
-    evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --publish "$PUBLISH/dpa_densebiasnet_four.safetensors" \
+    evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --compare weights/dpa_densebiasnet.safetensors \
+        --publish "$PUBLISH/dpa_densebiasnet_four.safetensors" \
         --history "recipes/shipped_weights.sh: phase four (from the shipped artery weights)"
   fi
 }

@@ -62,6 +62,7 @@ __all__ = [
     "FOUND_NAMES",
     "FOUND_LABELS",
     "found_by_diameter",
+    "structure_scores",
     "evaluate_case",
     "collect_label_files",
     "match_pairs",
@@ -479,3 +480,69 @@ def found_by_diameter(pred: np.ndarray, gt: np.ndarray, spacing_xyz_mm: Sequence
     columns, ``{name: share found}`` for each name in :data:`FOUND_NAMES`."""
     found = centerline_recall_by_diameter(pred, gt, spacing_xyz_mm)
     return {name: r["recall"] for name, r in zip(FOUND_NAMES, found.values())}
+
+
+def structure_scores(written: np.ndarray, truth: np.ndarray, spacing_xyz_mm: Sequence[float], *,
+                     structures: Sequence[str] = ("vein", "kidney", "artery", "tumour")) -> dict[str, float]:
+    """Per-structure figures of a KiPA22 label map against the true one (1 vein, 2 kidney,
+    3 artery, 4 tumour: :mod:`renalseg.labels`), on one grid.
+
+    What a four-structure model is judged on, and what lets an artery-only model be
+    compared with it on the same cases (``structures=("artery",)``: the others are not
+    scored, but the vein the artery takes still is).
+
+    Args:
+        written: the label map as ``renalseg segment`` writes it (KiPA22 values).
+        truth: the true label map (KiPA22 values).
+        spacing_xyz_mm: voxel size (x, y, z) in mm.
+        structures: the structure keys the model labels (``renalseg.labels.STRUCTURE_KEYS``).
+
+    Returns:
+        ``dice_<key>`` per structure in ``structures`` (``dice_tumour`` NaN on a case
+        without a true tumour, where ``tumour_ml_where_none`` is the volume labelled
+        tumour there, NaN otherwise); ``vein_as_artery``: the share of true renal-vein
+        voxels labelled artery (NaN without a true vein); ``artery_as_vein`` (when the
+        vein is labelled): the share of true artery voxels labelled vein;
+        ``artery_hd95_mm`` and ``artery_mcd_mm`` (:func:`evaluate_masks`); and the
+        artery's centerline found per diameter band, ``found_<band>``
+        (:func:`found_by_diameter`; ``found_0-2mm`` is the thin-branch figure).
+
+    Example:
+        >>> truth = np.zeros((8, 8, 8), np.uint8); truth[1:3] = 1; truth[4:6] = 3
+        >>> written = truth.copy(); written[1] = 3                # half of the vein taken for artery
+        >>> s = structure_scores(written, truth, (1.0, 1.0, 1.0), structures=("vein", "artery"))
+        >>> round(s["dice_vein"], 3), round(s["dice_artery"], 3), s["vein_as_artery"], s["artery_as_vein"]
+        (0.667, 0.8, 0.5, 0.0)
+    """
+    from renalseg.labels import BY_KEY
+
+    written, truth = np.asarray(written), np.asarray(truth)
+    if written.shape != truth.shape:
+        raise InputError(f"Label map {written.shape} and truth {truth.shape} have different shapes (z, y, x).")
+    unknown = [key for key in structures if key not in BY_KEY]
+    if unknown:
+        raise UsageError(f"structures {unknown}: choose from {', '.join(BY_KEY)}." + suggest(unknown[0], BY_KEY))
+    value = {key: BY_KEY[key].value for key in BY_KEY}
+    out: dict[str, float] = {}
+    for key in ("vein", "kidney", "artery", "tumour"):
+        if key not in structures:
+            continue
+        true_mask = truth == value[key]
+        if key == "tumour" and not true_mask.any():
+            out["dice_tumour"] = math.nan
+            voxel_ml = float(np.prod([float(s) for s in spacing_xyz_mm])) / 1000.0
+            out["tumour_ml_where_none"] = round(float((written == value[key]).sum()) * voxel_ml, 4)
+            continue
+        out[f"dice_{key}"] = dice(written == value[key], true_mask)
+        if key == "tumour":
+            out["tumour_ml_where_none"] = math.nan
+    true_vein, true_artery = truth == value["vein"], truth == value["artery"]
+    artery = written == value["artery"]
+    out["vein_as_artery"] = float(artery[true_vein].mean()) if true_vein.any() else math.nan
+    if "vein" in structures:
+        out["artery_as_vein"] = (float((written[true_artery] == value["vein"]).mean()) if true_artery.any()
+                                 else math.nan)
+    distances = evaluate_masks(artery, true_artery, spacing_xyz_mm)
+    out["artery_hd95_mm"], out["artery_mcd_mm"] = distances["hd95_mm"], distances["mcd_mm"]
+    out.update(found_by_diameter(artery, true_artery, spacing_xyz_mm))
+    return out

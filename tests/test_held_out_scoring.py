@@ -1,0 +1,170 @@
+"""Held-out scoring of a four-structure model as `renalseg segment` writes it
+(renalseg.metrics.structure_scores, recipes/evaluate_shipped.py's by-structure path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from renalseg.errors import InputError, UsageError
+from renalseg.metrics import FOUND_NAMES, structure_scores
+from renalseg.segmenter import ModelSpec, Segmenter
+from renalseg.weights import ModelCard
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evaluate_shipped.py"
+VEIN, KIDNEY, ARTERY, TUMOUR = 1, 2, 3, 4
+FIVE = {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery", "4": "tumour"}
+SPACING = (0.7, 0.7, 1.0)
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("evaluate_shipped", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def hand_made(tumour: bool = True) -> np.ndarray:
+    """A KiPA22 truth: kidney block, a tumour on it, a vein rod and an artery rod beside it."""
+    truth = np.zeros((30, 24, 40), np.uint8)
+    truth[5:25, 4:20, 4:16] = KIDNEY
+    if tumour:
+        truth[8:14, 6:12, 6:12] = TUMOUR
+    truth[2:28, 10:14, 22:26] = VEIN
+    truth[2:28, 10:12, 30:32] = ARTERY
+    return truth
+
+
+def test_structure_scores_on_hand_made_maps():
+    truth = hand_made()
+    written = truth.copy()
+    written[2:15, 10:14, 22:26] = ARTERY        # the lower half of the vein labelled artery
+    written[5:25, 4:20, 16] = KIDNEY            # the kidney one slab too wide
+    written[8:14, 6:12, 6:9] = KIDNEY           # half the tumour missed
+    s = structure_scores(written, truth, SPACING)
+    true_vein = truth == VEIN
+    assert s["vein_as_artery"] == pytest.approx(13 / 26)
+    assert s["artery_as_vein"] == 0.0
+    for key, value in (("vein", VEIN), ("kidney", KIDNEY), ("artery", ARTERY), ("tumour", TUMOUR)):
+        assert s[f"dice_{key}"] == pytest.approx(dice(written == value, truth == value)), key
+    assert s["dice_vein"] == pytest.approx(2 * 13 / (13 + 26))
+    assert s["dice_tumour"] == pytest.approx(2 * 108 / (108 + 216))
+    assert math.isnan(s["tumour_ml_where_none"])
+    # the artery's own figures see the vein taken for artery: found everywhere, but far off
+    assert s["found_0-2mm"] == 1.0 and s["artery_hd95_mm"] > 5.0
+    assert set(FOUND_NAMES) <= set(s)
+    # an artery-only model: the artery's figures and the vein it takes, nothing of what it does not label
+    only = structure_scores(np.where(written == ARTERY, ARTERY, 0), truth, SPACING, structures=("artery",))
+    assert set(only) == {"dice_artery", "vein_as_artery", "artery_hd95_mm", "artery_mcd_mm", *FOUND_NAMES}
+    assert only["dice_artery"] == s["dice_artery"] and only["vein_as_artery"] == s["vein_as_artery"]
+    assert true_vein.sum() == 26 * 16
+
+
+def test_a_tumour_is_scored_only_where_there_is_one():
+    truth = hand_made(tumour=False)
+    written = truth.copy()
+    written[8:14, 6:12, 6:12] = TUMOUR         # a tumour where none is: 216 voxels of 0.49 mm³
+    s = structure_scores(written, truth, SPACING)
+    assert math.isnan(s["dice_tumour"])
+    assert s["tumour_ml_where_none"] == pytest.approx(216 * 0.49 / 1000, abs=1e-4)
+    assert s["dice_vein"] == 1.0 and s["vein_as_artery"] == 0.0
+
+
+def test_structure_scores_refuse_bad_input():
+    with pytest.raises(InputError, match="different shapes"):
+        structure_scores(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), SPACING)
+    with pytest.raises(UsageError, match="arteries"):
+        structure_scores(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), SPACING, structures=("arteries",))
+
+
+# -- the recipe's by-structure path: each case through segment_study -----------------------------
+
+BAND_HU = {VEIN: 200.0, KIDNEY: 120.0, ARTERY: 450.0, TUMOUR: 60.0}
+
+
+def band_predictor(batch: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Five-class one-hot by HU band: what a model that labels by brightness would write."""
+    hu = batch * (spec.clip_hu[1] - spec.clip_hu[0]) + spec.clip_hu[0]
+    classes = np.zeros(hu.shape, np.int64)
+    for value, centre in BAND_HU.items():
+        classes[np.abs(hu - centre) < 30] = value
+    return np.concatenate([(classes == c).astype(np.float32) for c in range(5)], axis=1)
+
+
+def write_case(folder: Path, case_id: str, truth: np.ndarray, image_hu: np.ndarray) -> None:
+    for kind, array in (("image", image_hu.astype(np.int16)), ("label", truth)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        image.SetOrigin((40.0, -10.0, 100.0))  # the patient's left: one left kidney crop
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(folder / kind / f"{case_id}.nii.gz"))
+
+
+def test_the_recipe_scores_each_structure_as_written_and_compares_a_second_model(tmp_path):
+    recipe = load_recipe()
+    folder = tmp_path / "four_pv"
+    cases = {}
+    for case_id, tumour in (("roi_1", True), ("roi_2", False)):
+        truth = hand_made(tumour)
+        image = np.full(truth.shape, -80.0)
+        for value, hu in BAND_HU.items():
+            image[truth == value] = hu
+        image[2:15, 10:14, 22:26] = BAND_HU[ARTERY]  # the lower vein as bright as the artery
+        write_case(folder, case_id, truth, image)
+        cases[case_id] = truth
+    spec = ModelSpec(classes=FIVE, window_zyx=(16, 24, 24))
+    four = Segmenter.from_predictor(lambda b: band_predictor(b, spec), spec)
+    artery_spec = ModelSpec(window_zyx=(16, 24, 24))
+
+
+    def artery_predictor(batch: np.ndarray) -> np.ndarray:
+        artery = band_predictor(batch, artery_spec)[:, ARTERY:ARTERY + 1]
+        return np.concatenate([1.0 - artery, artery], axis=1)
+
+    artery_only = Segmenter.from_predictor(artery_predictor, artery_spec)
+    result = recipe.evaluate_folder_as_written(four, folder, overlap=0.25, compare=artery_only)
+    rows = {row["case"]: row for row in result["cases"]}
+    for case_id, truth in cases.items():
+        row = rows[case_id]
+        assert row["vein_as_artery"] == pytest.approx(13 / 26)
+        assert row["compare_vein_as_artery"] == pytest.approx(13 / 26)
+        assert row["dice_vein"] == pytest.approx(2 * 13 / (13 + 26))
+        assert row["dice_kidney"] == pytest.approx(1.0)
+        expected_artery = dice((truth == ARTERY) | _lower_vein(truth), truth == ARTERY)
+        assert row["dice_artery"] == pytest.approx(expected_artery)
+        assert row["compare_dice_artery"] == pytest.approx(expected_artery)
+        assert "compare_dice_vein" not in row  # the artery-only model is not scored on what it does not label
+        assert row["topology_on"] == 0.0       # both vessels labelled, no aorta or IVC in this crop
+        assert math.isnan(row["compare_topology_on"])
+    assert rows["roi_1"]["dice_tumour"] == pytest.approx(1.0) and math.isnan(rows["roi_2"]["dice_tumour"])
+    summary = result["summary"]
+    assert summary["dice_tumour"]["n"] == 1 and summary["dice_vein"]["n"] == 2
+    assert summary["compare_topology_on"]["mean"] is None  # undefined: stored as null, not NaN
+    assert result["structures"] == ["artery", "vein", "kidney", "tumour"]
+    assert result["compare"]["structures"] == ["artery"]
+    # what --publish writes: the per-structure figures in the card's metrics, valid JSON
+    metrics = recipe.card_metrics({"four_pv": result}, {"val_dice": 0.5}, overlap=0.25)
+    held = metrics["held_out"]["four_pv"]
+    assert held["cases"] == ["roi_1", "roi_2"] and held["dice_kidney"]["mean"] == pytest.approx(1.0)
+    assert held["compare_vein_as_artery"]["mean"] == pytest.approx(0.5)
+    assert metrics["compared_with"]["structures"] == ["artery"] and metrics["selection"] == {"val_dice": 0.5}
+    card = ModelCard(name="dpa_densebiasnet", classes=FIVE, metrics=metrics)
+    assert json.loads(card.to_json(), parse_constant=pytest.fail)["metrics"] == card.metrics
+    table = recipe.as_written_table({"four_pv": result})
+    assert "| four_pv | evaluated | 0.667 | 1.000 |" in table and "| four_pv | compared |" in table
+
+
+def _lower_vein(truth: np.ndarray) -> np.ndarray:
+    lower = np.zeros(truth.shape, bool)
+    lower[2:15, 10:14, 22:26] = True
+    return lower & (truth == VEIN)
