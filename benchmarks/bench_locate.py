@@ -22,7 +22,7 @@ For each: wall time and this process's CPU time of ``locate_kidneys`` alone (the
 study is in memory; reading and phantom generation are not counted), time per stage,
 and the fraction of each true kidney inside its ROI (phantoms and the atlas).
 
-Run: ``.venv/bin/python benchmarks/bench_locate.py [--seeds 0,1,2] [--variants 40] [--timing]``
+Run: ``.venv/bin/python benchmarks/bench_locate.py [--seeds 0,1,2] [--variants 40 [--only 30004,30016]] [--timing]``
 (prints JSON; with ``--variants`` also a table on stderr).
 On a shared, loaded machine the CPU time is the fairer figure; say so with the result.
 """
@@ -192,11 +192,13 @@ def evaluate_rois(case, rois: list[KidneyROI], in_view: dict[str, float] | None 
     return out
 
 
-def bench_variants(count: int, size: str) -> dict:
+def bench_variants(count: int, size: str, only: set[int] | None = None) -> dict:
     import sys
 
     rows = []
     for index in range(count):
+        if only and 30000 + index not in only:
+            continue
         seed, kind, options, case = _variant_case(index, size)
         result = _timed(case.image)
         in_view = _in_view_fractions(seed, options, case)
@@ -250,6 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="phantom seeds, comma-separated ('' for none)")
     parser.add_argument("--variants", type=int, default=0, help="held-out hard-patient phantoms (seeds 30000+)")
+    parser.add_argument("--only", default="", help="with --variants, run only these seeds (e.g. 30004,30016)")
     parser.add_argument("--size", choices=("small", "clinical"), default="small", help="variant phantoms' grid")
     parser.add_argument("--timing", action="store_true", help="512 × 512 × 400 study in a child process")
     parser.add_argument("--no-real", action="store_true", help="skip the real-CT studies")
@@ -263,7 +266,8 @@ def main() -> None:
     cpus = [v["cpu_s"] for v in results.values() if isinstance(v, dict)]
     results["max_wall_s"], results["max_cpu_s"] = max(walls, default=0.0), max(cpus, default=0.0)
     if args.variants:
-        results["variants"] = bench_variants(args.variants, args.size)
+        only = {int(s) for s in args.only.split(",") if s.strip()}
+        results["variants"] = bench_variants(args.variants, args.size, only or None)
     if args.timing:
         results["timing_512x512x400"] = bench_timing()
     results["load_average_1min_after"] = round(os.getloadavg()[0], 2)

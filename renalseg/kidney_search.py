@@ -5,11 +5,16 @@ pair; real kidneys do not sit as a pair (ptosis, a large liver pushing the right
 kidney 9 cm down, a single kidney, malrotation, a scan that stops mid-kidney). Here
 each warped atlas kidney is searched for *alone*:
 
-* :func:`search_one_kidney` slides it ±:data:`WIDE_SEARCH_Z_MM` head–foot (and
-  ±:data:`SHIFT_SEARCH_XY_MM` in-plane) to where the study shows a fat-wrapped
-  soft-tissue organ of its shape (:func:`~renalseg.registration.kidney_likeness_shift`,
-  true in every contrast phase), with a light penalty per mm; the pair's placement
-  wins only when nothing far away looks clearly more like a kidney;
+* :func:`place_kidneys` scores every place of each warped kidney ±:data:`SHIFT_SEARCH_XY_MM`
+  in-plane and far head–foot for how much it looks like a fat-wrapped soft-tissue
+  organ of its shape (:func:`~renalseg.registration.kidney_likeness_map`, true in
+  every contrast phase); first it finds where *both* kidneys are together
+  (:func:`common_shift`): the registration errs for both alike (on phantoms with few
+  landmarks by 5–10 cm, when one kidney absent, low or cut by the scan caught the
+  pair), while each kidney's place varies less around the other's; then each kidney
+  near that, or up to ±:data:`WIDE_SEARCH_Z_MM` head–foot from it when something
+  there looks clearly more like a kidney and is wrapped in fat on most sides
+  (:func:`wrapped_in_fat`: the liver's edge is not);
 * :func:`confidence_from_score` turns that kidney-likeness (the fraction of the mask
   in soft tissue plus the fraction of its shell in fat, minus one) into a confidence
   in [0, 1]; below :data:`MIN_CONFIDENCE`, or with an implausible volume
@@ -29,15 +34,17 @@ import numpy as np
 
 __all__ = ["WIDE_SEARCH_Z_MM", "SHIFT_SEARCH_XY_MM", "MIN_CONFIDENCE", "PLAUSIBLE_VOLUME_ML",
            "VESSEL_CROSS_MIDLINE_MM", "VESSEL_ANTERIOR_MM", "ORIGIN_REACH_Z_MM",
-           "search_one_kidney", "place_kidneys", "confidence_from_score", "vessel_reach"]
+           "MIN_WRAPPED_IN_FAT", "wrapped_in_fat", "common_shift", "place_kidneys", "confidence_from_score",
+           "vessel_reach"]
 
 #: head–foot reach of the single-kidney search (mm): a kidney 12 cm below its usual
-#: place is still found, starting from the pair's placement
+#: place is still found, starting from the pair's common displacement (which is itself
+#: at most this far from the pair's placement)
 WIDE_SEARCH_Z_MM = 150.0
 #: in-plane reach (mm) of the same search
 SHIFT_SEARCH_XY_MM = 45.0
-#: score lost per mm of shift: in-plane (the registration is right there), head–foot
-#: (kidneys do sit far from where the pair puts them)
+#: score lost per mm of shift from the pair's common displacement: in-plane (the
+#: registration is right there), head–foot (kidneys do sit far from the pair's level)
 WIDE_PENALTY_PER_MM: tuple[float, float, float] = (0.002, 0.002, 0.0006)
 #: score lost per unit fraction out of view in the wide search: an organ cut by the
 #: edge of the scan (the spleen's tip) otherwise scores on its visible part alone
@@ -46,6 +53,23 @@ OUT_OF_VIEW_PENALTY = 0.5
 #: replace the near one: phantom kidneys found 60–110 mm from the pair's place score
 #: 0.20–0.26, the spleen's tip in an un-enhanced real CT without its left kidney 0.13
 WIDE_MIN_SCORE = 0.16
+#: score lost per mm (x, y, z) of the pair's common displacement from where the
+#: registration put it: light, most of all head–foot (the registration's least
+#: certain axis: on phantoms with few landmarks it erred by 5–10 cm), yet enough that
+#: two blobs of bowel in fat 16 cm below a scan's cut kidneys do not win
+COMMON_PENALTY_PER_MM: tuple[float, float, float] = (0.001, 0.001, 0.0005)
+#: score lost per mm (x, y, z) of one kidney's own offset from the pair's common
+#: displacement, when finding that displacement: kidneys sit within 1–2 cm of each
+#: other's level, rarely (ptosis) 12 cm apart
+OWN_PENALTY_PER_MM: tuple[float, float, float] = (0.003, 0.003, 0.0008)
+#: kidney-likeness a kidney counts for, at least, when finding the common
+#: displacement: an absent kidney, or one out of view, leaves it to the other
+ABSENT_LIKENESS = 0.1
+#: a kidney found far from the pair's common displacement must be wrapped in fat: the
+#: median over its six faces (head, foot, front, back, either side) of the fraction of
+#: a 6 mm layer in fat at least this; 40 held-out phantoms' kidneys: 0.37–0.83, the
+#: real atlas CT's 0.54 and 0.75; a liver's edge with fat on one side only: 0.19–0.21
+MIN_WRAPPED_IN_FAT = 0.3
 #: kidney-likeness that maps to confidence 0 and 1
 _SCORE_AT_ZERO, _SCORE_AT_ONE = 0.0, 0.35
 #: below this confidence a kidney is refused (not kidney-like: MR, no fat, no tissue;
@@ -66,61 +90,204 @@ VESSEL_ANTERIOR_MM = 60.0
 ORIGIN_REACH_Z_MM = 58.0
 
 
-def search_one_kidney(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *, spacing_mm: float,
-                      narrow_radius_mm: tuple[float, float, float], narrow_penalty_per_mm: float,
-                      min_in_view: float) -> tuple[tuple[int, int, int], float, str]:
-    """Where one warped atlas kidney looks most like a kidney in the study.
+def _best(score: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """Index and value of the largest finite entry (``(None, nan)`` when there is none)."""
+    if not np.isfinite(score).any():
+        return None, float("nan")
+    best = np.unravel_index(int(np.nanargmax(score)), score.shape)
+    return np.asarray(best), float(score[best])
+
+
+def _distance_penalty(shape: tuple[int, ...], centre: np.ndarray, per_mm_zyx: np.ndarray,
+                      spacing_mm: float) -> np.ndarray:
+    """Score lost at each index of ``shape`` for its distance from ``centre`` (L2 of weighted mm)."""
+    offsets = (np.indices(shape) - np.asarray(centre)[:, None, None, None]) * spacing_mm
+    return np.sqrt(((offsets * np.asarray(per_mm_zyx)[:, None, None, None]) ** 2).sum(axis=0))
+
+
+def _reach_max(score: np.ndarray, step_cost: np.ndarray) -> np.ndarray:
+    """``max_d score[i + d] - sum_k step_cost[k] * |d_k|`` for every index ``i`` (L1 cone).
+
+    Separable: one forward and one backward pass along each axis.
+
+    Example:
+        >>> _reach_max(np.array([[[0.0, 0.0, 1.0, 0.0]]]), np.array([1.0, 1.0, 0.25])).ravel().tolist()
+        [0.5, 0.75, 1.0, 0.75]
+    """
+    out = score.copy()
+    for axis in range(3):
+        moved = np.moveaxis(out, axis, 0)  # a view: the passes write into ``out``
+        for i in range(1, moved.shape[0]):
+            np.maximum(moved[i], moved[i - 1] - step_cost[axis], out=moved[i])
+        for i in range(moved.shape[0] - 2, -1, -1):
+            np.maximum(moved[i], moved[i + 1] - step_cost[axis], out=moved[i])
+    return out
+
+
+def wrapped_in_fat(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *, ring: int = 2) -> float:
+    """Median over the mask's six faces of the fraction of a ``ring``-voxel layer in fat.
+
+    A kidney sits in perirenal fat on (nearly) every side; the edge of the liver or the
+    spleen has fat on one side and more of the organ on the others. Faces out of view
+    do not count (NaN when none is in view).
+
+    Example:
+        >>> hu = np.full((12, 12, 12), -100.0); kidney = np.zeros(hu.shape, bool)
+        >>> kidney[4:8, 4:8, 4:8] = True; hu[kidney] = 40.0
+        >>> wrapped_in_fat(kidney, hu, np.ones(hu.shape, bool))
+        1.0
+        >>> hu[:, :, 6:] = 60.0                      # an organ's edge: tissue on one side and beyond
+        >>> wrapped_in_fat(kidney, hu, np.ones(hu.shape, bool))
+        0.5
+    """
+    from renalseg.registration import FAT_HU
+
+    zz, yy, xx = np.nonzero(kidney)
+    if zz.size == 0:
+        return float("nan")
+    lo = np.maximum(np.array([zz.min(), yy.min(), xx.min()]) - ring, 0)
+    hi = np.array([zz.max(), yy.max(), xx.max()]) + ring + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    mask, seen = np.pad(kidney[box], ring), np.pad(fov[box], ring)
+    fat = np.pad((hu[box] >= FAT_HU[0]) & (hu[box] < FAT_HU[1]), ring)
+    fractions = []
+    for axis in range(3):
+        for step in (1, -1):
+            face = np.zeros_like(mask)
+            for k in range(1, ring + 1):
+                face |= np.roll(mask, step * k, axis=axis)
+            face &= ~mask & seen
+            if face.any():
+                fractions.append(float(fat[face].mean()))
+    return float(np.median(fractions)) if fractions else float("nan")
+
+
+def common_shift(scores: dict[str, np.ndarray], *, spacing_mm: float,
+                 reach_mm: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Where both kidneys are, together: the pair's common displacement (map index, z y x).
+
+    The atlas registration errs for both kidneys alike (a study with few landmarks
+    head–foot, a pair correction caught by one absent, low or cut kidney), while each
+    kidney's own place varies less around the pair's (its level by 1–2 cm; a dropped
+    kidney by up to 12 cm). So the displacement ``c`` maximises the sum over both
+    kidneys of the best kidney-likeness within reach of ``c`` (less
+    :data:`OWN_PENALTY_PER_MM` per mm away from it, an L1 cone), each floored at
+    :data:`ABSENT_LIKENESS` (an absent or unseen kidney does not drag ``c`` toward
+    places mediocre for both), less :data:`COMMON_PENALTY_PER_MM` per mm of ``c``
+    itself (the registration is a guide). Index ``radius`` (the map's centre) is no
+    displacement.
 
     Args:
-        kidney: the kidney's boolean mask on the working grid (as the pair placed it).
-        hu, fov: the study's HU and field-of-view mask on that grid.
-        spacing_mm: the grid's (isotropic) spacing.
-        narrow_radius_mm, narrow_penalty_per_mm: the near search around the pair's
-            placement (used when the wide one finds nothing clearly kidney-like).
-        min_in_view: the wide search only scores places with this fraction in view.
+        scores: per side, the wide search's score map (:func:`place_kidneys`), NaN where
+            unscored; all the same shape, centred on the pair's placement.
+        spacing_mm: the grid's spacing.
+        reach_mm: how far (x, y, z) ``c`` may lie from the map's centre (default: anywhere
+            in the map).
 
-    Returns:
-        ``(shift_zyx, score, how)``: voxel shift, its kidney-likeness (NaN when nothing
-        could be scored) and ``"pair"`` (near the pair's placement) or ``"alone"``
-        (found far from it).
+    Example:
+        >>> left = np.full((41, 3, 3), 0.05); right = left.copy()
+        >>> left[2, 1, 1], right[2, 1, 1] = 0.3, 0.3    # both kidneys 54 mm below the pair's place
+        >>> left[20, 1, 1] = 0.31                        # a spleen's edge where the pair put one
+        >>> (common_shift({"left": left, "right": right}, spacing_mm=3.0) - [20, 1, 1]).tolist()
+        [-18, 0, 0]
+        >>> right[:] = 0.0                               # one kidney absent: the other decides
+        >>> (common_shift({"left": left, "right": right}, spacing_mm=3.0) - [20, 1, 1]).tolist()
+        [0, 0, 0]
     """
-    from renalseg.registration import kidney_likeness_shift
+    shape = next(iter(scores.values())).shape
+    centre = np.asarray(shape) // 2
+    step_cost = np.asarray(OWN_PENALTY_PER_MM[::-1]) * spacing_mm
+    total = -_distance_penalty(shape, centre, np.asarray(COMMON_PENALTY_PER_MM[::-1]), spacing_mm)
+    for score in scores.values():
+        reach = _reach_max(np.where(np.isfinite(score), score, -1.0), step_cost)
+        total += np.maximum(reach, ABSENT_LIKENESS)
+    if reach_mm is not None:
+        limit = np.round(np.asarray(reach_mm[::-1]) / spacing_mm).astype(int)
+        offsets = np.abs(np.indices(shape) - centre[:, None, None, None])
+        total[np.any(offsets > limit[:, None, None, None], axis=0)] = -np.inf
+    return np.asarray(np.unravel_index(int(np.argmax(total)), shape))
 
-    narrow, narrow_score = kidney_likeness_shift(kidney, hu, fov, radius_mm=narrow_radius_mm,
-                                                 penalty_per_mm=narrow_penalty_per_mm)
-    wide, wide_score = kidney_likeness_shift(
-        kidney, hu, fov, radius_mm=(SHIFT_SEARCH_XY_MM, SHIFT_SEARCH_XY_MM, WIDE_SEARCH_Z_MM),
-        penalty_per_mm=WIDE_PENALTY_PER_MM, min_in_view=min_in_view, out_of_view_penalty=OUT_OF_VIEW_PENALTY)
-    far = abs(wide[0]) * spacing_mm > narrow_radius_mm[2]
-    if np.isfinite(wide_score) and wide_score >= WIDE_MIN_SCORE and (
-            not np.isfinite(narrow_score) or wide_score > narrow_score):
-        return wide, float(wide_score), "alone" if far else "pair"
-    return narrow, float(narrow_score), "pair"
+
+def _wrapped(template: np.ndarray, shift_zyx: np.ndarray, hu: np.ndarray, fov: np.ndarray) -> bool:
+    """Whether ``template`` moved by ``shift_zyx`` is wrapped in fat (:data:`MIN_WRAPPED_IN_FAT`)."""
+    moved = np.roll(template, tuple(int(v) for v in shift_zyx), axis=(0, 1, 2))
+    wrapped = wrapped_in_fat(moved, hu, fov)
+    return bool(np.isfinite(wrapped) and wrapped >= MIN_WRAPPED_IN_FAT)
 
 
 def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndarray, *, spacing_mm: float,
                   narrow_radius_mm: tuple[float, float, float], narrow_penalty_per_mm: float,
                   min_in_view: float) -> dict[str, tuple[tuple[int, int, int], float, str]]:
-    """:func:`search_one_kidney` for each side, then one consistency pass.
+    """Each warped atlas kidney moved to where it looks most like a kidney in the study.
 
-    When one kidney is found far from the pair's placement and the other is not, the
-    pair's registration is suspect (a scan that stops mid-kidney, a low kidney that
-    pulled the pair): the other kidney is searched again from its template moved by
-    the same shift, and the better-scoring placement is kept. Returns ``side ->
-    (shift_zyx, score, how)`` with ``how`` ``"alone"`` for a far placement.
+    First both together (:func:`common_shift`: the pair's common displacement, robust to
+    one kidney absent, low or cut by the scan; with one template, none), then each alone around that
+    displacement: a near search (``narrow_radius_mm``, ``narrow_penalty_per_mm`` per
+    mm) and a wide one (±:data:`SHIFT_SEARCH_XY_MM` in-plane from the pair's placement,
+    ±:data:`WIDE_SEARCH_Z_MM` head–foot from the common displacement, itself at most
+    that far from the pair's placement; :data:`WIDE_PENALTY_PER_MM`, only places at
+    least ``min_in_view`` in view, :data:`OUT_OF_VIEW_PENALTY`); the wide one wins
+    only when it scores at least :data:`WIDE_MIN_SCORE` and more than the near one, and
+    its place is wrapped in fat (:func:`wrapped_in_fat`, :data:`MIN_WRAPPED_IN_FAT`).
+
+    Args:
+        templates: per side, the kidney's boolean mask on the working grid (as the pair
+            placed it).
+        hu, fov: the study's HU and field-of-view mask on that grid.
+        spacing_mm: the grid's (isotropic) spacing.
+        narrow_radius_mm, narrow_penalty_per_mm: the near search (x, y, z radius; score
+            lost per mm).
+        min_in_view: the wide search only scores places with this fraction in view.
+
+    Returns:
+        ``side -> (shift_zyx, score, how)``: voxel shift from the pair's placement, its
+        kidney-likeness less the penalties (NaN when nothing could be scored) and
+        ``"pair"`` (within ``narrow_radius_mm`` head–foot of the pair's placement) or
+        ``"alone"`` (found farther).
     """
-    kwargs = {"spacing_mm": spacing_mm, "narrow_radius_mm": narrow_radius_mm,
-              "narrow_penalty_per_mm": narrow_penalty_per_mm, "min_in_view": min_in_view}
-    placed = {side: search_one_kidney(mask, hu, fov, **kwargs) for side, mask in templates.items()}
-    alone = [side for side, (_, _, how) in placed.items() if how == "alone"]
-    if len(placed) == 2 and len(alone) == 1:
-        other = next(side for side in placed if side != alone[0])
-        moved = placed[alone[0]][0]
-        shift, score, _ = search_one_kidney(np.roll(templates[other], moved, axis=(0, 1, 2)), hu, fov, **kwargs)
-        if np.isfinite(score) and (not np.isfinite(placed[other][1]) or score > placed[other][1]):
-            total = tuple(int(a + b) for a, b in zip(moved, shift))
-            far = abs(total[0]) * spacing_mm > narrow_radius_mm[2]
-            placed[other] = (total, float(score), "alone" if far else "pair")  # type: ignore[assignment]
+    from renalseg.registration import kidney_likeness_map
+
+    if not templates:
+        return {}
+    # the pair's common displacement may reach WIDE_SEARCH_Z_MM head–foot, and each
+    # kidney as far again from it
+    radius_mm = (SHIFT_SEARCH_XY_MM, SHIFT_SEARCH_XY_MM, 2.0 * WIDE_SEARCH_Z_MM)
+    near_scores: dict[str, np.ndarray] = {}
+    wide_scores: dict[str, np.ndarray] = {}
+    for side, template in templates.items():
+        likeness, inside, shell = kidney_likeness_map(template, hu, fov, radius_mm=radius_mm)
+        near_scores[side] = np.where((inside > 0.5) & (shell > 0.5), likeness, np.nan)
+        wide_scores[side] = np.where((inside > min_in_view) & (shell > min_in_view),
+                                     likeness - OUT_OF_VIEW_PENALTY * (1.0 - inside), np.nan)
+    shape = next(iter(wide_scores.values())).shape
+    centre = np.asarray(shape) // 2
+    # one kidney alone cannot tell the registration's error from its own place
+    common = (common_shift(wide_scores, spacing_mm=spacing_mm, reach_mm=(SHIFT_SEARCH_XY_MM, SHIFT_SEARCH_XY_MM,
+                                                                         WIDE_SEARCH_Z_MM))
+              if len(templates) > 1 else centre)
+    narrow = np.round(np.asarray(narrow_radius_mm[::-1]) / spacing_mm).astype(int)
+    lo, hi = np.maximum(common - narrow, 0), np.minimum(common + narrow + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    near_penalty = _distance_penalty(shape, common, np.full(3, narrow_penalty_per_mm), spacing_mm)
+    wide_penalty = _distance_penalty(shape, common, np.asarray(WIDE_PENALTY_PER_MM[::-1]), spacing_mm)
+    reach_z = int(round(WIDE_SEARCH_Z_MM / spacing_mm))
+    wide_penalty[np.abs(np.arange(shape[0]) - common[0]) > reach_z] = np.inf
+    placed: dict[str, tuple[tuple[int, int, int], float, str]] = {}
+    for side in templates:
+        near_index, near_score = _best((near_scores[side] - near_penalty)[box])
+        near_index = None if near_index is None else near_index + lo
+        wide_index, wide_score = _best(wide_scores[side] - wide_penalty)
+        if wide_index is not None and wide_score >= WIDE_MIN_SCORE and (
+                near_index is None or wide_score > near_score) and (
+                np.array_equal(wide_index, near_index) or _wrapped(templates[side], wide_index - centre, hu, fov)):
+            index, score = wide_index, wide_score
+        elif near_index is not None:
+            index, score = near_index, near_score
+        else:
+            index, score = centre, float("nan")
+        shift = tuple(int(v) for v in index - centre)
+        far = abs(shift[0]) * spacing_mm > narrow_radius_mm[2]
+        placed[side] = (shift, score, "alone" if far else "pair")  # type: ignore[assignment]
     return placed
 
 

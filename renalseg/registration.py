@@ -54,6 +54,7 @@ __all__ = [
     "to_lps_grid",
     "initial_translation",
     "masked_ncc_map",
+    "kidney_likeness_map",
     "kidney_likeness_shift",
     "KIDNEY_TISSUE_HU",
     "FAT_HU",
@@ -355,34 +356,38 @@ def initial_translation(study_hu: sitk.Image, study_fov: sitk.Image, atlas: Atla
             + shift_zyx[::-1] * spacing)
 
 
-def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
-                  radius_mm: tuple[float, float, float], penalty_per_mm: float | tuple[float, float, float],
-                  min_in_view: float = 0.5, out_of_view_penalty: float = 0.0) -> tuple[tuple[int, int, int], float]:
-    """Voxel shift (z, y, x) that makes ``kidney`` look most like kidneys in ``hu``.
+def kidney_likeness_map(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
+                        radius_mm: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How much ``kidney``, shifted by every voxel shift within ``radius_mm``, looks like a kidney in ``hu``.
 
     A kidney is soft tissue wrapped in perirenal fat in every contrast phase. The
-    score of a shift is the fraction of the shifted mask in the soft-tissue range
-    :data:`KIDNEY_TISSUE_HU` plus the fraction of a 6 mm shell around it in the fat
-    range :data:`FAT_HU`, minus one, less ``penalty_per_mm`` per mm of shift (the
-    registration is roughly right). Lung or bowel gas is not fat, so organs in air
-    do not score. Only voxels in the field of view count. All shifts within
-    ``radius_mm`` (x, y, z) are scored at once by FFT correlation
-    (``scipy.signal.fftconvolve``).
+    kidney-likeness of a shift is the fraction of the shifted mask in the soft-tissue
+    range :data:`KIDNEY_TISSUE_HU` plus the fraction of a 6 mm shell around it in the
+    fat range :data:`FAT_HU`, minus one, both counted over the voxels in the field of
+    view only. Lung or bowel gas is not fat, so organs in air do not score. All shifts
+    are scored at once by FFT correlation (``scipy.signal.fftconvolve``).
 
     Args:
         kidney: boolean mask ``(Z, Y, X)`` on the 3 mm kidney grid (one or both kidneys).
         hu: study HU on that grid; fov: boolean field-of-view mask.
         radius_mm: search radius along x, y, z.
-        penalty_per_mm: score lost per mm of shift (one value, or one per axis x, y, z).
-        min_in_view: shifts leaving less of the mask than this in view are not scored.
-        out_of_view_penalty: score lost per unit fraction of the mask out of view (a
-            place half out of view otherwise scores on its visible half alone).
 
     Returns:
-        ``(shift, score)``: the best shift in voxels (``(0, 0, 0)`` when nothing can be
-        scored) and its score.
+        ``(likeness, inside_in_view, shell_in_view)``, each of shape ``2 * radius + 1``
+        (z, y, x; index ``k`` is the shift ``k - radius`` voxels): the kidney-likeness
+        (NaN where nothing of the mask is in view) and the fractions of the mask and
+        of its shell in the field of view.
+
+    Example:
+        >>> hu = np.full((20, 20, 20), -100.0); hu[8:12, 9:13, 10:14] = 40.0
+        >>> kidney = np.zeros(hu.shape, bool); kidney[8:12, 8:12, 8:12] = True
+        >>> likeness, inside, shell = kidney_likeness_map(kidney, hu, np.ones(hu.shape, bool),
+        ...                                               radius_mm=(6.0, 6.0, 6.0))
+        >>> best = np.unravel_index(np.nanargmax(likeness), likeness.shape)
+        >>> [int(v) - 2 for v in best], round(float(inside.min()), 3)     # index 2 is no shift
+        ([0, 1, 2], 1.0)
     """
-    from scipy import ndimage, signal
+    from scipy import fft, ndimage
 
     radius = np.round(np.asarray(radius_mm[::-1]) / WORK_SPACING_MM).astype(int)  # (z, y, x)
     ring = 2
@@ -398,18 +403,52 @@ def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *
     hu_w = np.pad(hu, pad, constant_values=-1024.0)[window]
     tissue = ((hu_w >= KIDNEY_TISSUE_HU[0]) & (hu_w <= KIDNEY_TISSUE_HU[1])) * view
     fat = ((hu_w >= FAT_HU[0]) & (hu_w < FAT_HU[1])) * view
+    # circular correlation on a grid at least the window's size is exact on the valid part
+    shape = [fft.next_fast_len(int(n), real=True) for n in view.shape]
+    valid = tuple(slice(k - 1, w) for k, w in zip(inside.shape, view.shape))
     flip = (slice(None, None, -1),) * 3
+    spectra = {name: fft.rfftn(array, shape) for name, array in (("view", view), ("tissue", tissue), ("fat", fat))}
 
-    def local_fraction(indicator: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        kernel = mask[flip].astype(np.float64)
-        hits = signal.fftconvolve(indicator, kernel, mode="valid")
-        count = signal.fftconvolve(view, kernel, mode="valid")
-        return np.where(count > min_in_view * mask.sum(), hits / np.maximum(count, 1e-6), np.nan)
+    def correlate(names: tuple[str, ...], mask: np.ndarray) -> list[np.ndarray]:
+        kernel = fft.rfftn(mask[flip].astype(np.float64), shape)
+        return [fft.irfftn(spectra[name] * kernel, shape)[valid] for name in names]
 
-    score = local_fraction(tissue, inside) + local_fraction(fat, shell) - 1.0
+    inside_view, inside_tissue = correlate(("view", "tissue"), inside)
+    shell_view, shell_fat = correlate(("view", "fat"), shell)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        likeness = inside_tissue / inside_view + shell_fat / shell_view - 1.0
+    likeness[(inside_view < 0.5) | (shell_view < 0.5)] = np.nan
+    return likeness, np.clip(inside_view / inside.sum(), 0.0, 1.0), np.clip(shell_view / shell.sum(), 0.0, 1.0)
+
+
+def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
+                  radius_mm: tuple[float, float, float], penalty_per_mm: float | tuple[float, float, float],
+                  min_in_view: float = 0.5, out_of_view_penalty: float = 0.0) -> tuple[tuple[int, int, int], float]:
+    """Voxel shift (z, y, x) that makes ``kidney`` look most like kidneys in ``hu``.
+
+    The score of a shift is its kidney-likeness (:func:`kidney_likeness_map`: soft
+    tissue inside, fat around, in the field of view) less ``penalty_per_mm`` per mm of
+    shift (the registration is roughly right).
+
+    Args:
+        kidney: boolean mask ``(Z, Y, X)`` on the 3 mm kidney grid (one or both kidneys).
+        hu: study HU on that grid; fov: boolean field-of-view mask.
+        radius_mm: search radius along x, y, z.
+        penalty_per_mm: score lost per mm of shift (one value, or one per axis x, y, z).
+        min_in_view: shifts leaving less of the mask (or of its shell) than this in
+            view are not scored.
+        out_of_view_penalty: score lost per unit fraction of the mask out of view (a
+            place half out of view otherwise scores on its visible half alone).
+
+    Returns:
+        ``(shift, score)``: the best shift in voxels (``(0, 0, 0)`` when nothing can be
+        scored) and its score.
+    """
+    radius = np.round(np.asarray(radius_mm[::-1]) / WORK_SPACING_MM).astype(int)  # (z, y, x)
+    likeness, inside_view, shell_view = kidney_likeness_map(kidney, hu, fov, radius_mm=radius_mm)
+    score = np.where((inside_view > min_in_view) & (shell_view > min_in_view), likeness, np.nan)
     if out_of_view_penalty:
-        in_view = signal.fftconvolve(view, inside[flip].astype(np.float64), mode="valid") / inside.sum()
-        score = score - out_of_view_penalty * np.clip(1.0 - in_view, 0.0, 1.0)
+        score = score - out_of_view_penalty * (1.0 - inside_view)
     offsets = (np.indices(score.shape) - radius[:, None, None, None]) * WORK_SPACING_MM
     weights_zyx = np.broadcast_to(np.asarray(penalty_per_mm, dtype=float), (3,))[::-1]
     score = score - np.sqrt(((offsets * weights_zyx[:, None, None, None]) ** 2).sum(axis=0))

@@ -225,7 +225,9 @@ def locate_kidneys(
     (:mod:`renalseg.registration`: translation search that trusts no origin, then
     similarity and affine Mattes-MI registration at 3 mm); the atlas kidney labels
     are warped onto the study (majority vote over atlases) and moved together to
-    where the study shows two kidneys. Then each kidney is looked for on its own
+    where the study shows two kidneys. Then both are placed where the study shows
+    them together (the registration's error is common to both; one absent, low or
+    cut kidney does not decide it), and each is looked for on its own from there
     (:mod:`renalseg.kidney_search`: ±150 mm head–foot, so a kidney far below the
     other is found), gets a confidence from how kidney-like the place is (soft
     tissue wrapped in fat, in any contrast phase), is refused when implausible, and
@@ -330,7 +332,7 @@ def locate_kidneys(
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         landed.append(registration.atlas_to_study(corners))
     landed_points = np.concatenate(landed)
-    reach = np.array([0.0, 0.0, WIDE_SEARCH_Z_MM])
+    reach = np.array([0.0, 0.0, 2.0 * WIDE_SEARCH_Z_MM])  # the pair's common displacement, then each kidney
     kidney_grid = _grid_like(landed_points.min(axis=0) - reach, landed_points.max(axis=0) + reach, WORK_SPACING_MM)
     warped = [resample_to_grid(atlas.labels, kidney_grid, transform=registration.transform,
                                interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
@@ -377,8 +379,9 @@ def locate_kidneys(
     refusals: dict[str, str] = {}
     tissue = (grid_hu >= KIDNEY_TISSUE_HU[0]) & (grid_hu <= KIDNEY_TISSUE_HU[1]) & grid_fov
     ball = ndimage.generate_binary_structure(3, 1)
+    # both kidneys are placed whichever are asked for: each tells where the other is
     placements = place_kidneys({side: labels == ATLAS_LABEL_VALUES[side] for side in _SIDES
-                                if side in sides and (labels == ATLAS_LABEL_VALUES[side]).any()},
+                                if (labels == ATLAS_LABEL_VALUES[side]).any()},
                                grid_hu, grid_fov, spacing_mm=WORK_SPACING_MM, narrow_radius_mm=SHIFT_SEARCH_MM,
                                narrow_penalty_per_mm=SHIFT_PENALTY_PER_MM, min_in_view=MIN_FRACTION_IN_VIEW)
     for side in ("right", "left"):
