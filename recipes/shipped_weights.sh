@@ -4,8 +4,8 @@
 #
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
-#   CPU_STEPS=1600 recipes/shipped_weights.sh resume
-#       continue the shipped dpa_densebiasnet run from recipes/state (its step 1200)
+#   recipes/shipped_weights.sh resume
+#       continue the four phase from recipes/state (its step 2000 of 3000)
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
@@ -19,9 +19,11 @@
 # four     DPA-DenseBiasNet, the shipped artery     152,152,64     1e-4, 5e-5  2000, 3000  best
 #          weights grown to KiPA22's five outputs (renal artery, renal vein, kidney, tumour;
 #          the artery and background rows copied, so it starts labelling the artery as they did)
+# four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
+#          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
 # The four phase has not finished: no four-structure weights ship yet (recipes/state holds
-# its resume state). It trains on phantoms in four contrast phases (arterial 0.4, late
+# its resume state, step 2000 of 3000). It trains on phantoms in four contrast phases (arterial 0.4, late
 # arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
 # half of them with a tumour, cropped as `renalseg segment` crops a study (the kidney plus
 # the renal vessels' reach to the aorta and the IVC: make_training_phantoms.py
@@ -173,23 +175,29 @@ phase_cpu() {
   fi
 }
 
+# the four phase's phantoms (made once) and common options
+WIDE=(--great-vessels --tumour-share 0.5)
+FOUR=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
+      --label-map 3:renal_artery,1:renal_vein,2:kidney,4:tumour --patch 152,152,64 --window 152,152,64
+      --loss ce_dice --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3
+      --domain-randomisation 0.5 --samples-per-epoch 200 --val-every 2 --val-overlap 0.25
+      --checkpoint-minutes 10 --seed 24)
+
+phase_four_data() {
+  phantoms four 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 "${WIDE[@]}"
+  phantoms four_sel 9500-9503 --phase arterial "${WIDE[@]}"
+  phantoms four_sel 9504-9507 --phase portal-venous "${WIDE[@]}"
+  phantoms four_art 9600-9619 --phase arterial "${WIDE[@]}"
+  phantoms four_pv 9620-9639 --phase portal-venous "${WIDE[@]}"
+}
+
 phase_four() {
-  local wide=(--great-vessels --tumour-share 0.5)
-  phantoms four 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 "${wide[@]}"
-  phantoms four_sel 9500-9503 --phase arterial "${wide[@]}"
-  phantoms four_sel 9504-9507 --phase portal-venous "${wide[@]}"
-  local options=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
-                 --init weights/dpa_densebiasnet.safetensors
-                 --label-map 3:renal_artery,1:renal_vein,2:kidney,4:tumour --patch 152,152,64 --window 152,152,64
-                 --loss ce_dice --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3
-                 --domain-randomisation 0.5 --samples-per-epoch 200 --val-every 2 --val-overlap 0.25
-                 --checkpoint-minutes 10 --seed 24)
+  phase_four_data
+  local options=("${FOUR[@]}" --init weights/dpa_densebiasnet.safetensors)
   train "$RUNS/four" 2000 "${options[@]}" --lr 1e-4
   train "$RUNS/four" 3000 "${options[@]}" --lr 5e-5
   local weights=$RUNS/four/best.safetensors
   if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet_four.safetensors" ]; then
-    phantoms four_art 9600-9619 --phase arterial "${wide[@]}"
-    phantoms four_pv 9620-9639 --phase portal-venous "${wide[@]}"
     mkdir -p "$PUBLISH"
     evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --compare weights/dpa_densebiasnet.safetensors \
         --publish "$PUBLISH/dpa_densebiasnet_four.safetensors" \
@@ -197,20 +205,36 @@ phase_four() {
   fi
 }
 
+# four_plain: the four phase's twin without the deep priori anatomy (DAE) features, for
+# "DPA against plain DenseBiasNet with the same budget": the same data, options, seeds and
+# steps, from weights/densebiasnet (the plain artery weights); scored on the same held-out
+# cases beside the four model. Same budget in this phase only: its start had less training
+# than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
+# the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
+phase_four_plain() {
+  phase_four_data
+  local options=("${FOUR[@]}" --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}")
+  train "$RUNS/four_plain" 2000 "${options[@]}" --lr 1e-4
+  train "$RUNS/four_plain" 3000 "${options[@]}" --lr 5e-5
+  local weights=$RUNS/four_plain/best.safetensors
+  if [ "$weights" -nt "$PUBLISH/densebiasnet_four.safetensors" ]; then
+    mkdir -p "$PUBLISH"
+    evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --compare "$RUNS/four/best.safetensors" \
+        --publish "$PUBLISH/densebiasnet_four.safetensors" \
+        --history "recipes/shipped_weights.sh: phase four_plain (from the plain artery weights)"
+  fi
+}
+
 phase_resume() {
-  if [ ! -f "$RUNS/cpu/checkpoint.pt" ]; then
-    mkdir -p "$RUNS/cpu"
-    cp recipes/state/checkpoint.pt recipes/state/config.json recipes/state/metrics.* "$RUNS/cpu/"
+  if [ ! -f "$RUNS/four/checkpoint.pt" ]; then
+    mkdir -p "$RUNS/four"
+    cp recipes/state/checkpoint.pt recipes/state/config.json recipes/state/metrics.* recipes/state/best.* "$RUNS/four/"
   fi
-  if [ "$CPU_STEPS" -le "$(steps_done "$RUNS/cpu")" ]; then
-    echo "$RUNS/cpu is at step $(steps_done "$RUNS/cpu"): set CPU_STEPS above it to continue" >&2
-    exit 2
-  fi
-  phase_cpu
+  phase_four
 }
 
 SHIPPED=(dae plain plain96 twin dpa gpu cpu)  # `all`: the weights in weights/
-PHASES=("${SHIPPED[@]}" four)
+PHASES=("${SHIPPED[@]}" four four_plain)
 if [ $# -eq 0 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
