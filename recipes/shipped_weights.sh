@@ -191,18 +191,24 @@ phase_four_data() {
   phantoms four_pv 9620-9639 --phase portal-venous "${WIDE[@]}"
 }
 
-phase_four() {
+# four_run RUN COMPARE PUBLISHED HISTORY OPTION ...: a four-structure run to step 3000
+# (lr 1e-4 to 2000, then 5e-5), best kept, scored on four_art/four_pv beside COMPARE
+four_run() {
+  local run=$1 compare=$2 published=$PUBLISH/$3 history=$4
+  shift 4
   phase_four_data
-  local options=("${FOUR[@]}" --init weights/dpa_densebiasnet.safetensors)
-  train "$RUNS/four" 2000 "${options[@]}" --lr 1e-4
-  train "$RUNS/four" 3000 "${options[@]}" --lr 5e-5
-  local weights=$RUNS/four/best.safetensors
-  if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet_four.safetensors" ]; then
+  train "$run" 2000 "${FOUR[@]}" "$@" --lr 1e-4
+  train "$run" 3000 "${FOUR[@]}" "$@" --lr 5e-5
+  if [ "$run/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
-    evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --compare weights/dpa_densebiasnet.safetensors \
-        --publish "$PUBLISH/dpa_densebiasnet_four.safetensors" \
-        --history "recipes/shipped_weights.sh: phase four (from the shipped artery weights)"
+    evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
+        --publish "$published" --history "recipes/shipped_weights.sh: $history"
   fi
+}
+
+phase_four() {
+  four_run "$RUNS/four" weights/dpa_densebiasnet.safetensors dpa_densebiasnet_four.safetensors \
+      "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet.safetensors
 }
 
 # four_plain: the four phase's twin without the deep priori anatomy (DAE) features, for
@@ -212,17 +218,9 @@ phase_four() {
 # than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
 # the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
 phase_four_plain() {
-  phase_four_data
-  local options=("${FOUR[@]}" --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}")
-  train "$RUNS/four_plain" 2000 "${options[@]}" --lr 1e-4
-  train "$RUNS/four_plain" 3000 "${options[@]}" --lr 5e-5
-  local weights=$RUNS/four_plain/best.safetensors
-  if [ "$weights" -nt "$PUBLISH/densebiasnet_four.safetensors" ]; then
-    mkdir -p "$PUBLISH"
-    evaluate "$weights" "$DATA/four_art" "$DATA/four_pv" --compare "$RUNS/four/best.safetensors" \
-        --publish "$PUBLISH/densebiasnet_four.safetensors" \
-        --history "recipes/shipped_weights.sh: phase four_plain (from the plain artery weights)"
-  fi
+  four_run "$RUNS/four_plain" "$RUNS/four/best.safetensors" densebiasnet_four.safetensors \
+      "phase four_plain (from the plain artery weights)" \
+      --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
 }
 
 phase_resume() {

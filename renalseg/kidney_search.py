@@ -98,13 +98,6 @@ def _best(score: np.ndarray) -> tuple[np.ndarray | None, float]:
     return np.asarray(best), float(score[best])
 
 
-def _distance_penalty(shape: tuple[int, ...], centre: np.ndarray, per_mm_zyx: np.ndarray,
-                      spacing_mm: float) -> np.ndarray:
-    """Score lost at each index of ``shape`` for its distance from ``centre`` (L2 of weighted mm)."""
-    offsets = (np.indices(shape) - np.asarray(centre)[:, None, None, None]) * spacing_mm
-    return np.sqrt(((offsets * np.asarray(per_mm_zyx)[:, None, None, None]) ** 2).sum(axis=0))
-
-
 def _reach_max(score: np.ndarray, step_cost: np.ndarray) -> np.ndarray:
     """``max_d score[i + d] - sum_k step_cost[k] * |d_k|`` for every index ``i`` (L1 cone).
 
@@ -194,10 +187,12 @@ def common_shift(scores: dict[str, np.ndarray], *, spacing_mm: float,
         >>> (common_shift({"left": left, "right": right}, spacing_mm=3.0) - [20, 1, 1]).tolist()
         [0, 0, 0]
     """
+    from renalseg.registration import distance_penalty
+
     shape = next(iter(scores.values())).shape
     centre = np.asarray(shape) // 2
     step_cost = np.asarray(OWN_PENALTY_PER_MM[::-1]) * spacing_mm
-    total = -_distance_penalty(shape, centre, np.asarray(COMMON_PENALTY_PER_MM[::-1]), spacing_mm)
+    total = -distance_penalty(shape, centre, np.asarray(COMMON_PENALTY_PER_MM[::-1]), spacing_mm)
     for score in scores.values():
         reach = _reach_max(np.where(np.isfinite(score), score, -1.0), step_cost)
         total += np.maximum(reach, ABSENT_LIKENESS)
@@ -245,7 +240,7 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
         ``"pair"`` (within ``narrow_radius_mm`` head–foot of the pair's placement) or
         ``"alone"`` (found farther).
     """
-    from renalseg.registration import kidney_likeness_map
+    from renalseg.registration import distance_penalty, kidney_likeness_map
 
     if not templates:
         return {}
@@ -268,8 +263,8 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     narrow = np.round(np.asarray(narrow_radius_mm[::-1]) / spacing_mm).astype(int)
     lo, hi = np.maximum(common - narrow, 0), np.minimum(common + narrow + 1, shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    near_penalty = _distance_penalty(shape, common, np.full(3, narrow_penalty_per_mm), spacing_mm)
-    wide_penalty = _distance_penalty(shape, common, np.asarray(WIDE_PENALTY_PER_MM[::-1]), spacing_mm)
+    near_penalty = distance_penalty(shape, common, np.full(3, narrow_penalty_per_mm), spacing_mm)
+    wide_penalty = distance_penalty(shape, common, np.asarray(WIDE_PENALTY_PER_MM[::-1]), spacing_mm)
     reach_z = int(round(WIDE_SEARCH_Z_MM / spacing_mm))
     wide_penalty[np.abs(np.arange(shape[0]) - common[0]) > reach_z] = np.inf
     placed: dict[str, tuple[tuple[int, int, int], float, str]] = {}

@@ -55,6 +55,7 @@ __all__ = [
     "initial_translation",
     "masked_ncc_map",
     "kidney_likeness_map",
+    "distance_penalty",
     "kidney_likeness_shift",
     "KIDNEY_TISSUE_HU",
     "FAT_HU",
@@ -365,7 +366,8 @@ def kidney_likeness_map(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
     range :data:`KIDNEY_TISSUE_HU` plus the fraction of a 6 mm shell around it in the
     fat range :data:`FAT_HU`, minus one, both counted over the voxels in the field of
     view only. Lung or bowel gas is not fat, so organs in air do not score. All shifts
-    are scored at once by FFT correlation (``scipy.signal.fftconvolve``).
+    are scored at once by FFT correlation (``scipy.fft``, the three indicators' spectra
+    computed once for both masks).
 
     Args:
         kidney: boolean mask ``(Z, Y, X)`` on the 3 mm kidney grid (one or both kidneys).
@@ -421,6 +423,20 @@ def kidney_likeness_map(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
     return likeness, np.clip(inside_view / inside.sum(), 0.0, 1.0), np.clip(shell_view / shell.sum(), 0.0, 1.0)
 
 
+def distance_penalty(shape: tuple[int, ...], centre: np.ndarray, per_mm_zyx: np.ndarray,
+                     spacing_mm: float) -> np.ndarray:
+    """Score lost at each index of a shift map for its distance from ``centre``.
+
+    The L2 norm of the offset in mm, each axis weighted by ``per_mm_zyx`` (z, y, x).
+
+    Example:
+        >>> distance_penalty((1, 1, 3), np.array([0, 0, 1]), np.array([1.0, 1.0, 0.5]), 3.0).ravel().tolist()
+        [1.5, 0.0, 1.5]
+    """
+    offsets = (np.indices(shape) - np.asarray(centre)[:, None, None, None]) * spacing_mm
+    return np.sqrt(((offsets * np.asarray(per_mm_zyx)[:, None, None, None]) ** 2).sum(axis=0))
+
+
 def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *,
                   radius_mm: tuple[float, float, float], penalty_per_mm: float | tuple[float, float, float],
                   min_in_view: float = 0.5, out_of_view_penalty: float = 0.0) -> tuple[tuple[int, int, int], float]:
@@ -449,9 +465,8 @@ def kidney_likeness_shift(kidney: np.ndarray, hu: np.ndarray, fov: np.ndarray, *
     score = np.where((inside_view > min_in_view) & (shell_view > min_in_view), likeness, np.nan)
     if out_of_view_penalty:
         score = score - out_of_view_penalty * (1.0 - inside_view)
-    offsets = (np.indices(score.shape) - radius[:, None, None, None]) * WORK_SPACING_MM
     weights_zyx = np.broadcast_to(np.asarray(penalty_per_mm, dtype=float), (3,))[::-1]
-    score = score - np.sqrt(((offsets * weights_zyx[:, None, None, None]) ** 2).sum(axis=0))
+    score = score - distance_penalty(score.shape, radius, weights_zyx, WORK_SPACING_MM)
     if not np.isfinite(score).any():
         return (0, 0, 0), float("nan")
     best = np.unravel_index(int(np.nanargmax(score)), score.shape)
