@@ -16,18 +16,21 @@
 #          encoder (the DAE inputs start at zero weight, so it starts as the plain network)
 # gpu      DPA-DenseBiasNet, dpa's; batch 4         152,152,64     5e-5        4429    last
 # cpu      DPA-DenseBiasNet, gpu's; bfloat16        152,152,64     2e-5        1200    last          -> weights/dpa_densebiasnet
-# four     DPA-DenseBiasNet, the shipped artery     152,152,64     1e-4, 5e-5  2000, 3000  best
+# four     DPA-DenseBiasNet, the shipped artery     152,152,64     1e-4, 5e-5  2000, 2400  best (2400)
 #          weights grown to KiPA22's five outputs (renal artery, renal vein, kidney, tumour;
 #          the artery and background rows copied, so it starts labelling the artery as they did)
+# four_present  DPA-DenseBiasNet, four's best   152,152,64     1e-4        300     best  -> dpa_densebiasnet_four
+#          the loss ce_dice_present (the Dice of the classes in each patch only): with ce_dice
+#          the four phase labelled no tumour voxel, its Dice of an absent class holding the
+#          tumour at zero; validated on four_sel and four cases with a tumour (four_sel_t)
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
-# The four phase has not finished: no four-structure weights ship yet (recipes/state holds
-# its resume state, step 2000 of 3000). It trains on phantoms in four contrast phases (arterial 0.4, late
+# The four phases train on phantoms in four contrast phases (arterial 0.4, late
 # arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
 # half of them with a tumour, cropped as `renalseg segment` crops a study (the kidney plus
 # the renal vessels' reach to the aorta and the IVC: make_training_phantoms.py
-# --great-vessels), and is scored on 20 arterial and 20 portal-venous held-out phantoms,
+# --great-vessels), and are scored on 20 arterial and 20 portal-venous held-out phantoms,
 # each structure as `renalseg segment --input-is-roi` writes it (topology clean-up
 # included), beside the shipped artery weights on the same cases (--compare).
 #
@@ -45,6 +48,7 @@
 #   sel8        9400-9407                     validation of cpu
 #   four        2000-2299, contrast phase drawn per case (--phase-mix)    four
 #   four_sel    9500-9503 arterial, 9504-9507 portal-venous                validation of four
+#   four_sel_t  four_sel and 9508-9509 arterial, 9510-9511 portal-venous, with a tumour   four_present
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
 #   ranges), val40 9300-9339; four: four_art 9600-9619 (arterial), four_pv 9620-9639
@@ -208,7 +212,7 @@ four_run() {
   train "$run" 2000 "${FOUR[@]}" "$@" --lr 1e-4
   train "$run" 2400 "${FOUR[@]}" "$@" --lr 5e-5
   train "${run}_present" 300 "${FOUR[@]}" --val-data "$DATA/four_sel_t" --loss ce_dice_present --lr 1e-4 \
-      --samples-per-epoch 100 --val-every 1 --init "$run/best.safetensors" "${@:3}"
+      --samples-per-epoch 100 --val-every 3 --init "$run/best.safetensors" "${@:3}"
   if [ "${run}_present/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
     evaluate "${run}_present/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
