@@ -147,8 +147,7 @@ def test_cldice_rewards_a_vessel_found_end_to_end_over_one_found_half_way():
 
 def test_ce_dice_present_does_not_push_an_absent_class_to_zero_beyond_cross_entropy():
     """A class missing from a patch (a tumour away from the patch) gets cross-entropy's push only.
-    ce_dice's Dice of an absent class, 1e-5 / (Σp + 1e-5), pushes far harder once Σp is near
-    1e-5: a trap that kept four-structure weights from ever labelling the tumour."""
+    ce_dice's Dice of an absent class, 1e-5 / (Σp + 1e-5), pushes far harder once Σp is near 1e-5."""
     from renalseg.training.losses import ce_dice_present_loss
 
     logits, _ = _case(classes=3, seed=4)

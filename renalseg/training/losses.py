@@ -142,11 +142,10 @@ def ce_dice_present_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: 
     Why: :func:`ce_dice_loss`'s Dice of a class absent from a patch is ``s / (Σp + s)``
     (``s`` = 1e-5): flat while the class is predicted somewhere in the patch, but once its
     probability summed over the patch falls near ``s`` its gradient (``s / (Σp + s)²`` a
-    voxel) dwarfs everything else and holds the class at zero. A class absent from most
-    patches (a tumour: in half of the cases, in part of each kidney) is trapped there:
-    four-structure weights trained 2,400 steps with ``ce_dice`` labelled no tumour voxel,
-    not even on their training cases. Here an absent class gets no Dice term (cross-entropy
-    still penalises it), per sample, so a batch counts each patch's classes alone.
+    voxel) dwarfs everything else and holds the class there. A class absent from most
+    patches (a tumour) meets that often. Here an absent class gets no Dice term
+    (cross-entropy still penalises it), per sample, so a batch counts each patch's
+    classes alone.
 
     Example:
         >>> logits = torch.zeros(1, 3, 2, 2, 2)
