@@ -12,8 +12,17 @@ true labels and compares:
   their true one (the same many-to-one mapping by largest overlap);
 * **seconds per study** for the plan alone (the phantom synthesis is not counted).
 
+With ``--segment WEIGHTS`` each phantom is the crop ``renalseg segment`` places (the
+kidney with the renal vessels' reach to the aorta and the IVC), segmented first as
+``renalseg segment --input-is-roi`` writes it (four-structure weights: artery, kidney
+and tumour), and the plan runs on that written label map; the truth it is scored
+against is still the phantom's. ``--phase`` gives the phantoms a contrast phase
+(:mod:`renalseg.phantom.phases`; default the arterial intensities as drawn).
+
 Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
+    python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment weights/dpa_densebiasnet_four.safetensors \
+        [--phase portal-venous] [--threads 2]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import numpy as np
 
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
 from renalseg.plan import PlanConfig, plan_labels
+from renalseg.volume import Volume
 
 KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
 
@@ -65,6 +75,29 @@ def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
     return rows
 
 
+def _segmenter(weights: str, threads: int):  # noqa: ANN202 - (image) -> (labels, seconds)
+    """A function from a phantom's image to the label map ``renalseg segment --input-is-roi``
+    writes for it with ``weights`` (KiPA22 values) and the seconds it took."""
+    import torch
+
+    from renalseg.pipeline import SegmentConfig, segment_study
+    from renalseg.segmenter import load_model
+
+    torch.set_num_threads(threads)
+    segmenter = load_model(weights, device="cpu")
+    if not {"kidney", "renal_artery"} <= set(segmenter.spec.classes.values()):
+        raise SystemExit(f"{weights}: the plan needs artery and kidney labels; this model labels "
+                         f"{', '.join(sorted(set(segmenter.spec.classes.values()) - {'background'}))}.")
+    config = SegmentConfig(input_is_roi=True, weights=segmenter.weights_path)
+
+    def run(image: Volume) -> tuple[Volume, float]:
+        started = time.perf_counter()
+        result = segment_study(image.to_sitk(), config, segmenter=segmenter)
+        return Volume.from_sitk(result.labels), round(time.perf_counter() - started, 1)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=30)
@@ -73,18 +106,31 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write per-case rows and the summary here")
     parser.add_argument("--segmental-max-share", type=float, default=PlanConfig.segmental_max_share)
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
+    parser.add_argument("--segment", metavar="WEIGHTS", default=None,
+                        help="plan on what `renalseg segment --input-is-roi` writes with these weights (roi kind)")
+    parser.add_argument("--phase", default=None, help="the phantoms' contrast phase (e.g. portal-venous)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of --segment")
     args = parser.parse_args()
     if args.seed < 20000:
         parser.error("held-out phantoms use seeds ≥ 20000 (lower seeds may have been used for training)")
+    if args.segment and args.kind != "roi":
+        parser.error("--segment scores roi phantoms (the crop `renalseg segment` places)")
     make = synthesize_roi if args.kind == "roi" else synthesize_abdomen
+    options = {"phase": args.phase} if args.phase else {}
+    segment = _segmenter(args.segment, args.threads) if args.segment else None
+    if segment:
+        options["great_vessels"] = True
     rows, seconds = [], []
     for seed in range(args.seed, args.seed + args.cases):
-        case = make(seed, tumour=True, territories=True)
+        case = make(seed, tumour=True, territories=True, **options)
+        labels, segment_seconds = segment(case.image) if segment else (case.label, None)
         started = time.perf_counter()
-        result = plan_labels(case.label, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
+        result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
         seconds.append(time.perf_counter() - started)
         for row in evaluate_case(case, result):
             row["seconds"] = round(seconds[-1], 2)
+            if segment_seconds is not None:
+                row["segment_seconds"] = segment_seconds
             rows.append(row)
             if not args.quiet:
                 print(json.dumps(row), flush=True)
@@ -93,7 +139,8 @@ def main() -> None:
     precision_case = [r["tp"] / (r["tp"] + r["fp"]) for r in valid if r["tp"] + r["fp"]]
     recall_case = [r["tp"] / (r["tp"] + r["fn"]) for r in valid if r["tp"] + r["fn"]]
     summary = {
-        "kind": args.kind, "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
+        "kind": args.kind, "labels": f"renalseg segment with {args.segment}" if args.segment else "true",
+        "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),
         "feeding_recall_micro": round(tp / max(tp + fn, 1), 3),

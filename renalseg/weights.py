@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_WEIGHTS_PATH",
     "AUTHORS_NORMALIZATION",
     "model_paths",
+    "resolve_weights",
     "NETWORK_NAMES",
     "shipped_model",
     "read_card",
@@ -224,6 +225,35 @@ def shipped_model(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def resolve_weights(path: Path | str, option: str = "--weights") -> Path:
+    """A weights file given by path, or by a shipped model's name (``densebiasnet``).
+
+    A path that exists is returned as it is; a bare name that is no file is looked up
+    among the shipped models (which an installed wheel keeps inside the package).
+
+    Raises:
+        UsageError: neither an existing path nor a shipped model (the shipped ones listed).
+
+    Example:
+        >>> resolve_weights("dpa_densebiasnet").name
+        'dpa_densebiasnet.safetensors'
+    """
+    from renalseg.errors import UsageError
+
+    path = Path(path)
+    if path.exists():
+        return path
+    if str(path) == path.name and not any(p.is_file() for p in model_paths(path)):  # a bare name
+        shipped = shipped_model(str(path))
+        if shipped is not None:
+            return shipped
+        names = sorted(p.stem for p in DEFAULT_WEIGHTS_PATH.parent.glob("*.safetensors"))
+        raise UsageError(f"{option} {path}: neither a file nor a shipped model; shipped models: "
+                         f"{', '.join(names) or 'none'}.{suggest(str(path), names)}")
+    raise UsageError(f"{option} {path}: no such file. Give a .safetensors file, its .json model card "
+                     "or a shipped model's name.")
 
 
 def model_paths(path: Path | str) -> tuple[Path, Path]:

@@ -143,3 +143,26 @@ def test_cldice_rewards_a_vessel_found_end_to_end_over_one_found_half_way():
     # the missing half of the vessel is pushed towards artery
     assert (logits.grad[:, 1][truth & ~thick_half] < 0).all()
     assert LOSSES["ce_dice_cldice"] is ce_dice_cldice_loss
+
+
+def test_ce_dice_present_does_not_push_an_absent_class_to_zero_beyond_cross_entropy():
+    """A class missing from a patch (a tumour away from the patch) gets cross-entropy's push only.
+    ce_dice's Dice of an absent class, 1e-5 / (Σp + 1e-5), pushes far harder once Σp is near 1e-5."""
+    from renalseg.training.losses import ce_dice_present_loss
+
+    logits, _ = _case(classes=3, seed=4)
+    logits = logits.detach()
+    logits[:, 2] -= 16  # the class is already rare: Σp over the patch about 1e-5
+    target = torch.randint(0, 2, (2, 4, 5, 6), generator=torch.Generator().manual_seed(5))  # class 2 absent
+    grads = {}
+    for name, fn in (("ce", cross_entropy_loss), ("present", ce_dice_present_loss), ("ce_dice", ce_dice_loss)):
+        x = logits.detach().clone().requires_grad_()
+        fn(x, target).backward()
+        grads[name] = x.grad[:, 2].abs().sum().item()
+    assert grads["present"] < 1.5 * grads["ce"]
+    assert grads["ce_dice"] > 10 * grads["ce"]
+    # a class present in one sample of the batch counts there, not in the other
+    target[0, 0, 0, 0] = 2
+    x = logits.detach().clone().requires_grad_()
+    ce_dice_present_loss(x, target).backward()
+    assert x.grad[0, 2].abs().sum() > x.grad[1, 2].abs().sum()

@@ -208,3 +208,18 @@ def test_weights_info_takes_a_shipped_models_name_and_list_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()
     assert out == ["0", "False"]
+
+
+def test_segment_takes_a_shipped_model_by_name(tmp_path):
+    """--weights NAME picks a shipped model (an installed wheel keeps them inside the package);
+    a misspelt name is a usage error that lists the shipped models."""
+    from renalseg.weights import resolve_weights
+
+    assert resolve_weights("densebiasnet") == DEFAULT_WEIGHTS_PATH.parent / "densebiasnet.safetensors"
+    study = tmp_path / "study.nii.gz"
+    study.write_bytes(b"")
+    wrong = CliRunner().invoke(app, ["segment", str(study), "--out", str(tmp_path / "out"),
+                                     "--weights", "densebiasnt"])
+    assert wrong.exit_code == 2
+    assert "neither a file nor a shipped model" in wrong.output and "densebiasnet" in wrong.output
+    assert not (tmp_path / "out").exists()

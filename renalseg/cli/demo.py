@@ -32,7 +32,8 @@ def demo(
 
     Writes DIR/input/phantom.nii.gz (+ phantom_truth.nii.gz, KiPA22 labels),
     DIR/phantom/ (what [bold]renalseg segment[/] writes) and DIR/phantom/meshes/ (STL +
-    tree.json), then prints the paths, the time of each step and the artery Dice.
+    tree.json), then prints the paths, the time of each step and the Dice of each
+    structure the model labels (artery first).
 
     Example: [bold]renalseg demo --out demo/[/]
     """
@@ -50,12 +51,13 @@ def demo(
     from renalseg.segmenter import load_model
     from renalseg.study import Study
     from renalseg.volume import Volume
+    from renalseg.weights import resolve_weights
 
     configure_logging()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder.")
-    if weights is not None and not weights.exists():
-        raise UsageError(f"--weights {weights}: no such file or folder.")
+    if weights is not None:
+        weights = resolve_weights(weights)
     destination = out / "phantom"
     if destination.exists() and not overwrite:
         raise OutputExistsError(f"{destination} exists; pass --overwrite to replace the earlier demo.")
@@ -130,6 +132,15 @@ def demo(
     bands = ", ".join(f"{label} {format(share, '.0%') if np.isfinite(share) else 'n/a'}"
                       for label, share in zip(FOUND_LABELS, found.values()))
     console.print(f"true centerline found, by vessel diameter: {bands}", soft_wrap=True, highlight=False)
+    others = []
+    for key in ("vein", "kidney", "tumour"):
+        values = values_of_kind(result.label_names, key)
+        true = case.label.array == BY_KEY[key].value
+        if values and true.any():
+            others.append(f"{key} {dice(np.isin(labels.array, values), true):.3f}")
+    if others:
+        console.print(f"Dice of the other structures vs the truth: {', '.join(others)}", soft_wrap=True,
+                      highlight=False)
 
 
 def register(app: typer.Typer) -> None:

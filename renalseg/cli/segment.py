@@ -159,12 +159,13 @@ def segment(
     from renalseg.io.output import check_writable_folder
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig
     from renalseg.segmenter import load_model
+    from renalseg.weights import resolve_weights
 
     configure_logging(quiet=quiet)
     k, n = parse_shard(shard)
     check_writable_folder(out)  # now, not after the computing
-    if weights is not None and not weights.exists():
-        raise UsageError(f"--weights {weights}: no such file or folder.")
+    if weights is not None:
+        weights = resolve_weights(weights)
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,

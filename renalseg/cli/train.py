@@ -88,8 +88,9 @@ def train_command(
                                                   "(same layout); else --val-fraction of --data.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of --data held out "
                                                 "for validation (seeded split).")] = 0.2,
-    loss: Annotated[str, typer.Option("--loss", help="Segmentation loss: hra (paper), ce, ce_dice, hra_dice, "
-                                      "ce_dice_cldice.")] = "hra",
+    loss: Annotated[str, typer.Option("--loss", help="Segmentation loss: hra (paper), ce, ce_dice, ce_dice_present "
+                                      "(Dice of the classes in each patch only: for classes absent from most "
+                                      "patches, e.g. a tumour), hra_dice, ce_dice_cldice.")] = "hra",
     hra_threshold: Annotated[float, typer.Option("--hra-threshold", help="HRA threshold T.")] = 0.1,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Adam weight decay.")] = 1e-5,

@@ -37,19 +37,9 @@ def info(
 
     Example: [bold]renalseg weights info dpa_densebiasnet[/]
     """
-    from renalseg.errors import UsageError, suggest
-    from renalseg.weights import DEFAULT_WEIGHTS_PATH, model_paths, read_card, sha256_file, shipped_model
+    from renalseg.weights import model_paths, read_card, resolve_weights, sha256_file
 
-    if str(path) == path.name and not any(p.is_file() for p in model_paths(path)):  # a bare name
-        shipped = shipped_model(str(path))
-        if shipped is None:
-            names = sorted(p.stem for p in DEFAULT_WEIGHTS_PATH.parent.glob("*.safetensors"))
-            raise UsageError(f"{path}: neither a file nor a shipped model; shipped models: "
-                             f"{', '.join(names) or 'none'}.{suggest(str(path), names)}")
-        path = shipped
-    if not path.exists():  # read_card's message would point at segment's --weights option
-        raise UsageError(f"{path}: no such file. Give a .safetensors file, its .json model card "
-                         "or a shipped model's name.")
+    path = resolve_weights(path, option="weights info")
     card = read_card(path)
     weights, card_path = model_paths(path)
     if as_json:

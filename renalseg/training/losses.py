@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from renalseg.errors import UsageError, suggest
 
-__all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "hra_dice_loss", "soft_dice", "LOSSES",
+__all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "ce_dice_present_loss", "hra_dice_loss", "soft_dice", "LOSSES",
            "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
 
 
@@ -136,6 +136,36 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: flo
     return cross_entropy_loss(logits, target) + dice_weight * (1 - soft_dice(logits, target, smooth=smooth).mean())
 
 
+def ce_dice_present_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5) -> torch.Tensor:
+    """Cross-entropy plus (1 − mean soft Dice of the foreground classes present in each sample).
+
+    Why: :func:`ce_dice_loss`'s Dice of a class absent from a patch is ``s / (Σp + s)``
+    (``s`` = 1e-5): flat while the class is predicted somewhere in the patch, but once its
+    probability summed over the patch falls near ``s`` its gradient (``s / (Σp + s)²`` a
+    voxel) dwarfs everything else and holds the class there. A class absent from most
+    patches (a tumour) meets that often. Here an absent class gets no Dice term
+    (cross-entropy still penalises it), per sample, so a batch counts each patch's
+    classes alone.
+
+    Example:
+        >>> logits = torch.zeros(1, 3, 2, 2, 2)
+        >>> only_class_1 = torch.ones(1, 2, 2, 2, dtype=torch.long)
+        >>> dice_1 = float(soft_dice(logits, only_class_1)[0])  # class 2 is absent: not counted
+        >>> round(float(ce_dice_present_loss(logits, only_class_1)) - float(cross_entropy_loss(logits, only_class_1)), 4) == round(1 - dice_1, 4)
+        True
+    """
+    target = _target_indices(logits, target)
+    loss = cross_entropy_loss(logits, target)
+    terms = []
+    for i in range(len(target)):
+        present = torch.bincount(target[i].flatten(), minlength=logits.shape[1])[1:] > 0
+        if bool(present.any()):
+            terms.append(1 - soft_dice(logits[i:i + 1], target[i:i + 1], smooth=smooth)[present].mean())
+    if terms:
+        loss = loss + torch.stack(terms).mean()
+    return loss
+
+
 def hra_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: float = 0.1,
                   smooth: float = 1e-5) -> torch.Tensor:
     """HRA plus (1 − soft Dice) of the foreground classes present in the batch.
@@ -218,6 +248,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "hra": hra_loss,
     "ce": cross_entropy_loss,
     "ce_dice": ce_dice_loss,
+    "ce_dice_present": ce_dice_present_loss,
     "hra_dice": hra_dice_loss,
     "ce_dice_cldice": ce_dice_cldice_loss,
 }
