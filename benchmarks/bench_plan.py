@@ -14,14 +14,14 @@ true labels and compares:
 
 With ``--segment WEIGHTS`` each phantom is the crop ``renalseg segment`` places (the
 kidney with the renal vessels' reach to the aorta and the IVC), segmented first as
-``renalseg segment --input-is-roi`` writes it (four-structure weights: artery, kidney
-and tumour), and the plan runs on that written label map; the truth it is scored
+``renalseg segment --input-is-roi`` writes it (weights that label the artery, the kidney
+and the tumour: none ships yet), and the plan runs on that written label map; the truth it is scored
 against is still the phantom's. ``--phase`` gives the phantoms a contrast phase
 (:mod:`renalseg.phantom.phases`; default the arterial intensities as drawn).
 
 Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
-    python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment weights/dpa_densebiasnet_four.safetensors \
+    python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment WEIGHTS.safetensors \
         [--phase portal-venous] [--threads 2]
 """
 
