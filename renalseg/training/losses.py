@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from renalseg.errors import UsageError, suggest
 
-__all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "ce_dice_present_loss", "hra_dice_loss", "soft_dice", "LOSSES",
-           "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
+__all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "ce_dice_present_loss", "hra_dice_loss",
+           "soft_dice", "LOSSES", "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
 
 
 def _target_indices(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -136,6 +136,15 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: flo
     return cross_entropy_loss(logits, target) + dice_weight * (1 - soft_dice(logits, target, smooth=smooth).mean())
 
 
+def _present_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torch.Tensor | None:
+    """Mean (1 − soft Dice) of the foreground classes present in ``target`` (indices);
+    ``None`` when none is: an absent class gets no Dice term."""
+    present = torch.bincount(target.flatten(), minlength=logits.shape[1])[1:] > 0
+    if not bool(present.any()):
+        return None
+    return (1 - soft_dice(logits, target, smooth=smooth)[present]).mean()
+
+
 def ce_dice_present_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5) -> torch.Tensor:
     """Cross-entropy plus (1 − mean soft Dice of the foreground classes present in each sample).
 
@@ -156,11 +165,8 @@ def ce_dice_present_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: 
     """
     target = _target_indices(logits, target)
     loss = cross_entropy_loss(logits, target)
-    terms = []
-    for i in range(len(target)):
-        present = torch.bincount(target[i].flatten(), minlength=logits.shape[1])[1:] > 0
-        if bool(present.any()):
-            terms.append(1 - soft_dice(logits[i:i + 1], target[i:i + 1], smooth=smooth)[present].mean())
+    terms = [_present_dice_loss(logits[i:i + 1], target[i:i + 1], smooth) for i in range(len(target))]
+    terms = [t for t in terms if t is not None]
     if terms:
         loss = loss + torch.stack(terms).mean()
     return loss
@@ -185,10 +191,8 @@ def hra_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: floa
     """
     target = _target_indices(logits, target)
     loss = hra_loss(logits, target, threshold=threshold)
-    present = torch.bincount(target.flatten(), minlength=logits.shape[1])[1:] > 0
-    if bool(present.any()):
-        loss = loss + (1 - soft_dice(logits, target, smooth=smooth)[present]).mean()
-    return loss
+    dice_term = _present_dice_loss(logits, target, smooth)
+    return loss if dice_term is None else loss + dice_term
 
 
 def _soft_erode(x: torch.Tensor) -> torch.Tensor:
