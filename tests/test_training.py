@@ -269,7 +269,7 @@ def test_class_share_centres_a_rare_class_as_often_as_a_common_one():
     label = np.zeros((16, 64, 64), np.uint8)
     label[:, :32, :] = 1  # a common class filling half the case
     label[6:9, 58:61, 58:61] = 4  # a rare one in a corner
-    g = Geometry(tuple(reversed(label.shape)), SPACING, (0.0, 0.0, 0.0), LPS)
+    g = Geometry(label.shape, SPACING, (0.0, 0.0, 0.0), LPS)
     case = make_case("c", np.zeros(label.shape, np.float32), g, label, None, None)
 
     def rare_share(**kw):
