@@ -14,7 +14,8 @@ y → posterior, x → the patient's left):
    (``area_mm2``: 11-36 mm wide; the vertebral body and the liver are wider, small
    vessels narrower) that are round (they fill at least 55% of their bounding box, an
    ellipse 79%);
-4. long: cross-sections stacked into pieces at least ``min_length_mm`` tall;
+4. long: cross-sections stacked into pieces at least ``min_length_mm`` tall, and not
+   bone: at most 5% of a piece brighter than ``max_hu`` (a cortex is; a lumen is not);
 5. a pair: the aorta and the IVC run side by side, their centres 15-50 mm apart from
    left to right and at most 35 mm front to back, for at least ``min_length_mm``
    together. One of them is the longest tube in the ROI (the great vessels cross it
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 #: the aorta and the IVC are at least this bright with contrast in any phase the models read
 GREAT_VESSEL_MIN_HU: float = 100.0
 
+#: a tube whose 95th percentile is brighter is bone (its cortex, 700-1500 HU), not a
+#: lumen (a CTA's aorta is 250-600 HU): the vertebrae and the pelvis make tubes too
+GREAT_VESSEL_MAX_HU: float = 700.0
+
 #: the search grid's spacing (mm) at most: coarser voxels of the ROI grid are sampled
 COARSE_MM: float = 1.4
 
@@ -88,7 +93,8 @@ def _cross_sections(opened: np.ndarray, pixel_mm2: float, area_mm2: tuple[float,
 
 
 def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float], *, side: str | None = None,
-                       min_hu: float = GREAT_VESSEL_MIN_HU, min_length_mm: float = 30.0,
+                       min_hu: float = GREAT_VESSEL_MIN_HU, max_hu: float = GREAT_VESSEL_MAX_HU,
+                       min_length_mm: float = 30.0,
                        area_mm2: tuple[float, float] = (95.0, 1000.0),
                        branch_radius_mm: float = 5.0, smooth_mm: float = 1.0) -> dict[str, np.ndarray]:
     """``{"aorta": mask, "ivc": mask}`` (bool, the grid of ``hu``), or ``{}`` when no pair is found.
@@ -100,7 +106,7 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
             must then lie in the ROI's medial half (larger x for a right kidney, smaller
             for a left one). ``None`` (an
             ROI whose side is a guess) looks anywhere.
-        min_hu, min_length_mm, area_mm2, branch_radius_mm: see the module docstring.
+        min_hu, max_hu, min_length_mm, area_mm2, branch_radius_mm: see the module docstring.
         smooth_mm: σ of the Gaussian the CT is smoothed with before the threshold (noise
             would leave holes in a vessel's lumen that the opening then widens).
     """
@@ -112,6 +118,7 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
     # a quarter of the voxels of a 0.7 mm grid, and its distance transforms 4× faster
     step = tuple(int(max(1, COARSE_MM // v)) for v in full_spacing)
     bright = smoothed[::step[0], ::step[1], ::step[2]] >= min_hu
+    raw = np.asarray(hu)[::step[0], ::step[1], ::step[2]]
     dz, dy, dx = (float(v) for v in full_spacing * step)
     opened = _opened(bright, branch_radius_mm, (dz, dy, dx))
     pieces, count = ndimage.label(_cross_sections(opened, dx * dy, area_mm2))
@@ -121,6 +128,8 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
         piece = pieces[box] == number
         slices = np.nonzero(piece.any(axis=(1, 2)))[0] + box[0].start
         if len(slices) * dz < min_length_mm:
+            continue
+        if np.percentile(raw[box][piece], 95) > max_hu:  # bone: its cortex
             continue
         _, y, x = np.nonzero(piece)
         tubes.append((number, set(slices.tolist()), (x.mean() + box[2].start) * dx, (y.mean() + box[1].start) * dy))

@@ -106,3 +106,16 @@ def test_great_vessels_found_through_noise_and_a_bright_neighbour_touching_them(
     for name, truth in (("aorta", aorta), ("ivc", ivc)):
         assert (found[name] & truth).sum() / truth.sum() >= 0.9, name
         assert (found[name] & truth).any(axis=(1, 2)).all(), f"{name}: a slice without its root"
+
+
+def test_no_great_vessels_in_a_real_unenhanced_ct():
+    """The kidney atlas CT (real, un-enhanced, 3 mm; TotalSegmentator, CC BY 4.0): nothing
+    but bone reaches 100 HU, and bone (its cortex above 700 HU) is not taken for a vessel."""
+    import SimpleITK as sitk
+
+    from renalseg.registration import ATLAS_CT_NAME, ATLAS_DIR
+    from renalseg.volume import Volume
+
+    ct = Volume.from_sitk(sitk.DICOMOrient(sitk.ReadImage(str(ATLAS_DIR / ATLAS_CT_NAME)), "LPS"))
+    assert (ct.array >= 300).sum() > 10_000  # the spine and the pelvis are in view
+    assert find_great_vessels(ct.array.astype(np.float32), ct.geometry.spacing_xyz_mm) == {}
