@@ -5,8 +5,8 @@
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
 #   recipes/shipped_weights.sh resume
-#       the four-structure phases from recipes/state (both finished: their step counts and
-#       four_present's checkpoint and weights), then their held-out scoring
+#       the four-structure phases from recipes/state (four and four_present finished: their
+#       step counts; four_classes: its checkpoint and weights), then their held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
@@ -25,6 +25,9 @@
 #          four phase labelled no tumour voxel; validated on four_sel and four cases with a
 #          tumour (four_sel_t). It still labels none. Not shipped: on the held-out four_art and
 #          four_pv its artery Dice is below the artery weights' (docs/validation.md)
+# four_classes  DPA-DenseBiasNet, four_present's best  152,152,64  1e-4    900     best
+#          patches centred on a class drawn among the case's 50% of the time (--class-share:
+#          the tumour as often as the kidney), on the artery 30%, on bright voxels 10%
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -50,7 +53,7 @@
 #   sel8        9400-9407                     validation of cpu
 #   four        2000-2299, contrast phase drawn per case (--phase-mix)    four
 #   four_sel    9500-9503 arterial, 9504-9507 portal-venous                validation of four
-#   four_sel_t  four_sel and 9508-9509 arterial, 9510-9511 portal-venous, with a tumour   four_present
+#   four_sel_t  four_sel and 9508-9509 arterial, 9510-9511 portal-venous, with a tumour   four_present, four_classes
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
 #   ranges), val40 9300-9339; four: four_art 9600-9619 (arterial), four_pv 9620-9639
@@ -205,19 +208,23 @@ phase_four_data() {
 # four_run RUN COMPARE PUBLISHED HISTORY OPTION ...: a four-structure run, CE + Dice to step
 # 2400 (lr 1e-4 to 2000, then 5e-5; best by validation Dice), then RUN_present: 300 steps
 # from that best with the Dice of the classes present in each patch only (ce_dice_present:
-# the four phase labelled no tumour voxel) at lr 1e-4, validated on
-# four_sel plus four cases with a tumour; scored on four_art/four_pv beside COMPARE
+# the four phase labelled no tumour voxel) at lr 1e-4, validated on four_sel plus four
+# cases with a tumour, then RUN_classes: 900 steps from that best with class-balanced
+# patch centres; scored on four_art/four_pv beside COMPARE
 four_run() {
   local run=$1 compare=$2 published=$PUBLISH/$3 history=$4
   shift 4
   phase_four_data
   train "$run" 2000 "${FOUR[@]}" "$@" --lr 1e-4
   train "$run" 2400 "${FOUR[@]}" "$@" --lr 5e-5
-  train "${run}_present" 300 "${FOUR[@]}" --val-data "$DATA/four_sel_t" --loss ce_dice_present --lr 1e-4 \
-      --samples-per-epoch 100 --val-every 3 --init "$run/best.safetensors" "${@:3}"
-  if [ "${run}_present/best.safetensors" -nt "$published" ]; then
+  local present=(--val-data "$DATA/four_sel_t" --loss ce_dice_present --lr 1e-4 --samples-per-epoch 100
+                 --val-every 3 "${@:3}")
+  train "${run}_present" 300 "${FOUR[@]}" "${present[@]}" --init "$run/best.safetensors"
+  train "${run}_classes" 900 "${FOUR[@]}" "${present[@]}" --foreground-share 0.3 --hard-negative-share 0.1 \
+      --class-share 0.5 --init "${run}_present/best.safetensors"
+  if [ "${run}_classes/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
-    evaluate "${run}_present/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
+    evaluate "${run}_classes/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
         --publish "$published" --history "recipes/shipped_weights.sh: $history"
   fi
 }
@@ -234,14 +241,14 @@ phase_four() {
 # than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
 # the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
 phase_four_plain() {
-  four_run "$RUNS/four_plain" "$RUNS/four_present/best.safetensors" densebiasnet_four.safetensors \
+  four_run "$RUNS/four_plain" "$RUNS/four_classes/best.safetensors" densebiasnet_four.safetensors \
       "phase four_plain (from the plain artery weights)" \
       --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
 }
 
 phase_resume() {
   local run
-  for run in four four_present; do
+  for run in four four_present four_classes; do
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
       cp recipes/state/$run/* "$RUNS/$run/"

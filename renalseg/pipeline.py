@@ -285,11 +285,16 @@ TOPOLOGY_DEFINITION = (
 )
 
 
-def _vessel_roots(roi_hu: np.ndarray, roi: KidneyROI, box: Geometry) -> dict[str, np.ndarray]:
-    """The aorta and IVC (:func:`renalseg.great_vessels.find_great_vessels`) on the study's box grid."""
+def _vessel_roots(roi_hu: np.ndarray, roi: KidneyROI, box: Geometry, *, side_known: bool) -> dict[str, np.ndarray]:
+    """The aorta and IVC (:func:`renalseg.great_vessels.find_great_vessels`) on the study's box grid.
+
+    ``side_known``: the ROI's side is the localisation's or the user's, so the great
+    vessels are looked for in its medial half; an ``--input-is-roi`` crop's side from its
+    LPS centre is a guess, and they are looked for anywhere.
+    """
     from renalseg.great_vessels import find_great_vessels
 
-    found = find_great_vessels(roi_hu, roi.grid.spacing_xyz_mm, side=roi.side)
+    found = find_great_vessels(roi_hu, roi.grid.spacing_xyz_mm, side=roi.side if side_known else None)
     out = {}
     for name, mask in found.items():
         on_box = resample_to_grid(Volume(mask.astype(np.uint8), roi.grid).to_sitk(), box,
@@ -474,7 +479,7 @@ def segment_study(
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
         changes: dict[int, dict] = {}
         if topology:
-            roots = _vessel_roots(roi_hu, roi, box)
+            roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
             if roots:
                 by_value = {0: box_probabilities[0], **{channel_values[c]: box_probabilities[c]

@@ -144,3 +144,26 @@ def test_evaluate_reads_the_artery_value_from_labels_json(tmp_path):
     write_image(Volume(truth, volume.geometry), tmp_path / "truth.nii.gz")
     (row,) = evaluate_pairs([folder], [tmp_path / "truth.nii.gz"], gt_label=3)
     assert row["dice"] == 1.0
+
+
+def test_topology_runs_on_an_unsided_roi_crop_with_the_great_vessels_in_view():
+    """An --input-is-roi crop (side a guess from its LPS centre, here the wrong one) holding
+    the aorta and the IVC (375 HU: bright, but no class of the banded model): an artery rod
+    on the aorta stays, an 'artery' rod touching only the IVC is taken off the artery."""
+    geometry = Geometry((60, 60, 120), (0.7, 0.7, 1.0), (20.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    zz, yy, xx = np.mgrid[:60, :60, :120]
+    aorta = ((yy - 30) * 0.7) ** 2 + ((xx - 95) * 0.7) ** 2 <= 9.0 ** 2
+    ivc = (((yy - 32) * 0.7) / 7.0) ** 2 + (((xx - 45) * 0.7) / 10.0) ** 2 <= 1
+    artery = ((zz - 30) ** 2 + ((yy - 30) * 0.7) ** 2 <= 4) & (xx >= 60) & (xx <= 85)  # 1.4 mm from the aorta
+    false_artery = ((zz - 12) ** 2 + ((yy - 20) * 0.7) ** 2 <= 4) & (xx >= 10) & (xx <= 31)  # 1.4 mm from the IVC
+    hu = np.full(geometry.shape_zyx, -100.0, np.float32)
+    hu[aorta | ivc] = 375.0
+    hu[artery | false_artery] = 500.0
+    spec = ModelSpec(window_zyx=(32, 64, 64), classes=FOUR)
+    result = segment_study(Volume(hu.astype(np.int16), geometry).to_sitk(),
+                           SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                           segmenter=Segmenter.from_predictor(_banded, spec))
+    labels = Volume.from_sitk(result.labels).array
+    assert result.report["topology"]["roots"] == ["left: aorta and IVC found"]  # centre at LPS x > 0: 'left'
+    assert (labels[artery] == 3).all()
+    assert not (labels[false_artery] == 3).any()

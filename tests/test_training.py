@@ -260,6 +260,31 @@ def test_hard_negative_patches_centre_on_bright_unlabelled_voxels(tmp_path):
         _config(foreground_share=0.7, hard_negative_share=0.5)
 
 
+def test_class_share_centres_a_rare_class_as_often_as_a_common_one():
+    """A small tumour-like class far from the large one: --class-share puts it in view
+    about half the time (two classes present), uniform placement seldom; the classes
+    are drawn among those the case holds, so a case without the rare class still samples."""
+    from renalseg.training.data import make_case
+
+    label = np.zeros((16, 64, 64), np.uint8)
+    label[:, :32, :] = 1  # a common class filling half the case
+    label[6:9, 58:61, 58:61] = 4  # a rare one in a corner
+    g = Geometry(label.shape, SPACING, (0.0, 0.0, 0.0), LPS)
+    case = make_case("c", np.zeros(label.shape, np.float32), g, label, None, None)
+
+    def rare_share(**kw):
+        labels = [sample_patch(case, (8, 8, 8), np.random.default_rng(s), augment=None, **kw)[1] for s in range(60)]
+        return np.mean([(p == 4).any() for p in labels])
+
+    assert 0.3 <= rare_share(foreground_share=0.0, class_share=1.0) <= 0.7
+    assert rare_share(foreground_share=0.0) < 0.1
+    common_only = make_case("d", np.zeros(label.shape, np.float32), g, np.where(label == 4, 0, label), None, None)
+    patch = sample_patch(common_only, (8, 8, 8), np.random.default_rng(0), foreground_share=0.0, class_share=1.0)[1]
+    assert patch.shape == (8, 8, 8)
+    with pytest.raises(UsageError, match="class-share"):
+        _config(foreground_share=0.5, hard_negative_share=0.3, class_share=0.3)
+
+
 def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
     case = _cases(_write_dataset(tmp_path / "d", [1], tissue=True))[0]
     ranges = {1: (-120.0, -60.0), 5: (150.0, 250.0), 9: (250.0, 500.0)}

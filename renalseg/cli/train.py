@@ -113,6 +113,9 @@ def train_command(
     hard_negative_share: Annotated[float, typer.Option("--hard-negative-share", help="Share of patches "
                                                        "centred near bright unlabelled voxels (≥ 200 HU: "
                                                        "bone, bowel contrast, other arteries).")] = 0.0,
+    class_share: Annotated[float, typer.Option("--class-share", help="Share of patches centred near a "
+                                               "voxel of a class drawn uniformly among those the case "
+                                               "holds (the tumour as often as the kidney).")] = 0.0,
     mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Random flips on x, y, z.")] = True,
     rotate_deg: Annotated[float, typer.Option("--rotate-deg", help="Random rotation within ±degrees.")] = 10.0,
     intensity: Annotated[bool, typer.Option("--intensity-jitter/--no-intensity-jitter",
@@ -227,7 +230,7 @@ def train_command(
         spacing_xyz_mm=spacing_xyz,  # type: ignore[arg-type]
         loss=loss, hra_threshold=hra_threshold, lr=lr, weight_decay=weight_decay, batch_size=batch, amp=amp,
         epochs=epochs, samples_per_epoch=samples_per_epoch, max_steps=max_steps, time_limit_min=time_limit,
-        foreground_share=foreground_share, hard_negative_share=hard_negative_share,
+        foreground_share=foreground_share, hard_negative_share=hard_negative_share, class_share=class_share,
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {}),

@@ -78,8 +78,10 @@ class TrainConfig:
             started or resumed.
         foreground_share: share of patches centred near the first class (artery).
         hard_negative_share: share centred near bright unlabelled voxels (bone, bowel
-            contrast, other arteries: ``TrainingCase.hard_negatives``); the rest of the
-            patches are placed uniformly.
+            contrast, other arteries: ``TrainingCase.hard_negatives``).
+        class_share: share centred near a voxel of a foreground class drawn uniformly
+            among those the case holds (``--class-share``: a rare class such as the
+            tumour is centred as often as the kidney); the rest are placed uniformly.
         augment: augmentation settings.
         seed: seeds the network's initialisation and every sample.
         val_every: validate every this many epochs (and at the end).
@@ -122,6 +124,7 @@ class TrainConfig:
     time_limit_min: float | None = None
     foreground_share: float = 0.5
     hard_negative_share: float = 0.0
+    class_share: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     val_every: int = 1
@@ -147,6 +150,10 @@ class TrainConfig:
         if not 0.0 <= self.hard_negative_share <= 1.0 - self.foreground_share:
             raise UsageError(f"--hard-negative-share must be in [0, 1 − foreground share]; got "
                              f"{self.hard_negative_share} with --foreground-share {self.foreground_share}.")
+        if not 0.0 <= self.class_share <= 1.0 - self.foreground_share - self.hard_negative_share + 1e-9:
+            raise UsageError(f"--class-share must be in [0, 1 − foreground share − hard-negative share]; got "
+                             f"{self.class_share} with --foreground-share {self.foreground_share} and "
+                             f"--hard-negative-share {self.hard_negative_share}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map
