@@ -124,8 +124,9 @@ def patch_affine(
 def _class_voxel(label: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """A random voxel (z, y, x) of a foreground class drawn uniformly among those ``label`` holds.
 
-    Found per draw (about 10 ms on a 5-million-voxel case) rather than stored: an index
-    of every class's voxels would hold the kidney's few hundred thousand per case.
+    Found per draw (17 ms on a 5.4-million-voxel case on a 2-core AMD EPYC, beside the
+    0.19 s the patch itself takes) rather than stored: an index of every class's voxels
+    would hold the kidney's few hundred thousand per case.
     """
     counts = np.bincount(label.ravel())
     present = np.flatnonzero(counts[1:]) + 1
