@@ -31,11 +31,11 @@ import numpy as np
 
 from renalseg.great_vessels import find_great_vessels
 from renalseg.io.image import read_image
-from renalseg.phantom.tissues import TISSUE_IDS
+from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_TO_KIPA
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, reassign_by_topology
 from renalseg.volume import Volume
 
-ARTERY, VEIN = 3, 1
+ARTERY, VEIN = TISSUE_TO_KIPA["renal_artery"], TISSUE_TO_KIPA["renal_vein"]
 
 
 def score_case(image: Path) -> dict:

@@ -120,7 +120,7 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
     raw = np.asarray(hu)[::step[0], ::step[1], ::step[2]]
     dz, dy, dx = (float(v) for v in full_spacing * step)
     opened = _opened(bright, branch_radius_mm, (dz, dy, dx))
-    pieces, count = ndimage.label(_cross_sections(opened, dx * dy, area_mm2))
+    pieces, _ = ndimage.label(_cross_sections(opened, dx * dy, area_mm2))
     width = bright.shape[2]
     tubes = []
     for number, box in enumerate(ndimage.find_objects(pieces), start=1):

@@ -154,7 +154,7 @@ def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.
     voxel = None
     if u < share:
         voxel = case.foreground[rng.integers(len(case.foreground))].astype(float)  # type: ignore[index]
-    elif has_negatives and u < share + hard_negative_share:
+    elif u < share + negatives:
         voxel = case.hard_negatives[rng.integers(len(case.hard_negatives))].astype(float)  # type: ignore[index]
     elif has_classes and u < share + negatives + class_share:
         voxel = _class_voxel(case.label, rng)  # type: ignore[arg-type]
