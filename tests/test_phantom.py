@@ -25,7 +25,7 @@ from renalseg.phantom import (
 from renalseg.phantom.anatomy import smooth_path
 from renalseg.phantom.render import Canvas
 from renalseg.phantom.shapes import Ellipsoid, Tube, rotation_matrix
-from renalseg.phantom.tissues import TUMOUR_HYPER_HU, TUMOUR_HYPO_HU
+from renalseg.phantom.tissues import TISSUE_RANGES_HU, TUMOUR_HYPER_HU, TUMOUR_HYPO_HU, TUMOUR_NECROSIS_HU
 from renalseg.volume import Volume
 
 LPS_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -567,7 +567,8 @@ def test_partial_volume_matches_exact_supersampling(kind):
 
 
 def test_tissue_table_is_consistent():
-    assert set(DEFAULT_INTENSITY_RANGES_HU) == set(TISSUES.values())
+    assert set(TISSUE_RANGES_HU) == set(TISSUES.values()) == set(DEFAULT_INTENSITY_RANGES_HU) | {"tumour_necrosis"}
+    assert all(lo < hi for lo, hi in TISSUE_RANGES_HU.values())
     assert all(lo < hi for lo, hi in DEFAULT_INTENSITY_RANGES_HU.values())
     assert DEFAULT_INTENSITY_RANGES_HU["renal_artery"] == (250.0, 500.0)
 
@@ -588,3 +589,29 @@ def test_great_vessel_roi_holds_the_ostia_the_great_vessels_and_the_kidney(side)
     edges[[0, -1]], edges[:, [0, -1]], edges[:, :, [0, -1]] = True, True, True
     assert not (case.label.array[edges] == 2).any()  # no kidney voxel on the box's faces
     assert min(g.shape_zyx[1:]) >= 76 and g.orientation == "LPS"
+
+
+def test_a_large_hypervascular_tumour_has_a_labelled_non_enhancing_core_and_nothing_else_moves():
+    """Clear-cell-like tumours enhance around necrotic or cystic areas; the core is tumour
+    (KiPA22 label 4) at one HU below 40, inside the tumour, and only tumour voxels change."""
+    from renalseg.phantom.abdomen import necrotic_cores
+
+    case = synthesize_roi(20006, tumour=True)  # a 62 mm hypervascular tumour
+    tumour = case.params["kidneys"][case.params["side"]]["tumour"]
+    assert tumour["enhancement"] == "hyper" and tumour["diameter_mm"] > 30
+    tissues, labels, image = case.tissues.array, case.label.array, case.image.array
+    core = tissues == TISSUE_IDS["tumour_necrosis"]
+    whole = core | (tissues == TISSUE_IDS["tumour"])
+    assert 0.1 <= core.sum() / whole.sum() <= 0.5
+    assert (labels[core] == 4).all() and (labels == 4).sum() == whole.sum()
+    hu = case.params["intensities_hu"]["tumour_necrosis"]
+    assert TUMOUR_NECROSIS_HU[0] <= hu <= TUMOUR_NECROSIS_HU[1] < hu + 100 <= case.params["intensities_hu"]["tumour"]
+    inner = ndi.binary_erosion(core, iterations=2)
+    assert abs(np.median(image[inner]) - hu) < 15
+    assert not (core & ~ndi.binary_erosion(whole)).any()  # never on the tumour's surface
+    # on a painted map: only tumour voxels change, the rest of the case is its seed's
+    painted = np.where(core, TISSUE_IDS["tumour"], tissues).astype(np.uint8)
+    before, mean_hu = painted.copy(), np.zeros(painted.shape, np.float32)
+    necrotic_cores(painted, mean_hu, case.tissues.geometry, case.params["kidneys"], 20006)
+    assert np.array_equal(painted, tissues)
+    assert np.array_equal(painted != before, core) and not mean_hu[~core].any()

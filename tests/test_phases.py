@@ -43,6 +43,24 @@ def test_brightness_cannot_tell_artery_from_vein(phase):
         assert abs(hu["aorta"] / artery - 1.015) <= 0.035
 
 
+@pytest.mark.parametrize("phase", ["portal-venous", "nephrographic"])
+def test_tumours_keep_their_kind_and_a_hypervascular_one_washes_out_below_the_parenchyma(phase):
+    """A clear-cell-like tumour as bright as the cortex in every phase was invisible in
+    portal-venous and nephrographic cases; papillary-like ones lie at published HU; the
+    late arterial phase, still corticomedullary, keeps the arterial value."""
+    for seed in range(40):
+        for kind in ("hyper", "hypo"):
+            base = sample_intensities(np.random.default_rng(seed), tumour_enhancement=kind)
+            hu = apply_phase(base, phase, seed=seed)
+            without = apply_phase({k: v for k, v in base.items() if k != "tumour"}, phase, seed=seed)
+            assert {k: v for k, v in hu.items() if k != "tumour"} == without  # nothing else moves
+            assert apply_phase(base, "late-arterial", seed=seed)["tumour"] == base["tumour"]
+            if kind == "hypo":
+                assert 18 <= hu["tumour"] <= 95
+            else:
+                assert 70 <= hu["tumour"] <= hu["kidney_cortex"] - 30 + 1e-6, (seed, hu)
+
+
 def test_late_arterial_sits_between():
     for seed in range(20):
         hu = apply_phase(sample_intensities(np.random.default_rng(seed)), "late-arterial", seed=seed)

@@ -151,7 +151,7 @@ def train_command(
     import torch
 
     from renalseg.inference import select_device
-    from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, TISSUE_IDS
+    from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
     from renalseg.training.augment import AugmentConfig
     from renalseg.training.data import find_cases, load_cases, parse_label_map, split_cases
     from renalseg.training.config import TrainConfig
@@ -201,7 +201,7 @@ def train_command(
     patch_xyz = parse_triple(patch, name="--patch")
     window_xyz = parse_triple(window, name="--window")
     spacing_xyz = parse_triple(spacing, name="--spacing", kind=float)
-    ranges = {TISSUE_IDS[name]: rng for name, rng in DEFAULT_INTENSITY_RANGES_HU.items()}
+    ranges = {TISSUE_IDS[name]: rng for name, rng in TISSUE_RANGES_HU.items()}
     labelled = stage == "seg"
     files = find_cases(data, labelled=labelled)
     synthetic = (data / "cases.json").exists()

@@ -18,6 +18,13 @@ portal-venous  130-250          artery … artery + 50 (≥ artery)  cortex, med
 nephrographic  120-200          artery … artery + 30 (≥ artery)  homogeneous, ≥ artery, 150-250
 =============  ===============  ==============================  ===========================
 
+A tumour keeps its arterial kind (:data:`~renalseg.phantom.tissues.TUMOUR_HYPER_HU`:
+hypervascular, clear-cell-like; else hypovascular, papillary-like) and, in the late
+arterial phase (still corticomedullary), its arterial value. In the portal-venous and
+nephrographic phases a hypervascular one washes out to 30-130 HU below the cortex and a
+hypovascular one lies at 41-95 HU (portal-venous) or 18-91 HU (nephrographic), the
+ranges measured on homogeneous papillary carcinomas (see :func:`_tumour_hu`).
+
 The aorta follows the renal artery (× 0.98-1.05) and the other arteries the aorta, as in
 the arterial phase. In portal-venous and nephrographic cases the veins are as bright as
 or brighter than the arteries and the arteries no brighter than the kidney: only the
@@ -41,6 +48,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from renalseg.errors import UsageError, suggest
+from renalseg.phantom.tissues import TUMOUR_HYPER_HU
 
 __all__ = ["PHASES", "apply_phase", "parse_phase_mix", "draw_phase", "DEFAULT_PHASE_MIX"]
 
@@ -98,10 +106,28 @@ def apply_phase(intensities: Mapping[str, float], phase: str, *, seed: int) -> d
                    other_vein=u(artery - 10.0, artery + 30.0), kidney_cortex=kidney,
                    kidney_medulla=kidney - u(0.0, 10.0) if kidney - 10.0 >= artery else kidney,
                    liver=u(100.0, 130.0), spleen=u(100.0, 130.0))
+    if "tumour" in out and phase in ("portal-venous", "nephrographic"):
+        out["tumour"] = _tumour_hu(float(out["tumour"]), phase, float(out["kidney_cortex"]), seed)
     out["renal_artery"] = artery
     out["aorta"] = artery * u(0.98, 1.05)
     out["other_artery"] = out["aorta"] * u(0.95, 1.0)
     return {k: round(float(v), 1) for k, v in out.items()}
+
+
+def _tumour_hu(arterial_hu: float, phase: str, cortex_hu: float, seed: int) -> float:
+    """The tumour's mean HU in a portal-venous or nephrographic ``phase`` (its own generator).
+
+    The arterial (corticomedullary) value tells the kind: from :data:`TUMOUR_HYPER_HU` a
+    hypervascular, clear-cell-like tumour, which washes out below the enhancing
+    parenchyma (30-130 HU below the cortex, at least 70 HU); otherwise a hypovascular,
+    papillary-like one at the attenuations measured on 42 homogeneous papillary renal cell
+    carcinomas (portal-venous 41-95 HU, nephrographic 18-91 HU).
+    """
+    u = _rng(seed, 1).uniform
+    if arterial_hu >= TUMOUR_HYPER_HU[0]:
+        return u(max(70.0, cortex_hu - 130.0), max(71.0, cortex_hu - 30.0))
+    low, high = (41.0, 95.0) if phase == "portal-venous" else (18.0, 91.0)
+    return u(low, high)
 
 
 def parse_phase_mix(text: str) -> dict[str, float]:

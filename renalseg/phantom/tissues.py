@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_INTENSITY_RANGES_HU",
     "TUMOUR_HYPO_HU",
     "TUMOUR_HYPER_HU",
+    "TUMOUR_NECROSIS_HU",
+    "TISSUE_RANGES_HU",
     "KIPA_LABELS",
     "TISSUE_TO_KIPA",
     "TEXTURE_HU",
@@ -58,6 +60,7 @@ TISSUES: dict[int, str] = {
     25: "pancreas",
     26: "adrenal",
     27: "cyst",
+    28: "tumour_necrosis",
 }
 
 #: name -> id
@@ -66,6 +69,10 @@ TISSUE_IDS: dict[str, int] = {name: tid for tid, name in TISSUES.items()}
 #: tumour enhancement sub-ranges (the ``tumour`` range below spans both)
 TUMOUR_HYPO_HU: tuple[float, float] = (20.0, 80.0)
 TUMOUR_HYPER_HU: tuple[float, float] = (150.0, 300.0)
+#: necrotic or cystic change inside a hypervascular tumour: it does not enhance, in any
+#: phase (drawn apart from the case's intensities, see
+#: :func:`renalseg.phantom.abdomen.necrotic_cores`)
+TUMOUR_NECROSIS_HU: tuple[float, float] = (10.0, 40.0)
 
 #: per tissue name, the arterial-phase mean HU range each case samples from
 DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
@@ -99,6 +106,11 @@ DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
     "cyst": (0.0, 20.0),
 }
 
+#: every tissue's HU range, for rendering a tissue map with random intensities (domain
+#: randomisation): the arterial-phase ranges and the tumour's necrosis
+TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {**DEFAULT_INTENSITY_RANGES_HU,
+                                                    "tumour_necrosis": TUMOUR_NECROSIS_HU}
+
 #: standard deviation (HU) of each tissue's smooth internal texture (mottled bowel
 #: content, trabecular pattern, splenic heterogeneity); 2 HU where not listed
 TEXTURE_HU: dict[str, float] = {
@@ -127,4 +139,5 @@ TISSUE_TO_KIPA: dict[str, int] = {
     "collecting_system": 2,
     "renal_artery": 3,
     "tumour": 4,
+    "tumour_necrosis": 4,
 }

@@ -75,10 +75,20 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> AugmentConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        A run's saved ranges lack the tissue classes the phantoms gained after it began
+        (``tumour_necrosis``); those take their default range, so the run resumes with the
+        options it would be given today (its data, made before, holds none of them).
+        """
+        from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
+
         data = dict(data)
-        data["tissue_ranges_hu"] = {int(k): (float(v[0]), float(v[1]))
-                                    for k, v in data.get("tissue_ranges_hu", {}).items()}
+        ranges = {int(k): (float(v[0]), float(v[1])) for k, v in data.get("tissue_ranges_hu", {}).items()}
+        if ranges:
+            for name, default in TISSUE_RANGES_HU.items():
+                ranges.setdefault(TISSUE_IDS[name], (float(default[0]), float(default[1])))
+        data["tissue_ranges_hu"] = ranges
         return cls(**data)
 
 
