@@ -734,7 +734,7 @@ def necrotic_cores(tissue: np.ndarray, hu: np.ndarray, geometry: Geometry, kidne
     tumour_id = TISSUE_IDS["tumour"]
     spacing_zyx = np.asarray(geometry.spacing_xyz_mm, dtype=float)[::-1]
     painted = False
-    pieces = None
+    pieces = boxes = None
     for side in sorted(kidneys):
         facts = kidneys[side].get("tumour") or {}
         if not facts.get("present") or facts.get("enhancement") != "hyper":
@@ -744,13 +744,14 @@ def necrotic_cores(tissue: np.ndarray, hu: np.ndarray, geometry: Geometry, kidne
             continue
         if pieces is None:
             pieces, _ = ndimage.label(tissue == tumour_id)
+            boxes = ndimage.find_objects(pieces)
         centre = np.rint(geometry.world_to_index(facts["centre_mm"])[0][::-1]).astype(int)
         if np.any(centre < 0) or np.any(centre >= tissue.shape):
             continue
         piece = int(pieces[tuple(centre)])
         if piece == 0:
             continue
-        box = ndimage.find_objects((pieces == piece).astype(np.uint8))[0]
+        box = boxes[piece - 1]
         mask = pieces[box] == piece
         depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
         field_ = smooth_field(mask.shape, geometry.spacing_xyz_mm, 5.0, rng)
