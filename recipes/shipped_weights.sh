@@ -29,6 +29,10 @@
 # four_classes  DPA-DenseBiasNet, four_present's best  152,152,64  1e-4    900     best
 #          patches centred on a class drawn among the case's 50% of the time (--class-share:
 #          the tumour as often as the kidney), on the artery 30%, on bright voxels 10%
+# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4        2400    best
+#          as four_classes, on the same seeds made again with tumours that look like renal
+#          carcinomas in each phase (washed out after the arterial phase, necrotic cores:
+#          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -55,6 +59,7 @@
 #   four        2000-2299, contrast phase drawn per case (--phase-mix)    four
 #   four_sel    9500-9503 arterial, 9504-9507 portal-venous                validation of four
 #   four_sel_t  four_sel and 9508-9509 arterial, 9510-9511 portal-venous, with a tumour   four_present, four_classes
+#   four_rcc, four_sel_rcc  four and four_sel_t made again with the phantoms' carcinoma-like tumours   four_rcc
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
 #   ranges), val40 9300-9339; four: four_art 9600-9619 (arterial), four_pv 9620-9639
@@ -202,6 +207,12 @@ phase_four_data() {
   fi
   phantoms four_sel_t 9508-9509 --phase arterial --great-vessels --tumour-share 1
   phantoms four_sel_t 9510-9511 --phase portal-venous --great-vessels --tumour-share 1
+  phantoms four_rcc 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 \
+      "${WIDE[@]}"
+  phantoms four_sel_rcc 9500-9503 --phase arterial "${WIDE[@]}"
+  phantoms four_sel_rcc 9504-9507 --phase portal-venous "${WIDE[@]}"
+  phantoms four_sel_rcc 9508-9509 --phase arterial --great-vessels --tumour-share 1
+  phantoms four_sel_rcc 9510-9511 --phase portal-venous --great-vessels --tumour-share 1
   phantoms four_art 9600-9619 --phase arterial "${WIDE[@]}"
   phantoms four_pv 9620-9639 --phase portal-venous "${WIDE[@]}"
 }
@@ -211,7 +222,8 @@ phase_four_data() {
 # from that best with the Dice of the classes present in each patch only (ce_dice_present:
 # the four phase labelled no tumour voxel) at lr 1e-4, validated on four_sel plus four
 # cases with a tumour, then RUN_classes: 900 steps from that best with class-balanced
-# patch centres; scored on four_art/four_pv beside COMPARE
+# patch centres, then RUN_rcc: 2400 more from its last weights on the same seeds made again
+# with carcinoma-like tumours; scored on four_art/four_pv beside COMPARE
 four_run() {
   local run=$1 compare=$2 published=$PUBLISH/$3 history=$4
   shift 4
@@ -221,11 +233,13 @@ four_run() {
   local present=(--val-data "$DATA/four_sel_t" --loss ce_dice_present --lr 1e-4 --samples-per-epoch 100
                  --val-every 3 "${@:3}")
   train "${run}_present" 300 "${FOUR[@]}" "${present[@]}" --init "$run/best.safetensors"
-  train "${run}_classes" 900 "${FOUR[@]}" "${present[@]}" --foreground-share 0.3 --hard-negative-share 0.1 \
-      --class-share 0.5 --init "${run}_present/best.safetensors"
-  if [ "${run}_classes/best.safetensors" -nt "$published" ]; then
+  local classes=(--foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5)
+  train "${run}_classes" 900 "${FOUR[@]}" "${present[@]}" "${classes[@]}" --init "${run}_present/best.safetensors"
+  train "${run}_rcc" 2400 "${FOUR[@]}" "${present[@]}" "${classes[@]}" --data "$DATA/four_rcc" \
+      --val-data "$DATA/four_sel_rcc" --init "${run}_classes/last.safetensors"
+  if [ "${run}_rcc/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
-    evaluate "${run}_classes/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
+    evaluate "${run}_rcc/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
         --publish "$published" --history "recipes/shipped_weights.sh: $history"
   fi
 }
@@ -242,14 +256,15 @@ phase_four() {
 # than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
 # the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
 phase_four_plain() {
-  four_run "$RUNS/four_plain" "$RUNS/four_classes/best.safetensors" densebiasnet_four.safetensors \
+  four_run "$RUNS/four_plain" "$RUNS/four_rcc/best.safetensors" densebiasnet_four.safetensors \
       "phase four_plain (from the plain artery weights)" \
       --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
 }
 
 phase_resume() {
   local run
-  for run in four four_present four_classes; do
+  for run in four four_present four_classes four_rcc; do
+    if [ ! -d "recipes/state/$run" ]; then continue; fi
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
       cp recipes/state/$run/* "$RUNS/$run/"
