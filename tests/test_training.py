@@ -739,3 +739,19 @@ def test_init_grows_the_shipped_artery_weights_into_four_structures_with_the_art
     assert after.shape[1] == 5
     assert torch.allclose(after[:, 0], before[:, 0], atol=1e-5)  # background
     assert torch.allclose(after[:, 3], before[:, 1], atol=1e-5)  # the artery: KiPA22 class 3, was 1
+
+
+def test_a_run_saved_before_a_tissue_class_existed_resumes_with_its_default_range():
+    """The phantoms gained `tumour_necrosis`; a run whose saved domain-randomisation ranges
+    lack it must load as the options a new run gets (resume compares them), and a run
+    without domain randomisation keeps no ranges at all."""
+    from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
+
+    today = {TISSUE_IDS[name]: r for name, r in TISSUE_RANGES_HU.items()}
+    necrosis = TISSUE_IDS["tumour_necrosis"]
+    saved = AugmentConfig(domain_randomisation=0.5, tissue_ranges_hu=today).to_dict()
+    del saved["tissue_ranges_hu"][str(necrosis)]
+    loaded = AugmentConfig.from_dict(json.loads(json.dumps(saved)))
+    assert loaded == AugmentConfig(domain_randomisation=0.5, tissue_ranges_hu=today)
+    assert loaded.tissue_ranges_hu[necrosis] == TISSUE_RANGES_HU["tumour_necrosis"]
+    assert AugmentConfig.from_dict(AugmentConfig().to_dict()).tissue_ranges_hu == {}
