@@ -6,7 +6,8 @@ the progress. For each case of FOLDER (a phantom folder of
 ``recipes/make_training_phantoms.py``: image/, label/, at the model spacing) with a
 tumour: the median tumour probability inside the true tumour, the share of the tumour
 the arg-max calls tumour, the arg-max tumour Dice, and the volume called tumour outside
-it (ml); the same on the cases without a tumour (volume called tumour only).
+it (ml), with the phantom tissues it lies in where FOLDER has tissue maps (tissue/); the
+same on the cases without a tumour (volume called tumour only).
 
 Usage:
     python recipes/tumour_probability.py WEIGHTS FOLDER [--cases roi_09508,roi_09510] \\
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from renalseg.phantom.tissues import TISSUES
 from renalseg.segmenter import load_model
 
 
@@ -54,6 +56,12 @@ def main() -> None:
         called = probabilities.argmax(axis=0) == tumour_class
         row = {"case": name, "tumour_ml": round(float(truth.sum()) * voxel_ml, 2),
                "called_outside_ml": round(float((called & ~truth).sum()) * voxel_ml, 2)}
+        tissue_file = args.folder / "tissue" / f"{name}.nii.gz"
+        if tissue_file.exists() and (called & ~truth).any():
+            tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tissue_file)))[called & ~truth]
+            values, counts = np.unique(tissue, return_counts=True)
+            order = np.argsort(-counts)[:3]
+            row["called_outside_in"] = {TISSUES[int(values[k])]: round(float(counts[k]) * voxel_ml, 2) for k in order}
         if truth.any():
             p = probabilities[tumour_class][truth]
             row.update(p_median=round(float(np.median(p)), 3), called_share=round(float(called[truth].mean()), 3),
