@@ -325,9 +325,10 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     assert seen == [1]  # step 1 was reported, step 2 stopped the run
 
 
-def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path):
+def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path, monkeypatch):
     """--amp: the forward pass in bfloat16 (autocast), yet the loss falls as in float32
     and the saved weights and optimiser stay float32."""
+    monkeypatch.setattr("renalseg.training.loop.bfloat16_pays", lambda device: True)  # any CPU
     cases = _cases(_write_dataset(tmp_path / "d", [1]))
     config = _config(patch_zyx=(16, 24, 24), augment=NO_AUGMENT, max_steps=25, lr=1e-2, loss="ce", amp=True)
     losses = _losses(config, tmp_path / "amp", cases)
@@ -337,6 +338,19 @@ def test_mixed_precision_learns_and_keeps_float32_weights(tmp_path):
     assert losses != full  # the forward pass did run in bfloat16
     state = torch.load(tmp_path / "amp" / "checkpoint.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+def test_amp_on_a_cpu_without_bfloat16_instructions_trains_in_float32_and_says_so(tmp_path, monkeypatch,
+                                                                                     caplog):
+    """Where bfloat16 has no instructions, autocast would run many times slower than
+    float32: --amp gives exactly the float32 run, with a warning naming the reason."""
+    monkeypatch.setattr("renalseg.training.loop.bfloat16_pays", lambda device: False)
+    cases = _cases(_write_dataset(tmp_path / "d", [1]))
+    config = _config(patch_zyx=(16, 24, 24), augment=NO_AUGMENT, max_steps=3, lr=1e-2, loss="ce", amp=True)
+    with caplog.at_level("WARNING", logger="renalseg.training.loop"):
+        losses = _losses(config, tmp_path / "amp", cases)
+    assert losses == _losses(replace(config, amp=False), tmp_path / "fp32", cases)
+    assert any("no bfloat16 instructions" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):

@@ -96,7 +96,9 @@ def train_command(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Adam weight decay.")] = 1e-5,
     batch: Annotated[int, typer.Option("--batch", help="Samples per process per step.")] = 1,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: the forward pass in bfloat16 "
-                                      "(GPU tensor cores); weights and loss stay float32.")] = False,
+                                      "(GPU tensor cores, CPUs with AVX-512 BF16 or AMX; float32 on other "
+                                      "CPUs, where bfloat16 is many times slower); weights and loss stay "
+                                      "float32.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs (paper: 200).")] = 200,
     samples_per_epoch: Annotated[int | None, typer.Option("--samples-per-epoch", help="Patches per "
                                                           "epoch (default: one per training case).")] = None,

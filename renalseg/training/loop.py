@@ -55,7 +55,7 @@ from renalseg.training.data import TrainingCase
 from renalseg.training.distributed import DistributedContext, all_reduce_mean, barrier
 from renalseg.training.metrics_log import append_metrics, dice_per_class, truncate_metrics, validate
 from renalseg.training.network import build_training_network, logits_module, train_mode
-from renalseg.training.steps import dae_step, seg_step, segmentation_loss
+from renalseg.training.steps import bfloat16_pays, dae_step, seg_step, segmentation_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -225,9 +225,13 @@ def _start(config: TrainConfig, run: Path, *, resume: bool, device: str,
     total_steps = setup.schedule.steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    amp = config.amp and bfloat16_pays(torch_device)
+    if config.amp and not amp and context.is_main:
+        logger.warning("--amp: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), where a bfloat16 "
+                       "forward pass is many times slower than float32; the run trains in float32.")
     return _Trainer(config, run, setup, torch_device, network, model, optimizer,
                     None if config.stage == "dae" else segmentation_loss(config),
-                    fingerprint, total_steps, position, start_step=position.global_step)
+                    fingerprint, total_steps, position, start_step=position.global_step, amp=amp)
 
 
 @dataclass
@@ -248,6 +252,8 @@ class _Trainer:
     position: RunPosition
     #: the global step this start began at (the ETA counts the steps since)
     start_step: int
+    #: the forward pass in bfloat16: ``--amp`` where it pays (:func:`bfloat16_pays`)
+    amp: bool = False
     last_checkpoint: float = field(default_factory=time.monotonic)
     stopped: str | None = None
     last_row: dict[str, Any] = field(default_factory=dict)
@@ -317,10 +323,10 @@ class _Trainer:
         if self.config.stage == "dae":
             return dae_step(self.model, self.network, self.optimizer, x,
                             self.setup.schedule.positions(p.step_in_epoch), config=self.config, epoch=p.epoch,
-                            step=p.global_step + 1, context=self.setup.context)
+                            step=p.global_step + 1, context=self.setup.context, amp=self.amp)
         y = torch.from_numpy(labels).to(self.device)  # type: ignore[arg-type]
         return seg_step(self.model, self.optimizer, x, y, self.loss_fn,  # type: ignore[arg-type]
-                        amp=self.config.amp, step=p.global_step + 1, context=self.setup.context)
+                        amp=self.amp, step=p.global_step + 1, context=self.setup.context)
 
     def out_of_time(self) -> bool:
         """Past ``time_limit_min`` on any process: every process must stop after the same step."""
