@@ -50,8 +50,9 @@ def main() -> None:
     for name in names:
         started = time.perf_counter()
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(args.folder / "image" / f"{name}.nii.gz")))
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(args.folder / "label" / f"{name}.nii.gz"))) == 4
-        voxel_ml = float(np.prod(sitk.ReadImage(str(args.folder / "label" / f"{name}.nii.gz")).GetSpacing())) / 1000
+        label = sitk.ReadImage(str(args.folder / "label" / f"{name}.nii.gz"))
+        truth = sitk.GetArrayFromImage(label) == 4
+        voxel_ml = float(np.prod(label.GetSpacing())) / 1000
         probabilities = segmenter.predict(image.astype(np.float32), overlap=args.overlap)
         called = probabilities.argmax(axis=0) == tumour_class
         row = {"case": name, "tumour_ml": round(float(truth.sum()) * voxel_ml, 2),

@@ -22,7 +22,6 @@ from renalseg.geometry import Geometry
 from renalseg.io.image import write_image
 from renalseg.training.augment import AugmentConfig, randomise_domain, sample_patch
 from renalseg.training.data import (
-    CaseFiles,
     find_cases,
     load_case,
     load_cases,
