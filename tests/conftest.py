@@ -47,6 +47,18 @@ def make_ct(
     return Volume(array.astype(np.int16), Geometry(shape_zyx, spacing_xyz_mm, origin_xyz_mm, direction))
 
 
+@pytest.fixture(autouse=True)
+def _renalseg_logging_restored():
+    """A CLI call configures the ``renalseg`` logger for a terminal (its own handler, no
+    propagation, quiet level); restore it so later tests' ``caplog`` still sees records."""
+    import logging
+
+    logger = logging.getLogger("renalseg")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture
 def ct_factory():
     """The :func:`make_ct` factory, for tests that want their own variants."""

@@ -364,6 +364,63 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert [r["step"] for r in rows] == [2, 3, 4, 5]
 
 
+def _signal_after_step(monkeypatch, number: int, after: int) -> None:
+    """Send this process signal ``number`` once step ``after`` is done (as a scheduler would)."""
+    import os
+
+    from renalseg.training.loop import _Trainer
+
+    real = _Trainer.step
+
+    def step(self, images, labels):
+        loss = real(self, images, labels)
+        if self.position.global_step + 1 == after:
+            os.kill(os.getpid(), number)
+        return loss
+
+    monkeypatch.setattr(_Trainer, "step", step)
+
+
+def test_a_stop_signal_ends_the_step_writes_the_checkpoint_and_resume_continues_exactly(tmp_path, monkeypatch):
+    """SIGTERM (a batch scheduler's notice) mid-epoch: the run stops after that step with
+    a checkpoint, without validating, and --resume continues as if never stopped."""
+    import signal
+
+    cases = _cases(_write_dataset(tmp_path / "d", [1, 2]))
+    config = _config(max_steps=5, checkpoint_every=1, samples_per_epoch=4)
+    straight = _losses(config, tmp_path / "a", cases, val_cases=cases[:1])
+    _signal_after_step(monkeypatch, signal.SIGTERM, after=2)
+    seen: list[float] = []
+    result = train(config, tmp_path / "b", train_cases=cases, val_cases=cases[:1],
+                   on_progress=lambda e: seen.append(e.loss) if e.kind == "step" else None)
+    assert result.interrupted_by == "SIGTERM" and result.steps == 2 and seen == straight[:2]
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["global_step"] == 2
+    row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 2 and "val_dice" not in row
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    monkeypatch.undo()
+    assert _losses(config, tmp_path / "b", cases, val_cases=cases[:1], resume=True) == straight[2:]
+
+
+def test_cli_exits_128_plus_the_signal_when_interrupted(tmp_path, monkeypatch):
+    """A script running phases one after another must not go on after an interrupted run."""
+    import signal
+
+    from renalseg.cli.app import app
+
+    root = _write_dataset(tmp_path / "d", [1, 2])
+    args = ["train", "--stage", "seg", "--out", str(tmp_path / "r"), "--data", str(root), "--patch", "16,16,16",
+            "--window", "24,24,16", "--network-options", json.dumps(TINY_PLAIN), "--no-dpa", "--max-steps", "3",
+            "--device", "cpu", "--quiet"]
+    _signal_after_step(monkeypatch, signal.SIGINT, after=1)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "--resume" in result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+
+
 def test_loader_workers_train_the_same_run(tmp_path):
     """Batches built ahead in worker processes are the batches built in place (any count)."""
     cases = _cases(_write_dataset(tmp_path / "d", [1, 2, 3]))

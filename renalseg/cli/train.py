@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -259,6 +260,8 @@ def train_command(
         console.print(f"weights: {result.best_weights}" if result.best_weights is not None
                       else f"weights: no best weights in {out} (validation did not beat the checkpoint's best "
                            f"score since the run was copied); last weights: {result.last_weights}")
+        if result.interrupted_by is not None:  # a script must not go on as if the run were done
+            raise typer.Exit(128 + int(getattr(signal, result.interrupted_by)))
 
 
 def _run(config: TrainConfig, out: Path, train_cases: list, val_cases: list, *, resume: bool,

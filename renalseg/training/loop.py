@@ -12,7 +12,10 @@ A run folder holds:
   every checkpoint);
 - ``checkpoint.pt``: model, optimiser and position (epoch, step) — ``--resume``
   continues from it exactly, because every sample's augmentation is seeded by
-  (seed, epoch, position) and nothing else is random;
+  (seed, epoch, position) and nothing else is random. It is written every
+  ``checkpoint_minutes``, at the end, and when the run is interrupted (Ctrl-C, or the
+  SIGTERM a batch scheduler sends before it kills a job): the step under way finishes,
+  the checkpoint is written, and the run stops without validating;
 - ``metrics.jsonl`` and ``metrics.csv``: one row per epoch (loss, validation score);
 - ``best.safetensors`` + ``best.json``: the best-by-validation weights and card in
   the shipped format (``renalseg segment --weights``), ``last.*`` the latest; for the
@@ -29,8 +32,11 @@ the network (:mod:`~renalseg.training.network`), one optimiser step
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +103,10 @@ class TrainProgress:
     eta_s: float | None = None
 
 
+#: :attr:`TrainResult.stopped_early` of a run stopped by SIGINT or SIGTERM
+INTERRUPTED = "interrupted (its checkpoint holds the last step)"
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """Where a run ended and what it produced."""
@@ -110,6 +120,8 @@ class TrainResult:
     last_weights: Path | None
     wall_s: float
     stopped_early: str | None = None
+    #: the signal that stopped the run (``"SIGINT"``, ``"SIGTERM"``), if one did
+    interrupted_by: str | None = None
 
 
 def train(
@@ -161,10 +173,40 @@ def train(
     try:
         trainer = _start(config, Path(out_dir), resume=resume, device=device, network_factory=network_factory,
                          setup=_Setup(context, loader, schedule, train_cases, val_cases, on_progress, started))
-        trainer.run_epochs()
+        with _stop_on_signals(trainer):
+            trainer.run_epochs()
     finally:
         loader.close()
     return trainer.finish()
+
+
+@contextmanager
+def _stop_on_signals(trainer: _Trainer) -> Iterator[None]:
+    """SIGINT and SIGTERM ask ``trainer`` to stop after the step under way (with a
+    checkpoint); a second one stops at once. Only where handlers can be set (the main
+    thread); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    previous = {number: signal.getsignal(number) for number in names}
+
+    def ask(number: int, frame: Any) -> None:
+        if trainer.interrupted is not None:  # asked twice: stop now
+            signal.signal(number, previous[number])
+            signal.raise_signal(number)
+            return
+        trainer.interrupted = names[number]
+        logger.warning("%s: finishing step %d, then writing the checkpoint (%s again stops at once).",
+                       names[number], trainer.position.global_step + 1, names[number])
+
+    for number in names:
+        signal.signal(number, ask)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _check_cases(config: TrainConfig, train_cases: Sequence[TrainingCase],
@@ -256,6 +298,8 @@ class _Trainer:
     amp: bool = False
     last_checkpoint: float = field(default_factory=time.monotonic)
     stopped: str | None = None
+    #: the signal that asked the run to stop (``"SIGTERM"``), on this process
+    interrupted: str | None = None
     last_row: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -311,6 +355,9 @@ class _Trainer:
             if self.out_of_time():
                 self.stopped = "time limit"
                 break
+            if self.asked_to_stop():
+                self.stopped = INTERRUPTED
+                break
             if time.monotonic() - self.last_checkpoint > self.config.checkpoint_minutes * 60:
                 self.checkpoint()
         return losses
@@ -335,6 +382,12 @@ class _Trainer:
         late = self.elapsed() > self.config.time_limit_min * 60
         return all_reduce_mean(float(late), self.setup.context, self.device) > 0
 
+    def asked_to_stop(self) -> bool:
+        """A stop signal reached any process: every process stops after the same step."""
+        asked = float(self.interrupted is not None)
+        return (all_reduce_mean(asked, self.setup.context, self.device) if self.setup.context.distributed
+                else asked) > 0
+
     def end_epoch(self, losses: list[float], *, epoch_done: bool, epoch_started: float) -> None:
         """Validate when due, checkpoint when due, log the epoch's row."""
         p, config = self.position, self.config
@@ -345,7 +398,8 @@ class _Trainer:
             "lr": config.lr, "epoch_s": round(time.monotonic() - epoch_started, 2),
             "wall_s": round(p.wall_before_s + self.elapsed(), 1),
         }
-        if self.setup.val_cases and (finished or (epoch_done and p.epoch % config.val_every == 0)):
+        interrupted = self.stopped == INTERRUPTED  # out quickly: no validation, the checkpoint only
+        if self.setup.val_cases and not interrupted and (finished or (epoch_done and p.epoch % config.val_every == 0)):
             row.update(self.validate())
             barrier(self.setup.context)
         row["best_score"] = p.best_score
@@ -389,7 +443,7 @@ class _Trainer:
         barrier(self.setup.context)
         p = self.position
         return TrainResult(self.run, p.global_step, p.epoch, p.best_score, self.score_name, best, last,
-                           p.wall_before_s + self.elapsed(), self.stopped)
+                           p.wall_before_s + self.elapsed(), self.stopped, self.interrupted)
 
     def save_final_weights(self) -> tuple[Path, Path | None]:
         summary = {self.score_name: self.last_row.get(self.score_name)} if self.setup.val_cases else {}
