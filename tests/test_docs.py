@@ -37,3 +37,20 @@ def test_repository_paths_finds_the_paths_a_reader_would_follow() -> None:
 def test_every_repository_path_in_the_docs_exists(page: Path) -> None:
     missing = sorted(path for path in repository_paths(page.read_text(encoding="utf-8")) if not exists(path))
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "recipes").glob("*.sh")), ids=lambda p: p.name)
+def test_the_recipe_scripts_parse_and_print_their_usage(script: Path) -> None:
+    """The recipes reproduce the shipped weights over days of resumed runs: a syntax
+    error must show here, not hours into a phase."""
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode == 2 and "resume" in usage.stderr
+
+
+@pytest.mark.parametrize("script", sorted([*(ROOT / "recipes").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]),
+                         ids=lambda p: p.name)
+def test_the_recipe_and_benchmark_scripts_compile(script: Path) -> None:
+    compile(script.read_text(encoding="utf-8"), str(script), "exec")
