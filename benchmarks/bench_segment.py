@@ -109,9 +109,12 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
     report = json.loads((out / image.name.removesuffix(".nii.gz") / "report.json").read_text())
     result["timings_s"] = report["timings_s"]
     result["rois"] = [(r["side"], r["model_grid"]["shape_zyx"]) for r in report["rois"]]
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / image.name.removesuffix(".nii.gz") / "labels.nii.gz")))
+    study = out / image.name.removesuffix(".nii.gz")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz")))
+    names = json.loads((study / "labels.json").read_text())  # KiPA22 values: {"3": "renal_artery", ...}
+    artery = next(int(value) for value, name in names.items() if name == "renal_artery")
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(truth))) == 3
-    pred = labels == 1
+    pred = labels == artery
     result["dice_vs_truth"] = round(2 * float((pred & gt).sum()) / max(1, int(pred.sum() + gt.sum())), 4)
     return result
 
