@@ -269,7 +269,7 @@ def _start(config: TrainConfig, run: Path, *, resume: bool, device: str,
         total_steps = min(total_steps, config.max_steps)
     amp = config.amp and bfloat16_pays(torch_device)
     if config.amp and not amp and context.is_main:
-        logger.warning("--amp: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), where a bfloat16 "
+        logger.warning("--amp: the CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), where a bfloat16 "
                        "forward pass is many times slower than float32; the run trains in float32.")
     return _Trainer(config, run, setup, torch_device, network, model, optimizer,
                     None if config.stage == "dae" else segmentation_loss(config),
