@@ -5,9 +5,9 @@
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
 #   recipes/shipped_weights.sh resume
-#       the four-structure phases from recipes/state (four and four_present finished: their
-#       step counts, four_present's weights; four_classes at step 600 of 900: its checkpoint
-#       and best weights), then their held-out scoring
+#       the four-structure phases from recipes/state (four, four_present and four_classes
+#       finished: their step counts and weights; four_rcc at step 123 of 2400: its
+#       checkpoint), then their held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
