@@ -192,6 +192,7 @@ phase_cpu() {
 
 # the four phase's phantoms (made once) and common options
 WIDE=(--great-vessels --tumour-share 0.5)
+MIX=(--phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1)  # the training phases
 FOUR=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
       --label-map 3:renal_artery,1:renal_vein,2:kidney,4:tumour --patch 152,152,64 --window 152,152,64
       --loss ce_dice --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3
@@ -199,7 +200,7 @@ FOUR=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
       --checkpoint-minutes 10 --seed 24)
 
 phase_four_data() {
-  phantoms four 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 "${WIDE[@]}"
+  phantoms four 2000-2299 "${MIX[@]}" "${WIDE[@]}"
   phantoms four_sel 9500-9503 --phase arterial "${WIDE[@]}"
   phantoms four_sel 9504-9507 --phase portal-venous "${WIDE[@]}"
   if [ ! -f "$DATA/four_sel_t/cases.json" ]; then  # four_sel and four cases with a tumour
@@ -207,8 +208,7 @@ phase_four_data() {
   fi
   phantoms four_sel_t 9508-9509 --phase arterial --great-vessels --tumour-share 1
   phantoms four_sel_t 9510-9511 --phase portal-venous --great-vessels --tumour-share 1
-  phantoms four_rcc 2000-2299 --phase-mix arterial:0.4,late-arterial:0.2,portal-venous:0.3,nephrographic:0.1 \
-      "${WIDE[@]}"
+  phantoms four_rcc 2000-2299 "${MIX[@]}" "${WIDE[@]}"
   phantoms four_sel_rcc 9500-9503 --phase arterial "${WIDE[@]}"
   phantoms four_sel_rcc 9504-9507 --phase portal-venous "${WIDE[@]}"
   phantoms four_sel_rcc 9508-9509 --phase arterial --great-vessels --tumour-share 1

@@ -55,11 +55,12 @@ def main() -> None:
         voxel_ml = float(np.prod(label.GetSpacing())) / 1000
         probabilities = segmenter.predict(image.astype(np.float32), overlap=args.overlap)
         called = probabilities.argmax(axis=0) == tumour_class
+        outside = called & ~truth
         row = {"case": name, "tumour_ml": round(float(truth.sum()) * voxel_ml, 2),
-               "called_outside_ml": round(float((called & ~truth).sum()) * voxel_ml, 2)}
+               "called_outside_ml": round(float(outside.sum()) * voxel_ml, 2)}
         tissue_file = args.folder / "tissue" / f"{name}.nii.gz"
-        if tissue_file.exists() and (called & ~truth).any():
-            tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tissue_file)))[called & ~truth]
+        if tissue_file.exists() and outside.any():
+            tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tissue_file)))[outside]
             values, counts = np.unique(tissue, return_counts=True)
             order = np.argsort(-counts)[:3]
             row["called_outside_in"] = {TISSUES[int(values[k])]: round(float(counts[k]) * voxel_ml, 2) for k in order}

@@ -56,7 +56,7 @@ def _renalseg_logging_restored():
     logger = logging.getLogger("renalseg")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture
