@@ -106,10 +106,10 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
     if child["exit_code"] != 0:
         result["stderr_tail"] = child["stderr"][-2000:]
         return result
-    report = json.loads((out / image.name.removesuffix(".nii.gz") / "report.json").read_text())
+    study = out / image.name.removesuffix(".nii.gz")
+    report = json.loads((study / "report.json").read_text())
     result["timings_s"] = report["timings_s"]
     result["rois"] = [(r["side"], r["model_grid"]["shape_zyx"]) for r in report["rois"]]
-    study = out / image.name.removesuffix(".nii.gz")
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz")))
     names = json.loads((study / "labels.json").read_text())  # KiPA22 values: {"3": "renal_artery", ...}
     artery = next(int(value) for value, name in names.items() if name == "renal_artery")

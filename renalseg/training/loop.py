@@ -188,19 +188,19 @@ def _stop_on_signals(trainer: _Trainer) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
-    previous = {number: signal.getsignal(number) for number in names}
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
 
     def ask(number: int, frame: Any) -> None:
         if trainer.interrupted is not None:  # asked twice: stop now
             signal.signal(number, previous[number])
             signal.raise_signal(number)
             return
-        trainer.interrupted = names[number]
+        name = signal.Signals(number).name
+        trainer.interrupted = name
         logger.warning("%s: finishing step %d, then writing the checkpoint (%s again stops at once).",
-                       names[number], trainer.position.global_step + 1, names[number])
+                       name, trainer.position.global_step + 1, name)
 
-    for number in names:
+    for number in previous:
         signal.signal(number, ask)
     try:
         yield
@@ -384,9 +384,7 @@ class _Trainer:
 
     def asked_to_stop(self) -> bool:
         """A stop signal reached any process: every process stops after the same step."""
-        asked = float(self.interrupted is not None)
-        return (all_reduce_mean(asked, self.setup.context, self.device) if self.setup.context.distributed
-                else asked) > 0
+        return all_reduce_mean(float(self.interrupted is not None), self.setup.context, self.device) > 0
 
     def end_epoch(self, losses: list[float], *, epoch_done: bool, epoch_started: float) -> None:
         """Validate when due, checkpoint when due, log the epoch's row."""
