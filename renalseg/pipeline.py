@@ -230,7 +230,8 @@ COMPONENT_DEFINITION = (
     f"components: 26-connected pieces of at least {SPECK_MM3:g} mm³ (faces, edges and corners touch); smaller "
     "pieces are counted as specks. export-mesh's tree.json and mesh bodies count the same way at its default "
     "--min-component-mm3. cleanup: what the segment clean-up removed per side (pieces farther than --max-gap-mm "
-    "from the largest piece; pieces under --min-component-mm3)."
+    "from the largest piece; pieces under --min-component-mm3; tumour pieces not touching the kidney, which "
+    "replace the largest-piece rule for the tumour)."
 )
 
 
@@ -407,6 +408,9 @@ def segment_study(
     # the topology clean-up needs both vessels' classes (reassign_by_topology)
     vessels = (BY_KEY["artery"].value, BY_KEY["vein"].value)
     topology = all(v in channel_values.values() for v in vessels)
+    # the tumour's clean-up needs the kidney's class too (keep_tumours_on_kidney)
+    tumour_by_contact = (BY_KEY["tumour"].value in written.values()
+                         and BY_KEY["kidney"].value in channel_values.values())
     topology_roots: list[str] = []
     for key in ("resample", "inference", "resample_back", "postprocess"):
         timings[key] = 0.0
@@ -488,10 +492,13 @@ def segment_study(
                     box_labels, roots={vessels[0]: roots["aorta"], vessels[1]: roots["ivc"]},
                     probabilities=by_value, max_gap_mm=config.max_gap_mm,
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm)
+        # the tumour is judged by its contact with the kidney, labelled or not in the output
+        kidney = box_labels == BY_KEY["kidney"].value if tumour_by_contact else None
         box_labels = np.where(keep_value[box_labels], box_labels, 0).astype(np.uint8)
         box_labels, removed = clean_labels_logged(
             box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
-            max_gap_mm=config.max_gap_mm)
+            max_gap_mm=config.max_gap_mm, tumour_value=BY_KEY["tumour"].value if tumour_by_contact else None,
+            kidney=kidney)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)

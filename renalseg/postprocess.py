@@ -12,8 +12,14 @@
   pieces centimetres away from it once the aorta is not labelled. The same idea as
   nnU-Net's "largest connected component" post-processing, less strict: nearby
   fragments of the tree (a thin branch the network interrupted) stay.
-* :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree,
-  then the speck removal.
+* :func:`keep_tumours_on_kidney`: tumour pieces are kept where they touch the kidney,
+  whatever their size, and dropped elsewhere. A renal tumour grows from the kidney; a
+  tumour label in the spleen or the bowel beside it is not one, and a patient may have
+  more than one tumour (multifocal renal cell carcinoma), so the largest-piece rule of
+  :func:`keep_main_tree` is wrong for this class: there the largest tumour piece was
+  often the false one.
+* :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree
+  (the tumour by kidney contact when the model labels both), then the speck removal.
 * :func:`reassign_by_topology`: for a model that labels both vessels, artery pieces
   must belong to a tree reaching the aorta and vein pieces one reaching the IVC
   (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
@@ -27,7 +33,7 @@ main-tree filter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +47,8 @@ __all__ = [
     "remove_small_components",
     "count_components",
     "keep_main_tree",
+    "keep_tumours_on_kidney",
+    "DEFAULT_TUMOUR_CONTACT_MM",
     "clean_labels",
     "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
@@ -59,6 +67,11 @@ DEFAULT_MAX_GAP_MM: float = 10.0
 #: removing pieces under 20 mm³ after the main-tree filter lost a third of the sub-2 mm
 #: centerline found (0.76 -> 0.54) and 0.026 Dice (20 was the default before that filter).
 DEFAULT_MIN_COMPONENT_MM3: float = 0.0
+
+#: a tumour piece is kept when one of its voxels lies this close (voxel centres, mm) to the
+#: kidney label: touching, with a voxel's slack for anisotropic grids (see
+#: :func:`keep_tumours_on_kidney` and docs/training.md)
+DEFAULT_TUMOUR_CONTACT_MM: float = 2.0
 
 _FULL_3D = STRUCTURE_26
 
@@ -147,7 +160,8 @@ def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_dist
     return keep[pieces]
 
 
-def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tuple[float, float, float],
+                   skip: Collection[int] = ()) -> np.ndarray:
     """Per label, the largest 26-connected piece and the pieces within ``max_gap_mm`` of it.
 
     Args:
@@ -155,6 +169,7 @@ def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tup
         max_gap_mm: how far (voxel centres, mm) a piece may lie from the largest one;
             ``inf`` keeps everything.
         spacing_xyz_mm: voxel spacing (x, y, z) mm.
+        skip: label values left as they are (the tumour, cleaned by kidney contact).
 
     Returns:
         A cleaned copy, same dtype.
@@ -171,7 +186,7 @@ def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tup
     if not np.isfinite(max_gap_mm):
         return out
     for value in np.unique(out):
-        if value == 0:
+        if value == 0 or value in skip:
             continue
         mask = out == value
         pieces, count = ndimage.label(mask, structure=_FULL_3D)
@@ -184,24 +199,69 @@ def keep_main_tree(labels: np.ndarray, *, max_gap_mm: float, spacing_xyz_mm: tup
     return out
 
 
+def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.ndarray,
+                           spacing_xyz_mm: tuple[float, float, float],
+                           max_distance_mm: float = DEFAULT_TUMOUR_CONTACT_MM) -> np.ndarray:
+    """Tumour pieces that touch the kidney, whatever their size; the others set to 0.
+
+    A renal tumour grows from the kidney, so a tumour piece with no voxel within
+    ``max_distance_mm`` of the kidney is not one (the network's false tumour lies in the
+    spleen and the bowel beside the kidney). Every piece that touches it is kept, not
+    only the largest: a kidney may hold more than one tumour, and the largest piece is
+    not always the true one. Where ``kidney`` is empty (not labelled in this ROI) the
+    contact cannot be judged and the tumour is left as it is.
+
+    Args:
+        labels: integer ``(Z, Y, X)`` label map of one kidney ROI (0 = background).
+        tumour_value: the tumour's label value.
+        kidney: bool ``(Z, Y, X)``, the kidney label (taken before any structure is
+            left out of the output, so ``--structures tumour`` judges the same way).
+        spacing_xyz_mm: voxel spacing (x, y, z) mm.
+        max_distance_mm: how close (voxel centres, mm) a piece must come to the kidney.
+
+    Returns:
+        A cleaned copy, same dtype.
+
+    Example:
+        >>> labels = np.zeros((1, 1, 30), np.uint8)
+        >>> labels[0, 0, 0:10] = 2; labels[0, 0, 10:12] = 4; labels[0, 0, 20:28] = 4
+        >>> out = keep_tumours_on_kidney(labels, tumour_value=4, kidney=labels == 2, spacing_xyz_mm=(1, 1, 1))
+        >>> np.flatnonzero(out[0, 0] == 4).tolist()
+        [10, 11]
+    """
+    out = np.array(labels, copy=True)
+    kidney = np.asarray(kidney, dtype=bool)
+    tumour = out == tumour_value
+    if not kidney.any() or not tumour.any():
+        return out
+    pieces, count = ndimage.label(tumour, structure=_FULL_3D)
+    out[tumour & ~_pieces_near(pieces, count, kidney, max_distance_mm, spacing_xyz_mm)] = 0
+    return out
+
+
 def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
-                 max_gap_mm: float) -> np.ndarray:
+                 max_gap_mm: float, tumour_value: int | None = None,
+                 kidney: np.ndarray | None = None) -> np.ndarray:
     """What ``renalseg segment`` does to each ROI's label map: :func:`keep_main_tree`,
-    then :func:`remove_small_components`."""
-    out = keep_main_tree(labels, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm)
-    return remove_small_components(out, min_volume_mm3=min_component_mm3,
-                                   voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
+    then :func:`remove_small_components`; with ``tumour_value`` and a non-empty
+    ``kidney``, the tumour goes through :func:`keep_tumours_on_kidney` instead of
+    the main-tree rule."""
+    return clean_labels_logged(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
+                               max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)[0]
 
 
 def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float],
-                        min_component_mm3: float, max_gap_mm: float) -> tuple[np.ndarray, dict]:
+                        min_component_mm3: float, max_gap_mm: float, tumour_value: int | None = None,
+                        kidney: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """:func:`clean_labels` (the same result) and what each step removed.
 
     Returns:
         ``(cleaned, removed)``: ``removed`` holds ``far_pieces``/``far_ml`` (pieces
         farther than ``max_gap_mm`` from their label's largest piece) and
         ``small_pieces``/``small_ml`` (pieces under ``min_component_mm3``), over all
-        foreground labels, 26-connected pieces.
+        foreground labels, 26-connected pieces; with ``tumour_value`` also
+        ``off_kidney_tumour_pieces``/``off_kidney_tumour_ml`` (tumour pieces not
+        touching the kidney, counted apart from the far pieces).
 
     Example:
         >>> labels = np.zeros((1, 1, 30), np.uint8)
@@ -211,19 +271,31 @@ def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, floa
         >>> int(cleaned.sum()), removed
         (10, {'far_pieces': 1, 'far_ml': 0.003, 'small_pieces': 1, 'small_ml': 0.001})
     """
-    near = keep_main_tree(labels, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm)
+    by_contact = tumour_value is not None and kidney is not None and bool(np.any(kidney))
+    on_kidney = (keep_tumours_on_kidney(labels, tumour_value=tumour_value, kidney=kidney,  # type: ignore[arg-type]
+                                        spacing_xyz_mm=spacing_xyz_mm) if by_contact else labels)
+    near = keep_main_tree(on_kidney, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm,
+                          skip=(tumour_value,) if by_contact else ())
     out = remove_small_components(near, min_volume_mm3=min_component_mm3,
                                   voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
     voxel_ml = float(np.prod(spacing_xyz_mm)) / 1000.0
+
+    def ml(mask: np.ndarray) -> float:
+        return round(float(np.sum(mask)) * voxel_ml, 4)
+
     far = small = 0
     for value in np.unique(labels):
         if value == 0:
             continue
-        before, middle, after = (count_components(a == value) for a in (labels, near, out))
+        before, middle, after = (count_components(a == value) for a in (on_kidney, near, out))
         far += before - middle
         small += middle - after
-    removed = {"far_pieces": far, "far_ml": round(float(np.sum((labels > 0) & (near == 0))) * voxel_ml, 4),
-               "small_pieces": small, "small_ml": round(float(np.sum((near > 0) & (out == 0))) * voxel_ml, 4)}
+    removed = {"far_pieces": far, "far_ml": ml((on_kidney > 0) & (near == 0)),
+               "small_pieces": small, "small_ml": ml((near > 0) & (out == 0))}
+    if tumour_value is not None:
+        removed["off_kidney_tumour_pieces"] = (count_components(labels == tumour_value)
+                                               - count_components(on_kidney == tumour_value))
+        removed["off_kidney_tumour_ml"] = ml((labels == tumour_value) & (on_kidney != tumour_value))
     return out, removed
 
 

@@ -101,6 +101,28 @@ def test_four_structures_written_with_kipa_values_and_reported():
     assert "topology" in result.report  # both vessels labelled: the check ran (no great vessels in view)
 
 
+def test_tumour_kept_where_it_touches_the_kidney_not_by_size():
+    """A larger 'tumour' in the fat 11 mm from the kidney is dropped; both tumours on the kidney stay
+    (the largest-piece rule kept the false one and lost the true one), also when the kidney is not written."""
+    volume, truth = _four_class_ct()
+    hu = volume.array.copy()
+    hu[4:16, 32:40, 38:48] = sum(BANDS_HU[4]) / 2  # 960 voxels off the kidney (x ends at 21)
+    hu[8:11, 35:38, 10:14] = sum(BANDS_HU[4]) / 2  # 36 voxels on the kidney's posterior face
+    expected = truth.copy()
+    expected[8:11, 35:38, 10:14] = 4
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    for structures, written in ((None, (1, 2, 3, 4)), (("tumour",), (4,))):
+        result = segment_study(Volume(hu, volume.geometry).to_sitk(),
+                               SegmentConfig(input_is_roi=True, side="right", structures=structures),
+                               segmenter=Segmenter.from_predictor(_banded, spec))
+        labels = Volume.from_sitk(result.labels).array
+        assert np.array_equal(labels, np.where(np.isin(expected, written), expected, 0))
+        assert result.report["structures"]["tumour"]["right"]["components"] == 2
+        cleanup = result.report["arteries"]["right"]["cleanup"]
+        assert cleanup["off_kidney_tumour_pieces"] == 1
+        assert cleanup["off_kidney_tumour_ml"] == pytest.approx(960 * 0.7 * 0.7 / 1000, abs=1e-4)
+
+
 def test_structures_subset_leaves_the_others_background():
     labels, truth, result = _segment(structures=("vein", "tumour"))
     assert np.array_equal(labels, np.where(np.isin(truth, (1, 4)), truth, 0))
