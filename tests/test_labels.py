@@ -123,6 +123,18 @@ def test_tumour_kept_where_it_touches_the_kidney_not_by_size():
         assert cleanup["off_kidney_tumour_ml"] == pytest.approx(960 * 0.7 * 0.7 / 1000, abs=1e-4)
 
 
+def test_without_a_kidney_label_the_tumour_keeps_the_largest_piece_rule():
+    from renalseg.postprocess import clean_labels_logged
+
+    labels = np.zeros((1, 1, 40), np.uint8)
+    labels[0, 0, 0:10] = 4; labels[0, 0, 30:33] = 4
+    for kidney in (None, np.zeros_like(labels, bool)):
+        out, removed = clean_labels_logged(labels, spacing_xyz_mm=(1, 1, 1), min_component_mm3=0, max_gap_mm=5,
+                                           tumour_value=4, kidney=kidney)
+        assert np.flatnonzero(out[0, 0]).tolist() == list(range(10))
+        assert removed["far_pieces"] == 1 and removed["off_kidney_tumour_pieces"] == 0
+
+
 def test_structures_subset_leaves_the_others_background():
     labels, truth, result = _segment(structures=("vein", "tumour"))
     assert np.array_equal(labels, np.where(np.isin(truth, (1, 4)), truth, 0))
