@@ -239,6 +239,20 @@ def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.
     return out
 
 
+def _clean_steps(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
+                 max_gap_mm: float, tumour_value: int | None,
+                 kidney: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clean-up's three stages: after the tumour's kidney-contact rule, after the main tree, after the specks."""
+    by_contact = tumour_value is not None and kidney is not None and bool(np.any(kidney))
+    on_kidney = (keep_tumours_on_kidney(labels, tumour_value=tumour_value, kidney=kidney,  # type: ignore[arg-type]
+                                        spacing_xyz_mm=spacing_xyz_mm) if by_contact else labels)
+    near = keep_main_tree(on_kidney, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm,
+                          skip=(tumour_value,) if by_contact else ())
+    out = remove_small_components(near, min_volume_mm3=min_component_mm3,
+                                  voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
+    return on_kidney, near, out
+
+
 def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
                  max_gap_mm: float, tumour_value: int | None = None,
                  kidney: np.ndarray | None = None) -> np.ndarray:
@@ -246,8 +260,8 @@ def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, floa
     then :func:`remove_small_components`; with ``tumour_value`` and a non-empty
     ``kidney``, the tumour goes through :func:`keep_tumours_on_kidney` instead of
     the main-tree rule."""
-    return clean_labels_logged(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
-                               max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)[0]
+    return _clean_steps(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
+                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)[2]
 
 
 def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float],
@@ -271,13 +285,8 @@ def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, floa
         >>> int(cleaned.sum()), removed
         (10, {'far_pieces': 1, 'far_ml': 0.003, 'small_pieces': 1, 'small_ml': 0.001})
     """
-    by_contact = tumour_value is not None and kidney is not None and bool(np.any(kidney))
-    on_kidney = (keep_tumours_on_kidney(labels, tumour_value=tumour_value, kidney=kidney,  # type: ignore[arg-type]
-                                        spacing_xyz_mm=spacing_xyz_mm) if by_contact else labels)
-    near = keep_main_tree(on_kidney, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm,
-                          skip=(tumour_value,) if by_contact else ())
-    out = remove_small_components(near, min_volume_mm3=min_component_mm3,
-                                  voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
+    on_kidney, near, out = _clean_steps(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
+                                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)
     voxel_ml = float(np.prod(spacing_xyz_mm)) / 1000.0
 
     def ml(mask: np.ndarray) -> float:
