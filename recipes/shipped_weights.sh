@@ -62,7 +62,7 @@
 #   four_rcc, four_sel_rcc  four and four_sel_t made again with the phantoms' carcinoma-like tumours   four_rcc
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
-#   ranges), val40 9300-9339; four: four_art 9600-9619 (arterial), four_pv 9620-9639
+#   ranges), val40 9300-9339; four: four_art 9600-9619 + 9640-9641 (arterial), four_pv 9620-9639 + 9642-9643
 #   (portal-venous)
 #
 # Hardware: the CPU phases ran on a 2-core AMD EPYC with AVX-512 BF16 (cpu: 4.4 s a step,
@@ -215,6 +215,9 @@ phase_four_data() {
   phantoms four_sel_rcc 9510-9511 --phase portal-venous --great-vessels --tumour-share 1
   phantoms four_art 9600-9619 --phase arterial "${WIDE[@]}"
   phantoms four_pv 9620-9639 --phase portal-venous "${WIDE[@]}"
+  # two more with a tumour in each phase: 22 of the 44 held-out cases hold one
+  phantoms four_art 9640-9641 --phase arterial --great-vessels --tumour-share 1
+  phantoms four_pv 9642-9643 --phase portal-venous --great-vessels --tumour-share 1
 }
 
 # four_run RUN COMPARE PUBLISHED HISTORY OPTION ...: a four-structure run, CE + Dice to step
