@@ -12,6 +12,13 @@ true labels and compares:
   their true one (the same many-to-one mapping by largest overlap);
 * **seconds per study** for the plan alone (the phantom synthesis is not counted).
 
+``--leaf-oracle`` adds ``leaf_oracle``: the territory agreement the plan would reach if
+each terminal branch's geodesic cell were grouped into the right segmental territory
+(each cell mapped to the true territory it overlaps most). The gap between it and the
+plan's agreement is what the grouping of terminal branches into segmental units costs;
+the gap between it and ``bench_plan_ceiling.py`` is what the label map's terminal
+branches cost against the true ones.
+
 With ``--segment WEIGHTS`` each phantom is the crop ``renalseg segment`` places (the
 kidney with the renal vessels' reach to the aorta and the IVC), segmented first as
 ``renalseg segment --input-is-roi`` writes it (weights that label the artery, the kidney
@@ -23,16 +30,20 @@ Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment WEIGHTS.safetensors \
         [--phase portal-venous] [--threads 2]
+    python benchmarks/bench_plan.py --cases 30 --seed 20000 --leaf-oracle
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from unittest import mock
 
 import numpy as np
 
+import renalseg.plan
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
 from renalseg.plan import PlanConfig, plan_labels
 from renalseg.volume import Volume
@@ -75,6 +86,42 @@ def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
     return rows
 
 
+@contextlib.contextmanager
+def recording_leaf_cells():
+    """Record each kidney's terminal-branch cells while a plan runs: a list of
+    ``(box, cells)``, ``box`` the slices of the study grid the side was planned in,
+    ``cells`` the terminal branch of each voxel of that box (-1 outside the domain)."""
+    records, boxes = [], []
+    bounding_box, voronoi = renalseg.plan.bounding_box, renalseg.plan._geodesic_voronoi
+
+    def box_of(mask: np.ndarray) -> tuple:
+        boxes.append(bounding_box(mask))
+        return boxes[-1]
+
+    def cells_of(domain, seeds_zyx, seed_labels, spacing_zyx):  # noqa: ANN001, ANN202
+        cells, unreached = voronoi(domain, seeds_zyx, seed_labels, spacing_zyx)
+        box = tuple(slice(max(b.start - 2, 0), max(b.start - 2, 0) + n) for b, n in zip(boxes[-1], domain.shape))
+        records.append((box, cells))
+        return cells, unreached
+
+    with mock.patch.object(renalseg.plan, "bounding_box", box_of), \
+            mock.patch.object(renalseg.plan, "_geodesic_voronoi", cells_of):
+        yield records
+
+
+def leaf_oracle(case, records) -> float:  # noqa: ANN001
+    """Territory agreement with each terminal-branch cell given its best true territory."""
+    truth, kidney = case.territory.array, case.label.array == 2
+    agree = total = 0
+    for box, cells in records:
+        inside = kidney[box] & (truth[box] > 0) & (cells >= 0)
+        cell, true = cells[inside], truth[box][inside]
+        for c in np.unique(cell):
+            agree += int(np.bincount(true[cell == c]).max())
+        total += int(inside.sum())
+    return agree / max(total, 1)
+
+
 def _segmenter(weights: str, threads: int):  # noqa: ANN202 - (image) -> (labels, seconds)
     """A function from a phantom's image to the label map ``renalseg segment --input-is-roi``
     writes for it with ``weights`` (KiPA22 values) and the seconds it took."""
@@ -110,6 +157,8 @@ def main() -> None:
                         help="plan on what `renalseg segment --input-is-roi` writes with these weights (roi kind)")
     parser.add_argument("--phase", default=None, help="the phantoms' contrast phase (e.g. portal-venous)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of --segment")
+    parser.add_argument("--leaf-oracle", action="store_true",
+                        help="also the agreement with terminal-branch cells grouped right (see above)")
     args = parser.parse_args()
     if args.seed < 20000:
         parser.error("held-out phantoms use seeds ≥ 20000 (lower seeds may have been used for training)")
@@ -125,9 +174,13 @@ def main() -> None:
         case = make(seed, tumour=True, territories=True, **options)
         labels, segment_seconds = segment(case.image) if segment else (case.label, None)
         started = time.perf_counter()
-        result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
+        with recording_leaf_cells() if args.leaf_oracle else contextlib.nullcontext([]) as records:
+            result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
         seconds.append(time.perf_counter() - started)
+        oracle = leaf_oracle(case, records) if args.leaf_oracle else None
         for row in evaluate_case(case, result):
+            if oracle is not None:
+                row["leaf_oracle"] = round(oracle, 4)
             row["seconds"] = round(seconds[-1], 2)
             if segment_seconds is not None:
                 row["segment_seconds"] = segment_seconds
@@ -148,6 +201,8 @@ def main() -> None:
         "feeding_recall_mean": round(float(np.mean(recall_case)), 3) if recall_case else None,
         "territory_agreement_mean": round(float(np.nanmean([r["agreement"] for r in valid])), 3),
         "territory_agreement_min": round(float(np.nanmin([r["agreement"] for r in valid])), 3),
+        **({"leaf_oracle_mean": round(float(np.mean([r["leaf_oracle"] for r in valid])), 3),
+            "leaf_oracle_min": round(float(np.min([r["leaf_oracle"] for r in valid])), 3)} if args.leaf_oracle else {}),
         "seconds_per_study_mean": round(float(np.mean(seconds)), 2),
         "seconds_per_study_max": round(float(np.max(seconds)), 2),
     }
