@@ -13,15 +13,22 @@ machine: ``reference`` (concatenate and convolve, what training uses) and ``fast
 (the inference path: channels_last, channel counts padded to multiples of 8,
 pointwise compressors as matrix products).
 
+``--memory`` instead runs the fast path alone, once, on a fresh process and reports
+its peak resident memory and seconds per voxel: what a window of ``--shape`` costs in
+``renalseg segment`` (for example one pass over a whole 152 × 152 × 200 kidney ROI
+against 64 × 152 × 152 windows).
+
 Usage::
 
     .venv/bin/python benchmarks/bench_model.py [--repeat 3] [--threads 2] [--network dpa_densebiasnet]
+    .venv/bin/python benchmarks/bench_model.py --memory --shape 152,152,200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import torch
@@ -40,6 +47,25 @@ def _time(fn, repeat: int) -> list[tuple[float, float]]:
     return times
 
 
+def _memory(net: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> None:
+    """One fast-path pass: wall time, seconds per voxel, peak resident memory (ru_maxrss)."""
+    before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    net.use_fast_inference(True)
+    with torch.inference_mode():
+        wall, cpu = _time(lambda: net(x), 1)[0]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    voxels = x[0, 0].numel()
+    result = {"network": args.network, "shape_zyx": list(x.shape[2:]), "threads": args.threads, "wall_s": wall,
+              "cpu_s": cpu, "us_per_voxel": wall / voxels * 1e6, "peak_rss_mb": peak_mb,
+              "before_pass_mb": before_mb}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.network}, one pass over {'×'.join(map(str, x.shape[:1:-1]))} (x×y×z), {args.threads} threads: "
+          f"{wall:.2f} s ({result['us_per_voxel']:.2f} µs a voxel), peak resident memory {peak_mb:.0f} MB "
+          f"({before_mb:.0f} MB before the pass)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each path (best is reported)")
@@ -47,12 +73,17 @@ def main() -> None:
     parser.add_argument("--network", default="dpa_densebiasnet", choices=["dpa_densebiasnet", "densebiasnet"])
     parser.add_argument("--shape", default="64,152,152", help="window Z,Y,X")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    parser.add_argument("--memory", action="store_true",
+                        help="the fast path alone, once: peak resident memory and seconds per voxel")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
     torch.manual_seed(0)
     net = build_network(args.network).eval()
     x = torch.rand(1, 1, *shape)
+    if args.memory:
+        _memory(net, x, args)
+        return
 
     with torch.inference_mode():
         a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
