@@ -13,9 +13,9 @@ machine: ``reference`` (concatenate and convolve, what training uses) and ``fast
 (the inference path: channels_last, channel counts padded to multiples of 8,
 pointwise compressors as matrix products).
 
-``--memory`` instead runs the fast path alone, once, on a fresh process and reports
+``--memory`` instead runs the fast path alone, once, in this process and reports
 its peak resident memory and seconds per voxel: what a window of ``--shape`` costs in
-``renalseg segment`` (for example one pass over a whole 152 × 152 × 200 kidney ROI
+``renalseg segment`` (for example one pass over a whole 200 × 152 × 152 (x × y × z) kidney ROI
 against 64 × 152 × 152 windows).
 
 Usage::
