@@ -16,7 +16,7 @@ pointwise compressors as matrix products).
 ``--memory`` instead runs the fast path alone, once, in this process and reports
 its peak resident memory and seconds per voxel: what a window of ``--shape`` costs in
 ``renalseg segment`` (for example one pass over a whole 200 × 152 × 152 (x × y × z) kidney ROI
-against 64 × 152 × 152 windows).
+against 152 × 152 × 64 windows).
 
 Usage::
 
