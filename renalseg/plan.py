@@ -108,6 +108,9 @@ LEVELS = ("main", "division", "segmental", "further")
 _NAME_TO_STRUCTURE = {"artery": "artery", "renal_artery": "artery", "kidney": "kidney", "tumour": "tumour",
                       "tumor": "tumour", "renal_tumour": "tumour", "renal_tumor": "tumour", "kidney_tumour": "tumour"}
 _KIDNEY_MIN_ML = 5.0  # smaller kidney-label pieces are specks, not a kidney
+#: two kidney pieces whose centres are closer than this across the body (LPS x) are not a
+#: left and a right kidney (their centres lie 100 mm or more apart): the smaller is dropped
+_KIDNEY_SEPARATION_MM = 50.0
 
 
 @dataclass(frozen=True)
@@ -360,6 +363,14 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
     keep = [i for i in np.argsort(-kidney_ml) if i > 0 and kidney_ml[i] >= _KIDNEY_MIN_ML][:2]
     kidneys = [(organ == i) & masks["kidney"] for i in keep]
     centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
+    notes: list[str] = []
+    if len(kidneys) == 2 and abs(centres[0][0] - centres[1][0]) < _KIDNEY_SEPARATION_MM:
+        # e.g. the spleen labelled kidney above a left kidney: it would take the other side's name
+        notes.append(f"a second kidney-labelled piece of {kidney_ml[keep[1]]:.1f} ml in {name} lies "
+                     f"{abs(centres[0][0] - centres[1][0]):.0f} mm across the body from this kidney "
+                     f"({kidney_ml[keep[0]]:.1f} ml), too close to be the other kidney: it is not planned; "
+                     "check the label map there.")
+        kidneys, centres = kidneys[:1], centres[:1]
     roi_sides = [str(r.get("side")) for r in rois if r.get("side") in ("left", "right")]
 
     def roi_side(point_zyx: np.ndarray) -> str | None:
@@ -381,7 +392,7 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
         outside = np.nonzero((tumour_owner == index) & ~np.isin(np.arange(tumour_count + 1), touching))[0]
         outside = outside[outside > 0]
         sides.append(_Side("", kidney, artery, np.isin(tumour_pieces, touching) & masks["tumour"],
-                           np.isin(tumour_pieces, outside) & masks["tumour"]))
+                           np.isin(tumour_pieces, outside) & masks["tumour"], list(notes)))
     if len(kidneys) == 2:
         left = int(np.argmax([c[0] for c in centres]))  # patient left is +x in LPS
         sides[left].side, sides[1 - left].side = "left", "right"

@@ -142,6 +142,18 @@ def test_a_side_without_artery_is_named_and_the_other_side_planned() -> None:
     assert any("no artery label on the right side in seg.nii.gz" in n for n in by_side["right"]["notes"])
 
 
+def test_a_second_kidney_piece_on_the_same_side_is_not_taken_for_the_other_kidney() -> None:
+    """A piece labelled kidney above the kidney (the spleen, say) must not become the
+    "other" kidney and take the side's name away from the kidney and its artery."""
+    labels = np.zeros((80, 30, 64), np.uint8)
+    labels[:44] = _t_tree()
+    labels[56:76, 8:22, 40:60] = 2                      # 5.6 ml of false kidney, 6 mm further left
+    result = plan_labels(_volume(labels), KIPA, name="seg.nii.gz")
+    (kidney,) = result.plan["kidneys"]
+    assert kidney["side"] == "left" and kidney["status"] == "no_tumour" and kidney["territories"]
+    assert any("second kidney-labelled piece of 5.6 ml in seg.nii.gz" in n for n in kidney["notes"])
+
+
 def test_tumour_outside_the_kidney_is_stated_with_its_nearest_branches() -> None:
     labels = _t_tree()
     labels[30:34, 24:28, 10:14] = 4  # beside the trunk, not touching the kidney
