@@ -364,10 +364,11 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
     kidneys = [(organ == i) & masks["kidney"] for i in keep]
     centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
     notes: list[str] = []
-    if len(kidneys) == 2 and abs(centres[0][0] - centres[1][0]) < _KIDNEY_SEPARATION_MM:
+    across_mm = abs(centres[0][0] - centres[1][0]) if len(kidneys) == 2 else np.inf
+    if across_mm < _KIDNEY_SEPARATION_MM:
         # e.g. the spleen labelled kidney above a left kidney: it would take the other side's name
         notes.append(f"a second kidney-labelled piece of {kidney_ml[keep[1]]:.1f} ml in {name} lies "
-                     f"{abs(centres[0][0] - centres[1][0]):.0f} mm across the body from this kidney "
+                     f"{across_mm:.0f} mm across the body from this kidney "
                      f"({kidney_ml[keep[0]]:.1f} ml), too close to be the other kidney: it is not planned; "
                      "check the label map there.")
         kidneys, centres = kidneys[:1], centres[:1]
