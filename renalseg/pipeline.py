@@ -482,6 +482,7 @@ def segment_study(
         started = time.perf_counter()
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
         changes: dict[int, dict] = {}
+        rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
         if topology:
             roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
@@ -492,13 +493,14 @@ def segment_study(
                     box_labels, roots={vessels[0]: roots["aorta"], vessels[1]: roots["ivc"]},
                     probabilities=by_value, max_gap_mm=config.max_gap_mm,
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm)
+                rooted = tuple(vessels)
         # the tumour is judged by its contact with the kidney, labelled or not in the output
         kidney = box_labels == BY_KEY["kidney"].value if tumour_by_contact else None
         box_labels = np.where(keep_value[box_labels], box_labels, 0).astype(np.uint8)
         box_labels, removed = clean_labels_logged(
             box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
             max_gap_mm=config.max_gap_mm, tumour_value=BY_KEY["tumour"].value if tumour_by_contact else None,
-            kidney=kidney)
+            kidney=kidney, rooted=rooted)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)

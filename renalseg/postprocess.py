@@ -19,7 +19,8 @@
   :func:`keep_main_tree` is wrong for this class: there the largest tumour piece was
   often the false one.
 * :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree
-  (the tumour by kidney contact when the model labels both), then the speck removal.
+  (the tumour by kidney contact when the model labels both; vessels that passed the
+  topology check are left as it kept them), then the speck removal.
 * :func:`reassign_by_topology`: for a model that labels both vessels, artery pieces
   must belong to a tree reaching the aorta and vein pieces one reaching the IVC
   (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
@@ -240,14 +241,14 @@ def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.
 
 
 def _clean_steps(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
-                 max_gap_mm: float, tumour_value: int | None,
-                 kidney: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 max_gap_mm: float, tumour_value: int | None, kidney: np.ndarray | None,
+                 rooted: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The clean-up's three stages: after the tumour's kidney-contact rule, after the main tree, after the specks."""
     by_contact = tumour_value is not None and kidney is not None and bool(np.any(kidney))
     on_kidney = (keep_tumours_on_kidney(labels, tumour_value=tumour_value, kidney=kidney,  # type: ignore[arg-type]
                                         spacing_xyz_mm=spacing_xyz_mm) if by_contact else labels)
     near = keep_main_tree(on_kidney, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm,
-                          skip=(tumour_value,) if by_contact else ())
+                          skip=((tumour_value,) if by_contact else ()) + tuple(rooted))
     out = remove_small_components(near, min_volume_mm3=min_component_mm3,
                                   voxel_volume_mm3=float(np.prod(spacing_xyz_mm)))
     return on_kidney, near, out
@@ -255,18 +256,25 @@ def _clean_steps(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, floa
 
 def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
                  max_gap_mm: float, tumour_value: int | None = None,
-                 kidney: np.ndarray | None = None) -> np.ndarray:
+                 kidney: np.ndarray | None = None, rooted: Collection[int] = ()) -> np.ndarray:
     """What ``renalseg segment`` does to each ROI's label map: :func:`keep_main_tree`,
     then :func:`remove_small_components`; with ``tumour_value`` and a non-empty
     ``kidney``, the tumour goes through :func:`keep_tumours_on_kidney` instead of
-    the main-tree rule."""
+    the main-tree rule.
+
+    ``rooted``: label values whose pieces have each passed :func:`reassign_by_topology`
+    (a chain of gaps up to ``max_gap_mm`` reaching their own root, the aorta or the IVC);
+    the main-tree rule leaves them as they are. A renal artery the network interrupted
+    between the aorta and the hilum is one tree joined at the aorta, and the main-tree
+    rule, which measures from the largest piece only, dropped its trunk (held-out
+    phantoms: see docs/training.md)."""
     return _clean_steps(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
-                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)[2]
+                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney, rooted=rooted)[2]
 
 
 def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float],
                         min_component_mm3: float, max_gap_mm: float, tumour_value: int | None = None,
-                        kidney: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                        kidney: np.ndarray | None = None, rooted: Collection[int] = ()) -> tuple[np.ndarray, dict]:
     """:func:`clean_labels` (the same result) and what each step removed.
 
     Returns:
@@ -286,7 +294,8 @@ def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, floa
         (10, {'far_pieces': 1, 'far_ml': 0.003, 'small_pieces': 1, 'small_ml': 0.001})
     """
     on_kidney, near, out = _clean_steps(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
-                                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney)
+                                        max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney,
+                                        rooted=rooted)
     voxel_ml = float(np.prod(spacing_xyz_mm)) / 1000.0
 
     def ml(mask: np.ndarray) -> float:

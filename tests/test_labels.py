@@ -201,3 +201,30 @@ def test_topology_runs_on_an_unsided_roi_crop_with_the_great_vessels_in_view():
     assert result.report["topology"]["roots"] == ["left: aorta and IVC found"]  # centre at LPS x > 0: 'left'
     assert (labels[artery] == 3).all()
     assert not (labels[false_artery] == 3).any()
+
+
+def test_an_artery_interrupted_between_the_aorta_and_the_hilum_keeps_its_trunk():
+    """The network's artery broken twice (7 mm gaps) on its way from the aorta: each piece
+    reaches the aorta through the last, so the topology check keeps all three, and the
+    main-tree rule, which measures from the largest piece (the hilar tree, 21 mm from the
+    trunk), must not then drop the trunk."""
+    geometry = Geometry((60, 80, 120), (0.7, 0.7, 1.0), (20.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    zz, yy, xx = np.mgrid[:60, :80, :120]
+    aorta = ((yy - 30) * 0.7) ** 2 + ((xx - 95) * 0.7) ** 2 <= 9.0 ** 2
+    ivc = (((yy - 32) * 0.7) / 7.0) ** 2 + (((xx - 45) * 0.7) / 10.0) ** 2 <= 1
+    rod = (zz - 30) ** 2 + ((yy - 60) * 0.7) ** 2 <= 4  # 12 mm behind the IVC, as the right renal artery runs
+    trunk = (((zz - 30) ** 2 + ((xx - 95) * 0.7) ** 2 <= 4) & (yy >= 43) & (yy <= 60)) | (rod & (xx >= 70) & (xx <= 95))
+    middle = rod & (xx >= 50) & (xx <= 60)
+    hilum = ((zz - 30) ** 2 + ((yy - 60) * 0.7) ** 2 <= 9) & (xx >= 5) & (xx <= 40)
+    hu = np.full(geometry.shape_zyx, -100.0, np.float32)
+    hu[aorta | ivc] = 375.0
+    hu[trunk | middle | hilum] = 500.0
+    spec = ModelSpec(window_zyx=(32, 64, 64), classes=FOUR)
+    result = segment_study(Volume(hu.astype(np.int16), geometry).to_sitk(),
+                           SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                           segmenter=Segmenter.from_predictor(_banded, spec))
+    labels = Volume.from_sitk(result.labels).array
+    assert result.report["topology"]["roots"] == ["left: aorta and IVC found"]
+    assert hilum.sum() > trunk.sum()  # the largest piece is the hilar one
+    for piece in (trunk & ~aorta, middle, hilum):
+        assert (labels[piece] == 3).all()
