@@ -267,7 +267,7 @@ def clean_labels(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, floa
     the main-tree rule leaves them as they are. A renal artery the network interrupted
     between the aorta and the hilum is one tree joined at the aorta, and the main-tree
     rule, which measures from the largest piece only, dropped its trunk (held-out
-    phantoms: see docs/training.md)."""
+    phantoms: see docs/validation.md)."""
     return _clean_steps(labels, spacing_xyz_mm=spacing_xyz_mm, min_component_mm3=min_component_mm3,
                         max_gap_mm=max_gap_mm, tumour_value=tumour_value, kidney=kidney, rooted=rooted)[2]
 
