@@ -219,3 +219,14 @@ def test_out_of_memory_on_the_cpu_is_a_model_error_and_other_errors_propagate():
         NetworkPredictor(Broken(), "cpu")(_random((2, 1, 4, 4, 4)))
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_float32_accumulator_reproduces_the_prediction_to_2e_6(monkeypatch):
+    """Kidney ROIs of the five-output model accumulate in float32 to bound memory."""
+    import renalseg.inference as inference
+
+    monkeypatch.setattr(inference, "_FLOAT64_ACCUMULATOR_BYTES", 0)
+    x = _random((33, 37, 35))
+    shifted = sliding_window(x, plus_one, window_zyx=WINDOW, overlap=0.75)
+    assert shifted.dtype == np.float32
+    assert np.abs(shifted[0] - (x + 1)).max() < 2e-6
