@@ -29,7 +29,7 @@
 # four_classes  DPA-DenseBiasNet, four_present's best  152,152,64  1e-4    900     best
 #          patches centred on a class drawn among the case's 50% of the time (--class-share:
 #          the tumour as often as the kidney), on the artery 30%, on bright voxels 10%
-# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4        2400    best
+# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4, 3e-5  1806, 2400  best
 #          as four_classes, on the same seeds made again with tumours that look like renal
 #          carcinomas in each phase (washed out after the arterial phase, necrotic cores:
 #          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc
@@ -226,7 +226,8 @@ phase_four_data() {
 # the four phase labelled no tumour voxel) at lr 1e-4, validated on four_sel plus four
 # cases with a tumour, then RUN_classes: 900 steps from that best with class-balanced
 # patch centres, then RUN_rcc: 2400 more from its last weights on the same seeds made again
-# with carcinoma-like tumours; scored on four_art/four_pv beside COMPARE
+# with carcinoma-like tumours (lr 1e-4 to step 1806, then 3e-5); scored on four_art/four_pv
+# beside COMPARE
 four_run() {
   local run=$1 compare=$2 published=$PUBLISH/$3 history=$4
   shift 4
@@ -238,8 +239,11 @@ four_run() {
   train "${run}_present" 300 "${FOUR[@]}" "${present[@]}" --init "$run/best.safetensors"
   local classes=(--foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5)
   train "${run}_classes" 900 "${FOUR[@]}" "${present[@]}" "${classes[@]}" --init "${run}_present/best.safetensors"
-  train "${run}_rcc" 2400 "${FOUR[@]}" "${present[@]}" "${classes[@]}" --data "$DATA/four_rcc" \
-      --val-data "$DATA/four_sel_rcc" --init "${run}_classes/last.safetensors"
+  local rcc=("${FOUR[@]}" "${present[@]}" "${classes[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc"
+             --init "${run}_classes/last.safetensors")
+  # lr 1e-4 to step 1806 (where the run paused, artery validation Dice flat since 900), then 3e-5
+  train "${run}_rcc" 1806 "${rcc[@]}"
+  train "${run}_rcc" 2400 "${rcc[@]}" --lr 3e-5
   if [ "${run}_rcc/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
     evaluate "${run}_rcc/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
