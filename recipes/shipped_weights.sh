@@ -6,7 +6,7 @@
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
 #   recipes/shipped_weights.sh resume
 #       the four-structure phases from recipes/state (four, four_present and four_classes
-#       finished: their step counts and weights; four_rcc at step 1806 of 2400: its
+#       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
 #       checkpoint), then their held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
