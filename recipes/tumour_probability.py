@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from scipy import ndimage
 
+from renalseg.components import STRUCTURE_26
 from renalseg.labels import BY_KEY, output_values
 from renalseg.phantom.tissues import TISSUES
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, clean_labels, probabilities_to_labels
@@ -111,7 +111,7 @@ def main() -> None:
             row[f"false_ml_{rule}"] = round(float((kept & ~truth).sum()) * voxel_ml, 2)
             if truth.any():
                 row[f"dice_{rule}"] = round(float(2 * (kept & truth).sum() / (kept.sum() + truth.sum())), 3)
-        pieces, count = ndimage.label(kept_by["contact"], structure=np.ones((3, 3, 3), bool))
+        pieces, count = ndimage.label(kept_by["contact"], structure=STRUCTURE_26)
         if count:
             index = np.arange(1, count + 1)
             true_share = ndimage.mean(truth.astype(np.float32), pieces, index)
@@ -148,7 +148,7 @@ def main() -> None:
 
 def _grown(seeds: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """``seeds`` with every piece of ``allowed`` (26-connected) that holds a seed voxel."""
-    pieces, count = ndimage.label(allowed | seeds, structure=np.ones((3, 3, 3), bool))
+    pieces, count = ndimage.label(allowed | seeds, structure=STRUCTURE_26)
     hit = np.zeros(count + 1, dtype=bool)
     hit[np.unique(pieces[seeds])] = True
     hit[0] = False
