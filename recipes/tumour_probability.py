@@ -104,7 +104,7 @@ def main() -> None:
         for rule, extra in (("largest", {}), ("contact", {"tumour_value": tumour, "kidney": labels == kidney})):
             kept_by[rule] = clean_labels(labels, spacing_xyz_mm=spacing, min_component_mm3=0.0,
                                          max_gap_mm=DEFAULT_MAX_GAP_MM, **extra) == tumour
-        open_to_growth = (labels == 0) | (labels == kidney) | kept_by["contact"]
+        open_to_growth = (labels == 0) | (labels == kidney)  # _grown adds the seeds themselves
         for threshold in thresholds:
             kept_by[f"grow{threshold:g}"] = _grown(kept_by["contact"], (p_tumour > threshold) & open_to_growth)
         for rule, kept in kept_by.items():
