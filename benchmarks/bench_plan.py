@@ -22,7 +22,8 @@ branches cost against the true ones.
 With ``--segment WEIGHTS`` each phantom is the crop ``renalseg segment`` places (the
 kidney with the renal vessels' reach to the aorta and the IVC), segmented first as
 ``renalseg segment --input-is-roi`` writes it (weights that label the artery, the kidney
-and the tumour: none ships yet), and the plan runs on that written label map; the truth it is scored
+and the tumour, as the default ``weights/dpa_densebiasnet`` does), and the plan runs on
+that written label map; the truth it is scored
 against is still the phantom's. ``--phase`` gives the phantoms a contrast phase
 (:mod:`renalseg.phantom.phases`; default the arterial intensities as drawn).
 

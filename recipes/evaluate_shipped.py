@@ -32,12 +32,17 @@ voxels labelled artery), ``artery_as_vein``, ``artery_hd95_mm``, ``artery_mcd_mm
 ``found_<band>`` of the artery (``found_0-2mm``: the thin-branch figure) and
 ``topology_on`` (the share of cases where the aorta and IVC were found).
 ``--compare OTHER.safetensors`` scores a second model on the same cases the same way
-(e.g. today's shipped artery weights): its figures are ``compare_<name>``, so a card can
+(e.g. the artery-only weights): its figures are ``compare_<name>``, so a card can
 say what a new model kept or lost against it on the same cases.
 
     python recipes/evaluate_shipped.py runs/shipped/four/best.safetensors \
         runs/phantoms/four_art runs/phantoms/four_pv --overlap 0.5 \
-        --compare weights/dpa_densebiasnet.safetensors
+        --compare weights/dpa_densebiasnet_artery.safetensors
+
+``--artery-weight W`` multiplies the network's artery probability by W (the classes
+renormalised) before ``segment`` labels and cleans each case: what favouring the
+artery in the arg-max trades (Dice against thin branches and vein taken for artery).
+An experiment, not a ``segment`` option; not with ``--publish``.
 """
 
 from __future__ import annotations
@@ -99,6 +104,22 @@ def evaluate_folder(segmenter, folder: Path, overlap: float, tta: bool = False) 
     summary = {k: {"mean": float(np.nanmean([r[k] for r in rows])), "std": float(np.nanstd([r[k] for r in rows])),
                    "n": int(np.sum(np.isfinite([r[k] for r in rows])))} for k in keys}
     return {"folder": str(folder), "cases": rows, "summary": summary}
+
+
+def with_artery_weight(segmenter: Segmenter, weight: float) -> Segmenter:
+    """A copy of ``segmenter`` whose ``predict`` returns the artery probability times
+    ``weight``, every voxel's probabilities renormalised to sum to 1."""
+    artery = next(c for c, v in output_values(segmenter.spec.classes).items() if v == BY_KEY["artery"].value)
+    weighted = dataclasses.replace(segmenter)
+
+    def predict(roi, **options):
+        probabilities = segmenter.predict(roi, **options)
+        probabilities[artery] *= weight
+        probabilities /= probabilities.sum(axis=0, keepdims=True)
+        return probabilities
+
+    weighted.predict = predict  # type: ignore[method-assign]
+    return weighted
 
 
 def structures_of(segmenter: Segmenter) -> tuple[str, ...]:
@@ -216,8 +237,13 @@ def main() -> None:
     parser.add_argument("--compare", type=Path,
                         help="also score these weights on the same cases, as written (implies --by-structure); "
                              "their figures are compare_*")
+    parser.add_argument("--artery-weight", type=float, default=1.0,
+                        help="multiply the artery probability by this before labelling (an experiment)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--publish", type=Path, help="write the weights + card with these metrics here")
+    parser.add_argument("--limits", type=Path, help="with --publish: a JSON file of the card's limits block (what "
+                                                      "the weights were validated on, the quality verdict's "
+                                                      "thresholds; renalseg.quality.limits_from_card)")
     parser.add_argument("--history", help="with --publish: how the weights came to be (runs before the last "
                                           "one, e.g. the phases a --init chain went through); card training.history")
     args = parser.parse_args()
@@ -226,8 +252,12 @@ def main() -> None:
     results = {}
     for stored in args.results:
         results.update(json.loads(stored.read_text()))
+    if args.publish and args.artery_weight != 1.0:
+        parser.error("--artery-weight is an experiment: its figures are not the weights' own; drop --publish")
     if args.folders:
         segmenter = load_model(args.weights, device="cpu")
+        if args.artery_weight != 1.0:
+            segmenter = with_artery_weight(segmenter, args.artery_weight)
         compare = load_model(args.compare, device="cpu") if args.compare else None
         by_structure = args.by_structure or compare is not None or structures_of(segmenter) != ("artery",)
         suffix = "_tta" if args.tta else ""  # a TTA run's figures under their own name, e.g. val40_tta
@@ -244,7 +274,9 @@ def main() -> None:
         network, card = load_model_files(args.weights)
         metrics = card_metrics(results, card.metrics, args.overlap)
         training = dict(card.training, **({"history": args.history} if args.history else {}))
-        card = dataclasses.replace(card, metrics=metrics, training=training, synthetic_training_only=True)
+        limits = json.loads(args.limits.read_text()) if args.limits else card.limits
+        card = dataclasses.replace(card, metrics=metrics, training=training, limits=limits,
+                                   synthetic_training_only=True)
         if model_paths(args.publish)[0].resolve() == model_paths(args.weights)[0].resolve():
             # new figures for the same tensors: only the card changes (the file and its sha256 stay)
             model_paths(args.publish)[1].write_text(card.to_json(), encoding="utf-8")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The recipe of the shipped weights: weights/dae, weights/densebiasnet and
-# weights/dpa_densebiasnet (.safetensors + .json card).
+# The recipe of the shipped weights: weights/dae, weights/densebiasnet,
+# weights/dpa_densebiasnet_artery and the default weights/dpa_densebiasnet (four structures:
+# four_rcc's best), each .safetensors + .json card.
 #
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
@@ -17,7 +18,7 @@
 # dpa      DPA-DenseBiasNet, plain96's + dae's      96,96,48       1e-4, 5e-5  960, 1901  best (1320)
 #          encoder (the DAE inputs start at zero weight, so it starts as the plain network)
 # gpu      DPA-DenseBiasNet, dpa's; batch 4         152,152,64     5e-5        4429    last
-# cpu      DPA-DenseBiasNet, gpu's; bfloat16        152,152,64     2e-5        1200    last          -> weights/dpa_densebiasnet
+# cpu      DPA-DenseBiasNet, gpu's; bfloat16        152,152,64     2e-5        1200    last          -> weights/dpa_densebiasnet_artery
 # four     DPA-DenseBiasNet, the shipped artery     152,152,64     1e-4, 5e-5  2000, 2400  best (2400)
 #          weights grown to KiPA22's five outputs (renal artery, renal vein, kidney, tumour;
 #          the artery and background rows copied, so it starts labelling the artery as they did)
@@ -29,10 +30,11 @@
 # four_classes  DPA-DenseBiasNet, four_present's best  152,152,64  1e-4    900     best
 #          patches centred on a class drawn among the case's 50% of the time (--class-share:
 #          the tumour as often as the kidney), on the artery 30%, on bright voxels 10%
-# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4, 3e-5  1806, 2400  best
+# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4, 3e-5  1806, 2400  best (1500)  -> weights/dpa_densebiasnet
 #          as four_classes, on the same seeds made again with tumours that look like renal
 #          carcinomas in each phase (washed out after the arterial phase, necrotic cores:
-#          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc
+#          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc; published
+#          with the card limits of recipes/limits_four.json
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -178,14 +180,14 @@ phase_cpu() {
       --loss ce_dice --lr 2e-5 --batch 1 --amp --foreground-share 0.5 --hard-negative-share 0.3 \
       --domain-randomisation 0.5 --samples-per-epoch 200 --val-overlap 0.25 --seed 7
   local weights=$RUNS/cpu/last.safetensors
-  if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet.safetensors" ]; then
+  if [ "$weights" -nt "$PUBLISH/dpa_densebiasnet_artery.safetensors" ]; then
     phantoms val 9000-9005
     phantoms unseen 9100-9103 --unseen-intensities
     phantoms val40 9300-9339
     mkdir -p "$PUBLISH"
     evaluate "$weights" "$DATA/val40" --tta --json "$RUNS/cpu/val40_tta.json"
     evaluate "$weights" "$DATA/val40" "$DATA/unseen" "$DATA/val" --results "$RUNS/cpu/val40_tta.json" \
-        --publish "$PUBLISH/dpa_densebiasnet.safetensors" \
+        --publish "$PUBLISH/dpa_densebiasnet_artery.safetensors" \
         --history "recipes/shipped_weights.sh: phases plain, plain96, dpa (with dae), gpu and cpu"
   fi
 }
@@ -247,13 +249,13 @@ four_run() {
   if [ "${run}_rcc/best.safetensors" -nt "$published" ]; then
     mkdir -p "$PUBLISH"
     evaluate "${run}_rcc/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
-        --publish "$published" --history "recipes/shipped_weights.sh: $history"
+        --publish "$published" --limits recipes/limits_four.json --history "recipes/shipped_weights.sh: $history"
   fi
 }
 
 phase_four() {
-  four_run "$RUNS/four" weights/dpa_densebiasnet.safetensors dpa_densebiasnet_four.safetensors \
-      "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet.safetensors
+  four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors dpa_densebiasnet.safetensors \
+      "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet_artery.safetensors
 }
 
 # four_plain: the four phase's twin without the deep priori anatomy (DAE) features, for

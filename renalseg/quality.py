@@ -122,6 +122,8 @@ class QualityLimits:
 
     Attributes:
         phases: contrast phases the weights were validated on (others: ``unreliable``).
+        check_phases: validated phases where the held-out figures are lower than in the
+            others (the four-structure weights' portal-venous phase): ``check``.
         inplane_spacing_mm: validated in-plane spacing range (min, max).
         slice_thickness_mm: validated slice spacing range (min, max).
         noise_sd_hu: validated noise range (HU standard deviation in fat).
@@ -141,6 +143,7 @@ class QualityLimits:
     """
 
     phases: tuple[str, ...] = ("early_arterial", "late_arterial")
+    check_phases: tuple[str, ...] = ()
     inplane_spacing_mm: tuple[float, float] = (0.5, 1.0)
     slice_thickness_mm: tuple[float, float] = (0.5, 1.25)
     noise_sd_hu: tuple[float, float] = (5.0, 30.0)
@@ -210,15 +213,16 @@ def limits_from_card(limits: Mapping[str, Any] | None) -> QualityLimits:
         for key, value in list(values.items()):
             default = getattr(DEFAULT_LIMITS, key)
             if isinstance(default, tuple):
-                values[key] = tuple(type(default[0])(v) if key != "phases" else str(v) for v in value)
+                values[key] = tuple(str(v) if key.endswith("phases") else type(default[0])(v) for v in value)
             elif not isinstance(default, str):
                 values[key] = type(default)(value)
     except (TypeError, ValueError) as err:
         raise ModelError(f"model card limits: malformed value ({err}).") from err
-    bad = [p for p in values.get("phases", ()) if p not in PHASES]
-    if bad:
-        raise ModelError(f"model card limits.validated_on.phases: unknown phase {bad[0]!r}; valid: "
-                         f"{', '.join(PHASES)}." + suggest(bad[0], PHASES))
+    for key in ("phases", "check_phases"):
+        bad = [p for p in values.get(key, ()) if p not in PHASES]
+        if bad:
+            raise ModelError(f"model card limits: {key}: unknown phase {bad[0]!r}; valid: "
+                             f"{', '.join(PHASES)}." + suggest(bad[0], PHASES))
     return dataclasses.replace(DEFAULT_LIMITS, **values)
 
 
@@ -742,6 +746,10 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             detail = "the arteries are no brighter than the kidney and the veins"
         findings.append(("unreliable", f"{words} phase: {detail}; artery labels are unreliable (the weights "
                                        f"were validated on {validated} phase only)"))
+    elif phase in limits.check_phases:
+        findings.append(("check", f"{words} phase: the weights find less of the renal artery tree here than in "
+                                  "the arterial phase (the model card's held-out figures); check the segmental "
+                                  "and smaller branches against the images"))
     elif aorta is not None and cortex is not None and aorta - cortex < limits.min_artery_contrast_hu:
         findings.append(("unreliable", f"the aorta ({aorta:.0f} HU) is barely brighter than the renal cortex "
                                        f"({cortex:.0f} HU): the arteries cannot be told from the kidney"))

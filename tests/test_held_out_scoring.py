@@ -168,3 +168,24 @@ def _lower_vein(truth: np.ndarray) -> np.ndarray:
     lower = np.zeros(truth.shape, bool)
     lower[2:15, 10:14, 22:26] = True
     return lower & (truth == VEIN)
+
+
+def test_the_artery_weight_scales_only_the_artery_and_keeps_probabilities_summing_to_one():
+    """--artery-weight: a voxel the network calls 40% artery, 60% vein becomes artery at w = 2
+    (0.8 against 0.6, renormalised), and the model itself is left as it was."""
+    recipe = load_recipe()
+    spec = ModelSpec(classes=FIVE, window_zyx=(4, 8, 8))
+
+    def unsure(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((batch.shape[0], 5, *batch.shape[2:]), np.float32)
+        out[:, VEIN], out[:, ARTERY] = 0.6, 0.4
+        return out
+
+    model = Segmenter.from_predictor(unsure, spec)
+    weighted = recipe.with_artery_weight(model, 2.0)
+    hu = np.zeros((4, 8, 8), np.float32)
+    p = weighted.predict(hu, overlap=0.0)
+    assert np.allclose(p.sum(axis=0), 1.0)
+    assert np.allclose(p[ARTERY], 0.8 / 1.4) and np.allclose(p[VEIN], 0.6 / 1.4)
+    assert np.argmax(p, axis=0).min() == ARTERY
+    assert np.allclose(model.predict(hu, overlap=0.0)[ARTERY], 0.4)

@@ -47,7 +47,7 @@ def test_the_wheel_holds_the_shipped_weights_cards_and_atlas(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         shipped = sorted(p for p in (ROOT / "weights").iterdir() if p.suffix in (".safetensors", ".json"))
-        assert {p.stem for p in shipped} >= {"dpa_densebiasnet", "densebiasnet", "dae"}
+        assert {p.stem for p in shipped} >= {"dpa_densebiasnet", "dpa_densebiasnet_artery", "densebiasnet", "dae"}
         for path in shipped:
             inside = f"renalseg/shipped_weights/{path.name}"
             assert inside in names, f"{inside} is not in {wheel.name}"

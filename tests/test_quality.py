@@ -176,13 +176,35 @@ def test_limits_from_card_defaults_overrides_and_errors():
         limits_from_card({"thresholds": {"max_piece": 3}})
     with pytest.raises(ModelError, match="unknown phase 'arterial'"):
         limits_from_card({"validated_on": {"phases": ["arterial"]}})
+    with pytest.raises(ModelError, match="check_phases: unknown phase 'venous'.*portal_venous"):
+        limits_from_card({"validated_on": {"check_phases": ["venous"]}})
+
+
+def test_weights_told_by_anatomy_make_a_portal_venous_scan_check_not_unreliable():
+    """A card validated on the portal-venous phase, with lower figures there, asks the
+    surgeon to check the small branches; the artery-only card calls the same scan unreliable."""
+    venous = ScanQuality("portal_venous", "", {"aorta": 180, "renal_cortex": 185}, _scan())
+    four = limits_from_card({"validated_on": {"phases": ["early_arterial", "late_arterial", "portal_venous"],
+                                              "check_phases": ["portal_venous"]},
+                             "thresholds": {"min_artery_contrast_hu": -150}})
+    result = judge(venous, {"left": {"artery_hu": 150.0}}, four)
+    assert result["verdict"] == "check"
+    assert any("portal-venous phase" in w and "segmental" in w for w in result["warnings"]), result["warnings"]
+    assert judge(venous, {}, DEFAULT_LIMITS)["verdict"] == "unreliable"
+    arterial = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
+    assert judge(arterial, {}, four)["verdict"] == "ok"
+    nephrographic = ScanQuality("nephrographic", "", {"aorta": 150, "renal_cortex": 200}, _scan())
+    assert judge(nephrographic, {}, four)["verdict"] == "unreliable"
 
 
 def test_cards_with_and_without_limits_load():
     from renalseg.weights import ModelCard, read_card
 
-    shipped = read_card("weights/dpa_densebiasnet.json")
-    assert limits_from_card(shipped.limits).phases == ("early_arterial", "late_arterial")
+    shipped = limits_from_card(read_card("weights/dpa_densebiasnet.json").limits)  # four structures, by anatomy
+    assert shipped.phases == ("early_arterial", "late_arterial", "portal_venous")
+    assert shipped.check_phases == ("portal_venous",) and shipped.min_artery_contrast_hu < 0
+    artery = read_card("weights/dpa_densebiasnet_artery.json")
+    assert limits_from_card(artery.limits).phases == ("early_arterial", "late_arterial")
     assert read_card("weights/densebiasnet.json").limits == {}  # older cards: the defaults
     with pytest.raises(ModelError, match="limits"):
         ModelCard(name="dae", limits={"thresholds": {"nonsense": 1}})

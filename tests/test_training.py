@@ -794,14 +794,16 @@ def test_dpa_starts_from_plain_weights_computing_what_they_did(tmp_path):
 def test_init_grows_the_shipped_artery_weights_into_four_structures_with_the_artery_logits_unchanged():
     """--init the shipped 2-class weights into a KiPA22 five-output run: background and artery compute what they did."""
     from renalseg.training.network import build_training_network
-    from renalseg.weights import DEFAULT_WEIGHTS_PATH, load_model_files, read_card
+    from renalseg.weights import load_model_files, read_card, resolve_weights
 
-    card = read_card(DEFAULT_WEIGHTS_PATH)
-    shipped, _ = load_model_files(DEFAULT_WEIGHTS_PATH)
+    artery_weights = resolve_weights("dpa_densebiasnet_artery")
+    card = read_card(artery_weights)
+    assert card.classes == {"0": "background", "1": "renal_artery"}
+    shipped, _ = load_model_files(artery_weights)
     config = TrainConfig(stage="seg", network="dpa_densebiasnet",
                          network_options={**card.hyperparameters, "num_classes": 5},
                          label_map="1:renal_vein,2:kidney,3:renal_artery,4:tumour",
-                         init_weights=str(DEFAULT_WEIGHTS_PATH), patch_zyx=(16, 32, 32), window_zyx=(16, 32, 32))
+                         init_weights=str(artery_weights), patch_zyx=(16, 32, 32), window_zyx=(16, 32, 32))
     grown = build_training_network(config).eval()
     x = torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

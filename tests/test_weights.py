@@ -117,6 +117,24 @@ def test_default_weights_live_in_the_repository_weights_folder():
             load_model_files(DEFAULT_WEIGHTS_PATH)
 
 
+def test_the_default_model_labels_kipa22s_four_structures_and_the_artery_model_ships_beside_it():
+    """The default weights write KiPA22's vein, kidney, artery and tumour; the artery-only
+    weights are still shipped under their own name; both cards match their tensors."""
+    from renalseg.labels import output_values
+    from renalseg.weights import resolve_weights
+
+    default = read_card(DEFAULT_WEIGHTS_PATH)
+    assert sorted(output_values(default.classes).values()) == [1, 2, 3, 4]
+    assert default.synthetic_training_only
+    assert {"four_art", "four_pv"} <= set(default.metrics["held_out"])
+    assert "portal_venous" in default.limits["validated_on"]["phases"]
+    artery_path = resolve_weights("dpa_densebiasnet_artery")
+    artery = read_card(artery_path)
+    assert sorted(output_values(artery.classes).values()) == [3]
+    for path, card in ((DEFAULT_WEIGHTS_PATH, default), (artery_path, artery)):
+        assert sha256_file(path) == card.sha256, path
+
+
 def test_a_pickle_is_never_unpickled(tmp_path):
     marker = tmp_path / "pwned"
 

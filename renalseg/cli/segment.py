@@ -145,7 +145,7 @@ def segment(
         "--strict", help="Exit 1 when a study's quality verdict is 'unreliable' (its outputs are still "
         "written).")] = False,
 ) -> None:
-    """Segment the renal artery tree (and the vein, kidney and tumour, when the model labels them) of each study.
+    """Segment the renal artery tree, vein, kidney and tumour of each study (the default weights label all four).
 
     Writes [bold]DIR/<study>/[/]: labels.nii.gz (on the input's grid exactly), labels.json,
     labels.seg.nrrd (3D Slicer), report.json, preview.png (and probabilities.nii.gz; for
