@@ -48,6 +48,7 @@ from renalseg.postprocess import (
     clean_labels_logged,
     probabilities_to_labels,
     reassign_by_topology,
+    take_thin_branches,
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
@@ -81,6 +82,9 @@ SYNTHETIC_NOTICE = (
 
 _AIR_HU = -1024.0
 
+#: the shipped model ``--thin-branches`` runs beside the default one
+THIN_BRANCH_WEIGHTS = "dpa_densebiasnet_artery"
+
 #: ``on_progress(stage, done, total)``; stage e.g. ``"read"``, ``"segment left"``
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -107,6 +111,12 @@ class SegmentConfig:
             (:func:`renalseg.io.plausibility.check_ct_values`; NaN/Inf are always refused).
         structures: which structures to write (``renalseg.labels.STRUCTURE_KEYS``:
             artery, vein, kidney, tumour); ``None`` = every one the model labels.
+        thin_branches: in an arterial-phase study, also run the artery-only weights
+            (:data:`THIN_BRANCH_WEIGHTS`) and take the artery inside the kidney from
+            whichever model is surer (:func:`renalseg.postprocess.take_thin_branches`):
+            more of the interlobar branches, twice the network time. Needs a model that
+            labels the artery and the kidney; in other phases it is skipped and the
+            report says why.
     """
 
     weights: Path | None = None
@@ -122,6 +132,7 @@ class SegmentConfig:
     seed: int = 0
     force: bool = False
     structures: tuple[str, ...] | None = None
+    thin_branches: bool = False
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -143,8 +154,8 @@ class RoiView:
         hu: float32 ``(Z, Y, X)`` CT on the model grid (z → superior, y → posterior, x → left).
         artery: bool ``(Z, Y, X)`` final artery mask on the same grid.
         spacing_xyz_mm: the model grid spacing.
-        outlines: ``{"kidney": mask, "tumour": mask}`` (bool, same grid) when the
-            model labels them, drawn as outlines.
+        outlines: ``{"vein": mask, "kidney": mask, "tumour": mask}`` (bool, same grid)
+            when the model labels them: the vein drawn filled, the others as outlines.
     """
 
     side: str
@@ -264,9 +275,9 @@ def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[Kid
 
 def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
                       label_names: dict[str, str]) -> dict[str, np.ndarray]:
-    """Kidney and tumour masks (when the model labels them) on the ROI's model grid, for the preview."""
+    """Vein, kidney and tumour masks (when the model labels them) on the ROI's model grid, for the preview."""
     outlines = {}
-    for kind in ("kidney", "tumour"):
+    for kind in ("vein", "kidney", "tumour"):
         values = values_of_kind(label_names, kind)
         mask = np.isin(box_labels, values)
         if values and mask.any():
@@ -314,6 +325,7 @@ def segment_study(
     segmenter: Segmenter | None = None,
     rois: list[KidneyROI] | None = None,
     on_progress: ProgressCallback | None = None,
+    artery_segmenter: Segmenter | None = None,
 ) -> Result:
     """Segment the renal arteries of one study; the label map is on the study's grid.
 
@@ -328,6 +340,8 @@ def segment_study(
         rois: kidney ROIs to use instead of localisation (e.g. from
             :func:`renalseg.roi.locate_kidneys` run earlier, or hand-made).
         on_progress: ``on_progress(stage, done, total)``, e.g. per window.
+        artery_segmenter: with ``config.thin_branches``, the artery-only model (loaded
+            once for a batch); ``None`` loads :data:`THIN_BRANCH_WEIGHTS`.
 
     Returns:
         A :class:`Result` (labels, report, optional probabilities, ROI views).
@@ -441,6 +455,10 @@ def segment_study(
     scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi)
     timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
+    thin: dict[str, Any] | None = None
+    if config.thin_branches:
+        artery_segmenter, thin = _thin_branch_model(segmenter, artery_segmenter, scan_quality.phase, config.device,
+                                                    roi_only=config.input_is_roi)
 
     # 2. every ROI through the network
     tta_dice: dict[str, float | None] = {}
@@ -456,6 +474,22 @@ def segment_study(
         timings["inference"] += time.perf_counter() - started
         predicted.append((roi, lo, hi, roi_hu, probabilities))
         tta_dice[roi.side] = mirrored.dice() if mirrored is not None else None
+    if thin is not None and thin["applied"]:
+        # the second model after the first, each one's work buffers freed once it is done:
+        # the two are never held at once (peak memory as one model's)
+        _release_buffers(segmenter)
+        started = time.perf_counter()
+        for roi, _lo, _hi, roi_hu, probabilities in predicted:
+            stage = f"segment {roi.side} (thin branches)"
+            second = artery_segmenter.predict(  # type: ignore[union-attr]
+                roi_hu, overlap=config.overlap, tta=tta,
+                on_progress=lambda done, total, stage=stage: progress(stage, done, total))
+            region = take_thin_branches(probabilities, second[thin["artery_channel"]], artery_channel=artery_channel,
+                                        kidney_channels=thin["kidney_channels"])
+            thin["region_ml"][roi.side] = round(float(region.sum()) * float(np.prod(roi.grid.spacing_xyz_mm)) / 1000, 1)
+            del second, region
+        _release_buffers(artery_segmenter)
+        timings["inference_thin_branches"] = time.perf_counter() - started
 
     # 3. back onto the study's grid, label, clean, paste
     labels = Volume(np.zeros(study_geometry.shape_zyx, dtype=np.uint8), study_geometry)
@@ -561,7 +595,7 @@ def segment_study(
         "settings": {"overlap": config.overlap, "tta": tta, "side": config.side,
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None,
-                     "structures": list(picked)},
+                     "structures": list(picked), "thin_branches": config.thin_branches},
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
@@ -570,11 +604,72 @@ def segment_study(
     }
     if topology:
         report["topology"] = {"roots": topology_roots, "definition": TOPOLOGY_DEFINITION}
+    if thin is not None:
+        report["thin_branches"] = {k: v for k, v in thin.items() if k not in ("artery_channel", "kidney_channels")}
     if spec.synthetic_training_only:
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,
                   probabilities=probability_image, rois=tuple(rois), views=tuple(views),
                   source_files=source_files)
+
+
+def _release_buffers(segmenter: Segmenter | None) -> None:
+    """Free the work buffers a network's fast CPU path keeps between calls, if it has any."""
+    release = getattr(getattr(segmenter, "network", None), "release_buffers", None)
+    if callable(release):
+        release()
+
+
+def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,
+                       device: str, *, roi_only: bool = False) -> tuple[Segmenter | None, dict[str, Any]]:
+    """``--thin-branches``: the artery-only model and the report's ``thin_branches`` block
+    (``applied`` and why; the channels :func:`take_thin_branches` needs).
+
+    Applied when the study's contrast phase is one the artery-only weights are validated
+    on; in a kidney crop (``roi_only``) the phase called from the crop is not trusted
+    (the aorta may be out of view or cut), so it is applied as asked and the reason says so.
+
+    Raises:
+        UsageError: the main model does not label both the artery and the kidney, or the
+            second model does not label the artery on the same grid.
+    """
+    from renalseg import quality
+
+    values = output_values(segmenter.spec.classes)
+    if BY_KEY["artery"].value not in values.values() or BY_KEY["kidney"].value not in values.values():
+        raise UsageError(f"--thin-branches takes the artery inside the kidney from a second model, so the main "
+                         f"model must label the artery and the kidney; {segmenter.spec.name} labels "
+                         f"{', '.join(sorted(segmenter.spec.classes.values()))}. Use the default weights.")
+    if artery_segmenter is None:
+        from renalseg.segmenter import load_model
+        from renalseg.weights import resolve_weights
+
+        artery_segmenter = load_model(resolve_weights(THIN_BRANCH_WEIGHTS), device)
+    second = output_values(artery_segmenter.spec.classes)
+    artery_channels = [c for c, v in second.items() if v == BY_KEY["artery"].value]
+    if not artery_channels or tuple(artery_segmenter.spec.spacing_xyz_mm) != tuple(segmenter.spec.spacing_xyz_mm):
+        raise UsageError(f"--thin-branches: the second model ({artery_segmenter.spec.name}) must label the renal "
+                         f"artery on the main model's grid {segmenter.spec.spacing_xyz_mm} mm; it labels "
+                         f"{', '.join(sorted(artery_segmenter.spec.classes.values()))} at "
+                         f"{artery_segmenter.spec.spacing_xyz_mm} mm.")
+    phases = quality.limits_from_card(artery_segmenter.spec.limits).phases
+    applied = phase in phases or roi_only
+    words = quality.PHASE_WORDS.get(phase, phase)
+    validated = ", ".join(quality.PHASE_WORDS[p] for p in phases)
+    if phase in phases:
+        reason = f"{words} phase: the artery-only weights add the artery they find inside the kidney"
+    elif roi_only:
+        reason = (f"applied as asked: the phase of a kidney crop is not certain (called {words}); the artery-only "
+                  f"weights are validated on {validated} phase only")
+    else:
+        reason = f"not applied: {words} phase, and the artery-only weights are validated on {validated} phase only"
+    block = {"applied": applied, "reason": reason,
+             "weights": str(artery_segmenter.weights_path) if artery_segmenter.weights_path else None,
+             "sha256": artery_segmenter.spec.sha256, "region_ml": {},
+             "artery_channel": artery_channels[0],
+             "kidney_channels": [c for c, v in values.items()
+                                 if v in (BY_KEY["kidney"].value, BY_KEY["tumour"].value)]}
+    return artery_segmenter, block
 
 
 def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | None) -> Study:

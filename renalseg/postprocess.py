@@ -25,6 +25,12 @@
   must belong to a tree reaching the aorta and vein pieces one reaching the IVC
   (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
   reassigned by the network's probabilities, a piece on neither is dropped.
+* :func:`take_thin_branches`: inside the kidney, the artery probability becomes the
+  larger of the four-structure model's and a second, artery-only model's
+  (``renalseg segment --thin-branches``). The interlobar arteries run inside the
+  parenchyma, where the artery-only weights find more of them; outside it the
+  four-structure model alone decides, because the artery-only weights take every bright
+  artery (superior mesenteric, splenic) for a renal one.
 
 scipy's ``ndimage.label`` is used rather than ``skimage.morphology.remove_small_objects``
 because the latter thresholds in voxels and its keyword changed across releases; here
@@ -54,6 +60,8 @@ __all__ = [
     "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
     "reassign_by_topology",
+    "take_thin_branches",
+    "THIN_BRANCH_MARGIN_VOXELS",
 ]
 
 #: pieces farther than this from the largest piece of their label are dropped (chosen on
@@ -414,3 +422,55 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
             stats["reassigned_ml"] += float(piece.sum()) * voxel_ml
         changes[value] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
     return out, changes
+
+
+#: how far around the labelled kidney (and tumour) the artery-only model's artery counts,
+#: in voxels of the model grid (3: about 2 mm in-plane, 3 mm head to foot; the hilar
+#: branches entering the sinus)
+THIN_BRANCH_MARGIN_VOXELS = 3
+
+
+def take_thin_branches(probabilities: np.ndarray, artery_probability: np.ndarray, *, artery_channel: int,
+                       kidney_channels: Collection[int],
+                       margin_voxels: int = THIN_BRANCH_MARGIN_VOXELS) -> np.ndarray:
+    """Inside the kidney, the artery probability of a second (artery-only) model where it is higher.
+
+    The region is where the arg-max of ``probabilities`` is one of ``kidney_channels``
+    (kidney, tumour), grown by ``margin_voxels``. There the artery channel becomes
+    ``max(p_artery, artery_probability)`` and the other channels are scaled so that every
+    voxel still sums to 1 (their ratios kept); elsewhere nothing changes.
+
+    Args:
+        probabilities: float32 ``(C, Z, Y, X)`` of the four-structure model; changed in place.
+        artery_probability: float ``(Z, Y, X)`` artery probability of the artery-only model
+            on the same grid.
+        artery_channel: the artery's channel in ``probabilities``.
+        kidney_channels: the channels whose voxels make the region.
+        margin_voxels: dilation of the region (26-connected steps).
+
+    Returns:
+        The region (bool ``(Z, Y, X)``).
+
+    Example:
+        >>> p = np.zeros((3, 1, 1, 4), np.float32); p[0] = 0.2; p[1] = [0.7, 0.7, 0.1, 0.1]; p[2] = 0.1
+        >>> p[:, 0, 0, 2:] = [[0.8], [0.1], [0.1]]            # background far from the kidney
+        >>> q = np.array([[[0.9, 0.1, 0.9, 0.9]]], np.float32)
+        >>> take_thin_branches(p, q, artery_channel=2, kidney_channels=[1], margin_voxels=1)[0, 0].tolist()
+        [True, True, True, False]
+        >>> [round(float(v), 3) for v in p[2, 0, 0]], [round(float(v), 3) for v in p.sum(axis=0)[0, 0]]
+        ([0.9, 0.1, 0.9, 0.1], [1.0, 1.0, 1.0, 1.0])
+    """
+    if probabilities.ndim != 4 or artery_probability.shape != probabilities.shape[1:]:
+        raise UsageError(f"take_thin_branches: probabilities {probabilities.shape} and the artery probability "
+                         f"{artery_probability.shape} are not on one grid.")
+    region = np.isin(np.argmax(probabilities, axis=0), list(kidney_channels))
+    if margin_voxels > 0 and region.any():
+        region = ndimage.binary_dilation(region, structure=STRUCTURE_26, iterations=margin_voxels)
+    old = probabilities[artery_channel][region]
+    new = np.maximum(old, np.asarray(artery_probability, np.float32)[region])
+    scale = (1.0 - new) / np.maximum(1.0 - old, 1e-6)
+    for channel in range(probabilities.shape[0]):
+        if channel != artery_channel:
+            probabilities[channel][region] *= scale
+    probabilities[artery_channel][region] = new
+    return region

@@ -7,8 +7,9 @@ which.
 - :func:`render_preview` (``renalseg segment``): for each kidney ROI, a coronal and
   an axial **thin-slab** maximum intensity projection (MIP) of the CT (window
   −100 … 700 HU, so contrast-filled arteries and cortex stand out) with the segmented
-  artery overlaid in red and, when the label map has them, the kidney (tan) and
-  tumour (purple) outlined. The slab is only as thick as the artery tree (and the
+  artery overlaid in red and, when the label map has them, the renal vein filled in
+  blue under it (so artery and vein are told apart at a glance) and the kidney (tan)
+  and tumour (purple) outlined. The slab is only as thick as the artery tree (and the
   kidney) along the projection, plus 5 mm, at most 40 mm: ribs, spine and
   contrast-filled bowel in front of or behind the kidney no longer saturate the view.
   Pixels are drawn with their physical aspect ratio; every panel has a scale bar and
@@ -70,6 +71,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 # the kidney in its registry colour; the tumour lighter than its registry purple, to show on dark CT
 _OUTLINE_RGB = {"kidney": BY_KEY["kidney"].rgb, "tumour": (190, 90, 230)}
+#: structures drawn filled (under the artery) rather than outlined
+_FILLED_RGB = {"vein": (60, 130, 255)}
 _SLAB_MARGIN_MM = 5.0
 _SLAB_MAX_MM = 40.0
 _TEXT = (240, 240, 240)
@@ -80,8 +83,13 @@ RESEARCH_NOTICE = "Research use only: not for clinical decisions."
 
 def _to_rgb(mip_hu: np.ndarray, artery: np.ndarray, outlines: dict[str, np.ndarray] | None = None) -> np.ndarray:
     rgb = np.repeat(_grey(mip_hu, _WINDOW_HU)[..., None], 3, axis=2)
+    for kind, mask in (outlines or {}).items():
+        if kind in _FILLED_RGB:
+            rgb[mask] = (1 - _ALPHA) * rgb[mask] + _ALPHA * np.asarray(_FILLED_RGB[kind], np.float32)
     rgb[artery] = (1 - _ALPHA) * rgb[artery] + _ALPHA * _ARTERY_RGB
     for kind, mask in (outlines or {}).items():
+        if kind in _FILLED_RGB:
+            continue
         edge = mask & ~_erode(mask)
         rgb[edge] = np.asarray(_OUTLINE_RGB.get(kind, (255, 255, 0)), np.float32)
     return rgb.astype(np.uint8)
@@ -169,7 +177,8 @@ def mip_panels(hu: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[floa
             y → posterior, x → the patient's left).
         artery: bool ``(Z, Y, X)`` artery mask on the same grid.
         spacing_xyz_mm: grid spacing (x, y, z), for the aspect ratio and the slab.
-        outlines: ``{"kidney": mask, "tumour": mask}`` to outline (optional).
+        outlines: ``{"vein": mask, "kidney": mask, "tumour": mask}`` (optional): the vein
+            filled in blue under the artery, the others outlined.
 
     Returns:
         [coronal, axial] RGB images, each ``_PANEL_PX`` wide, with a scale bar and
@@ -232,7 +241,9 @@ def render_preview(views: Sequence, *, title: str | None = None, notice: str | N
     big, small = _font(18), _font(14)
     outlined = sorted({k for v in ordered for k, m in (getattr(v, "outlines", None) or {}).items() if m.any()})
     if title:
-        legend = "".join(f", {kind} (outline)" for kind in outlined)
+        drawn = [kind for kind in outlined if kind != "vein"]
+        legend = (", veins (blue)" if "vein" in outlined else "") + (
+            f", {' and '.join(drawn)} (outline{'s' if len(drawn) > 1 else ''})" if drawn else "")
         draw.text((margin, 8), f"{title}: renal arteries (red){legend}", fill=_TEXT, font=big)
     if subtitle:
         draw.text((margin, header - 22), subtitle, fill=_TEXT, font=small)

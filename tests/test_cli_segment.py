@@ -237,3 +237,16 @@ def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypa
     # the 6 mm tube's centerline is found; no thinner vessel exists to find
     assert "by vessel diameter: 0–2 mm n/a, 2–4 mm n/a, 4 mm and wider 100%" in result.stdout.replace("\n", " ")
     assert _run("demo", "--out", out).exit_code == 1  # an earlier demo is not replaced silently
+
+
+def test_thin_branches_with_an_artery_only_model_is_a_usage_error(tmp_path):
+    """--thin-branches adds the artery-only model's artery inside the kidney the main model
+    labels: with the artery-only weights as the main model there is no kidney, so it stops
+    before the first study (exit 2, nothing written)."""
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "study.nii.gz")
+    result = _run("segment", study, "--out", tmp_path / "out", "--weights", "dpa_densebiasnet_artery",
+                  "--thin-branches")
+    assert result.exit_code == 2, result.output
+    assert "--thin-branches" in result.output and "kidney" in result.output
+    assert not (tmp_path / "out" / "study").exists()

@@ -337,3 +337,74 @@ def test_tta_is_off_by_default_on_the_cpu_and_can_be_forced():
     # the threshold predictor is mirror-symmetric: the labels do not change
     assert np.array_equal(_labels(default), _labels(forced))
 
+
+
+# -- --thin-branches: the artery-only model's artery inside the kidney -----------------------
+
+FOUR_CLASSES = {"0": "background", "1": "renal_artery", "2": "renal_vein", "3": "kidney", "4": "tumour"}
+KIDNEY_HU, BRANCH_HU, OTHER_ARTERY_HU = 150.0, 260.0, 420.0
+
+
+def _thin_branch_pair() -> tuple[Segmenter, Segmenter]:
+    """A four-structure 'model' that calls 100-300 HU kidney (so it misses a 260 HU branch
+    inside the kidney) and an artery-only one that calls everything above 230 HU artery
+    (the branch, and an unrelated artery outside the kidney)."""
+    four_spec = ModelSpec(classes=FOUR_CLASSES, window_zyx=(16, 32, 32))
+    artery_spec = ModelSpec(window_zyx=(16, 32, 32))
+
+    def hu(batch: np.ndarray) -> np.ndarray:
+        return batch * 2048.0 - 1024.0
+
+    def four(batch: np.ndarray) -> np.ndarray:
+        kidney = ((hu(batch) > 100) & (hu(batch) < 300)).astype(np.float32)
+        zero = np.zeros_like(kidney)
+        return np.concatenate([1 - kidney, zero, zero, kidney, zero], axis=1)
+
+    def artery_only(batch: np.ndarray) -> np.ndarray:
+        artery = (hu(batch) > 230).astype(np.float32) * 0.9
+        return np.concatenate([1 - artery, artery], axis=1)
+
+    return Segmenter.from_predictor(four, four_spec), Segmenter.from_predictor(artery_only, artery_spec)
+
+
+def _kidney_crop() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    hu = np.full((24, 40, 48), -90.0)                 # fat
+    hu[4:20, 8:32, 6:26] = KIDNEY_HU
+    branch = np.zeros(hu.shape, bool)
+    branch[6:18, 19:21, 12:14] = True                # a thin branch inside the kidney
+    other = np.zeros(hu.shape, bool)
+    other[2:22, 19:22, 38:41] = True                 # another artery 12 voxels lateral of it
+    hu[branch], hu[other] = BRANCH_HU, OTHER_ARTERY_HU
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.7, 0.7, 1.0))
+    return image, branch, other
+
+
+def test_thin_branches_take_the_artery_only_models_artery_inside_the_kidney_only():
+    four, artery_only = _thin_branch_pair()
+    image, branch, other = _kidney_crop()
+    plain = segment_study(image, SegmentConfig(input_is_roi=True), segmenter=four)
+    assert not (sitk.GetArrayFromImage(plain.labels) == 3).any()   # the four-structure model misses the branch
+    assert "thin_branches" not in plain.report
+    result = segment_study(image, SegmentConfig(input_is_roi=True, thin_branches=True), segmenter=four,
+                           artery_segmenter=artery_only)
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert dice(labels == 3, branch) > 0.95                  # the branch is artery now
+    assert not (labels[other] == 3).any()                   # the artery outside the kidney is not
+    assert (labels[(labels != 3) & ~other & ~branch] == sitk.GetArrayFromImage(plain.labels)[
+        (labels != 3) & ~other & ~branch]).all()             # nothing else changed
+    block = result.report["thin_branches"]
+    assert block["applied"] and "kidney crop" in block["reason"] and block["region_ml"]
+    assert result.report["settings"]["thin_branches"] is True
+
+
+def test_thin_branches_follow_the_phase_and_need_the_kidney():
+    from renalseg.pipeline import _thin_branch_model
+
+    four, artery_only = _thin_branch_pair()
+    _, arterial = _thin_branch_model(four, artery_only, "late_arterial", "cpu")
+    _, venous = _thin_branch_model(four, artery_only, "portal_venous", "cpu")
+    assert arterial["applied"] and not venous["applied"]
+    assert "portal-venous phase" in venous["reason"] and "early arterial" in venous["reason"]
+    with pytest.raises(UsageError, match="must label the artery and the kidney"):
+        _thin_branch_model(artery_only, artery_only, "late_arterial", "cpu")

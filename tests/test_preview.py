@@ -47,6 +47,23 @@ def test_kidney_and_tumour_outlined_and_the_picture_marked():
     assert bare.shape[0] < picture.shape[0] and RESEARCH_NOTICE.startswith("Research use")
 
 
+def test_the_vein_is_filled_in_blue_under_the_artery():
+    """A vein beside the artery and crossing it: blue where only the vein is, red where the
+    artery lies over it, so a surgeon tells the two apart on the preview."""
+    hu, artery = _roi(with_plate=False)
+    vein = np.zeros(hu.shape, bool)
+    vein[:, 30:36, 20:26] = True                      # a rod of its own
+    vein[28:32, 30:36, :] = True                      # and a band across everything
+    plain = np.asarray(mip_panels(hu, artery, (0.7, 0.7, 1.0))[0]).astype(int)
+    coronal = np.asarray(mip_panels(hu, artery, (0.7, 0.7, 1.0), outlines={"vein": vein})[0]).astype(int)
+    red = (plain[..., 0] > plain[..., 2] + 80)
+    blue = (coronal[..., 2] > coronal[..., 0] + 60)
+    assert blue.sum() > 300                           # the vein shows
+    assert not (blue & red).any()                     # the artery stays red on top of it
+    picture = render_preview([RoiView("left", hu, artery, (0.7, 0.7, 1.0), {"vein": vein})], title="case")
+    assert picture.size[0] > 0
+
+
 def test_every_panel_has_a_scale_bar():
     hu, artery = _roi(with_plate=False)
     for panel in mip_panels(hu, artery, (0.7, 0.7, 1.0)):

@@ -25,7 +25,8 @@ Side = Enum("Side", {name: name for name in ("both", "left", "right")}, type=str
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
-         show_progress: bool, dicom_seg: bool = True, report_page: bool = False) -> list[dict]:
+         show_progress: bool, dicom_seg: bool = True, report_page: bool = False,
+         artery_segmenter: Any = None) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``segment_study``, under a progress display."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -42,7 +43,8 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
             progress.update(windows_task, description=f"  {study.study_id}: {stage}", completed=done,
                             total=max(total, 1), visible=True)
 
-        result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress)
+        result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress,
+                               artery_segmenter=artery_segmenter)
         result.report["study_id"] = study.study_id
         write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
         if report_page:
@@ -68,6 +70,21 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
     with progress:
         return run_batch(studies, out, process, overwrite=overwrite, debug=STATE["debug"],
                          on_start=on_start, on_finish=on_finish)
+
+
+def _thin_branch_segmenter(segmenter: Any, device: str) -> Any:
+    """``--thin-branches``' artery-only model, loaded once for the batch; a main model
+    without the artery and the kidney is a usage error before the first study."""
+    from renalseg.labels import BY_KEY, output_values
+    from renalseg.pipeline import THIN_BRANCH_WEIGHTS
+    from renalseg.segmenter import load_model
+    from renalseg.weights import resolve_weights
+
+    values = set(output_values(segmenter.spec.classes).values())
+    if not {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= values:
+        raise UsageError("--thin-branches takes the artery inside the kidney from a second model, so --weights "
+                         "must label the artery and the kidney (the default weights do).")
+    return load_model(resolve_weights(THIN_BRANCH_WEIGHTS), device)
 
 
 def _summary_table(rows: list[dict]) -> Any:
@@ -138,6 +155,11 @@ def segment(
         "--structures", metavar="artery,vein,kidney,tumour",
         help="Which structures to write (KiPA22 values: 1 vein, 2 kidney, 3 artery, 4 tumour; labels.json names "
              "them). Default: every structure the model labels.", show_default=False)] = None,
+    thin_branches: Annotated[bool, typer.Option(
+        "--thin-branches", help="In an arterial-phase study, also run the artery-only weights "
+        "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
+        "of the interlobar branches, twice the network time. Skipped, with the reason in report.json, in "
+        "other phases.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -169,7 +191,7 @@ def segment(
     config = SegmentConfig(
         weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
-        series_uid=series, force=force,
+        series_uid=series, force=force, thin_branches=thin_branches,
     )
     studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
@@ -183,6 +205,7 @@ def segment(
     try:
         segmenter = load_model(weights, device)
         config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
+        artery_segmenter = _thin_branch_segmenter(segmenter, device) if thin_branches else None
     except ModelError as err:  # no study could run: a usage error, found before the first one
         raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:
@@ -190,7 +213,7 @@ def segment(
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
-                dicom_seg=dicom_seg, report_page=report_page)
+                dicom_seg=dicom_seg, report_page=report_page, artery_segmenter=artery_segmenter)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
     unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]
