@@ -65,6 +65,8 @@ __all__ = [
     "locate_study",
     "write_locate_outputs",
     "roi_from_extent",
+    "thin_branch_segmenter",
+    "THIN_BRANCH_WEIGHTS",
     "SYNTHETIC_NOTICE",
     "SIDES",
 ]
@@ -620,21 +622,15 @@ def _release_buffers(segmenter: Segmenter | None) -> None:
         release()
 
 
-def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,
-                       device: str, *, roi_only: bool = False) -> tuple[Segmenter | None, dict[str, Any]]:
-    """``--thin-branches``: the artery-only model and the report's ``thin_branches`` block
-    (``applied`` and why; the channels :func:`take_thin_branches` needs).
-
-    Applied when the study's contrast phase is one the artery-only weights are validated
-    on; in a kidney crop (``roi_only``) the phase called from the crop is not trusted
-    (the aorta may be out of view or cut), so it is applied as asked and the reason says so.
+def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | None = None,
+                          device: str = "auto") -> Segmenter:
+    """The artery-only model ``--thin-branches`` runs beside ``segmenter`` (loaded from
+    :data:`THIN_BRANCH_WEIGHTS` when not given), checked against it.
 
     Raises:
-        UsageError: the main model does not label both the artery and the kidney, or the
+        UsageError: ``segmenter`` does not label both the artery and the kidney, or the
             second model does not label the artery on the same grid.
     """
-    from renalseg import quality
-
     values = output_values(segmenter.spec.classes)
     if BY_KEY["artery"].value not in values.values() or BY_KEY["kidney"].value not in values.values():
         raise UsageError(f"--thin-branches takes the artery inside the kidney from a second model, so the main "
@@ -646,12 +642,31 @@ def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None,
 
         artery_segmenter = load_model(resolve_weights(THIN_BRANCH_WEIGHTS), device)
     second = output_values(artery_segmenter.spec.classes)
-    artery_channels = [c for c, v in second.items() if v == BY_KEY["artery"].value]
-    if not artery_channels or tuple(artery_segmenter.spec.spacing_xyz_mm) != tuple(segmenter.spec.spacing_xyz_mm):
+    if (BY_KEY["artery"].value not in second.values()
+            or tuple(artery_segmenter.spec.spacing_xyz_mm) != tuple(segmenter.spec.spacing_xyz_mm)):
         raise UsageError(f"--thin-branches: the second model ({artery_segmenter.spec.name}) must label the renal "
                          f"artery on the main model's grid {segmenter.spec.spacing_xyz_mm} mm; it labels "
                          f"{', '.join(sorted(artery_segmenter.spec.classes.values()))} at "
                          f"{artery_segmenter.spec.spacing_xyz_mm} mm.")
+    return artery_segmenter
+
+
+def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,
+                       device: str, *, roi_only: bool = False) -> tuple[Segmenter, dict[str, Any]]:
+    """``--thin-branches``: the artery-only model (:func:`thin_branch_segmenter`) and the
+    report's ``thin_branches`` block (``applied`` and why; the channels
+    :func:`take_thin_branches` needs).
+
+    Applied when the study's contrast phase is one the artery-only weights are validated
+    on; in a kidney crop (``roi_only``) the phase called from the crop is not trusted
+    (the aorta may be out of view or cut), so it is applied as asked and the reason says so.
+    """
+    from renalseg import quality
+
+    artery_segmenter = thin_branch_segmenter(segmenter, artery_segmenter, device)
+    values = output_values(segmenter.spec.classes)
+    artery_channels = [c for c, v in output_values(artery_segmenter.spec.classes).items()
+                       if v == BY_KEY["artery"].value]
     phases = quality.limits_from_card(artery_segmenter.spec.limits).phases
     applied = phase in phases or roi_only
     words = quality.PHASE_WORDS.get(phase, phase)

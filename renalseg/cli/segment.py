@@ -72,21 +72,6 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
                          on_start=on_start, on_finish=on_finish)
 
 
-def _thin_branch_segmenter(segmenter: Any, device: str) -> Any:
-    """``--thin-branches``' artery-only model, loaded once for the batch; a main model
-    without the artery and the kidney is a usage error before the first study."""
-    from renalseg.labels import BY_KEY, output_values
-    from renalseg.pipeline import THIN_BRANCH_WEIGHTS
-    from renalseg.segmenter import load_model
-    from renalseg.weights import resolve_weights
-
-    values = set(output_values(segmenter.spec.classes).values())
-    if not {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= values:
-        raise UsageError("--thin-branches takes the artery inside the kidney from a second model, so --weights "
-                         "must label the artery and the kidney (the default weights do).")
-    return load_model(resolve_weights(THIN_BRANCH_WEIGHTS), device)
-
-
 def _summary_table(rows: list[dict]) -> Any:
     from rich.table import Table
 
@@ -179,7 +164,7 @@ def segment(
     from renalseg.batch import parse_shard, plan_batch
     from renalseg.errors import ModelError
     from renalseg.io.output import check_writable_folder
-    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig
+    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, thin_branch_segmenter
     from renalseg.segmenter import load_model
     from renalseg.weights import resolve_weights
 
@@ -205,7 +190,8 @@ def segment(
     try:
         segmenter = load_model(weights, device)
         config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
-        artery_segmenter = _thin_branch_segmenter(segmenter, device) if thin_branches else None
+        # loaded once for the batch; a main model without artery and kidney stops here
+        artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches else None
     except ModelError as err:  # no study could run: a usage error, found before the first one
         raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:
