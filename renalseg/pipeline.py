@@ -457,10 +457,14 @@ def segment_study(
     scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi)
     timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
-    thin: dict[str, Any] | None = None
+    thin: dict[str, Any] | None = None  # the report's thin_branches block
     if config.thin_branches:
         artery_segmenter, thin = _thin_branch_model(segmenter, artery_segmenter, scan_quality.phase, config.device,
                                                     roi_only=config.input_is_roi)
+        second_artery = next(c for c, v in output_values(artery_segmenter.spec.classes).items()
+                             if v == BY_KEY["artery"].value)
+        kidney_channels = [c for c, v in channel_values.items()
+                           if v in (BY_KEY["kidney"].value, BY_KEY["tumour"].value)]
 
     # 2. every ROI through the network
     tta_dice: dict[str, float | None] = {}
@@ -486,8 +490,8 @@ def segment_study(
             second = artery_segmenter.predict(  # type: ignore[union-attr]
                 roi_hu, overlap=config.overlap, tta=tta,
                 on_progress=lambda done, total, stage=stage: progress(stage, done, total))
-            region = take_thin_branches(probabilities, second[thin["artery_channel"]], artery_channel=artery_channel,
-                                        kidney_channels=thin["kidney_channels"])
+            region = take_thin_branches(probabilities, second[second_artery], artery_channel=artery_channel,
+                                        kidney_channels=kidney_channels)
             thin["region_ml"][roi.side] = round(float(region.sum()) * float(np.prod(roi.grid.spacing_xyz_mm)) / 1000, 1)
             del second, region
         _release_buffers(artery_segmenter)
@@ -607,7 +611,7 @@ def segment_study(
     if topology:
         report["topology"] = {"roots": topology_roots, "definition": TOPOLOGY_DEFINITION}
     if thin is not None:
-        report["thin_branches"] = {k: v for k, v in thin.items() if k not in ("artery_channel", "kidney_channels")}
+        report["thin_branches"] = thin
     if spec.synthetic_training_only:
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,
@@ -654,8 +658,7 @@ def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | No
 def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,
                        device: str, *, roi_only: bool = False) -> tuple[Segmenter, dict[str, Any]]:
     """``--thin-branches``: the artery-only model (:func:`thin_branch_segmenter`) and the
-    report's ``thin_branches`` block (``applied`` and why; the channels
-    :func:`take_thin_branches` needs).
+    report's ``thin_branches`` block (``applied`` and why).
 
     Applied when the study's contrast phase is one the artery-only weights are validated
     on; in a kidney crop (``roi_only``) the phase called from the crop is not trusted
@@ -664,9 +667,6 @@ def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None,
     from renalseg import quality
 
     artery_segmenter = thin_branch_segmenter(segmenter, artery_segmenter, device)
-    values = output_values(segmenter.spec.classes)
-    artery_channels = [c for c, v in output_values(artery_segmenter.spec.classes).items()
-                       if v == BY_KEY["artery"].value]
     phases = quality.limits_from_card(artery_segmenter.spec.limits).phases
     applied = phase in phases or roi_only
     words = quality.PHASE_WORDS.get(phase, phase)
@@ -680,10 +680,7 @@ def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None,
         reason = f"not applied: {words} phase, and the artery-only weights are validated on {validated} phase only"
     block = {"applied": applied, "reason": reason,
              "weights": str(artery_segmenter.weights_path) if artery_segmenter.weights_path else None,
-             "sha256": artery_segmenter.spec.sha256, "region_ml": {},
-             "artery_channel": artery_channels[0],
-             "kidney_channels": [c for c, v in values.items()
-                                 if v in (BY_KEY["kidney"].value, BY_KEY["tumour"].value)]}
+             "sha256": artery_segmenter.spec.sha256, "region_ml": {}}
     return artery_segmenter, block
 
 
