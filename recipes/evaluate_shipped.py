@@ -62,11 +62,11 @@ from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.io.image import read_image
 from renalseg.labels import BY_KEY, STRUCTURE_KEYS, output_values
 from renalseg.metrics import dice, evaluate_masks, found_by_diameter, structure_scores, summarize
-from renalseg.pipeline import THIN_BRANCH_WEIGHTS, SegmentConfig, segment_study
+from renalseg.pipeline import SegmentConfig, segment_study, thin_branch_segmenter
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import Segmenter, load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
-from renalseg.weights import load_model_files, model_paths, resolve_weights, save_model
+from renalseg.weights import load_model_files, model_paths, save_model
 
 #: what the by-structure figures measure, stored in a published card beside them
 AS_WRITTEN = ("as `renalseg segment --input-is-roi` writes each case (renalseg.pipeline.segment_study: the "
@@ -263,8 +263,8 @@ def main() -> None:
         if args.artery_weight != 1.0:
             segmenter = with_artery_weight(segmenter, args.artery_weight)
         compare = load_model(args.compare, device="cpu") if args.compare else None
-        artery_segmenter = (load_model(resolve_weights(THIN_BRANCH_WEIGHTS), device="cpu")
-                            if args.thin_branches else None)
+        # the pair segment --thin-branches runs, checked once before the first case
+        artery_segmenter = thin_branch_segmenter(segmenter, device="cpu") if args.thin_branches else None
         by_structure = args.by_structure or compare is not None or structures_of(segmenter) != ("artery",)
         suffix = "_tta" if args.tta else ""  # a TTA run's figures under their own name, e.g. val40_tta
         for folder in args.folders:

@@ -83,11 +83,11 @@ RESEARCH_NOTICE = "Research use only: not for clinical decisions."
 
 def _to_rgb(mip_hu: np.ndarray, artery: np.ndarray, outlines: dict[str, np.ndarray] | None = None) -> np.ndarray:
     rgb = np.repeat(_grey(mip_hu, _WINDOW_HU)[..., None], 3, axis=2)
-    for kind, mask in (outlines or {}).items():
-        if kind in _FILLED_RGB:
-            rgb[mask] = (1 - _ALPHA) * rgb[mask] + _ALPHA * np.asarray(_FILLED_RGB[kind], np.float32)
+    drawn = outlines or {}
+    for kind in _FILLED_RGB.keys() & drawn.keys():  # filled first, so the artery lies over them
+        rgb[drawn[kind]] = (1 - _ALPHA) * rgb[drawn[kind]] + _ALPHA * np.asarray(_FILLED_RGB[kind], np.float32)
     rgb[artery] = (1 - _ALPHA) * rgb[artery] + _ALPHA * _ARTERY_RGB
-    for kind, mask in (outlines or {}).items():
+    for kind, mask in drawn.items():
         if kind in _FILLED_RGB:
             continue
         edge = mask & ~_erode(mask)
