@@ -827,3 +827,27 @@ def test_a_run_saved_before_a_tissue_class_existed_resumes_with_its_default_rang
     assert loaded == AugmentConfig(domain_randomisation=0.5, tissue_ranges_hu=today)
     assert loaded.tissue_ranges_hu[necrosis] == TISSUE_RANGES_HU["tumour_necrosis"]
     assert AugmentConfig.from_dict(AugmentConfig().to_dict()).tissue_ranges_hu == {}
+
+
+def test_a_randomised_tumour_stays_a_solid_enhancing_mass():
+    """Domain randomisation widens each tissue's range; the tumour's must not reach the
+    fat and fluid labelled background elsewhere, or its class cannot be learnt."""
+    from renalseg.phantom.tissues import DOMAIN_LIMITS_HU, TISSUE_IDS, TISSUE_RANGES_HU
+
+    tumour = TISSUE_IDS["tumour"]
+    tissue = np.full((8, 16, 16), tumour, np.uint8)
+    ranges = {tumour: TISSUE_RANGES_HU["tumour"]}
+    limits = {tumour: DOMAIN_LIMITS_HU["tumour"]}
+
+    def means(limited):  # the bias field moves a mean by at most 40 HU, the noise by ~1
+        return np.array([randomise_domain(tissue, (1.0, 0.7, 0.7), ranges, np.random.default_rng(seed),
+                                          limits if limited else None).mean() for seed in range(30)])
+
+    low, high = DOMAIN_LIMITS_HU["tumour"]
+    assert means(False).min() < TISSUE_RANGES_HU["cyst"][1]  # unlimited: as dark as a cyst
+    assert low - 42 <= means(True).min() and means(True).max() <= high + 42
+    # a run saved before the limits existed resumes with them (its options as a new run's)
+    today = {TISSUE_IDS[name]: r for name, r in TISSUE_RANGES_HU.items()}
+    saved = AugmentConfig(domain_randomisation=0.5, tissue_ranges_hu=today).to_dict()
+    del saved["tissue_limits_hu"]
+    assert AugmentConfig.from_dict(saved).tissue_limits_hu == {tumour: (low, high)}

@@ -25,6 +25,7 @@ __all__ = [
     "TUMOUR_HYPER_HU",
     "TUMOUR_NECROSIS_HU",
     "TISSUE_RANGES_HU",
+    "DOMAIN_LIMITS_HU",
     "KIPA_LABELS",
     "TISSUE_TO_KIPA",
     "TEXTURE_HU",
@@ -110,6 +111,16 @@ DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
 #: randomisation): the arterial-phase ranges and the tumour's necrosis
 TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {**DEFAULT_INTENSITY_RANGES_HU,
                                                     "tumour_necrosis": TUMOUR_NECROSIS_HU}
+
+#: the HU a tissue's randomised mean must stay within, where widening its range (domain
+#: randomisation draws from each range widened by half its width on each side) would
+#: make it another tissue: the tumour's 20-300 HU would reach -120 HU (fat) and 440 HU
+#: (contrast) and pass through the 0-20 HU of cysts and urine, while a renal cell
+#: carcinoma on contrast-enhanced CT is a solid, enhancing mass (unenhanced 20-45 HU,
+#: +20 HU or more with contrast). A tumour drawn as fat or fluid is the same picture as
+#: the fat and cysts labelled background in other cases, so the class could not be learnt
+#: from its intensity at all
+DOMAIN_LIMITS_HU: dict[str, tuple[float, float]] = {"tumour": (30.0, 300.0)}
 
 #: standard deviation (HU) of each tissue's smooth internal texture (mottled bowel
 #: content, trabecular pattern, splenic heterogeneity); 2 HU where not listed

@@ -59,6 +59,9 @@ class AugmentConfig:
             map (only cases that have one); 0 turns it off.
         tissue_ranges_hu: per tissue class value, the (low, high) HU range a
             randomised tissue mean is drawn from (widened by half its width each side).
+        tissue_limits_hu: per tissue class value, the (low, high) HU its widened range
+            is clipped to (``renalseg.phantom.tissues.DOMAIN_LIMITS_HU``: a tumour stays
+            solid and enhancing).
     """
 
     mirror: bool = True
@@ -66,11 +69,13 @@ class AugmentConfig:
     intensity: bool = True
     domain_randomisation: float = 0.0
     tissue_ranges_hu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    tissue_limits_hu: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready copy (tissue keys as strings)."""
         data = asdict(self)
-        data["tissue_ranges_hu"] = {str(k): list(v) for k, v in self.tissue_ranges_hu.items()}
+        for key in ("tissue_ranges_hu", "tissue_limits_hu"):
+            data[key] = {str(k): list(v) for k, v in getattr(self, key).items()}
         return data
 
     @classmethod
@@ -79,9 +84,11 @@ class AugmentConfig:
 
         A run's saved ranges lack the tissue classes the phantoms gained after it began
         (``tumour_necrosis``); those take their default range, so the run resumes with the
-        options it would be given today (its data, made before, holds none of them).
+        options it would be given today (its data, made before, holds none of them). So
+        does a run saved before ``tissue_limits_hu`` existed: it resumes with today's limits
+        (the remaining steps draw no fat- or fluid-like tumour).
         """
-        from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
+        from renalseg.phantom.tissues import DOMAIN_LIMITS_HU, TISSUE_IDS, TISSUE_RANGES_HU
 
         data = dict(data)
         ranges = {int(k): (float(v[0]), float(v[1])) for k, v in data.get("tissue_ranges_hu", {}).items()}
@@ -89,6 +96,10 @@ class AugmentConfig:
             for name, default in TISSUE_RANGES_HU.items():
                 ranges.setdefault(TISSUE_IDS[name], (float(default[0]), float(default[1])))
         data["tissue_ranges_hu"] = ranges
+        saved = data.get("tissue_limits_hu")
+        if saved is None:
+            saved = {TISSUE_IDS[name]: limit for name, limit in DOMAIN_LIMITS_HU.items()} if ranges else {}
+        data["tissue_limits_hu"] = {int(k): (float(v[0]), float(v[1])) for k, v in saved.items()}
         return cls(**data)
 
 
@@ -188,11 +199,12 @@ def randomise_domain(
     spacing_zyx_mm: Sequence[float],
     tissue_ranges_hu: Mapping[int, tuple[float, float]],
     rng: np.random.Generator,
+    tissue_limits_hu: Mapping[int, tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Render a tissue map with random contrast, resolution, noise and bias (HU).
 
     Per tissue class: a mean drawn uniformly from its range widened by half its
-    width on each side, plus within-tissue texture (σ up to 15 HU). Then a Gaussian
+    width on each side (clipped to its ``tissue_limits_hu`` where it has one), plus within-tissue texture (σ up to 15 HU). Then a Gaussian
     point-spread function with FWHM drawn in [0.5, 2.5] mm per axis (random
     resolution), white noise σ in [5, 40] HU and an additive smooth bias field of
     amplitude up to 40 HU.
@@ -202,6 +214,7 @@ def randomise_domain(
         spacing_zyx_mm: voxel spacing (z, y, x) in mm.
         tissue_ranges_hu: class value → (low, high) HU; classes not listed keep -1000.
         rng: the sample's random generator.
+        tissue_limits_hu: class value → (low, high) HU the widened range is clipped to.
 
     Returns:
         float32 ``(Z, Y, X)`` in HU.
@@ -211,7 +224,11 @@ def randomise_domain(
     for value in np.unique(tissue):
         lo, hi = tissue_ranges_hu.get(int(value), (-1000.0, -1000.0))
         width = hi - lo
-        mean = rng.uniform(lo - width / 2.0, hi + width / 2.0)
+        low, high = lo - width / 2.0, hi + width / 2.0
+        if tissue_limits_hu and int(value) in tissue_limits_hu:
+            limit = tissue_limits_hu[int(value)]
+            low, high = max(low, limit[0]), min(high, limit[1])
+        mean = rng.uniform(low, high)
         inside = tissue == value
         out[inside] = mean + texture[inside] * rng.uniform(0.0, 15.0)
     fwhm_mm = rng.uniform(0.5, 2.5, size=3)
@@ -291,7 +308,8 @@ def sample_patch(
                   and rng.random() < augment.domain_randomisation)
     if randomised:
         tissue = resample(case.tissue, 0, 0.0)  # type: ignore[arg-type]
-        hu = randomise_domain(tissue, spacing_zyx, augment.tissue_ranges_hu, rng)  # type: ignore[union-attr]
+        hu = randomise_domain(tissue, spacing_zyx, augment.tissue_ranges_hu, rng,  # type: ignore[union-attr]
+                              augment.tissue_limits_hu)  # type: ignore[union-attr]
     else:
         hu = resample(case.image_hu, 1, -1024.0)
     image = normalize_hu(hu, dict(normalization))
