@@ -4,11 +4,12 @@
 # four_rcc's best), each .safetensors + .json card.
 #
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
-#   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it)
+#   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it; four_solid
+#                                                  needs four's runs, as `resume` leaves them)
 #   recipes/shipped_weights.sh resume
 #       the four-structure phases from recipes/state (four, four_present and four_classes
 #       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
-#       checkpoint), then their held-out scoring
+#       checkpoint; four_solid finished: its weights), then their held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
@@ -35,6 +36,9 @@
 #          carcinomas in each phase (washed out after the arterial phase, necrotic cores:
 #          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc; published
 #          with the card limits of recipes/limits_four.json
+# four_solid  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best (600)
+#          as four_rcc (seed 25), with domain randomisation drawing the tumour as a solid,
+#          enhancing mass (30-300 HU); scored on four_art/four_pv, not published yet
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -253,6 +257,15 @@ four_run() {
   fi
 }
 
+phase_four_solid() {
+  phase_four_data
+  local run=$RUNS/four_solid
+  train "$run" 600 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
+      --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 --seed 25 \
+      --lr 5e-5 --init "$RUNS/four_rcc/best.safetensors"
+  evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json"
+}
+
 phase_four() {
   four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors dpa_densebiasnet.safetensors \
       "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet_artery.safetensors
@@ -272,7 +285,7 @@ phase_four_plain() {
 
 phase_resume() {
   local run
-  for run in four four_present four_classes four_rcc; do
+  for run in four four_present four_classes four_rcc four_solid; do
     if [ ! -d "recipes/state/$run" ]; then continue; fi
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
@@ -283,7 +296,7 @@ phase_resume() {
 }
 
 SHIPPED=(dae plain plain96 twin dpa gpu cpu)  # `all`: the weights in weights/
-PHASES=("${SHIPPED[@]}" four four_plain)
+PHASES=("${SHIPPED[@]}" four four_solid four_plain)
 if [ $# -eq 0 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
