@@ -154,8 +154,8 @@ def train_command(
     import torch
 
     from renalseg.inference import select_device
-    from renalseg.phantom.tissues import DOMAIN_LIMITS_HU, TISSUE_IDS, TISSUE_RANGES_HU
-    from renalseg.training.augment import AugmentConfig
+    from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
+    from renalseg.training.augment import AugmentConfig, domain_limits
     from renalseg.training.data import find_cases, load_cases, parse_label_map, split_cases
     from renalseg.training.config import TrainConfig
     from renalseg.training.distributed import context_from_env, init_distributed, shutdown_distributed
@@ -205,7 +205,6 @@ def train_command(
     window_xyz = parse_triple(window, name="--window")
     spacing_xyz = parse_triple(spacing, name="--spacing", kind=float)
     ranges = {TISSUE_IDS[name]: rng for name, rng in TISSUE_RANGES_HU.items()}
-    limits = {TISSUE_IDS[name]: rng for name, rng in DOMAIN_LIMITS_HU.items()}
     labelled = stage == "seg"
     files = find_cases(data, labelled=labelled)
     synthetic = (data / "cases.json").exists()
@@ -238,7 +237,7 @@ def train_command(
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {},
-                              tissue_limits_hu=limits if domain_randomisation > 0 else {}),
+                              tissue_limits_hu=domain_limits() if domain_randomisation > 0 else {}),
         seed=seed, val_every=val_every, val_overlap=val_overlap, checkpoint_every=checkpoint_every,
         checkpoint_minutes=checkpoint_minutes, synthetic_data=synthetic, data_description=description,
     )

@@ -36,6 +36,7 @@ from renalseg.weights import AUTHORS_NORMALIZATION, normalize_hu
 
 __all__ = [
     "AugmentConfig",
+    "domain_limits",
     "DEFAULT_NORMALIZATION",
     "patch_affine",
     "sample_patch",
@@ -88,7 +89,7 @@ class AugmentConfig:
         does a run saved before ``tissue_limits_hu`` existed: it resumes with today's limits
         (the remaining steps draw no fat- or fluid-like tumour).
         """
-        from renalseg.phantom.tissues import DOMAIN_LIMITS_HU, TISSUE_IDS, TISSUE_RANGES_HU
+        from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_RANGES_HU
 
         data = dict(data)
         ranges = {int(k): (float(v[0]), float(v[1])) for k, v in data.get("tissue_ranges_hu", {}).items()}
@@ -98,9 +99,16 @@ class AugmentConfig:
         data["tissue_ranges_hu"] = ranges
         saved = data.get("tissue_limits_hu")
         if saved is None:
-            saved = {TISSUE_IDS[name]: limit for name, limit in DOMAIN_LIMITS_HU.items()} if ranges else {}
+            saved = domain_limits() if ranges else {}
         data["tissue_limits_hu"] = {int(k): (float(v[0]), float(v[1])) for k, v in saved.items()}
         return cls(**data)
+
+
+def domain_limits() -> dict[int, tuple[float, float]]:
+    """``renalseg.phantom.tissues.DOMAIN_LIMITS_HU`` by tissue class value (``tissue_limits_hu``)."""
+    from renalseg.phantom.tissues import DOMAIN_LIMITS_HU, TISSUE_IDS
+
+    return {TISSUE_IDS[name]: limit for name, limit in DOMAIN_LIMITS_HU.items()}
 
 
 def _rotation(angles_rad: Sequence[float]) -> np.ndarray:
@@ -204,8 +212,8 @@ def randomise_domain(
     """Render a tissue map with random contrast, resolution, noise and bias (HU).
 
     Per tissue class: a mean drawn uniformly from its range widened by half its
-    width on each side (clipped to its ``tissue_limits_hu`` where it has one), plus within-tissue texture (σ up to 15 HU). Then a Gaussian
-    point-spread function with FWHM drawn in [0.5, 2.5] mm per axis (random
+    width on each side (clipped to its ``tissue_limits_hu`` where it has one), plus
+    within-tissue texture (σ up to 15 HU). Then a Gaussian point-spread function with FWHM drawn in [0.5, 2.5] mm per axis (random
     resolution), white noise σ in [5, 40] HU and an additive smooth bias field of
     amplitude up to 40 HU.
 
