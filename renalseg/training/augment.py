@@ -213,9 +213,9 @@ def randomise_domain(
 
     Per tissue class: a mean drawn uniformly from its range widened by half its
     width on each side (clipped to its ``tissue_limits_hu`` where it has one), plus
-    within-tissue texture (σ up to 15 HU). Then a Gaussian point-spread function with FWHM drawn in [0.5, 2.5] mm per axis (random
-    resolution), white noise σ in [5, 40] HU and an additive smooth bias field of
-    amplitude up to 40 HU.
+    within-tissue texture (σ up to 15 HU). Then a Gaussian point-spread function
+    with FWHM drawn in [0.5, 2.5] mm per axis (random resolution), white noise σ in
+    [5, 40] HU and an additive smooth bias field of amplitude up to 40 HU.
 
     Args:
         tissue: uint8 ``(Z, Y, X)`` tissue class values.
