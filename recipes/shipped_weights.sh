@@ -39,6 +39,10 @@
 # four_solid  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best (600)
 #          as four_rcc (seed 25), with domain randomisation drawing the tumour as a solid,
 #          enhancing mass (30-300 HU); scored on four_art/four_pv, not published yet
+# four_mimic  DPA-DenseBiasNet, four_solid's best  152,152,64    5e-5        600     best
+#          as four_solid (seed 26), with 15% of patches centred on tissue that looks like a
+#          tumour (--mimic-share: spleen, liver, bowel, pancreas, adrenal, renal cyst), where
+#          four_solid's false tumour lay; the class share 0.4
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -266,6 +270,15 @@ phase_four_solid() {
   evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json"
 }
 
+phase_four_mimic() {
+  phase_four_data
+  local run=$RUNS/four_mimic
+  train "$run" 600 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
+      --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.4 \
+      --mimic-share 0.15 --seed 26 --lr 5e-5 --init "$RUNS/four_solid/best.safetensors"
+  evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json"
+}
+
 phase_four() {
   four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors dpa_densebiasnet.safetensors \
       "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet_artery.safetensors
@@ -296,7 +309,7 @@ phase_resume() {
 }
 
 SHIPPED=(dae plain plain96 twin dpa gpu cpu)  # `all`: the weights in weights/
-PHASES=("${SHIPPED[@]}" four four_solid four_plain)
+PHASES=("${SHIPPED[@]}" four four_solid four_mimic four_plain)
 if [ $# -eq 0 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2

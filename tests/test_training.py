@@ -284,6 +284,38 @@ def test_class_share_centres_a_rare_class_as_often_as_a_common_one():
         _config(foreground_share=0.5, hard_negative_share=0.3, class_share=0.3)
 
 
+def test_mimic_share_centres_patches_on_tissue_that_looks_like_a_tumour():
+    """A spleen tip far from the kidney in the tissue map: --mimic-share puts it in view
+    most of the time, uniform placement seldom; labelled voxels of a mimic tissue are
+    not mimics, and a case without a tissue map has none (and still samples)."""
+    from renalseg.phantom.tissues import TISSUE_IDS
+    from renalseg.training.data import make_case
+
+    label = np.zeros((16, 64, 64), np.uint8)
+    label[:, :8, :8] = 2  # kidney in a corner
+    tissue = np.full(label.shape, TISSUE_IDS["fat"], np.uint8)
+    tissue[6:10, 56:60, 56:60] = TISSUE_IDS["spleen"]  # a spleen tip in the far corner
+    tissue[:, :2, :2] = TISSUE_IDS["spleen"]  # labelled kidney: not a mimic
+    image = np.where(label == 0, np.where(tissue == TISSUE_IDS["spleen"], 120.0, 0.0), 0.0).astype(np.float32)
+    g = Geometry(label.shape, SPACING, (0.0, 0.0, 0.0), LPS)
+    case = make_case("c", image, g, label, tissue, None)
+    assert len(case.mimics) == 4 * 4 * 4
+    assert (tissue[tuple(case.mimics.T)] == TISSUE_IDS["spleen"]).all() and not label[tuple(case.mimics.T)].any()
+
+    def spleen_in_view(**kw):
+        patches = [sample_patch(case, (8, 8, 8), np.random.default_rng(s), augment=None, **kw)[0] for s in range(60)]
+        return np.mean([np.isclose(p, (120 + 1024) / 2048).any() for p in patches])
+
+    assert spleen_in_view(foreground_share=0.0, mimic_share=1.0) >= 0.8
+    assert spleen_in_view(foreground_share=0.0) < 0.2
+    no_map = make_case("d", image, g, label, None, None)
+    assert no_map.mimics is None
+    patch = sample_patch(no_map, (8, 8, 8), np.random.default_rng(0), foreground_share=0.0, mimic_share=1.0)[1]
+    assert patch.shape == (8, 8, 8)
+    with pytest.raises(UsageError, match="mimic-share"):
+        _config(foreground_share=0.5, class_share=0.3, mimic_share=0.3)
+
+
 def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
     case = _cases(_write_dataset(tmp_path / "d", [1], tissue=True))[0]
     ranges = {1: (-120.0, -60.0), 5: (150.0, 250.0), 9: (250.0, 500.0)}

@@ -119,6 +119,9 @@ def train_command(
     class_share: Annotated[float, typer.Option("--class-share", help="Share of patches centred near a "
                                                "voxel of a class drawn uniformly among those the case "
                                                "holds (the tumour as often as the kidney).")] = 0.0,
+    mimic_share: Annotated[float, typer.Option("--mimic-share", help="Share of patches centred near "
+                                               "unlabelled tissue that looks like a tumour (spleen, liver, "
+                                               "bowel, pancreas, adrenal, renal cyst; needs DATA/tissue/).")] = 0.0,
     mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Random flips on x, y, z.")] = True,
     rotate_deg: Annotated[float, typer.Option("--rotate-deg", help="Random rotation within ±degrees.")] = 10.0,
     intensity: Annotated[bool, typer.Option("--intensity-jitter/--no-intensity-jitter",
@@ -234,6 +237,7 @@ def train_command(
         loss=loss, hra_threshold=hra_threshold, lr=lr, weight_decay=weight_decay, batch_size=batch, amp=amp,
         epochs=epochs, samples_per_epoch=samples_per_epoch, max_steps=max_steps, time_limit_min=time_limit,
         foreground_share=foreground_share, hard_negative_share=hard_negative_share, class_share=class_share,
+        mimic_share=mimic_share,
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {},

@@ -6,8 +6,9 @@ Every training sample is one patch drawn from a :class:`~renalseg.training.data.
    foreground class (renal artery), with ``hard_negative_share`` a bright unlabelled
    voxel, with ``class_share`` a voxel of a foreground class drawn uniformly among
    those the case holds (nnU-Net's class-balanced oversampling: a rare class such as
-   the tumour is centred as often as the kidney), each jittered by up to a quarter
-   patch; else anywhere;
+   the tumour is centred as often as the kidney), with ``mimic_share`` a voxel of
+   unlabelled tissue that looks like a tumour (spleen, bowel, renal cyst ... from a
+   phantom's tissue map), each jittered by up to a quarter patch; else anywhere;
 2. one affine resampling of the case around that centre, in millimetres so the
    anisotropic model spacing is respected: random mirroring on x, y and z and a
    rotation within ±``rotate_deg`` about each axis (the paper's augmentation);
@@ -168,16 +169,17 @@ def _class_voxel(label: np.ndarray, rng: np.random.Generator) -> np.ndarray | No
 
 def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.Generator,
                    foreground_share: float, hard_negative_share: float = 0.0,
-                   class_share: float = 0.0) -> np.ndarray:
+                   class_share: float = 0.0, mimic_share: float = 0.0) -> np.ndarray:
     shape = np.asarray(case.image_hu.shape, dtype=float)
     patch = np.asarray(patch_zyx, dtype=float)
     has_foreground = case.foreground is not None and len(case.foreground) > 0
     has_negatives = hard_negative_share > 0 and case.hard_negatives is not None and len(case.hard_negatives) > 0
     has_classes = class_share > 0 and case.label is not None
+    has_mimics = mimic_share > 0 and case.mimics is not None and len(case.mimics) > 0
     # one uniform draw picks the kind (and none when there is no choice: without hard
-    # negatives or class-balanced centres the random stream is the same as before
-    # they existed, so runs resume)
-    u = rng.random() if has_foreground or has_negatives or has_classes else 1.0
+    # negatives, class-balanced centres or mimics the random stream is the same as
+    # before they existed, so runs resume)
+    u = rng.random() if has_foreground or has_negatives or has_classes or has_mimics else 1.0
     share = foreground_share if has_foreground else 0.0
     negatives = hard_negative_share if has_negatives else 0.0
     voxel = None
@@ -187,6 +189,8 @@ def _choose_centre(case: TrainingCase, patch_zyx: Sequence[int], rng: np.random.
         voxel = case.hard_negatives[rng.integers(len(case.hard_negatives))].astype(float)  # type: ignore[index]
     elif has_classes and u < share + negatives + class_share:
         voxel = _class_voxel(case.label, rng)  # type: ignore[arg-type]
+    elif has_mimics and u < share + negatives + (class_share if has_classes else 0.0) + mimic_share:
+        voxel = case.mimics[rng.integers(len(case.mimics))].astype(float)  # type: ignore[index]
     if voxel is not None:
         return voxel + rng.uniform(-patch / 4.0, patch / 4.0)
     lo = np.minimum((patch - 1) / 2.0, (shape - 1) / 2.0)
@@ -265,6 +269,7 @@ def sample_patch(
     foreground_share: float = 0.5,
     hard_negative_share: float = 0.0,
     class_share: float = 0.0,
+    mimic_share: float = 0.0,
     augment: AugmentConfig | None = None,
     normalization: Mapping[str, Sequence[float]] = DEFAULT_NORMALIZATION,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -278,7 +283,10 @@ def sample_patch(
         hard_negative_share: probability that it is centred near a hard negative
             (``case.hard_negatives``: bright unlabelled voxels).
         class_share: probability that it is centred near a voxel of a foreground class
-            drawn uniformly among those the case holds; the rest are uniform.
+            drawn uniformly among those the case holds.
+        mimic_share: probability that it is centred near unlabelled tissue that looks
+            like a tumour (``case.mimics``: spleen, bowel, cyst ... from the phantom's
+            tissue map); the rest are uniform.
         augment: augmentation settings; ``None`` crops without any augmentation.
         normalization: the model card's normalisation.
 
@@ -296,7 +304,7 @@ def sample_patch(
     """
     patch = tuple(int(p) for p in patch_zyx)
     spacing_zyx = tuple(reversed(case.geometry.spacing_xyz_mm))
-    centre = _choose_centre(case, patch, rng, foreground_share, hard_negative_share, class_share)
+    centre = _choose_centre(case, patch, rng, foreground_share, hard_negative_share, class_share, mimic_share)
     flips: Sequence[bool] = (False, False, False)
     angles: Sequence[float] = (0.0, 0.0, 0.0)
     if augment is not None and augment.mirror:

@@ -93,7 +93,8 @@ def make_batch(
         case = cases[int(plan[int(position) % len(plan)])]
         image, label = sample_patch(case, config.patch_zyx, rng, foreground_share=config.foreground_share,
                                     hard_negative_share=config.hard_negative_share,
-                                    class_share=config.class_share, augment=config.augment,
+                                    class_share=config.class_share, mimic_share=config.mimic_share,
+                                    augment=config.augment,
                                     normalization=config.normalization)
         images.append(image)
         labels.append(label)

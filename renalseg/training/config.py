@@ -81,7 +81,10 @@ class TrainConfig:
             contrast, other arteries: ``TrainingCase.hard_negatives``).
         class_share: share centred near a voxel of a foreground class drawn uniformly
             among those the case holds (``--class-share``: a rare class such as the
-            tumour is centred as often as the kidney); the rest are placed uniformly.
+            tumour is centred as often as the kidney).
+        mimic_share: share centred near unlabelled phantom tissue that looks like a
+            tumour (``TrainingCase.mimics``: spleen, liver, bowel, pancreas, adrenal,
+            renal cyst; needs tissue maps); the rest are placed uniformly.
         augment: augmentation settings.
         seed: seeds the network's initialisation and every sample.
         val_every: validate every this many epochs (and at the end).
@@ -125,6 +128,7 @@ class TrainConfig:
     foreground_share: float = 0.5
     hard_negative_share: float = 0.0
     class_share: float = 0.0
+    mimic_share: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     val_every: int = 1
@@ -154,6 +158,10 @@ class TrainConfig:
             raise UsageError(f"--class-share must be in [0, 1 − foreground share − hard-negative share]; got "
                              f"{self.class_share} with --foreground-share {self.foreground_share} and "
                              f"--hard-negative-share {self.hard_negative_share}.")
+        others = self.foreground_share + self.hard_negative_share + self.class_share
+        if not 0.0 <= self.mimic_share <= 1.0 - others + 1e-9:
+            raise UsageError(f"--mimic-share must be in [0, 1 − the other shares ({others:g})]; got "
+                             f"{self.mimic_share}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map

@@ -28,6 +28,7 @@ from renalseg.errors import DataLayoutError, GeometryError, RenalsegError, Usage
 from renalseg.geometry import Geometry, assert_same_grid, resample_to_grid
 from renalseg.io.image import IMAGE_SUFFIXES, read_image
 from renalseg.labels import STRUCTURES
+from renalseg.phantom.tissues import TISSUE_IDS
 from renalseg.volume import Volume
 
 __all__ = [
@@ -253,6 +254,10 @@ class TrainingCase:
             :data:`HARD_NEGATIVE_HU` bright — bone, contrast-filled bowel, the other
             arteries: what a network mistakes for renal artery; ``--hard-negative-share``
             centres patches on them.
+        mimics: int32 ``(K, 3)`` indices of unlabelled voxels of the phantom tissues
+            that look like a renal tumour (:data:`MIMIC_TISSUES`: spleen, liver, bowel,
+            pancreas, adrenal, renal cyst), at most :data:`MAX_MIMICS` of them, or
+            ``None`` without a tissue map; ``--mimic-share`` centres patches on them.
     """
 
     case_id: str
@@ -262,12 +267,30 @@ class TrainingCase:
     tissue: np.ndarray | None = None
     foreground: np.ndarray | None = None
     hard_negatives: np.ndarray | None = None
+    mimics: np.ndarray | None = None
 
 
 #: unlabelled voxels at least this bright are hard negatives: arterial-phase renal
 #: arteries are ≥ 250 HU, so this catches everything that looks like them (and the
 #: brightest cortex) while leaving soft tissue and fat out
 HARD_NEGATIVE_HU: float = 200.0
+
+#: phantom tissues a network mistakes for a renal tumour: on the held-out crops the
+#: false tumour of the four-structure weights lay in the spleen and the bowel against
+#: the kidney, in renal cysts and the pancreas (docs/validation.md)
+MIMIC_TISSUES: tuple[str, ...] = ("spleen", "liver", "bowel", "pancreas", "adrenal", "cyst")
+
+#: at most this many mimic voxels are kept per case (evenly strided): centres, not a
+#: census, and a spleen holds 200 000 voxels at the model spacing
+MAX_MIMICS: int = 20_000
+
+
+def _mimic_voxels(label: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """``(K, 3)`` indices of unlabelled :data:`MIMIC_TISSUES` voxels, at most :data:`MAX_MIMICS`."""
+    ids = [TISSUE_IDS[name] for name in MIMIC_TISSUES]
+    flat = np.flatnonzero(np.isin(tissue, ids) & (label == 0))
+    flat = flat[:: max(1, -(-len(flat) // MAX_MIMICS))]
+    return np.stack(np.unravel_index(flat, label.shape), axis=1).astype(np.int32)
 
 
 def _target_grid(geometry: Geometry, spacing_xyz_mm: Sequence[float]) -> Geometry:
@@ -428,7 +451,7 @@ def make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nda
     """A :class:`TrainingCase` from arrays already on the model grid (``label`` already mapped).
 
     What :func:`load_case` builds from files; also for cases made in memory (e.g.
-    phantoms). Finds the crop centres (first class, hard negatives).
+    phantoms). Finds the crop centres (first class, hard negatives, tumour mimics).
 
     Raises:
         DataLayoutError: a label with no voxel of any mapped class.
@@ -436,7 +459,7 @@ def make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nda
     if isinstance(geometry.shape_zyx, list):
         geometry = Geometry(tuple(geometry.shape_zyx), tuple(geometry.spacing_xyz_mm),  # type: ignore[arg-type]
                             tuple(geometry.origin_xyz_mm), tuple(geometry.direction))  # type: ignore[arg-type]
-    foreground = hard_negatives = None
+    foreground = hard_negatives = mimics = None
     if label is not None:
         if not (label > 0).any():
             mapped = label_map.to_text() if label_map else "?"
@@ -448,8 +471,11 @@ def make_case(case_id: str, image: np.ndarray, geometry: Geometry, label: np.nda
         if len(foreground) == 0:
             foreground = np.argwhere(label > 0).astype(np.int32)
         hard_negatives = np.argwhere((label == 0) & (np.asarray(image) >= HARD_NEGATIVE_HU)).astype(np.int32)
+        if tissue is not None:
+            mimics = _mimic_voxels(label, np.asarray(tissue))
     return TrainingCase(case_id, np.asarray(image, dtype=np.float32), geometry, label,
-                        None if tissue is None else np.asarray(tissue, dtype=np.uint8), foreground, hard_negatives)
+                        None if tissue is None else np.asarray(tissue, dtype=np.uint8), foreground, hard_negatives,
+                        mimics)
 
 
 def load_cases(
