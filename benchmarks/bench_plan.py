@@ -26,12 +26,19 @@ and the tumour, as the default ``weights/dpa_densebiasnet`` does), and the plan 
 that written label map; the truth it is scored
 against is still the phantom's. ``--phase`` gives the phantoms a contrast phase
 (:mod:`renalseg.phantom.phases`; default the arterial intensities as drawn).
+``--labels-dir DIR`` keeps each written label map there (``seed_N.nii.gz``) and reuses it
+when it is there, so a re-scoring does not segment again. ``--true tumour`` (or
+``artery``, ``kidney``; comma-separated) swaps those structures of the written map for the
+phantom's own before planning: what the plan would give were the network right about them,
+so the loss of precision can be laid at the structure that costs it.
 
 Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment WEIGHTS.safetensors \
         [--phase portal-venous] [--threads 2]
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --leaf-oracle
+    python benchmarks/bench_plan.py --cases 10 --seed 20000 --segment WEIGHTS.safetensors \
+        --labels-dir runs/plan_labels --true tumour
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import argparse
 import contextlib
 import json
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -50,6 +58,27 @@ from renalseg.plan import PlanConfig, plan_labels
 from renalseg.volume import Volume
 
 KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
+VALUE_OF = {name: value for value, name in KIPA.items()}
+
+
+def with_true(labels: Volume, truth: Volume, structures: list[str]) -> Volume:
+    """``labels`` with ``structures`` taken from ``truth``: their voxels in ``labels``
+    become background, then ``truth``'s voxels of them are written over.
+
+    Example:
+        >>> from renalseg.geometry import Geometry
+        >>> g = Geometry((1, 1, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> out = with_true(Volume(np.array([[[4, 2, 0]]], np.uint8), g),
+        ...                 Volume(np.array([[[2, 2, 4]]], np.uint8), g), ["tumour"])
+        >>> out.array.tolist()
+        [[[0, 2, 4]]]
+    """
+    array = np.array(labels.array, copy=True)
+    for name in structures:
+        value = VALUE_OF[name]
+        array[array == value] = 0
+        array[truth.array == value] = value
+    return Volume(array, labels.geometry)
 
 
 def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
@@ -146,6 +175,21 @@ def _segmenter(weights: str, threads: int):  # noqa: ANN202 - (image) -> (labels
     return run
 
 
+def written_labels(case, segment, folder: str | None, seed: int) -> tuple[Volume, float | None]:  # noqa: ANN001
+    """The label map ``segment`` writes for ``case``, from ``folder`` when it is there
+    (seconds ``None``: not measured again), else segmented (and kept there)."""
+    from renalseg.io.image import read_image, write_image
+
+    path = Path(folder) / f"seed_{seed}.nii.gz" if folder else None
+    if path is not None and path.exists():
+        return Volume.from_sitk(read_image(path)), None
+    labels, seconds = segment(case.image)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(labels, path)
+    return labels, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=30)
@@ -158,6 +202,10 @@ def main() -> None:
                         help="plan on what `renalseg segment --input-is-roi` writes with these weights (roi kind)")
     parser.add_argument("--phase", default=None, help="the phantoms' contrast phase (e.g. portal-venous)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of --segment")
+    parser.add_argument("--labels-dir", default=None,
+                        help="with --segment: keep the written label maps here and reuse them")
+    parser.add_argument("--true", default="", help="structures taken from the phantom's truth before "
+                        "planning (comma-separated: artery, kidney, tumour)")
     parser.add_argument("--leaf-oracle", action="store_true",
                         help="also the agreement with terminal-branch cells grouped right (see above)")
     args = parser.parse_args()
@@ -167,13 +215,18 @@ def main() -> None:
         parser.error("--segment scores roi phantoms (the crop `renalseg segment` places)")
     make = synthesize_roi if args.kind == "roi" else synthesize_abdomen
     options = {"phase": args.phase} if args.phase else {}
+    true = [name for name in args.true.split(",") if name]
+    if unknown := sorted(set(true) - set(VALUE_OF)):
+        parser.error(f"--true: unknown {', '.join(unknown)}; choose among {', '.join(VALUE_OF)}")
     segment = _segmenter(args.segment, args.threads) if args.segment else None
     if segment:
         options["great_vessels"] = True
     rows, seconds = [], []
     for seed in range(args.seed, args.seed + args.cases):
         case = make(seed, tumour=True, territories=True, **options)
-        labels, segment_seconds = segment(case.image) if segment else (case.label, None)
+        labels, segment_seconds = written_labels(case, segment, args.labels_dir, seed) if segment else (case.label, None)
+        if true:
+            labels = with_true(labels, case.label, true)
         started = time.perf_counter()
         with recording_leaf_cells() if args.leaf_oracle else contextlib.nullcontext([]) as records:
             result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
@@ -193,7 +246,8 @@ def main() -> None:
     precision_case = [r["tp"] / (r["tp"] + r["fp"]) for r in valid if r["tp"] + r["fp"]]
     recall_case = [r["tp"] / (r["tp"] + r["fn"]) for r in valid if r["tp"] + r["fn"]]
     summary = {
-        "kind": args.kind, "labels": f"renalseg segment with {args.segment}" if args.segment else "true",
+        "kind": args.kind, "labels": (f"renalseg segment with {args.segment}" if args.segment else "true")
+        + (f", true {', '.join(true)}" if true else ""),
         "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),
