@@ -314,6 +314,10 @@ def test_mimic_share_centres_patches_on_tissue_that_looks_like_a_tumour():
     assert patch.shape == (8, 8, 8)
     with pytest.raises(UsageError, match="mimic-share"):
         _config(foreground_share=0.5, class_share=0.3, mimic_share=0.3)
+    from renalseg.training.loop import _check_cases
+
+    with pytest.raises(DataLayoutError, match="tissue map"):
+        _check_cases(_config(mimic_share=0.2), [no_map], ())
 
 
 def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
