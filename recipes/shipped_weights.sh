@@ -42,7 +42,8 @@
 # four_mimic  DPA-DenseBiasNet, four_solid's best  152,152,64    5e-5        600     best
 #          as four_solid (seed 26), with 15% of patches centred on tissue that looks like a
 #          tumour (--mimic-share: spleen, liver, bowel, pancreas, adrenal, renal cyst), where
-#          four_solid's false tumour lay; the class share 0.4
+#          four_solid's false tumour lay; the class share 0.4. Not published: the false
+#          tumour grew (docs/validation.md)
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
