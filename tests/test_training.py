@@ -320,6 +320,40 @@ def test_mimic_share_centres_patches_on_tissue_that_looks_like_a_tumour():
         _check_cases(_config(mimic_share=0.2), [no_map], ())
 
 
+class BrightIsTumour(torch.nn.Module):
+    """Labels every voxel brighter than 0 HU class 2 (the tumour of a two-class map), the rest background."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        bright = (x > 1024 / 2048).float()
+        return torch.cat([1 - bright, torch.zeros_like(bright), bright], dim=1)
+
+
+def test_validation_reports_tumour_dice_where_present_and_false_volume_where_absent():
+    """One false voxel in a tumour-free case scores its tumour Dice 0 however much is
+    labelled; the extra figures tell a speck from a false organ."""
+    from renalseg.training.data import make_case
+    from renalseg.training.metrics_log import validate
+
+    g = Geometry((8, 16, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), LPS)
+    cases = []
+    for tumour_in_label, false_voxels in ((True, 0), (False, 1000), (False, 0)):
+        image = np.full(g.shape_zyx, -100.0, np.float32)
+        label = np.zeros(g.shape_zyx, np.uint8)
+        label[0, 0, :4] = 1  # a kidney the network never labels
+        if tumour_in_label:
+            image[2:4, 2:6, 2:6] = 200
+            label[2:4, 2:6, 2:6] = 2
+        if false_voxels:
+            image.reshape(-1)[-false_voxels:] = 200  # the last 1000 voxels, away from the kidney
+        cases.append(make_case(f"c{len(cases)}", image, g, label, None, None))
+    config = _config(label_map="2:kidney,4:tumour", window_zyx=(8, 16, 16))
+    result = validate(BrightIsTumour(), config, cases, torch.device("cpu"))
+    assert result["val_dice_tumour"] == pytest.approx((1 + 0 + 1) / 3)
+    assert result["val_dice_tumour_present"] == pytest.approx(1.0)
+    assert result["val_false_ml_tumour"] == pytest.approx((1.0 + 0.0) / 2)  # 1000 mm3 in one of two
+    assert "val_dice_kidney_present" not in result  # every case holds a kidney
+
+
 def test_domain_randomisation_changes_contrast_but_not_labels(tmp_path):
     case = _cases(_write_dataset(tmp_path / "d", [1], tissue=True))[0]
     ranges = {1: (-120.0, -60.0), 5: (150.0, 250.0), 9: (250.0, 500.0)}

@@ -51,8 +51,12 @@ def validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Trai
     """Whole-case validation: Dice per class (seg) or reconstruction MSE on centre patches (dae).
 
     Returns:
-        ``{"val_mse": ...}`` (dae), or ``val_dice`` (the mean over cases and classes),
-        ``val_dice_std`` (over cases) and ``val_dice_<class>`` for each class (seg).
+        ``{"val_mse": ...}`` (dae), or ``val_dice`` (the mean over cases and classes:
+        what picks the best weights), ``val_dice_std`` (over cases) and
+        ``val_dice_<class>`` for each class (seg). For a class absent from some cases
+        (a tumour), where one false voxel scores 0 and hides how much is labelled, also
+        ``val_dice_<class>_present`` (the mean over the cases that hold it) and
+        ``val_false_ml_<class>`` (the mean volume labelled in the cases that do not).
     """
     import torch
 
@@ -61,7 +65,7 @@ def validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Trai
         with torch.no_grad():
             if config.stage == "dae":
                 return {"val_mse": _reconstruction_error(network, config, cases, device)}
-            per_case = _dice_per_case(network, config, cases, device)
+            per_case, counts = _dice_per_case(network, config, cases, device)
     finally:
         train_mode(network)
     scores = np.asarray(per_case, dtype=float)
@@ -69,7 +73,19 @@ def validate(network: torch.nn.Module, config: TrainConfig, cases: Sequence[Trai
     result = {f"val_dice_{name}": float(scores[:, i].mean()) for i, name in enumerate(names)}
     result["val_dice"] = float(scores.mean())
     result["val_dice_std"] = float(scores.mean(axis=1).std())
+    for i, name in enumerate(names):
+        present = np.array([truth[i] > 0 for _, truth in counts])
+        if present.all() or not present.any():
+            continue
+        result[f"val_dice_{name}_present"] = float(scores[present, i].mean())
+        result[f"val_false_ml_{name}"] = float(np.mean([labelled[i] * _voxel_ml(case)
+                                                         for (labelled, _), case, p in zip(counts, cases, present)
+                                                         if not p]))
     return result
+
+
+def _voxel_ml(case: TrainingCase) -> float:
+    return float(np.prod(case.geometry.spacing_xyz_mm)) / 1000.0
 
 
 def _reconstruction_error(network: torch.nn.Module, config: TrainConfig, cases: Sequence[TrainingCase],
@@ -96,19 +112,23 @@ def _softmax(batch: np.ndarray, *, network: torch.nn.Module, device: torch.devic
 
 
 def _dice_per_case(network: torch.nn.Module, config: TrainConfig, cases: Sequence[TrainingCase],
-                   device: torch.device) -> list[list[float]]:
-    """Each case's Dice per foreground class, predicted whole by sliding windows."""
+                   device: torch.device) -> tuple[list[list[float]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Each case's Dice per foreground class, predicted whole by sliding windows, and
+    its voxel counts per foreground class (labelled, true)."""
     from renalseg.inference import sliding_window
 
     num_classes = parse_label_map(config.label_map).num_classes
     predict = partial(_softmax, network=network, device=device)
-    per_case = []
+    per_case, counts = [], []
     for case in cases:
         image = normalize_hu(case.image_hu, config.normalization)
         probabilities = sliding_window(image, predict, window_zyx=tuple(config.window_zyx),
                                        overlap=config.val_overlap, pad_value=0.0)
-        per_case.append(dice_per_class(np.argmax(probabilities, axis=0), case.label, num_classes))
-    return per_case
+        labelled = np.argmax(probabilities, axis=0)
+        per_case.append(dice_per_class(labelled, case.label, num_classes))
+        counts.append((np.bincount(labelled.ravel(), minlength=num_classes)[1:],
+                       np.bincount(np.asarray(case.label).ravel(), minlength=num_classes)[1:num_classes]))
+    return per_case, counts
 
 
 def append_metrics(run: Path, row: dict) -> None:
