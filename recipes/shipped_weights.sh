@@ -9,7 +9,8 @@
 #   recipes/shipped_weights.sh resume
 #       the four-structure phases from recipes/state (four, four_present and four_classes
 #       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
-#       checkpoint; four_solid finished: its weights), then their held-out scoring
+#       checkpoint; four_solid and four_mimic finished: their weights), then their
+#       held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
@@ -43,7 +44,7 @@
 #          as four_solid (seed 26), with 15% of patches centred on tissue that looks like a
 #          tumour (--mimic-share: spleen, liver, bowel, pancreas, adrenal, renal cyst), where
 #          four_solid's false tumour lay; the class share 0.4. Not published: the false
-#          tumour grew (docs/validation.md)
+#          tumour grew (docs/validation.md); its best weights are in recipes/state/four_mimic
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -299,7 +300,7 @@ phase_four_plain() {
 
 phase_resume() {
   local run
-  for run in four four_present four_classes four_rcc four_solid; do
+  for run in four four_present four_classes four_rcc four_solid four_mimic; do
     if [ ! -d "recipes/state/$run" ]; then continue; fi
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
