@@ -251,8 +251,15 @@ def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.
 def _clean_steps(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, float, float], min_component_mm3: float,
                  max_gap_mm: float, tumour_value: int | None, kidney: np.ndarray | None,
                  rooted: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The clean-up's three stages: after the tumour's kidney-contact rule, after the main tree, after the specks."""
+    """The clean-up's three stages: after the tumour's kidney-contact rule, after the main tree, after the specks.
+
+    The tumour's contact is judged against the kidney as the main-tree rule keeps it: a
+    stray kidney piece by the spleen or the bowel, which that rule drops, anchored the
+    false tumour around it (held-out phantoms: docs/validation.md)."""
     by_contact = tumour_value is not None and kidney is not None and bool(np.any(kidney))
+    if by_contact:
+        kidney = keep_main_tree(np.asarray(kidney, dtype=np.uint8), max_gap_mm=max_gap_mm,
+                                spacing_xyz_mm=spacing_xyz_mm).astype(bool)
     on_kidney = (keep_tumours_on_kidney(labels, tumour_value=tumour_value, kidney=kidney,  # type: ignore[arg-type]
                                         spacing_xyz_mm=spacing_xyz_mm) if by_contact else labels)
     near = keep_main_tree(on_kidney, max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm,
