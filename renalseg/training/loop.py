@@ -215,11 +215,11 @@ def _check_cases(config: TrainConfig, train_cases: Sequence[TrainingCase],
         raise DataLayoutError("No training cases (all went to validation?). Add cases or lower --val-fraction.")
     if config.stage == "seg":
         # cases made when a batch asks for them (phantoms made afresh) are not made here
-        walked = val_cases if getattr(train_cases, "made_on_demand", False) else (*train_cases, *val_cases)
+        made = getattr(train_cases, "made_on_demand", False)
+        walked = val_cases if made else (*train_cases, *val_cases)
         unlabelled = [c.case_id for c in walked if c.label is None]
         if unlabelled:
             raise DataLayoutError(f"--stage seg needs labels; no label for case(s) {', '.join(unlabelled[:5])}.")
-        made = getattr(train_cases, "made_on_demand", False)
         if config.mimic_share > 0 and not made and not any(c.mimics is not None for c in train_cases):
             raise DataLayoutError("--mimic-share centres patches on phantom tissue (spleen, bowel, cyst ...) and "
                                   "none of the training cases has a tissue map (DATA/tissue/<case>); drop "
