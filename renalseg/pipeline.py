@@ -45,7 +45,9 @@ from renalseg.labels import BY_KEY, label_names as names_of_values, output_value
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
+    FLUID_MAX_HU,
     clean_labels_logged,
+    drop_fluid_tumour,
     probabilities_to_labels,
     reassign_by_topology,
     take_thin_branches,
@@ -119,6 +121,10 @@ class SegmentConfig:
             more of the interlobar branches, twice the network time. Needs a model that
             labels the artery and the kidney; in other phases it is skipped and the
             report says why.
+        fluid_max_hu: tumour pieces whose interior has a median at or below this (HU)
+            and no enhancing wall are taken for simple cysts and given to the most
+            probable other class (:func:`renalseg.postprocess.drop_fluid_tumour`);
+            ``None`` keeps them (``--keep-fluid-tumour``).
     """
 
     weights: Path | None = None
@@ -135,6 +141,7 @@ class SegmentConfig:
     force: bool = False
     structures: tuple[str, ...] | None = None
     thin_branches: bool = False
+    fluid_max_hu: float | None = FLUID_MAX_HU
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -438,6 +445,9 @@ def segment_study(
     input_description = {**study.describe(), "series_description": study.series_description,
                          "slice_count": study.slice_count}
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
+    # the study's own HU inside each box, for the fluid test of tumour pieces
+    fluid_test = config.fluid_max_hu is not None and BY_KEY["tumour"].value in written.values()
+    box_hus: list[np.ndarray | None] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
         if not (hi > lo).all():
@@ -450,6 +460,8 @@ def segment_study(
                                                    default_value=_AIR_HU, pixel_type=sitk.sitkFloat32)).array
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
+        box_hus.append(np.array(sitk.GetArrayViewFromImage(image)[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))])
+                       if fluid_test else None)
     from renalseg import quality
 
     started = time.perf_counter()
@@ -504,7 +516,7 @@ def segment_study(
     cleanups: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
     uncertainty: dict[str, dict[str, Any]] = {}
-    for roi, lo, hi, roi_hu, probabilities in predicted:
+    for (roi, lo, hi, roi_hu, probabilities), box_hu in zip(predicted, box_hus):
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
         box = study_geometry.crop(tuple(lo.tolist()), tuple((hi - lo).tolist()))
@@ -534,6 +546,12 @@ def segment_study(
                     probabilities=by_value, max_gap_mm=config.max_gap_mm,
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm)
                 rooted = tuple(vessels)
+        fluid: dict = {}
+        if box_hu is not None:
+            box_labels, fluid = drop_fluid_tumour(
+                box_labels, tumour_value=BY_KEY["tumour"].value, hu=box_hu,
+                spacing_xyz_mm=study_geometry.spacing_xyz_mm, max_hu=config.fluid_max_hu,  # type: ignore[arg-type]
+                probabilities={0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}})
         # the tumour is judged by its contact with the kidney, labelled or not in the output
         kidney = box_labels == BY_KEY["kidney"].value if tumour_by_contact else None
         box_labels = np.where(keep_value[box_labels], box_labels, 0).astype(np.uint8)
@@ -541,6 +559,7 @@ def segment_study(
             box_labels, spacing_xyz_mm=study_geometry.spacing_xyz_mm, min_component_mm3=config.min_component_mm3,
             max_gap_mm=config.max_gap_mm, tumour_value=BY_KEY["tumour"].value if tumour_by_contact else None,
             kidney=kidney, rooted=rooted)
+        removed.update(fluid)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)

@@ -25,6 +25,9 @@
   must belong to a tree reaching the aorta and vein pieces one reaching the IVC
   (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
   reassigned by the network's probabilities, a piece on neither is dropped.
+* :func:`drop_fluid_tumour`: a tumour piece of water attenuation (median at most 20 HU)
+  with no enhancing wall or septum is a simple cyst (the Bosniak 2019 threshold), not a
+  tumour; its voxels go to the most probable other class.
 * :func:`take_thin_branches`: inside the kidney, the artery probability becomes the
   larger of the four-structure model's and a second, artery-only model's
   (``renalseg segment --thin-branches``). The interlobar arteries run inside the
@@ -62,6 +65,8 @@ __all__ = [
     "reassign_by_topology",
     "take_thin_branches",
     "THIN_BRANCH_MARGIN_VOXELS",
+    "drop_fluid_tumour",
+    "FLUID_MAX_HU",
 ]
 
 #: pieces farther than this from the largest piece of their label are dropped (chosen on
@@ -81,6 +86,18 @@ DEFAULT_MIN_COMPONENT_MM3: float = 0.0
 #: kidney label: touching, with a voxel's slack for anisotropic grids (see
 #: :func:`keep_tumours_on_kidney` and docs/training.md)
 DEFAULT_TUMOUR_CONTACT_MM: float = 2.0
+
+#: a tumour piece whose interior has a median at or below this (HU) is of fluid
+#: attenuation: Bosniak 2019 calls a homogeneous renal mass of -9 to 20 HU on
+#: contrast-enhanced CT a simple cyst, while a renal cell carcinoma enhances (20-45 HU
+#: unenhanced, 20 HU or more above that with contrast). On the held-out phantoms the
+#: written pieces in renal cysts were the largest false tumour (6-12 ml; docs/validation.md)
+FLUID_MAX_HU: float = 20.0
+#: ... unless more than this share of its interior is above :data:`_ENHANCING_HU`: an
+#: enhancing wall, septum or nodule makes it a cystic mass, which stays tumour (a simple
+#: cyst under CT noise of 20-30 HU has 1-7% of its voxels there)
+_FLUID_MAX_ENHANCING_SHARE: float = 0.1
+_ENHANCING_HU: float = 60.0
 
 _FULL_3D = STRUCTURE_26
 
@@ -330,6 +347,60 @@ def clean_labels_logged(labels: np.ndarray, *, spacing_xyz_mm: tuple[float, floa
                                                - count_components(on_kidney == tumour_value))
         removed["off_kidney_tumour_ml"] = ml((labels == tumour_value) & (on_kidney != tumour_value))
     return out, removed
+
+
+def drop_fluid_tumour(labels: np.ndarray, *, tumour_value: int, hu: np.ndarray,
+                      spacing_xyz_mm: tuple[float, float, float],
+                      probabilities: Mapping[int, np.ndarray] | None = None,
+                      max_hu: float = FLUID_MAX_HU) -> tuple[np.ndarray, dict]:
+    """Tumour pieces of fluid attenuation taken for simple cysts.
+
+    A tumour piece (26-connected) is fluid when the median HU of its interior (the piece
+    less its one-voxel rim, where partial volume with the kidney or fat blurs the value;
+    the whole piece when that leaves under 27 voxels) is at most ``max_hu`` and at most
+    10% of that interior is above 60 HU (no enhancing wall or septum). Its voxels go to
+    the most probable other class of ``probabilities``, or to background without them.
+
+    Args:
+        labels: integer ``(Z, Y, X)`` label map (0 = background).
+        tumour_value: the tumour's label value.
+        hu: the image in HU on the same grid.
+        spacing_xyz_mm: voxel spacing (x, y, z) mm, for the volumes.
+        probabilities: label value (0 = background) → float ``(Z, Y, X)`` probability.
+        max_hu: the fluid threshold (:data:`FLUID_MAX_HU`).
+
+    Returns:
+        ``(labels, removed)``: a copy and ``{"fluid_tumour_pieces", "fluid_tumour_ml"}``.
+
+    Example:
+        >>> labels = np.zeros((5, 5, 12), np.uint8); labels[:, :, 0:5] = 4; labels[:, :, 7:12] = 4
+        >>> hu = np.where(np.arange(12) < 6, 10.0, 90.0) * np.ones((5, 5, 1))
+        >>> out, removed = drop_fluid_tumour(labels, tumour_value=4, hu=hu, spacing_xyz_mm=(1, 1, 1))
+        >>> np.flatnonzero(out[2, 2] == 4).tolist(), removed
+        ([7, 8, 9, 10, 11], {'fluid_tumour_pieces': 1, 'fluid_tumour_ml': 0.125})
+    """
+    out = np.array(labels, copy=True)
+    if np.shape(hu) != out.shape:
+        raise UsageError(f"drop_fluid_tumour: labels {out.shape} and the image {np.shape(hu)} are not on one grid.")
+    pieces, count = ndimage.label(out == tumour_value, structure=_FULL_3D)
+    others = [v for v in (probabilities or {}) if v != tumour_value]
+    dropped, voxels = 0, 0
+    for k, box in enumerate(ndimage.find_objects(pieces), start=1):
+        piece = pieces[box] == k
+        interior = ndimage.binary_erosion(piece)
+        values = np.asarray(hu[box], dtype=np.float32)[interior if interior.sum() >= 27 else piece]
+        if np.median(values) > max_hu or np.mean(values > _ENHANCING_HU) > _FLUID_MAX_ENHANCING_SHARE:
+            continue
+        view = out[box]
+        if others:
+            stacked = np.stack([np.asarray(probabilities[v])[box][piece] for v in others])  # type: ignore[index]
+            view[piece] = np.asarray(others, dtype=out.dtype)[np.argmax(stacked, axis=0)]
+        else:
+            view[piece] = 0
+        dropped += 1
+        voxels += int(piece.sum())
+    ml = round(voxels * float(np.prod(spacing_xyz_mm)) / 1000.0, 4)
+    return out, {"fluid_tumour_pieces": dropped, "fluid_tumour_ml": ml}
 
 
 def _tree_reaching(pieces: np.ndarray, count: int, root: np.ndarray, max_gap_mm: float,

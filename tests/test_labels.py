@@ -141,6 +141,59 @@ def test_a_stray_kidney_piece_does_not_anchor_a_false_tumour():
     assert removed["off_kidney_tumour_pieces"] == 1 and removed["off_kidney_tumour_ml"] == pytest.approx(0.009)
 
 
+def test_a_tumour_piece_of_fluid_is_taken_for_a_cyst_and_a_cystic_mass_is_not():
+    """Bosniak 2019: a homogeneous mass of -9 to 20 HU is a simple cyst. A 'tumour' piece
+    of 10 HU goes to the most probable other class; a 100 HU tumour stays, and so does a
+    fluid core inside an enhancing wall (a cystic mass); `--keep-fluid-tumour` keeps all."""
+    from renalseg.postprocess import drop_fluid_tumour
+
+    labels = np.zeros((12, 12, 40), np.uint8)
+    hu = np.full(labels.shape, -100.0)
+    labels[1:11, 1:11, 0:10] = 4; hu[1:11, 1:11, 0:10] = 10.0  # a simple cyst, labelled tumour
+    labels[1:11, 1:11, 14:24] = 4; hu[1:11, 1:11, 14:24] = 100.0  # an enhancing tumour
+    labels[1:11, 1:11, 28:38] = 4; hu[1:11, 1:11, 28:38] = 150.0  # a cystic mass: a 2-voxel enhancing wall
+    hu[3:9, 3:9, 30:36] = 10.0
+    noise = np.random.default_rng(0).normal(0, 20, labels.shape)
+    kidney_probability = np.zeros(labels.shape); kidney_probability[..., 5:] = 0.3
+    probabilities = {0: np.full(labels.shape, 0.2), 2: kidney_probability, 4: np.full(labels.shape, 0.5)}
+    out, removed = drop_fluid_tumour(labels, tumour_value=4, hu=hu + noise, spacing_xyz_mm=(0.5, 0.5, 1.0),
+                                     probabilities=probabilities)
+    assert np.array_equal(out[..., 14:], labels[..., 14:])
+    assert set(np.unique(out[1:11, 1:11, 0:5])) == {0} and set(np.unique(out[1:11, 1:11, 5:10])) == {2}
+    assert removed == {"fluid_tumour_pieces": 1, "fluid_tumour_ml": pytest.approx(1000 * 0.25 / 1000)}
+    out, removed = drop_fluid_tumour(labels, tumour_value=4, hu=hu + noise, spacing_xyz_mm=(0.5, 0.5, 1.0))
+    assert not (out[..., :10] > 0).any() and removed["fluid_tumour_pieces"] == 1  # no probabilities: background
+    with pytest.raises(UsageError, match="not on one grid"):
+        drop_fluid_tumour(labels, tumour_value=4, hu=hu[:, :, :20], spacing_xyz_mm=(1, 1, 1))
+
+
+def test_segment_drops_a_fluid_tumour_and_reports_it():
+    volume, truth = _four_class_ct()
+    hu = volume.array.copy()
+    hu[4:16, 36:40, 6:18] = 10  # a fluid cyst on the kidney's posterior face, which the model calls tumour
+
+    def fluid_as_tumour(batch: np.ndarray) -> np.ndarray:
+        out = _banded(batch)
+        fluid = ((batch * 2048.0 - 1024.0) >= 0) & ((batch * 2048.0 - 1024.0) < 20)
+        out[:, 4][fluid[:, 0]] = 1.0
+        out[:, 0][fluid[:, 0]] = 0.0
+        return out
+
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    written = {}
+    for fluid_max_hu in (20.0, None):
+        result = segment_study(Volume(hu, volume.geometry).to_sitk(),
+                               SegmentConfig(input_is_roi=True, side="right", fluid_max_hu=fluid_max_hu),
+                               segmenter=Segmenter.from_predictor(fluid_as_tumour, spec))
+        written[fluid_max_hu] = (Volume.from_sitk(result.labels).array, result.report["arteries"]["right"]["cleanup"])
+    labels, cleanup = written[20.0]
+    assert np.array_equal(labels, truth)  # the cyst is background, the tumour inside the kidney stays
+    assert cleanup["fluid_tumour_pieces"] == 1
+    assert cleanup["fluid_tumour_ml"] == pytest.approx(12 * 4 * 12 * 0.7 * 0.7 / 1000, abs=1e-4)
+    labels, cleanup = written[None]
+    assert (labels[4:16, 36:40, 6:18] == 4).all() and "fluid_tumour_pieces" not in cleanup
+
+
 def test_without_a_kidney_label_the_tumour_keeps_the_largest_piece_rule():
     from renalseg.postprocess import clean_labels_logged
 

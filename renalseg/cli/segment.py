@@ -145,6 +145,10 @@ def segment(
         "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
         "of the interlobar branches, twice the network time. Skipped, with the reason in report.json, in "
         "other phases.")] = False,
+    keep_fluid_tumour: Annotated[bool, typer.Option(
+        "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
+        "enhancing wall). By default they are taken for simple cysts (the Bosniak 2019 threshold) and given to "
+        "the most probable other class; report.json counts them under cleanup.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -165,6 +169,7 @@ def segment(
     from renalseg.errors import ModelError
     from renalseg.io.output import check_writable_folder
     from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, thin_branch_segmenter
+    from renalseg.postprocess import FLUID_MAX_HU
     from renalseg.segmenter import load_model
     from renalseg.weights import resolve_weights
 
@@ -177,6 +182,7 @@ def segment(
         weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
         series_uid=series, force=force, thin_branches=thin_branches,
+        fluid_max_hu=None if keep_fluid_tumour else FLUID_MAX_HU,
     )
     studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
