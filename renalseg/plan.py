@@ -1000,6 +1000,26 @@ def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict
     return PlanResult(plan, labels.with_array(territories), names, labels.with_array(picture), tuple(candidates))
 
 
+#: fluid-attenuation pieces ``renalseg segment`` took for cysts, from this volume (ml) on,
+#: are named in the plan (a hypodense tumour may be among them)
+_FLUID_NOTE_ML = 1.0
+
+
+def _note_fluid_tumour(kidneys: list[dict], report: dict, path: str) -> None:
+    """A note on each kidney beside which ``renalseg segment`` took a tumour piece of fluid
+    attenuation for a cyst (``cleanup.fluid_tumour_ml`` per side in ``report.json``)."""
+    by_side = {side: (entry.get("cleanup") or {}).get("fluid_tumour_ml", 0.0)
+               for side, entry in (report.get("arteries") or {}).items() if isinstance(entry, dict)}
+    for kidney in kidneys:
+        # an --input-is-roi crop of one kidney has one ROI, whatever the plan names its side
+        ml = by_side.get(kidney["side"], next(iter(by_side.values())) if len(by_side) == 1 == len(kidneys) else 0.0)
+        if ml and ml >= _FLUID_NOTE_ML:
+            kidney["notes"].append(
+                f"renalseg segment took {ml:.1f} ml of fluid attenuation (median at most 20 HU, no enhancing wall) "
+                f"by this kidney for a simple cyst, not tumour ({path}, cleanup.fluid_tumour_ml); if the tumour is "
+                "a hypodense or cystic mass, segment again with --keep-fluid-tumour.")
+
+
 def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
                label_map: Mapping[int, str] | None = None, config: PlanConfig | None = None,
                out_dir: Path | str | None = None, overwrite: bool = False, meshes: bool = False,
@@ -1037,6 +1057,8 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     if target is not None and (target / "plan.json").exists() and not overwrite:
         raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
     result = plan_labels(volume, mapping, rois=rois, config=config, name=sources["labels"], on_progress=on_progress)
+    if sources["report"] is not None:
+        _note_fluid_tumour(result.plan["kidneys"], json.loads(Path(sources["report"]).read_text()), sources["report"])
     study_id = Path(study_dir).name if study_dir is not None else Path(sources["labels"]).name.split(".")[0]
     rest = dict(result.plan)
     result.plan.clear()

@@ -226,6 +226,23 @@ def test_small_phantom_truth_and_plan() -> None:
     assert agree / kidney.sum() > 0.6
 
 
+def test_the_plan_names_fluid_that_segment_took_for_a_cyst(tmp_path) -> None:
+    """A hypodense tumour dropped as a cyst would leave the kidney without a tumour: the
+    plan says how much fluid `segment` took beside it and how to keep it."""
+    study = tmp_path / "study"
+    write_image(_volume(_t_tree(tumour=True)), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                   "4": "tumour"}))
+    notes = {}
+    for ml in (16.25, 0.2):
+        (study / "report.json").write_text(json.dumps({"rois": [], "arteries": {
+            "left": {"cleanup": {"fluid_tumour_pieces": 1, "fluid_tumour_ml": ml}}}}))
+        (kidney,) = plan_study(study, overwrite=True).plan["kidneys"]
+        notes[ml] = [n for n in kidney["notes"] if "fluid" in n]
+    assert len(notes[16.25]) == 1 and "16.2 ml" in notes[16.25][0] and "--keep-fluid-tumour" in notes[16.25][0]
+    assert notes[0.2] == []  # specks are not worth a note
+
+
 def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
     pytest.importorskip("plotly")
     study = tmp_path / "study"
