@@ -61,7 +61,10 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                       "region": "upper pole, anterior" | ...}],
         "territories": [{"value", "branch", "name", "volume_ml", "percent"}],   # values in territories.nii.gz
         "tumour": null | {"volume_ml", "margin_mm", "with_margin_ml", "outside_kidney_ml",
-                          "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}]},
+                          "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}],
+                          "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # each piece on the kidney
+                                      "feeding": [branch id, ...]}],                   # (≥ 0.1 ml, largest first, ≤ 10)
+                          "small_pieces": int},                                      # the pieces not listed
         "clamping": null | {"strategy": "selective" | "main", "coverage_percent",
                             "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
                             "ischaemic_ml", "ischaemic_percent",
@@ -564,6 +567,32 @@ def _geodesic_voronoi(domain: np.ndarray, seeds_zyx: np.ndarray, seed_labels: np
     return fine_labels, float(moved.sum() * np.prod(spacing_zyx) / 1000.0)
 
 
+#: tumour pieces from this volume (ml) on are listed one by one in ``plan.json``
+_PIECE_MIN_ML = 0.1
+_PIECES_LISTED = 10
+
+
+def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g: Geometry, offset: np.ndarray,
+                   frame: tuple | None, config: PlanConfig) -> tuple[list[dict], int]:
+    """Each tumour piece (26-connected, largest first) with where it lies and the territories
+    that feed it (its own tumour + margin share, the plan's rule): a second, false piece
+    can then be told from the tumour the surgeon came for and its branches set aside."""
+    pieces, count = _components(tumour)
+    voxel_ml = g.voxel_volume_mm3 / 1000.0
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    order = [int(i) + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] * voxel_ml >= _PIECE_MIN_ML]
+    listed = []
+    for number in order[:_PIECES_LISTED]:
+        piece = pieces == number
+        shares = region_shares(units, tumour_region(piece, kidney, g.spacing_xyz_mm, config.margin_mm))
+        centre = _world(g, np.argwhere(piece).mean(axis=0, keepdims=True) + offset)[0]
+        listed.append({"volume_ml": round(float(sizes[number - 1]) * voxel_ml, 2),
+                       "centre_mm": [round(float(v), 1) for v in centre],
+                       "region": _region_name(frame, centre) if frame is not None else None,
+                       "feeding": [v for v, share in shares.items() if share >= config.feeding_min_share]})
+    return listed, count - len(listed)
+
+
 # -- the plan of one kidney ---------------------------------------------------------------------
 
 def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, territories: np.ndarray,
@@ -900,6 +929,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         return entry, next_id, []
     unit_share = sorted(((by_id[ids[u]]["tumour_percent"] / 100, u) for u in units), key=lambda t: -t[0])
     facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
+    facts["pieces"], facts["small_pieces"] = _tumour_pieces(tumour, kidney, labelled, g, offset, frame, config)
     chosen, covered = [], 0.0
     for s, u in unit_share:
         if covered >= config.coverage or s <= 0:

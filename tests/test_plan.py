@@ -226,6 +226,25 @@ def test_small_phantom_truth_and_plan() -> None:
     assert agree / kidney.sum() > 0.6
 
 
+def test_each_tumour_piece_is_listed_with_the_branches_that_feed_it() -> None:
+    """A second, smaller tumour piece in the other territory: the union feeds from both
+    segmental branches, each piece from its own, largest first, with where it lies."""
+    labels = _t_tree(tumour=True)
+    z, y, x = np.ogrid[:44, :30, :64]
+    labels[(z - 9) ** 2 + (y - 15) ** 2 + (x - 52) ** 2 <= 9] = 4  # a smaller piece by the inferior branch
+    (kidney,) = plan_labels(_volume(labels), KIPA).plan["kidneys"]
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    tumour = kidney["tumour"]
+    assert len(tumour["feeding"]) == 2
+    large, small = tumour["pieces"]
+    assert large["volume_ml"] > small["volume_ml"] >= 0.1 and tumour["small_pieces"] == 0
+    assert large["region"].startswith("upper") and small["region"].startswith("lower")
+    assert large["centre_mm"][2] > small["centre_mm"][2]
+    (upper,), (lower,) = large["feeding"], small["feeding"]
+    assert by_id[upper]["end_mm"][2] > by_id[lower]["end_mm"][2]  # each fed by the branch beside it
+    assert sorted(tumour["feeding"]) == sorted([upper, lower])
+
+
 def test_the_plan_names_fluid_that_segment_took_for_a_cyst(tmp_path) -> None:
     """A hypodense tumour dropped as a cyst would leave the kidney without a tumour: the
     plan says how much fluid `segment` took beside it and how to keep it."""
