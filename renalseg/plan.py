@@ -44,7 +44,7 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
 
     {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map"},
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
-                  "minor_share", "accessory_min_mm", "min_component_mm3"},
+                  "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
      "kidneys": [{                                   # one per side found
         "side": "left" | "right",
         "status": "planned" | "no_tumour" | "tumour_outside_kidney" | "no_kidney" | "no_artery",
@@ -62,9 +62,9 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
         "territories": [{"value", "branch", "name", "volume_ml", "percent"}],   # values in territories.nii.gz
         "tumour": null | {"volume_ml", "margin_mm", "with_margin_ml", "outside_kidney_ml",
                           "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}],
-                          "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # each piece on the kidney
-                                      "feeding": [branch id, ...]}],                   # (≥ 0.1 ml, largest first, ≤ 10)
-                          "small_pieces": int},                                      # the pieces not listed
+                          "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # the pieces planned
+                                      "feeding": [branch id, ...]}],   # (≥ min_tumour_piece_ml, largest first, ≤ 10)
+                          "small_pieces": int, "small_pieces_ml"},   # those left out of feeding and clamping
         "clamping": null | {"strategy": "selective" | "main", "coverage_percent",
                             "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
                             "ischaemic_ml", "ischaemic_percent",
@@ -132,6 +132,11 @@ class PlanConfig:
         accessory_min_mm: a separate artery piece whose far end lies at least this far
             outside the kidney is an accessory artery (else a gap in the segmentation).
         min_component_mm3: artery pieces smaller than this are dropped first.
+        min_tumour_piece_ml: tumour pieces smaller than this (ml) are left out of the
+            tumour + margin that the feeding branches and the clamping are worked out
+            from, and counted in ``tumour.small_pieces``: with a 5 mm margin a 0.02 ml
+            speck weighs as much as a 1 ml region. Where every piece is smaller, all are
+            used. ``0`` uses every piece.
         prune_factor: thinning spurs, as in :func:`renalseg.tree.analyze_tree`.
     """
 
@@ -142,11 +147,13 @@ class PlanConfig:
     minor_share: float = 0.05
     accessory_min_mm: float = 10.0
     min_component_mm3: float = 5.0
+    min_tumour_piece_ml: float = 0.1
     prune_factor: float = 1.5
 
     def __post_init__(self) -> None:
-        if self.margin_mm < 0:
-            raise UsageError(f"margin_mm must be ≥ 0; got {self.margin_mm}.")
+        for name in ("margin_mm", "min_tumour_piece_ml"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be ≥ 0; got {getattr(self, name)}.")
         for name in ("coverage", "feeding_min_share", "segmental_max_share", "minor_share"):
             value = getattr(self, name)
             if not 0 < value <= 1:
@@ -567,22 +574,28 @@ def _geodesic_voronoi(domain: np.ndarray, seeds_zyx: np.ndarray, seed_labels: np
     return fine_labels, float(moved.sum() * np.prod(spacing_zyx) / 1000.0)
 
 
-#: tumour pieces from this volume (ml) on are listed one by one in ``plan.json``
-_PIECE_MIN_ML = 0.1
-_PIECES_LISTED = 10
+_PIECES_LISTED = 10  # tumour pieces listed one by one in plan.json, largest first
+
+
+def _planned_tumour(tumour: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
+    """The tumour pieces (26-connected) of at least ``min_ml``; all of them where none is."""
+    pieces, count = _components(tumour)
+    large = np.bincount(pieces.ravel(), minlength=count + 1) * voxel_ml >= min_ml
+    large[0] = False
+    return large[pieces] if large.any() else np.asarray(tumour, bool)
 
 
 def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g: Geometry, offset: np.ndarray,
-                   frame: tuple | None, config: PlanConfig) -> tuple[list[dict], int]:
-    """Each tumour piece (26-connected, largest first) with where it lies and the territories
-    that feed it (its own tumour + margin share, the plan's rule): a second, false piece
-    can then be told from the tumour the surgeon came for and its branches set aside."""
+                   frame: tuple | None, config: PlanConfig) -> list[dict]:
+    """Each planned tumour piece (26-connected, largest first) with where it lies and the
+    territories that feed it (its own tumour + margin share, the plan's rule): a second,
+    false piece can then be told from the tumour the surgeon came for and its branches
+    set aside."""
     pieces, count = _components(tumour)
     voxel_ml = g.voxel_volume_mm3 / 1000.0
     sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
-    order = [int(i) + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] * voxel_ml >= _PIECE_MIN_ML]
     listed = []
-    for number in order[:_PIECES_LISTED]:
+    for number in [int(i) + 1 for i in np.argsort(-sizes, kind="stable")][:_PIECES_LISTED]:
         piece = pieces == number
         shares = region_shares(units, tumour_region(piece, kidney, g.spacing_xyz_mm, config.margin_mm))
         centre = _world(g, np.argwhere(piece).mean(axis=0, keepdims=True) + offset)[0]
@@ -590,7 +603,7 @@ def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g:
                        "centre_mm": [round(float(v), 1) for v in centre],
                        "region": _region_name(frame, centre) if frame is not None else None,
                        "feeding": [v for v, share in shares.items() if share >= config.feeding_min_share]})
-    return listed, count - len(listed)
+    return listed
 
 
 # -- the plan of one kidney ---------------------------------------------------------------------
@@ -711,6 +724,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     leaves = [i for i in alive if not branches[i].children]
     leaf_of_voxel = None
     region = np.zeros(kidney.shape, bool)
+    planned = tumour
     if has_kidney:
         domain = organ | (artery & near_organ)
         seeds, seed_leaf = [], []
@@ -728,7 +742,8 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         else:
             entry["notes"].append(f"no artery branch reaches the {part.side} kidney in {name}: no territories.")
         if tumour.any():
-            region = tumour_region(tumour, kidney, spacing_xyz, config.margin_mm)
+            planned = _planned_tumour(tumour, voxel_ml, config.min_tumour_piece_ml)
+            region = tumour_region(planned, kidney, spacing_xyz, config.margin_mm)
 
     # per-leaf volumes, then per branch (sums over its terminal branches)
     kidney_total = max(int(kidney.sum()), 1)
@@ -929,7 +944,15 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         return entry, next_id, []
     unit_share = sorted(((by_id[ids[u]]["tumour_percent"] / 100, u) for u in units), key=lambda t: -t[0])
     facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
-    facts["pieces"], facts["small_pieces"] = _tumour_pieces(tumour, kidney, labelled, g, offset, frame, config)
+    facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)
+    facts["small_pieces"] = _components(tumour)[1] - _components(planned)[1]
+    facts["small_pieces_ml"] = round(float((tumour & ~planned).sum()) * voxel_ml, 3)
+    if facts["small_pieces"]:
+        entry["notes"].append(
+            f"{facts['small_pieces']} tumour piece(s) under {config.min_tumour_piece_ml:g} ml "
+            f"({facts['small_pieces_ml']:g} ml in all) are left out of the feeding branches and the clamping: "
+            "pieces under about 6 mm across are too small to characterise on CT and are mostly a network's specks; "
+            "they stay in the label map (min_tumour_piece_ml).")
     chosen, covered = [], 0.0
     for s, u in unit_share:
         if covered >= config.coverage or s <= 0:

@@ -196,7 +196,11 @@ def test_cli_plan_with_labels_and_label_map(tmp_path) -> None:
                              "--out", str(tmp_path / "plans"), "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)[0]["clamp"] == ["segmental 1"]
-    assert (tmp_path / "plans" / "seg" / "plan.json").is_file()
+    assert json.loads((tmp_path / "plans" / "seg" / "plan.json").read_text())["settings"]["min_tumour_piece_ml"] == 0.1
+    every = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:artery,2:kidney,4:tumour",
+                                "--out", str(tmp_path / "every"), "--min-tumour-ml", "0"])
+    assert every.exit_code == 0, every.output
+    assert json.loads((tmp_path / "every" / "seg" / "plan.json").read_text())["settings"]["min_tumour_piece_ml"] == 0
     again = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:artery,2:kidney,4:tumour",
                                 "--out", str(tmp_path / "plans")])
     assert again.exit_code == 1 and "--overwrite" in again.output
@@ -243,6 +247,22 @@ def test_each_tumour_piece_is_listed_with_the_branches_that_feed_it() -> None:
     (upper,), (lower,) = large["feeding"], small["feeding"]
     assert by_id[upper]["end_mm"][2] > by_id[lower]["end_mm"][2]  # each fed by the branch beside it
     assert sorted(tumour["feeding"]) == sorted([upper, lower])
+
+
+def test_a_speck_of_tumour_does_not_add_a_feeding_branch() -> None:
+    """A 0.008 ml speck by the inferior branch: with its 5 mm margin it would make that
+    branch a feeding one; the plan leaves it out, counts it and says so, and plans it
+    when asked to take every piece."""
+    labels = _t_tree(tumour=True)
+    labels[9:11, 14:16, 49:51] = 4  # 8 voxels of 1 mm: a speck in the inferior territory
+    (kidney,) = plan_labels(_volume(labels), KIPA).plan["kidneys"]
+    tumour = kidney["tumour"]
+    assert len(tumour["feeding"]) == 1 and len(tumour["pieces"]) == 1
+    assert tumour["small_pieces"] == 1 and tumour["small_pieces_ml"] == 0.008
+    assert any("1 tumour piece(s) under 0.1 ml" in note for note in kidney["notes"])
+    assert tumour["volume_ml"] == round(float((labels == 4).sum()) / 1000, 2)  # the volume still counts it
+    (every,) = plan_labels(_volume(labels), KIPA, config=PlanConfig(min_tumour_piece_ml=0)).plan["kidneys"]
+    assert len(every["tumour"]["feeding"]) == 2 and every["tumour"]["small_pieces"] == 0
 
 
 def test_the_plan_names_fluid_that_segment_took_for_a_cyst(tmp_path) -> None:

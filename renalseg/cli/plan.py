@@ -26,6 +26,9 @@ def plan(
     margin_mm: Annotated[float, typer.Option("--margin-mm", min=0.0, help="Resection margin around the tumour (mm).")] = 5.0,
     coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=1.0,
                                             help="Share of tumour + margin the clamped territories must hold.")] = 0.95,
+    min_tumour_ml: Annotated[float, typer.Option(
+        "--min-tumour-ml", min=0.0, help="Tumour pieces smaller than this (ml) are left out of the feeding branches "
+        "and the clamping (listed as small pieces); 0 plans every piece.")] = 0.1,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder, one sub-folder per study "
                                              "(default: into each study folder).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plan.")] = False,
@@ -62,7 +65,7 @@ def plan(
     if report and (out is not None or not studies):
         raise UsageError("--report writes the study folder's report.html with its plan: give STUDY_DIR and "
                          "no --out.")
-    config = PlanConfig(margin_mm=margin_mm, coverage=coverage)
+    config = PlanConfig(margin_mm=margin_mm, coverage=coverage, min_tumour_piece_ml=min_tumour_ml)
     mapping = parse_label_map(label_map) if label_map is not None else None
     jobs = [(s, s.name) for s in studies] or [(None, labels.name.split(".")[0])]
     summary, failed = [], 0
