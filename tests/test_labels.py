@@ -141,6 +141,27 @@ def test_a_stray_kidney_piece_does_not_anchor_a_false_tumour():
     assert removed["off_kidney_tumour_pieces"] == 1 and removed["off_kidney_tumour_ml"] == pytest.approx(0.009)
 
 
+def test_a_tumour_piece_lying_against_the_kidney_is_dropped_and_one_arising_from_it_kept():
+    """The claw sign: a mass half sunk in the kidney keeps; a ball of the same size resting
+    on the kidney's surface (a bowel loop, the spleen's tip), within touching distance, goes."""
+    from renalseg.postprocess import claw_share, clean_labels_logged
+
+    labels = np.zeros((48, 40, 60), np.uint8)
+    labels[4:30, 5:35, 0:30] = 2  # the kidney; z is superior
+    z, y, x = np.ogrid[:48, :40, :60]
+    arising = (z - 17) ** 2 + (y - 20) ** 2 + (x - 30) ** 2 <= 36  # centred on its lateral face
+    resting = (z - 36) ** 2 + (y - 20) ** 2 + (x - 15) ** 2 <= 36  # on its upper face
+    labels[arising | resting] = 4
+    kidney = labels == 2
+    assert claw_share(arising, kidney, (1, 1, 1)) > 0.3 > 0.05 > claw_share(resting, kidney, (1, 1, 1)) > 0
+    out, removed = clean_labels_logged(labels, spacing_xyz_mm=(1, 1, 1), min_component_mm3=0, max_gap_mm=10,
+                                       tumour_value=4, kidney=kidney)
+    assert np.array_equal(out == 4, arising)
+    assert not out[resting].any()  # to background: the rule does not guess what else it is
+    assert removed["off_kidney_tumour_pieces"] == 1
+    assert removed["off_kidney_tumour_ml"] == pytest.approx(resting.sum() / 1000, abs=1e-4)
+
+
 def test_a_tumour_piece_of_fluid_is_taken_for_a_cyst_and_a_cystic_mass_is_not():
     """Bosniak 2019: a homogeneous mass of -9 to 20 HU is a simple cyst. A 'tumour' piece
     of 10 HU goes to the most probable other class; a 100 HU tumour stays, and so does a
