@@ -135,8 +135,9 @@ class PlanConfig:
         min_tumour_piece_ml: tumour pieces smaller than this (ml) are left out of the
             tumour + margin that the feeding branches and the clamping are worked out
             from, and counted in ``tumour.small_pieces``: with a 5 mm margin a 0.02 ml
-            speck weighs as much as a 1 ml region. Where every piece is smaller, all are
-            used. ``0`` uses every piece.
+            speck weighs as much as a 1 ml region. A kidney with specks only is planned
+            as one without a tumour (status ``no_tumour``, with a note). ``0`` uses every
+            piece.
         prune_factor: thinning spurs, as in :func:`renalseg.tree.analyze_tree`.
     """
 
@@ -578,11 +579,11 @@ _PIECES_LISTED = 10  # tumour pieces listed one by one in plan.json, largest fir
 
 
 def _planned_tumour(tumour: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
-    """The tumour pieces (26-connected) of at least ``min_ml``; all of them where none is."""
+    """The tumour pieces (26-connected) of at least ``min_ml``."""
     pieces, count = _components(tumour)
     large = np.bincount(pieces.ravel(), minlength=count + 1) * voxel_ml >= min_ml
     large[0] = False
-    return large[pieces] if large.any() else np.asarray(tumour, bool)
+    return large[pieces]
 
 
 def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g: Geometry, offset: np.ndarray,
@@ -933,26 +934,37 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
              "with_margin_ml": round(float(region.sum()) * voxel_ml, 2),
              "outside_kidney_ml": round(float(len(outside_points)) * voxel_ml, 2), "feeding": [],
              "nearest_branches": [{"branch": e["id"], "name": e["name"], "distance_mm": e["tumour_distance_mm"]}
-                                  for e in nearest]}
+                                  for e in nearest],
+             "pieces": [], "small_pieces": 0, "small_pieces_ml": 0.0}
     entry["tumour"] = facts
     if len(outside_points):
         entry["notes"].append(f"{facts['outside_kidney_ml']} ml of tumour label on the {part.side} side does not "
                               "touch the kidney; its nearest branches are listed.")
-    if not region.any() or leaf_of_voxel is None:
-        if not region.any() and entry["status"] == "planned":
-            entry["status"] = "tumour_outside_kidney"
-        return entry, next_id, []
-    unit_share = sorted(((by_id[ids[u]]["tumour_percent"] / 100, u) for u in units), key=lambda t: -t[0])
-    facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
-    facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)
-    facts["small_pieces"] = _components(tumour)[1] - _components(planned)[1]
-    facts["small_pieces_ml"] = round(float((tumour & ~planned).sum()) * voxel_ml, 3)
+    if tumour.any():
+        facts["small_pieces"] = _components(tumour)[1] - _components(planned)[1]
+        facts["small_pieces_ml"] = round(float((tumour & ~planned).sum()) * voxel_ml, 3)
     if facts["small_pieces"]:
         entry["notes"].append(
             f"{facts['small_pieces']} tumour piece(s) under {config.min_tumour_piece_ml:g} ml "
             f"({facts['small_pieces_ml']:g} ml in all) are left out of the feeding branches and the clamping: "
             "pieces under about 6 mm across are too small to characterise on CT and are mostly a network's specks; "
             "they stay in the label map (min_tumour_piece_ml).")
+        if not planned.any() and not len(outside_points):
+            if entry["status"] == "planned":
+                entry["status"] = "no_tumour"
+            entry["notes"].append(f"no tumour piece of {config.min_tumour_piece_ml:g} ml or more on the {part.side} "
+                                  "side: the tree and territories only.")
+            return entry, next_id, []
+    if not region.any() or leaf_of_voxel is None:
+        if not region.any() and entry["status"] == "planned":
+            entry["status"] = "tumour_outside_kidney"
+        return entry, next_id, []
+    # each unit's share of tumour + margin in its own territory (a main artery whose own
+    # terminal branches form a unit must not count its side branches' territories as well)
+    own = region_shares(labelled, region)
+    unit_share = sorted(((own.get(ids[u], 0.0), u) for u in units), key=lambda t: -t[0])
+    facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
+    facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)
     chosen, covered = [], 0.0
     for s, u in unit_share:
         if covered >= config.coverage or s <= 0:
@@ -960,7 +972,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         chosen.append(u)
         covered += s
     healthy = lambda u: branches[u].kidney_voxels  # noqa: E731 - kidney-labelled voxels (tumour excluded)
-    candidates = [{"branch": ids[u], "name": branches[u].name, "tumour_percent": by_id[ids[u]]["tumour_percent"],
+    candidates = [{"branch": ids[u], "name": branches[u].name, "tumour_percent": round(100 * own.get(ids[u], 0.0), 2),
                    "ischaemic_ml": round(healthy(u) * voxel_ml, 2),
                    "ischaemic_percent": round(100 * healthy(u) / kidney_total, 2)} for u in chosen]
     feeding_roots = [r for r in roots if branches[r].region_voxels > 0]

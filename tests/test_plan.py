@@ -265,6 +265,37 @@ def test_a_speck_of_tumour_does_not_add_a_feeding_branch() -> None:
     assert len(every["tumour"]["feeding"]) == 2 and every["tumour"]["small_pieces"] == 0
 
 
+def test_a_main_artery_that_is_its_own_territory_feeds_only_by_its_own_share() -> None:
+    """The main artery runs straight into the kidney and ends there, with one side branch
+    (minor at minor_share 0.25): the main artery's own terminal makes a territory of its
+    own. A tumour wholly in the side branch's territory is fed by that branch alone; the
+    main artery's whole tree (100% of the tumour) must not make its own territory a
+    feeding one too."""
+    labels = np.zeros((44, 30, 64), np.uint8)
+    labels[4:40, 6:24, 30:58] = 2
+    labels[21:24, 14:17, 2:55] = 3   # the main artery, ending inside the kidney
+    labels[24:30, 14:17, 33:36] = 3  # a side branch towards the upper pole
+    z, y, x = np.ogrid[:44, :30, :64]
+    labels[(z - 34) ** 2 + (y - 15) ** 2 + (x - 34) ** 2 <= 9] = 4
+    (kidney,) = plan_labels(_volume(labels), KIPA, config=PlanConfig(minor_share=0.25)).plan["kidneys"]
+    main, side = kidney["branches"]
+    assert main["level"] == "main" and side["level"] == "further"
+    assert {t["branch"] for t in kidney["territories"]} == {main["id"], side["id"]}
+    assert kidney["tumour"]["feeding"] == [side["id"]]
+    (candidate,) = kidney["clamping"]["candidates"]
+    assert candidate["branch"] == side["id"] and candidate["tumour_percent"] == 100.0
+    assert kidney["clamping"]["strategy"] == "selective" and candidate["ischaemic_percent"] < 30
+
+
+def test_a_kidney_with_tumour_specks_only_is_planned_without_a_tumour() -> None:
+    labels = _t_tree()
+    labels[33:35, 14:16, 49:51] = 4  # 8 voxels: 0.008 ml
+    (kidney,) = plan_labels(_volume(labels), KIPA).plan["kidneys"]
+    assert kidney["status"] == "no_tumour" and kidney["clamping"] is None
+    assert kidney["tumour"]["feeding"] == [] and kidney["tumour"]["small_pieces"] == 1
+    assert any("no tumour piece of 0.1 ml or more" in note for note in kidney["notes"])
+
+
 def test_the_plan_names_fluid_that_segment_took_for_a_cyst(tmp_path) -> None:
     """A hypodense tumour dropped as a cyst would leave the kidney without a tumour: the
     plan says how much fluid `segment` took beside it and how to keep it."""
