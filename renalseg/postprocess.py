@@ -17,7 +17,8 @@
   tumour label in the spleen or the bowel beside it is not one, and a patient may have
   more than one tumour (multifocal renal cell carcinoma), so the largest-piece rule of
   :func:`keep_main_tree` is wrong for this class: there the largest tumour piece was
-  often the false one.
+  often the false one. A piece that only lies against the kidney, under 5% kidney among the
+  voxels around it (:func:`claw_share`: the claw sign), is not one either.
 * :func:`clean_labels`: what ``renalseg segment`` applies to each ROI: the main tree
   (the tumour by kidney contact when the model labels both; vessels that passed the
   topology check are left as it kept them), then the speck removal.
@@ -59,6 +60,8 @@ __all__ = [
     "keep_main_tree",
     "keep_tumours_on_kidney",
     "DEFAULT_TUMOUR_CONTACT_MM",
+    "claw_share",
+    "DEFAULT_TUMOUR_CLAW_SHARE",
     "clean_labels",
     "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
@@ -257,6 +260,8 @@ def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.
             left out of the output, so ``--structures tumour`` judges the same way).
         spacing_xyz_mm: voxel spacing (x, y, z) mm.
         max_distance_mm: how close (voxel centres, mm) a piece must come to the kidney.
+        min_claw_share: the least share of kidney among the voxels around a piece
+            (:func:`claw_share`); ``0`` keeps every piece that touches.
 
     Returns:
         A cleaned copy, same dtype.
