@@ -184,14 +184,35 @@ def count_components(mask: np.ndarray) -> int:
     return int(ndimage.label(np.asarray(mask, dtype=bool), structure=_FULL_3D)[1])
 
 
+def _grow_box(box: tuple, shape: tuple, distance_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> tuple:
+    """``box`` grown by ``distance_mm`` (and a voxel), clipped to ``shape``: every voxel within
+    ``distance_mm`` of what ``box`` holds lies inside it."""
+    if not np.isfinite(distance_mm):
+        return tuple(slice(0, n) for n in shape)
+    reach = np.ceil(distance_mm / np.asarray(spacing_xyz_mm, dtype=float)[::-1]).astype(int) + 1
+    return tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, shape))
+
+
+def _reach_box(mask: np.ndarray, distance_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> tuple:
+    """The bounding box of a non-empty ``mask`` grown as :func:`_grow_box` grows it."""
+    return _grow_box(ndimage.find_objects(np.asarray(mask, dtype=np.uint8))[0], mask.shape, distance_mm,
+                     spacing_xyz_mm)
+
+
+def _near_mask(reference: np.ndarray, box: tuple, max_distance_mm: float,
+               spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+    """Inside ``box`` (which holds all of ``reference``): the voxels within ``max_distance_mm`` of it."""
+    sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
+    return ndimage.distance_transform_edt(~reference[box], sampling=sampling) <= max_distance_mm
+
+
 def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_distance_mm: float,
                  spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
     """The labelled ``pieces`` (1 … count) with a voxel within ``max_distance_mm`` of a non-empty ``reference``."""
-    # the distance transform only over the box holding both (exact: every reference
-    # voxel is inside it), often a small part of the ROI
-    box = ndimage.find_objects(((pieces > 0) | reference).astype(np.uint8))[0]
-    sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
-    near = ndimage.distance_transform_edt(~reference[box], sampling=sampling) <= max_distance_mm
+    # the distance transform only over the reference's box grown by the distance (exact:
+    # nothing outside it is that close), often a small part of the ROI
+    box = _reach_box(reference, max_distance_mm, spacing_xyz_mm)
+    near = _near_mask(reference, box, max_distance_mm, spacing_xyz_mm)
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.unique(pieces[box][near])] = True
     keep[0] = False
@@ -282,11 +303,10 @@ def keep_tumours_on_kidney(labels: np.ndarray, *, tumour_value: int, kidney: np.
     near = _pieces_near(pieces, count, kidney, max_distance_mm, spacing_xyz_mm)
     out[tumour & ~near] = 0
     if min_claw_share > 0:
-        reach = np.ceil(max_distance_mm / np.asarray(spacing_xyz_mm, dtype=float)[::-1]).astype(int) + 1
         for k, box in enumerate(ndimage.find_objects(pieces), start=1):
             if box is None or not near[box][pieces[box] == k].any():
                 continue
-            grown = tuple(slice(max(b.start - r, 0), b.stop + r) for b, r in zip(box, reach))
+            grown = _grow_box(box, pieces.shape, max_distance_mm, spacing_xyz_mm)
             piece = pieces[grown] == k
             if claw_share(piece, kidney[grown], spacing_xyz_mm, max_distance_mm) < min_claw_share:
                 out[grown][piece] = 0
@@ -303,11 +323,9 @@ def claw_share(piece: np.ndarray, kidney: np.ndarray, spacing_xyz_mm: tuple[floa
         >>> claw_share(piece, kidney, (1, 1, 1))  # 2 of the 4 voxels around it
         0.5
     """
-    spacing_zyx = np.asarray(spacing_xyz_mm, dtype=float)[::-1]
-    reach = np.ceil(reach_mm / spacing_zyx).astype(int) + 1
-    box = tuple(slice(max(b.start - r, 0), b.stop + r) for b, r in zip(ndimage.find_objects(piece.astype(np.uint8))[0], reach))
+    box = _reach_box(piece, reach_mm, spacing_xyz_mm)
     inside = piece[box]
-    around = (ndimage.distance_transform_edt(~inside, sampling=spacing_zyx) <= reach_mm) & ~inside
+    around = _near_mask(inside, (slice(None),) * inside.ndim, reach_mm, spacing_xyz_mm) & ~inside
     return float(kidney[box][around].mean()) if around.any() else 0.0
 
 
@@ -455,16 +473,17 @@ def _tree_reaching(pieces: np.ndarray, count: int, root: np.ndarray, max_gap_mm:
     """Bool per piece number (0 … count): the piece belongs to a chain of pieces, each within
     ``max_gap_mm`` of the last, that starts within ``max_gap_mm`` of ``root``."""
     reached = np.zeros(count + 1, dtype=bool)
-    reference = np.asarray(root, dtype=bool).copy()
-    while count and reference.any():
+    # only the pieces reached last need a look: those reached before were looked around then
+    frontier = np.asarray(root, dtype=bool)
+    while count and frontier.any():
         near = np.zeros(count + 1, dtype=bool)
-        near[np.unique(pieces[_pieces_near(pieces, count, reference, max_gap_mm, spacing_xyz_mm)])] = True
+        near[np.unique(pieces[_pieces_near(pieces, count, frontier, max_gap_mm, spacing_xyz_mm)])] = True
         near[0] = False
         new = near & ~reached
         if not new.any():
             break
         reached |= new
-        reference |= new[pieces]
+        frontier = new[pieces]
     return reached
 
 
@@ -515,34 +534,32 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
     for value in checked:
         pieces, count = ndimage.label(labels == value, structure=_FULL_3D)
         trees[value] = (pieces, count, _tree_reaching(pieces, count, roots[value], max_gap_mm, spacing_xyz_mm))
+    # each root with the pieces on its tree, for the pieces of the other vessel
+    whole_trees = {value: np.asarray(roots[value], dtype=bool) | trees[value][2][trees[value][0]] for value in checked}
     changes: dict[int, dict] = {}
     for value in checked:
         pieces, count, rooted = trees[value]
         stats = {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0}
-        for number in np.nonzero(~rooted)[0]:
-            if number == 0:
+        for number, box in enumerate(ndimage.find_objects(pieces), start=1):
+            if box is None or rooted[number]:
                 continue
-            piece = pieces == number
-            other = None
-            for candidate in checked:
-                if candidate == value:
-                    continue
-                c_pieces, _, c_rooted = trees[candidate]
-                tree = np.asarray(roots[candidate], dtype=bool) | c_rooted[c_pieces]
-                if _tree_reaching(piece.astype(np.int32), 1, tree, max_gap_mm, spacing_xyz_mm)[1]:
-                    other = candidate
-                    break
+            # the piece, in its box grown by the gap: all that can lie within the gap of it
+            grown = _grow_box(box, pieces.shape, max_gap_mm, spacing_xyz_mm)
+            piece = pieces[grown] == number
+            near = _near_mask(piece, (slice(None),) * 3, max_gap_mm, spacing_xyz_mm)
+            other = next((c for c in checked if c != value and whole_trees[c][grown][near].any()), None)
+            view = out[grown]
             if other is None:
-                out[piece] = 0
+                view[piece] = 0
                 stats["dropped_pieces"] += 1
                 stats["dropped_ml"] += float(piece.sum()) * voxel_ml
                 continue
             if probabilities is None:
-                out[piece] = other
+                view[piece] = other
             else:
                 choices = [v for v in probabilities if v != value]
-                stacked = np.stack([np.asarray(probabilities[v])[piece] for v in choices])
-                out[piece] = np.asarray(choices, dtype=out.dtype)[np.argmax(stacked, axis=0)]
+                stacked = np.stack([np.asarray(probabilities[v])[grown][piece] for v in choices])
+                view[piece] = np.asarray(choices, dtype=out.dtype)[np.argmax(stacked, axis=0)]
             stats["reassigned_pieces"] += 1
             stats["reassigned_ml"] += float(piece.sum()) * voxel_ml
         changes[value] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}

@@ -57,3 +57,17 @@ def test_report_says_what_cleanup_removed():
     assert cleanup["small_pieces"] == 2 and cleanup["small_ml"] == 0.0013 and cleanup["far_pieces"] == 0
     assert result.report["arteries"]["left"]["specks"] == 0
     assert int((sitk.GetArrayFromImage(result.labels) == 3).sum()) == int(mask.sum()) - 2
+
+
+def test_pieces_exactly_at_the_gap_stay_on_an_anisotropic_grid():
+    """The gap is measured in mm on the grid's own spacing, up to and including it: the
+    clean-up looks only inside the reference's box grown by the gap, so a piece at its
+    edge must still be seen."""
+    from renalseg.postprocess import keep_main_tree
+
+    for gap_voxels, kept in ((4, True), (5, False)):  # 12 mm and 15 mm between voxel centres
+        labels = np.zeros((20, 3, 3), np.uint8)
+        labels[0:6, 1, 1] = 3
+        labels[5 + gap_voxels, 1, 1] = 3
+        out = keep_main_tree(labels, max_gap_mm=12.0, spacing_xyz_mm=(0.7, 0.7, 3.0))
+        assert bool(out[5 + gap_voxels, 1, 1]) is kept
