@@ -535,12 +535,11 @@ def segment_study(
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
         changes: dict[int, dict] = {}
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
+        by_value = {0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}}
         if topology:
             roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
             if roots:
-                by_value = {0: box_probabilities[0], **{channel_values[c]: box_probabilities[c]
-                                                        for c in channel_values}}
                 box_labels, changes = reassign_by_topology(
                     box_labels, roots={vessels[0]: roots["aorta"], vessels[1]: roots["ivc"]},
                     probabilities=by_value, max_gap_mm=config.max_gap_mm,
@@ -551,7 +550,7 @@ def segment_study(
             box_labels, fluid = drop_fluid_tumour(
                 box_labels, tumour_value=BY_KEY["tumour"].value, hu=box_hu,
                 spacing_xyz_mm=study_geometry.spacing_xyz_mm, max_hu=config.fluid_max_hu,  # type: ignore[arg-type]
-                probabilities={0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}})
+                probabilities=by_value)
         # the tumour is judged by its contact with the kidney, labelled or not in the output
         kidney = box_labels == BY_KEY["kidney"].value if tumour_by_contact else None
         box_labels = np.where(keep_value[box_labels], box_labels, 0).astype(np.uint8)

@@ -578,12 +578,12 @@ def _geodesic_voronoi(domain: np.ndarray, seeds_zyx: np.ndarray, seed_labels: np
 _PIECES_LISTED = 10  # tumour pieces listed one by one in plan.json, largest first
 
 
-def _planned_tumour(tumour: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
-    """The tumour pieces (26-connected) of at least ``min_ml``."""
+def _planned_tumour(tumour: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, int]:
+    """The tumour pieces (26-connected) of at least ``min_ml``, and how many pieces are smaller."""
     pieces, count = _components(tumour)
     large = np.bincount(pieces.ravel(), minlength=count + 1) * voxel_ml >= min_ml
     large[0] = False
-    return large[pieces]
+    return large[pieces], count - int(large.sum())
 
 
 def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g: Geometry, offset: np.ndarray,
@@ -725,7 +725,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     leaves = [i for i in alive if not branches[i].children]
     leaf_of_voxel = None
     region = np.zeros(kidney.shape, bool)
-    planned = tumour
+    planned, small_pieces = tumour, 0
     if has_kidney:
         domain = organ | (artery & near_organ)
         seeds, seed_leaf = [], []
@@ -743,7 +743,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         else:
             entry["notes"].append(f"no artery branch reaches the {part.side} kidney in {name}: no territories.")
         if tumour.any():
-            planned = _planned_tumour(tumour, voxel_ml, config.min_tumour_piece_ml)
+            planned, small_pieces = _planned_tumour(tumour, voxel_ml, config.min_tumour_piece_ml)
             region = tumour_region(planned, kidney, spacing_xyz, config.margin_mm)
 
     # per-leaf volumes, then per branch (sums over its terminal branches)
@@ -940,10 +940,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     if len(outside_points):
         entry["notes"].append(f"{facts['outside_kidney_ml']} ml of tumour label on the {part.side} side does not "
                               "touch the kidney; its nearest branches are listed.")
-    if tumour.any():
-        facts["small_pieces"] = _components(tumour)[1] - _components(planned)[1]
+    if small_pieces:
+        facts["small_pieces"] = small_pieces
         facts["small_pieces_ml"] = round(float((tumour & ~planned).sum()) * voxel_ml, 3)
-    if facts["small_pieces"]:
         entry["notes"].append(
             f"{facts['small_pieces']} tumour piece(s) under {config.min_tumour_piece_ml:g} ml "
             f"({facts['small_pieces_ml']:g} ml in all) are left out of the feeding branches and the clamping: "

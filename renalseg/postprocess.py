@@ -199,11 +199,19 @@ def _reach_box(mask: np.ndarray, distance_mm: float, spacing_xyz_mm: tuple[float
                      spacing_xyz_mm)
 
 
-def _near_mask(reference: np.ndarray, box: tuple, max_distance_mm: float,
-               spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
-    """Inside ``box`` (which holds all of ``reference``): the voxels within ``max_distance_mm`` of it."""
+def _near_mask(reference: np.ndarray, max_distance_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+    """The voxels of the array within ``max_distance_mm`` of ``reference`` (a crop that holds all of it)."""
     sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
-    return ndimage.distance_transform_edt(~reference[box], sampling=sampling) <= max_distance_mm
+    return ndimage.distance_transform_edt(~reference, sampling=sampling) <= max_distance_mm
+
+
+def _most_probable_other(probabilities: Mapping[int, np.ndarray], value: int, where: tuple,
+                         piece: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """For each voxel of ``piece`` (a mask inside the crop ``where``): the label value other than
+    ``value`` with the highest probability (``probabilities``: value → full-grid array)."""
+    choices = [v for v in probabilities if v != value]
+    stacked = np.stack([np.asarray(probabilities[v])[where][piece] for v in choices])
+    return np.asarray(choices, dtype=dtype)[np.argmax(stacked, axis=0)]
 
 
 def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_distance_mm: float,
@@ -212,7 +220,7 @@ def _pieces_near(pieces: np.ndarray, count: int, reference: np.ndarray, max_dist
     # the distance transform only over the reference's box grown by the distance (exact:
     # nothing outside it is that close), often a small part of the ROI
     box = _reach_box(reference, max_distance_mm, spacing_xyz_mm)
-    near = _near_mask(reference, box, max_distance_mm, spacing_xyz_mm)
+    near = _near_mask(reference[box], max_distance_mm, spacing_xyz_mm)
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.unique(pieces[box][near])] = True
     keep[0] = False
@@ -325,7 +333,7 @@ def claw_share(piece: np.ndarray, kidney: np.ndarray, spacing_xyz_mm: tuple[floa
     """
     box = _reach_box(piece, reach_mm, spacing_xyz_mm)
     inside = piece[box]
-    around = _near_mask(inside, (slice(None),) * inside.ndim, reach_mm, spacing_xyz_mm) & ~inside
+    around = _near_mask(inside, reach_mm, spacing_xyz_mm) & ~inside
     return float(kidney[box][around].mean()) if around.any() else 0.0
 
 
@@ -448,7 +456,6 @@ def drop_fluid_tumour(labels: np.ndarray, *, tumour_value: int, hu: np.ndarray,
     if np.shape(hu) != out.shape:
         raise UsageError(f"drop_fluid_tumour: labels {out.shape} and the image {np.shape(hu)} are not on one grid.")
     pieces, count = ndimage.label(out == tumour_value, structure=_FULL_3D)
-    others = [v for v in (probabilities or {}) if v != tumour_value]
     dropped, voxels = 0, 0
     for k, box in enumerate(ndimage.find_objects(pieces), start=1):
         piece = pieces[box] == k
@@ -456,12 +463,8 @@ def drop_fluid_tumour(labels: np.ndarray, *, tumour_value: int, hu: np.ndarray,
         values = np.asarray(hu[box], dtype=np.float32)[interior if interior.sum() >= 27 else piece]
         if np.median(values) > max_hu or np.mean(values > _ENHANCING_HU) > _FLUID_MAX_ENHANCING_SHARE:
             continue
-        view = out[box]
-        if others:
-            stacked = np.stack([np.asarray(probabilities[v])[box][piece] for v in others])  # type: ignore[index]
-            view[piece] = np.asarray(others, dtype=out.dtype)[np.argmax(stacked, axis=0)]
-        else:
-            view[piece] = 0
+        others = probabilities is not None and any(v != tumour_value for v in probabilities)
+        out[box][piece] = _most_probable_other(probabilities, tumour_value, box, piece, out.dtype) if others else 0
         dropped += 1
         voxels += int(piece.sum())
     ml = round(voxels * float(np.prod(spacing_xyz_mm)) / 1000.0, 4)
@@ -546,7 +549,7 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
             # the piece, in its box grown by the gap: all that can lie within the gap of it
             grown = _grow_box(box, pieces.shape, max_gap_mm, spacing_xyz_mm)
             piece = pieces[grown] == number
-            near = _near_mask(piece, (slice(None),) * 3, max_gap_mm, spacing_xyz_mm)
+            near = _near_mask(piece, max_gap_mm, spacing_xyz_mm)
             other = next((c for c in checked if c != value and whole_trees[c][grown][near].any()), None)
             view = out[grown]
             if other is None:
@@ -554,12 +557,8 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
                 stats["dropped_pieces"] += 1
                 stats["dropped_ml"] += float(piece.sum()) * voxel_ml
                 continue
-            if probabilities is None:
-                view[piece] = other
-            else:
-                choices = [v for v in probabilities if v != value]
-                stacked = np.stack([np.asarray(probabilities[v])[grown][piece] for v in choices])
-                view[piece] = np.asarray(choices, dtype=out.dtype)[np.argmax(stacked, axis=0)]
+            view[piece] = other if probabilities is None else _most_probable_other(probabilities, value, grown, piece,
+                                                                                   out.dtype)
             stats["reassigned_pieces"] += 1
             stats["reassigned_ml"] += float(piece.sum()) * voxel_ml
         changes[value] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
