@@ -445,8 +445,9 @@ def segment_study(
     input_description = {**study.describe(), "series_description": study.series_description,
                          "slice_count": study.slice_count}
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
-    # the study's own HU inside each box, for the fluid test of tumour pieces
+    # the study's own HU inside each box, for the fluid test of tumour pieces and the kidney label's median
     fluid_test = config.fluid_max_hu is not None and BY_KEY["tumour"].value in written.values()
+    keep_box_hu = fluid_test or BY_KEY["kidney"].value in written.values()
     box_hus: list[np.ndarray | None] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
@@ -461,7 +462,7 @@ def segment_study(
         timings["resample"] += time.perf_counter() - started
         resampled_rois.append((roi, lo, hi, roi_hu))
         box_hus.append(np.array(sitk.GetArrayViewFromImage(image)[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))])
-                       if fluid_test else None)
+                       if keep_box_hu else None)
     from renalseg import quality
 
     started = time.perf_counter()
@@ -516,6 +517,7 @@ def segment_study(
     cleanups: dict[str, dict[str, Any]] = {}
     views: list[RoiView] = []
     uncertainty: dict[str, dict[str, Any]] = {}
+    kidney_facts: dict[str, dict[str, Any]] = {}  # the written kidney label of each ROI
     for (roi, lo, hi, roi_hu, probabilities), box_hu in zip(predicted, box_hus):
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
@@ -546,7 +548,7 @@ def segment_study(
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm)
                 rooted = tuple(vessels)
         fluid: dict = {}
-        if box_hu is not None:
+        if fluid_test and box_hu is not None:
             box_labels, fluid = drop_fluid_tumour(
                 box_labels, tumour_value=BY_KEY["tumour"].value, hu=box_hu,
                 spacing_xyz_mm=study_geometry.spacing_xyz_mm, max_hu=config.fluid_max_hu,  # type: ignore[arg-type]
@@ -590,6 +592,9 @@ def segment_study(
         uncertainty[roi.side] = quality.artery_uncertainty(
             artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
             tta_dice=tta_dice.get(roi.side))
+        kidney_written = box_labels == BY_KEY["kidney"].value
+        if kidney_written.any():
+            kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu)
         timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)
@@ -623,7 +628,7 @@ def segment_study(
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
-        "quality": quality.judge(scan_quality, uncertainty, limits),
+        "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

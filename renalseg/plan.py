@@ -42,7 +42,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
 
 ``plan.json`` (schema ``renalseg.plan/1``)::
 
-    {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map"},
+    {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map",
+                                            "segment_verdict"},   # report.json's quality.verdict or null
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
                   "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
      "kidneys": [{                                   # one per side found
@@ -1084,6 +1085,21 @@ def _note_fluid_tumour(kidneys: list[dict], report: dict, path: str) -> None:
                 "a hypodense or cystic mass, segment again with --keep-fluid-tumour.")
 
 
+def _note_segment_verdict(kidneys: list[dict], report: dict, path: str) -> str | None:
+    """A note on each kidney when ``renalseg segment`` judged the study ``check`` or
+    ``unreliable`` (``quality`` in ``report.json``), with the warning about that kidney
+    where there is one; returns the verdict."""
+    found = report.get("quality") or {}
+    verdict, warnings = found.get("verdict"), [str(w) for w in found.get("warnings") or []]
+    if verdict in ("check", "unreliable") and warnings:
+        for kidney in kidneys:
+            own = [w for w in warnings if w.startswith(f"{kidney['side']} kidney")]
+            kidney["notes"].append(
+                f"renalseg segment judged this study {verdict}: {(own or warnings)[0]} ({path}, quality.warnings); "
+                "check the labels against the images before using this plan.")
+    return verdict
+
+
 def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
                label_map: Mapping[int, str] | None = None, config: PlanConfig | None = None,
                out_dir: Path | str | None = None, overwrite: bool = False, meshes: bool = False,
@@ -1121,12 +1137,16 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     if target is not None and (target / "plan.json").exists() and not overwrite:
         raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
     result = plan_labels(volume, mapping, rois=rois, config=config, name=sources["labels"], on_progress=on_progress)
+    verdict = None
     if sources["report"] is not None:
-        _note_fluid_tumour(result.plan["kidneys"], json.loads(Path(sources["report"]).read_text()), sources["report"])
+        report = json.loads(Path(sources["report"]).read_text())
+        _note_fluid_tumour(result.plan["kidneys"], report, sources["report"])
+        verdict = _note_segment_verdict(result.plan["kidneys"], report, sources["report"])
     study_id = Path(study_dir).name if study_dir is not None else Path(sources["labels"]).name.split(".")[0]
     rest = dict(result.plan)
     result.plan.clear()
-    result.plan.update({"schema": rest.pop("schema"), "study": {"id": study_id, **sources}, **rest})
+    result.plan.update({"schema": rest.pop("schema"),
+                        "study": {"id": study_id, **sources, "segment_verdict": verdict}, **rest})
     if target is not None:
         write_plan(result, target, overwrite=overwrite, meshes=meshes)
     return result

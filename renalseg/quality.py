@@ -46,6 +46,10 @@ the limits of the model card, image noise (local HU standard deviation in fat an
 muscle, on the study's own voxels), truncation (the kidney ROI at the edge of the field
 of view) and metal (voxels above 2500 HU near the kidneys, which streak).
 
+**The kidney label** (:func:`kidney_label_facts`) per side: its head-to-foot height and
+median HU; a label taller than any kidney or brighter than parenchyma lies on other
+structures (bone, the aorta), and the kidney and tumour labels are then ``unreliable``.
+
 **Uncertainty** (:func:`artery_uncertainty`) per kidney: the share of the candidate
 artery voxels (probability ≥ 0.25) whose probability lies in [0.25, 0.75], the
 agreement of the mirrored passes when TTA runs (:class:`MirrorAgreement`), the number
@@ -84,6 +88,9 @@ __all__ = [
     "classify_phase",
     "measure_scan",
     "artery_uncertainty",
+    "kidney_label_facts",
+    "KIDNEY_MAX_HEIGHT_MM",
+    "KIDNEY_MAX_MEDIAN_HU",
     "MirrorAgreement",
     "mirror_sets",
     "judge",
@@ -111,6 +118,13 @@ _TUBE_HALF_Z_MM = 20.0          # ... and ±20 mm head to foot (a vertebra and i
 _TOP_ML = 1.5                   # a vessel's HU: median over (at most) its brightest 1.5 ml of lumen
 _MEDIAL_REACH_MM = 110.0        # one kidney: the great vessels lie up to this far medial of its centre
 _METAL_HU = 2500.0
+#: an adult kidney is 10-13 cm long head to foot, about 15 cm at most: a kidney label
+#: taller than this lies on other structures as well (held-out phantoms: 89-131 mm as written)
+KIDNEY_MAX_HEIGHT_MM = 170.0
+#: renal parenchyma enhances to about 300 HU at most (the cortex in the arterial phase): a
+#: kidney label whose median is brighter lies on bone or contrast-filled vessels
+#: (held-out phantoms: medians 140-273 HU as written)
+KIDNEY_MAX_MEDIAN_HU = 350.0
 
 
 # -- limits (from the model card) -----------------------------------------------------------
@@ -670,6 +684,52 @@ def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_
     }
 
 
+def kidney_label_facts(kidney: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None) -> dict[str, Any]:
+    """Whether one side's kidney label can be a kidney: its size, height and median HU.
+
+    Where the input is not what the weights know (another body region, an organ the
+    phantoms do not draw), the network may call bone, the aorta or the heart "kidney"; the
+    kidney and tumour labels, and a plan built on them, are then wrong while the verdict
+    on the arteries alone may be ``ok``. Two facts a reader can check on any CT:
+    the label's head-to-foot height (a kidney is at most about 15 cm) and its median HU
+    (renal parenchyma stays below about 300 HU in every contrast phase).
+
+    Args:
+        kidney: bool ``(Z, Y, X)`` kidney label of one side on ``geometry``.
+        geometry: its grid (any direction: the height is measured along the patient's
+            head-foot axis).
+        hu: the CT on the same grid, or ``None`` (no median).
+
+    Returns:
+        ``volume_ml``, ``height_mm`` (0 for an empty label) and ``median_hu`` (``None``
+        without ``hu`` or label).
+
+    Example:
+        >>> from renalseg.geometry import Geometry
+        >>> g = Geometry((200, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> kidney = np.zeros(g.shape_zyx, bool); kidney[10:130, 1:3, 1:3] = True
+        >>> kidney_label_facts(kidney, g, np.full(g.shape_zyx, 180.0))
+        {'volume_ml': 0.48, 'height_mm': 120.0, 'median_hu': 180.0}
+    """
+    if not kidney.any():
+        return {"volume_ml": 0.0, "height_mm": 0.0, "median_hu": None}
+    planes = np.nonzero(kidney.any(axis=(1, 2)))[0]
+    rows = np.nonzero(kidney.any(axis=(0, 2)))[0]
+    columns = np.nonzero(kidney.any(axis=(0, 1)))[0]
+    # the label's box corners in LPS; the height is their head-foot (S) extent plus one voxel's
+    corners = np.array([[x, y, z] for x in (columns[0], columns[-1]) for y in (rows[0], rows[-1])
+                        for z in (planes[0], planes[-1])], dtype=float)
+    if np.allclose(np.abs(geometry.affine_lps[2, :3]), [0.0, 0.0, geometry.spacing_xyz_mm[2]]):
+        heights = geometry.index_to_world(corners)[:, 2]  # axial: the box is exact
+    else:  # oblique: every labelled voxel
+        heights = geometry.index_to_world(np.argwhere(kidney)[:, ::-1].astype(float))[:, 2]
+    voxel_height = float(np.abs(geometry.affine_lps[2, :3]).sum())
+    height = float(heights.max() - heights.min()) + voxel_height
+    return {"volume_ml": round(float(kidney.sum()) * geometry.voxel_volume_mm3 / 1000.0, 2),
+            "height_mm": round(height, 1),
+            "median_hu": round(float(np.median(hu[kidney])), 1) if hu is not None else None}
+
+
 # -- one study ---------------------------------------------------------------------------------
 
 
@@ -705,12 +765,15 @@ def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = 
 
 
 def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]],
-          limits: QualityLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+          limits: QualityLimits = DEFAULT_LIMITS, *,
+          kidneys: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
     what the weights were validated on, or the network unsure); the verdict is the
-    worst finding, ``ok`` when there is none.
+    worst finding, ``ok`` when there is none. ``kidneys`` (side → :func:`kidney_label_facts`)
+    makes a kidney label taller than :data:`KIDNEY_MAX_HEIGHT_MM` or with a median above
+    :data:`KIDNEY_MAX_MEDIAN_HU` ``unreliable``; they are reported as ``kidney_labels``.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -793,6 +856,19 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: {branches} branch points, outside the "
                                       f"{limits.branch_points[0]}–{limits.branch_points[1]} of the validation "
                                       "phantoms"))
+    for side, facts in (kidneys or {}).items():
+        height, median = facts.get("height_mm") or 0.0, facts.get("median_hu")
+        lies_on = None
+        if height > KIDNEY_MAX_HEIGHT_MM:
+            lies_on = (f"spans {height:.0f} mm head to foot, taller than any adult kidney (10-13 cm, about "
+                       "15 cm at most): it lies on other structures too")
+        elif median is not None and median > KIDNEY_MAX_MEDIAN_HU:
+            lies_on = (f"has a median of {median:.0f} HU, brighter than renal parenchyma in any contrast phase "
+                       "(about 300 HU at most): it lies on bone or contrast-filled vessels")
+        if lies_on:
+            findings.append(("unreliable", f"{side} kidney label {lies_on}; do not use the kidney and tumour "
+                                           "labels, or a plan built on them, without looking (is this an "
+                                           "abdominal CT with the kidneys in view?)"))
     verdict = "ok"
     for level, _ in findings:
         if VERDICTS.index(level) > VERDICTS.index(verdict):
@@ -807,6 +883,7 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         "noise_hu": noise,
         "scan": dict(scan),
         "uncertainty": {side: dict(u) for side, u in uncertainty.items()},
+        "kidney_labels": {side: dict(facts) for side, facts in (kidneys or {}).items()},
         "warnings": [text for _, text in findings],
         "limits": limits.to_dict(),
     })

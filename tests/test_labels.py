@@ -215,6 +215,30 @@ def test_segment_drops_a_fluid_tumour_and_reports_it():
     assert (labels[4:16, 36:40, 6:18] == 4).all() and "fluid_tumour_pieces" not in cleanup
 
 
+def test_the_report_measures_the_kidney_label_and_flags_one_taller_than_a_kidney():
+    labels, truth, result = _segment()
+    q = result.report["quality"]
+    facts = q["kidney_labels"]["right"]
+    assert facts["height_mm"] == pytest.approx(16.0)  # slices 2-17 at 1 mm
+    assert facts["volume_ml"] == pytest.approx((labels == 2).sum() * 0.7 * 0.7 / 1000, abs=0.01)
+    assert facts["median_hu"] == pytest.approx(200.0)  # the kidney band's centre
+    assert not any("kidney label" in w for w in q["warnings"])
+
+    # the same kidney 190 mm tall, as when bone or the aorta of another body region is called kidney
+    volume, truth = _four_class_ct()
+    g = volume.geometry
+    tall = Geometry((190, *g.shape_zyx[1:]), g.spacing_xyz_mm, g.origin_xyz_mm, g.direction)
+    hu = np.full(tall.shape_zyx, -100, np.int16)
+    hu[:, 5:35, 4:22] = 200
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    result = segment_study(Volume(hu, tall).to_sitk(), SegmentConfig(input_is_roi=True, side="right"),
+                           segmenter=Segmenter.from_predictor(_banded, spec))
+    q = result.report["quality"]
+    assert q["kidney_labels"]["right"]["height_mm"] == pytest.approx(190.0)
+    assert q["verdict"] == "unreliable"
+    assert any(w.startswith("right kidney label spans 190 mm head to foot") for w in q["warnings"]), q["warnings"]
+
+
 def test_without_a_kidney_label_the_tumour_keeps_the_largest_piece_rule():
     from renalseg.postprocess import clean_labels_logged
 

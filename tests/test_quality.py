@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import pytest
 from conftest import UPPER_POLE_CTA, require
 from test_cli_segment import analytic_model  # noqa: F401  (fixture)
@@ -23,6 +24,7 @@ from renalseg.quality import (
     artery_uncertainty,
     classify_phase,
     judge,
+    kidney_label_facts,
     limits_from_card,
     measure_phase_hu,
     measure_scan,
@@ -333,3 +335,33 @@ def test_a_kidney_crop_without_aorta_leans_on_the_segmented_arteries():
     assert judge(venous_looking, {"right": {"artery_hu": 230.0}})["verdict"] == "unreliable"
     whole = ScanQuality("portal_venous", "", {"aorta": 190.0, "renal_cortex": 190.0}, _scan())
     assert judge(whole, {"right": {"artery_hu": 420.0}})["verdict"] == "unreliable"
+
+
+def test_a_kidney_label_on_the_bright_structures_of_a_real_cta_is_unreliable():
+    """The real arterial CTA crop: what lies above 400 HU (the aorta, bone) taken for kidney."""
+    from renalseg.io.study import read_study
+
+    study = read_study(require(UPPER_POLE_CTA))
+    hu = sitk.GetArrayFromImage(study.image)
+    g = Geometry.from_sitk(study.image)
+    bright = hu > 400
+    bright[: hu.shape[0] // 2] = False  # the upper 123 mm: short enough for a kidney, so the HU must tell
+    facts = kidney_label_facts(bright, g, hu)
+    assert facts["height_mm"] <= quality.KIDNEY_MAX_HEIGHT_MM and facts["median_hu"] > 500
+    result = judge(ScanQuality("late_arterial", "", {"aorta": 485.0, "renal_cortex": 200.0}, _scan()), {},
+                   kidneys={"left": facts})
+    assert result["verdict"] == "unreliable"
+    assert result["warnings"][0].startswith(f"left kidney label has a median of {facts['median_hu']:.0f} HU")
+    assert result["kidney_labels"]["left"] == facts
+
+
+def test_the_kidney_label_height_is_head_to_foot_on_a_tilted_grid():
+    # the grid's z axis tilted 60 degrees from the patient's head-foot axis: 100 slices of 1 mm
+    # along it are 50 mm head to foot
+    c, s = np.cos(np.radians(60)), np.sin(np.radians(60))
+    tilted = Geometry((100, 3, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, c, s, 0, -s, c))
+    kidney = np.zeros(tilted.shape_zyx, bool)
+    kidney[:, 1, 1] = True
+    facts = kidney_label_facts(kidney, tilted, np.full(tilted.shape_zyx, 180.0))
+    assert facts["height_mm"] == pytest.approx(99 * c + (s + c), abs=0.05)  # 99 steps of cos 60, one voxel's S reach
+    assert judge(ScanQuality("late_arterial", "", {}, _scan()), {}, kidneys={"right": facts})["verdict"] == "ok"
