@@ -19,7 +19,14 @@ the package never imports it.
 Usage::
 
     .venv/bin/python benchmarks/bench_segment.py --cache /tmp/renalseg-bench [--weights W]
-        [--skip-e2e] [--skip-monai] [--roi-slices 150] [--repeats 2] [--json out.json]
+        [--skip-e2e] [--skip-monai] [--roi-slices 150] [--repeats 2] [--segment-overlap O]
+        [--json out.json]
+
+An AVX-512 machine measures the AVX2-only path when torch's kernels are held to AVX2::
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/bench_segment.py ...
+
+(``cpu_capability`` in the results says which path ran).
 
 Without ``--weights`` (and before the shipped weights exist) a randomly initialised
 DPA-DenseBiasNet with the authors' widths is used: the same computation, so the same
@@ -100,6 +107,8 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-segment-"))
     command = [sys.executable, "-m", "renalseg", "segment", str(image), "--out", str(out), "--weights",
                str(weights), "--device", args.device, "--json"]
+    if args.segment_overlap is not None:
+        command += ["--overlap", str(args.segment_overlap)]
     child = _run_child(command)
     result = {"command": " ".join(command), "exit_code": child["exit_code"], "wall_s": child["wall_s"],
               "peak_rss_gb": child["peak_rss_gb"]}
@@ -261,7 +270,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "renalseg-bench")
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap of the MONAI comparison")
+    parser.add_argument("--segment-overlap", type=float, default=None,
+                        help="end to end: `segment --overlap` (default: segment's own default)")
     parser.add_argument("--roi-slices", type=int, default=160,
                         help="ROI slices for the MONAI comparison (64 + 32k: both place windows alike)")
     parser.add_argument("--truth-roi-slices", type=int, default=130,
@@ -274,7 +285,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    results: dict = {"cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
+    import torch
+
+    # the instruction set torch's kernels use: ATEN_CPU_CAPABILITY=avx2 (with
+    # ONEDNN_MAX_CPU_ISA=AVX2) runs an AVX-512 machine as an AVX2-only one; the child inherits it
+    results: dict = {"cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                     "load_average_start": os.getloadavg()}
     if not args.skip_monai:
         print("stitching: Segmenter.predict vs MONAI sliding_window_inference", flush=True)
         results["stitching"] = stitching_vs_monai(args, args.cache)
