@@ -518,6 +518,7 @@ def segment_study(
     views: list[RoiView] = []
     uncertainty: dict[str, dict[str, Any]] = {}
     kidney_facts: dict[str, dict[str, Any]] = {}  # the written kidney label of each ROI
+    located = [roi.mask for roi in rois if roi.mask is not None]  # the kidneys localisation found
     for (roi, lo, hi, roi_hu, probabilities), box_hu in zip(predicted, box_hus):
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
@@ -594,7 +595,7 @@ def segment_study(
             tta_dice=tta_dice.get(roi.side))
         kidney_written = box_labels == BY_KEY["kidney"].value
         if kidney_written.any():
-            kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu)
+            kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu, located=located)
         timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)

@@ -91,6 +91,24 @@ def test_roi_grid_is_the_model_grid_and_the_voxel_box_covers_it(moved_atlas):
         assert payload["side"] == roi.side and payload["box_voxels_zyx"]["shape"] == list(roi.shape_zyx)
 
 
+def test_the_kidneys_localisation_found_hold_the_real_kidney_labels_and_not_a_shifted_copy(moved_atlas):
+    """The quality check that sets the network's kidney against localisation's, on real CT."""
+    from renalseg.quality import KIDNEY_MIN_LOCATED_SHARE, ScanQuality, judge, kidney_label_facts
+
+    ct, labels, rois = moved_atlas
+    geometry, kidneys = Geometry.from_sitk(labels), sitk.GetArrayFromImage(labels) > 0
+    located = [roi.mask for roi in rois]
+    facts = kidney_label_facts(kidneys, geometry, sitk.GetArrayFromImage(ct), located=located)
+    assert facts["located_share"] >= 0.85, facts  # the atlas's own kidneys (un-enhanced: ~30 HU)
+    shifted = np.roll(kidneys, 15, axis=1)  # 45 mm towards the back: muscle and bone
+    moved = kidney_label_facts(shifted, geometry, None, located=located)
+    assert moved["located_share"] < KIDNEY_MIN_LOCATED_SHARE, moved
+    scan = {"inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0}
+    verdicts = [judge(ScanQuality("late_arterial", "", {}, scan), {}, kidneys={"right": f}) for f in (facts, moved)]
+    assert verdicts[0]["verdict"] == "ok" and verdicts[1]["verdict"] == "unreliable"
+    assert verdicts[1]["warnings"][0].startswith("right kidney label: ")
+
+
 def test_crop_to_roi_resamples_the_study_onto_the_roi_grid_in_hu(moved_atlas):
     ct, labels, rois = moved_atlas
     right = rois[0]
