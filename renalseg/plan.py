@@ -939,7 +939,8 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
              "pieces": [], "small_pieces": 0, "small_pieces_ml": 0.0}
     entry["tumour"] = facts
     if len(outside_points):
-        entry["notes"].append(f"{facts['outside_kidney_ml']} ml of tumour label on the {part.side} side does not "
+        amount = f"{facts['outside_kidney_ml']:g} ml" if facts["outside_kidney_ml"] >= 0.01 else "under 0.01 ml"
+        entry["notes"].append(f"{amount} of tumour label on the {part.side} side does not "
                               "touch the kidney; its nearest branches are listed.")
     if small_pieces:
         facts["small_pieces"] = small_pieces

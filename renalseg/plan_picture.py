@@ -97,7 +97,7 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
     if not columns:
         image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")
         ImageDraw.Draw(image).text((8, 20), "no territories to show (no kidney label)", fill="white", font=font)
-        return image
+        return _with_verdict(image, result.plan)
     legend_h = 22 + 16 * max(len(c[3]) for c in columns) + 22
     height = 24 + max(c[1].height + c[2].height for c in columns) + 8 + legend_h
     width = (_PANEL_PX + 180) * len(columns)
@@ -115,4 +115,17 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
             draw.rectangle([x0 + 6, y + 2, x0 + 18, y + 12], fill=tuple(int(c) for c in colour))
             draw.text((x0 + 24, y), text, fill="white", font=small)
             y += 16
-    return canvas
+    return _with_verdict(canvas, result.plan)
+
+
+def _with_verdict(picture: Image.Image, plan: dict) -> Image.Image:
+    """``picture`` under a strip with ``renalseg segment``'s verdict on the labels, when known."""
+    from renalseg.preview import add_banner
+
+    verdict = (plan.get("study") or {}).get("segment_verdict")
+    if verdict is None:
+        return picture
+    text = f"labels from renalseg segment, quality: {verdict}"
+    if verdict != "ok":
+        text += "; check them against the images before using this plan (notes in plan.json)"
+    return add_banner(picture, text, verdict)

@@ -318,16 +318,21 @@ def test_the_plan_carries_segments_verdict_on_the_labels_it_is_built_on(tmp_path
     write_image(_volume(_t_tree(tumour=True)), study / "labels.nii.gz")
     (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
                                                    "4": "tumour"}))
+    from PIL import Image
+
     tall = "left kidney label spans 246 mm head to foot, taller than any adult kidney"
-    found = {}
+    found, pictures = {}, {}
     for verdict, warnings in (("unreliable", ["slice spacing 1.5 mm is coarser", tall]), ("ok", [])):
         (study / "report.json").write_text(json.dumps({"rois": [], "quality": {"verdict": verdict,
                                                                                "warnings": warnings}}))
         result = plan_study(study, overwrite=True)
         (kidney,) = result.plan["kidneys"]
         found[verdict] = (result.plan["study"]["segment_verdict"], [n for n in kidney["notes"] if "judged" in n])
+        pictures[verdict] = np.asarray(Image.open(study / "plan.png").convert("RGB"))
     verdict, notes = found["unreliable"]
     assert verdict == "unreliable" and len(notes) == 1
+    assert pictures["unreliable"][2, -2].tolist() == [160, 30, 30]  # plan.png's banner: red
+    assert pictures["ok"][2, -2].tolist() == [30, 110, 50]
     assert notes[0].startswith(f"renalseg segment judged this study unreliable: {tall}")  # this kidney's warning
     assert json.loads((study / "plan.json").read_text())["study"]["segment_verdict"] == "ok"
     assert found["ok"] == ("ok", [])
