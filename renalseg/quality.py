@@ -92,6 +92,7 @@ __all__ = [
     "KIDNEY_MAX_HEIGHT_MM",
     "KIDNEY_MAX_MEDIAN_HU",
     "KIDNEY_MIN_LOCATED_SHARE",
+    "ARTERY_MAX_LUMEN_HU",
     "MirrorAgreement",
     "mirror_sets",
     "judge",
@@ -126,6 +127,10 @@ KIDNEY_MAX_HEIGHT_MM = 170.0
 #: kidney label whose median is brighter lies on bone or contrast-filled vessels
 #: (held-out phantoms: medians 140-273 HU as written)
 KIDNEY_MAX_MEDIAN_HU = 350.0
+#: contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
+#: brightest tenth (``artery_hu``) is brighter holds bone, calcification or metal (held-out
+#: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)
+ARTERY_MAX_LUMEN_HU = 900.0
 #: the kidney that localisation found from the study's own intensities (``KidneyROI.mask``,
 #: 3 mm grid), grown by this margin, should hold most of the network's kidney label ...
 KIDNEY_LOCATED_MARGIN_MM = 3.0
@@ -880,6 +885,10 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             level = "unreliable" if share > limits.uncertain_share_unreliable else "check"
             findings.append((level, f"{side} kidney: the network is unsure of {share:.0%} of its artery voxels "
                                     "(probability 0.25–0.75)"))
+        if u.get("artery_hu") is not None and u["artery_hu"] > ARTERY_MAX_LUMEN_HU:
+            findings.append(("check", f"{side} kidney: the brightest tenth of the artery label is above "
+                                      f"{u['artery_hu']:.0f} HU, brighter than contrast in an artery (at most about "
+                                      "800 HU): it holds bone, calcification, metal or excreted contrast"))
         if u.get("tta_dice") is not None and u["tta_dice"] < limits.tta_dice_check:
             findings.append(("check", f"{side} kidney: mirrored passes agree only to Dice {u['tta_dice']:.2f}"))
         if u.get("pieces", 0) > limits.max_pieces:

@@ -365,3 +365,13 @@ def test_the_kidney_label_height_is_head_to_foot_on_a_tilted_grid():
     facts = kidney_label_facts(kidney, tilted, np.full(tilted.shape_zyx, 180.0))
     assert facts["height_mm"] == pytest.approx(99 * c + (s + c), abs=0.05)  # 99 steps of cos 60, one voxel's S reach
     assert judge(ScanQuality("late_arterial", "", {}, _scan()), {}, kidneys={"right": facts})["verdict"] == "ok"
+
+
+def test_an_artery_label_brighter_than_contrast_gets_check():
+    scan = ScanQuality("late_arterial", "", {"aorta": 420.0, "renal_cortex": 200.0}, _scan())
+    found = {hu: judge(scan, {"right": {"artery_hu": hu}}) for hu in (480.0, 1261.4)}
+    assert found[480.0]["verdict"] == "ok"
+    assert found[1261.4]["verdict"] == "check"
+    assert found[1261.4]["warnings"] == ["right kidney: the brightest tenth of the artery label is above 1261 HU, "
+                                         "brighter than contrast in an artery (at most about 800 HU): it holds bone, "
+                                         "calcification, metal or excreted contrast"]
