@@ -46,9 +46,11 @@ the limits of the model card, image noise (local HU standard deviation in fat an
 muscle, on the study's own voxels), truncation (the kidney ROI at the edge of the field
 of view) and metal (voxels above 2500 HU near the kidneys, which streak).
 
-**The kidney label** (:func:`kidney_label_facts`) per side: its head-to-foot height and
-median HU; a label taller than any kidney or brighter than parenchyma lies on other
-structures (bone, the aorta), and the kidney and tumour labels are then ``unreliable``.
+**The labels themselves** per side (:func:`kidney_label_facts`): a kidney label taller
+than any kidney, brighter than parenchyma, or lying mostly away from the kidneys that
+localisation found from the study's own intensities is wrong, and the kidney and tumour
+labels are then ``unreliable``; an artery label brighter than contrast can make an
+artery holds bone or calcification (``check``).
 
 **Uncertainty** (:func:`artery_uncertainty`) per kidney: the share of the candidate
 artery voxels (probability ≥ 0.25) whose probability lies in [0.25, 0.75], the
@@ -128,7 +130,7 @@ KIDNEY_MAX_HEIGHT_MM = 170.0
 #: (held-out phantoms: medians 140-273 HU as written)
 KIDNEY_MAX_MEDIAN_HU = 350.0
 #: contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
-#: brightest tenth (``artery_hu``) is brighter holds bone, calcification or metal (held-out
+#: brightest tenth (``artery_hu``) is brighter holds bone, calcification, metal or excreted contrast (held-out
 #: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)
 ARTERY_MAX_LUMEN_HU = 900.0
 #: the kidney that localisation found from the study's own intensities (``KidneyROI.mask``,
@@ -752,18 +754,14 @@ def kidney_label_facts(kidney: np.ndarray, geometry: Geometry, hu: np.ndarray | 
     """
     if not kidney.any():
         return {"volume_ml": 0.0, "height_mm": 0.0, "median_hu": None, "located_share": None}
-    planes = np.nonzero(kidney.any(axis=(1, 2)))[0]
-    rows = np.nonzero(kidney.any(axis=(0, 2)))[0]
-    columns = np.nonzero(kidney.any(axis=(0, 1)))[0]
-    # the label's box corners in LPS; the height is their head-foot (S) extent plus one voxel's
-    corners = np.array([[x, y, z] for x in (columns[0], columns[-1]) for y in (rows[0], rows[-1])
-                        for z in (planes[0], planes[-1])], dtype=float)
-    if np.allclose(np.abs(geometry.affine_lps[2, :3]), [0.0, 0.0, geometry.spacing_xyz_mm[2]]):
-        heights = geometry.index_to_world(corners)[:, 2]  # axial: the box is exact
-    else:  # oblique: every labelled voxel
-        heights = geometry.index_to_world(np.argwhere(kidney)[:, ::-1].astype(float))[:, 2]
-    voxel_height = float(np.abs(geometry.affine_lps[2, :3]).sum())
-    height = float(heights.max() - heights.min()) + voxel_height
+    up = geometry.affine_lps[2, :3]  # mm towards the head per step of the x, y, z index
+    if np.allclose(up[:2], 0.0):  # axial slices: the labelled planes say it
+        planes = np.nonzero(kidney.any(axis=(1, 2)))[0]
+        extent = float(planes[-1] - planes[0]) * abs(float(up[2]))
+    else:  # tilted: every labelled voxel
+        heights = np.argwhere(kidney)[:, ::-1].astype(float) @ up
+        extent = float(heights.max() - heights.min())
+    height = extent + float(np.abs(up).sum())  # plus one voxel's own reach
     return {"volume_ml": round(float(kidney.sum()) * geometry.voxel_volume_mm3 / 1000.0, 2),
             "height_mm": round(height, 1),
             "median_hu": round(float(np.median(hu[kidney])), 1) if hu is not None else None,

@@ -216,7 +216,7 @@ def test_segment_drops_a_fluid_tumour_and_reports_it():
 
 
 def test_the_report_measures_the_kidney_label_and_flags_one_taller_than_a_kidney():
-    labels, truth, result = _segment()
+    labels, _, result = _segment()
     q = result.report["quality"]
     facts = q["kidney_labels"]["right"]
     assert facts["height_mm"] == pytest.approx(16.0)  # slices 2-17 at 1 mm

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import pytest
+import SimpleITK as sitk
 from conftest import UPPER_POLE_CTA, require
 from test_cli_segment import analytic_model  # noqa: F401  (fixture)
 from test_pipeline import tube_ct
@@ -372,9 +372,9 @@ def test_an_artery_label_brighter_than_contrast_gets_check():
     found = {hu: judge(scan, {"right": {"artery_hu": hu}}) for hu in (480.0, 1261.4)}
     assert found[480.0]["verdict"] == "ok"
     assert found[1261.4]["verdict"] == "check"
-    assert found[1261.4]["warnings"] == ["right kidney: the brightest tenth of the artery label is above 1261 HU, "
-                                         "brighter than contrast in an artery (at most about 800 HU): it holds bone, "
-                                         "calcification, metal or excreted contrast"]
+    assert found[1261.4]["warnings"] == [("right kidney: the brightest tenth of the artery label is above 1261 HU, "
+                                          "brighter than contrast in an artery (at most about 800 HU): it holds bone, "
+                                          "calcification, metal or excreted contrast")]
 
 
 def test_the_shipped_weights_on_a_real_uncontrasted_ct_say_the_kidney_labels_are_wrong():
