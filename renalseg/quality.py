@@ -712,8 +712,7 @@ def _located_on(masks: Sequence[Any], geometry: Geometry) -> np.ndarray:
         grown = np.pad(mask.array.astype(bool), steps)
         if steps:
             grown = ndimage.binary_dilation(grown, iterations=steps)
-        origin = mask.geometry.index_to_world([[-steps] * 3])[0]
-        padded = Geometry(grown.shape, mask.geometry.spacing_xyz_mm, tuple(origin.tolist()), mask.geometry.direction)
+        padded = mask.geometry.crop((-steps,) * 3, grown.shape)  # the mask's grid, grown by ``steps``
         on_grid = resample_to_grid(Volume(grown.astype(np.uint8), padded).to_sitk(), geometry,
                                    interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
         union |= sitk.GetArrayViewFromImage(on_grid).astype(bool)
@@ -752,7 +751,8 @@ def kidney_label_facts(kidney: np.ndarray, geometry: Geometry, hu: np.ndarray | 
         >>> kidney_label_facts(kidney, g, np.full(g.shape_zyx, 180.0))
         {'volume_ml': 0.48, 'height_mm': 120.0, 'median_hu': 180.0, 'located_share': None}
     """
-    if not kidney.any():
+    count = int(np.count_nonzero(kidney))
+    if not count:
         return {"volume_ml": 0.0, "height_mm": 0.0, "median_hu": None, "located_share": None}
     up = geometry.affine_lps[2, :3]  # mm towards the head per step of the x, y, z index
     if np.allclose(up[:2], 0.0):  # axial slices: the labelled planes say it
@@ -762,11 +762,11 @@ def kidney_label_facts(kidney: np.ndarray, geometry: Geometry, hu: np.ndarray | 
         heights = np.argwhere(kidney)[:, ::-1].astype(float) @ up
         extent = float(heights.max() - heights.min())
     height = extent + float(np.abs(up).sum())  # plus one voxel's own reach
-    return {"volume_ml": round(float(kidney.sum()) * geometry.voxel_volume_mm3 / 1000.0, 2),
+    return {"volume_ml": round(count * geometry.voxel_volume_mm3 / 1000.0, 2),
             "height_mm": round(height, 1),
             "median_hu": round(float(np.median(hu[kidney])), 1) if hu is not None else None,
-            "located_share": (round(float(np.count_nonzero(kidney & _located_on(located, geometry)))
-                                    / float(np.count_nonzero(kidney)), 3) if located else None)}
+            "located_share": (round(np.count_nonzero(kidney & _located_on(located, geometry)) / count, 3)
+                              if located else None)}
 
 
 # -- one study ---------------------------------------------------------------------------------
