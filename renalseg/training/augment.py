@@ -16,7 +16,10 @@ Every training sample is one patch drawn from a :class:`~renalseg.training.data.
    with tissue maps) a new rendering of its tissue map with random per-tissue HU,
    random resolution (blur), random noise and a random smooth bias field (Billot
    et al., SynthSeg, Medical Image Analysis 2023);
-4. normalisation as in the model card (clip HU, scale to [0, 1]), then intensity
+4. (``thick_slices``) the patch as a scan of thick slices shows it: slabs of 1.5–5 mm
+   averaged along z, then interpolated back linearly as ``renalseg segment`` resamples
+   such a study to the model grid; the label keeps the full resolution;
+5. normalisation as in the model card (clip HU, scale to [0, 1]), then intensity
    jitter: contrast, brightness, gamma, noise, blur.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a
@@ -42,6 +45,7 @@ __all__ = [
     "patch_affine",
     "sample_patch",
     "randomise_domain",
+    "simulate_thick_slices",
 ]
 
 #: the model card's intensity normalisation (clip HU, then scale linearly to [0, 1])
@@ -64,6 +68,9 @@ class AugmentConfig:
         tissue_limits_hu: per tissue class value, the (low, high) HU its widened range
             is clipped to (``renalseg.phantom.tissues.DOMAIN_LIMITS_HU``: a tumour stays
             solid and enhancing).
+        thick_slices: probability that a patch is seen as a scan of thick slices
+            (:func:`simulate_thick_slices`, slices drawn in ``THICK_SLICE_MM``); 0 turns
+            it off.
     """
 
     mirror: bool = True
@@ -72,6 +79,7 @@ class AugmentConfig:
     domain_randomisation: float = 0.0
     tissue_ranges_hu: dict[int, tuple[float, float]] = field(default_factory=dict)
     tissue_limits_hu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    thick_slices: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready copy (tissue keys as strings)."""
@@ -251,6 +259,54 @@ def randomise_domain(
     return out.astype(np.float32)
 
 
+#: slice thickness range (mm) of the thick-slice augmentation: routine portal-venous and
+#: nephrographic abdominal CT is often reconstructed at 2–5 mm slices
+THICK_SLICE_MM: tuple[float, float] = (1.5, 5.0)
+
+
+def simulate_thick_slices(hu: np.ndarray, spacing_z_mm: float, slice_mm: float, phase: float) -> np.ndarray:
+    """The patch as a scan with ``slice_mm`` slices shows it, back on the patch grid.
+
+    Each slice averages a slab of ``slice_mm`` along z (a box profile, as a CT slice
+    integrates its thickness); the slices, every ``slice_mm`` from ``phase`` × the
+    thickness, are then interpolated linearly back onto the patch's z positions, as
+    ``renalseg segment`` resamples a thick-slice study to the model grid. Noise falls
+    with the averaging and becomes correlated along z, as in a thick-slice scan.
+
+    Args:
+        hu: float ``(Z, Y, X)`` patch in HU.
+        spacing_z_mm: the patch's z spacing (mm).
+        slice_mm: slice thickness and spacing to simulate (mm).
+        phase: where the first slice centre falls, as a fraction of the thickness.
+
+    Returns:
+        float32 ``(Z, Y, X)``, the same shape.
+
+    Example:
+        >>> ramp = np.arange(12, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+        >>> out = simulate_thick_slices(ramp, 1.0, 3.0, 0.0)
+        >>> out.shape, float(out[6, 0, 0])   # a ramp stays a ramp between slice centres
+        ((12, 2, 2), 6.0)
+    """
+    step = slice_mm / spacing_z_mm  # slice spacing in patch voxels
+    if step <= 1.0:
+        return hu.astype(np.float32, copy=False)
+    slab = ndimage.uniform_filter1d(hu.astype(np.float32, copy=False), size=max(1, round(step)), axis=0,
+                                    mode="nearest")
+    n = hu.shape[0]
+    centres = np.arange(phase * step, n - 1 + step, step)  # slice centres in voxels, covering the patch
+    low = np.clip(np.floor(centres).astype(int), 0, n - 1)
+    high = np.clip(low + 1, 0, n - 1)
+    w = (centres - low)[:, None, None].astype(np.float32)
+    slices = slab[low] * (1 - w) + slab[high] * w  # (K, Y, X): each slice at its centre
+    if len(centres) == 1:
+        return np.repeat(slices, n, axis=0)
+    position = np.clip((np.arange(n) - centres[0]) / step, 0.0, len(centres) - 1.0)
+    below = np.minimum(np.floor(position).astype(int), len(centres) - 2)
+    t = (position - below)[:, None, None].astype(np.float32)
+    return (slices[below] * (1 - t) + slices[below + 1] * t).astype(np.float32)
+
+
 def _jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mean = float(image.mean())
     image = (image - mean) * rng.uniform(0.75, 1.25) + mean + rng.uniform(-0.05, 0.05)
@@ -328,6 +384,8 @@ def sample_patch(
                               augment.tissue_limits_hu)  # type: ignore[union-attr]
     else:
         hu = resample(case.image_hu, 1, -1024.0)
+    if augment is not None and augment.thick_slices > 0 and rng.random() < augment.thick_slices:
+        hu = simulate_thick_slices(hu, spacing_zyx[0], rng.uniform(*THICK_SLICE_MM), rng.random())
     image = normalize_hu(hu, dict(normalization))
     if augment is not None and augment.intensity:
         image = _jitter_intensity(image, rng)

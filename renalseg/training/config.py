@@ -162,6 +162,8 @@ class TrainConfig:
         if not 0.0 <= self.mimic_share <= 1.0 - others + 1e-9:
             raise UsageError(f"--mimic-share must be in [0, 1 − the other shares ({others:g})]; got "
                              f"{self.mimic_share}.")
+        if not 0.0 <= self.augment.thick_slices <= 1.0:
+            raise UsageError(f"--thick-slices must be in [0, 1]; got {self.augment.thick_slices}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map
