@@ -8,7 +8,7 @@ The package's atlas CT (TotalSegmentator, Wasserthal et al. 2023, CC BY 4.0; 3 m
 isotropic) is un-enhanced: its kidneys sit at about 15 HU, which no renal CTA shows. Here
 its kidney labels, smoothed (Gaussian σ 1.5 mm) so the edge fades over a voxel or two,
 add 160 HU (about a nephrographic kidney) or 100 HU (a weak portal-venous one) to the
-kidneys, with σ 12 HU noise inside them; every other tissue, the liver, spleen, bowel,
+kidneys, with the same σ 12 HU noise inside them (seed 0); every other tissue, the liver, spleen, bowel,
 spine and vessels, stays as the patient's scan has it (vessels un-enhanced). OUT/kidneys.nii.gz
 holds the atlas's two kidneys as one label (1), for ``renalseg evaluate``.
 
@@ -42,7 +42,7 @@ def main() -> None:
     fade = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.Cast(kidneys > 0, sitk.sitkFloat32), 1.5))
     args.out.mkdir(parents=True, exist_ok=True)
     for added in ADDED_HU:
-        noise = np.random.default_rng(added).normal(0.0, NOISE_HU, hu.shape).astype(np.float32)
+        noise = np.random.default_rng(0).normal(0.0, NOISE_HU, hu.shape).astype(np.float32)
         image = sitk.GetImageFromArray(np.round(hu + added * fade + noise * (fade > 0.05)).astype(np.int16))
         image.CopyInformation(ct)
         sitk.WriteImage(image, str(args.out / f"atlas_plus{added}.nii.gz"), useCompression=True)

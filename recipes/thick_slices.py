@@ -14,7 +14,9 @@ augmentation ``--thick-slices`` uses a box profile instead, so these cases do no
 its model) and resampled linearly onto a grid of that slice spacing, in-plane unchanged
 unless ``--inplane-mm`` asks for coarser pixels too (the same profile in x and y);
 the label and tissue maps are resampled to the same grid by nearest neighbour, as a
-thick-slice study's truth would be drawn. ``recipes/evaluate_shipped.py`` scores the
+thick-slice study's truth would be drawn. A case whose slices are already as thick (and,
+without ``--inplane-mm``, any case at ``--slice-mm`` no more than its own spacing) is
+copied as it is, so the same command gives the reference set. ``recipes/evaluate_shipped.py`` scores the
 written labels on that grid.
 """
 
@@ -70,7 +72,11 @@ def main() -> None:
             if not path.exists():
                 continue
             (args.out / sub).mkdir(parents=True, exist_ok=True)
-            thick = thicken(sitk.ReadImage(str(path)), args.slice_mm, label=sub != "image", inplane_mm=args.inplane_mm)
+            image = sitk.ReadImage(str(path))
+            if args.inplane_mm is None and args.slice_mm <= image.GetSpacing()[2] + 1e-6:
+                shutil.copy(path, args.out / sub / name)
+                continue
+            thick = thicken(image, args.slice_mm, label=sub != "image", inplane_mm=args.inplane_mm)
             sitk.WriteImage(thick, str(args.out / sub / name), useCompression=True)
         record["thick_slice_mm"] = args.slice_mm
         if args.inplane_mm:
