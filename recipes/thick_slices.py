@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def thick_grid(image: sitk.Image, slice_mm: float, inplane_mm: float | None = No
     """Size and spacing of the same field of view with ``slice_mm`` slices (and ``inplane_mm`` pixels)."""
     size, spacing = list(image.GetSize()), image.GetSpacing()
     new = (inplane_mm or spacing[0], inplane_mm or spacing[1], slice_mm)
-    return [int((size[a] - 1) * spacing[a] // new[a]) + 1 for a in range(3)], new
+    # voxel centres from the first one to the last that stays inside the original extent
+    # (a micrometre's tolerance, so an unchanged axis keeps every voxel)
+    return [math.floor((size[a] - 1) * spacing[a] / new[a] + 1e-6) + 1 for a in range(3)], new
 
 
 def thicken(image: sitk.Image, slice_mm: float, *, label: bool, inplane_mm: float | None = None) -> sitk.Image:

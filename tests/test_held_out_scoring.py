@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,47 @@ def test_the_artery_weight_scales_only_the_artery_and_keeps_probabilities_summin
     assert np.allclose(p[ARTERY], 0.8 / 1.4) and np.allclose(p[VEIN], 0.6 / 1.4)
     assert np.argmax(p, axis=0).min() == ARTERY
     assert np.allclose(model.predict(hu, overlap=0.0)[ARTERY], 0.4)
+
+
+def test_thick_slice_held_out_cases_keep_the_field_of_view_and_the_truth_in_place(tmp_path):
+    """recipes/thick_slices.py makes the thick-slice held-out sets: the image and its truth
+    must cover the same physical box on one grid (the scoring compares them voxel by voxel),
+    the truth must stay where it was in millimetres, and a case already that thick is copied."""
+    spec = importlib.util.spec_from_file_location("thick_slices", RECIPE.with_name("thick_slices.py"))
+    thick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thick)
+    truth = hand_made()
+    label = sitk.GetImageFromArray(truth)
+    label.SetSpacing(SPACING)
+    label.SetOrigin((-12.5, 30.25, 101.0))
+    label.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    image = sitk.Cast(label, sitk.sitkInt16) * 100 - 50
+    image.CopyInformation(label)
+    thick_image = thick.thicken(image, 3.0, label=False)
+    thick_label = thick.thicken(label, 3.0, label=True)
+    for one in (thick_image, thick_label):
+        assert one.GetSpacing() == pytest.approx((0.7, 0.7, 3.0))
+        assert one.GetOrigin() == label.GetOrigin() and one.GetDirection() == label.GetDirection()
+        assert one.GetSize() == (40, 24, 10)  # 29 mm of slices: 0, 3, ... 27 mm
+    assert thick_label.GetPixelID() == label.GetPixelID() and thick_image.GetPixelID() == sitk.sitkInt16
+
+    def centre_mm(img: sitk.Image, value: int) -> np.ndarray:
+        idx = np.argwhere(sitk.GetArrayFromImage(img) == value)[:, ::-1].mean(axis=0)
+        return np.array(img.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+
+    for value in (KIDNEY, VEIN):
+        assert np.linalg.norm(centre_mm(thick_label, value) - centre_mm(label, value)) < 1.5
+    # the slab average blurs along z only: a row of the kidney block keeps its in-plane edge
+    row = sitk.GetArrayFromImage(thick_image)[5, 12]
+    assert row[5] == 150 and row[17] == -50
+    folder = tmp_path / "src"
+    for sub, img in (("image", image), ("label", label)):
+        (folder / sub).mkdir(parents=True)
+        sitk.WriteImage(img, str(folder / sub / "c1.nii.gz"))
+    (folder / "cases.json").write_text(json.dumps({"kind": "roi", "cases": [{"case": "c1"}]}))
+    for mm, name in ((3.0, "z3"), (1.0, "z1")):
+        subprocess.run([sys.executable, str(RECIPE.with_name("thick_slices.py")), str(folder), str(tmp_path / name),
+                        "--slice-mm", str(mm)], check=True, capture_output=True)
+    assert sitk.ReadImage(str(tmp_path / "z3" / "label" / "c1.nii.gz")).GetSize() == (40, 24, 10)
+    assert (tmp_path / "z1" / "image" / "c1.nii.gz").read_bytes() == (folder / "image" / "c1.nii.gz").read_bytes()
+    assert json.loads((tmp_path / "z3" / "cases.json").read_text())["cases"][0]["thick_slice_mm"] == 3.0
