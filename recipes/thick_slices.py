@@ -57,6 +57,11 @@ def thicken(image: sitk.Image, slice_mm: float, *, label: bool, inplane_mm: floa
                          image.GetDirection(), 0 if label else -1024, pixel)
 
 
+def case_id(record: dict) -> str:
+    """A case's name in cases.json: ``case`` (make_training_phantoms.py) or ``name`` (synth)."""
+    return record.get("case", record.get("name"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a folder recipes/make_training_phantoms.py wrote")
@@ -67,9 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     wanted = {c for c in args.cases.split(",") if c}
     listing = json.loads((args.source / "cases.json").read_text())
-    kept = [r for r in listing["cases"] if not wanted or r.get("case", r.get("name")) in wanted]
+    kept = [r for r in listing["cases"] if not wanted or case_id(r) in wanted]
     for record in kept:
-        name = f"{record.get('case', record.get('name'))}.nii.gz"
+        name = f"{case_id(record)}.nii.gz"
         for sub in ("image", "label", "tissue"):
             path = args.source / sub / name
             if not path.exists():
@@ -85,9 +90,6 @@ def main() -> None:
         if args.inplane_mm:
             record["inplane_mm"] = args.inplane_mm
     (args.out / "cases.json").write_text(json.dumps({**listing, "cases": kept}, indent=1) + "\n")
-    readme = args.source / "README.md"
-    if readme.exists():
-        shutil.copy(readme, args.out / "README.md")
     print(f"{len(kept)} cases at {args.slice_mm:g} mm slices in {args.out}")
 
 
