@@ -41,9 +41,9 @@ def main() -> None:
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     fade = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.Cast(kidneys > 0, sitk.sitkFloat32), 1.5))
     args.out.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(0).normal(0.0, NOISE_HU, hu.shape).astype(np.float32) * (fade > 0.05)
     for added in ADDED_HU:
-        noise = np.random.default_rng(0).normal(0.0, NOISE_HU, hu.shape).astype(np.float32)
-        image = sitk.GetImageFromArray(np.round(hu + added * fade + noise * (fade > 0.05)).astype(np.int16))
+        image = sitk.GetImageFromArray(np.round(hu + added * fade + noise).astype(np.int16))
         image.CopyInformation(ct)
         sitk.WriteImage(image, str(args.out / f"atlas_plus{added}.nii.gz"), useCompression=True)
     sitk.WriteImage(sitk.Cast(kidneys > 0, sitk.sitkUInt8), str(args.out / "kidneys.nii.gz"), useCompression=True)
