@@ -45,7 +45,7 @@
 #          tumour (--mimic-share: spleen, liver, bowel, pancreas, adrenal, renal cyst), where
 #          four_solid's false tumour lay; the class share 0.4. Not published: the false
 #          tumour grew (docs/validation.md); its best weights are in recipes/state/four_mimic
-# four_thick  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        200     best (200)
+# four_thick  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best
 #          as four_solid (seed 25), with 30% of the patches shown as a scan of 1.5-5 mm slices
 #          shows them (--thick-slices 0.3: slabs averaged along z, interpolated back); scored
 #          on 12 of four_art/four_pv as they are and made again at 3 and 5 mm slices. Not
@@ -293,7 +293,7 @@ phase_four_mimic() {
 phase_four_thick() {
   phase_four_data
   local run=$RUNS/four_thick
-  train "$run" 200 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
+  train "$run" 600 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
       --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 --seed 25 \
       --lr 5e-5 --thick-slices 0.3 --init "$RUNS/four_rcc/best.safetensors"
   local art=roi_09600,roi_09601,roi_09602,roi_09603,roi_09606,roi_09609

@@ -18,6 +18,14 @@ thick-slice study's truth would be drawn. A case whose slices are already as thi
 without ``--inplane-mm``, any case at ``--slice-mm`` no more than its own spacing) is
 copied as it is, so the same command gives the reference set. ``recipes/evaluate_shipped.py`` scores the
 written labels on that grid.
+
+``--noise-hu S`` adds noise of standard deviation S HU to each image (on top of the
+phantom's own 8-25 HU, as in a low-dose scan or a large patient's), white noise smoothed
+by a Gaussian of half a voxel (a scanner's reconstruction correlates neighbours), drawn
+from the case's seed so the set is the same each time; with ``--slice-mm`` left out the
+grid stays the phantom's own:
+
+    python recipes/thick_slices.py runs/phantoms/four_art runs/phantoms/four_art_n30 --noise-hu 30
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 FWHM_TO_SIGMA = 1.0 / 2.3548
 
@@ -57,6 +67,16 @@ def thicken(image: sitk.Image, slice_mm: float, *, label: bool, inplane_mm: floa
                          image.GetDirection(), 0 if label else -1024, pixel)
 
 
+def add_noise(image: sitk.Image, sigma_hu: float, seed: int) -> sitk.Image:
+    """``image`` with added noise of standard deviation ``sigma_hu`` (HU), int16, the same grid."""
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    grain = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(hu.shape, dtype=np.float32), 0.5)
+    hu += grain * np.float32(sigma_hu / grain.std())
+    out = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+    out.CopyInformation(image)
+    return out
+
+
 def case_id(record: dict) -> str:
     """A case's name in cases.json: ``case`` (make_training_phantoms.py) or ``name`` (synth)."""
     return record.get("case", record.get("name"))
@@ -66,10 +86,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a folder recipes/make_training_phantoms.py wrote")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--slice-mm", type=float, required=True, help="slice thickness and spacing (mm)")
+    parser.add_argument("--slice-mm", type=float, default=None,
+                        help="slice thickness and spacing (mm; default: the phantom's own)")
     parser.add_argument("--inplane-mm", type=float, default=None, help="coarser in-plane pixels too (mm)")
+    parser.add_argument("--noise-hu", type=float, default=0.0, help="added noise, standard deviation (HU)")
     parser.add_argument("--cases", default="", help="comma-separated case ids (default: all)")
     args = parser.parse_args()
+    if args.slice_mm is None and args.inplane_mm is None and not args.noise_hu:
+        parser.error("give --slice-mm, --inplane-mm or --noise-hu")
     wanted = {c for c in args.cases.split(",") if c}
     listing = json.loads((args.source / "cases.json").read_text())
     kept = [r for r in listing["cases"] if not wanted or case_id(r) in wanted]
@@ -81,16 +105,22 @@ def main() -> None:
                 continue
             (args.out / sub).mkdir(parents=True, exist_ok=True)
             image = sitk.ReadImage(str(path))
-            if args.inplane_mm is None and args.slice_mm <= image.GetSpacing()[2] + 1e-6:
+            slice_mm = args.slice_mm or image.GetSpacing()[2]
+            noisy = sub == "image" and args.noise_hu > 0
+            if args.inplane_mm is None and slice_mm <= image.GetSpacing()[2] + 1e-6 and not noisy:
                 shutil.copy(path, args.out / sub / name)
                 continue
-            thick = thicken(image, args.slice_mm, label=sub != "image", inplane_mm=args.inplane_mm)
-            sitk.WriteImage(thick, str(args.out / sub / name), useCompression=True)
-        record["thick_slice_mm"] = args.slice_mm
-        if args.inplane_mm:
-            record["inplane_mm"] = args.inplane_mm
+            if args.inplane_mm is not None or slice_mm > image.GetSpacing()[2] + 1e-6:
+                image = thicken(image, slice_mm, label=sub != "image", inplane_mm=args.inplane_mm)
+            if noisy:
+                image = add_noise(image, args.noise_hu, int(record.get("seed", 0)))
+            sitk.WriteImage(image, str(args.out / sub / name), useCompression=True)
+        for key, value in (("thick_slice_mm", args.slice_mm), ("inplane_mm", args.inplane_mm),
+                           ("added_noise_hu", args.noise_hu)):
+            if value:
+                record[key] = value
     (args.out / "cases.json").write_text(json.dumps({**listing, "cases": kept}, indent=1) + "\n")
-    print(f"{len(kept)} cases at {args.slice_mm:g} mm slices in {args.out}")
+    print(f"{len(kept)} cases in {args.out}")
 
 
 if __name__ == "__main__":

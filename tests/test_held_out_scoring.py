@@ -235,3 +235,35 @@ def test_thick_slice_held_out_cases_keep_the_field_of_view_and_the_truth_in_plac
     assert sitk.ReadImage(str(tmp_path / "z3" / "label" / "c1.nii.gz")).GetSize() == (40, 24, 10)
     assert (tmp_path / "z1" / "image" / "c1.nii.gz").read_bytes() == (folder / "image" / "c1.nii.gz").read_bytes()
     assert json.loads((tmp_path / "z3" / "cases.json").read_text())["cases"][0]["thick_slice_mm"] == 3.0
+
+
+def test_noisy_held_out_cases_add_the_asked_noise_on_the_same_grid_and_leave_the_truth(tmp_path):
+    """recipes/thick_slices.py --noise-hu makes the noise-robustness sets: the image keeps
+    its grid and mean, gains the asked standard deviation, the same each time, and the
+    truth is copied byte for byte."""
+    spec = importlib.util.spec_from_file_location("thick_slices", RECIPE.with_name("thick_slices.py"))
+    thick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thick)
+    flat = sitk.Image(48, 40, 30, sitk.sitkInt16) + 40
+    flat.SetSpacing(SPACING)
+    flat.SetOrigin((-12.5, 30.25, 101.0))
+    noisy = sitk.GetArrayFromImage(thick.add_noise(flat, 30.0, seed=7)).astype(float)
+    assert noisy.std() == pytest.approx(30.0, rel=0.02) and noisy.mean() == pytest.approx(40.0, abs=1.0)
+    # neighbours correlate as a reconstruction makes them, not as white noise
+    assert 0.2 < np.corrcoef(noisy[:, :, 1:].ravel(), noisy[:, :, :-1].ravel())[0, 1] < 0.8
+    folder = tmp_path / "src"
+    label = sitk.GetImageFromArray(hand_made())
+    label.SetSpacing(SPACING)
+    for sub, img in (("image", sitk.Cast(label, sitk.sitkInt16) * 100 - 50), ("label", label)):
+        img.CopyInformation(label)
+        (folder / sub).mkdir(parents=True)
+        sitk.WriteImage(img, str(folder / sub / "c1.nii.gz"))
+    (folder / "cases.json").write_text(json.dumps({"kind": "roi", "cases": [{"case": "c1", "seed": 3}]}))
+    for name in ("n1", "n2"):
+        subprocess.run([sys.executable, str(RECIPE.with_name("thick_slices.py")), str(folder), str(tmp_path / name),
+                        "--noise-hu", "30"], check=True, capture_output=True)
+    written = sitk.ReadImage(str(tmp_path / "n1" / "image" / "c1.nii.gz"))
+    assert written.GetSize() == label.GetSize() and written.GetSpacing() == pytest.approx(SPACING)
+    assert (tmp_path / "n1" / "image" / "c1.nii.gz").read_bytes() == (tmp_path / "n2" / "image" / "c1.nii.gz").read_bytes()
+    assert (tmp_path / "n1" / "label" / "c1.nii.gz").read_bytes() == (folder / "label" / "c1.nii.gz").read_bytes()
+    assert json.loads((tmp_path / "n1" / "cases.json").read_text())["cases"][0]["added_noise_hu"] == 30.0
