@@ -51,7 +51,8 @@ SHAPE_ZYX = (70, 90, 140)
 ORIGIN = (-139.0, -89.0, -69.0)  # x, y, z of voxel (0, 0, 0): the midline at x = 0
 
 
-def _abdomen(phase: str, *, slice_mm: float = SPACING, seed: int = 0) -> tuple[Volume, list[KidneyROI]]:
+def _abdomen(phase: str, *, slice_mm: float = SPACING, seed: int = 0, noise_hu: float = 10.0
+             ) -> tuple[Volume, list[KidneyROI]]:
     """Fat body, spine (marrow 200 HU, cortex 600, discs), psoas, aorta, IVC, portal vein, kidneys."""
     aorta, ivc, portal, cortex, medulla, urine = PHASE_HU[phase]
     z, y, x = np.meshgrid(*(ORIGIN[2 - a] + SPACING * np.arange(SHAPE_ZYX[a]) for a in range(3)), indexing="ij")
@@ -81,7 +82,7 @@ def _abdomen(phase: str, *, slice_mm: float = SPACING, seed: int = 0) -> tuple[V
         start = np.round((lo - np.asarray(ORIGIN)) / SPACING).astype(int)[::-1]
         rois.append(KidneyROI(side=side, grid=grid, start_zyx=tuple(int(v) for v in start),  # type: ignore[arg-type]
                               shape_zyx=grid.shape_zyx, kidney_volume_ml=150.0))
-    hu += np.random.default_rng(seed).normal(0.0, 10.0, hu.shape)
+    hu += np.random.default_rng(seed).normal(0.0, noise_hu, hu.shape)
     geometry = Geometry(SHAPE_ZYX, (SPACING, SPACING, SPACING), ORIGIN, IDENTITY_DIRECTION)
     volume = Volume(hu.astype(np.int16), geometry)
     if slice_mm != SPACING:
@@ -165,6 +166,18 @@ def test_measure_scan_spacing_noise_and_truncation():
     cut = KidneyROI(side="left", grid=rois[1].grid, start_zyx=(-15, 0, 0), shape_zyx=rois[1].shape_zyx,
                     kidney_volume_ml=1.0)
     assert measure_scan(volume.to_sitk(), [cut])["truncated"] == ["left"]
+
+
+@pytest.mark.parametrize("noise_hu", [25.0, 70.0])
+def test_measure_scan_reads_a_noisy_scan_without_bias_so_the_noise_verdict_can_fire(noise_hu):
+    """Windows across an edge are left out by their spread; the cap must not cut a noisy
+    scan's own spread, or 70 HU would read under 60 and never be called unreliable."""
+    volume, rois = _abdomen("late_arterial", noise_hu=noise_hu)
+    scan = measure_scan(volume.to_sitk(), rois)
+    assert scan["noise_hu"] == pytest.approx(noise_hu, rel=0.08)
+    verdict = judge(ScanQuality("late_arterial", "", ARTERIAL_HU, scan), {})
+    noisy = [w for w in verdict["warnings"] if "noisy" in w]
+    assert bool(noisy) == (noise_hu > 30) and (verdict["verdict"] == "unreliable") == (noise_hu > 60), noisy
 
 
 # -- the model card's limits ---------------------------------------------------------------------
