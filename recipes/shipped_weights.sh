@@ -45,11 +45,12 @@
 #          tumour (--mimic-share: spleen, liver, bowel, pancreas, adrenal, renal cyst), where
 #          four_solid's false tumour lay; the class share 0.4. Not published: the false
 #          tumour grew (docs/validation.md); its best weights are in recipes/state/four_mimic
-# four_thick  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best
+# four_thick  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best (200)
 #          as four_solid (seed 25), with 30% of the patches shown as a scan of 1.5-5 mm slices
 #          shows them (--thick-slices 0.3: slabs averaged along z, interpolated back); scored
 #          on 12 of four_art/four_pv as they are and made again at 3 and 5 mm slices. Not
-#          published: its best weights are in recipes/state/four_thick
+#          published (steps 400 and 600 validated lower: more false tumour); its best
+#          weights are in recipes/state/four_thick
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
