@@ -821,6 +821,10 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     makes a kidney label taller than :data:`KIDNEY_MAX_HEIGHT_MM`, with a median above
     :data:`KIDNEY_MAX_MEDIAN_HU`, or with less than :data:`KIDNEY_MIN_LOCATED_SHARE` of it
     near the kidneys localisation found ``unreliable``; they are reported as ``kidney_labels``.
+    With ``kidneys`` (a model that labels kidney and tumour) the spacing and noise warnings
+    also say a tumour may be labelled where there is none: on held-out phantoms at 3-5 mm
+    slices or about 45 HU of noise the default weights labelled 9-20 ml of tumour in
+    kidneys without one (docs/validation.md, "Thick slices" and "Noise").
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -866,6 +870,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     elif cortex is not None and arteries_hu and min(arteries_hu) - cortex < limits.min_artery_contrast_hu:
         findings.append(("unreliable", f"the segmented arteries ({min(arteries_hu):.0f} HU) are barely brighter "
                                        f"than the renal cortex ({cortex:.0f} HU): they may be kidney or veins"))
+    # held-out phantoms at 3-5 mm slices or 45 HU of noise: 9-20 ml of tumour in kidneys without one
+    tumour_too = ", and tumour labelled in a kidney that has none" if kidneys else ""
     inplane, thickness = scan.get("inplane_spacing_mm"), scan.get("slice_thickness_mm")
     for value, (_, top), what in ((thickness, limits.slice_thickness_mm, "slice spacing"),
                                   (inplane, limits.inplane_spacing_mm, "in-plane spacing")):
@@ -873,12 +879,12 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             continue
         level = "unreliable" if value > limits.spacing_unreliable_factor * top else "check"
         findings.append((level, f"{what} {value:.2g} mm is coarser than the {top:g} mm the weights were validated "
-                                f"on: segmental and interlobar arteries (1–3 mm) are blurred or missed"))
+                                f"on: segmental and interlobar arteries (1–3 mm) are blurred or missed{tumour_too}"))
     noise = scan.get("noise_hu")
     if noise is not None and noise > limits.noise_sd_hu[1]:
         level = "unreliable" if noise > limits.noise_unreliable_factor * limits.noise_sd_hu[1] else "check"
         findings.append((level, f"noisy image (SD {noise:.0f} HU in fat; validated up to "
-                                f"{limits.noise_sd_hu[1]:g} HU): thin branches may be missed or invented"))
+                                f"{limits.noise_sd_hu[1]:g} HU): thin branches may be missed or invented{tumour_too}"))
     for side in scan.get("truncated") or ():
         findings.append(("check", f"the {side} kidney reaches the edge of the scan: arteries there may be cut"))
     if (scan.get("metal_ml") or 0) >= 0.05:

@@ -180,6 +180,19 @@ def test_measure_scan_reads_a_noisy_scan_without_bias_so_the_noise_verdict_can_f
     assert bool(noisy) == (noise_hu > 30) and (verdict["verdict"] == "unreliable") == (noise_hu > 60), noisy
 
 
+def test_a_noisy_or_thick_scan_warns_of_false_tumour_only_where_the_model_labels_kidneys():
+    """Held-out phantoms at 45 HU of noise or 3-5 mm slices got 9-20 ml of tumour in kidneys
+    without one: a surgeon reading the warning must learn the tumour label is at risk too,
+    while artery-only weights (no kidney label) are not warned of a label they do not write."""
+    facts = {"height_mm": 110.0, "median_hu": 160.0, "located_share": 0.95}
+    for scan in (_scan(noise_hu=45.0), _scan(slice_thickness_mm=3.0)):
+        four = judge(ScanQuality("late_arterial", "", ARTERIAL_HU, scan), {}, kidneys={"left": facts})
+        artery_only = judge(ScanQuality("late_arterial", "", ARTERIAL_HU, scan), {})
+        assert four["verdict"] == artery_only["verdict"] != "ok"
+        assert any("tumour labelled in a kidney that has none" in w for w in four["warnings"]), four["warnings"]
+        assert not any("tumour" in w for w in artery_only["warnings"])
+
+
 # -- the model card's limits ---------------------------------------------------------------------
 
 def test_limits_from_card_defaults_overrides_and_errors():
