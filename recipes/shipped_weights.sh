@@ -9,7 +9,7 @@
 #   recipes/shipped_weights.sh resume
 #       the four-structure phases from recipes/state (four, four_present and four_classes
 #       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
-#       checkpoint; four_solid, four_mimic and four_thick finished: their weights), then their
+#       checkpoint; four_solid, four_mimic, four_thick and four_noise finished: their weights), then their
 #       held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
@@ -51,6 +51,10 @@
 #          on 12 of four_art/four_pv as they are and made again at 3 and 5 mm slices. Not
 #          published (steps 400 and 600 validated lower: more false tumour); its best
 #          weights are in recipes/state/four_thick
+# four_noise  DPA-DenseBiasNet, four_thick's best  152,152,64    5e-5        200     best
+#          as four_thick (seed 27), with 30% of the patches given 20-60 HU of added noise
+#          (--noisy-scans 0.3; real CT measures 31-36 HU, the phantoms 9-24); scored on the
+#          same 12 crops as they are and with 40 HU added (thick_slices.py --noise-hu 40)
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -307,6 +311,25 @@ phase_four_thick() {
       --json "$run/thick.json"
 }
 
+# four_noise: four_thick's run continued from its best with 30% of the patches given 20-60 HU
+# of added noise (--noisy-scans 0.3), scored on the same 12 crops as they are and with 40 HU
+# of noise added, beside the default weights
+phase_four_noise() {
+  phase_four_data
+  local run=$RUNS/four_noise
+  train "$run" 200 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
+      --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 --seed 27 \
+      --lr 5e-5 --thick-slices 0.3 --noisy-scans 0.3 --init recipes/state/four_thick/best.safetensors
+  local art=roi_09600,roi_09601,roi_09602,roi_09603,roi_09606,roi_09609
+  local pv=roi_09620,roi_09621,roi_09622,roi_09623,roi_09624,roi_09626
+  $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_z1" --slice-mm 1 --cases $art
+  $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_z1" --slice-mm 1 --cases $pv
+  $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_n40" --noise-hu 40 --cases $art
+  $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_n40" --noise-hu 40 --cases $pv
+  evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{z1,n40} --compare weights/dpa_densebiasnet.safetensors \
+      --json "$run/noise.json"
+}
+
 phase_four() {
   four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors dpa_densebiasnet.safetensors \
       "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet_artery.safetensors
@@ -326,7 +349,7 @@ phase_four_plain() {
 
 phase_resume() {
   local run
-  for run in four four_present four_classes four_rcc four_solid four_mimic four_thick; do
+  for run in four four_present four_classes four_rcc four_solid four_mimic four_thick four_noise; do
     if [ ! -d "recipes/state/$run" ]; then continue; fi
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
@@ -337,7 +360,7 @@ phase_resume() {
 }
 
 SHIPPED=(dae plain plain96 twin dpa gpu cpu)  # `all`: the weights in weights/
-PHASES=("${SHIPPED[@]}" four four_solid four_mimic four_thick four_plain)
+PHASES=("${SHIPPED[@]}" four four_solid four_mimic four_thick four_noise four_plain)
 if [ $# -eq 0 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2

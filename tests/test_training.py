@@ -22,6 +22,7 @@ from renalseg.geometry import Geometry
 from renalseg.io.image import write_image
 from renalseg.training.augment import (
     AugmentConfig,
+    add_scan_noise,
     randomise_domain,
     sample_patch,
     simulate_thick_slices,
@@ -404,6 +405,30 @@ def test_a_thick_slice_patch_averages_slabs_along_z_and_keeps_the_fine_label(tmp
     assert np.abs(np.diff(b, axis=2)).mean() > 0.3 * np.abs(np.diff(a, axis=2)).mean()
     with pytest.raises(UsageError, match="--thick-slices"):
         _config(augment=AugmentConfig(thick_slices=1.5))
+
+
+def test_a_noisy_scan_patch_gains_the_drawn_noise_and_keeps_the_label_and_old_runs(tmp_path):
+    """Real CT measures 31-36 HU of noise where the phantoms carry 8-25: the augmentation
+    must add noise of the drawn size, correlated as a reconstruction correlates it, keep
+    the level and the label, and draw nothing when off (so earlier runs resume exactly)."""
+    noisy = add_scan_noise(np.full((32, 48, 48), 40.0, np.float32), 50.0, np.random.default_rng(1))
+    assert abs(float(noisy.mean()) - 40.0) < 2.0 and abs(float(noisy.std()) - 50.0) < 1.0
+    flat = noisy - noisy.mean()
+    assert 0.2 < float((flat[:, :, 1:] * flat[:, :, :-1]).mean() / flat.var()) < 0.8
+    case = _cases(_write_dataset(tmp_path / "d", [1]))[0]
+    plain = AugmentConfig(mirror=False, rotate_deg=0.0, intensity=False)
+    (a, label_a), (b, label_b) = (sample_patch(case, (16, 24, 24), np.random.default_rng(3), foreground_share=0.0,
+                                               augment=aug) for aug in (plain, replace(plain, noisy_scans=1.0)))
+    assert np.array_equal(label_a, label_b)
+    added = (b - a) * 2048.0  # normalised units back to HU (clip [-1024, 1024] to [0, 1])
+    inside = (a > 0.0) & (a < 1.0) & (b > 0.0) & (b < 1.0)  # away from the clip
+    assert 20.0 * 0.8 < float(added[inside].std()) < 60.0 * 1.2
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    sample_patch(case, (16, 24, 24), rng_a, augment=plain)
+    sample_patch(case, (16, 24, 24), rng_b, augment=replace(plain, noisy_scans=0.0))
+    assert rng_a.random() == rng_b.random()
+    with pytest.raises(UsageError, match="--noisy-scans"):
+        _config(augment=AugmentConfig(noisy_scans=-0.1))
 
 
 def test_epoch_plan_visits_every_case_each_pass():
