@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+
+from renalseg.training.augment import add_scan_noise
 
 FWHM_TO_SIGMA = 1.0 / 2.3548
 
@@ -68,10 +69,11 @@ def thicken(image: sitk.Image, slice_mm: float, *, label: bool, inplane_mm: floa
 
 
 def add_noise(image: sitk.Image, sigma_hu: float, seed: int) -> sitk.Image:
-    """``image`` with added noise of standard deviation ``sigma_hu`` (HU), int16, the same grid."""
-    hu = sitk.GetArrayFromImage(image).astype(np.float32)
-    grain = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(hu.shape, dtype=np.float32), 0.5)
-    hu += grain * np.float32(sigma_hu / grain.std())
+    """``image`` with added noise of standard deviation ``sigma_hu`` (HU), int16, the same grid.
+
+    The noise is ``train --noisy-scans``' (``renalseg.training.augment.add_scan_noise``).
+    """
+    hu = add_scan_noise(sitk.GetArrayFromImage(image).astype(np.float32), sigma_hu, np.random.default_rng(seed))
     out = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     out.CopyInformation(image)
     return out
