@@ -9,7 +9,7 @@
 #   recipes/shipped_weights.sh resume
 #       the four-structure phases from recipes/state (four, four_present and four_classes
 #       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
-#       checkpoint; four_solid, four_mimic, four_thick and four_noise finished: their weights), then their
+#       checkpoint; four_solid, four_mimic and four_thick finished: their weights), then their
 #       held-out scoring
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
@@ -54,7 +54,9 @@
 # four_noise  DPA-DenseBiasNet, four_thick's best  152,152,64    5e-5        200     best
 #          as four_thick (seed 27), with 30% of the patches given 20-60 HU of added noise
 #          (--noisy-scans 0.3; real CT measures 31-36 HU, the phantoms 9-24); scored on the
-#          same 12 crops as they are and with 40 HU added (thick_slices.py --noise-hu 40)
+#          same 12 crops as they are and with 40 HU added (thick_slices.py --noise-hu 40).
+#          Not published and not kept: validated lower, and with noise it lost thin
+#          branches and kept the false tumour (docs/validation.md, "Noise")
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
 #          grown the same way: the same-budget comparison without the DAE features (not run yet)
 #
@@ -349,7 +351,7 @@ phase_four_plain() {
 
 phase_resume() {
   local run
-  for run in four four_present four_classes four_rcc four_solid four_mimic four_thick four_noise; do
+  for run in four four_present four_classes four_rcc four_solid four_mimic four_thick; do
     if [ ! -d "recipes/state/$run" ]; then continue; fi
     if [ ! -f "$RUNS/$run/metrics.csv" ]; then
       mkdir -p "$RUNS/$run"
