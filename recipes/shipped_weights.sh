@@ -293,6 +293,16 @@ phase_four_mimic() {
   evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json"
 }
 
+# scan_sets SUFFIX OPTION ...: 12 of the held-out crops (6 arterial, 6 portal-venous; 8 with a
+# tumour) written again as another scan shows them (recipes/thick_slices.py OPTION ...) into
+# $DATA/four_art_SUFFIX and $DATA/four_pv_SUFFIX
+scan_sets() {
+  $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_$1" "${@:2}" \
+      --cases roi_09600,roi_09601,roi_09602,roi_09603,roi_09606,roi_09609
+  $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_$1" "${@:2}" \
+      --cases roi_09620,roi_09621,roi_09622,roi_09623,roi_09624,roi_09626
+}
+
 # four_thick: four_solid's run (the same start, options and seed) with 30% of the patches
 # shown as a scan of 1.5-5 mm slices shows them (--thick-slices 0.3), scored on 12 of the
 # held-out crops as they are and made again at 3 and 5 mm slices (recipes/thick_slices.py),
@@ -303,11 +313,8 @@ phase_four_thick() {
   train "$run" 600 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
       --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 --seed 25 \
       --lr 5e-5 --thick-slices 0.3 --init "$RUNS/four_rcc/best.safetensors"
-  local art=roi_09600,roi_09601,roi_09602,roi_09603,roi_09606,roi_09609
-  local pv=roi_09620,roi_09621,roi_09622,roi_09623,roi_09624,roi_09626
   for z in 1 3 5; do  # 1: the cases as they are (their slices are 1 mm)
-    $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_z$z" --slice-mm $z --cases $art
-    $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_z$z" --slice-mm $z --cases $pv
+    scan_sets "z$z" --slice-mm $z
   done
   evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_z{1,3,5} --compare weights/dpa_densebiasnet.safetensors \
       --json "$run/thick.json"
@@ -322,12 +329,8 @@ phase_four_noise() {
   train "$run" 200 "${FOUR[@]}" --data "$DATA/four_rcc" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
       --samples-per-epoch 100 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 --seed 27 \
       --lr 5e-5 --thick-slices 0.3 --noisy-scans 0.3 --init recipes/state/four_thick/best.safetensors
-  local art=roi_09600,roi_09601,roi_09602,roi_09603,roi_09606,roi_09609
-  local pv=roi_09620,roi_09621,roi_09622,roi_09623,roi_09624,roi_09626
-  $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_z1" --slice-mm 1 --cases $art
-  $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_z1" --slice-mm 1 --cases $pv
-  $PY recipes/thick_slices.py "$DATA/four_art" "$DATA/four_art_n40" --noise-hu 40 --cases $art
-  $PY recipes/thick_slices.py "$DATA/four_pv" "$DATA/four_pv_n40" --noise-hu 40 --cases $pv
+  scan_sets z1 --slice-mm 1
+  scan_sets n40 --noise-hu 40
   evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{z1,n40} --compare weights/dpa_densebiasnet.safetensors \
       --json "$run/noise.json"
 }

@@ -108,11 +108,12 @@ def main() -> None:
             (args.out / sub).mkdir(parents=True, exist_ok=True)
             image = sitk.ReadImage(str(path))
             slice_mm = args.slice_mm or image.GetSpacing()[2]
+            coarser = args.inplane_mm is not None or slice_mm > image.GetSpacing()[2] + 1e-6
             noisy = sub == "image" and args.noise_hu > 0
-            if args.inplane_mm is None and slice_mm <= image.GetSpacing()[2] + 1e-6 and not noisy:
+            if not coarser and not noisy:
                 shutil.copy(path, args.out / sub / name)
                 continue
-            if args.inplane_mm is not None or slice_mm > image.GetSpacing()[2] + 1e-6:
+            if coarser:
                 image = thicken(image, slice_mm, label=sub != "image", inplane_mm=args.inplane_mm)
             if noisy:
                 image = add_noise(image, args.noise_hu, int(record.get("seed", 0)))

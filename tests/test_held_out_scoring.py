@@ -193,13 +193,19 @@ def test_the_artery_weight_scales_only_the_artery_and_keeps_probabilities_summin
     assert np.allclose(model.predict(hu, overlap=0.0)[ARTERY], 0.4)
 
 
+def _thick_slices_recipe():
+    """recipes/thick_slices.py as a module (recipes are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("thick_slices", RECIPE.with_name("thick_slices.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_thick_slice_held_out_cases_keep_the_field_of_view_and_the_truth_in_place(tmp_path):
     """recipes/thick_slices.py makes the thick-slice held-out sets: the image and its truth
     must cover the same physical box on one grid (the scoring compares them voxel by voxel),
     the truth must stay where it was in millimetres, and a case already that thick is copied."""
-    spec = importlib.util.spec_from_file_location("thick_slices", RECIPE.with_name("thick_slices.py"))
-    thick = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(thick)
+    thick = _thick_slices_recipe()
     truth = hand_made()
     label = sitk.GetImageFromArray(truth)
     label.SetSpacing(SPACING)
@@ -241,9 +247,7 @@ def test_noisy_held_out_cases_add_the_asked_noise_on_the_same_grid_and_leave_the
     """recipes/thick_slices.py --noise-hu makes the noise-robustness sets: the image keeps
     its grid and mean, gains the asked standard deviation, the same each time, and the
     truth is copied byte for byte."""
-    spec = importlib.util.spec_from_file_location("thick_slices", RECIPE.with_name("thick_slices.py"))
-    thick = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(thick)
+    thick = _thick_slices_recipe()
     flat = sitk.Image(48, 40, 30, sitk.sitkInt16) + 40
     flat.SetSpacing(SPACING)
     flat.SetOrigin((-12.5, 30.25, 101.0))
