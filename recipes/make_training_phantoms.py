@@ -20,7 +20,11 @@ always): weakly enhanced arteries, where the network loses the most Dice.
 ``--great-vessels`` crops the box ``renalseg segment`` places (the kidney plus the renal
 vessels' reach to the aorta and the IVC) instead of 152 × 152 around the kidney.
 ``--tumour-share S`` gives a share S of the cases a tumour (drawn per seed; default: the
-generator's own 30 %).
+generator's own 30 %). ``--noise-hu LO-HI`` draws each case's noise (HU standard deviation)
+from that band instead of 8–25 HU; the case is otherwise the same, noise pattern included
+(``--noise-hu 40-40`` makes a held-out set again at 40 HU; docs/validation.md, "Noise"). ``--spacing-mm X,Y,Z`` renders the cases on a scanner's own
+grid instead of the model's (the noise drawn there, as a scanner's is; the box about as wide
+in mm): ``renalseg segment`` resamples them as it does a patient's scan.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from renalseg.io.image import write_image
-from renalseg.phantom.abdomen import synthesize_roi
+from renalseg.phantom.abdomen import NOISE_RANGE_HU, synthesize_roi
 from renalseg.phantom.phases import draw_phase, parse_phase_mix
 from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU
 
@@ -65,7 +69,12 @@ def main() -> None:
     parser.add_argument("--phase", help="every case in this contrast phase")
     parser.add_argument("--great-vessels", action="store_true", help="the segment ROI: aorta and IVC in view")
     parser.add_argument("--tumour-share", type=float, help="share of cases with a tumour (default: 30%% at random)")
+    lo, hi = NOISE_RANGE_HU
+    parser.add_argument("--noise-hu", help=f"LO-HI: the band each case's noise SD is drawn from (default {lo:g}-{hi:g})")
+    parser.add_argument("--spacing-mm", help="X,Y,Z: the grid the cases are rendered on (default: the model's "
+                        + ",".join(f"{v:g}" for v in SPACING_XYZ_MM) + ")")
     args = parser.parse_args()
+    spacing = tuple(float(v) for v in args.spacing_mm.split(",")) if args.spacing_mm else SPACING_XYZ_MM
     mix = parse_phase_mix(args.phase_mix) if args.phase_mix else {args.phase: 1.0} if args.phase else None
     first, last = (int(v) for v in args.seeds.split("-"))
     records = []
@@ -79,9 +88,13 @@ def main() -> None:
             options["phase"] = draw_phase(seed, mix)
         if args.great_vessels:
             options["great_vessels"] = True
+        if args.noise_hu:
+            options["noise_range_hu"] = [float(v) for v in args.noise_hu.split("-")]
         if args.tumour_share is not None:  # its own generator: the case's other draws are unchanged
             options["tumour"] = bool(np.random.default_rng([seed, 4242]).random() < args.tumour_share)
-        case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, **options)
+        # at least the model grid's 152 voxels' width in mm, as a located box would be
+        inplane = int(np.ceil(152 * SPACING_XYZ_MM[0] / spacing[0] - 1e-6))
+        case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")
         write_image(case.label, args.out / "label" / f"{case_id}.nii.gz")
@@ -92,7 +105,7 @@ def main() -> None:
     index = args.out / "cases.json"
     old = json.loads(index.read_text()) if index.exists() else {"kind": "roi", "generator": "synthesize_roi", "cases": []}
     old["cases"] = sorted(old["cases"] + records, key=lambda r: r["seed"])
-    old["spacing_xyz_mm"] = list(SPACING_XYZ_MM)
+    old["spacing_xyz_mm"] = list(spacing)
     index.write_text(json.dumps(old, indent=1))
 
 

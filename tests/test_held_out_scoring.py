@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 
 from renalseg.errors import InputError, UsageError
 from renalseg.metrics import FOUND_NAMES, structure_scores
+from renalseg.quality import measure_scan
 from renalseg.segmenter import ModelSpec, Segmenter
 from renalseg.weights import ModelCard
 
@@ -271,3 +273,24 @@ def test_noisy_held_out_cases_add_the_asked_noise_on_the_same_grid_and_leave_the
     assert (tmp_path / "n1" / "image" / "c1.nii.gz").read_bytes() == (tmp_path / "n2" / "image" / "c1.nii.gz").read_bytes()
     assert (tmp_path / "n1" / "label" / "c1.nii.gz").read_bytes() == (folder / "label" / "c1.nii.gz").read_bytes()
     assert json.loads((tmp_path / "n1" / "cases.json").read_text())["cases"][0]["added_noise_hu"] == 30.0
+
+
+def test_training_phantoms_drawn_on_a_scanner_grid_with_more_noise_keep_the_box_in_mm(tmp_path):
+    """recipes/make_training_phantoms.py --spacing-mm --noise-hu makes the held-out sets that
+    stand for a real scan (a 1.5 mm CTA measuring 36 HU): the case is rendered on that grid
+    with that noise, the box stays about as wide in millimetres as on the model grid (not 152
+    of the coarser voxels), and the index records what was asked."""
+    out = tmp_path / "r15"
+    subprocess.run([sys.executable, str(RECIPE.with_name("make_training_phantoms.py")), str(out), "--seeds", "9600-9600",
+                    "--phase", "arterial", "--spacing-mm", "1.5,1.5,1.5", "--noise-hu", "36-36"],
+                   check=True, capture_output=True)
+    image = sitk.ReadImage(str(out / "image" / "roi_09600.nii.gz"))
+    label = sitk.ReadImage(str(out / "label" / "roi_09600.nii.gz"))
+    assert image.GetSpacing() == pytest.approx((1.5, 1.5, 1.5)) and label.GetSize() == image.GetSize()
+    width_mm = [image.GetSize()[a] * 1.5 for a in (0, 1)]
+    assert all(152 * 0.7 <= w < 152 * 1.5 for w in width_mm), width_mm
+    index = json.loads((out / "cases.json").read_text())
+    assert index["spacing_xyz_mm"] == [1.5, 1.5, 1.5]
+    assert index["cases"][0]["options"]["noise_range_hu"] == [36.0, 36.0]
+    whole = SimpleNamespace(start_zyx=(0, 0, 0), shape_zyx=image.GetSize()[::-1], side="left")
+    assert measure_scan(image, [whole])["noise_hu"] == pytest.approx(36.0, rel=0.15)

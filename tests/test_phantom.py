@@ -197,6 +197,22 @@ def test_noise_level_matches_the_declared_sigma(roi_left):
     assert 8 <= sigma <= 25 and 0.6 <= roi_left.params["imaging"]["psf_fwhm_mm"] <= 1.0
 
 
+def test_a_noisier_draw_keeps_the_case_and_scales_only_its_noise():
+    """``noise_range_hu`` (the recipe's ``--noise-hu``) makes the same patient as a noisier
+    scan: anatomy, labels and noise pattern are the seed's, only the noise's scale changes,
+    so a held-out case drawn again at 40 HU isolates what noise alone costs."""
+    small = {"inplane_voxels": 48, "spacing_xyz_mm": (2.4, 2.4, 3.0)}
+    quiet, loud = synthesize_roi(3, **small), synthesize_roi(3, noise_range_hu=(40.0, 40.0), **small)
+    sigma = quiet.params["imaging"]["noise_sigma_hu"]
+    assert 8 <= sigma <= 25 and loud.params["imaging"]["noise_sigma_hu"] == 40.0
+    assert np.array_equal(quiet.label.array, loud.label.array)
+    assert np.array_equal(quiet.tissues.array, loud.tissues.array)
+    assert loud.image.geometry.is_same_grid(quiet.image.geometry)
+    extra = loud.image.array.astype(float) - quiet.image.array
+    # the same pattern, scaled: the difference is the quiet noise times (40 / sigma - 1)
+    assert np.std(extra) == pytest.approx(40.0 - sigma, rel=0.1)
+
+
 # -- artery tree -----------------------------------------------------------------------------
 def test_artery_fraction_of_the_roi_is_as_in_the_paper(roi_left, roi_right_tumour):
     for case in (roi_left, roi_right_tumour):

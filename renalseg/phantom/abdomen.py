@@ -46,8 +46,12 @@ from renalseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
+__all__ = ["NOISE_RANGE_HU", "PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
            "sample_intensities", "labels_from_tissues", "random_placement", "DIRECTIONS"]
+
+#: the phantoms' noise (HU standard deviation after the PSF), drawn per case: a modern
+#: low-dose CTA at the model's 0.7 x 0.7 x 1 mm voxels (renalseg.phantom.tissues)
+NOISE_RANGE_HU: tuple[float, float] = (8.0, 25.0)
 
 #: orientation code -> ITK direction (row-major) for the abdomen kind's ``direction`` option
 DIRECTIONS: dict[str, tuple[float, ...]] = {
@@ -479,12 +483,16 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str,
         intensities = apply_phase(intensities, options["phase"], seed=seed)
     intensities.update(options.get("intensities_hu") or {})
     psf = float(options["psf_fwhm_mm"]) if options.get("psf_fwhm_mm") is not None else float(rng.uniform(0.6, 1.0))
-    noise = (float(options["noise_sigma_hu"]) if options.get("noise_sigma_hu") is not None
-             else float(rng.uniform(8.0, 25.0)))
+    if options.get("noise_sigma_hu") is not None:
+        noise = float(options["noise_sigma_hu"])
+    else:  # one draw whatever the range: the case's later draws stay those of its seed
+        noise_lo, noise_hi = (float(v) for v in (options.get("noise_range_hu") or NOISE_RANGE_HU))
+        noise = float(rng.uniform(noise_lo, noise_hi))
     return intensities, round(psf, 3), round(noise, 2)
 
 
-_COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "intensities_hu",
+_COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "noise_range_hu",
+           "intensities_hu",
            "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase")
 
 
@@ -518,7 +526,10 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             (default: in-plane 0.55–0.8 mm, at least what fits the kidney; slices
             0.5–1.0 mm), ``inplane_voxels`` (default 152), ``tumour``,
             ``accessory``, ``early_branching`` (bool: force the variant on/off),
-            ``psf_fwhm_mm`` (0.6–1.0), ``noise_sigma_hu`` (8–25),
+            ``psf_fwhm_mm`` (0.6–1.0), ``noise_sigma_hu`` (default: drawn from
+            ``noise_range_hu``, (lo, hi), default :data:`NOISE_RANGE_HU`; a seed
+            drawn with another range keeps its anatomy, texture and noise pattern,
+            only the noise's scale changes),
             ``intensities_hu`` (dict overriding tissue means),
             ``intensity_ranges_hu`` (dict of tissue → (lo, hi) replacing the ranges the
             means are drawn from, e.g. ``{"renal_artery": (250, 340)}`` for weakly
