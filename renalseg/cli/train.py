@@ -135,6 +135,9 @@ def train_command(
     noisy_scans: Annotated[float, typer.Option("--noisy-scans", help="Probability of adding 20-60 HU of "
                                                "noise to a patch, as a low-dose scan or a large patient "
                                                "shows it.")] = 0.0,
+    scanner_grids: Annotated[float, typer.Option("--scanner-grids", help="Probability of showing a patch "
+                                                 "as a scan on a coarser grid (0.7-1.6 mm in-plane, 1-3 mm "
+                                                 "slices, 15-60 HU of noise) shows it once resampled.")] = 0.0,
     network_options: Annotated[str, typer.Option("--network-options", help="JSON of network "
                                                  "hyper-parameters, e.g. '{\"bias_quantity\": 2}'.")] = "{}",
     whole_studies: Annotated[bool, typer.Option("--whole-studies", help="Images are whole abdominal CTs: "
@@ -246,7 +249,7 @@ def train_command(
         mimic_share=mimic_share,
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation, thick_slices=thick_slices,
-                              noisy_scans=noisy_scans,
+                              noisy_scans=noisy_scans, scanner_grids=scanner_grids,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {},
                               tissue_limits_hu=domain_limits() if domain_randomisation > 0 else {}),
         seed=seed, val_every=val_every, val_overlap=val_overlap, checkpoint_every=checkpoint_every,

@@ -166,6 +166,8 @@ class TrainConfig:
             raise UsageError(f"--thick-slices must be in [0, 1]; got {self.augment.thick_slices}.")
         if not 0.0 <= self.augment.noisy_scans <= 1.0:
             raise UsageError(f"--noisy-scans must be in [0, 1]; got {self.augment.noisy_scans}.")
+        if not 0.0 <= self.augment.scanner_grids <= 1.0:
+            raise UsageError(f"--scanner-grids must be in [0, 1]; got {self.augment.scanner_grids}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map
