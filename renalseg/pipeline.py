@@ -467,9 +467,7 @@ def segment_study(
 
     started = time.perf_counter()
     limits = quality.limits_from_card(spec.limits)
-    scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi,
-                                       model_hu=[hu for *_, hu in resampled_rois],
-                                       model_spacing_xyz_mm=spec.spacing_xyz_mm)
+    scan_quality = quality.assess_scan(image, rois, limits, input_is_roi=config.input_is_roi)
     timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
     thin: dict[str, Any] | None = None  # the report's thin_branches block

@@ -3,8 +3,8 @@
 Every ``report.json`` of ``renalseg segment`` gets a ``quality`` block::
 
     {"phase": "portal_venous", "phase_hu": {...}, "spacing_ok": true, "noise_hu": 14.2,
-     "model_noise_hu": 9.1, "uncertainty": {"right": {...}, "left": {...}},
-     "warnings": ["portal-venous phase: ..."], "verdict": "unreliable"}
+     "uncertainty": {"right": {...}, "left": {...}}, "warnings": ["portal-venous phase: ..."],
+     "verdict": "unreliable"}
 
 The verdict is ``ok``, ``check`` (look at the preview before using the tree) or
 ``unreliable`` (the study is outside what the weights were validated on, or the
@@ -43,9 +43,8 @@ delayed (excretory)   contrast in the collecting systems (≥ 1 ml above 300 HU)
 
 **Scan quality** (:func:`measure_scan`): in-plane spacing and slice thickness against
 the limits of the model card, image noise (local HU standard deviation in fat and
-muscle, on the study's own voxels and, judged, on the model grid the network sees),
-truncation (the kidney ROI at the edge of the field of view) and metal (voxels above
-2500 HU near the kidneys, which streak).
+muscle, on the study's own voxels), truncation (the kidney ROI at the edge of the field
+of view) and metal (voxels above 2500 HU near the kidneys, which streak).
 
 **The labels themselves** per side (:func:`kidney_label_facts`): a kidney label taller
 than any kidney, brighter than parenchyma, or lying mostly away from the kidneys that
@@ -514,61 +513,27 @@ def _local_sd(plane_stack: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     return mean, np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
 
 
-def _tissue_noise(blocks: Sequence[np.ndarray]) -> tuple[float | None, float | None]:
-    """The noise of fat and of muscle in these blocks: the median spread of the 7 × 7 in-plane
-    windows entirely in one tissue (``None`` with fewer than 200 such windows).
-
-    A window counts as one tissue when its mean lies in the range (fat −200 … −40 HU,
-    muscle 20 … 80 HU) and its spread is under twice the median spread of such windows:
-    one across an edge spreads far more than the noise. A fixed cap would also cut the
-    noisy tail of a noisy scan's windows and bias its median low (a 60 HU cap read 62-64 HU
-    of noise as 56).
-    """
-    fat_sd: list[np.ndarray] = []
-    muscle_sd: list[np.ndarray] = []
-    for block in blocks:
-        mean, sd = _local_sd(np.asarray(block, dtype=np.float32), 7)
-        fat_sd.append(sd[(mean > -200.0) & (mean < -40.0)])
-        muscle_sd.append(sd[(mean > 20.0) & (mean < 80.0)])
-
-    def median(parts: list[np.ndarray]) -> float | None:
-        values = np.concatenate(parts) if parts else np.zeros(0)
-        values = values[values < 2.0 * np.median(values)] if values.size else values
-        return round(float(np.median(values)), 1) if values.size >= 200 else None
-
-    return median(fat_sd), median(muscle_sd)
-
-
-def _slice_step(count: int) -> int:
-    """Every how many slices to take about 24 of ``count``: plenty for a median."""
-    return max(1, count // 24)
-
-
-def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS, *,
-                 model_hu: Sequence[np.ndarray] = (),
-                 model_spacing_xyz_mm: Sequence[float] | None = None) -> dict[str, Any]:
+def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Spacing, noise, truncation and metal, on the study's own voxels around the kidneys.
 
     Noise is the median local standard deviation (7 × 7 in-plane voxels) where the
-    whole window is fat or muscle (:func:`_tissue_noise`), on about 24 slices of each
-    ROI's box. ``model_hu`` (each ROI's HU on the model's grid, as the network gets them)
-    adds the same measure there: what the weights' noise limits compare with, since the
-    phantoms they were validated on are drawn on that grid. Resampling a coarser scan onto
-    the finer model grid interpolates between its voxels and lowers the noise: a real
-    arterial CTA with 36 HU at 1.5 mm carries 18 HU on the 0.7 × 0.7 × 1 mm grid.
+    whole window is fat (−200 … −40 HU) or muscle (20 … 80 HU), on about 24 slices of
+    each ROI's box; a window counts as one tissue when its mean lies in the range and its
+    spread is under twice the median spread of such windows (one across an edge spreads
+    more).
 
     Returns:
         ``inplane_spacing_mm``, ``slice_thickness_mm``, ``spacing_ok`` (within the
         validated ranges), ``noise_hu`` (fat, else muscle), ``noise_sd_hu`` (``fat``,
         ``muscle``), ``truncated`` (sides whose ROI or kidney reaches past the field of
-        view), ``metal_ml``; with ``model_hu`` also ``model_noise_hu`` (fat, else muscle,
-        on the model grid) and ``model_spacing_xyz_mm``.
+        view), ``metal_ml``.
     """
     geometry = Geometry.from_sitk(image)
     sx, sy, sz = geometry.spacing_xyz_mm
     inplane, thickness = max(sx, sy), sz
     array = sitk.GetArrayViewFromImage(image)
-    blocks: list[np.ndarray] = []
+    fat_sd: list[np.ndarray] = []
+    muscle_sd: list[np.ndarray] = []
     truncated: list[str] = []
     metal_voxels = 0
     for roi in rois:
@@ -583,27 +548,38 @@ def measure_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits =
         lo, hi = np.maximum(start, 0), np.minimum(stop, array.shape)
         if not (hi > lo).all():
             continue
-        step = _slice_step(hi[0] - lo[0])
+        step = max(1, (hi[0] - lo[0]) // 24)  # ~24 slices per ROI are plenty for a median
         block = np.asarray(array[lo[0]:hi[0]:step, lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
         metal_voxels += int((block > _METAL_HU).sum()) * step
-        blocks.append(block)
-    fat_noise, muscle_noise = _tissue_noise(blocks)
+        mean, sd = _local_sd(block, 7)
+        # windows whose mean lies in the tissue's range; those across an edge are dropped below
+        fat_sd.append(sd[(mean > -200.0) & (mean < -40.0)])
+        muscle_sd.append(sd[(mean > 20.0) & (mean < 80.0)])
+
+    def median(parts: list[np.ndarray]) -> float | None:
+        """The median spread of the windows entirely in one tissue.
+
+        A window across an edge spreads far more than the noise; a fixed cap on the spread
+        would also cut the noisy tail of a noisy scan's windows and bias its median low (a
+        60 HU cap read 62-64 HU of noise as 56), so the cap is twice the median of all.
+        """
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        values = values[values < 2.0 * np.median(values)] if values.size else values
+        return round(float(np.median(values)), 1) if values.size >= 200 else None
+
+    fat_noise, muscle_noise = median(fat_sd), median(muscle_sd)
+    noise = fat_noise if fat_noise is not None else muscle_noise
     spacing_ok = (inplane <= limits.inplane_spacing_mm[1] + 1e-6
                   and thickness <= limits.slice_thickness_mm[1] + 1e-6)
-    result = {
+    return {
         "inplane_spacing_mm": round(float(inplane), 3),
         "slice_thickness_mm": round(float(thickness), 3),
         "spacing_ok": bool(spacing_ok),
-        "noise_hu": fat_noise if fat_noise is not None else muscle_noise,
+        "noise_hu": noise,
         "noise_sd_hu": {"fat": fat_noise, "muscle": muscle_noise},
         "truncated": truncated,
         "metal_ml": round(metal_voxels * geometry.voxel_volume_mm3 / 1000.0, 2),
     }
-    if len(model_hu):
-        fat, muscle = _tissue_noise([hu[::_slice_step(len(hu))] for hu in model_hu])
-        result["model_noise_hu"] = fat if fat is not None else muscle
-        result["model_spacing_xyz_mm"] = [float(v) for v in model_spacing_xyz_mm] if model_spacing_xyz_mm else None
-    return result
 
 
 # -- the network's uncertainty -----------------------------------------------------------------
@@ -824,14 +800,11 @@ class ScanQuality:
 
 
 def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = DEFAULT_LIMITS, *,
-                input_is_roi: bool = False, model_hu: Sequence[np.ndarray] = (),
-                model_spacing_xyz_mm: Sequence[float] | None = None) -> ScanQuality:
-    """Contrast phase and scan quality of one study around its kidney ROIs (``model_hu``: each
-    ROI's HU on the model grid, for the noise the network sees; see :func:`measure_scan`)."""
+                input_is_roi: bool = False) -> ScanQuality:
+    """Contrast phase and scan quality of one study around its kidney ROIs."""
     phase_hu = measure_phase_hu(image, rois, input_is_roi=input_is_roi)
     phase, evidence = classify_phase(phase_hu)
-    scan = measure_scan(image, rois, limits, model_hu=model_hu, model_spacing_xyz_mm=model_spacing_xyz_mm)
-    return ScanQuality(phase, evidence, phase_hu, scan, roi_only=input_is_roi)
+    return ScanQuality(phase, evidence, phase_hu, measure_scan(image, rois, limits), roi_only=input_is_roi)
 
 
 # -- the verdict -------------------------------------------------------------------------------
@@ -907,20 +880,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         level = "unreliable" if value > limits.spacing_unreliable_factor * top else "check"
         findings.append((level, f"{what} {value:.2g} mm is coarser than the {top:g} mm the weights were validated "
                                 f"on: segmental and interlobar arteries (1–3 mm) are blurred or missed{tumour_too}"))
-    # the limits hold on the model grid, where the weights were validated; a study measured only on
-    # its own voxels (no ROI resampled yet) is judged on those
-    noise, model_grid = scan.get("noise_hu"), scan.get("model_noise_hu") is not None
-    judged = scan["model_noise_hu"] if model_grid else noise
-    if judged is not None and judged > limits.noise_sd_hu[1]:
-        level = "unreliable" if judged > limits.noise_unreliable_factor * limits.noise_sd_hu[1] else "check"
-        where = f"SD {judged:.0f} HU in fat"
-        if model_grid:
-            spacing = scan.get("model_spacing_xyz_mm")
-            grid = f"the model's {' × '.join(f'{v:g}' for v in spacing)} mm grid" if spacing else "the model grid"
-            where += f" as the network sees it, on {grid}"
-            where += f"; {noise:.0f} HU on the study's own voxels" if noise is not None else ""
-        findings.append((level, f"noisy image ({where}; validated up to {limits.noise_sd_hu[1]:g} HU): thin "
-                                f"branches may be missed or invented{tumour_too}"))
+    noise = scan.get("noise_hu")
+    if noise is not None and noise > limits.noise_sd_hu[1]:
+        level = "unreliable" if noise > limits.noise_unreliable_factor * limits.noise_sd_hu[1] else "check"
+        findings.append((level, f"noisy image (SD {noise:.0f} HU in fat; validated up to "
+                                f"{limits.noise_sd_hu[1]:g} HU): thin branches may be missed or invented{tumour_too}"))
     for side in scan.get("truncated") or ():
         findings.append(("check", f"the {side} kidney reaches the edge of the scan: arteries there may be cut"))
     if (scan.get("metal_ml") or 0) >= 0.05:
@@ -977,7 +941,6 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         "phase_hu": dict(phase_hu),
         "spacing_ok": scan.get("spacing_ok"),
         "noise_hu": noise,
-        "model_noise_hu": scan.get("model_noise_hu"),
         "scan": dict(scan),
         "uncertainty": {side: dict(u) for side, u in uncertainty.items()},
         "kidney_labels": {side: dict(facts) for side, facts in (kidneys or {}).items()},

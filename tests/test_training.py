@@ -409,10 +409,9 @@ def test_a_thick_slice_patch_averages_slabs_along_z_and_keeps_the_fine_label(tmp
 
 
 def test_a_noisy_scan_patch_gains_the_drawn_noise_and_keeps_the_label_and_old_runs(tmp_path):
-    """A thin low-dose scan carries 40 HU of noise and more where the phantoms carry 8-25:
-    the augmentation must add noise of the drawn size, correlated as a reconstruction
-    correlates it, keep the level and the label, and draw nothing when off (so earlier runs
-    resume exactly)."""
+    """Real CT measures 31-36 HU of noise where the phantoms carry 8-25: the augmentation
+    must add noise of the drawn size, correlated as a reconstruction correlates it, keep
+    the level and the label, and draw nothing when off (so earlier runs resume exactly)."""
     noisy = add_scan_noise(np.full((32, 48, 48), 40.0, np.float32), 50.0, np.random.default_rng(1))
     assert abs(float(noisy.mean()) - 40.0) < 2.0 and abs(float(noisy.std()) - 50.0) < 1.0
     flat = noisy - noisy.mean()

@@ -381,8 +381,7 @@ def simulate_scanner_grid(hu: np.ndarray, spacing_zyx_mm: Sequence[float], scan_
 
 
 #: added noise range (HU standard deviation) of the noisy-scan augmentation: the phantoms
-#: carry 8-25 HU; a thin-slice low-dose scan carries 40 HU and more on the model grid (the
-#: real CT in tests/data: 31-36 HU at 1-2 mm voxels, 18-20 HU once resampled onto it)
+#: carry 8-25 HU, the real CT in tests/data measures 31-36 HU at 1-2 mm voxels
 NOISY_SCAN_HU: tuple[float, float] = (20.0, 60.0)
 
 
