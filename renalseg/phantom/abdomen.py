@@ -492,8 +492,7 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str,
 
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "noise_range_hu",
-           "intensities_hu",
-           "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase")
+           "intensities_hu", "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase")
 
 
 def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

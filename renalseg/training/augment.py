@@ -336,7 +336,7 @@ def _coarsen_axis(hu: np.ndarray, step: float, phase: float, axis: int) -> np.nd
 #: is reconstructed at 0.6-1 mm in-plane and 0.6-1.5 mm slices, abdominal CT up to 3 mm. A
 #: scanner's noise is correlated by its kernel and falls less on resampling than white
 #: noise does, so the band reaches past the 31-36 HU the real CT in tests/data measures on
-#: its own voxels: at 1.5 mm, 15-60 HU of white noise reads 4-24 HU on the model grid,
+#: its own voxels: at 1.5 mm, 15-60 HU of white noise reads 6-24 HU on the model grid,
 #: where the real CT reads 18-19.5 HU
 SCANNER_INPLANE_MM: tuple[float, float] = (0.7, 1.6)
 SCANNER_SLICE_MM: tuple[float, float] = (1.0, 3.0)
