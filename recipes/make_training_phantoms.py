@@ -75,6 +75,8 @@ def main() -> None:
                         + ",".join(f"{v:g}" for v in SPACING_XYZ_MM) + ")")
     args = parser.parse_args()
     spacing = tuple(float(v) for v in args.spacing_mm.split(",")) if args.spacing_mm else SPACING_XYZ_MM
+    # at least the model grid's 152 voxels' width in mm, as a located box would be
+    inplane = int(np.ceil(152 * SPACING_XYZ_MM[0] / spacing[0] - 1e-6))
     mix = parse_phase_mix(args.phase_mix) if args.phase_mix else {args.phase: 1.0} if args.phase else None
     first, last = (int(v) for v in args.seeds.split("-"))
     records = []
@@ -92,8 +94,6 @@ def main() -> None:
             options["noise_range_hu"] = [float(v) for v in args.noise_hu.split("-")]
         if args.tumour_share is not None:  # its own generator: the case's other draws are unchanged
             options["tumour"] = bool(np.random.default_rng([seed, 4242]).random() < args.tumour_share)
-        # at least the model grid's 152 voxels' width in mm, as a located box would be
-        inplane = int(np.ceil(152 * SPACING_XYZ_MM[0] / spacing[0] - 1e-6))
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")
