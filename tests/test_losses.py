@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from renalseg.errors import UsageError
 from renalseg.training.losses import (
+    IGNORE_INDEX,
     LOSSES,
     ce_dice_cldice_loss,
     ce_dice_loss,
@@ -166,3 +167,24 @@ def test_ce_dice_present_does_not_push_an_absent_class_to_zero_beyond_cross_entr
     x = logits.detach().clone().requires_grad_()
     ce_dice_present_loss(x, target).backward()
     assert x.grad[0, 2].abs().sum() > x.grad[1, 2].abs().sum()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_an_ignored_voxel_counts_in_no_loss(name):
+    """A voxel marked IGNORE_INDEX (a thin branch a coarse scan cannot show) must give no
+    gradient and leave the loss as it is whatever the network says there, in every loss;
+    without such voxels the loss is what it was."""
+    logits, target = _case(classes=3, seed=4)
+    ignored = torch.zeros_like(target, dtype=torch.bool)
+    ignored[:, 1:3, 2:4, 1:5] = True
+    marked = target.masked_fill(ignored, IGNORE_INDEX)
+    loss = LOSSES[name](logits, marked)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert float(logits.grad.abs().sum(dim=1)[ignored].max()) == 0.0
+    assert float(logits.grad.abs().sum(dim=1)[~ignored].max()) > 0.0
+    changed = logits.detach().clone()
+    changed[:, :, 1:3, 2:4, 1:5] = torch.randn(2, 3, 2, 2, 4) * 9
+    assert float(LOSSES[name](changed, marked)) == pytest.approx(float(loss.detach()), rel=1e-5, abs=1e-6)
+    if name == "ce":
+        assert float(LOSSES[name](logits, target)) == pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-6)

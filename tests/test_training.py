@@ -27,8 +27,11 @@ from renalseg.training.augment import (
     sample_patch,
     simulate_scanner_grid,
     simulate_thick_slices,
+    thin_parts,
 )
 from renalseg.training.data import (
+    IGNORE_INDEX,
+    TrainingCase,
     find_cases,
     load_case,
     load_cases,
@@ -459,6 +462,38 @@ def test_a_scanner_grid_patch_is_blurred_and_noised_as_a_coarse_scan_and_keeps_t
     assert rng_a.random() == rng_b.random()
     with pytest.raises(UsageError, match="--scanner-grids"):
         _config(augment=AugmentConfig(scanner_grids=1.5))
+
+
+def test_a_coarse_scan_patch_leaves_the_thin_branches_out_of_the_loss_and_only_there(tmp_path):
+    """A 1.5-3 mm scan blurs a sub-2 mm artery into its noise: with --spare-thin-branches a
+    coarse-grid patch marks such branches IGNORE_INDEX (neither artery nor background) and
+    keeps the thick artery and the kidney; a patch shown as made keeps every label."""
+    spacing = (1.0, 0.7, 0.7)
+    z, y, x = np.indices((24, 40, 40))
+    label = np.zeros((24, 40, 40), np.uint8)
+    label[((y - 20) / 8.0) ** 2 + ((x - 28) / 6.0) ** 2 <= 1] = 2            # kidney
+    trunk = ((y - 10) * 0.7) ** 2 + ((x - 10) * 0.7) ** 2 <= 2.0 ** 2          # 4 mm artery along z
+    twig = (np.abs(y - 30) <= 0) & (np.abs(x - 8) <= 1)                        # 0.7 x 2.1 mm branch
+    label[trunk | twig] = 1
+    thin = thin_parts(label == 1, spacing)
+    assert thin[twig].all() and not thin[trunk].any()
+    case = TrainingCase("c", np.where(label > 0, 200.0, 40.0).astype(np.float32),
+                        Geometry(label.shape[::-1], spacing[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                        label=label)
+    plain = AugmentConfig(mirror=False, rotate_deg=0.0, intensity=False, spare_thin_class=1)
+    _, kept = sample_patch(case, (24, 40, 40), np.random.default_rng(1), augment=plain)
+    _, spared = sample_patch(case, (24, 40, 40), np.random.default_rng(1), augment=replace(plain, scanner_grids=1.0))
+    assert np.array_equal(kept, label)
+    assert (spared[twig] == IGNORE_INDEX).all() and (spared[trunk] == 1).all()
+    assert np.array_equal(spared[~twig], label[~twig])
+    with pytest.raises(UsageError, match="--spare-thin-branches"):
+        _config(augment=AugmentConfig(spare_thin_class=1))
+    from renalseg.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", "--stage", "seg", "--out", str(tmp_path / "run"), "--data",
+                                      str(_write_dataset(tmp_path / "d", [1, 2])), "--label-map", "2:kidney",
+                                      "--scanner-grids", "0.5", "--spare-thin-branches", "--no-dpa", "--quiet"])
+    assert result.exit_code == 2 and "no renal_artery class" in " ".join(result.output.split())
 
 
 def test_epoch_plan_visits_every_case_each_pass():

@@ -138,6 +138,10 @@ def train_command(
     scanner_grids: Annotated[float, typer.Option("--scanner-grids", help="Probability of showing a patch "
                                                  "as a scan on a coarser grid (0.7-1.6 mm in-plane, 1-3 mm "
                                                  "slices, 15-60 HU of noise) shows it once resampled.")] = 0.0,
+    spare_thin_branches: Annotated[bool, typer.Option("--spare-thin-branches", help="In the patches "
+                                                      "--scanner-grids coarsens, leave the renal artery's "
+                                                      "branches under 2 mm out of the loss (such a scan blurs "
+                                                      "them into its noise).")] = False,
     network_options: Annotated[str, typer.Option("--network-options", help="JSON of network "
                                                  "hyper-parameters, e.g. '{\"bias_quantity\": 2}'.")] = "{}",
     whole_studies: Annotated[bool, typer.Option("--whole-studies", help="Images are whole abdominal CTs: "
@@ -186,6 +190,12 @@ def train_command(
     if not isinstance(options, dict):
         raise UsageError("--network-options must be a JSON object, e.g. '{\"bias_quantity\": 2}'.")
     mapping = parse_label_map(label_map)
+    spare_thin_class = 0
+    if spare_thin_branches:
+        if "renal_artery" not in mapping.class_names:
+            raise UsageError(f"--spare-thin-branches spares the renal artery's thin branches; --label-map "
+                             f"{label_map!r} has no renal_artery class.")
+        spare_thin_class = mapping.class_names.index("renal_artery")
     stage = stage.strip().lower()
     stored_run = out / "config.json"
     if stage == "seg" and init is not None and not init.exists() and resume and stored_run.exists():
@@ -250,6 +260,7 @@ def train_command(
         augment=AugmentConfig(mirror=mirror, rotate_deg=rotate_deg, intensity=intensity,
                               domain_randomisation=domain_randomisation, thick_slices=thick_slices,
                               noisy_scans=noisy_scans, scanner_grids=scanner_grids,
+                              spare_thin_class=spare_thin_class,
                               tissue_ranges_hu=ranges if domain_randomisation > 0 else {},
                               tissue_limits_hu=domain_limits() if domain_randomisation > 0 else {}),
         seed=seed, val_every=val_every, val_overlap=val_overlap, checkpoint_every=checkpoint_every,

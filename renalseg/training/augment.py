@@ -24,7 +24,10 @@ Every training sample is one patch drawn from a :class:`~renalseg.training.data.
    carry 8–25 HU, a thin low-dose scan 40 HU and more);
 6. (``scanner_grids``) the patch as a scan on a coarser grid shows it (0.7–1.6 mm
    in-plane, 1–3 mm slices, 15–60 HU of white noise on its own voxels), resampled back as
-   ``renalseg segment`` resamples a patient's scan; the label keeps the full resolution;
+   ``renalseg segment`` resamples a patient's scan; the label keeps the full resolution,
+   except that with ``spare_thin_class`` that class's branches under 2 mm
+   (:func:`thin_parts`) are left out of the loss (:data:`IGNORE_INDEX`): such a scan
+   blurs them into its noise, and a reader would not label them on it;
 7. normalisation as in the model card (clip HU, scale to [0, 1]), then intensity
    jitter: contrast, brightness, gamma, noise, blur.
 
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from renalseg.training.data import TrainingCase
+from renalseg.training.data import IGNORE_INDEX, TrainingCase
 from renalseg.weights import AUTHORS_NORMALIZATION, normalize_hu
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "add_scan_noise",
     "NOISY_SCAN_HU",
     "simulate_scanner_grid",
+    "thin_parts",
     "SCANNER_INPLANE_MM",
     "SCANNER_SLICE_MM",
     "SCANNER_NOISE_HU",
@@ -88,6 +92,9 @@ class AugmentConfig:
         scanner_grids: probability that a patch is seen as a scan on a coarser grid with
             its own noise (:func:`simulate_scanner_grid`, drawn in ``SCANNER_INPLANE_MM``,
             ``SCANNER_SLICE_MM`` and ``SCANNER_NOISE_HU``); 0 turns it off.
+        spare_thin_class: in those coarse-grid patches, this class index's parts under
+            2 mm across (:func:`thin_parts`) become :data:`IGNORE_INDEX` (no loss counts
+            them); 0 labels them as usual.
     """
 
     mirror: bool = True
@@ -99,6 +106,7 @@ class AugmentConfig:
     thick_slices: float = 0.0
     noisy_scans: float = 0.0
     scanner_grids: float = 0.0
+    spare_thin_class: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready copy (tissue keys as strings)."""
@@ -380,6 +388,36 @@ def simulate_scanner_grid(hu: np.ndarray, spacing_zyx_mm: Sequence[float], scan_
     return out
 
 
+#: the diameter under which :func:`thin_parts` calls a vessel thin (the thin-branch
+#: figure's band: interlobar and arcuate arteries)
+THIN_DIAMETER_MM = 2.0
+
+
+def thin_parts(mask: np.ndarray, spacing_zyx_mm: Sequence[float], diameter_mm: float = THIN_DIAMETER_MM) -> np.ndarray:
+    """The voxels of ``mask`` in parts thinner than ``diameter_mm``: those a morphological
+    opening by a ball of that diameter (the voxel offsets within its radius, in mm)
+    removes. A vessel's lumen a ball of that size cannot fit in is thinner than it. The
+    erosion takes the array's border for foreground: a thick vessel cut by the patch's
+    edge stays thick there.
+
+    Example:
+        >>> tubes = np.zeros((9, 20, 20), bool)
+        >>> tubes[:, 3, 3] = True          # 0.7 mm across
+        >>> tubes[:, 10:15, 10:15] = True  # 3.5 mm across
+        >>> thin = thin_parts(tubes, (1.0, 0.7, 0.7))
+        >>> bool(thin[:, 3, 3].all()), bool(thin[:, 10:15, 10:15].any())
+        (True, False)
+    """
+    radius = diameter_mm / 2.0
+    reach = [int(np.floor(radius / s + 1e-9)) for s in spacing_zyx_mm]
+    offsets = np.indices([2 * r + 1 for r in reach]).reshape(3, -1).T - np.asarray(reach)
+    inside = ((offsets * np.asarray(spacing_zyx_mm, float)) ** 2).sum(axis=1) <= radius ** 2 + 1e-9
+    ball = np.zeros([2 * r + 1 for r in reach], bool)
+    ball[tuple((offsets[inside] + np.asarray(reach)).T)] = True
+    opened = ndimage.binary_dilation(ndimage.binary_erosion(mask, ball, border_value=1), ball)
+    return mask & ~opened
+
+
 #: added noise range (HU standard deviation) of the noisy-scan augmentation: the phantoms
 #: carry 8-25 HU, the real CT in tests/data measures 31-36 HU at 1-2 mm voxels
 NOISY_SCAN_HU: tuple[float, float] = (20.0, 60.0)
@@ -482,7 +520,8 @@ def sample_patch(
         hu = simulate_thick_slices(hu, spacing_zyx[0], rng.uniform(*THICK_SLICE_MM), rng.random())
     if augment is not None and augment.noisy_scans > 0 and rng.random() < augment.noisy_scans:
         hu = add_scan_noise(hu, rng.uniform(*NOISY_SCAN_HU), rng)
-    if augment is not None and augment.scanner_grids > 0 and rng.random() < augment.scanner_grids:
+    coarse = augment is not None and augment.scanner_grids > 0 and rng.random() < augment.scanner_grids
+    if coarse:
         inplane = rng.uniform(*SCANNER_INPLANE_MM)
         hu = simulate_scanner_grid(hu, spacing_zyx, (rng.uniform(*SCANNER_SLICE_MM), inplane, inplane),
                                    rng.uniform(*SCANNER_NOISE_HU), rng)
@@ -490,4 +529,6 @@ def sample_patch(
     if augment is not None and augment.intensity:
         image = _jitter_intensity(image, rng)
     label = None if case.label is None else resample(case.label, 0, 0.0).astype(np.uint8)
+    if coarse and label is not None and augment.spare_thin_class:  # type: ignore[union-attr]
+        label[thin_parts(label == augment.spare_thin_class, spacing_zyx)] = IGNORE_INDEX  # type: ignore[union-attr]
     return image, label

@@ -168,6 +168,9 @@ class TrainConfig:
             raise UsageError(f"--noisy-scans must be in [0, 1]; got {self.augment.noisy_scans}.")
         if not 0.0 <= self.augment.scanner_grids <= 1.0:
             raise UsageError(f"--scanner-grids must be in [0, 1]; got {self.augment.scanner_grids}.")
+        if self.augment.spare_thin_class and self.augment.scanner_grids == 0:
+            raise UsageError("--spare-thin-branches spares thin branches in the patches --scanner-grids coarsens; "
+                             "give --scanner-grids a share above 0.")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be ≥ 1; got {self.max_steps}.")
         parse_label_map(self.label_map)  # fails early on a bad map

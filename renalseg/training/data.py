@@ -33,6 +33,7 @@ from renalseg.volume import Volume
 
 __all__ = [
     "KIPA22_LABELS",
+    "IGNORE_INDEX",
     "LabelMap",
     "parse_label_map",
     "CaseFiles",
@@ -53,6 +54,11 @@ KIPA22_LABELS: dict[int, str] = {s.value: s.name for s in STRUCTURES}
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _AIR_HU = -1024.0
+
+
+#: a class index no loss counts: a patch's voxel left out of training (neither its class
+#: nor background), e.g. a thin branch a coarse scan cannot show
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

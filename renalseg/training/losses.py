@@ -28,7 +28,10 @@ rather than their volume; the soft skeleton is iterated 3-D min/max pooling
 (morphological opening), differentiable.
 
 All losses take ``logits`` float (B, C, Z, Y, X) and ``target`` integer class
-indices (B, Z, Y, X) (or (B, 1, Z, Y, X)), and return a scalar tensor.
+indices (B, Z, Y, X) (or (B, 1, Z, Y, X)), and return a scalar tensor. A voxel whose
+target is :data:`IGNORE_INDEX` counts in no loss, neither as its class nor as
+background: training marks so what a patch's image cannot show (the thin branches a
+coarse scan blurs away, ``renalseg train --spare-thin-branches``).
 """
 
 from __future__ import annotations
@@ -39,9 +42,16 @@ import torch
 import torch.nn.functional as F
 
 from renalseg.errors import UsageError, suggest
+from renalseg.training.data import IGNORE_INDEX
 
-__all__ = ["hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "ce_dice_present_loss", "hra_dice_loss",
-           "soft_dice", "LOSSES", "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
+__all__ = ["IGNORE_INDEX", "hra_loss", "hra_mask", "cross_entropy_loss", "ce_dice_loss", "ce_dice_present_loss",
+           "hra_dice_loss", "soft_dice", "LOSSES", "get_loss", "soft_skeleton", "soft_cldice", "ce_dice_cldice_loss"]
+
+
+def _counted(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(safe, counted)``: the target with ignored voxels set to class 0, and where it counts."""
+    counted = target != IGNORE_INDEX
+    return torch.where(counted, target, torch.zeros_like(target)), counted
 
 
 def _target_indices(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -75,10 +85,11 @@ def hra_mask(logits: torch.Tensor, target: torch.Tensor, *, threshold: float = 0
         raise UsageError(f"HRA threshold {threshold} is outside [0, 1); the paper uses 0.1.")
     target = _target_indices(logits, target)
     if threshold == 0.0:  # plain cross-entropy, even where softmax rounds to exactly 1
-        return torch.ones(target.shape, dtype=torch.bool, device=target.device)
+        return target != IGNORE_INDEX
+    safe, counted = _counted(target)
     with torch.no_grad():
-        p_true = torch.softmax(logits.detach(), dim=1).gather(1, target[:, None])[:, 0]
-        return (1.0 - p_true).abs() > threshold
+        p_true = torch.softmax(logits.detach(), dim=1).gather(1, safe[:, None])[:, 0]
+        return ((1.0 - p_true).abs() > threshold) & counted
 
 
 def hra_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: float = 0.1) -> torch.Tensor:
@@ -102,20 +113,24 @@ def hra_loss(logits: torch.Tensor, target: torch.Tensor, *, threshold: float = 0
     """
     target = _target_indices(logits, target)
     mask = hra_mask(logits, target, threshold=threshold)
-    voxel_ce = F.cross_entropy(logits, target, reduction="none")
+    voxel_ce = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_INDEX)
     return (voxel_ce * mask).sum() / mask.sum().clamp(min=1)
 
 
 def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain cross-entropy, mean over all voxels (the paper's baseline)."""
-    return F.cross_entropy(logits, _target_indices(logits, target))
+    """Plain cross-entropy, mean over all counted voxels (the paper's baseline)."""
+    target = _target_indices(logits, target)
+    voxel_ce = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_INDEX)
+    return voxel_ce.sum() / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _foreground(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground class probabilities and one-hot labels, both (B, C − 1, Z, Y, X)."""
-    target = _target_indices(logits, target)
-    probs = torch.softmax(logits, dim=1)[:, 1:]
-    return probs, F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    """Foreground class probabilities and one-hot labels, both (B, C − 1, Z, Y, X), both
+    zero where the target is :data:`IGNORE_INDEX`."""
+    safe, counted = _counted(_target_indices(logits, target))
+    weight = counted[:, None]
+    probs = torch.softmax(logits, dim=1)[:, 1:] * weight
+    return probs, (F.one_hot(safe, logits.shape[1]).movedim(-1, 1)[:, 1:] * weight).to(probs.dtype)
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5) -> torch.Tensor:
@@ -139,7 +154,7 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: flo
 def _present_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torch.Tensor | None:
     """Mean (1 − soft Dice) of the foreground classes present in ``target`` (indices);
     ``None`` when none is: an absent class gets no Dice term."""
-    present = torch.bincount(target.flatten(), minlength=logits.shape[1])[1:] > 0
+    present = torch.bincount(target[target != IGNORE_INDEX], minlength=logits.shape[1])[1:logits.shape[1]] > 0
     if not bool(present.any()):
         return None
     return (1 - soft_dice(logits, target, smooth=smooth)[present]).mean()
