@@ -398,7 +398,8 @@ def thin_parts(mask: np.ndarray, spacing_zyx_mm: Sequence[float], diameter_mm: f
     opening by a ball of that diameter (the voxel offsets within its radius, in mm)
     removes. A vessel's lumen a ball of that size cannot fit in is thinner than it. The
     erosion takes the array's border for foreground: a thick vessel cut by the patch's
-    edge stays thick there.
+    edge stays thick there. Meant for the model grid: where every voxel side exceeds the
+    radius, the ball is one voxel and nothing is thin.
 
     Example:
         >>> tubes = np.zeros((9, 20, 20), bool)
@@ -410,10 +411,8 @@ def thin_parts(mask: np.ndarray, spacing_zyx_mm: Sequence[float], diameter_mm: f
     """
     radius = diameter_mm / 2.0
     reach = [int(np.floor(radius / s + 1e-9)) for s in spacing_zyx_mm]
-    offsets = np.indices([2 * r + 1 for r in reach]).reshape(3, -1).T - np.asarray(reach)
-    inside = ((offsets * np.asarray(spacing_zyx_mm, float)) ** 2).sum(axis=1) <= radius ** 2 + 1e-9
-    ball = np.zeros([2 * r + 1 for r in reach], bool)
-    ball[tuple((offsets[inside] + np.asarray(reach)).T)] = True
+    axes = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
+    ball = sum((a * float(s)) ** 2 for a, s in zip(axes, spacing_zyx_mm)) <= radius ** 2 + 1e-9
     opened = ndimage.binary_dilation(ndimage.binary_erosion(mask, ball, border_value=1), ball)
     return mask & ~opened
 
