@@ -365,17 +365,23 @@ phase_four_noise() {
 # the 12 crops as made (z1), drawn with 40 HU (s40), and drawn on a 1.5 mm grid as is (r15)
 # and with 36 HU, as the real arterial CTA in tests/data measures (r15n36); the default
 # weights on the same sets beside it
-phase_four_scans() {
+# scans_run RUN [OPTION ...]: the four_scans training (its data made first) in $RUNS/RUN,
+# with OPTIONs added; then the 12 crops drawn as the real CTA measures (r15n36)
+scans_run() {
   phase_four_data
   phantoms four_rcc_n 2000-2299 "${MIX[@]}" "${WIDE[@]}" --noise-hu 8-50
+  train "$RUNS/$1" 300 "${FOUR[@]}" --data "$DATA/four_rcc_n" --val-data "$DATA/four_sel_rcc" \
+      --loss ce_dice_present --samples-per-epoch 100 --val-every 1 --foreground-share 0.3 --hard-negative-share 0.1 \
+      --class-share 0.5 --seed 28 --lr 5e-5 --scanner-grids 0.5 --init "$RUNS/four_rcc/best.safetensors" "${@:2}"
+  drawn_sets r15n36 --spacing-mm 1.5,1.5,1.5 --noise-hu 36-36
+}
+
+phase_four_scans() {
+  scans_run four_scans
   local run=$RUNS/four_scans
-  train "$run" 300 "${FOUR[@]}" --data "$DATA/four_rcc_n" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
-      --samples-per-epoch 100 --val-every 1 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 \
-      --seed 28 --lr 5e-5 --scanner-grids 0.5 --init "$RUNS/four_rcc/best.safetensors"
   scan_sets z1 --slice-mm 1
   drawn_sets s40 --noise-hu 40-40
   drawn_sets r15 --spacing-mm 1.5,1.5,1.5
-  drawn_sets r15n36 --spacing-mm 1.5,1.5,1.5 --noise-hu 36-36
   evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{r15n36,r15,z1,s40} \
       --compare weights/dpa_densebiasnet.safetensors --json "$run/scans.json"
 }
@@ -387,13 +393,8 @@ phase_four_scans() {
 # on all 44 held-out crops as made. It loses more thin branches than four_scans (0 of 44
 # crops up), so its weights are not kept in recipes/state
 phase_four_spare() {
-  phase_four_data
-  phantoms four_rcc_n 2000-2299 "${MIX[@]}" "${WIDE[@]}" --noise-hu 8-50
-  drawn_sets r15n36 --spacing-mm 1.5,1.5,1.5 --noise-hu 36-36
+  scans_run four_spare --spare-thin-branches
   local run=$RUNS/four_spare
-  train "$run" 300 "${FOUR[@]}" --data "$DATA/four_rcc_n" --val-data "$DATA/four_sel_rcc" --loss ce_dice_present \
-      --samples-per-epoch 100 --val-every 1 --foreground-share 0.3 --hard-negative-share 0.1 --class-share 0.5 \
-      --seed 28 --lr 5e-5 --scanner-grids 0.5 --spare-thin-branches --init "$RUNS/four_rcc/best.safetensors"
   evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_r15n36 --json "$run/scans.json"
   evaluate "$run/best.safetensors" "$DATA"/four_art "$DATA"/four_pv --json "$run/held_out.json"
 }

@@ -469,7 +469,7 @@ def test_a_coarse_scan_patch_leaves_the_thin_branches_out_of_the_loss_and_only_t
     coarse-grid patch marks such branches IGNORE_INDEX (neither artery nor background) and
     keeps the thick artery and the kidney; a patch shown as made keeps every label."""
     spacing = (1.0, 0.7, 0.7)
-    z, y, x = np.indices((24, 40, 40))
+    _, y, x = np.indices((24, 40, 40))
     label = np.zeros((24, 40, 40), np.uint8)
     label[((y - 20) / 8.0) ** 2 + ((x - 28) / 6.0) ** 2 <= 1] = 2            # kidney
     trunk = ((y - 10) * 0.7) ** 2 + ((x - 10) * 0.7) ** 2 <= 2.0 ** 2          # 4 mm artery along z
