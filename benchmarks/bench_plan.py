@@ -23,7 +23,8 @@ With ``--segment WEIGHTS`` each phantom is the crop ``renalseg segment`` places 
 kidney with the renal vessels' reach to the aorta and the IVC), segmented first as
 ``renalseg segment --input-is-roi`` writes it (weights that label the artery, the kidney
 and the tumour, as the default ``weights/dpa_densebiasnet`` does), and the plan runs on
-that written label map; the truth it is scored
+that written label map (``--thin-branches``: as ``renalseg segment --thin-branches`` writes
+it, the artery-only weights' artery added inside the kidney); the truth it is scored
 against is still the phantom's. ``--phase`` gives the phantoms a contrast phase
 (:mod:`renalseg.phantom.phases`; default the arterial intensities as drawn).
 ``--labels-dir DIR`` keeps each written label map there (``seed_N.nii.gz``) and reuses it
@@ -35,7 +36,7 @@ so the loss of precision can be laid at the structure that costs it.
 Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --segment WEIGHTS.safetensors \
-        [--phase portal-venous] [--threads 2]
+        [--phase portal-venous] [--threads 2] [--thin-branches]
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --leaf-oracle
     python benchmarks/bench_plan.py --cases 10 --seed 20000 --segment WEIGHTS.safetensors \
         --labels-dir runs/plan_labels --true tumour
@@ -152,12 +153,13 @@ def leaf_oracle(case, records) -> float:  # noqa: ANN001
     return agree / max(total, 1)
 
 
-def _segmenter(weights: str, threads: int):  # noqa: ANN202 - (image) -> (labels, seconds)
+def _segmenter(weights: str, threads: int, thin_branches: bool = False):  # noqa: ANN202 - (image) -> (labels, s)
     """A function from a phantom's image to the label map ``renalseg segment --input-is-roi``
-    writes for it with ``weights`` (KiPA22 values) and the seconds it took."""
+    (with ``--thin-branches`` when asked) writes for it with ``weights`` (KiPA22 values) and
+    the seconds it took."""
     import torch
 
-    from renalseg.pipeline import SegmentConfig, segment_study
+    from renalseg.pipeline import SegmentConfig, segment_study, thin_branch_segmenter
     from renalseg.segmenter import load_model
 
     torch.set_num_threads(threads)
@@ -165,11 +167,12 @@ def _segmenter(weights: str, threads: int):  # noqa: ANN202 - (image) -> (labels
     if not {"kidney", "renal_artery"} <= set(segmenter.spec.classes.values()):
         raise SystemExit(f"{weights}: the plan needs artery and kidney labels; this model labels "
                          f"{', '.join(sorted(set(segmenter.spec.classes.values()) - {'background'}))}.")
-    config = SegmentConfig(input_is_roi=True, weights=segmenter.weights_path)
+    config = SegmentConfig(input_is_roi=True, weights=segmenter.weights_path, thin_branches=thin_branches)
+    artery_segmenter = thin_branch_segmenter(segmenter, device="cpu") if thin_branches else None
 
     def run(image: Volume) -> tuple[Volume, float]:
         started = time.perf_counter()
-        result = segment_study(image.to_sitk(), config, segmenter=segmenter)
+        result = segment_study(image.to_sitk(), config, segmenter=segmenter, artery_segmenter=artery_segmenter)
         return Volume.from_sitk(result.labels), round(time.perf_counter() - started, 1)
 
     return run
@@ -202,6 +205,8 @@ def main() -> None:
                         help="plan on what `renalseg segment --input-is-roi` writes with these weights (roi kind)")
     parser.add_argument("--phase", default=None, help="the phantoms' contrast phase (e.g. portal-venous)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of --segment")
+    parser.add_argument("--thin-branches", action="store_true",
+                        help="with --segment: segment as `renalseg segment --thin-branches` does")
     parser.add_argument("--labels-dir", default=None,
                         help="with --segment: keep the written label maps here and reuse them")
     parser.add_argument("--true", default="", help="structures taken from the phantom's truth before "
@@ -211,6 +216,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.seed < 20000:
         parser.error("held-out phantoms use seeds ≥ 20000 (lower seeds may have been used for training)")
+    if args.thin_branches and not args.segment:
+        parser.error("--thin-branches needs --segment")
     if args.segment and args.kind != "roi":
         parser.error("--segment scores roi phantoms (the crop `renalseg segment` places)")
     make = synthesize_roi if args.kind == "roi" else synthesize_abdomen
@@ -218,7 +225,7 @@ def main() -> None:
     true = [name for name in args.true.split(",") if name]
     if unknown := sorted(set(true) - set(VALUE_OF)):
         parser.error(f"--true: unknown {', '.join(unknown)}; choose among {', '.join(VALUE_OF)}")
-    segment = _segmenter(args.segment, args.threads) if args.segment else None
+    segment = _segmenter(args.segment, args.threads, args.thin_branches) if args.segment else None
     if segment:
         options["great_vessels"] = True
     rows, seconds = [], []
@@ -246,7 +253,8 @@ def main() -> None:
     precision_case = [r["tp"] / (r["tp"] + r["fp"]) for r in valid if r["tp"] + r["fp"]]
     recall_case = [r["tp"] / (r["tp"] + r["fn"]) for r in valid if r["tp"] + r["fn"]]
     summary = {
-        "kind": args.kind, "labels": (f"renalseg segment with {args.segment}" if args.segment else "true")
+        "kind": args.kind, "labels": (f"renalseg segment{' --thin-branches' if args.thin_branches else ''} with "
+                                      f"{args.segment}" if args.segment else "true")
         + (f", true {', '.join(true)}" if true else ""),
         "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe of the shipped weights: weights/dae, weights/densebiasnet,
 # weights/dpa_densebiasnet_artery and the default weights/dpa_densebiasnet (four structures:
-# four_rcc's best), each .safetensors + .json card.
+# four_scans' best, grown from four_rcc's), each .safetensors + .json card.
 #
 #   recipes/shipped_weights.sh all                 every phase of the shipped weights, in order (not four)
 #   recipes/shipped_weights.sh PHASE [PHASE ...]   some phases (each needs those above it; four_solid
@@ -10,7 +10,7 @@
 #       the four-structure phases from recipes/state (four, four_present and four_classes
 #       finished: their step counts and weights; four_rcc at step 2117 of 2400: its
 #       checkpoint; four_solid, four_mimic, four_thick and four_scans finished: their
-#       weights), then their held-out scoring
+#       weights), then their held-out scoring and four_scans' (which publishes the default)
 #
 # phase    network, start                           patch (x,y,z)  lr          steps   kept
 # dae      DAE, from scratch                        96,96,48       1e-3        834     best val MSE  -> weights/dae
@@ -32,11 +32,11 @@
 # four_classes  DPA-DenseBiasNet, four_present's best  152,152,64  1e-4    900     best
 #          patches centred on a class drawn among the case's 50% of the time (--class-share:
 #          the tumour as often as the kidney), on the artery 30%, on bright voxels 10%
-# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4, 3e-5  1806, 2400  best (1500)  -> weights/dpa_densebiasnet
+# four_rcc  DPA-DenseBiasNet, four_classes' last  152,152,64    1e-4, 3e-5  1806, 2400  best (1500)
 #          as four_classes, on the same seeds made again with tumours that look like renal
 #          carcinomas in each phase (washed out after the arterial phase, necrotic cores:
-#          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc; published
-#          with the card limits of recipes/limits_four.json
+#          docs/validation.md "Tumours in the phantoms"), validated on four_sel_rcc; the
+#          default weights until four_scans' replaced them (recipes/state/four_rcc)
 # four_solid  DPA-DenseBiasNet, four_rcc's best  152,152,64     5e-5        600     best (600)
 #          as four_rcc (seed 25), with domain randomisation drawing the tumour as a solid,
 #          enhancing mass (30-300 HU); scored on four_art/four_pv, not published yet
@@ -57,11 +57,12 @@
 #          same 12 crops as they are and with 40 HU added (thick_slices.py --noise-hu 40).
 #          Not published and not kept: validated lower, and with noise it lost thin
 #          branches and kept the false tumour (docs/validation.md, "Noise")
-# four_scans  DPA-DenseBiasNet, four_rcc's best  152,152,64    5e-5        300     best
+# four_scans  DPA-DenseBiasNet, four_rcc's best  152,152,64    5e-5        300     best (300)  -> weights/dpa_densebiasnet
 #          the four_rcc seeds drawn with 8-50 HU of noise (four_rcc_n), half the patches shown
 #          as a scan on a coarser grid shows them once resampled (--scanner-grids 0.5), seed
 #          28; scored on 12 crops as made, drawn with 40 HU, and on a 1.5 mm grid with and
-#          without the real CTA's 36 HU (docs/validation.md, "The scanner's grid")
+#          without the real CTA's 36 HU (docs/validation.md, "The scanner's grid"), and on
+#          four_art/four_pv; published with the card limits of recipes/limits_four.json
 # four_spare  DPA-DenseBiasNet, four_rcc's best  152,152,64    5e-5        300     best
 #          four_scans with --spare-thin-branches: in the coarse patches the artery's parts under
 #          2 mm count in no loss; otherwise the same data, seed and steps. It finds fewer thin
@@ -256,17 +257,17 @@ phase_four_data() {
   phantoms four_pv 9642-9643 --phase portal-venous --great-vessels --tumour-share 1
 }
 
-# four_run RUN COMPARE PUBLISHED HISTORY OPTION ...: a four-structure run, CE + Dice to step
+# four_run RUN COMPARE OPTION ...: a four-structure run, CE + Dice to step
 # 2400 (lr 1e-4 to 2000, then 5e-5; best by validation Dice), then RUN_present: 300 steps
 # from that best with the Dice of the classes present in each patch only (ce_dice_present:
 # the four phase labelled no tumour voxel) at lr 1e-4, validated on four_sel plus four
 # cases with a tumour, then RUN_classes: 900 steps from that best with class-balanced
 # patch centres, then RUN_rcc: 2400 more from its last weights on the same seeds made again
 # with carcinoma-like tumours (lr 1e-4 to step 1806, then 3e-5); scored on four_art/four_pv
-# beside COMPARE
+# beside COMPARE (RUN_rcc/held_out.json)
 four_run() {
-  local run=$1 compare=$2 published=$PUBLISH/$3 history=$4
-  shift 4
+  local run=$1 compare=$2
+  shift 2
   phase_four_data
   train "$run" 2000 "${FOUR[@]}" "$@" --lr 1e-4
   train "$run" 2400 "${FOUR[@]}" "$@" --lr 5e-5
@@ -280,10 +281,9 @@ four_run() {
   # lr 1e-4 to step 1806 (where the run paused, artery validation Dice flat since 900), then 3e-5
   train "${run}_rcc" 1806 "${rcc[@]}"
   train "${run}_rcc" 2400 "${rcc[@]}" --lr 3e-5
-  if [ "${run}_rcc/best.safetensors" -nt "$published" ]; then
-    mkdir -p "$PUBLISH"
+  if [ "${run}_rcc/best.safetensors" -nt "${run}_rcc/held_out.json" ]; then
     evaluate "${run}_rcc/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --compare "$compare" \
-        --publish "$published" --limits recipes/limits_four.json --history "recipes/shipped_weights.sh: $history"
+        --json "${run}_rcc/held_out.json"
   fi
 }
 
@@ -339,7 +339,7 @@ phase_four_thick() {
   for z in 1 3 5; do  # 1: the cases as they are (their slices are 1 mm)
     scan_sets "z$z" --slice-mm $z
   done
-  evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_z{1,3,5} --compare weights/dpa_densebiasnet.safetensors \
+  evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_z{1,3,5} --compare "$RUNS/four_rcc/best.safetensors" \
       --json "$run/thick.json"
 }
 
@@ -354,7 +354,7 @@ phase_four_noise() {
       --lr 5e-5 --thick-slices 0.3 --noisy-scans 0.3 --init recipes/state/four_thick/best.safetensors
   scan_sets z1 --slice-mm 1
   scan_sets n40 --noise-hu 40
-  evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{z1,n40} --compare weights/dpa_densebiasnet.safetensors \
+  evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{z1,n40} --compare "$RUNS/four_rcc/best.safetensors" \
       --json "$run/noise.json"
 }
 
@@ -383,7 +383,13 @@ phase_four_scans() {
   drawn_sets s40 --noise-hu 40-40
   drawn_sets r15 --spacing-mm 1.5,1.5,1.5
   evaluate "$run/best.safetensors" "$DATA"/four_{art,pv}_{r15n36,r15,z1,s40} \
-      --compare weights/dpa_densebiasnet.safetensors --json "$run/scans.json"
+      --compare "$RUNS/four_rcc/best.safetensors" --json "$run/scans.json"
+  if [ "$run/best.safetensors" -nt "$PUBLISH/dpa_densebiasnet.safetensors" ]; then
+    mkdir -p "$PUBLISH"
+    evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json" \
+        --publish "$PUBLISH/dpa_densebiasnet.safetensors" --limits recipes/limits_four.json \
+        --history "recipes/shipped_weights.sh: phase four (from the shipped artery weights, now weights/dpa_densebiasnet_artery), four_present, four_classes, four_rcc (best by validation, step 1500), four_scans (best by validation, step 300)"
+  fi
 }
 
 # four_spare: four_scans with the thin branches spared: in the coarse patches the renal
@@ -400,8 +406,7 @@ phase_four_spare() {
 }
 
 phase_four() {
-  four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors dpa_densebiasnet.safetensors \
-      "phase four (from the shipped artery weights)" --init weights/dpa_densebiasnet_artery.safetensors
+  four_run "$RUNS/four" weights/dpa_densebiasnet_artery.safetensors --init weights/dpa_densebiasnet_artery.safetensors
 }
 
 # four_plain: the four phase's twin without the deep priori anatomy (DAE) features, for
@@ -411,9 +416,7 @@ phase_four() {
 # than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
 # the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
 phase_four_plain() {
-  four_run "$RUNS/four_plain" "$RUNS/four_rcc/best.safetensors" densebiasnet_four.safetensors \
-      "phase four_plain (from the plain artery weights)" \
-      --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
+  four_run "$RUNS/four_plain" "$RUNS/four_rcc/best.safetensors" --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
 }
 
 phase_resume() {
@@ -426,6 +429,7 @@ phase_resume() {
     fi
   done
   phase_four
+  phase_four_scans
 }
 
 SHIPPED=(dae plain plain96 twin dpa gpu cpu)  # `all`: the weights in weights/

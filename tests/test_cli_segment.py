@@ -189,11 +189,14 @@ def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
     """The whole CLI with the shipped weights on a phantom seed not used in training: each
     structure near its documented Dice.
 
-    The demo's phantom (arterial phase), whose Dice with the four-structure weights is
-    documented as artery 0.781, vein 0.795, kidney 0.948 (docs/validation.md, "The
-    demo"); the bars sit a little below. The 0.85 artery target of the issues is a mean
-    over held-out sets (`recipes/evaluate_shipped.py`), not a bar for one phantom.
+    The demo's phantom (arterial phase), segmented as the README tells arterial-phase users
+    to (`--thin-branches`), whose Dice is documented as artery 0.811, vein 0.811, kidney
+    0.953 and 81% of the sub-2 mm centerline found (docs/validation.md, "The demo"); the
+    bars sit a little below. The 0.85 artery target of the issues is a mean over held-out
+    sets (`recipes/evaluate_shipped.py`), not a bar for one phantom.
     """
+    from renalseg.metrics import found_by_diameter
+
     from renalseg.cli.demo import DEMO_SEED
     from renalseg.phantom import synthesize_abdomen
     from renalseg.weights import DEFAULT_WEIGHTS_PATH
@@ -202,11 +205,13 @@ def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
     assert Path(DEFAULT_WEIGHTS_PATH).exists(), f"no shipped weights at {DEFAULT_WEIGHTS_PATH}"
     case = synthesize_abdomen(DEMO_SEED)
     study = write_image(case.image, tmp_path / "heldout.nii.gz")
-    result = _run("segment", study, "--out", tmp_path / "out", "--quiet")
+    result = _run("segment", study, "--out", tmp_path / "out", "--quiet", "--thin-branches")
     assert result.exit_code == 0, result.output
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "heldout" / "labels.nii.gz")))
-    for value, name, bar in ((3, "artery", 0.75), (1, "vein", 0.75), (2, "kidney", 0.92)):
+    for value, name, bar in ((3, "artery", 0.78), (1, "vein", 0.78), (2, "kidney", 0.93)):
         assert dice(labels == value, case.label.array == value) >= bar, name
+    found = found_by_diameter(labels == 3, case.label.array == 3, case.image.geometry.spacing_xyz_mm)
+    assert found["found_0-2mm"] >= 0.7, found
 
 
 def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypatch):
@@ -250,3 +255,39 @@ def test_thin_branches_with_an_artery_only_model_is_a_usage_error(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--thin-branches" in result.output and "kidney" in result.output
     assert not (tmp_path / "out" / "study").exists()
+
+
+def test_arterial_studies_without_thin_branches_get_a_tip_naming_them(tmp_path, monkeypatch):
+    """On an arterial study the default weights alone find 65% of the sub-2 mm branches and
+    94% with --thin-branches: segment says so, naming the studies, unless asked to be quiet;
+    never for other phases or for a model the flag cannot serve (no kidney label)."""
+    import types
+
+    import renalseg.cli.segment as cli_segment
+
+    four = types.SimpleNamespace(spec=types.SimpleNamespace(
+        classes={"0": "background", "1": "renal_artery", "2": "renal_vein", "3": "kidney", "4": "tumour"}))
+    artery_only = types.SimpleNamespace(spec=types.SimpleNamespace(classes={"0": "background",
+                                                                            "1": "renal_artery"}))
+    rows = [{"study": name, "phase": phase} for name, phase in
+            (("p1", "portal_venous"), ("a1", "late_arterial"), ("a2", "early_arterial"), ("a3", "late_arterial"),
+             ("a4", "late_arterial"), ("x", None))]
+    tip = cli_segment._thin_branch_tip(rows, four)
+    assert tip.startswith("a1, a2, a3 and 1 more: arterial phase; --thin-branches") and "p1" not in tip
+    assert cli_segment._thin_branch_tip(rows[:1], four) is None
+    assert cli_segment._thin_branch_tip(rows, artery_only) is None
+
+    # through the command: the batch's rows as segment_study's reports give them
+    monkeypatch.setattr(renalseg.segmenter, "load_model", lambda *a, **k: types.SimpleNamespace(
+        spec=types.SimpleNamespace(classes=four.spec.classes, synthetic_training_only=False),
+        device_reason="cpu (test)", current_device="cpu"))
+    monkeypatch.setattr(cli_segment, "_run", lambda studies, out, *a, **k: [
+        {"study": "study", "status": "ok", "output": str(out / "study"), "seconds": 1.0, "verdict": "ok",
+         "phase": "late_arterial", "warnings": []}])
+    volume, _ = tube_ct()
+    study = write_image(volume, tmp_path / "study.nii.gz")
+    shown = _run("segment", study, "--out", tmp_path / "out")
+    assert shown.exit_code == 0, shown.output
+    assert "tip: study: arterial phase; --thin-branches" in " ".join(shown.output.split())
+    quiet = _run("segment", study, "--out", tmp_path / "out2", "--quiet")
+    assert quiet.exit_code == 0 and "--thin-branches" not in quiet.output

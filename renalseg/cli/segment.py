@@ -96,6 +96,36 @@ def _summary_table(rows: list[dict]) -> Any:
     return table
 
 
+#: the contrast phases where ``--thin-branches`` applies (the artery-only weights' card)
+THIN_BRANCH_PHASES = ("early_arterial", "late_arterial")
+
+
+def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
+    """The line ``segment`` prints when studies in an arterial phase ran without
+    ``--thin-branches`` on a model it applies to (one that labels the artery and the kidney),
+    or ``None``: on such a study the flag finds far more of the interlobar branches.
+
+    Example:
+        >>> from types import SimpleNamespace as N
+        >>> model = N(spec=N(classes={"0": "background", "1": "renal_artery", "2": "kidney"}))
+        >>> _thin_branch_tip([{"study": "a", "phase": "portal_venous"}], model) is None
+        True
+        >>> _thin_branch_tip([{"study": "a", "phase": "late_arterial"}], model)[:34]
+        'a: arterial phase; --thin-branches'
+    """
+    from renalseg.labels import BY_KEY, output_values
+
+    values = set(output_values(segmenter.spec.classes).values())
+    if not {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= values:
+        return None
+    arterial = [row["study"] for row in rows if row.get("phase") in THIN_BRANCH_PHASES]
+    if not arterial:
+        return None
+    names = ", ".join(arterial[:3]) + (f" and {len(arterial) - 3} more" if len(arterial) > 3 else "")
+    return (f"{names}: arterial phase; --thin-branches finds more of the interlobar branches there (22 "
+            "held-out arterial phantoms: 94% of the sub-2 mm centerline, not 65%) for a second network pass.")
+
+
 def _structures(text: str | None, classes: Any) -> tuple[str, ...]:
     """``--structures`` checked against the model's classes (a usage error before any study)."""
     from renalseg.labels import STRUCTURES, output_values, parse_structures
@@ -143,7 +173,8 @@ def segment(
     thin_branches: Annotated[bool, typer.Option(
         "--thin-branches", help="In an arterial-phase study, also run the artery-only weights "
         "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
-        "of the interlobar branches, twice the network time. Skipped, with the reason in report.json, in "
+        "of the interlobar branches (22 held-out arterial phantoms: 94% of the sub-2 mm centerline against "
+        "65%), twice the network time. Use it on an arterial CTA. Skipped, with the reason in report.json, in "
         "other phases.")] = False,
     keep_fluid_tumour: Annotated[bool, typer.Option(
         "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
@@ -206,6 +237,9 @@ def segment(
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
                 dicom_seg=dicom_seg, report_page=report_page, artery_segmenter=artery_segmenter)
+    tip = None if thin_branches or quiet or json_output else _thin_branch_tip(rows, segmenter)
+    if tip:
+        err_console.print(f"[cyan]tip:[/] {tip}", highlight=False, soft_wrap=True)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
     unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]
