@@ -190,7 +190,7 @@ def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
     structure near its documented Dice.
 
     The demo's phantom (arterial phase), segmented as the README tells arterial-phase users
-    to (`--thin-branches`), whose Dice is documented as artery 0.811, vein 0.811, kidney
+    to (`--thin-branches`), whose Dice `segment` gives as artery 0.811, vein 0.811, kidney
     0.953 and 81% of the sub-2 mm centerline found (docs/validation.md, "The demo"); the
     bars sit a little below. The 0.85 artery target of the issues is a mean over held-out
     sets (`recipes/evaluate_shipped.py`), not a bar for one phantom.
