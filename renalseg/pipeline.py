@@ -67,6 +67,8 @@ __all__ = [
     "locate_study",
     "write_locate_outputs",
     "roi_from_extent",
+    "serves_thin_branches",
+    "thin_branch_phases",
     "thin_branch_segmenter",
     "THIN_BRANCH_WEIGHTS",
     "SYNTHETIC_NOTICE",
@@ -650,6 +652,33 @@ def _release_buffers(segmenter: Segmenter | None) -> None:
         release()
 
 
+def serves_thin_branches(classes: dict[str, str]) -> bool:
+    """Whether ``--thin-branches`` can serve a model with these ``classes``: it takes the
+    artery inside the kidney the model labels, so the model must label both.
+
+    Example:
+        >>> serves_thin_branches({"0": "background", "1": "renal_artery", "2": "kidney"})
+        True
+        >>> serves_thin_branches({"0": "background", "1": "renal_artery"})
+        False
+    """
+    return {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= set(output_values(classes).values())
+
+
+def thin_branch_phases() -> tuple[str, ...]:
+    """The contrast phases ``--thin-branches`` applies in: those the shipped artery-only
+    weights' card validates (:data:`THIN_BRANCH_WEIGHTS`).
+
+    Example:
+        >>> thin_branch_phases()
+        ('early_arterial', 'late_arterial')
+    """
+    from renalseg import quality
+    from renalseg.weights import read_card, resolve_weights
+
+    return tuple(quality.limits_from_card(read_card(resolve_weights(THIN_BRANCH_WEIGHTS)).limits).phases)
+
+
 def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | None = None,
                           device: str = "auto") -> Segmenter:
     """The artery-only model ``--thin-branches`` runs beside ``segmenter`` (loaded from
@@ -659,8 +688,7 @@ def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | No
         UsageError: ``segmenter`` does not label both the artery and the kidney, or the
             second model does not label the artery on the same grid.
     """
-    values = output_values(segmenter.spec.classes)
-    if BY_KEY["artery"].value not in values.values() or BY_KEY["kidney"].value not in values.values():
+    if not serves_thin_branches(segmenter.spec.classes):
         raise UsageError(f"--thin-branches takes the artery inside the kidney from a second model, so the main "
                          f"model must label the artery and the kidney; {segmenter.spec.name} labels "
                          f"{', '.join(sorted(segmenter.spec.classes.values()))}. Use the default weights.")

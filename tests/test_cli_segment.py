@@ -195,9 +195,8 @@ def test_shipped_weights_segment_a_held_out_phantom(tmp_path):
     bars sit a little below. The 0.85 artery target of the issues is a mean over held-out
     sets (`recipes/evaluate_shipped.py`), not a bar for one phantom.
     """
-    from renalseg.metrics import found_by_diameter
-
     from renalseg.cli.demo import DEMO_SEED
+    from renalseg.metrics import found_by_diameter
     from renalseg.phantom import synthesize_abdomen
     from renalseg.weights import DEFAULT_WEIGHTS_PATH
 

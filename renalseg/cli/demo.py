@@ -49,11 +49,12 @@ def demo(
     from renalseg.errors import OutputExistsError, UsageError
     from renalseg.io.image import write_image
     from renalseg.io.output import StagedDir
-    from renalseg.labels import BY_KEY, output_values, values_of_kind
+    from renalseg.labels import BY_KEY, values_of_kind
     from renalseg.mesh import export_meshes
     from renalseg.metrics import FOUND_LABELS, dice, found_by_diameter
     from renalseg.phantom import synthesize_abdomen
-    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, segment_study, thin_branch_segmenter, write_outputs
+    from renalseg.pipeline import (SYNTHETIC_NOTICE, SegmentConfig, segment_study, serves_thin_branches,
+                                   thin_branch_segmenter, write_outputs)
     from renalseg.segmenter import load_model
     from renalseg.study import Study
     from renalseg.volume import Volume
@@ -73,8 +74,7 @@ def demo(
         started = time.perf_counter()
         segmenter = load_model(weights, device)
         # --thin-branches needs a main model that labels the kidney (the artery-only weights do not)
-        labelled = set(output_values(segmenter.spec.classes).values())
-        thin_branches = thin_branches and {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= labelled
+        thin_branches = thin_branches and serves_thin_branches(segmenter.spec.classes)
         artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches else None
         times["load model"] = time.perf_counter() - started
     err_console.print(f"device: {segmenter.device_reason}", highlight=False)

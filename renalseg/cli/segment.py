@@ -96,10 +96,6 @@ def _summary_table(rows: list[dict]) -> Any:
     return table
 
 
-#: the contrast phases where ``--thin-branches`` applies (the artery-only weights' card)
-THIN_BRANCH_PHASES = ("early_arterial", "late_arterial")
-
-
 def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
     """The line ``segment`` prints when studies in an arterial phase ran without
     ``--thin-branches`` on a model it applies to (one that labels the artery and the kidney),
@@ -113,12 +109,12 @@ def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
         >>> _thin_branch_tip([{"study": "a", "phase": "late_arterial"}], model)[:34]
         'a: arterial phase; --thin-branches'
     """
-    from renalseg.labels import BY_KEY, output_values
+    from renalseg.pipeline import serves_thin_branches, thin_branch_phases
 
-    values = set(output_values(segmenter.spec.classes).values())
-    if not {BY_KEY["artery"].value, BY_KEY["kidney"].value} <= values:
+    if not serves_thin_branches(segmenter.spec.classes):
         return None
-    arterial = [row["study"] for row in rows if row.get("phase") in THIN_BRANCH_PHASES]
+    phases = thin_branch_phases()
+    arterial = [row["study"] for row in rows if row.get("phase") in phases]
     if not arterial:
         return None
     names = ", ".join(arterial[:3]) + (f" and {len(arterial) - 3} more" if len(arterial) > 3 else "")
