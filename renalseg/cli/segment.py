@@ -96,6 +96,10 @@ def _summary_table(rows: list[dict]) -> Any:
     return table
 
 
+#: what ``--thin-branches`` gives, as measured (docs/validation.md, "`four_scans` is the default")
+THIN_BRANCH_GAIN = "22 held-out arterial phantoms: 94% of the sub-2 mm centerline, not 65%"
+
+
 def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
     """The line ``segment`` prints when studies in an arterial phase ran without
     ``--thin-branches`` on a model it applies to (one that labels the artery and the kidney),
@@ -118,8 +122,8 @@ def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
     if not arterial:
         return None
     names = ", ".join(arterial[:3]) + (f" and {len(arterial) - 3} more" if len(arterial) > 3 else "")
-    return (f"{names}: arterial phase; --thin-branches finds more of the interlobar branches there (22 "
-            "held-out arterial phantoms: 94% of the sub-2 mm centerline, not 65%) for a second network pass.")
+    return (f"{names}: arterial phase; --thin-branches finds more of the interlobar branches there "
+            f"({THIN_BRANCH_GAIN}) for a second network pass.")
 
 
 def _structures(text: str | None, classes: Any) -> tuple[str, ...]:
@@ -169,9 +173,8 @@ def segment(
     thin_branches: Annotated[bool, typer.Option(
         "--thin-branches", help="In an arterial-phase study, also run the artery-only weights "
         "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
-        "of the interlobar branches (22 held-out arterial phantoms: 94% of the sub-2 mm centerline against "
-        "65%), twice the network time. Use it on an arterial CTA. Skipped, with the reason in report.json, in "
-        "other phases.")] = False,
+        f"of the interlobar branches ({THIN_BRANCH_GAIN}), twice the network time. Use it on an arterial CTA. "
+        "Skipped, with the reason in report.json, in other phases.")] = False,
     keep_fluid_tumour: Annotated[bool, typer.Option(
         "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
         "enhancing wall). By default they are taken for simple cysts (the Bosniak 2019 threshold) and given to "
