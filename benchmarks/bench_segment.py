@@ -20,7 +20,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_segment.py --cache /tmp/renalseg-bench [--weights W]
         [--skip-e2e] [--skip-monai] [--roi-slices 150] [--repeats 2] [--segment-overlap O]
-        [--json out.json]
+        [--thin-branches] [--json out.json]
 
 An AVX-512 machine measures the AVX2-only path when torch's kernels are held to AVX2::
 
@@ -109,6 +109,8 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
                str(weights), "--device", args.device, "--json"]
     if args.segment_overlap is not None:
         command += ["--overlap", str(args.segment_overlap)]
+    if args.thin_branches:
+        command += ["--thin-branches"]
     child = _run_child(command)
     result = {"command": " ".join(command), "exit_code": child["exit_code"], "wall_s": child["wall_s"],
               "peak_rss_gb": child["peak_rss_gb"]}
@@ -273,6 +275,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap of the MONAI comparison")
     parser.add_argument("--segment-overlap", type=float, default=None,
                         help="end to end: `segment --overlap` (default: segment's own default)")
+    parser.add_argument("--thin-branches", action="store_true",
+                        help="end to end: `segment --thin-branches` (the artery-only model's second pass)")
     parser.add_argument("--roi-slices", type=int, default=160,
                         help="ROI slices for the MONAI comparison (64 + 32k: both place windows alike)")
     parser.add_argument("--truth-roi-slices", type=int, default=130,

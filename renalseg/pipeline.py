@@ -51,11 +51,13 @@ from renalseg.postprocess import (
     probabilities_to_labels,
     reassign_by_topology,
     take_thin_branches,
+    thin_branch_region,
 )
 from renalseg.roi import KidneyROI
 from renalseg.segmenter import Segmenter
 from renalseg.study import Study
 from renalseg.volume import Volume, crop, paste
+from renalseg.windows import box_around
 
 __all__ = [
     "SegmentConfig",
@@ -120,7 +122,8 @@ class SegmentConfig:
         thin_branches: in an arterial-phase study, also run the artery-only weights
             (:data:`THIN_BRANCH_WEIGHTS`) and take the artery inside the kidney from
             whichever model is surer (:func:`renalseg.postprocess.take_thin_branches`):
-            more of the interlobar branches, twice the network time. Needs a model that
+            more of the interlobar branches, for a second pass over the kidney's box
+            (:func:`renalseg.postprocess.thin_branch_region`). Needs a model that
             labels the artery and the kidney; in other phases it is skipped and the
             report says why.
         fluid_max_hu: tumour pieces whose interior has a median at or below this (HU)
@@ -502,12 +505,20 @@ def segment_study(
         started = time.perf_counter()
         for roi, _lo, _hi, roi_hu, probabilities in predicted:
             stage = f"segment {roi.side} (thin branches)"
-            second = artery_segmenter.predict(  # type: ignore[union-attr]
-                roi_hu, overlap=config.overlap, tta=tta,
-                on_progress=lambda done, total, stage=stage: progress(stage, done, total))
-            region = take_thin_branches(probabilities, second[second_artery], artery_channel=artery_channel,
-                                        kidney_channels=kidney_channels)
+            region = thin_branch_region(probabilities, kidney_channels, spacing_xyz_mm=roi.grid.spacing_xyz_mm,
+                                        max_gap_mm=config.max_gap_mm)
             thin["region_ml"][roi.side] = round(float(region.sum()) * float(np.prod(roi.grid.spacing_xyz_mm)) / 1000, 1)
+            box = box_around(region, artery_segmenter.spec.window_zyx)  # type: ignore[union-attr]
+            if box is None:
+                continue
+            # the artery-only model is read only inside the kidney: its windows cover the
+            # kidney's box (with a window's context), not the whole ROI (3 windows of 8 on
+            # the demo's ROIs)
+            second = np.zeros(region.shape, dtype=np.float32)
+            second[box] = artery_segmenter.predict(  # type: ignore[union-attr]
+                roi_hu[box], overlap=config.overlap, tta=tta,
+                on_progress=lambda done, total, stage=stage: progress(stage, done, total))[second_artery]
+            take_thin_branches(probabilities, second, artery_channel=artery_channel, region=region)
             del second, region
         _release_buffers(artery_segmenter)
         timings["inference_thin_branches"] = time.perf_counter() - started

@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_GAP_MM",
     "reassign_by_topology",
     "take_thin_branches",
+    "thin_branch_region",
     "THIN_BRANCH_MARGIN_VOXELS",
     "drop_fluid_tumour",
     "FLUID_MAX_HU",
@@ -571,42 +572,62 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
 THIN_BRANCH_MARGIN_VOXELS = 3
 
 
-def take_thin_branches(probabilities: np.ndarray, artery_probability: np.ndarray, *, artery_channel: int,
-                       kidney_channels: Collection[int],
+def thin_branch_region(probabilities: np.ndarray, kidney_channels: Collection[int], *,
+                       spacing_xyz_mm: tuple[float, float, float], max_gap_mm: float = DEFAULT_MAX_GAP_MM,
                        margin_voxels: int = THIN_BRANCH_MARGIN_VOXELS) -> np.ndarray:
-    """Inside the kidney, the artery probability of a second (artery-only) model where it is higher.
+    """Where ``--thin-branches`` takes the artery-only model's artery: the kidney.
 
-    The region is where the arg-max of ``probabilities`` is one of ``kidney_channels``
-    (kidney, tumour), grown by ``margin_voxels``. There the artery channel becomes
-    ``max(p_artery, artery_probability)`` and the other channels are scaled so that every
-    voxel still sums to 1 (their ratios kept); elsewhere nothing changes.
+    That is the voxels whose arg-max in ``probabilities`` is one of ``kidney_channels``
+    (kidney, tumour), only the largest piece and those within ``max_gap_mm`` of it (the
+    pieces the kidney's clean-up keeps, :func:`keep_main_tree`), grown by
+    ``margin_voxels`` (26-connected steps). A false speck of kidney beside the aorta, where
+    the artery-only weights take every bright artery for a renal one, is left out, and the
+    artery-only model need run only over the box around the rest
+    (:func:`renalseg.windows.box_around`).
+
+    Example:
+        >>> p = np.zeros((3, 1, 1, 30), np.float32); p[0] = 1; p[1, 0, 0, [0, 1, 2, 25]] = 2
+        >>> thin_branch_region(p, [1], spacing_xyz_mm=(1, 1, 1), max_gap_mm=10, margin_voxels=1)[0, 0].nonzero()[0].tolist()
+        [0, 1, 2, 3]
+    """
+    kidney = np.isin(np.argmax(probabilities, axis=0), list(kidney_channels))
+    region = keep_main_tree(kidney.view(np.uint8), max_gap_mm=max_gap_mm, spacing_xyz_mm=spacing_xyz_mm) > 0
+    if margin_voxels > 0 and region.any():
+        region = ndimage.binary_dilation(region, structure=STRUCTURE_26, iterations=margin_voxels)
+    return region
+
+
+def take_thin_branches(probabilities: np.ndarray, artery_probability: np.ndarray, *, artery_channel: int,
+                       region: np.ndarray) -> None:
+    """Inside ``region`` (:func:`thin_branch_region`: the kidney), the artery probability
+    of a second (artery-only) model where it is higher.
+
+    There the artery channel becomes ``max(p_artery, artery_probability)`` and the other
+    channels are scaled so that every voxel still sums to 1 (their ratios kept); elsewhere
+    nothing changes, and ``artery_probability`` is not read.
 
     Args:
         probabilities: float32 ``(C, Z, Y, X)`` of the four-structure model; changed in place.
         artery_probability: float ``(Z, Y, X)`` artery probability of the artery-only model
             on the same grid.
         artery_channel: the artery's channel in ``probabilities``.
-        kidney_channels: the channels whose voxels make the region.
-        margin_voxels: dilation of the region (26-connected steps).
-
-    Returns:
-        The region (bool ``(Z, Y, X)``).
+        region: bool ``(Z, Y, X)``.
 
     Example:
         >>> p = np.zeros((3, 1, 1, 4), np.float32); p[0] = 0.2; p[1] = [0.7, 0.7, 0.1, 0.1]; p[2] = 0.1
         >>> p[:, 0, 0, 2:] = [[0.8], [0.1], [0.1]]            # background far from the kidney
         >>> q = np.array([[[0.9, 0.1, 0.9, 0.9]]], np.float32)
-        >>> take_thin_branches(p, q, artery_channel=2, kidney_channels=[1], margin_voxels=1)[0, 0].tolist()
+        >>> region = thin_branch_region(p, [1], spacing_xyz_mm=(1, 1, 1), margin_voxels=1)
+        >>> region[0, 0].tolist()
         [True, True, True, False]
+        >>> take_thin_branches(p, q, artery_channel=2, region=region)
         >>> [round(float(v), 3) for v in p[2, 0, 0]], [round(float(v), 3) for v in p.sum(axis=0)[0, 0]]
         ([0.9, 0.1, 0.9, 0.1], [1.0, 1.0, 1.0, 1.0])
     """
-    if probabilities.ndim != 4 or artery_probability.shape != probabilities.shape[1:]:
-        raise UsageError(f"take_thin_branches: probabilities {probabilities.shape} and the artery probability "
-                         f"{artery_probability.shape} are not on one grid.")
-    region = np.isin(np.argmax(probabilities, axis=0), list(kidney_channels))
-    if margin_voxels > 0 and region.any():
-        region = ndimage.binary_dilation(region, structure=STRUCTURE_26, iterations=margin_voxels)
+    if probabilities.ndim != 4 or artery_probability.shape != probabilities.shape[1:] \
+            or region.shape != probabilities.shape[1:]:
+        raise UsageError(f"take_thin_branches: probabilities {probabilities.shape}, the artery probability "
+                         f"{artery_probability.shape} and the region {region.shape} are not on one grid.")
     old = probabilities[artery_channel][region]
     new = np.maximum(old, np.asarray(artery_probability, np.float32)[region])
     scale = (1.0 - new) / np.maximum(1.0 - old, 1e-6)
@@ -614,4 +635,3 @@ def take_thin_branches(probabilities: np.ndarray, artery_probability: np.ndarray
         if channel != artery_channel:
             probabilities[channel][region] *= scale
     probabilities[artery_channel][region] = new
-    return region

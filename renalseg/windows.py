@@ -1,6 +1,6 @@
 """Where sliding windows go, and how much each voxel of a window counts.
 
-Two small pure functions used by :func:`renalseg.inference.sliding_window`:
+Small pure functions used by :func:`renalseg.inference.sliding_window` and its callers:
 
 * :func:`window_starts` spreads the window positions along one axis so that the
   first window starts at 0, the last one ends exactly at the border and the steps
@@ -10,6 +10,8 @@ Two small pure functions used by :func:`renalseg.inference.sliding_window`:
   windows: a separable Gaussian centred on the window, peak 1, σ = 1/8 of the
   window size per axis, so voxels near a window's centre (where the network saw
   the most context) count more than those at its border.
+* :func:`box_around` is the smallest box around a mask that a window fits in, for a
+  second pass that is read only there (``renalseg segment --thin-branches``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from renalseg.errors import UsageError
 
-__all__ = ["window_starts", "gaussian_weights", "window_grid"]
+__all__ = ["window_starts", "gaussian_weights", "window_grid", "box_around"]
 
 #: smallest weight kept; avoids denormal floats (slow) and division by ~0 at corners
 _MIN_WEIGHT = 1e-6
@@ -118,3 +120,34 @@ def gaussian_weights(window_zyx: tuple[int, int, int], sigma_scale: float = 0.12
     if not sigma_scale > 0:
         raise UsageError(f"sigma_scale must be positive; got {sigma_scale}.")
     return _gaussian_cached(window, float(sigma_scale))  # type: ignore[arg-type]
+
+
+def box_around(mask: np.ndarray, window_zyx: tuple[int, ...]) -> tuple[slice, slice, slice] | None:
+    """The bounding box of ``mask``'s True voxels, grown about its centre to at least
+    ``window_zyx`` on each axis where the array allows and kept inside the array.
+
+    A sliding-window pass over this box sees as much real context around the mask as
+    one over the whole array (no window is padded that would not be anyway), for the
+    fraction of the windows the box holds.
+
+    Returns:
+        ``(z, y, x)`` slices, or ``None`` when ``mask`` holds no True voxel.
+
+    Example:
+        >>> m = np.zeros((100, 300, 300), bool); m[40:50, 10:20, 200:260] = True
+        >>> box_around(m, (64, 152, 152))
+        (slice(13, 77, None), slice(0, 152, None), slice(148, 300, None))
+    """
+    found = np.nonzero(np.any(mask, axis=(1, 2))), np.nonzero(np.any(mask, axis=(0, 2))), \
+        np.nonzero(np.any(mask, axis=(0, 1)))
+    if found[0][0].size == 0:
+        return None
+    box = []
+    for (indices,), window, size in zip(found, window_zyx, mask.shape):
+        lo, hi = int(indices[0]), int(indices[-1]) + 1
+        need = min(window, size)
+        if hi - lo < need:
+            lo = min(max(0, lo - (need - (hi - lo)) // 2), size - need)
+            hi = lo + need
+        box.append(slice(lo, hi))
+    return tuple(box)  # type: ignore[return-value]

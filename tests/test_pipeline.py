@@ -398,6 +398,34 @@ def test_thin_branches_take_the_artery_only_models_artery_inside_the_kidney_only
     assert result.report["settings"]["thin_branches"] is True
 
 
+def test_thin_branches_run_the_artery_only_model_over_the_kidney_only():
+    """The artery-only model is read only inside the kidney, so it runs over the windows of
+    the kidney's box, not the whole ROI; a false speck of kidney 50 mm away beside another
+    artery neither widens that box nor gets the artery-only model's artery."""
+    four, artery_only = _thin_branch_pair()
+    hu = np.full((24, 40, 120), -90.0)
+    hu[4:20, 8:32, 6:26] = KIDNEY_HU
+    branch = np.zeros(hu.shape, bool)
+    branch[6:18, 19:21, 12:14] = True
+    hu[branch] = BRANCH_HU
+    hu[10:14, 18:22, 96:100] = KIDNEY_HU             # a false speck of 'kidney'
+    hu[8:16, 18:22, 100:103] = OTHER_ARTERY_HU       # another artery against it
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.7, 0.7, 1.0))
+    windows: list[int] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        windows.append(len(batch))
+        return artery_only.predictor(batch)
+
+    result = segment_study(image, SegmentConfig(input_is_roi=True, thin_branches=True), segmenter=four,
+                           artery_segmenter=Segmenter.from_predictor(counted, artery_only.spec))
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert dice(labels == 3, branch) > 0.95
+    assert not (labels[:, :, 90:] == 3).any()
+    assert sum(windows) == 2                          # of the ROI's 28 (2 x 2 x 7)
+
+
 def test_thin_branches_follow_the_phase_and_need_the_kidney():
     from renalseg.pipeline import _thin_branch_model
 

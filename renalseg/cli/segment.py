@@ -173,7 +173,8 @@ def segment(
     thin_branches: Annotated[bool, typer.Option(
         "--thin-branches", help="In an arterial-phase study, also run the artery-only weights "
         "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
-        f"of the interlobar branches ({THIN_BRANCH_GAIN}), twice the network time. Use it on an arterial CTA. "
+        f"of the interlobar branches ({THIN_BRANCH_GAIN}), for a second network pass over the kidney (about "
+        "15 s on a 2-core Xeon). Use it on an arterial CTA. "
         "Skipped, with the reason in report.json, in other phases.")] = False,
     keep_fluid_tumour: Annotated[bool, typer.Option(
         "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
