@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from renalseg.errors import UsageError
-from renalseg.windows import gaussian_weights, window_grid, window_starts
+from renalseg.windows import box_around, gaussian_weights, window_grid, window_starts
 
 
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 100, 127, 152, 153, 280, 301])
@@ -73,3 +73,21 @@ def test_gaussian_weights_are_read_only_and_validated():
         w[0, 0, 0] = 5
     with pytest.raises(UsageError):
         gaussian_weights((8, 0, 8))
+
+
+def test_box_around_holds_the_mask_and_a_window_inside_the_array():
+    """The box a second pass runs over: the whole mask, at least a window each way where the
+    array allows (so no window there is padded), never beyond the array; None when empty."""
+    rng = np.random.default_rng(0)
+    window = (64, 152, 152)
+    for _ in range(50):
+        shape = tuple(int(s) for s in rng.integers(20, 260, size=3))
+        mask = np.zeros(shape, bool)
+        lo = [int(rng.integers(0, s)) for s in shape]
+        hi = [min(s, a + int(rng.integers(1, 80))) for s, a in zip(shape, lo)]
+        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        box = box_around(mask, window)
+        assert box is not None and mask[box].sum() == mask.sum()
+        for cut, w, s in zip(box, window, shape):
+            assert 0 <= cut.start < cut.stop <= s and cut.stop - cut.start >= min(w, s)
+    assert box_around(np.zeros((10, 10, 10), bool), window) is None
