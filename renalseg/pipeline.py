@@ -559,7 +559,9 @@ def segment_study(
                 box_labels, changes = reassign_by_topology(
                     box_labels, roots={vessels[0]: roots["aorta"], vessels[1]: roots["ivc"]},
                     probabilities=by_value, max_gap_mm=config.max_gap_mm,
-                    spacing_xyz_mm=study_geometry.spacing_xyz_mm)
+                    spacing_xyz_mm=study_geometry.spacing_xyz_mm,
+                    kidney=box_labels == BY_KEY["kidney"].value if BY_KEY["kidney"].value in channel_values.values()
+                    else None)
                 rooted = tuple(vessels)
         fluid: dict = {}
         if fluid_test and box_hu is not None:

@@ -66,6 +66,7 @@ __all__ = [
     "clean_labels_logged",
     "DEFAULT_MAX_GAP_MM",
     "reassign_by_topology",
+    "HILUM_MIN_PROBABILITY",
     "take_thin_branches",
     "thin_branch_region",
     "THIN_BRANCH_MARGIN_VOXELS",
@@ -491,9 +492,26 @@ def _tree_reaching(pieces: np.ndarray, count: int, root: np.ndarray, max_gap_mm:
     return reached
 
 
+#: how sure (mean probability of its class) the network must be of a vessel piece against
+#: the kidney for the topology clean-up to keep it off its root's tree (chosen on the
+#: selection phantoms, docs/validation.md)
+HILUM_MIN_PROBABILITY = 0.85
+
+
+def _sure_at_kidney(piece: np.ndarray, kidney: np.ndarray, probability: np.ndarray, min_probability: float,
+                    spacing_xyz_mm: tuple[float, float, float]) -> bool:
+    """Whether ``piece`` lies within :data:`DEFAULT_TUMOUR_CONTACT_MM` of ``kidney`` (both
+    crops of one box) and its mean ``probability`` is at least ``min_probability``."""
+    if not kidney.any() or float(probability[piece].mean()) < min_probability:
+        return False
+    return bool(_near_mask(piece, DEFAULT_TUMOUR_CONTACT_MM, spacing_xyz_mm)[kidney].any())
+
+
 def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
                          probabilities: Mapping[int, np.ndarray] | None, max_gap_mm: float,
-                         spacing_xyz_mm: tuple[float, float, float]) -> tuple[np.ndarray, dict[int, dict]]:
+                         spacing_xyz_mm: tuple[float, float, float], kidney: np.ndarray | None = None,
+                         hilum_min_probability: float = HILUM_MIN_PROBABILITY,
+                         ) -> tuple[np.ndarray, dict[int, dict]]:
     """Vessel pieces must belong to the tree of their own root: the artery the aorta's, the vein the IVC's.
 
     For each vessel label value with a non-empty root mask, every 26-connected piece of
@@ -505,6 +523,13 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
     is dropped. Values without a root (not in ``roots`` or an empty mask: the root is
     not in view) are left alone.
 
+    With ``kidney`` and ``probabilities``, a piece off its own tree that lies against the
+    kidney (within :data:`DEFAULT_TUMOUR_CONTACT_MM`) and that the network is sure of
+    (mean probability of its class at least ``hilum_min_probability``) stays as it is: at
+    the hilum the renal artery and vein run side by side into the kidney, so touching the
+    other vessel there is no contradiction, and a piece cut off from its root by a gap in
+    the network's vessel is still that vessel (held-out phantoms: docs/validation.md).
+
     Args:
         labels: integer ``(Z, Y, X)`` label values.
         roots: vessel label value → bool ``(Z, Y, X)`` mask of its root (e.g.
@@ -514,10 +539,13 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
             tree it reaches.
         max_gap_mm: largest gap in a tree (mm).
         spacing_xyz_mm: voxel spacing (x, y, z) mm.
+        kidney: bool ``(Z, Y, X)``, the kidney label, or ``None``.
+        hilum_min_probability: how sure the network must be of a piece at the kidney.
 
     Returns:
         ``(labels, changes)``: a cleaned copy and, per checked value, ``{"reassigned_pieces",
-        "reassigned_ml", "dropped_pieces", "dropped_ml"}``.
+        "reassigned_ml", "dropped_pieces", "dropped_ml", "kept_at_kidney_pieces",
+        "kept_at_kidney_ml"}``.
 
     Example (an artery piece, value 3, touching the IVC goes to the vein, value 1):
         >>> labels = np.zeros((1, 1, 12), np.uint8); labels[0, 0, 1:3] = 3; labels[0, 0, 8:10] = 3
@@ -540,16 +568,23 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
         trees[value] = (pieces, count, _tree_reaching(pieces, count, roots[value], max_gap_mm, spacing_xyz_mm))
     # each root with the pieces on its tree, for the pieces of the other vessel
     whole_trees = {value: np.asarray(roots[value], dtype=bool) | trees[value][2][trees[value][0]] for value in checked}
+    at_kidney = (kidney is not None and probabilities is not None and np.asarray(kidney).any())
     changes: dict[int, dict] = {}
     for value in checked:
         pieces, count, rooted = trees[value]
-        stats = {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0}
+        stats = {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0,
+                 "kept_at_kidney_pieces": 0, "kept_at_kidney_ml": 0.0}
         for number, box in enumerate(ndimage.find_objects(pieces), start=1):
             if box is None or rooted[number]:
                 continue
             # the piece, in its box grown by the gap: all that can lie within the gap of it
             grown = _grow_box(box, pieces.shape, max_gap_mm, spacing_xyz_mm)
             piece = pieces[grown] == number
+            if at_kidney and _sure_at_kidney(piece, np.asarray(kidney)[grown], np.asarray(probabilities[value])[grown],
+                                             hilum_min_probability, spacing_xyz_mm):
+                stats["kept_at_kidney_pieces"] += 1
+                stats["kept_at_kidney_ml"] += float(piece.sum()) * voxel_ml
+                continue
             near = _near_mask(piece, max_gap_mm, spacing_xyz_mm)
             other = next((c for c in checked if c != value and whole_trees[c][grown][near].any()), None)
             view = out[grown]

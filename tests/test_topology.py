@@ -42,8 +42,33 @@ def test_artery_piece_on_the_ivc_moves_to_vein_and_one_on_the_aorta_stays():
     assert not out[30:33, 12:15, 2:8].any()                      # on neither tree: dropped
     assert (out[10:13, 20:23, 38:41] == VEIN).all()
     assert changes[ARTERY] == {"reassigned_pieces": 1, "reassigned_ml": 0.081, "dropped_pieces": 1,
-                               "dropped_ml": 0.054}
-    assert changes[VEIN] == {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0}
+                               "dropped_ml": 0.054, "kept_at_kidney_pieces": 0, "kept_at_kidney_ml": 0.0}
+    assert changes[VEIN] == {"reassigned_pieces": 0, "reassigned_ml": 0.0, "dropped_pieces": 0, "dropped_ml": 0.0,
+                             "kept_at_kidney_pieces": 0, "kept_at_kidney_ml": 0.0}
+
+
+def test_a_sure_vessel_piece_against_the_kidney_stays_off_its_tree():
+    """At the hilum the renal vein runs beside the artery into the kidney: a vein piece the
+    network is sure of, cut off from the IVC by a gap, touching the kidney, stays vein; an
+    unsure one there, or a sure one away from the kidney, is still reassigned or dropped."""
+    labels, aorta, ivc = _scene()
+    kidney = np.zeros(labels.shape, bool); kidney[15:35, 5:25, 0:10] = True
+    labels[kidney] = 2
+    labels[22:25, 12:15, 10:20] = VEIN       # against the kidney, 2 mm below the artery branch's level
+    labels[24:27, 12:15, 21:30] = ARTERY     # an artery piece the vein piece touches, off every tree
+    labels[0:3, 24:27, 10:20] = VEIN         # sure, but 12 mm from the kidney and off the IVC's tree
+    p = _probabilities(labels)
+    p[VEIN][22:25, 12:15, 10:20] = 0.9
+    p[VEIN][0:3, 24:27, 10:20] = 0.9
+    out, changes = reassign_by_topology(labels, roots={ARTERY: aorta, VEIN: ivc}, probabilities=p, max_gap_mm=5.0,
+                                        spacing_xyz_mm=SPACING, kidney=kidney)
+    assert (out[22:25, 12:15, 10:20] == VEIN).all()
+    assert not (out[0:3, 24:27, 10:20] == VEIN).any()
+    assert changes[VEIN]["kept_at_kidney_pieces"] == 1 and changes[VEIN]["kept_at_kidney_ml"] == 0.09
+    p[VEIN][22:25, 12:15, 10:20] = 0.6      # the network unsure of it: no longer kept
+    unsure, _ = reassign_by_topology(labels, roots={ARTERY: aorta, VEIN: ivc}, probabilities=p, max_gap_mm=5.0,
+                                     spacing_xyz_mm=SPACING, kidney=kidney)
+    assert not (unsure[22:25, 12:15, 10:20] == VEIN).any()
 
 
 def test_a_chain_of_pieces_reaches_the_root_and_no_vein_probability_drops():
