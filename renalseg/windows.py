@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from renalseg.errors import UsageError
+from renalseg.tree import bounding_box
 
 __all__ = ["window_starts", "gaussian_weights", "window_grid", "box_around"]
 
@@ -138,13 +139,11 @@ def box_around(mask: np.ndarray, window_zyx: tuple[int, ...]) -> tuple[slice, sl
         >>> box_around(m, (64, 152, 152))
         (slice(13, 77, None), slice(0, 152, None), slice(148, 300, None))
     """
-    found = np.nonzero(np.any(mask, axis=(1, 2))), np.nonzero(np.any(mask, axis=(0, 2))), \
-        np.nonzero(np.any(mask, axis=(0, 1)))
-    if found[0][0].size == 0:
+    if not np.any(mask):
         return None
     box = []
-    for (indices,), window, size in zip(found, window_zyx, mask.shape):
-        lo, hi = int(indices[0]), int(indices[-1]) + 1
+    for cut, window, size in zip(bounding_box(mask), window_zyx, mask.shape):
+        lo, hi = cut.start, cut.stop
         need = min(window, size)
         if hi - lo < need:
             lo = min(max(0, lo - (need - (hi - lo)) // 2), size - need)
