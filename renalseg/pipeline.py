@@ -46,6 +46,7 @@ from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
     FLUID_MAX_HU,
+    HILUM_MIN_PROBABILITY,
     clean_labels_logged,
     drop_fluid_tumour,
     probabilities_to_labels,
@@ -306,7 +307,10 @@ def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
 TOPOLOGY_DEFINITION = (
     "topology: per ROI, artery pieces must belong to a tree reaching the aorta and vein pieces one reaching the "
     "IVC (gaps up to --max-gap-mm); a piece on the other vessel's tree is reassigned by the network's "
-    "probabilities, a piece on neither is dropped (counted per side under cleanup.topology). The aorta and IVC "
+    "probabilities, a piece on neither is dropped, except a piece against the kidney the network is sure of "
+    f"(mean probability >= {HILUM_MIN_PROBABILITY}: at the hilum artery and vein run side by side), which stays "
+    "(counted per side "
+    "under cleanup.topology). The aorta and IVC "
     "are found in the CT (renalseg.great_vessels); where not both are in view the check is off."
 )
 

@@ -25,7 +25,9 @@
 * :func:`reassign_by_topology`: for a model that labels both vessels, artery pieces
   must belong to a tree reaching the aorta and vein pieces one reaching the IVC
   (:mod:`renalseg.great_vessels` finds both); a piece on the other vessel's tree is
-  reassigned by the network's probabilities, a piece on neither is dropped.
+  reassigned by the network's probabilities, a piece on neither is dropped; a piece
+  against the kidney that the network is sure of stays (the hilum, where artery and vein
+  run side by side).
 * :func:`drop_fluid_tumour`: a tumour piece of water attenuation (median at most 20 HU)
   with no enhancing wall or septum is a simple cyst (the Bosniak 2019 threshold), not a
   tumour; its voxels go to the most probable other class.
