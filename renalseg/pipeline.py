@@ -309,8 +309,7 @@ TOPOLOGY_DEFINITION = (
     "IVC (gaps up to --max-gap-mm); a piece on the other vessel's tree is reassigned by the network's "
     "probabilities, a piece on neither is dropped, except a piece against the kidney the network is sure of "
     f"(mean probability >= {HILUM_MIN_PROBABILITY}: at the hilum artery and vein run side by side), which stays "
-    "(counted per side "
-    "under cleanup.topology). The aorta and IVC "
+    "(counted per side under cleanup.topology). The aorta and IVC "
     "are found in the CT (renalseg.great_vessels); where not both are in view the check is off."
 )
 

@@ -203,10 +203,15 @@ def _reach_box(mask: np.ndarray, distance_mm: float, spacing_xyz_mm: tuple[float
                      spacing_xyz_mm)
 
 
+def _distance_mm(reference: np.ndarray, spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+    """Each voxel's distance (mm) to ``reference`` (a crop that holds all of it)."""
+    sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
+    return ndimage.distance_transform_edt(~reference, sampling=sampling)
+
+
 def _near_mask(reference: np.ndarray, max_distance_mm: float, spacing_xyz_mm: tuple[float, float, float]) -> np.ndarray:
     """The voxels of the array within ``max_distance_mm`` of ``reference`` (a crop that holds all of it)."""
-    sampling = tuple(float(s) for s in spacing_xyz_mm[::-1])
-    return ndimage.distance_transform_edt(~reference, sampling=sampling) <= max_distance_mm
+    return _distance_mm(reference, spacing_xyz_mm) <= max_distance_mm
 
 
 def _most_probable_other(probabilities: Mapping[int, np.ndarray], value: int, where: tuple,
@@ -500,13 +505,14 @@ def _tree_reaching(pieces: np.ndarray, count: int, root: np.ndarray, max_gap_mm:
 HILUM_MIN_PROBABILITY = 0.85
 
 
-def _sure_at_kidney(piece: np.ndarray, kidney: np.ndarray, probability: np.ndarray, min_probability: float,
-                    spacing_xyz_mm: tuple[float, float, float]) -> bool:
-    """Whether ``piece`` lies within :data:`DEFAULT_TUMOUR_CONTACT_MM` of ``kidney`` (both
-    crops of one box) and its mean ``probability`` is at least ``min_probability``."""
-    if not kidney.any() or float(probability[piece].mean()) < min_probability:
+def _sure_at_kidney(piece: np.ndarray, distance_mm: np.ndarray, kidney: np.ndarray, probability: np.ndarray,
+                    min_probability: float) -> bool:
+    """Whether ``piece`` lies within :data:`DEFAULT_TUMOUR_CONTACT_MM` of ``kidney``
+    (``distance_mm``: each voxel's distance to the piece; all crops of one box) and its mean
+    ``probability`` is at least ``min_probability``."""
+    if float(probability[piece].mean()) < min_probability:
         return False
-    return bool(_near_mask(piece, DEFAULT_TUMOUR_CONTACT_MM, spacing_xyz_mm)[kidney].any())
+    return bool((distance_mm[kidney] <= DEFAULT_TUMOUR_CONTACT_MM).any())
 
 
 def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
@@ -582,12 +588,13 @@ def reassign_by_topology(labels: np.ndarray, *, roots: Mapping[int, np.ndarray],
             # the piece, in its box grown by the gap: all that can lie within the gap of it
             grown = _grow_box(box, pieces.shape, max_gap_mm, spacing_xyz_mm)
             piece = pieces[grown] == number
-            if at_kidney and _sure_at_kidney(piece, np.asarray(kidney)[grown], np.asarray(probabilities[value])[grown],
-                                             hilum_min_probability, spacing_xyz_mm):
+            distance = _distance_mm(piece, spacing_xyz_mm)  # once: for the kidney contact and the gap
+            if at_kidney and _sure_at_kidney(piece, distance, np.asarray(kidney)[grown],
+                                             np.asarray(probabilities[value])[grown], hilum_min_probability):
                 stats["kept_at_kidney_pieces"] += 1
                 stats["kept_at_kidney_ml"] += float(piece.sum()) * voxel_ml
                 continue
-            near = _near_mask(piece, max_gap_mm, spacing_xyz_mm)
+            near = distance <= max_gap_mm
             other = next((c for c in checked if c != value and whole_trees[c][grown][near].any()), None)
             view = out[grown]
             if other is None:
