@@ -55,7 +55,7 @@ import numpy as np
 
 import renalseg.plan
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
-from renalseg.plan import PlanConfig, plan_labels
+from renalseg.plan import PlanConfig, plan_labels, with_tumour
 from renalseg.volume import Volume
 
 KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
@@ -64,7 +64,8 @@ VALUE_OF = {name: value for value, name in KIPA.items()}
 
 def with_true(labels: Volume, truth: Volume, structures: list[str]) -> Volume:
     """``labels`` with ``structures`` taken from ``truth``: their voxels in ``labels``
-    become background, then ``truth``'s voxels of them are written over.
+    become background, then ``truth``'s voxels of them are written over; the tumour as
+    ``renalseg plan --tumour`` takes it (:func:`renalseg.plan.with_tumour`: not over the artery).
 
     Example:
         >>> from renalseg.geometry import Geometry
@@ -74,8 +75,12 @@ def with_true(labels: Volume, truth: Volume, structures: list[str]) -> Volume:
         >>> out.array.tolist()
         [[[0, 2, 4]]]
     """
+    if "tumour" in structures:
+        labels, _ = with_tumour(labels, truth.array == VALUE_OF["tumour"], KIPA)
     array = np.array(labels.array, copy=True)
     for name in structures:
+        if name == "tumour":
+            continue
         value = VALUE_OF[name]
         array[array == value] = 0
         array[truth.array == value] = value

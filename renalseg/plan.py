@@ -43,6 +43,7 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
 ``plan.json`` (schema ``renalseg.plan/1``)::
 
     {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map",
+                                            "tumour",            # only with --tumour: the file planned
                                             "segment_verdict"},   # report.json's quality.verdict or null
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
                   "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
@@ -99,7 +100,7 @@ from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pru
 from renalseg.volume import Volume
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
-           "read_plan_input", "plan_labels", "plan_study", "write_plan", "write_territory_meshes", "tumour_region",
+           "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan", "write_territory_meshes", "tumour_region",
            "region_shares"]
 
 logger = logging.getLogger(__name__)
@@ -276,6 +277,76 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
     sources["label_map"] = {str(k): v for k, v in sorted(label_map.items())}
     return volume, dict(label_map), rois, sources
 
+
+
+def read_tumour_mask(path: Path | str, geometry: Geometry, *, value: int | None = None,
+                     labels_name: str = "the label map") -> np.ndarray:
+    """The tumour mask in ``path`` (a hand-drawn or corrected tumour, another tool's), on
+    ``geometry``, the grid of the label map it goes with.
+
+    Args:
+        path: a label image SimpleITK reads (NIfTI, NRRD, ...).
+        geometry: the label map's grid; the file must lie on it.
+        value: the tumour's value in the file; ``None``: any non-zero voxel, when the
+            file holds one non-zero value.
+        labels_name: the label map's file, for messages.
+
+    Raises:
+        InputError: a missing or unreadable file, or no tumour voxel in it.
+        GeometryError: the file lies on another grid (names both files).
+        UsageError: several non-zero values and no ``value`` to pick one.
+    """
+    from renalseg.io.image import read_image
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such tumour file; give a label image on the study's grid.")
+    volume = Volume.from_sitk(read_image(path))
+    assert_same_grid(volume.geometry, geometry, names=(str(path), labels_name))
+    if value is None:
+        present = np.unique(volume.array)
+        present = present[present != 0]
+        if len(present) > 1:
+            listed = ", ".join(str(int(v)) for v in present[:8])
+            raise UsageError(f"{path} holds the values {listed}{', ...' if len(present) > 8 else ''}; say which "
+                             "is the tumour with --tumour-value (renalseg's own label maps: 4).")
+        mask = volume.array != 0
+    else:
+        mask = volume.array == value
+    if not mask.any():
+        which = f"value {value}" if value is not None else "non-zero value"
+        raise InputError(f"{path}: no voxel with a {which}; give the tumour's mask (or its --tumour-value).")
+    return mask
+
+
+def with_tumour(labels: Volume, tumour: np.ndarray, label_map: Mapping[int, str]) -> tuple[Volume, dict[int, str]]:
+    """``labels`` with its tumour replaced by ``tumour`` (a mask on the same grid).
+
+    The map's own tumour becomes background; the mask is then written over every other
+    label but the artery, so a branch that runs into or along the tumour stays in the tree.
+    A map without a tumour label gets one (value 4 where free).
+
+    Example:
+        >>> from renalseg.geometry import Geometry
+        >>> g = Geometry((1, 1, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> out, names = with_tumour(Volume(np.array([[[4, 2, 3, 2]]], np.uint8), g),
+        ...                          np.array([[[False, True, True, False]]]), {2: "kidney", 3: "artery", 4: "tumour"})
+        >>> out.array.tolist(), names[4]
+        ([[[0, 4, 3, 2]]], 'tumour')
+    """
+    mapping = dict(label_map)
+    array = np.array(labels.array, copy=True)
+    values = [v for v, name in mapping.items() if name == "tumour"]
+    if values:
+        array[np.isin(array, values)] = 0
+        value = values[0]
+    else:
+        used = set(mapping) | {int(v) for v in np.unique(array)}
+        value = next(v for v in (4, *range(5, 256)) if v not in used)
+        mapping[value] = "tumour"
+    arteries = [v for v, name in mapping.items() if name == "artery"]
+    array[tumour & ~np.isin(array, arteries)] = value
+    return Volume(array, labels.geometry), mapping
 
 # -- tumour + margin ---------------------------------------------------------------------------
 
@@ -1104,6 +1175,7 @@ def _note_segment_verdict(kidneys: list[dict], report: dict, path: str) -> str |
 def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None = None,
                label_map: Mapping[int, str] | None = None, config: PlanConfig | None = None,
                out_dir: Path | str | None = None, overwrite: bool = False, meshes: bool = False,
+               tumour: Path | str | None = None, tumour_value: int | None = None,
                on_progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plan one study: read its labels, plan each kidney, and write the outputs.
 
@@ -1116,13 +1188,18 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
             ``plan.png`` go (default ``study_dir``; nothing is written when both are None).
         overwrite: replace an existing ``plan.json`` there.
         meshes: also write one surface per territory (:func:`write_territory_meshes`).
+        tumour: a tumour mask on the label map's grid (drawn or corrected by hand, or
+            another tool's) planned in place of the label map's own tumour
+            (:func:`read_tumour_mask`, :func:`with_tumour`); ``plan.json`` names it.
+        tumour_value: the tumour's value in that file (default: its one non-zero value).
         on_progress: progress callback (see :func:`plan_labels`).
 
     Returns:
         The :class:`PlanResult`.
 
     Raises:
-        UsageError, InputError, GeometryError: see :func:`read_plan_input`.
+        UsageError, InputError, GeometryError: see :func:`read_plan_input` and
+            :func:`read_tumour_mask`.
         OutputExistsError: a plan is already there and ``overwrite`` is false.
 
     Example:
@@ -1134,6 +1211,11 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
         ['no_tumour']
     """
     volume, mapping, rois, sources = read_plan_input(study_dir, labels=labels, label_map=label_map)
+    if tumour is not None:
+        mask = read_tumour_mask(tumour, volume.geometry, value=tumour_value, labels_name=sources["labels"])
+        volume, mapping = with_tumour(volume, mask, mapping)
+        sources["tumour"] = str(tumour)
+        sources["label_map"] = {str(k): v for k, v in sorted(mapping.items())}
     target = Path(out_dir) if out_dir is not None else (Path(study_dir) if study_dir is not None else None)
     if target is not None and (target / "plan.json").exists() and not overwrite:
         raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
@@ -1141,7 +1223,8 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     verdict = None
     if sources["report"] is not None:
         report = json.loads(Path(sources["report"]).read_text())
-        _note_fluid_tumour(result.plan["kidneys"], report, sources["report"])
+        if tumour is None:  # the note is about segment's tumour
+            _note_fluid_tumour(result.plan["kidneys"], report, sources["report"])
         verdict = _note_segment_verdict(result.plan["kidneys"], report, sources["report"])
     study_id = Path(study_dir).name if study_dir is not None else Path(sources["labels"]).name.split(".")[0]
     rest = dict(result.plan)

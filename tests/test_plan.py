@@ -355,3 +355,72 @@ def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
     assert (study / "report.html").stat().st_size > 1000
     refused = runner.invoke(app, ["plan", str(study), "--report", "--out", str(tmp_path / "elsewhere")])
     assert refused.exit_code == 2 and "--report" in refused.output
+
+
+def _study_with_false_tumour(tmp_path):
+    """A segment output folder whose tumour is false: a ball at the inferior end, where the
+    true tumour (drawn by hand below) lies at the superior end, fed by segmental 1."""
+    study = tmp_path / "study"
+    labels = _t_tree()
+    z, y, x = np.ogrid[:44, :30, :64]
+    labels[(z - 9) ** 2 + (y - 15) ** 2 + (x - 50) ** 2 <= 16] = 4
+    write_image(_volume(labels), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                   "4": "tumour"}))
+    drawn = np.zeros_like(labels)
+    drawn[(z - 34) ** 2 + (y - 15) ** 2 + (x - 50) ** 2 <= 16] = 1
+    drawn[30:38, 14:17, 40:41] = 1                   # across the artery: the artery stays artery
+    return study, labels, drawn
+
+
+def test_the_plan_takes_a_tumour_drawn_by_hand_in_place_of_the_segmented_one(tmp_path) -> None:
+    study, labels, drawn = _study_with_false_tumour(tmp_path)
+    config = PlanConfig(margin_mm=2.0)
+    (segmented,) = plan_study(study, config=config).plan["kidneys"]
+    names = {b["id"]: b["name"] for b in segmented["branches"]}
+    assert [names[b] for b in segmented["tumour"]["feeding"]] == ["segmental 2"]
+    path = write_image(_volume(drawn), tmp_path / "tumour.nii.gz")
+    result = plan_study(study, config=config, tumour=path, out_dir=tmp_path / "drawn")
+    (kidney,) = result.plan["kidneys"]
+    names = {b["id"]: b["name"] for b in kidney["branches"]}
+    assert [names[b] for b in kidney["tumour"]["feeding"]] == ["segmental 1"]
+    # no artery voxel given to the tumour
+    assert kidney["tumour"]["volume_ml"] == pytest.approx((drawn.astype(bool) & (labels != 3)).sum() / 1000, abs=1e-3)
+    assert result.plan["study"]["tumour"] == str(path)
+    written = json.loads((tmp_path / "drawn" / "plan.json").read_text())
+    assert written["study"]["tumour"] == str(path)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz"))).tolist() == labels.tolist()
+
+
+def test_a_tumour_file_is_checked_before_anything_is_written(tmp_path) -> None:
+    study, labels, drawn = _study_with_false_tumour(tmp_path)
+    out = tmp_path / "out"
+    shifted = write_image(_volume(drawn, spacing=(1.0, 1.0, 2.0)), tmp_path / "shifted.nii.gz")
+    with pytest.raises(GeometryError, match="shifted.nii.gz") as err:
+        plan_study(study, tumour=shifted, out_dir=out)
+    assert "labels.nii.gz" in str(err.value)
+    several = write_image(_volume(np.where(labels > 0, labels, drawn * 4).astype(np.uint8)), tmp_path / "all.nii.gz")
+    with pytest.raises(UsageError, match=r"all.nii.gz holds the values 2, 3, 4.*--tumour-value"):
+        plan_study(study, tumour=several, out_dir=out)
+    with pytest.raises(InputError, match="all.nii.gz: no voxel with a value 7"):
+        plan_study(study, tumour=several, tumour_value=7, out_dir=out)
+    with pytest.raises(InputError, match="missing.nii.gz"):
+        plan_study(study, tumour=tmp_path / "missing.nii.gz", out_dir=out)
+    assert not out.exists()
+    (kidney,) = plan_study(study, tumour=several, tumour_value=4, out_dir=out,
+                           config=PlanConfig(margin_mm=2.0)).plan["kidneys"]
+    assert kidney["status"] == "planned"
+
+
+def test_cli_plan_tumour_options(tmp_path) -> None:
+    study, _, drawn = _study_with_false_tumour(tmp_path)
+    path = write_image(_volume(drawn), tmp_path / "tumour.nii.gz")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", str(study), "--tumour", str(path), "--margin-mm", "2", "--out",
+                             str(tmp_path / "plans"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)[0]["feeding"] == ["segmental 1"]
+    two = runner.invoke(app, ["plan", str(study), str(study), "--tumour", str(path), "--out", str(tmp_path / "two")])
+    assert two.exit_code == 2 and "one study at a time" in two.output
+    alone = runner.invoke(app, ["plan", str(study), "--tumour-value", "4", "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 2 and "--tumour FILE" in alone.output

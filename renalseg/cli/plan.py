@@ -23,6 +23,11 @@ def plan(
     label_map: Annotated[str | None, typer.Option("--label-map", metavar="V:NAME,...",
                                                   help="Which label value is which structure, e.g. "
                                                   "\"3:artery,2:kidney,4:tumour\" (default: labels.json).")] = None,
+    tumour: Annotated[Path | None, typer.Option(
+        "--tumour", help="The tumour from a file on the study's grid (drawn or corrected by hand, e.g. in 3D "
+        "Slicer, or another tool's), planned in place of the segmented tumour (one study).")] = None,
+    tumour_value: Annotated[int | None, typer.Option(
+        "--tumour-value", min=1, help="The tumour's value in --tumour's file (default: its one non-zero value).")] = None,
     margin_mm: Annotated[float, typer.Option("--margin-mm", min=0.0, help="Resection margin around the tumour (mm).")] = 5.0,
     coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=1.0,
                                             help="Share of tumour + margin the clamped territories must hold.")] = 0.95,
@@ -49,7 +54,8 @@ def plan(
     with [bold]--report[/] the study's [bold]report.html[/].
 
     Example: [bold]renalseg plan out/case1[/], or
-    [bold]renalseg plan --labels seg.nii.gz --label-map "3:artery,2:kidney,4:tumour" --out plans[/]
+    [bold]renalseg plan --labels seg.nii.gz --label-map "3:artery,2:kidney,4:tumour" --out plans[/], or with
+    the tumour drawn by hand: [bold]renalseg plan out/case1 --tumour tumour.nii.gz[/]
     """
     from renalseg.errors import RenalsegError, UsageError
     from renalseg.plan import PlanConfig, parse_label_map, plan_study
@@ -58,6 +64,10 @@ def plan(
     studies = list(studies or [])
     if labels is not None and len(studies) > 1:
         raise UsageError("--labels goes with one study folder at most.")
+    if tumour is not None and len(studies) > 1:
+        raise UsageError("--tumour goes with one study at a time: each study has its own tumour.")
+    if tumour_value is not None and tumour is None:
+        raise UsageError("--tumour-value says which value of the --tumour file is the tumour; give --tumour FILE.")
     if not studies and labels is None:
         raise UsageError("Give a STUDY_DIR (renalseg segment output) or --labels FILE.")
     if not studies and out is None:
@@ -73,7 +83,7 @@ def plan(
         target = (out / study_id) if out is not None else None
         try:
             result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
-                                overwrite=overwrite, meshes=meshes)
+                                overwrite=overwrite, meshes=meshes, tumour=tumour, tumour_value=tumour_value)
             if report:
                 from renalseg.report import write_report
 
