@@ -97,7 +97,7 @@ from scipy.spatial import cKDTree
 from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError, suggest
 from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
-from renalseg.volume import Volume
+from renalseg.volume import Volume, crop
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
            "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan", "write_territory_meshes", "tumour_region",
@@ -1112,8 +1112,11 @@ def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict
     unknown = sorted(set(label_map.values()) - set(STRUCTURES))
     if unknown:
         raise UsageError(f"Unknown structure(s) {', '.join(unknown)} in the label map; valid: {', '.join(STRUCTURES)}.")
+    full = labels
+    labels, offset = _around_structures(full, label_map, config.margin_mm)
+    rois = [_shifted_roi(roi, offset) for roi in rois or []]
     g = labels.geometry
-    sides = _split_sides(labels, label_map, rois or [], name)
+    sides = _split_sides(labels, label_map, rois, name)
     territories = np.zeros(g.shape_zyx, dtype=np.uint16)
     kidneys, next_id, candidates = [], 1, []
     for part in sorted(sides, key=lambda s: s.side):
@@ -1134,7 +1137,51 @@ def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict
                                       "volume_ml": t["volume_ml"], "percent": t["percent"]}
     plan = {"schema": "renalseg.plan/1", "settings": asdict(config), "kidneys": kidneys,
             "seconds": round(time.perf_counter() - started, 2)}
-    return PlanResult(plan, labels.with_array(territories), names, labels.with_array(picture), tuple(candidates))
+    return PlanResult(plan, _on_full_grid(territories, full, offset), names, _on_full_grid(picture, full, offset),
+                      tuple(candidates))
+
+
+#: voxels kept around the labelled structures when a plan crops to them, past the margin
+_CROP_PAD_VOXELS = 4
+
+
+def _around_structures(labels: Volume, label_map: Mapping[int, str],
+                       margin_mm: float) -> tuple[Volume, tuple[int, int, int]]:
+    """The label map cropped to its structures' box, grown by the margin and
+    :data:`_CROP_PAD_VOXELS`, with the crop's first voxel: a whole study is planned in
+    its kidneys' few percent of the voxels, with the same results (every step is
+    translation-invariant, each kidney's own box lies inside, and positions come
+    from the crop's geometry, the same LPS mm)."""
+    mapped = np.isin(labels.array, list(label_map))
+    if not mapped.any():
+        return labels, (0, 0, 0)
+    spacing_zyx = np.asarray(labels.geometry.spacing_xyz_mm, float)[::-1]
+    pad = np.ceil(margin_mm / spacing_zyx).astype(int) + _CROP_PAD_VOXELS
+    box = bounding_box(mapped)
+    start = [max(b.start - int(p), 0) for b, p in zip(box, pad)]
+    stop = [min(b.stop + int(p), n) for b, p, n in zip(box, pad, labels.array.shape)]
+    if start == [0, 0, 0] and stop == list(labels.array.shape):
+        return labels, (0, 0, 0)
+    shape = tuple(b - a for a, b in zip(start, stop))
+    return crop(labels, tuple(start), shape), tuple(start)  # type: ignore[return-value,arg-type]
+
+
+def _shifted_roi(roi: dict, offset: tuple[int, int, int]) -> dict:
+    """A ``report.json`` ROI with its study-voxel box moved into a crop starting at ``offset``."""
+    box = roi.get("box_voxels_zyx")
+    if not box or not any(offset):
+        return roi
+    start = [int(a) - int(o) for a, o in zip(box.get("start", [0, 0, 0]), offset)]
+    return {**roi, "box_voxels_zyx": {**box, "start": start}}
+
+
+def _on_full_grid(array: np.ndarray, full: Volume, offset: tuple[int, int, int]) -> Volume:
+    """``array`` (a crop starting at ``offset``) pasted into zeros on ``full``'s grid."""
+    if array.shape == full.array.shape:
+        return full.with_array(array)
+    out = np.zeros(full.array.shape, dtype=array.dtype)
+    out[tuple(slice(o, o + n) for o, n in zip(offset, array.shape))] = array
+    return full.with_array(out)
 
 
 #: fluid-attenuation pieces ``renalseg segment`` took for cysts, from this volume (ml) on,

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from renalseg.preview import _font
-from renalseg.volume import Volume
+from renalseg.tree import bounding_box
+from renalseg.volume import Volume, crop
 
 __all__ = ["render_plan"]
 
@@ -27,6 +28,8 @@ _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40
                      [152, 223, 138], [174, 199, 232]], dtype=np.float32)
 _KIDNEY_RGB = np.array([90, 90, 90], np.float32)
 _ARTERY_RGB = np.array([150, 0, 0], np.float32)
+#: voxels shown around each kidney's territories
+_MARGIN_VOXELS = 4
 
 
 def _lps(volume: Volume) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
@@ -57,19 +60,33 @@ def _panel(territory: np.ndarray, picture: np.ndarray, artery_slab: np.ndarray, 
 
 def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanResult
     """Draw ``plan.png`` for a :class:`~renalseg.plan.PlanResult`."""
-    territory, spacing, _ = _lps(result.territories)
-    picture, _, _ = _lps(result.labels)
+    territories, labels = result.territories, result.labels
+    if territories.array.any():  # the territories' box: a whole study's grid is mostly outside it
+        box = bounding_box(territories.array > 0)
+        start = tuple(max(b.start - _MARGIN_VOXELS, 0) for b in box)
+        stop = (min(b.stop + _MARGIN_VOXELS, n) for b, n in zip(box, territories.array.shape))
+        shape = tuple(b - a for a, b in zip(start, stop))
+        territories, labels = crop(territories, start, shape), crop(labels, start, shape)  # type: ignore[arg-type]
+    territory, spacing, _ = _lps(territories)
+    picture, _, _ = _lps(labels)
     highlighted = set(result.candidates)
     font, small = _font(15), _font(12)
     columns = []
     for entry in sorted(result.plan["kidneys"], key=lambda e: e["side"] != "right"):
         values = [t["value"] for t in entry["territories"]]
         order = {v: k for k, v in enumerate(values)}
-        mask = np.isin(territory, values) if values else np.zeros(territory.shape, bool)
+        if territory.dtype in (np.uint8, np.uint16):  # plan_labels' territories: uint16
+            # a look-up table over the whole study's grid: 4 times np.isin's speed there
+            wanted = np.zeros(int(np.iinfo(territory.dtype).max) + 1, bool)
+            wanted[values] = True
+            mask = wanted[territory]
+        else:
+            mask = np.isin(territory, values)
         if not mask.any():
             continue
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        box = tuple(slice(max(b.start - 4, 0), min(b.stop + 4, n)) for b, n in zip(box, territory.shape))
+        box = tuple(slice(max(b.start - _MARGIN_VOXELS, 0), min(b.stop + _MARGIN_VOXELS, n))
+                    for b, n in zip(box, territory.shape))
         sub_t, sub_p = territory[box], picture[box]
         tumour = (sub_p == 3) & ndimage.binary_dilation(np.isin(sub_t, values), iterations=3)
         centre = np.argwhere(tumour).mean(axis=0) if tumour.any() else np.argwhere(np.isin(sub_t, values)).mean(axis=0)

@@ -424,3 +424,32 @@ def test_cli_plan_tumour_options(tmp_path) -> None:
     assert two.exit_code == 2 and "one study at a time" in two.output
     alone = runner.invoke(app, ["plan", str(study), "--tumour-value", "4", "--out", str(tmp_path / "alone")])
     assert alone.exit_code == 2 and "--tumour FILE" in alone.output
+
+
+def test_a_whole_study_grid_is_planned_as_its_labelled_part() -> None:
+    """The plan crops a study's grid to its structures and pastes the territories back:
+    the same label map in a grid 4 times larger (origin moved so every voxel keeps its
+    LPS position) gives the same plan, the same territories in place and nothing outside,
+    and a report.json ROI box in the study's voxels still names the side."""
+    small = _t_tree(tumour=True)
+    big = np.zeros((80, 70, 120), np.uint8)
+    offset = (20, 25, 40)
+    inside = tuple(slice(o, o + n) for o, n in zip(offset, small.shape))
+    big[inside] = small
+    small_volume = _volume(small)
+    origin = np.asarray(small_volume.geometry.origin_xyz_mm) - np.asarray(offset[::-1], float)
+    big_volume = Volume(big, Geometry(big.shape, (1.0, 1.0, 1.0), tuple(origin.tolist()), IDENTITY))
+
+    def roi(start):  # the kidney's box, called "right" against what its artery says
+        return [{"side": "right", "box_voxels_zyx": {"start": list(start), "shape": [40, 22, 32]}}]
+
+    config = PlanConfig(margin_mm=2.0)
+    tight = plan_labels(small_volume, KIPA, config=config, rois=roi((2, 4, 28)))
+    whole = plan_labels(big_volume, KIPA, config=config, rois=roi(np.add((2, 4, 28), offset)))
+    for result in (tight, whole):
+        result.plan.pop("seconds")
+    assert whole.plan == tight.plan and whole.plan["kidneys"][0]["side"] == "right"
+    assert whole.territories.array.shape == big.shape and whole.territories.geometry == big_volume.geometry
+    assert np.array_equal(whole.territories.array[inside], tight.territories.array)
+    assert whole.territories.array.sum() == tight.territories.array.sum() > 0
+    assert np.array_equal(whole.labels.array[inside], tight.labels.array)
