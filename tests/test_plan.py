@@ -389,6 +389,15 @@ def test_the_plan_takes_a_tumour_drawn_by_hand_in_place_of_the_segmented_one(tmp
     assert result.plan["study"]["tumour"] == str(path)
     written = json.loads((tmp_path / "drawn" / "plan.json").read_text())
     assert written["study"]["tumour"] == str(path)
+    # the tumour corrected in renalseg's own labels.seg.nrrd (the segment 'Tumour', value 4)
+    from renalseg.io.slicer import write_seg_nrrd
+
+    corrected = np.where(labels == 4, 0, labels).astype(np.uint8)
+    corrected[(drawn > 0) & (labels != 3)] = 4
+    seg = write_seg_nrrd(corrected, _volume(corrected).geometry, {"2": "kidney", "3": "renal_artery", "4": "tumour"},
+                         tmp_path / "labels.seg.nrrd")
+    (again,) = plan_study(study, config=config, tumour=seg, tumour_value=4, out_dir=tmp_path / "seg").plan["kidneys"]
+    assert again["tumour"] == kidney["tumour"] and again["clamping"] == kidney["clamping"]
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz"))).tolist() == labels.tolist()
 
 

@@ -27,7 +27,8 @@ def plan(
         "--tumour", help="The tumour from a file on the study's grid (drawn or corrected by hand, e.g. in 3D "
         "Slicer, or another tool's), planned in place of the segmented tumour (one study).")] = None,
     tumour_value: Annotated[int | None, typer.Option(
-        "--tumour-value", min=1, help="The tumour's value in --tumour's file (default: its one non-zero value).")] = None,
+        "--tumour-value", min=1, help="The tumour's value in --tumour's file (default: its one non-zero value; "
+        "renalseg's labels.seg.nrrd: 4).")] = None,
     margin_mm: Annotated[float, typer.Option("--margin-mm", min=0.0, help="Resection margin around the tumour (mm).")] = 5.0,
     coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=1.0,
                                             help="Share of tumour + margin the clamped territories must hold.")] = 0.95,
