@@ -614,6 +614,9 @@ def segment_study(
         kidney_written = box_labels == BY_KEY["kidney"].value
         if kidney_written.any():
             kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu, located=located)
+            if not config.input_is_roi:  # a crop given as the ROI ends where the scan does
+                kidney_facts[roi.side]["roi_edges"] = quality.roi_edges_reached(
+                    kidney_written | (box_labels == BY_KEY["tumour"].value), box, roi.grid, study_geometry)
         timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)

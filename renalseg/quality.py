@@ -50,7 +50,9 @@ of view) and metal (voxels above 2500 HU near the kidneys, which streak).
 than any kidney, brighter than parenchyma, or lying mostly away from the kidneys that
 localisation found from the study's own intensities is wrong, and the kidney and tumour
 labels are then ``unreliable``; an artery label brighter than contrast can make an
-artery holds bone or calcification (``check``).
+artery holds bone or calcification (``check``). A kidney or tumour label cut by its
+ROI's edge, with scan beyond it (:func:`roi_edges_reached`), may go on outside the
+region segmented (``check``).
 
 **Uncertainty** (:func:`artery_uncertainty`) per kidney: the share of the candidate
 artery voxels (probability ≥ 0.25) whose probability lies in [0.25, 0.75], the
@@ -91,6 +93,7 @@ __all__ = [
     "measure_scan",
     "artery_uncertainty",
     "kidney_label_facts",
+    "roi_edges_reached",
     "KIDNEY_MAX_HEIGHT_MM",
     "KIDNEY_MAX_MEDIAN_HU",
     "KIDNEY_MIN_LOCATED_SHARE",
@@ -140,6 +143,13 @@ KIDNEY_LOCATED_MARGIN_MM = 3.0
 #: to 390 ml included: 0.88-0.99; the network's on the benchmark phantom: 0.93-0.97; on the
 #: real un-enhanced atlas CT, where it labels no kidney voxel right: 0.41 and 0)
 KIDNEY_MIN_LOCATED_SHARE = 0.5
+#: a kidney or tumour label that reaches a face of its ROI, with at least this much scan
+#: beyond the face, may continue outside the region segmented (an ROI placed off the
+#: kidney, a large exophytic tumour)
+ROI_EDGE_BEYOND_MM = 5.0
+#: ... reaching it means at least this many of its voxels lie within 1.5 voxels of the face
+ROI_EDGE_MIN_VOXELS = 10
+_FACES = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))  # LPS x, y, z: low, high
 
 
 # -- limits (from the model card) -----------------------------------------------------------
@@ -776,6 +786,47 @@ def kidney_label_facts(kidney: np.ndarray, geometry: Geometry, hu: np.ndarray | 
                               if located else None)}
 
 
+def roi_edges_reached(mask: np.ndarray, geometry: Geometry, roi_grid: Geometry, study: Geometry) -> list[str]:
+    """The faces of a kidney ROI that ``mask`` (a side's kidney and tumour label) reaches
+    where the scan goes on past them, by the patient's directions (``"inferior"``, ...).
+
+    The ROI is placed around the kidney localisation found and reaches past it (10 mm
+    head to foot, 152 voxels in-plane); a label that meets its edge was cut there: the
+    ROI missed part of the kidney, or a tumour grows out of it. Where the scan itself
+    ends, ``truncated`` says so instead.
+
+    Args:
+        mask: bool ``(Z, Y, X)`` on ``geometry`` (the ROI's box on the study's grid).
+        geometry: the mask's grid.
+        roi_grid: the ROI on the model grid (LPS-aligned).
+        study: the whole study's grid.
+
+    Example:
+        >>> box = Geometry((10, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> study = Geometry((40, 40, 40), (1.0, 1.0, 1.0), (-10.0, -10.0, -10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> mask = np.zeros(box.shape_zyx, bool); mask[0:5, 5:15, 5:15] = True
+        >>> roi_edges_reached(mask, box, box, study)
+        ['inferior']
+    """
+    if not mask.any():
+        return []
+    points = geometry.index_to_world(np.argwhere(mask)[:, ::-1])
+    corners = roi_grid.corners_world()
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    study_corners = study.corners_world()
+    study_low, study_high = study_corners.min(axis=0), study_corners.max(axis=0)
+    reach = 1.5 * np.maximum(np.asarray(roi_grid.spacing_xyz_mm), np.abs(geometry.direction_matrix
+                                                                         * geometry.spacing_xyz_mm).max(axis=1))
+    faces = []
+    for axis in range(3):
+        for side, (at, beyond) in enumerate(((low[axis], low[axis] - study_low[axis]),
+                                             (high[axis], study_high[axis] - high[axis]))):
+            near = np.count_nonzero(np.abs(points[:, axis] - at) <= reach[axis])
+            if beyond >= ROI_EDGE_BEYOND_MM and near >= ROI_EDGE_MIN_VOXELS:
+                faces.append(_FACES[axis][side])
+    return faces
+
+
 # -- one study ---------------------------------------------------------------------------------
 
 
@@ -929,6 +980,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         if why:
             findings.append(("unreliable", f"{why}; do not use the kidney and tumour labels, or a plan built on "
                                            "them, without looking"))
+        edges = facts.get("roi_edges") or []
+        if edges:
+            findings.append(("check", f"{side} kidney: the kidney or tumour label reaches the "
+                                      f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
+                                      "the kidney or a tumour may go on outside it; check the images there"))
     verdict = "ok"
     for level, _ in findings:
         if VERDICTS.index(level) > VERDICTS.index(verdict):

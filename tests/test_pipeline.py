@@ -436,3 +436,38 @@ def test_thin_branches_follow_the_phase_and_need_the_kidney():
     assert "portal-venous phase" in venous["reason"] and "early arterial" in venous["reason"]
     with pytest.raises(UsageError, match="must label the artery and the kidney"):
         _thin_branch_model(artery_only, artery_only, "late_arterial", "cpu")
+
+
+def _tumour_model() -> Segmenter:
+    """A four-structure 'model' that calls 100-300 HU kidney and 20-80 HU tumour."""
+    def predict(batch: np.ndarray) -> np.ndarray:
+        hu = batch * 2048.0 - 1024.0
+        kidney = ((hu > 100) & (hu < 300)).astype(np.float32)
+        tumour = ((hu > 20) & (hu < 80)).astype(np.float32)
+        zero = np.zeros_like(kidney)
+        return np.concatenate([1 - kidney - tumour, zero, zero, kidney, tumour], axis=1)
+
+    return Segmenter.from_predictor(predict, ModelSpec(classes=FOUR_CLASSES, window_zyx=(16, 32, 32)))
+
+
+@pytest.mark.parametrize(("tumour_end_x", "edges"), [(110, ["left"]), (52, [])])
+def test_a_tumour_cut_by_the_rois_edge_is_named_in_the_verdict(tumour_end_x, edges):
+    """An exophytic tumour that reaches past the ROI placed around its kidney is cut at the
+    ROI's edge: the verdict says which edge, with scan beyond it, so the reader looks there."""
+    hu = np.full((32, 48, 160), -90.0)
+    hu[6:26, 10:38, 8:40] = KIDNEY_HU
+    hu[10:22, 16:32, 36:tumour_end_x] = 45.0
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.7, 0.7, 1.0))
+    grid = Geometry.from_sitk(image).crop((0, 0, 0), (32, 48, 64))   # x 0-63: the patient's left is +x
+    roi = KidneyROI("right", grid, (0, 0, 0), (32, 48, 64), 150.0)
+    result = segment_study(image, SegmentConfig(min_component_mm3=0), segmenter=_tumour_model(), rois=[roi])
+    quality = result.report["quality"]
+    assert quality["kidney_labels"]["right"]["roi_edges"] == edges
+    warned = [w for w in quality["warnings"] if "edge of the region segmented" in w]
+    if edges:
+        assert warned == ["right kidney: the kidney or tumour label reaches the left edge of the region segmented, "
+                          "with scan beyond it: the kidney or a tumour may go on outside it; check the images there"]
+        assert quality["verdict"] in ("check", "unreliable")
+    else:
+        assert warned == []
