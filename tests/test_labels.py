@@ -344,3 +344,21 @@ def test_an_artery_interrupted_between_the_aorta_and_the_hilum_keeps_its_trunk()
     assert hilum.sum() > trunk.sum()  # the largest piece is the hilar one
     for piece in (trunk & ~aorta, middle, hilum):
         assert (labels[piece] == 3).all()
+
+
+def test_the_fast_label_paths_agree_with_numpy():
+    """values_mask is np.isin and probabilities_to_labels is the arg-max (ties to the lower
+    label) on the label maps and probabilities the pipeline feeds them."""
+    from renalseg.labels import values_mask
+    from renalseg.postprocess import probabilities_to_labels
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 6, (6, 7, 8)).astype(np.uint8)
+    for values in ([3], [1, 4], [], [2, 300]):
+        assert np.array_equal(values_mask(labels, values), np.isin(labels, values))
+    assert np.array_equal(values_mask(labels.astype(np.int32), [1, 4]), np.isin(labels, [1, 4]))
+    probabilities = rng.random((5, 6, 7, 8)).astype(np.float32)
+    probabilities[3, 0] = probabilities[1, 0]                        # ties: the lower label wins
+    probabilities[:, 1] = 0.2
+    assert np.array_equal(probabilities_to_labels(probabilities), np.argmax(probabilities, axis=0))
+    assert (probabilities_to_labels(probabilities)[1] == 0).all()
