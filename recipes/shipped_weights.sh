@@ -416,17 +416,23 @@ phase_four() {
 # than the four phase's (twin: 960 steps of 96 x 96 x 48 patches; the DPA start also had
 # the gpu and cpu phases), so a gap here overstates what the DAE features alone give.
 phase_four_plain() {
+  restore_state four_plain  # its checkpoint, when recipes/state holds one
   four_run "$RUNS/four_plain" "$RUNS/four_rcc/best.safetensors" --init weights/densebiasnet.safetensors --no-dpa "${GROUP1[@]}"
+}
+
+# restore_state RUN: recipes/state/RUN into $RUNS/RUN, unless the run has begun there
+restore_state() {
+  local run=$1
+  if [ -d "recipes/state/$run" ] && [ ! -f "$RUNS/$run/metrics.csv" ]; then
+    mkdir -p "$RUNS/$run"
+    cp recipes/state/$run/* "$RUNS/$run/"
+  fi
 }
 
 phase_resume() {
   local run
   for run in four four_present four_classes four_rcc four_solid four_mimic four_thick four_scans; do
-    if [ ! -d "recipes/state/$run" ]; then continue; fi
-    if [ ! -f "$RUNS/$run/metrics.csv" ]; then
-      mkdir -p "$RUNS/$run"
-      cp recipes/state/$run/* "$RUNS/$run/"
-    fi
+    restore_state "$run"
   done
   phase_four
   phase_four_scans
