@@ -96,12 +96,13 @@ from scipy.spatial import cKDTree
 
 from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError, suggest
 from renalseg.geometry import Geometry, assert_same_grid
+from renalseg.labels import values_mask
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
 from renalseg.volume import Volume, crop
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
-           "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan", "write_territory_meshes", "tumour_region",
-           "region_shares"]
+           "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan",
+           "write_territory_meshes", "tumour_region", "region_shares"]
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,6 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
     return volume, dict(label_map), rois, sources
 
 
-
 def read_tumour_mask(path: Path | str, geometry: Geometry, *, value: int | None = None,
                      labels_name: str = "the label map") -> np.ndarray:
     """The tumour mask in ``path`` (a hand-drawn or corrected tumour, another tool's), on
@@ -338,15 +338,16 @@ def with_tumour(labels: Volume, tumour: np.ndarray, label_map: Mapping[int, str]
     array = np.array(labels.array, copy=True)
     values = [v for v, name in mapping.items() if name == "tumour"]
     if values:
-        array[np.isin(array, values)] = 0
+        array[values_mask(array, values)] = 0
         value = values[0]
     else:
         used = set(mapping) | {int(v) for v in np.unique(array)}
         value = next(v for v in (4, *range(5, 256)) if v not in used)
         mapping[value] = "tumour"
     arteries = [v for v, name in mapping.items() if name == "artery"]
-    array[tumour & ~np.isin(array, arteries)] = value
+    array[tumour & ~values_mask(array, arteries)] = value
     return Volume(array, labels.geometry), mapping
+
 
 # -- tumour + margin ---------------------------------------------------------------------------
 
@@ -1152,7 +1153,7 @@ def _around_structures(labels: Volume, label_map: Mapping[int, str],
     its kidneys' few percent of the voxels, with the same results (every step is
     translation-invariant, each kidney's own box lies inside, and positions come
     from the crop's geometry, the same LPS mm)."""
-    mapped = np.isin(labels.array, list(label_map))
+    mapped = values_mask(labels.array, label_map)
     if not mapped.any():
         return labels, (0, 0, 0)
     spacing_zyx = np.asarray(labels.geometry.spacing_xyz_mm, float)[::-1]
