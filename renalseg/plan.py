@@ -98,7 +98,7 @@ from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageE
 from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.labels import values_mask
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
-from renalseg.volume import Volume, crop
+from renalseg.volume import Volume, crop, paste
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
            "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan",
@@ -284,9 +284,13 @@ def read_tumour_mask(path: Path | str, geometry: Geometry, *, value: int | None 
     """The tumour mask in ``path`` (a hand-drawn or corrected tumour, another tool's), on
     ``geometry``, the grid of the label map it goes with.
 
+    The file may hold a part of that grid (same spacing and direction, its first voxel on
+    one of the grid's: 3D Slicer can save a segmentation cropped to what it holds); it is
+    placed there exactly.
+
     Args:
         path: a label image SimpleITK reads (NIfTI, NRRD, ...).
-        geometry: the label map's grid; the file must lie on it.
+        geometry: the label map's grid; the file must lie on it or on a part of it.
         value: the tumour's value in the file; ``None``: any non-zero voxel, when the
             file holds one non-zero value.
         labels_name: the label map's file, for messages.
@@ -302,7 +306,14 @@ def read_tumour_mask(path: Path | str, geometry: Geometry, *, value: int | None 
     if not path.is_file():
         raise InputError(f"{path}: no such tumour file; give a label image on the study's grid.")
     volume = Volume.from_sitk(read_image(path))
-    assert_same_grid(volume.geometry, geometry, names=(str(path), labels_name))
+    if not volume.geometry.is_same_grid(geometry):
+        try:
+            placed = paste(Volume(np.zeros(geometry.shape_zyx, volume.array.dtype), geometry), volume)
+        except GeometryError:
+            placed = None
+        if placed is None or np.count_nonzero(placed.array) != np.count_nonzero(volume.array):
+            assert_same_grid(volume.geometry, geometry, names=(str(path), labels_name))  # raises, naming both
+        volume = placed  # type: ignore[assignment]
     if value is None:
         present = np.unique(volume.array)
         present = present[present != 0]

@@ -401,6 +401,30 @@ def test_the_plan_takes_a_tumour_drawn_by_hand_in_place_of_the_segmented_one(tmp
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz"))).tolist() == labels.tolist()
 
 
+def test_a_tumour_file_cropped_to_its_segment_is_placed_on_the_studys_grid(tmp_path) -> None:
+    """A segmentation saved cropped to what it holds (same spacing and direction, first
+    voxel on the study's grid) is placed where it lies; one off the voxels is refused."""
+    study, _, drawn = _study_with_false_tumour(tmp_path)
+    config = PlanConfig(margin_mm=2.0)
+    whole = write_image(_volume(drawn), tmp_path / "whole.nii.gz")
+    full = plan_study(study, config=config, tumour=whole, out_dir=tmp_path / "full").plan["kidneys"]
+    box = tuple(slice(a, b) for a, b in ((28, 40), (9, 22), (38, 56)))
+    assert drawn[box].sum() == drawn.sum()
+    geometry = _volume(drawn).geometry.crop((28, 9, 38), drawn[box].shape)
+    cropped = write_image(Volume(np.ascontiguousarray(drawn[box]), geometry), tmp_path / "cropped.nii.gz")
+    part = plan_study(study, config=config, tumour=cropped, out_dir=tmp_path / "part").plan["kidneys"]
+    assert part == full
+    between = Volume(np.ascontiguousarray(drawn[box]), Geometry(
+        drawn[box].shape, (1.0, 1.0, 1.0), tuple(np.add(geometry.origin_xyz_mm, 0.5).tolist()), IDENTITY))
+    with pytest.raises(GeometryError, match="between.nii.gz"):
+        plan_study(study, config=config, tumour=write_image(between, tmp_path / "between.nii.gz"),
+                   out_dir=tmp_path / "between")
+    outside = Volume(np.ascontiguousarray(drawn[box]), _volume(drawn).geometry.crop((38, 9, 38), drawn[box].shape))
+    with pytest.raises(GeometryError, match="outside.nii.gz"):  # its tumour would reach past the study
+        plan_study(study, config=config, tumour=write_image(outside, tmp_path / "outside.nii.gz"),
+                   out_dir=tmp_path / "outside")
+
+
 def test_a_tumour_file_is_checked_before_anything_is_written(tmp_path) -> None:
     study, labels, drawn = _study_with_false_tumour(tmp_path)
     out = tmp_path / "out"
