@@ -212,7 +212,7 @@ def _wrapped(template: np.ndarray, shift_zyx: np.ndarray, hu: np.ndarray, fov: n
 
 def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndarray, *, spacing_mm: float,
                   narrow_radius_mm: tuple[float, float, float], narrow_penalty_per_mm: float,
-                  min_in_view: float) -> dict[str, tuple[tuple[int, int, int], float, str]]:
+                  min_in_view: float) -> dict[str, tuple[tuple[int, int, int], float, str, tuple | None]]:
     """Each warped atlas kidney moved to where it looks most like a kidney in the study.
 
     First both together (:func:`common_shift`: the pair's common displacement, robust to
@@ -235,10 +235,11 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
         min_in_view: the wide search only scores places with this fraction in view.
 
     Returns:
-        ``side -> (shift_zyx, score, how)``: voxel shift from the pair's placement, its
-        kidney-likeness less the penalties (NaN when nothing could be scored) and
+        ``side -> (shift_zyx, score, how, near)``: voxel shift from the pair's placement,
+        its kidney-likeness less the penalties (NaN when nothing could be scored),
         ``"pair"`` (within ``narrow_radius_mm`` head–foot of the pair's placement) or
-        ``"alone"`` (found farther).
+        ``"alone"`` (found farther), and when the wide search won, the near search's best
+        ``(shift_zyx, score)`` it beat (else ``None``).
     """
     from renalseg.registration import distance_penalty, kidney_likeness_map
 
@@ -272,17 +273,20 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
         near_index, near_score = _best((near_scores[side] - near_penalty)[box])
         near_index = None if near_index is None else near_index + lo
         wide_index, wide_score = _best(wide_scores[side] - wide_penalty)
+        beaten = None
         if wide_index is not None and wide_score >= WIDE_MIN_SCORE and (
                 near_index is None or wide_score > near_score) and (
                 np.array_equal(wide_index, near_index) or _wrapped(templates[side], wide_index - centre, hu, fov)):
             index, score = wide_index, wide_score
+            if near_index is not None and not np.array_equal(wide_index, near_index):
+                beaten = (tuple(int(v) for v in near_index - centre), near_score)
         elif near_index is not None:
             index, score = near_index, near_score
         else:
             index, score = centre, float("nan")
         shift = tuple(int(v) for v in index - centre)
         far = abs(shift[0]) * spacing_mm > narrow_radius_mm[2]
-        placed[side] = (shift, score, "alone" if far else "pair")  # type: ignore[assignment]
+        placed[side] = (shift, score, "alone" if far else "pair", beaten if far else None)  # type: ignore[assignment]
     return placed
 
 

@@ -398,8 +398,9 @@ def locate_kidneys(
                 f"{KIDNEY_VOLUME_RANGE_ML[1]:.0f} ml.")
         # each kidney on its own: far along z where the pair could not reach (ptosis,
         # a large liver), near the pair's placement otherwise
-        shift_zyx, score, how = placements[side]
+        shift_zyx, score, how, beaten = placements[side]
         wide = how == "alone"
+        template = kidney
         if wide:
             kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
             hilum = hilum + np.asarray(shift_zyx[::-1], dtype=float) * WORK_SPACING_MM
@@ -470,6 +471,14 @@ def locate_kidneys(
                 mask = best
                 shell = ndimage.binary_dilation(kidney, ball)
                 volume_ml = float((best & shell).sum() * voxel_ml)
+        also = None
+        if wide and beaten is not None and confidence_from_score(beaten[1]) >= MIN_CONFIDENCE:
+            # the place near the pair's also looks like a kidney (a large tumour lowers a
+            # kidney's likeness there): the ROI holds both, so neither is cut off
+            extent |= np.roll(template, beaten[0], axis=(0, 1, 2))
+            also = (f"a place near where the atlas pair puts it, "
+                    f"{abs(shift_zyx[0] - beaten[0][0]) * WORK_SPACING_MM:.0f} mm from this one, also looks like a "
+                    f"kidney (confidence {confidence_from_score(beaten[1]):.2f}): the ROI holds both places")
         mask_ml = float(mask.sum() * voxel_ml)
         if not PLAUSIBLE_VOLUME_ML[0] <= mask_ml <= PLAUSIBLE_VOLUME_ML[1]:
             refusals[side] = (f"the {side} kidney found measures {mask_ml:.0f} ml, far outside a kidney's "
@@ -477,7 +486,7 @@ def locate_kidneys(
                               "with a tumour); not used")
             continue
         found[side] = {"kidney": kidney, "extent": extent, "mask": mask, "hilum": hilum, "fraction": fraction,
-                       "volume_ml": volume_ml, "confidence": confidence,
+                       "volume_ml": volume_ml, "confidence": confidence, "also": also,
                        "method": "atlas pair + single-kidney search" if wide else "atlas pair"}
 
     rois: list[KidneyROI] = []
@@ -519,6 +528,8 @@ def locate_kidneys(
             offset = hilum - pair_hila[side]
             notes.append(f"found on its own {abs(offset[2]):.0f} mm {'below' if offset[2] < 0 else 'above'} "
                          "where the atlas pair puts it")
+        if entry["also"]:
+            notes.append(entry["also"])
         mz, my, mx = np.nonzero(entry["mask"])
         mask_start = np.array([mz.min(), my.min(), mx.min()])
         mask_array = entry["mask"][mz.min():mz.max() + 1, my.min():my.max() + 1, mx.min():mx.max() + 1]

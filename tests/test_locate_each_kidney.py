@@ -162,3 +162,21 @@ def test_roi_reaches_the_aortic_origins():
             assert np.all((index >= 0) & (index <= np.asarray(roi.grid.shape_xyz) - 1)), (roi.side, origin)
         assert roi.grid.shape_zyx[2] > 152  # wider than the kidney alone: it reaches past the midline
         assert roi.to_dict()["method"] and 0 < roi.to_dict()["confidence"] <= 1
+
+
+def test_a_kidney_whose_tumour_draws_the_search_away_keeps_its_place_in_the_roi():
+    """A 64 mm lower-pole tumour makes the left kidney look less like a kidney where the atlas
+    pair puts it, and the single-kidney search finds a place 40 mm higher; the pair's place
+    still looks like a kidney, so the ROI holds both: the kidney and its tumour stay inside
+    (before, 4 mm of the lower pole and nearly all of the tumour were cut off)."""
+    case = synthesize_abdomen(50032, tumour=True, **FAST)
+    rois = locate_kidneys(case.image)
+    _check(case, rois)
+    left = next(roi for roi in rois if roi.side == "left")
+    assert any("also looks like a kidney" in note and "the ROI holds both places" in note for note in left.notes)
+    zz, yy, xx = np.nonzero(case.label.array == 4)
+    points = case.image.geometry.index_to_world(np.stack([xx, yy, zz], axis=1))
+    points = points[points[:, 0] > np.asarray(case.params["kidneys"]["right"]["centre_mm"])[0] + 50]  # the left tumour
+    index = left.grid.world_to_index(points)
+    inside = np.all((index >= -0.5) & (index <= np.asarray(left.grid.shape_xyz) - 0.5), axis=1).mean()
+    assert inside > 0.5  # 0.61 here (the tumour reaches 47 mm below the kidney); _check failed before: 0.89 of the kidney
