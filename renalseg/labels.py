@@ -174,8 +174,9 @@ def parse_structures(text: str | None, available: Iterable[str]) -> tuple[str, .
 
 
 def values_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
-    """Where ``labels`` holds one of ``values``: ``np.isin`` for a uint8 label map, by a
-    comparison (one value) or a look-up table, 4-30 times as fast on a study's grid.
+    """Where ``labels`` holds one of ``values``: ``np.isin`` for a uint8 or uint16 label map
+    (labels, territories), by a comparison (one value) or a look-up table, 4-30 times as
+    fast on a study's grid.
 
     Example:
         >>> values_mask(np.array([0, 2, 3, 4], np.uint8), [2, 4]).tolist()
@@ -183,10 +184,11 @@ def values_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
     """
     values = [int(v) for v in values]
     labels = np.asarray(labels)
-    if labels.dtype != np.uint8:
+    if labels.dtype not in (np.uint8, np.uint16):
         return np.isin(labels, values)
     if len(values) == 1:
         return labels == values[0]
-    table = np.zeros(256, dtype=bool)
-    table[[v for v in values if 0 <= v < 256]] = True
+    size = int(np.iinfo(labels.dtype).max) + 1
+    table = np.zeros(size, dtype=bool)
+    table[[v for v in values if 0 <= v < size]] = True
     return table[labels]

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from renalseg.labels import values_mask
 from renalseg.preview import _font
 from renalseg.tree import bounding_box
 from renalseg.volume import Volume, crop
@@ -75,13 +76,7 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
     for entry in sorted(result.plan["kidneys"], key=lambda e: e["side"] != "right"):
         values = [t["value"] for t in entry["territories"]]
         order = {v: k for k, v in enumerate(values)}
-        if territory.dtype in (np.uint8, np.uint16):  # plan_labels' territories: uint16
-            # a look-up table over the whole study's grid: 4 times np.isin's speed there
-            wanted = np.zeros(int(np.iinfo(territory.dtype).max) + 1, bool)
-            wanted[values] = True
-            mask = wanted[territory]
-        else:
-            mask = np.isin(territory, values)
+        mask = values_mask(territory, values)
         if not mask.any():
             continue
         box = ndimage.find_objects(mask.astype(np.uint8))[0]

@@ -357,6 +357,7 @@ def test_the_fast_label_paths_agree_with_numpy():
     for values in ([3], [1, 4], [], [2, 300]):
         assert np.array_equal(values_mask(labels, values), np.isin(labels, values))
     assert np.array_equal(values_mask(labels.astype(np.int32), [1, 4]), np.isin(labels, [1, 4]))
+    assert np.array_equal(values_mask(labels.astype(np.uint16) * 300, [300, 1200]), np.isin(labels, [1, 4]))
     probabilities = rng.random((5, 6, 7, 8)).astype(np.float32)
     probabilities[3, 0] = probabilities[1, 0]                        # ties: the lower label wins
     probabilities[:, 1] = 0.2
