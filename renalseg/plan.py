@@ -1149,7 +1149,7 @@ def plan_labels(labels: Volume, label_map: Mapping[int, str], *, rois: list[dict
                                       "volume_ml": t["volume_ml"], "percent": t["percent"]}
     plan = {"schema": "renalseg.plan/1", "settings": asdict(config), "kidneys": kidneys,
             "seconds": round(time.perf_counter() - started, 2)}
-    return PlanResult(plan, _on_full_grid(territories, full, offset), names, _on_full_grid(picture, full, offset),
+    return PlanResult(plan, _on_full_grid(territories, g, full), names, _on_full_grid(picture, g, full),
                       tuple(candidates))
 
 
@@ -1187,13 +1187,11 @@ def _shifted_roi(roi: dict, offset: tuple[int, int, int]) -> dict:
     return {**roi, "box_voxels_zyx": {**box, "start": start}}
 
 
-def _on_full_grid(array: np.ndarray, full: Volume, offset: tuple[int, int, int]) -> Volume:
-    """``array`` (a crop starting at ``offset``) pasted into zeros on ``full``'s grid."""
-    if array.shape == full.array.shape:
+def _on_full_grid(array: np.ndarray, grid: Geometry, full: Volume) -> Volume:
+    """``array`` on ``grid`` (a crop of ``full``'s grid) pasted into zeros on ``full``'s grid."""
+    if grid.is_same_grid(full.geometry):
         return full.with_array(array)
-    out = np.zeros(full.array.shape, dtype=array.dtype)
-    out[tuple(slice(o, o + n) for o, n in zip(offset, array.shape))] = array
-    return full.with_array(out)
+    return paste(Volume(np.zeros(full.array.shape, dtype=array.dtype), full.geometry), Volume(array, grid))
 
 
 #: fluid-attenuation pieces ``renalseg segment`` took for cysts, from this volume (ml) on,
