@@ -590,6 +590,16 @@ def _alive(branches: list[_Branch]) -> list[int]:
     return [i for i, b in enumerate(branches) if b.parent != -1]
 
 
+def _has_ancestor_in(branches: list[_Branch], i: int, chosen: set[int]) -> bool:
+    """Whether a branch above ``i`` in its tree is among ``chosen``."""
+    parent = branches[i].parent
+    while parent is not None and parent != -1:
+        if parent in chosen:
+            return True
+        parent = branches[parent].parent
+    return False
+
+
 def _descendants_first(branches: list[_Branch], roots: list[int]) -> list[int]:
     order, stack = [], list(roots)
     while stack:
@@ -1061,7 +1071,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
                    "ischaemic_percent": round(100 * healthy(u) / kidney_total, 2)} for u in chosen]
     feeding_roots = [r for r in roots if branches[r].region_voxels > 0]
     fallback_voxels = sum(branches[r].kidney_voxels for r in feeding_roots)
-    chosen_voxels = sum(healthy(u) for u in chosen)
+    # clamping a branch stops the blood to all of its tree: a candidate under another
+    # (a main artery or division whose own terminal branches are a unit) adds nothing
+    chosen_voxels = sum(healthy(u) for u in chosen if not _has_ancestor_in(branches, u, set(chosen)))
     selective = covered >= config.coverage - 1e-9 and chosen_voxels < 0.9 * fallback_voxels
     entry["clamping"] = {
         "strategy": "selective" if selective else "main",

@@ -486,3 +486,28 @@ def test_a_whole_study_grid_is_planned_as_its_labelled_part() -> None:
     assert np.array_equal(whole.territories.array[inside], tight.territories.array)
     assert whole.territories.array.sum() == tight.territories.array.sum() > 0
     assert np.array_equal(whole.labels.array[inside], tight.labels.array)
+
+
+def test_clamping_counts_a_kidney_region_once_when_one_candidate_lies_under_another() -> None:
+    """Clamping a branch stops the blood to all of its tree. In phantom 20024 the main
+    artery's own terminal branches are a territory that holds tumour, so the candidates
+    hold both it and segmental branches under it: the kidney left without blood is the
+    whole kidney once (it was counted as 171%), and main-artery clamping is proposed."""
+    from renalseg.phantom import synthesize_roi
+
+    case = synthesize_roi(20024, tumour=True)
+    (kidney,) = plan_labels(case.label, KIPA).plan["kidneys"]
+    clamping = kidney["clamping"]
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    candidates = {c["branch"] for c in clamping["candidates"]}
+
+
+    def ancestors(i: int) -> set[int]:
+        parent = by_id[i]["parent"]
+        return {parent} | ancestors(parent) if parent is not None else set()
+
+    under_another = [c for c in candidates if ancestors(c) & candidates]
+    assert under_another, "the case no longer has a candidate under another; pick another seed"
+    assert clamping["ischaemic_percent"] <= clamping["fallback"]["ischaemic_percent"] + 1e-6
+    assert clamping["ischaemic_percent"] == pytest.approx(100.0, abs=0.01)
+    assert clamping["strategy"] == "main"

@@ -104,7 +104,9 @@ def plan(
                                         if b["id"] in ((kidney["tumour"] or {}).get("feeding") or [])],
                             "strategy": clamping.get("strategy"),
                             "clamp": [c["name"] for c in clamping.get("candidates", [])],
-                            "ischaemic_percent": clamping.get("ischaemic_percent"),
+                            # what the proposed clamping costs: the main artery's when it is proposed
+                            "ischaemic_percent": (clamping["fallback"] if clamping.get("strategy") == "main"
+                                                  else clamping).get("ischaemic_percent"),
                             "notes": kidney["notes"], "out": where})
     if as_json:
         console.print_json(json.dumps(summary))
