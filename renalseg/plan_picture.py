@@ -3,10 +3,11 @@
 Per kidney, a coronal and an axial slice through the tumour (through the kidney's
 centre when there is none), in the radiological convention of ``preview.png`` (the
 patient's right on the viewer's left, superior and anterior at the top, physical
-aspect ratio): territories coloured (the clamping candidates bright, the others
-faded), the tumour outlined in white, the arteries within 5 mm of the slice in dark
-red; below, a legend with each territory's name, its share of tumour + margin and
-its share of the kidney.
+aspect ratio): territories coloured (the clamping candidates bright, each in its own
+colour, the others faded), the tumour outlined in white, the arteries within 5 mm of
+the slice in dark red; below, the clamping proposed and a legend, the candidates
+first, with each territory's name, its share of tumour + margin and its share of the
+kidney, each swatch the colour drawn.
 """
 
 from __future__ import annotations
@@ -39,8 +40,44 @@ def _lps(volume: Volume) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(image), np.asarray(image.GetSpacing(), float)[::-1], image
 
 
-def _colour(value: int, order: dict[int, int]) -> np.ndarray:
-    return _PALETTE[order.get(value, 0) % len(_PALETTE)]
+def _colour(value: int, order: dict[int, int], highlighted: set[int]) -> np.ndarray:
+    """A territory's colour as drawn: faded when other territories are the clamping candidates."""
+    alpha = 1.0 if value in highlighted or not highlighted else 0.35
+    return alpha * _PALETTE[order.get(value, 0) % len(_PALETTE)] + (1 - alpha) * _KIDNEY_RGB * 0.5
+
+
+def _colour_order(values: list[int], highlighted: set[int]) -> dict[int, int]:
+    """Palette places: the clamping candidates first, so that they never share a colour
+    (up to the palette's 12), then the other territories.
+
+    Example:
+        >>> _colour_order([5, 6, 7, 8], {8, 6})
+        {6: 0, 8: 1, 5: 2, 7: 3}
+    """
+    ordered = [v for v in values if v in highlighted] + [v for v in values if v not in highlighted]
+    return {v: k for k, v in enumerate(ordered)}
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]:  # noqa: ANN001 - a PIL font
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word
+    gets a line of its own).
+
+    Example:
+        >>> draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        >>> font = _font(12)
+        >>> lines = _wrapped(draw, "clamp segmental 6, segmental 5, division 4 side branch 3", font, 120)
+        >>> len(lines) > 1 and all(draw.textlength(line, font=font) <= 120 for line in lines)
+        True
+        >>> " ".join(lines)
+        'clamp segmental 6, segmental 5, division 4 side branch 3'
+    """
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def _panel(territory: np.ndarray, picture: np.ndarray, artery_slab: np.ndarray, order: dict[int, int],
@@ -48,8 +85,7 @@ def _panel(territory: np.ndarray, picture: np.ndarray, artery_slab: np.ndarray, 
     rgb = np.zeros(territory.shape + (3,), np.float32)
     rgb[picture == 1] = _KIDNEY_RGB
     for value in np.unique(territory[territory > 0]):
-        alpha = 1.0 if value in highlighted or not highlighted else 0.35
-        rgb[territory == value] = alpha * _colour(int(value), order) + (1 - alpha) * _KIDNEY_RGB * 0.5
+        rgb[territory == value] = _colour(int(value), order, highlighted)
     rgb[artery_slab] = _ARTERY_RGB
     tumour = picture == 3
     rim = tumour & ~ndimage.binary_erosion(tumour)
@@ -70,12 +106,13 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
         territories, labels = crop(territories, start, shape), crop(labels, start, shape)  # type: ignore[arg-type]
     territory, spacing, _ = _lps(territories)
     picture, _, _ = _lps(labels)
-    highlighted = set(result.candidates)
+    candidates = set(result.candidates)
     font, small = _font(15), _font(12)
     columns = []
     for entry in sorted(result.plan["kidneys"], key=lambda e: e["side"] != "right"):
         values = [t["value"] for t in entry["territories"]]
-        order = {v: k for k, v in enumerate(values)}
+        highlighted = candidates & set(values)  # a kidney without candidates is drawn in full colour
+        order = _colour_order(values, highlighted)
         mask = values_mask(territory, values)
         if not mask.any():
             continue
@@ -95,11 +132,12 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
         axial = _panel(sub_t[cz], sub_p[cz], axial_artery, order, highlighted,
                        sub_t.shape[1] * spacing[1] / (sub_t.shape[2] * spacing[2]))
         legend = []
-        for t in entry["territories"]:
+        for t in sorted(entry["territories"], key=lambda t: order[t["value"]]):  # the candidates on top
             branch = next(b for b in entry["branches"] if b["id"] == t["branch"])
             tumour_text = f", tumour {branch['tumour_percent']:.0f}%" if branch["tumour_percent"] is not None else ""
             mark = "  << clamp" if t["value"] in highlighted else ""
-            legend.append((_colour(t["value"], order), f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))
+            legend.append((_colour(t["value"], order, highlighted),
+                           f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))
         clamping = entry.get("clamping")
         summary = (f"clamp {', '.join(c['name'] for c in clamping['candidates'])}: "
                    f"{clamping['ischaemic_ml']:.0f} ml ({clamping['ischaemic_percent']:.0f}%) ischaemic"
@@ -110,19 +148,24 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
         image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")
         ImageDraw.Draw(image).text((8, 20), "no territories to show (no kidney label)", fill="white", font=font)
         return _with_verdict(image, result.plan)
-    legend_h = 22 + 16 * max(len(c[3]) for c in columns) + 22
+    column_px = _PANEL_PX + 180
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    columns = [(side, coronal, axial, legend, _wrapped(measure, summary, small, column_px - 12))
+               for side, coronal, axial, legend, summary in columns]
+    legend_h = max(16 * len(c[4]) + 4 + 16 * len(c[3]) for c in columns) + 22
     height = 24 + max(c[1].height + c[2].height for c in columns) + 8 + legend_h
-    width = (_PANEL_PX + 180) * len(columns)
-    canvas = Image.new("RGB", (width, height), "black")
+    canvas = Image.new("RGB", (column_px * len(columns), height), "black")
     draw = ImageDraw.Draw(canvas)
     for k, (side, coronal, axial, legend, summary) in enumerate(columns):
-        x0 = k * (_PANEL_PX + 180)
+        x0 = k * column_px
         draw.text((x0 + 6, 4), f"{side} kidney: coronal (top), axial (below); R on the left", fill="white", font=font)
         canvas.paste(coronal, (x0, 24))
         canvas.paste(axial, (x0, 24 + coronal.height + 4))
         y = 24 + coronal.height + axial.height + 12
-        draw.text((x0 + 6, y), summary, fill=(255, 255, 120), font=small)
-        y += 20
+        for line in summary:
+            draw.text((x0 + 6, y), line, fill=(255, 255, 120), font=small)
+            y += 16
+        y += 4
         for colour, text in legend:
             draw.rectangle([x0 + 6, y + 2, x0 + 18, y + 12], fill=tuple(int(c) for c in colour))
             draw.text((x0 + 24, y), text, fill="white", font=small)
