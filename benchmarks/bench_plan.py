@@ -55,6 +55,7 @@ import numpy as np
 
 import renalseg.plan
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
+from renalseg.phantom.territory import compare_plan
 from renalseg.plan import PlanConfig, plan_labels, with_tumour
 from renalseg.volume import Volume
 
@@ -88,38 +89,11 @@ def with_true(labels: Volume, truth: Volume, structures: list[str]) -> Volume:
 
 
 def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
-    """Per side: feeding TP/FP/FN, territory agreement, segmental counts."""
-    truth_map = case.territory.array
-    plan_map = result.territories.array
-    kidney = case.label.array == 2
-    rows = []
-    for entry in result.plan["kidneys"]:
-        side = entry["side"]
-        if side not in case.truth["kidneys"]:
-            rows.append({"side": side, "error": "side not in truth"})
-            continue
-        true_values = {int(v) for v, t in case.truth["territories"].items() if t["side"] == side}
-        mapping = {}
-        for t in entry["territories"]:
-            inside = plan_map == t["value"]
-            overlap = truth_map[inside & kidney]
-            overlap = overlap[np.isin(overlap, list(true_values))]
-            mapping[t["value"]] = int(np.bincount(overlap).argmax()) if overlap.size else 0
-        own = kidney & np.isin(truth_map, list(true_values))
-        mapped = np.zeros(max([int(plan_map.max()), *mapping]) + 1, dtype=np.int64)
-        for value, target in mapping.items():
-            mapped[value] = target
-        agreement = float((mapped[plan_map[own]] == truth_map[own]).mean()) if own.any() else float("nan")
-        name_of = {int(v): t["segmental"] for v, t in case.truth["territories"].items()}
-        truth_feeding = set(case.truth["kidneys"][side]["feeding"])
-        plan_feeding = {name_of.get(mapping.get(b, 0), "?") for b in (entry["tumour"] or {}).get("feeding", [])}
-        rows.append({"side": side, "seed": case.params["seed"], "status": entry["status"],
-                     "tp": len(plan_feeding & truth_feeding), "fp": len(plan_feeding - truth_feeding),
-                     "fn": len(truth_feeding - plan_feeding), "agreement": agreement,
-                     "segmentals_plan": len(entry["territories"]), "segmentals_true": len(true_values),
-                     "truth_feeding": sorted(truth_feeding), "plan_feeding": sorted(plan_feeding),
-                     "strategy": (entry["clamping"] or {}).get("strategy")})
-    return rows
+    """Per side: feeding TP/FP/FN, territory agreement, segmental counts
+    (:func:`renalseg.phantom.territory.compare_plan`), with the phantom's seed."""
+    rows = compare_plan(result.plan, result.territories.array, case.truth, case.territory.array,
+                        case.label.array == 2)
+    return [{**row, "seed": case.params["seed"]} if "error" not in row else row for row in rows]
 
 
 @contextlib.contextmanager

@@ -226,7 +226,7 @@ def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypa
     volume.array[:, :2, :] = -1000  # air beside the body: a whole scan passes the HU plausibility check
     truth = Volume(np.where(mask, 3, 0).astype(np.uint8), volume.geometry)  # KiPA22: 3 = artery
     monkeypatch.setattr(renalseg.phantom, "synthesize_abdomen",
-                        lambda seed: types.SimpleNamespace(image=volume, label=truth))
+                        lambda seed, **_: types.SimpleNamespace(image=volume, label=truth, territory=None, truth=None))
     roi = roi_from_extent(volume.geometry, SPEC.spacing_xyz_mm)
     monkeypatch.setattr(renalseg.roi, "locate_kidneys", lambda study, **_: [roi])
     out = tmp_path / "demo"
@@ -240,6 +240,9 @@ def test_demo_runs_phantom_segment_and_meshes(tmp_path, analytic_model, monkeypa
     assert score >= 0.9
     # the 6 mm tube's centerline is found; no thinner vessel exists to find
     assert "by vessel diameter: 0–2 mm n/a, 2–4 mm n/a, 4 mm and wider 100%" in result.stdout.replace("\n", " ")
+    # the threshold model labels no kidney, so there is nothing to plan, and the demo says why
+    assert "not made: this model labels no kidney" in result.stdout.replace("\n", " ")
+    assert not (out / "phantom" / "plan.json").exists()
     assert _run("demo", "--out", out).exit_code == 1  # an earlier demo is not replaced silently
 
 

@@ -10,7 +10,7 @@ import typer
 
 from renalseg.cli.common import configure_logging, console, err_console, handle_errors
 
-__all__ = ["register", "DEMO_SEED"]
+__all__ = ["register", "DEMO_SEED", "plan_lines", "truth_lines"]
 
 #: a phantom seed used neither for training nor for validation (the shipped card lists
 #: validation seeds 9000–9001 and unseen 9100–9103), so the demo's
@@ -33,13 +33,15 @@ def demo(
              "arterial-phase scan (a second network pass: more of the interlobar branches); with a model that "
              "labels the artery and the kidney.")] = True,
 ) -> None:
-    """Synthesise one abdomen CTA phantom, segment it, export meshes, compare with the truth.
+    """Synthesise one abdomen CTA phantom, segment it, export meshes, plan, compare with the truth.
 
-    Writes DIR/input/phantom.nii.gz (+ phantom_truth.nii.gz, KiPA22 labels),
-    DIR/phantom/ (what [bold]renalseg segment --thin-branches[/] writes: the phantom is an
-    arterial-phase CTA) and DIR/phantom/meshes/ (STL +
-    tree.json), then prints the paths, the time of each step and the Dice of each
-    structure the model labels (artery first).
+    Writes DIR/input/phantom.nii.gz (+ phantom_truth.nii.gz, KiPA22 labels, and
+    phantom_territories.nii.gz/.json, the true perfusion territories and feeding
+    segmental arteries), DIR/phantom/ (what [bold]renalseg segment --thin-branches[/] writes:
+    the phantom is an arterial-phase CTA), DIR/phantom/meshes/ (STL + tree.json) and the
+    surgical plan in DIR/phantom/ (what [bold]renalseg plan DIR/phantom[/] writes), then prints
+    the paths, the time of each step, the Dice of each structure the model labels (artery
+    first) and the plan's feeding branches beside the phantom's true ones.
 
     Example: [bold]renalseg demo --out demo/[/]
     """
@@ -48,11 +50,13 @@ def demo(
 
     from renalseg.errors import OutputExistsError, UsageError
     from renalseg.io.image import write_image
-    from renalseg.io.output import StagedDir
+    from renalseg.io.output import StagedDir, atomic_write_json
     from renalseg.labels import BY_KEY, values_of_kind
     from renalseg.mesh import export_meshes
     from renalseg.metrics import FOUND_LABELS, dice, found_by_diameter
     from renalseg.phantom import synthesize_abdomen
+    from renalseg.phantom.territory import compare_plan
+    from renalseg.plan import plan_study
     from renalseg.pipeline import (SYNTHETIC_NOTICE, SegmentConfig, segment_study, serves_thin_branches,
                                    thin_branch_segmenter, write_outputs)
     from renalseg.segmenter import load_model
@@ -83,9 +87,12 @@ def demo(
 
     with err_console.status(f"synthesising an abdomen phantom (seed {seed})…"):
         started = time.perf_counter()
-        case = synthesize_abdomen(seed)
+        case = synthesize_abdomen(seed, territories=True)
         image_path = write_image(case.image, out / "input" / "phantom.nii.gz", overwrite=True)
         truth_path = write_image(case.label, out / "input" / "phantom_truth.nii.gz", overwrite=True)
+        if case.territory is not None:
+            write_image(case.territory, out / "input" / "phantom_territories.nii.gz", overwrite=True)
+            atomic_write_json(out / "input" / "phantom_territories.json", case.truth)
         times["synthesise phantom"] = time.perf_counter() - started
     study = Study(image=case.image.to_sitk(), path=image_path, format="nifti", study_id="phantom")
 
@@ -107,6 +114,14 @@ def demo(
             meshes = export_meshes(labels, staging, label_names={int(k): v for k, v in result.label_names.items()},
                                    rois=result.report["rois"])
         times["meshes (renalseg export-mesh)"] = time.perf_counter() - started
+
+    # the plan needs the artery and the kidney (the artery-only weights label no kidney)
+    planned = None
+    if values_of_kind(result.label_names, "artery") and values_of_kind(result.label_names, "kidney"):
+        with err_console.status("planning…"):
+            started = time.perf_counter()
+            planned = plan_study(destination, overwrite=True)
+            times["plan (renalseg plan)"] = time.perf_counter() - started
 
     # the phantom's truth and the label map both use the KiPA22 values (renalseg.labels)
     truth = case.label.array == BY_KEY["artery"].value
@@ -153,6 +168,86 @@ def demo(
     if others:
         console.print(f"Dice of the other structures vs the truth: {', '.join(others)}", soft_wrap=True,
                       highlight=False)
+    if planned is None:
+        console.print("surgical plan    not made: this model labels no kidney (renalseg plan needs the artery "
+                      "and the kidney)", soft_wrap=True, highlight=False)
+        return
+    console.print(f"surgical plan    {destination / 'plan.json'}, {destination / 'plan.png'}", highlight=False)
+    for line in plan_lines(planned.plan):
+        console.print(line, soft_wrap=True, highlight=False)
+    if case.territory is not None:
+        rows = compare_plan(planned.plan, planned.territories.array, case.truth, case.territory.array,
+                            case.label.array == BY_KEY["kidney"].value)
+        for line in truth_lines(rows, case.truth):
+            console.print(line, soft_wrap=True, highlight=False)
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """One line per kidney of ``plan.json``: the tumour, its feeding branches and what
+    clamping them costs, in words.
+
+    Example:
+        >>> plan = {"kidneys": [{"side": "left", "status": "planned",
+        ...     "branches": [{"id": 3, "name": "segmental 2", "tumour_percent": 80.0}],
+        ...     "tumour": {"volume_ml": 12.3, "feeding": [3]},
+        ...     "clamping": {"strategy": "selective", "candidates": [{"name": "segmental 2"}],
+        ...                  "ischaemic_ml": 20.0, "ischaemic_percent": 14.2}},
+        ...     {"side": "right", "status": "no_tumour", "branches": [], "tumour": None, "clamping": None}]}
+        >>> print("\\n".join(plan_lines(plan)))
+        left kidney: a 12.3 ml tumour fed by segmental 2 (80% of tumour + margin); clamping segmental 2 leaves 20.0 ml (14%) of healthy kidney without blood
+        right kidney: no tumour
+    """
+    lines = []
+    for kidney in plan["kidneys"]:
+        side, tumour, clamping = kidney["side"], kidney["tumour"], kidney["clamping"]
+        if kidney["status"] != "planned" or not tumour:
+            lines.append(f"{side} kidney: {kidney['status'].replace('_', ' ')}")
+            continue
+        names = {b["id"]: b for b in kidney["branches"]}
+        feeding = [f"{names[i]['name']} ({names[i]['tumour_percent']:.0f}%{' of tumour + margin' * (k == 0)})"
+                   for k, i in enumerate(tumour["feeding"])]
+        line = f"{side} kidney: a {tumour['volume_ml']:.1f} ml tumour fed by {', '.join(feeding) or 'no branch'}"
+        if clamping:
+            main = clamping["strategy"] == "main"
+            what = ", ".join(clamping["fallback"]["names"] if main else (c["name"] for c in clamping["candidates"]))
+            cost = clamping["fallback"] if main else clamping
+            line += (f"; clamping {what} leaves {cost['ischaemic_ml']:.1f} ml "
+                     f"({cost['ischaemic_percent']:.0f}%) of healthy kidney without blood")
+        lines.append(line)
+    return lines
+
+
+def _segment(name: str) -> str:
+    """A phantom's segmental artery name in words: ``posterior_lower_segmental`` → ``posterior lower``."""
+    return name.removesuffix("_segmental").replace("_", " ")
+
+
+def truth_lines(rows: list[dict], truth: dict) -> list[str]:
+    """The plan against the phantom's truth (:func:`renalseg.phantom.territory.compare_plan`'s
+    rows), one line per kidney with a true tumour.
+
+    Example:
+        >>> truth = {"kidneys": {"left": {"feeding": ["inferior_segmental", "posterior_segmental"],
+        ...     "tumour_percent": {"inferior_segmental": 70.0, "posterior_segmental": 30.0}}}}
+        >>> rows = [{"side": "left", "tp": 1, "fp": 0, "fn": 1, "agreement": 0.8123,
+        ...          "plan_feeding": ["inferior_segmental"]}]
+        >>> print(truth_lines(rows, truth)[0])
+        left kidney, the phantom's truth: fed by the inferior (70%) and posterior (30%) segmental arteries; the plan's feeding territories lie on the inferior: 1 of 2 found, 0 false; territory agreement 0.81
+    """
+    lines = []
+    for row in rows:
+        if "error" in row:
+            continue
+        shares = truth["kidneys"][row["side"]]["tumour_percent"]
+        true = [f"{_segment(name)} ({shares[name]:.0f}%)" for name in truth["kidneys"][row["side"]]["feeding"]]
+        if not true:
+            continue
+        fed = ", ".join(true[:-1]) + f" and {true[-1]}" if len(true) > 1 else true[0]
+        lies = ", ".join(_segment(name) for name in row["plan_feeding"]) or "none"
+        lines.append(f"{row['side']} kidney, the phantom's truth: fed by the {fed} segmental arteries; the plan's "
+                     f"feeding territories lie on the {lies}: {row['tp']} of {row['tp'] + row['fn']} found, "
+                     f"{row['fp']} false; territory agreement {row['agreement']:.2f}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

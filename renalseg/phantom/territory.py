@@ -24,7 +24,7 @@ import numpy as np
 from renalseg.geometry import Geometry
 from renalseg.phantom.anatomy import Kidney
 
-__all__ = ["true_territories", "TRUTH_MARGIN_MM", "TRUTH_FEEDING_MIN_SHARE"]
+__all__ = ["true_territories", "compare_plan", "TRUTH_MARGIN_MM", "TRUTH_FEEDING_MIN_SHARE"]
 
 TRUTH_MARGIN_MM = 5.0
 TRUTH_FEEDING_MIN_SHARE = 0.05
@@ -95,3 +95,65 @@ def true_territories(kidneys: Mapping[str, Kidney], label: np.ndarray, geometry:
         truth["kidneys"][side] = {"tumour_percent": by_name,
                                   "feeding": [n for n, s in by_name.items() if s >= 100 * feeding_min_share]}
     return territory, truth
+
+
+def compare_plan(plan: Mapping, plan_map: np.ndarray, truth: Mapping, truth_map: np.ndarray,
+                 kidney: np.ndarray) -> list[dict]:
+    """A plan scored against a phantom's true territories, one row per planned side.
+
+    Each plan territory is mapped to the true segmental territory of its side it
+    overlaps most on the kidney (many plan territories may map to one true one).
+
+    Args:
+        plan: ``plan.json``'s content (:attr:`renalseg.plan.PlanResult.plan`).
+        plan_map: the plan's territory values (``territories.nii.gz``), ``(Z, Y, X)``.
+        truth: the phantom's ``truth`` (:func:`true_territories`).
+        truth_map: the phantom's true territory values on the same grid.
+        kidney: the phantom's true kidney voxels on the same grid.
+
+    Returns:
+        Per side: ``side``, ``status``, ``tp``/``fp``/``fn`` (the true segmental arteries
+        the plan's feeding territories map to, against the true feeding ones),
+        ``agreement`` (the share of the side's true kidney voxels whose plan territory
+        maps to their own true territory), ``segmentals_plan``, ``segmentals_true``,
+        ``truth_feeding`` and ``plan_feeding`` (true segmental names), ``strategy``;
+        a side the truth lacks gets ``error`` only.
+
+    Example:
+        >>> t = np.array([[[1, 1, 2, 2]]]); k = np.ones_like(t, bool)
+        >>> truth = {"territories": {"1": {"side": "left", "segmental": "upper"},
+        ...                          "2": {"side": "left", "segmental": "lower"}},
+        ...          "kidneys": {"left": {"feeding": ["lower"]}}}
+        >>> plan = {"kidneys": [{"side": "left", "status": "planned", "clamping": None,
+        ...                      "territories": [{"value": 7}, {"value": 8}], "tumour": {"feeding": [8]}}]}
+        >>> row = compare_plan(plan, np.array([[[7, 7, 7, 8]]]), truth, t, k)[0]
+        >>> row["tp"], row["fp"], row["fn"], row["agreement"]
+        (1, 0, 0, 0.75)
+    """
+    rows = []
+    for entry in plan["kidneys"]:
+        side = entry["side"]
+        if side not in truth["kidneys"]:
+            rows.append({"side": side, "error": "side not in truth"})
+            continue
+        true_values = [int(v) for v, t in truth["territories"].items() if t["side"] == side]
+        mapping = {}
+        for territory in entry["territories"]:
+            overlap = truth_map[(plan_map == territory["value"]) & kidney]
+            overlap = overlap[np.isin(overlap, true_values)]
+            mapping[territory["value"]] = int(np.bincount(overlap).argmax()) if overlap.size else 0
+        own = kidney & np.isin(truth_map, true_values)
+        mapped = np.zeros(max([int(plan_map.max()), *mapping]) + 1, dtype=np.int64)
+        for value, target in mapping.items():
+            mapped[value] = target
+        agreement = float((mapped[plan_map[own]] == truth_map[own]).mean()) if own.any() else float("nan")
+        name_of = {int(v): t["segmental"] for v, t in truth["territories"].items()}
+        truth_feeding = set(truth["kidneys"][side]["feeding"])
+        plan_feeding = {name_of.get(mapping.get(b, 0), "?") for b in (entry["tumour"] or {}).get("feeding", [])}
+        rows.append({"side": side, "status": entry["status"],
+                     "tp": len(plan_feeding & truth_feeding), "fp": len(plan_feeding - truth_feeding),
+                     "fn": len(truth_feeding - plan_feeding), "agreement": agreement,
+                     "segmentals_plan": len(entry["territories"]), "segmentals_true": len(true_values),
+                     "truth_feeding": sorted(truth_feeding), "plan_feeding": sorted(plan_feeding),
+                     "strategy": (entry["clamping"] or {}).get("strategy")})
+    return rows
