@@ -263,3 +263,23 @@ def test_voxels_touching_only_along_an_edge_still_give_a_watertight_mesh():
     mesh = mask_to_mesh(Volume(array.astype(np.uint8), geometry), smoothing_iterations=0, min_component_mm3=0.0)
     assert mesh.is_watertight
     assert mesh.volume > 0
+
+
+def test_tree_json_describes_a_kidney_and_a_tumour_by_pieces_and_volume_not_a_skeleton(tmp_path):
+    """A kidney's skeleton is a medial surface of thousands of chains, not a vessel tree:
+    tree.json gives solid structures their components and volume only, and their meshes
+    are written as before; the artery keeps its centerline."""
+    labels = two_kidney_labels()
+    array = labels.array.copy()
+    array[6:24, 2:22, 40:58] = 2   # a kidney block on the left side
+    array[6:12, 2:8, 52:58] = 4    # a tumour in its corner
+    array[5:25, 10:14, 48:52] = 3  # the left artery running through it
+    array[array == 1] = 3
+    names = {1: "renal_vein", 2: "kidney", 3: "renal_artery", 4: "tumour"}
+    summary = export_meshes(labels.with_array(array), tmp_path, label_names=names)
+    tree = json.loads((tmp_path / "tree.json").read_text())["trees"]
+    voxel_ml = labels.geometry.voxel_volume_mm3 / 1000.0
+    assert tree["kidney"]["left"] == {"components": 1, "volume_ml": round(float((array == 2).sum()) * voxel_ml, 4)}
+    assert tree["tumour"]["left"] == {"components": 1, "volume_ml": round(float((array == 4).sum()) * voxel_ml, 4)}
+    assert tree["renal_artery"]["left"]["centerline_length_mm"] > 15
+    assert {m["name"] for m in summary["meshes"]} == {"kidney", "tumour", "renal_artery"}

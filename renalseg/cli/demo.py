@@ -51,7 +51,7 @@ def demo(
     from renalseg.errors import OutputExistsError, UsageError
     from renalseg.io.image import write_image
     from renalseg.io.output import StagedDir, atomic_write_json
-    from renalseg.labels import BY_KEY, values_of_kind
+    from renalseg.labels import BY_KEY, structure_kind, values_of_kind
     from renalseg.mesh import export_meshes
     from renalseg.metrics import FOUND_LABELS, dice, found_by_diameter
     from renalseg.phantom import synthesize_abdomen
@@ -147,8 +147,10 @@ def demo(
         if side in arteries:
             # one definition of a component (renalseg.components): the three figures agree
             entry = arteries[side]
-            trees = [t[side]["components"] for t in meshes["trees"].values() if side in t]
-            bodies = sum(m["bodies"] for m in meshes["meshes"] if m["side"] == side)
+            trees = [t[side]["components"] for name, t in meshes["trees"].items()
+                     if side in t and structure_kind(name) == "artery"]
+            bodies = sum(m["bodies"] for m in meshes["meshes"]
+                         if m["side"] == side and structure_kind(m["name"]) == "artery")
             console.print(f"{side} artery tree: {entry['artery_volume_ml']:.2f} ml, {entry['components']} "
                           f"component(s) in report.json, {sum(trees)} in tree.json, {bodies} mesh bod"
                           f"{'y' if bodies == 1 else 'ies'}; {entry['specks']} speck(s) under 5 mm³ not counted",
