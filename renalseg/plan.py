@@ -37,8 +37,12 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
    ``coverage`` of tumour + margin (territories are disjoint, so the largest shares
    first is the smallest set), each with the healthy parenchyma it leaves without
    blood; clamping the main artery (and any accessory artery feeding the tumour) is
-   the fallback, and the strategy when the selective candidates would take nearly
-   as much kidney.
+   the fallback. *Fewest clamps*: the fewest branches (at most four, any level from
+   the units up to the divisions) whose trees hold as much, leaving the least kidney
+   without blood (a dynamic programme over the tree), named when they are fewer than
+   the candidates. The strategy is the candidates (``selective``), or when they would
+   leave nearly as much kidney without blood as the main artery (90%), the fewest
+   clamps (``fewest``) if those leave less, else the main artery (``main``).
 
 ``plan.json`` (schema ``renalseg.plan/1``)::
 
@@ -67,9 +71,11 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                           "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # the pieces planned
                                       "feeding": [branch id, ...]}],   # (≥ min_tumour_piece_ml, largest first, ≤ 10)
                           "small_pieces": int, "small_pieces_ml"},   # those left out of feeding and clamping
-        "clamping": null | {"strategy": "selective" | "main", "coverage_percent",
+        "clamping": null | {"strategy": "selective" | "fewest" | "main", "coverage_percent",
                             "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
                             "ischaemic_ml", "ischaemic_percent",
+                            "fewest": null | {"branches": [id, ...], "names": [...], "tumour_percent",
+                                              "ischaemic_ml", "ischaemic_percent"},
                             "fallback": {"branches": [id, ...], "names": [...], "tumour_percent",
                                          "ischaemic_ml", "ischaemic_percent"}}}],
      "seconds": float}
@@ -102,7 +108,7 @@ from renalseg.volume import Volume, crop, paste
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
            "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan",
-           "write_territory_meshes", "tumour_region", "region_shares"]
+           "write_territory_meshes", "tumour_region", "region_shares", "proposed_clamping"]
 
 logger = logging.getLogger(__name__)
 
@@ -600,6 +606,72 @@ def _has_ancestor_in(branches: list[_Branch], i: int, chosen: set[int]) -> bool:
     return False
 
 
+#: the most branches the fewest-clamps option may name (surgeons clamp one to three)
+_MAX_CLAMPS = 4
+
+
+def _pareto(entries: list[tuple[int, int, tuple[int, ...]]]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """The ``(covered, ischaemic, branches)`` entries no other beats on both counts
+    (more tumour + margin covered, less healthy kidney without blood)."""
+    kept, least = [], None
+    for entry in sorted(entries, key=lambda e: (-e[0], e[1])):
+        if least is None or entry[1] < least:
+            kept.append(entry)
+            least = entry[1]
+    return kept
+
+
+def _fewest_clamps(branches: list[_Branch], roots: list[int], units: list[int],
+                   need_voxels: float) -> tuple[int, int, tuple[int, ...]] | None:
+    """The fewest branches (at most :data:`_MAX_CLAMPS`) whose trees hold ``need_voxels``
+    of tumour + margin, and of those the set leaving the least healthy kidney without
+    blood: ``(covered, ischaemic, branches)``, or None.
+
+    A clamp stops the blood to a branch's whole tree, so the sets are cuts of the tree:
+    the branches searched are the segmental-level units and the branches above them
+    (not the branches inside a unit, which lie in the parenchyma, nor the main renal
+    artery, the fallback), and a set never holds a branch under another. A dynamic programme over the tree keeps, per branch and
+    number of clamps, the sets no other beats on both counts.
+    """
+    clampable: set[int] = set()
+    for u in units:
+        i: int | None = u
+        while i is not None and i != -1 and i not in clampable:
+            clampable.add(i)
+            i = branches[i].parent
+    nothing = [[(0, 0, ())]] + [[] for _ in range(_MAX_CLAMPS)]
+
+    def merge(a: list, b: list) -> list:
+        out: list[list] = [[] for _ in range(_MAX_CLAMPS + 1)]
+        for ka, front_a in enumerate(a):
+            for kb, front_b in enumerate(b[:_MAX_CLAMPS + 1 - ka]):
+                out[ka + kb].extend((ca + cb, ia + ib, sa + sb) for ca, ia, sa in front_a for cb, ib, sb in front_b)
+        return [_pareto(front) for front in out]
+
+    fronts: dict[int, list] = {}
+    for i in _descendants_first(branches, roots):
+        if i not in clampable:
+            continue
+        b = branches[i]
+        front = nothing
+        for child in b.children:
+            if child in clampable:
+                front = merge(front, fronts[child])
+        if i != roots[0]:  # the main renal artery is the fallback, not a selective clamp
+            front = list(front)
+            front[1] = _pareto(front[1] + [(b.region_voxels, b.kidney_voxels, (i,))])
+        fronts[i] = front
+    forest = nothing
+    for r in roots:
+        if r in fronts:
+            forest = merge(forest, fronts[r])
+    for k in range(1, _MAX_CLAMPS + 1):
+        enough = [entry for entry in forest[k] if entry[0] >= need_voxels - 1e-9]
+        if enough:
+            return min(enough, key=lambda e: e[1])
+    return None
+
+
 def _descendants_first(branches: list[_Branch], roots: list[int]) -> list[int]:
     order, stack = [], list(roots)
     while stack:
@@ -1075,21 +1147,58 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     # (a main artery or division whose own terminal branches are a unit) adds nothing
     chosen_voxels = sum(healthy(u) for u in chosen if not _has_ancestor_in(branches, u, set(chosen)))
     selective = covered >= config.coverage - 1e-9 and chosen_voxels < 0.9 * fallback_voxels
+    # the fewest clamps that hold as much, at any level above the units (a division
+    # alone, say): worth naming when it takes fewer branches than the deepest set and
+    # leaves less kidney without blood than the main artery would
+    fewest = _fewest_clamps(branches, roots, units, config.coverage * region_total - 1e-6)
+    if fewest is not None and not (len(fewest[2]) < len(chosen) and fewest[1] < 0.9 * fallback_voxels):
+        fewest = None
+    strategy = "selective" if selective else "fewest" if fewest is not None else "main"
     entry["clamping"] = {
-        "strategy": "selective" if selective else "main",
+        "strategy": strategy,
         "coverage_percent": round(100 * covered, 2),
         "candidates": candidates,
         "ischaemic_ml": round(chosen_voxels * voxel_ml, 2),
         "ischaemic_percent": round(100 * chosen_voxels / kidney_total, 2),
+        "fewest": None if fewest is None else {
+            "branches": [ids[i] for i in fewest[2]], "names": [branches[i].name for i in fewest[2]],
+            "tumour_percent": round(100 * fewest[0] / region_total, 2),
+            "ischaemic_ml": round(fewest[1] * voxel_ml, 2),
+            "ischaemic_percent": round(100 * fewest[1] / kidney_total, 2)},
         "fallback": {"branches": [ids[r] for r in feeding_roots], "names": [branches[r].name for r in feeding_roots],
                      "tumour_percent": round(100 * sum(branches[r].region_voxels for r in feeding_roots) / region_total, 2),
                      "ischaemic_ml": round(fallback_voxels * voxel_ml, 2),
                      "ischaemic_percent": round(100 * fallback_voxels / kidney_total, 2)},
     }
+    if strategy == "fewest":
+        entry["notes"].append(
+            "the deepest branches holding the tumour would leave nearly as much kidney without blood as clamping "
+            f"the main artery; clamping {', '.join(entry['clamping']['fewest']['names'])} holds "
+            f"{entry['clamping']['fewest']['tumour_percent']:g}% of tumour + margin and is proposed.")
+        clamped = set(fewest[2])
+        return entry, next_id, [ids[u] for u in units if u in clamped or _has_ancestor_in(branches, u, clamped)]
     if not selective:
         entry["notes"].append("selective clamping would leave nearly as much kidney without blood as clamping "
                               "the main artery: main-artery clamping is proposed.")
     return entry, next_id, [ids[u] for u in chosen]
+
+
+def proposed_clamping(clamping: Mapping) -> tuple[list[str], Mapping]:
+    """The branches a plan's ``clamping`` proposes and the entry with their cost
+    (``ischaemic_ml``, ``ischaemic_percent``, ``tumour_percent`` or ``coverage_percent``),
+    by its ``strategy``: the deepest candidates, the fewest clamps, or the main artery.
+
+    Example:
+        >>> proposed_clamping({"strategy": "fewest", "candidates": [{"name": "segmental 1"}],
+        ...                    "fewest": {"names": ["division 1"], "ischaemic_percent": 30.0},
+        ...                    "fallback": {"names": ["main renal artery"], "ischaemic_percent": 100.0}})
+        (['division 1'], {'names': ['division 1'], 'ischaemic_percent': 30.0})
+    """
+    if clamping["strategy"] == "main":
+        return list(clamping["fallback"]["names"]), clamping["fallback"]
+    if clamping["strategy"] == "fewest":
+        return list(clamping["fewest"]["names"]), clamping["fewest"]
+    return [c["name"] for c in clamping["candidates"]], clamping
 
 
 def _kidney_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from renalseg.labels import values_mask
+from renalseg.plan import proposed_clamping
 from renalseg.preview import _font
 from renalseg.tree import bounding_box
 from renalseg.volume import Volume, crop
@@ -139,10 +140,16 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
             legend.append((_colour(t["value"], order, highlighted),
                            f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))
         clamping = entry.get("clamping")
-        summary = (f"clamp {', '.join(c['name'] for c in clamping['candidates'])}: "
-                   f"{clamping['ischaemic_ml']:.0f} ml ({clamping['ischaemic_percent']:.0f}%) ischaemic"
-                   if clamping and clamping["strategy"] == "selective" else
-                   "main-artery clamping" if clamping else entry["status"].replace("_", " "))
+        if clamping:
+            names, cost = proposed_clamping(clamping)
+            summary = (f"clamp {', '.join(names)}: {cost['ischaemic_ml']:.0f} ml ({cost['ischaemic_percent']:.0f}%) "
+                       "ischaemic" + (" (main-artery clamping)" if clamping["strategy"] == "main" else ""))
+            if clamping["strategy"] == "selective" and clamping.get("fewest"):
+                fewest = clamping["fewest"]
+                summary += (f"; fewest clamps: {', '.join(fewest['names'])}, {fewest['ischaemic_ml']:.0f} ml "
+                            f"({fewest['ischaemic_percent']:.0f}%)")
+        else:
+            summary = entry["status"].replace("_", " ")
         columns.append((entry["side"], coronal, axial, legend, summary))
     if not columns:
         image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")

@@ -492,7 +492,7 @@ def test_clamping_counts_a_kidney_region_once_when_one_candidate_lies_under_anot
     """Clamping a branch stops the blood to all of its tree. In phantom 20024 the main
     artery's own terminal branches are a territory that holds tumour, so the candidates
     hold both it and segmental branches under it: the kidney left without blood is the
-    whole kidney once (it was counted as 171%), and main-artery clamping is proposed."""
+    whole kidney once (it was counted as 171%), so those candidates are not proposed."""
     from renalseg.phantom import synthesize_roi
 
     case = synthesize_roi(20024, tumour=True)
@@ -510,4 +510,43 @@ def test_clamping_counts_a_kidney_region_once_when_one_candidate_lies_under_anot
     assert under_another, "the case no longer has a candidate under another; pick another seed"
     assert clamping["ischaemic_percent"] <= clamping["fallback"]["ischaemic_percent"] + 1e-6
     assert clamping["ischaemic_percent"] == pytest.approx(100.0, abs=0.01)
-    assert clamping["strategy"] == "main"
+    assert clamping["strategy"] != "selective"
+
+
+def test_the_fewest_clamps_are_a_cut_of_the_tree_that_holds_the_tumour() -> None:
+    """Phantom 20000's deepest candidates are five branches; one division holds all of
+    tumour + margin: the plan names it as the fewest clamps, with what it costs, and
+    plan.png and the command say so. In 20024 the deepest candidates would leave the
+    whole kidney without blood and that division is proposed instead of the main artery."""
+    from renalseg.phantom import synthesize_roi
+
+    for seed, strategy in ((20000, "selective"), (20024, "fewest")):
+        case = synthesize_roi(seed, tumour=True)
+        result = plan_labels(case.label, KIPA)
+        (kidney,) = result.plan["kidneys"]
+        clamping, by_id = kidney["clamping"], {b["id"]: b for b in kidney["branches"]}
+        fewest = clamping["fewest"]
+        assert clamping["strategy"] == strategy
+        assert len(fewest["branches"]) < len(clamping["candidates"])
+        assert fewest["tumour_percent"] >= 95.0
+        assert fewest["ischaemic_percent"] < 0.9 * clamping["fallback"]["ischaemic_percent"]
+        # a cut: no branch under another, none the main artery; their territories' sum is the cost
+        assert kidney["roots"][0] not in fewest["branches"]
+        for branch in fewest["branches"]:
+            parent = by_id[branch]["parent"]
+            while parent is not None:
+                assert parent not in fewest["branches"]
+                parent = by_id[parent]["parent"]
+        assert fewest["ischaemic_percent"] == pytest.approx(
+            sum(by_id[b]["territory_percent"] for b in fewest["branches"]), abs=0.05)
+        assert fewest["names"] == [by_id[b]["name"] for b in fewest["branches"]]
+    # the proposal (20024): the territories drawn bright in plan.png lie under that division
+    assert set(result.candidates) and all(
+        any(b in fewest["branches"] for b in _ancestors_and_self(by_id, c)) for c in result.candidates)
+
+
+def _ancestors_and_self(by_id: dict, branch: int) -> list[int]:
+    chain = [branch]
+    while by_id[chain[-1]]["parent"] is not None:
+        chain.append(by_id[chain[-1]]["parent"])
+    return chain

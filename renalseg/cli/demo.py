@@ -199,6 +199,8 @@ def plan_lines(plan: dict) -> list[str]:
         left kidney: a 12.3 ml tumour fed by segmental 2 (80% of tumour + margin); clamping segmental 2 leaves 20.0 ml (14%) of healthy kidney without blood
         right kidney: no tumour
     """
+    from renalseg.plan import proposed_clamping
+
     lines = []
     for kidney in plan["kidneys"]:
         side, tumour, clamping = kidney["side"], kidney["tumour"], kidney["clamping"]
@@ -210,11 +212,13 @@ def plan_lines(plan: dict) -> list[str]:
                    for k, i in enumerate(tumour["feeding"])]
         line = f"{side} kidney: a {tumour['volume_ml']:.1f} ml tumour fed by {', '.join(feeding) or 'no branch'}"
         if clamping:
-            main = clamping["strategy"] == "main"
-            what = ", ".join(clamping["fallback"]["names"] if main else (c["name"] for c in clamping["candidates"]))
-            cost = clamping["fallback"] if main else clamping
-            line += (f"; clamping {what} leaves {cost['ischaemic_ml']:.1f} ml "
+            names, cost = proposed_clamping(clamping)
+            line += (f"; clamping {', '.join(names)} leaves {cost['ischaemic_ml']:.1f} ml "
                      f"({cost['ischaemic_percent']:.0f}%) of healthy kidney without blood")
+            if clamping["strategy"] == "selective" and clamping.get("fewest"):
+                fewest = clamping["fewest"]
+                line += (f"; with the fewest clamps, {', '.join(fewest['names'])}, "
+                         f"{fewest['ischaemic_ml']:.1f} ml ({fewest['ischaemic_percent']:.0f}%)")
         lines.append(line)
     return lines
 

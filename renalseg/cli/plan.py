@@ -59,7 +59,7 @@ def plan(
     the tumour drawn by hand: [bold]renalseg plan out/case1 --tumour tumour.nii.gz[/]
     """
     from renalseg.errors import RenalsegError, UsageError
-    from renalseg.plan import PlanConfig, parse_label_map, plan_study
+    from renalseg.plan import PlanConfig, parse_label_map, plan_study, proposed_clamping
 
     configure_logging(quiet=quiet)
     studies = list(studies or [])
@@ -103,10 +103,10 @@ def plan(
                             "feeding": [b["name"] for b in kidney["branches"]
                                         if b["id"] in ((kidney["tumour"] or {}).get("feeding") or [])],
                             "strategy": clamping.get("strategy"),
-                            "clamp": [c["name"] for c in clamping.get("candidates", [])],
-                            # what the proposed clamping costs: the main artery's when it is proposed
-                            "ischaemic_percent": (clamping["fallback"] if clamping.get("strategy") == "main"
-                                                  else clamping).get("ischaemic_percent"),
+                            "clamp": proposed_clamping(clamping)[0] if clamping else [],
+                            # what the proposed clamping costs
+                            "ischaemic_percent": proposed_clamping(clamping)[1]["ischaemic_percent"]
+                            if clamping else None,
                             "notes": kidney["notes"], "out": where})
     if as_json:
         console.print_json(json.dumps(summary))
@@ -116,7 +116,7 @@ def plan(
             table.add_column(column)
         for row in summary:
             table.add_row(row["study"], row.get("side", ""), row["status"], ", ".join(row.get("feeding") or []),
-                          ", ".join(row.get("clamp") or []) if row.get("strategy") != "main" else "main artery",
+                          ", ".join(row.get("clamp") or []),
                           f"{row['ischaemic_percent']:.0f}%" if row.get("ischaemic_percent") is not None else "")
         console.print(table)
         for row in summary:
