@@ -65,7 +65,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                       "tumour_percent": float | null,                # share of tumour + margin
                       "tumour_distance_mm": float | null,            # branch centerline to tumour surface
                       "region": "upper pole, anterior" | ...}],
-        "territories": [{"value", "branch", "name", "volume_ml", "percent"}],   # values in territories.nii.gz
+        "territories": [{"value", "branch", "name", "volume_ml", "percent",   # values in territories.nii.gz
+                         "tumour_percent"}],         # share of tumour + margin in it (with a tumour)
         "tumour": null | {"volume_ml", "margin_mm", "with_margin_ml", "outside_kidney_ml",
                           "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}],
                           "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # the pieces planned
@@ -1128,6 +1129,8 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     # each unit's share of tumour + margin in its own territory (a main artery whose own
     # terminal branches form a unit must not count its side branches' territories as well)
     own = region_shares(labelled, region)
+    for territory in entry["territories"]:  # its own voxels' share, not its branch's tree's
+        territory["tumour_percent"] = round(100 * own.get(territory["value"], 0.0), 2)
     unit_share = sorted(((own.get(ids[u], 0.0), u) for u in units), key=lambda t: -t[0])
     facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
     facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)

@@ -134,8 +134,8 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
                        sub_t.shape[1] * spacing[1] / (sub_t.shape[2] * spacing[2]))
         legend = []
         for t in sorted(entry["territories"], key=lambda t: order[t["value"]]):  # the candidates on top
-            branch = next(b for b in entry["branches"] if b["id"] == t["branch"])
-            tumour_text = f", tumour {branch['tumour_percent']:.0f}%" if branch["tumour_percent"] is not None else ""
+            share = t.get("tumour_percent")  # the territory's own share (its branch's tree may hold more)
+            tumour_text = f", tumour {share:.0f}%" if share is not None else ""
             mark = "  << clamp" if t["value"] in highlighted else ""
             legend.append((_colour(t["value"], order, highlighted),
                            f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))

@@ -511,6 +511,13 @@ def test_clamping_counts_a_kidney_region_once_when_one_candidate_lies_under_anot
     assert clamping["ischaemic_percent"] <= clamping["fallback"]["ischaemic_percent"] + 1e-6
     assert clamping["ischaemic_percent"] == pytest.approx(100.0, abs=0.01)
     assert clamping["strategy"] != "selective"
+    # each territory carries its own share of tumour + margin (plan.png's legend): the
+    # main artery's own terminal branches hold part, though its tree holds all
+    shares = {t["branch"]: t["tumour_percent"] for t in kidney["territories"]}
+    assert sum(shares.values()) == pytest.approx(100.0, abs=1.0)
+    assert all(shares[c["branch"]] == c["tumour_percent"] for c in clamping["candidates"])
+    main = kidney["roots"][0]
+    assert shares[main] < by_id[main]["tumour_percent"] == 100.0
 
 
 def test_the_fewest_clamps_are_a_cut_of_the_tree_that_holds_the_tumour() -> None:
