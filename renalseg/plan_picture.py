@@ -7,7 +7,7 @@ aspect ratio): territories coloured (the clamping candidates bright, each in its
 colour, the others faded), the tumour outlined in white, the arteries within 5 mm of
 the slice in dark red; below, the clamping proposed and a legend, the candidates
 first, with each territory's name, its share of tumour + margin and its share of the
-kidney, each swatch the colour drawn.
+kidney, each swatch the colour drawn (slivers under 0.5% of the kidney on one line).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40
                      [152, 223, 138], [174, 199, 232]], dtype=np.float32)
 _KIDNEY_RGB = np.array([90, 90, 90], np.float32)
 _ARTERY_RGB = np.array([150, 0, 0], np.float32)
+#: territories under this share of the kidney (%), holding no more of the tumour and not
+#: clamped, share one legend line
+_LEGEND_MIN_PERCENT = 0.5
 #: voxels shown around each kidney's territories
 _MARGIN_VOXELS = 4
 
@@ -132,13 +135,20 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
                          sub_t.shape[0] * spacing[0] / (sub_t.shape[2] * spacing[2]))
         axial = _panel(sub_t[cz], sub_p[cz], axial_artery, order, highlighted,
                        sub_t.shape[1] * spacing[1] / (sub_t.shape[2] * spacing[2]))
-        legend = []
+        legend: list[tuple[np.ndarray | None, str]] = []
+        tiny = [t for t in entry["territories"] if t["value"] not in highlighted
+                and t["percent"] < _LEGEND_MIN_PERCENT and (t.get("tumour_percent") or 0.0) < _LEGEND_MIN_PERCENT]
         for t in sorted(entry["territories"], key=lambda t: order[t["value"]]):  # the candidates on top
+            if t in tiny:
+                continue
             share = t.get("tumour_percent")  # the territory's own share (its branch's tree may hold more)
             tumour_text = f", tumour {share:.0f}%" if share is not None else ""
             mark = "  << clamp" if t["value"] in highlighted else ""
             legend.append((_colour(t["value"], order, highlighted),
                            f"{t['name']}: kidney {t['percent']:.0f}%{tumour_text}{mark}"))
+        if tiny:  # one line for the side branches' slivers, which only lengthen the legend
+            legend.append((None, f"{len(tiny)} more, each under {_LEGEND_MIN_PERCENT:g}% of the kidney "
+                                 f"({sum(t['percent'] for t in tiny):.1f}% in all; plan.json lists them)"))
         clamping = entry.get("clamping")
         if clamping:
             names, cost = proposed_clamping(clamping)
@@ -174,7 +184,8 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
             y += 16
         y += 4
         for colour, text in legend:
-            draw.rectangle([x0 + 6, y + 2, x0 + 18, y + 12], fill=tuple(int(c) for c in colour))
+            if colour is not None:
+                draw.rectangle([x0 + 6, y + 2, x0 + 18, y + 12], fill=tuple(int(c) for c in colour))
             draw.text((x0 + 24, y), text, fill="white", font=small)
             y += 16
     return _with_verdict(canvas, result.plan)
