@@ -207,8 +207,8 @@ def plan_lines(plan: dict) -> list[str]:
         if kidney["status"] != "planned" or not tumour:
             lines.append(f"{side} kidney: {kidney['status'].replace('_', ' ')}")
             continue
-        names = {b["id"]: b for b in kidney["branches"]}
-        feeding = [f"{names[i]['name']} ({names[i]['tumour_percent']:.0f}%{' of tumour + margin' * (k == 0)})"
+        by_id = {b["id"]: b for b in kidney["branches"]}
+        feeding = [f"{by_id[i]['name']} ({by_id[i]['tumour_percent']:.0f}%{' of tumour + margin' * (k == 0)})"
                    for k, i in enumerate(tumour["feeding"])]
         line = f"{side} kidney: a {tumour['volume_ml']:.1f} ml tumour fed by {', '.join(feeding) or 'no branch'}"
         if clamping:
