@@ -470,7 +470,8 @@ def _plan_section(study_dir: Path) -> str:
         logger.warning("%s", err)
         return f"<h2>Plan</h2><div class='muted'>{_e(err)}</div>"
     parts = ["<h2>Plan</h2>"]
-    for title, words in (("Feeding branches", ("feed",)), ("Clamping candidates", ("candidat",))):
+    for title, words in (("Feeding branches", ("feed",)), ("Clamping candidates", ("candidat",)),
+                         ("Fewest clamps", ("fewest",))):
         found = _find_keys(plan, words)
         for where, value in found:
             parts.append(f"<h3 style='font-size:14px;margin:8px 0 4px 0'>{_e(title)} "

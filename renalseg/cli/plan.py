@@ -103,6 +103,7 @@ def plan(
                             "feeding": [b["name"] for b in kidney["branches"]
                                         if b["id"] in ((kidney["tumour"] or {}).get("feeding") or [])],
                             "strategy": clamping.get("strategy"),
+                            "fewest": (clamping.get("fewest") or {}).get("names"),
                             "clamp": proposed_clamping(clamping)[0] if clamping else [],
                             # what the proposed clamping costs
                             "ischaemic_percent": proposed_clamping(clamping)[1]["ischaemic_percent"]
