@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -109,7 +110,8 @@ from renalseg.volume import Volume, crop, paste
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
            "read_plan_input", "read_tumour_mask", "with_tumour", "plan_labels", "plan_study", "write_plan",
-           "write_territory_meshes", "tumour_region", "region_shares", "proposed_clamping"]
+           "write_territory_meshes", "write_territory_seg_nrrd", "tumour_region", "region_shares",
+           "proposed_clamping"]
 
 logger = logging.getLogger(__name__)
 
@@ -631,8 +633,9 @@ def _fewest_clamps(branches: list[_Branch], roots: list[int], units: list[int],
     A clamp stops the blood to a branch's whole tree, so the sets are cuts of the tree:
     the branches searched are the segmental-level units and the branches above them
     (not the branches inside a unit, which lie in the parenchyma, nor the main renal
-    artery, the fallback), and a set never holds a branch under another. A dynamic programme over the tree keeps, per branch and
-    number of clamps, the sets no other beats on both counts.
+    artery, the fallback), and a set never holds a branch under another. A dynamic
+    programme over the tree keeps, per branch and number of clamps, the sets no other
+    beats on both counts.
     """
     clampable: set[int] = set()
     for u in units:
@@ -1441,9 +1444,35 @@ def write_territory_meshes(result: PlanResult, out_dir: Path | str) -> list[Path
     return paths
 
 
+def write_territory_seg_nrrd(result: PlanResult, path: Path | str) -> Path:
+    """The territories as a 3D Slicer segmentation: one segment per territory, named
+    ``<side> kidney: <branch>`` and coloured as in ``plan.png``, coded as kidney (SNOMED
+    CT), its voxels those of ``territories.nii.gz``. Written through a temporary name.
+    """
+    from dataclasses import replace
+
+    from renalseg.io.output import atomic_write_bytes
+    from renalseg.io.slicer import write_seg_nrrd
+    from renalseg.io.terminology import structure_for
+    from renalseg.plan_picture import territory_colours
+
+    kidney = structure_for("kidney")
+    colours = territory_colours(result.plan, set(result.candidates))
+    structures = {int(v): replace(kidney, display_name=f"{t['side']} kidney: {t['name']}",
+                                  rgb=colours.get(int(v), kidney.rgb))
+                  for v, t in result.territory_names.items() if int(v) > 0}
+    names = {v: t["name"] for v, t in result.territory_names.items()}
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        written = write_seg_nrrd(result.territories.array, result.territories.geometry, names,
+                                 Path(scratch) / path.name, structures=structures)
+        return atomic_write_bytes(path, written.read_bytes())
+
+
 def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False,
                meshes: bool = False) -> list[Path]:
-    """Write ``territories.nii.gz``, ``territories.json``, ``plan.png`` and ``plan.json``
+    """Write ``territories.nii.gz``, ``territories.json``, ``territories.seg.nrrd`` (3D Slicer),
+    ``plan.png`` and ``plan.json``
     (and, with ``meshes``, one surface per territory: :func:`write_territory_meshes`).
 
     Each file goes to a temporary name and is renamed into place, ``plan.json``
@@ -1454,13 +1483,15 @@ def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = Fal
     from renalseg.plan_picture import render_plan
 
     out = Path(out_dir)
-    taken = [name for name in ("territories.nii.gz", "territories.json", "plan.png", "plan.json")
+    taken = [name for name in ("territories.nii.gz", "territories.json", "territories.seg.nrrd", "plan.png",
+                               "plan.json")
              if (out / name).exists()]
     if taken and not overwrite:
         raise OutputExistsError(f"{out}: {', '.join(taken)} exist(s); pass --overwrite to replace them.")
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_image(result.territories, out / "territories.nii.gz", overwrite=True),
-             atomic_write_json(out / "territories.json", result.territory_names)]
+             atomic_write_json(out / "territories.json", result.territory_names),
+             write_territory_seg_nrrd(result, out / "territories.seg.nrrd")]
     import io
     buffer = io.BytesIO()
     render_plan(result).save(buffer, format="PNG")

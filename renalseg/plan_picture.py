@@ -23,7 +23,7 @@ from renalseg.preview import _font
 from renalseg.tree import bounding_box
 from renalseg.volume import Volume, crop
 
-__all__ = ["render_plan"]
+__all__ = ["render_plan", "territory_colours"]
 
 _PANEL_PX = 300
 _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -60,6 +60,24 @@ def _colour_order(values: list[int], highlighted: set[int]) -> dict[int, int]:
     """
     ordered = [v for v in values if v in highlighted] + [v for v in values if v not in highlighted]
     return {v: k for k, v in enumerate(ordered)}
+
+
+def territory_colours(plan: dict, candidates: set[int]) -> dict[int, tuple[int, int, int]]:
+    """Each territory's colour in ``plan.png`` (full strength), by its value: per kidney,
+    the clamping candidates first in the palette (:func:`_colour_order`).
+
+    Example:
+        >>> plan = {"kidneys": [{"territories": [{"value": 5}, {"value": 6}]}]}
+        >>> territory_colours(plan, {6})
+        {5: (255, 127, 14), 6: (31, 119, 180)}
+    """
+    colours = {}
+    for entry in plan["kidneys"]:
+        values = [t["value"] for t in entry["territories"]]
+        order = _colour_order(values, candidates & set(values))
+        for value in values:
+            colours[value] = tuple(int(c) for c in _PALETTE[order[value] % len(_PALETTE)])
+    return colours
 
 
 def _wrapped(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]:  # noqa: ANN001 - a PIL font

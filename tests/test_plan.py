@@ -115,6 +115,27 @@ def test_territories_file_is_on_the_study_grid(tmp_path) -> None:
     assert plan["schema"] == "renalseg.plan/1" and plan["study"]["labels"] == str(path)
     assert (tmp_path / "plan" / "plan.png").stat().st_size > 1000
     assert not list((tmp_path / "plan").glob(".*"))  # no temporary files left
+    # the same territories as a 3D Slicer segmentation: its voxels, its grid, one named
+    # segment per territory, coloured as plan.png draws it and coded as kidney
+    import nrrd
+
+    from renalseg.plan_picture import territory_colours
+
+    voxels, header = nrrd.read(str(tmp_path / "plan" / "territories.seg.nrrd"), index_order="C")
+    assert np.array_equal(voxels, result.territories.array)
+    seg = sitk.ReadImage(str(tmp_path / "plan" / "territories.seg.nrrd"))
+    for a, b in ((seg.GetSpacing(), source.GetSpacing()), (seg.GetOrigin(), source.GetOrigin()),
+                 (seg.GetDirection(), source.GetDirection())):
+        assert np.allclose(a, b, atol=1e-4)
+    segments = {int(header[k.replace("_Name", "_LabelValue")]): (header[k], header[k.replace("_Name", "_Color")],
+                                                                 header[k.replace("_Name", "_Tags")])
+                for k in header if k.endswith("_Name")}
+    colours = territory_colours(plan, set(result.candidates))
+    assert set(segments) == set(np.unique(result.territories.array).tolist()) - {0}
+    for value, (name, colour, tags) in segments.items():
+        assert name == f"{names[str(value)]['side']} kidney: {names[str(value)]['name']}"
+        assert [round(float(c) * 255) for c in colour.split()] == list(colours[value])
+        assert "SCT^64033007^Kidney" in tags
 
 
 def test_no_tumour_gives_tree_and_territories() -> None:

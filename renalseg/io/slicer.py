@@ -18,13 +18,13 @@ hold one centerline branch each as an open curve in LPS mm; see
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from renalseg.geometry import Geometry
-from renalseg.io.terminology import slicer_terminology_entry, structure_for
+from renalseg.io.terminology import Structure, slicer_terminology_entry, structure_for
 
 __all__ = ["write_seg_nrrd", "seg_nrrd_header", "markups_curves", "dumps_markups", "MARKUPS_SCHEMA"]
 
@@ -41,10 +41,15 @@ def _extent(mask: np.ndarray) -> str:
     return " ".join(map(str, bounds))
 
 
-def seg_nrrd_header(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str]) -> dict:
+def seg_nrrd_header(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str], *,
+                    structures: Mapping[int, Structure] | None = None) -> dict:
     """The NRRD header of a Slicer segmentation of ``labels`` (pynrrd's dict).
 
     One segment per non-zero label value present (named ones first, in value order).
+    ``structures`` gives a value its own name, colour and codes (e.g. a perfusion
+    territory: a part of the kidney named after its artery); otherwise they follow its
+    name in ``label_names`` (:func:`renalseg.io.terminology.structure_for`). uint8 and
+    uint16 label maps are written as they are.
 
     Example:
         >>> g = Geometry((2, 3, 4), (0.5, 0.5, 2.0), (10.0, 0.0, -5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -58,7 +63,7 @@ def seg_nrrd_header(labels: np.ndarray, geometry: Geometry, label_names: dict[st
     values = [v for v in sorted(named) if v in present] + [v for v in present if v not in named]
     direction = geometry.direction_matrix
     header: dict = {
-        "type": "unsigned char",
+        "type": "unsigned short" if labels.dtype == np.uint16 else "unsigned char",
         "dimension": 3,
         "space": "left-posterior-superior",
         "sizes": np.asarray(geometry.shape_xyz),
@@ -70,7 +75,7 @@ def seg_nrrd_header(labels: np.ndarray, geometry: Geometry, label_names: dict[st
     }
     for i, value in enumerate(values):
         name = named.get(value, f"label_{value}")
-        structure = structure_for(name)
+        structure = (structures or {}).get(value) or structure_for(name)
         prefix = f"Segment{i}_"
         header.update({
             prefix + "Color": " ".join(f"{c / 255:.6g}" for c in structure.rgb),
@@ -92,8 +97,10 @@ def seg_nrrd_header(labels: np.ndarray, geometry: Geometry, label_names: dict[st
     return header
 
 
-def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str], path: Path | str) -> Path:
-    """Write ``labels`` (uint8 ``(Z, Y, X)`` on ``geometry``) as a Slicer ``.seg.nrrd``.
+def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str], path: Path | str, *,
+                   structures: Mapping[int, Structure] | None = None) -> Path:
+    """Write ``labels`` (uint8, or uint16 as it is, ``(Z, Y, X)`` on ``geometry``) as a
+    Slicer ``.seg.nrrd`` (``structures``: see :func:`seg_nrrd_header`).
 
     gzip level 1: a label map is mostly zeros, and level 9 takes seconds longer on a
     512 × 512 × 400 study for a file a few percent smaller.
@@ -101,9 +108,9 @@ def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, label_names: dict[str
     import nrrd
 
     path = Path(path)
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    nrrd.write(str(path), labels, seg_nrrd_header(labels, geometry, label_names), index_order="C",
-               compression_level=1)
+    labels = np.ascontiguousarray(labels, dtype=np.uint16 if labels.dtype == np.uint16 else np.uint8)
+    nrrd.write(str(path), labels, seg_nrrd_header(labels, geometry, label_names, structures=structures),
+               index_order="C", compression_level=1)
     return path
 
 
