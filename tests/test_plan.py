@@ -115,16 +115,21 @@ def test_territories_file_is_on_the_study_grid(tmp_path) -> None:
     assert plan["schema"] == "renalseg.plan/1" and plan["study"]["labels"] == str(path)
     assert (tmp_path / "plan" / "plan.png").stat().st_size > 1000
     assert not list((tmp_path / "plan").glob(".*"))  # no temporary files left
-    # the same territories as a 3D Slicer segmentation: its voxels, its grid, one named
-    # segment per territory, coloured as plan.png draws it and coded as kidney
+    # the same territories as a 3D Slicer segmentation, cropped to their box on the
+    # study's grid: the same voxels in the same place, one named segment per territory,
+    # coloured as plan.png draws it and coded as kidney
     import nrrd
 
     from renalseg.plan_picture import territory_colours
 
     voxels, header = nrrd.read(str(tmp_path / "plan" / "territories.seg.nrrd"), index_order="C")
-    assert np.array_equal(voxels, result.territories.array)
+    x0, y0, z0 = (int(v) for v in header["Segmentation_ReferenceImageExtentOffset"].split())
+    nz, ny, nx = voxels.shape
+    assert np.array_equal(voxels, result.territories.array[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx])
+    assert voxels.astype(bool).sum() == result.territories.array.astype(bool).sum()
     seg = sitk.ReadImage(str(tmp_path / "plan" / "territories.seg.nrrd"))
-    for a, b in ((seg.GetSpacing(), source.GetSpacing()), (seg.GetOrigin(), source.GetOrigin()),
+    for a, b in ((seg.GetSpacing(), source.GetSpacing()),
+                 (seg.GetOrigin(), source.TransformIndexToPhysicalPoint((x0, y0, z0))),
                  (seg.GetDirection(), source.GetDirection())):
         assert np.allclose(a, b, atol=1e-4)
     segments = {int(header[k.replace("_Name", "_LabelValue")]): (header[k], header[k.replace("_Name", "_Color")],
