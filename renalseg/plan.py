@@ -48,7 +48,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
 
     {"schema": "renalseg.plan/1", "study": {"id", "labels", "report", "label_map",
                                             "tumour",            # only with --tumour: the file planned
-                                            "segment_verdict"},   # report.json's quality.verdict or null
+                                            "segment_verdict",   # report.json's quality.verdict or null
+                                            "dicom_seg": {"path", "reason"}},   # territories.seg.dcm (DICOM studies)
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
                   "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
      "kidneys": [{                                   # one per side found
@@ -1416,8 +1417,61 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     result.plan.update({"schema": rest.pop("schema"),
                         "study": {"id": study_id, **sources, "segment_verdict": verdict}, **rest})
     if target is not None:
+        if sources["report"] is not None and labels is None:
+            result.plan["study"]["dicom_seg"] = _write_territory_dicom_seg(
+                result, json.loads(Path(sources["report"]).read_text()), target)
         write_plan(result, target, overwrite=overwrite, meshes=meshes)
     return result
+
+
+def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Path) -> dict:
+    """``territories.seg.dcm`` for a study ``renalseg segment`` read from DICOM: the
+    territories as one DICOM SEG referencing the series (named and coloured as in
+    ``territories.seg.nrrd``), for PACS viewers. The series is found again from
+    ``report.json``'s input; when it is gone or changed, no SEG is written (an earlier
+    plan's is removed) and the returned reason says why (the plan itself does not
+    depend on it).
+
+    Returns:
+        ``{"path": str | None, "reason": str | None}`` (plan.json's ``study.dicom_seg``).
+    """
+    from dataclasses import replace
+
+    from renalseg.errors import RenalsegError
+    from renalseg.io.dicom import dicom_series_files
+    from renalseg.io.dicom_seg import write_dicom_seg
+    from renalseg.io.terminology import structure_for
+    from renalseg.plan_picture import territory_colours
+
+    final = out_dir / "territories.seg.dcm"
+    final.unlink(missing_ok=True)  # an earlier plan's: it is replaced, or goes with it
+    source = report.get("input") or {}
+    if source.get("format") != "dicom":
+        return {"path": None, "reason": "the study was not read from DICOM"}
+    if not any(int(v) > 0 for v in result.territory_names):
+        return {"path": None, "reason": "no territories"}
+    try:
+        files = dicom_series_files(source["path"], series_uid=source.get("series_uid") or
+                                   ("(empty)" if source.get("series_uid") is None else None))
+        kidney = structure_for("kidney")
+        colours = territory_colours(result.plan, set(result.candidates))
+        structures = {int(v): replace(kidney, display_name=f"{t['side']} kidney: {t['name']}",
+                                      rgb=colours.get(int(v), kidney.rgb))
+                      for v, t in result.territory_names.items() if int(v) > 0}
+        model = report.get("model") or {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+            written = write_dicom_seg(
+                result.territories.array, result.territories.geometry,
+                {v: t["name"] for v, t in result.territory_names.items()}, files, Path(scratch) / "territories.seg.dcm",
+                model_name="renalseg plan", weights_sha256=model.get("sha256"),
+                synthetic_training_only=bool(model.get("synthetic_training_only", True)), structures=structures,
+                description="renalseg plan: perfusion territories (research use)")
+            Path(written["path"]).replace(final)
+    except (RenalsegError, OSError, KeyError) as err:
+        logger.warning("no territories.seg.dcm: %s", err)
+        return {"path": None, "reason": str(err)}
+    return {"path": str(final), "reason": None}
 
 
 def write_territory_meshes(result: PlanResult, out_dir: Path | str) -> list[Path]:

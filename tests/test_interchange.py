@@ -272,3 +272,48 @@ def test_centerlines_in_ras(tmp_path):
     ras = _read_vtp(tmp_path / "ras" / "renal_artery_centerline.vtp")["points"]
     assert np.allclose(ras, lps * [-1, -1, 1])
     assert "SPACE=RAS" in (tmp_path / "ras" / "renal_artery_centerline.vtp").read_text()
+
+
+def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_path):
+    """A study segmented from DICOM: `renalseg plan` finds the series again from
+    report.json and writes territories.seg.dcm referencing it, one segment per territory
+    named after its artery and coded as kidney, voxel for voxel those of
+    territories.nii.gz; with the series gone, the plan is still written and says why
+    there is no SEG."""
+    import shutil
+
+    from test_plan import _t_tree
+
+    from renalseg.io.image import write_image
+    from renalseg.plan import plan_study
+    from renalseg.volume import Volume
+
+    labels = _t_tree(tumour=True)
+    ct = Volume(np.where(labels > 0, 200, 0).astype(np.int16),
+                Geometry(labels.shape, (0.8, 0.8, 1.0), (10.0, -20.0, 300.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    series = write_dicom_series(ct, tmp_path / "series")
+    study = read_dicom_study(series)
+    folder = tmp_path / "out" / "series"
+    write_image(Volume(labels, study.geometry), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                    "4": "tumour"}))
+    report = {"input": {"path": str(series), "format": "dicom", "series_uid": study.series_uid}, "rois": [],
+              "model": {"sha256": "ab" * 32, "synthetic_training_only": True}}
+    (folder / "report.json").write_text(json.dumps(report))
+    result = plan_study(folder)
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["study"]["dicom_seg"] == {"path": str(folder / "territories.seg.dcm"), "reason": None}
+    back, seg = seg_to_labels(folder / "territories.seg.dcm", list(study.dicom_files))
+    assert np.array_equal(back, result.territories.array)
+    check_seg_iod(pydicom.dcmread(str(folder / "territories.seg.dcm")))
+    names = json.loads((folder / "territories.json").read_text())
+    assert sorted(s.SegmentLabel for s in seg.SegmentSequence) == sorted(
+        f"{t['side']} kidney: {t['name']}" for v, t in names.items() if int(v) > 0)
+    assert {s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence} == {"64033007"}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
+    assert seg.SeriesDescription == "renalseg plan: perfusion territories (research use)"
+    shutil.rmtree(series)
+    plan_study(folder, overwrite=True)
+    gone = json.loads((folder / "plan.json").read_text())["study"]["dicom_seg"]
+    assert gone["path"] is None and str(series) in gone["reason"]
+    assert not (folder / "territories.seg.dcm").exists()  # not the earlier plan's left behind

@@ -713,6 +713,17 @@ def _check_pixels(folder: Path, image: sitk.Image, grid: _Grid, slices: list[_Sl
                            expected_lo, expected_hi)
 
 
+def dicom_series_files(folder: Path | str, *, series_uid: str | None = None) -> tuple[Path, ...]:
+    """One CT series' files in slice order, as :func:`read_dicom_study` orders them (slice
+    k of its image is file k), from the headers alone: for outputs that reference the
+    series (a DICOM SEG) when the image is not needed. Raises as it does, for the same
+    checks of the grid.
+    """
+    folder = Path(folder)
+    info, slices = _select(folder, _group(_scan(folder)), series_uid)
+    return tuple(_check_grid(folder, info, slices).files)
+
+
 def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> Study:
     """Read one CT series from a folder into a :class:`~renalseg.study.Study` in HU.
 

@@ -28,7 +28,7 @@ SliceThickness becomes the slice spacing) and the pipeline puts it in ``report.j
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from renalseg import __version__
 from renalseg.errors import GeometryError, InputError
 from renalseg.geometry import Geometry
-from renalseg.io.terminology import structure_for
+from renalseg.io.terminology import Structure, structure_for
 
 __all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description"]
 
@@ -123,17 +123,22 @@ def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry) -> 
 
 def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str],
                     source_files: Sequence[Path], path: Path | str, *, model_name: str,
-                    weights_sha256: str | None, synthetic_training_only: bool) -> dict:
+                    weights_sha256: str | None, synthetic_training_only: bool,
+                    structures: Mapping[int, Structure] | None = None, description: str | None = None) -> dict:
     """Write the label map as one DICOM SEG instance referencing its source series.
 
     Args:
-        labels: uint8 ``(Z, Y, X)`` label map on the series' grid (slice k = file k).
+        labels: uint8 or uint16 ``(Z, Y, X)`` label map on the series' grid (slice k = file k).
         geometry: the label map's grid (checked against the files' positions).
         label_names: ``labels.json`` (``{"0": "background", "1": "renal_artery", ...}``).
         source_files: the series' files in slice order.
         path: where to write (``labels.seg.dcm``).
         model_name, weights_sha256: the algorithm identification.
         synthetic_training_only: say so in the series description.
+        structures: a label value's own name, colour and codes (e.g. a perfusion
+            territory, coded as kidney), instead of those its name in ``label_names``
+            gives (:func:`renalseg.io.terminology.structure_for`).
+        description: the series description (default: :func:`series_description`).
 
     Returns:
         ``{"path", "segments": [{"number", "label_value", "name", "snomed"}],
@@ -173,10 +178,10 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         parameters={"weights_sha256": weights_sha256 or "unknown"},
     )
     descriptions, segments = [], []
-    lookup = np.zeros(256, dtype=np.uint8)
+    lookup = np.zeros(max(values) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     for number, value in enumerate(values, start=1):
         name = named.get(value, f"label_{value}")
-        structure = structure_for(name)
+        structure = (structures or {}).get(value) or structure_for(name)
         lookup[value] = number
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=structure.display_name[:64],
@@ -188,14 +193,16 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         ))
         segments.append({"number": number, "label_value": value, "name": structure.display_name,
                          "snomed": structure.type_code.value})
-    segment_map = lookup[np.asarray(labels, dtype=np.uint8)]
+    labels = np.asarray(labels)
+    segment_map = lookup[np.where(labels <= max(values), labels, 0)]
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="renalseg",
         manufacturer_model_name=(model_name or "renalseg")[:64], software_versions=__version__,
-        device_serial_number="none", content_label="RENALSEG", content_description=series_description(
-            synthetic_training_only)[:64], series_description=series_description(synthetic_training_only),
+        device_serial_number="none", content_label="RENALSEG",
+        content_description=(description or series_description(synthetic_training_only))[:64],
+        series_description=(description or series_description(synthetic_training_only))[:64],
     )
     seg.save_as(str(path))
     return {"path": str(path), "segments": segments, "filled_in": generated,
