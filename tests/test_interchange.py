@@ -275,8 +275,8 @@ def test_centerlines_in_ras(tmp_path):
 
 
 def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_path):
-    """A study segmented from DICOM: `renalseg plan` finds the series again from
-    report.json and writes territories.seg.dcm referencing it, one segment per territory
+    """A study segmented from DICOM: `renalseg plan --dicom-seg` finds the series again
+    from report.json and writes territories.seg.dcm referencing it, one segment per territory
     named after its artery and coded as kidney, voxel for voxel those of
     territories.nii.gz; with the series gone, the plan is still written and says why
     there is no SEG."""
@@ -300,7 +300,11 @@ def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_pat
     report = {"input": {"path": str(series), "format": "dicom", "series_uid": study.series_uid}, "rois": [],
               "model": {"sha256": "ab" * 32, "synthetic_training_only": True}}
     (folder / "report.json").write_text(json.dumps(report))
-    result = plan_study(folder)
+    assert not plan_study(folder).plan["study"].get("dicom_seg")  # asked for only
+    assert not (folder / "territories.seg.dcm").exists()
+    cli = runner.invoke(app, ["plan", str(folder), "--dicom-seg", "--overwrite"])
+    assert cli.exit_code == 0, cli.output
+    result = plan_study(folder, out_dir=tmp_path / "same", dicom_seg=True)  # the same territories, for the check
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["study"]["dicom_seg"] == {"path": str(folder / "territories.seg.dcm"), "reason": None}
     back, seg = seg_to_labels(folder / "territories.seg.dcm", list(study.dicom_files))
@@ -313,7 +317,7 @@ def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_pat
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
     assert seg.SeriesDescription == "renalseg plan: perfusion territories (research use)"
     shutil.rmtree(series)
-    plan_study(folder, overwrite=True)
+    plan_study(folder, overwrite=True, dicom_seg=True)
     gone = json.loads((folder / "plan.json").read_text())["study"]["dicom_seg"]
     assert gone["path"] is None and str(series) in gone["reason"]
     assert not (folder / "territories.seg.dcm").exists()  # not the earlier plan's left behind

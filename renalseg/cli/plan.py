@@ -38,6 +38,9 @@ def plan(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder, one sub-folder per study "
                                              "(default: into each study folder).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plan.")] = False,
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg", help="For a study segmented from DICOM, also write territories.seg.dcm: the territories as a "
+        "DICOM SEG referencing the series, for PACS viewers (a few seconds and tens of MB on a whole study).")] = False,
     meshes: Annotated[bool, typer.Option("--meshes", help="Also write one STL surface per territory "
                                          "(territories/territory_<value>.stl, LPS mm).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write the study's report.html with the plan "
@@ -84,7 +87,8 @@ def plan(
         target = (out / study_id) if out is not None else None
         try:
             result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
-                                overwrite=overwrite, meshes=meshes, tumour=tumour, tumour_value=tumour_value)
+                                overwrite=overwrite, meshes=meshes, tumour=tumour, tumour_value=tumour_value,
+                                dicom_seg=dicom_seg)
             if report:
                 from renalseg.report import write_report
 
