@@ -1438,13 +1438,9 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
     Returns:
         ``{"path": str | None, "reason": str | None}`` (plan.json's ``study.dicom_seg``).
     """
-    from dataclasses import replace
-
     from renalseg.errors import RenalsegError
     from renalseg.io.dicom import dicom_series_files
     from renalseg.io.dicom_seg import write_dicom_seg
-    from renalseg.io.terminology import structure_for
-    from renalseg.plan_picture import territory_colours
 
     final = out_dir / "territories.seg.dcm"
     final.unlink(missing_ok=True)  # an earlier plan's: it is replaced, or goes with it
@@ -1456,11 +1452,6 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
     try:
         files = dicom_series_files(source["path"], series_uid=source.get("series_uid") or
                                    ("(empty)" if source.get("series_uid") is None else None))
-        kidney = structure_for("kidney")
-        colours = territory_colours(result.plan, set(result.candidates))
-        structures = {int(v): replace(kidney, display_name=f"{t['side']} kidney: {t['name']}",
-                                      rgb=colours.get(int(v), kidney.rgb))
-                      for v, t in result.territory_names.items() if int(v) > 0}
         model = report.get("model") or {}
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -1468,7 +1459,8 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
                 result.territories.array, result.territories.geometry,
                 {v: t["name"] for v, t in result.territory_names.items()}, files, Path(scratch) / "territories.seg.dcm",
                 model_name="renalseg plan", weights_sha256=model.get("sha256"),
-                synthetic_training_only=bool(model.get("synthetic_training_only", True)), structures=structures,
+                synthetic_training_only=bool(model.get("synthetic_training_only", True)),
+                structures=_territory_structures(result),
                 description="renalseg plan: perfusion territories (research use)")
             Path(written["path"]).replace(final)
     except (RenalsegError, OSError, KeyError) as err:
@@ -1509,18 +1501,10 @@ def write_territory_seg_nrrd(result: PlanResult, path: Path | str) -> Path:
     voxel, which ``Segmentation_ReferenceImageExtentOffset`` gives; a whole study's grid
     took 2 s to compress, mostly zeros). Written through a temporary name.
     """
-    from dataclasses import replace
-
     from renalseg.io.output import atomic_write_bytes
     from renalseg.io.slicer import write_seg_nrrd
-    from renalseg.io.terminology import structure_for
-    from renalseg.plan_picture import territory_colours
 
-    kidney = structure_for("kidney")
-    colours = territory_colours(result.plan, set(result.candidates))
-    structures = {int(v): replace(kidney, display_name=f"{t['side']} kidney: {t['name']}",
-                                  rgb=colours.get(int(v), kidney.rgb))
-                  for v, t in result.territory_names.items() if int(v) > 0}
+    structures = _territory_structures(result)
     names = {v: t["name"] for v, t in result.territory_names.items()}
     territories, start = result.territories, (0, 0, 0)
     if territories.array.any():
@@ -1532,6 +1516,21 @@ def write_territory_seg_nrrd(result: PlanResult, path: Path | str) -> Path:
         written = write_seg_nrrd(territories.array, territories.geometry, names, Path(scratch) / path.name,
                                  structures=structures, extent_offset_xyz=start[::-1])
         return atomic_write_bytes(path, written.read_bytes())
+
+
+def _territory_structures(result: PlanResult) -> dict:
+    """Each territory as a segment of the kidney (SNOMED CT) named ``<side> kidney:
+    <branch>`` and coloured as ``plan.png`` draws it: for the Slicer and DICOM SEG files."""
+    from dataclasses import replace
+
+    from renalseg.io.terminology import structure_for
+    from renalseg.plan_picture import territory_colours
+
+    kidney = structure_for("kidney")
+    colours = territory_colours(result.plan, set(result.candidates))
+    return {int(v): replace(kidney, display_name=f"{t['side']} kidney: {t['name']}",
+                            rgb=colours.get(int(v), kidney.rgb))
+            for v, t in result.territory_names.items() if int(v) > 0}
 
 
 def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False,

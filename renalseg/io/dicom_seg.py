@@ -193,8 +193,7 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         ))
         segments.append({"number": number, "label_value": value, "name": structure.display_name,
                          "snomed": structure.type_code.value})
-    labels = np.asarray(labels)
-    segment_map = lookup[np.where(labels <= max(values), labels, 0)]
+    segment_map = lookup[np.asarray(labels)]  # every value present is a segment
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
