@@ -93,7 +93,40 @@ def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
     (:func:`renalseg.phantom.territory.compare_plan`), with the phantom's seed."""
     rows = compare_plan(result.plan, result.territories.array, case.truth, case.territory.array,
                         case.label.array == 2)
-    return [{**row, "seed": case.params["seed"]} if "error" not in row else row for row in rows]
+    clamping = {k["side"]: k["clamping"] for k in result.plan["kidneys"]}
+    out = []
+    for row in rows:
+        if "error" not in row:
+            row = {**row, "seed": case.params["seed"], **clamping_facts(clamping.get(row["side"]))}
+        out.append(row)
+    return out
+
+
+def fewest_summary(rows: list[dict]) -> dict:
+    """Where the fewest clamps are named: how many kidneys, and the medians of branches
+    clamped and of the kidney left without blood, deepest candidates against fewest."""
+    named = [r for r in rows if r.get("fewest")]
+    if not named:
+        return {"fewest_named": 0}
+    return {"fewest_named": len(named),
+            "candidates_median": float(np.median([r["candidates"] for r in named])),
+            "fewest_median": float(np.median([r["fewest"] for r in named])),
+            "candidates_ischaemic_percent_median": round(float(np.median(
+                [r["candidates_ischaemic_percent"] for r in named])), 2),
+            "fewest_ischaemic_percent_median": round(float(np.median(
+                [r["fewest_ischaemic_percent"] for r in named])), 2),
+            "fewest_single_branch": sum(r["fewest"] == 1 for r in named)}
+
+
+def clamping_facts(clamping: dict | None) -> dict:
+    """How many branches the deepest candidates and the fewest clamps take, and the share
+    of the kidney each leaves without blood (None where there is no such option)."""
+    if not clamping:
+        return {}
+    fewest = clamping.get("fewest")
+    return {"candidates": len(clamping["candidates"]), "candidates_ischaemic_percent": clamping["ischaemic_percent"],
+            "fewest": len(fewest["branches"]) if fewest else None,
+            "fewest_ischaemic_percent": fewest["ischaemic_percent"] if fewest else None}
 
 
 @contextlib.contextmanager
@@ -245,6 +278,7 @@ def main() -> None:
         "territory_agreement_min": round(float(np.nanmin([r["agreement"] for r in valid])), 3),
         **({"leaf_oracle_mean": round(float(np.mean([r["leaf_oracle"] for r in valid])), 3),
             "leaf_oracle_min": round(float(np.min([r["leaf_oracle"] for r in valid])), 3)} if args.leaf_oracle else {}),
+        **fewest_summary(valid),
         "seconds_per_study_mean": round(float(np.mean(seconds)), 2),
         "seconds_per_study_max": round(float(np.max(seconds)), 2),
     }
