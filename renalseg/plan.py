@@ -1450,8 +1450,8 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
     if not any(int(v) > 0 for v in result.territory_names):
         return {"path": None, "reason": "no territories"}
     try:
-        files = dicom_series_files(source["path"], series_uid=source.get("series_uid") or
-                                   ("(empty)" if source.get("series_uid") is None else None))
+        # report.json gives no UID (None) for a series whose UID is empty
+        files = dicom_series_files(source["path"], series_uid=source.get("series_uid") or "(empty)")
         model = report.get("model") or {}
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -1501,7 +1501,6 @@ def write_territory_seg_nrrd(result: PlanResult, path: Path | str) -> Path:
     voxel, which ``Segmentation_ReferenceImageExtentOffset`` gives; a whole study's grid
     took 2 s to compress, mostly zeros). Written through a temporary name.
     """
-    from renalseg.io.output import atomic_write_bytes
     from renalseg.io.slicer import write_seg_nrrd
 
     structures = _territory_structures(result)
@@ -1515,7 +1514,8 @@ def write_territory_seg_nrrd(result: PlanResult, path: Path | str) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         written = write_seg_nrrd(territories.array, territories.geometry, names, Path(scratch) / path.name,
                                  structures=structures, extent_offset_xyz=start[::-1])
-        return atomic_write_bytes(path, written.read_bytes())
+        written.replace(path)  # renamed into place, not read back and written again
+    return path
 
 
 def _territory_structures(result: PlanResult) -> dict:

@@ -103,15 +103,13 @@ def plan(
         where = str(target or study)
         for kidney in result.plan["kidneys"]:
             clamping = kidney["clamping"] or {}
+            proposed, cost = proposed_clamping(clamping) if clamping else ([], {})
             summary.append({"study": study_id, "side": kidney["side"], "status": kidney["status"],
                             "feeding": [b["name"] for b in kidney["branches"]
                                         if b["id"] in ((kidney["tumour"] or {}).get("feeding") or [])],
                             "strategy": clamping.get("strategy"),
                             "fewest": (clamping.get("fewest") or {}).get("names"),
-                            "clamp": proposed_clamping(clamping)[0] if clamping else [],
-                            # what the proposed clamping costs
-                            "ischaemic_percent": proposed_clamping(clamping)[1]["ischaemic_percent"]
-                            if clamping else None,
+                            "clamp": proposed, "ischaemic_percent": cost.get("ischaemic_percent"),  # of the proposal
                             "notes": kidney["notes"], "out": where})
     if as_json:
         console.print_json(json.dumps(summary))
