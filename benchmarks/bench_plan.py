@@ -32,6 +32,12 @@ when it is there, so a re-scoring does not segment again. ``--true tumour`` (or
 ``artery``, ``kidney``; comma-separated) swaps those structures of the written map for the
 phantom's own before planning: what the plan would give were the network right about them,
 so the loss of precision can be laid at the structure that costs it.
+``--tumour-given sphere`` plans the tumour as ``renalseg plan --tumour-at X,Y,Z
+--tumour-diameter-mm D`` takes it from a radiology report: a sphere of the phantom's true
+tumour's longest diameter at its centre (the centroid of its largest piece), in place of
+the map's tumour; ``--tumour-given point`` as ``--tumour-at X,Y,Z`` alone: the map's tumour
+pieces within 10 mm of that centre, the others left out (none there: planned without a
+tumour, as a missed one).
 
 Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 [--kind roi|abdomen] [--json out.json]
@@ -40,6 +46,7 @@ Usage:
     python benchmarks/bench_plan.py --cases 30 --seed 20000 --leaf-oracle
     python benchmarks/bench_plan.py --cases 10 --seed 20000 --segment WEIGHTS.safetensors \
         --labels-dir runs/plan_labels --true tumour
+    python benchmarks/bench_plan.py --cases 30 --seed 20000 --tumour-given sphere
 """
 
 from __future__ import annotations
@@ -52,11 +59,15 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from scipy import ndimage
 
 import renalseg.plan
+from renalseg.errors import InputError
+from renalseg.figures import largest_diameter_mm
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
 from renalseg.phantom.territory import compare_plan
-from renalseg.plan import PlanConfig, plan_labels, with_tumour
+from renalseg.plan import PlanConfig, plan_labels, tumour_pieces_at, tumour_sphere, with_tumour
+from renalseg.tree import STRUCTURE_26
 from renalseg.volume import Volume
 
 KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
@@ -86,6 +97,26 @@ def with_true(labels: Volume, truth: Volume, structures: list[str]) -> Volume:
         array[array == value] = 0
         array[truth.array == value] = value
     return Volume(array, labels.geometry)
+
+
+def with_given_tumour(labels: Volume, truth: Volume, given: str) -> Volume:
+    """``labels`` with the tumour as ``renalseg plan --tumour-at`` takes it, from the true
+    tumour's centre (its largest piece's centroid, LPS mm) and longest diameter: a sphere
+    (``given == "sphere"``) or the map's pieces within 10 mm of the centre (``"point"``;
+    none there: no tumour)."""
+    pieces, count = ndimage.label(truth.array == VALUE_OF["tumour"], structure=STRUCTURE_26)
+    if not count:
+        return labels
+    largest = pieces == 1 + int(np.argmax(ndimage.sum(pieces > 0, pieces, range(1, count + 1))))
+    centre = labels.geometry.index_to_world(np.array([ndimage.center_of_mass(largest)[::-1]]))[0]
+    if given == "sphere":
+        mask = tumour_sphere(labels.geometry, centre, largest_diameter_mm(largest, labels.geometry))
+    else:
+        try:
+            mask = tumour_pieces_at(labels.array == VALUE_OF["tumour"], labels.geometry, centre)
+        except InputError:
+            mask = np.zeros(labels.array.shape, bool)
+    return with_tumour(labels, mask, KIPA)[0]
 
 
 def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
@@ -223,6 +254,8 @@ def main() -> None:
                         help="with --segment: keep the written label maps here and reuse them")
     parser.add_argument("--true", default="", help="structures taken from the phantom's truth before "
                         "planning (comma-separated: artery, kidney, tumour)")
+    parser.add_argument("--tumour-given", choices=("sphere", "point"), default=None,
+                        help="the tumour as `renalseg plan --tumour-at` takes it (see above)")
     parser.add_argument("--leaf-oracle", action="store_true",
                         help="also the agreement with terminal-branch cells grouped right (see above)")
     args = parser.parse_args()
@@ -246,6 +279,8 @@ def main() -> None:
         labels, segment_seconds = written_labels(case, segment, args.labels_dir, seed) if segment else (case.label, None)
         if true:
             labels = with_true(labels, case.label, true)
+        if args.tumour_given:
+            labels = with_given_tumour(labels, case.label, args.tumour_given)
         started = time.perf_counter()
         with recording_leaf_cells() if args.leaf_oracle else contextlib.nullcontext([]) as records:
             result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
@@ -267,7 +302,8 @@ def main() -> None:
     summary = {
         "kind": args.kind, "labels": (f"renalseg segment{' --thin-branches' if args.thin_branches else ''} with "
                                       f"{args.segment}" if args.segment else "true")
-        + (f", true {', '.join(true)}" if true else ""),
+        + (f", true {', '.join(true)}" if true else "") + (f", tumour given as a {args.tumour_given}"
+                                                          if args.tumour_given else ""),
         "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),

@@ -485,6 +485,73 @@ def test_cli_plan_tumour_options(tmp_path) -> None:
     assert alone.exit_code == 2 and "--tumour FILE" in alone.output
 
 
+def test_the_plan_takes_a_tumour_given_by_its_centre_and_longest_diameter(tmp_path) -> None:
+    """As a radiology report gives it: the segmented (false) tumour is replaced by a sphere
+    of that diameter at the point, given in LPS or, as 3D Slicer shows it, in RAS."""
+    study, labels, _ = _study_with_false_tumour(tmp_path)
+    config = PlanConfig(margin_mm=2.0)
+    centre = (60.0, -5.0, 334.0)  # voxel (x 50, y 15, z 34): the true tumour's centre
+    result = plan_study(study, config=config, tumour_at=centre, tumour_diameter_mm=9.0, out_dir=tmp_path / "lps")
+    (kidney,) = result.plan["kidneys"]
+    names = {b["id"]: b["name"] for b in kidney["branches"]}
+    assert [names[b] for b in kidney["tumour"]["feeding"]] == ["segmental 1"]
+    z, y, x = np.ogrid[:44, :30, :64]
+    ball = (z - 34) ** 2 + (y - 15) ** 2 + (x - 50) ** 2 <= 4.5 ** 2
+    assert kidney["tumour"]["volume_ml"] == pytest.approx((ball & (labels != 3)).sum() / 1000, abs=0.005)  # 2 decimals
+    assert result.plan["study"]["tumour_at"] == {"centre_mm": [60.0, -5.0, 334.0], "diameter_mm": 9.0}
+    assert "9 mm across" in json.loads((tmp_path / "lps" / "plan.json").read_text())["study"]["tumour"]
+    runner = CliRunner()
+    ras = runner.invoke(app, ["plan", str(study), "--tumour-at", "ras:-60,5,334", "--tumour-diameter-mm", "9",
+                              "--margin-mm", "2", "--out", str(tmp_path / "ras"), "--json"])
+    assert ras.exit_code == 0, ras.output
+    assert json.loads(ras.stdout)[0]["feeding"] == ["segmental 1"]
+    assert json.loads((tmp_path / "ras" / "study" / "plan.json").read_text())["kidneys"] == [kidney]
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz"))).tolist() == labels.tolist()
+
+
+def test_a_point_keeps_the_segmented_tumour_there_and_leaves_the_others_out(tmp_path) -> None:
+    study, labels, drawn = _study_with_false_tumour(tmp_path)
+    both = np.where((drawn > 0) & (labels != 3), 4, labels).astype(np.uint8)  # the true and the false tumour
+    write_image(_volume(both), study / "labels.nii.gz", overwrite=True)
+    config = PlanConfig(margin_mm=2.0)
+    (kidney,) = plan_study(study, config=config, tumour_at=(60.0, -5.0, 331.0)).plan["kidneys"]  # 3 mm off
+    names = {b["id"]: b["name"] for b in kidney["branches"]}
+    assert [names[b] for b in kidney["tumour"]["feeding"]] == ["segmental 1"]
+    true_piece = (both == 4) & (np.arange(44)[:, None, None] > 22)
+    assert kidney["tumour"]["volume_ml"] == pytest.approx(true_piece.sum() / 1000, abs=0.005)
+    with pytest.raises(InputError, match=r"labels.nii.gz: no segmented tumour within 10 mm.*--tumour-diameter-mm"):
+        plan_study(study, config=config, tumour_at=(30.0, -5.0, 334.0), out_dir=tmp_path / "none")
+    with pytest.raises(InputError, match=r"labels.nii.gz: the tumour at LPS \(60.0, -5.0, 500.0\) mm lies outside"):
+        plan_study(study, config=config, tumour_at=(60.0, -5.0, 500.0), tumour_diameter_mm=20, out_dir=tmp_path / "far")
+    with pytest.raises(UsageError, match="not both"):
+        plan_study(study, tumour=study / "labels.nii.gz", tumour_at=(60.0, -5.0, 334.0), out_dir=tmp_path / "x")
+    assert not any((tmp_path / name).exists() for name in ("none", "far", "x"))
+    runner = CliRunner()
+    for arguments, words in ((["--tumour-at", "60,-5"], "not a point"),
+                             (["--tumour-at", "mm:60,-5,334"], "not a point"),
+                             (["--tumour-diameter-mm", "30"], "give both"),
+                             (["--tumour-at", "60,-5,334", "--tumour-diameter-mm", "0"], "> 0 mm")):
+        refused = runner.invoke(app, ["plan", str(study), *arguments, "--out", str(tmp_path / "cli")])
+        assert refused.exit_code == 2 and words in refused.output, (arguments, refused.output)
+    assert not (tmp_path / "cli").exists()
+
+
+def test_a_tumour_sphere_is_placed_in_world_coordinates_on_an_oblique_grid() -> None:
+    """Every voxel whose centre lies within the radius, and no other, on a tilted,
+    anisotropic grid (checked against every voxel's world position)."""
+    from scipy.spatial.transform import Rotation
+
+    from renalseg.plan import tumour_sphere
+
+    rotation = Rotation.from_euler("xyz", [20, -15, 35], degrees=True).as_matrix()
+    geometry = Geometry((30, 40, 50), (0.8, 0.7, 1.5), (-12.0, 40.0, 250.0), tuple(rotation.ravel()))
+    centre = geometry.index_to_world(np.array([[24.3, 19.6, 14.2]]))[0]
+    mask = tumour_sphere(geometry, centre, 17.0)
+    index = np.argwhere(np.ones(geometry.shape_zyx, bool))[:, ::-1].astype(float)
+    inside = (np.linalg.norm(geometry.index_to_world(index) - centre, axis=1) <= 8.5).reshape(geometry.shape_zyx)
+    assert mask.sum() > 500 and np.array_equal(mask, inside)
+
+
 def test_a_whole_study_grid_is_planned_as_its_labelled_part() -> None:
     """The plan crops a study's grid to its structures and pastes the territories back:
     the same label map in a grid 4 times larger (origin moved so every voxel keeps its

@@ -29,6 +29,14 @@ def plan(
     tumour_value: Annotated[int | None, typer.Option(
         "--tumour-value", min=1, help="The tumour's value in --tumour's file (default: its one non-zero value; "
         "renalseg's labels.seg.nrrd: 4).")] = None,
+    tumour_at: Annotated[str | None, typer.Option(
+        "--tumour-at", metavar="X,Y,Z", help="The tumour's centre in patient LPS mm (ras:X,Y,Z for RAS, as 3D Slicer "
+        "shows a point), e.g. from the radiology report, planned in place of the segmented tumour (one study): "
+        "with --tumour-diameter-mm a sphere that wide there, else the segmented tumour pieces within 10 mm of "
+        "it, the others left out.")] = None,
+    tumour_diameter_mm: Annotated[float | None, typer.Option(
+        "--tumour-diameter-mm", min=0.0, help="The tumour's longest diameter (mm), with --tumour-at: "
+        "plans a sphere that wide (it errs towards clamping more).")] = None,
     margin_mm: Annotated[float, typer.Option("--margin-mm", min=0.0, help="Resection margin around the tumour (mm).")] = 5.0,
     coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=1.0,
                                             help="Share of tumour + margin the clamped territories must hold.")] = 0.95,
@@ -59,10 +67,11 @@ def plan(
 
     Example: [bold]renalseg plan out/case1[/], or
     [bold]renalseg plan --labels seg.nii.gz --label-map "3:artery,2:kidney,4:tumour" --out plans[/], or with
-    the tumour drawn by hand: [bold]renalseg plan out/case1 --tumour tumour.nii.gz[/]
+    the tumour drawn by hand: [bold]renalseg plan out/case1 --tumour tumour.nii.gz[/], or as the
+    radiology report gives it: [bold]renalseg plan out/case1 --tumour-at ras:62,-18,105 --tumour-diameter-mm 38[/]
     """
     from renalseg.errors import RenalsegError, UsageError
-    from renalseg.plan import PlanConfig, parse_label_map, plan_study, proposed_clamping
+    from renalseg.plan import PlanConfig, parse_label_map, parse_point, plan_study, proposed_clamping
 
     configure_logging(quiet=quiet)
     studies = list(studies or [])
@@ -70,6 +79,13 @@ def plan(
         raise UsageError("--labels goes with one study folder at most.")
     if tumour is not None and len(studies) > 1:
         raise UsageError("--tumour goes with one study at a time: each study has its own tumour.")
+    if tumour_at is not None and len(studies) > 1:
+        raise UsageError("--tumour-at goes with one study at a time: each study has its own tumour.")
+    if tumour_at is not None and tumour is not None:
+        raise UsageError("Give the tumour as a file (--tumour) or as a point (--tumour-at), not both.")
+    if tumour_diameter_mm is not None and tumour_at is None:
+        raise UsageError("--tumour-diameter-mm is the diameter of the tumour at --tumour-at X,Y,Z; give both.")
+    point = parse_point(tumour_at) if tumour_at is not None else None
     if tumour_value is not None and tumour is None:
         raise UsageError("--tumour-value says which value of the --tumour file is the tumour; give --tumour FILE.")
     if not studies and labels is None:
@@ -88,7 +104,7 @@ def plan(
         try:
             result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
                                 overwrite=overwrite, meshes=meshes, tumour=tumour, tumour_value=tumour_value,
-                                dicom_seg=dicom_seg)
+                                tumour_at=point, tumour_diameter_mm=tumour_diameter_mm, dicom_seg=dicom_seg)
             if report:
                 from renalseg.report import write_report
 
