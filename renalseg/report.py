@@ -470,6 +470,11 @@ def _plan_section(study_dir: Path) -> str:
         logger.warning("%s", err)
         return f"<h2>Plan</h2><div class='muted'>{_e(err)}</div>"
     parts = ["<h2>Plan</h2>"]
+    study = plan.get("study") if isinstance(plan, dict) else None
+    if isinstance(study, dict):  # renalseg plan's own: say which tumour it was planned on
+        given = study.get("tumour")
+        parts.append(f"<div>Tumour planned: {_e(given)} <span class='muted'>(the 3D view shows the segmented "
+                     "tumour)</span></div>" if given else "<div>Tumour planned: the segmented tumour.</div>")
     for title, words in (("Feeding branches", ("feed",)), ("Clamping candidates", ("candidat",)),
                          ("Fewest clamps", ("fewest",))):
         found = _find_keys(plan, words)

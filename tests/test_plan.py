@@ -379,8 +379,14 @@ def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
     assert stls == [f"territory_{v:03d}.stl" for v in values] and len(stls) == 2
     assert (study / "territories" / stls[0]).read_bytes()[:9] == b"SPACE=LPS"
     assert (study / "report.html").stat().st_size > 1000
+    assert "Tumour planned: the segmented tumour." in (study / "report.html").read_text(encoding="utf-8")
     refused = runner.invoke(app, ["plan", str(study), "--report", "--out", str(tmp_path / "elsewhere")])
     assert refused.exit_code == 2 and "--report" in refused.output
+    given = runner.invoke(app, ["plan", str(study), "--tumour-at", "58,-5,334", "--tumour-diameter-mm", "12",
+                                "--report", "--overwrite", "--quiet"])
+    assert given.exit_code == 0, given.output
+    page = (study / "report.html").read_text(encoding="utf-8")
+    assert "Tumour planned: a sphere 12 mm across at LPS (58.0, -5.0, 334.0) mm" in page
 
 
 def _study_with_false_tumour(tmp_path):

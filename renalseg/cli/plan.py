@@ -51,7 +51,7 @@ def plan(
         "DICOM SEG referencing the series, for PACS viewers (a few seconds and tens of MB on a whole study).")] = False,
     meshes: Annotated[bool, typer.Option("--meshes", help="Also write one STL surface per territory "
                                          "(territories/territory_<value>.stl, LPS mm).")] = False,
-    report: Annotated[bool, typer.Option("--report", help="Also write the study's report.html with the plan "
+    report: Annotated[bool, typer.Option("--report", help="Also (re)write the study's report.html with the plan "
                                          "(renalseg report; the plan must go into the study folder).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plans' summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
@@ -108,7 +108,7 @@ def plan(
             if report:
                 from renalseg.report import write_report
 
-                write_report(study)
+                write_report(study, overwrite=True)  # the page must show the plan just written
         except RenalsegError as err:
             if len(jobs) == 1:
                 raise
