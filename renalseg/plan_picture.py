@@ -23,7 +23,7 @@ from renalseg.preview import _font
 from renalseg.tree import bounding_box
 from renalseg.volume import Volume, crop
 
-__all__ = ["render_plan", "territory_colours"]
+__all__ = ["banner_text", "render_plan", "territory_colours"]
 
 _PANEL_PX = 300
 _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -209,14 +209,33 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
     return _with_verdict(canvas, result.plan)
 
 
+def banner_text(plan: dict) -> str | None:
+    """The strip over ``plan.png``: ``renalseg segment``'s verdict on the labels, when
+    known, and the tumour planned when it was given (``--tumour``, ``--tumour-at``)
+    rather than segmented; ``None`` when there is neither.
+
+    Example:
+        >>> banner_text({"study": {"segment_verdict": "ok", "tumour": "a sphere 38 mm across at LPS (1, 2, 3) mm"}})
+        'labels from renalseg segment, quality: ok; tumour planned: a sphere 38 mm across at LPS (1, 2, 3) mm'
+    """
+    study = plan.get("study") or {}
+    verdict, given = study.get("segment_verdict"), study.get("tumour")
+    parts = []
+    if verdict is not None:
+        parts.append(f"labels from renalseg segment, quality: {verdict}")
+        if verdict != "ok":
+            parts.append("check them against the images before using this plan (notes in plan.json)")
+    if given:
+        parts.append(f"tumour planned: {given}")
+    return "; ".join(parts) or None
+
+
 def _with_verdict(picture: Image.Image, plan: dict) -> Image.Image:
-    """``picture`` under a strip with ``renalseg segment``'s verdict on the labels, when known."""
+    """``picture`` under a strip saying :func:`banner_text`, coloured by the verdict (grey
+    when there is none)."""
     from renalseg.preview import add_banner
 
-    verdict = (plan.get("study") or {}).get("segment_verdict")
-    if verdict is None:
+    text = banner_text(plan)
+    if text is None:
         return picture
-    text = f"labels from renalseg segment, quality: {verdict}"
-    if verdict != "ok":
-        text += "; check them against the images before using this plan (notes in plan.json)"
-    return add_banner(picture, text, verdict)
+    return add_banner(picture, text, (plan.get("study") or {}).get("segment_verdict") or "")

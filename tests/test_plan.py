@@ -506,6 +506,12 @@ def test_the_plan_takes_a_tumour_given_by_its_centre_and_longest_diameter(tmp_pa
     assert kidney["tumour"]["volume_ml"] == pytest.approx((ball & (labels != 3)).sum() / 1000, abs=0.005)  # 2 decimals
     assert result.plan["study"]["tumour_at"] == {"centre_mm": [60.0, -5.0, 334.0], "diameter_mm": 9.0}
     assert "9 mm across" in json.loads((tmp_path / "lps" / "plan.json").read_text())["study"]["tumour"]
+    from PIL import Image
+
+    from renalseg.plan_picture import banner_text
+
+    assert banner_text(result.plan) == "tumour planned: a sphere 9 mm across at LPS (60.0, -5.0, 334.0) mm"
+    assert Image.open(tmp_path / "lps" / "plan.png").convert("RGB").getpixel((2, 2)) == (90, 90, 90)  # its strip
     runner = CliRunner()
     ras = runner.invoke(app, ["plan", str(study), "--tumour-at", "ras:-60,5,334", "--tumour-diameter-mm", "9",
                               "--margin-mm", "2", "--out", str(tmp_path / "ras"), "--json"])
