@@ -374,6 +374,23 @@ def parse_point(text: str) -> tuple[float, float, float]:
     return point  # type: ignore[return-value]
 
 
+def _box_around(geometry: Geometry, point_mm: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel-index box (x, y, z; first and one past the last, clipped to the grid)
+    holding every voxel centre within ``radius_mm`` of ``point_mm``: a ball stays within
+    radius / spacing voxels of its centre along each index axis whatever the direction
+    matrix. Empty (some ``high <= low``) when the ball misses the grid."""
+    index = geometry.world_to_index(point_mm[None])[0]
+    reach = radius_mm / np.asarray(geometry.spacing_xyz_mm) + 1.0
+    shape_xyz = np.asarray(geometry.shape_xyz)
+    low = np.clip(np.floor(index - reach), 0, shape_xyz).astype(int)
+    high = np.clip(np.ceil(index + reach) + 1, 0, shape_xyz).astype(int)
+    return low, high
+
+
+def _lps_text(point_mm: np.ndarray) -> str:
+    return f"LPS ({', '.join(f'{v:.1f}' for v in point_mm)}) mm"
+
+
 def tumour_sphere(geometry: Geometry, centre_mm: Sequence[float], diameter_mm: float, *,
                   labels_name: str = "the label map") -> np.ndarray:
     """A tumour given by its centre and longest diameter, as a radiology report gives it.
@@ -382,7 +399,7 @@ def tumour_sphere(geometry: Geometry, centre_mm: Sequence[float], diameter_mm: f
     ``centre_mm`` (LPS), in world coordinates, so oblique and anisotropic grids place it
     right. On 30 held-out phantoms a sphere of the true tumour's longest diameter at its
     centre planned with feeding-branch precision / recall 0.758 / 0.873 against the true
-    tumour's 0.800 / 0.861 (``benchmarks/bench_plan.py --tumour-sphere``): it over-covers,
+    tumour's 0.800 / 0.861 (``benchmarks/bench_plan.py --tumour-given sphere``): it over-covers,
     which errs towards clamping more.
 
     Raises:
@@ -396,22 +413,18 @@ def tumour_sphere(geometry: Geometry, centre_mm: Sequence[float], diameter_mm: f
     """
     radius = float(diameter_mm) / 2.0
     centre = np.asarray(centre_mm, float)
-    index = geometry.world_to_index(centre[None])[0]  # (x, y, z), continuous
-    reach = radius / np.asarray(geometry.spacing_xyz_mm) + 1.0
-    shape_xyz = np.asarray(geometry.shape_xyz)
-    low = np.clip(np.floor(index - reach), 0, shape_xyz).astype(int)
-    high = np.clip(np.ceil(index + reach) + 1, 0, shape_xyz).astype(int)
+    low, high = _box_around(geometry, centre, radius)
     mask = np.zeros(geometry.shape_zyx, bool)
     if np.any(high <= low):
-        raise InputError(f"{labels_name}: the tumour at LPS ({', '.join(f'{v:.1f}' for v in centre)}) mm lies "
-                         f"outside the study ({geometry.describe()}); give the point in patient LPS mm (ras:x,y,z "
-                         "for RAS, as 3D Slicer shows it).")
+        raise InputError(f"{labels_name}: the tumour at {_lps_text(centre)} lies outside the study "
+                         f"({geometry.describe()}); give the point in patient LPS mm (ras:x,y,z for RAS, as 3D "
+                         "Slicer shows it).")
     grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(low, high)), indexing="ij"), -1)  # x, y, z
     world = geometry.index_to_world(grid.reshape(-1, 3)).reshape(grid.shape)
     inside = ((world - centre) ** 2).sum(-1) <= radius ** 2  # (x, y, z)
     mask[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = inside.transpose(2, 1, 0)
     if not mask.any():
-        raise InputError(f"{labels_name}: the tumour at LPS ({', '.join(f'{v:.1f}' for v in centre)}) mm, "
+        raise InputError(f"{labels_name}: the tumour at {_lps_text(centre)}, "
                          f"{diameter_mm:g} mm across, holds no voxel of the study ({geometry.describe()}); give the "
                          "point in patient LPS mm (ras:x,y,z for RAS, as 3D Slicer shows it).")
     return mask
@@ -434,11 +447,7 @@ def tumour_pieces_at(tumour: np.ndarray, geometry: Geometry, point_mm: Sequence[
     """
     point = np.asarray(point_mm, float)
     pieces, count = ndimage.label(tumour, structure=STRUCTURE_26)
-    index = geometry.world_to_index(point[None])[0]
-    reach = within_mm / np.asarray(geometry.spacing_xyz_mm) + 1.0
-    shape_xyz = np.asarray(geometry.shape_xyz)
-    low = np.clip(np.floor(index - reach), 0, shape_xyz).astype(int)
-    high = np.clip(np.ceil(index + reach) + 1, 0, shape_xyz).astype(int)
+    low, high = _box_around(geometry, point, within_mm)
     box = tuple(slice(low[a], high[a]) for a in (2, 1, 0))
     near: list[int] = []
     if count and np.all(high > low):
@@ -449,10 +458,10 @@ def tumour_pieces_at(tumour: np.ndarray, geometry: Geometry, point_mm: Sequence[
             close = ((world - point) ** 2).sum(-1) <= within_mm ** 2
             near = sorted({int(v) for v in sub[tuple(found[close].T)]})
     if not near:
-        raise InputError(f"{labels_name}: no segmented tumour within {within_mm:g} mm of LPS "
-                         f"({', '.join(f'{v:.1f}' for v in point)}) mm. Give the tumour's longest diameter "
-                         "(--tumour-diameter-mm) to plan a sphere there, or draw it (--tumour FILE); the point "
-                         "is in patient LPS mm (ras:x,y,z for RAS, as 3D Slicer shows it).")
+        raise InputError(f"{labels_name}: no segmented tumour within {within_mm:g} mm of {_lps_text(point)}. "
+                         "Give the tumour's longest diameter (--tumour-diameter-mm) to plan a sphere there, or "
+                         "draw it (--tumour FILE); the point is in patient LPS mm (ras:x,y,z for RAS, as 3D "
+                         "Slicer shows it).")
     return np.isin(pieces, near)
 
 
