@@ -517,6 +517,11 @@ def test_the_plan_takes_a_tumour_given_by_its_centre_and_longest_diameter(tmp_pa
                               "--margin-mm", "2", "--out", str(tmp_path / "ras"), "--json"])
     assert ras.exit_code == 0, ras.output
     assert json.loads(ras.stdout)[0]["feeding"] == ["segmental 1"]
+    segmented = runner.invoke(app, ["plan", str(study), "--margin-mm", "2", "--out", str(tmp_path / "segmented")])
+    assert segmented.exit_code == 0 and "--tumour-diameter-mm" in segmented.output  # the hint, where it applies
+    given = runner.invoke(app, ["plan", str(study), "--tumour-at", "ras:-60,5,334", "--tumour-diameter-mm", "9",
+                                "--out", str(tmp_path / "given")])
+    assert given.exit_code == 0 and "--tumour-diameter-mm" not in given.output
     assert json.loads((tmp_path / "ras" / "study" / "plan.json").read_text())["kidneys"] == [kidney]
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz"))).tolist() == labels.tolist()
 

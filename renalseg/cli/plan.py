@@ -141,6 +141,10 @@ def plan(
         for row in summary:
             for note in row.get("notes") or []:
                 console.print(f"[yellow]{row['study']} {row.get('side', '')}:[/] {note}")
+        if tumour is None and tumour_at is None and any(row.get("status") == "planned" for row in summary):
+            console.print("[dim]Planned on the segmented tumour, which finds part of a tumour and can add false "
+                          "pieces: check it. To plan the tumour you know, give its centre and longest diameter "
+                          "(--tumour-at X,Y,Z --tumour-diameter-mm D) or draw it (--tumour FILE).[/]")
     if failed:
         raise typer.Exit(1)
 
