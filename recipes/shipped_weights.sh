@@ -68,8 +68,8 @@
 #          2 mm count in no loss; otherwise the same data, seed and steps. It finds fewer thin
 #          branches than four_scans on every held-out crop; weights not kept (docs/validation.md)
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
-#          grown the same way: the same-budget comparison without the DAE features (at step 1237 of
-#          6000: recipes/state/four_plain holds its checkpoint; validation Dice 0.756 at step 1200)
+#          grown the same way: the same-budget comparison without the DAE features (at step 1954 of
+#          6000: recipes/state/four_plain holds its checkpoint; validation Dice 0.782 at step 1600)
 #
 # The four phases train on phantoms in four contrast phases (arterial 0.4, late
 # arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
