@@ -111,8 +111,8 @@ from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pru
 from renalseg.volume import Volume, crop, paste
 
 __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map", "label_map_from_names",
-           "read_plan_input", "read_tumour_mask", "parse_point", "tumour_sphere", "tumour_pieces_at",
-           "with_tumour", "plan_labels", "plan_study", "write_plan",
+           "read_plan_input", "read_tumour_mask", "parse_point", "check_tumour_options", "tumour_sphere",
+           "tumour_pieces_at", "with_tumour", "plan_labels", "plan_study", "write_plan",
            "write_territory_meshes", "write_territory_seg_nrrd", "tumour_region", "region_shares",
            "proposed_clamping"]
 
@@ -428,6 +428,20 @@ def tumour_sphere(geometry: Geometry, centre_mm: Sequence[float], diameter_mm: f
                          f"{diameter_mm:g} mm across, holds no voxel of the study ({geometry.describe()}); give the "
                          "point in patient LPS mm (ras:x,y,z for RAS, as 3D Slicer shows it).")
     return mask
+
+
+def check_tumour_options(tumour: object, tumour_at: object, tumour_diameter_mm: float | None) -> None:
+    """The ways of giving the tumour that go together: a file or a point, not both; a
+    diameter (> 0 mm) only with a point.
+
+    Raises:
+        UsageError: saying which option to drop or add.
+    """
+    if tumour is not None and tumour_at is not None:
+        raise UsageError("Give the tumour as a file (--tumour) or as a point (--tumour-at), not both.")
+    if tumour_diameter_mm is not None and (tumour_at is None or not tumour_diameter_mm > 0):
+        raise UsageError("--tumour-diameter-mm is the longest diameter (> 0 mm) of the tumour at --tumour-at; "
+                         "give both.")
 
 
 def tumour_pieces_at(tumour: np.ndarray, geometry: Geometry, point_mm: Sequence[float], *,
@@ -1532,11 +1546,7 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
         >>> [k["status"] for k in result.plan["kidneys"]]
         ['no_tumour']
     """
-    if tumour is not None and tumour_at is not None:
-        raise UsageError("Give the tumour as a file (--tumour) or as a point (--tumour-at), not both.")
-    if tumour_diameter_mm is not None and (tumour_at is None or not tumour_diameter_mm > 0):
-        raise UsageError("--tumour-diameter-mm is the longest diameter (> 0 mm) of the tumour at --tumour-at; "
-                         "give both.")
+    check_tumour_options(tumour, tumour_at, tumour_diameter_mm)
     volume, mapping, rois, sources = read_plan_input(study_dir, labels=labels, label_map=label_map)
     if tumour_at is not None:
         centre = tuple(round(float(v), 2) for v in tumour_at)

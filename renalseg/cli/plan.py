@@ -71,7 +71,8 @@ def plan(
     radiology report gives it: [bold]renalseg plan out/case1 --tumour-at ras:62,-18,105 --tumour-diameter-mm 38[/]
     """
     from renalseg.errors import RenalsegError, UsageError
-    from renalseg.plan import PlanConfig, parse_label_map, parse_point, plan_study, proposed_clamping
+    from renalseg.plan import (PlanConfig, check_tumour_options, parse_label_map, parse_point, plan_study,
+                               proposed_clamping)
 
     configure_logging(quiet=quiet)
     studies = list(studies or [])
@@ -81,10 +82,7 @@ def plan(
         raise UsageError("--tumour goes with one study at a time: each study has its own tumour.")
     if tumour_at is not None and len(studies) > 1:
         raise UsageError("--tumour-at goes with one study at a time: each study has its own tumour.")
-    if tumour_at is not None and tumour is not None:
-        raise UsageError("Give the tumour as a file (--tumour) or as a point (--tumour-at), not both.")
-    if tumour_diameter_mm is not None and tumour_at is None:
-        raise UsageError("--tumour-diameter-mm is the diameter of the tumour at --tumour-at X,Y,Z; give both.")
+    check_tumour_options(tumour, tumour_at, tumour_diameter_mm)  # before any study: a usage error, exit 2
     point = parse_point(tumour_at) if tumour_at is not None else None
     if tumour_value is not None and tumour is None:
         raise UsageError("--tumour-value says which value of the --tumour file is the tumour; give --tumour FILE.")
