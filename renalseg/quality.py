@@ -912,9 +912,13 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         findings.append(("unreliable", f"{words} phase: {detail}; artery labels are unreliable (the weights "
                                        f"were validated on {validated} phase only)"))
     elif phase in limits.check_phases:
+        # phantoms drawn as portal-venous CT: 97% of the sub-2 mm centerline inside the kidney under
+        # 1 SD above the parenchyma (benchmarks/bench_artery_visibility.py)
+        unseen = ("; in this phase the branches inside the kidney are no brighter than the parenchyma, so for the "
+                  "interlobar arteries an arterial-phase CTA is needed") if phase == "portal_venous" else ""
         findings.append(("check", f"{words} phase: the weights find less of the renal artery tree here than in "
                                   "the arterial phase (the model card's held-out figures); check the segmental "
-                                  "and smaller branches against the images"))
+                                  f"and smaller branches against the images{unseen}"))
     elif aorta is not None and cortex is not None and aorta - cortex < limits.min_artery_contrast_hu:
         findings.append(("unreliable", f"the aorta ({aorta:.0f} HU) is barely brighter than the renal cortex "
                                        f"({cortex:.0f} HU): the arteries cannot be told from the kidney"))

@@ -218,6 +218,7 @@ def test_weights_told_by_anatomy_make_a_portal_venous_scan_check_not_unreliable(
     result = judge(venous, {"left": {"artery_hu": 150.0}}, four)
     assert result["verdict"] == "check"
     assert any("portal-venous phase" in w and "segmental" in w for w in result["warnings"]), result["warnings"]
+    assert any("arterial-phase CTA" in w for w in result["warnings"]), result["warnings"]  # where the branches show
     assert judge(venous, {}, DEFAULT_LIMITS)["verdict"] == "unreliable"
     arterial = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
     assert judge(arterial, {}, four)["verdict"] == "ok"
