@@ -68,8 +68,9 @@
 #          2 mm count in no loss; otherwise the same data, seed and steps. It finds fewer thin
 #          branches than four_scans on every held-out crop; weights not kept (docs/validation.md)
 # four_plain  DenseBiasNet, weights/densebiasnet  as four       as four     as four  best
-#          grown the same way: the same-budget comparison without the DAE features (at step 1954 of
-#          6000: recipes/state/four_plain holds its checkpoint; validation Dice 0.782 at step 1600)
+#          grown the same way: the same-budget comparison without the DAE features (at step 2000 of
+#          6000: recipes/state/four_plain holds its checkpoint; validation Dice 0.826 at step 2000
+#          against four's 0.849; held-out figures of both at step 2000 in docs/validation.md)
 #
 # The four phases train on phantoms in four contrast phases (arterial 0.4, late
 # arterial 0.2, portal-venous 0.3, nephrographic 0.1: 40% with veins as bright as arteries),
