@@ -34,7 +34,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from renalseg.metrics import DIAMETER_BANDS_MM, vessel_diameter_mm
+from renalseg.metrics import DIAMETER_BANDS_MM, FOUND_LABELS, vessel_diameter_mm
 from renalseg.phantom import synthesize_roi
 from renalseg.tree import centerline
 
@@ -45,10 +45,8 @@ SHELL_VOXELS = (2.0, 4.0)
 
 
 def _band(diameter: float) -> str:
-    for lo, hi in DIAMETER_BANDS_MM:
-        if lo <= diameter < hi:
-            return f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f"{lo:g} mm+"
-    return "?"
+    """The diameter band a point reads in, named as the reports name it (``FOUND_LABELS``)."""
+    return next(name for (lo, hi), name in zip(DIAMETER_BANDS_MM, FOUND_LABELS) if lo <= diameter < hi)
 
 
 def measure(image: np.ndarray, label: np.ndarray, visible_cnr: float) -> dict:
@@ -113,11 +111,11 @@ def main() -> None:
                          "below_visible": round(float((values_a < args.visible_cnr).mean()), 3)})
         rows.append({"phase": phase, "visible_share": round(v, 3), "dice_ceiling": round(2 * v / (1 + v), 3),
                      "cases": args.cases})
-    print(f"{'phase':<14} {'diameter':<10} {'where':<8} {'points':>7} {'median CNR':>11} "
+    print(f"{'phase':<14} {'diameter':<15} {'where':<8} {'points':>7} {'median CNR':>11} "
           f"{'CNR < ' + format(args.visible_cnr, 'g'):>9}")
     for r in rows:
         if "diameter" in r:
-            print(f"{r['phase']:<14} {r['diameter']:<10} {r['where']:<8} {r['points']:>7} {r['median_cnr']:>11.2f} "
+            print(f"{r['phase']:<14} {r['diameter']:<15} {r['where']:<8} {r['points']:>7} {r['median_cnr']:>11.2f} "
                   f"{r['below_visible']:>9.3f}")
         else:
             print(f"{r['phase']}: visible share of the artery's voxels {r['visible_share']:.3f}, "
