@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -38,7 +40,10 @@ from renalseg.metrics import DIAMETER_BANDS_MM, FOUND_LABELS, vessel_diameter_mm
 from renalseg.phantom import synthesize_roi
 from renalseg.tree import centerline
 
-SPACING_XYZ_MM = (0.7, 0.7, 1.0)  # the model grid, as recipes/make_training_phantoms.py writes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+# the held-out sets' grid and tumour draw, from the script that makes them
+from make_training_phantoms import SPACING_XYZ_MM, draws_tumour  # noqa: E402
+
 SETS = {"arterial": 9600, "portal-venous": 9620}  # the first seed of four_art / four_pv
 HALF_BOX_ZYX = (4, 6, 6)
 SHELL_VOXELS = (2.0, 4.0)
@@ -95,9 +100,8 @@ def main() -> None:
         points: dict[tuple[str, str], list[float]] = {}
         shares = []
         for seed in range(first, first + args.cases):
-            tumour = bool(np.random.default_rng([seed, 4242]).random() < 0.5)  # as make_training_phantoms
             case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, inplane_voxels=152, phase=phase,
-                                  great_vessels=True, tumour=tumour)
+                                  great_vessels=True, tumour=draws_tumour(seed, 0.5))
             m = measure(case.image.array.astype(np.float32), case.label.array, args.visible_cnr)
             shares.append(m["visible_share"])
             for band, c, inside in zip(m["band"], m["cnr"], m["inside"]):

@@ -58,6 +58,12 @@ def artery_options(band: str | None) -> dict:
     return {"intensity_ranges_hu": {"renal_artery": [float(v) for v in band.split("-")]}} if band else {}
 
 
+def draws_tumour(seed: int, share: float) -> bool:
+    """Whether case ``seed`` gets a tumour at ``--tumour-share share``: drawn from its own
+    generator, so the case's other draws are the same either way."""
+    return bool(np.random.default_rng([seed, 4242]).random() < share)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
@@ -92,8 +98,8 @@ def main() -> None:
             options["great_vessels"] = True
         if args.noise_hu:
             options["noise_range_hu"] = [float(v) for v in args.noise_hu.split("-")]
-        if args.tumour_share is not None:  # its own generator: the case's other draws are unchanged
-            options["tumour"] = bool(np.random.default_rng([seed, 4242]).random() < args.tumour_share)
+        if args.tumour_share is not None:
+            options["tumour"] = draws_tumour(seed, args.tumour_share)
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")
