@@ -198,7 +198,7 @@ def leaf_oracle(case, records) -> float:  # noqa: ANN001
 
 def _segmenter(weights: str, threads: int, thin_branches: bool = False):  # noqa: ANN202 - (image) -> (labels, s)
     """A function from a phantom's image to the label map ``renalseg segment --input-is-roi``
-    (with ``--thin-branches`` when asked) writes for it with ``weights`` (KiPA22 values) and
+    (with ``--thin-branches`` when asked, else ``--no-thin-branches``) writes for it with ``weights`` (KiPA22 values) and
     the seconds it took."""
     import torch
 

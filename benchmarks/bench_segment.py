@@ -20,7 +20,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_segment.py --cache /tmp/renalseg-bench [--weights W]
         [--skip-e2e] [--skip-monai] [--roi-slices 150] [--repeats 2] [--segment-overlap O]
-        [--thin-branches] [--json out.json]
+        [--thin-branches | --no-thin-branches] [--json out.json]
 
 An AVX-512 machine measures the AVX2-only path when torch's kernels are held to AVX2::
 
@@ -109,8 +109,8 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
                str(weights), "--device", args.device, "--json"]
     if args.segment_overlap is not None:
         command += ["--overlap", str(args.segment_overlap)]
-    if args.thin_branches:
-        command += ["--thin-branches"]
+    if args.thin_branches is not None:  # else segment's default: the pass in an arterial-phase study
+        command += ["--thin-branches" if args.thin_branches else "--no-thin-branches"]
     child = _run_child(command)
     result = {"command": " ".join(command), "exit_code": child["exit_code"], "wall_s": child["wall_s"],
               "peak_rss_gb": child["peak_rss_gb"]}
@@ -120,6 +120,7 @@ def end_to_end(args: argparse.Namespace, cache: Path) -> dict:
     study = out / image.name.removesuffix(".nii.gz")
     report = json.loads((study / "report.json").read_text())
     result["timings_s"] = report["timings_s"]
+    result["thin_branches"] = report.get("thin_branches", {}).get("reason")
     result["rois"] = [(r["side"], r["model_grid"]["shape_zyx"]) for r in report["rois"]]
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(study / "labels.nii.gz")))
     names = json.loads((study / "labels.json").read_text())  # KiPA22 values: {"3": "renal_artery", ...}
@@ -275,8 +276,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap of the MONAI comparison")
     parser.add_argument("--segment-overlap", type=float, default=None,
                         help="end to end: `segment --overlap` (default: segment's own default)")
-    parser.add_argument("--thin-branches", action="store_true",
-                        help="end to end: `segment --thin-branches` (the artery-only model's second pass)")
+    parser.add_argument("--thin-branches", action=argparse.BooleanOptionalAction, default=None,
+                        help="end to end: `segment --thin-branches` / `--no-thin-branches` (the artery-only "
+                             "model's second pass; default: segment's, the pass when the phase is arterial)")
     parser.add_argument("--roi-slices", type=int, default=160,
                         help="ROI slices for the MONAI comparison (64 + 32k: both place windows alike)")
     parser.add_argument("--truth-roi-slices", type=int, default=130,

@@ -62,7 +62,7 @@ from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.io.image import read_image
 from renalseg.labels import BY_KEY, STRUCTURE_KEYS, output_values
 from renalseg.metrics import dice, evaluate_masks, found_by_diameter, structure_scores, summarize
-from renalseg.pipeline import SegmentConfig, segment_study, thin_branch_segmenter
+from renalseg.pipeline import SegmentConfig, segment_study, serves_thin_branches, thin_branch_segmenter
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import Segmenter, load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
@@ -129,25 +129,30 @@ def structures_of(segmenter: Segmenter) -> tuple[str, ...]:
 
 
 def score_as_written(segmenter: Segmenter, image: sitk.Image, truth: np.ndarray, overlap: float,
-                     tta: bool = False, artery_segmenter: Segmenter | None = None) -> dict:
-    """One ROI-crop case through ``segment_study`` as ``renalseg segment --input-is-roi`` runs it;
+                     tta: bool = False, artery_segmenter: Segmenter | None = None,
+                     thin_branches: bool | None = False) -> dict:
+    """One ROI-crop case through ``segment_study`` as ``renalseg segment --input-is-roi`` runs it
+    (``thin_branches``: as ``SegmentConfig.thin_branches``; ``None`` = segment's default);
     the written label map's :func:`renalseg.metrics.structure_scores` against ``truth`` (KiPA22
     values, the image's grid), ``topology_on`` (1 where the aorta and IVC were both found, 0
-    where not, NaN for a model without both vessels) and ``seconds``."""
+    where not, NaN for a model without both vessels), ``thin_applied`` (1 where the
+    thin-branch pass ran) and ``seconds``."""
     started = time.perf_counter()
     config = SegmentConfig(input_is_roi=True, weights=segmenter.weights_path, overlap=overlap, tta=tta,
-                           thin_branches=artery_segmenter is not None)
+                           thin_branches=thin_branches)
     result = segment_study(image, config, segmenter=segmenter, artery_segmenter=artery_segmenter)
     written = sitk.GetArrayFromImage(result.labels)
     row = structure_scores(written, truth, image.GetSpacing(), structures=structures_of(segmenter))
     roots = result.report.get("topology", {}).get("roots")
     row["topology_on"] = float(all("found" in r for r in roots)) if roots else float("nan")
+    row["thin_applied"] = float(result.report.get("thin_branches", {}).get("applied", False))
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
 
 def evaluate_folder_as_written(segmenter: Segmenter, folder: Path, overlap: float, tta: bool = False,
-                               compare: Segmenter | None = None, artery_segmenter: Segmenter | None = None) -> dict:
+                               compare: Segmenter | None = None, artery_segmenter: Segmenter | None = None,
+                               thin_branches: bool | None = False) -> dict:
     """:func:`score_as_written` for each case of a phantom folder (and of ``compare``'s model,
     its figures prefixed ``compare_``); per-folder mean, std and the count of cases a figure
     is defined on (``dice_tumour``: the cases with a tumour)."""
@@ -160,9 +165,11 @@ def evaluate_folder_as_written(segmenter: Segmenter, folder: Path, overlap: floa
         except GeometryError as err:
             raise DataLayoutError(f"case '{files.case_id}': the label is not on the image's grid.\n{err}") from err
         truth = sitk.GetArrayFromImage(label)
-        row = {"case": files.case_id, **score_as_written(segmenter, image, truth, overlap, tta, artery_segmenter)}
+        row = {"case": files.case_id, **score_as_written(segmenter, image, truth, overlap, tta, artery_segmenter,
+                                                                thin_branches)}
         if compare is not None:
-            row.update({f"compare_{k}": v for k, v in score_as_written(compare, image, truth, overlap, tta).items()})
+            row.update({f"compare_{k}": v for k, v in score_as_written(compare, image, truth, overlap, tta,
+                                                                       thin_branches=thin_branches).items()})
         rows.append(row)
         print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k != "case" and not k.endswith("seconds")]
@@ -238,9 +245,11 @@ def main() -> None:
     parser.add_argument("--compare", type=Path,
                         help="also score these weights on the same cases, as written (implies --by-structure); "
                              "their figures are compare_*")
-    parser.add_argument("--thin-branches", action="store_true",
-                        help="score as `renalseg segment --thin-branches` writes each case (the artery-only weights "
-                             "for the artery inside the kidney)")
+    parser.add_argument("--thin-branches", nargs="?", const="on", default="off", choices=("on", "off", "auto"),
+                        help="on (the bare flag): score as `renalseg segment --thin-branches` writes each case (the "
+                             "artery-only weights for the artery inside the kidney); auto: as `renalseg segment` "
+                             "writes it by default (the pass where the crop's phase is called arterial); off (the "
+                             "default): one network pass, as `--no-thin-branches`")
     parser.add_argument("--artery-weight", type=float, default=1.0,
                         help="multiply the artery probability by this before labelling (an experiment)")
     parser.add_argument("--json", type=Path)
@@ -256,7 +265,8 @@ def main() -> None:
     results = {}
     for stored in args.results:
         results.update(json.loads(stored.read_text()))
-    if args.publish and (args.artery_weight != 1.0 or args.thin_branches):
+    thin_branches = {"on": True, "off": False, "auto": None}[args.thin_branches]
+    if args.publish and (args.artery_weight != 1.0 or thin_branches is not False):
         parser.error("--artery-weight and --thin-branches change what the weights alone write; drop --publish")
     if args.folders:
         segmenter = load_model(args.weights, device="cpu")
@@ -264,12 +274,14 @@ def main() -> None:
             segmenter = with_artery_weight(segmenter, args.artery_weight)
         compare = load_model(args.compare, device="cpu") if args.compare else None
         # the pair segment --thin-branches runs, checked once before the first case
-        artery_segmenter = thin_branch_segmenter(segmenter, device="cpu") if args.thin_branches else None
+        artery_segmenter = (thin_branch_segmenter(segmenter, device="cpu") if thin_branches or (
+            thin_branches is None and serves_thin_branches(segmenter.spec.classes)) else None)
         by_structure = args.by_structure or compare is not None or structures_of(segmenter) != ("artery",)
         suffix = "_tta" if args.tta else ""  # a TTA run's figures under their own name, e.g. val40_tta
         for folder in args.folders:
             results[folder.name + suffix] = (
-                evaluate_folder_as_written(segmenter, folder, args.overlap, args.tta, compare, artery_segmenter)
+                evaluate_folder_as_written(segmenter, folder, args.overlap, args.tta, compare, artery_segmenter,
+                                           thin_branches)
                 if by_structure
                 else evaluate_folder(segmenter, folder, args.overlap, args.tta))
     print(json.dumps({k: v["summary"] for k, v in results.items()}, indent=1))

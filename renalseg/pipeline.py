@@ -125,9 +125,13 @@ class SegmentConfig:
             (:data:`THIN_BRANCH_WEIGHTS`) and take the artery inside the kidney from
             whichever model is surer (:func:`renalseg.postprocess.take_thin_branches`):
             more of the interlobar branches, for a second pass over the kidney's box
-            (:func:`renalseg.postprocess.thin_branch_region`). Needs a model that
-            labels the artery and the kidney; in other phases it is skipped and the
-            report says why.
+            (:func:`renalseg.postprocess.thin_branch_region`). ``None`` (the default):
+            whenever the study's contrast phase is called one the artery-only weights
+            are validated on (arterial) and the model labels the artery and the kidney,
+            in a whole study or a crop; otherwise skipped, and the report says why.
+            ``True``: asked for; the model must label the artery and the kidney, and in
+            a kidney crop (whose phase call is less certain) it runs whatever the
+            call. ``False``: one network pass only.
         fluid_max_hu: tumour pieces whose interior has a median at or below this (HU)
             and no enhancing wall are taken for simple cysts and given to the most
             probable other class (:func:`renalseg.postprocess.drop_fluid_tumour`);
@@ -147,7 +151,7 @@ class SegmentConfig:
     seed: int = 0
     force: bool = False
     structures: tuple[str, ...] | None = None
-    thin_branches: bool = False
+    thin_branches: bool | None = None
     fluid_max_hu: float | None = FLUID_MAX_HU
 
     def __post_init__(self) -> None:
@@ -358,8 +362,9 @@ def segment_study(
         rois: kidney ROIs to use instead of localisation (e.g. from
             :func:`renalseg.roi.locate_kidneys` run earlier, or hand-made).
         on_progress: ``on_progress(stage, done, total)``, e.g. per window.
-        artery_segmenter: with ``config.thin_branches``, the artery-only model (loaded
-            once for a batch); ``None`` loads :data:`THIN_BRANCH_WEIGHTS`.
+        artery_segmenter: for the thin-branch pass (``config.thin_branches``), the
+            artery-only model (loaded once for a batch); ``None`` loads
+            :data:`THIN_BRANCH_WEIGHTS` when the pass applies.
 
     Returns:
         A :class:`Result` (labels, report, optional probabilities, ROI views).
@@ -480,9 +485,10 @@ def segment_study(
     timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
     thin: dict[str, Any] | None = None  # the report's thin_branches block
-    if config.thin_branches:
+    if config.thin_branches is not False:
         artery_segmenter, thin = _thin_branch_model(segmenter, artery_segmenter, scan_quality.phase, config.device,
-                                                    roi_only=config.input_is_roi)
+                                                    roi_only=config.input_is_roi, asked=bool(config.thin_branches))
+    if thin is not None and thin["applied"]:
         second_artery = next(c for c, v in output_values(artery_segmenter.spec.classes).items()
                              if v == BY_KEY["artery"].value)
         kidney_channels = [c for c, v in channel_values.items()
@@ -647,7 +653,8 @@ def segment_study(
         "settings": {"overlap": config.overlap, "tta": tta, "side": config.side,
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None,
-                     "structures": list(picked), "thin_branches": config.thin_branches},
+                     "structures": list(picked),
+                     "thin_branches": "auto" if config.thin_branches is None else config.thin_branches},
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
@@ -728,31 +735,45 @@ def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | No
 
 
 def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,
-                       device: str, *, roi_only: bool = False) -> tuple[Segmenter, dict[str, Any]]:
-    """``--thin-branches``: the artery-only model (:func:`thin_branch_segmenter`) and the
-    report's ``thin_branches`` block (``applied`` and why).
+                       device: str, *, roi_only: bool = False,
+                       asked: bool = True) -> tuple[Segmenter | None, dict[str, Any] | None]:
+    """The thin-branch pass: the artery-only model (:func:`thin_branch_segmenter`) and the
+    report's ``thin_branches`` block (``applied``, ``automatic`` and why).
 
     Applied when the study's contrast phase is one the artery-only weights are validated
-    on; in a kidney crop (``roi_only``) the phase called from the crop is not trusted
-    (the aorta may be out of view or cut), so it is applied as asked and the reason says so.
+    on. When ``asked`` (``--thin-branches``), in a kidney crop (``roi_only``) it is also
+    applied whatever the call (the aorta may be out of view or cut: of the 22 arterial
+    held-out crops 15 are called arterial, none of the 22 portal-venous ones), and a
+    main model without the kidney is a usage error. By default (not ``asked``) a model
+    it cannot serve gets no block, and the artery-only model is loaded only when applied.
     """
     from renalseg import quality
 
-    artery_segmenter = thin_branch_segmenter(segmenter, artery_segmenter, device)
-    phases = quality.limits_from_card(artery_segmenter.spec.limits).phases
-    applied = phase in phases or roi_only
+    if not asked and not serves_thin_branches(segmenter.spec.classes):
+        return artery_segmenter, None
+    phases = (quality.limits_from_card(artery_segmenter.spec.limits).phases if artery_segmenter is not None
+              else thin_branch_phases())
+    applied = phase in phases or (roi_only and asked)
     words = quality.PHASE_WORDS.get(phase, phase)
     validated = ", ".join(quality.PHASE_WORDS[p] for p in phases)
     if phase in phases:
         reason = f"{words} phase: the artery-only weights add the artery they find inside the kidney"
-    elif roi_only:
+    elif applied:
         reason = (f"applied as asked: the phase of a kidney crop is not certain (called {words}); the artery-only "
                   f"weights are validated on {validated} phase only")
     else:
         reason = f"not applied: {words} phase, and the artery-only weights are validated on {validated} phase only"
-    block = {"applied": applied, "reason": reason,
-             "weights": str(artery_segmenter.weights_path) if artery_segmenter.weights_path else None,
-             "sha256": artery_segmenter.spec.sha256, "region_ml": {}}
+    if applied or asked:
+        try:
+            artery_segmenter = thin_branch_segmenter(segmenter, artery_segmenter, device)
+        except UsageError as err:
+            if asked:
+                raise
+            applied, reason, artery_segmenter = False, f"not applied: {err}", None  # a custom model on another grid
+    block = {"applied": applied, "automatic": not asked, "reason": reason,
+             "weights": (str(artery_segmenter.weights_path) if artery_segmenter and artery_segmenter.weights_path
+                         else None),
+             "sha256": artery_segmenter.spec.sha256 if artery_segmenter else None, "region_ml": {}}
     return artery_segmenter, block
 
 

@@ -33,7 +33,7 @@
   tumour; its voxels go to the most probable other class.
 * :func:`take_thin_branches`: inside the kidney, the artery probability becomes the
   larger of the four-structure model's and a second, artery-only model's
-  (``renalseg segment --thin-branches``). The interlobar arteries run inside the
+  (``renalseg segment``'s thin-branch pass). The interlobar arteries run inside the
   parenchyma, where the artery-only weights find more of them; outside it the
   four-structure model alone decides, because the artery-only weights take every bright
   artery (superior mesenteric, splenic) for a renal one.
@@ -626,7 +626,7 @@ THIN_BRANCH_MARGIN_VOXELS = 3
 def thin_branch_region(probabilities: np.ndarray, kidney_channels: Collection[int], *,
                        spacing_xyz_mm: tuple[float, float, float], max_gap_mm: float = DEFAULT_MAX_GAP_MM,
                        margin_voxels: int = THIN_BRANCH_MARGIN_VOXELS) -> np.ndarray:
-    """Where ``--thin-branches`` takes the artery-only model's artery: the kidney.
+    """Where the thin-branch pass takes the artery-only model's artery: the kidney.
 
     That is the voxels whose arg-max in ``probabilities`` is one of ``kidney_channels``
     (kidney, tumour), only the largest piece and those within ``max_gap_mm`` of it (the

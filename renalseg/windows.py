@@ -11,7 +11,7 @@ Small pure functions used by :func:`renalseg.inference.sliding_window` and its c
   window size per axis, so voxels near a window's centre (where the network saw
   the most context) count more than those at its border.
 * :func:`box_around` is the smallest box around a mask that a window fits in, for a
-  second pass that is read only there (``renalseg segment --thin-branches``).
+  second pass that is read only there (``renalseg segment``'s thin-branch pass).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -383,9 +384,9 @@ def _kidney_crop() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
 def test_thin_branches_take_the_artery_only_models_artery_inside_the_kidney_only():
     four, artery_only = _thin_branch_pair()
     image, branch, other = _kidney_crop()
-    plain = segment_study(image, SegmentConfig(input_is_roi=True), segmenter=four)
+    plain = segment_study(image, SegmentConfig(input_is_roi=True, thin_branches=False), segmenter=four)
     assert not (sitk.GetArrayFromImage(plain.labels) == 3).any()   # the four-structure model misses the branch
-    assert "thin_branches" not in plain.report
+    assert "thin_branches" not in plain.report and plain.report["settings"]["thin_branches"] is False
     result = segment_study(image, SegmentConfig(input_is_roi=True, thin_branches=True), segmenter=four,
                            artery_segmenter=artery_only)
     labels = sitk.GetArrayFromImage(result.labels)
@@ -436,6 +437,43 @@ def test_thin_branches_follow_the_phase_and_need_the_kidney():
     assert "portal-venous phase" in venous["reason"] and "early arterial" in venous["reason"]
     with pytest.raises(UsageError, match="must label the artery and the kidney"):
         _thin_branch_model(artery_only, artery_only, "late_arterial", "cpu")
+
+
+def test_by_default_the_thin_branch_pass_follows_the_phase_call_in_studies_and_crops(monkeypatch):
+    """By default (thin_branches None) the pass runs where the phase is called arterial, in a
+    whole study or a crop (15 of the 22 arterial held-out crops are called arterial, none of
+    the 22 portal-venous ones), and nowhere else; the artery-only model is loaded only
+    when it runs; a main model without the kidney gets no pass and no block."""
+    import renalseg.pipeline
+    from renalseg.pipeline import _thin_branch_model
+
+    four, artery_only = _thin_branch_pair()
+    loads: list[str] = []
+    monkeypatch.setattr(renalseg.pipeline, "thin_branch_segmenter",
+                        lambda segmenter, artery=None, device="auto": loads.append(device) or artery_only)
+    for phase, roi_only, applied in (("late_arterial", False, True), ("early_arterial", True, True),
+                                     ("portal_venous", False, False), ("portal_venous", True, False),
+                                     ("unknown", True, False)):
+        loads.clear()
+        model, block = _thin_branch_model(four, None, phase, "cpu", roi_only=roi_only, asked=False)
+        assert block["applied"] is applied and block["automatic"], (phase, roi_only, block)
+        assert (model is artery_only) is applied and len(loads) == int(applied)
+        assert block["reason"].startswith("not applied") is not applied
+    assert _thin_branch_model(artery_only, None, "late_arterial", "cpu", asked=False) == (None, None)
+    # asked for, a crop runs it whatever its call
+    assert _thin_branch_model(four, artery_only, "portal_venous", "cpu", roi_only=True)[1]["applied"]
+
+
+def test_by_default_a_custom_model_on_another_grid_goes_without_the_pass_and_says_why():
+    four, artery_only = _thin_branch_pair()
+    other = Segmenter.from_predictor(artery_only.predictor, dataclasses.replace(artery_only.spec,
+                                                                                spacing_xyz_mm=(0.8, 0.8, 1.0)))
+    from renalseg.pipeline import _thin_branch_model
+
+    model, block = _thin_branch_model(four, other, "late_arterial", "cpu", asked=False)
+    assert model is None and not block["applied"] and "grid" in block["reason"]
+    with pytest.raises(UsageError, match="grid"):
+        _thin_branch_model(four, other, "late_arterial", "cpu")
 
 
 def _tumour_model() -> Segmenter:

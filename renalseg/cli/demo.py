@@ -27,18 +27,18 @@ def demo(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
                                                 metavar="<auto|cpu|cuda|cuda:N|mps>")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo in --out.")] = False,
-    thin_branches: Annotated[bool, typer.Option(
+    thin_branches: Annotated[Optional[bool], typer.Option(
         "--thin-branches/--no-thin-branches",
-        help="Segment as [bold]renalseg segment --thin-branches[/] does, as recommended for the demo's "
-             "arterial-phase scan (a second network pass: more of the interlobar branches); with a model that "
-             "labels the artery and the kidney.")] = True,
+        help="As [bold]renalseg segment[/]: by default the artery-only weights' second pass runs when the "
+             "phantom's phase is called arterial (it is drawn arterial), with a model that labels the artery "
+             "and the kidney; --no-thin-branches: one network pass.", show_default=False)] = None,
 ) -> None:
     """Synthesise one abdomen CTA phantom, segment it, export meshes, plan, compare with the truth.
 
     Writes DIR/input/phantom.nii.gz (+ phantom_truth.nii.gz, KiPA22 labels, and
     phantom_territories.nii.gz/.json, the true perfusion territories and feeding
-    segmental arteries), DIR/phantom/ (what [bold]renalseg segment --thin-branches[/] writes:
-    the phantom is an arterial-phase CTA), DIR/phantom/meshes/ (STL + tree.json) and the
+    segmental arteries), DIR/phantom/ (what [bold]renalseg segment[/] writes: the phantom
+    is an arterial-phase CTA, so with the thin-branch pass), DIR/phantom/meshes/ (STL + tree.json) and the
     surgical plan in DIR/phantom/ (what [bold]renalseg plan DIR/phantom[/] writes), then prints
     the paths, the time of each step, the Dice of each structure the model labels (artery
     first) and the plan's feeding branches beside the phantom's true ones.
@@ -77,9 +77,10 @@ def demo(
     with err_console.status("loading the model…"):
         started = time.perf_counter()
         segmenter = load_model(weights, device)
-        # --thin-branches needs a main model that labels the kidney (the artery-only weights do not)
-        thin_branches = thin_branches and serves_thin_branches(segmenter.spec.classes)
-        artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches else None
+        # the thin-branch pass needs a main model that labels the kidney (the artery-only weights do not)
+        if not serves_thin_branches(segmenter.spec.classes):
+            thin_branches = False
+        artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches is not False else None
         times["load model"] = time.perf_counter() - started
     err_console.print(f"device: {segmenter.device_reason}", highlight=False)
     if segmenter.spec.synthetic_training_only:
@@ -104,7 +105,8 @@ def demo(
         result = segment_study(study, SegmentConfig(device=device, thin_branches=thin_branches), segmenter=segmenter,
                                on_progress=on_progress, artery_segmenter=artery_segmenter)
         write_outputs(result, destination, overwrite=overwrite)
-        times[f"segment (renalseg segment{' --thin-branches' if thin_branches else ''})"] = (
+        thin_pass = result.report.get("thin_branches", {}).get("applied", False)
+        times[f"segment (renalseg segment, {'with' if thin_pass else 'without'} the thin-branch pass)"] = (
             time.perf_counter() - started)
 
     with err_console.status("exporting meshes…"):

@@ -100,32 +100,6 @@ def _summary_table(rows: list[dict]) -> Any:
 THIN_BRANCH_GAIN = "22 held-out arterial phantoms: 94% of the sub-2 mm centerline, not 65%"
 
 
-def _thin_branch_tip(rows: list[dict], segmenter: Any) -> str | None:
-    """The line ``segment`` prints when studies in an arterial phase ran without
-    ``--thin-branches`` on a model it applies to (one that labels the artery and the kidney),
-    or ``None``: on such a study the flag finds far more of the interlobar branches.
-
-    Example:
-        >>> from types import SimpleNamespace as N
-        >>> model = N(spec=N(classes={"0": "background", "1": "renal_artery", "2": "kidney"}))
-        >>> _thin_branch_tip([{"study": "a", "phase": "portal_venous"}], model) is None
-        True
-        >>> _thin_branch_tip([{"study": "a", "phase": "late_arterial"}], model)[:34]
-        'a: arterial phase; --thin-branches'
-    """
-    from renalseg.pipeline import serves_thin_branches, thin_branch_phases
-
-    if not serves_thin_branches(segmenter.spec.classes):
-        return None
-    phases = thin_branch_phases()
-    arterial = [row["study"] for row in rows if row.get("phase") in phases]
-    if not arterial:
-        return None
-    names = ", ".join(arterial[:3]) + (f" and {len(arterial) - 3} more" if len(arterial) > 3 else "")
-    return (f"{names}: arterial phase; --thin-branches finds more of the interlobar branches there "
-            f"({THIN_BRANCH_GAIN}) for a second network pass.")
-
-
 def _structures(text: str | None, classes: Any) -> tuple[str, ...]:
     """``--structures`` checked against the model's classes (a usage error before any study)."""
     from renalseg.labels import STRUCTURES, output_values, parse_structures
@@ -170,12 +144,13 @@ def segment(
         "--structures", metavar="artery,vein,kidney,tumour",
         help="Which structures to write (KiPA22 values: 1 vein, 2 kidney, 3 artery, 4 tumour; labels.json names "
              "them). Default: every structure the model labels.", show_default=False)] = None,
-    thin_branches: Annotated[bool, typer.Option(
-        "--thin-branches", help="In an arterial-phase study, also run the artery-only weights "
-        "(dpa_densebiasnet_artery) and take the artery inside the kidney from whichever model is surer: more "
-        f"of the interlobar branches ({THIN_BRANCH_GAIN}), for a second network pass over the kidney (about "
-        "15 s on a 2-core Xeon). Use it on an arterial CTA. "
-        "Skipped, with the reason in report.json, in other phases.")] = False,
+    thin_branches: Annotated[Optional[bool], typer.Option(
+        "--thin-branches/--no-thin-branches", help="Also run the artery-only weights (dpa_densebiasnet_artery) "
+        "and take the artery inside the kidney from whichever model is surer: more of the interlobar branches "
+        f"({THIN_BRANCH_GAIN}), for a second network pass over the kidney (about 15 s on a 2-core Xeon). "
+        "Default: on when the study's contrast phase is called arterial, off in other phases (report.json says "
+        "which and why). --thin-branches also runs it in a kidney crop (--input-is-roi) called otherwise; "
+        "--no-thin-branches: one pass only.", show_default=False)] = None,
     keep_fluid_tumour: Annotated[bool, typer.Option(
         "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
         "enhancing wall). By default they are taken for simple cysts (the Bosniak 2019 threshold) and given to "
@@ -199,7 +174,7 @@ def segment(
     from renalseg.batch import parse_shard, plan_batch
     from renalseg.errors import ModelError
     from renalseg.io.output import check_writable_folder
-    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, thin_branch_segmenter
+    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, serves_thin_branches, thin_branch_segmenter
     from renalseg.postprocess import FLUID_MAX_HU
     from renalseg.segmenter import load_model
     from renalseg.weights import resolve_weights
@@ -227,8 +202,15 @@ def segment(
     try:
         segmenter = load_model(weights, device)
         config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
-        # loaded once for the batch; a main model without artery and kidney stops here
-        artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches else None
+        # loaded once for the batch; asked for, a main model without artery and kidney stops here
+        artery_segmenter = None
+        if thin_branches or (thin_branches is None and serves_thin_branches(segmenter.spec.classes)):
+            try:
+                artery_segmenter = thin_branch_segmenter(segmenter, device=device)
+            except UsageError:
+                if thin_branches:
+                    raise
+                # by default: a custom model on another grid goes without; each report says why
     except ModelError as err:  # no study could run: a usage error, found before the first one
         raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:
@@ -237,9 +219,6 @@ def segment(
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
                 dicom_seg=dicom_seg, report_page=report_page, artery_segmenter=artery_segmenter)
-    tip = None if thin_branches or quiet or json_output else _thin_branch_tip(rows, segmenter)
-    if tip:
-        err_console.print(f"[cyan]tip:[/] {tip}", highlight=False, soft_wrap=True)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
     unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]
