@@ -57,6 +57,7 @@ def phase_intensities(phase: str, rng: np.random.Generator) -> dict[str, float]:
     out["sinus_fat"] = out["fat"] + float(rng.uniform(0, 20))
     out["ureter"] = out["collecting_system"]
     out["tumour"] = float(rng.uniform(20, 80))
+    out["tumour_necrosis"] = float(rng.uniform(10, 35))  # a necrotic core enhances in no phase
     return out
 
 

@@ -743,7 +743,7 @@ def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None,
     Applied when the study's contrast phase is one the artery-only weights are validated
     on. When ``asked`` (``--thin-branches``), in a kidney crop (``roi_only``) it is also
     applied whatever the call (the aorta may be out of view or cut: of the 22 arterial
-    held-out crops 15 are called arterial, none of the 22 portal-venous ones), and a
+    held-out crops 20 are called arterial, none of the 22 portal-venous ones), and a
     main model without the kidney is a usage error. By default (not ``asked``) a model
     it cannot serve gets no block, and the artery-only model is loaded only when applied.
     """

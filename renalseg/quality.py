@@ -371,6 +371,12 @@ def measure_phase_hu(image: sitk.Image, rois: Sequence[Any], *, input_is_roi: bo
     along = np.take_along_axis(smooth, window, axis=0)
     steady = ((along >= column_tube - 15.0) & (along <= column_tube + np.maximum(40.0, 0.2 * column_tube))
               ).mean(axis=0) >= 0.7
+    # ... or steady around its own level, the box's minimum within 100 HU or 30% of it: with
+    # noise that minimum falls far under a lumen (the aorta of a noisy kidney crop: 70-93 HU)
+    level = np.median(along, axis=0)
+    band = np.maximum(20.0, 0.1 * np.abs(level))
+    steady |= ((np.abs(along - level) <= band).mean(axis=0) >= 0.7) & (column_tube >= level - np.maximum(
+        100.0, 0.3 * np.abs(level)))
     plausible = (column_tube < 1500.0) & (bone.mean(axis=0) < 0.25) & steady
     out: dict[str, Any] = {"aorta": None, "ivc": None, "portal_vein": None}
     x_grid, y_grid = np.meshgrid(xs, ys)

@@ -441,7 +441,7 @@ def test_thin_branches_follow_the_phase_and_need_the_kidney():
 
 def test_by_default_the_thin_branch_pass_follows_the_phase_call_in_studies_and_crops(monkeypatch):
     """By default (thin_branches None) the pass runs where the phase is called arterial, in a
-    whole study or a crop (15 of the 22 arterial held-out crops are called arterial, none of
+    whole study or a crop (20 of the 22 arterial held-out crops are called arterial, none of
     the 22 portal-venous ones), and nowhere else; the artery-only model is loaded only
     when it runs; a main model without the kidney gets no pass and no block."""
     import renalseg.pipeline
