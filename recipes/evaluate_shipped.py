@@ -62,7 +62,7 @@ from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.io.image import read_image
 from renalseg.labels import BY_KEY, STRUCTURE_KEYS, output_values
 from renalseg.metrics import dice, evaluate_masks, found_by_diameter, structure_scores, summarize
-from renalseg.pipeline import SegmentConfig, segment_study, serves_thin_branches, thin_branch_segmenter
+from renalseg.pipeline import SegmentConfig, batch_thin_branch_segmenter, segment_study
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, DEFAULT_MIN_COMPONENT_MM3, clean_labels
 from renalseg.segmenter import Segmenter, load_model
 from renalseg.training.data import find_cases, load_cases, parse_label_map
@@ -274,8 +274,7 @@ def main() -> None:
             segmenter = with_artery_weight(segmenter, args.artery_weight)
         compare = load_model(args.compare, device="cpu") if args.compare else None
         # the pair segment --thin-branches runs, checked once before the first case
-        artery_segmenter = (thin_branch_segmenter(segmenter, device="cpu") if thin_branches or (
-            thin_branches is None and serves_thin_branches(segmenter.spec.classes)) else None)
+        artery_segmenter = batch_thin_branch_segmenter(segmenter, thin_branches, device="cpu")
         by_structure = args.by_structure or compare is not None or structures_of(segmenter) != ("artery",)
         suffix = "_tta" if args.tta else ""  # a TTA run's figures under their own name, e.g. val40_tta
         for folder in args.folders:

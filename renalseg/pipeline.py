@@ -71,6 +71,7 @@ __all__ = [
     "locate_study",
     "write_locate_outputs",
     "roi_from_extent",
+    "batch_thin_branch_segmenter",
     "serves_thin_branches",
     "thin_branch_phases",
     "thin_branch_segmenter",
@@ -488,11 +489,6 @@ def segment_study(
     if config.thin_branches is not False:
         artery_segmenter, thin = _thin_branch_model(segmenter, artery_segmenter, scan_quality.phase, config.device,
                                                     roi_only=config.input_is_roi, asked=bool(config.thin_branches))
-    if thin is not None and thin["applied"]:
-        second_artery = next(c for c, v in output_values(artery_segmenter.spec.classes).items()
-                             if v == BY_KEY["artery"].value)
-        kidney_channels = [c for c, v in channel_values.items()
-                           if v in (BY_KEY["kidney"].value, BY_KEY["tumour"].value)]
 
     # 2. every ROI through the network
     tta_dice: dict[str, float | None] = {}
@@ -513,6 +509,10 @@ def segment_study(
         # the two are never held at once (peak memory as one model's)
         _release_buffers(segmenter)
         started = time.perf_counter()
+        second_artery = next(c for c, v in output_values(artery_segmenter.spec.classes).items()  # type: ignore[union-attr]
+                             if v == BY_KEY["artery"].value)
+        kidney_channels = [c for c, v in channel_values.items()
+                           if v in (BY_KEY["kidney"].value, BY_KEY["tumour"].value)]
         for roi, _lo, _hi, roi_hu, probabilities in predicted:
             stage = f"segment {roi.side} (thin branches)"
             region = thin_branch_region(probabilities, kidney_channels, spacing_xyz_mm=roi.grid.spacing_xyz_mm,
@@ -732,6 +732,25 @@ def thin_branch_segmenter(segmenter: Segmenter, artery_segmenter: Segmenter | No
                          f"{', '.join(sorted(artery_segmenter.spec.classes.values()))} at "
                          f"{artery_segmenter.spec.spacing_xyz_mm} mm.")
     return artery_segmenter
+
+
+def batch_thin_branch_segmenter(segmenter: Segmenter, thin_branches: bool | None,
+                                device: str = "auto") -> Segmenter | None:
+    """The artery-only model a batch loads once for ``SegmentConfig.thin_branches``
+    (``segment_study(..., artery_segmenter=)``), or ``None`` where the pass cannot run.
+
+    ``True`` (asked for): a main model without the artery and the kidney, or a second
+    model on another grid, is a usage error before the first study. ``None`` (the
+    default): such a model goes without the pass, and each report says why.
+    """
+    if thin_branches is False or (thin_branches is None and not serves_thin_branches(segmenter.spec.classes)):
+        return None
+    try:
+        return thin_branch_segmenter(segmenter, device=device)
+    except UsageError:
+        if thin_branches:
+            raise
+        return None
 
 
 def _thin_branch_model(segmenter: Segmenter, artery_segmenter: Segmenter | None, phase: str,

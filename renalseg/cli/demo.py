@@ -57,8 +57,8 @@ def demo(
     from renalseg.phantom import synthesize_abdomen
     from renalseg.phantom.territory import compare_plan
     from renalseg.plan import plan_study
-    from renalseg.pipeline import (SYNTHETIC_NOTICE, SegmentConfig, segment_study, serves_thin_branches,
-                                   thin_branch_segmenter, write_outputs)
+    from renalseg.pipeline import (SYNTHETIC_NOTICE, SegmentConfig, batch_thin_branch_segmenter, segment_study,
+                                   serves_thin_branches, write_outputs)
     from renalseg.segmenter import load_model
     from renalseg.study import Study
     from renalseg.volume import Volume
@@ -80,7 +80,7 @@ def demo(
         # the thin-branch pass needs a main model that labels the kidney (the artery-only weights do not)
         if not serves_thin_branches(segmenter.spec.classes):
             thin_branches = False
-        artery_segmenter = thin_branch_segmenter(segmenter, device=device) if thin_branches is not False else None
+        artery_segmenter = batch_thin_branch_segmenter(segmenter, thin_branches, device)
         times["load model"] = time.perf_counter() - started
     err_console.print(f"device: {segmenter.device_reason}", highlight=False)
     if segmenter.spec.synthetic_training_only:

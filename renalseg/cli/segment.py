@@ -174,7 +174,7 @@ def segment(
     from renalseg.batch import parse_shard, plan_batch
     from renalseg.errors import ModelError
     from renalseg.io.output import check_writable_folder
-    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, serves_thin_branches, thin_branch_segmenter
+    from renalseg.pipeline import SYNTHETIC_NOTICE, SegmentConfig, batch_thin_branch_segmenter
     from renalseg.postprocess import FLUID_MAX_HU
     from renalseg.segmenter import load_model
     from renalseg.weights import resolve_weights
@@ -203,14 +203,7 @@ def segment(
         segmenter = load_model(weights, device)
         config = dataclasses.replace(config, structures=_structures(structures, segmenter.spec.classes))
         # loaded once for the batch; asked for, a main model without artery and kidney stops here
-        artery_segmenter = None
-        if thin_branches or (thin_branches is None and serves_thin_branches(segmenter.spec.classes)):
-            try:
-                artery_segmenter = thin_branch_segmenter(segmenter, device=device)
-            except UsageError:
-                if thin_branches:
-                    raise
-                # by default: a custom model on another grid goes without; each report says why
+        artery_segmenter = batch_thin_branch_segmenter(segmenter, thin_branches, device)
     except ModelError as err:  # no study could run: a usage error, found before the first one
         raise UsageError(f"{'--weights ' + str(weights) if weights else 'the shipped weights'}: {err}") from err
     if not quiet:
