@@ -25,6 +25,9 @@ from that band instead of 8–25 HU; the case is otherwise the same, noise patte
 (``--noise-hu 40-40`` makes a held-out set again at 40 HU; docs/validation.md, "Noise"). ``--spacing-mm X,Y,Z`` renders the cases on a scanner's own
 grid instead of the model's (the noise drawn there, as a scanner's is; the box about as wide
 in mm): ``renalseg segment`` resamples them as it does a patient's scan.
+``--stone-share S`` and ``--excretion-share S`` give a share S of the cases stones in the
+collecting system or contrast excreted into it (drawn per seed, each from its own generator;
+the case is otherwise the same: :func:`renalseg.phantom.abdomen.urinary_tract`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ def draws_tumour(seed: int, share: float) -> bool:
     return bool(np.random.default_rng([seed, 4242]).random() < share)
 
 
+def draws_urinary(seed: int, share: float, what: str) -> bool:
+    """Whether case ``seed`` gets ``what`` (``"stones"`` or ``"excreted_contrast"``) at that
+    share: drawn from a generator of its own, as :func:`draws_tumour`."""
+    stream = {"stones": 4243, "excreted_contrast": 4244}[what]
+    return bool(np.random.default_rng([seed, stream]).random() < share)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
@@ -77,6 +87,9 @@ def main() -> None:
     parser.add_argument("--tumour-share", type=float, help="share of cases with a tumour (default: 30%% at random)")
     lo, hi = NOISE_RANGE_HU
     parser.add_argument("--noise-hu", help=f"LO-HI: the band each case's noise SD is drawn from (default {lo:g}-{hi:g})")
+    parser.add_argument("--stone-share", type=float, help="share of cases with stones in the collecting system")
+    parser.add_argument("--excretion-share", type=float,
+                        help="share of cases with contrast excreted into the collecting system and ureter")
     parser.add_argument("--spacing-mm", help="X,Y,Z: the grid the cases are rendered on (default: the model's "
                         + ",".join(f"{v:g}" for v in SPACING_XYZ_MM) + ")")
     args = parser.parse_args()
@@ -100,6 +113,9 @@ def main() -> None:
             options["noise_range_hu"] = [float(v) for v in args.noise_hu.split("-")]
         if args.tumour_share is not None:
             options["tumour"] = draws_tumour(seed, args.tumour_share)
+        for what, share in (("stones", args.stone_share), ("excreted_contrast", args.excretion_share)):
+            if share is not None and draws_urinary(seed, share, what):
+                options[what] = True
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")

@@ -506,6 +506,13 @@ def test_cli_writes_the_training_layout_and_refuses_to_overwrite(tmp_path, monke
                                       "2.0,2.0,2.5", "--quiet"])
     assert result.exit_code == 0
     assert sitk.ReadImage(str(tmp_path / "s" / "image" / "case_0000.nii.gz")).GetSpacing() == (2.0, 2.0, 2.5)
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "u"), "--cases", "1", "--seed", "40",
+                                      "--stones", "--excreted-contrast", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    case = json.loads((tmp_path / "u" / "cases.json").read_text())["cases"][0]["params"]
+    assert case["options"]["stones"] and case["options"]["excreted_contrast"] and case["intensities_hu"]["calculus"]
+    tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "u" / "tissue" / "case_0000.nii.gz")))
+    assert (tissue == TISSUE_IDS["calculus"]).any()
 
 
 def test_write_cases_rejects_unknown_format_and_existing_folder(tmp_path):
@@ -583,7 +590,8 @@ def test_partial_volume_matches_exact_supersampling(kind):
 
 
 def test_tissue_table_is_consistent():
-    assert set(TISSUE_RANGES_HU) == set(TISSUES.values()) == set(DEFAULT_INTENSITY_RANGES_HU) | {"tumour_necrosis"}
+    assert set(TISSUE_RANGES_HU) == set(TISSUES.values()) == set(DEFAULT_INTENSITY_RANGES_HU) | {"tumour_necrosis",
+                                                                                                  "calculus"}
     assert all(lo < hi for lo, hi in TISSUE_RANGES_HU.values())
     assert all(lo < hi for lo, hi in DEFAULT_INTENSITY_RANGES_HU.values())
     assert DEFAULT_INTENSITY_RANGES_HU["renal_artery"] == (250.0, 500.0)
@@ -631,3 +639,31 @@ def test_a_large_hypervascular_tumour_has_a_labelled_non_enhancing_core_and_noth
     necrotic_cores(painted, mean_hu, case.tissues.geometry, case.params["kidneys"], 20006)
     assert np.array_equal(painted, tissues)
     assert np.array_equal(painted != before, core) and not mean_hu[~core].any()
+
+
+def test_stones_and_excreted_contrast_are_bright_kidney_not_artery_and_nothing_else_moves():
+    """A CTA often shows stones in the calyces and contrast excreted into the collecting
+    system: bright like an artery, inside the kidney, labelled kidney (the collecting system
+    they lie in) and never artery; the rest of the case stays its seed's."""
+    from renalseg.phantom.tissues import CALCULUS_HU, EXCRETED_CONTRAST_HU
+
+    options = dict(side="left", tumour=False, phase="arterial")
+    plain = synthesize_roi(5, **options)
+    case = synthesize_roi(5, stones=True, excreted_contrast=True, **options)
+    tissues, labels, image = case.tissues.array, case.label.array, case.image.array
+    stones = tissues == TISSUE_IDS["calculus"]
+    assert stones.sum() * case.image.geometry.voxel_volume_mm3 >= 4.0  # at least one stone 2 mm across
+    assert (labels[stones] == 2).all()
+    assert np.array_equal(labels == 3, plain.label.array == 3)  # not one artery voxel changes
+    assert np.array_equal(labels == 1, plain.label.array == 1)
+    drawn = case.params["intensities_hu"]
+    assert all(CALCULUS_HU[0] <= v <= CALCULUS_HU[1] for v in drawn["calculus"])
+    assert EXCRETED_CONTRAST_HU[0] <= drawn["collecting_system"] <= EXCRETED_CONTRAST_HU[1]
+    urine = ndi.binary_erosion(tissues == TISSUE_IDS["collecting_system"])
+    assert np.median(image[urine]) > 0.7 * drawn["collecting_system"]
+    assert image[stones].max() > 0.7 * min(drawn["calculus"])
+    # only the urinary tract and its blurred edge change: the seed's anatomy, HU and noise stay
+    urinary = np.isin(tissues, [TISSUE_IDS[k] for k in ("collecting_system", "ureter", "calculus")])
+    changed = image != plain.image.array
+    assert changed.any() and not (changed & ~ndi.binary_dilation(urinary, iterations=4)).any()
+    assert np.array_equal(synthesize_roi(5, **options).image.array, plain.image.array)

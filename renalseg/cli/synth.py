@@ -67,6 +67,12 @@ def synth(
         "--variant", help="abdomen: one hard case per seed: 'random' or one of drop, absent, malrotated, "
         "large_tumour, fov_cut, phase, off_centre, fov_slices (overrides the options above).",
         show_default=False)] = None,
+    stones: Annotated[bool, typer.Option(
+        "--stones", help="1-3 stones (2-8 mm, 300-1500 HU) in each collecting system in view: bright, "
+        "inside the kidney, labelled kidney, never artery.")] = False,
+    excreted_contrast: Annotated[bool, typer.Option(
+        "--excreted-contrast", help="Contrast excreted into the collecting systems and ureters (300-1500 HU), "
+        "as in an excretory phase or a split-bolus scan.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Write deterministic synthetic CTA phantoms with known ground truth.
@@ -88,6 +94,10 @@ def synth(
     from renalseg.errors import UsageError
 
     options: dict = {"territories": True}
+    if stones:
+        options["stones"] = True
+    if excreted_contrast:
+        options["excreted_contrast"] = True
     if spacing is not None:
         try:
             values = tuple(float(v) for v in spacing.split(","))

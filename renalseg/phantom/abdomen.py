@@ -41,6 +41,8 @@ from renalseg.phantom.tissues import (
     TUMOUR_HYPER_HU,
     TUMOUR_HYPO_HU,
     TUMOUR_NECROSIS_HU,
+    CALCULUS_HU,
+    EXCRETED_CONTRAST_HU,
 )
 from renalseg.volume import Volume
 
@@ -492,7 +494,8 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str,
 
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "noise_range_hu",
-           "intensities_hu", "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase")
+           "intensities_hu", "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase", "stones",
+           "excreted_contrast")
 
 
 def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -776,6 +779,85 @@ def necrotic_cores(tissue: np.ndarray, hu: np.ndarray, geometry: Geometry, kidne
     return {"tumour_necrosis": round(value, 1)} if painted else {}
 
 
+#: the urinary tract generator's stream, apart from the case's own (seed) stream
+_URINARY_STREAM = 29
+
+
+def urinary_tract(tissue: np.ndarray, hu: np.ndarray, geometry: Geometry, seed: int, *,
+                  stones: bool = False, excreted_contrast: bool = False) -> dict[str, Any]:
+    """Stones in the collecting systems and contrast excreted into them: bright
+    structures inside the kidney that are not arteries.
+
+    A real CT angiogram of a kidney often shows one or both. Stones (about one adult in
+    ten has had one) lie in the calyces and the pelvis at 300-500 HU (uric acid) to
+    1500 HU and more (calcium salts); excreted contrast fills the calyces, the pelvis and
+    the ureter in an excretory phase, and beside enhancing arteries in a split- or
+    triple-bolus scan or a CTA that follows an earlier contrast study. Neither is an
+    artery: a stone becomes tissue ``calculus`` (KiPA22 label 2, kidney, as the collecting
+    system it lies in), and excreted contrast changes only the HU of the collecting
+    system and the ureter (kidney and background as before).
+
+    ``stones``: 1-3 stones in each of the two largest connected pieces of collecting system
+    in view (its pelvis and calyces; a calyx the grid leaves apart is a piece of its own),
+    each an ellipsoid 2-8 mm across centred on one of its voxels, at one HU per stone
+    from :data:`CALCULUS_HU`, never painted over an artery or a vein. ``excreted_contrast``: the collecting systems
+    and ureters at one level per case from :data:`EXCRETED_CONTRAST_HU`, varying by
+    ±15% over about 10 mm (mixing and layering of the urine). Drawn from a generator of
+    the seed's own, so every other value of the case stays what its seed gives, and
+    nothing changes with both off.
+
+    Args:
+        tissue, hu: the painted tissue map and mean-HU image ``(z, y, x)``, changed in place.
+        geometry: their grid.
+        seed: the case's seed.
+
+    Returns:
+        The HU drawn: ``{"calculus": [HU per stone], "collecting_system": HU, "ureter": HU}``
+        for what was painted, else ``{}``.
+    """
+    if not (stones or excreted_contrast):
+        return {}
+    from scipy import ndimage
+
+    rng = np.random.default_rng([int(seed), _URINARY_STREAM])
+    spacing_zyx = np.asarray(geometry.spacing_xyz_mm, dtype=float)[::-1]
+    urinary = np.isin(tissue, [TISSUE_IDS["collecting_system"], TISSUE_IDS["ureter"]])
+    out: dict[str, Any] = {}
+    if excreted_contrast and urinary.any():
+        level = float(rng.uniform(*EXCRETED_CONTRAST_HU))
+        box = ndimage.find_objects(urinary.astype(np.uint8))[0]
+        field_ = smooth_field(tuple(s.stop - s.start for s in box), geometry.spacing_xyz_mm, 10.0, rng)
+        inside = urinary[box]
+        hu[box][inside] = level * (1.0 + 0.15 * np.clip(field_[inside], -2.0, 2.0))
+        out.update({"collecting_system": round(level, 1), "ureter": round(level, 1)})
+    if stones:
+        systems, count = ndimage.label(tissue == TISSUE_IDS["collecting_system"])
+        sizes = np.bincount(systems.ravel(), minlength=count + 1)[1:]
+        vessels = np.isin(tissue, [TISSUE_IDS["renal_artery"], TISSUE_IDS["renal_vein"]])
+        drawn: list[float] = []
+        for piece in np.argsort(sizes)[::-1][:2] + 1:  # the two largest pieces in view
+            if sizes[piece - 1] < 20:
+                continue
+            voxels = np.argwhere(systems == piece)
+            for _ in range(int(rng.integers(1, 4))):
+                centre = voxels[rng.integers(len(voxels))]
+                semi_mm = rng.uniform(1.0, 4.0) * np.array([1.0, *rng.uniform(0.7, 1.3, 2)])
+                reach = np.ceil(semi_mm / spacing_zyx).astype(int) + 1
+                lo = np.maximum(centre - reach, 0)
+                hi = np.minimum(centre + reach + 1, tissue.shape)
+                box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+                grid = np.ogrid[box]
+                inside = sum(((g - c) * s / r) ** 2 for g, c, s, r in zip(grid, centre, spacing_zyx, semi_mm)) <= 1.0
+                inside &= ~vessels[box]
+                value = float(rng.uniform(*CALCULUS_HU))
+                tissue[box][inside] = TISSUE_IDS["calculus"]
+                hu[box][inside] = value
+                drawn.append(round(value, 1))
+        if drawn:
+            out["calculus"] = drawn
+    return out
+
+
 def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np.random.Generator,
                  options: dict, t0: float, *, side: str | None, reorient: str) -> PhantomCase:
     intensities, psf, noise = _imaging(rng, options, _tumour_enhancement(scene), seed)
@@ -783,6 +865,8 @@ def _render_case(seed: int, kind: str, scene: Scene, geometry: Geometry, rng: np
     canvas = _paint(scene, geometry, intensities)
     intensities.update(necrotic_cores(canvas.tissue, canvas.hu, geometry,
                                       {s: k.params for s, k in scene.kidneys.items()}, seed))
+    intensities.update(urinary_tract(canvas.tissue, canvas.hu, geometry, seed, stones=bool(options.get("stones")),
+                                     excreted_contrast=bool(options.get("excreted_contrast"))))
     t_paint = time.perf_counter()
     tissue = canvas.tissue
     image = finish_image(canvas.hu, tissue, geometry, psf_fwhm_mm=psf, noise_sigma_hu=noise, rng=rng)

@@ -24,6 +24,8 @@ __all__ = [
     "TUMOUR_HYPO_HU",
     "TUMOUR_HYPER_HU",
     "TUMOUR_NECROSIS_HU",
+    "CALCULUS_HU",
+    "EXCRETED_CONTRAST_HU",
     "TISSUE_RANGES_HU",
     "DOMAIN_LIMITS_HU",
     "KIPA_LABELS",
@@ -62,6 +64,7 @@ TISSUES: dict[int, str] = {
     26: "adrenal",
     27: "cyst",
     28: "tumour_necrosis",
+    29: "calculus",
 }
 
 #: name -> id
@@ -74,6 +77,13 @@ TUMOUR_HYPER_HU: tuple[float, float] = (150.0, 300.0)
 #: phase (drawn apart from the case's intensities, see
 #: :func:`renalseg.phantom.abdomen.necrotic_cores`)
 TUMOUR_NECROSIS_HU: tuple[float, float] = (10.0, 40.0)
+#: a stone in the collecting system: uric acid stones about 300-500 HU, calcium oxalate and
+#: phosphate 600-1500 HU and more on CT (drawn apart from the case's intensities, see
+#: :func:`renalseg.phantom.abdomen.urinary_tract`)
+CALCULUS_HU: tuple[float, float] = (300.0, 1500.0)
+#: iodinated contrast excreted into the collecting system and ureter (excretory phase, or a
+#: split- or triple-bolus scan that shows it beside enhancing arteries): a case's level
+EXCRETED_CONTRAST_HU: tuple[float, float] = (300.0, 1500.0)
 
 #: per tissue name, the arterial-phase mean HU range each case samples from
 DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
@@ -108,9 +118,10 @@ DEFAULT_INTENSITY_RANGES_HU: dict[str, tuple[float, float]] = {
 }
 
 #: every tissue's HU range, for rendering a tissue map with random intensities (domain
-#: randomisation): the arterial-phase ranges and the tumour's necrosis
+#: randomisation): the arterial-phase ranges, the tumour's necrosis and stones
 TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {**DEFAULT_INTENSITY_RANGES_HU,
-                                                    "tumour_necrosis": TUMOUR_NECROSIS_HU}
+                                                    "tumour_necrosis": TUMOUR_NECROSIS_HU,
+                                                    "calculus": CALCULUS_HU}
 
 #: the HU a tissue's randomised mean must stay within, where widening its range (domain
 #: randomisation draws from each range widened by half its width on each side) would
@@ -148,6 +159,7 @@ TISSUE_TO_KIPA: dict[str, int] = {
     "kidney_cortex": 2,
     "kidney_medulla": 2,
     "collecting_system": 2,
+    "calculus": 2,
     "renal_artery": 3,
     "tumour": 4,
     "tumour_necrosis": 4,
