@@ -49,6 +49,9 @@ from renalseg.postprocess import (
     FLUID_MAX_HU,
     HILUM_MIN_PROBABILITY,
     clean_labels_logged,
+    artery_ceiling_hu,
+    artery_level_hu,
+    drop_bright_artery,
     drop_fluid_tumour,
     probabilities_to_labels,
     reassign_by_topology,
@@ -92,6 +95,14 @@ SYNTHETIC_NOTICE = (
 )
 
 _AIR_HU = -1024.0
+
+#: artery voxels brighter than contrast in the study's arteries are taken away
+#: (:func:`renalseg.postprocess.drop_bright_artery`) with the artery joined to them through
+#: voxels above the arterial level plus this share of the way to the ceiling: contrast
+#: excreted into the collecting system under the ceiling in places, a stone's blurred edge
+#: (``None``: the voxels above the ceiling alone; held-out crops with and without stones
+#: and excreted contrast, docs/validation.md, "Stones and excreted contrast")
+BRIGHT_GROW_SHARE: float | None = 0.5
 
 #: the shipped model ``--thin-branches`` runs beside the default one
 THIN_BRANCH_WEIGHTS = "dpa_densebiasnet_artery"
@@ -137,6 +148,11 @@ class SegmentConfig:
             and no enhancing wall are taken for simple cysts and given to the most
             probable other class (:func:`renalseg.postprocess.drop_fluid_tumour`);
             ``None`` keeps them (``--keep-fluid-tumour``).
+        keep_bright_artery: keep artery voxels brighter than contrast in the study's
+            arteries can be (:func:`renalseg.postprocess.artery_ceiling_hu`: a stone,
+            contrast excreted into the collecting system, calcification, bone; the
+            default gives them to the most probable other class,
+            :func:`renalseg.postprocess.drop_bright_artery`, and the report counts them).
     """
 
     weights: Path | None = None
@@ -154,6 +170,7 @@ class SegmentConfig:
     structures: tuple[str, ...] | None = None
     thin_branches: bool | None = None
     fluid_max_hu: float | None = FLUID_MAX_HU
+    keep_bright_artery: bool = False
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -462,7 +479,9 @@ def segment_study(
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
     # the study's own HU inside each box, for the fluid test of tumour pieces and the kidney label's median
     fluid_test = config.fluid_max_hu is not None and BY_KEY["tumour"].value in written.values()
-    keep_box_hu = fluid_test or BY_KEY["kidney"].value in written.values()
+    # ... and for the artery's ceiling (drop_bright_artery)
+    bright_test = not config.keep_bright_artery and BY_KEY["artery"].value in written.values()
+    keep_box_hu = fluid_test or bright_test or BY_KEY["kidney"].value in written.values()
     box_hus: list[np.ndarray | None] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
@@ -562,6 +581,18 @@ def segment_study(
         changes: dict[int, dict] = {}
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
         by_value = {0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}}
+        bright: dict = {}
+        ceiling: float | None = None
+        if bright_test and box_hu is not None:
+            artery_value = BY_KEY["artery"].value
+            level = artery_level_hu(scan_quality.phase_hu.get("aorta"), box_hu[box_labels == artery_value])
+            ceiling = artery_ceiling_hu(scan_quality.phase_hu.get("aorta"), box_hu[box_labels == artery_value])
+            if level is not None and ceiling is not None:
+                box_labels, bright = drop_bright_artery(
+                    box_labels, artery_value=artery_value, hu=box_hu, ceiling_hu=ceiling,
+                    spacing_xyz_mm=study_geometry.spacing_xyz_mm, probabilities=by_value,
+                    grow_above_hu=None if BRIGHT_GROW_SHARE is None else level + BRIGHT_GROW_SHARE * (ceiling - level),
+                    kidney=np.isin(box_labels, [BY_KEY["kidney"].value, BY_KEY["tumour"].value]))
         if topology:
             roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
@@ -587,6 +618,7 @@ def segment_study(
             max_gap_mm=config.max_gap_mm, tumour_value=BY_KEY["tumour"].value if tumour_by_contact else None,
             kidney=kidney, rooted=rooted)
         removed.update(fluid)
+        removed.update(bright)
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)
@@ -599,6 +631,8 @@ def segment_study(
         cleanup = cleanups.setdefault(roi.side, dict.fromkeys(removed, 0))
         for key, value in removed.items():
             cleanup[key] = round(cleanup[key] + value, 4)
+        if ceiling is not None:
+            cleanup["artery_ceiling_hu"] = round(ceiling, 1)
         for value, counts in changes.items():
             kind = "artery" if value == vessels[0] else "vein"
             moved = cleanup.setdefault("topology", {}).setdefault(kind, dict.fromkeys(counts, 0))
@@ -618,6 +652,9 @@ def segment_study(
         uncertainty[roi.side] = quality.artery_uncertainty(
             artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
             tta_dice=tta_dice.get(roi.side))
+        if bright.get("bright_artery_ml"):
+            uncertainty[roi.side].update({k: v for k, v in bright.items() if k.startswith("bright_artery")})
+            uncertainty[roi.side]["artery_ceiling_hu"] = round(ceiling, 1)  # type: ignore[arg-type]
         kidney_written = box_labels == BY_KEY["kidney"].value
         if kidney_written.any():
             kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu, located=located)
@@ -654,7 +691,8 @@ def segment_study(
                      "input_is_roi": config.input_is_roi, "min_component_mm3": config.min_component_mm3,
                      "max_gap_mm": config.max_gap_mm if np.isfinite(config.max_gap_mm) else None,
                      "structures": list(picked),
-                     "thin_branches": "auto" if config.thin_branches is None else config.thin_branches},
+                     "thin_branches": "auto" if config.thin_branches is None else config.thin_branches,
+                     "keep_bright_artery": config.keep_bright_artery},
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,

@@ -136,6 +136,13 @@ KIDNEY_MAX_MEDIAN_HU = 350.0
 #: brightest tenth (``artery_hu``) is brighter holds bone, calcification, metal or excreted contrast (held-out
 #: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)
 ARTERY_MAX_LUMEN_HU = 900.0
+#: artery label taken away in the kidney as brighter than contrast in the study's arteries
+#: (:func:`renalseg.postprocess.drop_bright_artery`, ``bright_artery_in_kidney_ml``) from
+#: which the verdict asks for a check: a stone about 4-5 mm across. What the rule takes
+#: outside the kidney (on 10 held-out arterial crops without stones or excreted contrast
+#: at most 0.055 ml, calcified plaques and the aorta's edge) is counted in report.json only
+#: (docs/validation.md, "Stones and excreted contrast")
+BRIGHT_ARTERY_CHECK_ML = 0.05
 #: the kidney that localisation found from the study's own intensities (``KidneyROI.mask``,
 #: 3 mm grid), grown by this margin, should hold most of the network's kidney label ...
 KIDNEY_LOCATED_MARGIN_MM = 3.0
@@ -961,6 +968,12 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: the brightest tenth of the artery label is above "
                                       f"{u['artery_hu']:.0f} HU, brighter than contrast in an artery (at most about "
                                       "800 HU): it holds bone, calcification, metal or excreted contrast"))
+        if (u.get("bright_artery_in_kidney_ml") or 0) >= BRIGHT_ARTERY_CHECK_ML:
+            findings.append(("check", f"{side} kidney: {u['bright_artery_in_kidney_ml']:.2f} ml the network called "
+                                      "artery in the kidney was brighter than contrast in this study's arteries (above "
+                                      f"{u['artery_ceiling_hu']:.0f} HU): a stone or contrast excreted into the "
+                                      "collecting system; it was left out of the artery. Check the branches in the "
+                                      "renal sinus against the images"))
         if u.get("tta_dice") is not None and u["tta_dice"] < limits.tta_dice_check:
             findings.append(("check", f"{side} kidney: mirrored passes agree only to Dice {u['tta_dice']:.2f}"))
         if u.get("pieces", 0) > limits.max_pieces:

@@ -123,6 +123,9 @@ def test_cli_cleans_up_with_the_documented_defaults(tmp_path, analytic_model):
     library = SegmentConfig()
     assert settings["max_gap_mm"] == library.max_gap_mm == 10.0
     assert settings["min_component_mm3"] == library.min_component_mm3
+    assert settings["keep_bright_artery"] is library.keep_bright_artery is False
+    assert _run("segment", study, "--out", tmp_path / "kept", "--input-is-roi", "--keep-bright-artery").exit_code == 0
+    assert json.loads((tmp_path / "kept" / "case" / "report.json").read_text())["settings"]["keep_bright_artery"]
 
 
 def test_segment_report_writes_the_page_beside_the_outputs(tmp_path, analytic_model):

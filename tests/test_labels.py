@@ -215,6 +215,83 @@ def test_segment_drops_a_fluid_tumour_and_reports_it():
     assert (labels[4:16, 36:40, 6:18] == 4).all() and "fluid_tumour_pieces" not in cleanup
 
 
+def test_artery_voxels_brighter_than_contrast_in_an_artery_go_to_the_kidney_and_the_rest_stays():
+    """A stone (1100 HU) touching an artery (380 HU) and labelled artery with it: its voxels
+    and, with a rim, the artery voxels next to them go to the most probable other class; the
+    artery away from it is untouched; without probabilities they become background."""
+    from renalseg.postprocess import artery_ceiling_hu, drop_bright_artery
+
+    labels = np.zeros((9, 9, 30), np.uint8)
+    hu = np.full(labels.shape, 200.0)
+    labels[3:6, 3:6, :] = 3; hu[3:6, 3:6, :] = 380.0  # an artery 2.1 mm across along x
+    labels[2:7, 2:7, 20:25] = 3; hu[2:7, 2:7, 20:25] = 1100.0  # a stone on it, called artery
+    probabilities = {0: np.full(labels.shape, 0.1), 2: np.full(labels.shape, 0.3), 3: np.full(labels.shape, 0.6)}
+    ceiling = artery_ceiling_hu(400.0, hu[labels == 3])
+    assert ceiling == pytest.approx(550.0)
+    out, removed = drop_bright_artery(labels, artery_value=3, hu=hu, ceiling_hu=ceiling,
+                                      spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities)
+    assert (out[2:7, 2:7, 20:25] == 2).all() and np.array_equal(out[..., :20], labels[..., :20])
+    assert removed == {"bright_artery_ml": pytest.approx(125 * 0.343 / 1000, abs=1e-4)}
+    out, removed = drop_bright_artery(labels, artery_value=3, hu=hu, ceiling_hu=ceiling,
+                                      spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities, rim_mm=0.7)
+    assert (out[3:6, 3:6, 19] == 2).all() and (out[3:6, 3:6, 25] == 2).all()  # the rim, one voxel each side
+    assert np.array_equal(out[..., :19], labels[..., :19]) and np.array_equal(out[..., 26:], labels[..., 26:])
+    out, _ = drop_bright_artery(labels, artery_value=3, hu=hu, ceiling_hu=ceiling, spacing_xyz_mm=(0.7, 0.7, 0.7))
+    assert (out[2:7, 2:7, 20:25] == 0).all()
+    # what was taken within 3 mm of the kidney: all of it beside a kidney at x 24-29, none beside one at x 0-1
+    for kidney_x, share in ((slice(24, 30), 1.0), (slice(0, 2), 0.0)):
+        kidney = np.zeros(labels.shape, bool); kidney[:, :, kidney_x] = True
+        _, removed = drop_bright_artery(labels, artery_value=3, hu=hu, ceiling_hu=ceiling,
+                                        spacing_xyz_mm=(0.7, 0.7, 0.7), kidney=kidney)
+        assert removed["bright_artery_in_kidney_ml"] == pytest.approx(share * removed["bright_artery_ml"])
+    # contrast in a calyx at 500 HU, over the ceiling in one voxel: grown through what is above 475 HU
+    urine = labels.copy(); urine_hu = hu.copy()
+    urine[2:7, 2:7, 20:25] = 3; urine_hu[2:7, 2:7, 20:25] = 500.0; urine_hu[4, 4, 22] = 800.0
+    out, removed = drop_bright_artery(urine, artery_value=3, hu=urine_hu, ceiling_hu=ceiling,
+                                      spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities)
+    assert removed["bright_artery_ml"] == pytest.approx(0.343 / 1000, abs=1e-4)  # the one voxel
+    out, removed = drop_bright_artery(urine, artery_value=3, hu=urine_hu, ceiling_hu=ceiling,
+                                      spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities, grow_above_hu=475.0)
+    assert (out[2:7, 2:7, 20:25] == 2).all() and np.array_equal(out[..., :20], labels[..., :20])
+    # an aorta measured too dark (the cortex taken for it) cannot pull the ceiling under the artery
+    assert artery_ceiling_hu(200.0, np.full(50, 380.0)) == pytest.approx(530.0)
+    assert artery_ceiling_hu(None, np.array([])) is None
+    with pytest.raises(UsageError, match="not on one grid"):
+        drop_bright_artery(labels, artery_value=3, hu=hu[:, :, :5], ceiling_hu=550.0, spacing_xyz_mm=(1, 1, 1))
+
+
+def test_segment_takes_a_stone_out_of_the_artery_and_reports_it():
+    """The model calls a 1100 HU stone in the kidney artery; segment gives it to the kidney and
+    counts it (report.json cleanup), unless --keep-bright-artery."""
+    volume, truth = _four_class_ct()
+    hu = volume.array.copy()
+    hu[8:12, 10:14, 18:22] = 1100  # a stone inside the kidney block, 2.8 × 2.8 × 4 mm, 5.6 mm from the artery
+
+    def stone_as_artery(batch: np.ndarray) -> np.ndarray:
+        out = _banded(batch)
+        value = batch * 2048.0 - 1024.0
+        stone = (value >= 1000)[:, 0]
+        out[:, 3][stone] = 0.7
+        out[:, 2][stone] = 0.2
+        out[:, 0][stone] = 0.1
+        return out
+
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    written = {}
+    for keep in (False, True):
+        result = segment_study(Volume(hu, volume.geometry).to_sitk(),
+                               SegmentConfig(input_is_roi=True, side="right", keep_bright_artery=keep, min_component_mm3=0),
+                               segmenter=Segmenter.from_predictor(stone_as_artery, spec))
+        written[keep] = (Volume.from_sitk(result.labels).array, result.report["arteries"]["right"]["cleanup"])
+    labels, cleanup = written[False]
+    assert np.array_equal(labels, truth)  # the stone is kidney, as the collecting system it lies in
+    assert cleanup["bright_artery_ml"] == pytest.approx(4 * 4 * 4 * 0.7 * 0.7 / 1000, abs=1e-4)
+    assert cleanup["artery_ceiling_hu"] == pytest.approx(650.0)  # the artery band's 500 HU + 30%
+    assert cleanup["bright_artery_in_kidney_ml"] == cleanup["bright_artery_ml"]  # the stone lies in the kidney
+    labels, cleanup = written[True]
+    assert (labels[8:12, 10:14, 18:22] == 3).all() and "bright_artery_ml" not in cleanup
+
+
 def test_the_report_measures_the_kidney_label_and_flags_one_taller_than_a_kidney():
     labels, _, result = _segment()
     q = result.report["quality"]

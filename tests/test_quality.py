@@ -434,6 +434,25 @@ def test_an_artery_label_brighter_than_contrast_gets_check():
                                           "calcification, metal or excreted contrast")]
 
 
+def test_artery_taken_away_as_too_bright_in_the_kidney_asks_for_a_check_from_a_stone_up():
+    """A stone or excreted contrast in the kidney taken from the artery asks for a check;
+    calcified plaque at the artery's origin, taken outside the kidney, is only counted."""
+    from renalseg.quality import BRIGHT_ARTERY_CHECK_ML
+
+    scan = ScanQuality("late_arterial", "", {"aorta": 420.0, "renal_cortex": 200.0}, _scan())
+    plaque = {"bright_artery_ml": 0.31, "bright_artery_in_kidney_ml": 0.0, "artery_ceiling_hu": 570.0}
+    speck = {"bright_artery_ml": 0.31, "bright_artery_in_kidney_ml": BRIGHT_ARTERY_CHECK_ML / 2,
+             "artery_ceiling_hu": 570.0}
+    stone = {"bright_artery_ml": 0.31, "bright_artery_in_kidney_ml": 0.12, "artery_ceiling_hu": 570.0}
+    assert judge(scan, {"left": plaque})["verdict"] == judge(scan, {"left": speck})["verdict"] == "ok"
+    found = judge(scan, {"left": stone})
+    assert found["verdict"] == "check"
+    assert found["warnings"] == ["left kidney: 0.12 ml the network called artery in the kidney was brighter than "
+                                 "contrast in this study's arteries (above 570 HU): a stone or contrast excreted into "
+                                 "the collecting system; it was left out of the artery. Check the branches in the "
+                                 "renal sinus against the images"]
+
+
 def test_the_shipped_weights_on_a_real_uncontrasted_ct_say_the_kidney_labels_are_wrong():
     """The real un-enhanced atlas CT (3 mm): the default weights label no kidney voxel right,
     and the verdict must say so for each kidney, not only for the phase (about 40 s)."""

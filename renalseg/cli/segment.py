@@ -155,6 +155,11 @@ def segment(
         "--keep-fluid-tumour", help="Keep tumour pieces of fluid attenuation (interior median at most 20 HU, no "
         "enhancing wall). By default they are taken for simple cysts (the Bosniak 2019 threshold) and given to "
         "the most probable other class; report.json counts them under cleanup.")] = False,
+    keep_bright_artery: Annotated[bool, typer.Option(
+        "--keep-bright-artery", help="Keep artery voxels brighter than contrast in the study's arteries can be "
+        "(more than 150 HU or 30% above the aorta). By default they are taken for stones, contrast excreted into "
+        "the collecting system, calcification or bone and given to the most probable other class; report.json "
+        "counts them under cleanup.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress, device line or table; only errors and the synthetic-data notice.")] = False,
     json_output: JsonOption = False,
@@ -188,7 +193,7 @@ def segment(
         weights=weights, device=device, overlap=overlap, tta=tta, side=Side(side).value, input_is_roi=input_is_roi,
         save_probabilities=save_probabilities, min_component_mm3=min_component_mm3, max_gap_mm=max_gap_mm,
         series_uid=series, force=force, thin_branches=thin_branches,
-        fluid_max_hu=None if keep_fluid_tumour else FLUID_MAX_HU,
+        fluid_max_hu=None if keep_fluid_tumour else FLUID_MAX_HU, keep_bright_artery=keep_bright_artery,
     )
     studies = plan_batch(inputs, shard=(k, n), out=out)
     if not studies:
