@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import OBLIQUE_30DEG
 from test_pipeline import threshold_segmenter
@@ -44,7 +45,9 @@ def test_corner_and_edge_contacts_are_one_component_everywhere(tmp_path):
     (mesh,) = summary["meshes"]
     assert report["components"] == tree["components"] == mesh["bodies"] == 2
     assert report["specks"] == 2 and SPECK_MM3 == 5.0
-    assert report["cleanup"] == {"far_pieces": 0, "far_ml": 0.0, "small_pieces": 0, "small_ml": 0.0}
+    assert report["cleanup"] == {"far_pieces": 0, "far_ml": 0.0, "small_pieces": 0, "small_ml": 0.0,
+                                 "bright_artery_ml": 0.0,  # rods of one HU: nothing over the artery ceiling
+                                 "artery_ceiling_hu": pytest.approx(1.3 * HU_BRIGHT)}
     assert "26-connected" in result.report["component_definition"]
 
 
