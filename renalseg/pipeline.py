@@ -592,7 +592,8 @@ def segment_study(
                     box_labels, artery_value=artery_value, hu=box_hu, ceiling_hu=ceiling,
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm, probabilities=by_value,
                     grow_above_hu=None if BRIGHT_GROW_SHARE is None else level + BRIGHT_GROW_SHARE * (ceiling - level),
-                    kidney=np.isin(box_labels, [BY_KEY["kidney"].value, BY_KEY["tumour"].value]))
+                    kidney=np.isin(box_labels, [BY_KEY["kidney"].value, BY_KEY["tumour"].value])
+                    if BY_KEY["kidney"].value in channel_values.values() else None)
         if topology:
             roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
