@@ -586,8 +586,8 @@ def segment_study(
         if bright_test and box_hu is not None:
             artery_value = BY_KEY["artery"].value
             level = artery_level_hu(scan_quality.phase_hu.get("aorta"), box_hu[box_labels == artery_value])
-            ceiling = artery_ceiling_hu(scan_quality.phase_hu.get("aorta"), box_hu[box_labels == artery_value])
-            if level is not None and ceiling is not None:
+            if level is not None:
+                ceiling = artery_ceiling_hu(level)
                 box_labels, bright = drop_bright_artery(
                     box_labels, artery_value=artery_value, hu=box_hu, ceiling_hu=ceiling,
                     spacing_xyz_mm=study_geometry.spacing_xyz_mm, probabilities=by_value,

@@ -146,19 +146,16 @@ def artery_level_hu(aorta_hu: float | None, artery_hu: np.ndarray) -> float | No
     return max(levels) if levels else None
 
 
-def artery_ceiling_hu(aorta_hu: float | None, artery_hu: np.ndarray) -> float | None:
-    """The brightest HU contrast in an artery can have in this study: :func:`artery_level_hu`
-    plus :data:`ARTERY_CEILING_MARGIN_HU` or :data:`ARTERY_CEILING_SHARE` of the level,
-    whichever is more. ``None`` when the level is not known.
+def artery_ceiling_hu(level_hu: float) -> float:
+    """The brightest HU contrast in an artery can have in a study whose arterial level is
+    ``level_hu`` (:func:`artery_level_hu`): the level plus :data:`ARTERY_CEILING_MARGIN_HU`
+    or :data:`ARTERY_CEILING_SHARE` of it, whichever is more.
 
     Example:
-        >>> artery_ceiling_hu(400.0, np.array([320.0, 350.0, 1200.0]))
-        550.0
-        >>> artery_ceiling_hu(None, np.array([160.0, 180.0, 200.0]))
-        330.0
+        >>> artery_ceiling_hu(400.0), artery_ceiling_hu(180.0)
+        (550.0, 330.0)
     """
-    level = artery_level_hu(aorta_hu, artery_hu)
-    return None if level is None else level + max(ARTERY_CEILING_MARGIN_HU, ARTERY_CEILING_SHARE * level)
+    return level_hu + max(ARTERY_CEILING_MARGIN_HU, ARTERY_CEILING_SHARE * level_hu)
 
 
 def drop_bright_artery(labels: np.ndarray, *, artery_value: int, hu: np.ndarray, ceiling_hu: float,

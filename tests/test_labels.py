@@ -219,14 +219,14 @@ def test_artery_voxels_brighter_than_contrast_in_an_artery_go_to_the_kidney_and_
     """A stone (1100 HU) touching an artery (380 HU) and labelled artery with it: its voxels
     and, with a rim, the artery voxels next to them go to the most probable other class; the
     artery away from it is untouched; without probabilities they become background."""
-    from renalseg.postprocess import artery_ceiling_hu, drop_bright_artery
+    from renalseg.postprocess import artery_ceiling_hu, artery_level_hu, drop_bright_artery
 
     labels = np.zeros((9, 9, 30), np.uint8)
     hu = np.full(labels.shape, 200.0)
     labels[3:6, 3:6, :] = 3; hu[3:6, 3:6, :] = 380.0  # an artery 2.1 mm across along x
     labels[2:7, 2:7, 20:25] = 3; hu[2:7, 2:7, 20:25] = 1100.0  # a stone on it, called artery
     probabilities = {0: np.full(labels.shape, 0.1), 2: np.full(labels.shape, 0.3), 3: np.full(labels.shape, 0.6)}
-    ceiling = artery_ceiling_hu(400.0, hu[labels == 3])
+    ceiling = artery_ceiling_hu(artery_level_hu(400.0, hu[labels == 3]))
     assert ceiling == pytest.approx(550.0)
     out, removed = drop_bright_artery(labels, artery_value=3, hu=hu, ceiling_hu=ceiling,
                                       spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities)
@@ -254,8 +254,8 @@ def test_artery_voxels_brighter_than_contrast_in_an_artery_go_to_the_kidney_and_
                                       spacing_xyz_mm=(0.7, 0.7, 0.7), probabilities=probabilities, grow_above_hu=475.0)
     assert (out[2:7, 2:7, 20:25] == 2).all() and np.array_equal(out[..., :20], labels[..., :20])
     # an aorta measured too dark (the cortex taken for it) cannot pull the ceiling under the artery
-    assert artery_ceiling_hu(200.0, np.full(50, 380.0)) == pytest.approx(530.0)
-    assert artery_ceiling_hu(None, np.array([])) is None
+    assert artery_ceiling_hu(artery_level_hu(200.0, np.full(50, 380.0))) == pytest.approx(530.0)
+    assert artery_level_hu(None, np.array([])) is None
     with pytest.raises(UsageError, match="not on one grid"):
         drop_bright_artery(labels, artery_value=3, hu=hu[:, :, :5], ceiling_hu=550.0, spacing_xyz_mm=(1, 1, 1))
 
