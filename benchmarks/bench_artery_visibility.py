@@ -42,7 +42,7 @@ from renalseg.tree import centerline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 # the held-out sets' grid and tumour draw, from the script that makes them
-from make_training_phantoms import SPACING_XYZ_MM, draws_tumour  # noqa: E402
+from make_training_phantoms import SPACING_XYZ_MM, draws  # noqa: E402
 
 SETS = {"arterial": 9600, "portal-venous": 9620}  # the first seed of four_art / four_pv
 HALF_BOX_ZYX = (4, 6, 6)
@@ -101,7 +101,7 @@ def main() -> None:
         shares = []
         for seed in range(first, first + args.cases):
             case = synthesize_roi(seed, spacing_xyz_mm=SPACING_XYZ_MM, inplane_voxels=152, phase=phase,
-                                  great_vessels=True, tumour=draws_tumour(seed, 0.5))
+                                  great_vessels=True, tumour=draws(seed, 0.5))
             m = measure(case.image.array.astype(np.float32), case.label.array, args.visible_cnr)
             shares.append(m["visible_share"])
             for band, c, inside in zip(m["band"], m["cnr"], m["inside"]):

@@ -61,17 +61,15 @@ def artery_options(band: str | None) -> dict:
     return {"intensity_ranges_hu": {"renal_artery": [float(v) for v in band.split("-")]}} if band else {}
 
 
-def draws_tumour(seed: int, share: float) -> bool:
-    """Whether case ``seed`` gets a tumour at ``--tumour-share share``: drawn from its own
-    generator, so the case's other draws are the same either way."""
-    return bool(np.random.default_rng([seed, 4242]).random() < share)
+#: each per-case draw's own generator stream (beside the case's seed)
+_DRAW_STREAMS = {"tumour": 4242, "stones": 4243, "excreted_contrast": 4244}
 
 
-def draws_urinary(seed: int, share: float, what: str) -> bool:
-    """Whether case ``seed`` gets ``what`` (``"stones"`` or ``"excreted_contrast"``) at that
-    share: drawn from a generator of its own, as :func:`draws_tumour`."""
-    stream = {"stones": 4243, "excreted_contrast": 4244}[what]
-    return bool(np.random.default_rng([seed, stream]).random() < share)
+def draws(seed: int, share: float, what: str = "tumour") -> bool:
+    """Whether case ``seed`` gets ``what`` (``"tumour"``, ``"stones"`` or
+    ``"excreted_contrast"``) at that share: drawn from a generator of its own, so the
+    case's other draws are the same either way."""
+    return bool(np.random.default_rng([seed, _DRAW_STREAMS[what]]).random() < share)
 
 
 def main() -> None:
@@ -112,9 +110,9 @@ def main() -> None:
         if args.noise_hu:
             options["noise_range_hu"] = [float(v) for v in args.noise_hu.split("-")]
         if args.tumour_share is not None:
-            options["tumour"] = draws_tumour(seed, args.tumour_share)
+            options["tumour"] = draws(seed, args.tumour_share)
         for what, share in (("stones", args.stone_share), ("excreted_contrast", args.excretion_share)):
-            if share is not None and draws_urinary(seed, share, what):
+            if share is not None and draws(seed, share, what):
                 options[what] = True
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
