@@ -217,6 +217,8 @@ class Result:
         views: per-ROI arrays for :func:`renalseg.preview.render_preview`.
         source_files: the DICOM series' files in slice order (for ``labels.seg.dcm``);
             empty when the study was not DICOM.
+        source_frames: each slice's frame in its file when the series is multi-frame
+            (:attr:`renalseg.study.Study.dicom_frames`); empty otherwise.
     """
 
     labels: sitk.Image
@@ -226,6 +228,7 @@ class Result:
     rois: tuple[KidneyROI, ...] = ()
     views: tuple[RoiView, ...] = field(default_factory=tuple)
     source_files: tuple[Path, ...] = ()
+    source_frames: tuple[int, ...] = ()
 
     @property
     def study_id(self) -> str:
@@ -473,7 +476,8 @@ def segment_study(
     # 1. each ROI onto the model grid; then only these small arrays are needed, so the
     #    study's pixels are released (when this function read them) before the network
     #    runs, and the full-size outputs are allocated only after it: lower peak memory
-    study_id, study_path, source_files = study.study_id, study.path, study.dicom_files
+    study_id, study_path = study.study_id, study.path
+    source_files, source_frames = study.dicom_files, study.dicom_frames
     input_description = {**study.describe(), "series_description": study.series_description,
                          "slice_count": study.slice_count}
     resampled_rois: list[tuple[KidneyROI, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -708,7 +712,7 @@ def segment_study(
         report["notice"] = SYNTHETIC_NOTICE
     return Result(labels=label_image, report=report, label_names=label_names,
                   probabilities=probability_image, rois=tuple(rois), views=tuple(views),
-                  source_files=source_files)
+                  source_files=source_files, source_frames=source_frames)
 
 
 def _release_buffers(segmenter: Segmenter | None) -> None:
@@ -906,13 +910,17 @@ def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dic
         return {}
     if not labels.array.any():
         return {"dicom_seg": {"path": None, "reason": "nothing labelled: a DICOM SEG needs a segment"}}
-    from renalseg.io.dicom_seg import write_dicom_seg
+    from renalseg.io.dicom_seg import unreferencable, write_dicom_seg
 
+    reason = unreferencable(result.source_files, result.source_frames)
+    if reason:
+        return {"dicom_seg": {"path": None, "reason": reason}}
     model = result.report.get("model", {})
     written = write_dicom_seg(labels.array, labels.geometry, result.label_names, result.source_files,
                               staging / "labels.seg.dcm", model_name=str(model.get("name") or "renalseg"),
                               weights_sha256=model.get("sha256"),
-                              synthetic_training_only=bool(model.get("synthetic_training_only")))
+                              synthetic_training_only=bool(model.get("synthetic_training_only")),
+                              source_frames=result.source_frames)
     written["path"] = "labels.seg.dcm"
     return {"dicom_seg": written}
 

@@ -1602,7 +1602,7 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
         ``{"path": str | None, "reason": str | None}`` (plan.json's ``study.dicom_seg``).
     """
     from renalseg.errors import RenalsegError
-    from renalseg.io.dicom import dicom_series_files
+    from renalseg.io.dicom import dicom_series_slices
     from renalseg.io.dicom_seg import write_dicom_seg
 
     final = out_dir / "territories.seg.dcm"
@@ -1614,7 +1614,7 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
         return {"path": None, "reason": "no territories"}
     try:
         # report.json gives no UID (None) for a series whose UID is empty
-        files = dicom_series_files(source["path"], series_uid=source.get("series_uid") or "(empty)")
+        files, frames = dicom_series_slices(source["path"], series_uid=source.get("series_uid") or "(empty)")
         model = report.get("model") or {}
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -1624,7 +1624,7 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
                 model_name="renalseg plan", weights_sha256=model.get("sha256"),
                 synthetic_training_only=bool(model.get("synthetic_training_only", True)),
                 structures=_territory_structures(result),
-                description="renalseg plan: perfusion territories (research use)")
+                description="renalseg plan: perfusion territories (research use)", source_frames=frames)
             Path(written["path"]).replace(final)
     except (RenalsegError, OSError, KeyError) as err:
         logger.warning("no territories.seg.dcm: %s", err)

@@ -62,6 +62,9 @@ class Study:
         extra: other header facts worth reporting (modality, patient position, ...).
         dicom_files: a DICOM series' files in slice order (slice k of ``image`` is file
             k), for outputs that reference them (DICOM SEG); empty for other formats.
+            A multi-frame object's file appears once for each of its frames.
+        dicom_frames: for a series of multi-frame objects, slice k's frame number
+            (1-based) in ``dicom_files[k]``; empty when every file is one slice.
     """
 
     image: sitk.Image
@@ -73,6 +76,7 @@ class Study:
     slice_count: int | None = None
     extra: dict = field(default_factory=dict)
     dicom_files: tuple[Path, ...] = ()
+    dicom_frames: tuple[int, ...] = ()
 
     @property
     def geometry(self) -> Geometry:

@@ -70,3 +70,42 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: the real CT fixtures ship in tests/data (see its README.md).")
     return path
+
+
+def to_multi_frame(files: list[Path], dest: Path, *, objects: int = 1) -> list[Path]:
+    """Classic single-frame CT files as Legacy Converted Enhanced CT multi-frame objects
+    (highdicom's conversion: positions, orientation, spacing and rescale in the functional
+    groups, uncompressed pixels), ``objects`` files of consecutive slices in ``dest``.
+
+    The study, series and frame of reference UIDs are made one for all files (the first
+    file's, or made up where anonymised exports left them empty; SimpleITK's writer gives
+    each slice its own study UID). Returns the files written.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    datasets = []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array  # decoded here (JPEG 2000 in the real fixture)
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = str(ds.get("SOPInstanceUID", "") or "") or generate_uid(entropy_srcs=[str(path)])
+        datasets.append(ds)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        value = str(datasets[0].get(keyword, "") or "") or generate_uid(entropy_srcs=[keyword, str(files[0])])
+        for ds in datasets:
+            setattr(ds, keyword, value)
+    datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    series_uid = generate_uid(entropy_srcs=["multi-frame", str(files[0])])
+    for k, part in enumerate(np.array_split(np.arange(len(datasets)), objects), start=1):
+        converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+            [datasets[i] for i in part], series_instance_uid=series_uid, series_number=7,
+            sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(k)]), instance_number=k)
+        written.append(dest / f"enhanced_{k}.dcm")
+        converted.save_as(written[-1])
+    return written

@@ -400,3 +400,119 @@ def test_tilt_tag_with_consistent_geometry_reads_with_a_warning(tmp_path, caplog
         study = read_dicom_study(folder)
     assert "GantryDetectorTilt is 7.5°" in caplog.text
     assert study.geometry == fixture_study.geometry
+
+
+# -- multi-frame objects (Enhanced CT, Legacy Converted Enhanced CT) ----------------------------------
+def _frames_reworked(path: Path, *, sop_class: str | None = None, order_seed: int | None = None,
+                     intercept_step: int = 0, rle: bool = False) -> None:
+    """Rewrite a multi-frame object in place as another scanner might store the same HU.
+
+    ``order_seed``: frames stored in a shuffled order (their functional groups with them);
+    ``intercept_step``: each frame its own RescaleIntercept (frame k: the shared one minus
+    k × step, its stored values raised to match), in the per-frame groups; ``rle``: the
+    pixels RLE Lossless compressed.
+    """
+    import copy
+
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(path)
+    stored = ds.pixel_array.copy()
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    if intercept_step:
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        transform = shared.PixelValueTransformationSequence
+        del shared.PixelValueTransformationSequence
+        intercept = float(transform[0].RescaleIntercept)
+        for k, group in enumerate(groups):
+            group.PixelValueTransformationSequence = copy.deepcopy(transform)
+            group.PixelValueTransformationSequence[0].RescaleIntercept = f"{intercept - k * intercept_step:g}"
+            stored[k] += k * intercept_step
+    if order_seed is not None:
+        order = list(range(len(groups)))
+        random.Random(order_seed).shuffle(order)
+        groups, stored = [groups[i] for i in order], stored[order]
+    ds.PerFrameFunctionalGroupsSequence = groups
+    ds.PixelData = stored.astype(stored.dtype).tobytes()
+    if sop_class:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if rle:
+        ds.compress(RLELossless, stored)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("decoder", ["pydicom", "gdcm"])
+@pytest.mark.parametrize("kind", ["legacy converted", "enhanced, shuffled, own rescale a frame, RLE"])
+def test_a_multi_frame_ct_reads_as_its_single_frame_series_does(tmp_path, fixture_study, kind, decoder,
+                                                                 monkeypatch):
+    """Either decoder: pydicom frame by frame, or GDCM (what a transfer syntax pydicom
+    cannot decode here gets), which applies the first frame's rescale to every frame."""
+    from conftest import to_multi_frame
+
+    import renalseg.io.dicom
+
+    if decoder == "gdcm":
+        monkeypatch.setattr(renalseg.io.dicom, "_pydicom_decodes", lambda transfer_syntax: False)
+
+    folder = tmp_path / "multi"
+    (path,) = to_multi_frame(_fixture_files(), folder)
+    if kind != "legacy converted":
+        _frames_reworked(path, sop_class="1.2.840.10008.5.1.4.1.1.2.1", order_seed=4, intercept_step=3, rle=True)
+        assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_encapsulated
+    before = hashes(folder)
+    study = read_dicom_study(folder)
+    assert hashes(folder) == before  # read, never written
+    assert study.geometry.shape_zyx == fixture_study.geometry.shape_zyx and study.slice_count == 20
+    np.testing.assert_allclose(study.geometry.spacing_xyz_mm, fixture_study.geometry.spacing_xyz_mm, atol=1e-4)
+    np.testing.assert_allclose(study.geometry.origin_xyz_mm, fixture_study.geometry.origin_xyz_mm, atol=1e-4)
+    np.testing.assert_allclose(study.geometry.direction, fixture_study.geometry.direction, atol=1e-6)
+    np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)  # the same HU, voxel for voxel
+    assert study.extra["slice_thickness_mm"] == 3.0 and study.extra["convolution_kernel"].startswith("Br38f")
+    # slice k is the frame dicom_frames[k] of dicom_files[k], the frame lying where slice k does
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert study.dicom_files == (path,) * 20 and sorted(study.dicom_frames) == list(range(1, 21))
+    for k, frame in enumerate(study.dicom_frames):
+        position = ds.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose([float(v) for v in position],
+                                   study.geometry.index_to_world([[0, 0, k]])[0], atol=1e-4)
+    assert [s.slice_count for s in list_series(folder)] == [20]
+
+
+def test_an_oblique_series_split_over_two_multi_frame_objects_reads_whole(tmp_path):
+    from conftest import make_ct, to_multi_frame
+
+    volume = make_ct()  # oblique 30°, spacing (0.8, 0.7, 2.5), off-origin
+    _write_series(volume, tmp_path / "classic", "1.2.826.0.1.3680043.2.1125.7.3", "Arterial", "s")
+    files = to_multi_frame(sorted((tmp_path / "classic").iterdir()), tmp_path / "multi", objects=2)
+    study = read_dicom_study(tmp_path / "multi")
+    assert set(study.dicom_files) == set(files) and len(study.dicom_frames) == volume.geometry.shape_zyx[0]
+    np.testing.assert_allclose(study.geometry.spacing_xyz_mm, volume.geometry.spacing_xyz_mm, atol=1e-5)
+    np.testing.assert_allclose(study.geometry.origin_xyz_mm, volume.geometry.origin_xyz_mm, atol=1e-5)
+    np.testing.assert_allclose(study.geometry.direction, volume.geometry.direction, atol=1e-6)
+    np.testing.assert_array_equal(study.volume.array, volume.array)
+
+
+def test_a_multi_frame_object_holding_two_volumes_is_refused_naming_the_frames(tmp_path):
+    from conftest import to_multi_frame
+
+    (path,) = to_multi_frame(_fixture_files(), tmp_path / "two_time_points")
+    ds = pydicom.dcmread(path)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    for k in range(10, 20):  # frames 11-20 where frames 1-10 lie: a second time point
+        groups[k].PlanePositionSequence[0].ImagePositionPatient = groups[k - 10].PlanePositionSequence[0].ImagePositionPatient
+    ds.save_as(path)
+    with pytest.raises(DuplicateSliceError, match=r"enhanced_1\.dcm frame \d+ and enhanced_1\.dcm frame \d+ both at"
+                                                  r".*several volumes: time points"):
+        read_dicom_study(tmp_path / "two_time_points")
+
+
+def test_a_multi_frame_object_without_per_frame_positions_is_refused(tmp_path):
+    from conftest import to_multi_frame
+
+    (path,) = to_multi_frame(_fixture_files(), tmp_path / "unplaced")
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(path)
+    with pytest.raises(DicomError, match=r"enhanced_1\.dcm is a multi-frame DICOM object with 20 frames but no "
+                                         r"per-frame functional groups.*dcm2niix"):
+        read_dicom_study(tmp_path / "unplaced")

@@ -321,3 +321,65 @@ def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_pat
     gone = json.loads((folder / "plan.json").read_text())["study"]["dicom_seg"]
     assert gone["path"] is None and str(series) in gone["reason"]
     assert not (folder / "territories.seg.dcm").exists()  # not the earlier plan's left behind
+
+
+def test_dicom_seg_of_a_multi_frame_series_references_each_frame_it_labels(tmp_path, analytic_model):
+    """An Enhanced CT (one multi-frame object, oblique, frames stored out of order) through
+    ``renalseg segment``: the SEG's frames reference the source frames their slices lie on."""
+    import random
+
+    from conftest import to_multi_frame
+
+    volume, _ = tube_ct()
+    classic = write_dicom_series(volume, tmp_path / "classic")
+    (source,) = to_multi_frame(sorted(classic.iterdir()), tmp_path / "tube")
+    ds = pydicom.dcmread(source)
+    order = list(range(int(ds.NumberOfFrames)))
+    random.Random(2).shuffle(order)
+    ds.PerFrameFunctionalGroupsSequence = [ds.PerFrameFunctionalGroupsSequence[i] for i in order]
+    ds.PixelData = ds.pixel_array[order].tobytes()
+    ds.save_as(source)
+    result = _segment(tmp_path / "tube", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "tube"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
+    assert labels.any()
+    study = read_dicom_study(tmp_path / "tube")
+    seg = hd.seg.segread(str(folder / "labels.seg.dcm"))
+    check_seg_iod(pydicom.dcmread(str(folder / "labels.seg.dcm")))
+    back = np.zeros_like(labels)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        k = study.dicom_frames.index(frame)  # the label map's slice on that source frame
+        np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                                   study.geometry.index_to_world([[0, 0, k]])[0], atol=1e-4)
+    for frame in range(1, int(ds.NumberOfFrames) + 1):
+        k = study.dicom_frames.index(frame)
+        try:
+            back[k] = 3 * seg.get_pixels_by_source_frame(str(ds.SOPInstanceUID), [frame], combine_segments=True)[0]
+        except ValueError:  # no SEG frame references it: nothing labelled there
+            pass
+    assert np.array_equal(back, labels)
+    assert json.loads((folder / "report.json").read_text())["dicom_seg"]["path"] == "labels.seg.dcm"
+
+
+def test_a_series_of_several_multi_frame_objects_gets_no_dicom_seg_and_says_why(tmp_path, analytic_model):
+    from conftest import to_multi_frame
+
+    from renalseg.errors import InputError
+
+    volume, _ = tube_ct()
+    classic = write_dicom_series(volume, tmp_path / "classic")
+    to_multi_frame(sorted(classic.iterdir()), tmp_path / "tube", objects=2)
+    result = _segment(tmp_path / "tube", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "tube"
+    assert not (folder / "labels.seg.dcm").exists() and (folder / "labels.seg.nrrd").exists()
+    reason = json.loads((folder / "report.json").read_text())["dicom_seg"]
+    assert reason == {"path": None, "reason": "the series is stored as 2 multi-frame objects; a DICOM SEG references "
+                                              "at most one (labels.seg.nrrd holds the same voxels)"}
+    study = read_dicom_study(tmp_path / "tube")
+    with pytest.raises(InputError, match="No DICOM SEG: the series is stored as 2 multi-frame objects"):
+        write_dicom_seg(np.ones(study.geometry.shape_zyx, np.uint8), study.geometry, {"1": "renal_artery"},
+                        study.dicom_files, tmp_path / "x.dcm", model_name="m", weights_sha256=None,
+                        synthetic_training_only=True, source_frames=study.dicom_frames)

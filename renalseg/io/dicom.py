@@ -5,6 +5,13 @@ is decoded; pixels are decoded by SimpleITK/GDCM (every transfer syntax GDCM kno
 JPEG 2000 included) from the file list *this module* sorted by position along the
 slice normal, so file names and file order never matter.
 
+Multi-frame objects (Enhanced CT, Legacy Converted Enhanced CT: what photon-counting
+and many recent scanners export) are read too: each frame takes its position,
+orientation, pixel spacing and rescale from the per-frame and shared functional groups,
+and the frames are checked and sorted exactly as single-frame slices are, across one
+or several files, every frame in its own rescale (pydicom decodes them a frame at a
+time where it can, GDCM otherwise: :func:`_read_frames`).
+
 What is refused, each with its own :class:`~renalseg.errors.DicomError` subclass and
 a message that names the folder and says what to do: no DICOM images
 (:class:`NoDicomError`), an unreadable file (:class:`CorruptDicomError`), several
@@ -21,6 +28,7 @@ size instead, and are shown and selected as ``"(empty)"``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -42,6 +50,7 @@ __all__ = [
     "SeriesInfo",
     "list_series",
     "read_dicom_study",
+    "dicom_series_slices",
     "is_dicom_file",
     "NoDicomError",
     "CorruptDicomError",
@@ -138,6 +147,26 @@ class _Slice:
     #: (value length, byte offset of the value) of Pixel Data; None when absent
     pixel_data: tuple[int, int] | None = None
     file_bytes: int = 0
+    #: 1-based frame number in a multi-frame object; 0 for a single-frame file
+    frame: int = 0
+    #: a multi-frame object's frames, before :func:`_frames_of` makes each a slice
+    frame_facts: tuple["_Frame", ...] = ()
+
+    @property
+    def name(self) -> str:
+        """How messages name this slice: the file, and the frame of a multi-frame object."""
+        return f"{self.path.name} frame {self.frame}" if self.frame else self.path.name
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One frame's geometry and rescale from a multi-frame object's functional groups."""
+
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slope: float
+    intercept: float
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -200,6 +229,78 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _first_present(*values: object) -> object:
+    """The first value that is neither missing nor empty (a number 0 counts as present)."""
+    return next((v for v in values if v is not None and v != ""), None)
+
+
+def _group_value(groups: Sequence[pydicom.Dataset | None], sequence: str, keyword: str) -> object:
+    """``keyword`` in the first item of ``sequence`` of the first functional group holding it."""
+    for group in groups:
+        items = group.get(sequence) if group is not None else None
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return None
+
+
+def _functional_groups(ds: pydicom.Dataset) -> tuple[pydicom.Dataset | None, list]:
+    """(the shared functional group, the per-frame ones) of a multi-frame object."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return (shared[0] if shared else None), list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+
+
+def _header_value(ds: pydicom.Dataset, keyword: str) -> object:
+    """A top-level attribute, or where a multi-frame object keeps it: in any sequence of its
+    shared functional group, then of its first frame's (e.g. SliceThickness in the Pixel
+    Measures, ConvolutionKernel in the CT Reconstruction sequence)."""
+    value = ds.get(keyword)
+    if value not in (None, "") or "NumberOfFrames" not in ds:
+        return value
+    shared, per_frame = _functional_groups(ds)
+    for group in (shared, per_frame[0] if per_frame else None):
+        for element in group or ():
+            if element.VR == "SQ" and element.value and keyword in element.value[0]:
+                return element.value[0].get(keyword)
+    return None
+
+
+def _frame_facts(ds: pydicom.Dataset, path: Path) -> tuple[_Frame, ...]:
+    """Each frame's position, orientation, spacing and rescale from the functional groups
+    (per-frame first, then shared, then the top level); ``()`` when the object has no
+    per-frame groups, one for each frame, so its frames cannot be placed."""
+    shared, per_frame = _functional_groups(ds)
+    if len(per_frame) != int(_number(ds.get("NumberOfFrames"), 1) or 1):
+        return ()
+    facts = []
+    for group in per_frame:
+        groups = (group, shared)
+        facts.append(_Frame(
+            position=_numbers(_group_value(groups, "PlanePositionSequence", "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            orientation=_numbers(_first_present(
+                _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                ds.get("ImageOrientationPatient")), 6),
+            pixel_spacing=_numbers(_first_present(_group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
+                                                  ds.get("PixelSpacing")), 2),  # type: ignore[arg-type]
+            slope=_strict_number(_first_present(_group_value(groups, "PixelValueTransformationSequence",
+                                                             "RescaleSlope"), ds.get("RescaleSlope")),
+                                 1.0, "RescaleSlope", path),
+            intercept=_strict_number(_first_present(_group_value(groups, "PixelValueTransformationSequence",
+                                                                 "RescaleIntercept"), ds.get("RescaleIntercept")),
+                                     0.0, "RescaleIntercept", path),
+        ))
+    return tuple(facts)
+
+
+def _frames_of(header: _Slice) -> list[_Slice]:
+    """A multi-frame object as one slice per frame (each with its own geometry and rescale)."""
+    if not header.frame_facts:
+        return [header]
+    return [dataclasses.replace(header, frame=k, position=f.position, orientation=f.orientation,
+                                pixel_spacing=f.pixel_spacing, slope=f.slope, intercept=f.intercept,
+                                frame_facts=())
+            for k, f in enumerate(header.frame_facts, start=1)]
+
+
 def _read_header(path: Path) -> _Slice | None:
     """The header facts of one file; ``None`` for a file that is not DICOM at all.
 
@@ -240,6 +341,7 @@ def _read_header(path: Path) -> _Slice | None:
         )
     try:
         rows = ds.get("Rows")
+        frames = int(_number(ds.get("NumberOfFrames"), 1) or 1)
         position = _numbers(ds.get("ImagePositionPatient"), 3)
         orientation = _numbers(ds.get("ImageOrientationPatient"), 6)
         spacing = _numbers(ds.get("PixelSpacing"), 2)
@@ -253,7 +355,7 @@ def _read_header(path: Path) -> _Slice | None:
             frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or "").strip(),
             rows=int(rows) if rows is not None else None,
             columns=int(ds.Columns) if ds.get("Columns") is not None else None,
-            frames=int(_number(ds.get("NumberOfFrames"), 1) or 1),
+            frames=frames,
             position=position,  # type: ignore[arg-type]
             orientation=orientation,
             pixel_spacing=spacing,  # type: ignore[arg-type]
@@ -271,8 +373,8 @@ def _read_header(path: Path) -> _Slice | None:
                 "sop_class": str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None),
                                                                        "MediaStorageSOPClassUID", "") or ""),
                 "manufacturer": str(ds.get("Manufacturer", "") or ""),
-                "convolution_kernel": _text(ds.get("ConvolutionKernel")),
-                "slice_thickness_mm": _number(ds.get("SliceThickness")),
+                "convolution_kernel": _text(_header_value(ds, "ConvolutionKernel")),
+                "slice_thickness_mm": _number(_header_value(ds, "SliceThickness")),
                 "transfer_syntax": str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
                 if hasattr(ds, "file_meta") else "",
             },
@@ -281,6 +383,7 @@ def _read_header(path: Path) -> _Slice | None:
             bits_allocated=int(ds.BitsAllocated) if ds.get("BitsAllocated") not in (None, "") else None,
             pixel_data=(0xFFFFFFFF, -1) if cut_in_pixels else _pixel_data_place(ds),
             file_bytes=path.stat().st_size,
+            frame_facts=_frame_facts(ds, path) if frames > 1 else (),
         )
     except CorruptDicomError:
         raise
@@ -304,6 +407,11 @@ def _pixel_data_place(ds: pydicom.Dataset) -> tuple[int, int] | None:
     return int(length), int(offset)
 
 
+def _once_per_file(slices: Sequence[_Slice]) -> list[_Slice]:
+    """The first slice of each file (a multi-frame object's frames share one)."""
+    return list({s.path: s for s in reversed(slices)}.values())[::-1]
+
+
 #: an SOP Class whose name says it holds an image (a file of it without pixels is damaged)
 _IMAGE_SOP = "Image Storage"
 
@@ -316,7 +424,7 @@ def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
     pixel is decoded, so a header declaring 20000 × 20000 over a 47 KB file is
     refused instead of allocated.
     """
-    for s in slices:
+    for s in _once_per_file(slices):
         name = s.path.name
         if s.pixel_data is None:
             raise CorruptDicomError(
@@ -348,7 +456,7 @@ def _check_not_truncated(folder: Path, slices: list[_Slice]) -> None:
     Cheap (the last 64 KiB of each file), and it saves GDCM/OpenJPEG from spending
     many seconds on a codestream that was cut in the middle before failing.
     """
-    for s in slices:
+    for s in _once_per_file(slices):
         if not s.encapsulated:
             continue
         with s.path.open("rb") as handle:
@@ -395,7 +503,7 @@ def _scan(folder: Path) -> list[_Slice]:
         )
     if len(images) < len(headers):
         logger.info("%s: ignored %d DICOM file(s) without image data", folder, len(headers) - len(images))
-    return images
+    return [frame for image in images for frame in _frames_of(image)]
 
 
 # -- series ----------------------------------------------------------------------------------
@@ -409,9 +517,9 @@ class SeriesInfo:
         uid: the SeriesInstanceUID, ``None`` when the header's is empty.
         description: SeriesDescription (may be ``""``).
         modality: Modality (``"CT"``, ``"MR"``, ...; ``""`` when missing).
-        slice_count: number of image files in the series.
+        slice_count: number of slices in the series (a multi-frame object's frames each count).
         series_number: SeriesNumber when present.
-        files: the series' files, sorted by name (not yet by position).
+        files: the series' files, sorted by name (not yet by position), each once.
     """
 
     key: str
@@ -452,7 +560,7 @@ def _group(slices: Sequence[_Slice]) -> list[tuple[SeriesInfo, list[_Slice]]]:
         info = SeriesInfo(
             key=name, uid=uid, description=first.description, modality=first.modality,
             slice_count=len(members), series_number=first.series_number,
-            files=tuple(m.path for m in members),
+            files=tuple(dict.fromkeys(m.path for m in members)),
         )
         result.append((info, members))
     return result
@@ -499,6 +607,8 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
 @dataclass(frozen=True)
 class _Grid:
     files: list[Path]
+    #: each slice's frame number in its multi-frame file (0: a single-frame file)
+    frames: list[int]
     spacing_xyz_mm: tuple[float, float, float]
     origin_xyz_mm: tuple[float, float, float]
     direction: tuple[float, ...]
@@ -529,22 +639,23 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
             f"{colour[0].samples_per_pixel} samples per pixel), not a CT in Hounsfield units (one grey value per "
             "pixel): a screenshot, rendering or secondary capture. Pass the original CT series."
         )
-    multi = [s for s in slices if s.frames > 1]
-    if multi:
+    unplaced = [s for s in slices if s.frames > 1 and not s.frame]
+    if unplaced:
         raise DicomError(
-            f"{folder}: {multi[0].path.name} is a multi-frame (enhanced) DICOM object with "
-            f"{multi[0].frames} frames, which renalseg does not read. Convert the series to NIfTI "
-            "(e.g. dcm2niix) or export it as classic single-frame CT images."
+            f"{folder}: {unplaced[0].path.name} is a multi-frame DICOM object with {unplaced[0].frames} frames "
+            "but no per-frame functional groups (one Plane Position a frame), so where each frame lies is "
+            "unknown. Convert the series to NIfTI (e.g. dcm2niix) or export it as Enhanced CT or classic "
+            "single-frame CT images."
         )
     if len(slices) == 1:
         raise SingleSliceError(
-            f"{folder}: series {key} is a single 2D slice ({slices[0].path.name}); renalseg needs "
+            f"{folder}: series {key} is a single 2D slice ({slices[0].name}); renalseg needs "
             "the whole 3D CT volume (all slices of the series in one folder)."
         )
     lacking = [s for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None]
     if lacking:
         raise DicomError(
-            f"{folder}: {lacking[0].path.name} (series {key}) has no ImagePositionPatient, "
+            f"{folder}: {lacking[0].name} (series {key}) has no ImagePositionPatient, "
             "ImageOrientationPatient or PixelSpacing, so its place in the patient is unknown "
             "(a scout or secondary capture?). Pass a cross-sectional CT series."
         )
@@ -567,7 +678,7 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
     positions = np.asarray([s.position for s in slices], float)
     along = positions @ normal
     order = sorted(range(len(slices)), key=lambda i: (along[i], slices[i].instance_number or 0,
-                                                       slices[i].path.name))
+                                                       slices[i].path.name, slices[i].frame))
     slices = [slices[i] for i in order]
     positions, along = positions[order], along[order]
     gaps = np.diff(along)
@@ -575,10 +686,12 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
     duplicates = np.flatnonzero(gaps < _DUPLICATE_TOL_MM)
     if duplicates.size:
         i = int(duplicates[0])
+        volumes = (" (a multi-frame object holding several volumes: time points, stacks or "
+                   "reconstructions; export the one to segment)" if slices[i].frame else "")
         raise DuplicateSliceError(
-            f"{folder}: series {key} has {duplicates.size} duplicated slice position(s), e.g. {slices[i].path.name} and {slices[i + 1].path.name} "
-            f"both at {along[i]:.3f} mm along the slice normal (duplicate files, or two "
-            f"reconstructions in one series). Remove the duplicates or {_FIX_EXPORT}."
+            f"{folder}: series {key} has {duplicates.size} duplicated slice position(s), e.g. {slices[i].name} and "
+            f"{slices[i + 1].name} both at {along[i]:.3f} mm along the slice normal (duplicate files, or two "
+            f"reconstructions in one series){volumes}. Remove the duplicates or {_FIX_EXPORT}."
         )
     median = float(np.median(gaps))
     big = np.flatnonzero(gaps > 1.5 * median)
@@ -587,7 +700,7 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
         missing = max(1, round(gaps[i] / median) - 1)
         raise MissingSliceError(
             f"{folder}: series {key} is missing slices: a gap of {gaps[i]:.3f} mm between "
-            f"{slices[i].path.name} ({along[i]:.3f} mm) and {slices[i + 1].path.name} "
+            f"{slices[i].name} ({along[i]:.3f} mm) and {slices[i + 1].name} "
             f"({along[i + 1]:.3f} mm), expected {median:.3f} mm (about {missing} slice(s) "
             f"missing; {big.size} gap(s) in all). Copy the complete series or {_FIX_EXPORT}."
         )
@@ -598,7 +711,7 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
         raise NonUniformSpacingError(
             f"{folder}: series {key} has non-uniform slice spacing: {float(gaps.min()):.3f} to "
             f"{float(gaps.max()):.3f} mm (median {median:.3f} mm, tolerance {tolerance:.3f} mm; "
-            f"worst between {slices[i].path.name} and {slices[i + 1].path.name}). Resample it to "
+            f"worst between {slices[i].name} and {slices[i + 1].name}). Resample it to "
             "uniform spacing (e.g. dcm2niix then a NIfTI) or export a uniformly spaced reconstruction."
         )
 
@@ -623,7 +736,7 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
             )
         j = int(np.argmax(np.linalg.norm(in_plane, axis=1)))
         raise SliceGeometryError(
-            f"{folder}: series {key}: slice {slices[j].path.name} is displaced "
+            f"{folder}: series {key}: slice {slices[j].name} is displaced "
             f"{float(np.linalg.norm(in_plane[j])):.3f} mm in-plane from the others (tolerance "
             f"{tolerance_mm:.3f} mm), so the slices do not stack into one grid. {_FIX_EXPORT.capitalize()}."
         )
@@ -635,6 +748,7 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
     row_spacing, column_spacing = slices[0].pixel_spacing  # type: ignore[misc]
     return _Grid(
         files=[s.path for s in slices],
+        frames=[s.frame for s in slices],
         # PixelSpacing is (between rows, between columns) = (y, x)
         spacing_xyz_mm=(float(column_spacing), float(row_spacing),
                         float((along[-1] - along[0]) / (len(slices) - 1))),
@@ -669,6 +783,91 @@ def _read_pixels(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
             f"{folder}: pixel data cannot be decoded in {which} ({first_line}). The file is "
             f"damaged/truncated or uses an unsupported compression: {_FIX_EXPORT}."
         ) from err
+
+
+def _hu_dtype(slices: Sequence[_Slice]) -> type:
+    """int16 when every slice's rescale is integral and its stored range lands in int16, else float32."""
+    for s in slices:
+        bits = s.bits_stored or 16
+        stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if s.signed else (0, 2**bits - 1)
+        ends = [s.slope * v + s.intercept for v in stored]
+        if not (float(s.slope).is_integer() and float(s.intercept).is_integer()) or \
+                min(ends) < np.iinfo(np.int16).min or max(ends) > np.iinfo(np.int16).max:
+            return np.float32
+    return np.int16
+
+
+def _pydicom_decodes(transfer_syntax: str) -> bool:
+    """Whether pydicom can decode this transfer syntax here (native, RLE, JPEG 2000 through
+    Pillow, ...; JPEG Lossless, common in PACS exports, needs a plugin it may lack)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(transfer_syntax) and get_decoder(pydicom.uid.UID(transfer_syntax)).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _read_frames(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
+    """A series holding multi-frame objects: each object's frames decoded, every frame in its
+    own rescale, stacked in the grid's order and placed on the grid.
+
+    pydicom decodes an object one frame at a time where it can (``iter_pixels``: stored
+    values; peak memory about the volume itself, against 5.6 times it through GDCM for a
+    600-frame 512 × 512 object, 0.35 against 1.69 GB); otherwise GDCM decodes the whole
+    object (JPEG Lossless, say) and applies its first frame's rescale (shared or
+    per-frame) to all of its frames, so a frame whose own rescale differs gets its stored
+    values back from that one and its own applied. The pixels are checked against the
+    headers afterwards (:func:`_check_pixels`), the geometry is the grid's
+    (:func:`_check_grid`)."""
+    from pydicom.pixels import iter_pixels
+
+    rows, columns = int(slices[0].rows or 0), int(slices[0].columns or 0)
+    out = np.empty((len(slices), rows, columns), dtype=_hu_dtype(slices))
+    members: dict[Path, dict[int, int]] = defaultdict(dict)  # file -> {frame number: slice index}
+    for index, path in enumerate(grid.files):
+        members[path][max(slices[index].frame, 1)] = index
+    for path, by_frame in members.items():
+        first = slices[next(iter(by_frame.values()))]
+        if _pydicom_decodes(first.extra.get("transfer_syntax", "")):
+            try:
+                for number, stored in enumerate(iter_pixels(path), start=1):
+                    s = slices[by_frame[number]]
+                    out[by_frame[number]] = stored * np.float64(s.slope) + s.intercept
+            except Exception as err:  # pydicom and its codecs raise many types on damaged data
+                raise CorruptDicomError(
+                    f"{folder}: pixel data cannot be decoded in {path.name} ({type(err).__name__}: "
+                    f"{str(err)[:200]}). The file is damaged/truncated: {_FIX_EXPORT}."
+                ) from err
+            continue
+        try:
+            decoded = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise CorruptDicomError(
+                f"{folder}: pixel data cannot be decoded in {path.name} ({first_line}). The file is "
+                f"damaged/truncated or uses an unsupported compression: {_FIX_EXPORT}."
+            ) from err
+        frames = sitk.GetArrayViewFromImage(decoded).reshape(-1, *decoded.GetSize()[1::-1])
+        if frames.shape != (first.frames, rows, columns):
+            raise DicomError(
+                f"{folder}: SimpleITK/GDCM decoded {path.name} as {frames.shape[0]} frame(s) of {frames.shape[1]} × "
+                f"{frames.shape[2]}, but its header declares {first.frames} of {rows} × {columns}. The header is "
+                f"inconsistent: convert the series with dcm2niix and pass the NIfTI, or {_FIX_EXPORT}."
+            )
+        applied = slices[by_frame[1]]
+        for number, index in by_frame.items():
+            s = slices[index]
+            values = frames[number - 1]
+            if (s.slope, s.intercept) != (applied.slope, applied.intercept):
+                values = (values.astype(np.float64) - applied.intercept) / applied.slope * s.slope + s.intercept
+            out[index] = np.rint(values) if out.dtype == np.int16 and values.dtype.kind == "f" else values
+        del frames, decoded
+    image = sitk.GetImageFromArray(out)
+    image.SetSpacing(grid.spacing_xyz_mm)
+    image.SetOrigin(grid.origin_xyz_mm)
+    image.SetDirection(grid.direction)
+    return image
 
 
 def _check_pixels(folder: Path, image: sitk.Image, grid: _Grid, slices: list[_Slice]) -> None:
@@ -713,15 +912,19 @@ def _check_pixels(folder: Path, image: sitk.Image, grid: _Grid, slices: list[_Sl
                            expected_lo, expected_hi)
 
 
-def dicom_series_files(folder: Path | str, *, series_uid: str | None = None) -> tuple[Path, ...]:
-    """One CT series' files in slice order, as :func:`read_dicom_study` orders them (slice
-    k of its image is file k), from the headers alone: for outputs that reference the
-    series (a DICOM SEG) when the image is not needed. Raises as it does, for the same
-    checks of the grid.
+def dicom_series_slices(folder: Path | str, *, series_uid: str | None = None
+                        ) -> tuple[tuple[Path, ...], tuple[int, ...]]:
+    """One CT series' slices in order, as :func:`read_dicom_study` orders them, from the
+    headers alone: for outputs that reference the series (a DICOM SEG) when the image is
+    not needed. Slice k of its image is file ``files[k]`` (frame ``frames[k]`` of a
+    multi-frame object; ``frames`` is empty when every file is a single slice), as
+    :attr:`~renalseg.study.Study.dicom_files` and ``dicom_frames`` give it. Raises as it
+    does, for the same checks of the grid.
     """
     folder = Path(folder)
     info, slices = _select(folder, _group(_scan(folder)), series_uid)
-    return tuple(_check_grid(folder, info, slices).files)
+    grid = _check_grid(folder, info, slices)
+    return tuple(grid.files), (tuple(grid.frames) if any(grid.frames) else ())
 
 
 def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> Study:
@@ -767,9 +970,9 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     grid = _check_grid(folder, info, slices)
     _check_not_truncated(folder, slices)
     _check_slices_whole(folder, slices)
-    by_path = {s.path: s for s in slices}
-    ordered = [by_path[p] for p in grid.files]
-    image = _read_pixels(folder, grid, ordered)
+    by_place = {(s.path, s.frame): s for s in slices}
+    ordered = [by_place[place] for place in zip(grid.files, grid.frames)]
+    image = (_read_frames if any(grid.frames) else _read_pixels)(folder, grid, ordered)
     _check_pixels(folder, image, grid, ordered)
     logger.debug("%s: read series %s, %d slices", folder, info.key, len(ordered))
     extra = {"modality": info.modality, "series_number": info.series_number,
@@ -779,4 +982,5 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
         series_uid=info.uid, series_description=info.description or None,
         slice_count=len(ordered), extra=extra, dicom_files=tuple(grid.files),
+        dicom_frames=tuple(grid.frames) if any(grid.frames) else (),
     )

@@ -12,7 +12,11 @@ any segment are left out.
 
 Source headers are read again here (``stop_before_pixels``, well under a second for
 400 slices), from the files :func:`renalseg.io.dicom.read_dicom_study` sorted along
-the slice normal: slice ``k`` of the label map is file ``k``.
+the slice normal: slice ``k`` of the label map is file ``k``. A series stored as one
+multi-frame object (Enhanced CT) is referenced frame by frame: slice ``k`` is its frame
+``frames[k]``, and the SEG's frames follow the source's. A series spread over several
+multi-frame objects cannot be one SEG's source (highdicom takes one multi-frame source
+image); :func:`unreferencable` says so and no SEG is written.
 
 Anonymised exports may have EMPTY UIDs (the real test fixture has no SOP Instance,
 SOP Class, Study or Series Instance UID). A SEG must reference UIDs, so what is
@@ -41,7 +45,7 @@ from renalseg.errors import GeometryError, InputError
 from renalseg.geometry import Geometry
 from renalseg.io.terminology import Structure, structure_for
 
-__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description"]
+__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description", "unreferencable"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +104,49 @@ def _fill_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     return generated
 
 
-def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry) -> None:
-    """The label map must be on the source slices' grid, slice k on file k."""
-    if len(datasets) != geometry.shape_zyx[0] or any(
+def unreferencable(source_files: Sequence[Path], source_frames: Sequence[int] = ()) -> str | None:
+    """Why a DICOM SEG cannot reference these source slices, or ``None`` when it can.
+
+    Example:
+        >>> unreferencable([Path("a.dcm"), Path("a.dcm"), Path("b.dcm")], [1, 2, 1])
+        'the series is stored as 2 multi-frame objects; a DICOM SEG references at most one (labels.seg.nrrd holds the same voxels)'
+    """
+    files = set(source_files)
+    if source_frames and len(files) > 1:
+        return (f"the series is stored as {len(files)} multi-frame objects; a DICOM SEG references at most one "
+                "(labels.seg.nrrd holds the same voxels)")
+    return None
+
+
+def _frame_positions(ds: pydicom.Dataset) -> list[np.ndarray]:
+    """Each frame's ImagePositionPatient from a multi-frame object's functional groups."""
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    positions = []
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        item = group.get("PlanePositionSequence") or (shared.get("PlanePositionSequence") if shared else None)
+        positions.append(np.asarray([float(v) for v in item[0].ImagePositionPatient]))
+    return positions
+
+
+def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry,
+                    source_frames: Sequence[int] = ()) -> None:
+    """The label map must be on the source slices' grid, slice k on file k (on frame
+    ``source_frames[k]`` of a multi-frame source)."""
+    if source_frames:
+        positions = _frame_positions(datasets[0])
+        count = len(source_frames)
+        first, last = positions[source_frames[0] - 1], positions[source_frames[-1] - 1]
+    else:
+        count = len(datasets)
+        first = np.asarray([float(v) for v in datasets[0].ImagePositionPatient])
+        last = np.asarray([float(v) for v in datasets[-1].ImagePositionPatient])
+    if count != geometry.shape_zyx[0] or any(
             (int(ds.Rows), int(ds.Columns)) != geometry.shape_zyx[1:] for ds in datasets[:1]):
         raise GeometryError(
             f"The label map {geometry.shape_zyx} (z, y, x) is not on the DICOM series' grid "
-            f"({len(datasets)} slices of {datasets[0].Rows} × {datasets[0].Columns}); a DICOM SEG needs the "
+            f"({count} slices of {datasets[0].Rows} × {datasets[0].Columns}); a DICOM SEG needs the "
             "label map of this series. Pass --no-dicom-seg or segment the series itself."
         )
-    first = np.asarray([float(v) for v in datasets[0].ImagePositionPatient])
-    last = np.asarray([float(v) for v in datasets[-1].ImagePositionPatient])
     expected_first = geometry.index_to_world([[0, 0, 0]])[0]
     expected_last = geometry.index_to_world([[0, 0, geometry.shape_zyx[0] - 1]])[0]
     if not (np.allclose(first, expected_first, atol=1e-2) and np.allclose(last, expected_last, atol=1e-2)):
@@ -124,7 +160,8 @@ def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry) -> 
 def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str],
                     source_files: Sequence[Path], path: Path | str, *, model_name: str,
                     weights_sha256: str | None, synthetic_training_only: bool,
-                    structures: Mapping[int, Structure] | None = None, description: str | None = None) -> dict:
+                    structures: Mapping[int, Structure] | None = None, description: str | None = None,
+                    source_frames: Sequence[int] = ()) -> dict:
     """Write the label map as one DICOM SEG instance referencing its source series.
 
     Args:
@@ -132,6 +169,8 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         geometry: the label map's grid (checked against the files' positions).
         label_names: ``labels.json`` (``{"0": "background", "1": "renal_artery", ...}``).
         source_files: the series' files in slice order.
+        source_frames: slice k's frame number (1-based) in ``source_files[k]`` when the
+            series is a multi-frame object (:attr:`renalseg.study.Study.dicom_frames`).
         path: where to write (``labels.seg.dcm``).
         model_name, weights_sha256: the algorithm identification.
         synthetic_training_only: say so in the series description.
@@ -146,7 +185,8 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         names what the source lacked and the SEG made up (UIDs, slice thickness).
 
     Raises:
-        InputError: no source files, or a label map with no structure at all.
+        InputError: no source files, a series of several multi-frame objects
+            (:func:`unreferencable`), or a label map with no structure at all.
         GeometryError: the label map is not on the files' grid.
     """
     import highdicom as hd
@@ -154,10 +194,14 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
 
     if not source_files:
         raise InputError("A DICOM SEG needs the source DICOM files; the study was not read from DICOM.")
-    datasets = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in source_files]
-    _check_geometry(datasets, geometry)
+    reason = unreferencable(source_files, source_frames)
+    if reason:
+        raise InputError(f"No DICOM SEG: {reason}.")
+    files = list(dict.fromkeys(source_files)) if source_frames else list(source_files)
+    datasets = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
+    _check_geometry(datasets, geometry, source_frames)
     generated = _fill_uids(datasets)
-    if any(not str(ds.get("SliceThickness", "") or "").strip() for ds in datasets):
+    if not source_frames and any(not str(ds.get("SliceThickness", "") or "").strip() for ds in datasets):
         # Type 2 in CT, required by the SEG's pixel measures: the slice spacing stands in
         for ds in datasets:
             if not str(ds.get("SliceThickness", "") or "").strip():
@@ -194,6 +238,10 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         segments.append({"number": number, "label_value": value, "name": structure.display_name,
                          "snomed": structure.type_code.value})
     segment_map = lookup[np.asarray(labels)]  # every value present is a segment
+    if source_frames:  # the SEG's frames in the source object's frame order
+        in_source_order = np.zeros((int(datasets[0].NumberOfFrames), *segment_map.shape[1:]), segment_map.dtype)
+        in_source_order[np.asarray(source_frames) - 1] = segment_map
+        segment_map = in_source_order
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
