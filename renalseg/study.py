@@ -99,6 +99,8 @@ class Study:
             "direction": list(geometry.direction),
             "orientation": geometry.orientation,
             "series_uid": self.series_uid,
+            # series of the same DICOM folder passed over as not the CT volume (a localizer, ...)
+            **({"series_skipped": list(self.extra["series_skipped"])} if self.extra.get("series_skipped") else {}),
         }
 
 

@@ -164,3 +164,27 @@ def test_cli_choices_are_the_librarys():
 
     assert [m.value for m in Space] == list(SPACES) and [m.value for m in MeshFormat] == list(MESH_FORMATS)
     assert [m.value for m in Side] == list(SIDES)
+
+
+def test_a_batch_passes_over_series_folders_without_a_ct_volume_and_names_them(tmp_path, caplog):
+    """A PACS export, one folder per series: the topogram and the dose report are no studies."""
+    import pydicom
+
+    patient = tmp_path / "patient"
+    arterial = _copy_dicom(patient / "2_arterial")
+    first = next(iter(sorted(arterial.iterdir())))
+    for name, changes in [("1_topogram", {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}),
+                          ("9_dose_report", {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"})]:
+        (patient / name).mkdir()
+        ds = pydicom.dcmread(first)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(patient / name / "IM0001")
+    with caplog.at_level("WARNING", logger="renalseg.io.discover"):
+        assert discover_studies([patient]) == [arterial]
+    assert "1_topogram: passed over, no CT volume in it ((empty) 'CT Body 3.0': a localizer (scout))" in caplog.text
+    assert "9_dose_report: passed over" in caplog.text and "a secondary capture" in caplog.text
+    # named on the command line, a folder is read, and says what it is
+    assert discover_studies([patient / "1_topogram"]) == [patient / "1_topogram"]
+    result = runner.invoke(app, ["info", str(patient / "1_topogram")])
+    assert result.exit_code == 1 and "single 2D slice" in result.output

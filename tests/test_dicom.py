@@ -516,3 +516,75 @@ def test_a_multi_frame_object_without_per_frame_positions_is_refused(tmp_path):
     with pytest.raises(DicomError, match=r"enhanced_1\.dcm is a multi-frame DICOM object with 20 frames but no "
                                          r"per-frame functional groups.*dcm2niix"):
         read_dicom_study(tmp_path / "unplaced")
+
+
+# -- a PACS export: the CT volume among localizers, dose reports and reformats -------------------------
+def _extra_series(folder: Path, name: str, files: list[Path], **changes: object) -> None:
+    """Copies of fixture files as another series of the same study (its own UID)."""
+    uid = generate_uid(entropy_srcs=[name])
+    for k, path in enumerate(files):
+        copy = folder / f"{name}_{k:02d}.dcm"
+        shutil.copyfile(path, copy)
+        edit(copy, SeriesInstanceUID=uid, SeriesDescription=name, **changes)
+
+
+def test_the_one_ct_volume_is_read_and_the_localizer_dose_report_and_reformat_are_named(tmp_path, fixture_study):
+    folder = copy_series(tmp_path / "export")
+    files = _by_z(_fixture_files())
+    _extra_series(folder, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    _extra_series(folder, "Patient Protocol", files[:1], SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    _extra_series(folder, "Cor MPR", files[:4], ImageType=["DERIVED", "SECONDARY", "MPR"])
+    _extra_series(folder, "Planning PET", files[:3], Modality="PT")
+    before = hashes(folder)
+    study = read_dicom_study(folder)
+    assert hashes(folder) == before
+    np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)
+    assert study.geometry == fixture_study.geometry and study.series_uid is None  # the fixture's empty UID
+    skipped = study.extra["series_skipped"]
+    assert len(skipped) == 4 and study.describe()["series_skipped"] == skipped
+    for description, why in [("Topogram", "a localizer (scout)"),
+                             ("Patient Protocol", "a secondary capture (a screenshot or dose report)"),
+                             ("Cor MPR", "a derived series (reformat or MIP) beside an original one"),
+                             ("Planning PET", "Modality PT, not CT")]:
+        assert any(f"'{description}': {why}" in line for line in skipped), (description, skipped)
+    # naming a series still reads it, whatever it is
+    (reformat,) = [s for s in list_series(folder) if s.description == "Cor MPR"]
+    assert read_dicom_study(folder, series_uid=reformat.key).slice_count == 4
+
+
+def test_two_ct_volumes_beside_a_localizer_are_the_users_choice(tmp_path):
+    folder = copy_series(tmp_path / "two_phases")
+    files = _by_z(_fixture_files())
+    _extra_series(folder, "Venous", files, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    _extra_series(folder, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    with pytest.raises(SeriesSelectionError, match=r"(?s)3 series in one folder, 2 of them CT volumes; choose one "
+                                                   r"with --series UID.*'Topogram'  1 slice  CT  \(not a CT volume: "
+                                                   r"a localizer \(scout\)\)"):
+        read_dicom_study(folder)
+    only_pictures = tmp_path / "pictures"
+    only_pictures.mkdir()
+    _extra_series(only_pictures, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    _extra_series(only_pictures, "Dose", files[:1], SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    with pytest.raises(SeriesSelectionError, match="2 series in one folder, none of them a CT volume"):
+        read_dicom_study(only_pictures)
+
+
+def test_bolus_tracking_is_passed_over_but_a_slice_of_the_volume_in_another_series_is_not(tmp_path, fixture_study):
+    folder = copy_series(tmp_path / "cta")
+    files = _by_z(_fixture_files())
+    middle = float(pydicom.dcmread(files[10], stop_before_pixels=True).ImagePositionPatient[2])
+    # bolus tracking: 6 images at one table position, on the volume's own slice there
+    _extra_series(folder, "PreMonitoring", [files[10]] * 6, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    study = read_dicom_study(folder)
+    np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)
+    assert study.extra["series_skipped"] == [
+        f"{list_series(folder)[0].key} 'PreMonitoring': 6 slices at one table position (bolus tracking or a "
+        "dynamic series)"]
+    assert middle == float(pydicom.dcmread(folder / "PreMonitoring_00.dcm", stop_before_pixels=True)
+                           .ImagePositionPatient[2])
+    # the volume's lowest slice with a damaged series UID and Modality: where a slice is missing, so refused
+    damaged = folder / files[0].name
+    edit(damaged, SeriesInstanceUID="1.2.3.4", Modality="OT")
+    with pytest.raises(SeriesSelectionError, match=rf"{files[0].name} \(Modality OT, series 1\.2\.3\.4\) lies on the "
+                                                   r"grid of series \(empty\), where one of its slices would be"):
+        read_dicom_study(folder)

@@ -51,6 +51,7 @@ __all__ = [
     "list_series",
     "read_dicom_study",
     "dicom_series_slices",
+    "holds_no_ct_volume",
     "is_dicom_file",
     "NoDicomError",
     "CorruptDicomError",
@@ -377,6 +378,7 @@ def _read_header(path: Path) -> _Slice | None:
                 "slice_thickness_mm": _number(_header_value(ds, "SliceThickness")),
                 "transfer_syntax": str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
                 if hasattr(ds, "file_meta") else "",
+                "image_type": _text(ds.get("ImageType")).upper(),
             },
             samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
             photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
@@ -583,19 +585,150 @@ def list_series(folder: Path | str) -> list[SeriesInfo]:
     return [info for info, _ in _group(_scan(Path(folder)))]
 
 
+def _not_a_volume(info: SeriesInfo, members: Sequence[_Slice]) -> str | None:
+    """Why a series cannot be the CT volume to segment, or ``None`` when it can be."""
+    if info.modality != "CT":
+        return f"Modality {info.modality or '(missing)'}, not CT"
+    kind = next((k for k in map(_not_a_volume_kind, members) if k), None)
+    if kind:
+        return kind
+    if len(members) == 1:
+        return "a single slice"
+    normal = _normal(members[0])
+    if normal is not None and all(m.position is not None for m in members):
+        along = np.asarray([m.position for m in members], float) @ normal
+        if float(along.max() - along.min()) < 1.0:
+            return f"{len(members)} slices at one table position (bolus tracking or a dynamic series)"
+    return None
+
+
+def _normal(header: _Slice) -> np.ndarray | None:
+    """The slice normal from a header's orientation (``None`` when it has none)."""
+    if header.orientation is None:
+        return None
+    orientation = np.asarray(header.orientation, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    return normal / length if length > 0.5 else None
+
+
+def _on_the_grid_of(volume: Sequence[_Slice], others: Sequence[_Slice]) -> _Slice | None:
+    """A slice of ``others`` whose position would extend or complete ``volume``'s grid: in
+    line with its slices, one step beyond an end or in a gap (whatever else its header
+    says: that may be what is damaged). A series that cannot be the CT volume (a
+    localizer, a dose report, bolus tracking) does not lie there unless it is a slice of
+    the volume whose header is damaged (a flipped byte in its series UID or Modality), so
+    one that does is not passed over silently."""
+    first = volume[0]
+    normal = _normal(first)
+    if normal is None or first.position is None or first.pixel_spacing is None or \
+            any(s.position is None for s in volume):
+        return None
+    along = np.sort(np.asarray([s.position for s in volume], float) @ normal)
+    step = float(np.median(np.diff(along))) if len(along) > 1 else 0.0
+    if step <= 0:
+        return None
+    occupied = set(np.rint((along - along[0]) / step).astype(int).tolist())
+    for other in others:
+        if other.position is None:
+            continue
+        offset = np.asarray(other.position, float) - np.asarray(first.position, float)
+        depth = float(offset @ normal) - (along[0] - float(np.asarray(first.position, float) @ normal))
+        in_plane = offset - float(offset @ normal) * normal
+        slot = depth / step
+        if (np.linalg.norm(in_plane) <= 0.1 * min(first.pixel_spacing) and abs(slot - round(slot)) < 0.05
+                and -1 <= round(slot) <= max(occupied) + 1 and round(slot) not in occupied):
+            return other
+    return None
+
+
+def holds_no_ct_volume(folder: Path | str) -> str | None:
+    """Why a DICOM folder holds no CT volume to segment (only localizers, secondary
+    captures such as dose reports, single slices or other modalities), or ``None``.
+
+    For a batch search, which passes such folders over: the first file's header alone
+    settles a folder whose first file could belong to a CT volume; the others are read
+    only when it could not. A folder that cannot be read says nothing here (``None``):
+    reading it as a study names what is wrong.
+    """
+    folder = Path(folder)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p))
+        first = next((h for h in map(_read_header, files[:1]) if h is not None), None)
+        if first is None or (first.modality == "CT" and not _not_a_volume_kind(first)):
+            return None
+        groups = _group(_scan(folder))
+    except (DicomError, UsageError, OSError):
+        return None
+    reasons = [_not_a_volume(info, members) for info, members in groups]
+    if any(reason is None for reason in reasons):
+        return None
+    return "; ".join(f"{info.key} '{info.description or 'no description'}': {reason}"
+                     for (info, _), reason in zip(groups, reasons))
+
+
+def _not_a_volume_kind(header: _Slice) -> str | None:
+    """What a single file's header alone says it is, when that is no CT volume's slice."""
+    if "LOCALIZER" in header.extra.get("image_type", "").split("\\"):
+        return "a localizer (scout)"
+    if "Secondary Capture" in _sop_name(header):
+        return "a secondary capture (a screenshot or dose report)"
+    if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+        return "a colour image"
+    return None
+
+
+def _derived(members: Sequence[_Slice]) -> bool:
+    """ImageType DERIVED: a reformat, MIP or other series computed from an original one."""
+    return members[0].extra.get("image_type", "").startswith("DERIVED")
+
+
 def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
-            series_uid: str | None) -> tuple[SeriesInfo, list[_Slice]]:
-    listing = "\n".join(f"  {info.describe()}" for info, _ in groups)
+            series_uid: str | None) -> tuple[SeriesInfo, list[_Slice], list[str]]:
+    """The series to read, its slices, and the series passed over when none was named.
+
+    With no ``series_uid`` the series that cannot be the CT volume (a localizer, a
+    secondary capture such as a dose report, a single slice, not CT) are passed over,
+    and so are derived series (reformats, MIPs) when an original one is left; when one
+    series is left it is read, and the others are named with why (``Study.extra``'s
+    ``series_skipped``). Several left: the choice is the user's."""
     if series_uid is None:
         if len(groups) == 1:
-            return groups[0]
+            return groups[0][0], groups[0][1], []
+        why = {info.key: _not_a_volume(info, members) for info, members in groups}
+        volumes = [(info, members) for info, members in groups if why[info.key] is None]
+        if any(not _derived(members) for _, members in volumes):
+            for info, members in volumes:
+                if _derived(members):
+                    why[info.key] = "a derived series (reformat or MIP) beside an original one"
+            volumes = [(info, members) for info, members in volumes if why[info.key] is None]
+        listing = "\n".join(f"  {info.describe()}" + (f"  (not a CT volume: {why[info.key]})"
+                                                       if why[info.key] else "") for info, _ in groups)
+        if len(volumes) == 1:
+            chosen, members = volumes[0]
+            stray = _on_the_grid_of(members, [m for info, others in groups if info is not chosen for m in others])
+            if stray is not None:
+                raise SeriesSelectionError(
+                    f"{folder}: {stray.name} (Modality {stray.modality or '(missing)'}, series "
+                    f"{stray.uid or EMPTY_UID}) lies on the grid of series {chosen.key}, where one of its slices would "
+                    "be, but belongs to another series: a slice whose header is damaged? Nothing is read: remove "
+                    f"the file, {_FIX_EXPORT}, or choose a series with --series UID:\n{listing}"
+                )
+            skipped = [f"{info.key} '{info.description or 'no description'}': {why[info.key]}"
+                       for info, _ in groups if info is not chosen]
+            logger.info("%s: read series %s, the only CT volume among %d series; passed over: %s", folder,
+                        chosen.key, len(groups), "; ".join(skipped))
+            return chosen, members, skipped
         raise SeriesSelectionError(
-            f"{folder}: {len(groups)} series in one folder; choose one with --series UID "
-            f"(Python: series_uid=...):\n{listing}"
+            f"{folder}: {len(groups)} series in one folder, "
+            + (f"{len(volumes)} of them CT volumes; choose one" if volumes else "none of them a CT volume; if one is, "
+               "choose it")
+            + f" with --series UID (Python: series_uid=...):\n{listing}"
         )
+    listing = "\n".join(f"  {info.describe()}" for info, _ in groups)
     for info, members in groups:
         if series_uid.strip() in (info.key, info.uid):
-            return info, members
+            return info, members, []
     keys = [info.key for info, _ in groups]
     raise SeriesSelectionError(
         f"{folder}: no series with UID '{series_uid}'.{suggest(series_uid, keys)} "
@@ -922,7 +1055,7 @@ def dicom_series_slices(folder: Path | str, *, series_uid: str | None = None
     does, for the same checks of the grid.
     """
     folder = Path(folder)
-    info, slices = _select(folder, _group(_scan(folder)), series_uid)
+    info, slices, _ = _select(folder, _group(_scan(folder)), series_uid)
     grid = _check_grid(folder, info, slices)
     return tuple(grid.files), (tuple(grid.frames) if any(grid.frames) else ())
 
@@ -960,7 +1093,7 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     """
     folder = Path(folder)
     groups = _group(_scan(folder))
-    info, slices = _select(folder, groups, series_uid)
+    info, slices, skipped = _select(folder, groups, series_uid)
     if info.modality != "CT":
         raise NotCTError(
             f"{folder}: series {info.key} is Modality {info.modality or '(missing)'}, not CT. "
@@ -977,7 +1110,8 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     logger.debug("%s: read series %s, %d slices", folder, info.key, len(ordered))
     extra = {"modality": info.modality, "series_number": info.series_number,
              "gantry_tilt_deg": max(abs(s.gantry_tilt_deg) for s in ordered),
-             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "") and k != "sop_class"}}
+             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "") and k != "sop_class"},
+             **({"series_skipped": skipped} if skipped else {})}
     return Study(
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
         series_uid=info.uid, series_description=info.description or None,

@@ -7,7 +7,10 @@ Rules:
 - a folder that directly holds DICOM files is one study (one series folder);
 - any other folder is a batch: each image file in it is a study and each
   sub-folder is searched the same way (so ``patient/study/series/*.dcm`` exports
-  work); hidden files and folders are skipped.
+  work); hidden files and folders are skipped, and so are the series folders of a
+  PACS export that hold no CT volume (localizers, dose reports and other secondary
+  captures, other modalities: :func:`renalseg.io.dicom.holds_no_ct_volume`), each
+  named in a warning. A folder named on the command line is always read.
 
 The order is deterministic: the paths in the order given, and inside each folder
 sorted by name. A path given twice (or reached twice) is kept once. Each real
@@ -23,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from renalseg.errors import UsageError
-from renalseg.io.dicom import is_dicom_file
+from renalseg.io.dicom import holds_no_ct_volume, is_dicom_file
 from renalseg.io.image import image_format
 
 __all__ = ["discover_studies", "holds_dicom_series"]
@@ -66,7 +69,11 @@ def _expand(folder: Path, seen: set[Path], exclude: set[Path]) -> list[Path]:
                 continue
             seen.add(real)
             if holds_dicom_series(child):
-                studies.append(child)
+                why = holds_no_ct_volume(child)
+                if why:
+                    logger.warning("%s: passed over, no CT volume in it (%s).", child, why)
+                else:
+                    studies.append(child)
             else:
                 studies.extend(_expand(child, seen, exclude))
         elif child.is_file() and image_format(child) is not None:
