@@ -409,6 +409,11 @@ def _pixel_data_place(ds: pydicom.Dataset) -> tuple[int, int] | None:
     return int(length), int(offset)
 
 
+def _colour(header: _Slice) -> bool:
+    """More than one sample a pixel, or not MONOCHROME: a picture, not a CT in HU."""
+    return header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", "")
+
+
 def _once_per_file(slices: Sequence[_Slice]) -> list[_Slice]:
     """The first slice of each file (a multi-frame object's frames share one)."""
     return list({s.path: s for s in reversed(slices)}.values())[::-1]
@@ -621,9 +626,9 @@ def _on_the_grid_of(volume: Sequence[_Slice], others: Sequence[_Slice]) -> _Slic
     one that does is not passed over silently."""
     first = volume[0]
     normal = _normal(first)
-    if normal is None or first.position is None or first.pixel_spacing is None or \
-            any(s.position is None for s in volume):
+    if normal is None or first.pixel_spacing is None or any(s.position is None for s in volume):
         return None
+    origin = np.asarray(first.position, float)
     along = np.sort(np.asarray([s.position for s in volume], float) @ normal)
     step = float(np.median(np.diff(along))) if len(along) > 1 else 0.0
     if step <= 0:
@@ -632,12 +637,11 @@ def _on_the_grid_of(volume: Sequence[_Slice], others: Sequence[_Slice]) -> _Slic
     for other in others:
         if other.position is None:
             continue
-        offset = np.asarray(other.position, float) - np.asarray(first.position, float)
-        depth = float(offset @ normal) - (along[0] - float(np.asarray(first.position, float) @ normal))
-        in_plane = offset - float(offset @ normal) * normal
-        slot = depth / step
-        if (np.linalg.norm(in_plane) <= 0.1 * min(first.pixel_spacing) and abs(slot - round(slot)) < 0.05
-                and -1 <= round(slot) <= max(occupied) + 1 and round(slot) not in occupied):
+        offset = np.asarray(other.position, float) - origin
+        slot = (float(np.asarray(other.position, float) @ normal) - along[0]) / step
+        in_line = np.linalg.norm(offset - float(offset @ normal) * normal) <= 0.1 * min(first.pixel_spacing)
+        if (in_line and abs(slot - round(slot)) < 0.05 and -1 <= round(slot) <= max(occupied) + 1
+                and round(slot) not in occupied):
             return other
     return None
 
@@ -673,7 +677,7 @@ def _not_a_volume_kind(header: _Slice) -> str | None:
         return "a localizer (scout)"
     if "Secondary Capture" in _sop_name(header):
         return "a secondary capture (a screenshot or dose report)"
-    if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+    if _colour(header):
         return "a colour image"
     return None
 
@@ -763,8 +767,7 @@ def _same(values: list, name: str, folder: Path, key: str, atol: float = 1e-4) -
 def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
     """Sort the slices along their normal and check they form one regular grid."""
     key = info.key
-    colour = [s for s in slices if s.samples_per_pixel != 1
-              or s.photometric not in ("MONOCHROME1", "MONOCHROME2", "")]
+    colour = [s for s in slices if _colour(s)]
     if colour:
         raise DicomError(
             f"{folder}: {colour[0].path.name} (series {key}, Modality {colour[0].modality or '(missing)'}) is a "

@@ -43,6 +43,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from renalseg import __version__
 from renalseg.errors import GeometryError, InputError
 from renalseg.geometry import Geometry
+from renalseg.io.dicom import _frame_facts
 from renalseg.io.terminology import Structure, structure_for
 
 __all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description", "unreferencable"]
@@ -118,24 +119,14 @@ def unreferencable(source_files: Sequence[Path], source_frames: Sequence[int] = 
     return None
 
 
-def _frame_positions(ds: pydicom.Dataset) -> list[np.ndarray]:
-    """Each frame's ImagePositionPatient from a multi-frame object's functional groups."""
-    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-    positions = []
-    for group in ds.PerFrameFunctionalGroupsSequence:
-        item = group.get("PlanePositionSequence") or (shared.get("PlanePositionSequence") if shared else None)
-        positions.append(np.asarray([float(v) for v in item[0].ImagePositionPatient]))
-    return positions
-
-
 def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry,
                     source_frames: Sequence[int] = ()) -> None:
     """The label map must be on the source slices' grid, slice k on file k (on frame
     ``source_frames[k]`` of a multi-frame source)."""
-    if source_frames:
-        positions = _frame_positions(datasets[0])
+    if source_frames:  # each frame's position as the study was read (the functional groups)
+        facts = _frame_facts(datasets[0], Path(str(datasets[0].filename)))
         count = len(source_frames)
-        first, last = positions[source_frames[0] - 1], positions[source_frames[-1] - 1]
+        first, last = (np.asarray(facts[k - 1].position, float) for k in (source_frames[0], source_frames[-1]))
     else:
         count = len(datasets)
         first = np.asarray([float(v) for v in datasets[0].ImagePositionPatient])
