@@ -188,3 +188,17 @@ def test_a_batch_passes_over_series_folders_without_a_ct_volume_and_names_them(t
     assert discover_studies([patient / "1_topogram"]) == [patient / "1_topogram"]
     result = runner.invoke(app, ["info", str(patient / "1_topogram")])
     assert result.exit_code == 1 and "single 2D slice" in result.output
+
+
+def test_info_names_the_series_a_pacs_export_folder_passed_over(tmp_path):
+    import pydicom
+
+    folder = _copy_dicom(tmp_path / "export")
+    ds = pydicom.dcmread(next(iter(sorted(folder.iterdir()))))
+    ds.SeriesInstanceUID, ds.SeriesDescription = "1.2.826.0.1.3680043.2.1125.9.9", "Topogram"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(folder / "topogram.dcm")
+    result = runner.invoke(app, ["info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "512×512×20" in result.stdout
+    assert "export: passed over series 1.2.826.0.1.3680043.2.1125.9.9 'Topogram': a localizer (scout)" in result.stdout

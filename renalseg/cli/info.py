@@ -16,8 +16,9 @@ from renalseg.errors import RenalsegError
 __all__ = ["register"]
 
 
-def _row(path: Path, series: str | None) -> list[str]:
-    """The table cells of one study (reads it; raises RenalsegError when it cannot)."""
+def _row(path: Path, series: str | None) -> tuple[list[str], list[str]]:
+    """The table cells of one study and the series its DICOM folder passed over (reads it;
+    raises RenalsegError when it cannot)."""
     import SimpleITK as sitk
 
     from renalseg.io.study import read_study
@@ -43,7 +44,7 @@ def _row(path: Path, series: str | None) -> list[str]:
         shown,
         uid,
         slices,
-    ]
+    ], list(study.extra.get("series_skipped") or [])
 
 
 def _label_values(image, lowest: float, highest: float) -> list[int] | None:
@@ -71,7 +72,9 @@ def info(
     """Describe studies: format, size, spacing, orientation, HU range (label values for a label map), DICOM series.
 
     A folder of studies gives one row per study. A study that cannot be read gets
-    one red line and the others are still listed (exit code 1).
+    one red line and the others are still listed (exit code 1). Where a DICOM folder
+    holds one CT volume beside localizers, dose reports or reformats, the volume is
+    described and the series passed over are named below the table.
 
     Example: [bold]renalseg info patient_dicom/ scans/[/]
     """
@@ -88,9 +91,12 @@ def info(
     table.add_column("series UID", overflow="fold")
     table.add_column("slices", justify="right")
     failed = 0
+    passed_over: list[str] = []
     for path in paths:
         try:
-            table.add_row(*_row(path, series))
+            cells, skipped = _row(path, series)
+            table.add_row(*cells)
+            passed_over += [f"{cells[0]}: passed over series {line}" for line in skipped]
         except RenalsegError as err:
             if STATE["debug"]:
                 raise
@@ -101,6 +107,8 @@ def info(
         out = console if console.is_terminal else Console(width=max(console.width, 240),
                                                           no_color=console.no_color)
         out.print(table)
+        for line in passed_over:
+            out.print(line, style="dim", markup=False, highlight=False)
     if failed:
         print_error(f"{failed} of {len(paths)} studies could not be read.")
         raise typer.Exit(1)
