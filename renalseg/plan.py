@@ -1613,8 +1613,10 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
     if not any(int(v) > 0 for v in result.territory_names):
         return {"path": None, "reason": "no territories"}
     try:
-        # report.json gives no UID (None) for a series whose UID is empty
-        files, frames = dicom_series_slices(source["path"], series_uid=source.get("series_uid") or "(empty)")
+        # report.json gives the series' key where its UID does not select it (an empty UID,
+        # one volume of several in a series), and no UID (None) for a series whose UID is empty
+        files, frames = dicom_series_slices(
+            source["path"], series_uid=source.get("series_key") or source.get("series_uid") or "(empty)")
         model = report.get("model") or {}
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:

@@ -57,6 +57,9 @@ class Study:
         format: ``"nifti"``, ``"nrrd"``, ``"metaimage"`` or ``"dicom"``.
         study_id: filesystem-safe name used for output folders.
         series_uid: DICOM SeriesInstanceUID (``None`` for files or when empty).
+        series_key: what selects this series in its folder again (``--series``): the UID,
+            ``"(empty)"``, or with ``#acqN`` where one series holds several volumes
+            (:class:`renalseg.io.dicom.SeriesInfo`); ``None`` for files.
         series_description: DICOM SeriesDescription when present.
         slice_count: number of DICOM files / slices read.
         extra: other header facts worth reporting (modality, patient position, ...).
@@ -72,6 +75,7 @@ class Study:
     format: str
     study_id: str
     series_uid: str | None = None
+    series_key: str | None = None
     series_description: str | None = None
     slice_count: int | None = None
     extra: dict = field(default_factory=dict)
@@ -99,6 +103,7 @@ class Study:
             "direction": list(geometry.direction),
             "orientation": geometry.orientation,
             "series_uid": self.series_uid,
+            **({"series_key": self.series_key} if self.series_key not in (None, self.series_uid) else {}),
             # series of the same DICOM folder passed over as not the CT volume (a localizer, ...)
             **({"series_skipped": list(self.extra["series_skipped"])} if self.extra.get("series_skipped") else {}),
         }

@@ -588,3 +588,62 @@ def test_bolus_tracking_is_passed_over_but_a_slice_of_the_volume_in_another_seri
     with pytest.raises(SeriesSelectionError, match=rf"{files[0].name} \(Modality OT, series 1\.2\.3\.4\) lies on the "
                                                    r"grid of series \(empty\), where one of its slices would be"):
         read_dicom_study(folder)
+
+
+# -- one series, two volumes (two contrast phases or a dynamic scan at the same positions) --------------
+def test_two_acquisitions_in_one_series_are_two_volumes_to_choose_from(tmp_path, fixture_study):
+    folder = copy_series(tmp_path / "dual_phase")
+    for path in _fixture_files():  # the same positions again, a later acquisition 100 HU brighter
+        copy = folder / f"late_{path.name[-6:]}"
+        shutil.copyfile(path, copy)
+        edit(copy, AcquisitionNumber=15, RescaleIntercept=-924)
+    assert [(s.key, s.slice_count) for s in list_series(folder)] == [("(empty)#acq1", 20), ("(empty)#acq2", 20)]
+    with pytest.raises(SeriesSelectionError, match=r"(?s)2 series in one folder, 2 of them CT volumes.*"
+                                                   r"\(empty\)#acq1 .*\(empty\)#acq2 "):
+        read_dicom_study(folder)
+    for key, added in (("(empty)#acq1", 0), ("(empty)#acq2", 100)):
+        study = read_dicom_study(folder, series_uid=key)
+        assert study.geometry == fixture_study.geometry and study.series_key == key
+        assert study.describe()["series_key"] == key
+        np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array + added)
+    assert all(p.name.startswith("late_") for p in read_dicom_study(folder, series_uid="(empty)#acq2").dicom_files)
+    # slices sharing positions that nothing tells apart stay refused
+    edit(folder / f"late_{_fixture_files()[0].name[-6:]}", AcquisitionNumber=14)
+    with pytest.raises(DuplicateSliceError):
+        read_dicom_study(folder)
+
+
+@pytest.mark.parametrize("decoder", ["pydicom", "gdcm"])
+def test_a_multi_frame_object_of_two_time_points_is_two_volumes(tmp_path, fixture_study, decoder, monkeypatch):
+    import copy
+
+    import renalseg.io.dicom
+
+    if decoder == "gdcm":
+        monkeypatch.setattr(renalseg.io.dicom, "_pydicom_decodes", lambda transfer_syntax: False)
+
+    from conftest import to_multi_frame
+    from pydicom.dataset import Dataset
+
+    (path,) = to_multi_frame(_fixture_files(), tmp_path / "dynamic")
+    ds = pydicom.dcmread(path)
+    stored = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence) + copy.deepcopy(list(ds.PerFrameFunctionalGroupsSequence))
+    for k, group in enumerate(groups):
+        content = group.FrameContentSequence[0] if "FrameContentSequence" in group else Dataset()
+        content.TemporalPositionIndex = 1 + k // 20
+        group.FrameContentSequence = [content]
+        if k >= 20:  # the later time point 100 HU brighter through its own rescale (frame 1's stays shared)
+            transform = Dataset()
+            transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = "1", "-924", "HU"
+            group.PixelValueTransformationSequence = [transform]
+    ds.PerFrameFunctionalGroupsSequence = groups
+    ds.NumberOfFrames = 40
+    ds.PixelData = np.concatenate([stored, stored]).tobytes()
+    ds.save_as(path)
+    uid = str(ds.SeriesInstanceUID)
+    with pytest.raises(SeriesSelectionError, match=rf"series {uid} holds 2 volumes"):
+        read_dicom_study(tmp_path / "dynamic", series_uid=uid)
+    later = read_dicom_study(tmp_path / "dynamic", series_uid=f"{uid}#acq2")
+    np.testing.assert_array_equal(later.volume.array, fixture_study.volume.array + 100)
+    assert sorted(later.dicom_frames) == list(range(21, 41)) and later.geometry == fixture_study.geometry

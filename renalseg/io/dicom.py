@@ -152,6 +152,9 @@ class _Slice:
     frame: int = 0
     #: a multi-frame object's frames, before :func:`_frames_of` makes each a slice
     frame_facts: tuple["_Frame", ...] = ()
+    #: what tells apart volumes sharing one series (AcquisitionNumber and
+    #: TemporalPositionIdentifier; a frame's TemporalPositionIndex and StackID)
+    acquisition: tuple = ()
 
     @property
     def name(self) -> str:
@@ -168,6 +171,7 @@ class _Frame:
     pixel_spacing: tuple[float, float] | None
     slope: float
     intercept: float
+    acquisition: tuple = ()
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -288,6 +292,8 @@ def _frame_facts(ds: pydicom.Dataset, path: Path) -> tuple[_Frame, ...]:
             intercept=_strict_number(_first_present(_group_value(groups, "PixelValueTransformationSequence",
                                                                  "RescaleIntercept"), ds.get("RescaleIntercept")),
                                      0.0, "RescaleIntercept", path),
+            acquisition=tuple(_text(_group_value(groups, "FrameContentSequence", keyword))
+                              for keyword in ("TemporalPositionIndex", "StackID")),
         ))
     return tuple(facts)
 
@@ -298,7 +304,7 @@ def _frames_of(header: _Slice) -> list[_Slice]:
         return [header]
     return [dataclasses.replace(header, frame=k, position=f.position, orientation=f.orientation,
                                 pixel_spacing=f.pixel_spacing, slope=f.slope, intercept=f.intercept,
-                                frame_facts=())
+                                acquisition=f.acquisition, frame_facts=())
             for k, f in enumerate(header.frame_facts, start=1)]
 
 
@@ -386,6 +392,7 @@ def _read_header(path: Path) -> _Slice | None:
             pixel_data=(0xFFFFFFFF, -1) if cut_in_pixels else _pixel_data_place(ds),
             file_bytes=path.stat().st_size,
             frame_facts=_frame_facts(ds, path) if frames > 1 else (),
+            acquisition=(_text(ds.get("AcquisitionNumber")), _text(ds.get("TemporalPositionIdentifier"))),
         )
     except CorruptDicomError:
         raise
@@ -520,7 +527,11 @@ class SeriesInfo:
 
     Attributes:
         key: what to pass as ``series_uid`` / ``--series``: the SeriesInstanceUID, or
-            ``"(empty)"`` (``"(empty)#2"``, ... when several series lack a UID).
+            ``"(empty)"`` (``"(empty)#2"``, ... when several series lack a UID); with
+            ``#acq1``, ``#acq2``, ... when one series holds several volumes at the same
+            positions that its AcquisitionNumber or TemporalPositionIdentifier (a
+            frame's TemporalPositionIndex or StackID) tell apart: two contrast phases
+            or a dynamic scan (:func:`_by_acquisition`).
         uid: the SeriesInstanceUID, ``None`` when the header's is empty.
         description: SeriesDescription (may be ``""``).
         modality: Modality (``"CT"``, ``"MR"``, ...; ``""`` when missing).
@@ -544,6 +555,26 @@ class SeriesInfo:
                 f"slice{'s' if self.slice_count != 1 else ''}  {self.modality or 'no modality'}")
 
 
+def _by_acquisition(members: list[_Slice]) -> list[list[_Slice]]:
+    """One series' slices as the volumes it holds: split by acquisition (time point, stack)
+    only where slices share positions and each acquisition alone has none twice (two
+    contrast phases or a dynamic scan in one series); otherwise the series as it is."""
+    normal = _normal(members[0])
+    if normal is None or any(m.position is None for m in members):
+        return [members]
+
+    def repeats(group: list[_Slice]) -> bool:
+        along = np.sort(np.asarray([m.position for m in group], float) @ normal)
+        return bool((np.diff(along) < _DUPLICATE_TOL_MM).any())
+
+    parts: dict[tuple, list[_Slice]] = defaultdict(list)
+    for m in members:
+        parts[m.acquisition].append(m)
+    if len(parts) < 2 or not repeats(members) or any(len(p) < 2 or repeats(p) for p in parts.values()):
+        return [members]
+    return [parts[k] for k in sorted(parts, key=lambda k: tuple((len(v), v) for v in k))]
+
+
 def _group(slices: Sequence[_Slice]) -> list[tuple[SeriesInfo, list[_Slice]]]:
     groups: dict[tuple, list[_Slice]] = defaultdict(list)
     for s in slices:
@@ -563,13 +594,15 @@ def _group(slices: Sequence[_Slice]) -> list[tuple[SeriesInfo, list[_Slice]]]:
         else:
             empty_seen += 1
             name, uid = (EMPTY_UID if empty_count == 1 or empty_seen == 1 else f"{EMPTY_UID}#{empty_seen}"), None
-        first = members[0]
-        info = SeriesInfo(
-            key=name, uid=uid, description=first.description, modality=first.modality,
-            slice_count=len(members), series_number=first.series_number,
-            files=tuple(dict.fromkeys(m.path for m in members)),
-        )
-        result.append((info, members))
+        volumes = _by_acquisition(members)
+        for number, volume in enumerate(volumes, start=1):
+            first = volume[0]
+            info = SeriesInfo(
+                key=name if len(volumes) == 1 else f"{name}#acq{number}", uid=uid, description=first.description,
+                modality=first.modality, slice_count=len(volume), series_number=first.series_number,
+                files=tuple(dict.fromkeys(m.path for m in volume)),
+            )
+            result.append((info, volume))
     return result
 
 
@@ -730,9 +763,18 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
             + f" with --series UID (Python: series_uid=...):\n{listing}"
         )
     listing = "\n".join(f"  {info.describe()}" for info, _ in groups)
+    wanted = series_uid.strip()
     for info, members in groups:
-        if series_uid.strip() in (info.key, info.uid):
+        if wanted == info.key:
             return info, members, []
+    by_uid = [(info, members) for info, members in groups if info.uid is not None and wanted == info.uid]
+    if len(by_uid) == 1:
+        return by_uid[0][0], by_uid[0][1], []
+    if by_uid:
+        raise SeriesSelectionError(
+            f"{folder}: series {wanted} holds {len(by_uid)} volumes (contrast phases or time points at the same "
+            f"positions); choose one with --series KEY:\n{listing}"
+        )
     keys = [info.key for info, _ in groups]
     raise SeriesSelectionError(
         f"{folder}: no series with UID '{series_uid}'.{suggest(series_uid, keys)} "
@@ -968,8 +1010,9 @@ def _read_frames(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
         if _pydicom_decodes(first.extra.get("transfer_syntax", "")):
             try:
                 for number, stored in enumerate(iter_pixels(path), start=1):
-                    s = slices[by_frame[number]]
-                    out[by_frame[number]] = stored * np.float64(s.slope) + s.intercept
+                    if number in by_frame:  # (a frame of another volume in the same object is not)
+                        s = slices[by_frame[number]]
+                        out[by_frame[number]] = stored * np.float64(s.slope) + s.intercept
             except Exception as err:  # pydicom and its codecs raise many types on damaged data
                 raise CorruptDicomError(
                     f"{folder}: pixel data cannot be decoded in {path.name} ({type(err).__name__}: "
@@ -991,7 +1034,8 @@ def _read_frames(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
                 f"{frames.shape[2]}, but its header declares {first.frames} of {rows} × {columns}. The header is "
                 f"inconsistent: convert the series with dcm2niix and pass the NIfTI, or {_FIX_EXPORT}."
             )
-        applied = slices[by_frame[1]]
+        # the rescale GDCM applied: frame 1's, which may be another volume's (its header read again)
+        applied = slices[by_frame[1]] if 1 in by_frame else _read_header(path).frame_facts[0]  # type: ignore[union-attr]
         for number, index in by_frame.items():
             s = slices[index]
             values = frames[number - 1]
@@ -1117,7 +1161,7 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
              **({"series_skipped": skipped} if skipped else {})}
     return Study(
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
-        series_uid=info.uid, series_description=info.description or None,
+        series_uid=info.uid, series_key=info.key, series_description=info.description or None,
         slice_count=len(ordered), extra=extra, dicom_files=tuple(grid.files),
         dicom_frames=tuple(grid.frames) if any(grid.frames) else (),
     )
