@@ -544,7 +544,7 @@ def test_the_one_ct_volume_is_read_and_the_localizer_dose_report_and_reformat_ar
     assert len(skipped) == 4 and study.describe()["series_skipped"] == skipped
     for description, why in [("Topogram", "a localizer (scout)"),
                              ("Patient Protocol", "a secondary capture (a screenshot or dose report)"),
-                             ("Cor MPR", "a derived series (reformat or MIP) beside an original one"),
+                             ("Cor MPR", "a reformat (MPR, MIP or another view) beside an axial volume"),
                              ("Planning PET", "Modality PT, not CT")]:
         assert any(f"'{description}': {why}" in line for line in skipped), (description, skipped)
     # naming a series still reads it, whatever it is
@@ -552,10 +552,13 @@ def test_the_one_ct_volume_is_read_and_the_localizer_dose_report_and_reformat_ar
     assert read_dicom_study(folder, series_uid=reformat.key).slice_count == 4
 
 
-def test_two_ct_volumes_beside_a_localizer_are_the_users_choice(tmp_path):
+@pytest.mark.parametrize("second", ["Venous", "Thin iterative"])
+def test_two_ct_volumes_beside_a_localizer_are_the_users_choice(tmp_path, second):
+    """A second phase, or a second axial reconstruction that its scanner marks DERIVED."""
     folder = copy_series(tmp_path / "two_phases")
     files = _by_z(_fixture_files())
-    _extra_series(folder, "Venous", files, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    _extra_series(folder, second, files,
+                  ImageType=["ORIGINAL" if second == "Venous" else "DERIVED", "PRIMARY", "AXIAL"])
     _extra_series(folder, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     with pytest.raises(SeriesSelectionError, match=r"(?s)3 series in one folder, 2 of them CT volumes; choose one "
                                                    r"with --series UID.*'Topogram'  1 slice  CT  \(not a CT volume: "

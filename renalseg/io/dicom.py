@@ -715,9 +715,21 @@ def _not_a_volume_kind(header: _Slice) -> str | None:
     return None
 
 
-def _derived(members: Sequence[_Slice]) -> bool:
-    """ImageType DERIVED: a reformat, MIP or other series computed from an original one."""
-    return members[0].extra.get("image_type", "").startswith("DERIVED")
+#: ImageType values (after DERIVED) of a series computed from another one's volume
+_REFORMAT_TYPES = frozenset({"MPR", "MIP", "MINIP", "REFORMATTED", "PROJECTION IMAGE", "CURVED", "CPR", "VRT",
+                             "VOLUME RENDERING", "3D"})
+
+
+def _reformat(members: Sequence[_Slice]) -> bool:
+    """A derived series that is a reformat of another volume: ImageType DERIVED with a
+    reformat value (MPR, MIP, ...), or DERIVED and not axial (a coronal or sagittal
+    reformat). A DERIVED axial reconstruction (some scanners mark thin iterative ones so)
+    is not: it may be the volume to segment."""
+    image_type = members[0].extra.get("image_type", "").split("\\")
+    if image_type[0] != "DERIVED":
+        return False
+    normal = _normal(members[0])
+    return bool(_REFORMAT_TYPES.intersection(image_type)) or (normal is not None and abs(float(normal[2])) < 0.866)
 
 
 def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
@@ -725,19 +737,21 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
     """The series to read, its slices, and the series passed over when none was named.
 
     With no ``series_uid`` the series that cannot be the CT volume (a localizer, a
-    secondary capture such as a dose report, a single slice, not CT) are passed over,
-    and so are derived series (reformats, MIPs) when an original one is left; when one
-    series is left it is read, and the others are named with why (``Study.extra``'s
-    ``series_skipped``). Several left: the choice is the user's."""
+    secondary capture such as a dose report, a single slice, bolus tracking, not CT) are
+    passed over, and so are reformats (MPR, MIP, coronal or sagittal views) when another
+    volume is left; when one series is left it is read, and the others are named with
+    why (``Study.extra``'s ``series_skipped``). Several left: the choice is the user's
+    (an axial series marked DERIVED stays a choice: some scanners mark thin
+    reconstructions so)."""
     if series_uid is None:
         if len(groups) == 1:
             return groups[0][0], groups[0][1], []
         why = {info.key: _not_a_volume(info, members) for info, members in groups}
         volumes = [(info, members) for info, members in groups if why[info.key] is None]
-        if any(not _derived(members) for _, members in volumes):
+        if any(not _reformat(members) for _, members in volumes):
             for info, members in volumes:
-                if _derived(members):
-                    why[info.key] = "a derived series (reformat or MIP) beside an original one"
+                if _reformat(members):
+                    why[info.key] = "a reformat (MPR, MIP or another view) beside an axial volume"
             volumes = [(info, members) for info, members in volumes if why[info.key] is None]
         listing = "\n".join(f"  {info.describe()}" + (f"  (not a CT volume: {why[info.key]})"
                                                        if why[info.key] else "") for info, _ in groups)
