@@ -75,12 +75,12 @@ class Study:
     format: str
     study_id: str
     series_uid: str | None = None
-    series_key: str | None = None
     series_description: str | None = None
     slice_count: int | None = None
     extra: dict = field(default_factory=dict)
     dicom_files: tuple[Path, ...] = ()
     dicom_frames: tuple[int, ...] = ()
+    series_key: str | None = None
 
     @property
     def geometry(self) -> Geometry:

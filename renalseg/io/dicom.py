@@ -1005,8 +1005,8 @@ def _read_frames(folder: Path, grid: _Grid, slices: list[_Slice]) -> sitk.Image:
     own rescale, stacked in the grid's order and placed on the grid.
 
     pydicom decodes an object one frame at a time where it can (``iter_pixels``: stored
-    values; peak memory about the volume itself, against 5.6 times it through GDCM for a
-    600-frame 512 × 512 object, 0.35 against 1.69 GB); otherwise GDCM decodes the whole
+    values; 0.56 GB peak for a 400-frame 512 × 512 object, where GDCM takes 1.21 GB and
+    three to five times as long: ``benchmarks/bench_read.py``); otherwise GDCM decodes the whole
     object (JPEG Lossless, say) and applies its first frame's rescale (shared or
     per-frame) to all of its frames, so a frame whose own rescale differs gets its stored
     values back from that one and its own applied. The pixels are checked against the
