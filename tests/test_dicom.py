@@ -650,3 +650,33 @@ def test_a_multi_frame_object_of_two_time_points_is_two_volumes(tmp_path, fixtur
     later = read_dicom_study(tmp_path / "dynamic", series_uid=f"{uid}#acq2")
     np.testing.assert_array_equal(later.volume.array, fixture_study.volume.array + 100)
     assert sorted(later.dicom_frames) == list(range(21, 41)) and later.geometry == fixture_study.geometry
+
+
+def test_a_description_pattern_picks_the_phase_in_every_folder_of_a_batch(tmp_path, fixture_study):
+    """``--series '*arter*'``: one option for a batch whose folders hold an arterial and a venous phase."""
+    folders = []
+    for patient, arterial_name in (("p1", "CTA Arterial 1.0 Br40"), ("p2", "ARTERIELL 0.75")):
+        folder = tmp_path / patient
+        folder.mkdir()
+        files = _by_z(_fixture_files())
+        _extra_series(folder, arterial_name, files)
+        _extra_series(folder, "Venous 1.0", files, RescaleIntercept=-924)
+        _extra_series(folder, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+        folders.append(folder)
+    for folder in folders:
+        study = read_dicom_study(folder, series_uid="*ARTER*")  # case does not matter
+        np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array)
+        assert any("'Venous 1.0': its description does not match '*ARTER*'" in line
+                   for line in study.extra["series_skipped"])
+        np.testing.assert_array_equal(read_dicom_study(folder, series_uid="*ven*").volume.array,
+                                      fixture_study.volume.array + 100)
+    with pytest.raises(SeriesSelectionError, match=r"3 series in one folder, none of them a CT volume described as "
+                                                   r"'\*portal\*'"):
+        read_dicom_study(folders[0], series_uid="*portal*")
+    with pytest.raises(SeriesSelectionError, match=r"2 of them CT volumes described as '\*1\.0\*'; choose one"):
+        read_dicom_study(folders[0], series_uid="*1.0*")
+    # a folder of one series is read only when its description matches
+    single = copy_series(tmp_path / "single")
+    with pytest.raises(SeriesSelectionError, match="none of them a CT volume described as"):
+        read_dicom_study(single, series_uid="*arter*")
+    assert read_dicom_study(single, series_uid="*body*").slice_count == 20  # 'CT Body 3.0'

@@ -46,7 +46,9 @@ ShardOption = Annotated[Optional[str], typer.Option(
     "--shard", help="K/N: only every N-th study starting at K (K from 0), to split a batch over jobs.",
     show_default=False)]
 SeriesOption = Annotated[Optional[str], typer.Option(
-    "--series", help="DICOM SeriesInstanceUID when a folder holds several series.", show_default=False)]
+    "--series", help="DICOM SeriesInstanceUID (or the key listed) when a folder holds several CT volumes; "
+    "with * or ?, a pattern for the series description, so one option picks the phase in every folder of a "
+    "batch (e.g. '*arter*').", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON on stdout.")]
 ForceOption = Annotated[bool, typer.Option(
     "--force", help="Process a study whose values do not look like CT Hounsfield units (8-bit, nothing below "

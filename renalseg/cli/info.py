@@ -66,8 +66,9 @@ def info(
         help="Image files (NIfTI, NRRD, MHA), DICOM series folders, or folders of studies.",
         show_default=False, metavar="STUDY")],
     series: Annotated[str | None, typer.Option(
-        "--series", help="SeriesInstanceUID to read when a DICOM folder holds several "
-        "('(empty)' for a series without UID).", show_default=False, metavar="UID")] = None,
+        "--series", help="SeriesInstanceUID to read when a DICOM folder holds several CT volumes "
+        "('(empty)' for a series without UID); with * or ?, a pattern for the series description "
+        "(e.g. '*arter*').", show_default=False, metavar="UID")] = None,
 ) -> None:
     """Describe studies: format, size, spacing, orientation, HU range (label values for a label map), DICOM series.
 

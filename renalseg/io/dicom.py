@@ -29,6 +29,7 @@ size instead, and are shown and selected as ``"(empty)"``.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import math
 import warnings
@@ -742,11 +743,21 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
     volume is left; when one series is left it is read, and the others are named with
     why (``Study.extra``'s ``series_skipped``). Several left: the choice is the user's
     (an axial series marked DERIVED stays a choice: some scanners mark thin
-    reconstructions so)."""
-    if series_uid is None:
-        if len(groups) == 1:
+    reconstructions so).
+
+    A ``series_uid`` with ``*`` or ``?`` is a pattern for the SeriesDescription
+    (case-insensitive, as :mod:`fnmatch`): the same choice among the CT volumes whose
+    description it matches, so one pattern picks the arterial phase in every folder of a
+    batch (``"*arter*"``)."""
+    pattern = series_uid.strip().lower() if series_uid is not None and any(c in series_uid for c in "*?") else None
+    if series_uid is None or pattern is not None:
+        if len(groups) == 1 and pattern is None:
             return groups[0][0], groups[0][1], []
         why = {info.key: _not_a_volume(info, members) for info, members in groups}
+        if pattern is not None:
+            for info, _ in groups:
+                if why[info.key] is None and not fnmatch.fnmatchcase(info.description.lower(), pattern):
+                    why[info.key] = f"its description does not match {series_uid.strip()!r}"  # type: ignore[union-attr]
         volumes = [(info, members) for info, members in groups if why[info.key] is None]
         if any(not _reformat(members) for _, members in volumes):
             for info, members in volumes:
@@ -770,10 +781,11 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
             logger.info("%s: read series %s, the only CT volume among %d series; passed over: %s", folder,
                         chosen.key, len(groups), "; ".join(skipped))
             return chosen, members, skipped
+        described = f" described as {series_uid.strip()!r}" if pattern else ""  # type: ignore[union-attr]
         raise SeriesSelectionError(
             f"{folder}: {len(groups)} series in one folder, "
-            + (f"{len(volumes)} of them CT volumes; choose one" if volumes else "none of them a CT volume; if one is, "
-               "choose it")
+            + (f"{len(volumes)} of them CT volumes{described}; choose one" if volumes
+               else f"none of them a CT volume{described}; if one is, choose it")
             + f" with --series UID (Python: series_uid=...):\n{listing}"
         )
     listing = "\n".join(f"  {info.describe()}" for info, _ in groups)
