@@ -680,3 +680,15 @@ def test_a_description_pattern_picks_the_phase_in_every_folder_of_a_batch(tmp_pa
     with pytest.raises(SeriesSelectionError, match="none of them a CT volume described as"):
         read_dicom_study(single, series_uid="*arter*")
     assert read_dicom_study(single, series_uid="*body*").slice_count == 20  # 'CT Body 3.0'
+
+
+def test_another_phase_reaching_a_slice_further_is_no_stray_slice(tmp_path, fixture_study):
+    """The venous phase covers one slice more than the arterial one, on the same grid: picked by
+    description, the arterial volume is read; only a series that is no CT volume counts as a stray slice."""
+    folder = tmp_path / "phases"
+    folder.mkdir()
+    files = _by_z(_fixture_files())
+    _extra_series(folder, "Arterial", files[1:])
+    _extra_series(folder, "Venous", files)
+    study = read_dicom_study(folder, series_uid="*arterial*")
+    np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array[1:])

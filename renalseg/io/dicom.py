@@ -754,6 +754,8 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
         if len(groups) == 1 and pattern is None:
             return groups[0][0], groups[0][1], []
         why = {info.key: _not_a_volume(info, members) for info, members in groups}
+        # where a slice of the volume with a damaged header would land (not a reformat, not another phase)
+        not_volumes = [m for info, members in groups if why[info.key] is not None for m in members]
         if pattern is not None:
             for info, _ in groups:
                 if why[info.key] is None and not fnmatch.fnmatchcase(info.description.lower(), pattern):
@@ -768,7 +770,7 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
                                                        if why[info.key] else "") for info, _ in groups)
         if len(volumes) == 1:
             chosen, members = volumes[0]
-            stray = _on_the_grid_of(members, [m for info, others in groups if info is not chosen for m in others])
+            stray = _on_the_grid_of(members, not_volumes)
             if stray is not None:
                 raise SeriesSelectionError(
                     f"{folder}: {stray.name} (Modality {stray.modality or '(missing)'}, series "
