@@ -561,7 +561,7 @@ def test_two_ct_volumes_beside_a_localizer_are_the_users_choice(tmp_path, second
                   ImageType=["ORIGINAL" if second == "Venous" else "DERIVED", "PRIMARY", "AXIAL"])
     _extra_series(folder, "Topogram", files[:1], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     with pytest.raises(SeriesSelectionError, match=r"(?s)3 series in one folder, 2 of them CT volumes; choose one "
-                                                   r"with --series UID.*'Topogram'  1 slice  CT  \(not a CT volume: "
+                                                   r"with --series UID.*'Topogram'  1 slice  CT  \(passed over: "
                                                    r"a localizer \(scout\)\)"):
         read_dicom_study(folder)
     only_pictures = tmp_path / "pictures"

@@ -766,7 +766,7 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
                 if _reformat(members):
                     why[info.key] = "a reformat (MPR, MIP or another view) beside an axial volume"
             volumes = [(info, members) for info, members in volumes if why[info.key] is None]
-        listing = "\n".join(f"  {info.describe()}" + (f"  (not a CT volume: {why[info.key]})"
+        listing = "\n".join(f"  {info.describe()}" + (f"  (passed over: {why[info.key]})"
                                                        if why[info.key] else "") for info, _ in groups)
         if len(volumes) == 1:
             chosen, members = volumes[0]
