@@ -692,3 +692,67 @@ def test_another_phase_reaching_a_slice_further_is_no_stray_slice(tmp_path, fixt
     _extra_series(folder, "Venous", files)
     study = read_dicom_study(folder, series_uid="*arterial*")
     np.testing.assert_array_equal(study.volume.array, fixture_study.volume.array[1:])
+
+
+# -- a damaged header is refused with the file named, never read into other values ---------------------
+@pytest.mark.parametrize("damage", ["SOP Class UID swallowed the image's elements", "Pixel Representation flipped",
+                                    "Photometric Interpretation flipped", "Rescale Slope empty",
+                                    "Bits Stored without its High Bit"])
+def test_a_slice_with_a_damaged_header_is_refused_not_read_differently(tmp_path, damage):
+    """What random header byte flips do to one slice (tests/test_hostile.py): each would have
+    left the slice out or decoded its pixels to other values."""
+    folder = copy_series(tmp_path / "series")
+    victim = folder / _by_z(_fixture_files())[5].name
+    ds = pydicom.dcmread(victim)
+    if damage.startswith("SOP Class UID"):
+        for keyword in ("Rows", "Columns", "Modality"):
+            delattr(ds, keyword)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2\x00\x08\x00garbage"
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        expected = rf"{victim.name}; .* truncated or damaged copies"
+    elif damage == "Pixel Representation flipped":
+        ds.PixelRepresentation = 1 - int(ds.PixelRepresentation)
+        expected = r"store their pixels differently"
+    elif damage == "Photometric Interpretation flipped":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        expected = r"store their pixels differently"
+    elif damage == "Rescale Slope empty":
+        ds.RescaleSlope = ""
+        expected = rf"{victim.name}: Rescale Slope or Rescale Intercept is present but empty"
+    else:
+        ds.BitsStored = 7  # unlike the other slices, and against its own High Bit
+        expected = r"store their pixels differently \(.*\(16, 7, 11, "
+    with pytest.warns(UserWarning) if damage.startswith("SOP Class UID") else _no_warning():
+        ds.save_as(victim)
+    with pytest.raises(CorruptDicomError, match=expected):
+        read_dicom_study(folder)
+
+
+def test_a_dose_report_beside_the_slices_is_left_out(tmp_path, fixture_study):
+    """A structured report (a valid non-image SOP Class, no pixels) is no damaged slice."""
+    folder = copy_series(tmp_path / "series")
+    ds = pydicom.dcmread(_fixture_files()[0], stop_before_pixels=True)
+    for keyword in ("Rows", "Columns"):
+        delattr(ds, keyword)
+    ds.Modality, ds.SOPClassUID = "SR", "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(folder / "dose_report.dcm")
+    np.testing.assert_array_equal(read_dicom_study(folder).volume.array, fixture_study.volume.array)
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_a_multi_frame_object_whose_bits_stored_misses_its_high_bit_is_refused(tmp_path):
+    from conftest import to_multi_frame
+
+    (path,) = to_multi_frame(_fixture_files(), tmp_path / "enhanced")
+    ds = pydicom.dcmread(path)
+    ds.BitsStored = 7  # one object: no other slice to disagree with, its own High Bit (11) does
+    ds.save_as(path)
+    with pytest.raises(CorruptDicomError, match=r"enhanced_1\.dcm: Bits Stored 7, High Bit 11, Bits Allocated 16 do "
+                                                r"not fit together"):
+        read_dicom_study(tmp_path / "enhanced")

@@ -518,6 +518,32 @@ def _mutations(rng: np.random.Generator, data: bytes, span: tuple[int, int], cou
     return out
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the values it is given
+def test_random_byte_flips_in_a_multi_frame_header_give_an_error_or_the_same_image(tmp_path):
+    """Header bytes of an Enhanced CT object, its functional groups included: each flip is
+    refused with the folder named, or changes nothing the image depends on."""
+    from conftest import to_multi_frame
+
+    rng = np.random.default_rng(31)
+    classic = _series(tmp_path, make_ct(shape_zyx=(6, 8, 10), kidneys=((3, 4, 5, 2, 2, 3),)))
+    (path,) = to_multi_frame(sorted(classic.iterdir()), tmp_path / "enhanced")
+    reference = read_study(path.parent).image
+    clean = path.read_bytes()
+    pixels = pydicom.dcmread(path, defer_size=0).get_item(0x7FE00010, keep_deferred=True).value_tell
+    outcomes = {"error": 0, "same": 0}
+    for k, mutated in enumerate(_mutations(rng, clean, (128, pixels), 200)):
+        path.write_bytes(mutated)
+        try:
+            image = read_study(path.parent).image
+        except RenalsegError as err:
+            assert str(path.parent) in str(err)
+            outcomes["error"] += 1
+        else:
+            assert _same_image(image, reference), f"mutation {k} read as a different image"
+            outcomes["same"] += 1
+    assert outcomes["error"] >= 5 and outcomes["same"] >= 5, outcomes
+
+
 def test_random_byte_flips_in_a_nifti_gz_give_an_error_or_the_same_image(tmp_path):
     """Every byte of a .nii.gz is covered by its gzip CRC-32, header included."""
     rng = np.random.default_rng(28)

@@ -32,6 +32,7 @@ import dataclasses
 import fnmatch
 import logging
 import math
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -146,6 +147,7 @@ class _Slice:
     samples_per_pixel: int = 1
     photometric: str = "MONOCHROME2"
     bits_allocated: int | None = None
+    high_bit: int | None = None
     #: (value length, byte offset of the value) of Pixel Data; None when absent
     pixel_data: tuple[int, int] | None = None
     file_bytes: int = 0
@@ -386,10 +388,13 @@ def _read_header(path: Path) -> _Slice | None:
                 "transfer_syntax": str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
                 if hasattr(ds, "file_meta") else "",
                 "image_type": _text(ds.get("ImageType")).upper(),
+                # present but empty: the CT Image module requires a value (checked on the series read)
+                "rescale_empty": any(k in ds and ds.get(k) in ("", None) for k in ("RescaleSlope", "RescaleIntercept")),
             },
             samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
             photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
             bits_allocated=int(ds.BitsAllocated) if ds.get("BitsAllocated") not in (None, "") else None,
+            high_bit=int(ds.HighBit) if ds.get("HighBit") not in (None, "") else None,
             pixel_data=(0xFFFFFFFF, -1) if cut_in_pixels else _pixel_data_place(ds),
             file_bytes=path.stat().st_size,
             frame_facts=_frame_facts(ds, path) if frames > 1 else (),
@@ -429,6 +434,8 @@ def _once_per_file(slices: Sequence[_Slice]) -> list[_Slice]:
 
 #: an SOP Class whose name says it holds an image (a file of it without pixels is damaged)
 _IMAGE_SOP = "Image Storage"
+#: a well-formed UID: numeric components joined by dots, at most 64 characters
+_UID = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
@@ -441,6 +448,18 @@ def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
     """
     for s in _once_per_file(slices):
         name = s.path.name
+        if s.extra.get("rescale_empty"):
+            raise CorruptDicomError(
+                f"{folder}: {name}: Rescale Slope or Rescale Intercept is present but empty, so its HU are unknown: "
+                f"the header is damaged. Remove the file or {_FIX_EXPORT}.")
+        if s.bits_stored is not None and ((s.high_bit is not None and s.high_bit != s.bits_stored - 1)
+                                          or (s.bits_allocated is not None and s.bits_stored > s.bits_allocated)):
+            # the CT Image module fixes High Bit at Bits Stored − 1: a header breaking it is
+            # damaged, and its pixels would decode to other values
+            raise CorruptDicomError(
+                f"{folder}: {name}: Bits Stored {s.bits_stored}, High Bit {s.high_bit}, Bits Allocated "
+                f"{s.bits_allocated} do not fit together (High Bit must be Bits Stored − 1): the header is "
+                f"damaged. Remove the file or {_FIX_EXPORT}.")
         if s.pixel_data is None:
             raise CorruptDicomError(
                 f"{folder}: {name} has no pixel data (the file is truncated after its header, {s.file_bytes:,} "
@@ -492,6 +511,16 @@ def _sop_name(header: _Slice) -> str:
         return ""
 
 
+def _no_image_by_design(header: _Slice) -> bool:
+    """A DICOM file without an image that is meant to have none: a well-formed SOP Class
+    UID naming no image storage (a structured report, a presentation state, a vendor's
+    private object). A CT file, an image SOP Class, or a SOP Class UID that is no UID at
+    all (a damaged length swallowed the elements after it, Rows and Modality among them)
+    is a damaged image, and is not left out silently."""
+    uid = header.extra.get("sop_class", "")
+    return (bool(_UID.fullmatch(uid)) and _IMAGE_SOP not in _sop_name(header) and header.modality != "CT")
+
+
 def _scan(folder: Path) -> list[_Slice]:
     """Headers of the DICOM *image* files directly in ``folder`` (sorted by name)."""
     if not folder.exists():
@@ -501,13 +530,12 @@ def _scan(folder: Path) -> list[_Slice]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     headers = [h for h in (_read_header(p) for p in files) if h is not None]
     images = [h for h in headers if h.rows is not None and h.columns is not None]
-    cut = [h for h in headers if (h.rows is None or h.columns is None)
-           and (_IMAGE_SOP in _sop_name(h) or h.modality == "CT")]
+    cut = [h for h in headers if (h.rows is None or h.columns is None) and not _no_image_by_design(h)]
     if cut:
         names = ", ".join(h.path.name for h in cut[:3]) + (" ..." if len(cut) > 3 else "")
         raise CorruptDicomError(
             f"{folder}: {len(cut)} file(s) hold a DICOM header without the image it should describe ({names}; "
-            f"{cut[0].file_bytes:,} bytes): truncated copies. No slice is left out silently: copy the series "
+            f"{cut[0].file_bytes:,} bytes): truncated or damaged copies. No slice is left out silently: copy the series "
             f"again or {_FIX_EXPORT}.")
     if not images:
         what = (f"{len(headers)} DICOM file(s) without image data" if headers
@@ -624,15 +652,28 @@ def list_series(folder: Path | str) -> list[SeriesInfo]:
     return [info for info, _ in _group(_scan(Path(folder)))]
 
 
+#: DICOM's defined terms for Modality, CT aside: a series with one of these is another
+#: kind of study. A Modality outside the list (a damaged header, say) is no reason to pass
+#: a series over: it stays a choice, and the choice is the user's.
+_OTHER_MODALITIES = frozenset({
+    "MR", "PT", "NM", "US", "XA", "RF", "DX", "CR", "MG", "IO", "PX", "OT", "SC", "XC", "ES", "OP", "SM", "GM",
+    "SEG", "SR", "PR", "KO", "REG", "DOC", "RWV", "PLAN", "RTSTRUCT", "RTDOSE", "RTPLAN", "RTIMAGE", "RTRECORD",
+    "FID", "HC", "IVOCT", "IVUS", "OCT", "OPM", "OPT", "OPV", "OSS", "BDUS", "BMD", "DG", "LS", "TG", "ECG",
+    "EPS", "HD", "RESP", "AU", "M3D", "OAM", "SMR", "STAIN", "TEXTUREMAP", "XAPROTOCOL", "CTPROTOCOL",
+})
+
+
 def _not_a_volume(info: SeriesInfo, members: Sequence[_Slice]) -> str | None:
-    """Why a series cannot be the CT volume to segment, or ``None`` when it can be."""
-    if info.modality != "CT":
-        return f"Modality {info.modality or '(missing)'}, not CT"
+    """Why a series cannot be the CT volume to segment, or ``None`` when it can be (or
+    when nothing says so for sure: a lone CT slice may be one of the volume's, its
+    series UID damaged, so it stays a choice rather than be passed over)."""
+    if info.modality in _OTHER_MODALITIES:
+        return f"Modality {info.modality}, not CT"
     kind = next((k for k in map(_not_a_volume_kind, members) if k), None)
     if kind:
         return kind
     if len(members) == 1:
-        return "a single slice"
+        return None
     normal = _normal(members[0])
     if normal is not None and all(m.position is not None for m in members):
         along = np.asarray([m.position for m in members], float) @ normal
@@ -698,7 +739,9 @@ def holds_no_ct_volume(folder: Path | str) -> str | None:
         groups = _group(_scan(folder))
     except (DicomError, UsageError, OSError):
         return None
-    reasons = [_not_a_volume(info, members) for info, members in groups]
+    # a lone CT slice in a folder of its own is no slice of a volume beside it: passed over too
+    reasons = [_not_a_volume(info, members) or ("a single slice" if len(members) == 1 else None)
+               for info, members in groups]
     if any(reason is None for reason in reasons):
         return None
     return "; ".join(f"{info.key} '{info.description or 'no description'}': {reason}"
@@ -738,7 +781,7 @@ def _select(folder: Path, groups: list[tuple[SeriesInfo, list[_Slice]]],
     """The series to read, its slices, and the series passed over when none was named.
 
     With no ``series_uid`` the series that cannot be the CT volume (a localizer, a
-    secondary capture such as a dose report, a single slice, bolus tracking, not CT) are
+    secondary capture such as a dose report, bolus tracking, another modality) are
     passed over, and so are reformats (MPR, MIP, coronal or sagittal views) when another
     volume is left; when one series is left it is read, and the others are named with
     why (``Study.extra``'s ``series_skipped``). Several left: the choice is the user's
@@ -866,6 +909,16 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
             "(a scout or secondary capture?). Pass a cross-sectional CT series."
         )
     _same([(s.rows, s.columns) for s in slices], "image sizes (rows, columns)", folder, key)
+    # how the pixels are stored is one choice for a whole reconstruction: a slice that differs
+    # has a damaged header, and its values would decode to something else
+    encodings = {(s.bits_allocated, s.bits_stored, s.high_bit, s.signed, s.photometric): s for s in slices}
+    if len(encodings) > 1:
+        (one, a), (other, b) = list(encodings.items())[:2]
+        raise CorruptDicomError(
+            f"{folder}: series {key}: {a.name} and {b.name} store their pixels differently (bits allocated, "
+            f"stored, high bit, signed, photometric: {one} and {other}); one reconstruction stores all its "
+            f"slices alike, so a header is damaged. Remove the file or {_FIX_EXPORT}."
+        )
     _same([s.pixel_spacing for s in slices], "pixel spacings", folder, key, atol=1e-5)
     _same([s.orientation for s in slices], "orientations", folder, key)
 
@@ -1185,7 +1238,8 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
     logger.debug("%s: read series %s, %d slices", folder, info.key, len(ordered))
     extra = {"modality": info.modality, "series_number": info.series_number,
              "gantry_tilt_deg": max(abs(s.gantry_tilt_deg) for s in ordered),
-             **{k: v for k, v in ordered[0].extra.items() if v not in (None, "") and k != "sop_class"},
+             **{k: v for k, v in ordered[0].extra.items()
+                if v not in (None, "") and k not in ("sop_class", "rescale_empty")},
              **({"series_skipped": skipped} if skipped else {})}
     return Study(
         image=image, path=folder, format="dicom", study_id=safe_study_id(folder),
