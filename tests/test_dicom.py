@@ -695,6 +695,7 @@ def test_another_phase_reaching_a_slice_further_is_no_stray_slice(tmp_path, fixt
 
 
 # -- a damaged header is refused with the file named, never read into other values ---------------------
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the damaged UID it is given
 @pytest.mark.parametrize("damage", ["SOP Class UID swallowed the image's elements", "Pixel Representation flipped",
                                     "Photometric Interpretation flipped", "Rescale Slope empty",
                                     "Bits Stored without its High Bit"])
@@ -722,8 +723,7 @@ def test_a_slice_with_a_damaged_header_is_refused_not_read_differently(tmp_path,
     else:
         ds.BitsStored = 7  # unlike the other slices, and against its own High Bit
         expected = r"store their pixels differently \(.*\(16, 7, 11, "
-    with pytest.warns(UserWarning) if damage.startswith("SOP Class UID") else _no_warning():
-        ds.save_as(victim)
+    ds.save_as(victim)
     with pytest.raises(CorruptDicomError, match=expected):
         read_dicom_study(folder)
 
@@ -739,11 +739,6 @@ def test_a_dose_report_beside_the_slices_is_left_out(tmp_path, fixture_study):
     ds.save_as(folder / "dose_report.dcm")
     np.testing.assert_array_equal(read_dicom_study(folder).volume.array, fixture_study.volume.array)
 
-
-def _no_warning():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def test_a_multi_frame_object_whose_bits_stored_misses_its_high_bit_is_refused(tmp_path):
