@@ -438,6 +438,33 @@ _IMAGE_SOP = "Image Storage"
 _UID = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
+def _check_encoding(folder: Path, key: str, slices: list[_Slice]) -> None:
+    """How a series' pixels are stored must be whole and consistent, or they would decode
+    to other values: one encoding for all slices (bits allocated, stored, high bit,
+    signedness, photometric: one reconstruction stores all its slices alike), High Bit at
+    Bits Stored − 1 (the CT Image module), and a rescale that is present holding a value."""
+    encodings = {(s.bits_allocated, s.bits_stored, s.high_bit, s.signed, s.photometric): s for s in slices}
+    if len(encodings) > 1:
+        (one, a), (other, b) = list(encodings.items())[:2]
+        raise CorruptDicomError(
+            f"{folder}: series {key}: {a.name} and {b.name} store their pixels differently (bits allocated, "
+            f"stored, high bit, signed, photometric: {one} and {other}); one reconstruction stores all its "
+            f"slices alike, so a header is damaged. Remove the file or {_FIX_EXPORT}."
+        )
+    for s in _once_per_file(slices):
+        name = s.path.name
+        if s.extra.get("rescale_empty"):
+            raise CorruptDicomError(
+                f"{folder}: {name}: Rescale Slope or Rescale Intercept is present but empty, so its HU are unknown: "
+                f"the header is damaged. Remove the file or {_FIX_EXPORT}.")
+        if s.bits_stored is not None and ((s.high_bit is not None and s.high_bit != s.bits_stored - 1)
+                                          or (s.bits_allocated is not None and s.bits_stored > s.bits_allocated)):
+            raise CorruptDicomError(
+                f"{folder}: {name}: Bits Stored {s.bits_stored}, High Bit {s.high_bit}, Bits Allocated "
+                f"{s.bits_allocated} do not fit together (High Bit must be Bits Stored − 1): the header is "
+                f"damaged. Remove the file or {_FIX_EXPORT}.")
+
+
 def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
     """Each slice's Pixel Data must be present, whole, and as long as its header says.
 
@@ -448,18 +475,6 @@ def _check_slices_whole(folder: Path, slices: list[_Slice]) -> None:
     """
     for s in _once_per_file(slices):
         name = s.path.name
-        if s.extra.get("rescale_empty"):
-            raise CorruptDicomError(
-                f"{folder}: {name}: Rescale Slope or Rescale Intercept is present but empty, so its HU are unknown: "
-                f"the header is damaged. Remove the file or {_FIX_EXPORT}.")
-        if s.bits_stored is not None and ((s.high_bit is not None and s.high_bit != s.bits_stored - 1)
-                                          or (s.bits_allocated is not None and s.bits_stored > s.bits_allocated)):
-            # the CT Image module fixes High Bit at Bits Stored − 1: a header breaking it is
-            # damaged, and its pixels would decode to other values
-            raise CorruptDicomError(
-                f"{folder}: {name}: Bits Stored {s.bits_stored}, High Bit {s.high_bit}, Bits Allocated "
-                f"{s.bits_allocated} do not fit together (High Bit must be Bits Stored − 1): the header is "
-                f"damaged. Remove the file or {_FIX_EXPORT}.")
         if s.pixel_data is None:
             raise CorruptDicomError(
                 f"{folder}: {name} has no pixel data (the file is truncated after its header, {s.file_bytes:,} "
@@ -909,16 +924,6 @@ def _check_grid(folder: Path, info: SeriesInfo, slices: list[_Slice]) -> _Grid:
             "(a scout or secondary capture?). Pass a cross-sectional CT series."
         )
     _same([(s.rows, s.columns) for s in slices], "image sizes (rows, columns)", folder, key)
-    # how the pixels are stored is one choice for a whole reconstruction: a slice that differs
-    # has a damaged header, and its values would decode to something else
-    encodings = {(s.bits_allocated, s.bits_stored, s.high_bit, s.signed, s.photometric): s for s in slices}
-    if len(encodings) > 1:
-        (one, a), (other, b) = list(encodings.items())[:2]
-        raise CorruptDicomError(
-            f"{folder}: series {key}: {a.name} and {b.name} store their pixels differently (bits allocated, "
-            f"stored, high bit, signed, photometric: {one} and {other}); one reconstruction stores all its "
-            f"slices alike, so a header is damaged. Remove the file or {_FIX_EXPORT}."
-        )
     _same([s.pixel_spacing for s in slices], "pixel spacings", folder, key, atol=1e-5)
     _same([s.orientation for s in slices], "orientations", folder, key)
 
@@ -1229,6 +1234,7 @@ def read_dicom_study(folder: Path | str, *, series_uid: str | None = None) -> St
             + (" with --series UID." if len(groups) > 1 else ".")
         )
     grid = _check_grid(folder, info, slices)
+    _check_encoding(folder, info.key, slices)
     _check_not_truncated(folder, slices)
     _check_slices_whole(folder, slices)
     by_place = {(s.path, s.frame): s for s in slices}
