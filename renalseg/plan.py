@@ -994,7 +994,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
                                    min_only=True)[:2]
     reached = previous >= 0
     child_nodes = np.nonzero(reached)[0]
-    lengths = np.asarray(graph[child_nodes, previous[child_nodes]]).ravel()
+    # (no node reached from a start: each piece a single centerline voxel)
+    lengths = (np.asarray(graph[child_nodes, previous[child_nodes]], dtype=float).ravel() if len(child_nodes)
+               else np.zeros(0))
     tree = sparse.coo_matrix((lengths, (child_nodes, previous[child_nodes])), shape=graph.shape)
     tree = (tree + tree.T).tocsr()
 

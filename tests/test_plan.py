@@ -667,3 +667,16 @@ def _ancestors_and_self(by_id: dict, branch: int) -> list[int]:
     while by_id[chain[-1]]["parent"] is not None:
         chain.append(by_id[chain[-1]]["parent"])
     return chain
+
+
+def test_an_artery_label_of_single_voxels_is_planned_without_branches() -> None:
+    """What `segment` writes for a kidney it barely sees may hold only a voxel of artery:
+    its centerline has no edge; the plan has the main renal artery alone supply the
+    kidney (main-artery clamping, the fallback) instead of failing."""
+    labels = _t_tree()
+    labels[labels == 3] = 0
+    labels[20, 15, 40] = 3
+    result = plan_labels(_volume(labels), KIPA, name="speck.nii.gz")
+    (kidney,) = result.plan["kidneys"]
+    assert [t["name"] for t in kidney["territories"]] == ["main renal artery"]
+    assert (result.territories.array[labels == 2] == kidney["territories"][0]["value"]).all()
