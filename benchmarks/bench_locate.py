@@ -188,7 +188,7 @@ def evaluate_rois(case, rois: list[KidneyROI], in_view: dict[str, float] | None 
         out[side] = {"present": True, "inside": round(inside, 4), "origins_inside": origin_ok,
                      "side_right": side_ok, "ok": inside >= 0.99 and side_ok,
                      "confidence": getattr(roi, "confidence", None), "method": getattr(roi, "method", None),
-                     "roi_shape_zyx": list(roi.grid.shape_zyx)}
+                     "roi_shape_zyx": list(roi.grid.shape_zyx), "notes": list(roi.notes)}
     return out
 
 

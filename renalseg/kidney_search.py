@@ -34,7 +34,9 @@ import numpy as np
 
 __all__ = ["WIDE_SEARCH_Z_MM", "SHIFT_SEARCH_XY_MM", "MIN_CONFIDENCE", "PLAUSIBLE_VOLUME_ML",
            "VESSEL_CROSS_MIDLINE_MM", "VESSEL_ANTERIOR_MM", "ORIGIN_REACH_Z_MM",
-           "MIN_WRAPPED_IN_FAT", "wrapped_in_fat", "common_shift", "place_kidneys", "confidence_from_score",
+           "MIN_WRAPPED_IN_FAT", "HORSESHOE_TURN_DEG", "KIDNEY_SHAPES", "AS_WARPED", "HORSESHOE_HALF",
+           "HORSESHOE_MARGIN", "wrapped_in_fat", "common_shift", "kidney_shape", "isthmus_between",
+           "place_kidneys", "confidence_from_score",
            "vessel_reach"]
 
 #: head–foot reach of the single-kidney search (mm): a kidney 12 cm below its usual
@@ -70,6 +72,25 @@ ABSENT_LIKENESS = 0.1
 #: a 6 mm layer in fat at least this; 40 held-out phantoms' kidneys: 0.37–0.83, the
 #: real atlas CT's 0.54 and 0.75; a liver's edge with fat on one side only: 0.19–0.21
 MIN_WRAPPED_IN_FAT = 0.3
+#: how far (degrees) a horseshoe kidney's half is turned about the head–foot axis from
+#: the warped atlas kidney: its hilum faces forward (incomplete rotation), the atlas
+#: kidney's antero-medially
+HORSESHOE_TURN_DEG = 80.0
+#: across the middle 40% between two kidneys, an isthmus runs at least this far (mm) in
+#: front of the more anterior kidney's centre (in front of the aorta: the spine, the
+#: psoas muscles and the great vessels' back walls lie behind it)
+ISTHMUS_IN_FRONT_MM = 30.0
+AS_WARPED, HORSESHOE_HALF = "as warped", "horseshoe half"
+#: the shapes a warped kidney is placed as (:func:`kidney_shape`): name -> (mirrored head
+#: to foot, turned about the head–foot axis, degrees)
+KIDNEY_SHAPES: dict[str, tuple[bool, float]] = {
+    AS_WARPED: (False, 0.0),
+    HORSESHOE_HALF: (True, HORSESHOE_TURN_DEG),
+}
+#: how much more kidney-like (summed over both) the two kidneys must be as a horseshoe
+#: kidney's halves, level with each other and low, than where the search for a pair
+#: put them, for the horseshoe to be taken
+HORSESHOE_MARGIN = 0.05
 #: kidney-likeness that maps to confidence 0 and 1
 _SCORE_AT_ZERO, _SCORE_AT_ONE = 0.0, 0.35
 #: below this confidence a kidney is refused (not kidney-like: MR, no fat, no tissue;
@@ -210,9 +231,54 @@ def _wrapped(template: np.ndarray, shift_zyx: np.ndarray, hu: np.ndarray, fov: n
     return bool(np.isfinite(wrapped) and wrapped >= MIN_WRAPPED_IN_FAT)
 
 
+def kidney_shape(template: np.ndarray, side: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The warped kidney mask as one of :data:`KIDNEY_SHAPES`, about its own centroid.
+
+    ``"horseshoe half"`` mirrors it head to foot (the lower pole, not the upper, tilted
+    towards the midline, the sagittal tilt mirrored) and turns it about the head–foot
+    axis by :data:`HORSESHOE_TURN_DEG` so that its hilum faces forward, as each half of
+    a horseshoe kidney lies.
+
+    Args:
+        template: boolean ``(Z, Y, X)`` mask on an isotropic LPS grid (x to the patient's
+            left, y back, z up).
+        side: ``"left"`` or ``"right"`` (which way the hilum turns forward).
+        name: a key of :data:`KIDNEY_SHAPES`.
+
+    Returns:
+        ``(mask, matrix)``: the new mask, and the 4 × 4 map of a ``(z, y, x, 1)`` index in
+        ``template`` to its place in ``mask`` (for the hilum).
+
+    Example:
+        >>> mask = np.zeros((9, 9, 9), bool); mask[2:7, 4, 4] = True; mask[5, 4, 3] = True  # hilum medial
+        >>> moved, matrix = kidney_shape(mask, "left", "horseshoe half")
+        >>> point = (matrix @ [5, 4, 3, 1])[:3].round(1).tolist(); point      # lower, and forward (-y)
+        [3.3, 3.2, 3.7]
+        >>> bool(moved[tuple(int(round(v)) for v in point)]), int(moved.sum()) == int(mask.sum())
+        (True, True)
+    """
+    from scipy import ndimage
+
+    mirrored, turn_deg = KIDNEY_SHAPES[name]
+    if not mirrored and not turn_deg:
+        return template, np.eye(4)
+    centre = np.argwhere(template).mean(axis=0)
+    # (x, y) -> turned by +angle for the left kidney (its hilum, medial at -x, towards -y), -angle for the right
+    angle = np.radians(turn_deg) * (1.0 if side == "left" else -1.0)
+    cos, sin = np.cos(angle), np.sin(angle)
+    forward = np.array([[-1.0 if mirrored else 1.0, 0.0, 0.0], [0.0, cos, sin], [0.0, -sin, cos]])  # (z, y, x)
+    matrix = np.eye(4)
+    matrix[:3, :3] = forward
+    matrix[:3, 3] = centre - forward @ centre
+    inverse = np.linalg.inv(forward)
+    moved = ndimage.affine_transform(template.astype(np.uint8), inverse, offset=centre - inverse @ centre,
+                                     order=0, mode="constant", cval=0) > 0
+    return moved, matrix
+
+
 def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndarray, *, spacing_mm: float,
                   narrow_radius_mm: tuple[float, float, float], narrow_penalty_per_mm: float,
-                  min_in_view: float) -> dict[str, tuple[tuple[int, int, int], float, str, tuple | None]]:
+                  min_in_view: float) -> dict[str, tuple[tuple[int, int, int], float, str, tuple | None, str]]:
     """Each warped atlas kidney moved to where it looks most like a kidney in the study.
 
     First both together (:func:`common_shift`: the pair's common displacement, robust to
@@ -224,6 +290,10 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     least ``min_in_view`` in view, :data:`OUT_OF_VIEW_PENALTY`); the wide one wins
     only when it scores at least :data:`WIDE_MIN_SCORE` and more than the near one, and
     its place is wrapped in fat (:func:`wrapped_in_fat`, :data:`MIN_WRAPPED_IN_FAT`).
+    Last, both kidneys are placed as the halves of a horseshoe kidney
+    (:func:`kidney_shape`: mirrored head to foot, hilum forward; level with each other,
+    low); that is taken where the two are :data:`HORSESHOE_MARGIN` more kidney-like
+    together than the pair's placements.
 
     Args:
         templates: per side, the kidney's boolean mask on the working grid (as the pair
@@ -235,11 +305,13 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
         min_in_view: the wide search only scores places with this fraction in view.
 
     Returns:
-        ``side -> (shift_zyx, score, how, near)``: voxel shift from the pair's placement,
-        its kidney-likeness less the penalties (NaN when nothing could be scored),
-        ``"pair"`` (within ``narrow_radius_mm`` head–foot of the pair's placement) or
-        ``"alone"`` (found farther), and when the wide search won, the near search's best
-        ``(shift_zyx, score)`` it beat (else ``None``).
+        ``side -> (shift_zyx, score, how, near, shape)``: voxel shift from the pair's
+        placement, its kidney-likeness less the penalties (NaN when nothing could be
+        scored), ``"pair"`` (within ``narrow_radius_mm`` head–foot of the pair's
+        placement) or ``"alone"`` (found farther), when the wide search won the near
+        search's best ``(shift_zyx, score)`` it beat (else ``None``), and the shape
+        placed (:data:`KIDNEY_SHAPES`: :data:`HORSESHOE_HALF` for both kidneys, or
+        :data:`AS_WARPED`).
     """
     from renalseg.registration import distance_penalty, kidney_likeness_map
 
@@ -268,7 +340,7 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     wide_penalty = distance_penalty(shape, common, np.asarray(WIDE_PENALTY_PER_MM[::-1]), spacing_mm)
     reach_z = int(round(WIDE_SEARCH_Z_MM / spacing_mm))
     wide_penalty[np.abs(np.arange(shape[0]) - common[0]) > reach_z] = np.inf
-    placed: dict[str, tuple[tuple[int, int, int], float, str]] = {}
+    placed: dict[str, tuple[tuple[int, int, int], float, str, tuple | None, str]] = {}
     for side in templates:
         near_index, near_score = _best((near_scores[side] - near_penalty)[box])
         near_index = None if near_index is None else near_index + lo
@@ -286,8 +358,127 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
             index, score = centre, float("nan")
         shift = tuple(int(v) for v in index - centre)
         far = abs(shift[0]) * spacing_mm > narrow_radius_mm[2]
-        placed[side] = (shift, score, "alone" if far else "pair", beaten if far else None)  # type: ignore[assignment]
+        placed[side] = (shift, score, "alone" if far else "pair", beaten if far else None,  # type: ignore[assignment]
+                        AS_WARPED)
+    if len(templates) == 2:
+        halves = _horseshoe_halves(templates, hu, fov, spacing_mm=spacing_mm, radius_mm=radius_mm,
+                                   min_in_view=min_in_view, narrow_z_mm=narrow_radius_mm[2])
+        pair = sum(np.nan_to_num(placed[side][1], nan=0.0) for side in templates)
+        if halves is not None and sum(score for _, score in halves.values()) >= pair + HORSESHOE_MARGIN:
+            for side, (shift, score) in halves.items():
+                far = abs(shift[0]) * spacing_mm > narrow_radius_mm[2]
+                placed[side] = (shift, score, "alone" if far else "pair", None, HORSESHOE_HALF)
     return placed
+
+
+def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndarray, *, spacing_mm: float,
+                      radius_mm: tuple[float, float, float], min_in_view: float,
+                      narrow_z_mm: float) -> dict[str, tuple[tuple[int, int, int], float]] | None:
+    """Both kidneys as the two halves of a horseshoe kidney: each the best place of its
+    horseshoe-half shape (:func:`kidney_shape`), the two level with each other (within
+    ``narrow_z_mm``, they are joined) and no higher than the pair's place (a horseshoe
+    kidney sits low); ``side -> (shift_zyx, score)``, or ``None`` where either half finds
+    no place scoring :data:`WIDE_MIN_SCORE` wrapped in fat, or no isthmus joins the two
+    (:func:`isthmus_between`).
+    """
+    from renalseg.registration import kidney_likeness_map
+
+    masks, scores = {}, {}
+    for side, template in templates.items():
+        masks[side] = kidney_shape(template, side, HORSESHOE_HALF)[0]
+        likeness, inside, shell = kidney_likeness_map(masks[side], hu, fov, radius_mm=radius_mm)
+        score = np.where((inside > min_in_view) & (shell > min_in_view),
+                         likeness - OUT_OF_VIEW_PENALTY * (1.0 - inside), -np.inf)
+        scores[side] = np.nan_to_num(score, nan=-np.inf)
+    shape = next(iter(scores.values())).shape
+    centre = np.asarray(shape) // 2
+    above = centre[0] + int(round(narrow_z_mm / spacing_mm))  # not higher than the pair's place
+    for score in scores.values():
+        score[above + 1:] = -np.inf
+    # per head–foot shift, each half's best; then the level both reach best within narrow_z_mm of each other
+    per_level = {side: score.max(axis=(1, 2)) for side, score in scores.items()}
+    reach = int(round(narrow_z_mm / spacing_mm))
+    band = {side: _running_max(level, reach // 2) for side, level in per_level.items()}
+    total = band["left"] + band["right"]
+    if not np.isfinite(total).any():
+        return None
+    level = int(np.argmax(total))
+    halves = {}
+    for side, score in scores.items():  # each within half the reach of that level: at most narrow_z_mm apart
+        z_lo, z_hi = max(level - reach // 2, 0), min(level + reach // 2 + 1, shape[0])
+        window = np.full(shape, -np.inf)
+        window[z_lo:z_hi] = score[z_lo:z_hi]
+        index = np.asarray(np.unravel_index(int(np.argmax(window)), shape))
+        best = float(window[tuple(index)])
+        if best < WIDE_MIN_SCORE or not _wrapped(masks[side], index - centre, hu, fov):
+            return None
+        halves[side] = (tuple(int(v) for v in index - centre), best)
+    placed = {side: np.roll(masks[side], halves[side][0], axis=(0, 1, 2)) for side in masks}
+    return halves if isthmus_between(placed["left"], placed["right"], hu, fov) else None
+
+
+def isthmus_between(left: np.ndarray, right: np.ndarray, hu: np.ndarray, fov: np.ndarray) -> bool:
+    """Whether soft tissue joins two kidney masks (on the 3 mm working grid) across the body in front of them, below
+    their middles: the isthmus of a horseshoe kidney (parenchyma, in front of the aorta
+    and the IVC, joining the lower poles).
+
+    Searched on the voxels in the soft-tissue range :data:`~renalseg.registration.KIDNEY_TISSUE_HU`
+    (6-connected) between the two masks' centres from left to right, in front of their
+    centres, and from their lowest voxel up to 40% of the way up the higher of them;
+    across the middle 40%, only :data:`ISTHMUS_IN_FRONT_MM` in front of the more
+    anterior centre. Normal kidneys are parted there by fat (perirenal,
+    retroperitoneal), the great vessels and bowel lying in it.
+
+    Example:
+        >>> hu = np.full((20, 30, 60), -100.0); fov = np.ones(hu.shape, bool)
+        >>> right = np.zeros(hu.shape, bool); right[2:18, 12:22, 5:15] = True
+        >>> left = np.zeros(hu.shape, bool); left[2:18, 12:22, 45:55] = True
+        >>> hu[right | left] = 40.0
+        >>> isthmus_between(left, right, hu, fov)
+        False
+        >>> hu[3:7, 9:12, 10:50] = 40.0              # soft tissue just in front of them: not far enough
+        >>> isthmus_between(left, right, hu, fov)
+        False
+        >>> hu[3:7, 2:5, 10:50] = 40.0; hu[3:7, 2:12, 10:15] = hu[3:7, 2:12, 45:50] = 40.0
+        >>> isthmus_between(left, right, hu, fov)
+        True
+    """
+    from scipy import ndimage
+
+    from renalseg.registration import KIDNEY_TISSUE_HU, WORK_SPACING_MM
+
+    if not left.any() or not right.any():
+        return False
+    zl, yl, xl = np.nonzero(left)
+    zr, yr, xr = np.nonzero(right)
+    low = min(zl.min(), zr.min())
+    top = max(zl.min() + 0.4 * (zl.max() - zl.min()), zr.min() + 0.4 * (zr.max() - zr.min()))
+    front = int(np.ceil(max(yl.mean(), yr.mean())))
+    x_lo, x_hi = sorted((int(round(xl.mean())), int(round(xr.mean()))))
+    box = (slice(int(low), int(top) + 1), slice(0, front + 1), slice(x_lo, x_hi + 1))
+    tissue = (hu[box] >= KIDNEY_TISSUE_HU[0]) & (hu[box] <= KIDNEY_TISSUE_HU[1]) & fov[box]
+    # across the middle, only well in front of the kidneys' centres: not through the
+    # spine and the psoas muscles behind the great vessels
+    middle = slice(int(round(0.3 * (x_hi - x_lo))), int(round(0.7 * (x_hi - x_lo))) + 1)
+    behind = int(np.floor(min(yl.mean(), yr.mean()) - ISTHMUS_IN_FRONT_MM / WORK_SPACING_MM))
+    tissue[:, max(behind, 0):, middle] = False
+    pieces, _ = ndimage.label(tissue | left[box] | right[box])
+    touching = [set(np.unique(pieces[mask[box] & (pieces > 0)])) for mask in (left, right)]
+    return bool(touching[0] & touching[1])
+
+
+def _running_max(values: np.ndarray, reach: int) -> np.ndarray:
+    """The running maximum of a 1-D array over ``±reach`` entries (``-inf`` stays where all are).
+
+    Example:
+        >>> _running_max(np.array([0.0, 3.0, 1.0, -np.inf, 2.0]), 1).tolist()
+        [3.0, 3.0, 3.0, 2.0, 2.0]
+    """
+    from scipy import ndimage
+
+    finite = np.where(np.isfinite(values), values, np.finfo(float).min)
+    out = ndimage.maximum_filter1d(finite, size=2 * reach + 1, mode="constant", cval=np.finfo(float).min)
+    return np.where(out <= np.finfo(float).min, -np.inf, out)
 
 
 def confidence_from_score(score: float) -> float:

@@ -129,6 +129,52 @@ _KIDNEY_MIN_ML = 5.0  # smaller kidney-label pieces are specks, not a kidney
 #: two kidney pieces whose centres are closer than this across the body (LPS x) are not a
 #: left and a right kidney (their centres lie 100 mm or more apart): the smaller is dropped
 _KIDNEY_SEPARATION_MM = 50.0
+#: a fused (horseshoe) kidney: one kidney piece whose narrowest sagittal section, between
+#: the 25th and 75th percentiles of its extent across the body, holds at most this share
+#: of the smaller half's largest section (a single kidney's sections vary far less), and
+#: whose halves lie at least _KIDNEY_SEPARATION_MM apart, is planned as two kidneys
+_FUSED_NECK_SHARE = 0.4
+
+
+def split_fused_kidney(kidney: np.ndarray, geometry: Geometry, *, bin_mm: float = 2.0
+                       ) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """A horseshoe kidney's halves: ``(right, left, x_mm)``, split at its narrowest
+    sagittal section (LPS ``x = x_mm``), or ``None`` when ``kidney`` is not fused.
+
+    The isthmus that joins a horseshoe kidney's lower poles is its thinnest part across
+    the body; each half goes with the side it lies on, the isthmus split where it is
+    thinnest (:data:`_FUSED_NECK_SHARE`).
+
+    Example:
+        >>> g = Geometry((10, 10, 80), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> k = np.zeros(g.shape_zyx, bool); k[:, :, 5:30] = k[:, :, 50:75] = True; k[:2, :2, 30:50] = True
+        >>> right, left, x = split_fused_kidney(k, g)
+        >>> int((right & left).sum()), int((right | left).sum()) == int(k.sum()), 60 <= x <= 100, bool(left[0, 0, 74])
+        (0, True, True, True)
+        >>> k[:2, :2, 30:50] = False; split_fused_kidney(k, g) is None    # two kidneys apart: not fused
+        True
+    """
+    points = np.argwhere(kidney)
+    if len(points) == 0:
+        return None
+    x = geometry.index_to_world(points[:, ::-1].astype(float))[:, 0]
+    q25, q75 = np.percentile(x, [25, 75])
+    if q75 - q25 < _KIDNEY_SEPARATION_MM:
+        return None
+    edges = np.arange(x.min(), x.max() + bin_mm, bin_mm)
+    counts = np.histogram(x, edges)[0].astype(float)
+    centres = (edges[:-1] + edges[1:]) / 2
+    between = (centres >= q25) & (centres <= q75)
+    if not between.any():
+        return None
+    neck = int(np.flatnonzero(between)[np.argmin(counts[between])])
+    halves = counts[:neck].max(initial=0.0), counts[neck + 1:].max(initial=0.0)
+    if counts[neck] == 0 or counts[neck] > _FUSED_NECK_SHARE * min(halves):  # apart, or one kidney
+        return None
+    x_mm = float(centres[neck])
+    left = np.zeros(kidney.shape, bool)
+    left[tuple((points[x > x_mm]).T)] = True  # patient left is +x in LPS
+    return kidney & ~left, left, x_mm
 
 
 @dataclass(frozen=True)
@@ -606,8 +652,15 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
     kidney_ml = np.bincount(organ[masks["kidney"]], minlength=count + 1) * g.voxel_volume_mm3 / 1000
     keep = [i for i in np.argsort(-kidney_ml) if i > 0 and kidney_ml[i] >= _KIDNEY_MIN_ML][:2]
     kidneys = [(organ == i) & masks["kidney"] for i in keep]
-    centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
     notes: list[str] = []
+    fused = split_fused_kidney(kidneys[0], g) if kidneys else None
+    if fused is not None:  # a horseshoe kidney: its halves are planned as the two kidneys
+        kidneys = [fused[0], fused[1]]
+        notes.append(f"one kidney-labelled piece in {name} spans both sides, joined where it is thinnest: a "
+                     f"horseshoe (fused) kidney; its halves are planned apart, split at LPS x = {fused[2]:.0f} mm "
+                     "(the isthmus's parenchyma on each side goes with that side's half).")
+        keep = keep[:1] * 2
+    centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
     across_mm = abs(centres[0][0] - centres[1][0]) if len(kidneys) == 2 else np.inf
     if across_mm < _KIDNEY_SEPARATION_MM:
         # e.g. the spleen labelled kidney above a left kidney: it would take the other side's name

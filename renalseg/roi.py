@@ -112,6 +112,10 @@ REFINE_MARGIN_MM = 9.0
 #: ... and head–foot, where kidney lengths vary most (100–130 mm) and leaking into a
 #: neighbouring organ only lengthens the ROI
 REFINE_MARGIN_Z_MM = 24.0
+#: how far (mm) a kidney placed as one half of a horseshoe kidney grows its ROI beyond
+#: its extent: the mirrored, turned atlas kidney fits such a half roughly, and the
+#: isthmus joins its lower pole in front of the great vessels
+HORSESHOE_MARGIN_MM = 12.0
 #: how far (mm; x, y, z) the study's own intensities may move the warped atlas kidneys
 #: together; the head–foot position is the least certain after registration (it rests
 #: on a few organs' outlines: the spine looks much the same at every level)
@@ -270,7 +274,9 @@ def locate_kidneys(
         MIN_CONFIDENCE,
         PLAUSIBLE_VOLUME_ML,
         WIDE_SEARCH_Z_MM,
+        HORSESHOE_HALF,
         confidence_from_score,
+        kidney_shape,
         place_kidneys,
         vessel_reach,
     )
@@ -398,9 +404,13 @@ def locate_kidneys(
                 f"{KIDNEY_VOLUME_RANGE_ML[1]:.0f} ml.")
         # each kidney on its own: far along z where the pair could not reach (ptosis,
         # a large liver), near the pair's placement otherwise
-        shift_zyx, score, how, beaten = placements[side]
+        shift_zyx, score, how, beaten, shape = placements[side]
         wide = how == "alone"
-        template = kidney
+        # the shape that fits the study best (a horseshoe kidney's half: mirrored, turned), its hilum with it
+        template, matrix = kidney_shape(kidney, side, shape)
+        hilum_index = matrix @ np.append(kidney_grid.world_to_index([hilum])[0][::-1], 1.0)
+        hilum = kidney_grid.index_to_world([hilum_index[2::-1]])[0]
+        kidney = template
         if wide:
             kidney = np.roll(kidney, shift_zyx, axis=(0, 1, 2))
             hilum = hilum + np.asarray(shift_zyx[::-1], dtype=float) * WORK_SPACING_MM
@@ -485,6 +495,12 @@ def locate_kidneys(
                               f"50–400 ml (accepted {PLAUSIBLE_VOLUME_ML[0]:.0f}–{PLAUSIBLE_VOLUME_ML[1]:.0f} ml "
                               "with a tumour); not used")
             continue
+        if shape == HORSESHOE_HALF:
+            extent = ndimage.binary_dilation(extent, ball, iterations=int(round(HORSESHOE_MARGIN_MM / WORK_SPACING_MM)))
+            also = "; ".join(filter(None, [also, (
+                "the study fits both kidneys best as the two halves of a horseshoe kidney (low, lower poles joined in "
+                f"front of the great vessels, hila forward); the ROI reaches {HORSESHOE_MARGIN_MM:.0f} mm further "
+                "around this half")]))
         found[side] = {"kidney": kidney, "extent": extent, "mask": mask, "hilum": hilum, "fraction": fraction,
                        "volume_ml": volume_ml, "confidence": confidence, "also": also,
                        "method": "atlas pair + single-kidney search" if wide else "atlas pair"}

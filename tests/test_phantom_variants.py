@@ -116,3 +116,71 @@ def test_synth_cli_variant_flags(tmp_path):
     assert "absent" in json.dumps(params) and "non-contrast" in json.dumps(params)
     refused = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "r"), "--kind", "roi", "--drop", "right:50"])
     assert refused.exit_code == 2 and "--kind abdomen" in refused.output
+    horseshoe = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "h"), "--kind", "abdomen", "--cases", "1",
+                                         "--spacing", "4,4,4", "--horseshoe", "--quiet"])
+    assert horseshoe.exit_code == 0, horseshoe.output
+    assert "isthmus_centre_mm" in (tmp_path / "h" / "cases.json").read_text()
+
+
+def test_horseshoe_kidney_is_one_organ_joined_in_front_of_the_great_vessels(default):
+    from scipy import ndimage
+
+    case = synthesize_abdomen(SEED, horseshoe=True, **SMALL)
+    kidneys, scene = case.params["kidneys"], case.params["scene"]
+    spine_x = scene["vertebral_body_centre_mm"][0]
+
+    def largest_piece_sides(phantom) -> tuple[float, bool]:
+        pieces, _ = ndimage.label(phantom.label.array == 2)
+        largest = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+        zz, yy, xx = np.nonzero(largest)
+        x = phantom.image.geometry.index_to_world(np.stack([xx, yy, zz], axis=1))[:, 0]
+        both_sides = bool((x < spine_x - 30).any() and (x > spine_x + 30).any())
+        return largest.sum() / (phantom.label.array == 2).sum(), both_sides
+
+    # one piece of kidney from side to side, where the default phantom has two
+    share, both_sides = largest_piece_sides(case)
+    assert share > 0.9 and both_sides
+    assert not largest_piece_sides(default)[1]
+    # both halves lower than the default's kidneys, lower poles towards the midline, hila forward
+    for side in ("left", "right"):
+        assert _kidney_z(case, side) < _kidney_z(default, side) - 20.0
+        assert kidneys[side]["tilt_deg"]["axial"] >= 75.0 and kidneys[side]["tilt_deg"]["coronal"] < 0.0
+        usual = default.params["kidneys"][side]["centre_mm"][0]
+        assert abs(kidneys[side]["centre_mm"][0] - spine_x) < abs(usual - spine_x)
+    # the isthmus: kidney in front of (LPS: smaller y than) the aorta, at the midline
+    geometry = case.image.geometry
+    isthmus = np.round(geometry.world_to_index([scene["horseshoe"]["isthmus_centre_mm"]])[0]).astype(int)
+    z, y, x = isthmus[::-1]
+    assert case.label.array[z, y, x] == 2
+    from renalseg.phantom.tissues import TISSUE_IDS
+
+    behind = case.tissues.array[z, y:, x]  # LPS: y grows backwards
+    assert (behind == TISSUE_IDS["aorta"]).any() and not (case.tissues.array[z, :y, x] == TISSUE_IDS["aorta"]).any()
+    # the scan reaches where kidneys usually sit, and holds the whole horseshoe
+    kidney = case.label.array == 2
+    assert not kidney[0].any() and not kidney[-1].any()
+    with pytest.raises(UsageError, match="horseshoe"):
+        synthesize_abdomen(0, horseshoe=True, absent_kidney="left", **SMALL)
+
+
+def test_horseshoe_isthmus_artery_leaves_the_aorta():
+    from scipy import ndimage
+
+    from renalseg.phantom.variants import horseshoe_shape
+
+    seed = next(s for s in range(20) if horseshoe_shape(s)["isthmus_artery"])
+    case = synthesize_abdomen(seed, horseshoe=True, **SMALL)
+    from renalseg.phantom.tissues import TISSUE_IDS
+
+    tissues = case.tissues.array
+    artery, aorta = tissues == TISSUE_IDS["renal_artery"], tissues == TISSUE_IDS["aorta"]
+    pieces, _ = ndimage.label(artery | aorta)
+    geometry = case.image.geometry
+    centre = np.round(geometry.world_to_index([case.params["scene"]["horseshoe"]["isthmus_centre_mm"]])[0]).astype(int)
+    near = np.zeros(artery.shape, bool)
+    z, y, x = centre[::-1]
+    near[max(z - 6, 0):z + 7, max(y - 6, 0):y + 7, max(x - 6, 0):x + 7] = True
+    # an artery piece reaching the isthmus is joined to the aorta
+    assert (artery & near).any()
+    touching = set(np.unique(pieces[artery & near])) - {0}
+    assert touching & set(np.unique(pieces[aorta]))

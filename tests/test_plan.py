@@ -669,6 +669,36 @@ def _ancestors_and_self(by_id: dict, branch: int) -> list[int]:
     return chain
 
 
+def test_a_horseshoe_kidneys_halves_are_planned_as_two_kidneys() -> None:
+    """A horseshoe kidney is one kidney-labelled piece from side to side; each half has its
+    own artery and territories, so each is planned, split where the isthmus is thinnest."""
+    from renalseg.phantom import synthesize_abdomen
+
+    case = synthesize_abdomen(31002, horseshoe=True, tumour=True, inplane_voxels=200, fov_mm=400.0, slice_mm=2.0,
+                              territories=True)
+    kidney = case.label.array == 2
+    result = plan_labels(case.label, KIPA, name="horseshoe.nii.gz")
+    kidneys = {entry["side"]: entry for entry in result.plan["kidneys"]}
+    assert set(kidneys) == {"left", "right"}
+    for side, entry in kidneys.items():
+        assert entry["territories"] and any("horseshoe (fused) kidney" in note for note in entry["notes"])
+    # every kidney voxel in one territory, and each territory on its own half's side
+    plan_map = result.territories.array
+    assert plan_map[kidney].min() > 0
+    isthmus_x = case.params["scene"]["horseshoe"]["isthmus_centre_mm"][0]
+    geometry = case.label.geometry
+    for side, entry in kidneys.items():
+        values = [t["value"] for t in entry["territories"]]
+        zz, yy, xx = np.nonzero(np.isin(plan_map, values) & kidney)
+        x = geometry.index_to_world(np.stack([xx, yy, zz], axis=1))[:, 0]
+        assert ((x > isthmus_x - 40) if side == "left" else (x < isthmus_x + 40)).all()
+    truth = case.territory.array
+    agree = sum(np.bincount(truth[kidney & (plan_map == t["value"])]).max()
+                for entry in kidneys.values() for t in entry["territories"]
+                if (kidney & (plan_map == t["value"])).any())
+    assert agree / kidney.sum() > 0.6
+
+
 def test_an_artery_label_of_single_voxels_is_planned_without_branches() -> None:
     """What `segment` writes for a kidney it barely sees may hold only a voxel of artery:
     its centerline has no edge; the plan has the main renal artery alone supply the

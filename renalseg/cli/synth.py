@@ -53,6 +53,8 @@ def synth(
                                                    "kidney's hilum faces forward.", show_default=False)] = None,
     large_tumour: Annotated[str | None, typer.Option("--large-tumour", metavar="SIDE", help="abdomen: a 70–100 mm "
                                                      "exophytic tumour on that kidney.", show_default=False)] = None,
+    horseshoe: Annotated[bool, typer.Option(
+        "--horseshoe", help="abdomen: a horseshoe kidney (lower poles joined in front of the aorta and IVC).")] = False,
     fov_cut: Annotated[str | None, typer.Option(
         "--fov-cut", metavar="SIDE_POLE", help="abdomen: the scan stops inside that kidney's pole "
         "(right_lower, right_upper, left_lower, left_upper), hilum in view.", show_default=False)] = None,
@@ -65,7 +67,7 @@ def synth(
                                                    show_default=False)] = None,
     variant: Annotated[str | None, typer.Option(
         "--variant", help="abdomen: one hard case per seed: 'random' or one of drop, absent, malrotated, "
-        "large_tumour, fov_cut, phase, off_centre, fov_slices (overrides the options above).",
+        "large_tumour, fov_cut, phase, off_centre, fov_slices, horseshoe (overrides the options above).",
         show_default=False)] = None,
     stones: Annotated[bool, typer.Option(
         "--stones", help="1-3 stones (2-8 mm, 300-1500 HU) in each collecting system in view: bright, "
@@ -109,9 +111,11 @@ def synth(
     variants = _variant_options(phase=phase, drop=drop, absent=absent, malrotated=malrotated,
                                 large_tumour=large_tumour, fov_cut=fov_cut, off_centre=off_centre, fov_mm=fov_mm,
                                 slice_mm=slice_mm)
+    if horseshoe:
+        variants["horseshoe"] = True
     if (variants or variant) and kind is not Kind.abdomen:
-        raise UsageError("--phase, --drop, --absent, --malrotated, --large-tumour, --fov-cut, --off-centre, "
-                         "--fov, --slice and --variant apply to --kind abdomen.")
+        raise UsageError("--phase, --drop, --absent, --malrotated, --large-tumour, --horseshoe, --fov-cut, "
+                         "--off-centre, --fov, --slice and --variant apply to --kind abdomen.")
     options.update(variants)
     make = synthesize_roi if kind is Kind.roi else synthesize_abdomen
     if variant is not None:

@@ -167,13 +167,14 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                 tumour: bool | None = None, accessory: bool | None = None,
                 early_branching: bool | None = None, kidney_drop_mm: Mapping[str, float] | None = None,
                 absent_kidney: str | None = None, malrotated: Sequence[str] = (),
-                large_tumour: str | None = None) -> Scene:
+                large_tumour: str | None = None, horseshoe: Mapping[str, float] | None = None) -> Scene:
     """Build a random abdomen placed in the scanner by ``p -> rotation @ p + shift_mm``.
 
     The patient frame has the L1/L2 disc at z = 0 and the body axis at x = y = 0.
-    ``kidney_drop_mm``, ``absent_kidney``, ``malrotated`` and ``large_tumour`` are the
-    anatomical variants of :mod:`renalseg.phantom.variants`; left at their defaults
-    they change nothing, and set they draw nothing more from ``rng``.
+    ``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour`` and
+    ``horseshoe`` (the values :func:`horseshoe_shape` draws) are the anatomical variants
+    of :mod:`renalseg.phantom.variants`; left at their defaults they change nothing, and
+    set they draw nothing more from ``rng``.
     """
     R = np.asarray(rotation, float)
     T = np.asarray(shift_mm, float)
@@ -354,19 +355,44 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     vein_end["left"] = P(x_ivc + 4.0, y_ivc, z_kid["left"] + 2.0)
     vein_end["right"] = P(x_ivc - 4.0, y_ivc, z_kid["right"] + 5.0)
     enhancement = "hyper" if rng.random() < 0.4 else "hypo"
+    if horseshoe:  # both halves lower, nearer the midline and forward, lower poles medial, hila forward
+        for side in ("left", "right"):
+            x_kid[side] *= float(horseshoe["medial_share"])
+            y_kid[side] -= float(horseshoe["forward_mm"])
+            z_kid[side] -= float(horseshoe["drop_mm"])
     for side in ("left", "right"):
         drop = float((kidney_drop_mm or {}).get(side, 0.0))
         kidneys[side] = build_kidney(
             rng, side, P(x_kid[side], y_kid[side], z_kid[side] - drop), ostium_mm=ostia[side],
             artery_via_mm=via_artery[side], accessory_ostium_mm=acc_ostia[side], vein_end_mm=vein_end[side],
             vein_via_mm=via_vein[side], tumour=tumour, early_branching=early_branching, accessory=accessory,
-            rotation=R, tumour_enhancement=enhancement, malrotated=side in malrotated,
-            tumour_diameter_mm=(70.0, 100.0) if side == large_tumour else None,
+            rotation=R, tumour_enhancement=enhancement, malrotated=side in malrotated or bool(horseshoe),
+            tumour_diameter_mm=(70.0, 100.0) if side == large_tumour else None, lower_pole_medial=bool(horseshoe),
         )
     perirenal = []
     for side, kid in kidneys.items():
         margin = rng.uniform(5, 12)
         perirenal.append(Ellipsoid(tuple(kid.centre_mm), kid.axes, tuple(np.asarray(kid.semi_mm) + margin)))
+    isthmus_layers: list[tuple[str, list[Shape], list[np.ndarray]]] = []
+    isthmus_artery_layers: list[tuple[str, list[Shape], list[np.ndarray]]] = []
+    if horseshoe:
+        # the isthmus: parenchyma joining the lower poles in front of the aorta and the IVC
+        r_i = float(horseshoe["isthmus_radius_mm"])
+        poles = {side: R.T @ (kid.local_to_world([-(kid.semi_mm[0] - r_i - 4.0), 0.0, 0.0]) - T)
+                 for side, kid in kidneys.items()}
+        z_i = float(np.mean([q[2] for q in poles.values()])) + 5.0
+        y_i = min(y_ao - r_ao, y_ivc - ivc_semi[1]) - r_i - 4.0
+        ctrl = [tuple(poles["left"]), (x_ao, y_i, z_i), (x_ivc, y_i, z_i), tuple(poles["right"])]
+        perirenal.append(tube(ctrl, (r_i + 5.0, r_i + 5.0), 3.0))
+        isthmus_layers.append(("kidney_cortex", inside([tube(ctrl, (r_i, r_i), 3.0)]), []))
+        p["horseshoe"] = {"isthmus_radius_mm": round(r_i, 1), "isthmus_centre_mm": _r(P(x_ao, y_i, z_i)),
+                          "isthmus_artery": bool(horseshoe["isthmus_artery"])}
+        if horseshoe["isthmus_artery"]:  # from the aorta's front, a little above the isthmus
+            start = on_aorta(z_i + 12.0, 1.0, -np.pi / 2)
+            path = smooth_path(np.stack([start, P(x_ao, y_ao - r_ao - 3.0, z_i + 6.0), P(x_ao, y_i, z_i)]), 1.0)
+            radius = float(horseshoe["isthmus_artery_radius_mm"])
+            isthmus_artery_layers.append(("renal_artery", [Tube(path, np.linspace(radius, 0.8 * radius,
+                                                                                   len(path)))], [path]))
     layers.append(("fat", inside(perirenal), []))
     adrenals = []
     for kid in kidneys.values():
@@ -419,8 +445,10 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     layers.append(("calcification", plaques, []))
     if absent_kidney is not None:  # its fossa keeps the perirenal fat and the adrenal
         kidneys.pop(absent_kidney)
+    layers.extend(isthmus_layers)  # under each half's own structures where it enters a lower pole
     for kid in kidneys.values():
         layers.extend(kid.layers)
+    layers.extend(isthmus_artery_layers)
 
     p["vertebral_body_centre_mm"] = _r(P(0, y_vb, 0))
     p["aorta"] = {"radius_mm": round(r_ao, 2), "bifurcation_z_mm": round(float(P(0, 0, z_bif)[2]), 1),
@@ -620,7 +648,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
             and the hard-patient variants of :mod:`renalseg.phantom.variants`
             (``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour``,
             ``fov_cut``, ``fov_cut_fraction``, ``phase``, ``off_centre_mm``,
-            ``fov_mm``, ``slice_mm``); without them a seed gives the same arrays as
+            ``fov_mm``, ``slice_mm``, ``horseshoe``); without them a seed gives the same arrays as
             before they existed.
 
     Returns:
@@ -628,7 +656,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
         centre, hilum and artery ostium in LPS mm (an absent kidney is not listed;
         ``params["scene"]["variants"]`` records the variants drawn).
     """
-    from renalseg.phantom.variants import VARIANT_OPTIONS, VARIANT_STREAM, check_variant_options
+    from renalseg.phantom.variants import VARIANT_OPTIONS, VARIANT_STREAM, check_variant_options, horseshoe_shape
 
     _check_options(options, (*_COMMON, "direction", "inplane_voxels", "slices", *VARIANT_OPTIONS),
                    "synthesize_abdomen")
@@ -641,11 +669,13 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
     malrotated = options.get("malrotated") or ()
+    horseshoe = horseshoe_shape(seed) if options.get("horseshoe") else None
     scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
                         accessory=options.get("accessory"), early_branching=options.get("early_branching"),
                         kidney_drop_mm=options.get("kidney_drop_mm"), absent_kidney=options.get("absent_kidney"),
                         malrotated=(malrotated,) if isinstance(malrotated, str) else tuple(malrotated),
-                        large_tumour=options.get("large_tumour"))
+                        large_tumour=options.get("large_tumour"),
+                        horseshoe=horseshoe)
     n_in = int(options.get("inplane_voxels") or 512)
     if options.get("spacing_xyz_mm") is not None:
         spacing = tuple(float(s) for s in options["spacing_xyz_mm"])
@@ -661,6 +691,8 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
         spacing = (spacing[0], spacing[1], float(options["slice_mm"]))
     los = np.stack([k.bbox_mm()[0] for k in scene.kidneys.values()]).min(axis=0)
     his = np.stack([k.bbox_mm()[1] for k in scene.kidneys.values()]).max(axis=0)
+    if horseshoe is not None:  # the scan still reaches where kidneys usually sit (liver, spleen)
+        his[2] += horseshoe["drop_mm"]
     if options.get("slices") is not None:
         nz = int(options["slices"])
     else:
@@ -669,7 +701,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
             nz = int(np.clip(nz, 8, 500))
         else:
             nz = int(np.clip(nz, 250, 500)) if clinical else max(nz, 8)
-        if options.get("kidney_drop_mm"):  # both kidneys and 20 mm above and below them
+        if options.get("kidney_drop_mm") or options.get("horseshoe"):  # both kidneys and 20 mm above and below them
             nz = min(max(nz, int(np.ceil((his[2] - los[2] + 40.0) / spacing[2])) + 1), 600)
     extent_z = spacing[2] * (nz - 1)
     z_mid = (los[2] + his[2]) / 2 + rng.uniform(-1, 1) * max(0.0, (extent_z - (his[2] - los[2]) - 20) / 2)

@@ -184,7 +184,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                  vein_via_mm: list[np.ndarray] | None = None, tumour: bool | None = None,
                  early_branching: bool | None = None, accessory: bool | None = None,
                  rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo",
-                 malrotated: bool = False, tumour_diameter_mm: tuple[float, float] | None = None) -> Kidney:
+                 malrotated: bool = False, tumour_diameter_mm: tuple[float, float] | None = None,
+                 lower_pole_medial: bool = False) -> Kidney:
     """Build one kidney, its artery tree from ``ostium_mm`` and its vein to ``vein_end_mm``.
 
     Args:
@@ -205,6 +206,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         tumour_diameter_mm: the tumour's diameter range (default 10–70 mm); with it a
             tumour is drawn whatever ``tumour`` says. Both options map the values drawn
             for the default onto their own ranges, so the random stream is the same.
+        lower_pole_medial: the lower pole, not the upper, tilts towards the midline by
+            the coronal angle drawn (a horseshoe kidney's halves); the stream is the same.
 
     Returns:
         The :class:`Kidney` with its tissue layers in painter's order.
@@ -218,6 +221,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     angles = (rng.uniform(5, 20), rng.uniform(5, 20), rng.uniform(20, 45))
     if malrotated:  # incomplete rotation: the hilum faces anteriorly
         angles = (angles[0], angles[1], 75.0 + (angles[2] - 20.0))
+    if lower_pole_medial:
+        angles = (-angles[0], angles[1], angles[2])
     axes = kidney_frame(side, *angles)
     if rotation is not None:
         axes = np.asarray(rotation, float) @ axes

@@ -15,6 +15,11 @@ draws anyway):
 * ``fov_cut`` ``"right_lower"`` (``<side>_lower``/``<side>_upper``): the field of view
   stops (starts) inside that kidney, ``fov_cut_fraction`` (default 15–40 %) of its
   length outside, the hilum inside (liver-centred scans);
+* ``horseshoe`` ``True``: a horseshoe kidney: the lower poles joined by an isthmus of
+  parenchyma (7–12 mm radius) in front of the aorta and the IVC, both halves 25–45 mm
+  lower, nearer the midline and forward, lower poles tilted medially, hila facing
+  forward, and in 70 % of cases an isthmus artery from the aorta's front
+  (:func:`horseshoe_shape`);
 * ``phase``: one of :data:`renalseg.phantom.phases.PHASES` (default arterial), rendered by
   :func:`renalseg.phantom.phases.apply_phase`;
 * ``off_centre_mm`` ``(dx, dy)``: the body axis this far from the field of view's
@@ -35,7 +40,7 @@ from renalseg.errors import UsageError, suggest
 from renalseg.phantom.phases import PHASES
 
 __all__ = ["VARIANT_PHASES", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS", "check_variant_options",
-           "random_variant"]
+           "random_variant", "horseshoe_shape"]
 
 #: second random stream of a seed (the variants' draws)
 VARIANT_STREAM = 23
@@ -43,12 +48,13 @@ VARIANT_STREAM = 23
 VARIANT_PHASES = ("arterial", "non-contrast", "portal-venous", "nephrographic")
 #: options of :func:`renalseg.phantom.abdomen.synthesize_abdomen` this module adds
 VARIANT_OPTIONS = ("kidney_drop_mm", "absent_kidney", "malrotated", "large_tumour", "fov_cut",
-                   "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm")
+                   "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm", "horseshoe")
 _SIDES = ("left", "right")
 _CUTS = tuple(f"{side}_{pole}" for side in _SIDES for pole in ("lower", "upper"))
 
 #: the hard cases :func:`random_variant` draws from
-VARIANT_KINDS = ("drop", "absent", "malrotated", "large_tumour", "fov_cut", "phase", "off_centre", "fov_slices")
+VARIANT_KINDS = ("drop", "absent", "malrotated", "large_tumour", "fov_cut", "phase", "off_centre", "fov_slices",
+                 "horseshoe")
 
 
 def _sides(value: Any, name: str) -> tuple[str, ...]:
@@ -73,6 +79,8 @@ def check_variant_options(options: dict) -> None:
             _sides(options[name], name)
     if options.get("absent_kidney") is not None and len(_sides(options["absent_kidney"], "absent_kidney")) > 1:
         raise UsageError("absent_kidney: name one side; a phantom keeps at least one kidney.")
+    if options.get("horseshoe") and options.get("absent_kidney") is not None:
+        raise UsageError("horseshoe joins both kidneys; it cannot go with absent_kidney.")
     if options.get("malrotated") is not None:
         _sides(options["malrotated"], "malrotated")
     cut = options.get("fov_cut")
@@ -122,7 +130,23 @@ def random_variant(seed: int, kind: str | None = None) -> dict[str, Any]:
         distance = rng.uniform(30, 70)
         options["off_centre_mm"] = (round(float(distance * np.cos(angle)), 1),
                                     round(float(distance * np.sin(angle)), 1))
+    elif kind == "horseshoe":
+        options["horseshoe"] = True
     elif kind == "fov_slices":
         options["fov_mm"] = round(float(rng.uniform(300, 500)), 0)
         options["slice_mm"] = float(rng.choice([0.5, 1.0, 1.5, 2.0, 2.5, 3.0]))
     return options
+
+
+def horseshoe_shape(seed: int) -> dict[str, float | bool]:
+    """The horseshoe kidney of a seed (``build_scene(horseshoe=...)``), from its own stream.
+
+    Example:
+        >>> shape = horseshoe_shape(5)
+        >>> 25 <= shape["drop_mm"] <= 45 and 7 <= shape["isthmus_radius_mm"] <= 12
+        True
+    """
+    rng = np.random.default_rng([seed, VARIANT_STREAM, 11])
+    return {"drop_mm": float(rng.uniform(25, 45)), "medial_share": float(rng.uniform(0.78, 0.9)),
+            "forward_mm": float(rng.uniform(8, 18)), "isthmus_radius_mm": float(rng.uniform(7, 12)),
+            "isthmus_artery": bool(rng.random() < 0.7), "isthmus_artery_radius_mm": float(rng.uniform(1.2, 2.0))}
