@@ -376,8 +376,9 @@ def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.
                       narrow_z_mm: float) -> dict[str, tuple[tuple[int, int, int], float]] | None:
     """Both kidneys as the two halves of a horseshoe kidney: each the best place of its
     horseshoe-half shape (:func:`kidney_shape`), the two level with each other (within
-    ``narrow_z_mm``, they are joined) and no higher than the pair's place (a horseshoe
-    kidney sits low); ``side -> (shift_zyx, score)``, or ``None`` where either half finds
+    ``narrow_z_mm``, they are joined) and no more than ``narrow_z_mm`` higher than the
+    pair's place (a horseshoe kidney sits low); ``side -> (shift_zyx, score)``, or
+    ``None`` where either half finds
     no place scoring :data:`WIDE_MIN_SCORE` wrapped in fat, or no isthmus joins the two
     (:func:`isthmus_between`).
     """
