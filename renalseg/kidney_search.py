@@ -382,6 +382,8 @@ def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.
     no place scoring :data:`WIDE_MIN_SCORE` wrapped in fat, or no isthmus joins the two
     (:func:`isthmus_between`).
     """
+    from scipy import ndimage
+
     from renalseg.registration import kidney_likeness_map
 
     masks, scores = {}, {}
@@ -390,7 +392,7 @@ def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.
         likeness, inside, shell = kidney_likeness_map(masks[side], hu, fov, radius_mm=radius_mm)
         score = np.where((inside > min_in_view) & (shell > min_in_view),
                          likeness - OUT_OF_VIEW_PENALTY * (1.0 - inside), -np.inf)
-        scores[side] = np.nan_to_num(score, nan=-np.inf)
+        scores[side] = np.where(np.isnan(score), -np.inf, score)
     shape = next(iter(scores.values())).shape
     centre = np.asarray(shape) // 2
     above = centre[0] + int(round(narrow_z_mm / spacing_mm))  # not higher than the pair's place
@@ -399,7 +401,8 @@ def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.
     # per head–foot shift, each half's best; then the level both reach best within narrow_z_mm of each other
     per_level = {side: score.max(axis=(1, 2)) for side, score in scores.items()}
     reach = int(round(narrow_z_mm / spacing_mm))
-    band = {side: _running_max(level, reach // 2) for side, level in per_level.items()}
+    band = {side: ndimage.maximum_filter1d(level, size=2 * (reach // 2) + 1, mode="constant", cval=-np.inf)
+            for side, level in per_level.items()}
     total = band["left"] + band["right"]
     if not np.isfinite(total).any():
         return None
@@ -466,20 +469,6 @@ def isthmus_between(left: np.ndarray, right: np.ndarray, hu: np.ndarray, fov: np
     pieces, _ = ndimage.label(tissue | left[box] | right[box])
     touching = [set(np.unique(pieces[mask[box] & (pieces > 0)])) for mask in (left, right)]
     return bool(touching[0] & touching[1])
-
-
-def _running_max(values: np.ndarray, reach: int) -> np.ndarray:
-    """The running maximum of a 1-D array over ``±reach`` entries (``-inf`` stays where all are).
-
-    Example:
-        >>> _running_max(np.array([0.0, 3.0, 1.0, -np.inf, 2.0]), 1).tolist()
-        [3.0, 3.0, 3.0, 2.0, 2.0]
-    """
-    from scipy import ndimage
-
-    finite = np.where(np.isfinite(values), values, np.finfo(float).min)
-    out = ndimage.maximum_filter1d(finite, size=2 * reach + 1, mode="constant", cval=np.finfo(float).min)
-    return np.where(out <= np.finfo(float).min, -np.inf, out)
 
 
 def confidence_from_score(score: float) -> float:

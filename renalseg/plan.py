@@ -659,10 +659,9 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
         notes.append(f"one kidney-labelled piece in {name} spans both sides, joined where it is thinnest: a "
                      f"horseshoe (fused) kidney; its halves are planned apart, split at LPS x = {fused[2]:.0f} mm "
                      "(the isthmus's parenchyma on each side goes with that side's half).")
-        keep = keep[:1] * 2
     centres = [_world(g, np.argwhere(k).mean(axis=0, keepdims=True))[0] for k in kidneys]
     across_mm = abs(centres[0][0] - centres[1][0]) if len(kidneys) == 2 else np.inf
-    if across_mm < _KIDNEY_SEPARATION_MM:
+    if fused is None and across_mm < _KIDNEY_SEPARATION_MM:
         # e.g. the spleen labelled kidney above a left kidney: it would take the other side's name
         notes.append(f"a second kidney-labelled piece of {kidney_ml[keep[1]]:.1f} ml in {name} lies "
                      f"{across_mm:.0f} mm across the body from this kidney "
