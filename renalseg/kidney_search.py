@@ -262,7 +262,8 @@ def kidney_shape(template: np.ndarray, side: str, name: str) -> tuple[np.ndarray
     mirrored, turn_deg = KIDNEY_SHAPES[name]
     if not mirrored and not turn_deg:
         return template, np.eye(4)
-    centre = np.argwhere(template).mean(axis=0)
+    points = np.argwhere(template)
+    centre = points.mean(axis=0)
     # (x, y) -> turned by +angle for the left kidney (its hilum, medial at -x, towards -y), -angle for the right
     angle = np.radians(turn_deg) * (1.0 if side == "left" else -1.0)
     cos, sin = np.cos(angle), np.sin(angle)
@@ -271,8 +272,16 @@ def kidney_shape(template: np.ndarray, side: str, name: str) -> tuple[np.ndarray
     matrix[:3, :3] = forward
     matrix[:3, 3] = centre - forward @ centre
     inverse = np.linalg.inv(forward)
-    moved = ndimage.affine_transform(template.astype(np.uint8), inverse, offset=centre - inverse @ centre,
-                                     order=0, mode="constant", cval=0) > 0
+    # only the ball about the centre that holds the mask moves (a kidney's box, not the whole
+    # search grid: 0.87 s a call on the grid, milliseconds on the box)
+    reach = int(np.ceil(np.linalg.norm(points - centre, axis=1).max())) + 2
+    lo = np.maximum(np.floor(centre).astype(int) - reach, 0)
+    hi = np.minimum(np.floor(centre).astype(int) + reach + 1, template.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    local = centre - lo
+    moved = np.zeros(template.shape, bool)
+    moved[box] = ndimage.affine_transform(template[box].astype(np.uint8), inverse, offset=local - inverse @ local,
+                                          order=0, mode="constant", cval=0) > 0
     return moved, matrix
 
 
@@ -378,9 +387,8 @@ def _horseshoe_halves(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.
     horseshoe-half shape (:func:`kidney_shape`), the two level with each other (within
     ``narrow_z_mm``, they are joined) and no more than ``narrow_z_mm`` higher than the
     pair's place (a horseshoe kidney sits low); ``side -> (shift_zyx, score)``, or
-    ``None`` where either half finds
-    no place scoring :data:`WIDE_MIN_SCORE` wrapped in fat, or no isthmus joins the two
-    (:func:`isthmus_between`).
+    ``None`` where either half finds no place scoring :data:`WIDE_MIN_SCORE` wrapped in
+    fat, or no isthmus joins the two (:func:`isthmus_between`).
     """
     from scipy import ndimage
 
