@@ -920,11 +920,8 @@ def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dic
         return {}
     if not labels.array.any():
         return {"dicom_seg": {"path": None, "reason": "nothing labelled: a DICOM SEG needs a segment"}}
-    from renalseg.io.dicom_seg import unreferencable, write_dicom_seg
+    from renalseg.io.dicom_seg import write_dicom_seg
 
-    reason = unreferencable(result.source_files, result.source_frames)
-    if reason:
-        return {"dicom_seg": {"path": None, "reason": reason}}
     model = result.report.get("model", {})
     written = write_dicom_seg(labels.array, labels.geometry, result.label_names, result.source_files,
                               staging / "labels.seg.dcm", model_name=str(model.get("name") or "renalseg"),

@@ -72,10 +72,12 @@ def require(path: Path) -> Path:
     return path
 
 
-def to_multi_frame(files: list[Path], dest: Path, *, objects: int = 1) -> list[Path]:
+def to_multi_frame(files: list[Path], dest: Path, *, objects: int = 1,
+                   sizes: tuple[int, ...] = ()) -> list[Path]:
     """Classic single-frame CT files as Legacy Converted Enhanced CT multi-frame objects
     (highdicom's conversion: positions, orientation, spacing and rescale in the functional
-    groups, uncompressed pixels), ``objects`` files of consecutive slices in ``dest``.
+    groups, uncompressed pixels), ``objects`` files of consecutive slices in ``dest`` (as
+    near equal as they divide; ``sizes`` gives each file's number of slices instead).
 
     The study, series and frame of reference UIDs are made one for all files (the first
     file's, or made up where anonymised exports left them empty; SimpleITK's writer gives
@@ -102,7 +104,11 @@ def to_multi_frame(files: list[Path], dest: Path, *, objects: int = 1) -> list[P
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     series_uid = generate_uid(entropy_srcs=["multi-frame", str(files[0])])
-    for k, part in enumerate(np.array_split(np.arange(len(datasets)), objects), start=1):
+    if sizes and sum(sizes) != len(datasets):
+        raise ValueError(f"sizes {sizes} do not add up to the {len(datasets)} slices")
+    parts = (np.split(np.arange(len(datasets)), np.cumsum(sizes)[:-1]) if sizes
+             else np.array_split(np.arange(len(datasets)), objects))
+    for k, part in enumerate(parts, start=1):
         converted = hd.legacy.LegacyConvertedEnhancedCTImage(
             [datasets[i] for i in part], series_instance_uid=series_uid, series_number=7,
             sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(k)]), instance_number=k)

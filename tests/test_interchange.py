@@ -363,23 +363,176 @@ def test_dicom_seg_of_a_multi_frame_series_references_each_frame_it_labels(tmp_p
     assert json.loads((folder / "report.json").read_text())["dicom_seg"]["path"] == "labels.seg.dcm"
 
 
-def test_a_series_of_several_multi_frame_objects_gets_no_dicom_seg_and_says_why(tmp_path, analytic_model):
+def _seg_frames_on_the_label_map(path: Path, labels: np.ndarray, study) -> dict[tuple[int, int], np.ndarray]:
+    """Check every frame of a SEG of a multi-frame series against the label map and the source:
+    it lies on a slice k of the label grid (1e-4 mm), its pixels are label map slice k's for its
+    segment's label value, and its one Source Image Sequence item names the object and frame
+    holding slice k (``study.dicom_files[k]``, ``study.dicom_frames[k]``). Every (slice, label)
+    pair with a voxel has exactly one frame. Returns ``{(k, label value): (position, pixels)}``."""
+    ds = pydicom.dcmread(str(path))
+    uid_of = {p: str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID) for p in set(study.dicom_files)}
+    value_of = {int(s.SegmentNumber): int(s.TrackingID.split("label ")[1].rstrip(")")) for s in ds.SegmentSequence}
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    frames: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        k = int(round(study.geometry.world_to_index([position])[0][2]))
+        np.testing.assert_allclose(position, study.geometry.index_to_world([[0, 0, k]])[0], atol=1e-4)
+        identification = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        value = value_of[int(identification[0].ReferencedSegmentNumber)]
+        (source,) = item.DerivationImageSequence[0].SourceImageSequence
+        assert (source.ReferencedSOPInstanceUID, int(source.ReferencedFrameNumber)) == (
+            uid_of[study.dicom_files[k]], study.dicom_frames[k]), f"SEG frame {i + 1} (slice {k})"
+        assert source.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        assert item.DerivationImageSequence[0].DerivationCodeSequence[0].CodeValue == "113076"
+        assert (k, value) not in frames
+        frames[(k, value)] = np.asarray(position), pixels[i]
+        np.testing.assert_array_equal(pixels[i], labels[k] == value)
+    assert set(frames) == {(k, int(v)) for k in range(labels.shape[0]) for v in np.unique(labels[k]) if v}
+    assert int(ds.NumberOfFrames) == len(frames)  # every labelled slice of every segment, nothing else
+    return frames
+
+
+@pytest.mark.parametrize("sizes", [(20, 20), (7, 20, 13)], ids=["2 objects", "3 unequal objects"])
+def test_a_series_split_over_several_multi_frame_objects_gets_one_dicom_seg_as_one_object_does(
+        tmp_path, analytic_model, sizes):
+    """``renalseg segment`` of a series a scanner split over several Enhanced CT objects: one
+    SEG, read back with highdicom voxel for voxel where the label map has them, each frame
+    naming the object and frame that hold its slice, every object referenced; the same
+    segments, positions and pixels as the SEG of that series stored as one object."""
     from conftest import to_multi_frame
 
-    from renalseg.errors import InputError
+    volume, _ = tube_ct()  # oblique, anisotropic, off-origin; 40 slices
+    classic = write_dicom_series(volume, tmp_path / "classic")
+    objects = to_multi_frame(sorted(classic.iterdir()), tmp_path / "split", sizes=sizes)
+    to_multi_frame(sorted(classic.iterdir()), tmp_path / "whole")
+    for name in ("split", "whole"):
+        result = _segment(tmp_path / name, tmp_path / "out")
+        assert result.exit_code == 0, result.output
+    split, whole = tmp_path / "out" / "split", tmp_path / "out" / "whole"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(split / "labels.nii.gz")))
+    assert labels.any() and np.array_equal(labels, sitk.GetArrayFromImage(sitk.ReadImage(str(whole / "labels.nii.gz"))))
+    study = read_dicom_study(tmp_path / "split")
+    assert set(study.dicom_files) == set(objects) and len(objects) == len(sizes)
+    assert json.loads((split / "report.json").read_text())["dicom_seg"]["path"] == "labels.seg.dcm"
+    assert sorted(p.name for p in split.glob("*.dcm")) == ["labels.seg.dcm"]  # one SEG
+
+    ds = pydicom.dcmread(str(split / "labels.seg.dcm"))
+    check_seg_iod(ds)
+    frames = _seg_frames_on_the_label_map(split / "labels.seg.dcm", labels, study)
+    uids = {str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID) for p in objects}
+    (referenced,) = ds.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == pydicom.dcmread(str(objects[0]), stop_before_pixels=True).SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == uids
+    assert {r.ReferencedSOPInstanceUID for r in ds.SourceImageSequence} == uids
+    assert {r.ReferencedSOPInstanceUID for item in ds.PerFrameFunctionalGroupsSequence
+            for r in item.DerivationImageSequence[0].SourceImageSequence} == uids  # each object holds a label here
+
+    # highdicom finds every labelled voxel through the frame references, object by object
+    seg = hd.seg.segread(str(split / "labels.seg.dcm"))
+    back = np.zeros_like(labels)
+    for path in objects:
+        uid = str(pydicom.dcmread(str(path), stop_before_pixels=True).SOPInstanceUID)
+        for k in (k for k, p in enumerate(study.dicom_files) if p == path):
+            if any(key[0] == k for key in frames):
+                back[k] = 3 * seg.get_pixels_by_source_frame(uid, [study.dicom_frames[k]], combine_segments=True)[0]
+    assert np.array_equal(back, labels)
+
+    # as the same series stored as one multi-frame object
+    one_study = read_dicom_study(tmp_path / "whole")
+    for attribute in ("shape_zyx", "spacing_xyz_mm", "origin_xyz_mm", "direction"):
+        np.testing.assert_allclose(getattr(one_study.geometry, attribute), getattr(study.geometry, attribute),
+                                   atol=1e-6)
+    one = pydicom.dcmread(str(whole / "labels.seg.dcm"))
+    one_frames = _seg_frames_on_the_label_map(whole / "labels.seg.dcm", labels, one_study)
+    assert frames.keys() == one_frames.keys()
+    for key, (position, pixels) in frames.items():
+        np.testing.assert_allclose(position, one_frames[key][0], atol=1e-4)
+        np.testing.assert_array_equal(pixels, one_frames[key][1])
+    segment_facts = [(s.SegmentNumber, s.SegmentLabel, s.TrackingID, s.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+                     for s in ds.SegmentSequence]
+    assert segment_facts == [(s.SegmentNumber, s.SegmentLabel, s.TrackingID,
+                              s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in one.SegmentSequence]
+    shared, one_shared = ds.SharedFunctionalGroupsSequence[0], one.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+                               one_shared.PlaneOrientationSequence[0].ImageOrientationPatient, atol=1e-6)
+    for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
+        np.testing.assert_allclose(np.asarray(shared.PixelMeasuresSequence[0][keyword].value, float),
+                                   np.asarray(one_shared.PixelMeasuresSequence[0][keyword].value, float), atol=1e-6)
+    assert [d.DimensionIndexPointer for d in ds.DimensionIndexSequence] == [
+        d.DimensionIndexPointer for d in one.DimensionIndexSequence]
+
+
+def test_a_dicom_seg_of_single_frame_files_and_a_multi_frame_object_in_one_series(tmp_path):
+    """A series holding single-frame files and a multi-frame object: one SEG, the frames on
+    single-frame files referencing the file, the others the object's frame."""
+    from conftest import to_multi_frame
+
+    volume, mask = tube_ct()
+    classic = write_dicom_series(volume, tmp_path / "classic")
+    files = sorted(classic.iterdir(), key=lambda p: float(pydicom.dcmread(str(p)).ImagePositionPatient[2]))
+    (enhanced,) = to_multi_frame(files[12:], tmp_path / "mixed")
+    header = pydicom.dcmread(str(enhanced), stop_before_pixels=True)
+    for path in files[:12]:  # the same series, study and frame of reference as the object
+        ds = pydicom.dcmread(str(path))
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            setattr(ds, keyword, getattr(header, keyword))
+        ds.save_as(tmp_path / "mixed" / path.name)
+    study = read_dicom_study(tmp_path / "mixed")
+    assert len(set(study.dicom_files)) == 13 and study.dicom_frames.count(0) == 12
+    labels = mask.astype(np.uint8) * 3
+    assert labels[[study.dicom_frames.index(0)]].any()  # a single-frame file holds a label
+    write_dicom_seg(labels, study.geometry, {"3": "renal_artery"}, study.dicom_files, tmp_path / "x.seg.dcm",
+                    model_name="m", weights_sha256=None, synthetic_training_only=True,
+                    source_frames=study.dicom_frames)
+    ds = pydicom.dcmread(str(tmp_path / "x.seg.dcm"))
+    check_seg_iod(ds)
+    uid_of = {p: str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID) for p in set(study.dicom_files)}
+    assert {r.ReferencedSOPInstanceUID for r in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == set(
+        uid_of.values())
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    seen = set()
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        k = int(round(study.geometry.world_to_index([position])[0][2]))
+        np.testing.assert_allclose(position, study.geometry.index_to_world([[0, 0, k]])[0], atol=1e-4)
+        (source,) = item.DerivationImageSequence[0].SourceImageSequence
+        assert source.ReferencedSOPInstanceUID == uid_of[study.dicom_files[k]]
+        assert int(source.get("ReferencedFrameNumber") or 0) == study.dicom_frames[k]  # none for a whole file
+        np.testing.assert_array_equal(pixels[i], labels[k] == 3)
+        seen.add(k)
+    assert seen == {k for k in range(labels.shape[0]) if labels[k].any()} and int(ds.NumberOfFrames) == len(seen)
+
+
+def test_dicom_seg_refuses_a_split_series_whose_frame_is_off_the_label_grid_naming_it(tmp_path):
+    """One frame inside the series (neither the first nor the last slice) moved 0.5 mm along
+    the slice normal after the label map was made: GeometryError naming the object and frame."""
+    from conftest import to_multi_frame
+
+    from renalseg.errors import GeometryError
 
     volume, _ = tube_ct()
     classic = write_dicom_series(volume, tmp_path / "classic")
-    to_multi_frame(sorted(classic.iterdir()), tmp_path / "tube", objects=2)
-    result = _segment(tmp_path / "tube", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    folder = tmp_path / "out" / "tube"
-    assert not (folder / "labels.seg.dcm").exists() and (folder / "labels.seg.nrrd").exists()
-    reason = json.loads((folder / "report.json").read_text())["dicom_seg"]
-    assert reason == {"path": None, "reason": "the series is stored as 2 multi-frame objects; a DICOM SEG references "
-                                              "at most one (labels.seg.nrrd holds the same voxels)"}
-    study = read_dicom_study(tmp_path / "tube")
-    with pytest.raises(InputError, match="No DICOM SEG: the series is stored as 2 multi-frame objects"):
-        write_dicom_seg(np.ones(study.geometry.shape_zyx, np.uint8), study.geometry, {"1": "renal_artery"},
-                        study.dicom_files, tmp_path / "x.dcm", model_name="m", weights_sha256=None,
-                        synthetic_training_only=True, source_frames=study.dicom_frames)
+    objects = to_multi_frame(sorted(classic.iterdir()), tmp_path / "split", sizes=(7, 20, 13))
+    study = read_dicom_study(tmp_path / "split")
+    labels = np.zeros(study.geometry.shape_zyx, np.uint8)
+    labels[10:30, 20:28, 20:28] = 3
+
+    def write(out: str) -> dict:
+        return write_dicom_seg(labels, study.geometry, {"3": "renal_artery"}, study.dicom_files, tmp_path / out,
+                               model_name="m", weights_sha256=None, synthetic_training_only=True,
+                               source_frames=study.dicom_frames)
+
+    write("before.seg.dcm")  # the files as read: on the grid
+    k = 25  # a slice inside the label, in the middle object
+    path, frame = study.dicom_files[k], study.dicom_frames[k]
+    assert path == objects[1] and 0 < k < labels.shape[0] - 1
+    ds = pydicom.dcmread(str(path))
+    plane = ds.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0]
+    normal = np.asarray(study.geometry.direction).reshape(3, 3)[:, 2]
+    plane.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(plane.ImagePositionPatient, float) + 0.5 * normal]
+    ds.save_as(str(path))
+    with pytest.raises(GeometryError, match=rf"Slice {k} of the label map .*{path.name} frame {frame}, .*0\.500 mm"):
+        write("after.seg.dcm")
+    assert not (tmp_path / "after.seg.dcm").exists()

@@ -14,9 +14,26 @@ Source headers are read again here (``stop_before_pixels``, well under a second 
 400 slices), from the files :func:`renalseg.io.dicom.read_dicom_study` sorted along
 the slice normal: slice ``k`` of the label map is file ``k``. A series stored as one
 multi-frame object (Enhanced CT) is referenced frame by frame: slice ``k`` is its frame
-``frames[k]``, and the SEG's frames follow the source's. A series spread over several
-multi-frame objects cannot be one SEG's source (highdicom takes one multi-frame source
-image); :func:`unreferencable` says so and no SEG is written.
+``frames[k]``, and the SEG's frames follow the source's (highdicom makes that
+correspondence itself).
+
+A series spread over several multi-frame objects (a scanner splitting one long series
+into two or three Enhanced CT instances; single-frame files among them too) is one SEG
+as well. highdicom 0.28 takes one multi-frame object as ``source_images``, and its
+``further_source_images`` only lists the others: it links a SEG frame to a source frame
+only when one object holds every plane, which no part of a split series does. So the
+SEG is built from the first object with the others as ``further_source_images``
+(highdicom then lists every object in the Source Image and Referenced Series
+Sequences), with explicit plane positions, those of the label map's slices; each SEG
+frame then gets the Derivation Image Sequence highdicom writes for one multi-frame
+source (derivation "Segmentation", purpose "Source image for image processing
+operation", spatial locations preserved) naming the object and frame that hold its
+slice. The shared functional groups (orientation, pixel measures) and the dimension
+organisation (segment, image position) stay highdicom's: every object of a series has
+the same orientation, pixel spacing and size (:func:`renalseg.io.dicom.read_dicom_study`
+checks them, :func:`_check_geometry` the size). Because these references are made
+here, not matched by highdicom, every source frame's position is checked against the
+label map's grid first, not just the first and last slice's.
 
 Anonymised exports may have EMPTY UIDs (the real test fixture has no SOP Instance,
 SOP Class, Study or Series Instance UID). A SEG must reference UIDs, so what is
@@ -46,7 +63,7 @@ from renalseg.geometry import Geometry
 from renalseg.io.dicom import _frame_facts
 from renalseg.io.terminology import Structure, structure_for
 
-__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description", "unreferencable"]
+__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,47 +122,107 @@ def _fill_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     return generated
 
 
-def unreferencable(source_files: Sequence[Path], source_frames: Sequence[int] = ()) -> str | None:
-    """Why a DICOM SEG cannot reference these source slices, or ``None`` when it can.
-
-    Example:
-        >>> unreferencable([Path("a.dcm"), Path("a.dcm"), Path("b.dcm")], [1, 2, 1])
-        'the series is stored as 2 multi-frame objects; a DICOM SEG references at most one (labels.seg.nrrd holds the same voxels)'
-    """
-    files = set(source_files)
-    if source_frames and len(files) > 1:
-        return (f"the series is stored as {len(files)} multi-frame objects; a DICOM SEG references at most one "
-                "(labels.seg.nrrd holds the same voxels)")
-    return None
+#: how far (mm) a source slice may lie from the label map's slice it holds: DS rounding in
+#: the headers, far below any slice spacing, so a slice on another frame never passes
+_POSITION_TOL_MM = 1e-2
 
 
-def _check_geometry(datasets: Sequence[pydicom.Dataset], geometry: Geometry,
-                    source_frames: Sequence[int] = ()) -> None:
+def _slice_positions(datasets: Mapping[Path, pydicom.Dataset], source_files: Sequence[Path],
+                     source_frames: Sequence[int]) -> np.ndarray:
+    """Slice k's ImagePositionPatient (LPS mm, ``(Z, 3)``): its file's, or for a frame of a
+    multi-frame object that frame's, from the functional groups as the study was read."""
+    facts: dict[Path, tuple] = {}
+    positions = []
+    for k, path in enumerate(source_files):
+        frame = int(source_frames[k]) if source_frames else 0
+        ds = datasets[path]
+        if not frame:
+            positions.append([float(v) for v in ds.ImagePositionPatient])
+            continue
+        if path not in facts:
+            facts[path] = _frame_facts(ds, path)
+        if not 1 <= frame <= len(facts[path]):
+            raise GeometryError(
+                f"{path} has no position for its frame {frame} ({len(facts[path])} frames placed by its "
+                f"per-frame functional groups), which holds slice {k} of the label map; a DICOM SEG "
+                "needs the series the label map was made from. Pass --no-dicom-seg or segment the series again."
+            )
+        positions.append(list(facts[path][frame - 1].position))
+    return np.asarray(positions, dtype=float)
+
+
+def _several_objects(source_files: Sequence[Path], source_frames: Sequence[int]) -> bool:
+    """A series of more than one file holding a multi-frame object: referenced frame by frame here."""
+    return bool(source_frames) and len(set(source_files)) > 1
+
+
+def _check_geometry(datasets: Mapping[Path, pydicom.Dataset], geometry: Geometry,
+                    source_files: Sequence[Path], source_frames: Sequence[int] = ()) -> None:
     """The label map must be on the source slices' grid, slice k on file k (on frame
-    ``source_frames[k]`` of a multi-frame source)."""
-    if source_frames:  # each frame's position as the study was read (the functional groups)
-        facts = _frame_facts(datasets[0], Path(str(datasets[0].filename)))
-        count = len(source_frames)
-        first, last = (np.asarray(facts[k - 1].position, float) for k in (source_frames[0], source_frames[-1]))
-    else:
-        count = len(datasets)
-        first = np.asarray([float(v) for v in datasets[0].ImagePositionPatient])
-        last = np.asarray([float(v) for v in datasets[-1].ImagePositionPatient])
-    if count != geometry.shape_zyx[0] or any(
-            (int(ds.Rows), int(ds.Columns)) != geometry.shape_zyx[1:] for ds in datasets[:1]):
+    ``source_frames[k]`` of a multi-frame file). The first and last slices are checked
+    where highdicom references the source itself (one multi-frame object, or single-frame
+    files); every slice where the references are made here (several objects)."""
+    count = len(source_files)
+    sizes = {path: (int(ds.Rows), int(ds.Columns)) for path, ds in datasets.items()}
+    off_size = [path for path, size in sizes.items() if size != tuple(geometry.shape_zyx[1:])]
+    if count != geometry.shape_zyx[0] or off_size:
+        rows, columns = sizes[off_size[0] if off_size else source_files[0]]
         raise GeometryError(
             f"The label map {geometry.shape_zyx} (z, y, x) is not on the DICOM series' grid "
-            f"({count} slices of {datasets[0].Rows} × {datasets[0].Columns}); a DICOM SEG needs the "
+            f"({count} slices of {rows} × {columns}"
+            + (f" in {off_size[0]}" if off_size else "") + "); a DICOM SEG needs the "
             "label map of this series. Pass --no-dicom-seg or segment the series itself."
         )
-    expected_first = geometry.index_to_world([[0, 0, 0]])[0]
-    expected_last = geometry.index_to_world([[0, 0, geometry.shape_zyx[0] - 1]])[0]
-    if not (np.allclose(first, expected_first, atol=1e-2) and np.allclose(last, expected_last, atol=1e-2)):
+    positions = _slice_positions(datasets, source_files, source_frames)
+    expected = geometry.index_to_world(np.column_stack([np.zeros(count), np.zeros(count), np.arange(count)]))
+    if _several_objects(source_files, source_frames):
+        distance = np.linalg.norm(positions - expected, axis=1)
+        bad = np.flatnonzero(distance > _POSITION_TOL_MM)
+        if bad.size:
+            k = int(bad[0])
+            raise GeometryError(
+                f"Slice {k} of the label map lies at {expected[k].round(3).tolist()} mm (LPS) but the source "
+                f"frame holding it, {source_files[k]} frame {source_frames[k]}, at {positions[k].round(3).tolist()} "
+                f"({distance[k]:.3f} mm apart, tolerance {_POSITION_TOL_MM} mm; {bad.size} slice(s) in all): the "
+                "files do not hold the label map's slices where it has them. Pass --no-dicom-seg or segment "
+                "the series again."
+            )
+        return
+    first, last = positions[0], positions[-1]
+    if not (np.allclose(first, expected[0], atol=_POSITION_TOL_MM)
+            and np.allclose(last, expected[-1], atol=_POSITION_TOL_MM)):
         raise GeometryError(
-            f"The label map's first and last slices lie at {expected_first.round(3).tolist()} and "
-            f"{expected_last.round(3).tolist()} mm (LPS) but the DICOM files at {first.tolist()} and "
+            f"The label map's first and last slices lie at {expected[0].round(3).tolist()} and "
+            f"{expected[-1].round(3).tolist()} mm (LPS) but the DICOM files at {first.tolist()} and "
             f"{last.tolist()}: the files are not in the label map's slice order."
         )
+
+
+def _reference_source_frames(seg: pydicom.Dataset, datasets: Mapping[Path, pydicom.Dataset],
+                             source_files: Sequence[Path], source_frames: Sequence[int],
+                             slice_of_position: Mapping[tuple[float, ...], int]) -> None:
+    """Give each SEG frame the Derivation Image Sequence highdicom writes for one multi-frame
+    source, naming the object (and frame) that holds its slice in the source series."""
+    import highdicom as hd
+
+    derivation_code = hd.sr.CodedConcept.from_code(codes.cid7203.SegmentationImageDerivation)
+    purpose = hd.sr.CodedConcept.from_code(codes.cid7202.SourceImageForImageProcessingOperation)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        position = tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        k = slice_of_position[position]  # the positions highdicom was given, each a label map slice
+        ds = datasets[source_files[k]]
+        source = pydicom.Dataset()
+        source.ReferencedSOPClassUID = ds.SOPClassUID
+        source.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        if source_frames[k]:  # a frame of a multi-frame object; a single-frame file is referenced whole
+            source.ReferencedFrameNumber = int(source_frames[k])
+        source.PurposeOfReferenceCodeSequence = [purpose]
+        # the same rows, columns, orientation and pixel spacing, and within _POSITION_TOL_MM
+        source.SpatialLocationsPreserved = "YES"
+        derivation = pydicom.Dataset()
+        derivation.DerivationCodeSequence = [derivation_code]
+        derivation.SourceImageSequence = [source]
+        item.DerivationImageSequence = [derivation]
 
 
 def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[str, str],
@@ -159,9 +236,10 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         labels: uint8 or uint16 ``(Z, Y, X)`` label map on the series' grid (slice k = file k).
         geometry: the label map's grid (checked against the files' positions).
         label_names: ``labels.json`` (``{"0": "background", "1": "renal_artery", ...}``).
-        source_files: the series' files in slice order.
+        source_files: the series' files in slice order (a multi-frame object once per frame).
         source_frames: slice k's frame number (1-based) in ``source_files[k]`` when the
-            series is a multi-frame object (:attr:`renalseg.study.Study.dicom_frames`).
+            series holds multi-frame objects, one or several; 0 for a single-frame file
+            among them (:attr:`renalseg.study.Study.dicom_frames`).
         path: where to write (``labels.seg.dcm``).
         model_name, weights_sha256: the algorithm identification.
         synthetic_training_only: say so in the series description.
@@ -176,25 +254,26 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         names what the source lacked and the SEG made up (UIDs, slice thickness).
 
     Raises:
-        InputError: no source files, a series of several multi-frame objects
-            (:func:`unreferencable`), or a label map with no structure at all.
-        GeometryError: the label map is not on the files' grid.
+        InputError: no source files, frame numbers not one per source slice, or a label
+            map with no structure at all.
+        GeometryError: the label map is not on the files' grid (for a series of several
+            multi-frame objects: a frame not where the label map's slice is, naming it).
     """
     import highdicom as hd
     from highdicom.color import CIELabColor
 
     if not source_files:
         raise InputError("A DICOM SEG needs the source DICOM files; the study was not read from DICOM.")
-    reason = unreferencable(source_files, source_frames)
-    if reason:
-        raise InputError(f"No DICOM SEG: {reason}.")
-    files = list(dict.fromkeys(source_files)) if source_frames else list(source_files)
-    datasets = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
-    _check_geometry(datasets, geometry, source_frames)
-    generated = _fill_uids(datasets)
-    if not source_frames and any(not str(ds.get("SliceThickness", "") or "").strip() for ds in datasets):
+    if source_frames and len(source_frames) != len(source_files):
+        raise InputError(f"{len(source_frames)} frame numbers for {len(source_files)} source slices; "
+                         "pass the study's dicom_files and dicom_frames together.")
+    datasets = {p: pydicom.dcmread(str(p), stop_before_pixels=True) for p in dict.fromkeys(source_files)}
+    _check_geometry(datasets, geometry, source_files, source_frames)
+    generated = _fill_uids(list(datasets.values()))
+    single_frame = [ds for ds in datasets.values() if "PerFrameFunctionalGroupsSequence" not in ds]
+    if any(not str(ds.get("SliceThickness", "") or "").strip() for ds in single_frame):
         # Type 2 in CT, required by the SEG's pixel measures: the slice spacing stands in
-        for ds in datasets:
+        for ds in single_frame:
             if not str(ds.get("SliceThickness", "") or "").strip():
                 ds.SliceThickness = f"{geometry.spacing_xyz_mm[2]:.6g}"
         generated.append("SliceThickness (the slice spacing)")
@@ -229,12 +308,26 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         segments.append({"number": number, "label_value": value, "name": structure.display_name,
                          "snomed": structure.type_code.value})
     segment_map = lookup[np.asarray(labels)]  # every value present is a segment
-    if source_frames:  # the SEG's frames in the source object's frame order
-        in_source_order = np.zeros((int(datasets[0].NumberOfFrames), *segment_map.shape[1:]), segment_map.dtype)
+    several = _several_objects(source_files, source_frames)
+    first, *others = datasets.values()
+    slice_of_position: dict[tuple[float, ...], int] = {}
+    if several:  # the label map's slices where they lie; the frame references are added below
+        count = geometry.shape_zyx[0]
+        world = geometry.index_to_world(np.column_stack([np.zeros(count), np.zeros(count), np.arange(count)]))
+        planes = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position.tolist())
+                  for position in world]
+        slice_of_position = {tuple(float(v) for v in plane[0].ImagePositionPatient): k
+                             for k, plane in enumerate(planes)}
+        placement: dict = {"source_images": [first], "further_source_images": others, "plane_positions": planes}
+    elif source_frames:  # one multi-frame object: the SEG's frames in its frame order
+        in_source_order = np.zeros((int(first.NumberOfFrames), *segment_map.shape[1:]), segment_map.dtype)
         in_source_order[np.asarray(source_frames) - 1] = segment_map
         segment_map = in_source_order
+        placement = {"source_images": [first]}
+    else:
+        placement = {"source_images": list(datasets.values())}
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        **placement, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="renalseg",
         manufacturer_model_name=(model_name or "renalseg")[:64], software_versions=__version__,
@@ -242,7 +335,8 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         content_description=(description or series_description(synthetic_training_only))[:64],
         series_description=(description or series_description(synthetic_training_only))[:64],
     )
+    if several:
+        _reference_source_frames(seg, datasets, source_files, source_frames, slice_of_position)
     seg.save_as(str(path))
     return {"path": str(path), "segments": segments, "filled_in": generated,
             "sop_instance_uid": str(seg.SOPInstanceUID), "series_instance_uid": str(seg.SeriesInstanceUID)}
-
