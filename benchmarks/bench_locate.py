@@ -14,7 +14,8 @@ Studies:
   256 voxels in-plane (``--size small``) or 512 (``clinical``). Per case: every present
   kidney's fraction inside its ROI (≥ 0.99 passes), its side, an absent kidney reported
   absent, and every renal artery's aortic origin (main and accessory) inside the ROI;
-  a table and the totals;
+  a table and the totals. ``--kind absent --start 30200``: every case of that kind,
+  seeds ``start + i`` (the single-kidney figures in docs/validation.md);
 * ``--timing``: one 512 × 512 × 400 phantom located in a child process (wall time and
   peak resident memory of that process, reading the file included).
 
@@ -122,12 +123,12 @@ def bench_phantom(seed: int) -> dict:
     return result
 
 
-def _variant_case(index: int, size: str):
+def _variant_case(index: int, size: str, kind: str = "", start: int = 30000):
     from renalseg.phantom.abdomen import synthesize_abdomen
     from renalseg.phantom.variants import VARIANT_KINDS, random_variant
 
-    seed = 30000 + index
-    kind = VARIANT_KINDS[index % len(VARIANT_KINDS)]
+    seed = start + index
+    kind = kind or VARIANT_KINDS[index % len(VARIANT_KINDS)]
     options = random_variant(seed, kind)
     if size == "small":
         options = {"fov_mm": 400.0, "slice_mm": 2.0, **options, "inplane_voxels": 256}
@@ -192,17 +193,17 @@ def evaluate_rois(case, rois: list[KidneyROI], in_view: dict[str, float] | None 
     return out
 
 
-def bench_variants(count: int, size: str, only: set[int] | None = None) -> dict:
+def bench_variants(count: int, size: str, only: set[int] | None = None, kind: str = "", start: int = 30000) -> dict:
     import sys
 
     rows = []
     for index in range(count):
-        if only and 30000 + index not in only:
+        if only and start + index not in only:
             continue
-        seed, kind, options, case = _variant_case(index, size)
+        seed, case_kind, options, case = _variant_case(index, size, kind, start)
         result = _timed(case.image)
         in_view = _in_view_fractions(seed, options, case)
-        row = {"seed": seed, "kind": kind, "options": {k: v for k, v in options.items() if k != "inplane_voxels"},
+        row = {"seed": seed, "kind": case_kind, "options": {k: v for k, v in options.items() if k != "inplane_voxels"},
                "wall_s": result["wall_s"], "cpu_s": result["cpu_s"]}
         if isinstance(result["rois"], str):
             row["error"] = result["rois"]
@@ -217,7 +218,7 @@ def bench_variants(count: int, size: str, only: set[int] | None = None) -> dict:
             v = row["sides"][side]
             cells.append(f"{side[0]}:" + (v["reported"] if "reported" in v
                                            else f"{v['inside']:.3f}{'' if v['origins_inside'] else '(o)'}"))
-        print(f"{seed} {kind:12s} {str(options.get('phase')):14s} {' '.join(cells):32s} "
+        print(f"{seed} {case_kind:12s} {str(options.get('phase')):14s} {' '.join(cells):32s} "
               f"{'ok' if row['ok'] else 'FAIL'} {result['wall_s']:.1f}s {row.get('error', '')[:120]}",
               file=sys.stderr, flush=True)
     return {"cases": rows, "passed": sum(r["ok"] for r in rows), "origins_ok": sum(r["origins_ok"] for r in rows),
@@ -252,6 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="phantom seeds, comma-separated ('' for none)")
     parser.add_argument("--variants", type=int, default=0, help="held-out hard-patient phantoms (seeds 30000+)")
+    parser.add_argument("--kind", default="", help="with --variants, every case of this kind (e.g. absent)")
+    parser.add_argument("--start", type=int, default=30000, help="with --variants, the first seed")
     parser.add_argument("--only", default="", help="with --variants, run only these seeds (e.g. 30004,30016)")
     parser.add_argument("--size", choices=("small", "clinical"), default="small", help="variant phantoms' grid")
     parser.add_argument("--timing", action="store_true", help="512 × 512 × 400 study in a child process")
@@ -267,7 +270,7 @@ def main() -> None:
     results["max_wall_s"], results["max_cpu_s"] = max(walls, default=0.0), max(cpus, default=0.0)
     if args.variants:
         only = {int(s) for s in args.only.split(",") if s.strip()}
-        results["variants"] = bench_variants(args.variants, args.size, only or None)
+        results["variants"] = bench_variants(args.variants, args.size, only or None, args.kind, args.start)
     if args.timing:
         results["timing_512x512x400"] = bench_timing()
     results["load_average_1min_after"] = round(os.getloadavg()[0], 2)
