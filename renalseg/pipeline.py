@@ -711,7 +711,10 @@ def segment_study(
         "arteries": sides,
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
-        "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts),
+        "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
+                                 **{f"{key}_ml": ({side: float(figures["volume_ml"]) for side, figures in
+                                                   structures[key].items()} if key in structures else None)
+                                    for key in ("artery", "kidney")}),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

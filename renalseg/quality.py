@@ -98,6 +98,7 @@ __all__ = [
     "KIDNEY_MAX_MEDIAN_HU",
     "KIDNEY_MIN_LOCATED_SHARE",
     "ARTERY_MAX_LUMEN_HU",
+    "ARTERY_MIN_ML",
     "MirrorAgreement",
     "mirror_sets",
     "judge",
@@ -874,9 +875,32 @@ def assess_scan(image: sitk.Image, rois: Sequence[Any], limits: QualityLimits = 
 # -- the verdict -------------------------------------------------------------------------------
 
 
+#: an artery label under this (ml) on a side is no renal artery: a main renal artery alone
+#: holds about 0.5 ml; held-out single-kidney phantoms' empty sides got 0-0.005 ml
+ARTERY_MIN_ML = 0.05
+
+
+def _missing_structures(kidney_ml: Mapping[str, float] | None,
+                        artery_ml: Mapping[str, float] | None) -> dict[str, tuple[str, str]]:
+    """Side -> (what is missing there, what else it may be) for each side localisation
+    placed a kidney on whose kidney label is empty, or whose artery label is while its
+    kidney label is not (``None``: that structure was not written)."""
+    missing: dict[str, tuple[str, str]] = {}
+    for side in dict.fromkeys([*(kidney_ml or {}), *(artery_ml or {})]):
+        if kidney_ml is not None and side in kidney_ml and kidney_ml[side] <= 0.0:
+            missing[side] = ("the network labelled no kidney where localisation placed it", "the network missed it")
+        elif artery_ml is not None and side in artery_ml and artery_ml[side] < ARTERY_MIN_ML and (
+                kidney_ml is None or (kidney_ml.get(side) or 0.0) > 0.0):
+            missing[side] = (f"no renal artery was found for it ({artery_ml[side]:.2g} ml labelled)",
+                             "the artery is missed")
+    return missing
+
+
 def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]],
           limits: QualityLimits = DEFAULT_LIMITS, *,
-          kidneys: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+          kidneys: Mapping[str, Mapping[str, Any]] | None = None,
+          artery_ml: Mapping[str, float] | None = None,
+          kidney_ml: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -889,6 +913,12 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     also say a tumour may be labelled where there is none: on held-out phantoms at 3-5 mm
     slices or about 45 HU of noise the default weights labelled 9-20 ml of tumour in
     kidneys without one (docs/validation.md, "Thick slices" and "Noise").
+    ``artery_ml`` and ``kidney_ml`` (side → the written label's volume, for each side
+    localisation placed a kidney on) make a side ``check`` where the network labelled no
+    kidney, or a kidney and no artery at all: the tree the surgeon came for is missing
+    there, and where the other side has one, what localisation placed there may not be a
+    kidney (on held-out single-kidney phantoms the empty side's find mostly got one or
+    the other: docs/validation.md, Localisation).
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1008,6 +1038,16 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: the kidney or tumour label reaches the "
                                       f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
                                       "the kidney or a tumour may go on outside it; check the images there"))
+    for side, what in _missing_structures(kidney_ml, artery_ml).items():
+        others = [other for other, ml in (artery_ml or {}).items() if other != side and ml >= ARTERY_MIN_ML
+                  and (kidney_ml is None or (kidney_ml.get(other) or 0.0) > 0.0)]
+        if others:
+            why = (f", though the {others[0]} kidney has both: {what[1]}, or what localisation placed there is not "
+                   "a kidney (in a single kidney's empty renal fossa the spleen, bowel or pancreas lie in fat); "
+                   "check the images before using that side's labels or a plan built on them")
+        else:
+            why = "; check the images"
+        findings.append(("check", f"{side} kidney: {what[0]}{why}"))
     verdict = "ok"
     for level, _ in findings:
         if VERDICTS.index(level) > VERDICTS.index(verdict):

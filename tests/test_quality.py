@@ -223,6 +223,34 @@ def test_a_noisy_or_thick_scan_warns_of_false_tumour_only_where_the_model_labels
         assert not any("tumour" in w for w in artery_only["warnings"])
 
 
+def test_a_placed_kidney_without_kidney_label_or_any_renal_artery_asks_for_a_check():
+    """A side localisation placed a kidney on, where the network labelled no kidney, or a
+    kidney and no artery at all: the tree is missing there, and where the other side has
+    both, the place may be a single kidney's empty fossa (held-out single-kidney phantoms:
+    most such finds got one of the two). Both sides with kidney and artery: no warning."""
+    facts = {"height_mm": 110.0, "median_hu": 160.0, "located_share": 0.95}
+    scan = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
+    both = {"left": facts, "right": facts}
+    kidney = {"left": 80.0, "right": 150.0}
+    one = judge(scan, {}, kidneys=both, artery_ml={"left": 0.005, "right": 3.2}, kidney_ml=kidney)
+    assert one["verdict"] == "check"
+    (warning,) = [w for w in one["warnings"] if "no renal artery" in w]
+    assert warning.startswith("left kidney: no renal artery was found for it (0.005 ml labelled), though the right "
+                              "kidney has both")
+    assert "single kidney" in warning
+    unlabelled = judge(scan, {}, kidneys={"right": facts}, artery_ml={"left": 0.0, "right": 3.2},
+                       kidney_ml={"left": 0.0, "right": 150.0})
+    (warning,) = [w for w in unlabelled["warnings"] if "labelled no kidney" in w]
+    assert warning.startswith("left kidney: the network labelled no kidney where localisation placed it")
+    none = judge(scan, {}, kidneys=both, artery_ml={"left": 0.0, "right": 0.0}, kidney_ml=kidney)
+    assert sum("no renal artery was found" in w for w in none["warnings"]) == 2
+    assert not any("single kidney" in w for w in none["warnings"])
+    assert judge(scan, {}, kidneys=both, artery_ml={"left": 1.1, "right": 3.2}, kidney_ml=kidney)["verdict"] == "ok"
+    assert judge(scan, {}, kidneys=both)["verdict"] == "ok"  # neither label written (--structures)
+    artery_only = judge(scan, {}, artery_ml={"left": 0.0, "right": 3.2})  # weights without a kidney class
+    assert any(w.startswith("left kidney: no renal artery was found") for w in artery_only["warnings"])
+
+
 # -- the model card's limits ---------------------------------------------------------------------
 
 def test_limits_from_card_defaults_overrides_and_errors():
