@@ -1042,7 +1042,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         others = [other for other, ml in (artery_ml or {}).items() if other != side and ml >= ARTERY_MIN_ML
                   and (kidney_ml is None or (kidney_ml.get(other) or 0.0) > 0.0)]
         if others:
-            why = (f", though the {others[0]} kidney has both: {what[1]}, or what localisation placed there is not "
+            has = "both" if kidney_ml is not None else "one"
+            why = (f", though the {others[0]} kidney has {has}: {what[1]}, or what localisation placed there is not "
                    "a kidney (in a single kidney's empty renal fossa the spleen, bowel or pancreas lie in fat); "
                    "check the images before using that side's labels or a plan built on them")
         else:

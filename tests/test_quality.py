@@ -248,7 +248,8 @@ def test_a_placed_kidney_without_kidney_label_or_any_renal_artery_asks_for_a_che
     assert judge(scan, {}, kidneys=both, artery_ml={"left": 1.1, "right": 3.2}, kidney_ml=kidney)["verdict"] == "ok"
     assert judge(scan, {}, kidneys=both)["verdict"] == "ok"  # neither label written (--structures)
     artery_only = judge(scan, {}, artery_ml={"left": 0.0, "right": 3.2})  # weights without a kidney class
-    assert any(w.startswith("left kidney: no renal artery was found") for w in artery_only["warnings"])
+    assert any(w.startswith("left kidney: no renal artery was found for it (0 ml labelled), though the right kidney "
+                            "has one") for w in artery_only["warnings"]), artery_only["warnings"]
 
 
 # -- the model card's limits ---------------------------------------------------------------------
