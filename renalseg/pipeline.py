@@ -682,6 +682,8 @@ def segment_study(
     side_order = list(sides)
     structures = structure_figures(labels.array, study_geometry, label_names, [roi.to_dict() for roi in rois],
                                    side_order)
+    volumes_ml = {key: {side: float(figures["volume_ml"]) for side, figures in per_side.items()}
+                  for key, per_side in structures.items()}
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
                          if probability_array is not None else None)
@@ -712,9 +714,7 @@ def segment_study(
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
-                                 **{f"{key}_ml": ({side: float(figures["volume_ml"]) for side, figures in
-                                                   structures[key].items()} if key in structures else None)
-                                    for key in ("artery", "kidney")}),
+                                 artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney")),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

@@ -1038,9 +1038,9 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: the kidney or tumour label reaches the "
                                       f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
                                       "the kidney or a tumour may go on outside it; check the images there"))
-    for side, what in _missing_structures(kidney_ml, artery_ml).items():
-        others = [other for other, ml in (artery_ml or {}).items() if other != side and ml >= ARTERY_MIN_ML
-                  and (kidney_ml is None or (kidney_ml.get(other) or 0.0) > 0.0)]
+    missing = _missing_structures(kidney_ml, artery_ml)
+    for side, what in missing.items():
+        others = [other for other in (artery_ml or {}) if other not in missing]  # kidney and artery there
         if others:
             has = "both" if kidney_ml is not None else "one"
             why = (f", though the {others[0]} kidney has {has}: {what[1]}, or what localisation placed there is not "

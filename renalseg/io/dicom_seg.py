@@ -151,6 +151,12 @@ def _slice_positions(datasets: Mapping[Path, pydicom.Dataset], source_files: Seq
     return np.asarray(positions, dtype=float)
 
 
+def _label_slice_positions(geometry: Geometry) -> np.ndarray:
+    """Where each slice of the label map starts (its voxel (0, 0, k), LPS mm, ``(Z, 3)``)."""
+    count = geometry.shape_zyx[0]
+    return geometry.index_to_world(np.column_stack([np.zeros(count), np.zeros(count), np.arange(count)]))
+
+
 def _several_objects(source_files: Sequence[Path], source_frames: Sequence[int]) -> bool:
     """A series of more than one file holding a multi-frame object: referenced frame by frame here."""
     return bool(source_frames) and len(set(source_files)) > 1
@@ -174,7 +180,7 @@ def _check_geometry(datasets: Mapping[Path, pydicom.Dataset], geometry: Geometry
             "label map of this series. Pass --no-dicom-seg or segment the series itself."
         )
     positions = _slice_positions(datasets, source_files, source_frames)
-    expected = geometry.index_to_world(np.column_stack([np.zeros(count), np.zeros(count), np.arange(count)]))
+    expected = _label_slice_positions(geometry)
     if _several_objects(source_files, source_frames):
         distance = np.linalg.norm(positions - expected, axis=1)
         bad = np.flatnonzero(distance > _POSITION_TOL_MM)
@@ -312,10 +318,8 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
     first, *others = datasets.values()
     slice_of_position: dict[tuple[float, ...], int] = {}
     if several:  # the label map's slices where they lie; the frame references are added below
-        count = geometry.shape_zyx[0]
-        world = geometry.index_to_world(np.column_stack([np.zeros(count), np.zeros(count), np.arange(count)]))
         planes = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position.tolist())
-                  for position in world]
+                  for position in _label_slice_positions(geometry)]
         slice_of_position = {tuple(float(v) for v in plane[0].ImagePositionPatient): k
                              for k, plane in enumerate(planes)}
         placement: dict = {"source_images": [first], "further_source_images": others, "plane_positions": planes}
