@@ -14,7 +14,10 @@ each warped atlas kidney is searched for *alone*:
   pair), while each kidney's place varies less around the other's; then each kidney
   near that, or up to ±:data:`WIDE_SEARCH_Z_MM` head–foot from it when something
   there looks clearly more like a kidney and is wrapped in fat on most sides
-  (:func:`wrapped_in_fat`: the liver's edge is not);
+  (:func:`wrapped_in_fat`: the liver's edge is not); never with its centre within
+  :data:`MIN_MIDLINE_DISTANCE_MM` of the body's midline (:func:`body_midline`), where
+  the spine and the great vessels lie and, beside them, duodenum and bowel in fat that
+  fit a kidney's template where one kidney is absent;
 * :func:`confidence_from_score` turns that kidney-likeness (the fraction of the mask
   in soft tissue plus the fraction of its shell in fat, minus one) into a confidence
   in [0, 1]; below :data:`MIN_CONFIDENCE`, or with an implausible volume
@@ -34,10 +37,9 @@ import numpy as np
 
 __all__ = ["WIDE_SEARCH_Z_MM", "SHIFT_SEARCH_XY_MM", "MIN_CONFIDENCE", "PLAUSIBLE_VOLUME_ML",
            "VESSEL_CROSS_MIDLINE_MM", "VESSEL_ANTERIOR_MM", "ORIGIN_REACH_Z_MM",
-           "MIN_WRAPPED_IN_FAT", "HORSESHOE_TURN_DEG", "KIDNEY_SHAPES", "AS_WARPED", "HORSESHOE_HALF",
-           "HORSESHOE_MARGIN", "wrapped_in_fat", "common_shift", "kidney_shape", "isthmus_between",
-           "place_kidneys", "confidence_from_score",
-           "vessel_reach"]
+           "MIN_WRAPPED_IN_FAT", "MIN_MIDLINE_DISTANCE_MM", "HORSESHOE_TURN_DEG", "KIDNEY_SHAPES", "AS_WARPED",
+           "HORSESHOE_HALF", "HORSESHOE_MARGIN", "body_midline", "wrapped_in_fat", "common_shift", "kidney_shape",
+           "isthmus_between", "place_kidneys", "confidence_from_score", "vessel_reach"]
 
 #: head–foot reach of the single-kidney search (mm): a kidney 12 cm below its usual
 #: place is still found, starting from the pair's common displacement (which is itself
@@ -91,6 +93,12 @@ KIDNEY_SHAPES: dict[str, tuple[bool, float]] = {
 #: kidney's halves, level with each other and low, than where the search for a pair
 #: put them, for the horseshoe to be taken
 HORSESHOE_MARGIN = 0.05
+#: a kidney's centre lies at least this far (mm) to the side of the body's midline: the
+#: spine, the aorta and the IVC fill the middle (the real atlas CT's kidneys' centres
+#: lie 72 and 74 mm from it, 40 held-out single-kidney phantoms' 62–75 mm), while what
+#: lies there in fat (the duodenum, the IVC, bowel) can fit the warped kidney when one
+#: kidney is absent. A horseshoe kidney's halves are placed by their own shape
+MIN_MIDLINE_DISTANCE_MM = 30.0
 #: kidney-likeness that maps to confidence 0 and 1
 _SCORE_AT_ZERO, _SCORE_AT_ONE = 0.0, 0.35
 #: below this confidence a kidney is refused (not kidney-like: MR, no fat, no tissue;
@@ -109,6 +117,47 @@ VESSEL_ANTERIOR_MM = 60.0
 #: head–foot reach (mm) around the renal arteries' usual level (the higher hilum):
 #: main arteries leave the aorta within ~15 mm of it, accessory ones within ~40 mm more
 ORIGIN_REACH_Z_MM = 58.0
+
+
+def body_midline(hu: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Per axial slice, the x index of the body's middle (NaN where no body is in view).
+
+    The body is the largest connected region above -500 HU in the slice (the table, the
+    arms and air outside it left out); its middle is the centroid of that region,
+    smoothed over 15 slices (a patient lies tilted a little, not bent).
+
+    Example:
+        >>> hu = np.full((3, 20, 40), -1000.0); hu[:, 5:15, 8:30] = 0.0; hu[:, 18:19, 0:40] = 100.0  # + a table
+        >>> body_midline(hu, np.ones(hu.shape, bool)).tolist()
+        [18.5, 18.5, 18.5]
+    """
+    from scipy import ndimage
+
+    middle = np.full(hu.shape[0], np.nan)
+    for z in range(hu.shape[0]):
+        body = (hu[z] > -500.0) & fov[z]
+        if not body.any():
+            continue
+        pieces, count = ndimage.label(body)
+        largest = int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:])) + 1
+        middle[z] = float(np.nonzero(pieces == largest)[1].mean())
+    seen = np.isfinite(middle)
+    if not seen.any():
+        return middle
+    filled = np.interp(np.arange(middle.size), np.flatnonzero(seen), middle[seen])
+    smooth = ndimage.median_filter(filled, size=15, mode="nearest")
+    return np.where(seen, smooth, np.nan)
+
+
+def _near_midline(template: np.ndarray, shape: tuple[int, ...], midline: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Over a shift map of ``shape`` (centred: no shift), where the shifted ``template``'s
+    centre would lie within :data:`MIN_MIDLINE_DISTANCE_MM` of the body's midline."""
+    zc, _, xc = np.argwhere(template).mean(axis=0)
+    centre = np.asarray(shape) // 2
+    z = np.clip(np.round(zc + np.arange(shape[0]) - centre[0]).astype(int), 0, midline.size - 1)
+    x = xc + np.arange(shape[2]) - centre[2]
+    distance = np.abs(x[None, :] - midline[z][:, None]) * spacing_mm  # (z, x); NaN midline: never near
+    return np.broadcast_to((distance < MIN_MIDLINE_DISTANCE_MM)[:, None, :], shape)
 
 
 def _best(score: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -299,8 +348,9 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     least ``min_in_view`` in view, :data:`OUT_OF_VIEW_PENALTY`); the wide one wins
     only when it scores at least :data:`WIDE_MIN_SCORE` and more than the near one, and
     its place is wrapped in fat (:func:`wrapped_in_fat`, :data:`MIN_WRAPPED_IN_FAT`).
-    Last, both kidneys are placed as the halves of a horseshoe kidney
-    (:func:`kidney_shape`: mirrored head to foot, hilum forward; level with each other,
+    Neither search places a kidney's centre within :data:`MIN_MIDLINE_DISTANCE_MM` of the
+    body's midline (:func:`body_midline`). Last, both kidneys are placed as the halves of
+    a horseshoe kidney (:func:`kidney_shape`: mirrored head to foot, hilum forward; level with each other,
     low); that is taken where the two are :data:`HORSESHOE_MARGIN` more kidney-like
     together than the pair's placements.
 
@@ -331,8 +381,10 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     radius_mm = (SHIFT_SEARCH_XY_MM, SHIFT_SEARCH_XY_MM, 2.0 * WIDE_SEARCH_Z_MM)
     near_scores: dict[str, np.ndarray] = {}
     wide_scores: dict[str, np.ndarray] = {}
+    midline = body_midline(hu, fov)
     for side, template in templates.items():
         likeness, inside, shell = kidney_likeness_map(template, hu, fov, radius_mm=radius_mm)
+        likeness[_near_midline(template, likeness.shape, midline, spacing_mm)] = np.nan
         near_scores[side] = np.where((inside > 0.5) & (shell > 0.5), likeness, np.nan)
         wide_scores[side] = np.where((inside > min_in_view) & (shell > min_in_view),
                                      likeness - OUT_OF_VIEW_PENALTY * (1.0 - inside), np.nan)

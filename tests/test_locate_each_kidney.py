@@ -101,6 +101,46 @@ def test_pair_registration_caught_by_one_kidney_does_not_decide(seed, kind):
         assert side in refused and f"{side} kidney" in refused[side]
 
 
+def _single_kidney_scene() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """A body of fat on the 3 mm grid (its midline at x index 49.5) holding a left kidney
+    57 mm from the midline, nothing where the right one would be, and a kidney-shaped
+    piece of soft tissue in fat 12 mm right of the midline (what lies in front of the
+    spine: the duodenum, the IVC, bowel): templates, HU, field of view, the decoy."""
+    zz, yy, xx = np.indices((60, 60, 100))
+
+    def ellipsoid(x: float) -> np.ndarray:
+        return ((zz - 30) / 10.0) ** 2 + ((yy - 30) / 4.5) ** 2 + ((xx - x) / 6.0) ** 2 <= 1.0
+
+    hu = np.full(zz.shape, -100.0)
+    hu[:, :, :2] = hu[:, :, -2:] = -1000.0  # air beside the body
+    templates = {"left": ellipsoid(49.5 + 19), "right": ellipsoid(49.5 - 19)}
+    decoy = ellipsoid(49.5 - 4)
+    hu[templates["left"] | decoy] = 40.0
+    return templates, hu, np.ones(hu.shape, bool), decoy
+
+
+def test_a_single_kidney_s_empty_side_is_not_placed_on_what_lies_beside_the_midline(monkeypatch):
+    """The wide search reaches 45 mm in-plane; with one kidney absent, the best place of
+    its template was the soft tissue in fat beside the spine. A kidney's centre lies
+    50–90 mm from the midline, so nothing within MIN_MIDLINE_DISTANCE_MM is placed."""
+    import renalseg.kidney_search as search
+
+    templates, hu, fov, decoy = _single_kidney_scene()
+    assert np.allclose(search.body_midline(hu, fov), 49.5)
+
+    def place() -> dict:
+        return search.place_kidneys(templates, hu, fov, spacing_mm=3.0, narrow_radius_mm=(18.0, 18.0, 24.0),
+                                    narrow_penalty_per_mm=0.004, min_in_view=0.6)
+
+    placed = place()
+    assert placed["left"][0] == (0, 0, 0) and placed["left"][1] > 0.5  # the kidney, where the template lies
+    assert search.confidence_from_score(placed["right"][1]) < search.MIN_CONFIDENCE  # refused as absent
+    monkeypatch.setattr(search, "MIN_MIDLINE_DISTANCE_MM", 0.0)
+    unbarred = place()["right"]  # without the bar the template lands on the decoy
+    assert unbarred[0] == (0, 0, 15) and unbarred[1] > 0.5
+    assert np.array_equal(np.roll(templates["right"], unbarred[0], axis=(0, 1, 2)), decoy)
+
+
 def _atlas_with_right_kidney_moved(down_mm: float) -> tuple[sitk.Image, np.ndarray]:
     """The real atlas CT with the right kidney (and 6 mm of what wraps it) moved caudally."""
     from scipy import ndimage
