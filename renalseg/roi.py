@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from renalseg.study import Study
     from renalseg.volume import Volume
 
-__all__ = ["KidneyROI", "ROI_INPLANE_VOXELS", "locate_kidneys", "crop_to_roi"]
+__all__ = ["KidneyROI", "ROI_INPLANE_VOXELS", "MASS_TISSUE_FRACTION", "locate_kidneys", "crop_to_roi"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,13 @@ MIN_FRACTION_IN_VIEW = 0.6
 #: below this fraction of soft tissue where the kidney should be, it counts as absent
 #: (fat filling an empty renal fossa: ~0.03; a kidney a few mm off: > 0.4)
 MIN_TISSUE_FRACTION = 0.3
+#: a place this much soft tissue is kept, however little fat wraps it, where the other
+#: kidney is kidney-like (so the study is a CT whose kidneys sit in fat; an MR-like
+#: image is all "soft tissue"): a kidney whose large tumour fills its perirenal fat
+#: scores as not kidney-like (70–100 mm tumours on phantoms: 0.90 and 0.97 soft tissue,
+#: confidence 0.15 and 0.37; the real atlas CT's right kidney inside a 12–30 mm mantle of
+#: tumour: confidence 0.00–0.31)
+MASS_TISSUE_FRACTION = 0.9
 #: below this fraction in view the kidney counts as cut (flagged ``truncated``)
 FULL_FRACTION_IN_VIEW = 0.97
 _SIDES = ("left", "right")
@@ -234,9 +241,10 @@ def locate_kidneys(
     cut kidney does not decide it), and each is looked for on its own from there
     (:mod:`renalseg.kidney_search`: ±150 mm head–foot, so a kidney far below the
     other is found), gets a confidence from how kidney-like the place is (soft
-    tissue wrapped in fat, in any contrast phase), is refused when implausible, and
-    its extent is refined from the study's own soft-tissue voxels nearby. Its ROI
-    on the model grid covers the kidney and, medially, the renal artery from its
+    tissue wrapped in fat, in any contrast phase), is refused when implausible (a
+    place at least :data:`MASS_TISSUE_FRACTION` soft tissue is kept, with a note, where
+    the other kidney is kidney-like: a large tumour can fill a kidney's fat), and its extent is refined from the study's
+    own soft-tissue voxels nearby. Its ROI on the model grid covers the kidney and, medially, the renal artery from its
     aortic origin and the renal vein to the IVC (at least 152 × 152 voxels in-plane;
     wider where the vessels need it; sliding windows tile it).
 
@@ -457,7 +465,15 @@ def locate_kidneys(
             refusals[side] = why_absent
             continue
         confidence = confidence_from_score(score)
-        if confidence < MIN_CONFIDENCE:
+        solid = float(tissue[in_view].mean()) if in_view.any() else 0.0
+        mass_note = None
+        other = placements.get("left" if side == "right" else "right")
+        other_kidney_like = other is not None and confidence_from_score(other[1]) >= MIN_CONFIDENCE
+        if confidence < MIN_CONFIDENCE and solid >= MASS_TISSUE_FRACTION and other_kidney_like:
+            mass_note = (f"kept though little fat wraps it (confidence {confidence:.2f}): {solid:.0%} of the place is "
+                         "soft tissue, as a kidney whose large tumour fills its perirenal fat is, and as the liver "
+                         "or the spleen filling an empty renal fossa is; check that a kidney is there")
+        elif confidence < MIN_CONFIDENCE:
             refusals[side] = (f"nothing kidney-like where the {side} kidney should be: soft tissue wrapped in fat "
                               f"scores {score:.2f} there (confidence {confidence:.2f}, at least "
                               f"{MIN_CONFIDENCE:.2f} needed; is this a CT in HU?)")
@@ -501,6 +517,7 @@ def locate_kidneys(
                 "the study fits both kidneys best as the two halves of a horseshoe kidney (low, lower poles joined in "
                 f"front of the great vessels, hila forward); the ROI reaches {HORSESHOE_MARGIN_MM:.0f} mm further "
                 "around this half")]))
+        also = "; ".join(filter(None, [mass_note, also])) or None
         found[side] = {"kidney": kidney, "extent": extent, "mask": mask, "hilum": hilum, "fraction": fraction,
                        "volume_ml": volume_ml, "confidence": confidence, "also": also,
                        "method": "atlas pair + single-kidney search" if wide else "atlas pair"}
