@@ -350,9 +350,9 @@ def place_kidneys(templates: dict[str, np.ndarray], hu: np.ndarray, fov: np.ndar
     its place is wrapped in fat (:func:`wrapped_in_fat`, :data:`MIN_WRAPPED_IN_FAT`).
     Neither search places a kidney's centre within :data:`MIN_MIDLINE_DISTANCE_MM` of the
     body's midline (:func:`body_midline`). Last, both kidneys are placed as the halves of
-    a horseshoe kidney (:func:`kidney_shape`: mirrored head to foot, hilum forward; level with each other,
-    low); that is taken where the two are :data:`HORSESHOE_MARGIN` more kidney-like
-    together than the pair's placements.
+    a horseshoe kidney (:func:`kidney_shape`: mirrored head to foot, hilum forward; level
+    with each other, low); that is taken where the two are :data:`HORSESHOE_MARGIN` more
+    kidney-like together than the pair's placements.
 
     Args:
         templates: per side, the kidney's boolean mask on the working grid (as the pair

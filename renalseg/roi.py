@@ -243,8 +243,9 @@ def locate_kidneys(
     other is found), gets a confidence from how kidney-like the place is (soft
     tissue wrapped in fat, in any contrast phase), is refused when implausible (a
     place at least :data:`MASS_TISSUE_FRACTION` soft tissue is kept, with a note, where
-    the other kidney is kidney-like: a large tumour can fill a kidney's fat), and its extent is refined from the study's
-    own soft-tissue voxels nearby. Its ROI on the model grid covers the kidney and, medially, the renal artery from its
+    the other kidney is kidney-like: a large tumour can fill a kidney's fat), and its
+    extent is refined from the study's own soft-tissue voxels nearby. Its ROI on the
+    model grid covers the kidney and, medially, the renal artery from its
     aortic origin and the renal vein to the IVC (at least 152 × 152 voxels in-plane;
     wider where the vessels need it; sliding windows tile it).
 
