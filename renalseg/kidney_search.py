@@ -122,8 +122,9 @@ ORIGIN_REACH_Z_MM = 58.0
 def body_midline(hu: np.ndarray, fov: np.ndarray) -> np.ndarray:
     """Per axial slice, the x index of the body's middle (NaN where no body is in view).
 
-    The body is the largest connected region above -500 HU in the slice (the table, the
-    arms and air outside it left out); its middle is the centroid of that region,
+    The body is the largest connected region above
+    :data:`~renalseg.io.plausibility.AIR_BELOW_HU` in the slice (the table, the arms and
+    air outside it left out); its middle is the centroid of that region,
     smoothed over 15 slices (a patient lies tilted a little, not bent).
 
     Example:
@@ -133,9 +134,11 @@ def body_midline(hu: np.ndarray, fov: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
+    from renalseg.io.plausibility import AIR_BELOW_HU
+
     middle = np.full(hu.shape[0], np.nan)
     for z in range(hu.shape[0]):
-        body = (hu[z] > -500.0) & fov[z]
+        body = (hu[z] > AIR_BELOW_HU) & fov[z]
         if not body.any():
             continue
         pieces, count = ndimage.label(body)

@@ -164,11 +164,16 @@ def _outside_phrase(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[
     return best
 
 
+def _tissue_fraction(tissue: np.ndarray, in_view: np.ndarray) -> float:
+    """The fraction of the placed kidney's voxels in view that are soft tissue (0 when none is in view)."""
+    return float((tissue & in_view).sum() / max(int(in_view.sum()), 1))
+
+
 def _absent_reason(side: str, tissue: np.ndarray, in_view: np.ndarray) -> str | None:
     """Why the kidney counts as absent (too little soft tissue where it should be), or None."""
     from renalseg.registration import KIDNEY_TISSUE_HU
 
-    fraction = float((tissue & in_view).sum() / max(int(in_view.sum()), 1))
+    fraction = _tissue_fraction(tissue, in_view)
     if fraction >= MIN_TISSUE_FRACTION:
         return None
     return (f"no kidney tissue where the {side} kidney should be: only {fraction:.0%} of that region is in "
@@ -466,7 +471,7 @@ def locate_kidneys(
             refusals[side] = why_absent
             continue
         confidence = confidence_from_score(score)
-        solid = float(tissue[in_view].mean()) if in_view.any() else 0.0
+        solid = _tissue_fraction(tissue, in_view)
         mass_note = None
         other = placements.get("left" if side == "right" else "right")
         other_kidney_like = other is not None and confidence_from_score(other[1]) >= MIN_CONFIDENCE
