@@ -714,7 +714,8 @@ def segment_study(
         "structures": structures,
         "component_definition": COMPONENT_DEFINITION,
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
-                                 artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney")),
+                                 artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney"),
+                                 located_confidence={roi.side: roi.confidence for roi in rois}),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

@@ -78,6 +78,7 @@ import SimpleITK as sitk
 
 from renalseg.errors import ModelError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
+from renalseg.kidney_search import MIN_CONFIDENCE
 
 __all__ = [
     "PHASES",
@@ -900,7 +901,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
           limits: QualityLimits = DEFAULT_LIMITS, *,
           kidneys: Mapping[str, Mapping[str, Any]] | None = None,
           artery_ml: Mapping[str, float] | None = None,
-          kidney_ml: Mapping[str, float] | None = None) -> dict[str, Any]:
+          kidney_ml: Mapping[str, float] | None = None,
+          located_confidence: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -918,7 +920,12 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     kidney, or a kidney and no artery at all: the tree the surgeon came for is missing
     there, and where the other side has one, what localisation placed there may not be a
     kidney (on held-out single-kidney phantoms the empty side's find mostly got one or
-    the other: docs/validation.md, Localisation).
+    the other: docs/validation.md, Localisation). ``located_confidence`` (side → the ROI's
+    localisation confidence) makes a side ``check`` whose kidney localisation kept below
+    :data:`renalseg.kidney_search.MIN_CONFIDENCE`: a place of solid tissue with little fat
+    around it, kept because a kidney whose large tumour fills its perirenal fat looks so
+    (:data:`renalseg.roi.MASS_TISSUE_FRACTION`), as does the liver or the spleen filling an
+    empty renal fossa.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1038,6 +1045,13 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: the kidney or tumour label reaches the "
                                       f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
                                       "the kidney or a tumour may go on outside it; check the images there"))
+    for side, confidence in (located_confidence or {}).items():
+        if confidence is not None and confidence < MIN_CONFIDENCE:
+            findings.append(("check", f"{side} kidney: localisation found little fat around it (confidence "
+                                      f"{confidence:.2f}) and kept it as solid tissue, as a kidney whose large tumour "
+                                      "fills its perirenal fat is; the liver or the spleen filling an empty renal "
+                                      "fossa looks the same: check that a kidney is there before using that side's "
+                                      "labels or a plan built on them"))
     missing = _missing_structures(kidney_ml, artery_ml)
     for side, what in missing.items():
         others = [other for other in (artery_ml or {}) if other not in missing]  # kidney and artery there

@@ -162,6 +162,20 @@ def test_side_selection_and_rois_outside_the_image(tmp_path):
         segment_study(volume.to_sitk(), segmenter=threshold_segmenter(), rois=[far])
 
 
+
+def test_a_kidney_localisation_kept_with_low_confidence_makes_the_verdict_check():
+    """segment_study hands each ROI's localisation confidence to the verdict: a kidney kept
+    though little fat wraps it (a large tumour, or an organ in an empty fossa) is a check."""
+    volume, _ = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0))
+    g = volume.geometry
+    right = KidneyROI("right", g.crop((0, 0, 0), (40, 48, 24)), (0, 0, 0), (40, 48, 24), 100.0, confidence=0.2)
+    left = KidneyROI("left", g.crop((0, 0, 24), (40, 48, 24)), (0, 0, 24), (40, 48, 24), 100.0)
+    quality = segment_study(volume.to_sitk(), segmenter=threshold_segmenter(), rois=[right, left]).report["quality"]
+    assert any(w.startswith("right kidney: localisation found little fat around it (confidence 0.20)")
+               for w in quality["warnings"]), quality["warnings"]
+    assert not any(w.startswith("left kidney: localisation") for w in quality["warnings"])
+
+
 def test_small_specks_are_removed_by_volume(tmp_path):
     volume, mask = tube_ct(direction=LPS, spacing_xyz_mm=(1.0, 1.0, 1.0), shape_zyx=(40, 48, 48))
     array = volume.array.copy()

@@ -252,6 +252,26 @@ def test_a_placed_kidney_without_kidney_label_or_any_renal_artery_asks_for_a_che
                             "has one") for w in artery_only["warnings"]), artery_only["warnings"]
 
 
+
+def test_a_kidney_kept_with_little_fat_around_it_asks_for_a_check():
+    """Localisation keeps a place of solid tissue with little fat around it (confidence under
+    MIN_CONFIDENCE) because a kidney whose large tumour fills its fat looks so; the liver or
+    the spleen in an empty fossa looks the same. The verdict must say so where a reader looks,
+    not only in the ROI's note in report.json; a kidney-like place gets no such warning."""
+    from renalseg.kidney_search import MIN_CONFIDENCE
+
+    facts = {"height_mm": 110.0, "median_hu": 160.0, "located_share": 0.95}
+    scan = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
+    labelled = {"kidneys": {"left": facts, "right": facts}, "artery_ml": {"left": 1.1, "right": 3.2},
+                "kidney_ml": {"left": 80.0, "right": 150.0}}
+    kept = judge(scan, {}, **labelled, located_confidence={"right": 0.15, "left": 0.97})
+    assert kept["verdict"] == "check"
+    (warning,) = kept["warnings"]
+    assert warning.startswith("right kidney: localisation found little fat around it (confidence 0.15)")
+    assert "check that a kidney is there" in warning
+    assert judge(scan, {}, **labelled, located_confidence={"right": MIN_CONFIDENCE, "left": 1.0})["verdict"] == "ok"
+
+
 # -- the model card's limits ---------------------------------------------------------------------
 
 def test_limits_from_card_defaults_overrides_and_errors():
