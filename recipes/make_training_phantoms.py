@@ -28,6 +28,10 @@ in mm): ``renalseg segment`` resamples them as it does a patient's scan.
 ``--stone-share S`` and ``--excretion-share S`` give a share S of the cases stones in the
 collecting system or contrast excreted into it (drawn per seed, each from its own generator;
 the case is otherwise the same: :func:`renalseg.phantom.abdomen.urinary_tract`).
+``--vein-behind-aorta-share S`` gives a share S of the cases a left renal vein behind the
+aorta, half retroaortic and half circumaortic (``synthesize_roi(left_renal_vein=...)``; the
+shipped weights were trained without it: docs/validation.md, "A left renal vein behind the
+aorta").
 """
 
 from __future__ import annotations
@@ -62,12 +66,14 @@ def artery_options(band: str | None) -> dict:
 
 
 #: each per-case draw's own generator stream (beside the case's seed)
-_DRAW_STREAMS = {"tumour": 4242, "stones": 4243, "excreted_contrast": 4244}
+_DRAW_STREAMS = {"tumour": 4242, "stones": 4243, "excreted_contrast": 4244, "left_renal_vein": 4245,
+                 "retroaortic": 4246}
 
 
 def draws(seed: int, share: float, what: str = "tumour") -> bool:
-    """Whether case ``seed`` gets ``what`` (``"tumour"``, ``"stones"`` or
-    ``"excreted_contrast"``) at that share: drawn from a generator of its own, so the
+    """Whether case ``seed`` gets ``what`` (``"tumour"``, ``"stones"``,
+    ``"excreted_contrast"``, ``"left_renal_vein"`` behind the aorta, ``"retroaortic"``
+    rather than circumaortic) at that share: drawn from a generator of its own, so the
     case's other draws are the same either way."""
     return bool(np.random.default_rng([seed, _DRAW_STREAMS[what]]).random() < share)
 
@@ -88,6 +94,9 @@ def main() -> None:
     parser.add_argument("--stone-share", type=float, help="share of cases with stones in the collecting system")
     parser.add_argument("--excretion-share", type=float,
                         help="share of cases with contrast excreted into the collecting system and ureter")
+    parser.add_argument("--vein-behind-aorta-share", type=float,
+                        help="share of cases whose left renal vein runs behind the aorta (half retroaortic, half "
+                        "circumaortic)")
     parser.add_argument("--spacing-mm", help="X,Y,Z: the grid the cases are rendered on (default: the model's "
                         + ",".join(f"{v:g}" for v in SPACING_XYZ_MM) + ")")
     args = parser.parse_args()
@@ -114,6 +123,8 @@ def main() -> None:
         for what, share in (("stones", args.stone_share), ("excreted_contrast", args.excretion_share)):
             if share is not None and draws(seed, share, what):
                 options[what] = True
+        if args.vein_behind_aorta_share is not None and draws(seed, args.vein_behind_aorta_share, "left_renal_vein"):
+            options["left_renal_vein"] = "retroaortic" if draws(seed, 0.5, "retroaortic") else "circumaortic"
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)
         write_image(case.image, args.out / "image" / f"{case_id}.nii.gz")
         write_image(case.tissues, args.out / "tissue" / f"{case_id}.nii.gz")

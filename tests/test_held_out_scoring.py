@@ -294,3 +294,20 @@ def test_training_phantoms_drawn_on_a_scanner_grid_with_more_noise_keep_the_box_
     assert index["cases"][0]["options"]["noise_range_hu"] == [36.0, 36.0]
     whole = SimpleNamespace(start_zyx=(0, 0, 0), shape_zyx=image.GetSize()[::-1], side="left")
     assert measure_scan(image, [whole])["noise_hu"] == pytest.approx(36.0, rel=0.15)
+
+
+def test_training_phantoms_can_carry_a_left_renal_vein_behind_the_aorta(tmp_path):
+    """--vein-behind-aorta-share S draws, per seed and from a stream of its own, which cases
+    get a retroaortic or circumaortic left renal vein; the index records the course, and a
+    case left out of the share is drawn as it always was."""
+    script = str(RECIPE.with_name("make_training_phantoms.py"))
+    common = ["--seeds", "9600-9601", "--phase", "arterial", "--spacing-mm", "3,3,3"]
+    subprocess.run([sys.executable, script, str(tmp_path / "all"), *common, "--vein-behind-aorta-share", "1"],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, script, str(tmp_path / "none"), *common, "--vein-behind-aorta-share", "0"],
+                   check=True, capture_output=True)
+    courses = [c["options"].get("left_renal_vein") for c in json.loads((tmp_path / "all" / "cases.json").read_text())
+               ["cases"]]
+    assert len(courses) == 2 and set(courses) <= {"retroaortic", "circumaortic"}
+    assert all("left_renal_vein" not in c["options"]
+               for c in json.loads((tmp_path / "none" / "cases.json").read_text())["cases"])

@@ -120,6 +120,13 @@ def test_synth_cli_variant_flags(tmp_path):
                                          "--spacing", "4,4,4", "--horseshoe", "--quiet"])
     assert horseshoe.exit_code == 0, horseshoe.output
     assert "isthmus_centre_mm" in (tmp_path / "h" / "cases.json").read_text()
+    vein = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "v"), "--cases", "1", "--spacing", "3,3,3",
+                                    "--left-renal-vein", "retroaortic", "--quiet"])
+    assert vein.exit_code == 0, vein.output
+    assert '"course": "retroaortic"' in (tmp_path / "v" / "cases.json").read_text()
+    wrong = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "w"), "--left-renal-vein", "behind"])
+    assert wrong.exit_code == 2 and "preaortic, retroaortic, circumaortic" in wrong.output
+    assert not (tmp_path / "w").exists()
 
 
 def test_horseshoe_kidney_is_one_organ_joined_in_front_of_the_great_vessels(default):
@@ -184,3 +191,55 @@ def test_horseshoe_isthmus_artery_leaves_the_aorta():
     assert (artery & near).any()
     touching = set(np.unique(pieces[artery & near])) - {0}
     assert touching & set(np.unique(pieces[aorta]))
+
+
+def _vein_around_aorta(case) -> tuple[int, int]:
+    """Renal-vein voxels in front of the aorta and behind it (in the same axial slice and
+    left-right column as aorta voxels, anterior to all of them or posterior to all of them)."""
+    from renalseg.phantom.tissues import TISSUES
+
+    aorta = case.tissues.array == {name: value for value, name in TISSUES.items()}["aorta"]
+    vein = case.label.array == 1
+    y = np.arange(aorta.shape[1])[None, :, None]
+    has = aorta.any(axis=1, keepdims=True)
+    front = np.where(aorta, y, 10**6).min(axis=1, keepdims=True)
+    back = np.where(aorta, y, -1).max(axis=1, keepdims=True)
+    return int((vein & has & (y < front)).sum()), int((vein & has & (y > back)).sum())
+
+
+@pytest.mark.parametrize("course", ["retroaortic", "circumaortic"])
+def test_a_left_renal_vein_behind_the_aorta_runs_between_it_and_the_spine_into_the_ivc(course):
+    """The variant a network that learnt "the vein passes in front of the aorta" has never
+    seen: at its point behind the aorta the voxel is renal vein, with the aorta in front of
+    it and the vertebral body behind; the usual vein has none behind the aorta, a
+    retroaortic one none in front, a circumaortic one both; the vein reaches the IVC; the
+    kidney is the same organ."""
+    from scipy import ndimage
+
+    from renalseg.phantom.abdomen import synthesize_roi
+    from renalseg.phantom.tissues import TISSUES
+
+    ids = {name: value for value, name in TISSUES.items()}
+    options = {"side": "left", "great_vessels": True, "tumour": False, "spacing_xyz_mm": (1.0, 1.0, 1.0)}
+    usual = synthesize_roi(SEED, **options)
+    case = synthesize_roi(SEED, left_renal_vein=course, **options)
+    assert "left_renal_vein" not in usual.params["scene"]
+    info = case.params["scene"]["left_renal_vein"]
+    assert info["course"] == course
+    x, y, z = np.round(case.image.geometry.world_to_index(np.array([info["behind_aorta_mm"]]))[0]).astype(int)
+    tissues, vein = case.tissues.array, case.label.array == 1
+    assert vein[z, y, x]
+    column = tissues[z, :, x]  # along y: anterior (low) to posterior (high)
+    assert (column[max(0, y - 20):y] == ids["aorta"]).any()
+    assert np.isin(column[y:y + 20], [ids["bone_cortical"], ids["bone_trabecular"]]).any()
+    (usual_front, usual_behind), (front, behind) = _vein_around_aorta(usual), _vein_around_aorta(case)
+    assert usual_front > 0 and usual_behind == 0 and behind > 0
+    if course == "retroaortic":
+        assert front == 0
+    else:
+        assert front >= 0.5 * usual_front
+    assert (ndimage.binary_dilation(vein, iterations=2) & (tissues == ids["ivc"])).any()
+    kidney, kidney_usual = case.label.array == 2, usual.label.array == 2
+    assert 2 * (kidney & kidney_usual).sum() / (kidney.sum() + kidney_usual.sum()) > 0.99
+    with pytest.raises(UsageError, match="left_renal_vein must be one of preaortic, retroaortic, circumaortic"):
+        synthesize_roi(SEED, left_renal_vein="retro", **options)

@@ -69,6 +69,10 @@ def synth(
         "--variant", help="abdomen: one hard case per seed: 'random' or one of drop, absent, malrotated, "
         "large_tumour, fov_cut, phase, off_centre, fov_slices, horseshoe (overrides the options above).",
         show_default=False)] = None,
+    left_renal_vein: Annotated[str | None, typer.Option(
+        "--left-renal-vein", metavar="COURSE", help="The left renal vein's course: preaortic (the usual, in front "
+        "of the aorta), retroaortic (behind it, flattened against the spine) or circumaortic (both limbs).",
+        show_default=False)] = None,
     stones: Annotated[bool, typer.Option(
         "--stones", help="1-3 stones (2-8 mm, 300-1500 HU) in each collecting system in view: bright, "
         "inside the kidney, labelled kidney, never artery.")] = False,
@@ -100,6 +104,11 @@ def synth(
         options["stones"] = True
     if excreted_contrast:
         options["excreted_contrast"] = True
+    if left_renal_vein is not None:
+        from renalseg.phantom.variants import check_variant_options
+
+        check_variant_options({"left_renal_vein": left_renal_vein})
+        options["left_renal_vein"] = left_renal_vein
     if spacing is not None:
         try:
             values = tuple(float(v) for v in spacing.split(","))

@@ -55,6 +55,13 @@ __all__ = ["NOISE_RANGE_HU", "PhantomCase", "Scene", "build_scene", "synthesize_
 #: low-dose CTA at the model's 0.7 x 0.7 x 1 mm voxels (renalseg.phantom.tissues)
 NOISE_RANGE_HU: tuple[float, float] = (8.0, 25.0)
 
+#: a left renal vein passing behind the aorta (``left_renal_vein``) lies flattened between
+#: the aorta and the spine: its radius there (mm) ...
+RETROAORTIC_RADIUS_MM = 3.5
+#: ... and how far it holds the aorta off the vertebral body (mm; the aorta otherwise lies
+#: within about 2 mm of it)
+RETROAORTIC_LIFT_MM = 6.0
+
 #: orientation code -> ITK direction (row-major) for the abdomen kind's ``direction`` option
 DIRECTIONS: dict[str, tuple[float, ...]] = {
     "LPS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
@@ -167,12 +174,14 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                 tumour: bool | None = None, accessory: bool | None = None,
                 early_branching: bool | None = None, kidney_drop_mm: Mapping[str, float] | None = None,
                 absent_kidney: str | None = None, malrotated: Sequence[str] = (),
-                large_tumour: str | None = None, horseshoe: Mapping[str, float] | None = None) -> Scene:
+                large_tumour: str | None = None, horseshoe: Mapping[str, float] | None = None,
+                left_renal_vein: str | None = None) -> Scene:
     """Build a random abdomen placed in the scanner by ``p -> rotation @ p + shift_mm``.
 
     The patient frame has the L1/L2 disc at z = 0 and the body axis at x = y = 0.
-    ``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour`` and
-    ``horseshoe`` (the values :func:`horseshoe_shape` draws) are the anatomical variants
+    ``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour``,
+    ``horseshoe`` (the values :func:`horseshoe_shape` draws) and ``left_renal_vein``
+    (``"retroaortic"``, ``"circumaortic"``) are the anatomical variants
     of :mod:`renalseg.phantom.variants`; left at their defaults they change nothing, and
     set they draw nothing more from ``rng``.
     """
@@ -216,6 +225,9 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     # -- vessels' positions (needed by organs and kidneys) ---------------------------
     r_ao = rng.uniform(9.0, 12.0)
     x_ao, y_ao = rng.uniform(8, 18), y_vb - 17 - r_ao - 1.5
+    behind_aorta = left_renal_vein in ("retroaortic", "circumaortic")
+    if behind_aorta:  # a vein between the aorta and the spine holds the aorta off it
+        y_ao -= RETROAORTIC_LIFT_MM
     ivc_semi = (rng.uniform(11, 14), rng.uniform(7, 10))
     x_ivc, y_ivc = -rng.uniform(20, 28), y_vb - 17 - ivc_semi[1] - 3
     z_ost = {"left": rng.uniform(-5, 15)}
@@ -334,12 +346,16 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                              4.0)
     aorta_radii = np.linspace(r_ao * 1.05, r_ao * 0.85, len(aorta_path))
 
+    def aorta_at(z: float) -> tuple[float, float, float]:
+        """The aorta's centre (x, y) and radius at height z."""
+        order = np.argsort(aorta_path[:, 2])
+        return tuple(float(np.interp(z, aorta_path[order, 2], values[order]))  # type: ignore[return-value]
+                     for values in (aorta_path[:, 0], aorta_path[:, 1], aorta_radii))
+
     def on_aorta(z: float, lateral: float, angle: float) -> np.ndarray:
         """A point just inside the aortic wall at height z, towards the patient's side."""
-        order = np.argsort(aorta_path[:, 2])
-        cx = np.interp(z, aorta_path[order, 2], aorta_path[order, 0])
-        cy = np.interp(z, aorta_path[order, 2], aorta_path[order, 1])
-        r = np.interp(z, aorta_path[order, 2], aorta_radii[order]) - 1.0
+        cx, cy, r = aorta_at(z)
+        r -= 1.0
         return P(cx + lateral * r * np.cos(angle), cy + r * np.sin(angle), z)
 
     for side in ("left", "right"):
@@ -354,6 +370,27 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     via_vein["right"] = []
     vein_end["left"] = P(x_ivc + 4.0, y_ivc, z_kid["left"] + 2.0)
     vein_end["right"] = P(x_ivc - 4.0, y_ivc, z_kid["right"] + 5.0)
+    limbs: list[list[np.ndarray]] = []
+    narrow: list[tuple[np.ndarray, float]] = []
+    if behind_aorta:
+        def around_aorta(z: float, angle_deg: float) -> np.ndarray:
+            """A vein's centre at height z beside the aorta (0°: towards the patient's left,
+            90°: behind it), clear of its wall by the squeezed vein's radius."""
+            cx, cy, r = aorta_at(z)
+            reach = r + RETROAORTIC_RADIUS_MM + 1.0
+            angle = np.deg2rad(angle_deg)
+            return P(cx + reach * np.cos(angle), cy + reach * np.sin(angle), z)
+
+        z_v = z_kid["left"]
+        behind = [around_aorta(z_v - 2.0, 0.0), around_aorta(z_v - 8.0, 45.0), around_aorta(z_v - 12.0, 90.0),
+                  around_aorta(z_v - 16.0, 135.0), P(x_ivc + 4.0, y_ivc + 2.0, z_v - 22.0)]
+        narrow.append((behind[2], RETROAORTIC_RADIUS_MM))
+        if left_renal_vein == "retroaortic":
+            via_vein["left"], vein_end["left"] = behind[:-1], behind[-1]
+        else:  # the usual vein in front, and a posterior limb below it
+            limbs.append(behind)
+        p["left_renal_vein"] = {"course": left_renal_vein, "behind_aorta_mm": _r(behind[2]),
+                                "aorta_lifted_mm": RETROAORTIC_LIFT_MM}
     enhancement = "hyper" if rng.random() < 0.4 else "hypo"
     if horseshoe:  # both halves lower, nearer the midline and forward, lower poles medial, hila forward
         for side in ("left", "right"):
@@ -368,6 +405,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
             vein_via_mm=via_vein[side], tumour=tumour, early_branching=early_branching, accessory=accessory,
             rotation=R, tumour_enhancement=enhancement, malrotated=side in malrotated or bool(horseshoe),
             tumour_diameter_mm=(70.0, 100.0) if side == large_tumour else None, lower_pole_medial=bool(horseshoe),
+            vein_limbs_mm=limbs if side == "left" else (), vein_narrow_mm=narrow if side == "left" else (),
         )
     perirenal = []
     for side, kid in kidneys.items():
@@ -580,15 +618,20 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
         >>> case.image.array.shape[1:], case.image.array.dtype.name, int(case.label.array.max()) >= 3
         ((48, 48), 'int16', True)
     """
-    _check_options(options, (*_COMMON, "side", "inplane_voxels", "great_vessels"), "synthesize_roi")
+    from renalseg.phantom.variants import check_variant_options
+
+    _check_options(options, (*_COMMON, "side", "inplane_voxels", "great_vessels", "left_renal_vein"),
+                   "synthesize_roi")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     rotation, shift = random_placement(rng)
     side = options.get("side") or ("left" if rng.random() < 0.5 else "right")
     if side not in ("left", "right"):
         raise UsageError(f"side must be 'left' or 'right'; got {side!r}.")
+    check_variant_options({"left_renal_vein": options.get("left_renal_vein")})
     scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
-                        accessory=options.get("accessory"), early_branching=options.get("early_branching"))
+                        accessory=options.get("accessory"), early_branching=options.get("early_branching"),
+                        left_renal_vein=options.get("left_renal_vein"))
     kidney = scene.kidneys[side]
     n_in = int(options.get("inplane_voxels") or 152)
     lo, hi = kidney.bbox_mm()
@@ -675,7 +718,7 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
                         kidney_drop_mm=options.get("kidney_drop_mm"), absent_kidney=options.get("absent_kidney"),
                         malrotated=(malrotated,) if isinstance(malrotated, str) else tuple(malrotated),
                         large_tumour=options.get("large_tumour"),
-                        horseshoe=horseshoe)
+                        horseshoe=horseshoe, left_renal_vein=options.get("left_renal_vein"))
     n_in = int(options.get("inplane_voxels") or 512)
     if options.get("spacing_xyz_mm") is not None:
         spacing = tuple(float(s) for s in options["spacing_xyz_mm"])

@@ -19,6 +19,7 @@ branch, so radius never increases from the root to the leaves. Variants: early
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -185,7 +186,8 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                  early_branching: bool | None = None, accessory: bool | None = None,
                  rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo",
                  malrotated: bool = False, tumour_diameter_mm: tuple[float, float] | None = None,
-                 lower_pole_medial: bool = False) -> Kidney:
+                 lower_pole_medial: bool = False, vein_limbs_mm: Sequence[Sequence[np.ndarray]] = (),
+                 vein_narrow_mm: Sequence[tuple[np.ndarray, float]] = ()) -> Kidney:
     """Build one kidney, its artery tree from ``ostium_mm`` and its vein to ``vein_end_mm``.
 
     Args:
@@ -208,6 +210,12 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
             for the default onto their own ranges, so the random stream is the same.
         lower_pole_medial: the lower pole, not the upper, tilts towards the midline by
             the coronal angle drawn (a horseshoe kidney's halves); the stream is the same.
+        vein_limbs_mm: further limbs of the renal vein (a circumaortic vein's posterior
+            limb), each the points it passes ending in the IVC; it leaves the trunk where
+            the trunk comes nearest its first point, at 0.7 of the trunk's radius.
+        vein_narrow_mm: (point, radius) where the vein is squeezed (between the aorta and
+            the spine): the trunk or limb that passes the point narrows towards that radius
+            within about 20 mm of it. Neither draws from ``rng``.
 
     Returns:
         The :class:`Kidney` with its tissue layers in painter's order.
@@ -521,7 +529,24 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     vein_ctrl = np.stack([hilum_vein, *(np.asarray(p, float) for p in (vein_via_mm or [])),
                           np.asarray(vein_end_mm, float)])
     vein_path = smooth_path(vein_ctrl, 2.0)
-    veins: list[Shape] = [Tube(vein_path, np.full(len(vein_path), r_vein))]
+
+    def squeezed(path: np.ndarray, radius: float) -> np.ndarray:
+        """The radius along ``path``, narrowed near each ``vein_narrow_mm`` point."""
+        radii = np.full(len(path), radius)
+        for point, narrow in vein_narrow_mm:
+            distance = np.linalg.norm(path - np.asarray(point, float), axis=1)
+            if distance.min() > narrow + 2.0:  # this path does not pass the point
+                continue
+            closeness = np.exp(-(distance / 20.0) ** 2)
+            radii = np.minimum(radii, radius - (radius - min(narrow, radius)) * closeness)
+        return radii
+
+    veins: list[Shape] = [Tube(vein_path, squeezed(vein_path, r_vein))]
+    for limb in vein_limbs_mm:
+        points = [np.asarray(q, float) for q in limb]
+        split = vein_path[int(np.argmin(np.linalg.norm(vein_path - points[0], axis=1)))]
+        limb_path = smooth_path(np.stack([split, *points]), 2.0)
+        veins.append(Tube(limb_path, squeezed(limb_path, 0.7 * r_vein)))
     vein_lines = []
     for target in vein_targets:
         r_t = rng.uniform(2.0, 3.0)

@@ -20,6 +20,12 @@ draws anyway):
   lower, nearer the midline and forward, lower poles tilted medially, hila facing
   forward, and in 70 % of cases an isthmus artery from the aorta's front
   (:func:`horseshoe_shape`);
+* ``left_renal_vein`` ``"retroaortic"`` or ``"circumaortic"``: the left renal vein runs
+  behind the aorta, flattened between it and the spine, down to the IVC about 2 cm lower
+  (retroaortic), or the usual vein in front of the aorta keeps a second, posterior limb
+  that does (circumaortic, a venous collar round the aorta); the aorta lies 6 mm off the
+  spine there. Each is found in a few percent of patients on CT; a vein behind the aorta
+  is where an artery is expected;
 * ``phase``: one of :data:`renalseg.phantom.phases.PHASES` (default arterial), rendered by
   :func:`renalseg.phantom.phases.apply_phase`;
 * ``off_centre_mm`` ``(dx, dy)``: the body axis this far from the field of view's
@@ -39,8 +45,8 @@ import numpy as np
 from renalseg.errors import UsageError, suggest
 from renalseg.phantom.phases import PHASES
 
-__all__ = ["VARIANT_PHASES", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS", "check_variant_options",
-           "random_variant", "horseshoe_shape"]
+__all__ = ["VARIANT_PHASES", "VARIANT_OPTIONS", "VARIANT_STREAM", "VARIANT_KINDS", "LEFT_RENAL_VEIN_COURSES",
+           "check_variant_options", "random_variant", "horseshoe_shape"]
 
 #: second random stream of a seed (the variants' draws)
 VARIANT_STREAM = 23
@@ -48,7 +54,9 @@ VARIANT_STREAM = 23
 VARIANT_PHASES = ("arterial", "non-contrast", "portal-venous", "nephrographic")
 #: options of :func:`renalseg.phantom.abdomen.synthesize_abdomen` this module adds
 VARIANT_OPTIONS = ("kidney_drop_mm", "absent_kidney", "malrotated", "large_tumour", "fov_cut",
-                   "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm", "horseshoe")
+                   "fov_cut_fraction", "phase", "off_centre_mm", "fov_mm", "slice_mm", "horseshoe", "left_renal_vein")
+#: courses of ``left_renal_vein`` (``"preaortic"``, the usual one, is the default)
+LEFT_RENAL_VEIN_COURSES = ("preaortic", "retroaortic", "circumaortic")
 _SIDES = ("left", "right")
 _CUTS = tuple(f"{side}_{pole}" for side in _SIDES for pole in ("lower", "upper"))
 
@@ -89,6 +97,10 @@ def check_variant_options(options: dict) -> None:
     fraction = options.get("fov_cut_fraction")
     if fraction is not None and not 0.0 < float(fraction) < 0.5:
         raise UsageError(f"fov_cut_fraction must be in (0, 0.5) (the hilum stays in view); got {fraction}.")
+    course = options.get("left_renal_vein")
+    if course is not None and course not in LEFT_RENAL_VEIN_COURSES:
+        raise UsageError(f"left_renal_vein must be one of {', '.join(LEFT_RENAL_VEIN_COURSES)}; got {course!r}."
+                         f"{suggest(str(course), LEFT_RENAL_VEIN_COURSES)}")
     phase = options.get("phase")
     if phase is not None and phase not in PHASES:
         raise UsageError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}.{suggest(str(phase), PHASES)}")
