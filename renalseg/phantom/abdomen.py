@@ -608,7 +608,9 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             ``renalseg segment`` places, the kidney plus the renal vessels' reach to the
             aorta and the IVC (:func:`renalseg.kidney_search.vessel_reach` from the true
             hila), its edges jittered by a few mm as a located box would be; in-plane at
-            least ``inplane_voxels``; default False: a 152 × 152 box around the kidney).
+            least ``inplane_voxels``; default False: a 152 × 152 box around the kidney),
+            ``left_renal_vein`` (``"retroaortic"`` or ``"circumaortic"``: the left renal vein
+            behind the aorta, :mod:`renalseg.phantom.variants`).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
@@ -691,8 +693,8 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
             and the hard-patient variants of :mod:`renalseg.phantom.variants`
             (``kidney_drop_mm``, ``absent_kidney``, ``malrotated``, ``large_tumour``,
             ``fov_cut``, ``fov_cut_fraction``, ``phase``, ``off_centre_mm``,
-            ``fov_mm``, ``slice_mm``, ``horseshoe``); without them a seed gives the same arrays as
-            before they existed.
+            ``fov_mm``, ``slice_mm``, ``horseshoe``, ``left_renal_vein``); without them a seed gives
+            the same arrays as before they existed.
 
     Returns:
         A :class:`PhantomCase`; ``params["kidneys"][side]`` holds each kidney's
