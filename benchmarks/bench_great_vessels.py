@@ -14,6 +14,12 @@ with the phantom's own:
   phantom's *true* label map with the roots found: the share of true artery and vein
   voxels it moves or drops. On a perfect segmentation the clean-up must change nothing;
   anything here is what wrong roots would cost a correct answer;
+* **true artery behind the aorta**: :func:`renalseg.quality.artery_behind_aorta_ml` of the
+  phantom's true artery with the aorta found (the pair's, or in a left kidney's crop
+  without one the aorta alone, as ``renalseg segment`` looks for it in a left ROI): the
+  crops where it reaches the verdict's check
+  (:data:`renalseg.quality.ARTERY_BEHIND_AORTA_CHECK_ML`) are false alarms on a perfect
+  segmentation;
 * **seconds** per crop.
 
 Usage:
@@ -29,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from renalseg.great_vessels import find_great_vessels
+from renalseg.great_vessels import AORTA_ALONE_MIN_HU, find_great_vessels
 from renalseg.io.image import read_image
 from renalseg.phantom.tissues import TISSUE_IDS, TISSUE_TO_KIPA
 from renalseg.postprocess import DEFAULT_MAX_GAP_MM, reassign_by_topology
+from renalseg.quality import ARTERY_BEHIND_AORTA_CHECK_ML, artery_behind_aorta_ml
 from renalseg.volume import Volume
 
 ARTERY, VEIN = TISSUE_TO_KIPA["renal_artery"], TISSUE_TO_KIPA["renal_vein"]
@@ -49,6 +56,13 @@ def score_case(image: Path) -> dict:
     row: dict = {"case": image.name.split(".")[0], "seconds": round(time.perf_counter() - started, 2),
                  "found": bool(found)}
     if not found:
+        left = np.nonzero(label == TISSUE_TO_KIPA["kidney_cortex"])[2].mean() > \
+            np.nonzero(tissue == TISSUE_IDS["aorta"])[2].mean()  # the kidney on the aorta's left (x+)
+        alone = find_great_vessels(volume.array.astype(np.float32), spacing, side="left",
+                                   aorta_alone_min_hu=AORTA_ALONE_MIN_HU).get("aorta") if left else None
+        if alone is not None:
+            row["aorta_alone"] = True
+            row["true_artery_behind_aorta_ml"] = artery_behind_aorta_ml(label == ARTERY, alone, volume.geometry)
         return row
     for name, tissue_name in (("aorta", "aorta"), ("ivc", "ivc")):
         truth = tissue == TISSUE_IDS[tissue_name]
@@ -57,6 +71,7 @@ def score_case(image: Path) -> dict:
         row[f"{name}_recall"] = round(overlap / max(1, truth.sum()), 3)
     cleaned, _ = reassign_by_topology(label, roots={ARTERY: found["aorta"], VEIN: found["ivc"]}, probabilities=None,
                                       max_gap_mm=DEFAULT_MAX_GAP_MM, spacing_xyz_mm=spacing)
+    row["true_artery_behind_aorta_ml"] = artery_behind_aorta_ml(label == ARTERY, found["aorta"], volume.geometry)
     for name, value in (("artery", ARTERY), ("vein", VEIN)):
         truth = label == value
         row[f"true_{name}_changed"] = round(float((cleaned[truth] != value).mean()) if truth.any() else 0.0, 4)
@@ -81,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         for key in ("true_artery_changed", "true_vein_changed"):
             figures[f"{key}_mean"] = round(float(np.mean([r[key] for r in hit])), 4) if hit else None
             figures[f"{key}_cases_over_1pct"] = sum(r[key] > 0.01 for r in hit)
+        behind = [r["true_artery_behind_aorta_ml"] for r in rows if "true_artery_behind_aorta_ml" in r]
+        figures["aorta_alone"] = sum(bool(r.get("aorta_alone")) for r in rows)
+        figures["true_artery_behind_aorta_ml_max"] = max(behind) if behind else None
+        figures["behind_aorta_false_checks"] = sum(v >= ARTERY_BEHIND_AORTA_CHECK_ML for v in behind)
         summary[folder.name] = figures
         print(folder.name, json.dumps(figures))
     if args.json:

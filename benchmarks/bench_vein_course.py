@@ -5,7 +5,8 @@ Each seed (from 31000 on: never used for training) is drawn as a left kidney's R
 once per course of the left renal vein (``left_renal_vein``: ``preaortic``, the usual one in
 front of the aorta; ``retroaortic``, behind it, flattened against the spine, into the IVC
 about 2 cm lower; ``circumaortic``, both) and per contrast phase, and segmented as
-``renalseg segment --input-is-roi`` writes it (default weights, one network pass). Per case:
+``renalseg segment --input-is-roi --side left`` writes it (default weights, one network
+pass; the side given, as localisation gives it on a whole study). Per case:
 Dice of the vein and the artery, the share of true vein voxels labelled artery, what the
 part of the vein behind the aorta (true vein voxels within 12 mm of its point behind the
 aorta) is labelled, what the topology clean-up moved or dropped, and whether the quality
@@ -45,7 +46,9 @@ def measure(seed: int, phase: str, course: str, segmenter) -> dict:  # noqa: ANN
     case = synthesize_roi(seed, side="left", great_vessels=True, tumour=False, **options)
     truth = case.label.array
     started = time.perf_counter()
-    result = segment_study(case.image.to_sitk(), SegmentConfig(input_is_roi=True, thin_branches=False),
+    # the side given, as localisation gives it on a whole study (the great vessels looked for
+    # in the crop's medial half; a left crop's arterial aorta found alone for the verdict)
+    result = segment_study(case.image.to_sitk(), SegmentConfig(input_is_roi=True, side="left", thin_branches=False),
                            segmenter=segmenter)
     written = sitk.GetArrayFromImage(result.labels)
     row = {"seed": seed, "phase": phase, "course": course, "seconds": round(time.perf_counter() - started, 1)}

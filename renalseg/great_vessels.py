@@ -48,7 +48,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU"]
+__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU", "AORTA_ALONE_MIN_HU"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ GREAT_VESSEL_MIN_HU: float = 100.0
 #: a tube whose 95th percentile is brighter is bone (its cortex, 700-1500 HU), not a
 #: lumen (a CTA's aorta is 250-600 HU): the vertebrae and the pelvis make tubes too
 GREAT_VESSEL_MAX_HU: float = 700.0
+
+#: a left kidney's ROI without an aorta-IVC pair: its longest medial tube is taken for the
+#: aorta alone where its median is at least this (an arterial-phase aorta, 250-600 HU, the
+#: IVC not yet enhanced; not a portal-venous vessel, about 150-210 HU, which may be the IVC).
+#: Only for the verdict's look behind the aorta (:func:`renalseg.quality.artery_behind_aorta_ml`):
+#: the topology check needs the pair
+AORTA_ALONE_MIN_HU: float = 200.0
 
 #: the search grid's spacing (mm) at most: coarser voxels of the ROI grid are sampled
 COARSE_MM: float = 1.4
@@ -96,8 +103,13 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
                        min_hu: float = GREAT_VESSEL_MIN_HU, max_hu: float = GREAT_VESSEL_MAX_HU,
                        min_length_mm: float = 30.0,
                        area_mm2: tuple[float, float] = (95.0, 1000.0),
-                       branch_radius_mm: float = 5.0, smooth_mm: float = 1.0) -> dict[str, np.ndarray]:
+                       branch_radius_mm: float = 5.0, smooth_mm: float = 1.0,
+                       aorta_alone_min_hu: float | None = None) -> dict[str, np.ndarray]:
     """``{"aorta": mask, "ivc": mask}`` (bool, the grid of ``hu``), or ``{}`` when no pair is found.
+
+    With ``aorta_alone_min_hu``, where no pair is found but the ROI's longest medial tube
+    has a median of at least that (an aorta in the arterial phase, the IVC not yet
+    enhanced enough to be a tube), ``{"aorta": mask}`` alone.
 
     Args:
         hu: float ``(Z, Y, X)`` CT of one ROI on its model grid (x → the patient's left).
@@ -145,18 +157,23 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
             if (b is not a and 15.0 <= abs(a[2] - b[2]) <= 50.0 and abs(a[3] - b[3]) <= 35.0
                     and medial((a[2] + b[2]) / 2) and min_length_mm <= together and best_length < together):
                 best, best_length = (a, b), together
+    sampling = (dz, dy, dx)
+    full = (smoothed >= min_hu) | (np.asarray(hu) >= min_hu)  # the lumen's edge the smoothing shaved off
     if best is None:
         log.info("great vessels: no aorta-IVC pair among %d long tube(s) in the %s ROI; topology clean-up off",
                  len(tubes), side or "unsided")
+        if aorta_alone_min_hu is not None and longest:
+            alone = pieces == max(longest, key=lambda t: len(t[1]))[0]
+            if np.median(raw[alone]) >= aorta_alone_min_hu:
+                to_aorta = ndimage.distance_transform_edt(~_track(alone, opened, sampling), sampling=sampling)
+                return {"aorta": full & _upsampled(to_aorta <= branch_radius_mm, step, full.shape)}
         return {}
     aorta, ivc = sorted(best, key=lambda t: -t[2])  # larger x = more to the patient's left
-    sampling = (dz, dy, dx)
     tracks = {name: _track(pieces == tube[0], opened, sampling) for name, tube in (("aorta", aorta), ("ivc", ivc))}
     to_aorta = ndimage.distance_transform_edt(~tracks["aorta"], sampling=sampling)
     to_ivc = ndimage.distance_transform_edt(~tracks["ivc"], sampling=sampling)
     coarse = {"aorta": (to_aorta <= branch_radius_mm) & (to_aorta <= to_ivc),
               "ivc": (to_ivc <= branch_radius_mm) & (to_ivc < to_aorta)}
-    full = (smoothed >= min_hu) | (np.asarray(hu) >= min_hu)  # the lumen's edge the smoothing shaved off
     return {name: full & _upsampled(mask, step, full.shape) for name, mask in coarse.items()}
 
 

@@ -345,22 +345,32 @@ TOPOLOGY_DEFINITION = (
 )
 
 
-def _vessel_roots(roi_hu: np.ndarray, roi: KidneyROI, box: Geometry, *, side_known: bool) -> dict[str, np.ndarray]:
-    """The aorta and IVC (:func:`renalseg.great_vessels.find_great_vessels`) on the study's box grid.
+def _vessel_roots(roi_hu: np.ndarray, roi: KidneyROI, box: Geometry, *,
+                  side_known: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The aorta and IVC (:func:`renalseg.great_vessels.find_great_vessels`) on the study's box grid
+    (``{}`` unless both are found), and the aorta on the ROI's model grid (``None`` when not
+    found; a known left ROI's arterial-phase aorta alone where the IVC is not enhanced:
+    :data:`renalseg.great_vessels.AORTA_ALONE_MIN_HU`).
 
     ``side_known``: the ROI's side is the localisation's or the user's, so the great
     vessels are looked for in its medial half; an ``--input-is-roi`` crop's side from its
     LPS centre is a guess, and they are looked for anywhere.
     """
-    from renalseg.great_vessels import find_great_vessels
+    from renalseg.great_vessels import AORTA_ALONE_MIN_HU, find_great_vessels
 
-    found = find_great_vessels(roi_hu, roi.grid.spacing_xyz_mm, side=roi.side if side_known else None)
+    alone = AORTA_ALONE_MIN_HU if side_known and roi.side == "left" else None
+    found = find_great_vessels(roi_hu, roi.grid.spacing_xyz_mm, side=roi.side if side_known else None,
+                               aorta_alone_min_hu=alone)
+    if set(found) == {"aorta"}:
+        return {}, found["aorta"]
     out = {}
     for name, mask in found.items():
         on_box = resample_to_grid(Volume(mask.astype(np.uint8), roi.grid).to_sitk(), box,
                                   interpolator=sitk.sitkNearestNeighbor, default_value=0, pixel_type=sitk.sitkUInt8)
         out[name] = Volume.from_sitk(on_box).array.astype(bool)
-    return out if all(m.any() for m in out.values()) else {}
+    if not out or not all(m.any() for m in out.values()):
+        return {}, None
+    return out, found["aorta"]
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -593,6 +603,7 @@ def segment_study(
         started = time.perf_counter()
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
         changes: dict[int, dict] = {}
+        aorta_on_grid: np.ndarray | None = None  # the aorta on the ROI's grid, where the topology check found it
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
         by_value = {0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}}
         bright: dict = {}
@@ -609,7 +620,8 @@ def segment_study(
                     kidney=np.isin(box_labels, [BY_KEY["kidney"].value, BY_KEY["tumour"].value])
                     if BY_KEY["kidney"].value in channel_values.values() else None)
         if topology:
-            roots = _vessel_roots(roi_hu, roi, box, side_known=not (config.input_is_roi and config.side == "both"))
+            roots, aorta_on_grid = _vessel_roots(roi_hu, roi, box,
+                                                 side_known=not (config.input_is_roi and config.side == "both"))
             topology_roots.append(f"{roi.side}: {'aorta and IVC found' if roots else 'not both in view; off'}")
             if roots:
                 box_labels, changes = reassign_by_topology(
@@ -667,6 +679,9 @@ def segment_study(
         uncertainty[roi.side] = quality.artery_uncertainty(
             artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
             tta_dice=tta_dice.get(roi.side))
+        if aorta_on_grid is not None:
+            uncertainty[roi.side]["artery_behind_aorta_ml"] = quality.artery_behind_aorta_ml(
+                views[-1].artery, aorta_on_grid, roi.grid)
         if bright.get("bright_artery_ml"):
             uncertainty[roi.side].update({k: v for k, v in bright.items() if k.startswith("bright_artery")})
             uncertainty[roi.side]["artery_ceiling_hu"] = round(ceiling, 1)  # type: ignore[arg-type]

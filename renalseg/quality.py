@@ -100,6 +100,8 @@ __all__ = [
     "KIDNEY_MIN_LOCATED_SHARE",
     "ARTERY_MAX_LUMEN_HU",
     "ARTERY_MIN_ML",
+    "ARTERY_BEHIND_AORTA_CHECK_ML",
+    "artery_behind_aorta_ml",
     "MirrorAgreement",
     "mirror_sets",
     "judge",
@@ -686,6 +688,68 @@ def _skeleton_stats(mask: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[
     return round(float(skeleton.sum() * step_mm), 1), int(branch_points)
 
 
+#: angles round the aorta seen from its centre in an axial plane (0°: towards the patient's
+#: left, 90°: straight back, 180°: towards the right): behind it and past straight back to
+#: its right, where a left renal vein crosses to the IVC and no renal artery runs (a left one
+#: runs out to the left, at most about 80° on held-out phantoms; a right one leaves the
+#: right side, at least about 150°) ...
+BEHIND_AORTA_DEG = (95.0, 135.0)
+#: ... within this distance (mm) of the aortic wall
+BEHIND_AORTA_REACH_MM = 12.0
+#: artery label there (ml) from which the verdict asks for a check: a left renal vein behind
+#: the aorta taken for artery (docs/validation.md, "A left renal vein behind the aorta")
+ARTERY_BEHIND_AORTA_CHECK_ML = 0.05
+
+
+def artery_behind_aorta_ml(artery: np.ndarray, aorta: np.ndarray, geometry: Geometry) -> float:
+    """Artery label (ml) behind the aorta and past straight back to its right (:data:`BEHIND_AORTA_DEG`),
+    within :data:`BEHIND_AORTA_REACH_MM` of its wall.
+
+    The aorta's centre and radius at each height are the deepest point of its mask there
+    and that depth (the mask holds the first millimetres of its branches, which would pull
+    a centroid), in patient LPS millimetres, so any grid orientation.
+
+    Example (a tube round the aorta's back, and a renal artery leaving its left side):
+        >>> from renalseg.geometry import IDENTITY_DIRECTION
+        >>> yy, xx = np.mgrid[:40, :40]
+        >>> aorta = np.broadcast_to((yy - 15) ** 2 + (xx - 20) ** 2 <= 36, (3, 40, 40))
+        >>> artery = np.zeros((3, 40, 40), bool); artery[:, 14:17, 27:40] = True
+        >>> grid = Geometry((3, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY_DIRECTION)
+        >>> artery_behind_aorta_ml(artery, aorta, grid)
+        0.0
+        >>> artery[:, 23:26, 12:29] = True
+        >>> artery_behind_aorta_ml(artery, aorta, grid) > 0
+        True
+    """
+    from scipy import ndimage
+
+    aorta = np.asarray(aorta, dtype=bool)
+    artery_zyx = np.argwhere(artery)
+    if not len(artery_zyx) or not aorta.any():
+        return 0.0
+    voxel_mm3 = float(np.prod(geometry.spacing_xyz_mm))
+    band_mm = max(float(v) for v in geometry.spacing_xyz_mm)  # an axial band holds at least one slice
+    inside = np.argwhere(aorta)
+    lo = np.maximum(inside.min(axis=0) - 1, 0)  # the depth inside the mask only needs its box and a rim
+    box = tuple(slice(a, b) for a, b in zip(lo, inside.max(axis=0) + 2))
+    depth = ndimage.distance_transform_edt(aorta[box], sampling=tuple(geometry.spacing_xyz_mm)[::-1])[
+        tuple((inside - lo).T)]
+    walls = geometry.index_to_world(inside[:, ::-1].astype(float))
+    bottom = walls[:, 2].min()
+    band_of = np.floor((walls[:, 2] - bottom) / band_mm + 0.5).astype(int)
+    order = np.lexsort((-depth, band_of))  # by band, deepest first
+    bands, first = np.unique(band_of[order], return_index=True)
+    deepest = order[first]
+    points = geometry.index_to_world(artery_zyx[:, ::-1].astype(float))
+    band = np.floor((points[:, 2] - bottom) / band_mm + 0.5).astype(int)
+    at = np.clip(np.searchsorted(bands, band), 0, len(bands) - 1)
+    dx, dy = points[:, 0] - walls[deepest, 0][at], points[:, 1] - walls[deepest, 1][at]  # LPS: +y posterior
+    angle = np.degrees(np.arctan2(dy, dx))
+    behind = ((bands[at] == band) & (np.hypot(dx, dy) <= depth[deepest][at] + BEHIND_AORTA_REACH_MM)
+              & (BEHIND_AORTA_DEG[0] <= angle) & (angle <= BEHIND_AORTA_DEG[1]))
+    return round(float(behind.sum()) * voxel_mm3 / 1000.0, 4)
+
+
 def artery_uncertainty(probability: np.ndarray, artery: np.ndarray, spacing_xyz_mm: Sequence[float], *,
                        hu: np.ndarray | None = None, pieces: int | None = None,
                        tta_dice: float | None = None) -> dict[str, Any]:
@@ -925,7 +989,9 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     :data:`renalseg.kidney_search.MIN_CONFIDENCE`: a place of solid tissue with little fat
     around it, kept because a kidney whose large tumour fills its perirenal fat looks so
     (:data:`renalseg.roi.MASS_TISSUE_FRACTION`), as does the liver or the spleen filling an
-    empty renal fossa.
+    empty renal fossa. An ``uncertainty`` side's ``artery_behind_aorta_ml``
+    (:func:`artery_behind_aorta_ml`) of at least :data:`ARTERY_BEHIND_AORTA_CHECK_ML` is a
+    ``check``: a left renal vein passing behind the aorta taken for artery.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1011,6 +1077,12 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
                                       f"{u['artery_ceiling_hu']:.0f} HU): a stone or contrast excreted into the "
                                       "collecting system; it was left out of the artery. Check the branches in the "
                                       "renal sinus against the images"))
+        if (u.get("artery_behind_aorta_ml") or 0) >= ARTERY_BEHIND_AORTA_CHECK_ML:
+            findings.append(("check", f"{side} kidney: {u['artery_behind_aorta_ml']:.2f} ml labelled artery lies behind "
+                                      "the aorta, towards its right, where no renal artery runs: a left renal vein "
+                                      "passing behind the aorta (retroaortic or circumaortic) may have been taken for "
+                                      "artery, and the renal artery lost beside it. Check the vessels behind the aorta "
+                                      "against the images"))
         if u.get("tta_dice") is not None and u["tta_dice"] < limits.tta_dice_check:
             findings.append(("check", f"{side} kidney: mirrored passes agree only to Dice {u['tta_dice']:.2f}"))
         if u.get("pieces", 0) > limits.max_pieces:

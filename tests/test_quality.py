@@ -272,6 +272,40 @@ def test_a_kidney_kept_with_little_fat_around_it_asks_for_a_check():
     assert judge(scan, {}, **labelled, located_confidence={"right": MIN_CONFIDENCE, "left": 1.0})["verdict"] == "ok"
 
 
+
+def test_artery_label_behind_the_aorta_is_measured_in_patient_space_and_renal_arteries_are_not():
+    """Artery label behind the aorta and past straight back to its right is what a left renal
+    vein crossing to the IVC leaves when taken for artery; renal arteries leaving the aorta's
+    left side (straight out, 40° and 75° towards its back) and its right side count nothing.
+    The same patient stored with x and y flipped (RAS) measures the same."""
+    from renalseg.geometry import IDENTITY_DIRECTION, Geometry
+    from renalseg.quality import artery_behind_aorta_ml
+
+    shape = (30, 70, 90)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    cy, cx = 25, 45
+    aorta = (yy - cy) ** 2 + (xx - cx) ** 2 <= 64
+    renal = np.zeros(shape, bool)
+    for z0, degrees in ((2, 0.0), (8, 40.0), (14, 75.0), (20, 180.0)):
+        t = np.radians(degrees)
+        along = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+        across = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+        renal |= (zz >= z0) & (zz < z0 + 3) & (np.abs(across) <= 1.5) & (along > 7) & (along < 30)
+    grid = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY_DIRECTION)
+    assert artery_behind_aorta_ml(renal, aorta, grid) == 0.0
+    ring = np.hypot(yy - cy, xx - cx)
+    vein = (zz >= 24) & (zz < 28) & (ring > 9) & (ring < 14) & (yy > cy)  # round the back, left to right
+    measured = artery_behind_aorta_ml(renal | vein, aorta, grid)
+    angle = np.degrees(np.arctan2(yy - cy, xx - cx))
+    assert measured == pytest.approx((vein & (angle >= 95) & (angle <= 135)).sum() / 1000.0, rel=0.2)
+    ras = Geometry(shape, (1.0, 1.0, 1.0), (89.0, 69.0, 0.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    assert artery_behind_aorta_ml((renal | vein)[:, ::-1, ::-1], aorta[:, ::-1, ::-1], ras) == measured
+    scan = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
+    assert judge(scan, {"left": {"artery_behind_aorta_ml": 0.01}})["verdict"] == "ok"
+    flagged = judge(scan, {"left": {"artery_behind_aorta_ml": measured}})
+    assert flagged["verdict"] == "check" and "behind the aorta" in flagged["warnings"][0]
+
+
 # -- the model card's limits ---------------------------------------------------------------------
 
 def test_limits_from_card_defaults_overrides_and_errors():

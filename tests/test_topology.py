@@ -144,3 +144,16 @@ def test_no_great_vessels_in_a_real_unenhanced_ct():
     ct = Volume.from_sitk(sitk.DICOMOrient(sitk.ReadImage(str(ATLAS_DIR / ATLAS_CT_NAME)), "LPS"))
     assert (ct.array >= 300).sum() > 10_000  # the spine and the pelvis are in view
     assert find_great_vessels(ct.array.astype(np.float32), ct.geometry.spacing_xyz_mm) == {}
+
+
+def test_the_aorta_alone_is_found_only_when_asked_and_bright_as_an_arterial_aorta():
+    """Early in the arterial phase the IVC is not yet enhanced and no pair is found; the
+    aorta alone, bright as an arterial aorta, is then still the aorta (for the verdict's
+    look behind it). A lone tube as faint as a portal-venous vessel is not taken for it."""
+    hu, aorta, ivc, _ = _great_vessel_scene(aorta_hu=350.0, ivc_hu=40.0)
+    assert find_great_vessels(hu, SPACING, side="right") == {}
+    found = find_great_vessels(hu, SPACING, side="right", aorta_alone_min_hu=200.0)
+    assert set(found) == {"aorta"} and (found["aorta"] & aorta).sum() / aorta.sum() >= 0.95
+    assert not (found["aorta"] & ivc).any()
+    faint, _, _, _ = _great_vessel_scene(aorta_hu=170.0, ivc_hu=40.0)
+    assert find_great_vessels(faint, SPACING, side="right", aorta_alone_min_hu=200.0) == {}
