@@ -603,7 +603,7 @@ def segment_study(
         started = time.perf_counter()
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
         changes: dict[int, dict] = {}
-        aorta_on_grid: np.ndarray | None = None  # the aorta on the ROI's grid, where the topology check found it
+        aorta_on_grid: np.ndarray | None = None  # the aorta on the ROI's grid where found, for a look behind it
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
         by_value = {0: box_probabilities[0], **{v: box_probabilities[c] for c, v in channel_values.items()}}
         bright: dict = {}
