@@ -158,7 +158,13 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
                     and medial((a[2] + b[2]) / 2) and min_length_mm <= together and best_length < together):
                 best, best_length = (a, b), together
     sampling = (dz, dy, dx)
-    full = (smoothed >= min_hu) | (np.asarray(hu) >= min_hu)  # the lumen's edge the smoothing shaved off
+
+    def in_lumen(coarse: np.ndarray) -> np.ndarray:
+        """A search-grid mask on the ROI's grid, within the bright voxels (the lumen's edge
+        the smoothing shaved off included)."""
+        full = (smoothed >= min_hu) | (np.asarray(hu) >= min_hu)
+        return full & _upsampled(coarse, step, full.shape)
+
     if best is None:
         log.info("great vessels: no aorta-IVC pair among %d long tube(s) in the %s ROI; topology clean-up off",
                  len(tubes), side or "unsided")
@@ -166,7 +172,7 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
             alone = pieces == max(longest, key=lambda t: len(t[1]))[0]
             if np.median(raw[alone]) >= aorta_alone_min_hu:
                 to_aorta = ndimage.distance_transform_edt(~_track(alone, opened, sampling), sampling=sampling)
-                return {"aorta": full & _upsampled(to_aorta <= branch_radius_mm, step, full.shape)}
+                return {"aorta": in_lumen(to_aorta <= branch_radius_mm)}
         return {}
     aorta, ivc = sorted(best, key=lambda t: -t[2])  # larger x = more to the patient's left
     tracks = {name: _track(pieces == tube[0], opened, sampling) for name, tube in (("aorta", aorta), ("ivc", ivc))}
@@ -174,7 +180,7 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
     to_ivc = ndimage.distance_transform_edt(~tracks["ivc"], sampling=sampling)
     coarse = {"aorta": (to_aorta <= branch_radius_mm) & (to_aorta <= to_ivc),
               "ivc": (to_ivc <= branch_radius_mm) & (to_ivc < to_aorta)}
-    return {name: full & _upsampled(mask, step, full.shape) for name, mask in coarse.items()}
+    return {name: in_lumen(mask) for name, mask in coarse.items()}
 
 
 def _upsampled(mask: np.ndarray, step: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:

@@ -710,7 +710,6 @@ def artery_behind_aorta_ml(artery: np.ndarray, aorta: np.ndarray, geometry: Geom
     a centroid), in patient LPS millimetres, so any grid orientation.
 
     Example (a tube round the aorta's back, and a renal artery leaving its left side):
-        >>> from renalseg.geometry import IDENTITY_DIRECTION
         >>> yy, xx = np.mgrid[:40, :40]
         >>> aorta = np.broadcast_to((yy - 15) ** 2 + (xx - 20) ** 2 <= 36, (3, 40, 40))
         >>> artery = np.zeros((3, 40, 40), bool); artery[:, 14:17, 27:40] = True
@@ -736,12 +735,16 @@ def artery_behind_aorta_ml(artery: np.ndarray, aorta: np.ndarray, geometry: Geom
         tuple((inside - lo).T)]
     walls = geometry.index_to_world(inside[:, ::-1].astype(float))
     bottom = walls[:, 2].min()
-    band_of = np.floor((walls[:, 2] - bottom) / band_mm + 0.5).astype(int)
-    order = np.lexsort((-depth, band_of))  # by band, deepest first
-    bands, first = np.unique(band_of[order], return_index=True)
+
+    def band_of(world: np.ndarray) -> np.ndarray:
+        return np.floor((world[:, 2] - bottom) / band_mm + 0.5).astype(int)
+
+    wall_band = band_of(walls)
+    order = np.lexsort((-depth, wall_band))  # by band, deepest first
+    bands, first = np.unique(wall_band[order], return_index=True)
     deepest = order[first]
     points = geometry.index_to_world(artery_zyx[:, ::-1].astype(float))
-    band = np.floor((points[:, 2] - bottom) / band_mm + 0.5).astype(int)
+    band = band_of(points)
     at = np.clip(np.searchsorted(bands, band), 0, len(bands) - 1)
     dx, dy = points[:, 0] - walls[deepest, 0][at], points[:, 1] - walls[deepest, 1][at]  # LPS: +y posterior
     angle = np.degrees(np.arctan2(dy, dx))
