@@ -881,7 +881,7 @@ def _as_study(path_or_study: Study | sitk.Image | Path | str, series_uid: str | 
 
 
 def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = False,
-                  preview: bool = True, dicom_seg: bool = True) -> Path:
+                  preview: bool = True, dicom_seg: bool = True, dicom_sc: bool = True) -> Path:
     """Write a study's outputs into ``destination`` (whole, or not at all).
 
     Files: ``labels.nii.gz`` (uint8, the study's grid exactly), ``labels.json``,
@@ -889,8 +889,10 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
     ``report.json``, ``preview.png`` and, when the result has them,
     ``probabilities.nii.gz`` (float32) and, for a DICOM study with ``dicom_seg``,
     ``labels.seg.dcm`` (a DICOM SEG referencing the source series;
-    :func:`renalseg.io.dicom_seg.write_dicom_seg`). Built in a staging folder and
-    renamed into place (:class:`renalseg.io.output.StagedDir`).
+    :func:`renalseg.io.dicom_seg.write_dicom_seg`) and, with ``dicom_sc``,
+    ``preview.sc.dcm`` (the preview as a Secondary Capture in the study, for PACS viewers
+    that show no SEG; :func:`renalseg.io.dicom_sc.write_secondary_capture`). Built in a
+    staging folder and renamed into place (:class:`renalseg.io.output.StagedDir`).
 
     Raises:
         OutputExistsError: ``destination`` exists and ``overwrite`` is false.
@@ -921,6 +923,8 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
                 picture = add_banner(picture, verdict_line(result.report["quality"]),
                                      result.report["quality"]["verdict"])
             picture.save(staging / "preview.png")
+            if dicom_sc and result.source_files:
+                interchange["dicom_sc"] = _write_preview_sc(result, picture, staging)
         report = json.loads(json.dumps(result.report, default=str))
         report.update(interchange)
         report.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 3)
@@ -949,6 +953,27 @@ def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dic
                               source_frames=result.source_frames)
     written["path"] = "labels.seg.dcm"
     return {"dicom_seg": written}
+
+
+def _write_preview_sc(result: Result, picture: Any, staging: Path) -> dict:
+    """``preview.sc.dcm``: the preview as a DICOM Secondary Capture in the source study;
+    its report entry. The picture's title is the study's name (a file or folder name),
+    so it is marked as text that may identify the patient. A copy of ``preview.png`` for
+    PACS: when it cannot be made the study's results are still written, and the entry
+    says why."""
+    from renalseg.io.dicom_sc import PREVIEW_SC_SERIES_NUMBER, write_secondary_capture
+
+    try:
+        written = write_secondary_capture(
+            picture, result.source_files, staging / "preview.sc.dcm", series_number=PREVIEW_SC_SERIES_NUMBER,
+            synthetic_training_only=bool(result.report.get("model", {}).get("synthetic_training_only")),
+            what="preview", identifying_text=True)
+    except Exception as err:  # noqa: BLE001 - any failure of the copy leaves the results whole
+        (staging / "preview.sc.dcm").unlink(missing_ok=True)
+        log.warning("no preview.sc.dcm: %s", err)
+        return {"path": None, "reason": f"{type(err).__name__}: {err}"}
+    written["path"] = "preview.sc.dcm"
+    return written
 
 
 # -- localisation only (``renalseg locate``) -------------------------------------------------

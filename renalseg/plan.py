@@ -50,7 +50,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                                             "tumour",            # only with --tumour or --tumour-at: what was planned
                                             "tumour_at": {"centre_mm", "diameter_mm"},  # only with --tumour-at
                                             "segment_verdict",   # report.json's quality.verdict or null
-                                            "dicom_seg": {"path", "reason"}},   # with dicom_seg: territories.seg.dcm
+                                            "dicom_seg": {"path", "reason"},    # with dicom_seg: territories.seg.dcm
+                                            "dicom_sc": {"path", "reason"}},    # read from DICOM: plan.sc.dcm
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
                   "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
      "kidneys": [{                                   # one per side found
@@ -98,6 +99,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -1555,7 +1557,8 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
                out_dir: Path | str | None = None, overwrite: bool = False, meshes: bool = False,
                tumour: Path | str | None = None, tumour_value: int | None = None,
                tumour_at: Sequence[float] | None = None, tumour_diameter_mm: float | None = None,
-               dicom_seg: bool = False, on_progress: Callable[[str], None] | None = None) -> PlanResult:
+               dicom_seg: bool = False, dicom_sc: bool = True,
+               on_progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plan one study: read its labels, plan each kidney, and write the outputs.
 
     Args:
@@ -1580,6 +1583,9 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
         dicom_seg: for a study ``renalseg segment`` read from DICOM, also write the
             territories as a DICOM SEG (:func:`_write_territory_dicom_seg`; on a 512 × 512 ×
             401 study 5.6 s and 43 MB, so only when asked).
+        dicom_sc: for a study ``renalseg segment`` read from DICOM, also write ``plan.png``
+            as a DICOM Secondary Capture in that study (:func:`_write_plan_sc`;
+            ``plan.sc.dcm``, about 0.15 MB), which every PACS viewer shows.
         on_progress: progress callback (see :func:`plan_labels`).
 
     Returns:
@@ -1637,11 +1643,63 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     result.plan.update({"schema": rest.pop("schema"),
                         "study": {"id": study_id, **sources, "segment_verdict": verdict}, **rest})
     if target is not None:
-        if dicom_seg and sources["report"] is not None and labels is None:
-            result.plan["study"]["dicom_seg"] = _write_territory_dicom_seg(
-                result, json.loads(Path(sources["report"]).read_text()), target)
-        write_plan(result, target, overwrite=overwrite, meshes=meshes)
+        from renalseg.plan_picture import render_plan
+
+        segmented = json.loads(Path(sources["report"]).read_text()) if sources["report"] and labels is None else None
+        if dicom_seg and segmented is not None:
+            result.plan["study"]["dicom_seg"] = _write_territory_dicom_seg(result, segmented, target)
+        picture = render_plan(result)
+        if dicom_sc and segmented is not None and (segmented.get("input") or {}).get("format") == "dicom":
+            result.plan["study"]["dicom_sc"] = _write_plan_sc(result, picture, segmented, target)
+        write_plan(result, target, overwrite=overwrite, meshes=meshes, picture=picture)
     return result
+
+
+def _names_a_file(plan: Mapping) -> bool:
+    """Whether ``plan.png``'s text names a file (the ``--tumour`` file, in its banner),
+    whose path may identify the patient; the rest of its text is the plan's own."""
+    study = plan.get("study") or {}
+    return bool(study.get("tumour")) and not study.get("tumour_at")
+
+
+def _source_series(report: Mapping) -> tuple[tuple[Path, ...], tuple[int, ...]]:
+    """The DICOM series ``renalseg segment`` read, found again from ``report.json``'s input:
+    its files and frames in slice order (:func:`renalseg.io.dicom.dicom_series_slices`)."""
+    from renalseg.io.dicom import dicom_series_slices
+
+    source = report.get("input") or {}
+    # report.json gives the series' key where its UID does not select it (an empty UID,
+    # one volume of several in a series), and no UID (None) for a series whose UID is empty
+    return dicom_series_slices(source["path"],
+                               series_uid=source.get("series_key") or source.get("series_uid") or "(empty)")
+
+
+def _write_plan_sc(result: PlanResult, picture: Any, report: Mapping, out_dir: Path) -> dict:
+    """``plan.sc.dcm``: ``plan.png`` as a DICOM Secondary Capture in the study ``renalseg
+    segment`` read from DICOM (:func:`renalseg.io.dicom_sc.write_secondary_capture`), for
+    any PACS viewer. When the series is gone or changed none is written (an earlier
+    plan's is removed) and the returned reason says why.
+
+    Returns:
+        ``{"path": str | None, "reason": str | None}`` (plan.json's ``study.dicom_sc``).
+    """
+    from renalseg.io.dicom_sc import PLAN_SC_SERIES_NUMBER, write_secondary_capture
+
+    final = out_dir / "plan.sc.dcm"
+    final.unlink(missing_ok=True)  # an earlier plan's: it is replaced, or goes with it
+    try:
+        files, _ = _source_series(report)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+            written = write_secondary_capture(
+                picture, files, Path(scratch) / "plan.sc.dcm", series_number=PLAN_SC_SERIES_NUMBER,
+                synthetic_training_only=bool((report.get("model") or {}).get("synthetic_training_only", True)),
+                what="plan", identifying_text=_names_a_file(result.plan))
+            Path(written["path"]).replace(final)
+    except Exception as err:  # noqa: BLE001 - a copy of plan.png: the plan is written whatever befalls it
+        logger.warning("no plan.sc.dcm: %s", err)
+        return {"path": None, "reason": str(err)}
+    return {"path": str(final), "reason": None}
 
 
 def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Path) -> dict:
@@ -1656,7 +1714,6 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
         ``{"path": str | None, "reason": str | None}`` (plan.json's ``study.dicom_seg``).
     """
     from renalseg.errors import RenalsegError
-    from renalseg.io.dicom import dicom_series_slices
     from renalseg.io.dicom_seg import write_dicom_seg
 
     final = out_dir / "territories.seg.dcm"
@@ -1667,10 +1724,7 @@ def _write_territory_dicom_seg(result: PlanResult, report: Mapping, out_dir: Pat
     if not any(int(v) > 0 for v in result.territory_names):
         return {"path": None, "reason": "no territories"}
     try:
-        # report.json gives the series' key where its UID does not select it (an empty UID,
-        # one volume of several in a series), and no UID (None) for a series whose UID is empty
-        files, frames = dicom_series_slices(
-            source["path"], series_uid=source.get("series_key") or source.get("series_uid") or "(empty)")
+        files, frames = _source_series(report)
         model = report.get("model") or {}
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -1753,13 +1807,14 @@ def _territory_structures(result: PlanResult) -> dict:
 
 
 def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = False,
-               meshes: bool = False) -> list[Path]:
+               meshes: bool = False, picture: Any = None) -> list[Path]:
     """Write ``territories.nii.gz``, ``territories.json``, ``territories.seg.nrrd`` (3D Slicer),
     ``plan.png`` and ``plan.json``
     (and, with ``meshes``, one surface per territory: :func:`write_territory_meshes`).
 
     Each file goes to a temporary name and is renamed into place, ``plan.json``
-    last, so a folder with a ``plan.json`` holds a whole plan.
+    last, so a folder with a ``plan.json`` holds a whole plan. ``picture``: ``plan.png``
+    already drawn (:func:`renalseg.plan_picture.render_plan`), else it is drawn here.
     """
     from renalseg.io.image import write_image
     from renalseg.io.output import atomic_write_bytes, atomic_write_json
@@ -1777,7 +1832,7 @@ def write_plan(result: PlanResult, out_dir: Path | str, *, overwrite: bool = Fal
              write_territory_seg_nrrd(result, out / "territories.seg.nrrd")]
     import io
     buffer = io.BytesIO()
-    render_plan(result).save(buffer, format="PNG")
+    (picture if picture is not None else render_plan(result)).save(buffer, format="PNG")
     paths.append(atomic_write_bytes(out / "plan.png", buffer.getvalue()))
     if meshes:
         paths.extend(write_territory_meshes(result, out))

@@ -127,9 +127,16 @@ def test_dicom_seg_of_a_segmented_series_matches_the_label_map(tmp_path, analyti
     assert len(segment.RecommendedDisplayCIELabValue) == 3
     report = json.loads((folder / "report.json").read_text())
     assert report["dicom_seg"]["filled_in"] == ["FrameOfReferenceUID"] and "labels.seg.dcm" in report["outputs"]
-    # and --no-dicom-seg leaves it out
-    assert _segment(series, tmp_path / "out2", "--no-dicom-seg").exit_code == 0
-    assert not (tmp_path / "out2" / "tube" / "labels.seg.dcm").exists()
+    # preview.png as a Secondary Capture in the study, for PACS viewers that show no SEG
+    from PIL import Image
+
+    sc = pydicom.dcmread(str(folder / "preview.sc.dcm"))
+    check_sc_iod(sc, np.asarray(Image.open(folder / "preview.png").convert("RGB")))
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesNumber == 9002
+    assert report["dicom_sc"]["path"] == "preview.sc.dcm" and "preview.sc.dcm" in report["outputs"]
+    # and --no-dicom-seg, --no-dicom-sc leave them out
+    assert _segment(series, tmp_path / "out2", "--no-dicom-seg", "--no-dicom-sc").exit_code == 0
+    assert not list((tmp_path / "out2" / "tube").glob("*.dcm"))
 
 
 def test_dicom_seg_of_the_real_fixture_with_empty_uids(tmp_path):
@@ -155,6 +162,114 @@ def test_dicom_seg_of_the_real_fixture_with_empty_uids(tmp_path):
     # generated UIDs are derived from the series: the same series, the same study
     assert pydicom.dcmread(str(tmp_path / "y.seg.dcm")).StudyInstanceUID == seg.StudyInstanceUID
     assert again["filled_in"] == info["filled_in"]
+
+
+#: Type 1 attributes of the Secondary Capture Image IOD (PS3.3 A.8.1) checked in every one written
+SC_TYPE1 = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "ConversionType",
+            "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+            "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelData")
+
+
+def check_sc_iod(ds: pydicom.Dataset, picture: np.ndarray) -> None:
+    """A Secondary Capture of ``picture`` (RGB): its required attributes and its pixels exactly."""
+    missing = [k for k in SC_TYPE1 if k not in ds or ds[k].value in (None, "", [])]
+    missing += [k for k in ("PatientName", "PatientID", "StudyDate", "StudyID", "AccessionNumber",
+                            "PatientOrientation") if k not in ds]
+    assert not missing, missing
+    assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and ds.Modality == "OT"
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert np.array_equal(ds.pixel_array, picture)
+
+
+def _with_patient(series: Path) -> None:
+    for path in series.iterdir():
+        ds = pydicom.dcmread(str(path))
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "Test^Patient", "RS-0042", "ACC7"
+        ds.save_as(str(path))
+
+
+def test_a_secondary_capture_is_the_picture_filed_in_the_source_study(tmp_path):
+    """The picture's pixels exactly, as a new series in the CT's study and patient; the real
+    fixture's empty UIDs are derived as its SEG derives them, so the two share one study."""
+    from PIL import Image
+
+    from renalseg.errors import InputError
+    from renalseg.io.dicom_sc import write_secondary_capture
+
+    volume, _ = tube_ct()
+    series = write_dicom_series(volume, tmp_path / "tube")
+    _with_patient(series)
+    files = list(read_dicom_study(series).dicom_files)
+    picture = np.zeros((90, 160, 3), np.uint8)
+    picture[10:40, 20:90] = (200, 30, 30)
+    picture[50:, :] = np.random.default_rng(0).integers(0, 256, (40, 160, 3))
+    info = write_secondary_capture(Image.fromarray(picture), files, tmp_path / "p.sc.dcm", series_number=9002,
+                                   synthetic_training_only=True, what="preview", identifying_text=True)
+    ds = pydicom.dcmread(str(tmp_path / "p.sc.dcm"))
+    check_sc_iod(ds, picture)
+    source = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    assert (ds.StudyInstanceUID, ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == (
+        source.StudyInstanceUID, "RS-0042", "Test^Patient", "ACC7")
+    assert ds.SeriesInstanceUID not in (source.SeriesInstanceUID, "") and ds.SeriesNumber == 9002
+    assert ds.SeriesDescription == "renalseg preview: research use; trained on synthetic phantoms"
+    assert source.SeriesInstanceUID in ds.DerivationDescription and ds.BurnedInAnnotation == "YES"
+    assert info["filled_in"] == [] and info["study_instance_uid"] == source.StudyInstanceUID
+
+    real = read_dicom_study(require(DICOM_FIXTURE))
+    info = write_secondary_capture(picture, real.dicom_files, tmp_path / "r.sc.dcm", series_number=9003,
+                                   synthetic_training_only=False, what="plan", identifying_text=False)
+    seg = write_dicom_seg(np.ones(real.geometry.shape_zyx, np.uint8), real.geometry, {"1": "kidney"},
+                          real.dicom_files, tmp_path / "r.seg.dcm", model_name="m", weights_sha256=None,
+                          synthetic_training_only=False)
+    ds = pydicom.dcmread(str(tmp_path / "r.sc.dcm"))
+    check_sc_iod(ds, picture)
+    assert ds.StudyInstanceUID == pydicom.dcmread(str(tmp_path / "r.seg.dcm")).StudyInstanceUID
+    assert "StudyInstanceUID" in info["filled_in"] and "StudyInstanceUID" in seg["filled_in"]
+    assert ds.SeriesDescription == "renalseg plan: research use" and ds.BurnedInAnnotation == "NO"
+    with pytest.raises(InputError, match="RGB picture"):
+        write_secondary_capture(picture[..., 0], files, tmp_path / "g.sc.dcm", series_number=9002,
+                                synthetic_training_only=True, what="preview", identifying_text=True)
+    with pytest.raises(InputError, match="needs the source DICOM files"):
+        write_secondary_capture(picture, [], tmp_path / "n.sc.dcm", series_number=9002,
+                                synthetic_training_only=True, what="preview", identifying_text=True)
+    assert not (tmp_path / "g.sc.dcm").exists() and not (tmp_path / "n.sc.dcm").exists()
+
+
+def test_a_series_without_every_patient_attribute_still_gets_its_seg_and_secondary_capture(
+        tmp_path, analytic_model):
+    """A series as `renalseg synth --format dicom` writes it (no PatientBirthDate, PatientSex,
+    AccessionNumber ...: anonymisers drop them too) is segmented with both DICOM objects, those
+    attributes empty in them, where highdicom used to fail the whole study."""
+    from renalseg.phantom.writer import write_dicom_series as write_phantom_series
+
+    volume, _ = tube_ct()
+    write_phantom_series(volume, tmp_path / "tube", uid_key="tube", patient_id="PHANTOM^tube")
+    source = pydicom.dcmread(str(sorted((tmp_path / "tube").iterdir())[0]), stop_before_pixels=True)
+    assert "PatientBirthDate" not in source and "AccessionNumber" not in source
+    result = _segment(tmp_path / "tube", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "tube"
+    for name in ("labels.seg.dcm", "preview.sc.dcm"):
+        ds = pydicom.dcmread(str(folder / name))
+        assert (ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber) == ("PHANTOM^tube", "", "")
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_a_secondary_capture_that_cannot_be_made_leaves_the_results_whole(tmp_path, analytic_model, monkeypatch):
+    import renalseg.io.dicom_sc
+
+    def broken(*args, **kwargs):
+        raise ValueError("no pixels today")
+
+    monkeypatch.setattr(renalseg.io.dicom_sc, "write_secondary_capture", broken)
+    volume, _ = tube_ct()
+    series = write_dicom_series(volume, tmp_path / "tube")
+    assert _segment(series, tmp_path / "out").exit_code == 0
+    folder = tmp_path / "out" / "tube"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["dicom_sc"] == {"path": None, "reason": "ValueError: no pixels today"}
+    assert {"labels.nii.gz", "labels.seg.dcm", "preview.png"} <= set(report["outputs"])
+    assert "preview.sc.dcm" not in report["outputs"] and not (folder / "preview.sc.dcm").exists()
 
 
 def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):
@@ -302,6 +417,16 @@ def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_pat
     (folder / "report.json").write_text(json.dumps(report))
     assert not plan_study(folder).plan["study"].get("dicom_seg")  # asked for only
     assert not (folder / "territories.seg.dcm").exists()
+    # plan.png as a Secondary Capture in the study: by default
+    from PIL import Image
+
+    assert json.loads((folder / "plan.json").read_text())["study"]["dicom_sc"] == {
+        "path": str(folder / "plan.sc.dcm"), "reason": None}
+    sc = pydicom.dcmread(str(folder / "plan.sc.dcm"))
+    check_sc_iod(sc, np.asarray(Image.open(folder / "plan.png").convert("RGB")))
+    source = pydicom.dcmread(str(study.dicom_files[0]), stop_before_pixels=True)
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesNumber == 9003
+    assert sc.BurnedInAnnotation == "NO"  # the plan's own text, no file named
     cli = runner.invoke(app, ["plan", str(folder), "--dicom-seg", "--overwrite"])
     assert cli.exit_code == 0, cli.output
     result = plan_study(folder, out_dir=tmp_path / "same", dicom_seg=True)  # the same territories, for the check
@@ -318,9 +443,12 @@ def test_the_plan_of_a_dicom_study_writes_its_territories_as_a_dicom_seg(tmp_pat
     assert seg.SeriesDescription == "renalseg plan: perfusion territories (research use)"
     shutil.rmtree(series)
     plan_study(folder, overwrite=True, dicom_seg=True)
-    gone = json.loads((folder / "plan.json").read_text())["study"]["dicom_seg"]
-    assert gone["path"] is None and str(series) in gone["reason"]
-    assert not (folder / "territories.seg.dcm").exists()  # not the earlier plan's left behind
+    gone = json.loads((folder / "plan.json").read_text())["study"]
+    for written in ("dicom_seg", "dicom_sc"):
+        assert gone[written]["path"] is None and str(series) in gone[written]["reason"]
+    assert not list(folder.glob("*.dcm"))  # not the earlier plan's left behind
+    assert runner.invoke(app, ["plan", str(folder), "--no-dicom-sc", "--overwrite"]).exit_code == 0
+    assert "dicom_sc" not in json.loads((folder / "plan.json").read_text())["study"]
 
 
 def test_dicom_seg_of_a_multi_frame_series_references_each_frame_it_labels(tmp_path, analytic_model):
@@ -416,7 +544,7 @@ def test_a_series_split_over_several_multi_frame_objects_gets_one_dicom_seg_as_o
     study = read_dicom_study(tmp_path / "split")
     assert set(study.dicom_files) == set(objects) and len(objects) == len(sizes)
     assert json.loads((split / "report.json").read_text())["dicom_seg"]["path"] == "labels.seg.dcm"
-    assert sorted(p.name for p in split.glob("*.dcm")) == ["labels.seg.dcm"]  # one SEG
+    assert sorted(p.name for p in split.glob("*.seg.dcm")) == ["labels.seg.dcm"]  # one SEG
 
     ds = pydicom.dcmread(str(split / "labels.seg.dcm"))
     check_seg_iod(ds)

@@ -49,6 +49,9 @@ def plan(
     dicom_seg: Annotated[bool, typer.Option(
         "--dicom-seg", help="For a study segmented from DICOM, also write territories.seg.dcm: the territories as a "
         "DICOM SEG referencing the series, for PACS viewers (a few seconds and tens of MB on a whole study).")] = False,
+    dicom_sc: Annotated[bool, typer.Option(
+        "--dicom-sc/--no-dicom-sc", help="For a study segmented from DICOM, also write plan.sc.dcm: plan.png as a "
+        "DICOM Secondary Capture in that study, which every PACS viewer shows.")] = True,
     meshes: Annotated[bool, typer.Option("--meshes", help="Also write one STL surface per territory "
                                          "(territories/territory_<value>.stl, LPS mm).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also (re)write the study's report.html with the plan "
@@ -102,7 +105,8 @@ def plan(
         try:
             result = plan_study(study, labels=labels, label_map=mapping, config=config, out_dir=target,
                                 overwrite=overwrite, meshes=meshes, tumour=tumour, tumour_value=tumour_value,
-                                tumour_at=point, tumour_diameter_mm=tumour_diameter_mm, dicom_seg=dicom_seg)
+                                tumour_at=point, tumour_diameter_mm=tumour_diameter_mm, dicom_seg=dicom_seg,
+                                dicom_sc=dicom_sc)
             if report:
                 from renalseg.report import write_report
 

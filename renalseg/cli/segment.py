@@ -25,7 +25,7 @@ Side = Enum("Side", {name: name for name in ("both", "left", "right")}, type=str
 
 
 def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, overwrite: bool,
-         show_progress: bool, dicom_seg: bool = True, report_page: bool = False,
+         show_progress: bool, dicom_seg: bool = True, dicom_sc: bool = True, report_page: bool = False,
          artery_segmenter: Any = None) -> list[dict]:
     """:func:`renalseg.batch.run_batch` with ``segment_study``, under a progress display."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,7 +46,7 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
         result = segment_study(study.path, config, segmenter=segmenter, on_progress=on_progress,
                                artery_segmenter=artery_segmenter)
         result.report["study_id"] = study.study_id
-        write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg)
+        write_outputs(result, destination, overwrite=replace, dicom_seg=dicom_seg, dicom_sc=dicom_sc)
         if report_page:
             from renalseg.report import write_report
 
@@ -136,6 +136,9 @@ def segment(
     dicom_seg: Annotated[bool, typer.Option(
         "--dicom-seg/--no-dicom-seg", help="For DICOM input, also write labels.seg.dcm: a DICOM SEG "
         "referencing the source series, for PACS viewers.")] = True,
+    dicom_sc: Annotated[bool, typer.Option(
+        "--dicom-sc/--no-dicom-sc", help="For DICOM input, also write preview.sc.dcm: preview.png as a DICOM "
+        "Secondary Capture in the study, which every PACS viewer shows.")] = True,
     force: ForceOption = False,
     report_page: Annotated[bool, typer.Option(
         "--report", help="Also write report.html in each study folder (as `renalseg report`; needs "
@@ -216,7 +219,7 @@ def segment(
     if segmenter.spec.synthetic_training_only:
         err_console.print(f"[yellow]notice:[/] {SYNTHETIC_NOTICE}", highlight=False, soft_wrap=True)
     rows = _run(studies, out, config, segmenter, overwrite=overwrite, show_progress=not quiet and not json_output,
-                dicom_seg=dicom_seg, report_page=report_page, artery_segmenter=artery_segmenter)
+                dicom_seg=dicom_seg, dicom_sc=dicom_sc, report_page=report_page, artery_segmenter=artery_segmenter)
     finish_batch(rows, out, _summary_table, quiet=quiet, json_output=json_output,
                  extra={"device": segmenter.current_device})
     unreliable = [row["study"] for row in rows if row.get("verdict") == "unreliable"]

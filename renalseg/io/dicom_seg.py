@@ -63,7 +63,7 @@ from renalseg.geometry import Geometry
 from renalseg.io.dicom import _frame_facts
 from renalseg.io.terminology import Structure, structure_for
 
-__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description"]
+__all__ = ["write_dicom_seg", "SEG_SERIES_NUMBER", "series_description", "empty_type2"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,22 @@ def _fill_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     if made_instance:
         generated.append(f"SOPInstanceUID ({made_instance} files)")
     return generated
+
+
+#: Type 2 attributes of the patient and the study that a derived object copies from its source:
+#: present in every CT image, but anonymisers and simple writers leave some out
+_PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def empty_type2(datasets: Sequence[pydicom.Dataset]) -> None:
+    """Give the in-memory source headers the patient and study attributes they lack, empty
+    (a Type 2 attribute's "unknown"), which highdicom reads without a default: a series
+    without a PatientBirthDate, say, otherwise fails the derived object."""
+    for ds in datasets:
+        for keyword in _PATIENT_STUDY_TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
 
 
 #: how far (mm) a source slice may lie from the label map's slice it holds: DS rounding in
@@ -276,6 +292,7 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
     datasets = {p: pydicom.dcmread(str(p), stop_before_pixels=True) for p in dict.fromkeys(source_files)}
     _check_geometry(datasets, geometry, source_files, source_frames)
     generated = _fill_uids(list(datasets.values()))
+    empty_type2(list(datasets.values()))
     single_frame = [ds for ds in datasets.values() if "PerFrameFunctionalGroupsSequence" not in ds]
     if any(not str(ds.get("SliceThickness", "") or "").strip() for ds in single_frame):
         # Type 2 in CT, required by the SEG's pixel measures: the slice spacing stands in
