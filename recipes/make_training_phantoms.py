@@ -32,6 +32,10 @@ the case is otherwise the same: :func:`renalseg.phantom.abdomen.urinary_tract`).
 aorta, half retroaortic and half circumaortic (``synthesize_roi(left_renal_vein=...)``; the
 shipped weights were trained without it: docs/validation.md, "A left renal vein behind the
 aorta").
+``--iodine-gain G`` draws the cases as a scan on which iodine attenuates G times as much
+(:func:`renalseg.phantom.tissues.iodine_gain_ranges`: 1.6 about an 80 kVp CTA, 2 about
+70 kVp or a low-keV dual-energy image, against the default's 100-120 kVp; arterial-phase
+cases, as the other phases redraw their own HU).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import numpy as np
 from renalseg.io.image import write_image
 from renalseg.phantom.abdomen import NOISE_RANGE_HU, synthesize_roi
 from renalseg.phantom.phases import draw_phase, parse_phase_mix
-from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU
+from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, iodine_gain_ranges
 
 SPACING_XYZ_MM = (0.7, 0.7, 1.0)
 
@@ -94,6 +98,8 @@ def main() -> None:
     parser.add_argument("--stone-share", type=float, help="share of cases with stones in the collecting system")
     parser.add_argument("--excretion-share", type=float,
                         help="share of cases with contrast excreted into the collecting system and ureter")
+    parser.add_argument("--iodine-gain", type=float,
+                        help="iodine attenuates G times as much (1.6: an 80 kVp CTA, 2: 70 kVp or low-keV images)")
     parser.add_argument("--vein-behind-aorta-share", type=float,
                         help="share of cases whose left renal vein runs behind the aorta (half retroaortic, half "
                         "circumaortic)")
@@ -112,6 +118,10 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         options = {**(UNSEEN if args.unseen_intensities else {}), **artery_options(args.artery_hu)}
+        if args.iodine_gain is not None:
+            base = {**DEFAULT_INTENSITY_RANGES_HU, **options.get("intensity_ranges_hu", {})}
+            options["intensity_ranges_hu"] = {**options.get("intensity_ranges_hu", {}),
+                                              **iodine_gain_ranges(args.iodine_gain, base)}
         if mix is not None:
             options["phase"] = draw_phase(seed, mix)
         if args.great_vessels:

@@ -16,7 +16,9 @@ y → posterior, x → the patient's left):
    vessels narrower) that are round (they fill at least 55% of their bounding box, an
    ellipse 79%);
 4. long: cross-sections stacked into pieces at least ``min_length_mm`` tall, and not
-   bone: at most 5% of a piece brighter than ``max_hu`` (a cortex is; a lumen is not);
+   bone: a piece whose brightest 5% pass ``max_hu`` is bone when its median is under
+   :data:`BONE_MEDIAN_SHARE` of them (a cortex around marrow; a bright lumen, as at 70-80
+   kVp, is as bright throughout);
 5. a pair: the aorta and the IVC run side by side, their centres 15-50 mm apart from
    left to right and at most 35 mm front to back, for at least ``min_length_mm``
    together. One of them is the longest tube in the ROI (the great vessels cross it
@@ -48,16 +50,23 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU", "AORTA_ALONE_MIN_HU"]
+__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU", "BONE_MEDIAN_SHARE", "AORTA_ALONE_MIN_HU"]
 
 log = logging.getLogger(__name__)
 
 #: the aorta and the IVC are at least this bright with contrast in any phase the models read
 GREAT_VESSEL_MIN_HU: float = 100.0
 
-#: a tube whose 95th percentile is brighter is bone (its cortex, 700-1500 HU), not a
-#: lumen (a CTA's aorta is 250-600 HU): the vertebrae and the pelvis make tubes too
+#: a tube whose 95th percentile is brighter may be bone (its cortex, 700-1500 HU): the
+#: vertebrae and the pelvis make tubes too. A CTA's aorta is 250-600 HU at 100-120 kVp, but
+#: 600-1000 HU at 70-80 kVp or on low-keV dual-energy images, so brightness alone does not
+#: decide it (:data:`BONE_MEDIAN_SHARE`)
 GREAT_VESSEL_MAX_HU: float = 700.0
+
+#: ... and is bone where its median is under this share of that 95th percentile: a cortex
+#: around darker marrow (0.14-0.39 on the real CTs in tests/data), where a lumen is as
+#: bright throughout (0.86 for the real CTA's aorta; 0.96 for phantom aortas of 770-840 HU)
+BONE_MEDIAN_SHARE: float = 0.6
 
 #: a left kidney's ROI without an aorta-IVC pair: its longest medial tube is taken for the
 #: aorta alone where its median is at least this (an arterial-phase aorta, 250-600 HU, the
@@ -140,7 +149,9 @@ def find_great_vessels(hu: np.ndarray, spacing_xyz_mm: tuple[float, float, float
         slices = np.nonzero(piece.any(axis=(1, 2)))[0] + box[0].start
         if len(slices) * dz < min_length_mm:
             continue
-        if np.percentile(raw[box][piece], 95) > max_hu:  # bone: its cortex
+        values = raw[box][piece]
+        top = np.percentile(values, 95)
+        if top > max_hu and np.median(values) < BONE_MEDIAN_SHARE * top:  # bone: its cortex around the marrow
             continue
         _, y, x = np.nonzero(piece)
         tubes.append((number, set(slices.tolist()), (x.mean() + box[2].start) * dx, (y.mean() + box[1].start) * dy))

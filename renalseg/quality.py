@@ -97,6 +97,7 @@ __all__ = [
     "roi_edges_reached",
     "KIDNEY_MAX_HEIGHT_MM",
     "KIDNEY_MAX_MEDIAN_HU",
+    "KIDNEY_AORTA_SHARE",
     "KIDNEY_MIN_LOCATED_SHARE",
     "ARTERY_MAX_LUMEN_HU",
     "ARTERY_MIN_ML",
@@ -136,10 +137,17 @@ KIDNEY_MAX_HEIGHT_MM = 170.0
 #: kidney label whose median is brighter lies on bone or contrast-filled vessels
 #: (held-out phantoms: medians 140-273 HU as written)
 KIDNEY_MAX_MEDIAN_HU = 350.0
+#: ... or, in a study whose aorta is brighter, this share of the aorta's HU: at 70-80 kVp or
+#: on low-keV dual-energy images every iodine-enhanced tissue is brighter (the aorta 600-1000
+#: HU, a kidney label's median 430 HU on a phantom drawn with iodine at twice the default's
+#: attenuation), while a label on the contrast-filled vessels is as bright as the aorta
+KIDNEY_AORTA_SHARE = 0.7
 #: contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
 #: brightest tenth (``artery_hu``) is brighter holds bone, calcification, metal or excreted contrast (held-out
 #: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)
 ARTERY_MAX_LUMEN_HU = 900.0
+#: ... or, in a study whose aorta is brighter, the brightest contrast in its arteries can be
+#: (:func:`renalseg.postprocess.artery_ceiling_hu` of the aorta's HU)
 #: artery label taken away in the kidney as brighter than contrast in the study's arteries
 #: (:func:`renalseg.postprocess.drop_bright_artery`, ``bright_artery_in_kidney_ml``) from
 #: which the verdict asks for a check: a stone about 4-5 mm across. What the rule takes
@@ -976,7 +984,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     what the weights were validated on, or the network unsure); the verdict is the
     worst finding, ``ok`` when there is none. ``kidneys`` (side → :func:`kidney_label_facts`)
     makes a kidney label taller than :data:`KIDNEY_MAX_HEIGHT_MM`, with a median above
-    :data:`KIDNEY_MAX_MEDIAN_HU`, or with less than :data:`KIDNEY_MIN_LOCATED_SHARE` of it
+    :data:`KIDNEY_MAX_MEDIAN_HU` (or :data:`KIDNEY_AORTA_SHARE` of a brighter study's aorta), or
+    with less than :data:`KIDNEY_MIN_LOCATED_SHARE` of it
     near the kidneys localisation found ``unreliable``; they are reported as ``kidney_labels``.
     With ``kidneys`` (a model that labels kidney and tumour) the spacing and noise warnings
     also say a tumour may be labelled where there is none: on held-out phantoms at 3-5 mm
@@ -1012,6 +1021,13 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     words = PHASE_WORDS.get(phase, phase)
     validated = ", ".join(PHASE_WORDS[p] for p in limits.phases)
     aorta, cortex = phase_hu.get("aorta"), phase_hu.get("renal_cortex")
+    # a bright aorta (70-80 kVp, low-keV images) makes every enhanced tissue brighter
+    lumen_max_hu, kidney_max_hu = ARTERY_MAX_LUMEN_HU, KIDNEY_MAX_MEDIAN_HU
+    if aorta is not None:
+        from renalseg.postprocess import artery_ceiling_hu
+
+        lumen_max_hu = max(lumen_max_hu, artery_ceiling_hu(float(aorta)))
+        kidney_max_hu = max(kidney_max_hu, KIDNEY_AORTA_SHARE * float(aorta))
     arteries_hu = [float(u["artery_hu"]) for u in uncertainty.values() if u.get("artery_hu") is not None]
     if phase == "unknown":
         findings.append(("check", f"contrast phase unknown ({evidence}); check that the arteries are the "
@@ -1070,10 +1086,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             level = "unreliable" if share > limits.uncertain_share_unreliable else "check"
             findings.append((level, f"{side} kidney: the network is unsure of {share:.0%} of its artery voxels "
                                     "(probability 0.25–0.75)"))
-        if u.get("artery_hu") is not None and u["artery_hu"] > ARTERY_MAX_LUMEN_HU:
+        if u.get("artery_hu") is not None and u["artery_hu"] > lumen_max_hu:
             findings.append(("check", f"{side} kidney: the brightest tenth of the artery label is above "
                                       f"{u['artery_hu']:.0f} HU, brighter than contrast in an artery (at most about "
-                                      "800 HU): it holds bone, calcification, metal or excreted contrast"))
+                                      f"{lumen_max_hu:.0f} HU in this study): it holds bone, calcification, metal or "
+                                      "excreted contrast"))
         if (u.get("bright_artery_in_kidney_ml") or 0) >= BRIGHT_ARTERY_CHECK_ML:
             findings.append(("check", f"{side} kidney: {u['bright_artery_in_kidney_ml']:.2f} ml the network called "
                                       "artery in the kidney was brighter than contrast in this study's arteries (above "
@@ -1105,9 +1122,9 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         if height > KIDNEY_MAX_HEIGHT_MM:
             why = (f"{side} kidney label spans {height:.0f} mm head to foot, taller than any adult kidney (10-13 cm, "
                    "about 15 cm at most): it lies on other structures too (is this an abdominal CT?)")
-        elif median is not None and median > KIDNEY_MAX_MEDIAN_HU:
-            why = (f"{side} kidney label has a median of {median:.0f} HU, brighter than renal parenchyma in any "
-                   "contrast phase (about 300 HU at most): it lies on bone or contrast-filled vessels")
+        elif median is not None and median > kidney_max_hu:
+            why = (f"{side} kidney label has a median of {median:.0f} HU, brighter than renal parenchyma in this "
+                   f"study can be (at most about {kidney_max_hu:.0f} HU): it lies on bone or contrast-filled vessels")
         elif share is not None and share < KIDNEY_MIN_LOCATED_SHARE:
             why = (f"{side} kidney label: {1 - share:.0%} of it lies more than {KIDNEY_LOCATED_MARGIN_MM:g} mm from "
                    "the kidneys localisation found from the study's own intensities; the network is the likelier "

@@ -311,3 +311,31 @@ def test_training_phantoms_can_carry_a_left_renal_vein_behind_the_aorta(tmp_path
     assert len(courses) == 2 and set(courses) <= {"retroaortic", "circumaortic"}
     assert all("left_renal_vein" not in c["options"]
                for c in json.loads((tmp_path / "none" / "cases.json").read_text())["cases"])
+
+
+def test_training_phantoms_can_be_drawn_as_a_low_kvp_scan_shows_iodine(tmp_path):
+    """--iodine-gain G: each iodine tissue's HU above 40 times G (the aorta of an 80 kVp CTA
+    where 120 kVp shows 400), bone's less, fat and muscle as they were; the anatomy the same."""
+    from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, iodine_gain_ranges
+
+    ranges = iodine_gain_ranges(1.6)
+    assert ranges["aorta"] == pytest.approx((40 + 1.6 * 210, 40 + 1.6 * 460))
+    assert ranges["kidney_medulla"][0] == DEFAULT_INTENSITY_RANGES_HU["kidney_medulla"][0] == 40.0
+    assert ranges["bone_cortical"] == pytest.approx((400 * 1.36, 1200 * 1.36))
+    assert "fat" not in ranges and "muscle" not in ranges
+    assert iodine_gain_ranges(1.0) == {k: DEFAULT_INTENSITY_RANGES_HU[k] for k in ranges}
+    script = str(RECIPE.with_name("make_training_phantoms.py"))
+    common = ["--seeds", "9600-9600", "--phase", "arterial", "--spacing-mm", "3,3,3"]
+    for name, extra in (("plain", []), ("bright", ["--iodine-gain", "2"])):
+        subprocess.run([sys.executable, script, str(tmp_path / name), *common, *extra], check=True, capture_output=True)
+    image = {n: sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n / "image" / "roi_09600.nii.gz")))
+             for n in ("plain", "bright")}
+    tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain" / "tissue" / "roi_09600.nii.gz")))
+    assert np.array_equal(tissue, sitk.GetArrayFromImage(
+        sitk.ReadImage(str(tmp_path / "bright" / "tissue" / "roi_09600.nii.gz"))))
+    from renalseg.phantom.tissues import TISSUE_IDS
+
+    aorta, fat = tissue == TISSUE_IDS["aorta"], tissue == TISSUE_IDS["fat"]
+    plain, bright = (float(np.median(image[n][aorta])) for n in ("plain", "bright"))
+    assert bright - 40 == pytest.approx(2 * (plain - 40), rel=0.15)
+    assert np.median(image["bright"][fat]) == pytest.approx(np.median(image["plain"][fat]), abs=10)

@@ -513,8 +513,30 @@ def test_an_artery_label_brighter_than_contrast_gets_check():
     assert found[480.0]["verdict"] == "ok"
     assert found[1261.4]["verdict"] == "check"
     assert found[1261.4]["warnings"] == [("right kidney: the brightest tenth of the artery label is above 1261 HU, "
-                                          "brighter than contrast in an artery (at most about 800 HU): it holds bone, "
-                                          "calcification, metal or excreted contrast")]
+                                          "brighter than contrast in an artery (at most about 900 HU in this study): "
+                                          "it holds bone, calcification, metal or excreted contrast")]
+
+
+def test_a_study_with_a_bright_aorta_allows_brighter_arteries_and_kidneys_but_not_labels_as_bright_as_it():
+    """At 70-80 kVp or on low-keV dual-energy images iodine is far brighter (the aorta
+    600-1000 HU): an artery at 1000 HU and a kidney label with a median of 430 HU are what
+    contrast does there, not bone; a kidney label as bright as the aorta is still wrong."""
+    from renalseg.quality import kidney_label_facts
+
+    def kidney(median_hu):
+        g = Geometry((40, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        mask = np.zeros(g.shape_zyx, bool)
+        mask[10:30, 10:30, 10:30] = True
+        return kidney_label_facts(mask, g, np.full(g.shape_zyx, median_hu))
+
+    ordinary = ScanQuality("late_arterial", "", {"aorta": 420.0, "renal_cortex": 200.0}, _scan())
+    bright = ScanQuality("early_arterial", "", {"aorta": 1000.0, "renal_cortex": 450.0}, _scan())
+    assert judge(ordinary, {"right": {"artery_hu": 1000.0}})["verdict"] == "check"
+    assert judge(bright, {"right": {"artery_hu": 1000.0}})["verdict"] == "ok"
+    assert judge(bright, {"right": {"artery_hu": 1400.0}})["verdict"] == "check"  # above 1000 + 30%
+    assert judge(ordinary, {}, kidneys={"right": kidney(430.0)})["verdict"] == "unreliable"
+    assert judge(bright, {}, kidneys={"right": kidney(430.0)})["verdict"] == "ok"
+    assert judge(bright, {}, kidneys={"right": kidney(950.0)})["verdict"] == "unreliable"
 
 
 def test_artery_taken_away_as_too_bright_in_the_kidney_asks_for_a_check_from_a_stone_up():

@@ -133,6 +133,21 @@ def test_great_vessels_found_through_noise_and_a_bright_neighbour_touching_them(
         assert (found[name] & truth).any(axis=(1, 2)).all(), f"{name}: a slice without its root"
 
 
+def test_a_great_vessel_as_bright_as_a_low_kvp_aorta_is_a_vessel_and_bone_as_bright_is_not():
+    """At 70-80 kVp, or on low-keV dual-energy images, the aorta is 600-1000 HU: as bright as
+    a bone's cortex, but as bright throughout. Bone's tube is a bright cortex round darker
+    marrow, and is never a root."""
+    hu, aorta, ivc, _ = _great_vessel_scene(aorta_hu=850.0, ivc_hu=450.0)
+    hu += np.random.default_rng(1).normal(0.0, 30.0, hu.shape).astype(np.float32)
+    found = find_great_vessels(hu, SPACING, side="right")
+    for name, truth in (("aorta", aorta), ("ivc", ivc)):
+        assert (found[name] & truth).sum() / truth.sum() >= 0.95, name
+    zz, yy, xx = np.mgrid[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
+    radius = np.hypot(yy - 30, xx - 80)
+    hu[aorta] = np.where(radius[aorta] >= 8, 1100.0, 250.0)  # a vertebra-like tube in the aorta's place
+    assert find_great_vessels(hu, SPACING, side="right") == {}
+
+
 def test_no_great_vessels_in_a_real_unenhanced_ct():
     """The kidney atlas CT (real, un-enhanced, 3 mm; TotalSegmentator, CC BY 4.0): nothing
     but bone reaches 100 HU, and bone (its cortex above 700 HU) is not taken for a vessel."""
