@@ -50,7 +50,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU", "BONE_MEDIAN_SHARE", "AORTA_ALONE_MIN_HU"]
+__all__ = ["find_great_vessels", "GREAT_VESSEL_MIN_HU", "GREAT_VESSEL_MAX_HU", "BONE_MEDIAN_SHARE",
+           "AORTA_ALONE_MIN_HU"]
 
 log = logging.getLogger(__name__)
 

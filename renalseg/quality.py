@@ -142,12 +142,12 @@ KIDNEY_MAX_MEDIAN_HU = 350.0
 #: HU, a kidney label's median 430 HU on a phantom drawn with iodine at twice the default's
 #: attenuation), while a label on the contrast-filled vessels is as bright as the aorta
 KIDNEY_AORTA_SHARE = 0.7
-#: contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
+#: at 100-120 kVp contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
 #: brightest tenth (``artery_hu``) is brighter holds bone, calcification, metal or excreted contrast (held-out
 #: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)
+#: (or, in a study whose aorta is brighter, the brightest contrast its arteries can hold:
+#: :func:`renalseg.postprocess.artery_ceiling_hu` of the aorta's HU)
 ARTERY_MAX_LUMEN_HU = 900.0
-#: ... or, in a study whose aorta is brighter, the brightest contrast in its arteries can be
-#: (:func:`renalseg.postprocess.artery_ceiling_hu` of the aorta's HU)
 #: artery label taken away in the kidney as brighter than contrast in the study's arteries
 #: (:func:`renalseg.postprocess.drop_bright_artery`, ``bright_artery_in_kidney_ml``) from
 #: which the verdict asks for a check: a stone about 4-5 mm across. What the rule takes
@@ -1098,11 +1098,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
                                       "collecting system; it was left out of the artery. Check the branches in the "
                                       "renal sinus against the images"))
         if (u.get("artery_behind_aorta_ml") or 0) >= ARTERY_BEHIND_AORTA_CHECK_ML:
-            findings.append(("check", f"{side} kidney: {u['artery_behind_aorta_ml']:.2f} ml labelled artery lies behind "
-                                      "the aorta, towards its right, where no renal artery runs: a left renal vein "
-                                      "passing behind the aorta (retroaortic or circumaortic) may have been taken for "
-                                      "artery, and the renal artery lost beside it. Check the vessels behind the aorta "
-                                      "against the images"))
+            findings.append(("check", f"{side} kidney: {u['artery_behind_aorta_ml']:.2f} ml labelled artery lies "
+                                      "behind the aorta, towards its right, where no renal artery runs: a left renal "
+                                      "vein passing behind the aorta (retroaortic or circumaortic) may have been taken "
+                                      "for artery, and the renal artery lost beside it. Check the vessels behind the "
+                                      "aorta against the images"))
         if u.get("tta_dice") is not None and u["tta_dice"] < limits.tta_dice_check:
             findings.append(("check", f"{side} kidney: mirrored passes agree only to Dice {u['tta_dice']:.2f}"))
         if u.get("pieces", 0) > limits.max_pieces:

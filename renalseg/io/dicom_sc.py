@@ -3,20 +3,20 @@
 ``renalseg segment`` writes ``preview.sc.dcm`` (``preview.png``) and ``renalseg plan``
 writes ``plan.sc.dcm`` (``plan.png``) for a study read from DICOM. Many PACS viewers
 show no DICOM SEG overlay, but every one shows a Secondary Capture image: filed in the
-CT's study (its patient, study and frame of reference attributes copied by highdicom's
+CT's study (its patient and study attributes copied by highdicom's
 :meth:`highdicom.sc.SCImage.from_ref_dataset`), as a series of its own, the picture is
 where the radiologist and the surgeon already look.
 
 The image is the PNG's RGB pixels exactly (8 bits a sample, RLE Lossless, which every
 DICOM toolkit decodes: ``plan.png``'s flat colours shrink from 1.7 MB to 0.15 MB, the
-preview's grey MIPs from 0.9 to 0.6 MB). The series
-description says research use and, when the model card says so, that the weights were
-trained on synthetic phantoms; the derivation description names the source series.
+preview's grey MIPs from 0.9 to 0.6 MB). The series description says research use and,
+when the model card says so, that the weights were trained on synthetic phantoms; the
+derivation description names the source series.
 Burned In Annotation is ``YES`` when the picture's text may identify the patient (the
 preview's title is the study's name, a folder or file name).
 
-A series with EMPTY Study or Frame of Reference UIDs (anonymised exports) gets the
-UIDs :mod:`renalseg.io.dicom_seg` derives for its SEG, so the two land in one study.
+A series with an EMPTY Study Instance UID (anonymised exports) gets the UID
+:mod:`renalseg.io.dicom_seg` derives for its SEG, so the two land in one study.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def write_secondary_capture(picture: Image.Image | np.ndarray, source_files: Seq
 
     Returns:
         ``{"path", "sop_instance_uid", "series_instance_uid", "study_instance_uid",
-        "filled_in"}``; ``filled_in`` names the UIDs the source lacked and were derived.
+        "filled_in"}``; ``filled_in`` names the study and series UIDs the source lacked,
+        derived here.
 
     Raises:
         InputError: no source files, or a picture that is not RGB.

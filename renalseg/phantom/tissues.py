@@ -164,9 +164,11 @@ def iodine_gain_ranges(gain: float, ranges: dict[str, tuple[float, float]] | Non
     for tissue in IODINE_TISSUES:
         out[tissue] = tuple(UNENHANCED_HU + gain * (v - UNENHANCED_HU) if v > UNENHANCED_HU else v
                             for v in source[tissue])  # type: ignore[assignment]
+    calcium = 1.0 + _CALCIUM_SHARE * (gain - 1.0)
     for tissue in ("bone_cortical", "bone_trabecular", "calcification"):
-        out[tissue] = tuple(v * (1.0 + _CALCIUM_SHARE * (gain - 1.0)) for v in source[tissue])  # type: ignore[assignment]
+        out[tissue] = tuple(v * calcium for v in source[tissue])  # type: ignore[assignment]
     return out
+
 
 #: standard deviation (HU) of each tissue's smooth internal texture (mottled bowel
 #: content, trabecular pattern, splenic heterogeneity); 2 HU where not listed
