@@ -1631,7 +1631,7 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     if target is not None and (target / "plan.json").exists() and not overwrite:
         raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
     result = plan_labels(volume, mapping, rois=rois, config=config, name=sources["labels"], on_progress=on_progress)
-    verdict = None
+    verdict, report = None, None
     if sources["report"] is not None:
         report = json.loads(Path(sources["report"]).read_text())
         if tumour is None and tumour_at is None:  # the note is about segment's tumour
@@ -1645,7 +1645,7 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     if target is not None:
         from renalseg.plan_picture import render_plan
 
-        segmented = json.loads(Path(sources["report"]).read_text()) if sources["report"] and labels is None else None
+        segmented = report if labels is None else None  # the DICOM outputs reference segment's own study
         if dicom_seg and segmented is not None:
             result.plan["study"]["dicom_seg"] = _write_territory_dicom_seg(result, segmented, target)
         picture = render_plan(result)
