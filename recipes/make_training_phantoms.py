@@ -119,9 +119,8 @@ def main() -> None:
         t0 = time.perf_counter()
         options = {**(UNSEEN if args.unseen_intensities else {}), **artery_options(args.artery_hu)}
         if args.iodine_gain is not None:
-            base = {**DEFAULT_INTENSITY_RANGES_HU, **options.get("intensity_ranges_hu", {})}
-            options["intensity_ranges_hu"] = {**options.get("intensity_ranges_hu", {}),
-                                              **iodine_gain_ranges(args.iodine_gain, base)}
+            given = options.get("intensity_ranges_hu", {})
+            options["intensity_ranges_hu"] = {**given, **iodine_gain_ranges(args.iodine_gain, given)}
         if mix is not None:
             options["phase"] = draw_phase(seed, mix)
         if args.great_vessels:

@@ -969,7 +969,6 @@ def _write_preview_sc(result: Result, picture: Any, staging: Path) -> dict:
             synthetic_training_only=bool(result.report.get("model", {}).get("synthetic_training_only")),
             what="preview", identifying_text=True)
     except Exception as err:  # noqa: BLE001 - any failure of the copy leaves the results whole
-        (staging / "preview.sc.dcm").unlink(missing_ok=True)
         log.warning("no preview.sc.dcm: %s", err)
         return {"path": None, "reason": f"{type(err).__name__}: {err}"}
     written["path"] = "preview.sc.dcm"

@@ -1689,13 +1689,10 @@ def _write_plan_sc(result: PlanResult, picture: Any, report: Mapping, out_dir: P
     final.unlink(missing_ok=True)  # an earlier plan's: it is replaced, or goes with it
     try:
         files, _ = _source_series(report)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-            written = write_secondary_capture(
-                picture, files, Path(scratch) / "plan.sc.dcm", series_number=PLAN_SC_SERIES_NUMBER,
-                synthetic_training_only=bool((report.get("model") or {}).get("synthetic_training_only", True)),
-                what="plan", identifying_text=_names_a_file(result.plan))
-            Path(written["path"]).replace(final)
+        write_secondary_capture(  # written whole or not at all
+            picture, files, final, series_number=PLAN_SC_SERIES_NUMBER,
+            synthetic_training_only=bool((report.get("model") or {}).get("synthetic_training_only", True)),
+            what="plan", identifying_text=_names_a_file(result.plan))
     except Exception as err:  # noqa: BLE001 - a copy of plan.png: the plan is written whatever befalls it
         logger.warning("no plan.sc.dcm: %s", err)
         return {"path": None, "reason": str(err)}

@@ -316,7 +316,7 @@ def test_training_phantoms_can_carry_a_left_renal_vein_behind_the_aorta(tmp_path
 def test_training_phantoms_can_be_drawn_as_a_low_kvp_scan_shows_iodine(tmp_path):
     """--iodine-gain G: each iodine tissue's HU above 40 times G (the aorta of an 80 kVp CTA
     where 120 kVp shows 400), bone's less, fat and muscle as they were; the anatomy the same."""
-    from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, iodine_gain_ranges
+    from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, TISSUE_IDS, iodine_gain_ranges
 
     ranges = iodine_gain_ranges(1.6)
     assert ranges["aorta"] == pytest.approx((40 + 1.6 * 210, 40 + 1.6 * 460))
@@ -333,8 +333,6 @@ def test_training_phantoms_can_be_drawn_as_a_low_kvp_scan_shows_iodine(tmp_path)
     tissue = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain" / "tissue" / "roi_09600.nii.gz")))
     assert np.array_equal(tissue, sitk.GetArrayFromImage(
         sitk.ReadImage(str(tmp_path / "bright" / "tissue" / "roi_09600.nii.gz"))))
-    from renalseg.phantom.tissues import TISSUE_IDS
-
     aorta, fat = tissue == TISSUE_IDS["aorta"], tissue == TISSUE_IDS["fat"]
     plain, bright = (float(np.median(image[n][aorta])) for n in ("plain", "bright"))
     assert bright - 40 == pytest.approx(2 * (plain - 40), rel=0.15)

@@ -21,6 +21,7 @@ A series with an EMPTY Study Instance UID (anonymised exports) gets the UID
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from pydicom.uid import RLELossless
 from renalseg import __version__
 from renalseg.errors import InputError
 from renalseg.io.dicom_seg import _fill_uids, empty_type2, series_description
+from renalseg.io.output import atomic_write_bytes
 
 __all__ = ["write_secondary_capture", "PREVIEW_SC_SERIES_NUMBER", "PLAN_SC_SERIES_NUMBER"]
 
@@ -95,7 +97,9 @@ def write_secondary_capture(picture: Image.Image | np.ndarray, source_files: Seq
     number = f" (series number {source.SeriesNumber})" if str(source.get("SeriesNumber", "") or "").strip() else ""
     sc.DerivationDescription = (f"renalseg {__version__} {what} of CT series {source.SeriesInstanceUID}{number}:"
                                 " research use")[:1024]
-    sc.save_as(str(path))
+    buffer = io.BytesIO()
+    sc.save_as(buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # whole, or not at all
     return {"path": str(path), "sop_instance_uid": str(sc.SOPInstanceUID),
             "series_instance_uid": str(sc.SeriesInstanceUID), "study_instance_uid": str(sc.StudyInstanceUID),
             "filled_in": filled_in}

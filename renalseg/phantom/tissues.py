@@ -153,13 +153,15 @@ def iodine_gain_ranges(gain: float, ranges: dict[str, tuple[float, float]] | Non
     on the default phantoms (a 100-120 kVp CTA): about 1.3 at 100 kVp against 120, 1.6 at
     80 kVp, 1.9 at 70 kVp, and likewise on low-keV dual-energy images. Each iodine tissue's
     HU above :data:`UNENHANCED_HU` is multiplied by ``gain``, bone's and calcification's HU
-    by ``1 + 0.6 (gain - 1)``; fat, muscle, fluid and air are left as they are.
+    by ``1 + 0.6 (gain - 1)``; fat, muscle, fluid and air are left as they are. ``ranges``:
+    some tissues' ranges in place of :data:`DEFAULT_INTENSITY_RANGES_HU`'s (e.g. a fainter
+    artery's band), gained likewise.
 
     Example:
         >>> iodine_gain_ranges(2.0)["aorta"]
         (460.0, 960.0)
     """
-    source = dict(DEFAULT_INTENSITY_RANGES_HU if ranges is None else ranges)
+    source = {**DEFAULT_INTENSITY_RANGES_HU, **(ranges or {})}
     out: dict[str, tuple[float, float]] = {}
     for tissue in IODINE_TISSUES:
         out[tissue] = tuple(UNENHANCED_HU + gain * (v - UNENHANCED_HU) if v > UNENHANCED_HU else v
