@@ -1,9 +1,10 @@
-"""What ``labels.seg.dcm`` (DICOM SEG) and ``labels.seg.nrrd`` add to writing a full-size study.
+"""What ``labels.seg.dcm`` (DICOM SEG), ``labels.sr.dcm`` and ``labels.seg.nrrd`` add to writing a full-size study.
 
 A 512 × 512 × 400 CT series (0.7 × 0.7 × 0.8 mm, int16, one file per slice) is written
 with SimpleITK into a temporary folder; an artery-like label map (a trunk and 12
 branches, 2-4 mm across, spanning 250 slices, plus a kidney-sized second label
-when ``--two-labels``) is then written both ways, each timed three times (best kept).
+when ``--two-labels``) is then written both ways, each timed three times (best kept), and
+the volumes as a DICOM SR on that SEG's segments (what ``renalseg segment`` writes with it).
 
     python benchmarks/bench_interchange.py [--slices 400] [--two-labels]
 """
@@ -21,6 +22,7 @@ import SimpleITK as sitk
 from renalseg.geometry import Geometry
 from renalseg.io.dicom import read_dicom_study
 from renalseg.io.dicom_seg import write_dicom_seg
+from renalseg.io.dicom_sr import write_measurement_report
 from renalseg.io.slicer import write_seg_nrrd
 
 
@@ -80,10 +82,17 @@ def main() -> None:
         labels = tree_labels(shape, args.two_labels)
         names = {"0": "background", "1": "renal_artery", "2": "kidney"}
         print(f"labelled slices {int(labels.any(axis=(1, 2)).sum())}, voxels {int((labels > 0).sum())}")
+        segments: list = []
+        structures = {"artery" if value == 1 else "kidney": {"right": {"volume_ml": round(
+            float((labels == value).sum()) * geometry.voxel_volume_mm3 / 1000.0, 3)}}
+            for value in (1, 2) if (labels == value).any()}
         for name, write in (
-            ("labels.seg.dcm", lambda p: write_dicom_seg(labels, geometry, names, study.dicom_files, p,
-                                                         model_name="bench", weights_sha256="0" * 64,
-                                                         synthetic_training_only=True)),
+            ("labels.seg.dcm", lambda p: segments.__setitem__(slice(None), write_dicom_seg(
+                labels, geometry, names, study.dicom_files, p, model_name="bench", weights_sha256="0" * 64,
+                synthetic_training_only=True)["segments"])),
+            ("labels.sr.dcm", lambda p: write_measurement_report(
+                Path(tmp) / "labels.seg.dcm", segments, names, structures, p, model_name="bench",
+                weights_sha256="0" * 64, synthetic_training_only=True)),
             ("labels.seg.nrrd", lambda p: write_seg_nrrd(labels, geometry, names, p)),
         ):
             times = []

@@ -889,7 +889,8 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
     ``report.json``, ``preview.png`` and, when the result has them,
     ``probabilities.nii.gz`` (float32) and, for a DICOM study with ``dicom_seg``,
     ``labels.seg.dcm`` (a DICOM SEG referencing the source series;
-    :func:`renalseg.io.dicom_seg.write_dicom_seg`) and, with ``dicom_sc``,
+    :func:`renalseg.io.dicom_seg.write_dicom_seg`) with ``labels.sr.dcm`` (the volumes and
+    the tumour's diameter as a DICOM SR on its segments) and, with ``dicom_sc``,
     ``preview.sc.dcm`` (the preview as a Secondary Capture in the study, for PACS viewers
     that show no SEG; :func:`renalseg.io.dicom_sc.write_secondary_capture`). Built in a
     staging folder and renamed into place (:class:`renalseg.io.output.StagedDir`).
@@ -934,7 +935,7 @@ def write_outputs(result: Result, destination: Path | str, *, overwrite: bool = 
 
 
 def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dict:
-    """``labels.seg.nrrd`` and, for DICOM input, ``labels.seg.dcm``; their report entries."""
+    """``labels.seg.nrrd`` and, for DICOM input, ``labels.seg.dcm`` and ``labels.sr.dcm``; their report entries."""
     from renalseg.io.slicer import write_seg_nrrd
 
     labels = Volume.from_sitk(result.labels)
@@ -952,7 +953,27 @@ def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dic
                               synthetic_training_only=bool(model.get("synthetic_training_only")),
                               source_frames=result.source_frames)
     written["path"] = "labels.seg.dcm"
-    return {"dicom_seg": written}
+    return {"dicom_seg": written, "dicom_sr": _write_measurement_report(result, written, staging)}
+
+
+def _write_measurement_report(result: Result, seg: dict, staging: Path) -> dict:
+    """``labels.sr.dcm``: the structures' volumes and the tumour's diameter, per segment of
+    the SEG, as a DICOM Structured Report in the study (:mod:`renalseg.io.dicom_sr`); its
+    report entry. Like the Secondary Capture, a copy for PACS: when it cannot be made the
+    study's results are still written, and the entry says why."""
+    from renalseg.io.dicom_sr import write_measurement_report
+
+    model = result.report.get("model", {})
+    try:
+        written = write_measurement_report(
+            staging / "labels.seg.dcm", seg["segments"], result.label_names, result.report.get("structures", {}),
+            staging / "labels.sr.dcm", model_name=str(model.get("name") or "renalseg"),
+            weights_sha256=model.get("sha256"), synthetic_training_only=bool(model.get("synthetic_training_only")))
+    except Exception as err:  # noqa: BLE001 - any failure of the copy leaves the results whole
+        log.warning("no labels.sr.dcm: %s", err)
+        return {"path": None, "reason": f"{type(err).__name__}: {err}"}
+    written["path"] = "labels.sr.dcm"
+    return written
 
 
 def _write_preview_sc(result: Result, picture: Any, staging: Path) -> dict:

@@ -134,6 +134,14 @@ def test_dicom_seg_of_a_segmented_series_matches_the_label_map(tmp_path, analyti
     check_sc_iod(sc, np.asarray(Image.open(folder / "preview.png").convert("RGB")))
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesNumber == 9002
     assert report["dicom_sc"]["path"] == "preview.sc.dcm" and "preview.sc.dcm" in report["outputs"]
+    # the volumes as a Structured Report on the SEG's segment, the figures report.json gives
+    sr = read_measurement_report(folder / "labels.sr.dcm")
+    artery = report["structures"]["artery"]
+    assert sr["dataset"].StudyInstanceUID == source.StudyInstanceUID and report["dicom_sr"]["path"] == "labels.sr.dcm"
+    assert list(sr["groups"]) == [1] and sr["groups"][1]["seg"] == seg.SOPInstanceUID
+    assert sr["groups"][1]["figures"][("Volume", None)][0] == pytest.approx(
+        sum(f["volume_ml"] for f in artery.values()), abs=1e-3) and sr["groups"][1]["figures"][("Volume", None)][0] > 0
+    assert {side for _, side in sr["groups"][1]["figures"]} == {None} | {s.capitalize() for s in artery}
     # and --no-dicom-seg, --no-dicom-sc leave them out
     assert _segment(series, tmp_path / "out2", "--no-dicom-seg", "--no-dicom-sc").exit_code == 0
     assert not list((tmp_path / "out2" / "tube").glob("*.dcm"))
@@ -249,27 +257,97 @@ def test_a_series_without_every_patient_attribute_still_gets_its_seg_and_seconda
     result = _segment(tmp_path / "tube", tmp_path / "out")
     assert result.exit_code == 0, result.output
     folder = tmp_path / "out" / "tube"
-    for name in ("labels.seg.dcm", "preview.sc.dcm"):
+    for name in ("labels.seg.dcm", "preview.sc.dcm", "labels.sr.dcm"):
         ds = pydicom.dcmread(str(folder / name))
         assert (ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber) == ("PHANTOM^tube", "", "")
         assert ds.StudyInstanceUID == source.StudyInstanceUID
 
 
-def test_a_secondary_capture_that_cannot_be_made_leaves_the_results_whole(tmp_path, analytic_model, monkeypatch):
-    import renalseg.io.dicom_sc
+@pytest.mark.parametrize("module,writer,key,name", [
+    ("dicom_sc", "write_secondary_capture", "dicom_sc", "preview.sc.dcm"),
+    ("dicom_sr", "write_measurement_report", "dicom_sr", "labels.sr.dcm")])
+def test_a_pacs_copy_that_cannot_be_made_leaves_the_results_whole(tmp_path, analytic_model, monkeypatch,
+                                                                  module, writer, key, name):
+    import importlib
 
     def broken(*args, **kwargs):
         raise ValueError("no pixels today")
 
-    monkeypatch.setattr(renalseg.io.dicom_sc, "write_secondary_capture", broken)
+    monkeypatch.setattr(importlib.import_module(f"renalseg.io.{module}"), writer, broken)
     volume, _ = tube_ct()
     series = write_dicom_series(volume, tmp_path / "tube")
     assert _segment(series, tmp_path / "out").exit_code == 0
     folder = tmp_path / "out" / "tube"
     report = json.loads((folder / "report.json").read_text())
-    assert report["dicom_sc"] == {"path": None, "reason": "ValueError: no pixels today"}
+    assert report[key] == {"path": None, "reason": "ValueError: no pixels today"}
     assert {"labels.nii.gz", "labels.seg.dcm", "preview.png"} <= set(report["outputs"])
-    assert "preview.sc.dcm" not in report["outputs"] and not (folder / "preview.sc.dcm").exists()
+    assert name not in report["outputs"] and not (folder / name).exists()
+
+
+def read_measurement_report(path: Path) -> dict:
+    """A TID 1500 SR read back with highdicom: per referenced segment number, its structure code,
+    tracking identifier and ``{(name, laterality or None): (value, unit)}``."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(str(path)))
+    groups = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        segment = group.referenced_segment
+        figures = {}
+        for m in group.get_measurements():
+            sides = [s.laterality.meaning for s in (m.finding_sites or []) if s.laterality is not None]
+            name = m.name.meaning + (" (maximum)" if m.derivation is not None and m.derivation.meaning == "Maximum"
+                                     else "")
+            figures[(name, sides[0] if sides else None)] = (m.value, m.unit.value)
+        groups[int(segment.referenced_segment_numbers[0])] = {
+            "type": group.finding_type.value, "tracking": group.tracking_identifier,
+            "seg": segment.referenced_sop_instance_uid, "series": segment.source_series_for_segmentation.value,
+            "figures": figures}
+    return {"dataset": sr, "groups": groups}
+
+
+def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_segments(tmp_path):
+    """labels.sr.dcm: one TID 1500 group per SEG segment, naming it; the volume in all and per
+    side (laterality), the tumour's largest diameter per side; in the SEG's study, unverified."""
+    from renalseg.io.dicom_sr import write_measurement_report
+
+    study = read_dicom_study(require(DICOM_FIXTURE))
+    hu = sitk.GetArrayFromImage(study.image)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(hu > 200) & (np.indices(hu.shape)[2] < 256)] = 2  # "kidney"
+    labels[5:9, 200:240, 300:340] = 4  # "tumour"
+    names = {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery", "4": "tumour"}
+    seg = write_dicom_seg(labels, study.geometry, names, study.dicom_files, tmp_path / "x.seg.dcm",
+                          model_name="four", weights_sha256="ab" * 32, synthetic_training_only=True)
+    structures = {"kidney": {"right": {"volume_ml": 151.25}, "left": {"volume_ml": 0.0}},
+                  "tumour": {"right": {"volume_ml": 0.0, "largest_diameter_mm": 0.0},
+                             "left": {"volume_ml": 12.5, "largest_diameter_mm": 41.7}}}
+    info = write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, structures,
+                                    tmp_path / "x.sr.dcm", model_name="four", weights_sha256="ab" * 32,
+                                    synthetic_training_only=True)
+    back = read_measurement_report(tmp_path / "x.sr.dcm")
+    ds, groups = back["dataset"], back["groups"]
+    seg_ds = pydicom.dcmread(str(tmp_path / "x.seg.dcm"), stop_before_pixels=True)
+    assert ds.StudyInstanceUID == seg_ds.StudyInstanceUID and ds.SeriesNumber == 9004
+    assert ds.SeriesInstanceUID not in (seg_ds.SeriesInstanceUID, "") and ds.Modality == "SR"
+    assert (ds.VerificationFlag, ds.CompletionFlag) == ("UNVERIFIED", "COMPLETE")
+    assert ds.SeriesDescription == "renalseg volumes: research use; trained on synthetic phantoms"
+    numbers = {s["name"]: s["number"] for s in seg["segments"]}
+    assert set(groups) == {numbers["Kidney"], numbers["Kidney tumour"]}
+    kidney, tumour = groups[numbers["Kidney"]], groups[numbers["Kidney tumour"]]
+    assert kidney["seg"] == tumour["seg"] == seg_ds.SOPInstanceUID
+    assert kidney["series"] == seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID  # the CT series
+    assert (kidney["type"], tumour["type"]) == ("64033007", "108369006")  # SNOMED CT: kidney, neoplasm
+    assert kidney["figures"] == {("Volume", None): (151.25, "ml"), ("Volume", "Right"): (151.25, "ml"),
+                                 ("Volume", "Left"): (0.0, "ml")}
+    assert tumour["figures"] == {
+        ("Volume", None): (12.5, "ml"), ("Volume", "Right"): (0.0, "ml"), ("Volume", "Left"): (12.5, "ml"),
+        ("Diameter (maximum)", "Right"): (0.0, "mm"), ("Diameter (maximum)", "Left"): (41.7, "mm")}
+    assert [g["structure"] for g in info["groups"]] == ["kidney", "tumour"]
+    from renalseg.errors import InputError
+
+    with pytest.raises(InputError, match="x.seg.dcm"):  # nothing to report: refused, nothing written
+        write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, {}, tmp_path / "n.sr.dcm",
+                                 model_name="four", weights_sha256=None, synthetic_training_only=True)
+    assert not (tmp_path / "n.sr.dcm").exists()
 
 
 def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):
