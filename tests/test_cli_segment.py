@@ -58,8 +58,8 @@ def test_batch_with_one_corrupt_study(batch, tmp_path, analytic_model):
     assert len(analytic_model) == 1  # the model is loaded once per run
     for good in ("a", "c"):
         folder = out / good
-        # a DICOM SEG and the preview as a Secondary Capture for the DICOM study only
-        dicom = ["labels.seg.dcm", "preview.sc.dcm"] if good == "c" else []
+        # a DICOM SEG, its volumes as an SR and the preview as a Secondary Capture for the DICOM study only
+        dicom = ["labels.seg.dcm", "labels.sr.dcm", "preview.sc.dcm"] if good == "c" else []
         assert sorted(p.name for p in folder.iterdir()) == sorted([
             "labels.json", "labels.nii.gz", "labels.seg.nrrd", "preview.png", "report.json", *dicom])
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
