@@ -52,7 +52,9 @@ from renalseg.postprocess import (
     artery_ceiling_hu,
     artery_level_hu,
     drop_bright_artery,
+    drop_bright_parenchyma,
     drop_fluid_tumour,
+    parenchyma_ceiling_hu,
     probabilities_to_labels,
     reassign_by_topology,
     take_thin_branches,
@@ -288,7 +290,8 @@ COMPONENT_DEFINITION = (
     "pieces are counted as specks. export-mesh's tree.json and mesh bodies count the same way at its default "
     "--min-component-mm3. cleanup: what the segment clean-up removed per side (pieces farther than --max-gap-mm "
     "from the largest piece; pieces under --min-component-mm3; tumour pieces not touching the kidney, which "
-    "replace the largest-piece rule for the tumour)."
+    "replace the largest-piece rule for the tumour; kidney and tumour pieces brighter than renal parenchyma can be, "
+    "bright_parenchyma_*: vessels or bone the network took for them)."
 )
 
 
@@ -500,7 +503,10 @@ def segment_study(
     fluid_test = config.fluid_max_hu is not None and BY_KEY["tumour"].value in written.values()
     # ... and for the artery's ceiling (drop_bright_artery)
     bright_test = not config.keep_bright_artery and BY_KEY["artery"].value in written.values()
-    keep_box_hu = fluid_test or bright_test or BY_KEY["kidney"].value in written.values()
+    # ... and for kidney and tumour pieces brighter than parenchyma (drop_bright_parenchyma)
+    parenchyma_values = [BY_KEY[key].value for key in ("kidney", "tumour") if BY_KEY[key].value in
+                         channel_values.values()]
+    keep_box_hu = fluid_test or bright_test or bool(parenchyma_values) or BY_KEY["kidney"].value in written.values()
     box_hus: list[np.ndarray | None] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)
@@ -602,6 +608,12 @@ def segment_study(
 
         started = time.perf_counter()
         box_labels = channel_to_value[probabilities_to_labels(box_probabilities)]
+        # kidney and tumour on vessels or bone go first, before any step reads the kidney label
+        parenchyma: dict = {}
+        if parenchyma_values and box_hu is not None:
+            box_labels, parenchyma = drop_bright_parenchyma(
+                box_labels, values=parenchyma_values, hu=box_hu, spacing_xyz_mm=study_geometry.spacing_xyz_mm,
+                ceiling_hu=parenchyma_ceiling_hu(scan_quality.phase_hu.get("aorta")))
         changes: dict[int, dict] = {}
         aorta_on_grid: np.ndarray | None = None  # the aorta on the ROI's grid where found, for a look behind it
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
@@ -646,6 +658,7 @@ def segment_study(
             kidney=kidney, rooted=rooted)
         removed.update(fluid)
         removed.update(bright)
+        removed.update({k: v for k, v in parenchyma.items() if k != "bright_parenchyma_median_hu"})
         # merge with what another ROI already labelled in an overlapping box
         current = crop(labels, tuple(lo.tolist()), tuple((hi - lo).tolist()))
         merged = np.where(box_labels > 0, box_labels, current.array)
@@ -691,6 +704,11 @@ def segment_study(
             if not config.input_is_roi:  # a crop given as the ROI ends where the scan does
                 kidney_facts[roi.side]["roi_edges"] = quality.roi_edges_reached(
                     kidney_written | (box_labels == BY_KEY["tumour"].value), box, roi.grid, study_geometry)
+        if parenchyma.get("bright_parenchyma_ml"):  # what the network called kidney or tumour on vessels or bone
+            kidney_facts.setdefault(roi.side, {}).update({
+                "bright_removed_ml": parenchyma["bright_parenchyma_ml"],
+                "bright_removed_median_hu": parenchyma["bright_parenchyma_median_hu"],
+                "parenchyma_ceiling_hu": round(parenchyma_ceiling_hu(scan_quality.phase_hu.get("aorta")), 1)})
         timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)

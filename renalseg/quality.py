@@ -49,8 +49,10 @@ of view) and metal (voxels above 2500 HU near the kidneys, which streak).
 **The labels themselves** per side (:func:`kidney_label_facts`): a kidney label taller
 than any kidney, brighter than parenchyma, or lying mostly away from the kidneys that
 localisation found from the study's own intensities is wrong, and the kidney and tumour
-labels are then ``unreliable``; an artery label brighter than contrast can make an
-artery holds bone or calcification (``check``). A kidney or tumour label cut by its
+labels are then ``unreliable``, as they are where segment removed over 1 ml of kidney or
+tumour label brighter than parenchyma (:func:`renalseg.postprocess.drop_bright_parenchyma`);
+an artery label brighter than contrast can make an artery holds bone or calcification
+(``check``). A kidney or tumour label cut by its
 ROI's edge, with scan beyond it (:func:`roi_edges_reached`), may go on outside the
 region segmented (``check``).
 
@@ -155,6 +157,11 @@ ARTERY_MAX_LUMEN_HU = 900.0
 #: at most 0.055 ml, calcified plaques and the aorta's edge) is counted in report.json only
 #: (docs/validation.md, "Stones and excreted contrast")
 BRIGHT_ARTERY_CHECK_ML = 0.05
+#: kidney and tumour label removed as brighter than renal parenchyma can be
+#: (:func:`renalseg.postprocess.drop_bright_parenchyma`, ``bright_removed_ml``) from which the
+#: verdict is ``unreliable``: the network took vessels or bone for kidney, and what it kept
+#: is suspect too (44 held-out crops: none removed; the real CTA crop in tests/data: 161 ml)
+BRIGHT_PARENCHYMA_UNRELIABLE_ML = 1.0
 #: the kidney that localisation found from the study's own intensities (``KidneyROI.mask``,
 #: 3 mm grid), grown by this margin, should hold most of the network's kidney label ...
 KIDNEY_LOCATED_MARGIN_MM = 3.0
@@ -986,7 +993,9 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     makes a kidney label taller than :data:`KIDNEY_MAX_HEIGHT_MM`, with a median above
     :data:`KIDNEY_MAX_MEDIAN_HU` (or :data:`KIDNEY_AORTA_SHARE` of a brighter study's aorta), or
     with less than :data:`KIDNEY_MIN_LOCATED_SHARE` of it
-    near the kidneys localisation found ``unreliable``; they are reported as ``kidney_labels``.
+    near the kidneys localisation found ``unreliable``, as does a side's ``bright_removed_ml`` of
+    at least :data:`BRIGHT_PARENCHYMA_UNRELIABLE_ML` (kidney or tumour label segment removed as
+    brighter than parenchyma); they are reported as ``kidney_labels``.
     With ``kidneys`` (a model that labels kidney and tumour) the spacing and noise warnings
     also say a tumour may be labelled where there is none: on held-out phantoms at 3-5 mm
     slices or about 45 HU of noise the default weights labelled 9-20 ml of tumour in
@@ -1125,6 +1134,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         elif median is not None and median > kidney_max_hu:
             why = (f"{side} kidney label has a median of {median:.0f} HU, brighter than renal parenchyma in this "
                    f"study can be (at most about {kidney_max_hu:.0f} HU): it lies on bone or contrast-filled vessels")
+        elif (facts.get("bright_removed_ml") or 0) >= BRIGHT_PARENCHYMA_UNRELIABLE_ML:
+            why = (f"{side} kidney: {facts['bright_removed_ml']:.1f} ml the network labelled kidney or tumour was as "
+                   f"bright as contrast-filled vessels or bone (median {facts['bright_removed_median_hu']:.0f} HU, "
+                   f"above the {facts['parenchyma_ceiling_hu']:.0f} HU renal parenchyma reaches in this study) and "
+                   "was removed: the network misread this scan")
         elif share is not None and share < KIDNEY_MIN_LOCATED_SHARE:
             why = (f"{side} kidney label: {1 - share:.0%} of it lies more than {KIDNEY_LOCATED_MARGIN_MM:g} mm from "
                    "the kidneys localisation found from the study's own intensities; the network is the likelier "

@@ -215,6 +215,67 @@ def test_segment_drops_a_fluid_tumour_and_reports_it():
     assert (labels[4:16, 36:40, 6:18] == 4).all() and "fluid_tumour_pieces" not in cleanup
 
 
+def test_kidney_and_tumour_pieces_as_bright_as_contrast_filled_vessels_go_to_background():
+    """A kidney or tumour piece whose interior is brighter than parenchyma can be (the aorta,
+    bone) is removed; parenchyma at arterial-phase HU stays, a bright rim does not count, and
+    a study whose aorta is brighter (70-80 kVp) keeps a kidney as bright as iodine makes it."""
+    from renalseg.postprocess import drop_bright_parenchyma, parenchyma_ceiling_hu
+
+    labels = np.zeros((12, 12, 64), np.uint8)
+    hu = np.full(labels.shape, -100.0)
+    labels[1:11, 1:11, 0:10] = 2; hu[1:11, 1:11, 0:10] = 230.0  # a kidney, its cortex bright
+    hu[1:11, 1:11, 0] = 700.0; hu[1, 1:11, 0:10] = 700.0  # against bone: its rim
+    labels[1:11, 1:11, 14:24] = 4; hu[1:11, 1:11, 14:24] = 290.0  # a hypervascular tumour
+    labels[1:11, 1:11, 28:38] = 2; hu[1:11, 1:11, 28:38] = 520.0  # the aorta called kidney
+    labels[1:11, 1:11, 42:52] = 4; hu[1:11, 1:11, 42:52] = 480.0  # ... and a vessel called tumour
+    labels[1:11, 1:11, 54:64] = 2; hu[1:11, 1:11, 54:64] = 430.0  # a kidney at 70 kVp
+    noisy = hu + np.random.default_rng(0).normal(0, 20, labels.shape)
+    out, removed = drop_bright_parenchyma(labels, values=(2, 4), hu=noisy, ceiling_hu=parenchyma_ceiling_hu(480.0),
+                                          spacing_xyz_mm=(0.5, 0.5, 1.0))
+    assert np.array_equal(out[..., :28], labels[..., :28])
+    assert not out[..., 28:54].any()  # to background: no guess at what else it is
+    assert not out[..., 54:].any()  # 430 HU in a study whose aorta is 480: not parenchyma
+    assert removed["bright_parenchyma_pieces"] == 3
+    assert removed["bright_parenchyma_ml"] == pytest.approx(3 * 1000 * 0.25 / 1000)
+    assert 460 < removed["bright_parenchyma_median_hu"] < 540
+    out, removed = drop_bright_parenchyma(labels, values=(2, 4), hu=noisy, ceiling_hu=parenchyma_ceiling_hu(900.0),
+                                          spacing_xyz_mm=(0.5, 0.5, 1.0))
+    assert np.array_equal(out, labels) and removed["bright_parenchyma_pieces"] == 0  # an aorta of 900 HU: all kept
+    assert removed["bright_parenchyma_median_hu"] is None
+    with pytest.raises(UsageError, match="not on one grid"):
+        drop_bright_parenchyma(labels, values=(2,), hu=hu[:, :, :20], ceiling_hu=400.0, spacing_xyz_mm=(1, 1, 1))
+
+
+def test_segment_removes_a_kidney_label_on_a_bright_vessel_and_calls_the_study_unreliable():
+    """The network calling a contrast-filled vessel "kidney" (as the default weights do on the
+    real CTA crop in tests/data): the piece goes, the true kidney and tumour stay, and the
+    verdict says the network misread the scan."""
+    volume, truth = _four_class_ct()
+    hu = volume.array.copy()
+    hu[:, 2:38, 38:47] = 520  # a bright vessel beside the kidney (3.2 ml), which the model calls kidney
+
+    def vessel_as_kidney(batch: np.ndarray) -> np.ndarray:
+        out = _banded(batch)
+        bright = (batch[:, 0] * 2048.0 - 1024.0) >= 510  # the artery rod is at 500
+        out[:, 2][bright] = 1.0
+        out[:, 0][bright] = 0.0
+        return out
+
+    spec = ModelSpec(window_zyx=(16, 32, 32), classes=FOUR)
+    result = segment_study(Volume(hu, volume.geometry).to_sitk(), SegmentConfig(input_is_roi=True, side="right"),
+                           segmenter=Segmenter.from_predictor(vessel_as_kidney, spec))
+    labels = Volume.from_sitk(result.labels).array
+    assert np.array_equal(labels, truth)
+    cleanup = result.report["arteries"]["right"]["cleanup"]
+    assert cleanup["bright_parenchyma_pieces"] == 1
+    assert cleanup["bright_parenchyma_ml"] == pytest.approx(20 * 36 * 9 * 0.7 * 0.7 / 1000, abs=1e-4)
+    quality = result.report["quality"]
+    assert quality["verdict"] == "unreliable"
+    assert any(w.startswith("right kidney: ") and "was removed: the network misread this scan" in w
+               for w in quality["warnings"]), quality["warnings"]
+    assert quality["kidney_labels"]["right"]["bright_removed_median_hu"] == pytest.approx(520, abs=1)
+
+
 def test_artery_voxels_brighter_than_contrast_in_an_artery_go_to_the_kidney_and_the_rest_stays():
     """A stone (1100 HU) touching an artery (380 HU) and labelled artery with it: its voxels
     and, with a rim, the artery voxels next to them go to the most probable other class; the
