@@ -495,6 +495,25 @@ def test_a_kidney_label_on_the_bright_structures_of_a_real_cta_is_unreliable():
     assert result["kidney_labels"]["left"] == facts
 
 
+def test_kidney_or_tumour_removed_as_brighter_than_parenchyma_makes_the_study_unreliable_from_1_ml():
+    """Segment's removal of kidney and tumour label on vessels or bone (bright_removed_ml):
+    from 1 ml the network misread the scan, and the verdict says so with the figures; a
+    speck on the aorta's edge is only counted."""
+    scan = ScanQuality("late_arterial", "", {"aorta": 518.0, "renal_cortex": 200.0}, _scan())
+
+    def removed(ml):
+        facts = {"volume_ml": 52.5, "height_mm": 45.0, "median_hu": 99.0, "located_share": None,
+                 "bright_removed_ml": ml, "bright_removed_median_hu": 538.0, "parenchyma_ceiling_hu": 414.2}
+        return judge(scan, {}, kidneys={"left": facts})
+
+    assert removed(0.4)["verdict"] == "ok"
+    result = removed(quality.BRIGHT_PARENCHYMA_UNRELIABLE_ML)
+    assert result["verdict"] == "unreliable"
+    assert result["warnings"][0].startswith("left kidney: 1.0 ml the network labelled kidney or tumour was as bright "
+                                            "as contrast-filled vessels or bone (median 538 HU, above the 414 HU")
+    assert result["kidney_labels"]["left"]["bright_removed_ml"] == 1.0
+
+
 def test_the_kidney_label_height_is_head_to_foot_on_a_tilted_grid():
     # the grid's z axis tilted 60 degrees from the patient's head-foot axis: 100 slices of 1 mm
     # along it are 50 mm head to foot
