@@ -591,6 +591,7 @@ def segment_study(
     uncertainty: dict[str, dict[str, Any]] = {}
     kidney_facts: dict[str, dict[str, Any]] = {}  # the written kidney label of each ROI
     located = [roi.mask for roi in rois if roi.mask is not None]  # the kidneys localisation found
+    parenchyma_ceiling = parenchyma_ceiling_hu(scan_quality.phase_hu.get("aorta"))
     for (roi, lo, hi, roi_hu, probabilities), box_hu in zip(predicted, box_hus):
         # probabilities back onto the study's own voxels inside the (clipped) box
         started = time.perf_counter()
@@ -613,7 +614,7 @@ def segment_study(
         if parenchyma_values and box_hu is not None:
             box_labels, parenchyma = drop_bright_parenchyma(
                 box_labels, values=parenchyma_values, hu=box_hu, spacing_xyz_mm=study_geometry.spacing_xyz_mm,
-                ceiling_hu=parenchyma_ceiling_hu(scan_quality.phase_hu.get("aorta")))
+                ceiling_hu=parenchyma_ceiling)
         changes: dict[int, dict] = {}
         aorta_on_grid: np.ndarray | None = None  # the aorta on the ROI's grid where found, for a look behind it
         rooted: tuple[int, ...] = ()  # vessel values whose every piece reached its own root
@@ -708,7 +709,7 @@ def segment_study(
             kidney_facts.setdefault(roi.side, {}).update({
                 "bright_removed_ml": parenchyma["bright_parenchyma_ml"],
                 "bright_removed_median_hu": parenchyma["bright_parenchyma_median_hu"],
-                "parenchyma_ceiling_hu": round(parenchyma_ceiling_hu(scan_quality.phase_hu.get("aorta")), 1)})
+                "parenchyma_ceiling_hu": round(parenchyma_ceiling, 1)})
         timings["quality"] += time.perf_counter() - started
 
     sides = _artery_figures(labels, artery_values, rois, cleanups)

@@ -605,8 +605,8 @@ def drop_fluid_tumour(labels: np.ndarray, *, tumour_value: int, hu: np.ndarray,
 #: cortex in the arterial phase; held-out phantoms: every true kidney and tumour piece's
 #: interior median at most 290 HU): a kidney or tumour piece brighter than this lies on
 #: contrast-filled vessels or bone. On the real arterial CTA crop in tests/data the default
-#: weights' kidney and tumour pieces (0.4-69 ml) lie on the aorta, a great vessel and the
-#: spine at medians of 456-539 HU
+#: weights' kidney and tumour pieces (14, the largest 69 ml) lie on the aorta, a great vessel and the
+#: spine at medians of about 450-550 HU
 PARENCHYMA_MAX_HU = 400.0
 #: ... or, in a study whose aorta is brighter (70-80 kVp, low-keV images), this share of
 #: the aorta's HU: every true kidney and tumour piece of 6 held-out arterial crops drawn with
