@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from renalseg.phantom.render import finish_image
-from renalseg.phantom.tissues import DEFAULT_INTENSITY_RANGES_HU, TISSUES
+from renalseg.phantom.tissues import CALCULUS_HU, DEFAULT_INTENSITY_RANGES_HU, TISSUES
 from renalseg.volume import Volume
 
 __all__ = ["PHASE_RANGES_HU", "phase_intensities", "render_phase"]
@@ -58,6 +58,7 @@ def phase_intensities(phase: str, rng: np.random.Generator) -> dict[str, float]:
     out["ureter"] = out["collecting_system"]
     out["tumour"] = float(rng.uniform(20, 80))
     out["tumour_necrosis"] = float(rng.uniform(10, 35))  # a necrotic core enhances in no phase
+    out["calculus"] = float(rng.uniform(*CALCULUS_HU))  # nor does a stone (drawn last: the draws above unchanged)
     return out
 
 
