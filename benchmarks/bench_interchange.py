@@ -82,14 +82,17 @@ def main() -> None:
         labels = tree_labels(shape, args.two_labels)
         names = {"0": "background", "1": "renal_artery", "2": "kidney"}
         print(f"labelled slices {int(labels.any(axis=(1, 2)).sum())}, voxels {int((labels > 0).sum())}")
-        segments: list = []
+        segments: list = []  # the SEG's, for the SR written on it
         structures = {"artery" if value == 1 else "kidney": {"right": {"volume_ml": round(
             float((labels == value).sum()) * geometry.voxel_volume_mm3 / 1000.0, 3)}}
             for value in (1, 2) if (labels == value).any()}
+
+        def write_seg(path: Path) -> None:
+            segments[:] = write_dicom_seg(labels, geometry, names, study.dicom_files, path, model_name="bench",
+                                          weights_sha256="0" * 64, synthetic_training_only=True)["segments"]
+
         for name, write in (
-            ("labels.seg.dcm", lambda p: segments.__setitem__(slice(None), write_dicom_seg(
-                labels, geometry, names, study.dicom_files, p, model_name="bench", weights_sha256="0" * 64,
-                synthetic_training_only=True)["segments"])),
+            ("labels.seg.dcm", write_seg),
             ("labels.sr.dcm", lambda p: write_measurement_report(
                 Path(tmp) / "labels.seg.dcm", segments, names, structures, p, model_name="bench",
                 weights_sha256="0" * 64, synthetic_training_only=True)),

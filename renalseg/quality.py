@@ -160,7 +160,7 @@ BRIGHT_ARTERY_CHECK_ML = 0.05
 #: kidney and tumour label removed as brighter than renal parenchyma can be
 #: (:func:`renalseg.postprocess.drop_bright_parenchyma`, ``bright_removed_ml``) from which the
 #: verdict is ``unreliable``: the network took vessels or bone for kidney, and what it kept
-#: is suspect too (44 held-out crops: none removed; the real CTA crop in tests/data: 161 ml)
+#: is suspect too (50 held-out crops: none removed; the real CTA crop in tests/data: 247 ml)
 BRIGHT_PARENCHYMA_UNRELIABLE_ML = 1.0
 #: the kidney that localisation found from the study's own intensities (``KidneyROI.mask``,
 #: 3 mm grid), grown by this margin, should hold most of the network's kidney label ...
