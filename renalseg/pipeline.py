@@ -503,10 +503,11 @@ def segment_study(
     fluid_test = config.fluid_max_hu is not None and BY_KEY["tumour"].value in written.values()
     # ... and for the artery's ceiling (drop_bright_artery)
     bright_test = not config.keep_bright_artery and BY_KEY["artery"].value in written.values()
-    # ... and for kidney and tumour pieces brighter than parenchyma (drop_bright_parenchyma)
+    # ... and for kidney and tumour pieces brighter than parenchyma (drop_bright_parenchyma) and the
+    # written kidney label's median (a model that writes the kidney has its class)
     parenchyma_values = [BY_KEY[key].value for key in ("kidney", "tumour") if BY_KEY[key].value in
                          channel_values.values()]
-    keep_box_hu = fluid_test or bright_test or bool(parenchyma_values) or BY_KEY["kidney"].value in written.values()
+    keep_box_hu = fluid_test or bright_test or bool(parenchyma_values)
     box_hus: list[np.ndarray | None] = []
     for roi in rois:
         lo, hi = _clipped_box(roi, study_geometry.shape_zyx)

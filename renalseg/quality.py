@@ -144,6 +144,9 @@ KIDNEY_MAX_MEDIAN_HU = 350.0
 #: HU, a kidney label's median 430 HU on a phantom drawn with iodine at twice the default's
 #: attenuation), while a label on the contrast-filled vessels is as bright as the aorta
 KIDNEY_AORTA_SHARE = 0.7
+# (segment already removes each kidney or tumour piece brighter still, over
+# :func:`renalseg.postprocess.parenchyma_ceiling_hu`: 400 HU or 0.8 of the aorta; these
+# bounds judge what is left, a side's whole label, and so sit lower)
 #: at 100-120 kVp contrast-filled arteries stay below about 800 HU even in a dense bolus: an artery label whose
 #: brightest tenth (``artery_hu``) is brighter holds bone, calcification, metal or excreted contrast (held-out
 #: phantoms as written: 155-503 HU; the real chest CTA crop in tests/data: 1261 HU)

@@ -41,7 +41,6 @@ from renalseg.errors import InputError
 from renalseg.io.dicom_seg import series_description
 from renalseg.io.output import atomic_write_bytes
 from renalseg.io.terminology import structure_for
-from renalseg.labels import structure_kind
 
 __all__ = ["write_measurement_report", "SR_SERIES_NUMBER", "MILLILITRE"]
 
@@ -86,12 +85,11 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
         parameters=[f"weights_sha256={weights_sha256 or 'unknown'}"])
     groups, described = [], []
     for segment in segments:
-        name = str(label_names.get(str(segment["label_value"]), ""))
-        kind = structure_kind(name)
+        structure = structure_for(str(label_names.get(str(segment["label_value"]), "")))
+        kind = structure.kind
         per_side = structures.get(kind)
         if not per_side:
             continue
-        structure = structure_for(name)
         site = structure.region_code or structure.type_code
         measurements = [hd.sr.Measurement(name=codes.SCT.Volume, unit=MILLILITRE, value=round(
             sum(float(figures["volume_ml"]) for figures in per_side.values()), 3), algorithm_id=algorithm)]
