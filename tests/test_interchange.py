@@ -21,6 +21,7 @@ from renalseg.geometry import Geometry
 from renalseg.io.dicom import read_dicom_study
 from renalseg.io.dicom_seg import series_description, write_dicom_seg
 from renalseg.io.slicer import seg_nrrd_header
+from renalseg.io.terminology import structure_for
 
 runner = CliRunner()
 
@@ -286,7 +287,8 @@ def test_a_pacs_copy_that_cannot_be_made_leaves_the_results_whole(tmp_path, anal
 
 def read_measurement_report(path: Path) -> dict:
     """A TID 1500 SR read back with highdicom: per referenced segment number, its structure code,
-    tracking identifier and ``{(name, laterality or None): (value, unit)}``."""
+    tracking identifier and ``{(name, laterality or None): (value, unit)}``; per structure code of
+    a group without a segment, its qualitative evaluations."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(str(path)))
     groups = {}
     for group in sr.content.get_volumetric_roi_measurement_groups():
@@ -301,7 +303,10 @@ def read_measurement_report(path: Path) -> dict:
             "type": group.finding_type.value, "tracking": group.tracking_identifier,
             "seg": segment.referenced_sop_instance_uid, "series": segment.source_series_for_segmentation.value,
             "figures": figures}
-    return {"dataset": sr, "groups": groups}
+    absent = {group.finding_type.value: [(e.name.meaning, e.value.meaning) for e in group.get_qualitative_evaluations()
+                                         if e.name.meaning != "Finding category"]
+              for group in sr.content.get_image_measurement_groups()}
+    return {"dataset": sr, "groups": groups, "absent": absent}
 
 
 def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_segments(tmp_path):
@@ -341,7 +346,10 @@ def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_seg
     assert tumour["figures"] == {
         ("Volume", None): (12.5, "ml"), ("Volume", "Right"): (0.0, "ml"), ("Volume", "Left"): (12.5, "ml"),
         ("Diameter (maximum)", "Right"): (0.0, "mm"), ("Diameter (maximum)", "Left"): (41.7, "mm")}
-    assert [g["structure"] for g in info["groups"]] == ["kidney", "tumour"]
+    assert [g["structure"] for g in info["groups"]] == ["kidney", "tumour", "vein", "artery"]
+    # labels.json names the vein and the artery, the SEG has no segment of them: "not found", not left out
+    assert back["absent"] == {structure_for("renal_vein").type_code.value: [("Presence of property", "Absent")],
+                              structure_for("renal_artery").type_code.value: [("Presence of property", "Absent")]}
     from renalseg.errors import InputError
 
     with pytest.raises(InputError, match="x.seg.dcm"):  # nothing to report: refused, nothing written

@@ -14,7 +14,11 @@ opening ``report.json``:
 * in each group, the structure's volume (ml) in all, and its volume on each kidney's side,
   as a measurement whose finding site carries the laterality; for the tumour also the
   largest diameter (mm, derivation ``Maximum``) on each side. The figures are
-  ``report.json``'s ``structures`` block, the same numbers to the rounding there.
+  ``report.json``'s ``structures`` block, the same numbers to the rounding there;
+* for each structure ``labels.json`` names that has no segment (it was looked for and
+  none was labelled: no tumour, say), a group (TID 1501) of its codes with the
+  qualitative evaluation "Presence of property" = Absent, so that a reader sees "not found" rather than
+  a structure left out.
 
 A segment covers both sides (one per structure, as in the SEG), so the per-side figures are
 measurements of a part of it, said by their finding site; the total is the segment's own.
@@ -71,7 +75,8 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
 
     Returns:
         ``{"path", "sop_instance_uid", "series_instance_uid", "groups"}``; ``groups``
-        lists each group's segment number, structure and measurements in words.
+        lists each group's segment number (None for a structure not found), structure and
+        measurements in words.
 
     Raises:
         InputError: no segment with figures to report.
@@ -120,6 +125,19 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
     if not groups:
         raise InputError(f"No segment of {Path(seg_path).name} has figures in report.json's structures: "
                          "nothing to report.")
+    segmented = {str(segment["label_value"]) for segment in segments} | {"0"}  # 0: background
+    for value, name in label_names.items():
+        structure = structure_for(str(name))
+        if str(value) in segmented or structure.kind in {d["structure"] for d in described}:
+            continue
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.display_name[:64]),
+            finding_type=structure.type_code, finding_category=structure.category_code,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=structure.region_code)]
+            if structure.region_code is not None else None, algorithm_id=algorithm,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty,
+                                                                 value=codes.SCT.Absent)]))
+        described.append({"segment_number": None, "structure": structure.kind, "measurements": ["not found"]})
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
