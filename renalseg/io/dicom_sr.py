@@ -17,8 +17,8 @@ opening ``report.json``:
   ``report.json``'s ``structures`` block, the same numbers to the rounding there;
 * for each structure ``labels.json`` names that has no segment (it was looked for and
   none was labelled: no tumour, say), a group (TID 1501) of its codes with the
-  qualitative evaluation "Presence of property" = Absent, so that a reader sees "not found" rather than
-  a structure left out.
+  qualitative evaluation "Presence of property" = Absent, so that a reader sees "not
+  found" rather than a structure left out.
 
 A segment covers both sides (one per structure, as in the SEG), so the per-side figures are
 measurements of a part of it, said by their finding site; the total is the segment's own.
@@ -126,9 +126,10 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
         raise InputError(f"No segment of {Path(seg_path).name} has figures in report.json's structures: "
                          "nothing to report.")
     segmented = {str(segment["label_value"]) for segment in segments} | {"0"}  # 0: background
+    reported = {d["structure"] for d in described}
     for value, name in label_names.items():
         structure = structure_for(str(name))
-        if str(value) in segmented or structure.kind in {d["structure"] for d in described}:
+        if str(value) in segmented or structure.kind in reported:
             continue
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.display_name[:64]),
