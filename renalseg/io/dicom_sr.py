@@ -55,6 +55,13 @@ MILLILITRE = Code("ml", "UCUM", "milliliter")
 _LATERALITY = {"right": codes.SCT.Right, "left": codes.SCT.Left}
 
 
+def _region_site(structure: Any) -> list | None:
+    """A group's finding site: the structure's anatomic region, where it has one."""
+    import highdicom as hd
+
+    return None if structure.region_code is None else [hd.sr.FindingSite(anatomic_location=structure.region_code)]
+
+
 def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[str, Any]],
                              label_names: Mapping[str, str], structures: Mapping[str, Mapping[str, Mapping[str, Any]]],
                              path: Path | str, *, model_name: str, weights_sha256: str | None,
@@ -118,8 +125,7 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
                 segment_number=int(segment["number"]),
                 source_series=hd.sr.SourceSeriesForSegmentation(source_series)),
             finding_type=structure.type_code, finding_category=structure.category_code,
-            finding_sites=[hd.sr.FindingSite(anatomic_location=structure.region_code)]
-            if structure.region_code is not None else None,
+            finding_sites=_region_site(structure),
             algorithm_id=algorithm, measurements=measurements))
         described.append({"segment_number": int(segment["number"]), "structure": kind, "measurements": words})
     if not groups:
@@ -134,8 +140,7 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.display_name[:64]),
             finding_type=structure.type_code, finding_category=structure.category_code,
-            finding_sites=[hd.sr.FindingSite(anatomic_location=structure.region_code)]
-            if structure.region_code is not None else None, algorithm_id=algorithm,
+            finding_sites=_region_site(structure), algorithm_id=algorithm,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty,
                                                                  value=codes.SCT.Absent)]))
         described.append({"segment_number": None, "structure": structure.kind, "measurements": ["not found"]})
