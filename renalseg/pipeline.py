@@ -978,7 +978,7 @@ def _write_interchange(result: Result, staging: Path, *, dicom_seg: bool) -> dic
 
 def _write_measurement_report(result: Result, seg: dict, staging: Path) -> dict:
     """``labels.sr.dcm``: the structures' volumes and the tumour's diameter, per segment of
-    the SEG, as a DICOM Structured Report in the study (:mod:`renalseg.io.dicom_sr`); its
+    the SEG, and the quality verdict, as a DICOM Structured Report in the study (:mod:`renalseg.io.dicom_sr`); its
     report entry. Like the Secondary Capture, a copy for PACS: when it cannot be made the
     study's results are still written, and the entry says why."""
     from renalseg.io.dicom_sr import write_measurement_report
@@ -988,7 +988,8 @@ def _write_measurement_report(result: Result, seg: dict, staging: Path) -> dict:
         written = write_measurement_report(
             staging / "labels.seg.dcm", seg["segments"], result.label_names, result.report.get("structures", {}),
             staging / "labels.sr.dcm", model_name=str(model.get("name") or "renalseg"),
-            weights_sha256=model.get("sha256"), synthetic_training_only=bool(model.get("synthetic_training_only")))
+            weights_sha256=model.get("sha256"), synthetic_training_only=bool(model.get("synthetic_training_only")),
+            verdict=result.report.get("quality", {}).get("verdict"))
     except Exception as err:  # noqa: BLE001 - any failure of the copy leaves the results whole
         log.warning("no labels.sr.dcm: %s", err)
         return {"path": None, "reason": f"{type(err).__name__}: {err}"}

@@ -143,6 +143,7 @@ def test_dicom_seg_of_a_segmented_series_matches_the_label_map(tmp_path, analyti
     assert sr["groups"][1]["figures"][("Volume", None)][0] == pytest.approx(
         sum(f["volume_ml"] for f in artery.values()), abs=1e-3) and sr["groups"][1]["figures"][("Volume", None)][0] > 0
     assert {side for _, side in sr["groups"][1]["figures"]} == {None} | {s.capitalize() for s in artery}
+    assert sr["verdict"] == report["quality"]["verdict"]  # the warning the preview shows, beside the figures
     # and --no-dicom-seg, --no-dicom-sc leave them out
     assert _segment(series, tmp_path / "out2", "--no-dicom-seg", "--no-dicom-sc").exit_code == 0
     assert not list((tmp_path / "out2" / "tube").glob("*.dcm"))
@@ -288,7 +289,8 @@ def test_a_pacs_copy_that_cannot_be_made_leaves_the_results_whole(tmp_path, anal
 def read_measurement_report(path: Path) -> dict:
     """A TID 1500 SR read back with highdicom: per referenced segment number, its structure code,
     tracking identifier and ``{(name, laterality or None): (value, unit)}``; per structure code of
-    a group without a segment, its qualitative evaluations."""
+    a group without a segment, its qualitative evaluations; the quality verdict (its code value,
+    checked against the scheme the object declares) or None."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(str(path)))
     groups = {}
     for group in sr.content.get_volumetric_roi_measurement_groups():
@@ -303,10 +305,18 @@ def read_measurement_report(path: Path) -> dict:
             "type": group.finding_type.value, "tracking": group.tracking_identifier,
             "seg": segment.referenced_sop_instance_uid, "series": segment.source_series_for_segmentation.value,
             "figures": figures}
-    absent = {group.finding_type.value: [(e.name.meaning, e.value.meaning) for e in group.get_qualitative_evaluations()
-                                         if e.name.meaning != "Finding category"]
-              for group in sr.content.get_image_measurement_groups()}
-    return {"dataset": sr, "groups": groups, "absent": absent}
+    absent, verdict = {}, None
+    for group in sr.content.get_image_measurement_groups():
+        evaluations = [e for e in group.get_qualitative_evaluations() if e.name.meaning != "Finding category"]
+        if group.finding_type is not None:
+            absent[group.finding_type.value] = [(e.name.meaning, e.value.meaning) for e in evaluations]
+            continue
+        assert group.tracking_identifier == "Quality verdict" and len(evaluations) == 1
+        (e,) = evaluations
+        assert (e.name.scheme_designator, e.name.value, e.value.scheme_designator) == ("99RSEG", "verdict", "99RSEG")
+        assert "99RSEG" in {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence}
+        verdict = e.value.value
+    return {"dataset": sr, "groups": groups, "absent": absent, "verdict": verdict}
 
 
 def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_segments(tmp_path):
@@ -327,7 +337,7 @@ def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_seg
                              "left": {"volume_ml": 12.5, "largest_diameter_mm": 41.7}}}
     info = write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, structures,
                                     tmp_path / "x.sr.dcm", model_name="four", weights_sha256="ab" * 32,
-                                    synthetic_training_only=True)
+                                    synthetic_training_only=True, verdict="unreliable")
     back = read_measurement_report(tmp_path / "x.sr.dcm")
     ds, groups = back["dataset"], back["groups"]
     seg_ds = pydicom.dcmread(str(tmp_path / "x.seg.dcm"), stop_before_pixels=True)
@@ -346,7 +356,8 @@ def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_seg
     assert tumour["figures"] == {
         ("Volume", None): (12.5, "ml"), ("Volume", "Right"): (0.0, "ml"), ("Volume", "Left"): (12.5, "ml"),
         ("Diameter (maximum)", "Right"): (0.0, "mm"), ("Diameter (maximum)", "Left"): (41.7, "mm")}
-    assert [g["structure"] for g in info["groups"]] == ["kidney", "tumour", "vein", "artery"]
+    assert [g["structure"] for g in info["groups"]] == ["kidney", "tumour", "vein", "artery", "quality"]
+    assert back["verdict"] == "unreliable"  # the quality verdict rides with the figures a PACS shows
     # labels.json names the vein and the artery, the SEG has no segment of them: "not found", not left out
     assert back["absent"] == {structure_for("renal_vein").type_code.value: [("Presence of property", "Absent")],
                               structure_for("renal_artery").type_code.value: [("Presence of property", "Absent")]}
@@ -356,6 +367,10 @@ def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_seg
         write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, {}, tmp_path / "n.sr.dcm",
                                  model_name="four", weights_sha256=None, synthetic_training_only=True)
     assert not (tmp_path / "n.sr.dcm").exists()
+    with pytest.raises(ValueError, match="'fine'.*ok, check, unreliable"):  # only the three verdicts
+        write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, structures, tmp_path / "v.sr.dcm",
+                                 model_name="four", weights_sha256=None, synthetic_training_only=True, verdict="fine")
+    assert not (tmp_path / "v.sr.dcm").exists()
 
 
 def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):

@@ -18,7 +18,14 @@ opening ``report.json``:
 * for each structure ``labels.json`` names that has no segment (it was looked for and
   none was labelled: no tumour, say), a group (TID 1501) of its codes with the
   qualitative evaluation "Presence of property" = Absent, so that a reader sees "not
-  found" rather than a structure left out.
+  found" rather than a structure left out;
+* with ``verdict`` (``report.json``'s ``quality.verdict``), a group (TID 1501) holding it as
+  a qualitative evaluation, so that a figure read in a PACS carries the same warning as
+  the preview: ``ok``, ``check`` (check against the images before use) or ``unreliable``.
+  DICOM has no code for an algorithm's verdict on its own output (its quality-control
+  codes judge images), so the concept and its three values are renalseg's own codes, in a
+  private coding scheme (``99RSEG``, declared in the object's Coding Scheme
+  Identification); the reasons stay in ``report.json`` and on the preview.
 
 A segment covers both sides (one per structure, as in the SEG), so the per-side figures are
 measurements of a part of it, said by their finding site; the total is the segment's own.
@@ -46,13 +53,23 @@ from renalseg.io.dicom_seg import series_description
 from renalseg.io.output import atomic_write_bytes
 from renalseg.io.terminology import structure_for
 
-__all__ = ["write_measurement_report", "SR_SERIES_NUMBER", "MILLILITRE"]
+__all__ = ["write_measurement_report", "SR_SERIES_NUMBER", "MILLILITRE", "CODING_SCHEME", "QUALITY_VERDICT",
+           "VERDICT_CODES"]
 
 #: the SeriesNumber of ``labels.sr.dcm`` (the SEG is 9001, the Secondary Captures 9002-9003)
 SR_SERIES_NUMBER = 9004
 #: UCUM's millilitre (pydicom's code dictionary has no keyword for it)
 MILLILITRE = Code("ml", "UCUM", "milliliter")
 _LATERALITY = {"right": codes.SCT.Right, "left": codes.SCT.Left}
+#: renalseg's private coding scheme (DICOM leaves designators beginning "99" to private use)
+CODING_SCHEME = "99RSEG"
+#: the concept of the quality verdict's evaluation, and its value for each verdict
+QUALITY_VERDICT = Code("verdict", CODING_SCHEME, "renalseg quality verdict")
+VERDICT_CODES = {
+    "ok": Code("ok", CODING_SCHEME, "No quality check failed"),
+    "check": Code("check", CODING_SCHEME, "Check against the images before use"),
+    "unreliable": Code("unreliable", CODING_SCHEME, "Unreliable: not to be used uncorrected"),
+}
 
 
 def _region_site(structure: Any) -> list | None:
@@ -65,7 +82,7 @@ def _region_site(structure: Any) -> list | None:
 def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[str, Any]],
                              label_names: Mapping[str, str], structures: Mapping[str, Mapping[str, Mapping[str, Any]]],
                              path: Path | str, *, model_name: str, weights_sha256: str | None,
-                             synthetic_training_only: bool) -> dict:
+                             synthetic_training_only: bool, verdict: str | None = None) -> dict:
     """Write the structures' volumes (and the tumour's diameter) as a TID 1500 SR.
 
     Args:
@@ -79,6 +96,8 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
         path: where to write (``labels.sr.dcm``).
         model_name, weights_sha256: the algorithm identification.
         synthetic_training_only: say so in the series description.
+        verdict: the quality verdict (``ok``, ``check``, ``unreliable``), reported as a
+            group of its own; None leaves it out.
 
     Returns:
         ``{"path", "sop_instance_uid", "series_instance_uid", "groups"}``; ``groups``
@@ -87,8 +106,12 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
 
     Raises:
         InputError: no segment with figures to report.
+        ValueError: a verdict other than the three.
     """
     import highdicom as hd
+
+    if verdict is not None and verdict not in VERDICT_CODES:
+        raise ValueError(f"unknown quality verdict {verdict!r}; expected one of {', '.join(VERDICT_CODES)}")
 
     seg = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
     source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
@@ -144,6 +167,12 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty,
                                                                  value=codes.SCT.Absent)]))
         described.append({"segment_number": None, "structure": structure.kind, "measurements": ["not found"]})
+    if verdict is not None:
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Quality verdict"),
+            algorithm_id=algorithm,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=QUALITY_VERDICT, value=VERDICT_CODES[verdict])]))
+        described.append({"segment_number": None, "structure": "quality", "measurements": [f"verdict {verdict}"]})
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -159,6 +188,12 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
             evidence=[seg], content=content[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="renalseg", is_complete=True,
             is_final=False, is_verified=False, series_description=description[:64])
+    if verdict is not None:
+        scheme = pydicom.Dataset()
+        scheme.CodingSchemeDesignator = CODING_SCHEME
+        scheme.CodingSchemeName = "renalseg codes"
+        scheme.CodingSchemeResponsibleOrganization = "renalseg"
+        sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), scheme]
     sr.ManufacturerModelName = (model_name or "renalseg")[:64]
     sr.SoftwareVersions = __version__
     buffer = io.BytesIO()
