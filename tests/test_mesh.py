@@ -188,6 +188,58 @@ def test_cli_export_mesh(tmp_path):
     assert missing.exit_code == 2
 
 
+def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
+    """What `segment` writes by default (vein, kidney, artery, tumour): export-mesh meshes each
+    structure and its table shows the vessels' centerline and "–" for the solid ones, whose
+    tree.json entry has no centerline, instead of failing on them."""
+    labels = two_kidney_labels()
+    array = labels.array.copy()
+    array[6:24, 2:22, 40:58] = 2   # a kidney block on the left side
+    array[6:12, 2:8, 52:58] = 4    # a tumour in its corner
+    array[5:25, 10:14, 48:52] = 3  # the left artery running through it
+    array[array == 1] = 3
+    array[5:25, 17:20, 8:11] = 1   # a vein on the right
+    folder = tmp_path / "four"
+    write_image(labels.with_array(array), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps(
+        {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery", "4": "tumour"}))
+    (folder / "report.json").write_text(json.dumps({"status": "ok"}))
+    result = CliRunner().invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "out")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    written = {p.name for p in (tmp_path / "out" / "four").iterdir()}
+    assert {"kidney_left.stl", "tumour_left.stl", "renal_artery_left.stl", "renal_vein_right.stl"} <= written
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:8]]
+            for line in result.output.splitlines() if line.count("│") >= 8}
+    assert rows["kidney_left.stl"][2:] == rows["tumour_left.stl"][2:] == ["–", "–", "–"]
+    assert float(rows["renal_artery_left.stl"][2]) > 15 and rows["renal_vein_right.stl"][2] != "–"
+
+
+def test_a_bug_in_one_study_does_not_end_an_export_mesh_batch(tmp_path, monkeypatch):
+    """An unexpected error meshing one study is that study's failure: named on its red line as
+    a bug, nothing of it left in --out, the next study meshed, exit 1 (--debug raises it)."""
+    import renalseg.mesh
+
+    first, second = _segment_folder(tmp_path, "case01"), _segment_folder(tmp_path, "case02")
+    real = renalseg.mesh.export_meshes
+
+    def broken_on_case01(volume, out_dir, **kwargs):
+        if "case01" in str(out_dir):
+            raise KeyError("centerline_length_mm")
+        return real(volume, out_dir, **kwargs)
+
+    monkeypatch.setattr(renalseg.mesh, "export_meshes", broken_on_case01)
+    result = CliRunner().invoke(app, ["export-mesh", str(first), str(second), "--out", str(tmp_path / "out")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "case01: unexpected KeyError" in result.output and "a bug" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case02"]
+    assert (tmp_path / "out" / "case02" / "renal_artery_left.stl").exists()
+    debug = CliRunner().invoke(app, ["--debug", "export-mesh", str(first), "--out", str(tmp_path / "dbg")])
+    assert isinstance(debug.exception, KeyError) and not (tmp_path / "dbg" / "case01").exists()
+
+
 def test_real_aorta_mesh_overlays_the_dicom_ct():
     """The LAS-stored reference labels, meshed, land on the bright aorta of the DICOM CT."""
     from conftest import DICOM_FIXTURE, DICOM_REFERENCE_LABELS, require

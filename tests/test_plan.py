@@ -389,6 +389,33 @@ def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
     assert "Tumour planned: a sphere 12 mm across at LPS (58.0, -5.0, 334.0) mm" in page
 
 
+def test_a_bug_in_one_study_does_not_end_a_plan_batch(tmp_path, monkeypatch) -> None:
+    """An unexpected error planning one study of several is that study's failure, named as a
+    bug; the next one is planned and the command exits 1."""
+    import renalseg.plan
+
+    studies = []
+    for name in ("study_a", "study_b"):
+        study = tmp_path / name
+        write_image(_volume(_t_tree(tumour=True)), study / "labels.nii.gz")
+        (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                       "4": "kidney_tumour"}))
+        studies.append(study)
+    real = renalseg.plan.plan_study
+
+    def broken_on_a(study, **kwargs):
+        if study is not None and study.name == "study_a":
+            raise IndexError("index 3 is out of bounds")
+        return real(study, **kwargs)
+
+    monkeypatch.setattr(renalseg.plan, "plan_study", broken_on_a)
+    result = CliRunner().invoke(app, ["plan", *map(str, studies), "--out", str(tmp_path / "plans")])
+    assert result.exit_code == 1, result.output
+    assert "study_a: unexpected IndexError" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "plans" / "study_b" / "plan.json").exists()
+    assert not (tmp_path / "plans" / "study_a").exists()
+
+
 def _study_with_false_tumour(tmp_path):
     """A segment output folder whose tumour is false: a ball at the inferior end, where the
     true tumour (drawn by hand below) lies at the superior end, fed by segmental 1."""

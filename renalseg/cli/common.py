@@ -19,7 +19,7 @@ from rich.markup import escape
 from renalseg.errors import RenalsegError
 
 __all__ = ["console", "err_console", "STATE", "Terminated", "EXIT_SIGINT", "EXIT_SIGTERM", "handle_errors",
-           "print_error", "describe_error", "configure_logging", "say_empty_shard", "finish_batch",
+           "print_error", "describe_error", "study_failure", "configure_logging", "say_empty_shard", "finish_batch",
            "StudiesArgument", "OutOption", "OverwriteOption", "ShardOption", "SeriesOption", "JsonOption",
            "ForceOption"]
 
@@ -67,6 +67,19 @@ def describe_error(error: BaseException) -> str:
         return str(error)
     return (f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; error.json "
             "holds the traceback with --debug)")
+
+
+def study_failure(study_id: str, error: Exception) -> str:
+    """A study's failure in a command's own loop over studies (``export-mesh``, ``plan``,
+    ``report``): its red line printed and its message returned, so that the loop goes on
+    to the next study and the command exits 1. A bug (not a ``RenalsegError``) is named as
+    one, and re-raised under ``--debug`` for its traceback."""
+    if STATE["debug"] and not isinstance(error, RenalsegError):
+        raise error
+    message = str(error) if isinstance(error, RenalsegError) else (
+        f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; --debug shows the traceback)")
+    print_error(f"{study_id}: {message}")
+    return message
 
 
 class Terminated(BaseException):

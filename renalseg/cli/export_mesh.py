@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from renalseg.cli.common import configure_logging, console, err_console, handle_errors, print_error
+from renalseg.cli.common import configure_logging, console, err_console, handle_errors, study_failure
 
 __all__ = ["register", "resolve_label_input"]
 
@@ -91,7 +91,7 @@ def export_mesh(
 
     Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
     """
-    from renalseg.errors import RenalsegError, UsageError, check_choice
+    from renalseg.errors import UsageError, check_choice
     from renalseg.io.image import read_image
     from renalseg.io.plausibility import integer_labels
     from renalseg.io.output import StagedDir, check_writable_folder
@@ -117,10 +117,9 @@ def export_mesh(
                                         decimate=decimate, min_component_mm3=min_component_mm3)
         except UsageError:
             raise  # a bad option fails the same way for every study: exit 2 now
-        except RenalsegError as err:
+        except Exception as err:  # noqa: BLE001 - one study's failure, whatever it is, must not end the batch
             failed += 1
-            print_error(f"{study_id}: {err}")
-            summaries.append({"study_id": study_id, "status": "error", "error": str(err)})
+            summaries.append({"study_id": study_id, "status": "error", "error": study_failure(study_id, err)})
             continue
         final = out / study_id
         for mesh in summary["meshes"]:
@@ -130,9 +129,10 @@ def export_mesh(
         summaries.append(summary)
         for mesh in summary["meshes"]:
             tree = summary["trees"][mesh["name"]][mesh["side"]]
+            vessel = "centerline_length_mm" in tree  # a kidney or a tumour has no centerline ("–")
             table.add_row(study_id, Path(mesh["path"]).name, f"{mesh['faces']:,}", f"{mesh['volume_ml']:.2f}",
-                          f"{tree['centerline_length_mm']:.1f}", str(tree["branch_points"]),
-                          str(tree["end_points"]))
+                          f"{tree['centerline_length_mm']:.1f}" if vessel else "–",
+                          str(tree["branch_points"]) if vessel else "–", str(tree["end_points"]) if vessel else "–")
         if not summary["meshes"] and not quiet:
             err_console.print(f"{study_id}: no labelled voxels left to mesh (tree.json written).")
     if as_json:

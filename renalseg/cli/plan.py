@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from renalseg.cli.common import configure_logging, console, handle_errors, print_error
+from renalseg.cli.common import configure_logging, console, handle_errors, study_failure
 
 __all__ = ["register"]
 
@@ -111,12 +111,11 @@ def plan(
                 from renalseg.report import write_report
 
                 write_report(study, overwrite=True)  # the page must show the plan just written
-        except RenalsegError as err:
-            if len(jobs) == 1:
+        except Exception as err:  # noqa: BLE001 - one study's failure, whatever it is, must not end the batch
+            if len(jobs) == 1 and isinstance(err, RenalsegError):
                 raise
             failed += 1
-            print_error(f"{study_id}: {err}")
-            summary.append({"study": study_id, "status": "error", "error": str(err)})
+            summary.append({"study": study_id, "status": "error", "error": study_failure(study_id, err)})
             continue
         where = str(target or study)
         for kidney in result.plan["kidneys"]:

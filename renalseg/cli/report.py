@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renalseg.cli.common import configure_logging, console, err_console, handle_errors, print_error
+from renalseg.cli.common import configure_logging, console, err_console, handle_errors, study_failure
 
 __all__ = ["register"]
 
@@ -34,7 +34,7 @@ def report(
 
     Example: [bold]renalseg report results/patient01[/]
     """
-    from renalseg.errors import RenalsegError, UsageError
+    from renalseg.errors import UsageError
     from renalseg.report import _import_plotly, write_report
 
     configure_logging(quiet=quiet)
@@ -52,10 +52,9 @@ def report(
             page = write_report(study_dir, out, overwrite=overwrite)
         except UsageError:
             raise
-        except RenalsegError as err:
+        except Exception as err:  # noqa: BLE001 - one study's failure, whatever it is, must not end the batch
             failed += 1
-            print_error(f"{study_dir}: {err}")
-            rows.append({"study_dir": str(study_dir), "status": "error", "error": str(err)})
+            rows.append({"study_dir": str(study_dir), "status": "error", "error": study_failure(str(study_dir), err)})
             continue
         rows.append({"study_dir": str(study_dir), "status": "ok", "report": str(page),
                      "megabytes": round(page.stat().st_size / 1e6, 2),
