@@ -421,8 +421,9 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
                 stem = name if side == "all" else f"{name}_{side}"
                 centerlines.extend(_write_centerlines(out_dir, stem, polylines, space=space))
             if space == "ras":
-                for key in ("branch_points_mm", "end_points_mm"):
-                    trees[name][side][key] = [[-x, -y, z] for x, y, z in trees[name][side][key]]
+                for key in ("branch_points_mm", "end_points_mm"):  # a vessel's; a kidney has none
+                    if key in trees[name][side]:
+                        trees[name][side][key] = [[-x, -y, z] for x, y, z in trees[name][side][key]]
             if not kept.any():
                 continue
             mesh = mask_to_mesh(part_volume, smoothing_iterations=smoothing_iterations, decimate=decimate,

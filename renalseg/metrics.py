@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ __all__ = [
     "found_by_diameter",
     "structure_scores",
     "evaluate_case",
+    "evaluate_structures",
     "collect_label_files",
     "match_pairs",
     "evaluate_pairs",
@@ -197,7 +198,8 @@ def _select(volume: Volume, label: int | None, what: str) -> np.ndarray:
     if len(values) > 1:
         raise UsageError(
             f"The {what} has several labels {values}; say which one is the artery "
-            f"(--{'gt-label' if what == 'truth' else 'label'} N; KiPA22 truth: 3)."
+            f"(--{'gt-label' if what == 'truth' else 'label'} N; KiPA22 truth: 3), or score each "
+            "structure against KiPA22 truth with --structures artery,vein,kidney,tumour."
         )
     return array != 0
 
@@ -332,8 +334,66 @@ def _artery_value_beside(path: Path) -> int | None:
     return values[0] if len(values) == 1 else None
 
 
+def _structure_values_beside(path: Path, structures: Sequence[str]) -> dict[str, int | None]:
+    """Each structure's value in a prediction: from the ``labels.json`` beside a ``renalseg
+    segment`` label map (None for a structure it does not name), else the KiPA22 value."""
+    import json
+
+    from renalseg.labels import BY_KEY, values_of_kind
+
+    names = path.parent / "labels.json"
+    if not path.name.startswith("labels.") or not names.is_file():
+        return {key: BY_KEY[key].value for key in structures}
+    try:
+        table = json.loads(names.read_text(encoding="utf-8"))
+        found = {key: values_of_kind(table, key) for key in structures}
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{names}: cannot be read as a labels.json ({err}).") from err
+    return {key: (values[0] if len(values) == 1 else None) for key, values in found.items()}
+
+
+def evaluate_structures(pred: Volume, gt: Volume, values: Mapping[str, int | None], *, resample: bool = False,
+                        names: tuple[str, str] = ("prediction", "truth")) -> list[dict]:
+    """The metrics of each structure of a multi-structure prediction against KiPA22 truth.
+
+    Args:
+        pred, gt: label maps; the truth in KiPA22 values (1 renal vein, 2 kidney, 3 renal
+            artery, 4 tumour: :mod:`renalseg.labels`).
+        values: structure key → its value in ``pred`` (None: the prediction does not label
+            it, scored as empty).
+        resample, names: as :func:`evaluate_case`.
+
+    Returns:
+        One dict per structure: ``structure``, the metrics of :func:`evaluate_masks`,
+        ``pred_volume_ml``, ``gt_volume_ml`` and, for the vessels, :data:`FOUND_NAMES`.
+        A structure the truth does not hold (a case without a tumour) gets NaN metrics;
+        its ``pred_volume_ml`` is what was labelled there anyway.
+    """
+    from renalseg.labels import BY_KEY
+
+    if resample and not pred.geometry.is_same_grid(gt.geometry):
+        pred = _resample_nearest(pred, gt)
+    assert_same_grid(pred.geometry, gt.geometry, names=names)
+    spacing, voxel_ml = gt.geometry.spacing_xyz_mm, gt.geometry.voxel_volume_mm3 / 1000.0
+    rows = []
+    for key, value in values.items():
+        pred_mask = pred.array == value if value is not None else np.zeros(pred.array.shape, bool)
+        gt_mask = gt.array == BY_KEY[key].value
+        if gt_mask.any():
+            metrics = evaluate_masks(pred_mask, gt_mask, spacing)
+        else:
+            metrics = dict.fromkeys(METRIC_NAMES, math.nan)
+        row = {"structure": key, **metrics, "pred_volume_ml": round(float(pred_mask.sum()) * voxel_ml, 4),
+               "gt_volume_ml": round(float(gt_mask.sum()) * voxel_ml, 4)}
+        if key in ("artery", "vein"):  # the centerline by diameter is a vessel's figure
+            row.update(found_by_diameter(pred_mask, gt_mask, spacing))
+        rows.append(row)
+    return rows
+
+
 def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, resample: bool = False,
                    pred_label: int | None = None, gt_label: int | None = None,
+                   structures: Sequence[str] | None = None,
                    on_progress: Callable[[str], None] | None = None) -> list[dict]:
     """Evaluate every prediction against the truth file of the same case name.
 
@@ -342,10 +402,15 @@ def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, re
         resample: nearest-neighbour resampling of predictions onto the truth grid.
         pred_label, gt_label: see :func:`evaluate_case`; without ``pred_label`` a ``renalseg segment``
             folder's ``labels.json`` says which value is the artery.
+        structures: score these structures (keys of :data:`renalseg.labels.STRUCTURE_KEYS`)
+            instead, each against KiPA22 truth (:func:`evaluate_structures`); a ``renalseg
+            segment`` folder's ``labels.json`` gives their values in the prediction, KiPA22
+            otherwise.
         on_progress: called with each case name before it is evaluated.
 
     Returns:
-        One dict per case: ``case``, ``pred``, ``gt`` (paths) and the metrics.
+        One dict per case (per case and structure with ``structures``): ``case``, ``pred``,
+        ``gt`` (paths) and the metrics.
     """
     from renalseg.io.image import read_image
 
@@ -355,6 +420,12 @@ def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, re
             on_progress(name)
         pred = Volume.from_sitk(read_image(pred_path))
         gt = Volume.from_sitk(read_image(gt_path))
+        if structures:
+            values = _structure_values_beside(Path(pred_path), structures)
+            rows.extend({"case": name, "pred": str(pred_path), "gt": str(gt_path), **row}
+                        for row in evaluate_structures(pred, gt, values, resample=resample,
+                                                       names=(str(pred_path), str(gt_path))))
+            continue
         label = pred_label if pred_label is not None else _artery_value_beside(Path(pred_path))
         metrics = evaluate_case(pred, gt, pred_label=label, gt_label=gt_label, resample=resample,
                                 names=(str(pred_path), str(gt_path)))

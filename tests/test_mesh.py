@@ -213,6 +213,13 @@ def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
             for line in result.output.splitlines() if line.count("│") >= 8}
     assert rows["kidney_left.stl"][2:] == rows["tumour_left.stl"][2:] == ["–", "–", "–"]
     assert float(rows["renal_artery_left.stl"][2]) > 15 and rows["renal_vein_right.stl"][2] != "–"
+    # in RAS too: the vessels' points turn, the solid structures have none to turn
+    ras = CliRunner().invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "ras"), "--space", "ras"])
+    assert ras.exit_code == 0, ras.output
+    lps_tree, ras_tree = (json.loads((tmp_path / d / "four" / "tree.json").read_text())["trees"] for d in ("out", "ras"))
+    assert ras_tree["kidney"] == lps_tree["kidney"] and ras_tree["tumour"] == lps_tree["tumour"]
+    assert ras_tree["renal_artery"]["left"]["end_points_mm"] == [
+        [-x, -y, z] for x, y, z in lps_tree["renal_artery"]["left"]["end_points_mm"]]
 
 
 def test_a_bug_in_one_study_does_not_end_an_export_mesh_batch(tmp_path, monkeypatch):

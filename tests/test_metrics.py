@@ -195,6 +195,58 @@ def test_cli_evaluate_json_with_kipa_truth(tmp_path):
     assert case["dice"] == 0.0 and case["hd_mm"] is None
 
 
+def test_cli_evaluate_structures_scores_each_against_kipa_truth(tmp_path):
+    """--structures: one row per case and structure against KiPA22 truth, the prediction's
+    values from a segment folder's labels.json; a structure the truth lacks is n/a with the
+    volume labelled there; a structure the prediction does not label scores Dice 0."""
+    shape = (16, 18, 20)
+    kidney = sphere(shape, (6.0, 4.5, 8.0), 3.0)
+    tube = np.zeros(shape, bool)
+    tube[2:14, 2, 2] = True
+    truth = np.zeros(shape, np.uint8)
+    truth[kidney], truth[tube] = 2, 3  # KiPA22: 2 kidney, 3 artery; no vein, no tumour
+    written = truth.copy()
+    written[kidney & (np.indices(shape)[2] > 12)] = 4  # part of the kidney labelled tumour
+    geometry = _volume(kidney).geometry
+    write_image(Volume(truth, geometry), tmp_path / "truth" / "p01.nii.gz")
+    write_image(Volume(written, geometry), tmp_path / "results" / "p01" / "labels.nii.gz")
+    (tmp_path / "results" / "p01" / "labels.json").write_text(json.dumps(
+        {"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery", "4": "tumour"}))
+    # the artery-only model's folder: its artery is value 1 and it labels nothing else
+    artery_only = np.where(truth == 3, 1, 0).astype(np.uint8)
+    write_image(Volume(artery_only, geometry), tmp_path / "artery_only" / "p01" / "labels.nii.gz")
+    (tmp_path / "artery_only" / "p01" / "labels.json").write_text(json.dumps({"0": "background",
+                                                                              "1": "renal_artery"}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "results"), "--gt", str(tmp_path / "truth"),
+                                 "--structures", "all", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    rows = {r["structure"]: r for r in doc["cases"]}
+    assert list(rows) == ["artery", "vein", "kidney", "tumour"]
+    voxel_ml = geometry.voxel_volume_mm3 / 1000
+    kept = (written == 2).sum()
+    assert rows["artery"]["dice"] == 1.0 and rows["artery"]["found_0-2mm"] == 1.0
+    assert rows["kidney"]["dice"] == pytest.approx(2 * kept / (kept + kidney.sum()))
+    assert rows["vein"]["dice"] is None and rows["tumour"]["dice"] is None  # the truth holds neither
+    assert rows["tumour"]["pred_volume_ml"] == pytest.approx((written == 4).sum() * voxel_ml, abs=1e-4)
+    assert "found_0-2mm" not in rows["kidney"]
+    assert set(doc["summary"]) == {"artery", "vein", "kidney", "tumour"}
+    assert doc["summary"]["kidney"]["dice"]["n"] == 1 and doc["summary"]["tumour"]["dice"]["n"] == 0
+    only = runner.invoke(app, ["evaluate", str(tmp_path / "artery_only"), "--gt", str(tmp_path / "truth"),
+                               "--structures", "artery,kidney", "--json"])
+    assert only.exit_code == 0, only.output
+    scored = {r["structure"]: r["dice"] for r in json.loads(only.stdout)["cases"]}
+    assert scored == {"artery": 1.0, "kidney": 0.0}  # its artery found by labels.json, no kidney labelled
+    for bad, words in ((["--structures", "arteries"], "unknown structure"),
+                       (["--structures", "all", "--gt-label", "3"], "leave out --label")):
+        refused = runner.invoke(app, ["evaluate", str(tmp_path / "results"), "--gt", str(tmp_path / "truth"), *bad])
+        assert refused.exit_code == 2 and words in refused.output, refused.output
+    # without --structures a KiPA22 truth asks which value is the artery, and says --structures exists
+    plain = runner.invoke(app, ["evaluate", str(tmp_path / "artery_only"), "--gt", str(tmp_path / "truth")])
+    assert plain.exit_code == 2 and "--structures" in plain.output
+
+
 def _two_vessels(spacing_xyz=SPACING):
     """A thick (radius 2.5 mm) and a thin (radius 0.6 mm) rod along z, apart in x."""
     shape = (40, 30, 50)

@@ -46,6 +46,10 @@ def evaluate(
                                               "(default: the only non-zero value).")] = None,
     gt_label: Annotated[int | None, typer.Option("--gt-label", help="Artery value in the truth "
                                                  "(default: the only non-zero value; KiPA22: 3).")] = None,
+    structures: Annotated[str | None, typer.Option(
+        "--structures", help="Score each of these structures against KiPA22 truth (1 renal vein, 2 kidney, "
+        "3 renal artery, 4 tumour) instead of one artery label: 'artery,vein,kidney,tumour' or 'all'; a "
+        "segment folder's labels.json gives their values in the prediction.", show_default=False)] = None,
     resample: Annotated[bool, typer.Option(help="Resample predictions onto the truth grid (nearest neighbour) "
                                                 "when the grids differ.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print cases and summary as JSON on stdout.")] = False,
@@ -54,11 +58,16 @@ def evaluate(
     """The paper's metrics per case and mean ± std: Dice, MCD, MSD, HD, HD95 (mm).
 
     Pairs are matched by case name (file name, or folder name for segment output
-    folders); a single prediction and a single truth are paired as given.
+    folders); a single prediction and a single truth are paired as given. With
+    --structures, one row per case and structure and the mean ± std of each structure
+    (a case whose truth has no tumour: its tumour metrics n/a, the volume labelled
+    there given).
 
-    Example: [bold]renalseg evaluate results/ --gt data/label/ --gt-label 3 --out metrics.csv[/]
+    Example: [bold]renalseg evaluate results/ --gt data/label/ --gt-label 3 --out metrics.csv[/], or
+    for every structure against KiPA22 truth: [bold]renalseg evaluate results/ --gt kipa/label/ --structures all[/]
     """
     from renalseg.errors import OutputExistsError, UsageError
+    from renalseg.labels import STRUCTURE_KEYS, parse_structures
     from renalseg.io.output import atomic_write_json, atomic_write_text, check_writable_folder
     from renalseg.metrics import FOUND_LABELS, FOUND_NAMES, METRIC_NAMES, evaluate_pairs, summarize
 
@@ -73,10 +82,19 @@ def evaluate(
         if taken and not overwrite:
             raise OutputExistsError(f"{' and '.join(taken)} exist(s); pass --overwrite to replace, or choose "
                                     "another --out.")
-    rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label)
+    keys = None
+    if structures is not None:
+        if label is not None or gt_label is not None:
+            raise UsageError("--structures takes each structure's value from labels.json and KiPA22; "
+                             "leave out --label and --gt-label (they pick one artery value).")
+        keys = parse_structures(None if structures.strip().lower() == "all" else structures, STRUCTURE_KEYS)
+    rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label, structures=keys)
     names = (*METRIC_NAMES, *FOUND_NAMES)
-    summary = summarize(rows, keys=names)
-    columns = ["case", *names, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
+    if keys:
+        summary = {key: summarize([r for r in rows if r["structure"] == key], keys=names) for key in keys}
+    else:
+        summary = summarize(rows, keys=names)
+    columns = ["case", *(["structure"] if keys else []), *names, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
     if out is not None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -89,18 +107,36 @@ def evaluate(
         console.print_json(json.dumps(_json_safe({"cases": rows, "summary": summary})))
         return
     headers = {**_HEADERS, **dict(zip(FOUND_NAMES, FOUND_LABELS))}
-    table = Table("case", *(headers[m] for m in names))
-    for row in rows:
-        table.add_row(row["case"], *(_fmt(row[m], 4 if m == "dice" else 2) for m in names))
-    table.add_section()
-    table.add_row(f"mean ± std (n={len(rows)})", *(
-        f"{_fmt(summary[m]['mean'], 4 if m == 'dice' else 2)} ± {_fmt(summary[m]['std'], 4 if m == 'dice' else 2)}"
-        for m in names))
+
+    def mean_row(figures: dict, n: int) -> list[str]:
+        return [f"mean ± std (n={n})", *(f"{_fmt(figures[m]['mean'], 4 if m == 'dice' else 2)} ± "
+                                         f"{_fmt(figures[m]['std'], 4 if m == 'dice' else 2)}" for m in names)]
+
+    def figures_of(row: dict) -> list[str]:
+        return [_fmt(row.get(m, math.nan), 4 if m == "dice" else 2) for m in names]
+
+    if keys:
+        table = Table("structure", "case", *(headers[m] for m in names))
+        for key in keys:
+            of_key = [r for r in rows if r["structure"] == key]
+            for row in of_key:
+                table.add_row(key, row["case"], *figures_of(row))
+            table.add_row(key, *mean_row(summary[key], len(of_key)))
+            table.add_section()
+        undefined = any(summary[k][m]["n"] < sum(r["structure"] == k for r in rows) for k in keys for m in names)
+    else:
+        table = Table("case", *(headers[m] for m in names))
+        for row in rows:
+            table.add_row(row["case"], *figures_of(row))
+        table.add_section()
+        table.add_row(*mean_row(summary, len(rows)))
+        undefined = any(summary[m]["n"] < len(rows) for m in names)
     console.print(table)
     console.print(f"{', '.join(FOUND_LABELS)}: the share of the true centerline found (a predicted voxel within "
                   "one voxel), by vessel diameter.")
-    if any(summary[m]["n"] < len(rows) for m in names):
-        console.print("n/a: undefined (a mask empty, or no true vessel of that diameter); left out of the mean.")
+    if undefined:
+        console.print("n/a: undefined (a mask empty, no true vessel of that diameter, a structure the truth does "
+                      "not hold, or a centerline figure of a kidney or tumour); left out of the mean.")
     if out is not None:
         console.print(f"Wrote {out} and {out.with_suffix('.json')}.")
 
