@@ -265,6 +265,24 @@ def test_a_series_without_every_patient_attribute_still_gets_its_seg_and_seconda
         assert ds.StudyInstanceUID == source.StudyInstanceUID
 
 
+def test_a_one_part_patient_name_is_copied_into_every_dicom_object_without_a_warning(tmp_path, analytic_model):
+    """Anonymised exports name the patient in one part ("ANONYMOUS"): the SEG, the Secondary
+    Capture and the SR copy it as it is, and none of them warns about it on the way."""
+    import warnings
+
+    from renalseg.phantom.writer import write_dicom_series as write_phantom_series
+
+    volume, _ = tube_ct()
+    write_phantom_series(volume, tmp_path / "tube", uid_key="tube", patient_id="ANONYMOUS")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _segment(tmp_path / "tube", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
+    for name in ("labels.seg.dcm", "preview.sc.dcm", "labels.sr.dcm"):
+        assert pydicom.dcmread(str(tmp_path / "out" / "tube" / name)).PatientName == "ANONYMOUS"
+
+
 @pytest.mark.parametrize("module,writer,key,name", [
     ("dicom_sc", "write_secondary_capture", "dicom_sc", "preview.sc.dcm"),
     ("dicom_sr", "write_measurement_report", "dicom_sr", "labels.sr.dcm")])

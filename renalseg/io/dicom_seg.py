@@ -49,6 +49,7 @@ SliceThickness becomes the slice spacing) and the pipeline puts it in ``report.j
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -347,15 +348,17 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, label_names: dict[st
         placement = {"source_images": [first]}
     else:
         placement = {"source_images": list(datasets.values())}
-    seg = hd.seg.Segmentation(
-        **placement, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="renalseg",
-        manufacturer_model_name=(model_name or "renalseg")[:64], software_versions=__version__,
-        device_serial_number="none", content_label="RENALSEG",
-        content_description=(description or series_description(synthetic_training_only))[:64],
-        series_description=(description or series_description(synthetic_training_only))[:64],
-    )
+    with warnings.catch_warnings():  # a scanner's one-part patient name is copied as it is
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            **placement, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="renalseg",
+            manufacturer_model_name=(model_name or "renalseg")[:64], software_versions=__version__,
+            device_serial_number="none", content_label="RENALSEG",
+            content_description=(description or series_description(synthetic_training_only))[:64],
+            series_description=(description or series_description(synthetic_training_only))[:64],
+        )
     if several:
         _reference_source_frames(seg, datasets, source_files, source_frames, slice_of_position)
     seg.save_as(str(path))
