@@ -66,7 +66,7 @@ from renalseg.errors import InputError
 from renalseg.figures import largest_diameter_mm
 from renalseg.phantom import synthesize_abdomen, synthesize_roi
 from renalseg.phantom.territory import compare_plan
-from renalseg.plan import PlanConfig, plan_labels, tumour_pieces_at, tumour_sphere, with_tumour
+from renalseg.plan import PlanConfig, plan_labels, proposed_clamping, tumour_pieces_at, tumour_sphere, with_tumour
 from renalseg.tree import STRUCTURE_26
 from renalseg.volume import Volume
 
@@ -151,13 +151,33 @@ def fewest_summary(rows: list[dict]) -> dict:
 
 def clamping_facts(clamping: dict | None) -> dict:
     """How many branches the deepest candidates and the fewest clamps take, and the share
-    of the kidney each leaves without blood (None where there is no such option)."""
+    of the kidney each leaves without blood (None where there is no such option); the same
+    for what the plan proposes (its strategy)."""
     if not clamping:
         return {}
     fewest = clamping.get("fewest")
+    names, cost = proposed_clamping(clamping)
     return {"candidates": len(clamping["candidates"]), "candidates_ischaemic_percent": clamping["ischaemic_percent"],
             "fewest": len(fewest["branches"]) if fewest else None,
-            "fewest_ischaemic_percent": fewest["ischaemic_percent"] if fewest else None}
+            "fewest_ischaemic_percent": fewest["ischaemic_percent"] if fewest else None,
+            "proposed": len(names), "proposed_ischaemic_percent": cost["ischaemic_percent"]}
+
+
+def proposal_summary(rows: list[dict]) -> dict:
+    """What the plans propose, over the kidneys with a clamping: how often each strategy,
+    and the medians of branches clamped and of the kidney left without blood, against
+    the deepest candidates of the same kidneys."""
+    planned = [r for r in rows if r.get("proposed")]
+    if not planned:
+        return {}
+    return {"strategies": {k: sum(r["strategy"] == k for r in planned) for k in ("selective", "fewest", "main")},
+            "proposed_median": float(np.median([r["proposed"] for r in planned])),
+            "proposed_mean": round(float(np.mean([r["proposed"] for r in planned])), 2),
+            "deepest_candidates_mean": round(float(np.mean([r["candidates"] for r in planned])), 2),
+            "proposed_ischaemic_percent_median": round(float(np.median(
+                [r["proposed_ischaemic_percent"] for r in planned])), 2),
+            "deepest_candidates_ischaemic_percent_median": round(float(np.median(
+                [r["candidates_ischaemic_percent"] for r in planned])), 2)}
 
 
 @contextlib.contextmanager
@@ -243,6 +263,8 @@ def main() -> None:
     parser.add_argument("--kind", choices=("roi", "abdomen"), default="roi")
     parser.add_argument("--json", default=None, help="write per-case rows and the summary here")
     parser.add_argument("--segmental-max-share", type=float, default=PlanConfig.segmental_max_share)
+    parser.add_argument("--fewest-tolerance", type=float, default=PlanConfig.fewest_tolerance,
+                        help="PlanConfig.fewest_tolerance (share of the kidney)")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     parser.add_argument("--segment", metavar="WEIGHTS", default=None,
                         help="plan on what `renalseg segment --input-is-roi` writes with these weights (roi kind)")
@@ -283,7 +305,8 @@ def main() -> None:
             labels = with_given_tumour(labels, case.label, args.tumour_given)
         started = time.perf_counter()
         with recording_leaf_cells() if args.leaf_oracle else contextlib.nullcontext([]) as records:
-            result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share))
+            result = plan_labels(labels, KIPA, config=PlanConfig(segmental_max_share=args.segmental_max_share,
+                                                                 fewest_tolerance=args.fewest_tolerance))
         seconds.append(time.perf_counter() - started)
         oracle = leaf_oracle(case, records) if args.leaf_oracle else None
         for row in evaluate_case(case, result):
@@ -304,7 +327,8 @@ def main() -> None:
                                       f"{args.segment}" if args.segment else "true")
         + (f", true {', '.join(true)}" if true else "") + (f", tumour given as a {args.tumour_given}"
                                                           if args.tumour_given else ""),
-        "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share, "seeds": [args.seed, args.seed + args.cases - 1],
+        "phase": args.phase or "arterial (as drawn)", "cases": args.cases, "segmental_max_share": args.segmental_max_share,
+        "fewest_tolerance": args.fewest_tolerance, "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),
         "feeding_recall_micro": round(tp / max(tp + fn, 1), 3),
@@ -315,6 +339,7 @@ def main() -> None:
         **({"leaf_oracle_mean": round(float(np.mean([r["leaf_oracle"] for r in valid])), 3),
             "leaf_oracle_min": round(float(np.min([r["leaf_oracle"] for r in valid])), 3)} if args.leaf_oracle else {}),
         **fewest_summary(valid),
+        **proposal_summary(valid),
         "seconds_per_study_mean": round(float(np.mean(seconds)), 2),
         "seconds_per_study_max": round(float(np.max(seconds)), 2),
     }

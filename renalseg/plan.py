@@ -40,9 +40,10 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
    the fallback. *Fewest clamps*: the fewest branches (at most four, any level from
    the units up to the divisions) whose trees hold as much, leaving the least kidney
    without blood (a dynamic programme over the tree), named when they are fewer than
-   the candidates. The strategy is the candidates (``selective``), or when they would
-   leave nearly as much kidney without blood as the main artery (90%), the fewest
-   clamps (``fewest``) if those leave less, else the main artery (``main``).
+   the candidates. The strategy is the candidates (``selective``); the fewest clamps
+   (``fewest``) where they leave at most ``fewest_tolerance`` (5%) of the kidney more
+   without blood, or where the candidates would leave nearly as much as the main artery
+   (90%) and they leave less; else the main artery (``main``).
 
 ``plan.json`` (schema ``renalseg.plan/1``)::
 
@@ -53,7 +54,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                                             "dicom_seg": {"path", "reason"},    # with dicom_seg: territories.seg.dcm
                                             "dicom_sc": {"path", "reason"}},    # read from DICOM: plan.sc.dcm
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
-                  "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml"},
+                  "minor_share", "accessory_min_mm", "min_component_mm3", "min_tumour_piece_ml", "prune_factor",
+                  "fewest_tolerance"},
      "kidneys": [{                                   # one per side found
         "side": "left" | "right",
         "status": "planned" | "no_tumour" | "tumour_outside_kidney" | "no_kidney" | "no_artery",
@@ -202,6 +204,10 @@ class PlanConfig:
             as one without a tumour (status ``no_tumour``, with a note). ``0`` uses every
             piece.
         prune_factor: thinning spurs, as in :func:`renalseg.tree.analyze_tree`.
+        fewest_tolerance: the fewest clamps are proposed over the deepest candidates when
+            they take fewer branches and leave at most this share of the kidney more without
+            blood (each clamped branch is one more vessel to dissect free at the hilum);
+            ``0`` proposes them only when they cost no more kidney.
     """
 
     margin_mm: float = 5.0
@@ -213,8 +219,11 @@ class PlanConfig:
     min_component_mm3: float = 5.0
     min_tumour_piece_ml: float = 0.1
     prune_factor: float = 1.5
+    fewest_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0 <= self.fewest_tolerance <= 1:
+            raise UsageError(f"fewest_tolerance must be in [0, 1]; got {self.fewest_tolerance}.")
         for name in ("margin_mm", "min_tumour_piece_ml"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be ≥ 0; got {getattr(self, name)}.")
@@ -1355,7 +1364,10 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     fewest = _fewest_clamps(branches, roots, units, config.coverage * region_total - 1e-6)
     if fewest is not None and not (len(fewest[2]) < len(chosen) and fewest[1] < 0.9 * fallback_voxels):
         fewest = None
-    strategy = "selective" if selective else "fewest" if fewest is not None else "main"
+    # fewer vessels to dissect for (almost) the same kidney without blood: the fewest clamps
+    fewer = selective and fewest is not None and \
+        fewest[1] <= chosen_voxels + config.fewest_tolerance * kidney_total + 1e-9
+    strategy = "fewest" if fewer else "selective" if selective else "fewest" if fewest is not None else "main"
     entry["clamping"] = {
         "strategy": strategy,
         "coverage_percent": round(100 * covered, 2),
@@ -1373,10 +1385,20 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
                      "ischaemic_percent": round(100 * fallback_voxels / kidney_total, 2)},
     }
     if strategy == "fewest":
-        entry["notes"].append(
-            "the deepest branches holding the tumour would leave nearly as much kidney without blood as clamping "
-            f"the main artery; clamping {', '.join(entry['clamping']['fewest']['names'])} holds "
-            f"{entry['clamping']['fewest']['tumour_percent']:g}% of tumour + margin and is proposed.")
+        named = entry["clamping"]["fewest"]
+        if fewer:
+            entry["notes"].append(
+                f"clamping {', '.join(named['names'])} ({len(named['names'])} branch(es)) holds "
+                f"{named['tumour_percent']:g}% of tumour + margin and leaves {named['ischaemic_percent']:g}% of the "
+                f"kidney without blood, against {len(chosen)} branches and {entry['clamping']['ischaemic_percent']:g}% "
+                f"for the deepest candidates: {len(chosen) - len(named['names'])} vessel(s) fewer to dissect for "
+                f"{max(named['ischaemic_percent'] - entry['clamping']['ischaemic_percent'], 0.0):.2f} points more "
+                f"(at most {100 * config.fewest_tolerance:g} allowed), so it is proposed; the candidates stay listed.")
+        else:
+            entry["notes"].append(
+                "the deepest branches holding the tumour would leave nearly as much kidney without blood as clamping "
+                f"the main artery; clamping {', '.join(named['names'])} holds "
+                f"{named['tumour_percent']:g}% of tumour + margin and is proposed.")
         clamped = set(fewest[2])
         return entry, next_id, [ids[u] for u in units if u in clamped or _has_ancestor_in(branches, u, clamped)]
     if not selective:

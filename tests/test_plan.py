@@ -13,7 +13,8 @@ from renalseg.cli.app import app
 from renalseg.errors import GeometryError, InputError, UsageError
 from renalseg.geometry import Geometry
 from renalseg.io.image import write_image
-from renalseg.plan import PlanConfig, parse_label_map, plan_labels, plan_study, region_shares, tumour_region
+from renalseg.plan import (PlanConfig, parse_label_map, plan_labels, plan_study, proposed_clamping, region_shares,
+                           tumour_region)
 from renalseg.volume import Volume
 
 KIPA = {3: "artery", 2: "kidney", 4: "tumour"}
@@ -687,6 +688,34 @@ def test_the_fewest_clamps_are_a_cut_of_the_tree_that_holds_the_tumour() -> None
     # the proposal (20024): the territories drawn bright in plan.png lie under that division
     assert set(result.candidates) and all(
         any(b in fewest["branches"] for b in _ancestors_and_self(by_id, c)) for c in result.candidates)
+
+
+def test_fewer_clamps_for_about_the_same_kidney_are_proposed() -> None:
+    """Phantom 20016's fewest clamps (two branches) leave exactly the kidney its three deepest
+    candidates leave without blood, and 20022's two leave 0.37 points more than its four: each
+    is proposed, with a note saying what it saves and costs; the candidates stay listed. With
+    --fewest-tolerance-percent 0 only the one that costs nothing more is; 20000's single
+    division costs 11.5 points more and is not."""
+    from renalseg.phantom import synthesize_roi
+
+    expected = {20016: ("fewest", "fewest"), 20022: ("fewest", "selective"), 20000: ("selective", "selective")}
+    for seed, strategies in expected.items():
+        labels = synthesize_roi(seed, tumour=True).label
+        for tolerance, strategy in zip((0.05, 0.0), strategies):
+            (kidney,) = plan_labels(labels, KIPA, config=PlanConfig(fewest_tolerance=tolerance)).plan["kidneys"]
+            clamping = kidney["clamping"]
+            assert clamping["strategy"] == strategy, (seed, tolerance)
+            fewest = clamping["fewest"]
+            assert clamping["candidates"] and len(fewest["branches"]) < len(clamping["candidates"])
+            extra = fewest["ischaemic_percent"] - clamping["ischaemic_percent"]
+            assert (strategy == "fewest") == (extra <= 100 * tolerance + 1e-6)
+            said = [n for n in kidney["notes"] if "vessel(s) fewer to dissect" in n]
+            assert len(said) == (strategy == "fewest")
+            if said:
+                assert proposed_clamping(clamping)[0] == fewest["names"]
+                assert f"for {max(extra, 0):.2f} points more" in said[0]
+    with pytest.raises(UsageError, match="fewest_tolerance"):
+        PlanConfig(fewest_tolerance=-0.1)
 
 
 def _ancestors_and_self(by_id: dict, branch: int) -> list[int]:

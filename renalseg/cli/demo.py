@@ -221,6 +221,9 @@ def plan_lines(plan: dict) -> list[str]:
                 fewest = clamping["fewest"]
                 line += (f"; with the fewest clamps, {', '.join(fewest['names'])}, "
                          f"{fewest['ischaemic_ml']:.1f} ml ({fewest['ischaemic_percent']:.0f}%)")
+            elif clamping["strategy"] == "fewest" and clamping["candidates"]:
+                line += (f"; the deepest candidates, {len(clamping['candidates'])} branches, "
+                         f"{clamping['ischaemic_ml']:.1f} ml ({clamping['ischaemic_percent']:.0f}%)")
         lines.append(line)
     return lines
 

@@ -43,6 +43,10 @@ def plan(
     min_tumour_ml: Annotated[float, typer.Option(
         "--min-tumour-ml", min=0.0, help="Tumour pieces smaller than this (ml) are left out of the feeding branches "
         "and the clamping (listed as small pieces); 0 plans every piece.")] = 0.1,
+    fewest_tolerance_percent: Annotated[float, typer.Option(
+        "--fewest-tolerance-percent", min=0.0, max=100.0, help="Propose the fewest clamps (a division, say) over "
+        "the deepest candidates when they take fewer branches and leave at most this many points more of the "
+        "kidney without blood; 0: only when they cost no more.")] = 5.0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder, one sub-folder per study "
                                              "(default: into each study folder).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plan.")] = False,
@@ -96,7 +100,8 @@ def plan(
     if report and (out is not None or not studies):
         raise UsageError("--report writes the study folder's report.html with its plan: give STUDY_DIR and "
                          "no --out.")
-    config = PlanConfig(margin_mm=margin_mm, coverage=coverage, min_tumour_piece_ml=min_tumour_ml)
+    config = PlanConfig(margin_mm=margin_mm, coverage=coverage, min_tumour_piece_ml=min_tumour_ml,
+                        fewest_tolerance=fewest_tolerance_percent / 100)
     mapping = parse_label_map(label_map) if label_map is not None else None
     jobs = [(s, s.name) for s in studies] or [(None, labels.name.split(".")[0])]
     summary, failed = [], 0
