@@ -1273,7 +1273,6 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
             "region": _region_name(frame, c) if frame is not None and c is not None else None,
         })
     entry["roots"] = [ids[r] for r in roots]
-    by_id = {e["id"]: e for e in entry["branches"]}
 
     # -- territory map (segmental-level units)
     units: list[int] = []
