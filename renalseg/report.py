@@ -475,6 +475,7 @@ def _plan_section(study_dir: Path) -> str:
         given = study.get("tumour")
         parts.append(f"<div>Tumour planned: {_e(given)} <span class='muted'>(the 3D view shows the segmented "
                      "tumour)</span></div>" if given else "<div>Tumour planned: the segmented tumour.</div>")
+    parts += _proposals_html(plan)
     for title, words in (("Feeding branches", ("feed",)), ("Clamping candidates", ("candidat",)),
                          ("Fewest clamps", ("fewest",))):
         found = _find_keys(plan, words)
@@ -488,6 +489,30 @@ def _plan_section(study_dir: Path) -> str:
         text = text[:200_000] + "\n…"
     parts.append(f"<details><summary>plan.json</summary><pre>{_e(text)}</pre></details>")
     return "".join(parts)
+
+
+_STRATEGY_WORDS = {"selective": "the deepest branches holding the tumour", "fewest": "the fewest clamps",
+                   "main": "the main artery"}
+
+
+def _proposals_html(plan: object) -> list[str]:
+    """What ``renalseg plan`` proposes to clamp on each kidney, first, where the plan says it
+    (``clamping.strategy``); nothing for a plan.json of another shape."""
+    from renalseg.plan import proposed_clamping
+
+    lines = []
+    for kidney in plan.get("kidneys", []) if isinstance(plan, dict) else []:
+        clamping = kidney.get("clamping") if isinstance(kidney, dict) else None
+        if not isinstance(clamping, dict) or clamping.get("strategy") not in _STRATEGY_WORDS:
+            continue
+        try:
+            names, cost = proposed_clamping(clamping)
+            lines.append(f"<div><b>{_e(kidney['side'])} kidney</b>: clamp {_e(', '.join(names))}, leaving "
+                         f"{float(cost['ischaemic_percent']):g}% of the kidney without blood "
+                         f"<span class='muted'>({_e(_STRATEGY_WORDS[clamping['strategy']])})</span></div>")
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ["<h3 style='font-size:14px;margin:8px 0 4px 0'>Proposed clamping</h3>", *lines] if lines else []
 
 
 def _images_section(study_dir: Path) -> str:

@@ -380,7 +380,12 @@ def test_cli_plan_meshes_and_report_in_the_study_folder(tmp_path) -> None:
     assert stls == [f"territory_{v:03d}.stl" for v in values] and len(stls) == 2
     assert (study / "territories" / stls[0]).read_bytes()[:9] == b"SPACE=LPS"
     assert (study / "report.html").stat().st_size > 1000
-    assert "Tumour planned: the segmented tumour." in (study / "report.html").read_text(encoding="utf-8")
+    page = (study / "report.html").read_text(encoding="utf-8")
+    assert "Tumour planned: the segmented tumour." in page
+    (kidney,) = [k for k in json.loads((study / "plan.json").read_text())["kidneys"] if k["clamping"]]
+    names, cost = proposed_clamping(kidney["clamping"])  # what is proposed, first, in words
+    assert (f"<b>{kidney['side']} kidney</b>: clamp {', '.join(names)}, leaving "
+            f"{cost['ischaemic_percent']:g}% of the kidney without blood") in page
     refused = runner.invoke(app, ["plan", str(study), "--report", "--out", str(tmp_path / "elsewhere")])
     assert refused.exit_code == 2 and "--report" in refused.output
     given = runner.invoke(app, ["plan", str(study), "--tumour-at", "58,-5,334", "--tumour-diameter-mm", "12",
