@@ -1115,7 +1115,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
                 entry["notes"].append(f"{unreached_ml:.1f} ml of parenchyma is cut off from every artery branch; "
                                       "given to the nearest branch in a straight line.")
             leaf_of_voxel = np.where(domain, voxel_leaf, -1)
-        else:
+        else:  # the tree is listed, but nothing it supplies can be planned
+            if entry["status"] == "planned":
+                entry["status"] = "no_artery"
             entry["notes"].append(f"no artery branch reaches the {part.side} kidney in {name}: no territories.")
         if tumour.any():
             planned, small_pieces = _planned_tumour(tumour, voxel_ml, config.min_tumour_piece_ml)

@@ -169,6 +169,18 @@ def test_a_side_without_artery_is_named_and_the_other_side_planned() -> None:
     assert any("no artery label on the right side in seg.nii.gz" in n for n in by_side["right"]["notes"])
 
 
+def test_an_artery_that_stops_short_of_the_kidney_is_no_artery_for_it() -> None:
+    """The network's artery may end before the kidney (a gap it left): the tree is listed,
+    but no territory, feeding branch or clamp can come of it, so the kidney is not called
+    planned (a surgeon reading the summary would take "planned" for a plan)."""
+    labels = _t_tree(tumour=True)
+    labels[(labels == 3) & (np.indices(labels.shape)[2] >= 24)] = 0  # the trunk stops 6 mm short of the kidney
+    (kidney,) = plan_labels(_volume(labels), KIPA, name="seg.nii.gz").plan["kidneys"]
+    assert kidney["status"] == "no_artery" and kidney["branches"]
+    assert not kidney["territories"] and kidney["clamping"] is None
+    assert "no artery branch reaches the left kidney in seg.nii.gz: no territories." in kidney["notes"]
+
+
 def test_a_second_kidney_piece_on_the_same_side_is_not_taken_for_the_other_kidney() -> None:
     """A piece labelled kidney above the kidney (the spleen, say) must not become the
     "other" kidney and take the side's name away from the kidney and its artery."""
