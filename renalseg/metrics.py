@@ -318,8 +318,9 @@ def match_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str]) -> list[
     return [(name, pred_files[name], gt_files[name]) for name in sorted(pred_files)]
 
 
-def _artery_value_beside(path: Path) -> int | None:
-    """The artery's value from the ``labels.json`` beside a ``renalseg segment`` label map, if there is one."""
+def _values_beside(path: Path, structures: Sequence[str], *, hint: str = "") -> dict[str, int | None] | None:
+    """Each structure's value from the ``labels.json`` beside a ``renalseg segment`` label map
+    (None for one it does not name, or names twice); None when there is no such file."""
     import json
 
     from renalseg.labels import values_of_kind
@@ -328,28 +329,26 @@ def _artery_value_beside(path: Path) -> int | None:
     if not path.name.startswith("labels.") or not names.is_file():
         return None
     try:
-        values = values_of_kind(json.loads(names.read_text(encoding="utf-8")), "artery")
+        table = json.loads(names.read_text(encoding="utf-8"))
+        found = {key: values_of_kind(table, key) for key in structures}
     except (OSError, ValueError, AttributeError) as err:
-        raise UsageError(f"{names}: cannot be read as a labels.json ({err}); pass --label N.") from err
-    return values[0] if len(values) == 1 else None
+        raise UsageError(f"{names}: cannot be read as a labels.json ({err}){hint}.") from err
+    return {key: (values[0] if len(values) == 1 else None) for key, values in found.items()}
+
+
+def _artery_value_beside(path: Path) -> int | None:
+    """The artery's value from the ``labels.json`` beside a ``renalseg segment`` label map, if there is one."""
+    values = _values_beside(path, ("artery",), hint="; pass --label N")
+    return None if values is None else values["artery"]
 
 
 def _structure_values_beside(path: Path, structures: Sequence[str]) -> dict[str, int | None]:
     """Each structure's value in a prediction: from the ``labels.json`` beside a ``renalseg
     segment`` label map (None for a structure it does not name), else the KiPA22 value."""
-    import json
+    from renalseg.labels import BY_KEY
 
-    from renalseg.labels import BY_KEY, values_of_kind
-
-    names = path.parent / "labels.json"
-    if not path.name.startswith("labels.") or not names.is_file():
-        return {key: BY_KEY[key].value for key in structures}
-    try:
-        table = json.loads(names.read_text(encoding="utf-8"))
-        found = {key: values_of_kind(table, key) for key in structures}
-    except (OSError, ValueError, AttributeError) as err:
-        raise UsageError(f"{names}: cannot be read as a labels.json ({err}).") from err
-    return {key: (values[0] if len(values) == 1 else None) for key, values in found.items()}
+    values = _values_beside(path, structures)
+    return {key: BY_KEY[key].value for key in structures} if values is None else values
 
 
 def evaluate_structures(pred: Volume, gt: Volume, values: Mapping[str, int | None], *, resample: bool = False,

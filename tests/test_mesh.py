@@ -188,16 +188,23 @@ def test_cli_export_mesh(tmp_path):
     assert missing.exit_code == 2
 
 
-def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
-    """What `segment` writes by default (vein, kidney, artery, tumour): export-mesh meshes each
-    structure and its table shows the vessels' centerline and "–" for the solid ones, whose
-    tree.json entry has no centerline, instead of failing on them."""
-    labels = two_kidney_labels()
+def _kidney_tumour_artery(labels: Volume) -> np.ndarray:
+    """``two_kidney_labels``' tubes as arteries (KiPA22 3), with a kidney block and a tumour
+    in its corner on the left side, the left artery running through the kidney."""
     array = labels.array.copy()
     array[6:24, 2:22, 40:58] = 2   # a kidney block on the left side
     array[6:12, 2:8, 52:58] = 4    # a tumour in its corner
     array[5:25, 10:14, 48:52] = 3  # the left artery running through it
     array[array == 1] = 3
+    return array
+
+
+def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
+    """What `segment` writes by default (vein, kidney, artery, tumour): export-mesh meshes each
+    structure and its table shows the vessels' centerline and "–" for the solid ones, whose
+    tree.json entry has no centerline, instead of failing on them."""
+    labels = two_kidney_labels()
+    array = _kidney_tumour_artery(labels)
     array[5:25, 17:20, 8:11] = 1   # a vein on the right
     folder = tmp_path / "four"
     write_image(labels.with_array(array), folder / "labels.nii.gz")
@@ -329,11 +336,7 @@ def test_tree_json_describes_a_kidney_and_a_tumour_by_pieces_and_volume_not_a_sk
     tree.json gives solid structures their components and volume only, and their meshes
     are written as before; the artery keeps its centerline."""
     labels = two_kidney_labels()
-    array = labels.array.copy()
-    array[6:24, 2:22, 40:58] = 2   # a kidney block on the left side
-    array[6:12, 2:8, 52:58] = 4    # a tumour in its corner
-    array[5:25, 10:14, 48:52] = 3  # the left artery running through it
-    array[array == 1] = 3
+    array = _kidney_tumour_artery(labels)
     names = {1: "renal_vein", 2: "kidney", 3: "renal_artery", 4: "tumour"}
     summary = export_meshes(labels.with_array(array), tmp_path, label_names=names)
     tree = json.loads((tmp_path / "tree.json").read_text())["trees"]
