@@ -223,7 +223,8 @@ def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
     # in RAS too: the vessels' points turn, the solid structures have none to turn
     ras = CliRunner().invoke(app, ["export-mesh", str(folder), "--out", str(tmp_path / "ras"), "--space", "ras"])
     assert ras.exit_code == 0, ras.output
-    lps_tree, ras_tree = (json.loads((tmp_path / d / "four" / "tree.json").read_text())["trees"] for d in ("out", "ras"))
+    lps_tree, ras_tree = (json.loads((tmp_path / d / "four" / "tree.json").read_text())["trees"]
+                          for d in ("out", "ras"))
     assert ras_tree["kidney"] == lps_tree["kidney"] and ras_tree["tumour"] == lps_tree["tumour"]
     assert ras_tree["renal_artery"]["left"]["end_points_mm"] == [
         [-x, -y, z] for x, y, z in lps_tree["renal_artery"]["left"]["end_points_mm"]]
