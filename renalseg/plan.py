@@ -343,7 +343,10 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
                              "pass --label-map \"3:artery,2:kidney,4:tumour\".")
         label_map = label_map_from_names(json.loads(names_path.read_text()))
         if "artery" not in label_map.values():
-            raise UsageError(f"{names_path} names no artery label; pass --label-map \"3:artery,2:kidney,4:tumour\".")
+            raise UsageError(f"{names_path} names no artery label, and the plan is made from the artery tree: "
+                             "segment the study with the artery, kidney and tumour (renalseg segment without "
+                             "--structures, or --structures artery,kidney,tumour), or, where the file does hold "
+                             "them under other names, pass --label-map \"3:artery,2:kidney,4:tumour\".")
     sources["label_map"] = {str(k): v for k, v in sorted(label_map.items())}
     return volume, dict(label_map), rois, sources
 

@@ -169,6 +169,20 @@ def test_a_side_without_artery_is_named_and_the_other_side_planned() -> None:
     assert any("no artery label on the right side in seg.nii.gz" in n for n in by_side["right"]["notes"])
 
 
+def test_a_segment_folder_without_an_artery_label_says_how_to_get_one(tmp_path) -> None:
+    """`renalseg segment --structures tumour` writes no artery; planning it is a usage error
+    naming its labels.json and saying to segment the artery, not only to pass a label map."""
+    study = tmp_path / "tumour_only"
+    labels = _t_tree(tumour=True)
+    labels[labels != 4] = 0
+    write_image(_volume(labels), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "4": "tumour"}))
+    result = CliRunner().invoke(app, ["plan", str(study)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert str(study / "labels.json") in result.output and "--structures artery,kidney,tumour" in result.output
+    assert not (study / "plan.json").exists()
+
+
 def test_an_artery_that_stops_short_of_the_kidney_is_no_artery_for_it() -> None:
     """The network's artery may end before the kidney (a gap it left): the tree is listed,
     but no territory, feeding branch or clamp can come of it, so the kidney is not called
