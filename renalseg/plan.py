@@ -417,8 +417,8 @@ def parse_point(text: str) -> tuple[float, float, float]:
         UsageError: not three numbers, or an unknown prefix.
 
     Example:
-        >>> parse_point("12.5,-40,110"), parse_point("ras: 12.5, -40, 110")
-        ((12.5, -40.0, 110.0), (-12.5, 40.0, 110.0))
+        >>> parse_point("12.5,-40,110"), parse_point("ras: 12.5, -40, 110"), parse_point("ras:0,0,5")
+        ((12.5, -40.0, 110.0), (-12.5, 40.0, 110.0), (0.0, 0.0, 5.0))
     """
     space, _, numbers = text.strip().rpartition(":")
     space = space.strip().lower() or "lps"
@@ -431,7 +431,7 @@ def parse_point(text: str) -> tuple[float, float, float]:
                          "and the meshes), or ras:x,y,z as 3D Slicer shows a point.")
     if space == "ras":
         point = (-point[0], -point[1], point[2])
-    return point  # type: ignore[return-value]
+    return tuple(v + 0.0 for v in point)  # type: ignore[return-value]  # + 0.0: no "-0.0" in what is said back
 
 
 def _box_around(geometry: Geometry, point_mm: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
