@@ -443,6 +443,7 @@ def segment_study(
     # locate
     started = time.perf_counter()
     wanted = ("left", "right") if config.side == "both" else (config.side,)
+    refused: dict[str, str] = {}  # side -> why localisation gave no ROI for it
     if rois is None:
         if config.input_is_roi:
             roi = roi_from_extent(study_geometry, spec.spacing_xyz_mm)
@@ -455,7 +456,7 @@ def segment_study(
             from renalseg.roi import locate_kidneys
 
             rois = list(locate_kidneys(
-                study, spacing_xyz_mm=spec.spacing_xyz_mm, seed=config.seed, sides=wanted,
+                study, spacing_xyz_mm=spec.spacing_xyz_mm, seed=config.seed, sides=wanted, refused=refused,
                 on_progress=lambda step, total, _description: progress("locate", step, total)))
             progress("locate", 1, 1)
     if not config.input_is_roi:
@@ -729,6 +730,8 @@ def segment_study(
         "renalseg_version": __version__,
         "input": input_description,
         "rois": [roi.to_dict() for roi in rois],
+        "missing_sides": sorted(side for side in refused if side in wanted),  # as renalseg locate reports them
+        "missing_reasons": {side: why for side, why in refused.items() if side in wanted},
         "model": {
             "name": spec.name,
             "weights": str(segmenter.weights_path) if segmenter.weights_path else None,
@@ -750,7 +753,8 @@ def segment_study(
         "component_definition": COMPONENT_DEFINITION,
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
                                  artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney"),
-                                 located_confidence={roi.side: roi.confidence for roi in rois}),
+                                 located_confidence={roi.side: roi.confidence for roi in rois},
+                                 not_located={side: why for side, why in refused.items() if side in wanted}),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

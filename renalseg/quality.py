@@ -987,7 +987,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
           kidneys: Mapping[str, Mapping[str, Any]] | None = None,
           artery_ml: Mapping[str, float] | None = None,
           kidney_ml: Mapping[str, float] | None = None,
-          located_confidence: Mapping[str, float] | None = None) -> dict[str, Any]:
+          located_confidence: Mapping[str, float] | None = None,
+          not_located: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -1015,7 +1016,10 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     (:data:`renalseg.roi.MASS_TISSUE_FRACTION`), as does the liver or the spleen filling an
     empty renal fossa. An ``uncertainty`` side's ``artery_behind_aorta_ml``
     (:func:`artery_behind_aorta_ml`) of at least :data:`ARTERY_BEHIND_AORTA_CHECK_ML` is a
-    ``check``: a left renal vein passing behind the aorta taken for artery.
+    ``check``: a left renal vein passing behind the aorta taken for artery. ``not_located``
+    (side → why localisation gave no ROI for a kidney asked for) makes that side ``check``:
+    nothing of it is in the labels or a plan built on them, and a kidney refused as not
+    kidney-like may be the one whose large tumour the plan is for.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1161,6 +1165,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
                                       "fills its perirenal fat is; the liver or the spleen filling an empty renal "
                                       "fossa looks the same: check that a kidney is there before using that side's "
                                       "labels or a plan built on them"))
+    for side, why in (not_located or {}).items():
+        findings.append(("check", f"{side} kidney: not segmented, as localisation found none ({why.rstrip('.')}); "
+                                  "nothing of that side is in the labels or a plan built on them. If the patient has "
+                                  f"a {side} kidney (a large tumour can make one look unlike a kidney), check the "
+                                  "images there"))
     missing = _missing_structures(kidney_ml, artery_ml)
     for side, what in missing.items():
         others = [other for other in (artery_ml or {}) if other not in missing]  # kidney and artery there

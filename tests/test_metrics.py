@@ -230,7 +230,8 @@ def test_cli_evaluate_structures_scores_each_against_kipa_truth(tmp_path):
     assert rows["kidney"]["dice"] == pytest.approx(2 * kept / (kept + kidney.sum()))
     assert rows["vein"]["dice"] is None and rows["tumour"]["dice"] is None  # the truth holds neither
     assert rows["tumour"]["pred_volume_ml"] == pytest.approx((written == 4).sum() * voxel_ml, abs=1e-4)
-    assert "found_0-2mm" not in rows["kidney"]
+    assert "found_0-2mm" not in rows["kidney"] and rows["kidney"]["mcd_mm"] is None  # centerlines: vessels'
+    assert rows["artery"]["mcd_mm"] == 0.0 and rows["kidney"]["hd95_mm"] > 0
     assert set(doc["summary"]) == {"artery", "vein", "kidney", "tumour"}
     assert doc["summary"]["kidney"]["dice"]["n"] == 1 and doc["summary"]["tumour"]["dice"]["n"] == 0
     only = runner.invoke(app, ["evaluate", str(tmp_path / "artery_only"), "--gt", str(tmp_path / "truth"),

@@ -145,6 +145,34 @@ def test_stub_rois_reaching_outside_the_image_are_clipped_and_pasted(tmp_path):
     assert report["arteries"]["right"]["components"] == 1
 
 
+def test_a_kidney_localisation_found_none_of_is_named_in_the_report_and_asks_for_a_check(monkeypatch):
+    """A kidney localisation refused (a large tumour can make one look unlike a kidney) is in
+    report.json as renalseg locate reports it, and the verdict asks for a check naming it:
+    before, the study's report did not mention that side at all. A side not asked for
+    (--side right) is not missing."""
+    import renalseg.roi
+
+    volume, _ = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0))
+    g = volume.geometry
+    right = KidneyROI("right", g.crop((0, 0, 0), (40, 48, 24)), (0, 0, 0), (40, 48, 24), 100.0)
+    why = ("nothing kidney-like where the left kidney should be: soft tissue wrapped in fat scores 0.09 there "
+           "(confidence 0.26, at least 0.42 needed; is this a CT in HU?)")
+
+    def located(study, *, refused=None, **kwargs):
+        refused["left"] = why
+        return [right]
+
+    monkeypatch.setattr(renalseg.roi, "locate_kidneys", located)
+    report = segment_study(volume.to_sitk(), SegmentConfig(force=True), segmenter=threshold_segmenter()).report
+    assert report["missing_sides"] == ["left"] and report["missing_reasons"] == {"left": why}
+    assert report["quality"]["verdict"] in ("check", "unreliable")
+    (said,) = [w for w in report["quality"]["warnings"] if w.startswith("left kidney: not segmented")]
+    assert "confidence 0.26" in said and "a large tumour" in said
+    one_side = segment_study(volume.to_sitk(), SegmentConfig(side="right", force=True),
+                             segmenter=threshold_segmenter()).report
+    assert one_side["missing_sides"] == [] and not any("not segmented" in w for w in one_side["quality"]["warnings"])
+
+
 def test_side_selection_and_rois_outside_the_image(tmp_path):
     volume, _ = tube_ct(direction=LPS, spacing_xyz_mm=(0.7, 0.7, 1.0))
     g = volume.geometry
