@@ -720,6 +720,7 @@ def segment_study(
                                    side_order)
     volumes_ml = {key: {side: float(figures["volume_ml"]) for side, figures in per_side.items()}
                   for key, per_side in structures.items()}
+    missing = {side: why for side, why in refused.items() if side in wanted}  # kidneys asked for, not located
     label_image = labels.to_sitk()
     probability_image = (Volume(probability_array, study_geometry).to_sitk()
                          if probability_array is not None else None)
@@ -730,8 +731,8 @@ def segment_study(
         "renalseg_version": __version__,
         "input": input_description,
         "rois": [roi.to_dict() for roi in rois],
-        "missing_sides": sorted(side for side in refused if side in wanted),  # as renalseg locate reports them
-        "missing_reasons": {side: why for side, why in refused.items() if side in wanted},
+        "missing_sides": sorted(missing),  # as renalseg locate reports them
+        "missing_reasons": missing,
         "model": {
             "name": spec.name,
             "weights": str(segmenter.weights_path) if segmenter.weights_path else None,
@@ -754,7 +755,7 @@ def segment_study(
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
                                  artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney"),
                                  located_confidence={roi.side: roi.confidence for roi in rois},
-                                 not_located={side: why for side, why in refused.items() if side in wanted}),
+                                 not_located=missing),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:
