@@ -216,6 +216,15 @@ def _resample_nearest(moving: Volume, reference: Volume) -> Volume:
     return Volume.from_sitk(image)
 
 
+def _on_truth_grid(pred: Volume, gt: Volume, resample: bool, names: tuple[str, str]) -> Volume:
+    """``pred`` on the truth's grid: resampled (nearest neighbour) when asked and the grids
+    differ; otherwise differing grids raise :class:`GeometryError` naming both."""
+    if resample and not pred.geometry.is_same_grid(gt.geometry):
+        pred = _resample_nearest(pred, gt)
+    assert_same_grid(pred.geometry, gt.geometry, names=names)
+    return pred
+
+
 def evaluate_case(pred: Volume, gt: Volume, *, pred_label: int | None = None, gt_label: int | None = None,
                   resample: bool = False, names: tuple[str, str] = ("prediction", "truth")) -> dict:
     """Metrics of one prediction against its truth (see :func:`evaluate_masks`).
@@ -232,9 +241,7 @@ def evaluate_case(pred: Volume, gt: Volume, *, pred_label: int | None = None, gt
         The metrics plus ``pred_volume_ml``, ``gt_volume_ml`` and :data:`FOUND_NAMES`
         (:func:`centerline_recall_by_diameter`; NaN for a band the truth has no vessel in).
     """
-    if resample and not pred.geometry.is_same_grid(gt.geometry):
-        pred = _resample_nearest(pred, gt)
-    assert_same_grid(pred.geometry, gt.geometry, names=names)
+    pred = _on_truth_grid(pred, gt, resample, names)
     pred_mask = _select(pred, pred_label, "prediction")
     gt_mask = _select(gt, gt_label, "truth")
     result = evaluate_masks(pred_mask, gt_mask, gt.geometry.spacing_xyz_mm)
@@ -375,9 +382,7 @@ def evaluate_structures(pred: Volume, gt: Volume, values: Mapping[str, int | Non
     """
     from renalseg.labels import BY_KEY
 
-    if resample and not pred.geometry.is_same_grid(gt.geometry):
-        pred = _resample_nearest(pred, gt)
-    assert_same_grid(pred.geometry, gt.geometry, names=names)
+    pred = _on_truth_grid(pred, gt, resample, names)
     spacing, voxel_ml = gt.geometry.spacing_xyz_mm, gt.geometry.voxel_volume_mm3 / 1000.0
     rows = []
     for key, value in values.items():

@@ -61,12 +61,13 @@ def print_error(message: str, *, prefix: str = "error") -> None:
     err_console.print(f"[bold red]{prefix}:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
-def describe_error(error: BaseException) -> str:
-    """A study's error for its red line: the message, with the type when it is not one of ours (a bug)."""
+def describe_error(error: BaseException, *,
+                   traceback_hint: str = "error.json holds the traceback with --debug") -> str:
+    """A study's error for its red line: the message, with the type when it is not one of
+    ours (a bug), and where its traceback is to be had."""
     if isinstance(error, RenalsegError):
         return str(error)
-    return (f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; error.json "
-            "holds the traceback with --debug)")
+    return f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; {traceback_hint})"
 
 
 def study_failure(study_id: str, error: Exception) -> str:
@@ -76,8 +77,7 @@ def study_failure(study_id: str, error: Exception) -> str:
     one, and re-raised under ``--debug`` for its traceback."""
     if STATE["debug"] and not isinstance(error, RenalsegError):
         raise error
-    message = str(error) if isinstance(error, RenalsegError) else (
-        f"unexpected {type(error).__name__}: {error} (a bug in renalseg or a library; --debug shows the traceback)")
+    message = describe_error(error, traceback_hint="--debug shows the traceback")
     print_error(f"{study_id}: {message}")
     return message
 
