@@ -51,6 +51,7 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                                             "tumour",            # only with --tumour or --tumour-at: what was planned
                                             "tumour_at": {"centre_mm", "diameter_mm"},  # only with --tumour-at
                                             "segment_verdict",   # report.json's quality.verdict or null
+                                            "not_located",       # {side: why}: kidneys segment located none of
                                             "dicom_seg": {"path", "reason"},    # with dicom_seg: territories.seg.dcm
                                             "dicom_sc": {"path", "reason"}},    # read from DICOM: plan.sc.dcm
      "settings": {"margin_mm", "coverage", "feeding_min_share", "segmental_max_share",
@@ -1657,17 +1658,21 @@ def plan_study(study_dir: Path | str | None = None, *, labels: Path | str | None
     if target is not None and (target / "plan.json").exists() and not overwrite:
         raise OutputExistsError(f"{target / 'plan.json'} exists; pass --overwrite to replace it.")
     result = plan_labels(volume, mapping, rois=rois, config=config, name=sources["labels"], on_progress=on_progress)
-    verdict, report = None, None
+    verdict, report, not_located = None, None, {}
     if sources["report"] is not None:
         report = json.loads(Path(sources["report"]).read_text())
         if tumour is None and tumour_at is None:  # the note is about segment's tumour
             _note_fluid_tumour(result.plan["kidneys"], report, sources["report"])
         verdict = _note_segment_verdict(result.plan["kidneys"], report, sources["report"])
+        # a kidney segment located none of is in no label map, so in no plan: say so (it may be the one
+        # whose large tumour the plan is for)
+        not_located = {str(side): str(why) for side, why in (report.get("missing_reasons") or {}).items()}
     study_id = Path(study_dir).name if study_dir is not None else Path(sources["labels"]).name.split(".")[0]
     rest = dict(result.plan)
     result.plan.clear()
     result.plan.update({"schema": rest.pop("schema"),
-                        "study": {"id": study_id, **sources, "segment_verdict": verdict}, **rest})
+                        "study": {"id": study_id, **sources, "segment_verdict": verdict,
+                                  "not_located": not_located}, **rest})
     if target is not None:
         from renalseg.plan_picture import render_plan
 

@@ -183,6 +183,24 @@ def test_a_segment_folder_without_an_artery_label_says_how_to_get_one(tmp_path) 
     assert not (study / "plan.json").exists()
 
 
+def test_a_kidney_segment_located_none_of_is_said_in_the_plan(tmp_path) -> None:
+    """report.json's missing_reasons (a kidney localisation refused, say for a large tumour
+    filling its fat) reach plan.json and the command's table: that side is not planned."""
+    study = tmp_path / "study"
+    write_image(_volume(_t_tree(tumour=True)), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery",
+                                                   "4": "tumour"}))
+    why = "nothing kidney-like where the right kidney should be (confidence 0.26, at least 0.42 needed)"
+    (study / "report.json").write_text(json.dumps({"status": "ok", "missing_sides": ["right"],
+                                                   "missing_reasons": {"right": why}}))
+    result = CliRunner().invoke(app, ["plan", str(study), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["side"]: row for row in json.loads(result.stdout)}
+    assert rows["right"]["status"] == "not_located" and "confidence 0.26" in rows["right"]["notes"][0]
+    assert rows["left"]["status"] == "planned"
+    assert json.loads((study / "plan.json").read_text())["study"]["not_located"] == {"right": why}
+
+
 def test_an_artery_that_stops_short_of_the_kidney_is_no_artery_for_it() -> None:
     """The network's artery may end before the kidney (a gap it left): the tree is listed,
     but no territory, feeding branch or clamp can come of it, so the kidney is not called

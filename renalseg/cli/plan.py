@@ -123,6 +123,10 @@ def plan(
             summary.append({"study": study_id, "status": "error", "error": study_failure(study_id, err)})
             continue
         where = str(target or study)
+        for side, why in result.plan["study"].get("not_located", {}).items():
+            summary.append({"study": study_id, "side": side, "status": "not_located",
+                            "notes": [f"not planned: renalseg segment located no {side} kidney ({why.rstrip('.')}); "
+                                      "if the patient has one, check the images there"], "out": where})
         for kidney in result.plan["kidneys"]:
             clamping = kidney["clamping"] or {}
             proposed, cost = proposed_clamping(clamping) if clamping else ([], {})
