@@ -31,6 +31,7 @@ __all__ = [
     "Structure",
     "STRUCTURES",
     "STRUCTURE_KEYS",
+    "SOLID_KEYS",
     "BY_KEY",
     "structure_kind",
     "output_values",
@@ -74,6 +75,8 @@ STRUCTURES: tuple[Structure, ...] = (
 #: ``--structures`` choices, in the order the CLI lists them
 STRUCTURE_KEYS: tuple[str, ...] = ("artery", "vein", "kidney", "tumour")
 BY_KEY: dict[str, Structure] = {s.key: s for s in STRUCTURES}
+#: the solid structures: no centerline, no tree (``tree.json`` gives pieces and volume; no MCD)
+SOLID_KEYS: tuple[str, ...] = ("kidney", "tumour")
 
 # a class name means a structure when it holds one of these (``renal_artery``, ``tumor``)
 _NAME_PARTS = (("arter", "artery"), ("vein", "vein"), ("tumo", "tumour"), ("kidney", "kidney"))

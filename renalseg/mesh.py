@@ -48,7 +48,7 @@ from renalseg.components import SPECK_MM3
 from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
-from renalseg.labels import structure_kind
+from renalseg.labels import SOLID_KEYS, structure_kind
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components, solid_stats
 from renalseg.volume import Volume, crop
 
@@ -412,7 +412,7 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
             kept = drop_small_components(part, labels.geometry.spacing_xyz_mm, min_component_mm3)
             part_volume = labels.with_array(kept)
             kind = structure_kind(name)
-            if kind in ("kidney", "tumour"):  # solid: no skeleton (see solid_stats)
+            if kind in SOLID_KEYS:  # solid: no skeleton (see solid_stats)
                 trees[name][side] = solid_stats(part_volume)
             else:
                 trees[name][side] = analyze_tree(part_volume, min_component_mm3=0.0, polylines=kind == "artery")

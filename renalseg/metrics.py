@@ -380,7 +380,7 @@ def evaluate_structures(pred: Volume, gt: Volume, values: Mapping[str, int | Non
         A structure the truth does not hold (a case without a tumour) gets NaN metrics;
         its ``pred_volume_ml`` is what was labelled there anyway.
     """
-    from renalseg.labels import BY_KEY
+    from renalseg.labels import BY_KEY, SOLID_KEYS
 
     pred = _on_truth_grid(pred, gt, resample, names)
     spacing, voxel_ml = gt.geometry.spacing_xyz_mm, gt.geometry.voxel_volume_mm3 / 1000.0
@@ -388,7 +388,7 @@ def evaluate_structures(pred: Volume, gt: Volume, values: Mapping[str, int | Non
     for key, value in values.items():
         pred_mask = pred.array == value if value is not None else np.zeros(pred.array.shape, bool)
         gt_mask = gt.array == BY_KEY[key].value
-        vessel = key in ("artery", "vein")  # the centerline figures are a vessel's
+        vessel = key not in SOLID_KEYS  # the centerline figures are a vessel's
         if gt_mask.any():
             metrics = evaluate_masks(pred_mask, gt_mask, spacing, centerlines=vessel)
         else:

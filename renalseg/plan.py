@@ -1372,7 +1372,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     # fewer vessels to dissect for (almost) the same kidney without blood: the fewest clamps
     fewer = selective and fewest is not None and \
         fewest[1] <= chosen_voxels + config.fewest_tolerance * kidney_total + 1e-9
-    strategy = "fewest" if fewer else "selective" if selective else "fewest" if fewest is not None else "main"
+    strategy = "selective" if selective and not fewer else "fewest" if fewest is not None else "main"
     entry["clamping"] = {
         "strategy": strategy,
         "coverage_percent": round(100 * covered, 2),

@@ -90,8 +90,9 @@ def evaluate(
         keys = parse_structures(None if structures.strip().lower() == "all" else structures, STRUCTURE_KEYS)
     rows = evaluate_pairs(preds, gt, resample=resample, pred_label=label, gt_label=gt_label, structures=keys)
     names = (*METRIC_NAMES, *FOUND_NAMES)
+    by_key = {key: [r for r in rows if r["structure"] == key] for key in keys or ()}
     if keys:
-        summary = {key: summarize([r for r in rows if r["structure"] == key], keys=names) for key in keys}
+        summary = {key: summarize(of_key, keys=names) for key, of_key in by_key.items()}
     else:
         summary = summarize(rows, keys=names)
     columns = ["case", *(["structure"] if keys else []), *names, "pred_volume_ml", "gt_volume_ml", "pred", "gt"]
@@ -117,13 +118,12 @@ def evaluate(
 
     if keys:
         table = Table("structure", "case", *(headers[m] for m in names))
-        for key in keys:
-            of_key = [r for r in rows if r["structure"] == key]
+        for key, of_key in by_key.items():
             for row in of_key:
                 table.add_row(key, row["case"], *figures_of(row))
             table.add_row(key, *mean_row(summary[key], len(of_key)))
             table.add_section()
-        undefined = any(summary[k][m]["n"] < sum(r["structure"] == k for r in rows) for k in keys for m in names)
+        undefined = any(summary[k][m]["n"] < len(of_key) for k, of_key in by_key.items() for m in names)
     else:
         table = Table("case", *(headers[m] for m in names))
         for row in rows:
