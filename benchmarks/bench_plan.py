@@ -328,7 +328,8 @@ def main() -> None:
         + (f", true {', '.join(true)}" if true else "") + (f", tumour given as a {args.tumour_given}"
                                                           if args.tumour_given else ""),
         "phase": args.phase or "arterial (as drawn)", "cases": args.cases,
-        "segmental_max_share": args.segmental_max_share, "fewest_tolerance": args.fewest_tolerance, "seeds": [args.seed, args.seed + args.cases - 1],
+        "segmental_max_share": args.segmental_max_share, "fewest_tolerance": args.fewest_tolerance,
+        "seeds": [args.seed, args.seed + args.cases - 1],
         "kidneys_scored": len(valid),
         "feeding_precision_micro": round(tp / max(tp + fp, 1), 3),
         "feeding_recall_micro": round(tp / max(tp + fn, 1), 3),
