@@ -211,12 +211,16 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
 
 def banner_text(plan: dict) -> str | None:
     """The strip over ``plan.png``: ``renalseg segment``'s verdict on the labels, when
-    known, and the tumour planned when it was given (``--tumour``, ``--tumour-at``)
-    rather than segmented; ``None`` when there is neither.
+    known, a kidney it located none of (the picture has no column for it, and a surgeon
+    must not take the patient for one with a single kidney), and the tumour planned when
+    it was given (``--tumour``, ``--tumour-at``) rather than segmented; ``None`` when there
+    is none of these.
 
     Example:
         >>> banner_text({"study": {"segment_verdict": "ok", "tumour": "a sphere 38 mm across at LPS (1, 2, 3) mm"}})
         'labels from renalseg segment, quality: ok; tumour planned: a sphere 38 mm across at LPS (1, 2, 3) mm'
+        >>> banner_text({"study": {"segment_verdict": "check", "not_located": {"left": "..."}}}).split("; ")[-1]
+        'left kidney not located by renalseg segment, so not planned'
     """
     study = plan.get("study") or {}
     verdict, given = study.get("segment_verdict"), study.get("tumour")
@@ -225,6 +229,8 @@ def banner_text(plan: dict) -> str | None:
         parts.append(f"labels from renalseg segment, quality: {verdict}")
         if verdict != "ok":
             parts.append("check them against the images before using this plan (notes in plan.json)")
+    for side in sorted(study.get("not_located") or {}):
+        parts.append(f"{side} kidney not located by renalseg segment, so not planned")
     if given:
         parts.append(f"tumour planned: {given}")
     return "; ".join(parts) or None

@@ -495,15 +495,26 @@ _STRATEGY_WORDS = {"selective": "the deepest branches holding the tumour", "fewe
                    "main": "the main artery"}
 
 
+_NO_PROPOSAL_WORDS = {"no_tumour": "no tumour, nothing to clamp",
+                      "tumour_outside_kidney": "the tumour lies outside the kidney, no clamping proposed",
+                      "no_kidney": "no kidney label, not planned",
+                      "no_artery": "no artery branch reaches it, not planned"}
+
+
 def _proposals_html(plan: object) -> list[str]:
     """What ``renalseg plan`` proposes to clamp on each kidney, first, where the plan says it
-    (``clamping.strategy``); nothing for a plan.json of another shape."""
+    (``clamping.strategy``); for a kidney with no proposal, why not (its status), and a kidney
+    ``renalseg segment`` located none of (``study.not_located``), so that a reader does not
+    take the page for a plan of both kidneys; nothing for a plan.json of another shape."""
     from renalseg.plan import proposed_clamping
 
     lines = []
     for kidney in plan.get("kidneys", []) if isinstance(plan, dict) else []:
         clamping = kidney.get("clamping") if isinstance(kidney, dict) else None
         if not isinstance(clamping, dict) or clamping.get("strategy") not in _STRATEGY_WORDS:
+            if isinstance(kidney, dict) and kidney.get("status") in _NO_PROPOSAL_WORDS:
+                lines.append(f"<div><b>{_e(kidney.get('side'))} kidney</b>: "
+                             f"{_e(_NO_PROPOSAL_WORDS[kidney['status']])}</div>")
             continue
         try:
             names, cost = proposed_clamping(clamping)
@@ -512,6 +523,11 @@ def _proposals_html(plan: object) -> list[str]:
                          f"<span class='muted'>({_e(_STRATEGY_WORDS[clamping['strategy']])})</span></div>")
         except (KeyError, TypeError, ValueError):
             continue
+    study = plan.get("study") if isinstance(plan, dict) else None
+    missing = study.get("not_located") if isinstance(study, dict) else None
+    for side, why in sorted(missing.items()) if isinstance(missing, dict) else []:
+        lines.append(f"<div><b>{_e(side)} kidney</b>: not located by renalseg segment, not planned "
+                     f"<span class='muted'>({_e(why)})</span></div>")
     return ["<h3 style='font-size:14px;margin:8px 0 4px 0'>Proposed clamping</h3>", *lines] if lines else []
 
 

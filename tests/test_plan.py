@@ -198,7 +198,27 @@ def test_a_kidney_segment_located_none_of_is_said_in_the_plan(tmp_path) -> None:
     rows = {row["side"]: row for row in json.loads(result.stdout)}
     assert rows["right"]["status"] == "not_located" and "confidence 0.26" in rows["right"]["notes"][0]
     assert rows["left"]["status"] == "planned"
-    assert json.loads((study / "plan.json").read_text())["study"]["not_located"] == {"right": why}
+    plan = json.loads((study / "plan.json").read_text())
+    assert plan["study"]["not_located"] == {"right": why}
+    from renalseg.plan_picture import banner_text
+    assert "right kidney not located by renalseg segment, so not planned" in banner_text(plan)
+
+
+def test_the_report_says_why_a_kidney_has_no_proposal(tmp_path) -> None:
+    """report.html's "Proposed clamping" names every kidney: one without a tumour says so,
+    and one segment located none of is not left out (the page is not a plan of one kidney)."""
+    pytest.importorskip("plotly")
+    study = tmp_path / "study"
+    write_image(_volume(_t_tree()), study / "labels.nii.gz")
+    (study / "labels.json").write_text(json.dumps({"0": "background", "2": "kidney", "3": "renal_artery"}))
+    (study / "report.json").write_text(json.dumps({"status": "ok", "missing_sides": ["right"],
+                                                   "missing_reasons": {"right": "cut by the field of view"}}))
+    done = CliRunner().invoke(app, ["plan", str(study), "--report", "--quiet"])
+    assert done.exit_code == 0, done.output
+    page = (study / "report.html").read_text(encoding="utf-8")
+    assert "<b>left kidney</b>: no tumour, nothing to clamp" in page
+    assert "<b>right kidney</b>: not located by renalseg segment, not planned" in page
+    assert "(cut by the field of view)" in page
 
 
 def test_an_artery_that_stops_short_of_the_kidney_is_no_artery_for_it() -> None:
