@@ -475,6 +475,7 @@ def segment_study(
     written = {c: v for c, v in channel_values.items() if any(BY_KEY[k].value == v for k in picked)}
     label_names = names_of_values(written)
     artery_values = values_of_kind(label_names, "artery")
+    artery_written = bool(artery_values)
     # the artery's own output channel (1 in the artery-only model, 3 in a KiPA22 five-class one)
     artery_channel = next((c for c, v in channel_values.items() if v == BY_KEY["artery"].value), None)
     channel_to_value = np.zeros(spec.num_classes, dtype=np.uint8)
@@ -690,17 +691,18 @@ def segment_study(
                              _outlines_on_grid(box_labels, box, roi.grid, label_names)))
         timings["postprocess"] += time.perf_counter() - started
         started = time.perf_counter()
-        artery_probability = (probabilities[artery_channel].astype(np.float32) if artery_channel is not None
-                              else 1.0 - probabilities[0].astype(np.float32))  # no artery class: any foreground
-        uncertainty[roi.side] = quality.artery_uncertainty(
-            artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
-            tta_dice=tta_dice.get(roi.side))
-        if aorta_on_grid is not None:
-            uncertainty[roi.side]["artery_behind_aorta_ml"] = quality.artery_behind_aorta_ml(
-                views[-1].artery, aorta_on_grid, roi.grid)
-        if bright.get("bright_artery_ml"):
-            uncertainty[roi.side].update({k: v for k, v in bright.items() if k.startswith("bright_artery")})
-            uncertainty[roi.side]["artery_ceiling_hu"] = round(ceiling, 1)  # type: ignore[arg-type]
+        if artery_written:  # the artery's figures judge the artery written, not one left out
+            artery_probability = (probabilities[artery_channel].astype(np.float32) if artery_channel is not None
+                                  else 1.0 - probabilities[0].astype(np.float32))  # no artery class: any foreground
+            uncertainty[roi.side] = quality.artery_uncertainty(
+                artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
+                tta_dice=tta_dice.get(roi.side))
+            if aorta_on_grid is not None:
+                uncertainty[roi.side]["artery_behind_aorta_ml"] = quality.artery_behind_aorta_ml(
+                    views[-1].artery, aorta_on_grid, roi.grid)
+            if bright.get("bright_artery_ml"):
+                uncertainty[roi.side].update({k: v for k, v in bright.items() if k.startswith("bright_artery")})
+                uncertainty[roi.side]["artery_ceiling_hu"] = round(ceiling, 1)  # type: ignore[arg-type]
         kidney_written = box_labels == BY_KEY["kidney"].value
         if kidney_written.any():
             kidney_facts[roi.side] = quality.kidney_label_facts(kidney_written, box, box_hu, located=located)
@@ -755,7 +757,7 @@ def segment_study(
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
                                  artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney"),
                                  located_confidence={roi.side: roi.confidence for roi in rois},
-                                 not_located=missing),
+                                 not_located=missing, arteries=artery_written),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

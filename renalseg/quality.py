@@ -988,7 +988,7 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
           artery_ml: Mapping[str, float] | None = None,
           kidney_ml: Mapping[str, float] | None = None,
           located_confidence: Mapping[str, float] | None = None,
-          not_located: Mapping[str, str] | None = None) -> dict[str, Any]:
+          not_located: Mapping[str, str] | None = None, arteries: bool = True) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -1019,7 +1019,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     ``check``: a left renal vein passing behind the aorta taken for artery. ``not_located``
     (side → why localisation gave no ROI for a kidney asked for) makes that side ``check``:
     nothing of it is in the labels or a plan built on them, and a kidney refused as not
-    kidney-like may be the one whose large tumour the plan is for.
+    kidney-like may be the one whose large tumour the plan is for. ``arteries=False`` (no
+    artery written: ``--structures kidney,tumour``, say) leaves out what judges the artery
+    alone: a phase in which the weights find less of the tree, the arteries' contrast against
+    the kidney (``uncertainty`` is then empty), and the words on spacing and phase speak of
+    the kidney and tumour labels.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1053,6 +1057,11 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         findings.append(("check", f"contrast phase unclear in a kidney crop without the aorta (the kidney alone "
                                   f"looks {words}), but the segmented arteries ({min(arteries_hu):.0f} HU) are "
                                   f"clearly brighter than the renal cortex ({cortex:.0f} HU)"))
+    elif phase not in limits.phases and not arteries:
+        findings.append(("unreliable", f"{words} phase: the weights were validated on {validated} phase only; "
+                                       "the kidney and tumour labels are unreliable"))
+    elif not arteries:
+        pass  # what follows judges the artery labels, and none were written
     elif phase not in limits.phases:
         if phase == "non_contrast":
             detail = "the arteries are not enhanced and cannot be told from the tissue around them"
@@ -1084,13 +1093,16 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
         if value is None or value <= top + 1e-6:
             continue
         level = "unreliable" if value > limits.spacing_unreliable_factor * top else "check"
+        blurred = ("segmental and interlobar arteries (1–3 mm) are blurred or missed" if arteries
+                   else "small tumours and the kidney's edges are blurred")
         findings.append((level, f"{what} {value:.2g} mm is coarser than the {top:g} mm the weights were validated "
-                                f"on: segmental and interlobar arteries (1–3 mm) are blurred or missed{tumour_too}"))
+                                f"on: {blurred}{tumour_too}"))
     noise = scan.get("noise_hu")
     if noise is not None and noise > limits.noise_sd_hu[1]:
         level = "unreliable" if noise > limits.noise_unreliable_factor * limits.noise_sd_hu[1] else "check"
         findings.append((level, f"noisy image (SD {noise:.0f} HU in fat; validated up to "
-                                f"{limits.noise_sd_hu[1]:g} HU): thin branches may be missed or invented{tumour_too}"))
+                                f"{limits.noise_sd_hu[1]:g} HU): {'thin branches' if arteries else 'edges'} may be "
+                                f"missed or invented{tumour_too}"))
     for side in scan.get("truncated") or ():
         findings.append(("check", f"the {side} kidney reaches the edge of the scan: arteries there may be cut"))
     if (scan.get("metal_ml") or 0) >= 0.05:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -394,6 +395,12 @@ def test_structures_subset_leaves_the_others_background():
     assert np.array_equal(labels, np.where(np.isin(truth, (1, 4)), truth, 0))
     assert result.label_names == {"0": "background", "1": "renal_vein", "4": "tumour"}
     assert set(result.report["structures"]) == {"vein", "tumour"}
+    # the verdict judges what was written: no artery, so no artery tree "0 mm long" to check
+    assert result.report["quality"]["uncertainty"] == {}
+    warnings = result.report["quality"]["warnings"]
+    assert not [w for w in warnings if re.search(r"\barter(y|ies)\b", w)], warnings
+    *_, with_artery = _segment(structures=("artery", "tumour"))
+    assert set(with_artery.report["quality"]["uncertainty"]) == {"right"}
     with pytest.raises(UsageError, match="unknown structure"):
         _segment(structures=("cortex",))
 
