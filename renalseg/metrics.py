@@ -310,8 +310,23 @@ def match_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str]) -> list[
         ``[(case, pred_path, gt_path)]`` sorted by case.
 
     Raises:
-        UsageError: a prediction without a truth file of the same name.
+        UsageError: a prediction without a truth file of the same name. Where a
+            prediction file lies beside a truth (``--gt a b`` gives ``b`` to the
+            predictions: an option takes one value), the message says to repeat ``--gt``.
     """
+    try:
+        return _match_pairs(preds, gts)
+    except UsageError as err:
+        truth_folders = {Path(g) if Path(g).is_dir() else Path(g).parent for g in gts}
+        beside = [str(p) for p in preds if len(preds) > 1 and Path(p).is_file() and Path(p).parent in truth_folders]
+        if not beside:
+            raise
+        raise UsageError(f"{beside[0]} lies beside the truth but was read as a prediction: --gt takes one file "
+                         "or folder, and a path after it is a prediction. Repeat --gt for each truth file (--gt A "
+                         f"--gt B) or give the truth folder once (--gt FOLDER). ({err})") from None
+
+
+def _match_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str]) -> list[tuple[str, Path, Path]]:
     pred_files, gt_files = collect_label_files(preds), collect_label_files(gts)
     if len(pred_files) == 1 and len(gt_files) == 1:
         (name, pred), (_, gt) = next(iter(pred_files.items())), next(iter(gt_files.items()))

@@ -248,6 +248,37 @@ def test_cli_evaluate_structures_scores_each_against_kipa_truth(tmp_path):
     assert plain.exit_code == 2 and "--structures" in plain.output
 
 
+def test_cli_evaluate_a_second_truth_after_one_gt_is_named_and_n_counts_the_cases_scored(tmp_path):
+    """`--gt a b` gives b to the predictions (an option takes one value): the refusal says
+    to repeat --gt. The table's mean row counts the cases a structure was scored in: a
+    tumour in one of two cases is n=1, not 2."""
+    shape = (16, 18, 20)
+    kidney = sphere(shape, (6.0, 4.5, 8.0), 3.0)
+    geometry = _volume(kidney).geometry
+    for case, with_tumour in (("p01", True), ("p02", False)):
+        truth = np.where(kidney, 2, 0).astype(np.uint8)
+        if with_tumour:
+            truth[kidney & (np.indices(shape)[2] > 12)] = 4
+        write_image(Volume(truth, geometry), tmp_path / "truth" / f"{case}.nii.gz")
+        write_image(Volume(truth, geometry), tmp_path / "results" / case / "labels.nii.gz")
+        (tmp_path / "results" / case / "labels.json").write_text(json.dumps(
+            {"0": "background", "2": "kidney", "4": "tumour"}))
+    runner = CliRunner()
+    preds = [str(tmp_path / "results" / "p01"), str(tmp_path / "results" / "p02")]
+    wrong = runner.invoke(app, ["evaluate", *preds, "--gt", str(tmp_path / "truth" / "p01.nii.gz"),
+                                str(tmp_path / "truth" / "p02.nii.gz"), "--structures", "kidney,tumour"])
+    assert wrong.exit_code == 2
+    assert "p02.nii.gz lies beside the truth but was read as a prediction" in " ".join(wrong.output.split())
+    assert "--gt A --gt B" in wrong.output
+    right = runner.invoke(app, ["evaluate", *preds, "--gt", str(tmp_path / "truth" / "p01.nii.gz"), "--gt",
+                                str(tmp_path / "truth" / "p02.nii.gz"), "--structures", "kidney,tumour"],
+                          env={"COLUMNS": "250"})
+    assert right.exit_code == 0, right.output
+    means = [line for line in right.output.splitlines() if "mean ± std" in line]
+    assert len(means) == 2 and "kidney" in means[0] and "(n=2)" in means[0]
+    assert "tumour" in means[1] and "(n=1)" in means[1] and "1.0000 ± 0.0000" in means[1]
+
+
 def _two_vessels(spacing_xyz=SPACING):
     """A thick (radius 2.5 mm) and a thin (radius 0.6 mm) rod along z, apart in x."""
     shape = (40, 30, 50)

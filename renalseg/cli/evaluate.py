@@ -109,7 +109,8 @@ def evaluate(
         return
     headers = {**_HEADERS, **dict(zip(FOUND_NAMES, FOUND_LABELS))}
 
-    def mean_row(figures: dict, n: int) -> list[str]:
+    def mean_row(figures: dict) -> list[str]:  # n: the cases a figure is defined in (a tumour: those holding one)
+        n = max(figures[m]["n"] for m in names)
         return [f"mean ± std (n={n})", *(f"{_fmt(figures[m]['mean'], 4 if m == 'dice' else 2)} ± "
                                          f"{_fmt(figures[m]['std'], 4 if m == 'dice' else 2)}" for m in names)]
 
@@ -121,7 +122,7 @@ def evaluate(
         for key, of_key in by_key.items():
             for row in of_key:
                 table.add_row(key, row["case"], *figures_of(row))
-            table.add_row(key, *mean_row(summary[key], len(of_key)))
+            table.add_row(key, *mean_row(summary[key]))
             table.add_section()
         undefined = any(summary[k][m]["n"] < len(of_key) for k, of_key in by_key.items() for m in names)
     else:
@@ -129,7 +130,7 @@ def evaluate(
         for row in rows:
             table.add_row(row["case"], *figures_of(row))
         table.add_section()
-        table.add_row(*mean_row(summary, len(rows)))
+        table.add_row(*mean_row(summary))
         undefined = any(summary[m]["n"] < len(rows) for m in names)
     console.print(table)
     console.print(f"{', '.join(FOUND_LABELS)}: the share of the true centerline found (a predicted voxel within "
