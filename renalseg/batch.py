@@ -162,6 +162,28 @@ def _holds_only_error(folder: Path) -> bool:
     return folder.is_dir() and [p.name for p in folder.iterdir()] == [ERROR_FILE]
 
 
+def no_labels_message(folder: Path | str, default: str) -> str:
+    """Why ``folder`` holds no ``labels.nii.gz``: where it is an output folder of a study
+    ``renalseg segment`` failed on (its ``error.json``), that failure, so that ``plan``,
+    ``report``, ``export-mesh`` and ``evaluate`` send the user to the cause and not to look
+    for a file; ``default`` otherwise.
+
+    Example:
+        >>> no_labels_message("no/such/folder", "no/such/folder: no labels.nii.gz.")
+        'no/such/folder: no labels.nii.gz.'
+    """
+    import json
+
+    path = Path(folder) / ERROR_FILE
+    try:
+        failure = json.loads(path.read_text(encoding="utf-8"))
+        error, message = str(failure["error"]), str(failure["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return (f"{folder}: renalseg segment failed on this study, so there are no labels to use ({path.name}: "
+            f"{error}: {message})")
+
+
 def error_report(path: Path | str, error: BaseException, *, study_id: str | None = None,
                  debug: bool = False) -> dict:
     """The ``error.json`` content for a study that failed (``debug``: with the traceback).

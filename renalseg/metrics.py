@@ -299,7 +299,10 @@ def collect_label_files(paths: Sequence[Path | str]) -> dict[str, Path]:
             elif child.is_file() and image_format(child) is not None and not child.name.startswith("."):
                 add(_case_name(child), child)
         if len(found) == before:
-            raise UsageError(f"{path}: no label files (NIfTI/NRRD/MHA) or segment output folders in it.")
+            from renalseg.batch import no_labels_message
+
+            raise UsageError(no_labels_message(path, f"{path}: no label files (NIfTI/NRRD/MHA) or segment output "
+                                                     "folders in it."))
     return found
 
 

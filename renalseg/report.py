@@ -611,7 +611,10 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
     study_dir = Path(study_dir)
     labels_path = study_dir / "labels.nii.gz"
     if not labels_path.is_file():
-        raise UsageError(f"{study_dir}: no labels.nii.gz; pass a renalseg segment output folder.")
+        from renalseg.batch import no_labels_message
+
+        raise UsageError(no_labels_message(study_dir, f"{study_dir}: no labels.nii.gz; pass a renalseg segment "
+                                                      "output folder."))
     out_path = Path(out_file) if out_file is not None else study_dir / "report.html"
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"{out_path} exists; pass --overwrite to replace it.")

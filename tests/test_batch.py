@@ -91,3 +91,25 @@ def test_raise_errors_stops_at_the_first_failure(inputs, tmp_path):
     with pytest.raises(OutputExistsError):
         (tmp_path / "taken" / "case").mkdir(parents=True)
         run_batch(plan_batch([inputs]), tmp_path / "taken", _work(set()), raise_errors=True)
+
+
+def test_a_failed_study_folder_sends_plan_report_mesh_and_evaluate_to_the_failure(tmp_path):
+    """Each command after segment, given the folder of a study segment failed on (only
+    error.json), names that failure, not a missing labels.nii.gz the user would look for."""
+    from typer.testing import CliRunner
+
+    from renalseg.cli.app import app
+
+    folder = tmp_path / "out" / "patient_7"
+    write_error_report(folder, Path("scans/patient_7"), InputError("scans/patient_7: no kidney in the field of view"))
+    runner = CliRunner()
+    for command in (["plan", str(folder)], ["report", str(folder)],
+                    ["export-mesh", str(folder), "--out", str(tmp_path / "meshes")],
+                    ["evaluate", str(folder), "--gt", str(folder)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0, command
+        text = " ".join(result.output.split())
+        assert "renalseg segment failed on this study" in text, (command, text)
+        assert "InputError: scans/patient_7: no kidney in the field of view" in text, (command, text)
+    assert sorted(p.name for p in folder.iterdir()) == ["error.json"]  # nothing written beside it
+    assert not (tmp_path / "meshes").exists()

@@ -35,7 +35,10 @@ def resolve_label_input(path: Path) -> tuple[str, Path, Path | None, Path | None
     if path.is_dir():
         labels = path / "labels.nii.gz"
         if not labels.is_file():
-            raise UsageError(f"{path}: no labels.nii.gz in this folder; pass a label file or a segment output folder.")
+            from renalseg.batch import no_labels_message
+
+            raise UsageError(no_labels_message(path, f"{path}: no labels.nii.gz in this folder; pass a label file or "
+                                                     "a segment output folder."))
         folder, study_id = path, safe_study_id(path)
     else:
         labels = path
