@@ -533,7 +533,11 @@ def segment_study(
     timings["quality"] = time.perf_counter() - started
     del study, image, path_or_study
     thin: dict[str, Any] | None = None  # the report's thin_branches block
-    if config.thin_branches is not False:
+    if not artery_written:  # the pass adds to the artery, and none is written: asked for, say so
+        thin = ({"applied": False, "automatic": False, "weights": None, "sha256": None, "region_ml": {},
+                 "reason": "not applied: the artery is not among the structures written (--structures)"}
+                if config.thin_branches else None)
+    elif config.thin_branches is not False:
         artery_segmenter, thin = _thin_branch_model(segmenter, artery_segmenter, scan_quality.phase, config.device,
                                                     roi_only=config.input_is_roi, asked=bool(config.thin_branches))
 
