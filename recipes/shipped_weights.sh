@@ -107,7 +107,8 @@
 #   held out (never trained on; the published cards' figures): val 9000-9005 (its first two
 #   are val_select), unseen 9100-9103 (intensities, noise and blur outside the training
 #   ranges), val40 9300-9339; four: four_art 9600-9619 + 9640-9641 (arterial), four_pv 9620-9639 + 9642-9643
-#   (portal-venous); 12 of them (ART12, PV12) written again as other scans show them:
+#   (portal-venous), four_neph four_pv's seeds in the nephrographic phase; 12 of them (ART12, PV12)
+#   written again as other scans show them:
 #   four_{art,pv}_{z1,z3,z5,n40,n60} (scan_sets: thick slices, added noise) and _{s40,r15,r15n36}
 #   (drawn_sets: drawn with 40 HU; on a 1.5 mm grid, as is and with 36 HU)
 #
@@ -245,7 +246,8 @@ FOUR=(--stage seg --data "$DATA/four" --val-data "$DATA/four_sel"
       --domain-randomisation 0.5 --samples-per-epoch 200 --val-every 2 --val-overlap 0.25
       --checkpoint-minutes 10 --seed 24)
 
-# four_sel_rcc_data: the carcinoma-tumour validation cases; four_held_out_data: four_art and four_pv
+# four_sel_rcc_data: the carcinoma-tumour validation cases; four_held_out_data: four_art, four_pv
+# and four_neph
 four_sel_rcc_data() {
   phantoms four_sel_rcc 9500-9503 --phase arterial "${WIDE[@]}"
   phantoms four_sel_rcc 9504-9507 --phase portal-venous "${WIDE[@]}"
@@ -259,6 +261,9 @@ four_held_out_data() {
   # two more with a tumour in each phase: 22 of the 44 held-out cases hold one
   phantoms four_art 9640-9641 --phase arterial --great-vessels --tumour-share 1
   phantoms four_pv 9642-9643 --phase portal-venous --great-vessels --tumour-share 1
+  # four_pv's anatomies in the nephrographic phase: what lets the card call that phase check
+  phantoms four_neph 9620-9639 --phase nephrographic "${WIDE[@]}"
+  phantoms four_neph 9642-9643 --phase nephrographic --great-vessels --tumour-share 1
 }
 
 phase_four_data() {
@@ -405,7 +410,7 @@ phase_four_scans() {
       --compare "$RUNS/four_rcc/best.safetensors" --json "$run/scans.json"
   if [ "$run/best.safetensors" -nt "$PUBLISH/dpa_densebiasnet.safetensors" ]; then
     mkdir -p "$PUBLISH"
-    evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" --json "$run/held_out.json" \
+    evaluate "$run/best.safetensors" "$DATA/four_art" "$DATA/four_pv" "$DATA/four_neph" --json "$run/held_out.json" \
         --publish "$PUBLISH/dpa_densebiasnet.safetensors" --limits recipes/limits_four.json \
         --history "recipes/shipped_weights.sh: phase four (from the shipped artery weights, now weights/dpa_densebiasnet_artery), four_present, four_classes, four_rcc (best by validation, step 1500), four_scans (best by validation, step 300)"
   fi
