@@ -57,20 +57,25 @@ def largest_diameter_mm(mask: np.ndarray, geometry: Geometry) -> float:
     return float(np.sqrt((difference ** 2).sum(-1)).max())
 
 
-def _tumour_diameter(mask: np.ndarray, geometry: Geometry) -> float:
-    """The largest diameter over a side's tumour components (each measured alone)."""
+def _tumour_diameter(mask: np.ndarray, geometry: Geometry) -> tuple[float, float]:
+    """The largest diameter over a side's tumour components (each measured alone), and the
+    volume (ml) of the component that has it."""
     pieces, count = ndimage.label(mask, structure=STRUCTURE_26)
     boxes = ndimage.find_objects(pieces)
-    best = 0.0
+    best, best_ml = 0.0, 0.0
     for number, box in enumerate(boxes, start=1):
         sub = geometry.crop(tuple(s.start for s in box), tuple(s.stop - s.start for s in box))
-        best = max(best, largest_diameter_mm(pieces[box] == number, sub))
-    return round(best, 1)
+        piece = pieces[box] == number
+        diameter = largest_diameter_mm(piece, sub)
+        if diameter > best:
+            best, best_ml = diameter, float(piece.sum()) * geometry.voxel_volume_mm3 / 1000.0
+    return round(best, 1), round(best_ml, 3)
 
 
 def structure_figures(labels: np.ndarray, geometry: Geometry, names: Mapping[str, str],
                       rois: Sequence[dict] | None, sides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{structure: {side: {"volume_ml", "components", "specks", "speck_volume_ml"[, "largest_diameter_mm"]}}}``.
+    """``{structure: {side: {"volume_ml", "components", "specks", "speck_volume_ml"[, "largest_diameter_mm",
+    "largest_diameter_piece_ml"]}}}``.
 
     Args:
         labels: integer ``(Z, Y, X)`` label map on ``geometry``.
@@ -101,7 +106,8 @@ def structure_figures(labels: np.ndarray, geometry: Geometry, names: Mapping[str
             part = parts.get(side, np.zeros((1, 1, 1), bool))
             entry: dict[str, Any] = {"volume_ml": round(float(part.sum()) * voxel_ml, 3),
                                      **count_pieces(part, geometry.spacing_xyz_mm)}
-            if key == "tumour":
-                entry["largest_diameter_mm"] = _tumour_diameter(part, geometry) if part.any() else 0.0
+            if key == "tumour":  # and the volume of the piece that diameter is of (quality.tumour_shape)
+                entry["largest_diameter_mm"], entry["largest_diameter_piece_ml"] = (
+                    _tumour_diameter(part, geometry) if part.any() else (0.0, 0.0))
             out[key][side] = entry
     return out

@@ -761,7 +761,8 @@ def segment_study(
         "quality": quality.judge(scan_quality, uncertainty, limits, kidneys=kidney_facts,
                                  artery_ml=volumes_ml.get("artery"), kidney_ml=volumes_ml.get("kidney"),
                                  located_confidence={roi.side: roi.confidence for roi in rois},
-                                 not_located=missing, arteries=artery_written),
+                                 not_located=missing, arteries=artery_written,
+                                 tumours=structures.get("tumour")),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if topology:

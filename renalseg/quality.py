@@ -178,6 +178,26 @@ KIDNEY_MIN_LOCATED_SHARE = 0.5
 ROI_EDGE_BEYOND_MM = 5.0
 #: ... reaching it means at least this many of its voxels lie within 1.5 voxels of the face
 ROI_EDGE_MIN_VOXELS = 10
+#: a tumour piece holding less than this share of a ball as wide as its largest diameter is
+#: no renal tumour's outline (``check``): the report's largest diameter misstates the
+#: tumour's size. The phantoms' 180 true tumours fill 0.14-0.98 (median 0.61); on the 22
+#: portal-venous held-out crops the default weights' longest piece fills less than this in
+#: 5 of the 11 tumour cases, whose diameters are 21 mm too large (median; -16 to +27), and
+#: in none of the other 33 crops (docs/validation.md, Quality verdict)
+TUMOUR_MIN_FILL = 0.1
+#: ... for pieces of at least this volume (ml): smaller ones are specks, left out of the plan
+#: as too small to characterise on CT (``renalseg plan``'s ``min_tumour_piece_ml``)
+TUMOUR_FILL_MIN_PIECE_ML = 0.1
+
+
+def ball_ml(diameter_mm: float) -> float:
+    """The volume (ml) of a ball of that diameter.
+
+    Example:
+        >>> round(ball_ml(40.0), 1)
+        33.5
+    """
+    return float(np.pi / 6.0 * diameter_mm ** 3 / 1000.0)
 _FACES = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))  # LPS x, y, z: low, high
 
 
@@ -988,7 +1008,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
           artery_ml: Mapping[str, float] | None = None,
           kidney_ml: Mapping[str, float] | None = None,
           located_confidence: Mapping[str, float] | None = None,
-          not_located: Mapping[str, str] | None = None, arteries: bool = True) -> dict[str, Any]:
+          not_located: Mapping[str, str] | None = None, arteries: bool = True,
+          tumours: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The ``quality`` block of ``report.json``: verdict and plain-language warnings.
 
     Each finding is ``check`` (look before using the tree) or ``unreliable`` (outside
@@ -1023,7 +1044,10 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     artery written: ``--structures kidney,tumour``, say) leaves out what judges the artery
     alone: a phase in which the weights find less of the tree, the arteries' contrast against
     the kidney (``uncertainty`` is then empty), and the words on spacing and phase speak of
-    the kidney and tumour labels.
+    the kidney and tumour labels. ``tumours`` (side → ``report.json``'s ``structures.tumour``
+    entry) makes a side ``check`` whose longest tumour piece (of at least
+    :data:`TUMOUR_FILL_MIN_PIECE_ML`) fills less than :data:`TUMOUR_MIN_FILL` of a ball as
+    wide: a thin, ragged piece whose diameter is not the tumour's size.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1172,6 +1196,15 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
             findings.append(("check", f"{side} kidney: the kidney or tumour label reaches the "
                                       f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
                                       "the kidney or a tumour may go on outside it; check the images there"))
+    for side, tumour in (tumours or {}).items():
+        diameter, piece_ml = tumour.get("largest_diameter_mm") or 0.0, tumour.get("largest_diameter_piece_ml")
+        if diameter > 0 and piece_ml is not None and TUMOUR_FILL_MIN_PIECE_ML <= piece_ml \
+                < TUMOUR_MIN_FILL * ball_ml(diameter):
+            findings.append(("check", f"{side} kidney: the tumour label's longest piece is {diameter:.0f} mm across "
+                                      f"but holds {piece_ml:.1f} ml, {piece_ml / ball_ml(diameter):.0%} of a ball that "
+                                      "wide: thinner than a renal tumour, so it is not one tumour's outline (false "
+                                      "tumour along the kidney's rim or a vessel, or part of a tumour); do not read the "
+                                      "tumour's size from it, and check the tumour against the images"))
     for side, confidence in (located_confidence or {}).items():
         if confidence is not None and confidence < MIN_CONFIDENCE:
             findings.append(("check", f"{side} kidney: localisation found little fat around it (confidence "
