@@ -3,7 +3,8 @@
 For each structure a label map holds (:mod:`renalseg.labels`) and each kidney side:
 its volume (ml), its components and specks (:func:`renalseg.components.count_pieces`,
 the project's one definition of a component) and, for the tumour, its largest
-diameter (:func:`largest_diameter_mm`). Voxels are split into sides as
+diameter (:func:`largest_diameter_mm`) over its pieces of at least
+:data:`TUMOUR_MEASURED_MIN_ML`. Voxels are split into sides as
 ``export-mesh`` splits them (:func:`renalseg.mesh.split_sides`).
 """
 
@@ -20,7 +21,13 @@ from renalseg.components import STRUCTURE_26, count_pieces
 from renalseg.geometry import Geometry
 from renalseg.labels import STRUCTURE_KEYS, values_mask, values_of_kind
 
-__all__ = ["largest_diameter_mm", "structure_figures"]
+__all__ = ["TUMOUR_MEASURED_MIN_ML", "largest_diameter_mm", "structure_figures"]
+
+#: tumour pieces smaller than this (ml; a ball about 6 mm across) are too small to
+#: characterise on CT and mostly a network's specks: the tumour's largest diameter is not
+#: measured on them (a 0.03 ml sliver 16 mm long on the demo's tumour-free kidney), and
+#: ``renalseg plan`` leaves them out (``PlanConfig.min_tumour_piece_ml``)
+TUMOUR_MEASURED_MIN_ML = 0.1
 
 # the 8 corners of a voxel, in voxel units about its centre (x, y, z)
 _CORNERS = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
@@ -58,17 +65,21 @@ def largest_diameter_mm(mask: np.ndarray, geometry: Geometry) -> float:
 
 
 def _tumour_diameter(mask: np.ndarray, geometry: Geometry) -> tuple[float, float]:
-    """The largest diameter over a side's tumour components (each measured alone), and the
-    volume (ml) of the component that has it."""
+    """The largest diameter over a side's tumour pieces of at least
+    :data:`TUMOUR_MEASURED_MIN_ML` (each measured alone), and the volume (ml) of the piece
+    that has it; (0, 0) when there is none."""
     pieces, count = ndimage.label(mask, structure=STRUCTURE_26)
     boxes = ndimage.find_objects(pieces)
+    voxel_ml = geometry.voxel_volume_mm3 / 1000.0
     best, best_ml = 0.0, 0.0
     for number, box in enumerate(boxes, start=1):
-        sub = geometry.crop(tuple(s.start for s in box), tuple(s.stop - s.start for s in box))
         piece = pieces[box] == number
+        if float(piece.sum()) * voxel_ml < TUMOUR_MEASURED_MIN_ML:
+            continue
+        sub = geometry.crop(tuple(s.start for s in box), tuple(s.stop - s.start for s in box))
         diameter = largest_diameter_mm(piece, sub)
         if diameter > best:
-            best, best_ml = diameter, float(piece.sum()) * geometry.voxel_volume_mm3 / 1000.0
+            best, best_ml = diameter, float(piece.sum()) * voxel_ml
     return round(best, 1), round(best_ml, 3)
 
 

@@ -110,6 +110,7 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageError, suggest
+from renalseg.figures import TUMOUR_MEASURED_MIN_ML
 from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.labels import values_mask
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
@@ -218,7 +219,7 @@ class PlanConfig:
     minor_share: float = 0.05
     accessory_min_mm: float = 10.0
     min_component_mm3: float = 5.0
-    min_tumour_piece_ml: float = 0.1
+    min_tumour_piece_ml: float = TUMOUR_MEASURED_MIN_ML
     prune_factor: float = 1.5
     fewest_tolerance: float = 0.05
 

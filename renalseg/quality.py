@@ -185,9 +185,6 @@ ROI_EDGE_MIN_VOXELS = 10
 #: 5 of the 11 tumour cases, whose diameters are 21 mm too large (median; -16 to +27), and
 #: in none of the other 33 crops (docs/validation.md, Quality verdict)
 TUMOUR_MIN_FILL = 0.1
-#: ... for pieces of at least this volume (ml): smaller ones are specks, left out of the plan
-#: as too small to characterise on CT (``renalseg plan``'s ``min_tumour_piece_ml``)
-TUMOUR_FILL_MIN_PIECE_ML = 0.1
 
 
 def ball_ml(diameter_mm: float) -> float:
@@ -1046,8 +1043,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
     the kidney (``uncertainty`` is then empty), and the words on spacing and phase speak of
     the kidney and tumour labels. ``tumours`` (side → ``report.json``'s ``structures.tumour``
     entry) makes a side ``check`` whose longest tumour piece (of at least
-    :data:`TUMOUR_FILL_MIN_PIECE_ML`) fills less than :data:`TUMOUR_MIN_FILL` of a ball as
-    wide: a thin, ragged piece whose diameter is not the tumour's size.
+    :data:`renalseg.figures.TUMOUR_MEASURED_MIN_ML`) fills less than :data:`TUMOUR_MIN_FILL`
+    of a ball as wide: a thin, ragged piece whose diameter is not the tumour's size.
 
     Example:
         >>> scan = {"spacing_ok": True, "inplane_spacing_mm": 0.7, "slice_thickness_mm": 1.0, "noise_hu": 15,
@@ -1198,8 +1195,7 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
                                       "the kidney or a tumour may go on outside it; check the images there"))
     for side, tumour in (tumours or {}).items():
         diameter, piece_ml = tumour.get("largest_diameter_mm") or 0.0, tumour.get("largest_diameter_piece_ml")
-        if diameter > 0 and piece_ml is not None and TUMOUR_FILL_MIN_PIECE_ML <= piece_ml \
-                < TUMOUR_MIN_FILL * ball_ml(diameter):
+        if diameter > 0 and piece_ml is not None and piece_ml < TUMOUR_MIN_FILL * ball_ml(diameter):
             findings.append(("check", f"{side} kidney: the tumour label's longest piece is {diameter:.0f} mm across "
                                       f"but holds {piece_ml:.1f} ml, {piece_ml / ball_ml(diameter):.0%} of a ball that "
                                       "wide: thinner than a renal tumour, so it is not one tumour's outline (false "

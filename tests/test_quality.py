@@ -627,12 +627,14 @@ def test_a_thin_tumour_piece_is_not_read_as_the_tumours_size():
     rod = np.zeros(ball.shape, bool)
     rod[5:95, 29:31, 29:31] = True                          # 90 mm long, 0.36 ml
     speck = np.zeros(ball.shape, bool)
-    speck[40:52, 5, 5] = True                               # 12 mm, 0.012 ml: a speck, not measured so
+    speck[40:52, 5, 5] = True                               # 12 mm, 0.012 ml: a speck, not measured
     names = {"0": "background", "4": "tumour"}
     arterial = ScanQuality("late_arterial", "", ARTERIAL_HU, _scan())
     for mask, flagged in ((ball, False), (ball | rod, True), (rod, True), (speck, False)):
         figures = structure_figures(mask.astype(np.uint8) * 4, geometry, names, None, ["right"])["tumour"]
-        assert figures["right"]["largest_diameter_piece_ml"] == pytest.approx(mask.sum() / 1000, abs=1e-3)
+        measured = mask.sum() / 1000 if mask is not speck else 0.0  # pieces under 0.1 ml are not measured
+        assert figures["right"]["largest_diameter_piece_ml"] == pytest.approx(measured, abs=1e-3)
+        assert (figures["right"]["largest_diameter_mm"] == 0.0) == (mask is speck)
         result = judge(arterial, {}, DEFAULT_LIMITS, tumours=figures)
         thin = [w for w in result["warnings"] if "tumour label's longest piece" in w]
         assert bool(thin) == flagged and result["verdict"] == ("check" if flagged else "ok"), result["warnings"]
