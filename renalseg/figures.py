@@ -117,7 +117,7 @@ def structure_figures(labels: np.ndarray, geometry: Geometry, names: Mapping[str
             part = parts.get(side, np.zeros((1, 1, 1), bool))
             entry: dict[str, Any] = {"volume_ml": round(float(part.sum()) * voxel_ml, 3),
                                      **count_pieces(part, geometry.spacing_xyz_mm)}
-            if key == "tumour":  # and the volume of the piece that diameter is of (quality.tumour_shape)
+            if key == "tumour":  # and the volume of the piece that diameter is of (quality.TUMOUR_MIN_FILL)
                 entry["largest_diameter_mm"], entry["largest_diameter_piece_ml"] = (
                     _tumour_diameter(part, geometry) if part.any() else (0.0, 0.0))
             out[key][side] = entry

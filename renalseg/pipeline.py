@@ -696,10 +696,8 @@ def segment_study(
         timings["postprocess"] += time.perf_counter() - started
         started = time.perf_counter()
         if artery_written:  # the artery's figures judge the artery written, not one left out
-            artery_probability = (probabilities[artery_channel].astype(np.float32) if artery_channel is not None
-                                  else 1.0 - probabilities[0].astype(np.float32))  # no artery class: any foreground
             uncertainty[roi.side] = quality.artery_uncertainty(
-                artery_probability, views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
+                probabilities[artery_channel].astype(np.float32), views[-1].artery, roi.grid.spacing_xyz_mm, hu=roi_hu,
                 tta_dice=tta_dice.get(roi.side))
             if aorta_on_grid is not None:
                 uncertainty[roi.side]["artery_behind_aorta_ml"] = quality.artery_behind_aorta_ml(

@@ -195,6 +195,8 @@ def ball_ml(diameter_mm: float) -> float:
         33.5
     """
     return float(np.pi / 6.0 * diameter_mm ** 3 / 1000.0)
+
+
 _FACES = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))  # LPS x, y, z: low, high
 
 
