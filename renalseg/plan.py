@@ -325,7 +325,7 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
         from renalseg.batch import no_labels_message
 
         default = f"{path}: no such label map; run `renalseg segment` first or pass --labels FILE."
-        raise InputError(no_labels_message(folder, default) if labels is None and folder is not None else default)
+        raise InputError(no_labels_message(folder, default) if labels is None else default)  # else: a study folder
     volume = Volume.from_sitk(read_image(path))
     sources: dict = {"labels": str(path), "report": None}
     if labels is not None and study_labels is not None and study_labels.is_file():

@@ -51,8 +51,8 @@ def _run(studies: list[BatchStudy], out: Path, config: Any, segmenter: Any, *, o
             from renalseg.report import write_report
 
             write_report(destination, overwrite=True)  # the folder was just written whole
-        written = "artery" in result.report.get("settings", {}).get("structures", ["artery"])
-        arteries = result.report.get("arteries", {}) if written else {}  # "—" where no artery was written
+        written = "artery" in result.report["settings"]["structures"]
+        arteries = result.report["arteries"] if written else {}  # "—" where no artery was written
         quality = result.report.get("quality", {})
         return {"artery_ml": {side: arteries[side]["artery_volume_ml"] for side in arteries},
                 "components": {side: arteries[side]["components"] for side in arteries},
