@@ -105,6 +105,9 @@ __all__ = [
     "ARTERY_MIN_ML",
     "ARTERY_BEHIND_AORTA_CHECK_ML",
     "artery_behind_aorta_ml",
+    "TUMOUR_MIN_FILL",
+    "ball_ml",
+    "tumour_too_thin",
     "MirrorAgreement",
     "mirror_sets",
     "judge",
@@ -195,6 +198,21 @@ def ball_ml(diameter_mm: float) -> float:
         33.5
     """
     return float(np.pi / 6.0 * diameter_mm ** 3 / 1000.0)
+
+
+def tumour_too_thin(figures: dict) -> bool:
+    """Whether a side's tumour figures (``report.json``'s ``structures.tumour.<side>``) have a
+    longest piece too thin to be a tumour's outline (under :data:`TUMOUR_MIN_FILL` of a
+    ball as wide): its ``largest_diameter_mm`` is then no measure of the tumour's size.
+
+    Example:
+        >>> tumour_too_thin({"largest_diameter_mm": 60.0, "largest_diameter_piece_ml": 4.0})
+        True
+        >>> tumour_too_thin({"largest_diameter_mm": 30.0, "largest_diameter_piece_ml": 9.0})
+        False
+    """
+    diameter, piece_ml = figures.get("largest_diameter_mm") or 0.0, figures.get("largest_diameter_piece_ml")
+    return bool(diameter > 0 and piece_ml is not None and piece_ml < TUMOUR_MIN_FILL * ball_ml(diameter))
 
 
 _FACES = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))  # LPS x, y, z: low, high
@@ -1196,8 +1214,8 @@ def judge(scan_quality: ScanQuality, uncertainty: Mapping[str, Mapping[str, Any]
                                       f"{' and '.join(edges)} edge of the region segmented, with scan beyond it: "
                                       "the kidney or a tumour may go on outside it; check the images there"))
     for side, tumour in (tumours or {}).items():
-        diameter, piece_ml = tumour.get("largest_diameter_mm") or 0.0, tumour.get("largest_diameter_piece_ml")
-        if diameter > 0 and piece_ml is not None and piece_ml < TUMOUR_MIN_FILL * ball_ml(diameter):
+        if tumour_too_thin(tumour):
+            diameter, piece_ml = tumour["largest_diameter_mm"], tumour["largest_diameter_piece_ml"]
             findings.append(("check", f"{side} kidney: the tumour label's longest piece is {diameter:.0f} mm across "
                                       f"but holds {piece_ml:.1f} ml, {piece_ml / ball_ml(diameter):.0%} of a ball that "
                                       "wide: thinner than a renal tumour, so it is not one tumour's outline (false "

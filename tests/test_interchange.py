@@ -391,6 +391,32 @@ def test_the_volumes_and_tumour_diameter_are_a_structured_report_on_the_segs_seg
     assert not (tmp_path / "v.sr.dcm").exists()
 
 
+def test_the_structured_report_leaves_out_a_diameter_the_verdict_says_is_not_the_tumours_size(tmp_path):
+    """A tumour label whose longest piece is too thin to be a tumour (quality.tumour_too_thin):
+    a PACS shows the SR's measurement without the verdict's reasons, so its diameter is not
+    stated there; the volume still is, and the other side's diameter."""
+    from renalseg.io.dicom_sr import write_measurement_report
+
+    study = read_dicom_study(require(DICOM_FIXTURE))
+    hu = sitk.GetArrayFromImage(study.image)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[5:9, 200:240, 300:340] = 4
+    names = {"0": "background", "4": "tumour"}
+    seg = write_dicom_seg(labels, study.geometry, names, study.dicom_files, tmp_path / "x.seg.dcm",
+                          model_name="four", weights_sha256=None, synthetic_training_only=True)
+    structures = {"tumour": {  # a 60 mm sliver of 4 ml (4% of a 60 mm ball); a 30 mm tumour of 9 ml (64%)
+        "right": {"volume_ml": 4.0, "largest_diameter_mm": 60.0, "largest_diameter_piece_ml": 4.0},
+        "left": {"volume_ml": 9.0, "largest_diameter_mm": 30.0, "largest_diameter_piece_ml": 9.0}}}
+    info = write_measurement_report(tmp_path / "x.seg.dcm", seg["segments"], names, structures,
+                                    tmp_path / "x.sr.dcm", model_name="four", weights_sha256=None,
+                                    synthetic_training_only=True, verdict="check")
+    (group,) = read_measurement_report(tmp_path / "x.sr.dcm")["groups"].values()
+    assert group["figures"] == {("Volume", None): (13.0, "ml"), ("Volume", "Right"): (4.0, "ml"),
+                                ("Volume", "Left"): (9.0, "ml"), ("Diameter (maximum)", "Left"): (30.0, "mm")}
+    words = info["groups"][0]["measurements"]
+    assert any(w.startswith("right largest diameter not stated") for w in words)
+
+
 def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):
     from renalseg.errors import GeometryError
 

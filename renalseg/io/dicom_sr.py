@@ -13,8 +13,12 @@ opening ``report.json``:
   weights sha256);
 * in each group, the structure's volume (ml) in all, and its volume on each kidney's side,
   as a measurement whose finding site carries the laterality; for the tumour also the
-  largest diameter (mm, derivation ``Maximum``) on each side. The figures are
-  ``report.json``'s ``structures`` block, the same numbers to the rounding there;
+  largest diameter (mm, derivation ``Maximum``) on each side, except on a side whose
+  longest tumour piece is too thin to be a tumour's outline
+  (:func:`renalseg.quality.tumour_too_thin`, a ``check`` in the verdict): a PACS shows
+  a measurement without the warning beside it, and that diameter misstates the
+  tumour's size. The figures are ``report.json``'s ``structures`` block, the same
+  numbers to the rounding there;
 * for each structure ``labels.json`` names that has no segment (it was looked for and
   none was labelled: no tumour, say), a group (TID 1501) of its codes with the
   qualitative evaluation "Presence of property" = Absent, so that a reader sees "not
@@ -52,6 +56,7 @@ from renalseg.errors import InputError
 from renalseg.io.dicom_seg import series_description
 from renalseg.io.output import atomic_write_bytes
 from renalseg.io.terminology import structure_for
+from renalseg.quality import tumour_too_thin
 
 __all__ = ["write_measurement_report", "SR_SERIES_NUMBER", "MILLILITRE", "CODING_SCHEME", "QUALITY_VERDICT",
            "VERDICT_CODES"]
@@ -136,7 +141,10 @@ def write_measurement_report(seg_path: Path | str, segments: Sequence[Mapping[st
                                                   value=float(figures["volume_ml"]), finding_sites=where,
                                                   algorithm_id=algorithm))
             words.append(f"{side} volume {figures['volume_ml']} ml")
-            if figures.get("largest_diameter_mm") is not None:
+            if figures.get("largest_diameter_mm") is not None and tumour_too_thin(figures):
+                words.append(f"{side} largest diameter not stated: the label's longest piece is too thin to be "
+                             "a tumour's outline")
+            elif figures.get("largest_diameter_mm") is not None:
                 measurements.append(hd.sr.Measurement(
                     name=codes.SCT.Diameter, unit=codes.UCUM.Millimeter, value=float(figures["largest_diameter_mm"]),
                     derivation=codes.SCT.Maximum, finding_sites=where, algorithm_id=algorithm))
