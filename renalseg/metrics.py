@@ -440,14 +440,14 @@ def evaluate_pairs(preds: Sequence[Path | str], gts: Sequence[Path | str], *, re
         One dict per case (per case and structure with ``structures``): ``case``, ``pred``,
         ``gt`` (paths) and the metrics.
     """
-    from renalseg.io.image import read_image
+    from renalseg.io.image import read_label_image
 
     rows = []
     for name, pred_path, gt_path in match_pairs(preds, gts):
         if on_progress is not None:
             on_progress(name)
-        pred = Volume.from_sitk(read_image(pred_path))
-        gt = Volume.from_sitk(read_image(gt_path))
+        pred = Volume.from_sitk(read_label_image(pred_path))
+        gt = Volume.from_sitk(read_label_image(gt_path))
         if structures:
             values = _structure_values_beside(Path(pred_path), structures)
             rows.extend({"case": name, "pred": str(pred_path), "gt": str(gt_path), **row}

@@ -312,7 +312,7 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
         InputError: a missing or unreadable file.
         GeometryError: ``labels`` on another grid than the study (names both files).
     """
-    from renalseg.io.image import read_image
+    from renalseg.io.image import read_image, read_label_image
 
     if study_dir is None and labels is None:
         raise UsageError("Give a study folder (renalseg segment output) or --labels FILE.")
@@ -326,7 +326,7 @@ def read_plan_input(study_dir: Path | str | None = None, *, labels: Path | str |
 
         default = f"{path}: no such label map; run `renalseg segment` first or pass --labels FILE."
         raise InputError(no_labels_message(folder, default) if labels is None else default)  # else: a study folder
-    volume = Volume.from_sitk(read_image(path))
+    volume = Volume.from_sitk(read_label_image(path))
     sources: dict = {"labels": str(path), "report": None}
     if labels is not None and study_labels is not None and study_labels.is_file():
         study_geometry = Geometry.from_sitk(read_image(study_labels))
@@ -377,12 +377,12 @@ def read_tumour_mask(path: Path | str, geometry: Geometry, *, value: int | None 
         GeometryError: the file lies on another grid (names both files).
         UsageError: several non-zero values and no ``value`` to pick one.
     """
-    from renalseg.io.image import read_image
+    from renalseg.io.image import read_label_image
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such tumour file; give a label image on the study's grid.")
-    volume = Volume.from_sitk(read_image(path))
+    volume = Volume.from_sitk(read_label_image(path))
     if not volume.geometry.is_same_grid(geometry):
         try:
             placed = paste(Volume(np.zeros(geometry.shape_zyx, volume.array.dtype), geometry), volume)

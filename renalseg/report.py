@@ -603,7 +603,7 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
         InputError: a file in it cannot be read.
         GeometryError: ``territories.nii.gz`` is on another grid than ``labels.nii.gz``.
     """
-    from renalseg.io.image import read_image
+    from renalseg.io.image import read_label_image
     from renalseg.io.output import atomic_write_text
     from renalseg.volume import Volume
 
@@ -620,7 +620,7 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
         raise OutputExistsError(f"{out_path} exists; pass --overwrite to replace it.")
     say = on_progress or (lambda text: None)
     say("read")
-    labels = Volume.from_sitk(read_image(labels_path))
+    labels = Volume.from_sitk(read_label_image(labels_path))
     values = [int(v) for v in np.flatnonzero(np.bincount(labels.array.ravel().astype(np.int64))) if v != 0]
     label_names = read_label_names(study_dir, values)
     report = _read_json(study_dir / "report.json") if (study_dir / "report.json").is_file() else {}
@@ -629,7 +629,7 @@ def write_report(study_dir: Path | str, out_file: Path | str | None = None, *,
     rois = report.get("rois") if isinstance(report.get("rois"), list) and report.get("rois") else None
     territories, territory_names = None, None
     if (study_dir / "territories.nii.gz").is_file():
-        territories = Volume.from_sitk(read_image(study_dir / "territories.nii.gz"))
+        territories = Volume.from_sitk(read_label_image(study_dir / "territories.nii.gz"))
         names_path = study_dir / "territories.json"
         doc = _read_json(names_path) if names_path.is_file() else {}
         territory_names = {int(k): str(v.get("name", k) if isinstance(v, dict) else v)

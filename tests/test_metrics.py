@@ -377,3 +377,20 @@ def test_hd_uses_the_kipa22_evaluator_surface():
                    np.percentile(directed_distances(six[1], six[0], SPACING), 95))
     assert round(float(old_hd95), 3) == 2.209  # the 6-neighbour surface's HD95 (before)
     assert round(evaluate_masks(pred, gt, SPACING)["hd95_mm"], 3) == 2.081  # the KiPA22 surface's
+
+
+def test_evaluate_reads_a_float_truth_of_whole_values_and_refuses_a_probability_map(tmp_path):
+    """Truth stored as floats with 2.9999 for the artery scores as 3 (not an empty truth);
+    a probability map given as the prediction is refused naming it."""
+    g = Geometry((12, 20, 20), (0.8, 0.8, 1.0), (0.0, 0.0, 0.0), LPS)
+    truth = np.zeros(g.shape_zyx, np.float32)
+    truth[2:10, 8:12, 8:12] = 2.9999
+    pred = write_image(Volume((truth > 0).astype(np.uint8) * 3, g), tmp_path / "p" / "c1.nii.gz")
+    gt = write_image(Volume(truth, g), tmp_path / "g" / "c1.nii.gz")
+    (row,) = evaluate_pairs([pred], [gt], pred_label=3, gt_label=3)
+    assert row["dice"] == pytest.approx(1.0) and row["gt_volume_ml"] > 0
+    write_image(Volume(truth / 4.0, g), pred, overwrite=True)  # 0.75: a probability
+    from renalseg.io.plausibility import NotALabelMapError
+
+    with pytest.raises(NotALabelMapError, match=r"c1\.nii\.gz.*not whole numbers"):
+        evaluate_pairs([pred], [gt], pred_label=3, gt_label=3)

@@ -149,6 +149,44 @@ def test_label_map_option_changes_the_training_target(tmp_path):
     assert np.array_equal(kidney.label, np.select([label == 2, label == 3], [1, 2], 0))
 
 
+def test_a_float_label_map_trains_its_whole_values_and_a_probability_map_is_refused_by_name(tmp_path):
+    """A label map stored as floats (2.9999 for the artery, through a scale factor) is its
+    whole values: the artery is trained on, not dropped; fractions (a probability map)
+    stop the run naming the file."""
+    root = _write_dataset(tmp_path / "d", [1])
+    image, label, _ = _phantom(1)
+    g = Geometry(image.shape, SPACING, (10.0, -20.0, 30.0), LPS)
+    stored = np.where(label == 3, 2.9999, label).astype(np.float32)
+    write_image(Volume(stored, g), root / "label" / "case01.nii.gz", overwrite=True)
+    assert np.array_equal(_cases(root)[0].label, (label == 3).astype(np.uint8))
+    write_image(Volume((label == 3) * np.float32(0.8), g), root / "label" / "case01.nii.gz", overwrite=True)
+    with pytest.raises(DataLayoutError, match=r"case 'case01'.*case01\.nii\.gz.*not whole numbers.*0\.8"):
+        _cases(root)
+
+
+def test_an_nnunet_dataset_folder_trains_as_the_kipa_layout_one_channel(tmp_path):
+    """imagesTr/<case>_0000 + labelsTr/<case>: the same cases as image/ + label/; a second
+    channel is refused naming the case."""
+    kipa = _write_dataset(tmp_path / "kipa", [1, 2])
+    nn = tmp_path / "Dataset501_Renal"
+    for case in ("case01", "case02"):
+        (nn / "imagesTr").mkdir(parents=True, exist_ok=True), (nn / "labelsTr").mkdir(exist_ok=True)
+        shutil.copy(kipa / "image" / f"{case}.nii.gz", nn / "imagesTr" / f"{case}_0000.nii.gz")
+        shutil.copy(kipa / "label" / f"{case}.nii.gz", nn / "labelsTr" / f"{case}.nii.gz")
+    found = find_cases(nn)
+    assert [(c.case_id, c.image.name, c.label.name) for c in found] == [
+        ("case01", "case01_0000.nii.gz", "case01.nii.gz"), ("case02", "case02_0000.nii.gz", "case02.nii.gz")]
+    assert np.array_equal(_cases(nn)[1].label, _cases(kipa)[1].label)
+    assert [c.case_id for c in find_cases(nn, labelled=False)] == ["case01", "case02"]
+    shutil.copy(nn / "imagesTr" / "case02_0000.nii.gz", nn / "imagesTr" / "case02_0001.nii.gz")
+    with pytest.raises(DataLayoutError, match="case02_0001.*channel 0001 of case 'case02'"):
+        find_cases(nn)
+    (nn / "imagesTr" / "case02_0001.nii.gz").unlink()
+    (nn / "labelsTr" / "case02.nii.gz").unlink()
+    with pytest.raises(DataLayoutError, match="do not match.*case02"):
+        find_cases(nn)
+
+
 def test_unmatched_names_are_named(tmp_path):
     root = _write_dataset(tmp_path / "d", [1, 2])
     (root / "label" / "case02.nii.gz").rename(root / "label" / "case2.nii.gz")

@@ -95,8 +95,7 @@ def export_mesh(
     Example: [bold]renalseg export-mesh results/patient01 --out meshes/[/]
     """
     from renalseg.errors import UsageError, check_choice
-    from renalseg.io.image import read_image
-    from renalseg.io.plausibility import integer_labels
+    from renalseg.io.image import read_label_image
     from renalseg.io.output import StagedDir, check_writable_folder
     from renalseg.mesh import MESH_FORMATS, SPACES, export_meshes
     from renalseg.volume import Volume
@@ -111,7 +110,7 @@ def export_mesh(
     for study_id, label_path, report_path, names_path in inputs:
         start = time.perf_counter()
         try:
-            volume = Volume.from_sitk(integer_labels(read_image(label_path), label_path))
+            volume = Volume.from_sitk(read_label_image(label_path))
             report = _read_json(report_path)
             names = {int(k): v for k, v in _read_json(names_path).items() if str(k).lstrip("-").isdigit()}
             with StagedDir(out / study_id, overwrite=overwrite) as staging:

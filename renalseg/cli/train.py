@@ -72,7 +72,9 @@ def train_command(
     stage: Annotated[str, typer.Option("--stage", help="dae: denoising autoencoder on images; "
                                        "seg: DenseBiasNet (DPA) on labelled data.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="KiPA22 layout: DATA/image/<case>.nii.gz "
-                                       "(+ DATA/label/<case>.nii.gz for seg).", show_default=False)],
+                                       "(+ DATA/label/<case>.nii.gz for seg); or nnU-Net's: "
+                                       "DATA/imagesTr/<case>_0000.nii.gz (+ DATA/labelsTr/<case>.nii.gz).",
+                                       show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, weights.",
                                       show_default=False)],
     encoder: Annotated[Path | None, typer.Option("--encoder", help="dae.safetensors from a --stage dae run "

@@ -11,10 +11,10 @@ import SimpleITK as sitk
 
 from renalseg.errors import InputError, OutputExistsError, UsageError
 from renalseg.io.integrity import verify_image_file
-from renalseg.io.plausibility import check_image_information
+from renalseg.io.plausibility import check_image_information, integer_labels
 from renalseg.volume import Volume
 
-__all__ = ["IMAGE_SUFFIXES", "image_format", "read_image", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "image_format", "read_image", "read_label_image", "write_image"]
 
 #: file suffix -> format name
 IMAGE_SUFFIXES: dict[str, str] = {
@@ -81,6 +81,15 @@ def read_image(path: Path | str) -> sitk.Image:
         raise InputError(f"{path}: cannot be read as {fmt} ({_last_line(err)}). Is the file complete?") from err
     except MemoryError as err:
         raise InputError(f"{path}: its {'×'.join(map(str, reader.GetSize()))} voxels do not fit in memory.") from err
+
+
+def read_label_image(path: Path | str) -> sitk.Image:
+    """A label map read as :func:`read_image` reads an image, its values checked to be
+    whole numbers (:func:`renalseg.io.plausibility.integer_labels`): a float label map of
+    whole values is read as integers, one of fractions (a probability map) refused
+    naming the file.
+    """
+    return integer_labels(read_image(path), path)
 
 
 def _last_line(err: BaseException) -> str:

@@ -31,7 +31,10 @@ import SimpleITK as sitk
 from renalseg.errors import GeometryError, InputError
 
 __all__ = ["NotHounsfieldError", "NonFiniteError", "NotALabelMapError", "check_spacing", "check_image_information",
-           "check_ct_values", "integer_labels", "AIR_BELOW_HU"]
+           "check_ct_values", "integer_labels", "LABEL_WHOLE_TOLERANCE", "AIR_BELOW_HU"]
+
+#: a float label value this close to a whole number is that number (storage rounding)
+LABEL_WHOLE_TOLERANCE = 1e-3
 
 #: a whole-abdomen CT holds voxels darker than this (air outside the body, bowel gas)
 AIR_BELOW_HU = -500.0
@@ -150,10 +153,13 @@ class NotALabelMapError(InputError):
 
 
 def integer_labels(image: sitk.Image, name: Path | str) -> sitk.Image:
-    """A label map as integers: exact for whole-valued floats, refused otherwise.
+    """A label map as integers: whole-valued floats kept, refused otherwise.
 
     A float label map with 0.5 where the artery is would otherwise be truncated to
-    0 (the background) by an integer cast, and the background meshed.
+    0 (the background) by an integer cast, and the background meshed. Values within
+    :data:`LABEL_WHOLE_TOLERANCE` of a whole number (2.9999 for 3: a float label map
+    written through a scale factor) are rounded to it; read as they were, such an
+    artery fell silently out of training and scoring.
 
     Raises:
         NotALabelMapError: a value that is not a whole number (NaN included).
@@ -162,17 +168,22 @@ def integer_labels(image: sitk.Image, name: Path | str) -> sitk.Image:
         >>> import numpy as np
         >>> integer_labels(sitk.GetImageFromArray(np.array([[[0.0, 2.0]]])), "l.nii.gz").GetPixelIDTypeAsString()
         '32-bit signed integer'
+        >>> sitk.GetArrayFromImage(integer_labels(sitk.GetImageFromArray(np.array([[[0.0, 2.9999]]])), "l")).tolist()
+        [[[0, 3]]]
     """
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return image
     array = sitk.GetArrayViewFromImage(image)
-    whole = np.isfinite(array) & (array == np.round(array))
+    rounded = np.round(array)
+    whole = np.isfinite(array) & (np.abs(array - rounded) <= LABEL_WHOLE_TOLERANCE)
     if not whole.all():
         examples = np.unique(array[~whole])[:3]
         raise NotALabelMapError(
             f"{name}: {int((~whole).sum()):,} voxels hold values that are not whole numbers (e.g. "
             f"{', '.join(f'{v:g}' for v in examples)}): a label map holds integer labels (0 background). A "
             "probability map? Threshold it first (e.g. labels = probabilities >= 0.5).")
-    if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+    if array.size and (rounded.min() < np.iinfo(np.int32).min or rounded.max() > np.iinfo(np.int32).max):
         raise NotALabelMapError(f"{name}: label values {array.min():g}…{array.max():g} do not fit 32-bit integers.")
-    return sitk.Cast(image, sitk.sitkInt32)
+    out = sitk.GetImageFromArray(rounded.astype(np.int32))
+    out.CopyInformation(image)
+    return out

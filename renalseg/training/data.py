@@ -3,7 +3,10 @@
 A training folder holds ``image/<case>.<ext>`` and, for the segmentation stage,
 ``label/<case>.<ext>`` with the same names (KiPA22: label values 1 renal vein,
 2 kidney, 3 renal artery, 4 tumour). Folders written by ``renalseg synth`` also hold
-``tissue/<case>.<ext>`` tissue-class maps, used for domain randomisation.
+``tissue/<case>.<ext>`` tissue-class maps, used for domain randomisation. An nnU-Net
+raw dataset folder (``imagesTr/<case>_0000.<ext>``, ``labelsTr/<case>.<ext>``) is read
+as well, one CT channel; its ``dataset.json`` is not read, so ``--label-map`` names the
+values.
 
 Every case is brought onto the model grid before training: patient-oriented
 (LPS-aligned identity direction, so array axes are z → superior, y → posterior,
@@ -26,7 +29,7 @@ import SimpleITK as sitk
 
 from renalseg.errors import DataLayoutError, GeometryError, RenalsegError, UsageError
 from renalseg.geometry import Geometry, assert_same_grid, resample_to_grid
-from renalseg.io.image import IMAGE_SUFFIXES, read_image
+from renalseg.io.image import IMAGE_SUFFIXES, read_image, read_label_image
 from renalseg.labels import STRUCTURES
 from renalseg.phantom.tissues import TISSUE_IDS
 from renalseg.volume import Volume
@@ -205,6 +208,8 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UsageError(f"{data_dir}: no such folder. Pass --data DIR holding image/ and label/.")
+    if not (data_dir / "image").is_dir() and (data_dir / "imagesTr").is_dir():
+        return _find_nnunet_cases(data_dir, labelled=labelled)
     image_dir = data_dir / "image"
     if not image_dir.is_dir():
         raise DataLayoutError(
@@ -242,6 +247,35 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
         CaseFiles(case_id, path, labels.get(case_id), tissues.get(case_id))
         for case_id, path in images.items()
     ]
+
+
+def _find_nnunet_cases(data_dir: Path, *, labelled: bool) -> list[CaseFiles]:
+    """The cases of an nnU-Net raw dataset folder: ``imagesTr/<case>_0000.<ext>`` (the
+    channel suffix) and ``labelsTr/<case>.<ext>``. One CT channel: a second channel
+    (``_0001``) is refused, naming the case."""
+    images: dict[str, Path] = {}
+    for name, path in _list_folder(data_dir / "imagesTr").items():
+        case_id, _, channel = name.rpartition("_")
+        if not (case_id and len(channel) == 4 and channel.isdigit()):
+            raise DataLayoutError(f"{path}: an nnU-Net image's name ends in its channel (<case>_0000); "
+                                  "name it so, or use the KiPA22 layout (image/<case>, label/<case>).")
+        if channel != "0000":
+            raise DataLayoutError(f"{path}: channel {channel} of case '{case_id}'; renalseg trains on one "
+                                  "CT channel (_0000). Move the other channels out of imagesTr.")
+        images[case_id] = path
+    if not images:
+        raise DataLayoutError(f"{data_dir / 'imagesTr'}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    labels: dict[str, Path] = {}
+    if labelled:
+        if not (data_dir / "labelsTr").is_dir():
+            raise DataLayoutError(f"{data_dir}: no labelsTr/ folder beside imagesTr/; the seg stage needs "
+                                  f"{data_dir}/labelsTr/<case>.nii.gz (the dae stage needs images only).")
+        labels = _list_folder(data_dir / "labelsTr")
+        unmatched = sorted(set(images) ^ set(labels))
+        if unmatched:
+            raise DataLayoutError(f"{data_dir}: imagesTr/ and labelsTr/ cases do not match ({', '.join(unmatched[:10])}"
+                                  "). Each case needs imagesTr/<case>_0000 and labelsTr/<case>.")
+    return [CaseFiles(case_id, images[case_id], labels.get(case_id)) for case_id in sorted(images)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -382,9 +416,9 @@ def _read_companions(files: CaseFiles, reference: Geometry, *, use_label: bool) 
     """
     extra: dict[str, sitk.Image] = {}
     if use_label:
-        extra["label"] = read_image(files.label)  # type: ignore[arg-type]
+        extra["label"] = read_label_image(files.label)  # type: ignore[arg-type]
     if files.tissue is not None:
-        extra["tissue"] = read_image(files.tissue)
+        extra["tissue"] = read_label_image(files.tissue)
     for name, other in extra.items():
         try:
             assert_same_grid(reference, Geometry.from_sitk(other), names=("image", name))
