@@ -187,6 +187,25 @@ def test_an_nnunet_dataset_folder_trains_as_the_kipa_layout_one_channel(tmp_path
         find_cases(nn)
 
 
+def test_a_dicom_series_folder_is_a_training_case_as_synth_writes_it(tmp_path):
+    """image/<case>/ holding a DICOM series (renalseg synth --format dicom), its label a
+    NIfTI file: the same case as the NIfTI image gives."""
+    from renalseg.phantom.writer import write_dicom_series
+
+    nifti = _write_dataset(tmp_path / "nifti", [1])
+    image, label, _ = _phantom(1)
+    g = Geometry(image.shape, SPACING, (10.0, -20.0, 30.0), LPS)
+    dicom = tmp_path / "dicom"
+    write_dicom_series(Volume(image, g), dicom / "image" / "case01", uid_key="t/case01", patient_id="t")
+    shutil.copytree(nifti / "label", dicom / "label")
+    (found,) = find_cases(dicom)
+    assert found.case_id == "case01" and found.image.is_dir()
+    from_dicom, from_nifti = _cases(dicom)[0], _cases(nifti)[0]
+    assert np.array_equal(from_dicom.label, from_nifti.label)
+    assert np.allclose(from_dicom.image_hu, from_nifti.image_hu, atol=0.5)
+    assert from_dicom.geometry.is_same_grid(from_nifti.geometry)
+
+
 def test_unmatched_names_are_named(tmp_path):
     root = _write_dataset(tmp_path / "d", [1, 2])
     (root / "label" / "case02.nii.gz").rename(root / "label" / "case2.nii.gz")

@@ -71,9 +71,9 @@ def _dpa_options_from_plain(plain: dict, encoder: Path) -> dict:
 def train_command(
     stage: Annotated[str, typer.Option("--stage", help="dae: denoising autoencoder on images; "
                                        "seg: DenseBiasNet (DPA) on labelled data.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="KiPA22 layout: DATA/image/<case>.nii.gz "
-                                       "(+ DATA/label/<case>.nii.gz for seg); or nnU-Net's: "
-                                       "DATA/imagesTr/<case>_0000.nii.gz (+ DATA/labelsTr/<case>.nii.gz).",
+    data: Annotated[Path, typer.Option("--data", help="KiPA22 layout: DATA/image/<case>.nii.gz or a DICOM "
+                                       "series folder DATA/image/<case>/ (+ DATA/label/<case>.nii.gz for seg); "
+                                       "or nnU-Net's: DATA/imagesTr/<case>_0000.nii.gz (+ DATA/labelsTr/).",
                                        show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, weights.",
                                       show_default=False)],

@@ -3,7 +3,9 @@
 A training folder holds ``image/<case>.<ext>`` and, for the segmentation stage,
 ``label/<case>.<ext>`` with the same names (KiPA22: label values 1 renal vein,
 2 kidney, 3 renal artery, 4 tumour). Folders written by ``renalseg synth`` also hold
-``tissue/<case>.<ext>`` tissue-class maps, used for domain randomisation. An nnU-Net
+``tissue/<case>.<ext>`` tissue-class maps, used for domain randomisation. An image may
+be a DICOM series folder, ``image/<case>/`` (``renalseg synth --format dicom`` writes
+them), with its label a file on the series' grid. An nnU-Net
 raw dataset folder (``imagesTr/<case>_0000.<ext>``, ``labelsTr/<case>.<ext>``) is read
 as well, one CT channel; its ``dataset.json`` is not read, so ``--label-map`` names the
 values.
@@ -175,12 +177,14 @@ def _case_id(path: Path) -> str | None:
     return None
 
 
-def _list_folder(folder: Path) -> dict[str, Path]:
+def _list_folder(folder: Path, *, series_folders: bool = False) -> dict[str, Path]:
+    """Case id → file; with ``series_folders`` a sub-folder is a case too (a DICOM series,
+    as ``renalseg synth --format dicom`` writes one), named by the folder."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() == ".raw":
             continue
-        case_id = _case_id(path)
+        case_id = path.name if series_folders and path.is_dir() else _case_id(path)
         if case_id is None:
             continue
         if case_id in found:
@@ -216,10 +220,10 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
             f"{data_dir}: no image/ folder. Expected the KiPA22 layout: {data_dir}/image/<case>.nii.gz"
             + (f" and {data_dir}/label/<case>.nii.gz." if labelled else ".")
         )
-    images = _list_folder(image_dir)
+    images = _list_folder(image_dir, series_folders=True)
     if not images:
         raise DataLayoutError(
-            f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})."
+            f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM series folders)."
         )
     labels: dict[str, Path] = {}
     if labelled:
@@ -403,8 +407,9 @@ def _cache_key(files: CaseFiles, spacing_xyz_mm: Sequence[float], label_map: Lab
     parts: list[object] = [list(spacing_xyz_mm), label_map.to_text() if label_map else None]
     for path in (files.image, files.label, files.tissue):
         if path is not None:
-            stat = path.stat()
-            parts.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+            for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+                stat = member.stat()  # a DICOM series folder: each of its files
+                parts.append([str(member.resolve()), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -461,7 +466,12 @@ def load_case(
                 return make_case(files.case_id, stored["image"], geometry,
                                  stored["label"] if "label" in stored else None,
                                  stored["tissue"] if "tissue" in stored else None, label_map)
-    image = read_image(files.image)
+    if files.image.is_dir():  # a DICOM series
+        from renalseg.io.study import read_study
+
+        image = read_study(files.image).image
+    else:
+        image = read_image(files.image)
     extra = _read_companions(files, Geometry.from_sitk(image), use_label=use_label)
     volume = to_model_grid(image, spacing_xyz_mm, kind="image")
     label = None
