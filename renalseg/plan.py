@@ -77,7 +77,12 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                           "feeding": [branch id, ...], "nearest_branches": [{"branch", "name", "distance_mm"}],
                           "pieces": [{"volume_ml", "centre_mm": [x, y, z], "region",   # the pieces planned
                                       "feeding": [branch id, ...]}],   # (≥ min_tumour_piece_ml, largest first, ≤ 10)
-                          "small_pieces": int, "small_pieces_ml"},   # those left out of feeding and clamping
+                          "small_pieces": int, "small_pieces_ml",    # those left out of feeding and clamping
+                          "nephrometry": null | {"score", "suffix": "a" | "p" | "x", "complexity",  # largest piece
+                                                 "R": {"points", "diameter_mm"}, "E": {"points", "exophytic_percent"},
+                                                 "N": {"points", "distance_mm"}, "A",
+                                                 "L": {"points", "between_polar_lines_percent", "crosses_midline"},
+                                                 "hilar": null}},   # renalseg.nephrometry
         "clamping": null | {"strategy": "selective" | "fewest" | "main", "coverage_percent",
                             "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
                             "ischaemic_ml", "ischaemic_percent",
@@ -113,6 +118,7 @@ from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageE
 from renalseg.figures import TUMOUR_MEASURED_MIN_ML
 from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.labels import values_mask
+from renalseg.nephrometry import renal_score
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
 from renalseg.volume import Volume, crop, paste
 
@@ -1319,7 +1325,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
              "outside_kidney_ml": round(float(len(outside_points)) * voxel_ml, 2), "feeding": [],
              "nearest_branches": [{"branch": e["id"], "name": e["name"], "distance_mm": e["tumour_distance_mm"]}
                                   for e in nearest],
-             "pieces": [], "small_pieces": 0, "small_pieces_ml": 0.0}
+             "pieces": [], "small_pieces": 0, "small_pieces_ml": 0.0, "nephrometry": None}
     entry["tumour"] = facts
     if len(outside_points):
         amount = f"{facts['outside_kidney_ml']:g} ml" if facts["outside_kidney_ml"] >= 0.01 else "under 0.01 ml"
@@ -1351,6 +1357,12 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     unit_share = sorted(((own.get(ids[u], 0.0), u) for u in units), key=lambda t: -t[0])
     facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
     facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)
+    pieces, count = _components(planned)
+    largest = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:]))
+    facts["nephrometry"] = renal_score(kidney, largest, g.crop(tuple(int(v) for v in offset), kidney.shape))
+    if facts["nephrometry"] is None:
+        entry["notes"].append(f"R.E.N.A.L. not scored on the {part.side} side: the kidney label shows no renal "
+                              "sinus (no hilum in it, or cut short above or below it) to measure from.")
     chosen, covered = [], 0.0
     for s, u in unit_share:
         if covered >= config.coverage or s <= 0:

@@ -5,7 +5,8 @@ centre when there is none), in the radiological convention of ``preview.png`` (t
 patient's right on the viewer's left, superior and anterior at the top, physical
 aspect ratio): territories coloured (the clamping candidates bright, each in its own
 colour, the others faded), the tumour outlined in white, the arteries within 5 mm of
-the slice in dark red; below, the clamping proposed and a legend, the candidates
+the slice in dark red; below, the clamping proposed (and the tumour's R.E.N.A.L. score,
+:mod:`renalseg.nephrometry`) and a legend, the candidates
 first, with each territory's name, its share of tumour + margin and its share of the
 kidney, each swatch the colour drawn (slivers under 0.5% of the kidney on one line).
 """
@@ -178,6 +179,9 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
                             f"({fewest['ischaemic_percent']:.0f}%)")
         else:
             summary = entry["status"].replace("_", " ")
+        score = (entry.get("tumour") or {}).get("nephrometry")
+        if score:
+            summary += f"; R.E.N.A.L. {score['score']}{score['suffix']} ({score['complexity']})"
         columns.append((entry["side"], coronal, axial, legend, summary))
     if not columns:
         image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")

@@ -506,6 +506,7 @@ def _proposals_html(plan: object) -> list[str]:
     (``clamping.strategy``); for a kidney with no proposal, why not (its status), and a kidney
     ``renalseg segment`` located none of (``study.not_located``), so that a reader does not
     take the page for a plan of both kidneys; nothing for a plan.json of another shape."""
+    from renalseg.nephrometry import describe
     from renalseg.plan import proposed_clamping
 
     lines = []
@@ -524,6 +525,16 @@ def _proposals_html(plan: object) -> list[str]:
         except (KeyError, TypeError, ValueError):
             continue
     study = plan.get("study") if isinstance(plan, dict) else None
+    segmented = (isinstance(study, dict) and not study.get("tumour")
+                 and Path(str(study.get("labels"))).name == "labels.nii.gz")  # segment's own tumour label
+    for kidney in plan.get("kidneys", []) if isinstance(plan, dict) else []:
+        score = (kidney.get("tumour") or {}).get("nephrometry") if isinstance(kidney, dict) else None
+        if isinstance(score, dict):
+            try:
+                lines.append(f"<div><b>{_e(kidney['side'])} kidney</b>: {_e(describe(score, segmented=segmented))}"
+                             "</div>")
+            except (KeyError, TypeError, ValueError):
+                continue
     missing = study.get("not_located") if isinstance(study, dict) else None
     for side, why in sorted(missing.items()) if isinstance(missing, dict) else []:
         lines.append(f"<div><b>{_e(side)} kidney</b>: not located by renalseg segment, not planned "

@@ -287,6 +287,9 @@ def test_cli_plan_with_labels_and_label_map(tmp_path) -> None:
                              "--out", str(tmp_path / "plans"), "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)[0]["clamp"] == ["segmental 1"]
+    # a slab of kidney has no sinus to measure from: not scored, and said
+    assert json.loads(ok.stdout)[0]["nephrometry"] is None
+    assert any("R.E.N.A.L. not scored" in note for note in json.loads(ok.stdout)[0]["notes"])
     assert json.loads((tmp_path / "plans" / "seg" / "plan.json").read_text())["settings"]["min_tumour_piece_ml"] == 0.1
     every = runner.invoke(app, ["plan", "--labels", str(path), "--label-map", "3:artery,2:kidney,4:tumour",
                                 "--out", str(tmp_path / "every"), "--min-tumour-ml", "0"])
@@ -313,6 +316,11 @@ def test_small_phantom_truth_and_plan() -> None:
     result = plan_labels(case.label, KIPA)
     (entry,) = result.plan["kidneys"]
     assert entry["side"] == side and entry["status"] == "planned"
+    from renalseg.nephrometry import renal_score
+
+    score = entry["tumour"]["nephrometry"]  # the largest tumour piece on the kidney, scored on the study's grid
+    assert score == renal_score(kidney, case.label.array == 4, case.label.geometry)
+    assert score["score"] == sum(score[k]["points"] for k in "RENL") and score["suffix"] in "apx"
     plan_map = result.territories.array
     assert plan_map[kidney].min() > 0
     # each plan territory mostly lies in one true territory
@@ -835,3 +843,20 @@ def test_an_artery_label_of_single_voxels_is_planned_without_branches() -> None:
     (kidney,) = result.plan["kidneys"]
     assert [t["name"] for t in kidney["territories"]] == ["main renal artery"]
     assert (result.territories.array[labels == 2] == kidney["territories"][0]["value"]).all()
+
+
+def test_the_report_gives_the_renal_score_and_says_when_it_is_read_from_the_segmented_tumour() -> None:
+    from renalseg.report import _proposals_html
+
+    score = {"score": 9, "suffix": "p", "complexity": "moderate", "R": {"points": 2, "diameter_mm": 45.0},
+             "E": {"points": 2, "exophytic_percent": 30.0}, "N": {"points": 3, "distance_mm": 1.0}, "A": "p",
+             "L": {"points": 2, "between_polar_lines_percent": 40.0, "crosses_midline": False}, "hilar": None}
+    plan = {"study": {"labels": "/s/labels.nii.gz"}, "kidneys": [{"side": "left", "tumour": {"nephrometry": score}}]}
+    page = "".join(_proposals_html(plan))
+    assert "<b>left kidney</b>: R.E.N.A.L. 9p (moderate): R 2 (45 mm across)" in page
+    assert "scored on the segmented tumour" in page
+    drawn = {**plan, "study": {"labels": "/s/labels.nii.gz", "tumour": "tumour.nii.gz"}}
+    other = {**plan, "study": {"labels": "/s/other_tool.nii.gz"}}
+    for given in (drawn, other):
+        page = "".join(_proposals_html(given))
+        assert "R.E.N.A.L. 9p" in page and "segmented tumour" not in page

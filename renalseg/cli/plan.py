@@ -78,6 +78,7 @@ def plan(
     radiology report gives it: [bold]renalseg plan out/case1 --tumour-at ras:62,-18,105 --tumour-diameter-mm 38[/]
     """
     from renalseg.errors import RenalsegError, UsageError
+    from renalseg.nephrometry import describe
     from renalseg.plan import (PlanConfig, check_tumour_options, parse_label_map, parse_point, plan_study,
                                proposed_clamping)
 
@@ -136,25 +137,30 @@ def plan(
                             "strategy": clamping.get("strategy"),
                             "fewest": (clamping.get("fewest") or {}).get("names"),
                             "clamp": proposed, "ischaemic_percent": cost.get("ischaemic_percent"),  # of the proposal
+                            "nephrometry": (kidney["tumour"] or {}).get("nephrometry"),
                             "notes": kidney["notes"], "out": where})
     if as_json:
         console.print_json(json.dumps(summary))
     elif not quiet:
         table = Table(title="renalseg plan")
-        for column in ("study", "side", "status", "feeding", "clamp", "ischaemic"):
+        for column in ("study", "side", "status", "feeding", "clamp", "ischaemic", "R.E.N.A.L."):
             table.add_column(column)
         for row in summary:
+            score = row.get("nephrometry")
             table.add_row(row["study"], row.get("side", ""), row["status"], ", ".join(row.get("feeding") or []),
                           ", ".join(row.get("clamp") or []),
-                          f"{row['ischaemic_percent']:.0f}%" if row.get("ischaemic_percent") is not None else "")
+                          f"{row['ischaemic_percent']:.0f}%" if row.get("ischaemic_percent") is not None else "",
+                          f"{score['score']}{score['suffix']}" if score else "")
         console.print(table)
         for row in summary:
+            if row.get("nephrometry"):
+                console.print(f"{row['study']} {row['side']}: {describe(row['nephrometry'])}")
             for note in row.get("notes") or []:
                 console.print(f"[yellow]{row['study']} {row.get('side', '')}:[/] {note}")
         if tumour is None and tumour_at is None and any(row.get("status") == "planned" for row in summary):
-            console.print("[dim]Planned on the segmented tumour, which finds part of a tumour and can add false "
-                          "pieces: check it. To plan the tumour you know, give its centre and longest diameter "
-                          "(--tumour-at X,Y,Z --tumour-diameter-mm D) or draw it (--tumour FILE).[/]")
+            console.print("[dim]Planned and scored (R.E.N.A.L.) on the segmented tumour, which finds part of a "
+                          "tumour and can add false pieces: check it. To plan the tumour you know, give its centre and "
+                          "longest diameter (--tumour-at X,Y,Z --tumour-diameter-mm D) or draw it (--tumour FILE).[/]")
     if failed:
         raise typer.Exit(1)
 
