@@ -41,8 +41,8 @@ from scipy.spatial import ConvexHull, QhullError
 from renalseg.components import STRUCTURE_26
 from renalseg.geometry import Geometry
 
-__all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "renal_score",
-           "complexity", "describe", "SEGMENTED_CAVEAT"]
+__all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "kidney_outline",
+           "renal_score", "complexity", "describe", "SEGMENTED_CAVEAT"]
 
 #: a tumour with less than this share outside the kidney's convex outline is endophytic
 #: (the outline of voxel centres leaves a surface voxel's half outside)
@@ -96,6 +96,26 @@ def _hull_mask(shape_zyx: tuple[int, ...], spacing_zyx: np.ndarray, hull: Convex
     return mask
 
 
+def kidney_outline(kidney: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray | None:
+    """The kidney's convex outline: the voxels within half a voxel of the convex hull of
+    its surface voxels' centres (in millimetres along the array's axes: membership needs
+    no direction); ``None`` for a kidney too flat or small to have one.
+
+    Example:
+        >>> k = np.zeros((9, 9, 9), bool); k[2:7, 2:7, 2:7] = True; k[4, 4, 2:5] = False  # a dent
+        >>> outline = kidney_outline(k, np.ones(3))
+        >>> bool(outline[4, 4, 2]), int(outline.sum()), bool(outline[0, 0, 0])
+        (True, 125, False)
+    """
+    surface = kidney & ~ndimage.binary_erosion(kidney, STRUCTURE_26)
+    try:
+        hull = ConvexHull(np.argwhere(surface) * spacing_zyx)
+        hull = ConvexHull(hull.points[hull.vertices], qhull_options="C0.5")  # faces merged within 0.5 mm
+    except QhullError:
+        return None
+    return _hull_mask(kidney.shape, spacing_zyx, hull, 0.5 * float(np.max(spacing_zyx)))
+
+
 def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
                 sinus: np.ndarray | None = None) -> dict | None:
     """The R.E.N.A.L. score of ``tumour`` on ``kidney`` (bool arrays on ``geometry``).
@@ -128,14 +148,9 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     given_sinus = None if sinus is None else np.asarray(sinus, bool)[box]
     sub = geometry.crop(tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
 
-    # the hull in millimetres along the array's axes: membership and depth need no direction
-    surface = kidney & ~ndimage.binary_erosion(kidney, STRUCTURE_26)
-    try:
-        hull = ConvexHull(np.argwhere(surface) * spacing_zyx)
-        hull = ConvexHull(hull.points[hull.vertices], qhull_options="C0.5")  # faces merged within 0.5 mm
-    except QhullError:
+    in_hull = kidney_outline(kidney, spacing_zyx)
+    if in_hull is None:
         return None
-    in_hull = _hull_mask(kidney.shape, spacing_zyx, hull, 0.5 * float(spacing_zyx.max()))
     exophytic = float((tumour & ~in_hull).sum() / tumour.sum())
 
     if given_sinus is None:  # the vessels running in the parenchyma are not sinus: closed over first
