@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STRUCTURE_26", "SPECK_MM3", "CONNECTIVITY", "count_pieces"]
+__all__ = ["STRUCTURE_26", "SPECK_MM3", "CONNECTIVITY", "count_pieces", "physical_ball"]
 
 #: neighbourhood of :func:`scipy.ndimage.label`: faces, edges and corners
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -53,3 +53,16 @@ def count_pieces(mask: np.ndarray, spacing_xyz_mm: tuple[float, float, float], *
     small = sizes_mm3 < speck_mm3
     return {"components": int((~small).sum()), "specks": int(small.sum()),
             "speck_volume_ml": round(float(sizes_mm3[small].sum()) / 1000.0, 4)}
+
+
+def physical_ball(radius_mm: float, spacing_zyx_mm) -> np.ndarray:  # noqa: ANN001 - any sequence of 3 floats
+    """A structuring element: the voxel offsets within ``radius_mm`` of the centre on a
+    grid of that spacing (a ball in millimetres, an ellipsoid in voxels).
+
+    Example:
+        >>> physical_ball(1.0, (2.0, 1.0, 1.0)).astype(int).sum(axis=0).tolist()
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    """
+    reach = [int(np.floor(radius_mm / s + 1e-9)) for s in spacing_zyx_mm]
+    axes = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
+    return sum((a * float(s)) ** 2 for a, s in zip(axes, spacing_zyx_mm)) <= radius_mm ** 2 + 1e-9

@@ -38,11 +38,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from renalseg.components import STRUCTURE_26
+from renalseg.components import STRUCTURE_26, physical_ball
 from renalseg.geometry import Geometry
 
 __all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "kidney_outline",
-           "renal_score", "complexity", "describe", "SEGMENTED_CAVEAT"]
+           "kidney_frame", "renal_score", "complexity", "describe", "SEGMENTED_CAVEAT"]
 
 #: a tumour with less than this share outside the kidney's convex outline is endophytic
 #: (the outline of voxel centres leaves a surface voxel's half outside)
@@ -69,6 +69,24 @@ def complexity(score: int) -> str:
         ['low', 'moderate', 'high']
     """
     return "low" if score <= 6 else "moderate" if score <= 9 else "high"
+
+
+def kidney_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre, long axis (pointing superior) and half-length of a kidney, from its voxels'
+    positions (LPS mm).
+
+    Example:
+        >>> points = np.array([[0.0, 0.0, z] for z in range(-50, 51)] + [[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]])
+        >>> centre, axis, half = kidney_frame(points)
+        >>> np.round(axis, 3).tolist(), round(half)
+        ([0.0, 0.0, 1.0], 50)
+    """
+    centre = points_mm.mean(axis=0)
+    axis = np.linalg.svd(points_mm - centre, full_matrices=False)[2][0]
+    if axis[2] < 0:
+        axis = -axis
+    half = float(np.percentile(np.abs((points_mm - centre) @ axis), 99)) or 1.0
+    return centre, axis, half
 
 
 def _hull_mask(shape_zyx: tuple[int, ...], spacing_zyx: np.ndarray, hull: ConvexHull, tolerance: float
@@ -154,10 +172,8 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     exophytic = float((tumour & ~in_hull).sum() / tumour.sum())
 
     if given_sinus is None:  # the vessels running in the parenchyma are not sinus: closed over first
-        radius = np.ceil(VESSEL_CLOSING_MM / spacing_zyx).astype(int)
-        dz, dy, dx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-        ball = (dz * spacing_zyx[0]) ** 2 + (dy * spacing_zyx[1]) ** 2 + (dx * spacing_zyx[2]) ** 2 \
-            <= VESSEL_CLOSING_MM ** 2
+        ball = physical_ball(VESSEL_CLOSING_MM, spacing_zyx)
+        radius = np.array(ball.shape) // 2
         solid = ndimage.binary_closing(np.pad(kidney | tumour, radius[:, None]), ball)[
             tuple(slice(r, r + n) for r, n in zip(radius, kidney.shape))]
         depth = ndimage.distance_transform_edt(in_hull, sampling=spacing_zyx)
@@ -174,9 +190,7 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
 
     # the patient's frame: the kidney's long axis (pointing superior) and its centre
     kidney_world = sub.index_to_world(np.argwhere(kidney)[:, ::-1].astype(float))
-    centre = kidney_world.mean(axis=0)
-    axis = np.linalg.svd(kidney_world - centre, full_matrices=False)[2][0]
-    axis = axis if axis[2] >= 0 else -axis
+    centre, axis, _ = kidney_frame(kidney_world)
     tumour_world = sub.index_to_world(np.argwhere(tumour)[:, ::-1].astype(float))
     half_thickness = float(np.percentile(np.abs(kidney_world[:, 1] - centre[1]), 99)) or 1.0
     offset = float(centre[1] - tumour_world[:, 1].mean()) / half_thickness  # anterior is -y in LPS

@@ -118,7 +118,7 @@ from renalseg.errors import GeometryError, InputError, OutputExistsError, UsageE
 from renalseg.figures import TUMOUR_MEASURED_MIN_ML
 from renalseg.geometry import Geometry, assert_same_grid
 from renalseg.labels import values_mask
-from renalseg.nephrometry import renal_score
+from renalseg.nephrometry import kidney_frame, renal_score
 from renalseg.tree import STRUCTURE_26, bounding_box, drop_small_components, pruned_centerline, voxel_graph
 from renalseg.volume import Volume, crop, paste
 
@@ -1220,7 +1220,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         ids[i] = next_id
         next_id += 1
     kidney_points = _world(g, np.argwhere(kidney)[:: max(1, kidney_total // 20000)] + offset) if has_kidney else None
-    frame = _kidney_frame(kidney_points) if kidney_points is not None else None
+    frame = kidney_frame(kidney_points) if kidney_points is not None else None
 
     def centroid(i: int) -> np.ndarray | None:
         b = branches[i]
@@ -1444,16 +1444,6 @@ def proposed_clamping(clamping: Mapping) -> tuple[list[str], Mapping]:
     if clamping["strategy"] == "fewest":
         return list(clamping["fewest"]["names"]), clamping["fewest"]
     return [c["name"] for c in clamping["candidates"]], clamping
-
-
-def _kidney_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centre, long axis (pointing superior) and half-length of a kidney."""
-    centre = points_mm.mean(axis=0)
-    axis = np.linalg.svd(points_mm - centre, full_matrices=False)[2][0]
-    if axis[2] < 0:
-        axis = -axis
-    half = float(np.percentile(np.abs((points_mm - centre) @ axis), 99)) or 1.0
-    return centre, axis, half
 
 
 def _region_name(frame: tuple[np.ndarray, np.ndarray, float], point: np.ndarray) -> str:

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from renalseg.components import physical_ball
 from renalseg.training.data import IGNORE_INDEX, TrainingCase
 from renalseg.weights import AUTHORS_NORMALIZATION, normalize_hu
 
@@ -409,10 +410,7 @@ def thin_parts(mask: np.ndarray, spacing_zyx_mm: Sequence[float], diameter_mm: f
         >>> bool(thin[:, 3, 3].all()), bool(thin[:, 10:15, 10:15].any())
         (True, False)
     """
-    radius = diameter_mm / 2.0
-    reach = [int(np.floor(radius / s + 1e-9)) for s in spacing_zyx_mm]
-    axes = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    ball = sum((a * float(s)) ** 2 for a, s in zip(axes, spacing_zyx_mm)) <= radius ** 2 + 1e-9
+    ball = physical_ball(diameter_mm / 2.0, spacing_zyx_mm)
     opened = ndimage.binary_dilation(ndimage.binary_erosion(mask, ball, border_value=1), ball)
     return mask & ~opened
 
