@@ -100,6 +100,9 @@ def test_variants_are_deterministic_and_validated():
         synthesize_abdomen(0, phase="portal_venus", **SMALL)
     with pytest.raises(UsageError, match="kidney_drop_mm"):
         synthesize_abdomen(0, kidney_drop_mm={"right": 400}, **SMALL)
+    for clash in ({"kidney_drop_mm": {"left": 60}}, {"malrotated": "left"}, {"large_tumour": "left"}):
+        with pytest.raises(UsageError, match=f"{next(iter(clash))} left: that kidney is absent"):
+            synthesize_abdomen(0, absent_kidney="left", **clash, **SMALL)  # nothing to drop, turn or grow on
 
 
 def test_synth_cli_variant_flags(tmp_path):

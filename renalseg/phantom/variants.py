@@ -91,6 +91,13 @@ def check_variant_options(options: dict) -> None:
         raise UsageError("horseshoe joins both kidneys; it cannot go with absent_kidney.")
     if options.get("malrotated") is not None:
         _sides(options["malrotated"], "malrotated")
+    absent = set(_sides(options["absent_kidney"], "absent_kidney")) if options.get("absent_kidney") else set()
+    for name, sides in (("kidney_drop_mm", tuple(drop)), ("malrotated", options.get("malrotated")),
+                        ("large_tumour", options.get("large_tumour"))):
+        clash = absent & set(_sides(sides, name)) if sides else set()
+        if clash:
+            raise UsageError(f"{name} {', '.join(sorted(clash))}: that kidney is absent (absent_kidney); "
+                             "give it to the other kidney or leave the kidney in.")
     cut = options.get("fov_cut")
     if cut is not None and cut not in _CUTS:
         raise UsageError(f"fov_cut must be one of {', '.join(_CUTS)}; got {cut!r}.{suggest(str(cut), _CUTS)}")
