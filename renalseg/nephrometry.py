@@ -28,8 +28,8 @@ the patient's frame, with the figures it was read from:
 The hilar suffix ``h`` (a tumour touching the main renal artery or vein) is not scored.
 On labels from ``renalseg segment`` the score is as good as the tumour label, which finds
 part of each tumour (docs/validation.md): score a tumour drawn or corrected by hand
-(``renalseg plan --tumour FILE``). Agreement with the phantoms' truth is in
-docs/validation.md, "R.E.N.A.L. nephrometry".
+(``renalseg plan --tumour FILE``) or given by its centre and diameter (``--tumour-at``).
+Agreement with the phantoms' truth is in docs/validation.md, "R.E.N.A.L. nephrometry".
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
 
 #: what a report adds to a score read from ``renalseg segment``'s tumour label
 SEGMENTED_CAVEAT = ("scored on the segmented tumour, which finds part of a tumour and little of what bulges out of "
-                    "the kidney: a guide only; score the tumour drawn by hand (plan --tumour FILE)")
+                    "the kidney: a guide only; score the tumour drawn by hand (plan --tumour FILE) or given by its "
+                    "centre and diameter (--tumour-at X,Y,Z --tumour-diameter-mm D)")
 
 
 def describe(score: dict, *, segmented: bool = False) -> str:
