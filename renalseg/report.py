@@ -505,7 +505,8 @@ def _proposals_html(plan: object) -> list[str]:
     """What ``renalseg plan`` proposes to clamp on each kidney, first, where the plan says it
     (``clamping.strategy``); for a kidney with no proposal, why not (its status), and a kidney
     ``renalseg segment`` located none of (``study.not_located``), so that a reader does not
-    take the page for a plan of both kidneys; nothing for a plan.json of another shape."""
+    take the page for a plan of both kidneys; then each tumour's R.E.N.A.L. score, saying when
+    it was read from segment's own tumour label; nothing for a plan.json of another shape."""
     from renalseg.nephrometry import describe
     from renalseg.plan import proposed_clamping
 
@@ -525,21 +526,24 @@ def _proposals_html(plan: object) -> list[str]:
         except (KeyError, TypeError, ValueError):
             continue
     study = plan.get("study") if isinstance(plan, dict) else None
+    scores = []  # each kidney's R.E.N.A.L. score, under a heading of its own
     segmented = (isinstance(study, dict) and not study.get("tumour")
                  and Path(str(study.get("labels"))).name == "labels.nii.gz")  # segment's own tumour label
     for kidney in plan.get("kidneys", []) if isinstance(plan, dict) else []:
         score = (kidney.get("tumour") or {}).get("nephrometry") if isinstance(kidney, dict) else None
         if isinstance(score, dict):
             try:
-                lines.append(f"<div><b>{_e(kidney['side'])} kidney</b>: {_e(describe(score, segmented=segmented))}"
-                             "</div>")
+                scores.append(f"<div><b>{_e(kidney['side'])} kidney</b>: {_e(describe(score, segmented=segmented))}"
+                              "</div>")
             except (KeyError, TypeError, ValueError):
                 continue
     missing = study.get("not_located") if isinstance(study, dict) else None
     for side, why in sorted(missing.items()) if isinstance(missing, dict) else []:
         lines.append(f"<div><b>{_e(side)} kidney</b>: not located by renalseg segment, not planned "
                      f"<span class='muted'>({_e(why)})</span></div>")
-    return ["<h3 style='font-size:14px;margin:8px 0 4px 0'>Proposed clamping</h3>", *lines] if lines else []
+    heading = "<h3 style='font-size:14px;margin:8px 0 4px 0'>{}</h3>"
+    return (([heading.format("Proposed clamping"), *lines] if lines else [])
+            + ([heading.format("Tumour complexity (R.E.N.A.L. nephrometry)"), *scores] if scores else []))
 
 
 def _images_section(study_dir: Path) -> str:

@@ -853,7 +853,9 @@ def test_the_report_gives_the_renal_score_and_says_when_it_is_read_from_the_segm
              "L": {"points": 2, "between_polar_lines_percent": 40.0, "crosses_midline": False}, "hilar": None}
     plan = {"study": {"labels": "/s/labels.nii.gz"}, "kidneys": [{"side": "left", "tumour": {"nephrometry": score}}]}
     page = "".join(_proposals_html(plan))
-    assert "<b>left kidney</b>: R.E.N.A.L. 9p (moderate): R 2 (45 mm across)" in page
+    assert ("Tumour complexity (R.E.N.A.L. nephrometry)</h3>"
+            "<div><b>left kidney</b>: R.E.N.A.L. 9p (moderate): R 2 (45 mm across)") in page
+    assert "Proposed clamping" not in page  # no clamping in this plan: the score is not under that heading
     assert "scored on the segmented tumour" in page
     drawn = {**plan, "study": {"labels": "/s/labels.nii.gz", "tumour": "tumour.nii.gz"}}
     other = {**plan, "study": {"labels": "/s/other_tool.nii.gz"}}
