@@ -187,18 +187,21 @@ def demo(
 
 
 def plan_lines(plan: dict) -> list[str]:
-    """One line per kidney of ``plan.json``: the tumour, its feeding branches and what
-    clamping them costs, in words.
+    """One line per kidney of ``plan.json``: the tumour, its feeding branches, what
+    clamping them costs and its R.E.N.A.L. score, in words.
 
     Example:
         >>> plan = {"kidneys": [{"side": "left", "status": "planned",
         ...     "branches": [{"id": 3, "name": "segmental 2", "tumour_percent": 80.0}],
-        ...     "tumour": {"volume_ml": 12.3, "feeding": [3]},
+        ...     "tumour": {"volume_ml": 12.3, "feeding": [3],
+        ...                "nephrometry": {"score": 8, "suffix": "p", "complexity": "moderate"}},
         ...     "clamping": {"strategy": "selective", "candidates": [{"name": "segmental 2"}],
         ...                  "ischaemic_ml": 20.0, "ischaemic_percent": 14.2}},
         ...     {"side": "right", "status": "no_tumour", "branches": [], "tumour": None, "clamping": None}]}
         >>> print("\\n".join(plan_lines(plan)))
-        left kidney: a 12.3 ml tumour fed by segmental 2 (80% of tumour + margin); clamping segmental 2 leaves 20.0 ml (14%) of healthy kidney without blood
+        ... # doctest: +NORMALIZE_WHITESPACE
+        left kidney: a 12.3 ml tumour fed by segmental 2 (80% of tumour + margin); clamping segmental 2 leaves 20.0 ml
+        (14%) of healthy kidney without blood; R.E.N.A.L. 8p (moderate) on the segmented tumour
         right kidney: no tumour
     """
     from renalseg.plan import proposed_clamping
@@ -224,6 +227,9 @@ def plan_lines(plan: dict) -> list[str]:
             elif clamping["strategy"] == "fewest" and clamping["candidates"]:
                 line += (f"; the deepest candidates, {len(clamping['candidates'])} branches, "
                          f"{clamping['ischaemic_ml']:.1f} ml ({clamping['ischaemic_percent']:.0f}%)")
+        score = tumour.get("nephrometry")
+        if score:
+            line += f"; R.E.N.A.L. {score['score']}{score['suffix']} ({score['complexity']}) on the segmented tumour"
         lines.append(line)
     return lines
 
