@@ -40,6 +40,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from renalseg.components import STRUCTURE_26, physical_ball
 from renalseg.geometry import Geometry
+from renalseg.tree import bounding_box
 
 __all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "kidney_outline",
            "kidney_frame", "renal_score", "complexity", "describe", "SEGMENTED_CAVEAT"]
@@ -159,8 +160,9 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
         return None
     spacing_zyx = np.asarray(geometry.spacing_xyz_mm, float)[::-1]
     reach = np.ceil(2 * SINUS_MIN_DEPTH_MM / spacing_zyx).astype(int) + 1
-    lo = np.maximum(np.minimum(np.argwhere(kidney).min(0), np.argwhere(tumour).min(0)) - reach, 0)
-    hi = np.minimum(np.maximum(np.argwhere(kidney).max(0), np.argwhere(tumour).max(0)) + reach + 1, kidney.shape)
+    tight = bounding_box(kidney | tumour)
+    lo = np.maximum([b.start for b in tight] - reach, 0)
+    hi = np.minimum([b.stop for b in tight] + reach, kidney.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     kidney, tumour = kidney[box], tumour[box]
     given_sinus = None if sinus is None else np.asarray(sinus, bool)[box]

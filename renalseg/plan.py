@@ -973,13 +973,12 @@ def _planned_tumour(tumour: np.ndarray, voxel_ml: float, min_ml: float) -> tuple
     return large[pieces], count - int(large.sum())
 
 
-def _tumour_pieces(tumour: np.ndarray, kidney: np.ndarray, units: np.ndarray, g: Geometry, offset: np.ndarray,
-                   frame: tuple | None, config: PlanConfig) -> list[dict]:
-    """Each planned tumour piece (26-connected, largest first) with where it lies and the
-    territories that feed it (its own tumour + margin share, the plan's rule): a second,
-    false piece can then be told from the tumour the surgeon came for and its branches
-    set aside."""
-    pieces, count = _components(tumour)
+def _tumour_pieces(pieces: np.ndarray, count: int, kidney: np.ndarray, units: np.ndarray, g: Geometry,
+                   offset: np.ndarray, frame: tuple | None, config: PlanConfig) -> list[dict]:
+    """Each planned tumour piece (``pieces``, ``count``: its 26-connected pieces, largest
+    first) with where it lies and the territories that feed it (its own tumour + margin
+    share, the plan's rule): a second, false piece can then be told from the tumour the
+    surgeon came for and its branches set aside."""
     voxel_ml = g.voxel_volume_mm3 / 1000.0
     sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
     listed = []
@@ -1356,8 +1355,8 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         territory["tumour_percent"] = round(100 * own.get(territory["value"], 0.0), 2)
     unit_share = sorted(((own.get(ids[u], 0.0), u) for u in units), key=lambda t: -t[0])
     facts["feeding"] = [ids[u] for s, u in unit_share if s >= config.feeding_min_share]
-    facts["pieces"] = _tumour_pieces(planned, kidney, labelled, g, offset, frame, config)
     pieces, count = _components(planned)
+    facts["pieces"] = _tumour_pieces(pieces, count, kidney, labelled, g, offset, frame, config)
     largest = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:]))
     facts["nephrometry"] = renal_score(kidney, largest, g.crop(tuple(int(v) for v in offset), kidney.shape))
     if facts["nephrometry"] is None:

@@ -212,26 +212,30 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UsageError(f"{data_dir}: no such folder. Pass --data DIR holding image/ and label/.")
-    if not (data_dir / "image").is_dir() and (data_dir / "imagesTr").is_dir():
-        return _find_nnunet_cases(data_dir, labelled=labelled)
-    image_dir = data_dir / "image"
+    nnunet = not (data_dir / "image").is_dir() and (data_dir / "imagesTr").is_dir()
+    image_name, label_name = ("imagesTr", "labelsTr") if nnunet else ("image", "label")
+    pairing = ("imagesTr/<case>_0000 and labelsTr/<case>" if nnunet
+               else "image/<case> and label/<case> with the same name")
+    image_dir = data_dir / image_name
     if not image_dir.is_dir():
         raise DataLayoutError(
             f"{data_dir}: no image/ folder. Expected the KiPA22 layout: {data_dir}/image/<case>.nii.gz"
             + (f" and {data_dir}/label/<case>.nii.gz." if labelled else ".")
         )
-    images = _list_folder(image_dir, series_folders=True)
+    images = (_channel_zero(_list_folder(image_dir)) if nnunet
+              else _list_folder(image_dir, series_folders=True))
     if not images:
         raise DataLayoutError(
-            f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM series folders)."
+            f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}"
+            f"{'' if nnunet else ' and DICOM series folders'})."
         )
     labels: dict[str, Path] = {}
     if labelled:
-        label_dir = data_dir / "label"
+        label_dir = data_dir / label_name
         if not label_dir.is_dir():
             raise DataLayoutError(
-                f"{data_dir}: no label/ folder; the seg stage needs {data_dir}/label/<case>.nii.gz "
-                "with the same names as image/ (the dae stage needs images only)."
+                f"{data_dir}: no {label_name}/ folder; the seg stage needs {data_dir}/{label_name}/<case>.nii.gz "
+                f"beside {image_name}/ (the dae stage needs images only)."
             )
         labels = _list_folder(label_dir)
         no_label = sorted(set(images) - set(labels))
@@ -243,8 +247,8 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
             if no_image:
                 parts.append(f"labels without an image: {', '.join(no_image[:10])}")
             raise DataLayoutError(
-                f"{data_dir}: image/ and label/ names do not match ({'; '.join(parts)}). "
-                "Each case needs image/<case> and label/<case> with the same name."
+                f"{data_dir}: {image_name}/ and {label_name}/ names do not match ({'; '.join(parts)}). "
+                f"Each case needs {pairing}."
             )
     tissues = _list_folder(data_dir / "tissue") if (data_dir / "tissue").is_dir() else {}
     return [
@@ -253,12 +257,11 @@ def find_cases(data_dir: Path | str, *, labelled: bool = True) -> list[CaseFiles
     ]
 
 
-def _find_nnunet_cases(data_dir: Path, *, labelled: bool) -> list[CaseFiles]:
-    """The cases of an nnU-Net raw dataset folder: ``imagesTr/<case>_0000.<ext>`` (the
-    channel suffix) and ``labelsTr/<case>.<ext>``. One CT channel: a second channel
-    (``_0001``) is refused, naming the case."""
+def _channel_zero(found: dict[str, Path]) -> dict[str, Path]:
+    """An nnU-Net ``imagesTr/`` listing (``<case>_0000``: the channel suffix) by case id.
+    One CT channel: a second channel (``_0001``) is refused, naming the case."""
     images: dict[str, Path] = {}
-    for name, path in _list_folder(data_dir / "imagesTr").items():
+    for name, path in found.items():
         case_id, _, channel = name.rpartition("_")
         if not (case_id and len(channel) == 4 and channel.isdigit()):
             raise DataLayoutError(f"{path}: an nnU-Net image's name ends in its channel (<case>_0000); "
@@ -267,19 +270,7 @@ def _find_nnunet_cases(data_dir: Path, *, labelled: bool) -> list[CaseFiles]:
             raise DataLayoutError(f"{path}: channel {channel} of case '{case_id}'; renalseg trains on one "
                                   "CT channel (_0000). Move the other channels out of imagesTr.")
         images[case_id] = path
-    if not images:
-        raise DataLayoutError(f"{data_dir / 'imagesTr'}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}).")
-    labels: dict[str, Path] = {}
-    if labelled:
-        if not (data_dir / "labelsTr").is_dir():
-            raise DataLayoutError(f"{data_dir}: no labelsTr/ folder beside imagesTr/; the seg stage needs "
-                                  f"{data_dir}/labelsTr/<case>.nii.gz (the dae stage needs images only).")
-        labels = _list_folder(data_dir / "labelsTr")
-        unmatched = sorted(set(images) ^ set(labels))
-        if unmatched:
-            raise DataLayoutError(f"{data_dir}: imagesTr/ and labelsTr/ cases do not match ({', '.join(unmatched[:10])}"
-                                  "). Each case needs imagesTr/<case>_0000 and labelsTr/<case>.")
-    return [CaseFiles(case_id, images[case_id], labels.get(case_id)) for case_id in sorted(images)]
+    return images
 
 
 @dataclass(frozen=True, eq=False)
