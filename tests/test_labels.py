@@ -545,3 +545,36 @@ def test_the_fast_label_paths_agree_with_numpy():
     probabilities[:, 1] = 0.2
     assert np.array_equal(probabilities_to_labels(probabilities), np.argmax(probabilities, axis=0))
     assert (probabilities_to_labels(probabilities)[1] == 0).all()
+
+
+def test_an_roi_crops_side_is_read_from_its_renal_vessels_not_its_coordinates():
+    """A crop's coordinates need not be the patient's (KiPA22's start at 0, 0, 0). The renal
+    artery and vein leave the kidney medially: vessels running from the kidney to the
+    patient's right make it the left kidney, whatever side of x = 0 the crop's centre lies."""
+    spec = ModelSpec(window_zyx=(16, 32, 64), classes=FOUR)
+    for origin_x, mirrored, side in ((-60.0, False, "left"), (20.0, True, "right")):
+        geometry = Geometry((20, 40, 90), (0.7, 0.7, 1.0), (origin_x, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        truth = np.zeros(geometry.shape_zyx, np.uint8)
+        truth[2:18, 5:35, 50:85] = 2  # the kidney at the crop's +x (patient's left) end
+        truth[8:11, 10:13, 5:55] = 3  # its artery and vein towards -x (the patient's right)
+        truth[8:12, 22:27, 5:55] = 1
+        if mirrored:
+            truth = np.ascontiguousarray(truth[:, :, ::-1])
+        hu = np.full(geometry.shape_zyx, -100.0, np.float32)
+        for value, (lo, hi) in BANDS_HU.items():
+            hu[truth == value] = (lo + hi) / 2
+        centre_x = origin_x + 0.7 * 89 / 2  # the crop's centre: on the other side of x = 0
+        assert (centre_x > 0) == (side == "right")
+        result = segment_study(Volume(hu.astype(np.int16), geometry).to_sitk(),
+                               SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                               segmenter=Segmenter.from_predictor(_banded, spec))
+        (roi,) = result.report["rois"]
+        assert roi["side"] == side and "side from its renal vessels" in roi["notes"][0]
+        assert set(result.report["structures"]["kidney"]) == {side}
+        # without vessels beyond the kidney the crop's coordinates are all there is: said to be a guess
+        kidney_only = np.where(truth == 2, hu, -100.0).astype(np.int16)
+        guessed = segment_study(Volume(kidney_only, geometry).to_sitk(),
+                                SegmentConfig(input_is_roi=True, min_component_mm3=0),
+                                segmenter=Segmenter.from_predictor(_banded, spec))
+        (roi,) = guessed.report["rois"]
+        assert roi["side"] != side and "a guess" in roi["notes"][0]
