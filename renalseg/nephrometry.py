@@ -25,7 +25,11 @@ the patient's frame, with the figures it was read from:
   at most half of it between them 2; more than half between them, or across the kidney's
   axial mid-plane, 3.
 
-The hilar suffix ``h`` (a tumour touching the main renal artery or vein) is not scored.
+The hilar suffix ``h``: the tumour abuts the main renal artery or vein, its wall within
+:data:`HILAR_CONTACT_MM` of the tumour (no fat plane CT resolves between them). The main
+vessels are the caller's to give, as centerlines with their radii (``renalseg plan``: the
+artery tree's main branches, and the renal vein from its medial end to where it divides);
+``h`` is scored when either touches the tumour, or when both are known and neither does.
 On labels from ``renalseg segment`` the score is as good as the tumour label, which finds
 part of each tumour (docs/validation.md): score a tumour drawn or corrected by hand
 (``renalseg plan --tumour FILE``) or given by its centre and diameter (``--tumour-at``).
@@ -34,16 +38,19 @@ Agreement with the phantoms' truth is in docs/validation.md, "R.E.N.A.L. nephrom
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from renalseg.components import STRUCTURE_26, physical_ball
 from renalseg.geometry import Geometry
 from renalseg.tree import bounding_box
 
-__all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "kidney_outline",
-           "kidney_frame", "renal_score", "complexity", "describe", "SEGMENTED_CAVEAT"]
+__all__ = ["ENDOPHYTIC_MAX_SHARE", "SINUS_MIN_DEPTH_MM", "VESSEL_CLOSING_MM", "AP_NEUTRAL_SHARE", "HILAR_CONTACT_MM",
+           "kidney_outline", "kidney_frame", "renal_score", "hilar", "notation", "complexity", "describe",
+           "SEGMENTED_CAVEAT"]
 
 #: a tumour with less than this share outside the kidney's convex outline is endophytic
 #: (the outline of voxel centres leaves a surface voxel's half outside)
@@ -60,6 +67,10 @@ VESSEL_CLOSING_MM = 2.0
 #: a tumour centre within this share of the kidney's half-thickness of its coronal
 #: mid-plane is neither anterior nor posterior (``x``)
 AP_NEUTRAL_SHARE = 0.15
+
+#: a main renal vessel whose wall comes this close to the tumour abuts it (``h``): two
+#: to three voxels of the model grid, under the fat plane CT shows between two structures
+HILAR_CONTACT_MM = 2.0
 
 
 def complexity(score: int) -> str:
@@ -135,8 +146,61 @@ def kidney_outline(kidney: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray | 
     return _hull_mask(kidney.shape, spacing_zyx, hull, 0.5 * float(np.max(spacing_zyx)))
 
 
+def hilar(tumour_mm: np.ndarray, main_vessels: Mapping[str, tuple[np.ndarray, np.ndarray] | None],
+          half_voxel_mm: float) -> dict:
+    """Whether a tumour abuts the main renal artery or vein (Kutikov and Uzzo's ``h``).
+
+    Args:
+        tumour_mm: the tumour's voxel centres (LPS mm; its surface voxels suffice).
+        main_vessels: ``"artery"`` and ``"vein"``, each the main vessel's centerline
+            points (LPS mm) and inscribed radii (mm), or ``None`` where it is not known.
+        half_voxel_mm: half the grid's smallest voxel: a voxel centre lies that far inside
+            its label's surface.
+
+    Returns:
+        ``{"h": True | False | None, "main_artery_mm", "main_vein_mm"}``: the gap (mm)
+        between each vessel's wall and the tumour's surface, 0 where they touch, ``None``
+        where the vessel is not known; ``h`` is ``None`` where neither touches and one is
+        not known.
+
+    Example:
+        >>> tumour = np.array([[x, y, z] for x in range(10) for y in range(10) for z in range(10)], float)
+        >>> vein = (np.array([[12.0, 5.0, z] for z in range(10)]), np.full(10, 1.5))  # wall 1 mm from the surface
+        >>> artery = (np.array([[30.0, 5.0, z] for z in range(10)]), np.full(10, 2.0))
+        >>> hilar(tumour, {"artery": artery, "vein": vein}, 0.5)
+        {'h': True, 'main_artery_mm': 18.5, 'main_vein_mm': 1.0}
+        >>> hilar(tumour, {"artery": artery, "vein": None}, 0.5)["h"] is None
+        True
+    """
+    tree = cKDTree(np.asarray(tumour_mm, float))
+    gaps: dict[str, float | None] = {}
+    for name in ("artery", "vein"):
+        vessel = main_vessels.get(name)
+        if vessel is None or len(vessel[0]) == 0:
+            gaps[name] = None
+            continue
+        points, radius = np.asarray(vessel[0], float), np.asarray(vessel[1], float)
+        gap = float(np.min(tree.query(points)[0] - radius)) - half_voxel_mm
+        gaps[name] = round(max(gap, 0.0), 1)
+    known = [gap for gap in gaps.values() if gap is not None]
+    touching = any(gap <= HILAR_CONTACT_MM for gap in known)
+    h = True if touching else False if len(known) == len(gaps) else None
+    return {"h": h, "main_artery_mm": gaps["artery"], "main_vein_mm": gaps["vein"]}
+
+
+def notation(score: Mapping) -> str:
+    """The score as surgeons write it: the sum, a/p/x, and ``h`` when hilar.
+
+    Example:
+        >>> notation({"score": 10, "suffix": "a", "hilar": {"h": True}}), notation({"score": 7, "suffix": "x"})
+        ('10ah', '7x')
+    """
+    return f"{score['score']}{score['suffix']}" + ("h" if (score.get("hilar") or {}).get("h") else "")
+
+
 def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
-                sinus: np.ndarray | None = None) -> dict | None:
+                sinus: np.ndarray | None = None,
+                main_vessels: Mapping[str, tuple[np.ndarray, np.ndarray] | None] | None = None) -> dict | None:
     """The R.E.N.A.L. score of ``tumour`` on ``kidney`` (bool arrays on ``geometry``).
 
     Args:
@@ -145,11 +209,15 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
         geometry: the arrays' grid (oblique and anisotropic grids measure right).
         sinus: the renal sinus and collecting system where known (a phantom's truth,
             another tool's label); default: found from the kidney's outline.
+        main_vessels: the main renal artery's and vein's centerlines and radii, as
+            :func:`hilar` takes them; without them the hilar suffix is not scored.
 
     Returns:
         ``{"score", "suffix", "complexity", "R": {"points", "diameter_mm"}, "E": {"points",
         "exophytic_percent"}, "N": {"points", "distance_mm"}, "A": "a" | "p" | "x",
-        "L": {"points", "between_polar_lines_percent", "crosses_midline"}, "hilar": None}``;
+        "L": {"points", "between_polar_lines_percent", "crosses_midline"}, "hilar": None | {"h",
+        "main_artery_mm", "main_vein_mm"}}`` (:func:`hilar`; ``suffix`` is a/p/x, :func:`notation`
+        adds ``h``);
         ``None`` without a tumour, or a kidney too small or flat to have an outline or
         without a sinus (a kidney label cut short above or below its hilum).
     """
@@ -206,6 +274,10 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     location = 1 if between == 0 else 3 if between > 0.5 or crosses_midline else 2
 
     diameter = largest_diameter_mm(tumour, sub)
+    surface = tumour & ~ndimage.binary_erosion(tumour, STRUCTURE_26)
+    touch = (None if main_vessels is None else
+             hilar(sub.index_to_world(np.argwhere(surface)[:, ::-1].astype(float)), main_vessels,
+                   0.5 * float(spacing_zyx.min())))
     points = {"R": 1 if diameter <= 40 else 2 if diameter < 70 else 3,
               "E": 1 if exophytic >= 0.5 else 2 if exophytic >= ENDOPHYTIC_MAX_SHARE else 3,
               "N": 1 if distance >= 7 else 2 if distance > 4 else 3, "L": location}
@@ -217,13 +289,27 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
             "A": side,
             "L": {"points": location, "between_polar_lines_percent": round(100 * between, 1),
                   "crosses_midline": crosses_midline},
-            "hilar": None}
+            "hilar": touch}
 
 
 #: what a report adds to a score read from ``renalseg segment``'s tumour label
 SEGMENTED_CAVEAT = ("scored on the segmented tumour, which finds part of a tumour and little of what bulges out of "
                     "the kidney: a guide only; score the tumour drawn by hand (plan --tumour FILE) or given by its "
                     "centre and diameter (--tumour-at X,Y,Z --tumour-diameter-mm D)")
+
+
+def _hilar_words(touch: Mapping | None) -> str:
+    if touch is None:
+        return "hilar (h) not scored"
+    gaps = {"main renal artery": touch.get("main_artery_mm"), "main renal vein": touch.get("main_vein_mm")}
+    if touch.get("h"):
+        touching = [n for n, g in gaps.items() if g is not None and g <= HILAR_CONTACT_MM]
+        return "h (abuts the " + " and the ".join(touching) + ")"
+    known = ", ".join(f"{n} {g:g} mm" for n, g in gaps.items() if g is not None)
+    if touch.get("h") is False:
+        return f"not hilar ({known} from it)"
+    missing = " or ".join(n for n, g in gaps.items() if g is None)
+    return f"hilar (h) not scored: no {missing} in the labels" + (f" ({known} from it)" if known else "")
 
 
 def describe(score: dict, *, segmented: bool = False) -> str:
@@ -234,16 +320,17 @@ def describe(score: dict, *, segmented: bool = False) -> str:
         >>> print(describe({"score": 8, "suffix": "p", "complexity": "moderate",
         ...                 "R": {"points": 2, "diameter_mm": 45.0}, "E": {"points": 1, "exophytic_percent": 62.0},
         ...                 "N": {"points": 3, "distance_mm": 1.2},
-        ...                 "L": {"points": 2, "between_polar_lines_percent": 30.0, "crosses_midline": False}}))
+        ...                 "L": {"points": 2, "between_polar_lines_percent": 30.0, "crosses_midline": False},
+        ...                 "hilar": {"h": True, "main_artery_mm": 6.5, "main_vein_mm": 0.0}}))
         ... # doctest: +ELLIPSIS
-        R.E.N.A.L. 8p (moderate): R 2 (45 mm across), E 1 (62% outside the kidney's outline), N 3 (1.2 mm ...
+        R.E.N.A.L. 8ph (moderate): R 2 (45 mm across), E 1 (62% outside the kidney's outline), N 3 (1.2 mm ...
     """
     location = f"{score['L']['between_polar_lines_percent']:g}% between the polar lines"
     if score["L"].get("crosses_midline"):
         location += ", across the kidney's mid-plane"
-    return (f"R.E.N.A.L. {score['score']}{score['suffix']} ({score['complexity']}): "
+    return (f"R.E.N.A.L. {notation(score)} ({score['complexity']}): "
             f"R {score['R']['points']} ({score['R']['diameter_mm']:g} mm across), "
             f"E {score['E']['points']} ({score['E']['exophytic_percent']:g}% outside the kidney's outline), "
             f"N {score['N']['points']} ({score['N']['distance_mm']:g} mm from the sinus), "
-            f"L {score['L']['points']} ({location}); hilar (h) not scored"
+            f"L {score['L']['points']} ({location}); {_hilar_words(score.get('hilar'))}"
             + (f"; {SEGMENTED_CAVEAT}" if segmented else ""))

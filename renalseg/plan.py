@@ -82,7 +82,8 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
                                                  "R": {"points", "diameter_mm"}, "E": {"points", "exophytic_percent"},
                                                  "N": {"points", "distance_mm"}, "A",
                                                  "L": {"points", "between_polar_lines_percent", "crosses_midline"},
-                                                 "hilar": null}},   # renalseg.nephrometry
+                                                 "hilar": {"h": true | false | null,  # abuts the main
+                                                           "main_artery_mm", "main_vein_mm"}}},  # vessels (mm gaps)
         "clamping": null | {"strategy": "selective" | "fewest" | "main", "coverage_percent",
                             "candidates": [{"branch", "name", "tumour_percent", "ischaemic_ml", "ischaemic_percent"}],
                             "ischaemic_ml", "ischaemic_percent",
@@ -131,12 +132,16 @@ __all__ = ["PlanConfig", "PlanResult", "STRUCTURES", "LEVELS", "parse_label_map"
 logger = logging.getLogger(__name__)
 
 #: the structures a plan reads from a label map
-STRUCTURES = ("artery", "kidney", "tumour")
+STRUCTURES = ("artery", "kidney", "tumour", "vein")
 #: branch levels, root to leaves
 LEVELS = ("main", "division", "segmental", "further")
 #: names in a ``labels.json`` that mean each structure
 _NAME_TO_STRUCTURE = {"artery": "artery", "renal_artery": "artery", "kidney": "kidney", "tumour": "tumour",
-                      "tumor": "tumour", "renal_tumour": "tumour", "renal_tumor": "tumour", "kidney_tumour": "tumour"}
+                      "tumor": "tumour", "renal_tumour": "tumour", "renal_tumor": "tumour", "kidney_tumour": "tumour",
+                      "vein": "vein", "renal_vein": "vein"}
+#: at a junction of the main renal vein a tributary whose centerline downstream is under
+#: this share of the largest branch's (gonadal, adrenal, lumbar veins) does not end it
+_VEIN_TRIBUTARY_SHARE = 0.25
 _KIDNEY_MIN_ML = 5.0  # smaller kidney-label pieces are specks, not a kidney
 #: two kidney pieces whose centres are closer than this across the body (LPS x) are not a
 #: left and a right kidney (their centres lie 100 mm or more apart): the smaller is dropped
@@ -291,7 +296,7 @@ def label_map_from_names(names: Mapping[str, str]) -> dict[int, str]:
 
     Example:
         >>> label_map_from_names({"0": "background", "1": "renal_vein", "2": "kidney", "3": "renal_artery"})
-        {2: 'kidney', 3: 'artery'}
+        {1: 'vein', 2: 'kidney', 3: 'artery'}
     """
     return {int(k): _NAME_TO_STRUCTURE[v.lower()] for k, v in names.items()
             if str(v).lower() in _NAME_TO_STRUCTURE and int(k) > 0}
@@ -630,6 +635,7 @@ class _Side:
     tumour: np.ndarray  # tumour touching this kidney
     tumour_outside: np.ndarray  # tumour pieces not touching it
     notes: list[str] = field(default_factory=list)
+    vein: np.ndarray | None = None  # None: the label map has no vein
 
 
 def _world(geometry: Geometry, index_zyx: np.ndarray) -> np.ndarray:
@@ -707,14 +713,18 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
     owner, _ = _nearest_owner(artery_pieces, artery_count, kidneys, spacing_zyx)
     tumour_pieces, tumour_count = _components(masks["tumour"])
     tumour_owner, tumour_distance = _nearest_owner(tumour_pieces, tumour_count, kidneys, spacing_zyx)
+    has_vein = "vein" in label_map.values()
+    vein_pieces, vein_count = _components(masks["vein"])
+    vein_owner, _ = _nearest_owner(vein_pieces, vein_count, kidneys, spacing_zyx)
     sides: list[_Side] = []
     for index, kidney in enumerate(kidneys):
         artery = np.isin(artery_pieces, np.nonzero(owner == index)[0]) & masks["artery"]
         touching = np.nonzero((tumour_owner == index) & (tumour_distance <= 1.01 * float(np.linalg.norm(spacing_zyx))))[0]
         outside = np.nonzero((tumour_owner == index) & ~np.isin(np.arange(tumour_count + 1), touching))[0]
         outside = outside[outside > 0]
+        vein = np.isin(vein_pieces, np.nonzero(vein_owner == index)[0]) & masks["vein"] if has_vein else None
         sides.append(_Side("", kidney, artery, np.isin(tumour_pieces, touching) & masks["tumour"],
-                           np.isin(tumour_pieces, outside) & masks["tumour"], list(notes)))
+                           np.isin(tumour_pieces, outside) & masks["tumour"], list(notes), vein))
     if len(kidneys) == 2:
         left = int(np.argmax([c[0] for c in centres]))  # patient left is +x in LPS
         sides[left].side, sides[1 - left].side = "left", "right"
@@ -741,6 +751,49 @@ def _split_sides(volume: Volume, label_map: Mapping[int, str], rois: list[dict],
         for number, s in enumerate(sides, start=1):
             s.side = f"{s.side}_{number}"
     return sides
+
+
+def _medial_end(ends: np.ndarray, reach: np.ndarray, points_mm: np.ndarray, kidney_centre: np.ndarray,
+                medial: np.ndarray) -> int:
+    """A vessel's root: of its centerline's ends (``reach``: their depth outside the
+    kidney, mm), the most medial one outside the kidney (any end where none is)."""
+    outside = ends[reach > 0]
+    candidates = outside if len(outside) else ends
+    return int(candidates[np.argmax((points_mm[candidates] - kidney_centre) @ medial)])
+
+
+def _main_vein(vein: np.ndarray, outside_depth: np.ndarray, g: Geometry, offset: np.ndarray,
+               kidney_centre: np.ndarray, medial: np.ndarray, prune_factor: float
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The main renal vein's centerline (LPS mm) and inscribed radii (mm), ``None`` where
+    the side has no vein: on the vein label's largest piece, from its most medial end
+    outside the kidney (at the IVC) along the largest branch, past tributaries
+    (:data:`_VEIN_TRIBUTARY_SHARE`), to where it divides."""
+    if not vein.any():
+        return None
+    coords, tree, radius, _, _ = pruned_centerline(np.pad(vein, 1), tuple(float(s) for s in g.spacing_xyz_mm),
+                                                   prune_factor=prune_factor)
+    if len(coords) == 0:
+        return None
+    coords = coords - 1
+    points_mm = _world(g, coords + offset)
+    _, piece = csgraph.connected_components(tree, directed=False)
+    nodes = np.nonzero(piece == np.argmax(np.bincount(piece)))[0]
+    ends = nodes[np.diff(tree.indptr)[nodes] <= 1]
+    root = _medial_end(ends, outside_depth[tuple(coords[ends].T)], points_mm, kidney_centre, medial)
+    order, previous = csgraph.breadth_first_order(tree, root, directed=False, return_predecessors=True)
+    downstream = np.ones(len(coords))
+    children: dict[int, list[int]] = {}
+    for node in order[:0:-1]:  # leaves first
+        downstream[previous[node]] += downstream[node]
+        children.setdefault(int(previous[node]), []).append(int(node))
+    path = [root]
+    while children.get(path[-1]):
+        ahead = sorted(children[path[-1]], key=lambda c: -downstream[c])
+        if len(ahead) > 1 and downstream[ahead[1]] >= _VEIN_TRIBUTARY_SHARE * downstream[ahead[0]]:
+            break  # it divides
+        path.append(ahead[0])
+    return points_mm[path], radius[path]
 
 
 def _side_from_artery(g: Geometry, kidney: np.ndarray, artery: np.ndarray, centre: np.ndarray) -> str:
@@ -1050,9 +1103,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         nodes = np.nonzero(piece == p)[0]
         ends = nodes[degree[nodes] <= 1]
         reach = outside_depth[tuple(coords[ends].T)]
-        outside_ends = ends[reach > 0] if has_kidney else ends
-        candidates = outside_ends if len(outside_ends) else ends
-        root = int(candidates[np.argmax((points_mm[candidates] - kidney_centre) @ medial)])
+        root = _medial_end(ends, reach, points_mm, kidney_centre, medial)
         pieces.append({"nodes": nodes, "root": root, "reach_mm": float(reach.max()) if len(reach) else 0.0,
                        "size": len(nodes)})
     pieces.sort(key=lambda q: -q["size"])
@@ -1358,7 +1409,12 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     pieces, count = _components(planned)
     facts["pieces"] = _tumour_pieces(pieces, count, kidney, labelled, g, offset, frame, config)
     largest = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:]))
-    facts["nephrometry"] = renal_score(kidney, largest, g.crop(tuple(int(v) for v in offset), kidney.shape))
+    main_artery = [n for i in _alive(branches) if branches[i].level == "main" for n in branches[i].nodes]
+    main_vessels = {"artery": (points_mm[main_artery], radius[main_artery]) if main_artery else None,
+                    "vein": None if part.vein is None else _main_vein(part.vein[box], outside_depth, g, offset,
+                                                                      kidney_centre, medial, config.prune_factor)}
+    facts["nephrometry"] = renal_score(kidney, largest, g.crop(tuple(int(v) for v in offset), kidney.shape),
+                                       main_vessels=main_vessels)
     if facts["nephrometry"] is None:
         entry["notes"].append(f"R.E.N.A.L. not scored on the {part.side} side: the kidney label shows no renal "
                               "sinus (no hilum in it, or cut short above or below it) to measure from.")

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from renalseg.labels import values_mask
+from renalseg.nephrometry import notation
 from renalseg.plan import proposed_clamping
 from renalseg.preview import _font
 from renalseg.tree import bounding_box
@@ -181,7 +182,7 @@ def render_plan(result) -> Image.Image:  # noqa: ANN001 - a renalseg.plan.PlanRe
             summary = entry["status"].replace("_", " ")
         score = (entry.get("tumour") or {}).get("nephrometry")
         if score:
-            summary += f"; R.E.N.A.L. {score['score']}{score['suffix']} ({score['complexity']})"
+            summary += f"; R.E.N.A.L. {notation(score)} ({score['complexity']})"
         columns.append((entry["side"], coronal, axial, legend, summary))
     if not columns:
         image = Image.new("RGB", (2 * _PANEL_PX, 60), "black")

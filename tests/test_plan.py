@@ -319,7 +319,10 @@ def test_small_phantom_truth_and_plan() -> None:
     from renalseg.nephrometry import renal_score
 
     score = entry["tumour"]["nephrometry"]  # the largest tumour piece on the kidney, scored on the study's grid
-    assert score == renal_score(kidney, case.label.array == 4, case.label.geometry)
+    hilar = score.pop("hilar")  # KIPA names no vein: known only where the main artery touches the tumour
+    assert hilar["main_vein_mm"] is None and hilar["h"] is (True if hilar["main_artery_mm"] <= 2 else None)
+    expected = renal_score(kidney, case.label.array == 4, case.label.geometry)
+    assert expected.pop("hilar") is None and score == expected  # no vessels given: no suffix
     assert score["score"] == sum(score[k]["points"] for k in "RENL") and score["suffix"] in "apx"
     plan_map = result.territories.array
     assert plan_map[kidney].min() > 0
@@ -862,3 +865,53 @@ def test_the_report_gives_the_renal_score_and_says_when_it_is_read_from_the_segm
     for given in (drawn, other):
         page = "".join(_proposals_html(given))
         assert "R.E.N.A.L. 9p" in page and "segmented tumour" not in page
+
+
+def _hilum_scene(tumour_rel, tumour_r, *, vein=True) -> Volume:
+    """A kidney (ellipsoid 56 × 48 × 100 mm at x = 45) whose sinus opens medially (-x, the
+    patient's right: a left kidney), a main renal artery (5 mm across) from the medial
+    side into the sinus, where it gives three branches into the parenchyma, a renal vein
+    (8 mm across) 9 mm in front of it, and a ball tumour at ``tumour_rel`` mm from the
+    kidney's centre."""
+    g = Geometry((120, 80, 90), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    z, y, x = np.indices(g.shape_zyx).astype(float)
+    x, y, z = x - 45, y - 40, z - 60
+    labels = np.zeros(g.shape_zyx, np.uint8)
+    sinus = ((x + 14) / 16) ** 2 + (y / 10) ** 2 + (z / 22) ** 2 <= 1
+    labels[((x / 28) ** 2 + (y / 24) ** 2 + (z / 50) ** 2 <= 1) & ~sinus] = 2
+    if vein:
+        labels[((y + 9) ** 2 + z ** 2 <= 16) & (x > -43) & (x <= -12)] = 1
+    artery = (y ** 2 + z ** 2 <= 6.25) & (x > -43) & (x <= -15)
+    for dz in (-18, 0, 18):
+        artery |= (y ** 2 + (z - dz * np.clip((x + 15) / 25, 0, 1)) ** 2 <= 2.25) & (x > -15) & (x < 12)
+    labels[artery] = 3
+    tx, ty, tz = tumour_rel
+    labels[(x - tx) ** 2 + (y - ty) ** 2 + (z - tz) ** 2 <= tumour_r ** 2] = 4
+    return Volume(labels, g)
+
+
+def test_a_tumour_abutting_the_main_renal_vein_or_artery_is_hilar() -> None:
+    """R.E.N.A.L.'s suffix h: the tumour touches the main renal artery or vein. Far from
+    both it is not hilar; without a vein label it is known only where the artery touches."""
+    from renalseg.nephrometry import describe, notation
+
+    def score(tumour_rel, tumour_r, *, vein=True):
+        kipa = {**KIPA, 1: "vein"} if vein else KIPA
+        (kidney,) = plan_labels(_hilum_scene(tumour_rel, tumour_r, vein=vein), kipa).plan["kidneys"]
+        assert kidney["side"] == "left" and kidney["status"] == "planned"
+        return kidney["tumour"]["nephrometry"]
+
+    on_vein = score((-17, -10, 12), 8)  # at the hilum's lip, against the vein, 5 mm from the artery
+    assert on_vein["hilar"] == {"h": True, "main_artery_mm": pytest.approx(5, abs=1.5), "main_vein_mm": 0.0}
+    assert notation(on_vein) == f"{on_vein['score']}{on_vein['suffix']}h"
+    assert "h (abuts the main renal vein)" in describe(on_vein)
+    unknown = score((-17, -10, 12), 8, vein=False)
+    assert unknown["hilar"]["h"] is None and unknown["hilar"]["main_vein_mm"] is None
+    assert notation(unknown) == f"{unknown['score']}{unknown['suffix']}"
+    assert "hilar (h) not scored: no main renal vein in the labels" in describe(unknown)
+    on_artery = score((-22, 0, 8.5), 5, vein=False)  # in the sinus, 1 mm above the main artery
+    assert on_artery["hilar"]["h"] is True and 0.5 <= on_artery["hilar"]["main_artery_mm"] <= 1.5
+    upper_pole = score((20, 0, 36), 7)
+    assert upper_pole["hilar"] == {"h": False, "main_artery_mm": pytest.approx(40, abs=3),
+                                   "main_vein_mm": pytest.approx(40, abs=3)}
+    assert "not hilar (main renal artery" in describe(upper_pole)

@@ -204,6 +204,7 @@ def plan_lines(plan: dict) -> list[str]:
         (14%) of healthy kidney without blood; R.E.N.A.L. 8p (moderate) on the segmented tumour
         right kidney: no tumour
     """
+    from renalseg.nephrometry import notation
     from renalseg.plan import proposed_clamping
 
     lines = []
@@ -229,7 +230,7 @@ def plan_lines(plan: dict) -> list[str]:
                          f"{clamping['ischaemic_ml']:.1f} ml ({clamping['ischaemic_percent']:.0f}%)")
         score = tumour.get("nephrometry")
         if score:
-            line += f"; R.E.N.A.L. {score['score']}{score['suffix']} ({score['complexity']}) on the segmented tumour"
+            line += f"; R.E.N.A.L. {notation(score)} ({score['complexity']}) on the segmented tumour"
         lines.append(line)
     return lines
 

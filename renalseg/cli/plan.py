@@ -22,7 +22,8 @@ def plan(
                                                 "STUDY_DIR it must lie on that study's grid.")] = None,
     label_map: Annotated[str | None, typer.Option("--label-map", metavar="V:NAME,...",
                                                   help="Which label value is which structure, e.g. "
-                                                  "\"3:artery,2:kidney,4:tumour\" (default: labels.json).")] = None,
+                                                  "\"3:artery,2:kidney,4:tumour,1:vein\" (default: labels.json; "
+                                                  "the vein scores R.E.N.A.L.'s hilar h).")] = None,
     tumour: Annotated[Path | None, typer.Option(
         "--tumour", help="The tumour from a file on the study's grid (drawn or corrected by hand, e.g. in 3D "
         "Slicer, or another tool's), planned in place of the segmented tumour (one study).")] = None,
@@ -78,7 +79,7 @@ def plan(
     radiology report gives it: [bold]renalseg plan out/case1 --tumour-at ras:62,-18,105 --tumour-diameter-mm 38[/]
     """
     from renalseg.errors import RenalsegError, UsageError
-    from renalseg.nephrometry import describe
+    from renalseg.nephrometry import describe, notation
     from renalseg.plan import (PlanConfig, check_tumour_options, parse_label_map, parse_point, plan_study,
                                proposed_clamping)
 
@@ -150,7 +151,7 @@ def plan(
             table.add_row(row["study"], row.get("side", ""), row["status"], ", ".join(row.get("feeding") or []),
                           ", ".join(row.get("clamp") or []),
                           f"{row['ischaemic_percent']:.0f}%" if row.get("ischaemic_percent") is not None else "",
-                          f"{score['score']}{score['suffix']}" if score else "")
+                          notation(score) if score else "")
         console.print(table)
         for row in summary:
             if row.get("nephrometry"):
