@@ -5,7 +5,7 @@ For each case of a phantom folder written by ``recipes/make_training_phantoms.py
 reads the side two ways: the side of x = 0 the crop's centre lies on
 (:func:`renalseg.pipeline.roi_from_extent`, what ``renalseg segment --input-is-roi`` used
 before), and where the renal vessels leave the kidney
-(:func:`renalseg.pipeline.side_from_vessels`) on the true labels and, with ``--segmented
+(:func:`renalseg.mesh.side_from_vessels`) on the true labels and, with ``--segmented
 DIR``, on ``renalseg segment``'s written labels (``DIR/<case>/labels.nii.gz``, where
 present).
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from renalseg.io.image import read_image, read_label_image
 from renalseg.phantom.abdomen import synthesize_roi
-from renalseg.pipeline import roi_from_extent, side_from_vessels
+from renalseg.mesh import side_from_vessels
+from renalseg.pipeline import roi_from_extent
 from renalseg.volume import Volume
 
 

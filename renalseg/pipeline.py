@@ -277,53 +277,11 @@ def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, floa
     )
 
 
-#: the renal vessels beyond the kidney must lie this far (LPS x, mm) to one side of its
-#: centre before a crop's side is read from them (34-69 mm in the 44 held-out phantom crops)
-CROP_SIDE_MIN_MM = 10.0
-
-
-def side_from_vessels(values: np.ndarray, grid: Geometry) -> tuple[str | None, float | None]:
-    """The patient's side of the kidney in a crop, from its labels (KiPA22 values): the
-    renal artery and vein leave the kidney at its hilum medially, towards the aorta and
-    the IVC. A crop's own coordinates need not say it (KiPA22's crops start at 0, 0, 0).
-
-    Returns:
-        ``(side, offset_mm)``: ``"left"`` where the vessel voxels more than 5 mm outside
-        the kidney (its largest piece with the tumour) lie to the patient's right of its
-        centre, and how far (LPS x, mm, negative to the right); ``(None, offset)`` under
-        :data:`CROP_SIDE_MIN_MM`, ``(None, None)`` without a kidney or such vessels.
-
-    Example:
-        >>> g = Geometry((40, 40, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY_DIRECTION)
-        >>> v = np.zeros(g.shape_zyx, np.uint8); v[10:30, 10:30, 35:55] = 2  # kidney
-        >>> v[20, 20, 5:35] = 3  # its artery runs to the patient's right (-x): a left kidney
-        >>> side_from_vessels(v, g)
-        ('left', -27.5)
-    """
-    from scipy import ndimage
-
-    from renalseg.components import STRUCTURE_26
-
-    organ = values_mask(values, [BY_KEY["kidney"].value, BY_KEY["tumour"].value])
-    pieces, count = ndimage.label(organ, STRUCTURE_26)
-    vessels = values_mask(values, [BY_KEY["artery"].value, BY_KEY["vein"].value])
-    if not count or not vessels.any():
-        return None, None
-    kidney = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
-    spacing_zyx = np.asarray(grid.spacing_xyz_mm, float)[::-1]
-    vessels &= ndimage.distance_transform_edt(~kidney, sampling=spacing_zyx) > 5.0
-    if not vessels.any():
-        return None, None
-    centres = grid.index_to_world(np.stack([np.argwhere(m).mean(axis=0)[::-1] for m in (vessels, kidney)]))
-    offset = round(float(centres[0][0] - centres[1][0]), 1)
-    if abs(offset) < CROP_SIDE_MIN_MM:
-        return None, offset
-    return ("left" if offset < 0 else "right"), offset
-
-
 def _crop_side(roi: KidneyROI, values: np.ndarray) -> KidneyROI:
     """An ``--input-is-roi`` crop's side from its labels on the ROI grid
     (:func:`side_from_vessels`); the coordinates' guess where they cannot tell."""
+    from renalseg.mesh import side_from_vessels
+
     side, offset = side_from_vessels(values, roi.grid)
     if side is None:
         return roi

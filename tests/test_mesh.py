@@ -121,18 +121,24 @@ def test_decimation_keeps_requested_fraction_or_says_what_is_missing(monkeypatch
         mask_to_mesh(volume, decimate=1.5)
 
 
+#: index x of the toy body's centre region: a field of view 220 mm across, as wide as a body
+#: (a narrower one is taken for one kidney's crop, CROP_MAX_WIDTH_MM)
+X = 80
+
+
 def two_kidney_labels(direction=LPS) -> Volume:
-    """Two separate tubes at the patient's left (+x LPS) and right."""
-    shape, spacing = (30, 24, 60), (1.0, 1.0, 1.0)
+    """Two separate tubes at the patient's left (+x LPS) and right, 20 mm either side of
+    the field of view's centre."""
+    shape, spacing = (30, 24, 2 * X + 60), (1.0, 1.0, 1.0)
     array = np.zeros(shape, np.uint8)
-    array[5:25, 10:14, 8:12] = 1   # low index x
-    array[5:25, 10:14, 48:52] = 1  # high index x
-    return Volume(array, Geometry(shape, spacing, (-30.0, 0.0, 0.0), direction))
+    array[5:25, 10:14, X + 8:X + 12] = 1   # low index x
+    array[5:25, 10:14, X + 48:X + 52] = 1  # high index x
+    return Volume(array, Geometry(shape, spacing, (-30.0 - X, 0.0, 0.0), direction))
 
 
 def test_sides_follow_the_patient_not_the_array():
     # LPS: index x grows towards the patient's left; RAS: towards the right
-    for direction, left_index_x in ((LPS, 48), (RAS, 8)):
+    for direction, left_index_x in ((LPS, X + 48), (RAS, X + 8)):
         labels = two_kidney_labels(direction)
         sides = split_sides(labels.array == 1, labels.geometry)
         assert sides["left"].sum() == sides["right"].sum() == 320
@@ -192,9 +198,9 @@ def _kidney_tumour_artery(labels: Volume) -> np.ndarray:
     """``two_kidney_labels``' tubes as arteries (KiPA22 3), with a kidney block and a tumour
     in its corner on the left side, the left artery running through the kidney."""
     array = labels.array.copy()
-    array[6:24, 2:22, 40:58] = 2   # a kidney block on the left side
-    array[6:12, 2:8, 52:58] = 4    # a tumour in its corner
-    array[5:25, 10:14, 48:52] = 3  # the left artery running through it
+    array[6:24, 2:22, X + 40:X + 58] = 2   # a kidney block on the left side
+    array[6:12, 2:8, X + 52:X + 58] = 4    # a tumour in its corner
+    array[5:25, 10:14, X + 48:X + 52] = 3  # the left artery running through it
     array[array == 1] = 3
     return array
 
@@ -205,7 +211,7 @@ def test_cli_export_mesh_of_a_four_structure_map_lists_every_mesh(tmp_path):
     tree.json entry has no centerline, instead of failing on them."""
     labels = two_kidney_labels()
     array = _kidney_tumour_artery(labels)
-    array[5:25, 17:20, 8:11] = 1   # a vein on the right
+    array[5:25, 17:20, X + 8:X + 11] = 1   # a vein on the right
     folder = tmp_path / "four"
     write_image(labels.with_array(array), folder / "labels.nii.gz")
     (folder / "labels.json").write_text(json.dumps(
@@ -309,7 +315,7 @@ def test_cli_export_mesh_uses_report_rois_and_ras(tmp_path):
 def test_no_split_writes_one_mesh_per_label(tmp_path):
     labels = two_kidney_labels()
     array = labels.array.copy()
-    array[5:25, 18:22, 28:32] = 3  # a second label, e.g. a KiPA-style vein
+    array[5:25, 18:22, X + 28:X + 32] = 3  # a second label, e.g. a KiPA-style vein
     summary = export_meshes(labels.with_array(array), tmp_path, label_names={1: "renal_artery"}, split=False,
                             fmt="obj")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -346,3 +352,23 @@ def test_tree_json_describes_a_kidney_and_a_tumour_by_pieces_and_volume_not_a_sk
     assert tree["tumour"]["left"] == {"components": 1, "volume_ml": round(float((array == 4).sum()) * voxel_ml, 4)}
     assert tree["renal_artery"]["left"]["centerline_length_mm"] > 15
     assert {m["name"] for m in summary["meshes"]} == {"kidney", "tumour", "renal_artery"}
+
+
+def test_one_kidneys_crop_is_not_cut_in_two_and_takes_its_side_from_its_vessels(tmp_path):
+    """A KiPA22-style crop of one kidney (63 mm across, its centre at LPS x < 0) without a
+    report.json: split at its centre, the kidney's artery would go half to each side. It is
+    one kidney, whose vessels run to the patient's right (-x): the left one."""
+    geometry = Geometry((20, 40, 90), (0.7, 0.7, 1.0), (-60.0, 0.0, 0.0), LPS)
+    array = np.zeros(geometry.shape_zyx, np.uint8)
+    array[2:18, 5:35, 50:85] = 2  # the kidney at the crop's +x end
+    array[8:11, 10:13, 5:60] = 3  # its artery and vein towards -x, into the kidney
+    array[8:12, 22:27, 5:55] = 1
+    crop = Volume(array, geometry)
+    for names, out in ((None, "kipa"), ({1: "renal_vein", 2: "kidney", 3: "renal_artery"}, "named")):
+        summary = export_meshes(crop, tmp_path / out, label_names=names)
+        assert {m["side"] for m in summary["meshes"]} == {"left"} and len(summary["meshes"]) == 3
+        assert json.loads((tmp_path / out / "tree.json").read_text())["side_split"] == "crop: vessels"
+    # nothing beyond the kidney to read a side from: the crop's centre says it, and tree.json says how
+    summary = export_meshes(crop.with_array(np.where(array == 2, array, 0).astype(np.uint8)), tmp_path / "kidney")
+    assert {m["side"] for m in summary["meshes"]} == {"right"}
+    assert json.loads((tmp_path / "kidney" / "tree.json").read_text())["side_split"] == "crop: coordinates"

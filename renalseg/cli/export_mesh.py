@@ -79,7 +79,8 @@ def export_mesh(
                                             case_sensitive=False)] = MeshFormat.stl,
     split: Annotated[bool, typer.Option("--split/--no-split",
                                         help="One mesh per kidney side (ROIs from report.json, else the "
-                                             "midline), or one per label (e.g. a single-kidney crop).")] = True,
+                                             "midline; a field of view under 200 mm across is one kidney's "
+                                             "crop, its side read from its vessels), or one per label.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
