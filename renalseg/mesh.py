@@ -313,7 +313,7 @@ CROP_SIDE_MIN_MM = 10.0
 def side_from_vessels(values: np.ndarray, grid: Geometry) -> tuple[str | None, float | None]:
     """The patient's side of the kidney in a crop, from its labels (KiPA22 values): the
     renal artery and vein leave the kidney at its hilum medially, towards the aorta and
-    the IVC. A crop's own coordinates need not say it (KiPA22's crops start at 0, 0, 0).
+    the IVC. A crop's own coordinates need not say it (a crop saved without its scan's origin starts at 0, 0, 0).
 
     Returns:
         ``(side, offset_mm)``: ``"left"`` where the vessel voxels more than 5 mm outside

@@ -548,9 +548,10 @@ def test_the_fast_label_paths_agree_with_numpy():
 
 
 def test_an_roi_crops_side_is_read_from_its_renal_vessels_not_its_coordinates():
-    """A crop's coordinates need not be the patient's (KiPA22's start at 0, 0, 0). The renal
-    artery and vein leave the kidney medially: vessels running from the kidney to the
-    patient's right make it the left kidney, whatever side of x = 0 the crop's centre lies."""
+    """A crop's coordinates need not be the patient's (one saved without its scan's origin
+    starts at 0, 0, 0). The renal artery and vein leave the kidney medially: vessels running
+    from the kidney to the patient's right make it the left kidney, whatever side of x = 0
+    the crop's centre lies."""
     spec = ModelSpec(window_zyx=(16, 32, 64), classes=FOUR)
     for origin_x, mirrored, side in ((-60.0, False, "left"), (20.0, True, "right")):
         geometry = Geometry((20, 40, 90), (0.7, 0.7, 1.0), (origin_x, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
