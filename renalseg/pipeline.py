@@ -129,7 +129,9 @@ class SegmentConfig:
         tta: mirroring test-time augmentation; ``None`` = on for CUDA, off otherwise.
         side: ``both``, ``left`` or ``right`` (the patient's side).
         input_is_roi: the input is already one kidney ROI crop: skip localisation. Its
-            side is ``side`` when that is left/right, else the patient's side of its centre.
+            side is ``side`` when that is left/right, else the side its renal vessels leave
+            the kidney from (:func:`renalseg.mesh.side_from_vessels`), else the patient's
+            side of its centre.
         save_probabilities: keep the artery probability map on the study grid.
         min_component_mm3: disconnected pieces smaller than this are removed.
         max_gap_mm: per ROI, pieces farther than this from the largest artery piece are
@@ -568,10 +570,10 @@ def segment_study(
             on_progress=lambda done, total, stage=stage: progress(stage, done, total),
         )
         timings["inference"] += time.perf_counter() - started
-        # held in float16 (PROBABILITY_HOLD_DTYPE) while the other ROI and the thin-branch
-        # model run: half the memory beside their forward passes
         if config.input_is_roi and config.side == "both":  # the crop's side from its anatomy, not its coordinates
             roi = _crop_side(roi, channel_to_value[np.argmax(probabilities, axis=0)])
+        # held in float16 (PROBABILITY_HOLD_DTYPE) while the other ROI and the thin-branch
+        # model run: half the memory beside their forward passes
         predicted.append((roi, lo, hi, roi_hu, probabilities.astype(PROBABILITY_HOLD_DTYPE)))
         del probabilities
         tta_dice[roi.side] = mirrored.dice() if mirrored is not None else None
