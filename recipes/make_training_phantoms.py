@@ -32,6 +32,9 @@ the case is otherwise the same: :func:`renalseg.phantom.abdomen.urinary_tract`).
 aorta, half retroaortic and half circumaortic (``synthesize_roi(left_renal_vein=...)``; the
 shipped weights were trained without it: docs/validation.md, "A left renal vein behind the
 aorta").
+``--hilar-share S`` grows a share S of the tumours in the renal hilum, against the main
+renal artery and vein (``synthesize_roi(tumour_site="hilar")``; the shipped weights were
+trained without them, as the default phantoms keep tumours out of the hilum).
 ``--iodine-gain G`` draws the cases as a scan on which iodine attenuates G times as much
 (:func:`renalseg.phantom.tissues.iodine_gain_ranges`: 1.6 about an 80 kVp CTA, 2 about
 70 kVp or a low-keV dual-energy image, against the default's 100-120 kVp; arterial-phase
@@ -71,13 +74,13 @@ def artery_options(band: str | None) -> dict:
 
 #: each per-case draw's own generator stream (beside the case's seed)
 _DRAW_STREAMS = {"tumour": 4242, "stones": 4243, "excreted_contrast": 4244, "left_renal_vein": 4245,
-                 "retroaortic": 4246}
+                 "retroaortic": 4246, "tumour_site": 4247}
 
 
 def draws(seed: int, share: float, what: str = "tumour") -> bool:
     """Whether case ``seed`` gets ``what`` (``"tumour"``, ``"stones"``,
     ``"excreted_contrast"``, ``"left_renal_vein"`` behind the aorta, ``"retroaortic"``
-    rather than circumaortic) at that share: drawn from a generator of its own, so the
+    rather than circumaortic, ``"tumour_site"`` hilar) at that share: drawn from a generator of its own, so the
     case's other draws are the same either way."""
     return bool(np.random.default_rng([seed, _DRAW_STREAMS[what]]).random() < share)
 
@@ -103,6 +106,7 @@ def main() -> None:
     parser.add_argument("--vein-behind-aorta-share", type=float,
                         help="share of cases whose left renal vein runs behind the aorta (half retroaortic, half "
                         "circumaortic)")
+    parser.add_argument("--hilar-share", type=float, help="share of the tumours grown in the renal hilum")
     parser.add_argument("--spacing-mm", help="X,Y,Z: the grid the cases are rendered on (default: the model's "
                         + ",".join(f"{v:g}" for v in SPACING_XYZ_MM) + ")")
     args = parser.parse_args()
@@ -132,6 +136,8 @@ def main() -> None:
         for what, share in (("stones", args.stone_share), ("excreted_contrast", args.excretion_share)):
             if share is not None and draws(seed, share, what):
                 options[what] = True
+        if args.hilar_share is not None and draws(seed, args.hilar_share, "tumour_site"):
+            options["tumour_site"] = "hilar"
         if args.vein_behind_aorta_share is not None and draws(seed, args.vein_behind_aorta_share, "left_renal_vein"):
             options["left_renal_vein"] = "retroaortic" if draws(seed, 0.5, "retroaortic") else "circumaortic"
         case = synthesize_roi(seed, spacing_xyz_mm=spacing, inplane_voxels=inplane, **options)

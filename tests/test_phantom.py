@@ -371,6 +371,31 @@ def test_tumour_is_labelled_and_vessels_are_displaced_out_of_it(roi_right_tumour
     assert not (core & (roi_right_tumour.label.array == 3)).any()
 
 
+def test_a_hilar_tumour_grows_in_the_hilum_and_its_main_vessel_gaps_are_the_truth_of_h():
+    """``tumour_site="hilar"``: a tumour in the renal hilum, against the sinus, and the
+    generator's own gaps from the main renal artery and vein to it (R.E.N.A.L.'s h), which
+    the plan, measuring on the labels, finds. The default keeps tumours out of the hilum."""
+    from renalseg.nephrometry import HILAR_CONTACT_MM
+    from renalseg.phantom.tissues import TISSUE_IDS
+    from renalseg.plan import plan_labels
+
+    small = {"inplane_voxels": 96, "spacing_xyz_mm": (1.1, 1.1, 1.5)}
+    for seed in (63002, 63007):  # a 60 mm tumour the main vessels run into; a 19 mm one 5-6 mm from them
+        case = synthesize_roi(seed, tumour_site="hilar", **small)  # a tumour without asking for one
+        tumour = case.params["kidneys"][case.params["side"]]["tumour"]
+        assert tumour["present"] and tumour["growth"] == "hilar"
+        sinus = ndi.distance_transform_edt(case.tissues.array != TISSUE_IDS["sinus_fat"], sampling=(1.5, 1.1, 1.1))
+        assert sinus[case.label.array == 4].min() <= 3.0  # against the sinus (two voxels)
+        truth = min(tumour["main_vessel_gap_mm"].values()) <= HILAR_CONTACT_MM
+        assert truth is (seed == 63002)
+        (kidney,) = plan_labels(case.label, {1: "vein", 2: "kidney", 3: "artery", 4: "tumour"}).plan["kidneys"]
+        assert kidney["tumour"]["nephrometry"]["hilar"]["h"] is truth
+    default = synthesize_roi(63002, tumour=True, **small).params
+    assert default["kidneys"][default["side"]]["tumour"]["growth"] != "hilar"
+    with pytest.raises(UsageError, match="tumour_site"):
+        synthesize_roi(1, tumour_site="pelvic", **small)
+
+
 def test_distractors_are_present_in_the_roi(roi_left, roi_right_tumour):
     """Bright things that are not renal artery: bone, aorta, contrast bowel or calcification."""
     for case in (roi_left, roi_right_tumour):

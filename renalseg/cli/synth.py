@@ -79,6 +79,9 @@ def synth(
     excreted_contrast: Annotated[bool, typer.Option(
         "--excreted-contrast", help="Contrast excreted into the collecting systems and ureters (300-1500 HU), "
         "as in an excretory phase or a split-bolus scan.")] = False,
+    tumour_site: Annotated[str, typer.Option(
+        "--tumour-site", metavar="SITE", help="Where tumours grow: any (anywhere but the renal hilum) or hilar "
+        "(in the hilum, against the main renal artery and vein: R.E.N.A.L.'s suffix h).")] = "any",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Write deterministic synthetic CTA phantoms with known ground truth.
@@ -100,6 +103,12 @@ def synth(
     from renalseg.errors import UsageError
 
     options: dict = {"territories": True}
+    if tumour_site != "any":
+        from renalseg.phantom.abdomen import TUMOUR_SITES
+
+        if tumour_site not in TUMOUR_SITES:
+            raise UsageError(f"--tumour-site {tumour_site!r}: choose {' or '.join(TUMOUR_SITES)}.")
+        options["tumour_site"] = tumour_site
     if stones:
         options["stones"] = True
     if excreted_contrast:

@@ -49,7 +49,7 @@ from renalseg.volume import Volume
 logger = logging.getLogger(__name__)
 
 __all__ = ["NOISE_RANGE_HU", "PhantomCase", "Scene", "build_scene", "synthesize_roi", "synthesize_abdomen",
-           "sample_intensities", "labels_from_tissues", "random_placement", "DIRECTIONS"]
+           "sample_intensities", "labels_from_tissues", "random_placement", "DIRECTIONS", "TUMOUR_SITES"]
 
 #: the phantoms' noise (HU standard deviation after the PSF), drawn per case: a modern
 #: low-dose CTA at the model's 0.7 x 0.7 x 1 mm voxels (renalseg.phantom.tissues)
@@ -175,7 +175,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
                 early_branching: bool | None = None, kidney_drop_mm: Mapping[str, float] | None = None,
                 absent_kidney: str | None = None, malrotated: Sequence[str] = (),
                 large_tumour: str | None = None, horseshoe: Mapping[str, float] | None = None,
-                left_renal_vein: str | None = None) -> Scene:
+                left_renal_vein: str | None = None, tumour_site: str = "any") -> Scene:
     """Build a random abdomen placed in the scanner by ``p -> rotation @ p + shift_mm``.
 
     The patient frame has the L1/L2 disc at z = 0 and the body axis at x = y = 0.
@@ -183,8 +183,11 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
     ``horseshoe`` (the values :func:`horseshoe_shape` draws) and ``left_renal_vein``
     (``"retroaortic"``, ``"circumaortic"``) are the anatomical variants
     of :mod:`renalseg.phantom.variants`; left at their defaults they change nothing, and
-    set they draw nothing more from ``rng``.
+    set they draw nothing more from ``rng``. ``tumour_site`` (:data:`TUMOUR_SITES`):
+    where a tumour grows, :func:`renalseg.phantom.anatomy.build_kidney`'s option.
     """
+    if tumour_site not in TUMOUR_SITES:
+        raise UsageError(f"tumour_site must be one of {', '.join(TUMOUR_SITES)}; got {tumour_site!r}.")
     R = np.asarray(rotation, float)
     T = np.asarray(shift_mm, float)
     yaw = float(np.arctan2(R[1, 0], R[0, 0]))
@@ -406,6 +409,7 @@ def build_scene(rng: np.random.Generator, *, rotation: np.ndarray, shift_mm: np.
             rotation=R, tumour_enhancement=enhancement, malrotated=side in malrotated or bool(horseshoe),
             tumour_diameter_mm=(70.0, 100.0) if side == large_tumour else None, lower_pole_medial=bool(horseshoe),
             vein_limbs_mm=limbs if side == "left" else (), vein_narrow_mm=narrow if side == "left" else (),
+            tumour_site=tumour_site,
         )
     perirenal = []
     for side, kid in kidneys.items():
@@ -561,7 +565,9 @@ def _imaging(rng: np.random.Generator, options: dict, tumour_enhancement: str,
 
 _COMMON = ("tumour", "accessory", "early_branching", "psf_fwhm_mm", "noise_sigma_hu", "noise_range_hu",
            "intensities_hu", "intensity_ranges_hu", "spacing_xyz_mm", "territories", "phase", "stones",
-           "excreted_contrast")
+           "excreted_contrast", "tumour_site")
+#: where a phantom's tumour grows: anywhere but the renal hilum (the default), or in it
+TUMOUR_SITES = ("any", "hilar")
 
 
 def random_placement(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -610,7 +616,9 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
             hila), its edges jittered by a few mm as a located box would be; in-plane at
             least ``inplane_voxels``; default False: a 152 × 152 box around the kidney),
             ``left_renal_vein`` (``"retroaortic"`` or ``"circumaortic"``: the left renal vein
-            behind the aorta, :mod:`renalseg.phantom.variants`).
+            behind the aorta, :mod:`renalseg.phantom.variants`), ``tumour_site``
+            (``"hilar"``: the tumour in the renal hilum, against the main vessels;
+            :data:`TUMOUR_SITES`).
 
     Returns:
         A :class:`PhantomCase` on an LPS-aligned grid.
@@ -633,7 +641,7 @@ def synthesize_roi(seed: int, **options: Any) -> PhantomCase:
     check_variant_options({"left_renal_vein": options.get("left_renal_vein")})
     scene = build_scene(rng, rotation=rotation, shift_mm=shift, tumour=options.get("tumour"),
                         accessory=options.get("accessory"), early_branching=options.get("early_branching"),
-                        left_renal_vein=options.get("left_renal_vein"))
+                        left_renal_vein=options.get("left_renal_vein"), tumour_site=options.get("tumour_site") or "any")
     kidney = scene.kidneys[side]
     n_in = int(options.get("inplane_voxels") or 152)
     lo, hi = kidney.bbox_mm()
@@ -720,7 +728,8 @@ def synthesize_abdomen(seed: int, **options: Any) -> PhantomCase:
                         kidney_drop_mm=options.get("kidney_drop_mm"), absent_kidney=options.get("absent_kidney"),
                         malrotated=(malrotated,) if isinstance(malrotated, str) else tuple(malrotated),
                         large_tumour=options.get("large_tumour"),
-                        horseshoe=horseshoe, left_renal_vein=options.get("left_renal_vein"))
+                        horseshoe=horseshoe, left_renal_vein=options.get("left_renal_vein"),
+                        tumour_site=options.get("tumour_site") or "any")
     n_in = int(options.get("inplane_voxels") or 512)
     if options.get("spacing_xyz_mm") is not None:
         spacing = tuple(float(s) for s in options["spacing_xyz_mm"])

@@ -187,7 +187,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
                  rotation: np.ndarray | None = None, tumour_enhancement: str = "hypo",
                  malrotated: bool = False, tumour_diameter_mm: tuple[float, float] | None = None,
                  lower_pole_medial: bool = False, vein_limbs_mm: Sequence[Sequence[np.ndarray]] = (),
-                 vein_narrow_mm: Sequence[tuple[np.ndarray, float]] = ()) -> Kidney:
+                 vein_narrow_mm: Sequence[tuple[np.ndarray, float]] = (), tumour_site: str = "any") -> Kidney:
     """Build one kidney, its artery tree from ``ostium_mm`` and its vein to ``vein_end_mm``.
 
     Args:
@@ -216,6 +216,10 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         vein_narrow_mm: (point, radius) where the vein is squeezed (between the aorta and
             the spine): the trunk or limb that passes the point narrows towards that radius
             within about 20 mm of it. Neither draws from ``rng``.
+        tumour_site: ``"any"`` (default: anywhere but the hilum) or ``"hilar"``: in the
+            renal hilum, at its upper or lower lip (as the direction drawn for the default
+            points), a tumour unless ``tumour`` is False; the main vessels pass it as they
+            would (beside it, against it or through it). The stream is the same.
 
     Returns:
         The :class:`Kidney` with its tissue layers in painter's order.
@@ -237,7 +241,7 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     cortex_mm = rng.uniform(5.0, 8.0)
     n_pyramids = int(rng.integers(8, 13))
     if tumour is None:
-        tumour = bool(rng.random() < 0.3)
+        tumour = bool(rng.random() < 0.3) or tumour_site == "hilar"
     if tumour_diameter_mm is not None:
         tumour = True
     if early_branching is None:
@@ -302,13 +306,18 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
         else:
             depth = min(tumour_r + rng.uniform(2.0, 6.0), 0.9 * float(np.linalg.norm(surface)))
             local_c = surface - normal * depth
+        if tumour_site == "hilar":  # the hilum's upper or lower lip, as the direction drawn points
+            direction = _unit(np.array([0.45 * np.sign(direction[0] or 1.0) + 0.1 * direction[0], -0.85,
+                                        0.3 * direction[2]]))
+            surface = _ray_to_ellipsoid(np.zeros(3), direction, semi) * direction
+            local_c = surface - _unit(surface / semi**2) * tumour_r * 0.2
         tumour_centre = world(local_c)
         tumour_axes = rotation_matrix(rng.normal(size=3), rng.uniform(0, np.pi))
         tsemi = (tumour_r, tumour_r * rng.uniform(0.85, 1.0), tumour_r * rng.uniform(0.85, 1.0))
         tumour_shape = Ellipsoid(tuple(tumour_centre), tumour_axes, tsemi)
         tumour_params.update({
             "diameter_mm": round(float(diameter), 1),
-            "growth": "exophytic" if exophytic else "endophytic",
+            "growth": "hilar" if tumour_site == "hilar" else "exophytic" if exophytic else "endophytic",
             "enhancement": tumour_enhancement,
             "centre_mm": [round(float(v), 2) for v in tumour_centre],
         })
@@ -589,6 +598,14 @@ def build_kidney(rng: np.random.Generator, side: Literal["left", "right"], centr
     ]
     if tumour_shape is not None:
         layers.append(("tumour", [tumour_shape], []))
+        # how near the main renal artery and vein come to the tumour (gap between their walls and its
+        # surface, 0 where they touch or run into it): the truth of R.E.N.A.L.'s hilar suffix
+        gaps = {}
+        for name, tube in (("artery", artery_tubes[main]), ("vein", veins[0])):
+            points = np.asarray(tube.points_mm, float)
+            distance = tumour_shape.sdf(points[:, 0], points[:, 1], points[:, 2]) - np.asarray(tube.radii_mm, float)
+            gaps[name] = round(max(float(np.min(distance)), 0.0), 1)
+        tumour_params["main_vessel_gap_mm"] = gaps
     layers += [
         ("renal_vein", veins, vein_lines),
         ("renal_artery", artery_tubes, artery_lines),
