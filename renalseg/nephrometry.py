@@ -261,13 +261,13 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     if in_hull is None:
         return None
     exophytic = float((tumour & ~in_hull).sum() / tumour.sum())
+    depth = ndimage.distance_transform_edt(in_hull, sampling=spacing_zyx)  # inside the outline, mm
 
     if given_sinus is None:  # the vessels running in the parenchyma are not sinus: closed over first
         ball = physical_ball(VESSEL_CLOSING_MM, spacing_zyx)
         radius = np.array(ball.shape) // 2
         solid = ndimage.binary_closing(np.pad(kidney | tumour, radius[:, None]), ball)[
             tuple(slice(r, r + n) for r, n in zip(radius, kidney.shape))]
-        depth = ndimage.distance_transform_edt(in_hull, sampling=spacing_zyx)
         pieces, count = ndimage.label(in_hull & ~solid & (depth >= SINUS_MIN_DEPTH_MM), STRUCTURE_26)
         sinus = (pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))) if count else np.zeros_like(kidney)
         if sinus.any():  # its ends, thinner than the depth asked of its core, grown back
@@ -298,9 +298,8 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     surface = tumour & ~ndimage.binary_erosion(tumour, STRUCTURE_26)
     touch = None
     if main_vessels is not None:  # their part in the hilum's mouth or outside the kidney
-        depth_inside = ndimage.distance_transform_edt(in_hull, sampling=spacing_zyx)
         touch = hilar(sub.index_to_world(np.argwhere(surface)[:, ::-1].astype(float)),
-                      {name: _outside_sinus(vessel, sub, depth_inside) for name, vessel in main_vessels.items()},
+                      {name: _outside_sinus(vessel, sub, depth) for name, vessel in main_vessels.items()},
                       0.5 * float(spacing_zyx.min()))
     points = {"R": 1 if diameter <= 40 else 2 if diameter < 70 else 3,
               "E": 1 if exophytic >= 0.5 else 2 if exophytic >= ENDOPHYTIC_MAX_SHARE else 3,
