@@ -139,9 +139,10 @@ LEVELS = ("main", "division", "segmental", "further")
 _NAME_TO_STRUCTURE = {"artery": "artery", "renal_artery": "artery", "kidney": "kidney", "tumour": "tumour",
                       "tumor": "tumour", "renal_tumour": "tumour", "renal_tumor": "tumour", "kidney_tumour": "tumour",
                       "vein": "vein", "renal_vein": "vein"}
-#: at a junction of the main renal vein a tributary whose centerline downstream is under
-#: this share of the largest branch's (gonadal, adrenal, lumbar veins) does not end it
-_VEIN_TRIBUTARY_SHARE = 0.25
+#: at a junction of the main renal vein a branch under this share of the widest branch's
+#: calibre is a tributary (gonadal, adrenal, lumbar veins) and does not end it; wider, the
+#: vein divides there
+_VEIN_TRIBUTARY_SHARE = 0.5
 _KIDNEY_MIN_ML = 5.0  # smaller kidney-label pieces are specks, not a kidney
 #: two kidney pieces whose centres are closer than this across the body (LPS x) are not a
 #: left and a right kidney (their centres lie 100 mm or more apart): the smaller is dropped
@@ -767,7 +768,7 @@ def _main_vein(vein: np.ndarray, outside_depth: np.ndarray, g: Geometry, offset:
                ) -> tuple[np.ndarray, np.ndarray] | None:
     """The main renal vein's centerline (LPS mm) and inscribed radii (mm), ``None`` where
     the side has no vein: on the vein label's largest piece, from its most medial end
-    outside the kidney (at the IVC) along the largest branch, past tributaries
+    outside the kidney (at the IVC) along the widest branch, past tributaries
     (:data:`_VEIN_TRIBUTARY_SHARE`), to where it divides."""
     if not vein.any():
         return None
@@ -782,15 +783,21 @@ def _main_vein(vein: np.ndarray, outside_depth: np.ndarray, g: Geometry, offset:
     ends = nodes[np.diff(tree.indptr)[nodes] <= 1]
     root = _medial_end(ends, outside_depth[tuple(coords[ends].T)], points_mm, kidney_centre, medial)
     order, previous = csgraph.breadth_first_order(tree, root, directed=False, return_predecessors=True)
-    downstream = np.ones(len(coords))
     children: dict[int, list[int]] = {}
-    for node in order[:0:-1]:  # leaves first
-        downstream[previous[node]] += downstream[node]
+    for node in order[1:]:
         children.setdefault(int(previous[node]), []).append(int(node))
+
+    def calibre(node: int) -> float:  # a branch's median radius over its first 6 nodes
+        radii = [float(radius[node])]
+        while len(radii) < 6 and len(children.get(node, [])) == 1:
+            node = children[node][0]
+            radii.append(float(radius[node]))
+        return float(np.median(radii))
+
     path = [root]
     while children.get(path[-1]):
-        ahead = sorted(children[path[-1]], key=lambda c: -downstream[c])
-        if len(ahead) > 1 and downstream[ahead[1]] >= _VEIN_TRIBUTARY_SHARE * downstream[ahead[0]]:
+        ahead = sorted(children[path[-1]], key=calibre, reverse=True)
+        if len(ahead) > 1 and calibre(ahead[1]) >= _VEIN_TRIBUTARY_SHARE * calibre(ahead[0]):
             break  # it divides
         path.append(ahead[0])
     return points_mm[path], radius[path]

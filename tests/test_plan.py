@@ -867,12 +867,13 @@ def test_the_report_gives_the_renal_score_and_says_when_it_is_read_from_the_segm
         assert "R.E.N.A.L. 9p" in page and "segmented tumour" not in page
 
 
-def _hilum_scene(tumour_rel, tumour_r, *, vein=True) -> Volume:
+def _hilum_scene(tumour_rel, tumour_r, *, vein=True, tributary=False) -> Volume:
     """A kidney (ellipsoid 56 × 48 × 100 mm at x = 45) whose sinus opens medially (-x, the
     patient's right: a left kidney), a main renal artery (5 mm across) from the medial
     side into the sinus, where it gives three branches into the parenchyma, a renal vein
     (8 mm across) 9 mm in front of it, and a ball tumour at ``tumour_rel`` mm from the
-    kidney's centre."""
+    kidney's centre. ``tributary``: the vein gathers three veins in the sinus and takes a
+    3 mm tributary (a gonadal vein) from below 20 mm before the hilum."""
     g = Geometry((120, 80, 90), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
     z, y, x = np.indices(g.shape_zyx).astype(float)
     x, y, z = x - 45, y - 40, z - 60
@@ -881,6 +882,10 @@ def _hilum_scene(tumour_rel, tumour_r, *, vein=True) -> Volume:
     labels[((x / 28) ** 2 + (y / 24) ** 2 + (z / 50) ** 2 <= 1) & ~sinus] = 2
     if vein:
         labels[((y + 9) ** 2 + z ** 2 <= 16) & (x > -43) & (x <= -12)] = 1
+    if vein and tributary:
+        for dz in (-16, 0, 16):
+            labels[((y + 6) ** 2 + (z - dz * np.clip((x + 12) / 20, 0, 1)) ** 2 <= 4) & (x > -13) & (x < 8)] = 1
+        labels[((x + 32) ** 2 + (y + 9) ** 2 <= 2.25) & (z < -3) & (z > -33)] = 1
     artery = (y ** 2 + z ** 2 <= 6.25) & (x > -43) & (x <= -15)
     for dz in (-18, 0, 18):
         artery |= (y ** 2 + (z - dz * np.clip((x + 15) / 25, 0, 1)) ** 2 <= 2.25) & (x > -15) & (x < 12)
@@ -895,9 +900,10 @@ def test_a_tumour_abutting_the_main_renal_vein_or_artery_is_hilar() -> None:
     both it is not hilar; without a vein label it is known only where the artery touches."""
     from renalseg.nephrometry import describe, notation
 
-    def score(tumour_rel, tumour_r, *, vein=True):
+    def score(tumour_rel, tumour_r, *, vein=True, tributary=False):
         kipa = {**KIPA, 1: "vein"} if vein else KIPA
-        (kidney,) = plan_labels(_hilum_scene(tumour_rel, tumour_r, vein=vein), kipa).plan["kidneys"]
+        (kidney,) = plan_labels(_hilum_scene(tumour_rel, tumour_r, vein=vein, tributary=tributary),
+                                kipa).plan["kidneys"]
         assert kidney["side"] == "left" and kidney["status"] == "planned"
         return kidney["tumour"]["nephrometry"]
 
@@ -906,6 +912,8 @@ def test_a_tumour_abutting_the_main_renal_vein_or_artery_is_hilar() -> None:
                                 "main_vein_mm": pytest.approx(0.5, abs=0.6)}
     assert notation(on_vein) == f"{on_vein['score']}{on_vein['suffix']}h"
     assert "h (abuts the main renal vein)" in describe(on_vein)
+    # a tributary joining the vein before the hilum does not end the main vein there
+    assert score((-17, -10, 12), 8, tributary=True)["hilar"]["main_vein_mm"] == on_vein["hilar"]["main_vein_mm"]
     unknown = score((-17, -10, 12), 8, vein=False)
     assert unknown["hilar"]["h"] is None and unknown["hilar"]["main_vein_mm"] is None
     assert notation(unknown) == f"{unknown['score']}{unknown['suffix']}"
