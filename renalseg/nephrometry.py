@@ -295,9 +295,9 @@ def renal_score(kidney: np.ndarray, tumour: np.ndarray, geometry: Geometry, *,
     location = 1 if between == 0 else 3 if between > 0.5 or crosses_midline else 2
 
     diameter = largest_diameter_mm(tumour, sub)
-    surface = tumour & ~ndimage.binary_erosion(tumour, STRUCTURE_26)
     touch = None
     if main_vessels is not None:  # their part in the hilum's mouth or outside the kidney
+        surface = tumour & ~ndimage.binary_erosion(tumour, STRUCTURE_26)
         touch = hilar(sub.index_to_world(np.argwhere(surface)[:, ::-1].astype(float)),
                       {name: _outside_sinus(vessel, sub, depth) for name, vessel in main_vessels.items()},
                       0.5 * float(spacing_zyx.min()))
