@@ -10,6 +10,9 @@ true labels and compares:
   over all cases (micro) and the mean per case;
 * **territory agreement**: the share of kidney voxels whose plan territory maps to
   their true one (the same many-to-one mapping by largest overlap);
+* **the main renal artery**: whether the plan's starts on the generator's main renal
+  artery (not on an accessory artery whose branches touch its own in the label) and how
+  far its end lies from the generator's division point;
 * **seconds per study** for the plan alone (the phantom synthesis is not counted).
 
 ``--leaf-oracle`` adds ``leaf_oracle``: the territory agreement the plan would reach if
@@ -121,16 +124,50 @@ def with_given_tumour(labels: Volume, truth: Volume, given: str) -> Volume:
 
 def evaluate_case(case, result) -> list[dict]:  # noqa: ANN001
     """Per side: feeding TP/FP/FN, territory agreement, segmental counts
-    (:func:`renalseg.phantom.territory.compare_plan`), with the phantom's seed."""
+    (:func:`renalseg.phantom.territory.compare_plan`), the main renal artery against the
+    generator's, with the phantom's seed."""
     rows = compare_plan(result.plan, result.territories.array, case.truth, case.territory.array,
                         case.label.array == 2)
     clamping = {k["side"]: k["clamping"] for k in result.plan["kidneys"]}
+    kidneys = {k["side"]: k for k in result.plan["kidneys"]}
     out = []
     for row in rows:
         if "error" not in row:
-            row = {**row, "seed": case.params["seed"], **clamping_facts(clamping.get(row["side"]))}
+            row = {**row, "seed": case.params["seed"], **clamping_facts(clamping.get(row["side"])),
+                   **main_artery_facts(case.params["kidneys"][row["side"]]["tree"], kidneys.get(row["side"]))}
         out.append(row)
     return out
+
+
+def _nearest_true_branch(tree: list[dict], point: list[float]) -> str:
+    """The generator's branch whose straight start-to-end segment passes nearest ``point``."""
+    p = np.asarray(point, float)
+
+    def distance(branch: dict) -> float:
+        a, b = np.asarray(branch["start_mm"], float), np.asarray(branch["end_mm"], float)
+        t = np.clip(np.dot(p - a, b - a) / max(float(np.dot(b - a, b - a)), 1e-9), 0.0, 1.0)
+        return float(np.linalg.norm(a + t * (b - a) - p))
+    return min(tree, key=distance)["name"]
+
+
+def main_artery_facts(tree: list[dict], kidney: dict | None) -> dict:
+    """Whether the plan's main renal artery starts on the generator's main renal artery
+    (``main_root_right``: its start lies nearest that branch) and how far its end lies
+    from the generator's division point (``main_end_off_mm``)."""
+    if not kidney or not kidney.get("roots"):
+        return {"main_root_right": None, "main_end_off_mm": None}
+    main = next(b for b in kidney["branches"] if b["id"] == kidney["roots"][0])
+    true_main = next(b for b in tree if b["kind"] == "main")
+    return {"main_root_right": _nearest_true_branch(tree, main["start_mm"]) == true_main["name"],
+            "main_end_off_mm": round(float(np.linalg.norm(np.subtract(main["end_mm"], true_main["end_mm"]))), 1)}
+
+
+def main_artery_summary(rows: list[dict]) -> dict:
+    """How often the plan's main renal artery starts on the true one, and ends at its division."""
+    off = np.array([r["main_end_off_mm"] for r in rows if r.get("main_end_off_mm") is not None])
+    return {"main_root_right": f"{sum(r.get('main_root_right') is True for r in rows)} of {len(rows)}",
+            "main_end_within_5mm": f"{int(np.sum(off <= 5))} of {len(off)}",
+            "main_end_off_mm_median": round(float(np.median(off)), 1) if len(off) else None}
 
 
 def fewest_summary(rows: list[dict]) -> dict:
@@ -341,6 +378,7 @@ def main() -> None:
             "leaf_oracle_min": round(float(np.min([r["leaf_oracle"] for r in valid])), 3)} if args.leaf_oracle else {}),
         **fewest_summary(valid),
         **proposal_summary(valid),
+        **main_artery_summary(valid),
         "seconds_per_study_mean": round(float(np.mean(seconds)), 2),
         "seconds_per_study_max": round(float(np.max(seconds)), 2),
     }

@@ -7,7 +7,11 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
    the tree is rooted at its most medial end outside the kidney (towards the aorta).
    The largest rooted piece is the main renal artery; another piece that reaches
    ``accessory_min_mm`` or more out of the kidney is an accessory artery (its own
-   root); smaller pieces (gaps in a segmentation) hang from the nearest branch.
+   root); smaller pieces (gaps in a segmentation) hang from the nearest branch. Within
+   one piece, another end as far out whose trunk runs that far before it branches, and
+   whose path to the root runs that far inside the kidney, is an accessory artery too:
+   its branches touch the main artery's only in the label (:func:`_root_trunks`); the
+   widest trunk is the main renal artery.
    Branches run between branch points; a branch point closer than one vessel
    diameter to the previous one is merged with it (a trifurcation drawn as two
    close bifurcations), and a branch whose only substantial child (territory of
@@ -814,6 +818,60 @@ def _side_from_artery(g: Geometry, kidney: np.ndarray, artery: np.ndarray, centr
 
 # -- the branch graph ---------------------------------------------------------------------------
 
+def _free_path(tree: sparse.csr_matrix, end: int) -> list[int]:
+    """The centerline nodes from ``end`` to the first branch point."""
+    path, previous = [end], -1
+    while True:
+        ahead = [int(n) for n in tree.indices[tree.indptr[path[-1]]:tree.indptr[path[-1] + 1]] if n != previous]
+        if len(ahead) != 1:
+            return path
+        previous = path[-1]
+        path.append(ahead[0])
+
+
+def _root_trunks(rooted: list[dict], tree: sparse.csr_matrix, flow_graph: sparse.csr_matrix,
+                 graph: sparse.csr_matrix, radius: np.ndarray, in_organ: np.ndarray, min_mm: float) -> None:
+    """Which ends of each rooted piece are arteries of their own, main one first (sets
+    each piece's ``trunks`` and ``root``).
+
+    An end far outside the kidney is a candidate (``trunks`` on entry, the piece's most
+    medial end first). Blood reaches the candidate from the medial end along the
+    thickest path (``flow_graph``); where that path runs ``min_mm`` or more within the
+    kidney (``in_organ`` nodes; lengths from ``graph``), the two are arteries that touch
+    only inside it (an accessory artery whose branches meet the main artery's in the
+    label), where a side branch leaving the kidney (adrenal, ureteric, capsular) meets
+    its artery outside. The arteries then share the piece, each node going to the one
+    it is reached from along the thickest path; one whose share runs less than
+    ``min_mm`` within the kidney is not an artery of its own. The widest (median radius
+    up to its first branch point) is the main renal artery.
+    """
+    for q in rooted:
+        if len(q["trunks"]) < 2:
+            continue
+        _, previous = csgraph.dijkstra(flow_graph, directed=False, indices=q["root"], return_predecessors=True)
+        separate = []
+        for end in q["trunks"][1:]:
+            within, node = 0.0, end
+            while node != q["root"] and previous[node] >= 0:
+                within += float(graph[node, previous[node]]) if in_organ[node] else 0.0
+                node = previous[node]
+            if within >= min_mm:
+                separate.append(end)
+        if not separate:
+            q["trunks"] = [q["root"]]
+            continue
+        trunks = [q["root"], *separate]
+        _, previous, source = csgraph.dijkstra(flow_graph, directed=False, indices=trunks,
+                                               return_predecessors=True, min_only=True)
+        nodes = q["nodes"][(previous[q["nodes"]] >= 0) & in_organ[q["nodes"]]]
+        steps = np.asarray(graph[nodes, previous[nodes]]).ravel() if len(nodes) else np.zeros(0)
+        share = {t: float(steps[source[nodes] == t].sum()) for t in trunks}
+        kept = sorted((t for t in trunks if share[t] >= min_mm),
+                      key=lambda t: -float(np.median(radius[_free_path(tree, t)])))
+        q["trunks"] = kept or [q["root"]]
+        q["root"] = q["trunks"][0]
+
+
 @dataclass
 class _Branch:
     nodes: list[int]  # centerline nodes from the parent's branch point to the end
@@ -1111,8 +1169,12 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         ends = nodes[degree[nodes] <= 1]
         reach = outside_depth[tuple(coords[ends].T)]
         root = _medial_end(ends, reach, points_mm, kidney_centre, medial)
-        pieces.append({"nodes": nodes, "root": root, "reach_mm": float(reach.max()) if len(reach) else 0.0,
-                       "size": len(nodes)})
+        # every end far outside the kidney may be an artery of its own (an accessory
+        # artery whose branches touch the main artery's in the label)
+        trunks = [root] + [int(e) for e, r in zip(ends, reach) if r >= config.accessory_min_mm and e != root
+                           and _length_mm(physical[_free_path(tree, int(e))]) >= config.accessory_min_mm]
+        pieces.append({"nodes": nodes, "root": root, "trunks": trunks,
+                       "reach_mm": float(reach.max()) if len(reach) else 0.0, "size": len(nodes)})
     pieces.sort(key=lambda q: -q["size"])
     rooted = [pieces[0]] + [q for q in pieces[1:] if q["reach_mm"] >= config.accessory_min_mm]
     loose = [q for q in pieces[1:] if q["reach_mm"] < config.accessory_min_mm]
@@ -1123,7 +1185,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     mean_radius = (radius[cost.row] + radius[cost.col]) / 2
     flow_graph = sparse.csr_matrix((cost.data / np.maximum(mean_radius, 1e-3) ** 2, (cost.row, cost.col)),
                                    shape=graph.shape)
-    starts = [q["root"] for q in rooted] + [int(q["nodes"][0]) for q in loose]
+    in_organ = near_organ[tuple(coords.T)]
+    _root_trunks(rooted, tree, flow_graph, graph, radius, in_organ, config.accessory_min_mm)
+    starts = [t for q in rooted for t in q["trunks"]] + [int(q["nodes"][0]) for q in loose]
     _, previous = csgraph.dijkstra(flow_graph, directed=False, indices=starts, return_predecessors=True,
                                    min_only=True)[:2]
     reached = previous >= 0
@@ -1137,8 +1201,9 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     branches: list[_Branch] = []
     roots: list[int] = []
     for q in rooted:
-        roots.append(len(branches))
-        _rooted_branches(tree, q["root"], branches)
+        for trunk in q["trunks"]:
+            roots.append(len(branches))
+            _rooted_branches(tree, trunk, branches)
     # a loose piece (a gap in the segmentation) hangs from the branch nearest to it
     rooted_nodes = np.concatenate([q["nodes"] for q in rooted])
     node_tree = cKDTree(physical[rooted_nodes])
