@@ -12,7 +12,9 @@ true labels and compares:
   their true one (the same many-to-one mapping by largest overlap);
 * **the main renal artery**: whether the plan's starts on the generator's main renal
   artery (not on an accessory artery whose branches touch its own in the label) and how
-  far its end lies from the generator's division point;
+  far its end lies from the generator's division point; the true accessory arteries the
+  plan roots on their own (``accessory_found``), and its roots (named accessory renal
+  arteries) that start on no true accessory artery (``accessory_false``);
 * **seconds per study** for the plan alone (the phantom synthesis is not counted).
 
 ``--leaf-oracle`` adds ``leaf_oracle``: the territory agreement the plan would reach if
@@ -152,22 +154,34 @@ def _nearest_true_branch(tree: list[dict], point: list[float]) -> str:
 
 def main_artery_facts(tree: list[dict], kidney: dict | None) -> dict:
     """Whether the plan's main renal artery starts on the generator's main renal artery
-    (``main_root_right``: its start lies nearest that branch) and how far its end lies
-    from the generator's division point (``main_end_off_mm``)."""
+    (``main_root_right``: its start lies nearest that branch), how far its end lies from
+    the generator's division point (``main_end_off_mm``), and the plan's other roots
+    (accessory arteries) that start on a true accessory artery and that do not."""
+    accessory = {b["name"] for b in tree if b["kind"] == "accessory"}
     if not kidney or not kidney.get("roots"):
-        return {"main_root_right": None, "main_end_off_mm": None}
-    main = next(b for b in kidney["branches"] if b["id"] == kidney["roots"][0])
+        return {"main_root_right": None, "main_end_off_mm": None, "accessory_true": len(accessory),
+                "accessory_found": 0, "accessory_false": 0}
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    main = by_id[kidney["roots"][0]]
     true_main = next(b for b in tree if b["kind"] == "main")
+    others = [_nearest_true_branch(tree, by_id[r]["start_mm"]) for r in kidney["roots"][1:]]
     return {"main_root_right": _nearest_true_branch(tree, main["start_mm"]) == true_main["name"],
-            "main_end_off_mm": round(float(np.linalg.norm(np.subtract(main["end_mm"], true_main["end_mm"]))), 1)}
+            "main_end_off_mm": round(float(np.linalg.norm(np.subtract(main["end_mm"], true_main["end_mm"]))), 1),
+            "accessory_true": len(accessory), "accessory_found": len(accessory & set(others)),
+            "accessory_false": sum(name not in accessory for name in others)}
 
 
 def main_artery_summary(rows: list[dict]) -> dict:
-    """How often the plan's main renal artery starts on the true one, and ends at its division."""
+    """How often the plan's main renal artery starts on the true one, and ends at its
+    division; how many true accessory arteries are roots of their own, and how many
+    roots are named accessory arteries where the phantom has none."""
     off = np.array([r["main_end_off_mm"] for r in rows if r.get("main_end_off_mm") is not None])
     return {"main_root_right": f"{sum(r.get('main_root_right') is True for r in rows)} of {len(rows)}",
             "main_end_within_5mm": f"{int(np.sum(off <= 5))} of {len(off)}",
-            "main_end_off_mm_median": round(float(np.median(off)), 1) if len(off) else None}
+            "main_end_off_mm_median": round(float(np.median(off)), 1) if len(off) else None,
+            "accessory_found": f"{sum(r.get('accessory_found', 0) for r in rows)} of "
+                               f"{sum(r.get('accessory_true', 0) for r in rows)}",
+            "accessory_false": sum(r.get("accessory_false", 0) for r in rows)}
 
 
 def fewest_summary(rows: list[dict]) -> dict:

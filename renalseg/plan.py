@@ -6,8 +6,9 @@ For each kidney, from a label map with artery, kidney and (optionally) tumour la
    ``tree.json`` (:func:`renalseg.tree.pruned_centerline`). Each connected piece of
    the tree is rooted at its most medial end outside the kidney (towards the aorta).
    The largest rooted piece is the main renal artery; another piece that reaches
-   ``accessory_min_mm`` or more out of the kidney is an accessory artery (its own
-   root); smaller pieces (gaps in a segmentation) hang from the nearest branch. Within
+   ``accessory_min_mm`` or more out of the kidney, and into it, is an accessory artery
+   (its own root); other pieces (gaps in a segmentation, a vessel's stub where the
+   label is cut) hang from the nearest branch. Within
    one piece, another end as far out whose trunk runs that far before it branches, and
    whose path to the root runs that far inside the kidney, is an accessory artery too:
    its branches touch the main artery's only in the label (:func:`_root_trunks`); the
@@ -213,7 +214,8 @@ class PlanConfig:
         minor_share: a child branch supplying less than this share of the kidney is a
             side branch; it does not end its parent.
         accessory_min_mm: a separate artery piece whose far end lies at least this far
-            outside the kidney is an accessory artery (else a gap in the segmentation).
+            outside the kidney, and that reaches the kidney, is an accessory artery (else
+            a gap in the segmentation).
         min_component_mm3: artery pieces smaller than this are dropped first.
         min_tumour_piece_ml: tumour pieces smaller than this (ml) are left out of the
             tumour + margin that the feeding branches and the clamping are worked out
@@ -1163,6 +1165,7 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     medial = np.array([-1.0, 0.0, 0.0]) if part.side.startswith("left") else np.array([1.0, 0.0, 0.0])
     count, piece = csgraph.connected_components(tree, directed=False)
     degree = np.diff(tree.indptr)
+    in_organ = near_organ[tuple(coords.T)]
     pieces = []
     for p in range(count):
         nodes = np.nonzero(piece == p)[0]
@@ -1173,11 +1176,16 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         # artery whose branches touch the main artery's in the label)
         trunks = [root] + [int(e) for e, r in zip(ends, reach) if r >= config.accessory_min_mm and e != root
                            and _length_mm(physical[_free_path(tree, int(e))]) >= config.accessory_min_mm]
-        pieces.append({"nodes": nodes, "root": root, "trunks": trunks,
-                       "reach_mm": float(reach.max()) if len(reach) else 0.0, "size": len(nodes)})
+        pieces.append({"nodes": nodes, "root": root, "trunks": trunks, "size": len(nodes),
+                       "reach_mm": float(reach.max()) if len(reach) else 0.0,
+                       "touches": bool(in_organ[nodes].any()) or not has_kidney})
     pieces.sort(key=lambda q: -q["size"])
-    rooted = [pieces[0]] + [q for q in pieces[1:] if q["reach_mm"] >= config.accessory_min_mm]
-    loose = [q for q in pieces[1:] if q["reach_mm"] < config.accessory_min_mm]
+    # an accessory artery reaches far out of the kidney and into it; a piece that does
+    # not reach the kidney (a stub where the label is cut, a trunk broken on its way) is a
+    # gap in the label
+    accessory = [q["reach_mm"] >= config.accessory_min_mm and q["touches"] for q in pieces[1:]]
+    rooted = [pieces[0]] + [q for q, a in zip(pieces[1:], accessory) if a]
+    loose = [q for q, a in zip(pieces[1:], accessory) if not a]
 
     # blood reaches each centerline voxel from the root along the thickest path: where
     # vessels touch (a loop in the centerline), the spanning tree may cut the wrong side
@@ -1185,7 +1193,6 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     mean_radius = (radius[cost.row] + radius[cost.col]) / 2
     flow_graph = sparse.csr_matrix((cost.data / np.maximum(mean_radius, 1e-3) ** 2, (cost.row, cost.col)),
                                    shape=graph.shape)
-    in_organ = near_organ[tuple(coords.T)]
     _root_trunks(rooted, tree, flow_graph, graph, radius, in_organ, config.accessory_min_mm)
     starts = [t for q in rooted for t in q["trunks"]] + [int(q["nodes"][0]) for q in loose]
     _, previous = csgraph.dijkstra(flow_graph, directed=False, indices=starts, return_predecessors=True,
@@ -1388,8 +1395,15 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
         nodes = b.nodes
         own = nodes[1:] if b.parent is not None and len(nodes) > 1 else nodes
         length = _length_mm(physical[nodes])
-        local = np.sqrt(vessel_volume[own] / (np.pi * np.maximum(edge_length[own], 1e-6)))
-        mean_d = 2 * np.sqrt(vessel_volume[own].sum() / (np.pi * max(edge_length[own].sum(), 1e-6)))
+        # the label around each node over its length; a branch shorter than twice its
+        # inscribed diameter (a stub where the label is cut, a speck's centerline) has too
+        # little length to spread its label over: its inscribed radius
+        inscribed = float(np.median(radius[own]))
+        if edge_length[own].sum() < 4 * inscribed:
+            local, mean_d = radius[own], 2 * inscribed
+        else:
+            local = np.sqrt(vessel_volume[own] / (np.pi * np.maximum(edge_length[own], 1e-6)))
+            mean_d = 2 * np.sqrt(vessel_volume[own].sum() / (np.pi * edge_length[own].sum()))
         distance = None
         if tumour_tree is not None or outside_tree is not None:
             d = [t.query(physical[nodes])[0].min() for t in (tumour_tree, outside_tree) if t is not None]

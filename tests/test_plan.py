@@ -946,3 +946,16 @@ def test_an_accessory_artery_whose_branches_touch_the_main_arterys_inside_the_ki
     assert accessory["territory_percent"] > 20 and main["territory_percent"] > 40
     # the side branch leaving the main artery outside the kidney is not an artery of its own
     assert any(b["root"] == main["id"] and b["end_mm"][2] - origin[2] < 3 for b in kidney["branches"])
+
+
+def test_a_stub_of_artery_that_does_not_reach_the_kidney_is_no_accessory_artery() -> None:
+    # a 4 mm cube of artery label 10 mm above the main trunk's medial end, far out of the
+    # kidney (where a crop's edge cuts a vessel): a gap in the label, not an artery of its own
+    labels = _t_tree()
+    labels[30:34, 5:9, 2:6] = 3
+    (kidney,) = plan_labels(_volume(labels), KIPA).plan["kidneys"]
+    assert len(kidney["roots"]) == 1
+    assert not any("accessory" in b["name"] for b in kidney["branches"])
+    stub = next(b for b in kidney["branches"] if b["end_mm"][2] > 300 + 29)
+    # too short to spread its label over: its diameter is the inscribed one, not volume / length
+    assert stub["parent"] == kidney["roots"][0] and stub["diameter_mean_mm"] <= 4.0
