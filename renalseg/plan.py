@@ -1495,7 +1495,10 @@ def _plan_side(part: _Side, g: Geometry, config: PlanConfig, next_id: int, terri
     pieces, count = _components(planned)
     facts["pieces"] = _tumour_pieces(pieces, count, kidney, labelled, g, offset, frame, config)
     largest = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:]))
-    main_artery = [n for i in _alive(branches) if branches[i].level == "main" for n in branches[i].nodes]
+    # R.E.N.A.L.'s h is the main renal artery's: not an accessory artery's, however much
+    # it supplies (a polar one passes the pole's tumour outside the hilum)
+    main_artery = [n for i in _alive(branches) if branches[i].level == "main" and branches[i].root == roots[0]
+                   for n in branches[i].nodes]
     main_vessels = {"artery": (points_mm[main_artery], radius[main_artery]) if main_artery else None,
                     "vein": None if part.vein is None else _main_vein(part.vein[box], outside_depth, g, offset,
                                                                       kidney_centre, medial, config.prune_factor)}

@@ -959,3 +959,20 @@ def test_a_stub_of_artery_that_does_not_reach_the_kidney_is_no_accessory_artery(
     stub = next(b for b in kidney["branches"] if b["end_mm"][2] > 300 + 29)
     # too short to spread its label over: its diameter is the inscribed one, not volume / length
     assert stub["parent"] == kidney["roots"][0] and stub["diameter_mean_mm"] <= 4.0
+
+
+def test_an_accessory_artery_passing_the_tumour_does_not_make_it_hilar() -> None:
+    """R.E.N.A.L.'s h is for a tumour against the main renal artery or vein. Phantom
+    62001's inferior polar accessory artery runs against its lower-pole tumour, 25 mm from
+    the main artery by the generator's own shapes: not hilar."""
+    from renalseg.phantom import synthesize_roi
+
+    case = synthesize_roi(62001, tumour=True)
+    truth = case.params["kidneys"][case.params["side"]]["tumour"]["main_vessel_gap_mm"]
+    assert min(truth.values()) > 20
+    (kidney,) = plan_labels(case.label, {1: "vein", **KIPA}).plan["kidneys"]
+    by_id = {b["id"]: b for b in kidney["branches"]}
+    accessory = by_id[kidney["roots"][1]]
+    assert accessory["name"] == "accessory renal artery" and accessory["tumour_distance_mm"] < 2
+    hilar = kidney["tumour"]["nephrometry"]["hilar"]
+    assert hilar["h"] is False and hilar["main_artery_mm"] > 10
