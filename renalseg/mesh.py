@@ -48,7 +48,7 @@ from renalseg.components import SPECK_MM3, STRUCTURE_26
 from renalseg.errors import InputError, UsageError, check_choice
 from renalseg.geometry import Geometry
 from renalseg.io.output import atomic_write_bytes, atomic_write_json
-from renalseg.labels import BY_KEY, SOLID_KEYS, structure_kind, values_mask
+from renalseg.labels import BY_KEY, SOLID_KEYS, STRUCTURE_KEYS, structure_kind, values_mask, values_of_kind
 from renalseg.tree import analyze_tree, bounding_box, drop_small_components, solid_stats
 from renalseg.volume import Volume, crop
 
@@ -292,28 +292,23 @@ def _midline_x(geometry: Geometry) -> float:
 CROP_MAX_WIDTH_MM = 200.0
 
 
-def _as_kipa(values: np.ndarray, names: dict[int, str]) -> np.ndarray | None:
-    """The label map in KiPA22 values (1 vein, 2 kidney, 3 artery, 4 tumour), by the
-    labels' names; unnamed, a map of values 1-4 is taken as KiPA22's; else ``None``."""
-    present = [int(v) for v in np.unique(values) if v != 0]
-    if not names:
-        return values if set(present) <= {1, 2, 3, 4} else None
-    lut = np.zeros(max(present, default=0) + 1, np.uint8)
-    for value in present:
-        kind = structure_kind(names.get(value, ""))
-        lut[value] = BY_KEY[kind].value if kind in BY_KEY else 0
-    return lut[values]
-
-
 #: the renal vessels beyond the kidney must lie this far (LPS x, mm) to one side of its
 #: centre before a crop's side is read from them (34-69 mm in the 44 held-out phantom crops)
 CROP_SIDE_MIN_MM = 10.0
 
 
-def side_from_vessels(values: np.ndarray, grid: Geometry) -> tuple[str | None, float | None]:
-    """The patient's side of the kidney in a crop, from its labels (KiPA22 values): the
-    renal artery and vein leave the kidney at its hilum medially, towards the aorta and
-    the IVC. A crop's own coordinates need not say it (a crop saved without its scan's origin starts at 0, 0, 0).
+#: the structures :func:`side_from_vessels` reads, in KiPA22's values
+_KIPA_KINDS = {key: [BY_KEY[key].value] for key in STRUCTURE_KEYS}
+
+
+def side_from_vessels(values: np.ndarray, grid: Geometry, kinds: dict[str, list[int]] | None = None
+                      ) -> tuple[str | None, float | None]:
+    """The patient's side of the kidney in a crop, from its labels: the renal artery and
+    vein leave the kidney at its hilum medially, towards the aorta and the IVC. A crop's
+    own coordinates need not say it (a crop saved without its scan's origin starts at 0, 0, 0).
+    ``kinds`` gives the label values of each structure (``artery``, ``vein``, ``kidney``,
+    ``tumour``, as :func:`renalseg.labels.values_of_kind` reads a ``labels.json``);
+    default KiPA22's (1 vein, 2 kidney, 3 artery, 4 tumour).
 
     Returns:
         ``(side, offset_mm)``: ``"left"`` where the vessel voxels more than 5 mm outside
@@ -330,9 +325,10 @@ def side_from_vessels(values: np.ndarray, grid: Geometry) -> tuple[str | None, f
     """
     from scipy import ndimage
 
-    organ = values_mask(values, [BY_KEY["kidney"].value, BY_KEY["tumour"].value])
+    kinds = _KIPA_KINDS if kinds is None else kinds
+    organ = values_mask(values, [*kinds.get("kidney", []), *kinds.get("tumour", [])])
     pieces, count = ndimage.label(organ, STRUCTURE_26)
-    vessels = values_mask(values, [BY_KEY["artery"].value, BY_KEY["vein"].value])
+    vessels = values_mask(values, [*kinds.get("artery", []), *kinds.get("vein", [])])
     if not count or not vessels.any():
         return None, None
     kidney = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
@@ -466,8 +462,10 @@ def export_meshes(labels: Volume, out_dir: Path | str, *, label_names: dict[int,
     method = "none" if not split else ("roi" if rois else "midline")
     crop_side = None
     if method == "midline" and np.ptp(full_geometry.corners_world()[:, 0]) < CROP_MAX_WIDTH_MM:
-        kipa = _as_kipa(labels.array, names)
-        crop_side = side_from_vessels(kipa, labels.geometry)[0] if kipa is not None else None
+        # structures by their labels' names; an unnamed map of values 1-4 is KiPA22's
+        kinds = ({key: values_of_kind(names, key) for key in _KIPA_KINDS} if names
+                 else _KIPA_KINDS if set(values) <= {1, 2, 3, 4} else None)
+        crop_side = side_from_vessels(labels.array, labels.geometry, kinds)[0] if kinds is not None else None
         method = "crop: vessels" if crop_side else "crop: coordinates"
         crop_side = crop_side or ("left" if _midline_x(full_geometry) > 0 else "right")
     for value in values:

@@ -41,8 +41,8 @@ from renalseg.figures import structure_figures
 from renalseg.errors import GeometryError, NoKidneyFoundError, UsageError, suggest
 from renalseg.geometry import IDENTITY_DIRECTION, Geometry, resample_to_grid
 from renalseg.io.plausibility import check_ct_values
-from renalseg.labels import (BY_KEY, label_names as names_of_values, output_values, parse_structures, values_mask,
-                             values_of_kind)
+from renalseg.labels import (BY_KEY, STRUCTURE_KEYS, label_names as names_of_values, output_values, parse_structures,
+                             values_mask, values_of_kind)
 from renalseg.postprocess import (
     DEFAULT_MAX_GAP_MM,
     DEFAULT_MIN_COMPONENT_MM3,
@@ -279,12 +279,13 @@ def roi_from_extent(geometry: Geometry, spacing_xyz_mm: tuple[float, float, floa
     )
 
 
-def _crop_side(roi: KidneyROI, values: np.ndarray) -> KidneyROI:
+def _crop_side(roi: KidneyROI, values: np.ndarray, label_names: dict[str, str]) -> KidneyROI:
     """An ``--input-is-roi`` crop's side from its labels on the ROI grid
     (:func:`side_from_vessels`); the coordinates' guess where they cannot tell."""
     from renalseg.mesh import side_from_vessels
 
-    side, offset = side_from_vessels(values, roi.grid)
+    kinds = {key: values_of_kind(label_names, key) for key in STRUCTURE_KEYS}
+    side, offset = side_from_vessels(values, roi.grid, kinds)
     if side is None:
         return roi
     medial = "right" if side == "left" else "left"
@@ -571,7 +572,7 @@ def segment_study(
         )
         timings["inference"] += time.perf_counter() - started
         if config.input_is_roi and config.side == "both":  # the crop's side from its anatomy, not its coordinates
-            roi = _crop_side(roi, channel_to_value[np.argmax(probabilities, axis=0)])
+            roi = _crop_side(roi, channel_to_value[np.argmax(probabilities, axis=0)], label_names)
         # held in float16 (PROBABILITY_HOLD_DTYPE) while the other ROI and the thin-branch
         # model run: half the memory beside their forward passes
         predicted.append((roi, lo, hi, roi_hu, probabilities.astype(PROBABILITY_HOLD_DTYPE)))
